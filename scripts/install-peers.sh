@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the peer tools Tandem is tested and benchmarked against (Debian packages; see
+# ../shared/reference/peers.md). Safe to run again. Needs root (or sudo).
+set -euo pipefail
+PKGS=(qemu-utils qemu-block-extra libnbd-bin nbdkit libiscsi-bin libiscsi-dev tgt fio sanlock)
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-peers: all peer tools are installed"
+  exit 0
+fi
+echo "install-peers: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,325 @@
+import { isAbsolute, resolve } from 'node:path'
+import { Command, Option } from 'commander'
+import type { BlockDevice, Extent } from '../../disk-formats/block-device.js'
+import { StorageError } from '../../disk-formats/errors.js'
+import { RawFile } from '../../disk-formats/raw/index.js'
+import {
+  ADAPTER_TYPES,
+  checkExitCode,
+  checkImage,
+
+  createVmdk,
+  SUBFORMATS,
+  VmdkImage,
+  type AdapterType,
+  type Subformat,
+} from '../../disk-formats/vmdk/index.js'
+import { commit, convert, openImage, openVmdk, probeFormat, rebase, type ImageFormat } from '../../disk-formats/chain/index.js'
+import { humanSize, parseSize } from './size.js'
+import { progressBar } from './progress.js'
+
+/** --type's short names, beside qemu's subformat names. */
+const TYPE_ALIASES: Record<string, Subformat> = {
+  sparse: 'monolithicSparse',
+  flat: 'monolithicFlat',
+  'split-sparse': 'twoGbMaxExtentSparse',
+  'split-flat': 'twoGbMaxExtentFlat',
+  stream: 'streamOptimized',
+}
+
+export function parseSubformat(t: string): Subformat {
+  const s = TYPE_ALIASES[t] ?? (SUBFORMATS as readonly string[]).find((x) => x.toLowerCase() === t.toLowerCase())
+  if (!s) {
+    throw new StorageError('InvalidArgument', `unknown subformat '${t}': use ${Object.keys(TYPE_ALIASES).join(', ')} or ${SUBFORMATS.join(', ')}`)
+  }
+  return s as Subformat
+}
+
+function parseFormat(f: string | undefined): ImageFormat | undefined {
+  if (f === undefined) return undefined
+  if (f !== 'raw' && f !== 'vmdk') throw new StorageError('InvalidArgument', `unknown format '${f}': use raw or vmdk`)
+  return f
+}
+
+function print(json: boolean, value: unknown, text: () => string): void {
+  process.stdout.write(json ? JSON.stringify(value, null, 4) + '\n' : text())
+}
+
+/** `disk info`: qemu-img's JSON keys, plus the flat keys of DESIGN §7. */
+async function infoOf(path: string, format?: ImageFormat): Promise<Record<string, unknown>> {
+  const fmt = format ?? (await probeFormat(path))
+  if (fmt === 'raw') {
+    const raw = await RawFile.open(path, { readOnly: true })
+    const { stat } = await import('node:fs/promises')
+    const st = await stat(path)
+    await raw.close()
+    return { filename: path, format: 'raw', 'virtual-size': raw.size, 'actual-size': st.blocks * 512, 'dirty-flag': false }
+  }
+  const img = await VmdkImage.open(path, { readOnly: true })
+  try {
+    const hint = img.descriptor.parentFileNameHint
+    const out: Record<string, unknown> = {
+      filename: path,
+      format: 'vmdk',
+      'virtual-size': img.size,
+      'actual-size': await img.actualSize(),
+      'create-type': img.createType,
+      cid: img.cid,
+      'parent-cid': img.parentCid,
+    }
+    if (img.clusterSize) out['cluster-size'] = img.clusterSize
+    if (hint !== undefined) {
+      out['backing-filename'] = hint
+      out['full-backing-filename'] = img.parentPath
+      out['backing-filename-format'] = 'vmdk'
+    }
+    out['dirty-flag'] = false
+    out['format-specific'] = {
+      type: 'vmdk',
+      data: { cid: img.cid, 'parent-cid': img.parentCid, 'create-type': img.createType, extents: img.extentInfo() },
+    }
+    out.files = img.files()
+    return out
+  } finally {
+    await img.close()
+  }
+}
+
+function infoText(i: Record<string, unknown>): string {
+  const lines = [
+    `image: ${i.filename}`,
+    `file format: ${i.format}`,
+    `virtual size: ${humanSize(i['virtual-size'] as number)} (${i['virtual-size']} bytes)`,
+    `disk size: ${humanSize(i['actual-size'] as number)}`,
+  ]
+  if (i['cluster-size']) lines.push(`cluster_size: ${i['cluster-size']}`)
+  if (i['backing-filename']) lines.push(`backing file: ${i['backing-filename']}`)
+  if (i.format === 'vmdk') {
+    const d = (i['format-specific'] as { data: { extents: { filename: string; 'virtual-size': number; format: string }[] } }).data
+    lines.push('Format specific information:')
+    lines.push(`    cid: ${i.cid}`, `    parent cid: ${i['parent-cid']}`, `    create type: ${i['create-type']}`, '    extents:')
+    for (const e of d.extents) {
+      lines.push(`        [0]:`.replace('0', String(d.extents.indexOf(e))), `            virtual size: ${e['virtual-size']}`, `            filename: ${e.filename}`)
+      if (e.format) lines.push(`            format: ${e.format}`)
+    }
+  }
+  return lines.join('\n') + '\n'
+}
+
+function mapJson(e: Extent) {
+  return {
+    start: e.offset,
+    length: e.length,
+    depth: e.depth,
+    present: e.present,
+    zero: e.zero,
+    data: e.data,
+    ...(e.hostOffset !== undefined ? { offset: e.hostOffset } : {}),
+  }
+}
+
+function hex(n: number): string {
+  return '0x' + n.toString(16)
+}
+
+async function withDevice<T>(dev: BlockDevice, fn: (d: BlockDevice) => Promise<T>): Promise<T> {
+  try {
+    return await fn(dev)
+  } finally {
+    await dev.close()
+  }
+}
+
+export function diskCommand(run: (fn: () => Promise<number | void>) => Promise<void>): Command {
+  const disk = new Command('disk').description('create, inspect, check and convert VMDK and raw disk images (qemu-img compatible)')
+
+  disk
+    .command('create')
+    .description('create a new VMDK image (a copy-on-write delta with --parent)')
+    .argument('<path>', 'the image to create')
+    .option('--size <size>', 'virtual size, e.g. 64M, 10G (default: the parent\'s size)')
+    .addOption(new Option('--type <type>', 'sparse, flat, split-sparse, split-flat, stream, or a qemu subformat name').default('sparse'))
+    .option('-b, --parent <parent>', 'parent image: the new disk is a delta on it')
+    .option('--zeroed-grain', 'allow zeroed grains (VMDK version 2)', false)
+    .addOption(new Option('--adapter-type <type>', 'ddb.adapterType').choices([...ADAPTER_TYPES]).default('ide'))
+    .option('--hw-version <version>', 'ddb.virtualHWVersion', '4')
+    .option('-f, --force', 'overwrite an existing file', false)
+    .action((path: string, o) =>
+      run(async () => {
+        const sub = parseSubformat(o.type)
+        let size = o.size !== undefined ? parseSize(o.size) : undefined
+        let parent: { path: string; cid: number } | undefined
+        if (o.parent) {
+          const ppath = isAbsolute(o.parent) ? o.parent : resolve(o.parent)
+          const p = await openVmdk(ppath, { readOnly: true })
+          parent = { path: ppath, cid: p.cid }
+          size ??= p.size
+          await p.close()
+        }
+        if (size === undefined) throw new StorageError('InvalidArgument', 'the size must be given with --size (or taken from --parent)')
+        await createVmdk(path, {
+          size,
+          subformat: sub,
+          parent,
+          zeroedGrain: o.zeroedGrain,
+          adapterType: o.adapterType as AdapterType,
+          hwVersion: o.hwVersion,
+          exclusive: !o.force,
+        })
+        const extra = parent ? ` backing_file=${o.parent} backing_fmt=vmdk` : ''
+        process.stdout.write(`Formatting '${path}', fmt=vmdk size=${size}${extra} subformat=${sub}${o.zeroedGrain ? ' zeroed_grain=on' : ''}\n`)
+      }),
+    )
+
+  disk
+    .command('info')
+    .description('show an image\'s format, sizes, CIDs and backing file')
+    .argument('<path>')
+    .option('--json', 'JSON output (qemu-img info --output=json keys)', false)
+    .option('-f, --format <fmt>', 'raw or vmdk (default: probe)')
+    .option('--backing-chain', 'show every layer of the chain', false)
+    .action((path: string, o) =>
+      run(async () => {
+        const fmt = parseFormat(o.format)
+        const infos = [await infoOf(path, fmt)]
+        if (o.backingChain) {
+          while (infos[infos.length - 1]['full-backing-filename']) {
+            if (infos.length > 256) throw new StorageError('Corrupt', 'backing chain longer than 256 layers')
+            infos.push(await infoOf(infos[infos.length - 1]['full-backing-filename'] as string, 'vmdk'))
+          }
+        }
+        const value = o.backingChain ? infos : infos[0]
+        print(o.json, value, () => infos.map(infoText).join('\n'))
+      }),
+    )
+
+  disk
+    .command('map')
+    .description('show which ranges are allocated, and in which layer (qemu-img map)')
+    .argument('<path>')
+    .option('--json', 'JSON output: [{start, length, depth, present, zero, data, offset}]', false)
+    .option('-f, --format <fmt>', 'raw or vmdk (default: probe)')
+    .action((path: string, o) =>
+      run(async () => {
+        const dev = await openImage(path, { readOnly: true, format: parseFormat(o.format) })
+        await withDevice(dev, async (d) => {
+          const ext = await d.blockStatus(0, d.size)
+          if (o.json) {
+            // qemu-img's exact layout: one extent a line, `{ "start": 0, … "offset": 65536}`
+            const line = (e: Extent) => '{ ' + Object.entries(mapJson(e)).map(([k, v]) => `"${k}": ${v}`).join(', ') + '}'
+            process.stdout.write('[' + ext.map(line).join(',\n') + ']\n')
+          } else {
+            const rows = ext.filter((e) => e.data && e.hostOffset !== undefined)
+            const pad = (s: string) => s.padEnd(16)
+            let out = pad('Offset') + pad('Length') + pad('Mapped to') + 'File\n'
+            for (const e of rows) out += pad(hex(e.offset)) + pad(hex(e.length)) + pad(hex(e.hostOffset!)) + e.file + '\n'
+            process.stdout.write(out)
+          }
+        })
+      }),
+    )
+
+  disk
+    .command('check')
+    .description('check a VMDK for corruption and leaks; exit 0 clean, 2 corrupt, 3 leaks only')
+    .argument('<path>')
+    .option('-r, --repair', 'fix leaks and rebuild damaged grain directories/tables from their redundant copies', false)
+    .option('--json', 'JSON output (qemu-img check --output=json keys)', false)
+    .action((path: string, o) =>
+      run(async () => {
+        const r = await checkImage(path, { repair: o.repair })
+        print(o.json, r, () => {
+          const lines = [...r.messages]
+          if (r.corruptions === 0 && r.leaks === 0 && r['check-errors'] === 0) lines.push('No errors were found on the image.')
+          else {
+            if (r.corruptions) lines.push(`\n${r.corruptions} errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it.`)
+            if (r.leaks) lines.push(`\n${r.leaks} leaked clusters were found on the image.\nThis means waste of disk space, but no harm to data.`)
+            if (r['check-errors']) lines.push(`\n${r['check-errors']} internal errors have occurred during the check.`)
+          }
+          if (o.repair && (r['leaks-fixed'] || r['corruptions-fixed'])) {
+            lines.push(`The following inconsistencies were found and repaired:\n\n    ${r['leaks-fixed']} leaked clusters\n    ${r['corruptions-fixed']} corruptions\n`)
+          }
+          if (r['total-clusters']) {
+            const pct = ((100 * r['allocated-clusters']) / r['total-clusters']).toFixed(2)
+            lines.push(`${r['allocated-clusters']}/${r['total-clusters']} = ${pct}% allocated`)
+          }
+          if (r['image-end-offset']) lines.push(`Image end offset: ${r['image-end-offset']}`)
+          return lines.join('\n') + '\n'
+        })
+        return checkExitCode(r)
+      }),
+    )
+
+  disk
+    .command('commit')
+    .description('merge a delta into its parent; the chain stays valid (the delta\'s parentCID follows)')
+    .argument('<path>', 'the delta (top layer)')
+    .option('-d, --keep', 'keep the delta\'s data instead of emptying it', false)
+    .option('--force', 'commit even if the parent has other children (they will refuse to open afterwards)', false)
+    .option('-p, --progress', 'show a progress bar even when not on a terminal', false)
+    .action((path: string, o) =>
+      run(async () => {
+        const bar = progressBar('commit', o.progress)
+        try {
+          const r = await commit(path, { force: o.force, keepTop: o.keep, onProgress: (d, t) => bar.update(d, t) })
+          bar.stop()
+          process.stdout.write(`Image committed.\n`)
+          if (r.siblings.length) process.stderr.write(`tandem: warning: these children of '${r.parent}' are now stale: ${r.siblings.join(', ')}\n`)
+        } finally {
+          bar.stop()
+        }
+      }),
+    )
+
+  disk
+    .command('rebase')
+    .description('change a delta\'s parent without changing its content (qemu-img cannot rebase VMDK)')
+    .argument('<path>', 'the delta')
+    .option('-b, --parent <parent>', 'the new parent; "" for none')
+    .option('-u, --unsafe', 'only rewrite the parent link; copy nothing', false)
+    .option('-p, --progress', 'show a progress bar even when not on a terminal', false)
+    .action((path: string, o) =>
+      run(async () => {
+        if (o.parent === undefined) throw new StorageError('InvalidArgument', 'rebase needs -b PARENT (or -b "" for no parent)')
+        const np = o.parent === '' ? null : resolve(o.parent)
+        const bar = progressBar('rebase', o.progress)
+        try {
+          await rebase(path, np, { unsafe: o.unsafe, onProgress: (d, t) => bar.update(d, t) })
+        } finally {
+          bar.stop()
+        }
+      }),
+    )
+
+  disk
+    .command('convert')
+    .description('copy an image (its whole chain) into a new raw or VMDK file, skipping zeros')
+    .argument('<src>')
+    .argument('<dst>')
+    .addOption(new Option('-O, --to <format>', 'output format').choices(['raw', 'vmdk']).default('vmdk'))
+    .option('-f, --format <fmt>', 'source format: raw or vmdk (default: probe)')
+    .option('--type <type>', 'VMDK subformat of the output: sparse, flat, split-sparse, split-flat, stream', 'sparse')
+    .option('--zeroed-grain', 'output uses zeroed grains', false)
+    .addOption(new Option('--adapter-type <type>', 'ddb.adapterType of the output').choices([...ADAPTER_TYPES]).default('ide'))
+    .option('-p, --progress', 'show a progress bar even when not on a terminal', false)
+    .action((src: string, dst: string, o) =>
+      run(async () => {
+        const dev = await openImage(src, { readOnly: true, format: parseFormat(o.format) })
+        const bar = progressBar('convert', o.progress)
+        try {
+          await convert(dev, dst, {
+            to: o.to,
+            subformat: parseSubformat(o.type),
+            zeroedGrain: o.zeroedGrain,
+            adapterType: o.adapterType as AdapterType,
+            onProgress: (d, t) => bar.update(d, t),
+          })
+        } finally {
+          bar.stop()
+          await dev.close()
+        }
+      }),
+    )
+
+  return disk
+}

@@ -1,0 +1,90 @@
+import { StorageError } from './errors.js'
+
+/** One run of a device's address space with the same allocation state (qemu-img map's fields). */
+export interface Extent {
+  offset: number
+  length: number
+  /** the bytes are stored (in the layer `depth`) */
+  data: boolean
+  /** the bytes read as zero */
+  zero: boolean
+  /**
+   * Which layer answers: 0 is the device itself, 1 its parent, and so on. For a range no
+   * layer allocates, the depth of the bottom layer, with data=false and present=false.
+   */
+  depth: number
+  /** false when no layer of the chain allocates the range (qemu's "present") */
+  present: boolean
+  /** byte offset in the file that holds the data, when it is stored uncompressed in one place */
+  hostOffset?: number
+  /** the file named by hostOffset */
+  file?: string
+}
+
+export interface WriteOptions {
+  /** force unit access: the data is durable when the promise resolves */
+  fua?: boolean
+}
+
+export interface ZeroOptions {
+  /** the device may deallocate the range instead of writing zeroes */
+  mayUnmap?: boolean
+}
+
+/**
+ * The seam every disk, layer and filter implements (DESIGN §2). Offsets and lengths are in
+ * bytes. Callers validate requests once at the edge with `checkRange`; implementations may
+ * trust them.
+ */
+export interface BlockDevice {
+  readonly size: number
+  readonly readOnly: boolean
+  read(offset: number, length: number): Promise<Buffer>
+  write(offset: number, data: Buffer, opts?: WriteOptions): Promise<void>
+  writeZeroes(offset: number, length: number, opts?: ZeroOptions): Promise<void>
+  discard(offset: number, length: number): Promise<void>
+  flush(): Promise<void>
+  blockStatus(offset: number, length: number): Promise<Extent[]>
+  close(): Promise<void>
+}
+
+/** Validates a request against a device once, at the edge. */
+export function checkRange(dev: { size: number }, offset: number, length: number): void {
+  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
+    throw new StorageError('InvalidArgument', `invalid request: offset ${offset}, length ${length}`)
+  }
+  if (offset + length > dev.size) {
+    throw new StorageError('OutOfRange', `request ${offset}+${length} is beyond the end of the device (${dev.size} bytes)`)
+  }
+}
+
+export function checkWritable(dev: { readOnly: boolean }): void {
+  if (dev.readOnly) throw new StorageError('ReadOnly', 'the device is read-only')
+}
+
+/** Joins adjacent extents with the same state, as qemu-img map does. */
+export function mergeExtents(list: Extent[]): Extent[] {
+  const out: Extent[] = []
+  for (const e of list) {
+    if (e.length === 0) continue
+    const last = out[out.length - 1]
+    if (
+      last &&
+      last.offset + last.length === e.offset &&
+      last.data === e.data &&
+      last.zero === e.zero &&
+      last.depth === e.depth &&
+      last.present === e.present &&
+      last.file === e.file &&
+      (last.hostOffset === undefined) === (e.hostOffset === undefined) &&
+      (last.hostOffset === undefined || last.hostOffset + last.length === e.hostOffset)
+    ) {
+      last.length += e.length
+    } else {
+      out.push({ ...e })
+    }
+  }
+  return out
+}
+
+export const SECTOR = 512

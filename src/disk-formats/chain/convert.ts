@@ -1,0 +1,163 @@
+import { unlink } from 'node:fs/promises'
+import type { BlockDevice } from '../block-device.js'
+import { isZero } from '../file-io.js'
+import { RawFile } from '../raw/index.js'
+import { createVmdk, type AdapterType, type Subformat } from '../vmdk/create.js'
+import { StreamWriter } from '../vmdk/stream-writer.js'
+import { VmdkImage } from '../vmdk/vmdk-image.js'
+
+export interface ConvertOptions {
+  to: 'raw' | 'vmdk'
+  subformat?: Subformat
+  adapterType?: AdapterType
+  zeroedGrain?: boolean
+  /** called after each chunk with bytes processed so far */
+  onProgress?: (done: number, total: number) => void
+  /** bytes per chunk (default 4 MiB) */
+  chunk?: number
+  /** chunks in flight (default 4) */
+  parallel?: number
+}
+
+export interface Target {
+  /** writes a chunk's bytes at `offset`; all-zero grains have already been cut out */
+  write(offset: number, data: Buffer): Promise<void>
+  /** true when the target must receive chunks strictly in order (streamOptimized) */
+  ordered: boolean
+  finish(): Promise<void>
+  abort(): Promise<void>
+}
+
+const GRAIN = 65536
+
+/**
+ * Copies the content of `src` into a new image at `dst`. Ranges the source reports as zero or
+ * unallocated are not read; all-zero 64 KiB blocks of data are not written, so the output is
+ * sparse. Memory stays bounded by chunk × parallel whatever the disk size.
+ */
+export async function convert(src: BlockDevice, dst: string, opts: ConvertOptions): Promise<void> {
+  const chunk = opts.chunk ?? 4 << 20
+  const parallel = opts.parallel ?? 4
+  const target = await openTarget(src.size, dst, opts)
+  try {
+    let next = 0
+    let done = 0
+    let ordered: Promise<void> = Promise.resolve()
+    const worker = async () => {
+      while (next < src.size) {
+        const offset = next
+        const length = Math.min(chunk, src.size - offset)
+        next += length
+        const status = await src.blockStatus(offset, length)
+        const pieces: Promise<[number, Buffer]>[] = []
+        for (const e of status) {
+          if (!e.data) continue
+          pieces.push(src.read(e.offset, e.length).then((b) => [e.offset, b]))
+        }
+        const read = await Promise.all(pieces)
+        const writeAll = async () => {
+          for (const [off, buf] of read) for (const [o, b] of nonZeroRuns(off, buf)) await target.write(o, b)
+        }
+        if (target.ordered) {
+          // Reads run ahead in parallel; writes go out in address order.
+          const prev = ordered
+          ordered = prev.then(writeAll)
+          await ordered
+        } else {
+          await writeAll()
+        }
+        done += length
+        opts.onProgress?.(done, src.size)
+      }
+    }
+    await Promise.all(Array.from({ length: parallel }, worker))
+    await target.finish()
+  } catch (e) {
+    await target.abort()
+    throw e
+  }
+}
+
+/** Splits a buffer at disk offset `off` into runs of whole 64 KiB-aligned blocks that are not all zero. */
+export function* nonZeroRuns(off: number, buf: Buffer): Generator<[number, Buffer]> {
+  let runStart = -1
+  let pos = 0
+  while (pos < buf.length) {
+    const blockEnd = Math.min(buf.length, (Math.floor((off + pos) / GRAIN) + 1) * GRAIN - off)
+    const zero = isZero(buf, pos, blockEnd)
+    if (!zero && runStart < 0) runStart = pos
+    if (zero && runStart >= 0) {
+      yield [off + runStart, buf.subarray(runStart, pos)]
+      runStart = -1
+    }
+    pos = blockEnd
+  }
+  if (runStart >= 0) yield [off + runStart, buf.subarray(runStart)]
+}
+
+async function openTarget(size: number, dst: string, opts: ConvertOptions): Promise<Target> {
+  if (opts.to === 'raw') {
+    const raw = await RawFile.create(dst, size)
+    return {
+      ordered: false,
+      write: (o, b) => raw.write(o, b),
+      finish: async () => {
+        await raw.flush()
+        await raw.close()
+      },
+      abort: async () => {
+        await raw.close().catch(() => undefined)
+        await unlink(dst).catch(() => undefined)
+      },
+    }
+  }
+  const sub = opts.subformat ?? 'monolithicSparse'
+  const roundSize = Math.ceil(size / 512) * 512
+  if (sub === 'streamOptimized') {
+    const w = await StreamWriter.create(dst, { size: roundSize, adapterType: opts.adapterType })
+    const gb = w.grainBytes
+    let pending: Buffer | null = null
+    let pendingGrain = -1
+    return {
+      ordered: true,
+      // Runs arrive in order; gather them into whole grains before compressing.
+      write: async (o, b) => {
+        let pos = 0
+        while (pos < b.length) {
+          const g = Math.floor((o + pos) / gb)
+          if (g !== pendingGrain) {
+            if (pending) await w.addGrain(pendingGrain, pending)
+            pending = Buffer.alloc(Math.min(gb, roundSize - g * gb))
+            pendingGrain = g
+          }
+          const inGrain = o + pos - g * gb
+          const n = Math.min(b.length - pos, pending!.length - inGrain)
+          b.copy(pending!, inGrain, pos, pos + n)
+          pos += n
+        }
+      },
+      finish: async () => {
+        if (pending) await w.addGrain(pendingGrain, pending)
+        await w.finish()
+      },
+      abort: async () => {
+        await w.abort()
+        await unlink(dst).catch(() => undefined)
+      },
+    }
+  }
+  const files = await createVmdk(dst, { size: roundSize, subformat: sub, adapterType: opts.adapterType, zeroedGrain: opts.zeroedGrain })
+  const img = await VmdkImage.open(dst)
+  return {
+    ordered: false,
+    write: (o, b) => img.write(o, b),
+    finish: async () => {
+      await img.flush()
+      await img.close()
+    },
+    abort: async () => {
+      await img.close().catch(() => undefined)
+      await Promise.all(files.map((f) => unlink(f).catch(() => undefined)))
+    },
+  }
+}

@@ -1,0 +1,5 @@
+export * from './block-device.js'
+export * from './errors.js'
+export * from './raw/index.js'
+export * from './vmdk/index.js'
+export * from './chain/index.js'

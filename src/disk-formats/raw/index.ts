@@ -1,0 +1,1 @@
+export { RawFile } from './raw-file.js'

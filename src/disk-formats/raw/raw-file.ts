@@ -1,0 +1,67 @@
+import type { FileHandle } from 'node:fs/promises'
+import { type BlockDevice, type Extent, type WriteOptions } from '../block-device.js'
+import { datasync, fileSize, openFile, preadFull, pwriteFull } from '../file-io.js'
+import { fromSystemError } from '../errors.js'
+
+const ZERO_CHUNK = 1 << 20
+
+/** A raw image: the file's bytes are the disk's bytes. */
+export class RawFile implements BlockDevice {
+  private constructor(
+    readonly path: string,
+    private readonly fh: FileHandle,
+    public size: number,
+    readonly readOnly: boolean,
+  ) {}
+
+  static async open(path: string, opts: { readOnly?: boolean } = {}): Promise<RawFile> {
+    const readOnly = opts.readOnly ?? false
+    const fh = await openFile(path, readOnly ? 'r' : 'r+')
+    return new RawFile(path, fh, await fileSize(fh, path), readOnly)
+  }
+
+  /** Creates (or truncates) a sparse raw file of `size` bytes. */
+  static async create(path: string, size: number, opts: { exclusive?: boolean } = {}): Promise<RawFile> {
+    const fh = await openFile(path, opts.exclusive ? 'wx+' : 'w+')
+    try {
+      await fh.truncate(size)
+    } catch (e) {
+      await fh.close()
+      throw fromSystemError(e, path, 'Could not resize')
+    }
+    return new RawFile(path, fh, size, false)
+  }
+
+  read(offset: number, length: number): Promise<Buffer> {
+    return preadFull(this.fh, this.path, offset, length)
+  }
+
+  async write(offset: number, data: Buffer, opts?: WriteOptions): Promise<void> {
+    await pwriteFull(this.fh, this.path, offset, data)
+    if (opts?.fua) await datasync(this.fh, this.path)
+  }
+
+  async writeZeroes(offset: number, length: number): Promise<void> {
+    const zero = Buffer.alloc(Math.min(length, ZERO_CHUNK))
+    for (let done = 0; done < length; done += zero.length) {
+      const n = Math.min(zero.length, length - done)
+      await pwriteFull(this.fh, this.path, offset + done, n === zero.length ? zero : zero.subarray(0, n))
+    }
+  }
+
+  /** Discarded bytes keep their content: allowed, since discard makes content unspecified. */
+  async discard(): Promise<void> {}
+
+  flush(): Promise<void> {
+    return datasync(this.fh, this.path)
+  }
+
+  /** Node has no SEEK_DATA/SEEK_HOLE: a raw file reports all of itself as data. */
+  async blockStatus(offset: number, length: number): Promise<Extent[]> {
+    return [{ offset, length, data: true, zero: false, depth: 0, present: true, hostOffset: offset, file: this.path }]
+  }
+
+  async close(): Promise<void> {
+    await this.fh.close()
+  }
+}

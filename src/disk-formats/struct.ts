@@ -1,0 +1,106 @@
+import { StorageError } from './errors.js'
+
+/**
+ * A binary structure declared once as a table of fields; yields encode, decode and size
+ * (DESIGN §11). All fields are little-endian.
+ */
+export type FieldType = 'u8' | 'u16' | 'u32' | 'u64' | { bytes: number }
+
+export type FieldTable = Record<string, { offset: number; type: FieldType }>
+
+type FieldValue<T extends FieldType> = T extends 'u8' | 'u16' | 'u32' | 'u64' ? number : Buffer
+
+export type Decoded<T extends FieldTable> = { [K in keyof T]: FieldValue<T[K]['type']> }
+
+function width(t: FieldType): number {
+  switch (t) {
+    case 'u8':
+      return 1
+    case 'u16':
+      return 2
+    case 'u32':
+      return 4
+    case 'u64':
+      return 8
+    default:
+      return t.bytes
+  }
+}
+
+export interface Struct<T extends FieldTable> {
+  readonly fields: T
+  /** bytes covered by the fields (the encoded buffer may be padded larger) */
+  readonly size: number
+  decode(buf: Buffer, at?: number): Decoded<T>
+  encode(value: Decoded<T>, into?: Buffer, at?: number): Buffer
+}
+
+export function defineStruct<T extends FieldTable>(fields: T, padTo = 0): Struct<T> {
+  let size = 0
+  for (const f of Object.values(fields)) size = Math.max(size, f.offset + width(f.type))
+  const total = Math.max(size, padTo)
+  return {
+    fields,
+    size,
+    decode(buf, at = 0) {
+      if (buf.length < at + size) {
+        throw new StorageError('Corrupt', `structure truncated: need ${size} bytes, have ${buf.length - at}`)
+      }
+      const out: Record<string, number | Buffer> = {}
+      for (const [name, f] of Object.entries(fields)) {
+        const o = at + f.offset
+        switch (f.type) {
+          case 'u8':
+            out[name] = buf.readUInt8(o)
+            break
+          case 'u16':
+            out[name] = buf.readUInt16LE(o)
+            break
+          case 'u32':
+            out[name] = buf.readUInt32LE(o)
+            break
+          case 'u64': {
+            // Values above 2^53 (e.g. GD_AT_END) decode as Infinity-free approximations are unsafe;
+            // keep them exact where they fit and saturate to MAX_SAFE_INTEGER+1 otherwise.
+            const v = buf.readBigUInt64LE(o)
+            out[name] = v > BigInt(Number.MAX_SAFE_INTEGER) ? U64_TOO_LARGE : Number(v)
+            break
+          }
+          default:
+            out[name] = Buffer.from(buf.subarray(o, o + f.type.bytes))
+        }
+      }
+      return out as Decoded<T>
+    },
+    encode(value, into, at = 0) {
+      const buf = into ?? Buffer.alloc(total)
+      for (const [name, f] of Object.entries(fields)) {
+        const o = at + f.offset
+        const v = (value as Record<string, number | Buffer>)[name]
+        switch (f.type) {
+          case 'u8':
+            buf.writeUInt8(v as number, o)
+            break
+          case 'u16':
+            buf.writeUInt16LE(v as number, o)
+            break
+          case 'u32':
+            buf.writeUInt32LE(v as number, o)
+            break
+          case 'u64':
+            buf.writeBigUInt64LE(v === U64_TOO_LARGE ? 0xffffffffffffffffn : BigInt(v as number), o)
+            break
+          default:
+            ;(v as Buffer).copy(buf, o, 0, f.type.bytes)
+        }
+      }
+      return buf
+    },
+  }
+}
+
+/**
+ * Stands for any u64 above Number.MAX_SAFE_INTEGER. VMDK uses exactly one such value,
+ * 0xFFFFFFFFFFFFFFFF (GD_AT_END); anything else that large is out of bounds for a file anyway.
+ */
+export const U64_TOO_LARGE = Number.MAX_SAFE_INTEGER + 1

@@ -1,0 +1,224 @@
+import { basename, dirname, join, relative } from 'node:path'
+import { unlink } from 'node:fs/promises'
+import { StorageError, fromSystemError } from '../errors.js'
+import { openFile, pwriteFull } from '../file-io.js'
+import { CID_NOPARENT, newCid, serializeDescriptor, type Descriptor, type ExtentLine } from './descriptor.js'
+import {
+  FLAG_NL_TEST,
+  FLAG_RGD,
+  FLAG_ZEROED_GRAIN,
+  geometry,
+  KDMV_MAGIC,
+  SparseHeaderStruct,
+  type SparseHeader,
+} from './sparse-header.js'
+
+export const SUBFORMATS = ['monolithicSparse', 'monolithicFlat', 'twoGbMaxExtentSparse', 'twoGbMaxExtentFlat', 'streamOptimized'] as const
+export type Subformat = (typeof SUBFORMATS)[number]
+export const ADAPTER_TYPES = ['ide', 'lsilogic', 'buslogic', 'legacyESX'] as const
+export type AdapterType = (typeof ADAPTER_TYPES)[number]
+
+export interface CreateOptions {
+  size: number
+  subformat?: Subformat
+  adapterType?: AdapterType
+  hwVersion?: string
+  /** GTE 1 means "reads as zero" (header version 2, flags bit 2) */
+  zeroedGrain?: boolean
+  /** parent layer for a delta: its path, as the hint is resolved from the child's folder */
+  parent?: { path: string; cid: number }
+  /** grain size in sectors (default 128 = 64 KiB) */
+  grainSectors?: number
+  /** fail if the file exists */
+  exclusive?: boolean
+}
+
+/** qemu's split size: every extent but the last of a twoGbMaxExtent* disk is 2 GiB. */
+export const SPLIT_BYTES = 0x80000000
+const DESC_SECTORS = 20
+const GTES = 512
+
+export function baseDescriptor(o: CreateOptions, createType: string, extents: ExtentLine[]): Descriptor {
+  const adapter = o.adapterType ?? 'ide'
+  const heads = adapter === 'ide' ? 16 : 255
+  const d: Descriptor = {
+    version: 1,
+    cid: newCid(),
+    parentCid: o.parent ? o.parent.cid : CID_NOPARENT,
+    createType,
+    extents,
+    ddb: [
+      ['ddb.virtualHWVersion', o.hwVersion ?? '4'],
+      ['ddb.geometry.cylinders', String(Math.floor(o.size / (63 * heads * 512)))],
+      ['ddb.geometry.heads', String(heads)],
+      ['ddb.geometry.sectors', '63'],
+      ['ddb.adapterType', adapter],
+      ['ddb.toolsVersion', '2147483647'],
+    ],
+    extra: [],
+  }
+  return d
+}
+
+/** The header and layout of a new hosted sparse extent, as qemu and VMware lay it out. */
+export function sparseLayout(capacitySectors: number, opts: { zeroedGrain?: boolean; grainSectors?: number; embedDescriptor: boolean }): SparseHeader {
+  const grainSize = opts.grainSectors ?? 128
+  const geo = geometry({ capacity: capacitySectors, grainSize, numGTEsPerGT: GTES })
+  const rgdOffset = 1 + DESC_SECTORS
+  const gdOffset = rgdOffset + geo.gdSectors + geo.gdEntries * geo.gtSectors
+  const metaEnd = gdOffset + geo.gdSectors + geo.gdEntries * geo.gtSectors
+  return {
+    magic: KDMV_MAGIC,
+    version: opts.zeroedGrain ? 2 : 1,
+    flags: FLAG_NL_TEST | FLAG_RGD | (opts.zeroedGrain ? FLAG_ZEROED_GRAIN : 0),
+    capacity: capacitySectors,
+    grainSize,
+    descriptorOffset: 1,
+    descriptorSize: DESC_SECTORS,
+    numGTEsPerGT: GTES,
+    rgdOffset,
+    gdOffset,
+    overHead: Math.ceil(metaEnd / grainSize) * grainSize,
+    uncleanShutdown: 0,
+    singleEndLineChar: 0x0a,
+    nonEndLineChar: 0x20,
+    doubleEndLineChar1: 0x0d,
+    doubleEndLineChar2: 0x0a,
+    compressAlgorithm: 0,
+  }
+}
+
+/** Writes a new sparse extent file: header, descriptor, both GDs and all GTs pre-allocated. */
+async function writeSparseExtent(path: string, h: SparseHeader, descriptor: string | null, exclusive: boolean): Promise<void> {
+  const geo = geometry(h)
+  const meta = Buffer.alloc(h.overHead * 512)
+  SparseHeaderStruct.encode(h, meta, 0)
+  if (descriptor !== null) {
+    const text = Buffer.from(descriptor, 'utf8')
+    if (text.length > DESC_SECTORS * 512) throw new StorageError('InvalidArgument', `descriptor too long (${text.length} bytes)`)
+    text.copy(meta, h.descriptorOffset * 512)
+  }
+  for (const [gd, base] of [
+    [h.rgdOffset, h.rgdOffset + geo.gdSectors],
+    [h.gdOffset, h.gdOffset + geo.gdSectors],
+  ]) {
+    for (let i = 0; i < geo.gdEntries; i++) meta.writeUInt32LE(base + i * geo.gtSectors, gd * 512 + i * 4)
+  }
+  const fh = await openFile(path, exclusive ? 'wx' : 'w')
+  try {
+    await pwriteFull(fh, path, 0, meta)
+    await fh.datasync()
+  } finally {
+    await fh.close()
+  }
+}
+
+async function createFlatFile(path: string, size: number, exclusive: boolean): Promise<void> {
+  const fh = await openFile(path, exclusive ? 'wx' : 'w')
+  try {
+    await fh.truncate(size)
+  } catch (e) {
+    throw fromSystemError(e, path, 'Could not resize')
+  } finally {
+    await fh.close()
+  }
+}
+
+/** Name of extent `n` (1-based) of a split disk: x-s001.vmdk / x-f001.vmdk; x-flat.vmdk for monolithicFlat. */
+export function extentFileName(path: string, kind: 's' | 'f' | 'flat', n = 1): string {
+  const base = basename(path).replace(/\.vmdk$/i, '')
+  return kind === 'flat' ? `${base}-flat.vmdk` : `${base}-${kind}${String(n).padStart(3, '0')}.vmdk`
+}
+
+/**
+ * Creates a new, empty VMDK (a delta when `parent` is given). Returns the files written.
+ * streamOptimized is written by convert (stream-writer.ts); here it makes an empty stream file.
+ */
+export async function createVmdk(path: string, o: CreateOptions): Promise<string[]> {
+  const sub = o.subformat ?? 'monolithicSparse'
+  if (!Number.isSafeInteger(o.size) || o.size <= 0 || o.size % 512 !== 0) {
+    throw new StorageError('InvalidArgument', `invalid size ${o.size}: must be a positive multiple of 512 bytes`)
+  }
+  if (o.parent && sub !== 'monolithicSparse' && sub !== 'twoGbMaxExtentSparse') {
+    throw new StorageError('InvalidArgument', `a delta disk must be sparse (monolithicSparse or twoGbMaxExtentSparse), not ${sub}`)
+  }
+  if (o.zeroedGrain && (sub === 'monolithicFlat' || sub === 'twoGbMaxExtentFlat')) {
+    throw new StorageError('InvalidArgument', 'flat images cannot use zeroed grains')
+  }
+  const exclusive = o.exclusive ?? false
+  const sectors = o.size / 512
+  const dir = dirname(path)
+  const hint = o.parent ? relative(dir, o.parent.path) || basename(o.parent.path) : undefined
+  const written: string[] = []
+  try {
+    switch (sub) {
+      case 'monolithicSparse': {
+        const d = baseDescriptor(o, 'monolithicSparse', [{ access: 'RW', sectors, type: 'SPARSE', file: basename(path) }])
+        if (hint !== undefined) d.parentFileNameHint = hint
+        const h = sparseLayout(sectors, { zeroedGrain: o.zeroedGrain, grainSectors: o.grainSectors, embedDescriptor: true })
+        written.push(path)
+        await writeSparseExtent(path, h, serializeDescriptor(d), exclusive)
+        break
+      }
+      case 'twoGbMaxExtentSparse':
+      case 'twoGbMaxExtentFlat': {
+        const sparse = sub === 'twoGbMaxExtentSparse'
+        const extents: ExtentLine[] = []
+        for (let off = 0, n = 1; off < o.size; off += SPLIT_BYTES, n++) {
+          const bytes = Math.min(SPLIT_BYTES, o.size - off)
+          const file = extentFileName(path, sparse ? 's' : 'f', n)
+          const full = join(dir, file)
+          written.push(full)
+          if (sparse) {
+            await writeSparseExtent(full, sparseLayout(bytes / 512, { zeroedGrain: o.zeroedGrain, grainSectors: o.grainSectors, embedDescriptor: false }), null, exclusive)
+            extents.push({ access: 'RW', sectors: bytes / 512, type: 'SPARSE', file })
+          } else {
+            await createFlatFile(full, bytes, exclusive)
+            extents.push({ access: 'RW', sectors: bytes / 512, type: 'FLAT', file, offset: 0 })
+          }
+        }
+        const d = baseDescriptor(o, sub, extents)
+        if (hint !== undefined) d.parentFileNameHint = hint
+        written.push(path)
+        await writeDescriptorFile(path, serializeDescriptor(d), exclusive)
+        break
+      }
+      case 'monolithicFlat': {
+        const file = extentFileName(path, 'flat')
+        const full = join(dir, file)
+        written.push(full)
+        await createFlatFile(full, o.size, exclusive)
+        const d = baseDescriptor(o, 'monolithicFlat', [{ access: 'RW', sectors, type: 'FLAT', file, offset: 0 }])
+        written.push(path)
+        await writeDescriptorFile(path, serializeDescriptor(d), exclusive)
+        break
+      }
+      case 'streamOptimized': {
+        const { StreamWriter } = await import('./stream-writer.js')
+        const w = await StreamWriter.create(path, { ...o, exclusive })
+        written.push(path)
+        await w.finish()
+        break
+      }
+      default: {
+        const never: never = sub
+        throw new StorageError('InvalidArgument', `unknown subformat ${String(never)}`)
+      }
+    }
+  } catch (e) {
+    // Leave nothing half-made behind (but never remove a file that existed: exclusive failed first).
+    if (!(e instanceof StorageError && e.code === 'Exists')) await Promise.all(written.map((f) => unlink(f).catch(() => undefined)))
+    throw e
+  }
+  return written
+}
+
+async function writeDescriptorFile(path: string, text: string, exclusive: boolean): Promise<void> {
+  const fh = await openFile(path, exclusive ? 'wx' : 'w')
+  try {
+    await pwriteFull(fh, path, 0, Buffer.from(text, 'utf8'))
+    await fh.datasync()
+  } finally {
+    await fh.close()
+  }
+}

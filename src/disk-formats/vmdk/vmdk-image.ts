@@ -1,0 +1,444 @@
+import type { FileHandle } from 'node:fs/promises'
+import { rename, stat } from 'node:fs/promises'
+import { basename, dirname, isAbsolute, join } from 'node:path'
+import { Mutex } from 'async-mutex'
+import { mergeExtents, type BlockDevice, type Extent, type WriteOptions, type ZeroOptions } from '../block-device.js'
+import { fromSystemError, StorageError } from '../errors.js'
+import { datasync, fileSize, openFile, preadFull, pwriteFull } from '../file-io.js'
+import {
+  CID_NOPARENT,
+  looksLikeDescriptor,
+  MAX_DESCRIPTOR_BYTES,
+  newCid,
+  parseDescriptor,
+  serializeDescriptor,
+  type Descriptor,
+} from './descriptor.js'
+import { COMPRESSION_DEFLATE, KDMV_MAGIC } from './sparse-header.js'
+import { SparseExtent, type GrainKind } from './sparse-extent.js'
+
+/** One extent of the disk's address space. */
+interface Slot {
+  start: number // byte offset in the disk
+  size: number
+  kind: 'sparse' | 'flat' | 'zero'
+  path?: string
+  sparse?: SparseExtent
+  flat?: { fh: FileHandle; base: number }
+}
+
+/** A run of one layer's own allocation, in disk bytes. */
+export interface LayerRun {
+  offset: number
+  length: number
+  kind: GrainKind
+}
+
+export interface OpenOptions {
+  readOnly?: boolean
+}
+
+/** qemu's text createTypes; a text descriptor claiming another (e.g. monolithicSparse) is refused. */
+const TEXT_CREATE_TYPES = new Set(['monolithicFlat', 'vmfs', 'twoGbMaxExtentSparse', 'twoGbMaxExtentFlat'])
+const ZERO_CHUNK = 1 << 20
+
+/**
+ * One VMDK layer (descriptor + extents), a BlockDevice. Unallocated grains read through to
+ * `backing` (the parent layer) when set, else as zeros. SPEC.md has the formats.
+ */
+export class VmdkImage implements BlockDevice {
+  readonly size: number
+  backing: BlockDevice | null = null
+  private cidUpdate: Promise<void> | null = null
+  private readonly descLock = new Mutex()
+
+  private constructor(
+    readonly path: string,
+    public descriptor: Descriptor,
+    private readonly slots: Slot[],
+    readonly readOnly: boolean,
+    /** the descriptor lives inside this sparse extent (monolithicSparse, streamOptimized) */
+    private readonly embedded: SparseExtent | null,
+  ) {
+    this.size = slots.reduce((n, s) => n + s.size, 0)
+  }
+
+  static async open(path: string, opts: OpenOptions = {}): Promise<VmdkImage> {
+    const readOnly = opts.readOnly ?? false
+    const fh = await openFile(path, readOnly ? 'r' : 'r+')
+    const opened: (FileHandle | SparseExtent)[] = [fh]
+    try {
+      const size = await fileSize(fh, path)
+      const head = await preadFull(fh, path, 0, Math.min(size, 512))
+      if (head.length >= 4 && head.readUInt32LE(0) === KDMV_MAGIC) {
+        const ext = await SparseExtent.open(path, fh, readOnly)
+        const d = await readEmbeddedDescriptor(ext, path)
+        const slot: Slot = { start: 0, size: ext.capacityBytes, kind: 'sparse', path, sparse: ext }
+        return new VmdkImage(path, d, [slot], readOnly, ext)
+      }
+      if (size > MAX_DESCRIPTOR_BYTES) throw notVmdk(path)
+      const text = (await preadFull(fh, path, 0, size)).toString('utf8')
+      if (!looksLikeDescriptor(text)) {
+        if (head.length >= 4 && head.toString('latin1', 0, 4) === 'COWD') {
+          throw new StorageError('Unsupported', `'${path}': vmfsSparse (COWD) extents are not supported`, path)
+        }
+        throw notVmdk(path)
+      }
+      await fh.close()
+      opened.length = 0
+      const d = parseDescriptor(text, path)
+      if (!TEXT_CREATE_TYPES.has(d.createType)) {
+        throw new StorageError('Unsupported', `'${path}': unsupported image type '${d.createType}' in a descriptor file`, path)
+      }
+      const slots: Slot[] = []
+      let start = 0
+      try {
+        for (const e of d.extents) {
+          const size = e.sectors * 512
+          const file = e.file === undefined ? undefined : isAbsolute(e.file) ? e.file : join(dirname(path), e.file)
+          const ro = readOnly || e.access !== 'RW'
+          if (e.type === 'ZERO' || e.access === 'NOACCESS') {
+            slots.push({ start, size, kind: 'zero' })
+          } else if (e.type === 'SPARSE') {
+            const efh = await openFile(file!, ro ? 'r' : 'r+')
+            opened.push(efh)
+            const ext = await SparseExtent.open(file!, efh, ro)
+            opened[opened.length - 1] = ext
+            if (ext.capacityBytes < size) {
+              throw new StorageError('Corrupt', `'${file}': extent capacity ${ext.header.capacity} sectors is smaller than the descriptor's ${e.sectors}`, file)
+            }
+            slots.push({ start, size, kind: 'sparse', path: file, sparse: ext })
+          } else if (e.type === 'FLAT' || e.type === 'VMFS') {
+            const efh = await openFile(file!, ro ? 'r' : 'r+')
+            opened.push(efh)
+            slots.push({ start, size, kind: 'flat', path: file, flat: { fh: efh, base: (e.offset ?? 0) * 512 } })
+          } else {
+            throw new StorageError('Unsupported', `'${path}': extent type ${e.type} is not supported`, path)
+          }
+          start += size
+        }
+      } catch (err) {
+        throw err
+      }
+      const anyReadOnlyExtent = d.extents.some((e) => e.access !== 'RW')
+      return new VmdkImage(path, d, slots, readOnly || anyReadOnlyExtent, null)
+    } catch (err) {
+      await Promise.all(opened.map((o) => o.close().catch(() => undefined)))
+      throw err
+    }
+  }
+
+  get cid(): number {
+    return this.descriptor.cid
+  }
+  get parentCid(): number {
+    return this.descriptor.parentCid
+  }
+  get createType(): string {
+    return this.descriptor.createType
+  }
+  get hasParent(): boolean {
+    return this.descriptor.parentCid !== CID_NOPARENT || this.descriptor.parentFileNameHint !== undefined
+  }
+  /** The parent's path, resolved against this descriptor's folder (qemu's rule). */
+  get parentPath(): string | undefined {
+    const hint = this.descriptor.parentFileNameHint
+    if (hint === undefined) return undefined
+    return isAbsolute(hint) ? hint : join(dirname(this.path), hint)
+  }
+
+  /** Every file of this layer: the descriptor and its extents. */
+  files(): string[] {
+    const out = [this.path]
+    for (const s of this.slots) if (s.path && !out.includes(s.path)) out.push(s.path)
+    return out
+  }
+
+  /** Extents for `info` (qemu's format-specific extents[]). */
+  extentInfo(): { filename: string; 'virtual-size': number; format: string; 'cluster-size'?: number; compressed?: boolean }[] {
+    // qemu names a monolithic file's extent by the path opened, a descriptor's by its extent line.
+    const names = this.embedded ? [this.path] : this.descriptor.extents.map((e) => e.file ?? '')
+    return this.slots.map((s, i) => ({
+      filename: names[i],
+      'virtual-size': s.size,
+      format: s.kind === 'sparse' ? (this.embedded ? '' : 'SPARSE') : s.kind === 'flat' ? 'FLAT' : 'ZERO',
+      ...(s.sparse ? { 'cluster-size': s.sparse.geo.grainBytes } : {}),
+      ...(s.sparse?.compressed ? { compressed: true } : {}),
+    }))
+  }
+
+  /** The sparse extents (check, repair, commit). */
+  sparseExtents(): { start: number; size: number; extent: SparseExtent }[] {
+    return this.slots.filter((s) => s.sparse).map((s) => ({ start: s.start, size: s.size, extent: s.sparse! }))
+  }
+
+  get clusterSize(): number | undefined {
+    return this.slots.find((s) => s.sparse)?.sparse!.geo.grainBytes
+  }
+
+  get streamOptimized(): boolean {
+    return this.embedded?.header.compressAlgorithm === COMPRESSION_DEFLATE
+  }
+
+  /** Bytes the files use on disk (st_blocks), like qemu-img's actual-size. */
+  async actualSize(): Promise<number> {
+    let n = 0
+    for (const f of this.files()) {
+      try {
+        n += (await stat(f)).blocks * 512
+      } catch {
+        /* a missing extent is reported by open */
+      }
+    }
+    return n
+  }
+
+  private *overlapping(offset: number, length: number): Generator<[Slot, number, number]> {
+    const end = offset + length
+    for (const s of this.slots) {
+      if (s.start + s.size <= offset || s.start >= end) continue
+      const a = Math.max(offset, s.start)
+      const b = Math.min(end, s.start + s.size)
+      yield [s, a, b - a]
+    }
+  }
+
+  /** Fills out[at, at+length) with the backing device's bytes for disk offset `offset`. */
+  private async fillFromBacking(offset: number, length: number, out: Buffer, at: number): Promise<void> {
+    const b = this.backing
+    const avail = b ? Math.max(0, Math.min(length, b.size - offset)) : 0
+    if (avail > 0) (await b!.read(offset, avail)).copy(out, at)
+    if (avail < length) out.fill(0, at + avail, at + length)
+  }
+
+  async read(offset: number, length: number): Promise<Buffer> {
+    const out = Buffer.allocUnsafe(length)
+    await this.readInto(offset, length, out, 0)
+    return out
+  }
+
+  async readInto(offset: number, length: number, out: Buffer, at: number): Promise<void> {
+    const jobs: Promise<void>[] = []
+    for (const [s, a, n] of this.overlapping(offset, length)) {
+      const dst = at + (a - offset)
+      if (s.kind === 'zero') out.fill(0, dst, dst + n)
+      else if (s.kind === 'flat') jobs.push(preadFull(s.flat!.fh, s.path!, s.flat!.base + (a - s.start), n, out, dst).then(() => undefined))
+      else jobs.push(s.sparse!.readInto(a - s.start, n, out, dst, (o, l, buf, p) => this.fillFromBacking(s.start + o, l, buf, p)))
+    }
+    await Promise.all(jobs)
+  }
+
+  /** First modification after open gives the disk a new content id (qemu does the same). */
+  private touch(): Promise<void> {
+    this.cidUpdate ??= (async () => {
+      this.descriptor = { ...this.descriptor, cid: newCid() }
+      await this.writeDescriptor()
+    })()
+    return this.cidUpdate
+  }
+
+  /**
+   * Rewrites the descriptor: in place for an embedded one (qemu reads 10240 bytes at 0x200),
+   * by temp + fsync + rename for a descriptor file.
+   */
+  async writeDescriptor(d: Descriptor = this.descriptor): Promise<void> {
+    if (this.readOnly) throw new StorageError('ReadOnly', `'${this.path}' is open read-only`, this.path)
+    await this.descLock.runExclusive(async () => {
+      this.descriptor = d
+      const text = Buffer.from(serializeDescriptor(d), 'utf8')
+      if (this.embedded) {
+        const h = this.embedded.header
+        const room = h.descriptorSize * 512
+        if (h.descriptorOffset === 0 || text.length > room) {
+          throw new StorageError('NoSpace', `'${this.path}': the descriptor (${text.length} bytes) does not fit its ${room}-byte area`, this.path)
+        }
+        const buf = Buffer.alloc(room)
+        text.copy(buf)
+        await pwriteFull(this.embedded.handle, this.path, h.descriptorOffset * 512, buf)
+        return
+      }
+      await writeFileAtomic(this.path, text)
+    })
+  }
+
+  async write(offset: number, data: Buffer, opts?: WriteOptions): Promise<void> {
+    await this.touch()
+    const jobs: Promise<void>[] = []
+    for (const [s, a, n] of this.overlapping(offset, data.length)) {
+      const part = data.subarray(a - offset, a - offset + n)
+      if (s.kind === 'zero') throw new StorageError('ReadOnly', `'${this.path}': bytes ${a}..${a + n} lie in a ZERO extent`, this.path)
+      if (s.kind === 'flat') jobs.push(pwriteFull(s.flat!.fh, s.path!, s.flat!.base + (a - s.start), part))
+      else jobs.push(s.sparse!.write(a - s.start, part, (o, l, buf, p) => this.fillFromBacking(s.start + o, l, buf, p)))
+    }
+    await Promise.all(jobs)
+    if (opts?.fua) await this.flush()
+  }
+
+  /**
+   * Zeroes a range without reading through: grains that already read as zero are left alone;
+   * whole unallocated grains over a parent become zeroed grains (GTE 1) where the format has
+   * them; everything else gets real zeros.
+   */
+  async writeZeroes(offset: number, length: number, _opts?: ZeroOptions): Promise<void> {
+    await this.touch()
+    for (const [s, a, n] of this.overlapping(offset, length)) {
+      if (s.kind === 'zero') continue
+      if (s.kind === 'flat') {
+        await writeZeroBuffers(n, (o, b) => pwriteFull(s.flat!.fh, s.path!, s.flat!.base + (a - s.start) + o, b))
+        continue
+      }
+      const ext = s.sparse!
+      const gb = ext.geo.grainBytes
+      for (const m of await ext.map(a - s.start, n)) {
+        if (m.kind === 'zero') continue
+        const diskOff = s.start + m.offset
+        const shadowed = this.backing !== null && diskOff < this.backing.size
+        if (m.kind === 'unallocated' && !shadowed) continue
+        let pos = m.offset
+        const end = m.offset + m.length
+        if (m.kind === 'unallocated' && ext.zeroedGrains) {
+          const g0 = Math.ceil(pos / gb)
+          const g1 = Math.floor(end / gb)
+          if (g1 > g0) {
+            await writeZeroBuffers((g0 * gb) - pos, (o, b) => ext.write(pos + o, b, (oo, l, buf, p) => this.fillFromBacking(s.start + oo, l, buf, p)))
+            await ext.zeroGrains(g0, g1 - g0)
+            pos = g1 * gb
+          }
+        }
+        const from = pos
+        await writeZeroBuffers(end - from, (o, b) => ext.write(from + o, b, (oo, l, buf, p) => this.fillFromBacking(s.start + oo, l, buf, p)))
+      }
+    }
+  }
+
+  /** Discard leaves data in place: VMDK cannot free a grain (nor does qemu), and content after discard is unspecified. */
+  async discard(): Promise<void> {}
+
+  async flush(): Promise<void> {
+    await Promise.all(
+      this.slots.map((s) => (s.sparse ? s.sparse.flush() : s.flat ? datasync(s.flat.fh, s.path!) : undefined)),
+    )
+  }
+
+  /** This layer's own allocation (no read-through): what commit copies and map's depth 0. */
+  async layerStatus(offset: number, length: number): Promise<LayerRun[]> {
+    const out: LayerRun[] = []
+    for (const [s, a, n] of this.overlapping(offset, length)) {
+      if (s.kind === 'zero') out.push({ offset: a, length: n, kind: 'zero' })
+      else if (s.kind === 'flat') out.push({ offset: a, length: n, kind: 'data' })
+      else for (const m of await s.sparse!.map(a - s.start, n)) out.push({ offset: s.start + m.offset, length: m.length, kind: m.kind })
+    }
+    return out
+  }
+
+  /** How many layers lie below this one. */
+  get depthBelow(): number {
+    const b = this.backing
+    return b === null ? 0 : 1 + (b instanceof VmdkImage ? b.depthBelow : 0)
+  }
+
+  async blockStatus(offset: number, length: number): Promise<Extent[]> {
+    const out: Extent[] = []
+    for (const [s, a, n] of this.overlapping(offset, length)) {
+      if (s.kind === 'zero') {
+        out.push({ offset: a, length: n, data: false, zero: true, depth: 0, present: true })
+      } else if (s.kind === 'flat') {
+        out.push({ offset: a, length: n, data: true, zero: false, depth: 0, present: true, hostOffset: s.flat!.base + (a - s.start), file: s.path })
+      } else {
+        for (const m of await s.sparse!.map(a - s.start, n)) {
+          const off = s.start + m.offset
+          if (m.kind === 'data') {
+            out.push({ offset: off, length: m.length, data: true, zero: false, depth: 0, present: true, ...(m.compressed ? {} : { hostOffset: m.host, file: s.path }) })
+          } else if (m.kind === 'zero') {
+            out.push({ offset: off, length: m.length, data: false, zero: true, depth: 0, present: true })
+          } else {
+            out.push(...(await this.belowStatus(off, m.length)))
+          }
+        }
+      }
+    }
+    return mergeExtents(out)
+  }
+
+  /** Block status of the layers below, for a range this layer does not allocate. */
+  private async belowStatus(offset: number, length: number): Promise<Extent[]> {
+    const b = this.backing
+    const bottom = this.depthBelow
+    const avail = b ? Math.max(0, Math.min(length, b.size - offset)) : 0
+    const out: Extent[] = []
+    if (avail > 0) for (const e of await b!.blockStatus(offset, avail)) out.push({ ...e, depth: e.depth + 1 })
+    if (avail < length) out.push({ offset: offset + avail, length: length - avail, data: false, zero: true, depth: bottom, present: false })
+    return out
+  }
+
+  /** Closes this layer and the chain below it. */
+  async close(): Promise<void> {
+    const errors: unknown[] = []
+    for (const s of this.slots) {
+      try {
+        if (s.sparse) await s.sparse.close()
+        else if (s.flat) await s.flat.fh.close()
+      } catch (e) {
+        errors.push(e)
+      }
+    }
+    if (this.backing) await this.backing.close().catch((e) => errors.push(e))
+    if (errors.length) throw errors[0]
+  }
+}
+
+function notVmdk(path: string): StorageError {
+  return new StorageError('BadMagic', `'${path}': not a VMDK image (no 'KDMV' header and no descriptor)`, path)
+}
+
+async function readEmbeddedDescriptor(ext: SparseExtent, path: string): Promise<Descriptor> {
+  const h = ext.header
+  if (h.descriptorOffset !== 0 && h.descriptorSize !== 0) {
+    const text = (await preadFull(ext.handle, path, h.descriptorOffset * 512, h.descriptorSize * 512)).toString('utf8')
+    const nul = text.indexOf('\0')
+    const body = nul >= 0 ? text.slice(0, nul) : text
+    if (body.trim() !== '') return parseDescriptor(body, path)
+  }
+  // A split-extent part has an empty descriptor area: describe it as one sparse extent.
+  return {
+    version: 1,
+    cid: 0xfffffffe,
+    parentCid: CID_NOPARENT,
+    createType: ext.compressed ? 'streamOptimized' : 'monolithicSparse',
+    extents: [{ access: 'RW', sectors: h.capacity, type: 'SPARSE', file: basename(path) }],
+    ddb: [],
+    extra: [],
+  }
+}
+
+async function writeZeroBuffers(length: number, write: (offset: number, buf: Buffer) => Promise<void>): Promise<void> {
+  if (length <= 0) return
+  const zero = Buffer.alloc(Math.min(length, ZERO_CHUNK))
+  for (let o = 0; o < length; o += zero.length) {
+    const n = Math.min(zero.length, length - o)
+    await write(o, n === zero.length ? zero : zero.subarray(0, n))
+  }
+}
+
+/** Writes a small file atomically: temp file, fsync, rename, fsync of the folder. */
+export async function writeFileAtomic(path: string, data: Buffer | string): Promise<void> {
+  const tmp = join(dirname(path), `.${basename(path)}.tmp-${process.pid}`)
+  const fh = await openFile(tmp, 'w')
+  try {
+    await pwriteFull(fh, tmp, 0, Buffer.from(data))
+    await datasync(fh, tmp)
+  } finally {
+    await fh.close()
+  }
+  try {
+    await rename(tmp, path)
+  } catch (e) {
+    throw fromSystemError(e, path, 'Could not replace')
+  }
+  const dir = await openFile(dirname(path), 'r')
+  try {
+    await dir.sync().catch(() => undefined)
+  } finally {
+    await dir.close()
+  }
+}

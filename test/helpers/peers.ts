@@ -1,0 +1,62 @@
+import { execFileSync, spawnSync } from 'node:child_process'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join, dirname } from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+/** Is a peer tool on PATH? Tests use it for `skip: reason` when not. */
+export function have(tool: string): boolean {
+  return spawnSync('sh', ['-c', `command -v ${tool}`]).status === 0
+}
+
+/** `{ skip: 'qemu-img not installed …' }` or `{}` for t.test options. */
+export function needs(...tools: string[]): { skip?: string } {
+  const missing = tools.filter((t) => !have(t))
+  return missing.length ? { skip: `${missing.join(', ')} not installed (scripts/install-peers.sh)` } : {}
+}
+
+/** Runs a peer tool; throws with its stderr on failure. */
+export function sh(cmd: string, args: string[], opts: { cwd?: string } = {}): string {
+  return execFileSync(cmd, args, { cwd: opts.cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })
+}
+
+/** Runs a command and returns its status and output without throwing. */
+export function shStatus(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}) {
+  const r = spawnSync(cmd, args, { cwd: opts.cwd, encoding: 'utf8', env: opts.env ?? process.env })
+  return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr }
+}
+
+export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..')
+export const CLI = join(ROOT, 'dist', 'src', 'client', 'cli', 'main.js')
+
+/** Runs the built `tandem` CLI. */
+export function tandem(args: string[], opts: { cwd?: string } = {}) {
+  return shStatus(process.execPath, [CLI, ...args], opts)
+}
+
+/** A temporary folder removed at the end of the test. */
+export function tmp(t: { teardown(fn: () => void): void }, prefix = 'tandem-'): string {
+  const d = mkdtempSync(join(tmpdir(), prefix))
+  t.teardown(() => rmSync(d, { recursive: true, force: true }))
+  return d
+}
+
+/** Deterministic pseudo-random bytes (xorshift32) so failures reproduce. */
+export function rng(seed: number): () => number {
+  let x = seed >>> 0 || 1
+  return () => {
+    x ^= x << 13
+    x >>>= 0
+    x ^= x >>> 17
+    x ^= x << 5
+    x >>>= 0
+    return x
+  }
+}
+
+export function pattern(len: number, seed: number): Buffer {
+  const r = rng(seed)
+  const b = Buffer.alloc(len)
+  for (let i = 0; i < len; i += 4) b.writeUInt32LE(r(), i)
+  return b
+}
