@@ -42,29 +42,32 @@ export async function convert(src: BlockDevice, dst: string, opts: ConvertOption
   try {
     let next = 0
     let done = 0
-    let ordered: Promise<void> = Promise.resolve()
+    // For ordered targets each chunk's write waits for the previous chunk's; the slot in this
+    // chain is taken when the chunk is taken (synchronously, in address order), not after its read.
+    let lastWrite: Promise<void> = Promise.resolve()
     const worker = async () => {
       while (next < src.size) {
         const offset = next
         const length = Math.min(chunk, src.size - offset)
         next += length
-        const status = await src.blockStatus(offset, length)
-        const pieces: Promise<[number, Buffer]>[] = []
-        for (const e of status) {
-          if (!e.data) continue
-          pieces.push(src.read(e.offset, e.length).then((b) => [e.offset, b]))
-        }
-        const read = await Promise.all(pieces)
-        const writeAll = async () => {
+        const after = lastWrite
+        let release!: () => void
+        let fail!: (e: unknown) => void
+        const mine = new Promise<void>((res, rej) => {
+          release = res
+          fail = rej
+        })
+        mine.catch(() => undefined)
+        lastWrite = mine
+        try {
+          const status = await src.blockStatus(offset, length)
+          const read = await Promise.all(status.filter((e) => e.data).map((e) => src.read(e.offset, e.length).then((b) => [e.offset, b] as const)))
+          if (target.ordered) await after
           for (const [off, buf] of read) for (const [o, b] of nonZeroRuns(off, buf)) await target.write(o, b)
-        }
-        if (target.ordered) {
-          // Reads run ahead in parallel; writes go out in address order.
-          const prev = ordered
-          ordered = prev.then(writeAll)
-          await ordered
-        } else {
-          await writeAll()
+          release()
+        } catch (e) {
+          fail(e)
+          throw e
         }
         done += length
         opts.onProgress?.(done, src.size)
