@@ -132,7 +132,14 @@ export class SparseExtent {
 
   private async loadTable(i: number): Promise<Uint32Array | null> {
     const sector = this.gd[i]
-    if (sector === 0) return null
+    if (sector === 0) {
+      // A table only ever goes from absent to present in both directories together; one without
+      // the other is a damaged directory, not an unallocated range (qemu reads it as zeros).
+      if (this.rgd && this.rgd[i] !== 0) {
+        throw new StorageError('Corrupt', `'${this.path}': grain directory entry ${i} is 0 but the redundant directory has a table (run check --repair)`, this.path)
+      }
+      return null
+    }
     if (sector + this.geo.gtSectors > this.fileSectors) {
       throw new StorageError('Corrupt', `'${this.path}': grain directory entry ${i} points past the end of the file (sector ${sector}, file has ${this.fileSectors} sectors)`, this.path)
     }
