@@ -56,7 +56,7 @@ export function rng(seed: number): () => number {
 
 export function pattern(len: number, seed: number): Buffer {
   const r = rng(seed)
-  const b = Buffer.alloc(len)
-  for (let i = 0; i < len; i += 4) b.writeUInt32LE(r(), i)
-  return b
+  const b = Buffer.alloc(Math.ceil(len / 4) * 4)
+  for (let i = 0; i < b.length; i += 4) b.writeUInt32LE(r(), i)
+  return b.subarray(0, len)
 }

@@ -188,7 +188,12 @@ async function checkExtent(ext: SparseExtent, add: (f: Finding, n?: number) => v
       const rv = r?.entries ? r.entries[j] : undefined
       const validGte = (v: number | undefined): v is number =>
         v !== undefined && (v === 0 || (v === 1 && ext.zeroedGrains) || (v >= h.overHead && v + h.grainSize <= fileSectors))
-      if (pv !== undefined && rv !== undefined && pv !== rv) {
+      if (pv !== undefined && rv !== undefined && pv !== rv && rv === 0 && pv > 1 && validGte(pv)) {
+        // Entries are written primary first, then redundant (SPEC.md §5): a process killed
+        // between the two leaves exactly this. Harmless — reads use the primary — and repairable.
+        add({ kind: 'leak', message: `Grain table ${t} entry ${j} (grain ${g}): the redundant entry was not yet updated (interrupted write); primary ${pv}` })
+        fixes.push({ table: t, index: j, value: pv, which: 'redundant' })
+      } else if (pv !== undefined && rv !== undefined && pv !== rv) {
         add({ kind: 'corruption', message: `ERROR grain table ${t} entry ${j} (grain ${g}) differs: primary ${pv}, redundant ${rv}` })
         if (validGte(pv)) fixes.push({ table: t, index: j, value: pv, which: 'redundant' })
         else if (validGte(rv)) fixes.push({ table: t, index: j, value: rv, which: 'primary' })

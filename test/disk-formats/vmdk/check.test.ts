@@ -213,3 +213,18 @@ t.test('uncleanShutdown is set while open for write and cleared on close', async
   const r = await checkImage(path)
   t.equal(r.corruptions, 0)
 })
+
+t.test('a redundant entry not yet written (killed between the two entry writes): leak-class, repaired', async (t) => {
+  const { path, data } = await makeDisk(tmp(t))
+  const h = header(path)
+  const rgt = readFileSync(path).readUInt32LE(h.rgdOffset * 512)
+  poke(path, rgt * 512 + 600 % 512 * 4 + 0, 0) // grain 600 is in table 1; use grain 2 of table 0 instead
+  poke(path, rgt * 512 + 2 * 4, 0)
+  const r = check(path, '--json')
+  t.equal(r.status, 3, 'harmless: exit 3')
+  t.equal(r.json.corruptions, 0)
+  t.match(r.json.messages.join('\n'), /entry 2 \(grain 2\): the redundant entry was not yet updated/)
+  t.ok((await content(path)).equals(data), 'reads are unaffected')
+  t.equal(check(path, '--repair').status, 0)
+  t.equal(check(path).status, 0)
+})
