@@ -48,6 +48,18 @@ export interface BlockDevice {
   close(): Promise<void>
 }
 
+/** A device that can read into a caller's buffer, saving an allocation and a copy (VmdkImage). */
+export interface ReadsInto {
+  readInto(offset: number, length: number, out: Buffer, at: number): Promise<void>
+}
+
+/** Reads into `out[at…]`, directly where the device supports it. */
+export async function readInto(dev: BlockDevice, offset: number, length: number, out: Buffer, at: number): Promise<void> {
+  const direct = (dev as Partial<ReadsInto>).readInto
+  if (direct) return direct.call(dev, offset, length, out, at)
+  ;(await dev.read(offset, length)).copy(out, at)
+}
+
 /** Validates a request against a device once, at the edge. */
 export function checkRange(dev: { size: number }, offset: number, length: number): void {
   if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {

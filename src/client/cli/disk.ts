@@ -259,7 +259,7 @@ export function diskCommand(run: (fn: () => Promise<number | void>) => Promise<v
     .option('-p, --progress', 'show a progress bar even when not on a terminal', false)
     .action((path: string, o) =>
       run(async () => {
-        const bar = progressBar('commit', o.progress)
+        const bar = await progressBar('commit', o.progress)
         try {
           const r = await commit(path, { force: o.force, keepTop: o.keep, onProgress: (d, t) => bar.update(d, t) })
           bar.stop()
@@ -282,7 +282,7 @@ export function diskCommand(run: (fn: () => Promise<number | void>) => Promise<v
       run(async () => {
         if (o.parent === undefined) throw new StorageError('InvalidArgument', 'rebase needs -b PARENT (or -b "" for no parent)')
         const np = o.parent === '' ? null : resolve(o.parent)
-        const bar = progressBar('rebase', o.progress)
+        const bar = await progressBar('rebase', o.progress)
         try {
           await rebase(path, np, { unsafe: o.unsafe, onProgress: (d, t) => bar.update(d, t) })
         } finally {
@@ -305,7 +305,7 @@ export function diskCommand(run: (fn: () => Promise<number | void>) => Promise<v
     .action((src: string, dst: string, o) =>
       run(async () => {
         const dev = await openImage(src, { readOnly: true, format: parseFormat(o.format) })
-        const bar = progressBar('convert', o.progress)
+        const bar = await progressBar('convert', o.progress)
         try {
           await convert(dev, dst, {
             to: o.to,

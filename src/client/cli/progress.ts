@@ -1,8 +1,10 @@
-import cliProgress from 'cli-progress'
-
-/** A progress bar on a terminal (stderr), nothing otherwise; `force` shows it anyway (-p). */
-export function progressBar(label: string, force = false): { update(done: number, total: number): void; stop(): void } {
+/**
+ * A progress bar on a terminal (stderr), nothing otherwise; `force` shows it anyway (-p).
+ * cli-progress is loaded only when a bar is shown: it costs ~12 ms of start-up.
+ */
+export async function progressBar(label: string, force = false): Promise<{ update(done: number, total: number): void; stop(): void }> {
   if (!force && !process.stderr.isTTY) return { update() {}, stop() {} }
+  const { default: cliProgress } = await import('cli-progress')
   const bar = new cliProgress.SingleBar(
     { format: `${label} [{bar}] {percentage}% | {value}/{total} MiB`, stream: process.stderr, hideCursor: true, noTTYOutput: force, notTTYSchedule: 1000 },
     cliProgress.Presets.shades_classic,
@@ -19,6 +21,7 @@ export function progressBar(label: string, force = false): { update(done: number
     },
     stop() {
       if (started) bar.stop()
+      started = false
     },
   }
 }

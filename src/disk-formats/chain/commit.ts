@@ -4,6 +4,9 @@ import { StorageError } from '../errors.js'
 import { VmdkImage } from '../vmdk/vmdk-image.js'
 import { openVmdk } from './open-chain.js'
 
+/** Copies in flight during commit. */
+const COMMIT_PARALLEL = 8
+
 export interface CommitOptions {
   /** commit even though other children of the parent exist (they will then refuse to open) */
   force?: boolean
@@ -70,6 +73,7 @@ export async function commit(topPath: string, opts: CommitOptions = {}): Promise
   const parent = await openVmdk(parentPath)
   let top: VmdkImage | null = null
   let bytes = 0
+  let newCid = parent.cid
   try {
     top = await VmdkImage.open(topPath, { readOnly: true })
     const runs = await top.layerStatus(0, top.size)
@@ -79,27 +83,34 @@ export async function commit(topPath: string, opts: CommitOptions = {}): Promise
       throw new StorageError('NoSpace', `'${topPath}' holds data at ${beyond.offset} beyond the end of its parent (${parent.size} bytes); a VMDK cannot grow`, topPath)
     }
     const chunk = opts.chunk ?? 4 << 20
+    const work: { offset: number; length: number; zero: boolean }[] = []
     for (const r of runs) {
+      if (r.kind === 'unallocated') continue
       for (let o = r.offset; o < r.offset + r.length; o += chunk) {
-        const n = Math.min(chunk, r.offset + r.length - o)
-        if (r.kind === 'data') await parent.write(o, await top.read(o, n))
-        else if (r.kind === 'zero') await parent.writeZeroes(o, n)
-        else continue
-        bytes += n
+        work.push({ offset: o, length: Math.min(chunk, r.offset + r.length - o), zero: r.kind === 'zero' })
+      }
+    }
+    // Distinct grains are independent: keep several copies in flight (allocation in the
+    // parent is serialized inside the extent).
+    const src = top
+    let next = 0
+    const worker = async () => {
+      while (next < work.length) {
+        const w = work[next++]
+        if (w.zero) await parent.writeZeroes(w.offset, w.length)
+        else await parent.write(w.offset, await src.read(w.offset, w.length))
+        bytes += w.length
         opts.onProgress?.(bytes, total)
       }
     }
+    await Promise.all(Array.from({ length: COMMIT_PARALLEL }, worker))
     await parent.flush()
+    newCid = parent.cid
   } finally {
     await top?.close().catch(() => undefined)
     await parent.close()
   }
   if (bytes === 0) return { parent: parentPath, bytes, siblings }
-  const newCid = (await VmdkImage.open(parentPath, { readOnly: true }).then(async (p) => {
-    const c = p.cid
-    await p.close()
-    return c
-  })) as number
   const rw = await VmdkImage.open(topPath)
   try {
     await rw.writeDescriptor({ ...rw.descriptor, parentCid: newCid })

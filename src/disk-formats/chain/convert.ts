@@ -1,5 +1,5 @@
 import { unlink } from 'node:fs/promises'
-import type { BlockDevice } from '../block-device.js'
+import { readInto, type BlockDevice } from '../block-device.js'
 import { isZero } from '../file-io.js'
 import { RawFile } from '../raw/index.js'
 import { createVmdk, type AdapterType, type Subformat } from '../vmdk/create.js'
@@ -46,6 +46,9 @@ export async function convert(src: BlockDevice, dst: string, opts: ConvertOption
     // chain is taken when the chunk is taken (synchronously, in address order), not after its read.
     let lastWrite: Promise<void> = Promise.resolve()
     const worker = async () => {
+      // One buffer per worker, reused: fresh multi-MiB buffers per chunk cost more in page
+      // faults than the copy itself.
+      const buf = Buffer.allocUnsafe(Math.min(chunk, src.size))
       while (next < src.size) {
         const offset = next
         const length = Math.min(chunk, src.size - offset)
@@ -61,9 +64,12 @@ export async function convert(src: BlockDevice, dst: string, opts: ConvertOption
         lastWrite = mine
         try {
           const status = await src.blockStatus(offset, length)
-          const read = await Promise.all(status.filter((e) => e.data).map((e) => src.read(e.offset, e.length).then((b) => [e.offset, b] as const)))
+          const data = status.filter((e) => e.data)
+          await Promise.all(data.map((e) => readInto(src, e.offset, e.length, buf, e.offset - offset)))
           if (target.ordered) await after
-          for (const [off, buf] of read) for (const [o, b] of nonZeroRuns(off, buf)) await target.write(o, b)
+          for (const e of data) {
+            for (const [o, b] of nonZeroRuns(e.offset, buf.subarray(e.offset - offset, e.offset - offset + e.length))) await target.write(o, b)
+          }
           release()
         } catch (e) {
           fail(e)

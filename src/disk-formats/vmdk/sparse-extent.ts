@@ -439,9 +439,10 @@ export class SparseExtent {
   async close(): Promise<void> {
     try {
       if (this.marked) {
+        // Data first, durably; then the flag. If clearing it is lost in a crash the flag stays
+        // set, which only errs on the safe side.
         await datasync(this.fh, this.path)
         await pwriteFull(this.fh, this.path, UNCLEAN_SHUTDOWN_OFFSET, Buffer.from([0]))
-        await datasync(this.fh, this.path)
       }
     } finally {
       await this.fh.close()

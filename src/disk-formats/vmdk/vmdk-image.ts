@@ -2,7 +2,7 @@ import type { FileHandle } from 'node:fs/promises'
 import { rename, stat } from 'node:fs/promises'
 import { basename, dirname, isAbsolute, join } from 'node:path'
 import { Mutex } from 'async-mutex'
-import { mergeExtents, type BlockDevice, type Extent, type WriteOptions, type ZeroOptions } from '../block-device.js'
+import { mergeExtents, readInto, type BlockDevice, type Extent, type WriteOptions, type ZeroOptions } from '../block-device.js'
 import { fromSystemError, StorageError } from '../errors.js'
 import { datasync, fileSize, openFile, preadFull, pwriteFull } from '../file-io.js'
 import {
@@ -207,7 +207,7 @@ export class VmdkImage implements BlockDevice {
   private async fillFromBacking(offset: number, length: number, out: Buffer, at: number): Promise<void> {
     const b = this.backing
     const avail = b ? Math.max(0, Math.min(length, b.size - offset)) : 0
-    if (avail > 0) (await b!.read(offset, avail)).copy(out, at)
+    if (avail > 0) await readInto(b!, offset, avail, out, at)
     if (avail < length) out.fill(0, at + avail, at + length)
   }
 

@@ -1,0 +1,139 @@
+/**
+ * `npm run bench`: Tandem beside its peers on the same work, alternating, in one run.
+ * Prints medians and ratios (Tandem time / peer time: below 1.0 means Tandem is faster).
+ * Options (env): BENCH_DIR (default ./bench-work), BENCH_REPS (default 3), BENCH_ONLY=disk.
+ */
+import { spawnSync } from 'node:child_process'
+import { copyFileSync, mkdirSync, rmSync, existsSync, readdirSync } from 'node:fs'
+import { join, dirname } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { createVmdk, openVmdk } from '../../src/disk-formats/index.js'
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..')
+const CLI = join(ROOT, 'dist', 'src', 'client', 'cli', 'main.js')
+const RSS = join(ROOT, 'dist', 'scripts', 'bench', 'rss.js')
+const DIR = process.env.BENCH_DIR ?? join(ROOT, 'bench-work')
+const REPS = Number(process.env.BENCH_REPS ?? 3)
+
+function have(tool: string): boolean {
+  return spawnSync('sh', ['-c', `command -v ${tool}`]).status === 0
+}
+
+function run(cmd: string, args: string[]): { seconds: number; stderr: string } {
+  const t0 = process.hrtime.bigint()
+  const r = spawnSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'ignore', 'pipe'] })
+  const seconds = Number(process.hrtime.bigint() - t0) / 1e9
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed: ${r.stderr}`)
+  return { seconds, stderr: r.stderr }
+}
+
+const tandem = (...args: string[]) => run(process.execPath, [CLI, ...args])
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
+
+interface Row {
+  name: string
+  tandem: number
+  peer: number
+  peerName: string
+}
+const rows: Row[] = []
+
+/** Runs `setup` then each side REPS times, alternating which goes first. */
+function compare(name: string, peerName: string, setup: () => void, ours: () => number, theirs: () => number) {
+  const a: number[] = []
+  const b: number[] = []
+  for (let i = 0; i < REPS; i++) {
+    const order = i % 2 === 0 ? ['t', 'p'] : ['p', 't']
+    for (const side of order) {
+      setup()
+      if (side === 't') a.push(ours())
+      else b.push(theirs())
+    }
+  }
+  const row = { name, tandem: median(a), peer: median(b), peerName }
+  rows.push(row)
+  console.log(`${name.padEnd(44)} tandem ${row.tandem.toFixed(3)} s   ${peerName} ${row.peer.toFixed(3)} s   ratio ${(row.tandem / row.peer).toFixed(2)}x`)
+}
+
+async function diskBench() {
+  if (!have('qemu-img') || !have('qemu-io')) {
+    console.log('disk: SKIP (qemu-img/qemu-io not installed: scripts/install-peers.sh)')
+    return
+  }
+  const d = join(DIR, 'disk')
+  rmSync(d, { recursive: true, force: true })
+  mkdirSync(d, { recursive: true })
+  // A 512 MiB chain: 256 MiB of data in the base, a delta of 256 scattered 64 KiB writes.
+  const base = join(d, 'base.vmdk')
+  const delta = join(d, 'delta.vmdk')
+  await createVmdk(base, { size: 512 << 20 })
+  const b = await openVmdk(base)
+  const chunk = Buffer.alloc(4 << 20)
+  for (let o = 0; o < 256 << 20; o += chunk.length) {
+    for (let i = 0; i < chunk.length; i += 8) chunk.writeDoubleLE(Math.random(), i)
+    await b.write(o, chunk)
+  }
+  const baseCid = b.cid
+  await b.close()
+  const bcid = await openVmdk(base, { readOnly: true }).then(async (x) => {
+    const c = x.cid
+    await x.close()
+    return c
+  })
+  void baseCid
+  await createVmdk(delta, { size: 512 << 20, parent: { path: base, cid: bcid } })
+  const dl = await openVmdk(delta)
+  const g = Buffer.alloc(65536)
+  for (let i = 0; i < 256; i++) {
+    for (let k = 0; k < g.length; k += 8) g.writeDoubleLE(Math.random(), k)
+    await dl.write(Math.floor(Math.random() * 8192) * 65536, g)
+  }
+  await dl.close()
+  const outRaw = join(d, 'out.raw')
+  compare('512 MiB chain -> raw (convert)', 'qemu-img', () => rmSync(outRaw, { force: true }),
+    () => tandem('disk', 'convert', '-O', 'raw', delta, outRaw).seconds,
+    () => run('qemu-img', ['convert', '-O', 'raw', delta, outRaw]).seconds)
+  // 256 MiB raw -> VMDK
+  const raw = join(d, 'src.raw')
+  run('qemu-img', ['convert', '-O', 'raw', base, join(d, 'full.raw')])
+  spawnSync('truncate', ['-s', String(256 << 20), join(d, 'full.raw')])
+  copyFileSync(join(d, 'full.raw'), raw)
+  const outV = join(d, 'out.vmdk')
+  compare('256 MiB raw -> vmdk (convert)', 'qemu-img', () => rmSync(outV, { force: true }),
+    () => tandem('disk', 'convert', '-f', 'raw', '-O', 'vmdk', raw, outV).seconds,
+    () => run('qemu-img', ['convert', '-f', 'raw', '-O', 'vmdk', raw, outV]).seconds)
+  // commit of the delta into the base (fresh copies each time)
+  const cb = join(d, 'cbase.vmdk')
+  const cd = join(d, 'cdelta.vmdk')
+  const cdesc = () => {
+    copyFileSync(base, join(d, 'c', 'base.vmdk'))
+    copyFileSync(delta, join(d, 'c', 'delta.vmdk'))
+  }
+  mkdirSync(join(d, 'c'), { recursive: true })
+  void cb
+  void cd
+  compare('commit of 256 x 64 KiB delta', 'qemu-img', cdesc,
+    () => tandem('disk', 'commit', join(d, 'c', 'delta.vmdk')).seconds,
+    () => run('qemu-img', ['commit', join(d, 'c', 'delta.vmdk')]).seconds)
+  // Peak memory: convert of a 10 GiB sparse disk with 512 MiB of data spread over it.
+  const big = join(d, 'big.vmdk')
+  await createVmdk(big, { size: 10 * 2 ** 30 })
+  const bg = await openVmdk(big)
+  const piece = Buffer.alloc(1 << 20)
+  for (let i = 0; i < 512; i++) {
+    for (let k = 0; k < piece.length; k += 8) piece.writeDoubleLE(Math.random(), k)
+    await bg.write(i * 20 * (1 << 20), piece)
+  }
+  await bg.close()
+  const bigOut = join(d, 'big-out.vmdk')
+  rmSync(bigOut, { force: true })
+  const r = run(process.execPath, ['--import', RSS, CLI, 'disk', 'convert', big, bigOut])
+  const kb = Number(/TANDEM_MAXRSS_KB=(\d+)/.exec(r.stderr)?.[1] ?? 0)
+  console.log(`${'10 GiB sparse (512 MiB data) convert'.padEnd(44)} tandem ${r.seconds.toFixed(3)} s, peak RSS ${(kb / 1024).toFixed(0)} MiB (target < 200 MiB)`)
+  rmSync(d, { recursive: true, force: true })
+}
+
+const only = process.env.BENCH_ONLY
+console.log(`Tandem benchmarks — ${REPS} runs each side, alternating, medians; ratio = Tandem/peer time (< 1 is faster)`)
+if (!only || only === 'disk') await diskBench()
+if (existsSync(DIR) && readdirSync(DIR).length === 0) rmSync(DIR, { recursive: true, force: true })
