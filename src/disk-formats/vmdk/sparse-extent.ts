@@ -61,6 +61,8 @@ export class SparseExtent {
   private readonly gtLoads = new Map<number, Promise<Uint32Array | null>>()
   private readonly grains = new LRUCache<number, Buffer>({ max: GRAIN_CACHE })
   private readonly allocLock = new Mutex()
+  /** grains being allocated now, each with the promise its allocation resolves */
+  private readonly claims = new Map<number, Promise<void>>()
   private nextSector = 0
   private fileSectors: number
   private marked = false
@@ -259,18 +261,26 @@ export class SparseExtent {
    * Writes `data` at extent-relative `offset`. A write into an unallocated grain allocates a
    * whole new grain at the end of the file; the parts of it the write does not cover are
    * filled from the layer below (`fill`), or with zeros for a zeroed grain.
+   *
+   * Concurrency: a writer claims the grains it allocates (synchronously, after checking they
+   * are still unallocated), so two writers never allocate the same grain; a writer that finds
+   * a grain claimed waits for that allocation and then writes into the allocated grain.
    */
   async write(offset: number, data: Buffer, fill: FillFn): Promise<void> {
     await this.markDirty()
-    const direct = await this.writeAllocated(offset, data)
-    if (direct.length === 0) return
-    await this.allocLock.runExclusive(async () => {
-      // Re-check: another write may have allocated these grains while we waited.
-      for (const [start, end] of direct) {
-        const rest = await this.writeAllocated(offset + start, data.subarray(start, end))
-        for (const [s, e] of rest) await this.allocate(offset + start + s, data.subarray(start + s, start + e), fill)
+    let pending = await this.writeAllocated(offset, data)
+    while (pending.length > 0) {
+      const retry: [number, number][] = []
+      await Promise.all(
+        pending.map(async ([s, e]) => {
+          if (!(await this.allocate(offset + s, data.subarray(s, e), fill))) retry.push([s, e])
+        }),
+      )
+      pending = []
+      for (const [s, e] of retry) {
+        for (const [a, b] of await this.writeAllocated(offset + s, data.subarray(s, e))) pending.push([s + a, s + b])
       }
-    })
+    }
   }
 
   /**
@@ -290,30 +300,88 @@ export class SparseExtent {
     return pending
   }
 
-  /** Allocates consecutive new grains for [offset, offset+data.length) (all unallocated or zeroed). */
-  private async allocate(offset: number, data: Buffer, fill: FillFn): Promise<void> {
+  /**
+   * The grains first..last as the cached tables say now, synchronously; null where a table is
+   * not cached (the caller loads it and tries again).
+   */
+  private kindsNow(first: number, last: number): GrainKind[] | null {
+    const per = this.header.numGTEsPerGT
+    const out: GrainKind[] = []
+    for (let g = first; g <= last; g++) {
+      const i = Math.floor(g / per)
+      const gt = this.gts.get(i)
+      if (!gt && this.gd[i] !== 0) return null
+      out.push(this.kindOf(gt ? gt[g % per] : 0, g))
+    }
+    return out
+  }
+
+  /**
+   * Claims grains first..last for allocation, or returns false (after waiting for whoever
+   * holds a claim, or loading a table) when the caller must look again.
+   */
+  private async claim(first: number, last: number): Promise<(() => void) | false> {
+    const busy: Promise<void>[] = []
+    for (let g = first; g <= last; g++) {
+      const p = this.claims.get(g)
+      if (p) busy.push(p)
+    }
+    if (busy.length) {
+      await Promise.all(busy)
+      return false
+    }
+    const kinds = this.kindsNow(first, last)
+    if (kinds === null) {
+      const per = this.header.numGTEsPerGT
+      for (let i = Math.floor(first / per); i <= Math.floor(last / per); i++) await this.table(i)
+      return false
+    }
+    if (kinds.some((k) => k === 'data')) return false
+    let release!: () => void
+    const done = new Promise<void>((r) => (release = r))
+    for (let g = first; g <= last; g++) this.claims.set(g, done)
+    return () => {
+      for (let g = first; g <= last; g++) this.claims.delete(g)
+      release()
+    }
+  }
+
+  /**
+   * Allocates consecutive new grains for [offset, offset+data.length) if they are all still
+   * unallocated or zeroed; returns false when the caller must look again.
+   */
+  private async allocate(offset: number, data: Buffer, fill: FillFn): Promise<boolean> {
     const gb = this.geo.grainBytes
     const first = Math.floor(offset / gb)
     const last = Math.floor((offset + data.length - 1) / gb)
-    const n = last - first + 1
-    const buf = Buffer.allocUnsafe(n * gb)
-    const headLen = offset - first * gb
-    const tailStart = offset + data.length
-    const tailEnd = Math.min((last + 1) * gb, this.capacityBytes)
-    // Zero-filled grains never read through; fill only what the request leaves uncovered.
-    if (headLen > 0) await this.fillGrainPart(first, first * gb, headLen, buf, 0, fill)
-    if (tailStart < tailEnd) await this.fillGrainPart(last, tailStart, tailEnd - tailStart, buf, tailStart - first * gb, fill)
-    if (tailEnd < (last + 1) * gb) buf.fill(0, tailEnd - first * gb)
-    data.copy(buf, headLen)
-    const sector = this.nextSector
-    const limit = 0xffffffff - n * this.header.grainSize
-    if (sector > limit) throw new StorageError('NoSpace', `'${this.path}': the extent file reached the 2 TiB limit of 32-bit grain offsets`, this.path)
-    this.nextSector += n * this.header.grainSize
-    await pwriteFull(this.fh, this.path, sector * 512, buf)
-    this.fileSectors = Math.max(this.fileSectors, this.nextSector)
-    const entries: number[] = []
-    for (let i = 0; i < n; i++) entries.push(sector + i * this.header.grainSize)
-    await this.setEntries(first, entries)
+    const release = await this.claim(first, last)
+    if (!release) return false
+    try {
+      const n = last - first + 1
+      // Reserve the file space at once (synchronously): concurrent allocations get distinct grains.
+      const sector = this.nextSector
+      if (sector > 0xffffffff - n * this.header.grainSize) {
+        throw new StorageError('NoSpace', `'${this.path}': the extent file reached the 2 TiB limit of 32-bit grain offsets`, this.path)
+      }
+      this.nextSector += n * this.header.grainSize
+      const buf = Buffer.allocUnsafe(n * gb)
+      const headLen = offset - first * gb
+      const tailStart = offset + data.length
+      const tailEnd = Math.min((last + 1) * gb, this.capacityBytes)
+      // Zero-filled grains never read through; fill only what the request leaves uncovered.
+      if (headLen > 0) await this.fillGrainPart(first, first * gb, headLen, buf, 0, fill)
+      if (tailStart < tailEnd) await this.fillGrainPart(last, tailStart, tailEnd - tailStart, buf, tailStart - first * gb, fill)
+      if (tailEnd < (last + 1) * gb) buf.fill(0, tailEnd - first * gb)
+      data.copy(buf, headLen)
+      await pwriteFull(this.fh, this.path, sector * 512, buf)
+      this.fileSectors = Math.max(this.fileSectors, sector + n * this.header.grainSize)
+      const entries: number[] = []
+      for (let i = 0; i < n; i++) entries.push(sector + i * this.header.grainSize)
+      await this.setEntries(first, entries)
+      return true
+    } finally {
+      release()
+    }
   }
 
   private async fillGrainPart(grain: number, offset: number, length: number, out: Buffer, at: number, fill: FillFn): Promise<void> {
@@ -337,7 +405,7 @@ export class SparseExtent {
       const idx = grain % per
       const count = Math.min(entries.length - i, per - idx)
       let gt = await this.table(gdIdx)
-      if (!gt) gt = await this.allocateTable(gdIdx)
+      if (!gt) gt = await this.allocLock.runExclusive(async () => (await this.table(gdIdx)) ?? this.allocateTable(gdIdx))
       const bytes = Buffer.alloc(count * 4)
       for (let k = 0; k < count; k++) bytes.writeUInt32LE(entries[i + k], k * 4)
       await pwriteFull(this.fh, this.path, this.gd[gdIdx] * 512 + idx * 4, bytes)
@@ -352,7 +420,25 @@ export class SparseExtent {
   /** Marks whole grains as zeroed (GTE 1); needs the zeroed-grain flag. Grains must be unallocated. */
   async zeroGrains(firstGrain: number, count: number): Promise<void> {
     await this.markDirty()
-    await this.allocLock.runExclusive(() => this.setEntries(firstGrain, new Array<number>(count).fill(1)))
+    const last = firstGrain + count - 1
+    for (;;) {
+      const release = await this.claim(firstGrain, last)
+      if (!release) {
+        const kinds = this.kindsNow(firstGrain, last)
+        if (kinds?.some((k) => k === 'data')) {
+          // someone wrote data meanwhile: zero it in place instead
+          await this.write(firstGrain * this.geo.grainBytes, Buffer.alloc(count * this.geo.grainBytes), async (_o, l, b, a) => void b.fill(0, a, a + l))
+          return
+        }
+        continue
+      }
+      try {
+        await this.setEntries(firstGrain, new Array<number>(count).fill(1))
+        return
+      } finally {
+        release()
+      }
+    }
   }
 
   /** A new GT (and redundant GT) in a fresh grain at the end of the file; then the GD entries. */
