@@ -302,6 +302,7 @@ export function diskCommand(run: (fn: () => Promise<number | void>) => Promise<v
     .option('--zeroed-grain', 'output uses zeroed grains', false)
     .addOption(new Option('--adapter-type <type>', 'ddb.adapterType of the output').choices([...ADAPTER_TYPES]).default('ide'))
     .option('-p, --progress', 'show a progress bar even when not on a terminal', false)
+    .option('--sync', 'fdatasync the output before exiting (qemu-img convert does not by default)', false)
     .action((src: string, dst: string, o) =>
       run(async () => {
         const dev = await openImage(src, { readOnly: true, format: parseFormat(o.format) })
@@ -312,6 +313,7 @@ export function diskCommand(run: (fn: () => Promise<number | void>) => Promise<v
             subformat: parseSubformat(o.type),
             zeroedGrain: o.zeroedGrain,
             adapterType: o.adapterType as AdapterType,
+            sync: o.sync,
             onProgress: (d, t) => bar.update(d, t),
           })
         } finally {

@@ -17,6 +17,11 @@ export interface ConvertOptions {
   chunk?: number
   /** chunks in flight (default 4) */
   parallel?: number
+  /**
+   * fdatasync the output before returning (default false: like qemu-img convert, whose output
+   * cache mode defaults to 'unsafe'; the data is in the page cache when convert returns)
+   */
+  sync?: boolean
 }
 
 export interface Target {
@@ -111,7 +116,7 @@ async function openTarget(size: number, dst: string, opts: ConvertOptions): Prom
       ordered: false,
       write: (o, b) => raw.write(o, b),
       finish: async () => {
-        await raw.flush()
+        if (opts.sync) await raw.flush()
         await raw.close()
       },
       abort: async () => {
@@ -147,7 +152,7 @@ async function openTarget(size: number, dst: string, opts: ConvertOptions): Prom
       },
       finish: async () => {
         if (pending) await w.addGrain(pendingGrain, pending)
-        await w.finish()
+        await w.finish(opts.sync ?? false)
       },
       abort: async () => {
         await w.abort()
@@ -161,8 +166,8 @@ async function openTarget(size: number, dst: string, opts: ConvertOptions): Prom
     ordered: false,
     write: (o, b) => img.write(o, b),
     finish: async () => {
-      await img.flush()
-      await img.close()
+      if (opts.sync) await img.flush()
+      await img.close({ sync: opts.sync ?? false })
     },
     abort: async () => {
       await img.close().catch(() => undefined)

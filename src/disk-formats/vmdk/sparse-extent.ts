@@ -521,10 +521,14 @@ export class SparseExtent {
     })
   }
 
-  /** Clears uncleanShutdown, syncs and closes. */
-  async close(): Promise<void> {
+  /**
+   * Syncs, clears uncleanShutdown and closes. With `sync: false` (convert's default, like
+   * qemu-img's unsafe output cache) nothing is synced: the flag is left set, since the data
+   * may not be durable yet.
+   */
+  async close(opts: { sync?: boolean } = {}): Promise<void> {
     try {
-      if (this.marked) {
+      if (this.marked && opts.sync !== false) {
         // Data first, durably; then the flag. If clearing it is lost in a crash the flag stays
         // set, which only errs on the safe side.
         await datasync(this.fh, this.path)

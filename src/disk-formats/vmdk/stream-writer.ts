@@ -116,8 +116,8 @@ export class StreamWriter {
     return at + 1
   }
 
-  /** Writes GTs, GD, footer and end-of-stream marker, and closes the file. */
-  async finish(): Promise<void> {
+  /** Writes GTs, GD, footer and end-of-stream marker, and closes the file (synced if `sync`). */
+  async finish(sync = true): Promise<void> {
     try {
       await this.chain
       const geo = geometry(this.header)
@@ -133,7 +133,7 @@ export class StreamWriter {
       const gdAt = await this.metadata(MARKER_GD, gd)
       await this.metadata(MARKER_FOOTER, SparseHeaderStruct.encode({ ...this.header, gdOffset: gdAt }))
       await pwriteFull(this.fh, this.path, this.sector * 512, Buffer.alloc(512)) // end-of-stream
-      await this.fh.datasync()
+      if (sync) await this.fh.datasync()
     } finally {
       await this.fh.close()
     }

@@ -371,12 +371,12 @@ export class VmdkImage implements BlockDevice {
     return out
   }
 
-  /** Closes this layer and the chain below it. */
-  async close(): Promise<void> {
+  /** Closes this layer and the chain below it (`sync: false`: see SparseExtent.close). */
+  async close(opts: { sync?: boolean } = {}): Promise<void> {
     const errors: unknown[] = []
     for (const s of this.slots) {
       try {
-        if (s.sparse) await s.sparse.close()
+        if (s.sparse) await s.sparse.close(opts)
         else if (s.flat) await s.flat.fh.close()
       } catch (e) {
         errors.push(e)
