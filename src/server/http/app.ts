@@ -1,0 +1,174 @@
+import express, { type NextFunction, type Request, type Response } from 'express'
+import type { Logger } from 'pino'
+import { isStorageError, StorageError } from '../../disk-formats/errors.js'
+import type { Datastore, DiskInfo } from '../datastore/index.js'
+import type { Metrics } from '../metrics.js'
+import { httpStatus } from './errors.js'
+import { openApi } from './openapi.js'
+
+export interface AppOptions {
+  ds: Datastore
+  log: Logger
+  metrics: Metrics
+  /** host and ports clients should use in the URIs a disk shows */
+  advertise: { host: string; nbdPort: number; iscsiPort: number }
+}
+
+export const IQN_PREFIX = 'iqn.2026-11.local.tandem:'
+
+function parseSize(v: unknown): number {
+  if (typeof v === 'number' && Number.isSafeInteger(v) && v > 0) return v
+  if (typeof v === 'string') {
+    const m = /^(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(?:i?B)?$/.exec(v.trim())
+    if (m) {
+      const mult: Record<string, number> = { '': 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40 }
+      const n = Math.ceil(Number(m[1]) * mult[m[2].toLowerCase()])
+      if (Number.isSafeInteger(n) && n > 0) return n
+    }
+  }
+  throw new StorageError('InvalidArgument', `invalid size ${JSON.stringify(v)}: a positive number of bytes, or a string like "64M" or "10G"`)
+}
+
+function body(req: Request): Record<string, unknown> {
+  const b: unknown = req.body
+  if (b === undefined) return {}
+  if (typeof b !== 'object' || b === null || Array.isArray(b)) throw new StorageError('InvalidArgument', 'the request body must be a JSON object')
+  return b as Record<string, unknown>
+}
+
+/** The REST API (DESIGN §7) and /metrics. Errors are `{"error":{"code","message"}}`. */
+export function createApp(o: AppOptions): express.Express {
+  const { ds, metrics } = o
+  const app = express()
+  app.disable('x-powered-by')
+  app.use(express.json({ limit: '64kb' }))
+  const view = (d: DiskInfo) => ({
+    ...d,
+    nbd: `nbd://${o.advertise.host}:${o.advertise.nbdPort}/${d.name}`,
+    iscsi: { iqn: `${IQN_PREFIX}${d.name}`, portal: `${o.advertise.host}:${o.advertise.iscsiPort}`, lun: 0 },
+  })
+  const wrap =
+    (fn: (req: Request, res: Response) => Promise<void>) =>
+    (req: Request, res: Response, next: NextFunction) =>
+      fn(req, res).catch(next)
+
+  app.get('/api/v1/health', (_req, res) => {
+    res.json({ status: 'ok', datastore: ds.dir })
+  })
+  app.get('/api/v1/openapi.json', (_req, res) => {
+    res.json(openApi)
+  })
+  app.get(
+    '/api/v1/disks',
+    wrap(async (_req, res) => {
+      const out = []
+      for (const n of await ds.listDisks()) out.push(view(await ds.describe(n)))
+      res.json({ disks: out })
+    }),
+  )
+  app.post(
+    '/api/v1/disks',
+    wrap(async (req, res) => {
+      const b = body(req)
+      if (b.name === undefined) throw new StorageError('InvalidArgument', 'missing "name"')
+      if (b.size === undefined) throw new StorageError('InvalidArgument', 'missing "size"')
+      const r = await ds.createDisk(b.name as string, parseSize(b.size))
+      res.status(201).location(`/api/v1/disks/${r.name}`).json(view(await ds.describe(r.name)))
+    }),
+  )
+  app.get(
+    '/api/v1/disks/:name',
+    wrap(async (req, res) => {
+      res.json(view(await ds.describe(req.params.name as string)))
+    }),
+  )
+  app.delete(
+    '/api/v1/disks/:name',
+    wrap(async (req, res) => {
+      await ds.deleteDisk(req.params.name as string)
+      res.status(204).end()
+    }),
+  )
+  app.get(
+    '/api/v1/disks/:name/snapshots',
+    wrap(async (req, res) => {
+      const d = await ds.describe(req.params.name as string)
+      res.json({ current: d.current, snapshots: d.snapshots })
+    }),
+  )
+  app.post(
+    '/api/v1/disks/:name/snapshots',
+    wrap(async (req, res) => {
+      const b = body(req)
+      if (b.name === undefined) throw new StorageError('InvalidArgument', 'missing "name"')
+      const s = await ds.createSnapshot(req.params.name as string, b.name as string)
+      res.status(201).json({ name: s.name, parent: s.parent, createdAt: s.createdAt, isCurrent: true })
+    }),
+  )
+  app.post(
+    '/api/v1/disks/:name/snapshots/:snap/revert',
+    wrap(async (req, res) => {
+      await ds.revertSnapshot(req.params.name as string, req.params.snap as string)
+      const d = await ds.describe(req.params.name as string)
+      res.json({ current: d.current, snapshots: d.snapshots })
+    }),
+  )
+  app.delete(
+    '/api/v1/disks/:name/snapshots/:snap',
+    wrap(async (req, res) => {
+      await ds.deleteSnapshot(req.params.name as string, req.params.snap as string)
+      res.status(204).end()
+    }),
+  )
+  app.put(
+    '/api/v1/disks/:name/access',
+    wrap(async (req, res) => {
+      const b = body(req)
+      const list = b.initiators
+      if (!Array.isArray(list) || !list.every((x) => typeof x === 'string' && x.length > 0 && x.length <= 223)) {
+        throw new StorageError('InvalidArgument', '"initiators" must be an array of iSCSI names (strings up to 223 bytes)')
+      }
+      let chap: { user: string; secret: string; mutualUser?: string; mutualSecret?: string } | undefined
+      if (b.chap !== undefined) {
+        const c = b.chap as Record<string, unknown>
+        if (typeof c !== 'object' || c === null || typeof c.user !== 'string' || typeof c.secret !== 'string' || c.secret.length < 12) {
+          throw new StorageError('InvalidArgument', '"chap" needs "user" and "secret" (a secret of at least 12 characters, as RFC 7143 asks)')
+        }
+        chap = { user: c.user, secret: c.secret }
+        if (c.mutualUser !== undefined || c.mutualSecret !== undefined) {
+          if (typeof c.mutualUser !== 'string' || typeof c.mutualSecret !== 'string' || c.mutualSecret.length < 12) {
+            throw new StorageError('InvalidArgument', 'mutual CHAP needs "mutualUser" and "mutualSecret" (at least 12 characters)')
+          }
+          chap.mutualUser = c.mutualUser
+          chap.mutualSecret = c.mutualSecret
+        }
+      }
+      await ds.setAccess(req.params.name as string, { initiators: list as string[], ...(chap ? { chap } : {}) })
+      res.json((await ds.describe(req.params.name as string)).access)
+    }),
+  )
+  app.get(
+    '/metrics',
+    wrap(async (_req, res) => {
+      res.type(metrics.registry.contentType).send(await metrics.registry.metrics())
+    }),
+  )
+  app.use((req: Request, res: Response) => {
+    res.status(404).json({ error: { code: 'NotFound', message: `no route for ${req.method} ${req.path}` } })
+  })
+  app.use((err: unknown, _req: Request, res: Response, _next: NextFunction) => {
+    void _next
+    if (isStorageError(err)) {
+      res.status(httpStatus(err.code)).json({ error: { code: err.code, message: err.message } })
+      return
+    }
+    const e = err as { type?: string; status?: number; message?: string }
+    if (e?.type === 'entity.parse.failed' || e?.type === 'entity.too.large' || e?.status === 400 || e?.status === 413) {
+      res.status(e.status ?? 400).json({ error: { code: 'InvalidArgument', message: `invalid request body: ${e.message}` } })
+      return
+    }
+    o.log.error({ err }, 'http: unexpected error')
+    res.status(500).json({ error: { code: 'IoError', message: 'internal error' } })
+  })
+  return app
+}

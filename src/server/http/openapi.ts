@@ -1,0 +1,75 @@
+/** The OpenAPI document served at /api/v1/openapi.json. */
+const error = { $ref: '#/components/schemas/Error' }
+const errors = (...codes: number[]) =>
+  Object.fromEntries(codes.map((c) => [String(c), { description: 'error', content: { 'application/json': { schema: error } } }]))
+const json = (schema: object, description = 'ok') => ({ description, content: { 'application/json': { schema } } })
+const name = (n: string, what: string) => ({ name: n, in: 'path', required: true, schema: { type: 'string', pattern: '^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$' }, description: what })
+
+export const openApi = {
+  openapi: '3.0.3',
+  info: { title: 'Tandem', version: '0.1.0', description: 'Disks, snapshot trees, exports and locks of a Tandem datastore.' },
+  paths: {
+    '/api/v1/health': { get: { summary: 'Liveness', responses: { 200: json({ type: 'object' }) } } },
+    '/api/v1/disks': {
+      get: { summary: 'List disks', responses: { 200: json({ type: 'object', properties: { disks: { type: 'array', items: { $ref: '#/components/schemas/Disk' } } } }) } },
+      post: {
+        summary: 'Create a disk',
+        requestBody: { required: true, content: { 'application/json': { schema: { type: 'object', required: ['name', 'size'], properties: { name: { type: 'string' }, size: { oneOf: [{ type: 'integer' }, { type: 'string', example: '10G' }] } } } } } },
+        responses: { 201: json({ $ref: '#/components/schemas/Disk' }, 'created'), ...errors(400, 409) },
+      },
+    },
+    '/api/v1/disks/{name}': {
+      parameters: [name('name', 'disk')],
+      get: { summary: 'Describe a disk', responses: { 200: json({ $ref: '#/components/schemas/Disk' }), ...errors(400, 404) } },
+      delete: { summary: 'Delete a disk (refused while exported)', responses: { 204: { description: 'deleted' }, ...errors(400, 404, 409) } },
+    },
+    '/api/v1/disks/{name}/snapshots': {
+      parameters: [name('name', 'disk')],
+      get: { summary: 'The snapshot tree', responses: { 200: json({ type: 'object' }), ...errors(404) } },
+      post: {
+        summary: 'Take a snapshot (the current state is frozen; writes go to a new delta)',
+        requestBody: { required: true, content: { 'application/json': { schema: { type: 'object', required: ['name'], properties: { name: { type: 'string' } } } } } },
+        responses: { 201: json({ $ref: '#/components/schemas/Snapshot' }, 'created'), ...errors(400, 404, 409) },
+      },
+    },
+    '/api/v1/disks/{name}/snapshots/{snap}/revert': {
+      parameters: [name('name', 'disk'), name('snap', 'snapshot')],
+      post: { summary: 'Revert the disk to a snapshot (discards the current state)', responses: { 200: json({ type: 'object' }), ...errors(400, 404) } },
+    },
+    '/api/v1/disks/{name}/snapshots/{snap}': {
+      parameters: [name('name', 'disk'), name('snap', 'snapshot')],
+      delete: { summary: 'Delete a snapshot, consolidating its layer (no content changes)', responses: { 204: { description: 'deleted' }, ...errors(400, 404, 409) } },
+    },
+    '/api/v1/disks/{name}/access': {
+      parameters: [name('name', 'disk')],
+      put: {
+        summary: 'Set the initiators allowed to see the disk (LUN masking) and CHAP secrets (never returned)',
+        requestBody: { required: true, content: { 'application/json': { schema: { type: 'object', required: ['initiators'], properties: { initiators: { type: 'array', items: { type: 'string' } }, chap: { type: 'object' } } } } } },
+        responses: { 200: json({ type: 'object' }), ...errors(400, 404) },
+      },
+    },
+    '/metrics': { get: { summary: 'Prometheus metrics', responses: { 200: { description: 'text format', content: { 'text/plain': {} } } } } },
+  },
+  components: {
+    schemas: {
+      Error: { type: 'object', properties: { error: { type: 'object', properties: { code: { type: 'string' }, message: { type: 'string' } } } } },
+      Snapshot: { type: 'object', properties: { name: { type: 'string' }, parent: { type: 'string', nullable: true }, createdAt: { type: 'string' }, isCurrent: { type: 'boolean' } } },
+      Disk: {
+        type: 'object',
+        properties: {
+          name: { type: 'string' },
+          size: { type: 'integer', description: 'virtual size in bytes' },
+          actualSize: { type: 'integer', description: 'bytes used by the disk\'s files' },
+          chain: { type: 'array', items: { type: 'string' }, description: 'VMDK files of the current state, top first' },
+          current: { type: 'string', nullable: true },
+          snapshots: { type: 'array', items: { $ref: '#/components/schemas/Snapshot' } },
+          nbd: { type: 'string' },
+          iscsi: { type: 'object' },
+          openExports: { type: 'object' },
+          writers: { type: 'integer' },
+          access: { type: 'object' },
+        },
+      },
+    },
+  },
+}

@@ -1,0 +1,79 @@
+/**
+ * Bytes received on a socket, handed out in exact sizes. `read(n)` resolves when n bytes are
+ * there, or rejects when the peer closed first. Reading past `limit` buffered bytes pauses the
+ * source (backpressure) until the consumer catches up.
+ */
+export class ByteQueue {
+  private chunks: Buffer[] = []
+  private length = 0
+  private waiter: { n: number; resolve: (b: Buffer) => void; reject: (e: Error) => void } | null = null
+  private ended: Error | null = null
+
+  constructor(
+    private readonly onPause: () => void,
+    private readonly onResume: () => void,
+    private readonly limit = 4 << 20,
+  ) {}
+
+  push(chunk: Buffer): void {
+    this.chunks.push(chunk)
+    this.length += chunk.length
+    if (this.length > this.limit) this.onPause()
+    this.serve()
+  }
+
+  end(err: Error): void {
+    this.ended = err
+    if (this.waiter && this.length < this.waiter.n) {
+      const w = this.waiter
+      this.waiter = null
+      w.reject(err)
+    }
+  }
+
+  get buffered(): number {
+    return this.length
+  }
+
+  private take(n: number): Buffer {
+    let out: Buffer
+    const first = this.chunks[0]
+    if (first.length >= n) {
+      out = first.subarray(0, n)
+      if (first.length === n) this.chunks.shift()
+      else this.chunks[0] = first.subarray(n)
+    } else {
+      out = Buffer.allocUnsafe(n)
+      let at = 0
+      while (at < n) {
+        const c = this.chunks[0]
+        const k = Math.min(c.length, n - at)
+        c.copy(out, at, 0, k)
+        at += k
+        if (k === c.length) this.chunks.shift()
+        else this.chunks[0] = c.subarray(k)
+      }
+    }
+    this.length -= n
+    if (this.length <= this.limit) this.onResume()
+    return out
+  }
+
+  private serve(): void {
+    if (this.waiter && this.length >= this.waiter.n) {
+      const w = this.waiter
+      this.waiter = null
+      w.resolve(this.take(w.n))
+    }
+  }
+
+  read(n: number): Promise<Buffer> {
+    if (this.waiter) return Promise.reject(new Error('ByteQueue: concurrent read'))
+    if (n === 0) return Promise.resolve(Buffer.alloc(0))
+    if (this.length >= n) return Promise.resolve(this.take(n))
+    if (this.ended) return Promise.reject(this.ended)
+    return new Promise((resolve, reject) => {
+      this.waiter = { n, resolve, reject }
+    })
+  }
+}

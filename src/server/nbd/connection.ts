@@ -1,0 +1,489 @@
+import type { Socket } from 'node:net'
+import type { Logger } from 'pino'
+import type { Extent } from '../../disk-formats/block-device.js'
+import { isStorageError, StorageError } from '../../disk-formats/errors.js'
+import type { Datastore, ExportHandle } from '../datastore/index.js'
+import type { Metrics } from '../metrics.js'
+import { ByteQueue } from './byte-queue.js'
+import * as P from './protocol.js'
+
+class ProtocolError extends Error {}
+
+const OP_NAMES: Record<number, string> = {
+  [P.NBD_CMD_READ]: 'read',
+  [P.NBD_CMD_WRITE]: 'write',
+  [P.NBD_CMD_DISC]: 'disc',
+  [P.NBD_CMD_FLUSH]: 'flush',
+  [P.NBD_CMD_TRIM]: 'trim',
+  [P.NBD_CMD_CACHE]: 'cache',
+  [P.NBD_CMD_WRITE_ZEROES]: 'write_zeroes',
+  [P.NBD_CMD_BLOCK_STATUS]: 'block_status',
+}
+
+const KNOWN_CMD_FLAGS = P.NBD_CMD_FLAG_FUA | P.NBD_CMD_FLAG_NO_HOLE | P.NBD_CMD_FLAG_DF | P.NBD_CMD_FLAG_REQ_ONE | P.NBD_CMD_FLAG_FAST_ZERO
+
+/**
+ * One NBD client: fixed-newstyle handshake, option haggling, then pipelined transmission.
+ * Requests are validated once here (magic, flags, range, size, read-only) and answered with the
+ * protocol's errno; a client that breaks the framing (bad magic, oversized payload, garbage
+ * options) has its own connection closed. Every reply goes out as one write (corked).
+ */
+export class NbdConnection {
+  private readonly q: ByteQueue
+  private structured = false
+  private noZeroes = false
+  private metaExport: string | null = null
+  private metaOn = false
+  private handle: ExportHandle | null = null
+  private inflight = 0
+  private slot: (() => void) | null = null
+  private closed = false
+
+  constructor(
+    private readonly sock: Socket,
+    private readonly ds: Datastore,
+    private readonly log: Logger,
+    private readonly metrics: Metrics,
+  ) {
+    this.q = new ByteQueue(
+      () => sock.pause(),
+      () => sock.resume(),
+    )
+    sock.setNoDelay(true)
+    sock.on('data', (d: Buffer) => this.q.push(d))
+    sock.on('end', () => this.q.end(new ProtocolError('client closed the connection')))
+    sock.on('close', () => {
+      this.closed = true
+      this.q.end(new ProtocolError('connection closed'))
+    })
+    sock.on('error', (e) => this.q.end(e))
+  }
+
+  async run(): Promise<void> {
+    try {
+      await this.handshake()
+      if (this.handle) await this.transmission()
+    } catch (e) {
+      if (e instanceof ProtocolError) {
+        if (!this.closed) {
+          this.metrics.protocolErrors.inc({ protocol: 'nbd' })
+          this.log.info({ peer: this.sock.remoteAddress, reason: e.message }, 'nbd: closing connection')
+        }
+      } else if (!this.closed) {
+        this.log.warn({ err: e }, 'nbd: connection failed')
+      }
+    } finally {
+      // In-flight requests finish before the export is released.
+      while (this.inflight > 0) await new Promise<void>((r) => (this.slot = r))
+      await this.handle?.release()
+      this.handle = null
+      this.sock.destroy()
+    }
+  }
+
+  private send(...parts: Buffer[]): void {
+    if (this.closed || this.sock.destroyed) return
+    if (parts.length === 1) {
+      this.sock.write(parts[0])
+      return
+    }
+    this.sock.cork()
+    for (const p of parts) this.sock.write(p)
+    this.sock.uncork()
+  }
+
+  // ---- handshake and options -------------------------------------------------------------
+
+  private optReply(opt: number, type: number, data: Buffer = Buffer.alloc(0)): void {
+    const h = Buffer.allocUnsafe(20)
+    h.writeBigUInt64BE(P.NBD_OPT_REPLY_MAGIC, 0)
+    h.writeUInt32BE(opt, 8)
+    h.writeUInt32BE(type, 12)
+    h.writeUInt32BE(data.length, 16)
+    this.send(data.length ? Buffer.concat([h, data]) : h)
+  }
+
+  private optError(opt: number, type: number, message: string): void {
+    this.optReply(opt, type, Buffer.from(message, 'utf8'))
+  }
+
+  private async handshake(): Promise<void> {
+    const hello = Buffer.allocUnsafe(18)
+    hello.writeBigUInt64BE(P.NBDMAGIC, 0)
+    hello.writeBigUInt64BE(P.IHAVEOPT, 8)
+    hello.writeUInt16BE(P.NBD_FLAG_FIXED_NEWSTYLE | P.NBD_FLAG_NO_ZEROES, 16)
+    this.send(hello)
+    const cflags = (await this.q.read(4)).readUInt32BE(0)
+    if (!(cflags & P.NBD_FLAG_C_FIXED_NEWSTYLE)) throw new ProtocolError('client does not speak fixed newstyle')
+    if (cflags & ~(P.NBD_FLAG_C_FIXED_NEWSTYLE | P.NBD_FLAG_C_NO_ZEROES)) throw new ProtocolError(`unknown client flags 0x${cflags.toString(16)}`)
+    this.noZeroes = (cflags & P.NBD_FLAG_C_NO_ZEROES) !== 0
+    for (;;) {
+      const h = await this.q.read(16)
+      if (h.readBigUInt64BE(0) !== P.IHAVEOPT) throw new ProtocolError('bad option magic')
+      const opt = h.readUInt32BE(8)
+      const len = h.readUInt32BE(12)
+      if (len > P.MAX_OPTION_LENGTH) {
+        // Too long to be legitimate; the framing cannot be trusted after skipping that much.
+        this.optError(opt, P.NBD_REP_ERR_TOO_BIG, `option data of ${len} bytes exceeds ${P.MAX_OPTION_LENGTH}`)
+        throw new ProtocolError(`option ${opt} too long (${len} bytes)`)
+      }
+      const data = await this.q.read(len)
+      if (await this.option(opt, data)) return
+    }
+  }
+
+  /** Handles one option; returns true when transmission (or the end) begins. */
+  private async option(opt: number, data: Buffer): Promise<boolean> {
+    switch (opt) {
+      case P.NBD_OPT_EXPORT_NAME: {
+        const name = data.toString('utf8')
+        try {
+          await this.openExport(name)
+        } catch (e) {
+          throw new ProtocolError(`export '${name}': ${(e as Error).message}`)
+        }
+        const r = Buffer.alloc(this.noZeroes ? 10 : 134)
+        r.writeBigUInt64BE(BigInt(this.handle!.device.size), 0)
+        r.writeUInt16BE(this.transmissionFlags(), 8)
+        this.send(r)
+        return true
+      }
+      case P.NBD_OPT_ABORT:
+        this.optReply(opt, P.NBD_REP_ACK)
+        throw new ProtocolError('client aborted')
+      case P.NBD_OPT_LIST: {
+        if (data.length !== 0) {
+          this.optError(opt, P.NBD_REP_ERR_INVALID, 'NBD_OPT_LIST takes no data')
+          return false
+        }
+        for (const name of await this.ds.exportNames()) {
+          const n = Buffer.from(name, 'utf8')
+          const b = Buffer.allocUnsafe(4 + n.length)
+          b.writeUInt32BE(n.length, 0)
+          n.copy(b, 4)
+          this.optReply(opt, P.NBD_REP_SERVER, b)
+        }
+        this.optReply(opt, P.NBD_REP_ACK)
+        return false
+      }
+      case P.NBD_OPT_STARTTLS:
+        this.optError(opt, P.NBD_REP_ERR_UNSUP, 'TLS is not supported by this server')
+        return false
+      case P.NBD_OPT_INFO:
+      case P.NBD_OPT_GO:
+        return this.infoOrGo(opt, data)
+      case P.NBD_OPT_STRUCTURED_REPLY:
+        if (data.length !== 0) {
+          this.optError(opt, P.NBD_REP_ERR_INVALID, 'NBD_OPT_STRUCTURED_REPLY takes no data')
+          return false
+        }
+        this.structured = true
+        this.optReply(opt, P.NBD_REP_ACK)
+        return false
+      case P.NBD_OPT_LIST_META_CONTEXT:
+      case P.NBD_OPT_SET_META_CONTEXT:
+        await this.metaContext(opt, data)
+        return false
+      default:
+        this.optError(opt, P.NBD_REP_ERR_UNSUP, `option ${opt} is not supported`)
+        return false
+    }
+  }
+
+  private transmissionFlags(): number {
+    let f = P.NBD_FLAG_HAS_FLAGS | P.NBD_FLAG_SEND_FLUSH | P.NBD_FLAG_SEND_FUA | P.NBD_FLAG_SEND_CACHE | P.NBD_FLAG_CAN_MULTI_CONN
+    if (this.handle!.readOnly) f |= P.NBD_FLAG_READ_ONLY
+    else f |= P.NBD_FLAG_SEND_TRIM | P.NBD_FLAG_SEND_WRITE_ZEROES | P.NBD_FLAG_SEND_FAST_ZERO
+    if (this.structured) f |= P.NBD_FLAG_SEND_DF
+    return f
+  }
+
+  private async openExport(name: string): Promise<void> {
+    if (name === '') throw new StorageError('NotFound', 'no default export: name a disk (nbd://host/DISK) or DISK@SNAPSHOT')
+    this.handle = await this.ds.openExport(name)
+  }
+
+  /** Parses `u32 len, name` at `at`; null when malformed. */
+  private static name(data: Buffer, at: number): { name: string; next: number } | null {
+    if (data.length < at + 4) return null
+    const n = data.readUInt32BE(at)
+    if (data.length < at + 4 + n) return null
+    return { name: data.toString('utf8', at + 4, at + 4 + n), next: at + 4 + n }
+  }
+
+  private async infoOrGo(opt: number, data: Buffer): Promise<boolean> {
+    const parsed = NbdConnection.name(data, 0)
+    if (!parsed || data.length < parsed.next + 2) {
+      this.optError(opt, P.NBD_REP_ERR_INVALID, 'malformed NBD_OPT_INFO/GO request')
+      return false
+    }
+    const count = data.readUInt16BE(parsed.next)
+    if (data.length !== parsed.next + 2 + count * 2) {
+      this.optError(opt, P.NBD_REP_ERR_INVALID, 'NBD_OPT_INFO/GO: information request count does not match its length')
+      return false
+    }
+    const wanted = new Set<number>()
+    for (let i = 0; i < count; i++) wanted.add(data.readUInt16BE(parsed.next + 2 + i * 2))
+    try {
+      await this.openExport(parsed.name)
+    } catch (e) {
+      this.optError(opt, P.NBD_REP_ERR_UNKNOWN, isStorageError(e) ? e.message : `export '${parsed.name}' cannot be opened`)
+      return false
+    }
+    const dev = this.handle!.device
+    const info = Buffer.allocUnsafe(12)
+    info.writeUInt16BE(P.NBD_INFO_EXPORT, 0)
+    info.writeBigUInt64BE(BigInt(dev.size), 2)
+    info.writeUInt16BE(this.transmissionFlags(), 10)
+    this.optReply(opt, P.NBD_REP_INFO, info)
+    if (wanted.has(P.NBD_INFO_NAME)) {
+      const n = Buffer.from(parsed.name, 'utf8')
+      const b = Buffer.allocUnsafe(2 + n.length)
+      b.writeUInt16BE(P.NBD_INFO_NAME, 0)
+      n.copy(b, 2)
+      this.optReply(opt, P.NBD_REP_INFO, b)
+    }
+    if (wanted.has(P.NBD_INFO_DESCRIPTION)) {
+      const n = Buffer.from(`Tandem disk ${parsed.name}${this.handle!.readOnly ? ' (read-only snapshot)' : ''}`, 'utf8')
+      const b = Buffer.allocUnsafe(2 + n.length)
+      b.writeUInt16BE(P.NBD_INFO_DESCRIPTION, 0)
+      n.copy(b, 2)
+      this.optReply(opt, P.NBD_REP_INFO, b)
+    }
+    const bs = Buffer.allocUnsafe(14)
+    bs.writeUInt16BE(P.NBD_INFO_BLOCK_SIZE, 0)
+    bs.writeUInt32BE(1, 2)
+    bs.writeUInt32BE(P.PREFERRED_BLOCK, 6)
+    bs.writeUInt32BE(P.MAX_REQUEST_LENGTH, 10)
+    this.optReply(opt, P.NBD_REP_INFO, bs)
+    if (this.metaExport !== null && this.metaExport !== parsed.name) this.metaOn = false
+    this.optReply(opt, P.NBD_REP_ACK)
+    if (opt === P.NBD_OPT_INFO) {
+      await this.handle!.release()
+      this.handle = null
+      return false
+    }
+    return true
+  }
+
+  private async metaContext(opt: number, data: Buffer): Promise<void> {
+    const parsed = NbdConnection.name(data, 0)
+    if (!parsed || data.length < parsed.next + 4) {
+      this.optError(opt, P.NBD_REP_ERR_INVALID, 'malformed meta context request')
+      return
+    }
+    if (opt === P.NBD_OPT_SET_META_CONTEXT && !this.structured) {
+      this.optError(opt, P.NBD_REP_ERR_INVALID, 'NBD_OPT_SET_META_CONTEXT needs NBD_OPT_STRUCTURED_REPLY first')
+      return
+    }
+    const count = data.readUInt32BE(parsed.next)
+    const queries: string[] = []
+    let at = parsed.next + 4
+    for (let i = 0; i < count; i++) {
+      const q = NbdConnection.name(data, at)
+      if (!q) {
+        this.optError(opt, P.NBD_REP_ERR_INVALID, 'malformed meta context query')
+        return
+      }
+      queries.push(q.name)
+      at = q.next
+    }
+    if (at !== data.length) {
+      this.optError(opt, P.NBD_REP_ERR_INVALID, 'meta context request has trailing bytes')
+      return
+    }
+    if (!(await this.ds.exportNames()).includes(parsed.name)) {
+      this.optError(opt, P.NBD_REP_ERR_UNKNOWN, `no export named '${parsed.name}'`)
+      return
+    }
+    const match =
+      (opt === P.NBD_OPT_LIST_META_CONTEXT && count === 0) ||
+      queries.some((q) => q === P.META_BASE_ALLOCATION || (opt === P.NBD_OPT_LIST_META_CONTEXT && q === 'base:'))
+    if (opt === P.NBD_OPT_SET_META_CONTEXT) {
+      this.metaExport = parsed.name
+      this.metaOn = match
+    }
+    if (match) {
+      const n = Buffer.from(P.META_BASE_ALLOCATION)
+      const b = Buffer.allocUnsafe(4 + n.length)
+      b.writeUInt32BE(opt === P.NBD_OPT_SET_META_CONTEXT ? P.META_CONTEXT_ID : 0, 0)
+      n.copy(b, 4)
+      this.optReply(opt, P.NBD_REP_META_CONTEXT, b)
+    }
+    this.optReply(opt, P.NBD_REP_ACK)
+  }
+
+  // ---- transmission ----------------------------------------------------------------------
+
+  private async transmission(): Promise<void> {
+    this.metrics.connections.inc({ protocol: 'nbd' })
+    try {
+      for (;;) {
+        const h = await this.q.read(28)
+        if (h.readUInt32BE(0) !== P.NBD_REQUEST_MAGIC) throw new ProtocolError('bad request magic')
+        const flags = h.readUInt16BE(4)
+        const type = h.readUInt16BE(6)
+        const cookie = h.subarray(8, 16)
+        const offset = Number(h.readBigUInt64BE(16))
+        const length = h.readUInt32BE(24)
+        let payload: Buffer | null = null
+        if (type === P.NBD_CMD_WRITE) {
+          if (length > P.MAX_REQUEST_LENGTH) throw new ProtocolError(`write of ${length} bytes exceeds the ${P.MAX_REQUEST_LENGTH}-byte maximum`)
+          payload = await this.q.read(length)
+        }
+        if (type === P.NBD_CMD_DISC) return
+        while (this.inflight >= P.MAX_INFLIGHT) await new Promise<void>((r) => (this.slot = r))
+        this.inflight++
+        void this.request(flags, type, Buffer.from(cookie), offset, length, payload).finally(() => {
+          this.inflight--
+          const s = this.slot
+          this.slot = null
+          s?.()
+        })
+      }
+    } finally {
+      this.metrics.connections.dec({ protocol: 'nbd' })
+    }
+  }
+
+  private check(flags: number, type: number, offset: number, length: number): number {
+    const dev = this.handle!.device
+    if (flags & ~KNOWN_CMD_FLAGS) return P.NBD_EINVAL
+    if (!Number.isSafeInteger(offset)) return P.NBD_EINVAL
+    const writes = type === P.NBD_CMD_WRITE || type === P.NBD_CMD_TRIM || type === P.NBD_CMD_WRITE_ZEROES
+    if (writes && this.handle!.readOnly) return P.NBD_EPERM
+    if (type === P.NBD_CMD_FLUSH) return offset === 0 && length === 0 ? 0 : P.NBD_EINVAL
+    if (offset + length > dev.size) return writes ? P.NBD_ENOSPC : P.NBD_EINVAL
+    if (type === P.NBD_CMD_READ && length > P.MAX_REQUEST_LENGTH) return P.NBD_EINVAL
+    if (type === P.NBD_CMD_BLOCK_STATUS && (!this.metaOn || length === 0)) return P.NBD_EINVAL
+    if ((flags & P.NBD_CMD_FLAG_DF || flags & P.NBD_CMD_FLAG_REQ_ONE) && !this.structured) return P.NBD_EINVAL
+    if (flags & P.NBD_CMD_FLAG_FAST_ZERO && type !== P.NBD_CMD_WRITE_ZEROES) return P.NBD_EINVAL
+    if (!(type in OP_NAMES)) return P.NBD_EINVAL
+    return 0
+  }
+
+  private async request(flags: number, type: number, cookie: Buffer, offset: number, length: number, payload: Buffer | null): Promise<void> {
+    const op = OP_NAMES[type] ?? 'unknown'
+    const exp = this.handle!.name
+    const t0 = process.hrtime.bigint()
+    this.metrics.ops.inc({ export: exp, protocol: 'nbd', op })
+    let errno = this.check(flags, type, offset, length)
+    const dev = this.handle!.device
+    try {
+      if (errno === 0) {
+        switch (type) {
+          case P.NBD_CMD_READ: {
+            const data = await dev.read(offset, length)
+            this.metrics.bytes.inc({ export: exp, protocol: 'nbd', direction: 'read' }, length)
+            this.replyData(cookie, offset, data)
+            return
+          }
+          case P.NBD_CMD_WRITE:
+            await dev.write(offset, payload!, { fua: (flags & P.NBD_CMD_FLAG_FUA) !== 0 })
+            this.metrics.bytes.inc({ export: exp, protocol: 'nbd', direction: 'write' }, length)
+            break
+          case P.NBD_CMD_FLUSH:
+            await dev.flush()
+            break
+          case P.NBD_CMD_TRIM:
+            await dev.discard(offset, length)
+            if (flags & P.NBD_CMD_FLAG_FUA) await dev.flush()
+            break
+          case P.NBD_CMD_CACHE:
+            break
+          case P.NBD_CMD_WRITE_ZEROES:
+            if (flags & P.NBD_CMD_FLAG_FAST_ZERO) {
+              // Fast only when it is already zero: say so at once rather than write it slowly.
+              const st = await dev.blockStatus(offset, length)
+              if (!st.every((e) => e.zero)) {
+                errno = P.NBD_ENOTSUP
+                break
+              }
+            } else {
+              await dev.writeZeroes(offset, length, { mayUnmap: (flags & P.NBD_CMD_FLAG_NO_HOLE) === 0 })
+            }
+            if (flags & P.NBD_CMD_FLAG_FUA) await dev.flush()
+            break
+          case P.NBD_CMD_BLOCK_STATUS: {
+            const ext = await dev.blockStatus(offset, length)
+            this.replyBlockStatus(cookie, ext, (flags & P.NBD_CMD_FLAG_REQ_ONE) !== 0)
+            return
+          }
+        }
+      }
+    } catch (e) {
+      errno = isStorageError(e) ? P.nbdErrno(e.code) : P.NBD_EIO
+      if (!isStorageError(e)) this.log.error({ err: e, op, offset, length }, 'nbd: request failed')
+    } finally {
+      this.metrics.latency.observe({ protocol: 'nbd', op }, Number(process.hrtime.bigint() - t0) / 1e9)
+    }
+    if (errno !== 0) this.metrics.errors.inc({ export: exp, protocol: 'nbd', op })
+    this.replyStatus(cookie, errno)
+  }
+
+  private replyStatus(cookie: Buffer, errno: number): void {
+    if (this.structured && errno !== 0) {
+      const msg = Buffer.alloc(0)
+      const b = Buffer.allocUnsafe(20 + 6)
+      b.writeUInt32BE(P.NBD_STRUCTURED_REPLY_MAGIC, 0)
+      b.writeUInt16BE(P.NBD_REPLY_FLAG_DONE, 4)
+      b.writeUInt16BE(P.NBD_REPLY_TYPE_ERROR, 6)
+      cookie.copy(b, 8)
+      b.writeUInt32BE(6 + msg.length, 16)
+      b.writeUInt32BE(errno, 20)
+      b.writeUInt16BE(msg.length, 24)
+      this.send(b)
+      return
+    }
+    if (this.structured) {
+      const b = Buffer.allocUnsafe(20)
+      b.writeUInt32BE(P.NBD_STRUCTURED_REPLY_MAGIC, 0)
+      b.writeUInt16BE(P.NBD_REPLY_FLAG_DONE, 4)
+      b.writeUInt16BE(P.NBD_REPLY_TYPE_NONE, 6)
+      cookie.copy(b, 8)
+      b.writeUInt32BE(0, 16)
+      this.send(b)
+      return
+    }
+    const b = Buffer.allocUnsafe(16)
+    b.writeUInt32BE(P.NBD_SIMPLE_REPLY_MAGIC, 0)
+    b.writeUInt32BE(errno, 4)
+    cookie.copy(b, 8)
+    this.send(b)
+  }
+
+  private replyData(cookie: Buffer, offset: number, data: Buffer): void {
+    if (!this.structured) {
+      const b = Buffer.allocUnsafe(16)
+      b.writeUInt32BE(P.NBD_SIMPLE_REPLY_MAGIC, 0)
+      b.writeUInt32BE(0, 4)
+      cookie.copy(b, 8)
+      this.send(b, data)
+      return
+    }
+    const b = Buffer.allocUnsafe(28)
+    b.writeUInt32BE(P.NBD_STRUCTURED_REPLY_MAGIC, 0)
+    b.writeUInt16BE(P.NBD_REPLY_FLAG_DONE, 4)
+    b.writeUInt16BE(P.NBD_REPLY_TYPE_OFFSET_DATA, 6)
+    cookie.copy(b, 8)
+    b.writeUInt32BE(8 + data.length, 16)
+    b.writeBigUInt64BE(BigInt(offset), 20)
+    this.send(b, data)
+  }
+
+  private replyBlockStatus(cookie: Buffer, ext: Extent[], one: boolean): void {
+    const list = one ? ext.slice(0, 1) : ext
+    const b = Buffer.allocUnsafe(20 + 4 + list.length * 8)
+    b.writeUInt32BE(P.NBD_STRUCTURED_REPLY_MAGIC, 0)
+    b.writeUInt16BE(P.NBD_REPLY_FLAG_DONE, 4)
+    b.writeUInt16BE(P.NBD_REPLY_TYPE_BLOCK_STATUS, 6)
+    cookie.copy(b, 8)
+    b.writeUInt32BE(4 + list.length * 8, 16)
+    b.writeUInt32BE(P.META_CONTEXT_ID, 20)
+    list.forEach((e, i) => {
+      b.writeUInt32BE(e.length, 24 + i * 8)
+      b.writeUInt32BE((e.data ? 0 : P.NBD_STATE_HOLE) | (e.zero ? P.NBD_STATE_ZERO : 0), 28 + i * 8)
+    })
+    this.send(b)
+  }
+}

@@ -1,0 +1,3 @@
+export { NbdServer } from './server.js'
+export { NbdConnection } from './connection.js'
+export * as NBD from './protocol.js'

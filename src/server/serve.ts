@@ -1,0 +1,58 @@
+import { createServer, type Server as HttpServer } from 'node:http'
+import { resolve } from 'node:path'
+import { pino, type Logger } from 'pino'
+import { Datastore } from './datastore/index.js'
+import { createApp } from './http/app.js'
+import { Metrics } from './metrics.js'
+import { NbdServer } from './nbd/index.js'
+
+export interface ServeOptions {
+  datastore: string
+  listen: string
+  httpPort: number
+  nbdPort: number
+  iscsiPort: number
+  logLevel?: string
+}
+
+export interface RunningServer {
+  ds: Datastore
+  httpPort: number
+  nbdPort: number
+  log: Logger
+  close(): Promise<void>
+}
+
+/** Starts the NAS daemon: datastore, REST + metrics over HTTP, NBD. */
+export async function serve(o: ServeOptions, log: Logger = pino({ level: o.logLevel ?? 'info' })): Promise<RunningServer> {
+  const ds = await Datastore.open(resolve(o.datastore))
+  const metrics = new Metrics()
+  const nbd = new NbdServer(ds, log.child({ component: 'nbd' }), metrics)
+  const nbdPort = await nbd.listen(o.nbdPort, o.listen)
+  const advertise = { host: o.listen === '0.0.0.0' || o.listen === '::' ? '127.0.0.1' : o.listen, nbdPort, iscsiPort: o.iscsiPort }
+  const app = createApp({ ds, log: log.child({ component: 'http' }), metrics, advertise })
+  const http: HttpServer = createServer(app)
+  const httpPort = await new Promise<number>((res, rej) => {
+    http.once('error', rej)
+    http.listen(o.httpPort, o.listen, () => {
+      const a = http.address()
+      res(typeof a === 'object' && a ? a.port : o.httpPort)
+    })
+  })
+  log.info({ datastore: ds.dir, listen: o.listen, httpPort, nbdPort }, 'tandem serve ready')
+  let closing: Promise<void> | null = null
+  return {
+    ds,
+    httpPort,
+    nbdPort,
+    log,
+    close: () =>
+      (closing ??= (async () => {
+        await new Promise<void>((r) => http.close(() => r()))
+        http.closeAllConnections()
+        await nbd.close()
+        await ds.close()
+        log.info('tandem serve stopped')
+      })()),
+  }
+}
