@@ -1,4 +1,4 @@
-import { execFileSync, spawnSync } from 'node:child_process'
+import { execFileSync, spawn, spawnSync } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, dirname } from 'node:path'
@@ -59,4 +59,25 @@ export function pattern(len: number, seed: number): Buffer {
   const b = Buffer.alloc(Math.ceil(len / 4) * 4)
   for (let i = 0; i < b.length; i += 4) b.writeUInt32LE(r(), i)
   return b.subarray(0, len)
+}
+
+/** Async variants, for tests whose server runs in the same process (a sync child would block it). */
+export function run(cmd: string, args: string[], opts: { cwd?: string; input?: string } = {}): Promise<{ status: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { cwd: opts.cwd, stdio: ['pipe', 'pipe', 'pipe'] })
+    let stdout = ''
+    let stderr = ''
+    child.stdout.on('data', (d) => (stdout += d))
+    child.stderr.on('data', (d) => (stderr += d))
+    child.stdin.end(opts.input ?? '')
+    child.on('close', (code, signal) => resolve({ status: code ?? (signal ? 128 : -1), stdout, stderr }))
+    child.on('error', (e) => resolve({ status: -1, stdout, stderr: stderr + String(e) }))
+  })
+}
+
+/** Like `run`, but throws with stderr on a non-zero exit. */
+export async function runOk(cmd: string, args: string[], opts: { cwd?: string } = {}): Promise<string> {
+  const r = await run(cmd, args, opts)
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.status}: ${r.stderr}`)
+  return r.stdout
 }
