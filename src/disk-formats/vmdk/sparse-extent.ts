@@ -100,6 +100,9 @@ export class SparseExtent {
     ext.gd = await ext.readDirectory(header.gdOffset, 'grain directory')
     if (header.flags & FLAG_RGD && !ext.compressed) ext.rgd = await ext.readDirectory(header.rgdOffset, 'redundant grain directory')
     ext.nextSector = Math.ceil(ext.fileSectors / header.grainSize) * header.grainSize
+    // Marked from the moment it is open for write (also clearing a flag left by a crash at the
+    // next clean close).
+    if (!readOnly) await ext.markDirty()
     return ext
   }
 
