@@ -1,9 +1,11 @@
 /**
  * `npm run bench`: Tandem beside its peers on the same work, alternating, in one run.
  * Prints medians and ratios (Tandem time / peer time: below 1.0 means Tandem is faster).
- * Options (env): BENCH_DIR (default ./bench-work), BENCH_REPS (default 3), BENCH_ONLY=disk.
+ * Options (env): BENCH_DIR (default ./bench-work), BENCH_REPS (default 3), BENCH_ONLY=disk|nbd,
+ * BENCH_FIO_SECONDS (default 4). For throughput (MiB/s, IOPS) the ratio is Tandem/peer: above 1 is faster.
  */
-import { spawnSync } from 'node:child_process'
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import { createInterface } from 'node:readline'
 import { copyFileSync, mkdirSync, rmSync, existsSync, readdirSync } from 'node:fs'
 import { join, dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -133,7 +135,142 @@ async function diskBench() {
   rmSync(d, { recursive: true, force: true })
 }
 
+// ---- NBD: Tandem vs qemu-nbd on the same VMDK, nbdkit's file plugin on raw as a reference ----
+
+interface Served {
+  uri: string
+  stop(): Promise<void>
+}
+
+const NBD_PORT = 10900
+
+function waitExit(child: ChildProcess): Promise<void> {
+  return new Promise((r) => (child.exitCode !== null || child.signalCode !== null ? r() : child.once('exit', () => r())))
+}
+
+async function serveTandem(ds: string): Promise<Served> {
+  const child = spawn(process.execPath, [CLI, 'serve', '--datastore', ds, '--nbd-port', String(NBD_PORT), '--http-port', '0', '--log-level', 'warn'], { stdio: ['ignore', 'pipe', 'inherit'] })
+  // ready when the NBD port answers
+  for (let i = 0; i < 100; i++) {
+    if (spawnSync('nbdinfo', ['--size', `nbd://127.0.0.1:${NBD_PORT}/bench`]).status === 0) break
+    await new Promise((r) => setTimeout(r, 100))
+  }
+  void createInterface
+  return {
+    uri: `nbd://127.0.0.1:${NBD_PORT}/bench`,
+    stop: async () => {
+      child.kill('SIGTERM')
+      await waitExit(child)
+    },
+  }
+}
+
+async function servePeer(cmd: string, args: string[], uri: string, pidfile?: string): Promise<Served> {
+  const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'inherit'] })
+  for (let i = 0; i < 100; i++) {
+    if (spawnSync('nbdinfo', ['--size', uri]).status === 0) break
+    await new Promise((r) => setTimeout(r, 100))
+  }
+  return {
+    uri,
+    stop: async () => {
+      if (pidfile && existsSync(pidfile)) {
+        const pid = Number(spawnSync('cat', [pidfile], { encoding: 'utf8' }).stdout.trim())
+        try {
+          process.kill(pid, 'SIGTERM')
+        } catch {
+          /* gone */
+        }
+        for (let i = 0; i < 50 && spawnSync('kill', ['-0', String(pid)]).status === 0; i++) await new Promise((r) => setTimeout(r, 50))
+      }
+      child.kill('SIGTERM')
+      await waitExit(child)
+    },
+  }
+}
+
+function fio(uri: string, rw: string, qd: number, seconds: number): number {
+  const r = spawnSync('fio', ['--name=b', '--ioengine=nbd', `--uri=${uri}`, `--rw=${rw}`, '--bs=4k', `--iodepth=${qd}`, `--runtime=${seconds}`, '--time_based', '--output-format=json', '--size=1g'], { encoding: 'utf8' })
+  if (r.status !== 0) throw new Error(`fio failed: ${r.stderr}`)
+  const j = JSON.parse(r.stdout.slice(r.stdout.indexOf('{')))
+  return rw.includes('read') ? j.jobs[0].read.iops : j.jobs[0].write.iops
+}
+
+function nbdcopySeconds(src: string, dst: string): number {
+  return run('nbdcopy', [src, dst]).seconds
+}
+
+async function nbdBench() {
+  for (const tool of ['qemu-nbd', 'nbdcopy', 'nbdinfo', 'fio']) {
+    if (!have(tool)) {
+      console.log(`nbd: SKIP (${tool} not installed: scripts/install-peers.sh)`)
+      return
+    }
+  }
+  const d = join(DIR, 'nbd')
+  rmSync(d, { recursive: true, force: true })
+  mkdirSync(d, { recursive: true })
+  const ds = join(d, 'ds')
+  const SIZE = 1 << 30
+  // A 1 GiB disk, fully written, in a Tandem datastore; qemu-nbd serves the very same VMDK file.
+  const { Datastore } = await import('../../src/server/datastore/index.js')
+  const store = await Datastore.open(ds)
+  await store.createDisk('bench', SIZE)
+  const h = await store.openExport('bench')
+  const buf = Buffer.alloc(8 << 20)
+  for (let o = 0; o < SIZE; o += buf.length) {
+    for (let i = 0; i < buf.length; i += 8) buf.writeDoubleLE(Math.random(), i)
+    await h.device.write(o, buf)
+  }
+  await h.release()
+  await store.close()
+  const vmdk = join(ds, 'bench', 'l-0000.vmdk')
+  const raw = join(d, 'bench.raw')
+  run('qemu-img', ['convert', '-O', 'raw', vmdk, raw])
+  const src = join(d, 'src.raw')
+  run('qemu-img', ['convert', '-O', 'raw', vmdk, src])
+  const qemuUri = `nbd://127.0.0.1:${NBD_PORT}/bench`
+  const sides: [string, () => Promise<Served>][] = [
+    ['tandem', () => serveTandem(ds)],
+    ['qemu-nbd', () => servePeer('qemu-nbd', ['-f', 'vmdk', '-x', 'bench', '-b', '127.0.0.1', '-p', String(NBD_PORT), '--persistent', '--shared=8', '--cache=writeback', vmdk], qemuUri)],
+  ]
+  if (have('nbdkit')) {
+    const pid = join(d, 'nbdkit.pid')
+    sides.push(['nbdkit-file(raw)', () => servePeer('nbdkit', ['-f', '-P', pid, '-i', '127.0.0.1', '-p', String(NBD_PORT), '-e', 'bench', 'file', raw], qemuUri, pid)])
+  }
+  const secs = Number(process.env.BENCH_FIO_SECONDS ?? 4)
+  const work: [string, 'MiB/s' | 'IOPS', (uri: string) => number][] = [
+    ['1 GiB sequential read (nbdcopy)', 'MiB/s', (u) => 1024 / nbdcopySeconds(u, 'null:')],
+    ['1 GiB sequential write (nbdcopy)', 'MiB/s', (u) => 1024 / nbdcopySeconds(src, u)],
+    ['4k random read QD1 (fio nbd)', 'IOPS', (u) => fio(u, 'randread', 1, secs)],
+    ['4k random read QD32 (fio nbd)', 'IOPS', (u) => fio(u, 'randread', 32, secs)],
+    ['4k random write QD1 (fio nbd)', 'IOPS', (u) => fio(u, 'randwrite', 1, secs)],
+    ['4k random write QD32 (fio nbd)', 'IOPS', (u) => fio(u, 'randwrite', 32, secs)],
+  ]
+  const results: Record<string, Record<string, number[]>> = {}
+  for (let rep = 0; rep < REPS; rep++) {
+    const order = rep % 2 === 0 ? sides : [...sides].reverse()
+    for (const [name, start] of order) {
+      const srv = await start()
+      try {
+        for (const [label, , fn] of work) ((results[label] ??= {})[name] ??= []).push(fn(srv.uri))
+      } finally {
+        await srv.stop()
+      }
+    }
+  }
+  for (const [label, unit] of work) {
+    const r = results[label]
+    const t = median(r.tandem)
+    const q = median(r['qemu-nbd'])
+    const k = r['nbdkit-file(raw)'] ? `   nbdkit-file(raw) ${median(r['nbdkit-file(raw)']).toFixed(0)}` : ''
+    console.log(`${label.padEnd(36)} tandem ${t.toFixed(0)} ${unit}   qemu-nbd ${q.toFixed(0)}${k}   tandem/qemu-nbd ${(t / q).toFixed(2)}x`)
+  }
+  rmSync(d, { recursive: true, force: true })
+}
+
 const only = process.env.BENCH_ONLY
 console.log(`Tandem benchmarks — ${REPS} runs each side, alternating, medians; ratio = Tandem/peer time (< 1 is faster)`)
 if (!only || only === 'disk') await diskBench()
+if (!only || only === 'nbd') await nbdBench()
 if (existsSync(DIR) && readdirSync(DIR).length === 0) rmSync(DIR, { recursive: true, force: true })

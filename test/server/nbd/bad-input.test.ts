@@ -1,4 +1,4 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { startServer } from '../../helpers/server.js'
 import { TestNbdClient } from '../../helpers/nbd-client.js'
 import { pattern, rng } from '../../helpers/peers.js'
@@ -8,13 +8,12 @@ const EINVAL = 22
 const ENOSPC = 28
 
 /** After each abuse, a well-behaved client still works. */
-async function healthy(t: Tap, port: number) {
+async function healthy(t: Test, port: number) {
   const c = await TestNbdClient.open(port, 'disk')
   const r = await c.pread(0, 512)
   t.equal(r.errno, 0, 'another client is unaffected')
   c.disconnect()
 }
-type Tap = { equal: (a: unknown, b: unknown, m?: string) => void }
 
 t.test('malformed handshakes close that connection only', async (t) => {
   const s = await startServer(t)
