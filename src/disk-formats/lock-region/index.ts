@@ -1,0 +1,2 @@
+export * from './layout.js'
+export { crc32c } from './crc32c.js'
