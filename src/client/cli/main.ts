@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { Command, CommanderError } from 'commander'
 import { diskCommand } from './disk.js'
+import { lockCommand } from './lock.js'
 import { reportError } from './errors.js'
 
 /** Runs an action; its number (or 0) becomes the exit status; errors become one line on stderr. */
@@ -19,6 +20,7 @@ export function buildProgram(): Command {
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride()
   program.addCommand(diskCommand(run))
+  program.addCommand(lockCommand(run))
   const env = process.env
   const port = (v: string) => {
     const n = Number(v)

@@ -1,0 +1,138 @@
+import { realpath } from 'node:fs/promises'
+import { createRequire } from 'node:module'
+import { Mutex } from 'async-mutex'
+import { StorageError } from '../../disk-formats/errors.js'
+import { datasync, fileSize, openFile, preadFull, pwriteFull } from '../../disk-formats/file-io.js'
+import type { FileHandle } from 'node:fs/promises'
+
+const require = createRequire(import.meta.url)
+const fsExt = require('fs-ext') as {
+  fcntl(fd: number, cmd: string, arg: number, cb: (err: Error | null) => void): void
+  constants: { F_RDLCK: number; F_WRLCK: number; F_UNLCK: number }
+}
+
+/**
+ * Shared storage for a lockspace (DESIGN §6). `compareAndWrite` is atomic against every other
+ * operation on the storage from every host; `write` is used only for a host's own heartbeat slot
+ * (and by the owner of a managed lock). Writes are durable when they resolve.
+ */
+export interface LockStorage {
+  readonly size: number
+  readonly name: string
+  read(offset: number, length: number): Promise<Buffer>
+  write(offset: number, data: Buffer): Promise<void>
+  compareAndWrite(offset: number, expected: Buffer, data: Buffer): Promise<boolean>
+  close(): Promise<void>
+}
+
+interface SharedFile {
+  fh: FileHandle
+  mutex: Mutex
+  refs: number
+}
+
+/**
+ * fcntl locks belong to the process, and closing any descriptor of the file drops them; so each
+ * file is opened once per process and every LockStorage on it shares that descriptor and an
+ * in-process mutex (two async callers would otherwise both "hold" the fcntl lock).
+ */
+const files = new Map<string, Promise<SharedFile>>()
+
+function fcntl(fd: number, cmd: string, type: number): Promise<void> {
+  return new Promise((res, rej) => fsExt.fcntl(fd, cmd, type, (e) => (e ? rej(e) : res())))
+}
+
+/** A lockspace in a file on a local or POSIX shared filesystem: read-compare-write under an fcntl lock, then fdatasync. */
+export class FileLockStorage implements LockStorage {
+  private constructor(
+    readonly name: string,
+    private readonly key: string,
+    private readonly shared: SharedFile,
+    readonly size: number,
+  ) {}
+
+  static async open(path: string): Promise<FileLockStorage> {
+    let key: string
+    try {
+      key = await realpath(path)
+    } catch {
+      throw new StorageError('NotFound', `lockspace '${path}' does not exist (create it with 'tandem lock init --lockspace ${path}')`, path)
+    }
+    let p = files.get(key)
+    if (!p) {
+      p = openFile(key, 'r+').then((fh) => ({ fh, mutex: new Mutex(), refs: 0 }))
+      files.set(key, p)
+      p.catch(() => files.delete(key))
+    }
+    const shared = await p
+    shared.refs++
+    return new FileLockStorage(path, key, shared, await fileSize(shared.fh, path))
+  }
+
+  private async locked<T>(type: number, fn: (fh: FileHandle) => Promise<T>): Promise<T> {
+    return this.shared.mutex.runExclusive(async () => {
+      const fd = this.shared.fh.fd
+      await fcntl(fd, 'setlkw', type)
+      try {
+        return await fn(this.shared.fh)
+      } finally {
+        await fcntl(fd, 'setlk', fsExt.constants.F_UNLCK)
+      }
+    })
+  }
+
+  read(offset: number, length: number): Promise<Buffer> {
+    return this.locked(fsExt.constants.F_RDLCK, (fh) => preadFull(fh, this.name, offset, length))
+  }
+
+  write(offset: number, data: Buffer): Promise<void> {
+    return this.locked(fsExt.constants.F_WRLCK, async (fh) => {
+      await pwriteFull(fh, this.name, offset, data)
+      await datasync(fh, this.name)
+    })
+  }
+
+  compareAndWrite(offset: number, expected: Buffer, data: Buffer): Promise<boolean> {
+    return this.locked(fsExt.constants.F_WRLCK, async (fh) => {
+      const now = await preadFull(fh, this.name, offset, expected.length)
+      if (!now.equals(expected)) return false
+      await pwriteFull(fh, this.name, offset, data)
+      await datasync(fh, this.name)
+      return true
+    })
+  }
+
+  async close(): Promise<void> {
+    if (--this.shared.refs === 0) {
+      files.delete(this.key)
+      await this.shared.fh.close()
+    }
+  }
+}
+
+/** A filter adding delay to every operation (slow-storage fault injection), DESIGN §11. */
+export function delayedStorage(next: LockStorage, delayMs: () => number): LockStorage {
+  const wait = () => new Promise((r) => setTimeout(r, delayMs()))
+  return {
+    size: next.size,
+    name: next.name,
+    read: async (o, l) => (await wait(), next.read(o, l)),
+    write: async (o, d) => (await wait(), next.write(o, d)),
+    compareAndWrite: async (o, e, d) => (await wait(), next.compareAndWrite(o, e, d)),
+    close: () => next.close(),
+  }
+}
+
+/** A filter counting operations (tests: a managed handover issues no compare-and-write). */
+export function countingStorage(next: LockStorage): LockStorage & { counts: { read: number; write: number; cas: number } } {
+  const counts = { read: 0, write: 0, cas: 0 }
+  return {
+    counts,
+    size: next.size,
+    name: next.name,
+    read: (o, l) => (counts.read++, next.read(o, l)),
+    write: (o, d) => (counts.write++, next.write(o, d)),
+    compareAndWrite: (o, e, d) => (counts.cas++, next.compareAndWrite(o, e, d)),
+    close: () => next.close(),
+  }
+}
