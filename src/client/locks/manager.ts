@@ -62,6 +62,8 @@ export interface AcquireOptions {
   managed?: boolean
   /** how long to wait for the lock, ms; 0 (default) tries once */
   waitMs?: number
+  /** how often to look again while waiting (default half a heartbeat) */
+  pollMs?: number
 }
 
 export interface HostView {
@@ -349,7 +351,10 @@ export class LockManager {
 
   /** One attempt; null when the lock is taken by a live host. */
   private async attempt(name: string, o: AcquireOptions): Promise<Held | null> {
-    if (!this.valid()) throw new StorageError('IoError', `host '${this.hostName}' has no valid lease`)
+    if (!this.valid()) {
+      this.fence('the lease expired before the lock was taken')
+      throw new StorageError('IoError', `host '${this.hostName}' has no valid lease`)
+    }
     const { rec, bytes } = await this.recordFor(name, o.managed ?? false)
     const me = this.slotIndex + 1
     const off = recordOffset(this.header, rec.index)
@@ -408,7 +413,7 @@ export class LockManager {
           const v = (await this.view()).locks.find((l) => l.name === name)
           throw new StorageError('Busy', `lock '${name}' is held by ${v?.owner ? `host '${v.owner}'` : `${v?.sharedHolders.length ?? 0} shared holder(s)`} (generation ${v?.generation})`)
         }
-        await this.sleep(Math.min(this.header.heartbeatMs / 2, Math.max(1, until - this.clock.now())))
+        await this.sleep(Math.min(o.pollMs ?? this.header.heartbeatMs / 2, Math.max(1, until - this.clock.now())))
       }
     } finally {
       if (this.request !== 0) await this.setRequest(0).catch(() => undefined)

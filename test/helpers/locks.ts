@@ -1,0 +1,62 @@
+import type { Clock, LockStorage } from '../../src/client/locks/index.js'
+
+/** An in-memory LockStorage: every operation completes in a microtask (for fake-clock tests). */
+export class MemoryLockStorage implements LockStorage {
+  readonly buf: Buffer
+  readonly name = 'memory'
+  constructor(size: number) {
+    this.buf = Buffer.alloc(size)
+  }
+  get size() {
+    return this.buf.length
+  }
+  async read(o: number, l: number) {
+    return Buffer.from(this.buf.subarray(o, o + l))
+  }
+  async write(o: number, d: Buffer) {
+    d.copy(this.buf, o)
+  }
+  async compareAndWrite(o: number, e: Buffer, d: Buffer) {
+    if (!this.buf.subarray(o, o + e.length).equals(e)) return false
+    d.copy(this.buf, o)
+    return true
+  }
+  async close() {}
+}
+
+/** A fake monotonic clock: timers fire only when the test advances time. */
+export class FakeClock implements Clock {
+  t = 1000
+  private timers: { at: number; fn: () => void; id: number }[] = []
+  private next = 1
+  now() {
+    return this.t
+  }
+  setTimeout(fn: () => void, ms: number) {
+    const id = this.next++
+    this.timers.push({ at: this.t + ms, fn, id })
+    return id
+  }
+  clearTimeout(h: unknown) {
+    this.timers = this.timers.filter((x) => x.id !== h)
+  }
+  /** Advances time in steps, firing due timers and letting their promise chains settle. */
+  async advance(ms: number, step = 10) {
+    const end = this.t + ms
+    while (this.t < end) {
+      this.t = Math.min(end, this.t + step)
+      for (;;) {
+        const due = this.timers.filter((x) => x.at <= this.t).sort((a, b) => a.at - b.at)[0]
+        if (!due) break
+        this.timers = this.timers.filter((x) => x !== due)
+        due.fn()
+        await settle()
+      }
+      await settle()
+    }
+  }
+}
+
+export async function settle() {
+  for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r))
+}
