@@ -4,12 +4,14 @@
  *   E|U|L <lock> <generation> <host> <t_ns>   enter / use / leave, t = CLOCK_MONOTONIC taken
  *                                             *before* checking the lease is still valid
  *   F <host> <t_ns> <reason>                  fenced
- * Usage: worker.js LOCKSPACE HOST LOG LOCKS [DELAY_MS]  (DELAY_MS: slow-storage filter, random 0..DELAY_MS per I/O)
+ * Usage: worker.js LOCKSPACE HOST LOG LOCKS [DELAY_MS] [HOLD_MS]
+ *   DELAY_MS: slow-storage filter, random 0..DELAY_MS per I/O; HOLD_MS: up to this long between uses (default 3)
  */
 import { appendFileSync } from 'node:fs'
 import { FileLockStorage, LockManager, delayedStorage } from '../../src/client/locks/index.js'
 
-const [path, host, log, nLocks, delayText] = process.argv.slice(2)
+const [path, host, log, nLocks, delayText, holdText] = process.argv.slice(2)
+const holdMs = Number(holdText ?? 3)
 const delay = Number(delayText ?? 0)
 const locks = Array.from({ length: Number(nLocks) }, (_, i) => `L${i}`)
 const out = (line: string) => appendFileSync(log, line + '\n')
@@ -45,7 +47,7 @@ while (!stop) {
     let ok = use('E')
     const uses = 1 + Math.floor(Math.random() * 3)
     for (let i = 0; ok && i < uses; i++) {
-      await new Promise((r) => setTimeout(r, Math.random() * 3))
+      await new Promise((r) => setTimeout(r, Math.random() * holdMs))
       ok = use('U')
     }
     if (ok) use('L')

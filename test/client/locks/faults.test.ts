@@ -18,10 +18,10 @@ interface Host {
   exited: Promise<void>
 }
 
-function startHost(lockspace: string, dir: string, name: string, locks: number, delayMs = 0, suffix = ''): Host {
+function startHost(lockspace: string, dir: string, name: string, locks: number, delayMs = 0, suffix = '', holdMs = 3): Host {
   const log = join(dir, `${name}${suffix}.log`)
   // detached: each host is its own process group, so a "crash" can kill the whole group
-  const proc = spawn(process.execPath, [WORKER, lockspace, name, log, String(locks), String(delayMs)], { detached: true, stdio: ['ignore', 'ignore', 'inherit'] })
+  const proc = spawn(process.execPath, [WORKER, lockspace, name, log, String(locks), String(delayMs), String(holdMs)], { detached: true, stdio: ['ignore', 'ignore', 'inherit'] })
   const exited = new Promise<void>((r) => proc.on('exit', () => r()))
   return { name, log, proc, exited }
 }
@@ -56,7 +56,7 @@ t.test('4 hosts, crash + pause + slow storage + clean exits: never two exclusive
   t.equal(init.status, 0, init.stderr)
   const LOCKS = 6
   const hosts: Host[] = [
-    startHost(lockspace, dir, 'crashy', LOCKS),
+    startHost(lockspace, dir, 'crashy', LOCKS, 0, '', 300), // holds each lock for a while
     startHost(lockspace, dir, 'sleepy', LOCKS),
     startHost(lockspace, dir, 'slow', LOCKS, 60), // up to 60 ms per I/O: well below the tolerance
     startHost(lockspace, dir, 'steady', LOCKS),
@@ -72,7 +72,12 @@ t.test('4 hosts, crash + pause + slow storage + clean exits: never two exclusive
     }
   })
   await sleep(3000)
-  // crash: SIGKILL the whole process group of a host
+  // crash: SIGKILL the whole process group of a host, at a moment its own log shows it holding a lock
+  for (let i = 0; i < 400; i++) {
+    const last = readFileSync(hosts[0].log, 'utf8').trimEnd().split('\n').pop() ?? ''
+    if (/^[EU] /.test(last)) break
+    await sleep(5)
+  }
   const crashAt = now()
   process.kill(-hosts[0].proc.pid!, 'SIGKILL')
   await hosts[0].exited
@@ -132,6 +137,7 @@ t.test('4 hosts, crash + pause + slow storage + clean exits: never two exclusive
     if (r.kind === 'E') heldAtCrash.set(r.lock, r.gen)
     if (r.kind === 'L') heldAtCrash.delete(r.lock)
   }
+  t.ok(heldAtCrash.size >= 1, `the crashed host held ${heldAtCrash.size} lock(s) when it was killed`)
   for (const [lock, gen] of heldAtCrash) {
     const next = recs.filter((r) => r.lock === lock && r.gen > gen).sort((a, b) => (a.t < b.t ? -1 : 1))[0]
     t.ok(next, `${lock} (held by the crashed host) was taken over`)
