@@ -5,6 +5,7 @@ import { Datastore } from './datastore/index.js'
 import { createApp } from './http/app.js'
 import { Metrics } from './metrics.js'
 import { NbdServer } from './nbd/index.js'
+import { openLockspaceView, type LockspaceView } from './locks.js'
 
 export interface ServeOptions {
   datastore: string
@@ -17,6 +18,7 @@ export interface ServeOptions {
 
 export interface RunningServer {
   ds: Datastore
+  locks: LockspaceView
   httpPort: number
   nbdPort: number
   log: Logger
@@ -26,11 +28,12 @@ export interface RunningServer {
 /** Starts the NAS daemon: datastore, REST + metrics over HTTP, NBD. */
 export async function serve(o: ServeOptions, log: Logger = pino({ level: o.logLevel ?? 'info' })): Promise<RunningServer> {
   const ds = await Datastore.open(resolve(o.datastore))
+  const locks = await openLockspaceView(ds.dir, log.child({ component: 'locks' }))
   const metrics = new Metrics()
   const nbd = new NbdServer(ds, log.child({ component: 'nbd' }), metrics)
   const nbdPort = await nbd.listen(o.nbdPort, o.listen)
   const advertise = { host: o.listen === '0.0.0.0' || o.listen === '::' ? '127.0.0.1' : o.listen, nbdPort, iscsiPort: o.iscsiPort }
-  const app = createApp({ ds, log: log.child({ component: 'http' }), metrics, advertise })
+  const app = createApp({ ds, locks, log: log.child({ component: 'http' }), metrics, advertise })
   const http: HttpServer = createServer(app)
   const httpPort = await new Promise<number>((res, rej) => {
     http.once('error', rej)
@@ -43,6 +46,7 @@ export async function serve(o: ServeOptions, log: Logger = pino({ level: o.logLe
   let closing: Promise<void> | null = null
   return {
     ds,
+    locks,
     httpPort,
     nbdPort,
     log,
@@ -52,6 +56,7 @@ export async function serve(o: ServeOptions, log: Logger = pino({ level: o.logLe
         http.closeAllConnections()
         await nbd.close()
         await ds.close()
+        await locks.close()
         log.info('tandem serve stopped')
       })()),
   }

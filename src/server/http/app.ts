@@ -5,9 +5,12 @@ import type { Datastore, DiskInfo } from '../datastore/index.js'
 import type { Metrics } from '../metrics.js'
 import { httpStatus } from './errors.js'
 import { openApi } from './openapi.js'
+import type { LockspaceView } from '../locks.js'
 
 export interface AppOptions {
   ds: Datastore
+  /** the datastore's lockspace, when there is one */
+  locks?: LockspaceView
   log: Logger
   metrics: Metrics
   /** host and ports clients should use in the URIs a disk shows */
@@ -145,6 +148,30 @@ export function createApp(o: AppOptions): express.Express {
       }
       await ds.setAccess(req.params.name as string, { initiators: list as string[], ...(chap ? { chap } : {}) })
       res.json((await ds.describe(req.params.name as string)).access)
+    }),
+  )
+  const lockView = async () => {
+    if (!o.locks) throw new StorageError('NotFound', 'this server has no lockspace')
+    return o.locks.view()
+  }
+  app.get(
+    '/api/v1/locks',
+    wrap(async (_req, res) => {
+      res.json({ locks: (await lockView()).locks })
+    }),
+  )
+  app.get(
+    '/api/v1/locks/:name',
+    wrap(async (req, res) => {
+      const l = (await lockView()).locks.find((x) => x.name === req.params.name)
+      if (!l) throw new StorageError('NotFound', `no lock named '${req.params.name}'`)
+      res.json(l)
+    }),
+  )
+  app.get(
+    '/api/v1/hosts',
+    wrap(async (_req, res) => {
+      res.json({ hosts: (await lockView()).hosts })
     }),
   )
   app.get(

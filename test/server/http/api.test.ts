@@ -116,3 +116,24 @@ t.test('access lists never return CHAP secrets; openapi and metrics', async (t) 
   const m = await request(a).get('/metrics').expect(200)
   t.match(m.text, /# TYPE tandem_export_bytes_total counter/)
 })
+
+t.test('serve creates the lockspace; /api/v1/locks and /hosts show a host holding a lock', async (t) => {
+  const { startServer } = await import('../../helpers/server.js')
+  const { FileLockStorage, LockManager } = await import('../../../src/client/locks/index.js')
+  const s = await startServer(t)
+  const storage = await FileLockStorage.open(s.locks.path)
+  const m = new LockManager(storage, 'esx-01')
+  await m.join()
+  await m.acquire('vm1.vmdk')
+  const base = `http://127.0.0.1:${s.httpPort}`
+  await new Promise((r) => setTimeout(r, 600)) // two observations a heartbeat apart
+  const hosts = (await (await fetch(`${base}/api/v1/hosts`)).json()) as { hosts: { name: string; alive: boolean; slot: number }[] }
+  t.same(hosts.hosts.map((h) => [h.name, h.alive]), [['esx-01', true]])
+  const lock = (await (await fetch(`${base}/api/v1/locks/vm1.vmdk`)).json()) as Record<string, unknown>
+  t.match(lock, { name: 'vm1.vmdk', state: 'exclusive', owner: 'esx-01', generation: 1 })
+  t.type(lock.ownerHeartbeatAgeMs, 'number')
+  const missing = await fetch(`${base}/api/v1/locks/nope`)
+  t.equal(missing.status, 404)
+  await m.leave()
+  await storage.close()
+})
