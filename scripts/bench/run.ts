@@ -1,7 +1,7 @@
 /**
  * `npm run bench`: Tandem beside its peers on the same work, alternating, in one run.
  * Prints medians and ratios (Tandem time / peer time: below 1.0 means Tandem is faster).
- * Options (env): BENCH_DIR (default ./bench-work), BENCH_REPS (default 3), BENCH_ONLY=disk|nbd,
+ * Options (env): BENCH_DIR (default ./bench-work), BENCH_REPS (default 3), BENCH_ONLY=disk|nbd|locks,
  * BENCH_FIO_SECONDS (default 4). For throughput (MiB/s, IOPS) the ratio is Tandem/peer: above 1 is faster.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
@@ -269,8 +269,136 @@ async function nbdBench() {
   rmSync(d, { recursive: true, force: true })
 }
 
+// ---- Locks: Tandem beside sanlock (reference/peers.md) ----
+
+async function locksBench() {
+  const { FileLockStorage, LockManager, initLockspace } = await import('../../src/client/locks/index.js')
+  const { regionSize } = await import('../../src/disk-formats/lock-region/index.js')
+  const d = join(DIR, 'locks')
+  rmSync(d, { recursive: true, force: true })
+  mkdirSync(d, { recursive: true })
+  const N = 30
+  const t = () => performance.now()
+  // Tandem: library calls on a local file (what a host agent does).
+  const ls = join(d, 'lockspace')
+  const { openSync, closeSync, ftruncateSync } = await import('node:fs')
+  const fd = openSync(ls, 'w')
+  ftruncateSync(fd, regionSize({ maxHosts: 64, maxLocks: 256 }))
+  closeSync(fd)
+  const st = await FileLockStorage.open(ls)
+  let t0 = t()
+  await initLockspace(st)
+  const initMs = t() - t0
+  const joins: number[] = []
+  const mgrs = []
+  for (let i = 0; i < 8; i++) {
+    const m = new LockManager(st, `host-${i}`)
+    t0 = t()
+    await m.join()
+    joins.push(t() - t0)
+    mgrs.push(m)
+  }
+  const acq: number[] = []
+  const rel: number[] = []
+  for (let i = 0; i < N; i++) {
+    t0 = t()
+    await mgrs[0].acquire(`res-${i % 4}`)
+    acq.push(t() - t0)
+    t0 = t()
+    await mgrs[0].release(`res-${i % 4}`)
+    rel.push(t() - t0)
+  }
+  // takeover: a `tandem lock run` holder is SIGKILLed (its whole process group); host-1 waits.
+  const takeovers: number[] = []
+  for (let k = 0; k < 3; k++) {
+    const holder = spawn(process.execPath, [CLI, 'lock', 'run', 'victim', '--lockspace', ls, '--host', `victim-${k}`, '--', 'sleep', '60'], { detached: true, stdio: 'ignore' })
+    for (let i = 0; i < 200; i++) {
+      const v = (await mgrs[1].view()).locks.find((l) => l.name === 'victim')
+      if (v && v.state === 'exclusive' && v.owner === `victim-${k}`) break
+      await new Promise((r) => setTimeout(r, 20))
+    }
+    await new Promise((r) => setTimeout(r, 300))
+    process.kill(-holder.pid!, 'SIGKILL')
+    t0 = t()
+    await mgrs[1].acquire('victim', { waitMs: 10_000, pollMs: 10 })
+    takeovers.push(t() - t0)
+    await mgrs[1].release('victim')
+  }
+  for (const m of mgrs) await m.leave()
+  await st.close()
+  const f = (x: number) => (x >= 1000 ? `${(x / 1000).toFixed(2)} s` : `${x.toFixed(2)} ms`)
+  const row = (what: string, ours: string, theirs: string) => console.log(`${what.padEnd(40)} tandem ${ours.padEnd(12)} sanlock ${theirs}`)
+  let sl: { init: number; join: number; acq: number; rel: number; base: number; takeover?: number } | null = null
+  if (have('sanlock')) sl = sanlockBench(join(d, 'sanlock'), N)
+  console.log('locks (defaults: heartbeat 250 ms, lease 2 s; sanlock at its fastest, io_timeout 1)')
+  row('init lockspace', f(initMs), sl ? f(sl.init) : 'not installed')
+  row('join (median of 8 hosts)', f(median(joins)), sl ? f(sl.join) : '-')
+  row('uncontended acquire (median of 30)', f(median(acq)), sl ? `${f(sl.acq)} (CLI; its spawn alone: ${f(sl.base)})` : '-')
+  row('release (median of 30)', f(median(rel)), sl ? `${f(sl.rel)} (CLI)` : '-')
+  row('takeover after SIGKILL (median of 3)', f(median(takeovers)), sl?.takeover ? f(sl.takeover) : '70.2 s (reference/peers.md; BENCH_SANLOCK_TAKEOVER=1 measures it)')
+  rmSync(d, { recursive: true, force: true })
+}
+
+/** sanlock with the commands of reference/peers.md; CLI wall times. */
+function sanlockBench(d: string, n: number) {
+  mkdirSync(join(d, 'run1'), { recursive: true })
+  mkdirSync(join(d, 'run2'), { recursive: true })
+  spawnSync('truncate', ['-s', '1M', join(d, 'ls'), join(d, 'res')])
+  const env = (r: string) => ({ ...process.env, SANLOCK_PRIVILEGED: '0', SANLOCK_RUN_DIR: join(d, r) })
+  const daemon = (r: string) => spawn('sanlock', ['daemon', '-D', '-w', '0', '-l', '0', '-h', '0', '-U', 'root', '-G', 'root', '-L', '-1', '-S', '-1', '-o', '1'], { env: env(r), stdio: 'ignore' })
+  const cli = (r: string, ...args: string[]) => {
+    const t0 = performance.now()
+    const x = spawnSync('sanlock', ['client', ...args], { env: env(r), encoding: 'utf8' })
+    return { ms: performance.now() - t0, ok: x.status === 0 && !/done -/.test(x.stdout), out: x.stdout }
+  }
+  const d1 = daemon('run1')
+  const sleepWait = (m: number) => spawnSync('sleep', [String(m / 1000)])
+  sleepWait(500)
+  const ls = `LS:0:${join(d, 'ls')}:0`
+  const init = cli('run1', 'init', '-s', ls, '-o', '1').ms
+  cli('run1', 'init', '-r', `LS:res1:${join(d, 'res')}:0`)
+  const join1 = cli('run1', 'add_lockspace', '-s', `LS:1:${join(d, 'ls')}:0`, '-o', '1').ms
+  const holder = spawn('sleep', ['3000'], { stdio: 'ignore' })
+  const reg = spawn('sanlock', ['client', 'command', '-c', '/bin/sleep', '3000'], { env: env('run1'), stdio: 'ignore' })
+  sleepWait(500)
+  const pid = spawnSync('pgrep', ['-n', '-f', '^/bin/sleep 3000'], { encoding: 'utf8' }).stdout.trim()
+  const acq: number[] = []
+  const rel: number[] = []
+  const base: number[] = []
+  for (let i = 0; i < n; i++) {
+    acq.push(cli('run1', 'acquire', '-r', `LS:res1:${join(d, 'res')}:0`, '-p', pid).ms)
+    rel.push(cli('run1', 'release', '-r', `LS:res1:${join(d, 'res')}:0`, '-p', pid).ms)
+    base.push(cli('run1', 'status').ms)
+  }
+  let takeover: number | undefined
+  if (process.env.BENCH_SANLOCK_TAKEOVER === '1') {
+    const d2 = daemon('run2')
+    sleepWait(500)
+    cli('run2', 'add_lockspace', '-s', `LS:2:${join(d, 'ls')}:0`, '-o', '1')
+    const reg2 = spawn('sanlock', ['client', 'command', '-c', '/bin/sleep', '3001'], { env: env('run2'), stdio: 'ignore' })
+    sleepWait(500)
+    const pid2 = spawnSync('pgrep', ['-n', '-f', '^/bin/sleep 3001'], { encoding: 'utf8' }).stdout.trim()
+    cli('run1', 'acquire', '-r', `LS:res1:${join(d, 'res')}:0`, '-p', pid)
+    d1.kill('SIGKILL')
+    const t0 = performance.now()
+    while (performance.now() - t0 < 300_000) {
+      if (cli('run2', 'acquire', '-r', `LS:res1:${join(d, 'res')}:0`, '-p', pid2).ok) break
+      sleepWait(1000)
+    }
+    takeover = performance.now() - t0
+    d2.kill('SIGKILL')
+    reg2.kill('SIGKILL')
+  }
+  d1.kill('SIGKILL')
+  reg.kill('SIGKILL')
+  holder.kill('SIGKILL')
+  spawnSync('pkill', ['-f', '^/bin/sleep 300[01]'])
+  return { init, join: join1, acq: median(acq), rel: median(rel), base: median(base), takeover }
+}
+
 const only = process.env.BENCH_ONLY
 console.log(`Tandem benchmarks — ${REPS} runs each side, alternating, medians; ratio = Tandem/peer time (< 1 is faster)`)
 if (!only || only === 'disk') await diskBench()
 if (!only || only === 'nbd') await nbdBench()
+if (!only || only === 'locks') await locksBench()
 if (existsSync(DIR) && readdirSync(DIR).length === 0) rmSync(DIR, { recursive: true, force: true })
