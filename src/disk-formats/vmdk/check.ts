@@ -294,27 +294,22 @@ async function repairExtent(ext: SparseExtent, plan: RepairPlan): Promise<void> 
     endSector += h.grainSize
     return s
   }
+  /** Rebuilds table `i` of the directory at `dirOffset` as a copy of `from`: table first, synced, then its entry. */
+  const rebuild = async (dst: Table, from: Table, dirOffset: number, i: number) => {
+    const s = placeFor(dirOffset, i)
+    await pwriteFull(fh, file, s * 512, tableBytes(from.entries!))
+    await datasync(fh, file)
+    await pwriteFull(fh, file, dirOffset * 512 + i * 4, u32(s))
+    dst.valid = true
+    dst.sector = s
+    dst.entries = from.entries!.slice()
+  }
   // Directory entries rebuilt from the other copy.
   for (let i = 0; i < geo.gdEntries; i++) {
     const p = plan.primary[i]
     const r = plan.redundant[i]
-    if (!p.valid && r?.valid) {
-      const s = placeFor(h.gdOffset, i)
-      await pwriteFull(fh, file, s * 512, tableBytes(r.entries!))
-      await datasync(fh, file)
-      await pwriteFull(fh, file, h.gdOffset * 512 + i * 4, u32(s))
-      p.valid = true
-      p.sector = s
-      p.entries = r.entries!.slice()
-    } else if (p.valid && r && !r.valid) {
-      const s = placeFor(h.rgdOffset, i)
-      await pwriteFull(fh, file, s * 512, tableBytes(p.entries!))
-      await datasync(fh, file)
-      await pwriteFull(fh, file, h.rgdOffset * 512 + i * 4, u32(s))
-      r.valid = true
-      r.sector = s
-      r.entries = p.entries!.slice()
-    }
+    if (!p.valid && r?.valid) await rebuild(p, r, h.gdOffset, i)
+    else if (p.valid && r && !r.valid) await rebuild(r, p, h.rgdOffset, i)
   }
   // Entries that differ: take the valid side.
   for (const f of plan.fixes) {
