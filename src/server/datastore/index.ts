@@ -1,0 +1,3 @@
+export { Datastore, type DiskRecord, type DiskInfo, type SnapshotRecord, type AccessRecord, type ExportHandle } from './datastore.js'
+export { LiveDisk } from './live-disk.js'
+export { validName, parseExportName } from './names.js'

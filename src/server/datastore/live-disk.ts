@@ -1,0 +1,95 @@
+import type { BlockDevice, Extent, WriteOptions, ZeroOptions } from '../../disk-formats/block-device.js'
+import { StorageError } from '../../disk-formats/errors.js'
+
+/**
+ * A BlockDevice that forwards to a chain which the datastore can swap underneath it (a snapshot
+ * puts a new delta on top; a revert points it at another layer). Clients keep their connection:
+ * `pause` lets in-flight requests finish and holds new ones until `resume`.
+ */
+export class LiveDisk implements BlockDevice {
+  private inflight = 0
+  private drained: (() => void) | null = null
+  private paused: Promise<void> | null = null
+  private unpause: (() => void) | null = null
+  private closed = false
+
+  constructor(
+    private dev: BlockDevice,
+    readonly readOnly: boolean,
+  ) {}
+
+  get size(): number {
+    return this.dev.size
+  }
+
+  /** The device underneath (for the datastore's own use while paused). */
+  get current(): BlockDevice {
+    return this.dev
+  }
+
+  private async enter(): Promise<BlockDevice> {
+    while (this.paused) await this.paused
+    if (this.closed) throw new StorageError('IoError', 'the disk was closed')
+    this.inflight++
+    return this.dev
+  }
+
+  private exit(): void {
+    this.inflight--
+    if (this.inflight === 0 && this.drained) this.drained()
+  }
+
+  private async run<T>(fn: (d: BlockDevice) => Promise<T>): Promise<T> {
+    const d = await this.enter()
+    try {
+      return await fn(d)
+    } finally {
+      this.exit()
+    }
+  }
+
+  /** Holds new requests and waits for the ones in flight. */
+  async pause(): Promise<void> {
+    while (this.paused) await this.paused
+    this.paused = new Promise((r) => (this.unpause = r))
+    if (this.inflight > 0) await new Promise<void>((r) => (this.drained = r))
+    this.drained = null
+  }
+
+  /** Continues with `next` as the device (or the same one). */
+  resume(next?: BlockDevice): void {
+    if (next) this.dev = next
+    const u = this.unpause
+    this.paused = null
+    this.unpause = null
+    u?.()
+  }
+
+  read(offset: number, length: number): Promise<Buffer> {
+    return this.run((d) => d.read(offset, length))
+  }
+  write(offset: number, data: Buffer, opts?: WriteOptions): Promise<void> {
+    return this.run((d) => d.write(offset, data, opts))
+  }
+  writeZeroes(offset: number, length: number, opts?: ZeroOptions): Promise<void> {
+    return this.run((d) => d.writeZeroes(offset, length, opts))
+  }
+  discard(offset: number, length: number): Promise<void> {
+    return this.run((d) => d.discard(offset, length))
+  }
+  flush(): Promise<void> {
+    return this.run((d) => d.flush())
+  }
+  blockStatus(offset: number, length: number): Promise<Extent[]> {
+    return this.run((d) => d.blockStatus(offset, length))
+  }
+  async close(): Promise<void> {
+    await this.pause()
+    this.closed = true
+    try {
+      await this.dev.close()
+    } finally {
+      this.resume()
+    }
+  }
+}
