@@ -40,7 +40,8 @@ export class LiveDisk implements BlockDevice {
   }
 
   private async run<T>(fn: (d: BlockDevice) => Promise<T>): Promise<T> {
-    const d = await this.enter()
+    // Fast path: not paused, no extra await before the request starts.
+    const d = this.paused || this.closed ? await this.enter() : (this.inflight++, this.dev)
     try {
       return await fn(d)
     } finally {

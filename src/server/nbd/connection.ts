@@ -87,6 +87,11 @@ export class NbdConnection {
       this.sock.write(parts[0])
       return
     }
+    if (parts[1].length <= 64 * 1024) {
+      // a small reply: copying it is cheaper than a corked writev through the stream machinery
+      this.sock.write(Buffer.concat(parts))
+      return
+    }
     this.sock.cork()
     for (const p of parts) this.sock.write(p)
     this.sock.uncork()
@@ -362,11 +367,33 @@ export class NbdConnection {
     return 0
   }
 
+  /** Labelled metric children, looked up once per connection and operation (a label lookup per request costs µs). */
+  private readonly series = new Map<string, { ops: { inc(): void }; errors: { inc(): void }; latency: { observe(v: number): void } }>()
+  private bytesRead?: { inc(n: number): void }
+  private bytesWritten?: { inc(n: number): void }
+
+  private seriesFor(op: string) {
+    let s = this.series.get(op)
+    if (!s) {
+      const exp = this.handle!.name
+      s = {
+        ops: this.metrics.ops.labels({ export: exp, protocol: 'nbd', op }),
+        errors: this.metrics.errors.labels({ export: exp, protocol: 'nbd', op }),
+        latency: this.metrics.latency.labels({ protocol: 'nbd', op }),
+      }
+      this.series.set(op, s)
+    }
+    return s
+  }
+
   private async request(flags: number, type: number, cookie: Buffer, offset: number, length: number, payload: Buffer | null): Promise<void> {
     const op = OP_NAMES[type] ?? 'unknown'
     const exp = this.handle!.name
     const t0 = process.hrtime.bigint()
-    this.metrics.ops.inc({ export: exp, protocol: 'nbd', op })
+    const series = this.seriesFor(op)
+    this.bytesRead ??= this.metrics.bytes.labels({ export: exp, protocol: 'nbd', direction: 'read' })
+    this.bytesWritten ??= this.metrics.bytes.labels({ export: exp, protocol: 'nbd', direction: 'write' })
+    series.ops.inc()
     let errno = this.check(flags, type, offset, length)
     const dev = this.handle!.device
     try {
@@ -374,13 +401,13 @@ export class NbdConnection {
         switch (type) {
           case P.NBD_CMD_READ: {
             const data = await dev.read(offset, length)
-            this.metrics.bytes.inc({ export: exp, protocol: 'nbd', direction: 'read' }, length)
+            this.bytesRead.inc(length)
             this.replyData(cookie, offset, data)
             return
           }
           case P.NBD_CMD_WRITE:
             await dev.write(offset, payload!, { fua: (flags & P.NBD_CMD_FLAG_FUA) !== 0 })
-            this.metrics.bytes.inc({ export: exp, protocol: 'nbd', direction: 'write' }, length)
+            this.bytesWritten.inc(length)
             break
           case P.NBD_CMD_FLUSH:
             await dev.flush()
@@ -415,9 +442,9 @@ export class NbdConnection {
       errno = isStorageError(e) ? P.nbdErrno(e.code) : P.NBD_EIO
       if (!isStorageError(e)) this.log.error({ err: e, op, offset, length }, 'nbd: request failed')
     } finally {
-      this.metrics.latency.observe({ protocol: 'nbd', op }, Number(process.hrtime.bigint() - t0) / 1e9)
+      series.latency.observe(Number(process.hrtime.bigint() - t0) / 1e9)
     }
-    if (errno !== 0) this.metrics.errors.inc({ export: exp, protocol: 'nbd', op })
+    if (errno !== 0) series.errors.inc()
     this.replyStatus(cookie, errno)
   }
 
