@@ -13,7 +13,8 @@ export class MemoryLockStorage implements LockStorage {
   async read(o: number, l: number) {
     return Buffer.from(this.buf.subarray(o, o + l))
   }
-  async write(o: number, d: Buffer) {
+  async write(o: number, d: Buffer, _opts?: { durable?: boolean }) {
+    void _opts
     d.copy(this.buf, o)
   }
   async compareAndWrite(o: number, e: Buffer, d: Buffer) {

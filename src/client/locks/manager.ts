@@ -297,7 +297,7 @@ export class LockManager {
     const issue = this.clock.now()
     this.counter++
     try {
-      await this.storage.write(slotOffset(this.slotIndex), this.slotBytes())
+      await this.storage.write(slotOffset(this.slotIndex), this.slotBytes(), { durable: false })
       if (this.stopped) return
       this.lastRenewIssue = issue
       this.armFence()

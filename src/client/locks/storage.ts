@@ -20,7 +20,11 @@ export interface LockStorage {
   readonly size: number
   readonly name: string
   read(offset: number, length: number): Promise<Buffer>
-  write(offset: number, data: Buffer): Promise<void>
+  /**
+   * `durable: false` (heartbeats): visible to every other host when it resolves, not necessarily
+   * on stable storage — a liveness signal needs no fsync, and must not wait behind one.
+   */
+  write(offset: number, data: Buffer, opts?: { durable?: boolean }): Promise<void>
   compareAndWrite(offset: number, expected: Buffer, data: Buffer): Promise<boolean>
   close(): Promise<void>
 }
@@ -85,21 +89,25 @@ export class FileLockStorage implements LockStorage {
     return this.locked(fsExt.constants.F_RDLCK, (fh) => preadFull(fh, this.name, offset, length))
   }
 
-  write(offset: number, data: Buffer): Promise<void> {
-    return this.locked(fsExt.constants.F_WRLCK, async (fh) => {
-      await pwriteFull(fh, this.name, offset, data)
-      await datasync(fh, this.name)
-    })
+  /**
+   * The write happens under the lock; the fdatasync after it is released, so that no host's
+   * heartbeat or read ever waits behind another host's sync (a stalled fsync would otherwise
+   * stall the whole lockspace — sanlock's "storage latency kills workloads").
+   */
+  async write(offset: number, data: Buffer, opts: { durable?: boolean } = {}): Promise<void> {
+    await this.locked(fsExt.constants.F_WRLCK, (fh) => pwriteFull(fh, this.name, offset, data))
+    if (opts.durable !== false) await datasync(this.shared.fh, this.name)
   }
 
-  compareAndWrite(offset: number, expected: Buffer, data: Buffer): Promise<boolean> {
-    return this.locked(fsExt.constants.F_WRLCK, async (fh) => {
+  async compareAndWrite(offset: number, expected: Buffer, data: Buffer): Promise<boolean> {
+    const ok = await this.locked(fsExt.constants.F_WRLCK, async (fh) => {
       const now = await preadFull(fh, this.name, offset, expected.length)
       if (!now.equals(expected)) return false
       await pwriteFull(fh, this.name, offset, data)
-      await datasync(fh, this.name)
       return true
     })
+    if (ok) await datasync(this.shared.fh, this.name)
+    return ok
   }
 
   async close(): Promise<void> {
@@ -117,7 +125,7 @@ export function delayedStorage(next: LockStorage, delayMs: () => number): LockSt
     size: next.size,
     name: next.name,
     read: async (o, l) => (await wait(), next.read(o, l)),
-    write: async (o, d) => (await wait(), next.write(o, d)),
+    write: async (o, d, w) => (await wait(), next.write(o, d, w)),
     compareAndWrite: async (o, e, d) => (await wait(), next.compareAndWrite(o, e, d)),
     close: () => next.close(),
   }
@@ -131,7 +139,7 @@ export function countingStorage(next: LockStorage): LockStorage & { counts: { re
     size: next.size,
     name: next.name,
     read: (o, l) => (counts.read++, next.read(o, l)),
-    write: (o, d) => (counts.write++, next.write(o, d)),
+    write: (o, d, w) => (counts.write++, next.write(o, d, w)),
     compareAndWrite: (o, e, d) => (counts.cas++, next.compareAndWrite(o, e, d)),
     close: () => next.close(),
   }

@@ -1,0 +1,604 @@
+import { createHash } from 'node:crypto'
+import type { BlockDevice } from '../../disk-formats/block-device.js'
+import { isStorageError } from '../../disk-formats/errors.js'
+import * as C from './constants.js'
+import { invalidField, invalidOpcode, invalidParameter, lbaOutOfRange, parameterLength, SenseError, senseData, senseFor } from './sense.js'
+
+export interface ScsiResult {
+  status: number
+  dataIn?: Buffer
+  sense?: Buffer
+}
+
+export interface LogicalUnitOptions {
+  /** unit serial number (VPD 0x80) and the seed of the NAA identifier (VPD 0x83) */
+  serial: string
+  vendor?: string
+  product?: string
+  revision?: string
+}
+
+export const BLOCK = 512
+/** Largest transfer accepted and advertised (VPD 0xB0): 32 MiB, as the NBD export. */
+export const MAX_TRANSFER_BLOCKS = 65536
+/** COMPARE AND WRITE of at most this many blocks (VMFS uses one). */
+export const MAX_CAW_BLOCKS = 128
+export const MAX_UNMAP_DESCRIPTORS = 256
+export const MAX_WRITE_SAME_BLOCKS = 1 << 20
+
+/** Shared for ordinary commands, exclusive for COMPARE AND WRITE and ORWRITE (atomic against all others). */
+class Gate {
+  private readers = 0
+  private writer = false
+  private waiting: (() => void)[] = []
+  private async acquire(exclusive: boolean): Promise<void> {
+    while (this.writer || (exclusive && this.readers > 0)) await new Promise<void>((r) => this.waiting.push(r))
+    if (exclusive) this.writer = true
+    else this.readers++
+  }
+  private release(exclusive: boolean): void {
+    if (exclusive) this.writer = false
+    else this.readers--
+    const w = this.waiting
+    this.waiting = []
+    for (const r of w) r()
+  }
+  async run<T>(exclusive: boolean, fn: () => Promise<T>): Promise<T> {
+    await this.acquire(exclusive)
+    try {
+      return await fn()
+    } finally {
+      this.release(exclusive)
+    }
+  }
+}
+
+const pad = (s: string, n: number) => Buffer.from(s.padEnd(n).slice(0, n), 'ascii')
+
+/**
+ * SCSI block-command emulation of one logical unit over a BlockDevice (DESIGN §5), transport-free:
+ * `execute(cdb, dataOut, initiator)` → status, data-in, sense. Each CDB is validated once here;
+ * storage errors are mapped to sense data by `senseFor`.
+ */
+export class LogicalUnit {
+  private readonly gate = new Gate()
+  private reservedBy: string | null = null
+  private readonly naa: Buffer
+  private readonly vendor: string
+  private readonly product: string
+  private readonly revision: string
+
+  constructor(
+    readonly dev: BlockDevice,
+    readonly opts: LogicalUnitOptions,
+  ) {
+    // NAA 6 (IEEE registered extended), locally administered OUI 0x02:00:00 plus a hash of the serial.
+    const h = createHash('sha256').update(opts.serial).digest()
+    this.naa = Buffer.alloc(16)
+    this.naa[0] = 0x60 | 0x02
+    h.copy(this.naa, 3, 0, 13)
+    this.vendor = opts.vendor ?? 'TANDEM'
+    this.product = opts.product ?? 'VIRTUAL-DISK'
+    this.revision = opts.revision ?? '0001'
+  }
+
+  get blocks(): number {
+    return Math.floor(this.dev.size / BLOCK)
+  }
+
+  async execute(cdb: Buffer, dataOut: Buffer | null, initiator: string): Promise<ScsiResult> {
+    try {
+      if (cdb.length < 6) throw invalidOpcode()
+      if (this.reservedBy !== null && this.reservedBy !== initiator && !RESERVATION_EXEMPT.has(cdb[0])) {
+        return { status: C.RESERVATION_CONFLICT }
+      }
+      const exclusive = cdb[0] === C.COMPARE_AND_WRITE || cdb[0] === C.ORWRITE_16
+      return await this.gate.run(exclusive, () => this.dispatch(cdb, dataOut ?? Buffer.alloc(0), initiator))
+    } catch (e) {
+      const s = e instanceof SenseError ? e : isStorageError(e) ? senseFor(e.code) : new SenseError(C.HARDWARE_ERROR, 'INTERNAL_TARGET_FAILURE')
+      return { status: C.CHECK_CONDITION, sense: senseData(s) }
+    }
+  }
+
+  private range(lba: number, count: number): void {
+    if (!Number.isSafeInteger(lba) || lba + count > this.blocks) throw lbaOutOfRange()
+  }
+
+  private transfer(count: number, byte: number): void {
+    if (count > MAX_TRANSFER_BLOCKS) throw invalidField(byte)
+  }
+
+  private static need(data: Buffer, bytes: number): void {
+    if (data.length < bytes) throw parameterLength()
+  }
+
+  private async dispatch(cdb: Buffer, out: Buffer, initiator: string): Promise<ScsiResult> {
+    const op = cdb[0]
+    const len = CDB_LENGTH[op]
+    if (len === undefined) throw invalidOpcode()
+    if (cdb.length < len) throw invalidField(0)
+    switch (op) {
+      case C.TEST_UNIT_READY:
+      case C.START_STOP_UNIT:
+        return { status: C.GOOD }
+      case C.REQUEST_SENSE: {
+        const d = senseData(new SenseError(C.NO_SENSE, 'NO_ADDITIONAL_SENSE'))
+        return { status: C.GOOD, dataIn: d.subarray(0, Math.min(d.length, cdb[4])) }
+      }
+      case C.INQUIRY:
+        return { status: C.GOOD, dataIn: this.inquiry(cdb) }
+      case C.READ_CAPACITY_10: {
+        if (cdb.readUInt32BE(2) !== 0 && !(cdb[8] & 1)) throw invalidField(2)
+        const d = Buffer.alloc(8)
+        d.writeUInt32BE(Math.min(this.blocks - 1, 0xffffffff), 0)
+        d.writeUInt32BE(BLOCK, 4)
+        return { status: C.GOOD, dataIn: d }
+      }
+      case C.SERVICE_ACTION_IN_16:
+        return this.serviceActionIn(cdb)
+      case C.READ_6:
+      case C.READ_10:
+      case C.READ_12:
+      case C.READ_16: {
+        const { lba, count, fua } = rw(cdb)
+        if (op !== C.READ_6 && cdb[1] & 0xe0) throw invalidField(1, 7) // RDPROTECT: no protection information
+        this.transfer(count, op === C.READ_6 ? 4 : op === C.READ_10 ? 7 : op === C.READ_12 ? 6 : 10)
+        this.range(lba, count)
+        void fua
+        return { status: C.GOOD, dataIn: count ? await this.dev.read(lba * BLOCK, count * BLOCK) : Buffer.alloc(0) }
+      }
+      case C.WRITE_6:
+      case C.WRITE_10:
+      case C.WRITE_12:
+      case C.WRITE_16:
+      case C.WRITE_AND_VERIFY_10:
+      case C.WRITE_AND_VERIFY_12:
+      case C.WRITE_AND_VERIFY_16: {
+        const { lba, count, fua } = rw(cdb)
+        if (op !== C.WRITE_6 && cdb[1] & 0xe0) throw invalidField(1, 7)
+        this.transfer(count, op === C.WRITE_6 ? 4 : 7)
+        this.range(lba, count)
+        LogicalUnit.need(out, count * BLOCK)
+        if (count) await this.dev.write(lba * BLOCK, out.subarray(0, count * BLOCK), { fua: fua || op === C.WRITE_AND_VERIFY_10 || op === C.WRITE_AND_VERIFY_12 || op === C.WRITE_AND_VERIFY_16 })
+        return { status: C.GOOD }
+      }
+      case C.VERIFY_10:
+      case C.VERIFY_12:
+      case C.VERIFY_16: {
+        const { lba, count } = rw(cdb)
+        if (cdb[1] & 0xe0) throw invalidField(1, 7)
+        const bytchk = (cdb[1] >> 1) & 3
+        if (bytchk === 2) throw invalidField(1, 2)
+        this.range(lba, count)
+        this.transfer(count, 7)
+        if (bytchk === 0 || count === 0) return { status: C.GOOD }
+        const want = bytchk === 1 ? out : Buffer.concat(Array.from({ length: count }, () => out.subarray(0, BLOCK)))
+        LogicalUnit.need(want, count * BLOCK)
+        const have = await this.dev.read(lba * BLOCK, count * BLOCK)
+        const at = firstDifference(have, want.subarray(0, count * BLOCK))
+        if (at >= 0) throw new SenseError(C.MISCOMPARE, 'MISCOMPARE_DURING_VERIFY_OPERATION', at)
+        return { status: C.GOOD }
+      }
+      case C.PRE_FETCH_10:
+      case C.PRE_FETCH_16: {
+        const lba = op === C.PRE_FETCH_10 ? cdb.readUInt32BE(2) : Number(cdb.readBigUInt64BE(2))
+        const count = op === C.PRE_FETCH_10 ? cdb.readUInt16BE(7) : cdb.readUInt32BE(10)
+        this.range(lba, count)
+        return { status: C.CONDITION_MET }
+      }
+      case C.SYNCHRONIZE_CACHE_10:
+      case C.SYNCHRONIZE_CACHE_16: {
+        const lba = op === C.SYNCHRONIZE_CACHE_10 ? cdb.readUInt32BE(2) : Number(cdb.readBigUInt64BE(2))
+        const count = op === C.SYNCHRONIZE_CACHE_10 ? cdb.readUInt16BE(7) : cdb.readUInt32BE(10)
+        this.range(lba, count)
+        await this.dev.flush()
+        return { status: C.GOOD }
+      }
+      case C.ORWRITE_16: {
+        const { lba, count } = rw(cdb)
+        if (cdb[1] & 0xe0) throw invalidField(1, 7)
+        this.range(lba, count)
+        this.transfer(count, 10)
+        LogicalUnit.need(out, count * BLOCK)
+        if (count === 0) return { status: C.GOOD }
+        const cur = await this.dev.read(lba * BLOCK, count * BLOCK)
+        for (let i = 0; i < cur.length; i++) cur[i] |= out[i]
+        await this.dev.write(lba * BLOCK, cur)
+        return { status: C.GOOD }
+      }
+      case C.COMPARE_AND_WRITE: {
+        const lba = Number(cdb.readBigUInt64BE(2))
+        const count = cdb[13]
+        if (cdb[1] & 0xe0) throw invalidField(1, 7)
+        if (count > MAX_CAW_BLOCKS) throw invalidField(13)
+        this.range(lba, count)
+        if (count === 0) return { status: C.GOOD }
+        const n = count * BLOCK
+        if (out.length !== 2 * n) throw parameterLength()
+        // Atomic: the gate is exclusive for this command against every other on the LU.
+        const have = await this.dev.read(lba * BLOCK, n)
+        const at = firstDifference(have, out.subarray(0, n))
+        if (at >= 0) throw new SenseError(C.MISCOMPARE, 'MISCOMPARE_DURING_VERIFY_OPERATION', at)
+        await this.dev.write(lba * BLOCK, out.subarray(n, 2 * n), { fua: (cdb[1] & 0x08) !== 0 })
+        return { status: C.GOOD }
+      }
+      case C.WRITE_SAME_10:
+      case C.WRITE_SAME_16: {
+        const lba = op === C.WRITE_SAME_10 ? cdb.readUInt32BE(2) : Number(cdb.readBigUInt64BE(2))
+        const count = op === C.WRITE_SAME_10 ? cdb.readUInt16BE(7) : cdb.readUInt32BE(10)
+        const unmap = (cdb[1] & 0x08) !== 0
+        const ndob = op === C.WRITE_SAME_16 && (cdb[1] & 0x01) !== 0
+        if (cdb[1] & 0xe0) throw invalidField(1, 7)
+        if (cdb[1] & 0x10) throw invalidField(1, 4) // ANCHOR: no anchored state
+        if (count === 0) throw invalidField(op === C.WRITE_SAME_10 ? 7 : 10) // WSNZ=1
+        if (count > MAX_WRITE_SAME_BLOCKS) throw invalidField(op === C.WRITE_SAME_10 ? 7 : 10)
+        this.range(lba, count)
+        const block = ndob ? Buffer.alloc(BLOCK) : out.subarray(0, BLOCK)
+        if (!ndob) LogicalUnit.need(out, BLOCK)
+        if (block.every((b) => b === 0)) {
+          await this.dev.writeZeroes(lba * BLOCK, count * BLOCK, { mayUnmap: unmap })
+          return { status: C.GOOD }
+        }
+        if (unmap) throw invalidField(1, 3) // UNMAP with non-zero data: cannot read back as written
+        const chunkBlocks = Math.min(count, 2048)
+        const chunk = Buffer.concat(Array.from({ length: chunkBlocks }, () => block))
+        for (let done = 0; done < count; done += chunkBlocks) {
+          const k = Math.min(chunkBlocks, count - done)
+          await this.dev.write((lba + done) * BLOCK, chunk.subarray(0, k * BLOCK))
+        }
+        return { status: C.GOOD }
+      }
+      case C.UNMAP:
+        return this.unmap(cdb, out)
+      case C.MODE_SENSE_6:
+      case C.MODE_SENSE_10:
+        return { status: C.GOOD, dataIn: this.modeSense(cdb) }
+      case C.MODE_SELECT_6:
+      case C.MODE_SELECT_10: {
+        const plen = op === C.MODE_SELECT_6 ? cdb[4] : cdb.readUInt16BE(7)
+        if (cdb[1] & 0x01) throw invalidField(1, 0) // SP: saving not supported
+        LogicalUnit.need(out, plen)
+        return { status: C.GOOD } // nothing is changeable; parameters that match are accepted
+      }
+      case C.REPORT_LUNS: {
+        if (cdb[2] > 2) throw invalidField(2)
+        const alloc = cdb.readUInt32BE(6)
+        if (alloc < 16) throw invalidField(6)
+        const d = Buffer.alloc(16)
+        d.writeUInt32BE(8, 0)
+        return { status: C.GOOD, dataIn: d.subarray(0, Math.min(16, alloc)) }
+      }
+      case C.MAINTENANCE_IN:
+        if ((cdb[1] & 0x1f) !== C.MI_REPORT_SUPPORTED_OPERATION_CODES) throw invalidField(1)
+        return { status: C.GOOD, dataIn: this.supportedOpcodes(cdb) }
+      case C.RESERVE_6:
+        if (this.reservedBy !== null && this.reservedBy !== initiator) return { status: C.RESERVATION_CONFLICT }
+        this.reservedBy = initiator
+        return { status: C.GOOD }
+      case C.RELEASE_6:
+        if (this.reservedBy === initiator) this.reservedBy = null
+        return { status: C.GOOD }
+      default:
+        throw invalidOpcode()
+    }
+  }
+
+  private inquiry(cdb: Buffer): Buffer {
+    const evpd = cdb[1] & 1
+    const page = cdb[2]
+    const alloc = cdb.readUInt16BE(3)
+    if (cdb[1] & 0xfe) throw invalidField(1)
+    let d: Buffer
+    if (!evpd) {
+      if (page !== 0) throw invalidField(2)
+      d = Buffer.alloc(36)
+      d[0] = 0x00 // direct-access block device
+      d[2] = 0x06 // SPC-4
+      d[3] = 0x12 // HISUP, response data format 2
+      d[4] = d.length - 5
+      d[7] = 0x02 // CMDQUE
+      pad(this.vendor, 8).copy(d, 8)
+      pad(this.product, 16).copy(d, 16)
+      pad(this.revision, 4).copy(d, 32)
+    } else {
+      d = this.vpd(page)
+    }
+    return d.subarray(0, Math.min(d.length, alloc))
+  }
+
+  private vpd(page: number): Buffer {
+    const wrap = (body: Buffer) => {
+      const h = Buffer.alloc(4)
+      h[1] = page
+      h.writeUInt16BE(body.length, 2)
+      return Buffer.concat([h, body])
+    }
+    switch (page) {
+      case 0x00:
+        return wrap(Buffer.from(VPD_PAGES))
+      case 0x80:
+        return wrap(Buffer.from(this.opts.serial, 'ascii'))
+      case 0x83: {
+        const naa = Buffer.concat([Buffer.from([0x01, 0x03, 0x00, 16]), this.naa]) // binary, LU, NAA
+        const t10id = Buffer.concat([pad(this.vendor, 8), Buffer.from(this.opts.serial, 'ascii')])
+        const t10 = Buffer.concat([Buffer.from([0x02, 0x01, 0x00, t10id.length]), t10id]) // ASCII, LU, T10 vendor id
+        return wrap(Buffer.concat([naa, t10]))
+      }
+      case 0xb0: {
+        const b = Buffer.alloc(0x3c)
+        b[0] = 0x01 // WSNZ
+        b[1] = MAX_CAW_BLOCKS
+        b.writeUInt16BE(128, 2) // optimal transfer granularity: one 64 KiB grain
+        b.writeUInt32BE(MAX_TRANSFER_BLOCKS, 4)
+        b.writeUInt32BE(2048, 8) // optimal transfer: 1 MiB
+        b.writeUInt32BE(MAX_TRANSFER_BLOCKS, 16) // maximum unmap LBA count
+        b.writeUInt32BE(MAX_UNMAP_DESCRIPTORS, 20)
+        b.writeUInt32BE(128, 24) // optimal unmap granularity: a grain
+        b.writeBigUInt64BE(BigInt(MAX_WRITE_SAME_BLOCKS), 32)
+        return wrap(b)
+      }
+      case 0xb1: {
+        const b = Buffer.alloc(0x3c)
+        b.writeUInt16BE(1, 0) // non-rotating medium
+        return wrap(b)
+      }
+      case 0xb2: {
+        const b = Buffer.alloc(4)
+        b[1] = 0x80 | 0x40 | 0x20 | 0x04 // LBPU, LBPWS, LBPWS10, LBPRZ
+        b[2] = 0x02 // thin provisioned
+        return wrap(b)
+      }
+      default:
+        throw invalidField(2)
+    }
+  }
+
+  private async serviceActionIn(cdb: Buffer): Promise<ScsiResult> {
+    const sa = cdb[1] & 0x1f
+    const alloc = cdb.readUInt32BE(10)
+    if (sa === C.SAI_READ_CAPACITY_16) {
+      const d = Buffer.alloc(32)
+      d.writeBigUInt64BE(BigInt(this.blocks - 1), 0)
+      d.writeUInt32BE(BLOCK, 8)
+      d[14] = 0x80 | 0x40 // LBPME, LBPRZ
+      return { status: C.GOOD, dataIn: d.subarray(0, Math.min(32, alloc)) }
+    }
+    if (sa === C.SAI_GET_LBA_STATUS) return this.getLbaStatus(cdb)
+    throw invalidField(1)
+  }
+
+  private modeSense(cdb: Buffer): Buffer {
+    const six = cdb[0] === C.MODE_SENSE_6
+    const dbd = (cdb[1] & 0x08) !== 0
+    const pc = cdb[2] >> 6
+    const page = cdb[2] & 0x3f
+    const sub = cdb[3]
+    const alloc = six ? cdb[4] : cdb.readUInt16BE(7)
+    if (pc === 3) throw new SenseError(C.ILLEGAL_REQUEST, 'SAVING_PARAMETERS_NOT_SUPPORTED')
+    if (sub !== 0 && sub !== 0xff) throw invalidField(3)
+    const changeable = pc === 1
+    const pages: Buffer[] = []
+    const caching = () => {
+      const p = Buffer.alloc(20)
+      p[0] = 0x08
+      p[1] = 18
+      if (!changeable) p[2] = 0x04 // WCE: a write-back cache (flush is SYNCHRONIZE CACHE)
+      return p
+    }
+    const control = () => {
+      const p = Buffer.alloc(12)
+      p[0] = 0x0a
+      p[1] = 10
+      if (!changeable) p[2] = 0x02 // GLTSD
+      return p
+    }
+    if (page === 0x08 || page === 0x3f) pages.push(caching())
+    if (page === 0x0a || page === 0x3f) pages.push(control())
+    if (pages.length === 0) throw invalidField(2)
+    const bd = Buffer.alloc(dbd ? 0 : 8)
+    if (!dbd) {
+      bd.writeUInt32BE(Math.min(this.blocks, 0xffffffff), 0)
+      bd.writeUIntBE(BLOCK, 5, 3)
+    }
+    const body = Buffer.concat([bd, ...pages])
+    const hdr = Buffer.alloc(six ? 4 : 8)
+    const wp = this.dev.readOnly ? 0x80 : 0
+    if (six) {
+      hdr[0] = hdr.length - 1 + body.length
+      hdr[2] = wp | 0x10 // DPOFUA
+      hdr[3] = bd.length
+    } else {
+      hdr.writeUInt16BE(hdr.length - 2 + body.length, 0)
+      hdr[3] = wp | 0x10
+      hdr.writeUInt16BE(bd.length, 6)
+    }
+    const d = Buffer.concat([hdr, body])
+    return d.subarray(0, Math.min(d.length, alloc))
+  }
+
+  private supportedOpcodes(cdb: Buffer): Buffer {
+    const rctd = (cdb[2] & 0x80) !== 0
+    const options = cdb[2] & 0x07
+    const reqOp = cdb[3]
+    const reqSa = cdb.readUInt16BE(4)
+    const alloc = cdb.readUInt32BE(6)
+    const tdesc = () => {
+      const b = Buffer.alloc(12)
+      b.writeUInt16BE(10, 0)
+      return b
+    }
+    let d: Buffer
+    if (options === 0) {
+      const list = SUPPORTED.map(([op, sa]) => {
+        const b = Buffer.alloc(8)
+        b[0] = op
+        if (sa !== undefined) {
+          b.writeUInt16BE(sa, 2)
+          b[5] = 0x01 // SERVACTV
+        }
+        if (rctd) b[5] |= 0x02 // CTDP
+        b.writeUInt16BE(CDB_LENGTH[op], 6)
+        return rctd ? Buffer.concat([b, tdesc()]) : b
+      })
+      const body = Buffer.concat(list)
+      const h = Buffer.alloc(4)
+      h.writeUInt32BE(body.length, 0)
+      d = Buffer.concat([h, body])
+    } else if (options === 1 || options === 2) {
+      const hasSa = SUPPORTED.some(([op, sa]) => op === reqOp && sa !== undefined)
+      if ((options === 1 && hasSa) || (options === 2 && !hasSa && CDB_LENGTH[reqOp] !== undefined)) throw invalidField(2)
+      const ok = SUPPORTED.some(([op, sa]) => op === reqOp && (options === 1 ? sa === undefined : sa === reqSa))
+      const len = CDB_LENGTH[reqOp] ?? 0
+      const h = Buffer.alloc(4)
+      h[1] = (ok ? 0x03 : 0x01) | (rctd ? 0x80 : 0) // supported as in the standard / not supported
+      h.writeUInt16BE(ok ? len : 0, 2)
+      const usage = Buffer.alloc(ok ? len : 0)
+      if (ok) usage.fill(0xff)
+      if (ok) usage[0] = reqOp
+      d = Buffer.concat([h, usage, ...(rctd && ok ? [tdesc()] : [])])
+    } else throw invalidField(2)
+    return d.subarray(0, Math.min(d.length, alloc))
+  }
+
+  private async unmap(cdb: Buffer, out: Buffer): Promise<ScsiResult> {
+    if (cdb[1] & 0x01) throw invalidField(1, 0) // ANCHOR
+    const plen = cdb.readUInt16BE(7)
+    if (plen === 0) return { status: C.GOOD }
+    if (plen < 8) throw parameterLength()
+    LogicalUnit.need(out, plen)
+    const dataLen = out.readUInt16BE(0)
+    const descLen = out.readUInt16BE(2)
+    if (dataLen !== descLen + 6 && dataLen < descLen + 6) throw parameterLength()
+    if (descLen % 16 !== 0 || 8 + descLen > plen) throw parameterLength()
+    const n = descLen / 16
+    if (n > MAX_UNMAP_DESCRIPTORS) throw invalidParameter(2)
+    const ranges: [number, number][] = []
+    for (let i = 0; i < n; i++) {
+      const lba = Number(out.readBigUInt64BE(8 + i * 16))
+      const count = out.readUInt32BE(16 + i * 16)
+      if (count > MAX_TRANSFER_BLOCKS) throw invalidParameter(16 + i * 16)
+      this.range(lba, count)
+      ranges.push([lba, count])
+    }
+    // LBPRZ=1: an unmapped block reads zero, so unmap is a zeroing that may deallocate.
+    for (const [lba, count] of ranges) if (count) await this.dev.writeZeroes(lba * BLOCK, count * BLOCK, { mayUnmap: true })
+    return { status: C.GOOD }
+  }
+
+  /** GET LBA STATUS: mapped where the chain stores data, deallocated where it reads as unwritten zeros. */
+  async getLbaStatus(cdb: Buffer): Promise<ScsiResult> {
+    const lba = Number(cdb.readBigUInt64BE(2))
+    const alloc = cdb.readUInt32BE(10)
+    if (!Number.isSafeInteger(lba) || lba >= this.blocks) throw lbaOutOfRange()
+    const span = Math.min(this.blocks - lba, 1 << 21)
+    const ext = await this.dev.blockStatus(lba * BLOCK, span * BLOCK)
+    const descs: Buffer[] = []
+    for (const e of ext) {
+      const d = Buffer.alloc(16)
+      const start = Math.floor(e.offset / BLOCK)
+      const end = Math.ceil((e.offset + e.length) / BLOCK)
+      const last = descs.length ? descs[descs.length - 1] : null
+      const state = e.data ? 0 : 1
+      if (last && last[12] === state) {
+        last.writeUInt32BE(last.readUInt32BE(8) + (end - start), 8)
+        continue
+      }
+      d.writeBigUInt64BE(BigInt(start), 0)
+      d.writeUInt32BE(end - start, 8)
+      d[12] = state
+      descs.push(d)
+    }
+    const body = Buffer.concat(descs)
+    const h = Buffer.alloc(8)
+    h.writeUInt32BE(4 + body.length, 0)
+    const all = Buffer.concat([h, body])
+    return { status: C.GOOD, dataIn: all.subarray(0, Math.min(all.length, alloc)) }
+  }
+}
+
+function rw(cdb: Buffer): { lba: number; count: number; fua: boolean } {
+  switch (cdb[0]) {
+    case C.READ_6:
+    case C.WRITE_6: {
+      const count = cdb[4] === 0 ? 256 : cdb[4]
+      return { lba: ((cdb[1] & 0x1f) << 16) | cdb.readUInt16BE(2), count, fua: false }
+    }
+    case C.READ_10:
+    case C.WRITE_10:
+    case C.WRITE_AND_VERIFY_10:
+    case C.VERIFY_10:
+      return { lba: cdb.readUInt32BE(2), count: cdb.readUInt16BE(7), fua: (cdb[1] & 0x08) !== 0 }
+    case C.READ_12:
+    case C.WRITE_12:
+    case C.WRITE_AND_VERIFY_12:
+    case C.VERIFY_12:
+      return { lba: cdb.readUInt32BE(2), count: cdb.readUInt32BE(6), fua: (cdb[1] & 0x08) !== 0 }
+    default: {
+      const big = cdb.readBigUInt64BE(2)
+      const lba = big > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(big)
+      return { lba, count: cdb.readUInt32BE(10), fua: (cdb[1] & 0x08) !== 0 }
+    }
+  }
+}
+
+function firstDifference(a: Buffer, b: Buffer): number {
+  if (a.equals(b)) return -1
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return i
+  return a.length
+}
+
+/** CDB length by opcode: the set of commands this LU understands. */
+const CDB_LENGTH: Record<number, number> = {
+  [C.TEST_UNIT_READY]: 6,
+  [C.REQUEST_SENSE]: 6,
+  [C.READ_6]: 6,
+  [C.WRITE_6]: 6,
+  [C.INQUIRY]: 6,
+  [C.MODE_SELECT_6]: 6,
+  [C.RESERVE_6]: 6,
+  [C.RELEASE_6]: 6,
+  [C.MODE_SENSE_6]: 6,
+  [C.START_STOP_UNIT]: 6,
+  [C.READ_CAPACITY_10]: 10,
+  [C.READ_10]: 10,
+  [C.WRITE_10]: 10,
+  [C.WRITE_AND_VERIFY_10]: 10,
+  [C.VERIFY_10]: 10,
+  [C.PRE_FETCH_10]: 10,
+  [C.SYNCHRONIZE_CACHE_10]: 10,
+  [C.WRITE_SAME_10]: 10,
+  [C.UNMAP]: 10,
+  [C.MODE_SELECT_10]: 10,
+  [C.MODE_SENSE_10]: 10,
+  [C.READ_16]: 16,
+  [C.COMPARE_AND_WRITE]: 16,
+  [C.WRITE_16]: 16,
+  [C.ORWRITE_16]: 16,
+  [C.WRITE_AND_VERIFY_16]: 16,
+  [C.VERIFY_16]: 16,
+  [C.PRE_FETCH_16]: 16,
+  [C.SYNCHRONIZE_CACHE_16]: 16,
+  [C.WRITE_SAME_16]: 16,
+  [C.SERVICE_ACTION_IN_16]: 16,
+  [C.REPORT_LUNS]: 12,
+  [C.MAINTENANCE_IN]: 12,
+  [C.READ_12]: 12,
+  [C.WRITE_12]: 12,
+  [C.WRITE_AND_VERIFY_12]: 12,
+  [C.VERIFY_12]: 12,
+}
+
+const SUPPORTED: [number, number?][] = [
+  ...Object.keys(CDB_LENGTH)
+    .map(Number)
+    .filter((op) => op !== C.SERVICE_ACTION_IN_16 && op !== C.MAINTENANCE_IN)
+    .map((op) => [op] as [number]),
+  [C.SERVICE_ACTION_IN_16, C.SAI_READ_CAPACITY_16],
+  [C.SERVICE_ACTION_IN_16, C.SAI_GET_LBA_STATUS],
+  [C.MAINTENANCE_IN, C.MI_REPORT_SUPPORTED_OPERATION_CODES],
+]
+
+const VPD_PAGES = [0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2]
+
+/** Commands allowed to a non-holder of a RESERVE(6) reservation (SPC-2 5.5.1). */
+const RESERVATION_EXEMPT = new Set([C.INQUIRY, C.REQUEST_SENSE, C.REPORT_LUNS, C.RELEASE_6, C.MAINTENANCE_IN])
