@@ -5,6 +5,7 @@ import { Datastore } from './datastore/index.js'
 import { createApp } from './http/app.js'
 import { Metrics } from './metrics.js'
 import { NbdServer } from './nbd/index.js'
+import { IscsiServer } from './iscsi/index.js'
 import { openLockspaceView, type LockspaceView } from './locks.js'
 
 export interface ServeOptions {
@@ -21,6 +22,7 @@ export interface RunningServer {
   locks: LockspaceView
   httpPort: number
   nbdPort: number
+  iscsiPort: number
   log: Logger
   close(): Promise<void>
 }
@@ -32,7 +34,9 @@ export async function serve(o: ServeOptions, log: Logger = pino({ level: o.logLe
   const metrics = new Metrics()
   const nbd = new NbdServer(ds, log.child({ component: 'nbd' }), metrics)
   const nbdPort = await nbd.listen(o.nbdPort, o.listen)
-  const advertise = { host: o.listen === '0.0.0.0' || o.listen === '::' ? '127.0.0.1' : o.listen, nbdPort, iscsiPort: o.iscsiPort }
+  const iscsi = new IscsiServer(ds, log.child({ component: 'iscsi' }), metrics)
+  const iscsiPort = await iscsi.listen(o.iscsiPort, o.listen)
+  const advertise = { host: o.listen === '0.0.0.0' || o.listen === '::' ? '127.0.0.1' : o.listen, nbdPort, iscsiPort }
   const app = createApp({ ds, locks, log: log.child({ component: 'http' }), metrics, advertise })
   const http: HttpServer = createServer(app)
   const httpPort = await new Promise<number>((res, rej) => {
@@ -42,19 +46,21 @@ export async function serve(o: ServeOptions, log: Logger = pino({ level: o.logLe
       res(typeof a === 'object' && a ? a.port : o.httpPort)
     })
   })
-  log.info({ datastore: ds.dir, listen: o.listen, httpPort, nbdPort }, 'tandem serve ready')
+  log.info({ datastore: ds.dir, listen: o.listen, httpPort, nbdPort, iscsiPort }, 'tandem serve ready')
   let closing: Promise<void> | null = null
   return {
     ds,
     locks,
     httpPort,
     nbdPort,
+    iscsiPort,
     log,
     close: () =>
       (closing ??= (async () => {
         await new Promise<void>((r) => http.close(() => r()))
         http.closeAllConnections()
         await nbd.close()
+        await iscsi.close()
         await ds.close()
         await locks.close()
         log.info('tandem serve stopped')

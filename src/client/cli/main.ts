@@ -34,7 +34,7 @@ export function buildProgram(): Command {
     .option('--listen <addr>', 'address to listen on (env TANDEM_LISTEN)', env.TANDEM_LISTEN ?? '127.0.0.1')
     .option('--http-port <port>', 'REST API and /metrics (env TANDEM_HTTP_PORT)', env.TANDEM_HTTP_PORT ?? '8080')
     .option('--nbd-port <port>', 'NBD exports (env TANDEM_NBD_PORT)', env.TANDEM_NBD_PORT ?? '10809')
-    .option('--iscsi-port <port>', 'iSCSI target (env TANDEM_ISCSI_PORT; the target is not in this build yet)', env.TANDEM_ISCSI_PORT ?? '3260')
+    .option('--iscsi-port <port>', 'iSCSI target (env TANDEM_ISCSI_PORT)', env.TANDEM_ISCSI_PORT ?? '3260')
     .option('--log-level <level>', 'fatal, error, warn, info, debug (env TANDEM_LOG_LEVEL)', env.TANDEM_LOG_LEVEL ?? 'info')
     .action((o) =>
       run(async () => {

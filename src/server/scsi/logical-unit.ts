@@ -212,7 +212,10 @@ export class LogicalUnit {
         if (cdb[1] & 0xe0) throw invalidField(1, 7)
         if (count > MAX_CAW_BLOCKS) throw invalidField(13)
         this.range(lba, count)
-        if (count === 0) return { status: C.GOOD }
+        if (count === 0) {
+          if (out.length > 0) throw invalidField(13) // zero blocks but data sent: the count is wrong
+          return { status: C.GOOD }
+        }
         const n = count * BLOCK
         if (out.length !== 2 * n) throw parameterLength()
         // Atomic: the gate is exclusive for this command against every other on the LU.
@@ -291,7 +294,7 @@ export class LogicalUnit {
     let d: Buffer
     if (!evpd) {
       if (page !== 0) throw invalidField(2)
-      d = Buffer.alloc(36)
+      d = Buffer.alloc(96)
       d[0] = 0x00 // direct-access block device
       d[2] = 0x06 // SPC-4
       d[3] = 0x12 // HISUP, response data format 2
@@ -300,6 +303,8 @@ export class LogicalUnit {
       pad(this.vendor, 8).copy(d, 8)
       pad(this.product, 16).copy(d, 16)
       pad(this.revision, 4).copy(d, 32)
+      // version descriptors (SPC-4 table 142): SAM-5, iSCSI, SPC-4, SBC-3
+      ;[0x00a0, 0x0960, 0x0460, 0x04c0].forEach((v, i) => d.writeUInt16BE(v, 58 + i * 2))
     } else {
       d = this.vpd(page)
     }

@@ -1,0 +1,492 @@
+import type { Socket } from 'node:net'
+import type { Logger } from 'pino'
+import { ByteQueue } from '../nbd/byte-queue.js'
+import type { Metrics } from '../metrics.js'
+import * as S from '../scsi/constants.js'
+import type { LogicalUnit } from '../scsi/index.js'
+import * as P from './pdu.js'
+
+class ProtocolError extends Error {}
+
+/** What the connection needs from the target: names, access checks, logical units. */
+export interface TargetDirectory {
+  /** targets this initiator may see (SendTargets) */
+  visibleTargets(initiator: string): Promise<string[]>
+  /** the LU of a target for this initiator, or an error reason for the login response */
+  openTarget(iqn: string, initiator: string): Promise<{ lu: LogicalUnit; release(): Promise<void> } | { refused: 'not-found' | 'not-authorized' }>
+  portal: string
+}
+
+/** Negotiated values (RFC 7143 §13) with their defaults. */
+interface Params {
+  maxRecvDataSegmentLength: number // what the initiator can receive: our Data-In size
+  maxBurstLength: number
+  firstBurstLength: number
+  initialR2T: boolean
+  immediateData: boolean
+}
+
+/** Our own limits, declared at login. */
+const TARGET_MAX_RECV = 262144
+const TARGET_MAX_BURST = 1048576
+const TARGET_FIRST_BURST = 262144
+/** Largest data-out buffer a command may ask for: the SCSI layer's maximum transfer (32 MiB) doubled for COMPARE AND WRITE. */
+const MAX_EXPECTED_DATA = 64 * 1024 * 1024
+const CMD_WINDOW = 64
+
+interface PendingWrite {
+  buf: Buffer
+  received: number
+  ttt: number
+  done: () => void
+}
+
+/**
+ * One iSCSI connection (one connection per session, ErrorRecoveryLevel 0): login with
+ * SecurityNegotiation (AuthMethod None) and LoginOperationalNegotiation, discovery by
+ * SendTargets, SCSI Command/Response, Data-In, immediate and unsolicited data, R2T/Data-Out,
+ * NOP, Task Management, Logout; anything else gets a Reject. A malformed PDU closes this
+ * connection only.
+ */
+export class IscsiConnection {
+  private readonly q: ByteQueue
+  private closed = false
+  private statSN = 0
+  private expCmdSN = 0
+  private initiator = ''
+  private discovery = false
+  private target: { lu: LogicalUnit; release(): Promise<void> } | null = null
+  private params: Params = { maxRecvDataSegmentLength: 8192, maxBurstLength: 262144, firstBurstLength: 65536, initialR2T: true, immediateData: true }
+  private readonly pending = new Map<number, PendingWrite>()
+  private nextTTT = 1
+  private readonly tasks = new Set<Promise<void>>()
+
+  constructor(
+    private readonly sock: Socket,
+    private readonly dir: TargetDirectory,
+    private readonly log: Logger,
+    private readonly metrics: Metrics,
+  ) {
+    this.q = new ByteQueue(
+      () => sock.pause(),
+      () => sock.resume(),
+      8 << 20,
+    )
+    sock.setNoDelay(true)
+    sock.on('data', (d: Buffer) => this.q.push(d))
+    sock.on('end', () => this.q.end(new ProtocolError('initiator closed the connection')))
+    sock.on('close', () => {
+      this.closed = true
+      this.q.end(new ProtocolError('connection closed'))
+    })
+    sock.on('error', (e) => this.q.end(e))
+  }
+
+  async run(): Promise<void> {
+    try {
+      await this.login()
+      this.metrics.connections.inc({ protocol: 'iscsi' })
+      try {
+        await this.fullFeature()
+      } finally {
+        this.metrics.connections.dec({ protocol: 'iscsi' })
+      }
+    } catch (e) {
+      if (!(e instanceof ProtocolError)) this.log.warn({ err: e }, 'iscsi: connection failed')
+      else if (!this.closed) {
+        this.metrics.protocolErrors.inc({ protocol: 'iscsi' })
+        this.log.info({ peer: this.sock.remoteAddress, reason: e.message }, 'iscsi: closing connection')
+      }
+    } finally {
+      for (const p of this.pending.values()) p.done()
+      await Promise.allSettled([...this.tasks])
+      await this.target?.release()
+      this.target = null
+      this.sock.destroy()
+    }
+  }
+
+  private async readPdu(): Promise<P.Pdu> {
+    const bhs = await this.q.read(P.BHS)
+    const ahsLen = P.ahsLengthOf(bhs)
+    const dlen = P.dataLengthOf(bhs)
+    // Our declared MaxRecvDataSegmentLength bounds every data segment (login text is smaller still).
+    if (dlen > TARGET_MAX_RECV) throw new ProtocolError(`data segment of ${dlen} bytes exceeds MaxRecvDataSegmentLength ${TARGET_MAX_RECV}`)
+    const ahs = ahsLen ? await this.q.read(ahsLen) : Buffer.alloc(0)
+    const data = dlen ? await this.q.read(dlen) : Buffer.alloc(0)
+    const pad = (4 - (dlen % 4)) % 4
+    if (pad) await this.q.read(pad)
+    return { bhs, ahs, data }
+  }
+
+  private send(bhs: Buffer, data: Buffer = Buffer.alloc(0)): void {
+    if (this.closed || this.sock.destroyed) return
+    bhs.writeUIntBE(data.length, 5, 3)
+    this.sock.write(data.length ? Buffer.concat([bhs, P.padded(data)]) : bhs)
+  }
+
+  /** Fills StatSN/ExpCmdSN/MaxCmdSN at 24/28/32; advances StatSN when `advance`. */
+  private seq(b: Buffer, advance = true): Buffer {
+    b.writeUInt32BE(advance ? this.statSN++ >>> 0 : this.statSN >>> 0, 24)
+    b.writeUInt32BE(this.expCmdSN >>> 0, 28)
+    b.writeUInt32BE((this.expCmdSN + CMD_WINDOW - 1) >>> 0, 32)
+    return b
+  }
+
+  // ---- login ----------------------------------------------------------------------------
+
+  private loginResponse(req: Buffer, transit: boolean, csg: number, nsg: number, cls: number, detail: number, keys: [string, string][], tsih = 0): void {
+    const b = P.bhs(P.LOGIN_RESPONSE, (transit ? 0x80 : 0) | (csg << 2) | (transit ? nsg : 0), 0)
+    req.copy(b, 8, 8, 14) // ISID
+    b.writeUInt16BE(tsih, 14)
+    b.writeUInt32BE(P.ittOf(req), 16)
+    this.seq(b)
+    b[36] = cls
+    b[37] = detail
+    this.send(b, P.encodeText(keys))
+  }
+
+  private async login(): Promise<void> {
+    let first = true
+    for (;;) {
+      const { bhs, data } = await this.readPdu()
+      if (P.opcodeOf(bhs) !== P.LOGIN_REQUEST) throw new ProtocolError(`expected a Login Request, got opcode 0x${P.opcodeOf(bhs).toString(16)}`)
+      const transit = (bhs[1] & 0x80) !== 0
+      const csg = (bhs[1] >> 2) & 3
+      const nsg = bhs[1] & 3
+      if (first) {
+        this.statSN = bhs.readUInt32BE(28)
+        this.expCmdSN = bhs.readUInt32BE(24)
+      }
+      if (bhs[1] & 0x40) {
+        this.loginResponse(bhs, false, csg, nsg, 0x02, 0x00, [])
+        throw new ProtocolError('login text continuation is not supported')
+      }
+      let keys: [string, string][]
+      try {
+        keys = P.parseText(data)
+      } catch (e) {
+        this.loginResponse(bhs, false, csg, nsg, 0x02, 0x00, [])
+        throw new ProtocolError((e as Error).message)
+      }
+      const get = (k: string) => keys.find(([x]) => x === k)?.[1]
+      const reply: [string, string][] = []
+      if (first) {
+        const name = get('InitiatorName')
+        if (!name) {
+          this.loginResponse(bhs, false, csg, nsg, 0x02, 0x07, []) // missing parameter
+          throw new ProtocolError('login without InitiatorName')
+        }
+        this.initiator = name
+        this.discovery = get('SessionType') === 'Discovery'
+        if (!this.discovery) {
+          const tn = get('TargetName')
+          if (!tn) {
+            this.loginResponse(bhs, false, csg, nsg, 0x02, 0x07, [])
+            throw new ProtocolError('normal session login without TargetName')
+          }
+          const t = await this.dir.openTarget(tn, name)
+          if ('refused' in t) {
+            this.loginResponse(bhs, false, csg, nsg, 0x02, t.refused === 'not-found' ? 0x03 : 0x02, [])
+            throw new ProtocolError(`target '${tn}' ${t.refused} for '${name}'`)
+          }
+          this.target = t
+          reply.push(['TargetPortalGroupTag', '1'])
+        }
+        first = false
+      }
+      if (csg === 0) {
+        const methods = (get('AuthMethod') ?? '').split(',')
+        if (get('AuthMethod') !== undefined) {
+          if (!methods.includes('None')) {
+            this.loginResponse(bhs, false, csg, nsg, 0x02, 0x01, []) // authentication failure: only None here
+            throw new ProtocolError(`no acceptable AuthMethod in '${get('AuthMethod')}'`)
+          }
+          reply.push(['AuthMethod', 'None'])
+        }
+      }
+      for (const [k, v] of keys) {
+        if (['InitiatorName', 'SessionType', 'TargetName', 'AuthMethod', 'InitiatorAlias'].includes(k)) continue
+        reply.push([k, this.negotiate(k, v)])
+      }
+      if (csg === 1 && transit && nsg === 3) {
+        // declare our own limits once, when leaving operational negotiation
+        if (!keys.some(([k]) => k === 'MaxRecvDataSegmentLength')) reply.push(['MaxRecvDataSegmentLength', String(TARGET_MAX_RECV)])
+      }
+      const done = transit && nsg === 3
+      this.loginResponse(bhs, transit, csg, nsg, 0, 0, reply, done ? 1 : 0)
+      if (done) return
+    }
+  }
+
+  private negotiate(k: string, v: string): string {
+    const num = (max: number) => Math.min(Number(v) || 0, max)
+    switch (k) {
+      case 'HeaderDigest':
+      case 'DataDigest':
+        return v.split(',').includes('None') ? 'None' : 'Reject'
+      case 'MaxRecvDataSegmentLength':
+        this.params.maxRecvDataSegmentLength = Math.max(512, Math.min(Number(v) || 8192, 16777215))
+        return String(TARGET_MAX_RECV)
+      case 'MaxBurstLength':
+        this.params.maxBurstLength = num(TARGET_MAX_BURST)
+        return String(this.params.maxBurstLength)
+      case 'FirstBurstLength':
+        this.params.firstBurstLength = num(TARGET_FIRST_BURST)
+        return String(this.params.firstBurstLength)
+      case 'InitialR2T':
+        this.params.initialR2T = v === 'Yes' // OR: Yes if either says Yes; we are content with No
+        return this.params.initialR2T ? 'Yes' : 'No'
+      case 'ImmediateData':
+        this.params.immediateData = v === 'Yes' // AND
+        return this.params.immediateData ? 'Yes' : 'No'
+      case 'MaxConnections':
+        return '1'
+      case 'MaxOutstandingR2T':
+        return '1'
+      case 'ErrorRecoveryLevel':
+        return '0'
+      case 'DataPDUInOrder':
+      case 'DataSequenceInOrder':
+        return 'Yes'
+      case 'DefaultTime2Wait':
+      case 'DefaultTime2Retain':
+        return String(num(3600))
+      case 'IFMarker':
+      case 'OFMarker':
+        return 'No'
+      default:
+        return 'NotUnderstood'
+    }
+  }
+
+  // ---- full feature phase ----------------------------------------------------------------
+
+  private async fullFeature(): Promise<void> {
+    for (;;) {
+      const pdu = await this.readPdu()
+      const op = P.opcodeOf(pdu.bhs)
+      if (!P.immediateOf(pdu.bhs) && (op === P.SCSI_COMMAND || op === P.TEXT_REQUEST || op === P.LOGOUT_REQUEST || op === P.TASK_MGMT_REQUEST || op === P.NOP_OUT)) {
+        const cmdSN = pdu.bhs.readUInt32BE(24)
+        if (op !== P.NOP_OUT || P.ittOf(pdu.bhs) !== P.RESERVED_TAG) this.expCmdSN = (cmdSN + 1) >>> 0
+      }
+      switch (op) {
+        case P.NOP_OUT:
+          this.nop(pdu)
+          break
+        case P.SCSI_COMMAND: {
+          if (this.discovery || !this.target) {
+            this.reject(pdu.bhs, P.REJECT_PROTOCOL_ERROR)
+            break
+          }
+          const task = this.command(pdu).catch((e) => this.log.error({ err: e }, 'iscsi: command failed'))
+          this.tasks.add(task)
+          void task.finally(() => this.tasks.delete(task))
+          break
+        }
+        case P.SCSI_DATA_OUT:
+          this.dataOut(pdu)
+          break
+        case P.TEXT_REQUEST:
+          await this.text(pdu)
+          break
+        case P.TASK_MGMT_REQUEST:
+          this.taskManagement(pdu)
+          break
+        case P.LOGOUT_REQUEST: {
+          await Promise.allSettled([...this.tasks])
+          const b = P.bhs(P.LOGOUT_RESPONSE, 0x80, 0)
+          b.writeUInt32BE(P.ittOf(pdu.bhs), 16)
+          this.seq(b)
+          this.send(b)
+          this.sock.end()
+          return
+        }
+        default:
+          this.reject(pdu.bhs, P.REJECT_COMMAND_NOT_SUPPORTED)
+      }
+    }
+  }
+
+  private reject(bhs: Buffer, reason: number): void {
+    const b = P.bhs(P.REJECT, 0x80, 0)
+    b[2] = reason
+    b.writeUInt32BE(P.RESERVED_TAG, 16)
+    this.seq(b)
+    b.writeUInt32BE(0, 36) // DataSN/R2TSN
+    this.send(b, Buffer.from(bhs))
+  }
+
+  private nop(pdu: P.Pdu): void {
+    const itt = P.ittOf(pdu.bhs)
+    if (itt === P.RESERVED_TAG) return // a ping answering our NOP-In (we send none) or a one-way ping
+    const b = P.bhs(P.NOP_IN, 0x80, 0)
+    pdu.bhs.copy(b, 8, 8, 16) // LUN
+    b.writeUInt32BE(itt, 16)
+    b.writeUInt32BE(P.RESERVED_TAG, 20)
+    this.seq(b, false)
+    this.send(b, pdu.data.subarray(0, Math.min(pdu.data.length, this.params.maxRecvDataSegmentLength)))
+  }
+
+  private async text(pdu: P.Pdu): Promise<void> {
+    let keys: [string, string][] = []
+    try {
+      keys = P.parseText(pdu.data)
+    } catch {
+      this.reject(pdu.bhs, P.REJECT_INVALID_PDU_FIELD)
+      return
+    }
+    const reply: [string, string][] = []
+    for (const [k, v] of keys) {
+      if (k === 'SendTargets') {
+        const all = await this.dir.visibleTargets(this.initiator)
+        const names = v === 'All' || v === '' ? all : all.filter((n) => n === v)
+        for (const n of names) reply.push(['TargetName', n], ['TargetAddress', `${this.dir.portal},1`])
+      } else reply.push([k, 'NotUnderstood'])
+    }
+    const b = P.bhs(P.TEXT_RESPONSE, 0x80, 0)
+    b.writeUInt32BE(P.ittOf(pdu.bhs), 16)
+    b.writeUInt32BE(P.RESERVED_TAG, 20)
+    this.seq(b)
+    this.send(b, P.encodeText(reply))
+  }
+
+  private taskManagement(pdu: P.Pdu): void {
+    const fn = pdu.bhs[1] & 0x7f
+    const b = P.bhs(P.TASK_MGMT_RESPONSE, 0x80, 0)
+    b.writeUInt32BE(P.ittOf(pdu.bhs), 16)
+    // ABORT TASK of a task no longer here: "task does not exist"; everything else completes
+    // (tasks are short and finish on their own; resets need no state beyond reservations).
+    b[2] = fn === 1 && !this.pending.has(pdu.bhs.readUInt32BE(20)) ? 1 : fn >= 1 && fn <= 8 ? 0 : 5
+    this.seq(b)
+    this.send(b)
+  }
+
+  private dataOut(pdu: P.Pdu): void {
+    const itt = P.ittOf(pdu.bhs)
+    const w = this.pending.get(itt)
+    const offset = pdu.bhs.readUInt32BE(40)
+    if (!w || offset + pdu.data.length > w.buf.length) {
+      this.reject(pdu.bhs, P.REJECT_PROTOCOL_ERROR)
+      return
+    }
+    pdu.data.copy(w.buf, offset)
+    w.received += pdu.data.length
+    if (P.finalOf(pdu.bhs) && w.received >= w.buf.length) w.done()
+    else if (P.finalOf(pdu.bhs)) w.done() // end of this burst: the command loop sends the next R2T
+  }
+
+  private async command(pdu: P.Pdu): Promise<void> {
+    const { bhs } = pdu
+    const itt = P.ittOf(bhs)
+    const read = (bhs[1] & 0x40) !== 0
+    const write = (bhs[1] & 0x20) !== 0
+    const edtl = bhs.readUInt32BE(20)
+    const cdb = Buffer.from(bhs.subarray(32, 48))
+    const lu = this.target!.lu
+    if (bhs.readBigUInt64BE(8) !== 0n) {
+      // only LUN 0 exists
+      const sense = Buffer.alloc(18)
+      sense[0] = 0x70
+      sense[2] = S.ILLEGAL_REQUEST
+      sense[7] = 10
+      sense[12] = 0x25
+      this.response(itt, S.CHECK_CONDITION, sense, 0, 0)
+      return
+    }
+    let dataOut: Buffer | null = null
+    if (write && edtl > 0) {
+      if (edtl > MAX_EXPECTED_DATA) {
+        this.reject(bhs, P.REJECT_INVALID_PDU_FIELD)
+        return
+      }
+      dataOut = Buffer.alloc(edtl)
+      const immediate = pdu.data.subarray(0, Math.min(pdu.data.length, edtl))
+      immediate.copy(dataOut)
+      let have = immediate.length
+      if (have < edtl) {
+        const w: PendingWrite = { buf: dataOut, received: have, ttt: 0, done: () => {} }
+        this.pending.set(itt, w)
+        try {
+          // unsolicited Data-Out up to FirstBurstLength when InitialR2T=No
+          // F clear on the command: unsolicited Data-Out follows (only allowed with InitialR2T=No)
+          if (!this.params.initialR2T && !(bhs[1] & 0x80)) {
+            const until = Math.min(edtl, this.params.firstBurstLength)
+            if (have < until) {
+              await new Promise<void>((r) => (w.done = r))
+              have = w.received
+            }
+          }
+          let r2tsn = 0
+          while (w.received < edtl && !this.closed) {
+            const len = Math.min(this.params.maxBurstLength, edtl - w.received)
+            const ttt = this.nextTTT++ >>> 0
+            w.ttt = ttt
+            const wait = new Promise<void>((r) => (w.done = r))
+            const r2t = P.bhs(P.R2T, 0x80, 0)
+            bhs.copy(r2t, 8, 8, 16)
+            r2t.writeUInt32BE(itt, 16)
+            r2t.writeUInt32BE(ttt, 20)
+            this.seq(r2t, false)
+            r2t.writeUInt32BE(r2tsn++, 36)
+            r2t.writeUInt32BE(w.received, 40)
+            r2t.writeUInt32BE(len, 44)
+            this.send(r2t)
+            await wait
+          }
+        } finally {
+          this.pending.delete(itt)
+        }
+        if (this.closed) return
+      }
+    }
+    const res = await lu.execute(cdb, dataOut, this.initiator)
+    const dataIn = res.dataIn ?? Buffer.alloc(0)
+    if (read && res.status !== S.CHECK_CONDITION && dataIn.length > 0) {
+      this.dataIn(bhs, itt, dataIn, edtl, res.status)
+      return
+    }
+    const residual = read ? edtl - Math.min(dataIn.length, edtl) : 0
+    this.response(itt, res.status, res.sense, residual > 0 ? 0x02 : 0, residual)
+  }
+
+  private dataIn(cmd: Buffer, itt: number, data: Buffer, edtl: number, status: number): void {
+    const send = data.subarray(0, Math.min(data.length, edtl))
+    const over = data.length > edtl
+    const under = data.length < edtl
+    const seg = this.params.maxRecvDataSegmentLength
+    let sn = 0
+    for (let off = 0; off < send.length || (off === 0 && send.length === 0); off += seg) {
+      const chunk = send.subarray(off, Math.min(off + seg, send.length))
+      const last = off + seg >= send.length
+      const b = P.bhs(P.SCSI_DATA_IN, (last ? 0x80 | 0x01 | (over ? 0x04 : 0) | (under ? 0x02 : 0) : 0), 0)
+      if (last) b[3] = status
+      cmd.copy(b, 8, 8, 16)
+      b.writeUInt32BE(itt, 16)
+      b.writeUInt32BE(P.RESERVED_TAG, 20)
+      this.seq(b, last)
+      b.writeUInt32BE(sn++, 36)
+      b.writeUInt32BE(off, 40)
+      if (last) b.writeUInt32BE(over ? data.length - edtl : under ? edtl - data.length : 0, 44)
+      this.send(b, chunk)
+      if (last) break
+    }
+    this.metrics.bytes.inc({ export: 'iscsi', protocol: 'iscsi', direction: 'read' }, send.length)
+  }
+
+  private response(itt: number, status: number, sense: Buffer | undefined, flags: number, residual: number): void {
+    const b = P.bhs(P.SCSI_RESPONSE, 0x80 | flags, 0)
+    b[2] = 0 // command completed at target
+    b[3] = status
+    b.writeUInt32BE(itt, 16)
+    this.seq(b)
+    b.writeUInt32BE(residual, 44)
+    let data = Buffer.alloc(0)
+    if (sense) {
+      data = Buffer.alloc(2 + sense.length)
+      data.writeUInt16BE(sense.length, 0)
+      sense.copy(data, 2)
+    }
+    this.send(b, data)
+  }
+}

@@ -1,0 +1,2 @@
+export { IscsiServer } from './server.js'
+export { IscsiConnection, type TargetDirectory } from './connection.js'

@@ -1,0 +1,74 @@
+/** iSCSI PDUs (RFC 7143 §11): the 48-byte Basic Header Segment, AHS, data segment. */
+
+// Initiator opcodes
+export const NOP_OUT = 0x00
+export const SCSI_COMMAND = 0x01
+export const TASK_MGMT_REQUEST = 0x02
+export const LOGIN_REQUEST = 0x03
+export const TEXT_REQUEST = 0x04
+export const SCSI_DATA_OUT = 0x05
+export const LOGOUT_REQUEST = 0x06
+export const SNACK_REQUEST = 0x10
+// Target opcodes
+export const NOP_IN = 0x20
+export const SCSI_RESPONSE = 0x21
+export const TASK_MGMT_RESPONSE = 0x22
+export const LOGIN_RESPONSE = 0x23
+export const TEXT_RESPONSE = 0x24
+export const SCSI_DATA_IN = 0x25
+export const LOGOUT_RESPONSE = 0x26
+export const R2T = 0x31
+export const REJECT = 0x3f
+
+// Reject reasons (§11.17.1)
+export const REJECT_DIGEST_ERROR = 0x02
+export const REJECT_PROTOCOL_ERROR = 0x04
+export const REJECT_COMMAND_NOT_SUPPORTED = 0x05
+export const REJECT_INVALID_PDU_FIELD = 0x09
+
+export const BHS = 48
+export const RESERVED_TAG = 0xffffffff
+
+export interface Pdu {
+  bhs: Buffer
+  ahs: Buffer
+  data: Buffer
+}
+
+export const opcodeOf = (bhs: Buffer) => bhs[0] & 0x3f
+export const immediateOf = (bhs: Buffer) => (bhs[0] & 0x40) !== 0
+export const finalOf = (bhs: Buffer) => (bhs[1] & 0x80) !== 0
+export const dataLengthOf = (bhs: Buffer) => bhs.readUIntBE(5, 3)
+export const ahsLengthOf = (bhs: Buffer) => bhs[4] * 4
+export const ittOf = (bhs: Buffer) => bhs.readUInt32BE(16)
+
+/** A new BHS with the opcode, flags byte and data segment length set. */
+export function bhs(opcode: number, flags: number, dataLength: number): Buffer {
+  const b = Buffer.alloc(BHS)
+  b[0] = opcode
+  b[1] = flags
+  b.writeUIntBE(dataLength, 5, 3)
+  return b
+}
+
+/** Data segment padded to a multiple of 4 (§11.1). */
+export function padded(data: Buffer): Buffer {
+  const pad = (4 - (data.length % 4)) % 4
+  return pad ? Buffer.concat([data, Buffer.alloc(pad)]) : data
+}
+
+/** Parses `key=value\0…` text (§6.1); bounded by the caller's data segment limit. */
+export function parseText(data: Buffer): [string, string][] {
+  const out: [string, string][] = []
+  for (const item of data.toString('utf8').split('\0')) {
+    if (item === '') continue
+    const eq = item.indexOf('=')
+    if (eq <= 0) throw new Error(`malformed key=value '${item.slice(0, 64)}'`)
+    out.push([item.slice(0, eq), item.slice(eq + 1)])
+  }
+  return out
+}
+
+export function encodeText(pairs: [string, string][]): Buffer {
+  return Buffer.from(pairs.map(([k, v]) => `${k}=${v}\0`).join(''), 'utf8')
+}
