@@ -3,7 +3,7 @@ import type { Logger } from 'pino'
 import { ByteQueue } from '../nbd/byte-queue.js'
 import type { Metrics } from '../metrics.js'
 import * as S from '../scsi/constants.js'
-import type { LogicalUnit } from '../scsi/index.js'
+import { dataOutLength, type LogicalUnit } from '../scsi/index.js'
 import * as P from './pdu.js'
 
 class ProtocolError extends Error {}
@@ -38,6 +38,9 @@ interface PendingWrite {
   buf: Buffer
   received: number
   ttt: number
+  /** DataSN expected next in the current sequence (unsolicited burst or one R2T) */
+  dataSN: number
+  failed: boolean
   done: () => void
 }
 
@@ -54,6 +57,7 @@ export class IscsiConnection {
   private statSN = 0
   private expCmdSN = 0
   private initiator = ''
+  private nexus = ''
   private discovery = false
   private target: { lu: LogicalUnit; release(): Promise<void> } | null = null
   private params: Params = { maxRecvDataSegmentLength: 8192, maxBurstLength: 262144, firstBurstLength: 65536, initialR2T: true, immediateData: true }
@@ -100,6 +104,7 @@ export class IscsiConnection {
     } finally {
       for (const p of this.pending.values()) p.done()
       await Promise.allSettled([...this.tasks])
+      this.target?.lu.nexusLost(this.nexus)
       await this.target?.release()
       this.target = null
       this.sock.destroy()
@@ -177,7 +182,9 @@ export class IscsiConnection {
           this.loginResponse(bhs, false, csg, nsg, 0x02, 0x07, []) // missing parameter
           throw new ProtocolError('login without InitiatorName')
         }
+        // the I_T nexus: initiator name and ISID (reservations belong to a nexus, not a name)
         this.initiator = name
+        this.nexus = `${name},i,0x${bhs.subarray(8, 14).toString('hex')}`
         this.discovery = get('SessionType') === 'Discovery'
         if (!this.discovery) {
           const tn = get('TargetName')
@@ -266,9 +273,14 @@ export class IscsiConnection {
     for (;;) {
       const pdu = await this.readPdu()
       const op = P.opcodeOf(pdu.bhs)
-      if (!P.immediateOf(pdu.bhs) && (op === P.SCSI_COMMAND || op === P.TEXT_REQUEST || op === P.LOGOUT_REQUEST || op === P.TASK_MGMT_REQUEST || op === P.NOP_OUT)) {
+      if (op === P.SCSI_COMMAND || op === P.TEXT_REQUEST || op === P.LOGOUT_REQUEST || op === P.TASK_MGMT_REQUEST || op === P.NOP_OUT) {
         const cmdSN = pdu.bhs.readUInt32BE(24)
-        if (op !== P.NOP_OUT || P.ittOf(pdu.bhs) !== P.RESERVED_TAG) this.expCmdSN = (cmdSN + 1) >>> 0
+        if (!P.immediateOf(pdu.bhs)) {
+          // Outside [ExpCmdSN, MaxCmdSN] (serial arithmetic, RFC 1982): silently ignored (§4.2.2.1).
+          const ahead = (cmdSN - this.expCmdSN) >>> 0
+          if (ahead >= CMD_WINDOW) continue
+          this.expCmdSN = (cmdSN + 1) >>> 0
+        }
       }
       switch (op) {
         case P.NOP_OUT:
@@ -306,6 +318,10 @@ export class IscsiConnection {
           this.reject(pdu.bhs, P.REJECT_COMMAND_NOT_SUPPORTED)
       }
     }
+  }
+
+  private get lu(): LogicalUnit | null {
+    return this.target?.lu ?? null
   }
 
   private reject(bhs: Buffer, reason: number): void {
@@ -358,6 +374,7 @@ export class IscsiConnection {
     // ABORT TASK of a task no longer here: "task does not exist"; everything else completes
     // (tasks are short and finish on their own; resets need no state beyond reservations).
     b[2] = fn === 1 && !this.pending.has(pdu.bhs.readUInt32BE(20)) ? 1 : fn >= 1 && fn <= 8 ? 0 : 5
+    if (fn === 5 || fn === 6 || fn === 7) this.lu?.reset() // LUN RESET, TARGET WARM/COLD RESET
     this.seq(b)
     this.send(b)
   }
@@ -370,6 +387,15 @@ export class IscsiConnection {
       this.reject(pdu.bhs, P.REJECT_PROTOCOL_ERROR)
       return
     }
+    const dataSN = pdu.bhs.readUInt32BE(36)
+    if (dataSN !== w.dataSN) {
+      // ErrorRecoveryLevel 0: a sequence error fails the command (no SNACK recovery)
+      w.failed = true
+      this.reject(pdu.bhs, P.REJECT_PROTOCOL_ERROR)
+      if (P.finalOf(pdu.bhs)) w.done()
+      return
+    }
+    w.dataSN++
     pdu.data.copy(w.buf, offset)
     w.received += pdu.data.length
     if (P.finalOf(pdu.bhs) && w.received >= w.buf.length) w.done()
@@ -405,7 +431,7 @@ export class IscsiConnection {
       immediate.copy(dataOut)
       let have = immediate.length
       if (have < edtl) {
-        const w: PendingWrite = { buf: dataOut, received: have, ttt: 0, done: () => {} }
+        const w: PendingWrite = { buf: dataOut, received: have, ttt: 0, dataSN: 0, failed: false, done: () => {} }
         this.pending.set(itt, w)
         try {
           // unsolicited Data-Out up to FirstBurstLength when InitialR2T=No
@@ -418,7 +444,8 @@ export class IscsiConnection {
             }
           }
           let r2tsn = 0
-          while (w.received < edtl && !this.closed) {
+          while (w.received < edtl && !this.closed && !w.failed) {
+            w.dataSN = 0 // each R2T starts a new data sequence
             const len = Math.min(this.params.maxBurstLength, edtl - w.received)
             const ttt = this.nextTTT++ >>> 0
             w.ttt = ttt
@@ -438,16 +465,51 @@ export class IscsiConnection {
           this.pending.delete(itt)
         }
         if (this.closed) return
+        if (w.failed) {
+          const sense = Buffer.alloc(18)
+          sense[0] = 0x70
+          sense[2] = S.ABORTED_COMMAND
+          sense[7] = 10
+          sense[12] = S.ASC.DATA_PHASE_ERROR[0]
+          this.response(itt, S.CHECK_CONDITION, sense, 0, 0)
+          return
+        }
       }
     }
-    const res = await lu.execute(cdb, dataOut, this.initiator)
+    // Residuals (RFC 7143 §11.4.5): compare the initiator's expected length with the SCSI
+    // transfer length; on overflow only what both agree on is written.
+    let execCdb: Buffer = cdb
+    let flags = 0
+    let residual = 0
+    if (write) {
+      const need = dataOutLength(cdb)
+      if (need && need.bytes !== edtl) {
+        if (edtl < need.bytes) {
+          flags = 0x04
+          residual = need.bytes - edtl
+          if (need.shrink) execCdb = need.shrink(Math.floor(edtl / 512))
+        } else {
+          flags = 0x02
+          residual = edtl - need.bytes
+        }
+      }
+    }
+    const res = await lu.execute(execCdb, dataOut, this.nexus)
     const dataIn = res.dataIn ?? Buffer.alloc(0)
-    if (read && res.status !== S.CHECK_CONDITION && dataIn.length > 0) {
+    if (read && res.status !== S.CHECK_CONDITION && dataIn.length > 0 && edtl > 0) {
       this.dataIn(bhs, itt, dataIn, edtl, res.status)
       return
     }
-    const residual = read ? edtl - Math.min(dataIn.length, edtl) : 0
-    this.response(itt, res.status, res.sense, residual > 0 ? 0x02 : 0, residual)
+    if (read && res.status !== S.CHECK_CONDITION) {
+      if (dataIn.length > edtl) {
+        flags = 0x04
+        residual = dataIn.length - edtl
+      } else if (dataIn.length < edtl) {
+        flags = 0x02
+        residual = edtl - dataIn.length
+      }
+    }
+    this.response(itt, res.status, res.sense, flags, residual)
   }
 
   private dataIn(cmd: Buffer, itt: number, data: Buffer, edtl: number, status: number): void {

@@ -80,6 +80,7 @@ export const ASC = {
   POWER_ON_RESET_OR_BUS_DEVICE_RESET: [0x29, 0x00],
   SAVING_PARAMETERS_NOT_SUPPORTED: [0x39, 0x00],
   INTERNAL_TARGET_FAILURE: [0x44, 0x00],
+  DATA_PHASE_ERROR: [0x4b, 0x00],
 } as const satisfies Record<string, readonly [number, number]>
 
 export type AscName = keyof typeof ASC

@@ -82,6 +82,16 @@ export class LogicalUnit {
     this.revision = opts.revision ?? '0001'
   }
 
+  /** The I_T nexus went away (logout, connection loss): its RESERVE(6) reservation with it. */
+  nexusLost(initiator: string): void {
+    if (this.reservedBy === initiator) this.reservedBy = null
+  }
+
+  /** LUN RESET / target reset: reservations are cleared (SPC-2 5.5.1). */
+  reset(): void {
+    this.reservedBy = null
+  }
+
   get blocks(): number {
     return Math.floor(this.dev.size / BLOCK)
   }
@@ -518,6 +528,52 @@ export class LogicalUnit {
     h.writeUInt32BE(4 + body.length, 0)
     const all = Buffer.concat([h, body])
     return { status: C.GOOD, dataIn: all.subarray(0, Math.min(all.length, alloc)) }
+  }
+}
+
+const WRITE_FAMILY = new Set([C.WRITE_6, C.WRITE_10, C.WRITE_12, C.WRITE_16, C.WRITE_AND_VERIFY_10, C.WRITE_AND_VERIFY_12, C.WRITE_AND_VERIFY_16, C.ORWRITE_16])
+
+/**
+ * The data-out a command carries, in bytes, as its CDB says (the SCSI transfer length), for the
+ * transport to compare with its own expected length; and, for the WRITE family, a CDB that
+ * transfers only `blocks` (an iSCSI overflow writes only what the initiator sent, RFC 7143 §11.4.5).
+ */
+export function dataOutLength(cdb: Buffer): { bytes: number; shrink?: (blocks: number) => Buffer } | null {
+  const len = CDB_LENGTH[cdb[0]]
+  if (len === undefined || cdb.length < len) return null
+  if (WRITE_FAMILY.has(cdb[0])) {
+    const { count } = rw(cdb)
+    const shrink = (blocks: number) => {
+      const c = Buffer.from(cdb)
+      if (c[0] === C.WRITE_6) c[4] = blocks
+      else if (len === 10) c.writeUInt16BE(blocks, 7)
+      else if (len === 12) c.writeUInt32BE(blocks, 6)
+      else c.writeUInt32BE(blocks, 10)
+      return c
+    }
+    return { bytes: count * BLOCK, shrink }
+  }
+  switch (cdb[0]) {
+    case C.COMPARE_AND_WRITE:
+      return { bytes: 2 * cdb[13] * BLOCK }
+    case C.WRITE_SAME_10:
+      return { bytes: BLOCK }
+    case C.WRITE_SAME_16:
+      return { bytes: cdb[1] & 0x01 ? 0 : BLOCK }
+    case C.UNMAP:
+      return { bytes: cdb.readUInt16BE(7) }
+    case C.MODE_SELECT_6:
+      return { bytes: cdb[4] }
+    case C.MODE_SELECT_10:
+      return { bytes: cdb.readUInt16BE(7) }
+    case C.VERIFY_10:
+    case C.VERIFY_12:
+    case C.VERIFY_16: {
+      const bytchk = (cdb[1] >> 1) & 3
+      return { bytes: bytchk === 1 ? rw(cdb).count * BLOCK : bytchk === 3 ? BLOCK : 0 }
+    }
+    default:
+      return { bytes: 0 }
   }
 }
 
