@@ -30,6 +30,10 @@ export const RELEASE_6 = 0x17
 export const MODE_SENSE_6 = 0x1a
 export const START_STOP_UNIT = 0x1b
 export const READ_CAPACITY_10 = 0x25
+export const READ_DEFECT_DATA_10 = 0x37
+export const READ_DEFECT_DATA_12 = 0xb7
+export const PERSISTENT_RESERVE_IN = 0x5e
+export const PERSISTENT_RESERVE_OUT = 0x5f
 export const READ_10 = 0x28
 export const WRITE_10 = 0x2a
 export const WRITE_AND_VERIFY_10 = 0x2e
@@ -49,6 +53,7 @@ export const VERIFY_16 = 0x8f
 export const PRE_FETCH_16 = 0x90
 export const SYNCHRONIZE_CACHE_16 = 0x91
 export const WRITE_SAME_16 = 0x93
+export const WRITE_ATOMIC_16 = 0x9c
 export const SERVICE_ACTION_IN_16 = 0x9e
 export const REPORT_LUNS = 0xa0
 export const MAINTENANCE_IN = 0xa3
@@ -75,6 +80,7 @@ export const ASC = {
   INVALID_FIELD_IN_CDB: [0x24, 0x00],
   LOGICAL_UNIT_NOT_SUPPORTED: [0x25, 0x00],
   INVALID_FIELD_IN_PARAMETER_LIST: [0x26, 0x00],
+  INVALID_RELEASE_OF_PERSISTENT_RESERVATION: [0x26, 0x04],
   WRITE_PROTECTED: [0x27, 0x00],
   SPACE_ALLOCATION_FAILED_WRITE_PROTECT: [0x27, 0x07],
   POWER_ON_RESET_OR_BUS_DEVICE_RESET: [0x29, 0x00],

@@ -3,6 +3,7 @@ import type { BlockDevice } from '../../disk-formats/block-device.js'
 import { isStorageError } from '../../disk-formats/errors.js'
 import * as C from './constants.js'
 import { invalidField, invalidOpcode, invalidParameter, lbaOutOfRange, parameterLength, SenseError, senseData, senseFor } from './sense.js'
+import { Conflict, PersistentReservations, type Access } from './persistent-reservations.js'
 
 export interface ScsiResult {
   status: number
@@ -25,6 +26,11 @@ export const MAX_TRANSFER_BLOCKS = 65536
 export const MAX_CAW_BLOCKS = 128
 export const MAX_UNMAP_DESCRIPTORS = 256
 export const MAX_WRITE_SAME_BLOCKS = 1 << 20
+/**
+ * WRITE ATOMIC(16): atomic against every other command (the exclusive gate) up to the maximum
+ * transfer; across a crash a write spanning several grains is not all-or-nothing (README).
+ */
+export const MAX_ATOMIC_BLOCKS = MAX_TRANSFER_BLOCKS
 
 /** Shared for ordinary commands, exclusive for COMPARE AND WRITE and ORWRITE (atomic against all others). */
 class Gate {
@@ -63,6 +69,7 @@ const pad = (s: string, n: number) => Buffer.from(s.padEnd(n).slice(0, n), 'asci
 export class LogicalUnit {
   private readonly gate = new Gate()
   private reservedBy: string | null = null
+  private readonly pr = new PersistentReservations()
   private readonly naa: Buffer
   private readonly vendor: string
   private readonly product: string
@@ -102,7 +109,9 @@ export class LogicalUnit {
       if (this.reservedBy !== null && this.reservedBy !== initiator && !RESERVATION_EXEMPT.has(cdb[0])) {
         return { status: C.RESERVATION_CONFLICT }
       }
-      const exclusive = cdb[0] === C.COMPARE_AND_WRITE || cdb[0] === C.ORWRITE_16
+      if (this.pr.conflicts(initiator, accessOf(cdb))) return { status: C.RESERVATION_CONFLICT }
+      if ((cdb[0] === C.RESERVE_6 || cdb[0] === C.RELEASE_6) && this.pr.active) return { status: C.RESERVATION_CONFLICT } // CRH
+      const exclusive = cdb[0] === C.COMPARE_AND_WRITE || cdb[0] === C.ORWRITE_16 || cdb[0] === C.WRITE_ATOMIC_16
       return await this.gate.run(exclusive, () => this.dispatch(cdb, dataOut ?? Buffer.alloc(0), initiator))
     } catch (e) {
       const s = e instanceof SenseError ? e : isStorageError(e) ? senseFor(e.code) : new SenseError(C.HARDWARE_ERROR, 'INTERNAL_TARGET_FAILURE')
@@ -172,6 +181,17 @@ export class LogicalUnit {
         if (count) await this.dev.write(lba * BLOCK, out.subarray(0, count * BLOCK), { fua: fua || op === C.WRITE_AND_VERIFY_10 || op === C.WRITE_AND_VERIFY_12 || op === C.WRITE_AND_VERIFY_16 })
         return { status: C.GOOD }
       }
+      case C.WRITE_ATOMIC_16: {
+        // Atomic against every other command (the exclusive gate), and never torn by a crash
+        // for what one grain write covers; bounded by MAX_ATOMIC_BLOCKS (VPD 0xB0).
+        const { lba, count, fua } = rw(cdb)
+        if (cdb[1] & 0xe0) throw invalidField(1, 7)
+        if (count > MAX_ATOMIC_BLOCKS) throw invalidField(12)
+        this.range(lba, count)
+        LogicalUnit.need(out, count * BLOCK)
+        if (count) await this.dev.write(lba * BLOCK, out.subarray(0, count * BLOCK), { fua })
+        return { status: C.GOOD }
+      }
       case C.VERIFY_10:
       case C.VERIFY_12:
       case C.VERIFY_16: {
@@ -238,21 +258,24 @@ export class LogicalUnit {
       case C.WRITE_SAME_10:
       case C.WRITE_SAME_16: {
         const lba = op === C.WRITE_SAME_10 ? cdb.readUInt32BE(2) : Number(cdb.readBigUInt64BE(2))
-        const count = op === C.WRITE_SAME_10 ? cdb.readUInt16BE(7) : cdb.readUInt32BE(10)
+        const given = op === C.WRITE_SAME_10 ? cdb.readUInt16BE(7) : cdb.readUInt32BE(10)
+        if (!Number.isSafeInteger(lba) || lba >= this.blocks) throw lbaOutOfRange()
+        // zero blocks (WSNZ=0): from the LBA to the end of the medium
+        const count = given === 0 ? this.blocks - lba : given
         const unmap = (cdb[1] & 0x08) !== 0
         const ndob = op === C.WRITE_SAME_16 && (cdb[1] & 0x01) !== 0
         if (cdb[1] & 0xe0) throw invalidField(1, 7)
         if (cdb[1] & 0x10) throw invalidField(1, 4) // ANCHOR: no anchored state
-        if (count === 0) throw invalidField(op === C.WRITE_SAME_10 ? 7 : 10) // WSNZ=1
         if (count > MAX_WRITE_SAME_BLOCKS) throw invalidField(op === C.WRITE_SAME_10 ? 7 : 10)
         this.range(lba, count)
         const block = ndob ? Buffer.alloc(BLOCK) : out.subarray(0, BLOCK)
         if (!ndob) LogicalUnit.need(out, BLOCK)
-        if (block.every((b) => b === 0)) {
-          await this.dev.writeZeroes(lba * BLOCK, count * BLOCK, { mayUnmap: unmap })
+        // With UNMAP the blocks are deallocated whatever the data (SBC-3 5.44 lets the device
+        // choose); deallocated blocks read zero (LBPRZ=1).
+        if (unmap || block.every((b) => b === 0)) {
+          await this.dev.writeZeroes(lba * BLOCK, count * BLOCK, { mayUnmap: true })
           return { status: C.GOOD }
         }
-        if (unmap) throw invalidField(1, 3) // UNMAP with non-zero data: cannot read back as written
         const chunkBlocks = Math.min(count, 2048)
         const chunk = Buffer.concat(Array.from({ length: chunkBlocks }, () => block))
         for (let done = 0; done < count; done += chunkBlocks) {
@@ -284,6 +307,26 @@ export class LogicalUnit {
       case C.MAINTENANCE_IN:
         if ((cdb[1] & 0x1f) !== C.MI_REPORT_SUPPORTED_OPERATION_CODES) throw invalidField(1)
         return { status: C.GOOD, dataIn: this.supportedOpcodes(cdb) }
+      case C.READ_DEFECT_DATA_10:
+      case C.READ_DEFECT_DATA_12: {
+        // no defects: a header with the format asked for and an empty list
+        const ten = op === C.READ_DEFECT_DATA_10
+        const alloc = ten ? cdb.readUInt16BE(7) : cdb.readUInt32BE(6)
+        const fmt = (ten ? cdb[2] : cdb[1]) & 0x1f
+        const d = Buffer.alloc(ten ? 4 : 8)
+        d[1] = fmt
+        return { status: C.GOOD, dataIn: d.subarray(0, Math.min(d.length, alloc)) }
+      }
+      case C.PERSISTENT_RESERVE_IN:
+        return { status: C.GOOD, dataIn: this.pr.in(cdb) }
+      case C.PERSISTENT_RESERVE_OUT:
+        try {
+          this.pr.out(cdb, out, initiator)
+        } catch (e) {
+          if (e instanceof Conflict) return { status: C.RESERVATION_CONFLICT }
+          throw e
+        }
+        return { status: C.GOOD }
       case C.RESERVE_6:
         if (this.reservedBy !== null && this.reservedBy !== initiator) return { status: C.RESERVATION_CONFLICT }
         this.reservedBy = initiator
@@ -341,7 +384,7 @@ export class LogicalUnit {
       }
       case 0xb0: {
         const b = Buffer.alloc(0x3c)
-        b[0] = 0x01 // WSNZ
+        b[0] = 0x00 // WSNZ=0: WRITE SAME of zero blocks writes to the end of the medium
         b[1] = MAX_CAW_BLOCKS
         b.writeUInt16BE(128, 2) // optimal transfer granularity: one 64 KiB grain
         b.writeUInt32BE(MAX_TRANSFER_BLOCKS, 4)
@@ -350,6 +393,9 @@ export class LogicalUnit {
         b.writeUInt32BE(MAX_UNMAP_DESCRIPTORS, 20)
         b.writeUInt32BE(128, 24) // optimal unmap granularity: a grain
         b.writeBigUInt64BE(BigInt(MAX_WRITE_SAME_BLOCKS), 32)
+        b.writeUInt32BE(MAX_ATOMIC_BLOCKS, 40) // maximum atomic transfer length
+        b.writeUInt32BE(1, 44) // atomic alignment
+        b.writeUInt32BE(1, 48) // atomic transfer length granularity
         return wrap(b)
       }
       case 0xb1: {
@@ -531,7 +577,7 @@ export class LogicalUnit {
   }
 }
 
-const WRITE_FAMILY = new Set([C.WRITE_6, C.WRITE_10, C.WRITE_12, C.WRITE_16, C.WRITE_AND_VERIFY_10, C.WRITE_AND_VERIFY_12, C.WRITE_AND_VERIFY_16, C.ORWRITE_16])
+const WRITE_FAMILY = new Set([C.WRITE_6, C.WRITE_10, C.WRITE_12, C.WRITE_16, C.WRITE_AND_VERIFY_10, C.WRITE_AND_VERIFY_12, C.WRITE_AND_VERIFY_16, C.ORWRITE_16, C.WRITE_ATOMIC_16])
 
 /**
  * The data-out a command carries, in bytes, as its CDB says (the SCSI transfer length), for the
@@ -621,6 +667,10 @@ const CDB_LENGTH: Record<number, number> = {
   [C.MODE_SENSE_6]: 6,
   [C.START_STOP_UNIT]: 6,
   [C.READ_CAPACITY_10]: 10,
+  [C.READ_DEFECT_DATA_10]: 10,
+  [C.PERSISTENT_RESERVE_IN]: 10,
+  [C.PERSISTENT_RESERVE_OUT]: 10,
+  [C.READ_DEFECT_DATA_12]: 12,
   [C.READ_10]: 10,
   [C.WRITE_10]: 10,
   [C.WRITE_AND_VERIFY_10]: 10,
@@ -640,6 +690,7 @@ const CDB_LENGTH: Record<number, number> = {
   [C.PRE_FETCH_16]: 16,
   [C.SYNCHRONIZE_CACHE_16]: 16,
   [C.WRITE_SAME_16]: 16,
+  [C.WRITE_ATOMIC_16]: 16,
   [C.SERVICE_ACTION_IN_16]: 16,
   [C.REPORT_LUNS]: 12,
   [C.MAINTENANCE_IN]: 12,
@@ -661,5 +712,16 @@ const SUPPORTED: [number, number?][] = [
 
 const VPD_PAGES = [0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2]
 
+const READS = new Set([C.READ_6, C.READ_10, C.READ_12, C.READ_16, C.VERIFY_10, C.VERIFY_12, C.VERIFY_16, C.PRE_FETCH_10, C.PRE_FETCH_16, C.READ_DEFECT_DATA_10, C.READ_DEFECT_DATA_12])
+const WRITES = new Set([C.WRITE_ATOMIC_16, C.WRITE_6, C.WRITE_10, C.WRITE_12, C.WRITE_16, C.WRITE_AND_VERIFY_10, C.WRITE_AND_VERIFY_12, C.WRITE_AND_VERIFY_16, C.ORWRITE_16, C.COMPARE_AND_WRITE, C.WRITE_SAME_10, C.WRITE_SAME_16, C.UNMAP, C.SYNCHRONIZE_CACHE_10, C.SYNCHRONIZE_CACHE_16, C.MODE_SELECT_6, C.MODE_SELECT_10])
+
+/** How a command touches the medium, for persistent-reservation conflicts (SPC-4 table 56). */
+function accessOf(cdb: Buffer): Access {
+  if (READS.has(cdb[0])) return 'read'
+  if (WRITES.has(cdb[0])) return 'write'
+  if (cdb[0] === C.SERVICE_ACTION_IN_16 && (cdb[1] & 0x1f) === C.SAI_GET_LBA_STATUS) return 'read'
+  return 'other'
+}
+
 /** Commands allowed to a non-holder of a RESERVE(6) reservation (SPC-2 5.5.1). */
-const RESERVATION_EXEMPT = new Set([C.INQUIRY, C.REQUEST_SENSE, C.REPORT_LUNS, C.RELEASE_6, C.MAINTENANCE_IN])
+const RESERVATION_EXEMPT = new Set([C.INQUIRY, C.REQUEST_SENSE, C.REPORT_LUNS, C.RELEASE_6, C.MAINTENANCE_IN, C.PERSISTENT_RESERVE_IN, C.PERSISTENT_RESERVE_OUT])

@@ -137,9 +137,13 @@ t.test('WRITE SAME, UNMAP and GET LBA STATUS', async (t) => {
   t.equal((await u.execute(hex('41 00 00000080 00 0100 00'), block, I1)).status, SCSI.GOOD, 'WRITE SAME(10) 256 blocks')
   const back = (await u.execute(hex('28 00 00000080 00 0100 00'), null, I1)).dataIn!
   t.ok(back.equals(Buffer.concat(Array.from({ length: 256 }, () => block))))
-  t.same(await lbaStatus(0), [[0, 128, 1], [128, 256, 0], [384, 16000, 1]])
-  t.same(sk(await u.execute(hex('41 00 00000080 00 0000 00'), block, I1)), [5, 0x24, 0], 'zero blocks with WSNZ')
-  t.same(sk(await u.execute(hex('41 08 00000080 00 0001 00'), block, I1)), [5, 0x24, 0], 'UNMAP bit with non-zero data')
+  t.same((await lbaStatus(0)).slice(0, 2), [[0, 128, 1], [128, 256, 0]], 'mapped where written')
+  t.equal((await u.execute(hex('41 00 00003f00 00 0000 00'), block, I1)).status, SCSI.GOOD, 'zero blocks: to the end of the medium')
+  t.ok((await u.execute(hex('28 00 00003fff 00 0001 00'), null, I1)).dataIn!.equals(block), 'the last block was written')
+  await u.execute(hex('41 00 00003f00 00 0000 00'), Buffer.alloc(512), I1)
+  t.equal((await u.execute(hex('41 08 00000080 00 0001 00'), block, I1)).status, SCSI.GOOD, 'UNMAP bit with non-zero data: deallocated')
+  t.ok((await u.execute(hex('28 00 00000080 00 0001 00'), null, I1)).dataIn!.every((b) => b === 0), 'reads zero (LBPRZ)')
+  await u.execute(hex('41 00 00000080 00 0001 00'), block, I1)
   // UNMAP 128 blocks at 128: they read back as zero (LBPRZ)
   const param = hex('0016 0010 00000000 0000000000000080 00000080 00000000')
   t.equal((await u.execute(hex('42 00 00 00 00 00 00 0018 00'), param, I1)).status, SCSI.GOOD)
@@ -217,4 +221,39 @@ t.test('random CDBs only ever give a status, never a crash', async (t) => {
   }
   t.ok(statuses.has(SCSI.CHECK_CONDITION))
   t.equal(badSense, 0, 'every CHECK CONDITION carries 18 bytes of fixed-format sense')
+})
+
+t.test('persistent reservations: register, reserve, conflicts by type, preempt, release', async (t) => {
+  const u = await lu(t)
+  const N1 = 'iqn.a,i,0x000000000001'
+  const N2 = 'iqn.b,i,0x000000000002'
+  const prout = (sa: number, type: number, key: bigint, saKey: bigint, nexus: string) => {
+    const p = Buffer.alloc(24)
+    p.writeBigUInt64BE(key, 0)
+    p.writeBigUInt64BE(saKey, 8)
+    return u.execute(hex(`5f ${sa.toString(16).padStart(2, '0')} ${type.toString(16).padStart(2, '0')} 00 00 00000018 00`), p, nexus)
+  }
+  const read = (n: string) => u.execute(hex('28 00 00000000 00 0001 00'), null, n)
+  const write = (n: string) => u.execute(hex('2a 00 00000000 00 0001 00'), Buffer.alloc(512), n)
+  t.equal((await prout(0, 0, 0n, 0xaan, N1)).status, SCSI.GOOD, 'register N1')
+  t.equal((await prout(0, 0, 0n, 0xbbn, N2)).status, SCSI.GOOD, 'register N2')
+  t.equal((await prout(0, 0, 0x99n, 0xccn, N2)).status, SCSI.RESERVATION_CONFLICT, 'wrong key')
+  const keys = (await u.execute(hex('5e 00 00 00 00 00 00 1000 00'), null, N1)).dataIn!
+  t.equal(keys.readUInt32BE(4), 16, 'READ KEYS: two keys')
+  t.equal((await prout(1, 1, 0xaan, 0n, N1)).status, SCSI.GOOD, 'N1 reserves WRITE EXCLUSIVE')
+  t.equal((await read(N2)).status, SCSI.GOOD, 'others may read')
+  t.equal((await write(N2)).status, SCSI.RESERVATION_CONFLICT, 'others may not write')
+  t.equal((await write(N1)).status, SCSI.GOOD, 'the holder writes')
+  const rr = (await u.execute(hex('5e 01 00 00 00 00 00 1000 00'), null, N2)).dataIn!
+  t.equal(rr.readBigUInt64BE(8), 0xaan, 'READ RESERVATION: the holder\'s key')
+  t.equal(rr[21], 1)
+  t.equal((await prout(4, 3, 0xbbn, 0xaan, N2)).status, SCSI.GOOD, 'N2 preempts N1 as EXCLUSIVE ACCESS')
+  t.equal((await read(N1)).status, SCSI.RESERVATION_CONFLICT, 'N1 (unregistered now) cannot even read')
+  t.same(sk(await prout(2, 1, 0xbbn, 0n, N2)), [5, 0x26, 4], 'release with the wrong type')
+  t.equal((await prout(2, 3, 0xbbn, 0n, N2)).status, SCSI.GOOD, 'release')
+  t.equal((await read(N1)).status, SCSI.GOOD)
+  t.equal((await u.execute(hex('16 00 00 00 00 00'), null, N1)).status, SCSI.RESERVATION_CONFLICT, 'RESERVE(6) conflicts while PR registrations exist (CRH)')
+  const full = (await u.execute(hex('5e 03 00 00 00 00 00 1000 00'), null, N1)).dataIn!
+  t.equal(full.readUInt32BE(4) > 0, true, 'READ FULL STATUS lists the registration')
+  t.match(full.toString('latin1'), /iqn\.b,i,0x000000000002/)
 })
