@@ -1,12 +1,12 @@
 import type { Socket } from 'node:net'
 import type { Logger } from 'pino'
-import { ByteQueue } from '../nbd/byte-queue.js'
 import type { Metrics } from '../metrics.js'
+import type { ByteQueue } from '../net/byte-queue.js'
+import { ProtocolError, socketQueue } from '../net/tcp-service.js'
 import * as S from '../scsi/constants.js'
 import { dataOutLength, type LogicalUnit } from '../scsi/index.js'
 import * as P from './pdu.js'
 
-class ProtocolError extends Error {}
 
 /** What the connection needs from the target: names, access checks, logical units. */
 export interface TargetDirectory {
@@ -53,7 +53,7 @@ interface PendingWrite {
  */
 export class IscsiConnection {
   private readonly q: ByteQueue
-  private closed = false
+  private readonly isClosed: () => boolean
   private statSN = 0
   private expCmdSN = 0
   private initiator = ''
@@ -71,19 +71,9 @@ export class IscsiConnection {
     private readonly log: Logger,
     private readonly metrics: Metrics,
   ) {
-    this.q = new ByteQueue(
-      () => sock.pause(),
-      () => sock.resume(),
-      8 << 20,
-    )
-    sock.setNoDelay(true)
-    sock.on('data', (d: Buffer) => this.q.push(d))
-    sock.on('end', () => this.q.end(new ProtocolError('initiator closed the connection')))
-    sock.on('close', () => {
-      this.closed = true
-      this.q.end(new ProtocolError('connection closed'))
-    })
-    sock.on('error', (e) => this.q.end(e))
+    const s = socketQueue(sock, 8 << 20)
+    this.q = s.q
+    this.isClosed = s.closed
   }
 
   async run(): Promise<void> {
@@ -97,7 +87,7 @@ export class IscsiConnection {
       }
     } catch (e) {
       if (!(e instanceof ProtocolError)) this.log.warn({ err: e }, 'iscsi: connection failed')
-      else if (!this.closed) {
+      else if (!this.isClosed()) {
         this.metrics.protocolErrors.inc({ protocol: 'iscsi' })
         this.log.info({ peer: this.sock.remoteAddress, reason: e.message }, 'iscsi: closing connection')
       }
@@ -125,7 +115,7 @@ export class IscsiConnection {
   }
 
   private send(bhs: Buffer, data: Buffer = Buffer.alloc(0)): void {
-    if (this.closed || this.sock.destroyed) return
+    if (this.isClosed() || this.sock.destroyed) return
     bhs.writeUIntBE(data.length, 5, 3)
     this.sock.write(data.length ? Buffer.concat([bhs, P.padded(data)]) : bhs)
   }
@@ -444,7 +434,7 @@ export class IscsiConnection {
             }
           }
           let r2tsn = 0
-          while (w.received < edtl && !this.closed && !w.failed) {
+          while (w.received < edtl && !this.isClosed() && !w.failed) {
             w.dataSN = 0 // each R2T starts a new data sequence
             const len = Math.min(this.params.maxBurstLength, edtl - w.received)
             const ttt = this.nextTTT++ >>> 0
@@ -464,7 +454,7 @@ export class IscsiConnection {
         } finally {
           this.pending.delete(itt)
         }
-        if (this.closed) return
+        if (this.isClosed()) return
         if (w.failed) {
           const sense = Buffer.alloc(18)
           sense[0] = 0x70

@@ -1,10 +1,10 @@
-import { createServer, type Server, type Socket } from 'node:net'
 import type { Logger } from 'pino'
 import type { Datastore, ExportHandle } from '../datastore/index.js'
 import { IQN_PREFIX } from '../http/app.js'
 import type { Metrics } from '../metrics.js'
 import { LogicalUnit } from '../scsi/index.js'
 import { IscsiConnection, type TargetDirectory } from './connection.js'
+import { TcpService } from '../net/tcp-service.js'
 
 interface Shared {
   lu: LogicalUnit
@@ -20,9 +20,7 @@ interface Shared {
  * other initiator.
  */
 export class IscsiServer {
-  private readonly server: Server
-  private readonly sockets = new Set<Socket>()
-  private readonly running = new Set<Promise<void>>()
+  private readonly tcp: TcpService
   private readonly units = new Map<string, Promise<Shared>>()
   portal = ''
 
@@ -49,14 +47,9 @@ export class IscsiServer {
       },
     }
     const self = this
-    this.server = createServer((sock) => {
-      this.sockets.add(sock)
+    this.tcp = new TcpService((sock) => {
       metrics.connectionsTotal.inc({ protocol: 'iscsi' })
-      const run = new IscsiConnection(sock, dir, log, metrics).run().finally(() => {
-        this.sockets.delete(sock)
-        this.running.delete(run)
-      })
-      this.running.add(run)
+      return new IscsiConnection(sock, dir, log, metrics).run()
     })
   }
 
@@ -89,24 +82,13 @@ export class IscsiServer {
     }
   }
 
-  listen(port: number, host: string): Promise<number> {
-    return new Promise((resolve, reject) => {
-      this.server.once('error', reject)
-      this.server.listen(port, host, () => {
-        this.server.off('error', reject)
-        const a = this.server.address()
-        const p = typeof a === 'object' && a ? a.port : port
-        this.portal = `${host}:${p}`
-        resolve(p)
-      })
-    })
+  async listen(port: number, host: string): Promise<number> {
+    const p = await this.tcp.listen(port, host)
+    this.portal = `${host}:${p}`
+    return p
   }
 
-  async close(): Promise<void> {
-    await new Promise<void>((r) => this.server.close(() => r()))
-    for (const s of this.sockets) s.end()
-    await Promise.race([Promise.all(this.running), new Promise((r) => setTimeout(r, 2000).unref())])
-    for (const s of this.sockets) s.destroy()
-    await Promise.all(this.running)
+  close(): Promise<void> {
+    return this.tcp.close()
   }
 }

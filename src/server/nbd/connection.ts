@@ -4,10 +4,10 @@ import type { Extent } from '../../disk-formats/block-device.js'
 import { isStorageError, StorageError } from '../../disk-formats/errors.js'
 import type { Datastore, ExportHandle } from '../datastore/index.js'
 import type { Metrics } from '../metrics.js'
-import { ByteQueue } from './byte-queue.js'
+import type { ByteQueue } from '../net/byte-queue.js'
+import { ProtocolError, socketQueue } from '../net/tcp-service.js'
 import * as P from './protocol.js'
 
-class ProtocolError extends Error {}
 
 const OP_NAMES: Record<number, string> = {
   [P.NBD_CMD_READ]: 'read',
@@ -37,7 +37,7 @@ export class NbdConnection {
   private handle: ExportHandle | null = null
   private inflight = 0
   private slot: (() => void) | null = null
-  private closed = false
+  private readonly isClosed: () => boolean
 
   constructor(
     private readonly sock: Socket,
@@ -45,18 +45,9 @@ export class NbdConnection {
     private readonly log: Logger,
     private readonly metrics: Metrics,
   ) {
-    this.q = new ByteQueue(
-      () => sock.pause(),
-      () => sock.resume(),
-    )
-    sock.setNoDelay(true)
-    sock.on('data', (d: Buffer) => this.q.push(d))
-    sock.on('end', () => this.q.end(new ProtocolError('client closed the connection')))
-    sock.on('close', () => {
-      this.closed = true
-      this.q.end(new ProtocolError('connection closed'))
-    })
-    sock.on('error', (e) => this.q.end(e))
+    const s = socketQueue(sock)
+    this.q = s.q
+    this.isClosed = s.closed
   }
 
   async run(): Promise<void> {
@@ -65,11 +56,11 @@ export class NbdConnection {
       if (this.handle) await this.transmission()
     } catch (e) {
       if (e instanceof ProtocolError) {
-        if (!this.closed) {
+        if (!this.isClosed()) {
           this.metrics.protocolErrors.inc({ protocol: 'nbd' })
           this.log.info({ peer: this.sock.remoteAddress, reason: e.message }, 'nbd: closing connection')
         }
-      } else if (!this.closed) {
+      } else if (!this.isClosed()) {
         this.log.warn({ err: e }, 'nbd: connection failed')
       }
     } finally {
@@ -82,7 +73,7 @@ export class NbdConnection {
   }
 
   private send(...parts: Buffer[]): void {
-    if (this.closed || this.sock.destroyed) return
+    if (this.isClosed() || this.sock.destroyed) return
     if (parts.length === 1) {
       this.sock.write(parts[0])
       return
