@@ -1,0 +1,49 @@
+import t from 'tap'
+import { readFileSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { needs, run, runOk, tmp, pattern } from '../../helpers/peers.js'
+import { startServer } from '../../helpers/server.js'
+
+t.test('libiscsi tools and qemu-img over iscsi:// see the bytes the NBD export shows', needs('iscsi-ls', 'iscsi-inq', 'iscsi-readcapacity16', 'qemu-img', 'nbdcopy'), async (t) => {
+  const s = await startServer(t)
+  const d = tmp(t)
+  await s.ds.createDisk('vm', 16 << 20)
+  const portal = `iscsi://127.0.0.1:${s.iscsiPort}`
+  const lun = `${portal}/iqn.2026-11.local.tandem:vm/0`
+  t.match(await runOk('iscsi-ls', ['-s', portal]), /Target:iqn\.2026-11\.local\.tandem:vm Portal:127\.0\.0\.1:\d+,1/)
+  t.match(await runOk('iscsi-inq', [lun]), /Vendor:TANDEM/)
+  t.match(await runOk('iscsi-readcapacity16', [lun]), /Total size:16777216/)
+  // write through iSCSI, read through NBD
+  const src = join(d, 'src.raw')
+  const data = Buffer.alloc(16 << 20)
+  pattern(5 << 20, 3).copy(data, 1 << 20)
+  writeFileSync(src, data)
+  await runOk('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'raw', src, lun])
+  const viaNbd = join(d, 'nbd.raw')
+  await runOk('nbdcopy', [s.uri('vm'), viaNbd])
+  t.ok(readFileSync(viaNbd).equals(data), 'iSCSI writes read back through NBD')
+  // write through NBD, read through iSCSI
+  const other = Buffer.from(data)
+  pattern(1 << 20, 4).copy(other, 10 << 20)
+  writeFileSync(src, other)
+  await runOk('nbdcopy', [src, s.uri('vm')])
+  const viaIscsi = join(d, 'iscsi.raw')
+  await runOk('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', lun, viaIscsi])
+  t.ok(readFileSync(viaIscsi).equals(other), 'NBD writes read back through iSCSI')
+})
+
+t.test('LUN masking: an initiator not on the access list neither sees nor logs in', needs('iscsi-ls', 'iscsi-inq'), async (t) => {
+  const s = await startServer(t)
+  await s.ds.createDisk('secret', 1 << 20)
+  await s.ds.createDisk('open', 1 << 20)
+  await s.ds.setAccess('secret', { initiators: ['iqn.2026-11.local.host:allowed'] })
+  const portal = `iscsi://127.0.0.1:${s.iscsiPort}`
+  const seen = (await runOk('iscsi-ls', ['-i', 'iqn.2026-11.local.host:other', '-s', portal])).trim().split('\n').map((l) => l.split(' ')[0])
+  t.same(seen.filter((l) => l.startsWith('Target:')), ['Target:iqn.2026-11.local.tandem:open'], 'discovery hides the masked disk')
+  const allowed = await runOk('iscsi-ls', ['-i', 'iqn.2026-11.local.host:allowed', '-s', portal])
+  t.match(allowed, /tandem:secret/, 'the listed initiator sees it')
+  const refused = await run('iscsi-inq', ['-i', 'iqn.2026-11.local.host:other', `${portal}/iqn.2026-11.local.tandem:secret/0`])
+  t.not(refused.status, 0, 'login refused')
+  const ok = await run('iscsi-inq', ['-i', 'iqn.2026-11.local.host:allowed', `${portal}/iqn.2026-11.local.tandem:secret/0`])
+  t.equal(ok.status, 0, ok.stderr)
+})
