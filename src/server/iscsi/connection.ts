@@ -1,3 +1,4 @@
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto'
 import type { Socket } from 'node:net'
 import type { Logger } from 'pino'
 import type { Metrics } from '../metrics.js'
@@ -13,8 +14,28 @@ export interface TargetDirectory {
   /** targets this initiator may see (SendTargets) */
   visibleTargets(initiator: string): Promise<string[]>
   /** the LU of a target for this initiator, or an error reason for the login response */
-  openTarget(iqn: string, initiator: string): Promise<{ lu: LogicalUnit; release(): Promise<void> } | { refused: 'not-found' | 'not-authorized' }>
+  openTarget(iqn: string, initiator: string): Promise<{ lu: LogicalUnit; release(): Promise<void>; chap?: ChapSecrets } | { refused: 'not-found' | 'not-authorized' }>
   portal: string
+}
+
+export interface ChapSecrets {
+  user: string
+  secret: string
+  mutualUser?: string
+  mutualSecret?: string
+}
+
+/** CHAP response (RFC 1994): MD5 over identifier, secret and challenge. */
+function chapResponse(id: number, secret: string, challenge: Buffer): Buffer {
+  return createHash('md5').update(Buffer.from([id])).update(secret, 'utf8').update(challenge).digest()
+}
+
+/** CHAP binary values are "0x" hex or "0b" base64 (RFC 7143 §6.1). */
+function chapBinary(v: string | undefined): Buffer | null {
+  if (!v) return null
+  if (/^0x[0-9a-fA-F]+$/.test(v) && v.length % 2 === 0) return Buffer.from(v.slice(2), 'hex')
+  if (/^0b[A-Za-z0-9+/=]+$/.test(v)) return Buffer.from(v.slice(2), 'base64')
+  return null
 }
 
 /** Negotiated values (RFC 7143 §13) with their defaults. */
@@ -59,7 +80,10 @@ export class IscsiConnection {
   private initiator = ''
   private nexus = ''
   private discovery = false
-  private target: { lu: LogicalUnit; release(): Promise<void> } | null = null
+  private target: { lu: LogicalUnit; release(): Promise<void>; chap?: ChapSecrets } | null = null
+  /** CHAP state of the login: the challenge we sent, and whether the initiator has answered it */
+  private chapSent: { id: number; challenge: Buffer } | null = null
+  private authenticated = false
   private params: Params = { maxRecvDataSegmentLength: 8192, maxBurstLength: 262144, firstBurstLength: 65536, initialR2T: true, immediateData: true }
   private readonly pending = new Map<number, PendingWrite>()
   private nextTTT = 1
@@ -192,26 +216,58 @@ export class IscsiConnection {
         }
         first = false
       }
+      const chap = this.target?.chap
+      const authFail = (why: string): never => {
+        this.loginResponse(bhs, false, csg, nsg, 0x02, 0x01, []) // authentication failure
+        throw new ProtocolError(`authentication failed for '${this.initiator}': ${why}`)
+      }
+      if (csg !== 0 && chap && !this.authenticated) authFail('CHAP is required but the security stage was skipped')
       if (csg === 0) {
-        const methods = (get('AuthMethod') ?? '').split(',')
-        if (get('AuthMethod') !== undefined) {
-          if (!methods.includes('None')) {
-            this.loginResponse(bhs, false, csg, nsg, 0x02, 0x01, []) // authentication failure: only None here
-            throw new ProtocolError(`no acceptable AuthMethod in '${get('AuthMethod')}'`)
+        const offered = get('AuthMethod')
+        if (offered !== undefined) {
+          const methods = offered.split(',')
+          if (chap) {
+            if (!methods.includes('CHAP')) authFail(`CHAP required, offered '${offered}'`)
+            reply.push(['AuthMethod', 'CHAP'])
+          } else {
+            if (!methods.includes('None')) authFail(`no acceptable AuthMethod in '${offered}'`)
+            reply.push(['AuthMethod', 'None'])
           }
-          reply.push(['AuthMethod', 'None'])
+        }
+        if (chap && get('CHAP_A') !== undefined) {
+          if (!get('CHAP_A')!.split(',').includes('5')) authFail(`no supported CHAP algorithm in '${get('CHAP_A')}' (MD5, 5)`)
+          this.chapSent = { id: randomBytes(1)[0], challenge: randomBytes(16) }
+          reply.push(['CHAP_A', '5'], ['CHAP_I', String(this.chapSent.id)], ['CHAP_C', '0x' + this.chapSent.challenge.toString('hex')])
+        }
+        if (chap && get('CHAP_R') !== undefined) {
+          const r = chapBinary(get('CHAP_R'))
+          if (!this.chapSent || !r) authFail('CHAP_R without a challenge, or malformed')
+          const want = chapResponse(this.chapSent!.id, chap.secret, this.chapSent!.challenge)
+          if (get('CHAP_N') !== chap.user || r!.length !== want.length || !timingSafeEqual(r!, want)) authFail('wrong CHAP name or response')
+          // mutual CHAP: the initiator challenges us in turn
+          const ci = get('CHAP_I')
+          const cc = chapBinary(get('CHAP_C'))
+          if (ci !== undefined || cc) {
+            if (!chap.mutualUser || !chap.mutualSecret) authFail('mutual CHAP asked, but no target secret is configured')
+            if (!cc || !/^\d+$/.test(ci ?? '') || Number(ci) > 255) authFail('malformed mutual CHAP challenge')
+            if (cc!.equals(this.chapSent!.challenge)) authFail('the initiator reflected our challenge')
+            reply.push(['CHAP_N', chap.mutualUser!], ['CHAP_R', '0x' + chapResponse(Number(ci), chap.mutualSecret!, cc!).toString('hex')])
+          }
+          this.authenticated = true
         }
       }
       for (const [k, v] of keys) {
-        if (['InitiatorName', 'SessionType', 'TargetName', 'AuthMethod', 'InitiatorAlias'].includes(k)) continue
+        if (['InitiatorName', 'SessionType', 'TargetName', 'AuthMethod', 'InitiatorAlias'].includes(k) || k.startsWith('CHAP_')) continue
         reply.push([k, this.negotiate(k, v)])
       }
       if (csg === 1 && transit && nsg === 3) {
         // declare our own limits once, when leaving operational negotiation
         if (!keys.some(([k]) => k === 'MaxRecvDataSegmentLength')) reply.push(['MaxRecvDataSegmentLength', String(TARGET_MAX_RECV)])
       }
-      const done = transit && nsg === 3
-      this.loginResponse(bhs, transit, csg, nsg, 0, 0, reply, done ? 1 : 0)
+      // no leaving the security stage before CHAP is done
+      const may = transit && !(csg === 0 && chap && !this.authenticated)
+      const done = may && nsg === 3
+      this.loginResponse(bhs, may, csg, nsg, 0, 0, reply, done ? 1 : 0)
       if (done) return
     }
   }

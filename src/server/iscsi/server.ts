@@ -43,7 +43,8 @@ export class IscsiServer {
         const disk = iqn.slice(IQN_PREFIX.length)
         if (!(await ds.listDisks()).includes(disk)) return { refused: 'not-found' }
         if (!(await this.allowed(disk, initiator))) return { refused: 'not-authorized' }
-        return this.unit(disk)
+        const chap = (await ds.readRecord(disk)).access.chap
+        return { ...(await this.unit(disk)), ...(chap ? { chap } : {}) }
       },
     }
     const self = this

@@ -47,3 +47,21 @@ t.test('LUN masking: an initiator not on the access list neither sees nor logs i
   const ok = await run('iscsi-inq', ['-i', 'iqn.2026-11.local.host:allowed', `${portal}/iqn.2026-11.local.tandem:secret/0`])
   t.equal(ok.status, 0, ok.stderr)
 })
+
+t.test('CHAP and mutual CHAP with libiscsi', needs('iscsi-inq'), async (t) => {
+  const s = await startServer(t)
+  await s.ds.createDisk('c', 1 << 20)
+  await s.ds.setAccess('c', { initiators: [], chap: { user: 'alice', secret: 'alice-secret-123', mutualUser: 'tandem', mutualSecret: 'target-secret-456' } })
+  const at = (auth: string, q = '') => `iscsi://${auth}127.0.0.1:${s.iscsiPort}/iqn.2026-11.local.tandem:c/0${q}`
+  const none = await run('iscsi-inq', [at('')])
+  t.not(none.status, 0)
+  t.match(none.stderr + none.stdout, /Authentication failure/, 'no credentials: authentication failure')
+  const wrong = await run('iscsi-inq', [at('alice%wrong-secret-000@')])
+  t.match(wrong.stderr + wrong.stdout, /Authentication failure/, 'wrong secret refused')
+  const ok = await run('iscsi-inq', [at('alice%alice-secret-123@')])
+  t.match(ok.stdout, /Vendor:TANDEM/, 'one-way CHAP')
+  const mutual = await run('iscsi-inq', [at('alice%alice-secret-123@', '?target_user=tandem&target_password=target-secret-456')])
+  t.match(mutual.stdout, /Vendor:TANDEM/, 'mutual CHAP: the target proves itself too')
+  const impostor = await run('iscsi-inq', [at('alice%alice-secret-123@', '?target_user=tandem&target_password=bad-target-pw0')])
+  t.not(impostor.status, 0, 'the initiator refuses a target that cannot answer its challenge')
+})
