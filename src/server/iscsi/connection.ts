@@ -7,6 +7,7 @@ import { ProtocolError, socketQueue } from '../net/tcp-service.js'
 import * as S from '../scsi/constants.js'
 import { dataOutLength, type LogicalUnit } from '../scsi/index.js'
 import * as P from './pdu.js'
+import { crc32c } from '../../disk-formats/lock-region/crc32c.js'
 
 
 /** What the connection needs from the target: names, access checks, logical units. */
@@ -84,6 +85,9 @@ export class IscsiConnection {
   /** CHAP state of the login: the challenge we sent, and whether the initiator has answered it */
   private chapSent: { id: number; challenge: Buffer } | null = null
   private authenticated = false
+  /** CRC32C header digests, in force from the first PDU after the login phase */
+  private headerDigest = false
+  private digestsOn = false
   private params: Params = { maxRecvDataSegmentLength: 8192, maxBurstLength: 262144, firstBurstLength: 65536, initialR2T: true, immediateData: true }
   private readonly pending = new Map<number, PendingWrite>()
   private nextTTT = 1
@@ -132,6 +136,12 @@ export class IscsiConnection {
     // Our declared MaxRecvDataSegmentLength bounds every data segment (login text is smaller still).
     if (dlen > TARGET_MAX_RECV) throw new ProtocolError(`data segment of ${dlen} bytes exceeds MaxRecvDataSegmentLength ${TARGET_MAX_RECV}`)
     const ahs = ahsLen ? await this.q.read(ahsLen) : Buffer.alloc(0)
+    if (this.digestsOn) {
+      const got = (await this.q.read(4)).readUInt32LE(0)
+      const want = crc32c(ahsLen ? Buffer.concat([bhs, ahs]) : bhs)
+      // the header cannot be trusted, so neither can the framing: the connection ends (§7.8)
+      if (got !== want) throw new ProtocolError(`header digest error (got 0x${got.toString(16)}, computed 0x${want.toString(16)})`)
+    }
     const data = dlen ? await this.q.read(dlen) : Buffer.alloc(0)
     const pad = (4 - (dlen % 4)) % 4
     if (pad) await this.q.read(pad)
@@ -141,7 +151,14 @@ export class IscsiConnection {
   private send(bhs: Buffer, data: Buffer = Buffer.alloc(0)): void {
     if (this.isClosed() || this.sock.destroyed) return
     bhs.writeUIntBE(data.length, 5, 3)
-    this.sock.write(data.length ? Buffer.concat([bhs, P.padded(data)]) : bhs)
+    const parts = [bhs]
+    if (this.digestsOn) {
+      const d = Buffer.alloc(4)
+      d.writeUInt32LE(crc32c(bhs))
+      parts.push(d)
+    }
+    if (data.length) parts.push(P.padded(data))
+    this.sock.write(parts.length === 1 ? bhs : Buffer.concat(parts))
   }
 
   /** Fills StatSN/ExpCmdSN/MaxCmdSN at 24/28/32; advances StatSN when `advance`. */
@@ -268,16 +285,24 @@ export class IscsiConnection {
       const may = transit && !(csg === 0 && chap && !this.authenticated)
       const done = may && nsg === 3
       this.loginResponse(bhs, may, csg, nsg, 0, 0, reply, done ? 1 : 0)
-      if (done) return
+      if (done) {
+        this.digestsOn = this.headerDigest
+        return
+      }
     }
   }
 
   private negotiate(k: string, v: string): string {
     const num = (max: number) => Math.min(Number(v) || 0, max)
     switch (k) {
-      case 'HeaderDigest':
+      case 'HeaderDigest': {
+        // the first of the initiator's choices that we support
+        const pick = v.split(',').find((x) => x === 'None' || x === 'CRC32C')
+        this.headerDigest = pick === 'CRC32C'
+        return pick ?? 'Reject'
+      }
       case 'DataDigest':
-        return v.split(',').includes('None') ? 'None' : 'Reject'
+        return v.split(',').includes('None') ? 'None' : 'Reject' // data digests are not offered yet
       case 'MaxRecvDataSegmentLength':
         this.params.maxRecvDataSegmentLength = Math.max(512, Math.min(Number(v) || 8192, 16777215))
         return String(TARGET_MAX_RECV)

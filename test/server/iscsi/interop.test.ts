@@ -65,3 +65,15 @@ t.test('CHAP and mutual CHAP with libiscsi', needs('iscsi-inq'), async (t) => {
   const impostor = await run('iscsi-inq', [at('alice%alice-secret-123@', '?target_user=tandem&target_password=bad-target-pw0')])
   t.not(impostor.status, 0, 'the initiator refuses a target that cannot answer its challenge')
 })
+
+t.test('CRC32C header digests, as libiscsi negotiates them', needs('iscsi-inq', 'iscsi-test-cu'), async (t) => {
+  const s = await startServer(t)
+  await s.ds.createDisk('dg', 4 << 20)
+  const lun = `iscsi://127.0.0.1:${s.iscsiPort}/iqn.2026-11.local.tandem:dg/0?header_digest=crc32c`
+  t.match((await run('iscsi-inq', [lun])).stdout, /Vendor:TANDEM/)
+  for (const suite of ['SCSI.Write10', 'SCSI.Read10']) {
+    const r = await run('iscsi-test-cu', ['--dataloss', '-i', 'iqn.2026-11.test:one', '-I', 'iqn.2026-11.test:two', '-t', suite, lun])
+    const m = /^\s+tests\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)/m.exec(r.stdout)
+    t.ok(m && Number(m[3]) > 0 && Number(m[4]) === 0, `${suite} over a digest-protected session: ${m?.[0]?.trim()}`)
+  }
+})
