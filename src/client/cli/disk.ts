@@ -98,8 +98,8 @@ function infoText(i: Record<string, unknown>): string {
     const d = (i['format-specific'] as { data: { extents: { filename: string; 'virtual-size': number; format: string }[] } }).data
     lines.push('Format specific information:')
     lines.push(`    cid: ${i.cid}`, `    parent cid: ${i['parent-cid']}`, `    create type: ${i['create-type']}`, '    extents:')
-    for (const e of d.extents) {
-      lines.push(`        [0]:`.replace('0', String(d.extents.indexOf(e))), `            virtual size: ${e['virtual-size']}`, `            filename: ${e.filename}`)
+    for (const [i, e] of d.extents.entries()) {
+      lines.push(`        [${i}]:`, `            virtual size: ${e['virtual-size']}`, `            filename: ${e.filename}`)
       if (e.format) lines.push(`            format: ${e.format}`)
     }
   }

@@ -92,33 +92,29 @@ export class VmdkImage implements BlockDevice {
       }
       const slots: Slot[] = []
       let start = 0
-      try {
-        for (const e of d.extents) {
-          const size = e.sectors * 512
-          const file = e.file === undefined ? undefined : isAbsolute(e.file) ? e.file : join(dirname(path), e.file)
-          const ro = readOnly || e.access !== 'RW'
-          if (e.type === 'ZERO' || e.access === 'NOACCESS') {
-            slots.push({ start, size, kind: 'zero' })
-          } else if (e.type === 'SPARSE') {
-            const efh = await openFile(file!, ro ? 'r' : 'r+')
-            opened.push(efh)
-            const ext = await SparseExtent.open(file!, efh, ro)
-            opened[opened.length - 1] = ext
-            if (ext.capacityBytes < size) {
-              throw new StorageError('Corrupt', `'${file}': extent capacity ${ext.header.capacity} sectors is smaller than the descriptor's ${e.sectors}`, file)
-            }
-            slots.push({ start, size, kind: 'sparse', path: file, sparse: ext })
-          } else if (e.type === 'FLAT' || e.type === 'VMFS') {
-            const efh = await openFile(file!, ro ? 'r' : 'r+')
-            opened.push(efh)
-            slots.push({ start, size, kind: 'flat', path: file, flat: { fh: efh, base: (e.offset ?? 0) * 512 } })
-          } else {
-            throw new StorageError('Unsupported', `'${path}': extent type ${e.type} is not supported`, path)
+      for (const e of d.extents) {
+        const size = e.sectors * 512
+        const file = e.file === undefined ? undefined : isAbsolute(e.file) ? e.file : join(dirname(path), e.file)
+        const ro = readOnly || e.access !== 'RW'
+        if (e.type === 'ZERO' || e.access === 'NOACCESS') {
+          slots.push({ start, size, kind: 'zero' })
+        } else if (e.type === 'SPARSE') {
+          const efh = await openFile(file!, ro ? 'r' : 'r+')
+          opened.push(efh)
+          const ext = await SparseExtent.open(file!, efh, ro)
+          opened[opened.length - 1] = ext
+          if (ext.capacityBytes < size) {
+            throw new StorageError('Corrupt', `'${file}': extent capacity ${ext.header.capacity} sectors is smaller than the descriptor's ${e.sectors}`, file)
           }
-          start += size
+          slots.push({ start, size, kind: 'sparse', path: file, sparse: ext })
+        } else if (e.type === 'FLAT' || e.type === 'VMFS') {
+          const efh = await openFile(file!, ro ? 'r' : 'r+')
+          opened.push(efh)
+          slots.push({ start, size, kind: 'flat', path: file, flat: { fh: efh, base: (e.offset ?? 0) * 512 } })
+        } else {
+          throw new StorageError('Unsupported', `'${path}': extent type ${e.type} is not supported`, path)
         }
-      } catch (err) {
-        throw err
+        start += size
       }
       const anyReadOnlyExtent = d.extents.some((e) => e.access !== 'RW')
       return new VmdkImage(path, d, slots, readOnly || anyReadOnlyExtent, null)

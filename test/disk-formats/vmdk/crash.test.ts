@@ -54,10 +54,8 @@ t.test(`a writer killed with SIGKILL at ${KILLS} random points loses nothing flu
   const all = Buffer.alloc(DISK_BYTES)
   for (let s = 0; s < SECTORS; s++) sectorBytes(0, s, all, s * 512)
   await b.write(0, all)
-  const baseCid = b.cid
+  const cid = b.cid // the CID the writes gave it
   await b.close()
-  const cid = (await openVmdk(base, { readOnly: true }).then(async (i) => { const c = i.cid; await i.close(); return c }))
-  t.not(cid, baseCid - 1)
   await createVmdk(tmplChild, { size: DISK_BYTES, parent: { path: base, cid } })
   const r = rng(2026)
   let withFlush = 0
