@@ -80,6 +80,7 @@ export class IscsiConnection {
   private expCmdSN = 0
   private initiator = ''
   private nexus = ''
+  private joined = false
   private discovery = false
   private target: { lu: LogicalUnit; release(): Promise<void>; chap?: ChapSecrets } | null = null
   /** CHAP state of the login: the challenge we sent, and whether the initiator has answered it */
@@ -107,6 +108,10 @@ export class IscsiConnection {
   async run(): Promise<void> {
     try {
       await this.login()
+      if (this.target) {
+        this.target.lu.nexusJoined(this.nexus)
+        this.joined = true
+      }
       this.metrics.connections.inc({ protocol: 'iscsi' })
       try {
         await this.fullFeature()
@@ -122,7 +127,7 @@ export class IscsiConnection {
     } finally {
       for (const p of this.pending.values()) p.done()
       await Promise.allSettled([...this.tasks])
-      this.target?.lu.nexusLost(this.nexus)
+      if (this.joined) this.target?.lu.nexusLost(this.nexus)
       await this.target?.release()
       this.target = null
       this.sock.destroy()
@@ -445,7 +450,8 @@ export class IscsiConnection {
     // ABORT TASK of a task no longer here: "task does not exist"; everything else completes
     // (tasks are short and finish on their own; resets need no state beyond reservations).
     b[2] = fn === 1 && !this.pending.has(pdu.bhs.readUInt32BE(20)) ? 1 : fn >= 1 && fn <= 8 ? 0 : 5
-    if (fn === 5 || fn === 6 || fn === 7) this.lu?.reset() // LUN RESET, TARGET WARM/COLD RESET
+    if (fn === 5) this.lu?.reset('lun')
+    else if (fn === 6 || fn === 7) this.lu?.reset('target') // TARGET WARM/COLD RESET
     this.seq(b)
     this.send(b)
   }

@@ -27,9 +27,11 @@ export const MAX_CAW_BLOCKS = 128
 export const MAX_UNMAP_DESCRIPTORS = 256
 export const MAX_WRITE_SAME_BLOCKS = 1 << 20
 /**
- * WRITE ATOMIC(16): atomic against every other command (the exclusive gate) up to the maximum
- * transfer; across a crash a write spanning several grains is not all-or-nothing (README).
+ * WRITE ATOMIC(16): whole 4 KiB pages (aligned to and a multiple of 8 blocks), up to the maximum
+ * transfer. Atomic against every other command (the exclusive gate); across a crash each page is
+ * written whole, but a write of several pages may be torn at a page boundary (README).
  */
+export const ATOMIC_ALIGNMENT = 8
 export const MAX_ATOMIC_BLOCKS = MAX_TRANSFER_BLOCKS
 
 /** Shared for ordinary commands, exclusive for COMPARE AND WRITE and ORWRITE (atomic against all others). */
@@ -69,7 +71,9 @@ const pad = (s: string, n: number) => Buffer.from(s.padEnd(n).slice(0, n), 'asci
 export class LogicalUnit {
   private readonly gate = new Gate()
   private reservedBy: string | null = null
-  private readonly pr = new PersistentReservations()
+  /** I_T nexuses logged in to this LU (count of sessions) and their pending unit attentions, oldest first. */
+  private readonly nexuses = new Map<string, { sessions: number; attentions: C.AscName[] }>()
+  private readonly pr = new PersistentReservations((nexus, asc) => this.attention(nexus, asc))
   private readonly naa: Buffer
   private readonly vendor: string
   private readonly product: string
@@ -89,15 +93,36 @@ export class LogicalUnit {
     this.revision = opts.revision ?? '0001'
   }
 
+  /** A session of this I_T nexus logged in (unit attentions are kept per nexus). */
+  nexusJoined(initiator: string): void {
+    const n = this.nexuses.get(initiator)
+    if (n) n.sessions++
+    else this.nexuses.set(initiator, { sessions: 1, attentions: [] })
+  }
+
   /** The I_T nexus went away (logout, connection loss): its RESERVE(6) reservation with it. */
   nexusLost(initiator: string): void {
     if (this.reservedBy === initiator) this.reservedBy = null
+    const n = this.nexuses.get(initiator)
+    if (n && --n.sessions <= 0) this.nexuses.delete(initiator)
   }
 
-  /** LUN RESET / target reset: reservations are cleared (SPC-2 5.5.1). */
-  reset(): void {
+  /**
+   * LUN RESET / target reset: RESERVE(6) reservations are cleared (SPC-2 5.5.1) and every I_T
+   * nexus, the one that asked included, gets a unit attention (SAM-5 6.3.3 / 6.3.4).
+   */
+  reset(kind: 'lun' | 'target' = 'lun'): void {
     this.reservedBy = null
+    const asc = kind === 'lun' ? 'BUS_DEVICE_RESET_FUNCTION_OCCURRED' : 'POWER_ON_RESET_OR_BUS_DEVICE_RESET'
+    for (const n of this.nexuses.keys()) this.attention(n, asc)
   }
+
+  /** Establish a unit attention for one nexus (a duplicate of a pending one is not queued twice). */
+  attention(initiator: string, asc: C.AscName): void {
+    const n = this.nexuses.get(initiator)
+    if (n && !n.attentions.includes(asc)) n.attentions.push(asc)
+  }
+
 
   get blocks(): number {
     return Math.floor(this.dev.size / BLOCK)
@@ -106,6 +131,14 @@ export class LogicalUnit {
   async execute(cdb: Buffer, dataOut: Buffer | null, initiator: string): Promise<ScsiResult> {
     try {
       if (cdb.length < 6) throw invalidOpcode()
+      // A pending unit attention ends any command but INQUIRY, REPORT LUNS and REQUEST SENSE
+      // (which reports it as its sense data), and is then cleared (SAM-5 5.14, SPC-4 5.9).
+      const ua = this.nexuses.get(initiator)?.attentions
+      if (ua?.length && cdb[0] !== C.INQUIRY && cdb[0] !== C.REPORT_LUNS) {
+        const s = senseData(new SenseError(C.UNIT_ATTENTION, ua.shift()!))
+        if (cdb[0] !== C.REQUEST_SENSE) return { status: C.CHECK_CONDITION, sense: s }
+        return { status: C.GOOD, dataIn: s.subarray(0, Math.min(s.length, cdb[4])) }
+      }
       if (this.reservedBy !== null && this.reservedBy !== initiator && !RESERVATION_EXEMPT.has(cdb[0])) {
         return { status: C.RESERVATION_CONFLICT }
       }
@@ -182,12 +215,12 @@ export class LogicalUnit {
         return { status: C.GOOD }
       }
       case C.WRITE_ATOMIC_16: {
-        // Atomic against every other command (the exclusive gate), and never torn by a crash
-        // for what one grain write covers; bounded by MAX_ATOMIC_BLOCKS (VPD 0xB0).
         const { lba, count, fua } = rw(cdb)
         if (cdb[1] & 0xe0) throw invalidField(1, 7)
         if (count > MAX_ATOMIC_BLOCKS) throw invalidField(12)
         this.range(lba, count)
+        if (count % ATOMIC_ALIGNMENT) throw invalidField(12)
+        if (lba % ATOMIC_ALIGNMENT) throw invalidField(2)
         LogicalUnit.need(out, count * BLOCK)
         if (count) await this.dev.write(lba * BLOCK, out.subarray(0, count * BLOCK), { fua })
         return { status: C.GOOD }
@@ -394,8 +427,8 @@ export class LogicalUnit {
         b.writeUInt32BE(128, 24) // optimal unmap granularity: a grain
         b.writeBigUInt64BE(BigInt(MAX_WRITE_SAME_BLOCKS), 32)
         b.writeUInt32BE(MAX_ATOMIC_BLOCKS, 40) // maximum atomic transfer length
-        b.writeUInt32BE(1, 44) // atomic alignment
-        b.writeUInt32BE(1, 48) // atomic transfer length granularity
+        b.writeUInt32BE(ATOMIC_ALIGNMENT, 44) // atomic alignment
+        b.writeUInt32BE(ATOMIC_ALIGNMENT, 48) // atomic transfer length granularity
         return wrap(b)
       }
       case 0xb1: {

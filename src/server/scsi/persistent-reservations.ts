@@ -27,6 +27,9 @@ export class PersistentReservations {
   private type = 0
   private generation = 0
 
+  /** `notify(nexus, asc)`: a unit attention for another I_T nexus (preempted, released, cleared). */
+  constructor(private readonly notify: (nexus: string, asc: C.AscName) => void = () => {}) {}
+
   get active(): boolean {
     return this.keys.size > 0 || this.holder !== null
   }
@@ -151,6 +154,8 @@ export class PersistentReservations {
         if (mine === undefined || mine !== key) throw new Conflict()
         if (!this.type || !this.isHolder(nexus)) return
         if (this.type !== type) throw new SenseError(C.ILLEGAL_REQUEST, 'INVALID_RELEASE_OF_PERSISTENT_RESERVATION')
+        // registrants-only and all-registrants reservations: the other registrants are told (SPC-4 5.13.11.2)
+        if (type >= 5) this.tellOthers(nexus, 'RESERVATIONS_RELEASED')
         this.holder = null
         this.type = 0
         return
@@ -158,6 +163,7 @@ export class PersistentReservations {
       case 0x03: {
         // CLEAR
         if (mine === undefined || mine !== key) throw new Conflict()
+        this.tellOthers(nexus, 'RESERVATIONS_PREEMPTED')
         this.keys.clear()
         this.holder = null
         this.type = 0
@@ -169,7 +175,7 @@ export class PersistentReservations {
         // PREEMPT (AND ABORT): tasks are short and complete on their own, so abort = preempt
         if (mine === undefined || mine !== key) throw new Conflict()
         if (this.type && allRegistrants(this.type) && saKey === 0n) {
-          for (const n of [...this.keys.keys()]) if (n !== nexus) this.keys.delete(n)
+          for (const n of [...this.keys.keys()]) if (n !== nexus) this.preempt(n)
           this.holder = nexus
           this.type = type
           this.generation++
@@ -179,20 +185,32 @@ export class PersistentReservations {
         const holderKey = this.type && !allRegistrants(this.type) ? this.keys.get(this.holder!) : undefined
         const victims = [...this.keys.entries()].filter(([, k]) => k === saKey).map(([n]) => n)
         if (holderKey !== undefined && holderKey === saKey) {
-          for (const n of victims) if (n !== nexus) this.keys.delete(n)
+          for (const n of victims) if (n !== nexus) this.preempt(n)
           this.holder = nexus
           this.type = type
           this.generation++
           return
         }
         if (victims.length === 0) throw new Conflict()
-        for (const n of victims) this.unregister(n)
+        for (const n of victims) {
+          this.unregister(n)
+          if (n !== nexus) this.notify(n, 'REGISTRATIONS_PREEMPTED')
+        }
         this.generation++
         return
       }
       default:
         throw invalidField(1)
     }
+  }
+
+  private preempt(nexus: string): void {
+    this.keys.delete(nexus)
+    this.notify(nexus, 'REGISTRATIONS_PREEMPTED')
+  }
+
+  private tellOthers(nexus: string, asc: C.AscName): void {
+    for (const n of this.keys.keys()) if (n !== nexus) this.notify(n, asc)
   }
 
   private unregister(nexus: string): void {

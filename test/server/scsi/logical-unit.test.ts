@@ -257,3 +257,43 @@ t.test('persistent reservations: register, reserve, conflicts by type, preempt, 
   t.equal(full.readUInt32BE(4) > 0, true, 'READ FULL STATUS lists the registration')
   t.match(full.toString('latin1'), /iqn\.b,i,0x000000000002/)
 })
+
+t.test('unit attentions: LUN and target reset, preempted registrations; INQUIRY passes, REQUEST SENSE clears', async (t) => {
+  const u = await lu(t)
+  const N1 = 'iqn.a,i,0x000000000001'
+  const N2 = 'iqn.b,i,0x000000000002'
+  u.nexusJoined(N1)
+  u.nexusJoined(N2)
+  const tur = (n: string) => u.execute(hex('00 00 00 00 00 00'), null, n)
+  t.equal((await tur(N1)).status, SCSI.GOOD, 'no attention after login')
+  u.reset('lun')
+  t.equal((await u.execute(hex('12 00 00 00 60 00'), null, N1)).status, SCSI.GOOD, 'INQUIRY is not stopped by a unit attention')
+  t.equal((await u.execute(hex('a0 00 00 00 00 00 00 00 00 10 00 00'), null, N1)).status, SCSI.GOOD, 'nor REPORT LUNS')
+  t.same(sk(await tur(N1)), [6, 0x29, 0x03], 'the nexus that reset gets BUS DEVICE RESET FUNCTION OCCURRED')
+  t.equal((await tur(N1)).status, SCSI.GOOD, 'reported once')
+  const rs = await u.execute(hex('03 00 00 00 12 00'), null, N2)
+  t.equal(rs.status, SCSI.GOOD)
+  t.same([rs.dataIn![2] & 0xf, rs.dataIn![12], rs.dataIn![13]], [6, 0x29, 0x03], 'REQUEST SENSE returns the attention as its data')
+  t.equal((await tur(N2)).status, SCSI.GOOD, 'and clears it')
+  u.reset('target')
+  t.same(sk(await u.execute(hex('28 00 00000000 00 0001 00'), null, N2)), [6, 0x29, 0x00], 'target reset: POWER ON, RESET')
+  // a registration preempted by another nexus
+  const prout = (sa: number, type: number, key: bigint, saKey: bigint, nexus: string) => {
+    const p = Buffer.alloc(24)
+    p.writeBigUInt64BE(key, 0)
+    p.writeBigUInt64BE(saKey, 8)
+    return u.execute(hex(`5f ${sa.toString(16).padStart(2, '0')} ${type.toString(16).padStart(2, '0')} 00 00 00000018 00`), p, nexus)
+  }
+  await tur(N1)
+  t.equal((await prout(0, 0, 0n, 0xaan, N1)).status, SCSI.GOOD)
+  t.equal((await prout(0, 0, 0n, 0xbbn, N2)).status, SCSI.GOOD)
+  t.equal((await prout(1, 1, 0xaan, 0n, N1)).status, SCSI.GOOD)
+  t.equal((await prout(4, 1, 0xbbn, 0xaan, N2)).status, SCSI.GOOD, 'N2 preempts N1')
+  t.same(sk(await tur(N1)), [6, 0x2a, 0x05], 'N1 is told: REGISTRATIONS PREEMPTED')
+  t.equal((await tur(N2)).status, SCSI.GOOD, 'the preempting nexus is not')
+  t.equal((await prout(3, 0, 0xbbn, 0n, N2)).status, SCSI.GOOD, 'CLEAR')
+  u.nexusLost(N1)
+  u.reset('lun')
+  u.nexusJoined(N1)
+  t.equal((await tur(N1)).status, SCSI.GOOD, 'a nexus that was gone during the reset has nothing pending')
+})
