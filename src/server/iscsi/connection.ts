@@ -5,7 +5,7 @@ import type { Metrics } from '../metrics.js'
 import type { ByteQueue } from '../net/byte-queue.js'
 import { ProtocolError, socketQueue } from '../net/tcp-service.js'
 import * as S from '../scsi/constants.js'
-import { dataOutLength, type LogicalUnit } from '../scsi/index.js'
+import { dataOutLength, SenseError, senseData, type LogicalUnit } from '../scsi/index.js'
 import * as P from './pdu.js'
 import { crc32c } from '../../disk-formats/lock-region/crc32c.js'
 
@@ -56,13 +56,17 @@ const TARGET_FIRST_BURST = 262144
 const MAX_EXPECTED_DATA = 64 * 1024 * 1024
 const CMD_WINDOW = 64
 
+/** ABORTED COMMAND, PROTOCOL SERVICE CRC ERROR: the command's data failed its digest. */
+const crcErrorSense = () => senseData(new SenseError(S.ABORTED_COMMAND, 'PROTOCOL_SERVICE_CRC_ERROR'))
+
 interface PendingWrite {
   buf: Buffer
   received: number
   ttt: number
   /** DataSN expected next in the current sequence (unsolicited burst or one R2T) */
   dataSN: number
-  failed: boolean
+  /** the write cannot complete: a sequence error, or a Data-Out with a bad data digest */
+  failed: false | 'sequence' | 'digest'
   done: () => void
 }
 
@@ -86,9 +90,11 @@ export class IscsiConnection {
   /** CHAP state of the login: the challenge we sent, and whether the initiator has answered it */
   private chapSent: { id: number; challenge: Buffer } | null = null
   private authenticated = false
-  /** CRC32C header digests, in force from the first PDU after the login phase */
+  /** CRC32C header and data digests, as negotiated; in force from the first PDU after the login phase */
   private headerDigest = false
+  private dataDigest = false
   private digestsOn = false
+  private dataDigestsOn = false
   private params: Params = { maxRecvDataSegmentLength: 8192, maxBurstLength: 262144, firstBurstLength: 65536, initialR2T: true, immediateData: true }
   private readonly pending = new Map<number, PendingWrite>()
   private nextTTT = 1
@@ -149,7 +155,13 @@ export class IscsiConnection {
     }
     const data = dlen ? await this.q.read(dlen) : Buffer.alloc(0)
     const pad = (4 - (dlen % 4)) % 4
-    if (pad) await this.q.read(pad)
+    const padding = pad ? await this.q.read(pad) : null
+    if (this.dataDigestsOn && dlen) {
+      // covers the data segment and its padding (RFC 7143 §11.1); a bad one costs this PDU only
+      const got = (await this.q.read(4)).readUInt32LE(0)
+      const want = padding ? crc32c(padding, crc32c(data)) : crc32c(data)
+      if (got !== want) return { bhs, ahs, data, digestError: true }
+    }
     return { bhs, ahs, data }
   }
 
@@ -162,7 +174,15 @@ export class IscsiConnection {
       d.writeUInt32LE(crc32c(bhs))
       parts.push(d)
     }
-    if (data.length) parts.push(P.padded(data))
+    if (data.length) {
+      const body = P.padded(data)
+      parts.push(body)
+      if (this.dataDigestsOn) {
+        const d = Buffer.alloc(4)
+        d.writeUInt32LE(crc32c(body))
+        parts.push(d)
+      }
+    }
     this.sock.write(parts.length === 1 ? bhs : Buffer.concat(parts))
   }
 
@@ -292,6 +312,7 @@ export class IscsiConnection {
       this.loginResponse(bhs, may, csg, nsg, 0, 0, reply, done ? 1 : 0)
       if (done) {
         this.digestsOn = this.headerDigest
+        this.dataDigestsOn = this.dataDigest
         return
       }
     }
@@ -306,8 +327,11 @@ export class IscsiConnection {
         this.headerDigest = pick === 'CRC32C'
         return pick ?? 'Reject'
       }
-      case 'DataDigest':
-        return v.split(',').includes('None') ? 'None' : 'Reject' // data digests are not offered yet
+      case 'DataDigest': {
+        const pick = v.split(',').find((x) => x === 'None' || x === 'CRC32C')
+        this.dataDigest = pick === 'CRC32C'
+        return pick ?? 'Reject'
+      }
       case 'MaxRecvDataSegmentLength':
         this.params.maxRecvDataSegmentLength = Math.max(512, Math.min(Number(v) || 8192, 16777215))
         return String(TARGET_MAX_RECV)
@@ -349,6 +373,10 @@ export class IscsiConnection {
     for (;;) {
       const pdu = await this.readPdu()
       const op = P.opcodeOf(pdu.bhs)
+      if (pdu.digestError) {
+        this.dataDigestError(pdu)
+        continue
+      }
       if (op === P.SCSI_COMMAND || op === P.TEXT_REQUEST || op === P.LOGOUT_REQUEST || op === P.TASK_MGMT_REQUEST || op === P.NOP_OUT) {
         const cmdSN = pdu.bhs.readUInt32BE(24)
         if (!P.immediateOf(pdu.bhs)) {
@@ -393,6 +421,32 @@ export class IscsiConnection {
         default:
           this.reject(pdu.bhs, P.REJECT_COMMAND_NOT_SUPPORTED)
       }
+    }
+  }
+
+  /**
+   * A PDU whose data digest is wrong (RFC 7143 §7.8) is answered by a Reject and discarded. At
+   * ErrorRecoveryLevel 0 the command it belongs to ends: a Data-Out fails its write, and a
+   * command's immediate data fails the command, both with PROTOCOL SERVICE CRC ERROR.
+   */
+  private dataDigestError(pdu: P.Pdu): void {
+    this.metrics.protocolErrors.inc({ protocol: 'iscsi' })
+    this.log.info({ peer: this.sock.remoteAddress, opcode: P.opcodeOf(pdu.bhs) }, 'iscsi: data digest error')
+    this.reject(pdu.bhs, P.REJECT_DIGEST_ERROR)
+    const op = P.opcodeOf(pdu.bhs)
+    if (op === P.SCSI_DATA_OUT) {
+      const w = this.pending.get(P.ittOf(pdu.bhs))
+      if (w) {
+        w.failed = 'digest'
+        if (P.finalOf(pdu.bhs)) w.done()
+      }
+    } else if (op === P.SCSI_COMMAND) {
+      if (!P.immediateOf(pdu.bhs)) {
+        // the CmdSN was used; the command ends here
+        const cmdSN = pdu.bhs.readUInt32BE(24)
+        if (((cmdSN - this.expCmdSN) >>> 0) < CMD_WINDOW) this.expCmdSN = (cmdSN + 1) >>> 0
+      }
+      this.response(P.ittOf(pdu.bhs), S.CHECK_CONDITION, crcErrorSense(), 0, 0)
     }
   }
 
@@ -467,7 +521,7 @@ export class IscsiConnection {
     const dataSN = pdu.bhs.readUInt32BE(36)
     if (dataSN !== w.dataSN) {
       // ErrorRecoveryLevel 0: a sequence error fails the command (no SNACK recovery)
-      w.failed = true
+      w.failed = 'sequence'
       this.reject(pdu.bhs, P.REJECT_PROTOCOL_ERROR)
       if (P.finalOf(pdu.bhs)) w.done()
       return
@@ -543,11 +597,7 @@ export class IscsiConnection {
         }
         if (this.isClosed()) return
         if (w.failed) {
-          const sense = Buffer.alloc(18)
-          sense[0] = 0x70
-          sense[2] = S.ABORTED_COMMAND
-          sense[7] = 10
-          sense[12] = S.ASC.DATA_PHASE_ERROR[0]
+          const sense = w.failed === 'digest' ? crcErrorSense() : senseData(new SenseError(S.ABORTED_COMMAND, 'DATA_PHASE_ERROR'))
           this.response(itt, S.CHECK_CONDITION, sense, 0, 0)
           return
         }

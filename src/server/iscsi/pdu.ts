@@ -33,6 +33,8 @@ export interface Pdu {
   bhs: Buffer
   ahs: Buffer
   data: Buffer
+  /** the data segment failed its CRC32C data digest (the data is not to be used) */
+  digestError?: boolean
 }
 
 export const opcodeOf = (bhs: Buffer) => bhs[0] & 0x3f

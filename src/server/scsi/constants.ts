@@ -93,6 +93,7 @@ export const ASC = {
   CAPACITY_DATA_HAS_CHANGED: [0x2a, 0x09],
   SAVING_PARAMETERS_NOT_SUPPORTED: [0x39, 0x00],
   INTERNAL_TARGET_FAILURE: [0x44, 0x00],
+  PROTOCOL_SERVICE_CRC_ERROR: [0x47, 0x05],
   DATA_PHASE_ERROR: [0x4b, 0x00],
 } as const satisfies Record<string, readonly [number, number]>
 
