@@ -1,7 +1,7 @@
 /**
  * `npm run bench`: Tandem beside its peers on the same work, alternating, in one run.
  * Prints medians and ratios (Tandem time / peer time: below 1.0 means Tandem is faster).
- * Options (env): BENCH_DIR (default ./bench-work), BENCH_REPS (default 3), BENCH_ONLY=disk|nbd|locks,
+ * Options (env): BENCH_DIR (default ./bench-work), BENCH_REPS (default 3), BENCH_ONLY=disk|nbd|iscsi|locks,
  * BENCH_FIO_SECONDS (default 4). For throughput (MiB/s, IOPS) the ratio is Tandem/peer: above 1 is faster.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
@@ -133,13 +133,14 @@ interface Served {
 }
 
 const NBD_PORT = 10900
+const ISCSI_PORT = 13900
 
 function waitExit(child: ChildProcess): Promise<void> {
   return new Promise((r) => (child.exitCode !== null || child.signalCode !== null ? r() : child.once('exit', () => r())))
 }
 
 async function serveTandem(ds: string): Promise<Served> {
-  const child = spawn(process.execPath, [CLI, 'serve', '--datastore', ds, '--nbd-port', String(NBD_PORT), '--http-port', '0', '--log-level', 'warn'], { stdio: ['ignore', 'pipe', 'inherit'] })
+  const child = spawn(process.execPath, [CLI, 'serve', '--datastore', ds, '--nbd-port', String(NBD_PORT), '--iscsi-port', String(ISCSI_PORT), '--http-port', '0', '--log-level', 'warn'], { stdio: ['ignore', 'pipe', 'inherit'] })
   // ready when the NBD port answers
   for (let i = 0; i < 100; i++) {
     if (spawnSync('nbdinfo', ['--size', `nbd://127.0.0.1:${NBD_PORT}/bench`]).status === 0) break
@@ -190,19 +191,15 @@ function nbdcopySeconds(src: string, dst: string): number {
   return run('nbdcopy', [src, dst]).seconds
 }
 
-async function nbdBench() {
-  for (const tool of ['qemu-nbd', 'nbdcopy', 'nbdinfo', 'fio']) {
-    if (!have(tool)) {
-      console.log(`nbd: SKIP (${tool} not installed: scripts/install-peers.sh)`)
-      return
-    }
-  }
-  const d = join(DIR, 'nbd')
+/**
+ * A 1 GiB disk, fully written with random data, in a fresh Tandem datastore under `d`; the peers
+ * serve the very same VMDK file (`vmdk`) or a raw copy of it (`raw`); `src` is another raw copy.
+ */
+async function benchDisk(d: string): Promise<{ ds: string; vmdk: string; raw: string; src: string }> {
   rmSync(d, { recursive: true, force: true })
   mkdirSync(d, { recursive: true })
   const ds = join(d, 'ds')
   const SIZE = 1 << 30
-  // A 1 GiB disk, fully written, in a Tandem datastore; qemu-nbd serves the very same VMDK file.
   const { Datastore } = await import('../../src/server/datastore/index.js')
   const store = await Datastore.open(ds)
   await store.createDisk('bench', SIZE)
@@ -219,6 +216,18 @@ async function nbdBench() {
   run('qemu-img', ['convert', '-O', 'raw', vmdk, raw])
   const src = join(d, 'src.raw')
   run('qemu-img', ['convert', '-O', 'raw', vmdk, src])
+  return { ds, vmdk, raw, src }
+}
+
+async function nbdBench() {
+  for (const tool of ['qemu-nbd', 'nbdcopy', 'nbdinfo', 'fio']) {
+    if (!have(tool)) {
+      console.log(`nbd: SKIP (${tool} not installed: scripts/install-peers.sh)`)
+      return
+    }
+  }
+  const d = join(DIR, 'nbd')
+  const { ds, vmdk, raw, src } = await benchDisk(d)
   const qemuUri = `nbd://127.0.0.1:${NBD_PORT}/bench`
   const sides: [string, () => Promise<Served>][] = [
     ['tandem', () => serveTandem(ds)],
@@ -255,6 +264,104 @@ async function nbdBench() {
     const q = median(r['qemu-nbd'])
     const k = r['nbdkit-file(raw)'] ? `   nbdkit-file(raw) ${median(r['nbdkit-file(raw)']).toFixed(0)}` : ''
     console.log(`${label.padEnd(36)} tandem ${t.toFixed(0)} ${unit}   qemu-nbd ${q.toFixed(0)}${k}   tandem/qemu-nbd ${(t / q).toFixed(2)}x`)
+  }
+  rmSync(d, { recursive: true, force: true })
+}
+
+// ---- iSCSI: Tandem beside tgtd (reference/peers.md), load from scripts/bench/iscsi-load.c ----
+
+/** Polls until `iscsi-inq` answers on `url`. */
+async function iscsiReady(url: string): Promise<void> {
+  for (let i = 0; i < 100; i++) {
+    if (spawnSync('iscsi-inq', [url], { stdio: 'ignore' }).status === 0) return
+    await new Promise((r) => setTimeout(r, 100))
+  }
+  throw new Error(`no iSCSI target answered at ${url}`)
+}
+
+async function iscsiBench() {
+  for (const tool of ['tgtd', 'tgtadm', 'iscsi-inq', 'cc', 'qemu-img']) {
+    if (!have(tool)) {
+      console.log(`iscsi: SKIP (${tool} not installed: scripts/install-peers.sh)`)
+      return
+    }
+  }
+  const d = join(DIR, 'iscsi')
+  const { ds, raw } = await benchDisk(d)
+  const load = join(d, 'iscsi-load')
+  const cc = spawnSync('cc', ['-O2', '-o', load, join(ROOT, 'scripts', 'bench', 'iscsi-load.c'), '-liscsi'], { encoding: 'utf8' })
+  if (cc.status !== 0) {
+    console.log(`iscsi: SKIP (cannot build the load generator; libiscsi-dev missing? ${cc.stderr.trim()})`)
+    return
+  }
+  const TGT_CONTROL = '39'
+  const sides: [string, () => Promise<Served>][] = [
+    [
+      'tandem',
+      async () => {
+        const srv = await serveTandem(ds)
+        const url = `iscsi://127.0.0.1:${ISCSI_PORT}/iqn.2026-11.local.tandem:bench/0`
+        await iscsiReady(url)
+        return { uri: url, stop: srv.stop }
+      },
+    ],
+    [
+      'tgtd',
+      async () => {
+        const child = spawn('tgtd', ['-f', '-C', TGT_CONTROL, '--iscsi', `portal=127.0.0.1:${ISCSI_PORT}`], { stdio: ['ignore', 'ignore', 'ignore'] })
+        const adm = (...a: string[]) => {
+          for (let i = 0; i < 50; i++) {
+            if (spawnSync('tgtadm', ['-C', TGT_CONTROL, '--lld', 'iscsi', ...a], { stdio: 'ignore' }).status === 0) return
+            spawnSync('sleep', ['0.1'])
+          }
+          throw new Error(`tgtadm ${a.join(' ')} failed`)
+        }
+        adm('--op', 'new', '--mode', 'target', '--tid', '1', '-T', 'iqn.2026-11.local.bench:tgt')
+        adm('--op', 'new', '--mode', 'logicalunit', '--tid', '1', '--lun', '1', '-b', raw)
+        adm('--op', 'bind', '--mode', 'target', '--tid', '1', '-I', 'ALL')
+        const url = `iscsi://127.0.0.1:${ISCSI_PORT}/iqn.2026-11.local.bench:tgt/1`
+        await iscsiReady(url)
+        return {
+          uri: url,
+          stop: async () => {
+            // tgtd does not end on SIGTERM while it has targets
+            child.kill('SIGKILL')
+            await waitExit(child)
+          },
+        }
+      },
+    ],
+  ]
+  const secs = String(Number(process.env.BENCH_FIO_SECONDS ?? 4))
+  const gen = (url: string, mode: string, bs: number, qd: number, key: 'mibps' | 'iops') => {
+    const r = spawnSync(load, [url, mode, String(bs), String(qd), secs], { encoding: 'utf8' })
+    if (r.status !== 0) throw new Error(`iscsi-load ${mode} failed: ${r.stderr}`)
+    return (JSON.parse(r.stdout) as Record<string, number>)[key]
+  }
+  const work: [string, 'MiB/s' | 'IOPS', (url: string) => number][] = [
+    ['1 MiB sequential read QD32', 'MiB/s', (u) => gen(u, 'read', 1 << 20, 32, 'mibps')],
+    ['1 MiB sequential write QD32', 'MiB/s', (u) => gen(u, 'write', 1 << 20, 32, 'mibps')],
+    ['4k random read QD1', 'IOPS', (u) => gen(u, 'randread', 4096, 1, 'iops')],
+    ['4k random read QD32', 'IOPS', (u) => gen(u, 'randread', 4096, 32, 'iops')],
+    ['4k random write QD1', 'IOPS', (u) => gen(u, 'randwrite', 4096, 1, 'iops')],
+    ['4k random write QD32', 'IOPS', (u) => gen(u, 'randwrite', 4096, 32, 'iops')],
+  ]
+  const results: Record<string, Record<string, number[]>> = {}
+  for (let rep = 0; rep < REPS; rep++) {
+    const order = rep % 2 === 0 ? sides : [...sides].reverse()
+    for (const [name, start] of order) {
+      const srv = await start()
+      try {
+        for (const [label, , fn] of work) ((results[label] ??= {})[name] ??= []).push(fn(srv.uri))
+      } finally {
+        await srv.stop()
+      }
+    }
+  }
+  for (const [label, unit] of work) {
+    const t = median(results[label].tandem)
+    const g = median(results[label].tgtd)
+    console.log(`${label.padEnd(36)} tandem ${t.toFixed(0)} ${unit}   tgtd(raw) ${g.toFixed(0)}   tandem/tgtd ${(t / g).toFixed(2)}x`)
   }
   rmSync(d, { recursive: true, force: true })
 }
@@ -390,5 +497,6 @@ const only = process.env.BENCH_ONLY
 console.log(`Tandem benchmarks — ${REPS} runs each side, alternating, medians; ratio = Tandem/peer time (< 1 is faster)`)
 if (!only || only === 'disk') await diskBench()
 if (!only || only === 'nbd') await nbdBench()
+if (!only || only === 'iscsi') await iscsiBench()
 if (!only || only === 'locks') await locksBench()
 if (existsSync(DIR) && readdirSync(DIR).length === 0) rmSync(DIR, { recursive: true, force: true })

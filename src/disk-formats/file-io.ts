@@ -5,16 +5,22 @@ import { fromSystemError } from './errors.js'
 /**
  * Adaptive I/O. A small pread/pwrite served from the page cache takes a few microseconds, but
  * going through libuv's thread pool costs ~40 µs of hand-off — most of a QD1 request's latency.
- * So requests up to SYNC_MAX bytes are done synchronously while they stay fast; one that takes
- * longer than SLOW_NS (a cache miss, write throttling) sends all I/O to the thread pool for
- * ASYNC_HOLD_MS, so a slow disk cannot stall the event loop again and again.
+ * So requests up to SYNC_MAX bytes are done synchronously while they stay fast. When SLOW_STRIKES
+ * of them within STRIKE_WINDOW_MS take longer than SLOW_NS (cache misses, write throttling), all
+ * I/O goes to the thread pool for ASYNC_HOLD_MS, so a slow disk cannot stall the event loop again
+ * and again. One slow call alone is not enough: on a busy machine the process is sometimes
+ * preempted in the middle of a fast call, which is no reason to give up the fast path for a second.
  * TANDEM_SYNC_IO=0 turns the fast path off.
  */
 const SYNC_MAX = 64 * 1024
-const SLOW_NS = 200_000n
+const SLOW_NS = 300_000n
+const SLOW_STRIKES = 3
+const STRIKE_WINDOW_MS = 100
 const ASYNC_HOLD_MS = 1000
 const syncEnabled = process.env.TANDEM_SYNC_IO !== '0'
 let asyncUntil = 0
+let strikes = 0
+let firstStrikeAt = 0
 
 function trySync(length: number): boolean {
   return syncEnabled && length <= SYNC_MAX && (asyncUntil === 0 || performance.now() >= asyncUntil)
@@ -23,7 +29,17 @@ function trySync(length: number): boolean {
 function timed<T>(fn: () => T): T {
   const t0 = process.hrtime.bigint()
   const r = fn()
-  if (process.hrtime.bigint() - t0 > SLOW_NS) asyncUntil = performance.now() + ASYNC_HOLD_MS
+  if (process.hrtime.bigint() - t0 > SLOW_NS) {
+    const now = performance.now()
+    if (now - firstStrikeAt > STRIKE_WINDOW_MS) {
+      firstStrikeAt = now
+      strikes = 0
+    }
+    if (++strikes >= SLOW_STRIKES) {
+      asyncUntil = now + ASYNC_HOLD_MS
+      strikes = 0
+    }
+  }
   return r
 }
 

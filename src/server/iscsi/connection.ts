@@ -55,6 +55,8 @@ const TARGET_FIRST_BURST = 262144
 /** Largest data-out buffer a command may ask for: the SCSI layer's maximum transfer (32 MiB) doubled for COMPARE AND WRITE. */
 const MAX_EXPECTED_DATA = 64 * 1024 * 1024
 const CMD_WINDOW = 64
+/** Data segments at least this long are written without being copied into one buffer with their header. */
+const LARGE_SEGMENT = 32 * 1024
 
 /** ABORTED COMMAND, PROTOCOL SERVICE CRC ERROR: the command's data failed its digest. */
 const crcErrorSense = () => senseData(new SenseError(S.ABORTED_COMMAND, 'PROTOCOL_SERVICE_CRC_ERROR'))
@@ -183,7 +185,14 @@ export class IscsiConnection {
         parts.push(d)
       }
     }
-    this.sock.write(parts.length === 1 ? bhs : Buffer.concat(parts))
+    if (parts.length === 1) this.sock.write(bhs)
+    else if (data.length < LARGE_SEGMENT) this.sock.write(Buffer.concat(parts))
+    else {
+      // a large segment is not copied: the parts go out in one writev
+      this.sock.cork()
+      for (const p of parts) this.sock.write(p)
+      this.sock.uncork()
+    }
   }
 
   /** Fills StatSN/ExpCmdSN/MaxCmdSN at 24/28/32; advances StatSN when `advance`. */
@@ -248,7 +257,15 @@ export class IscsiConnection {
             this.loginResponse(bhs, false, csg, nsg, 0x02, 0x07, [])
             throw new ProtocolError('normal session login without TargetName')
           }
-          const t = await this.dir.openTarget(tn, name)
+          let t: Awaited<ReturnType<TargetDirectory['openTarget']>>
+          try {
+            t = await this.dir.openTarget(tn, name)
+          } catch (e) {
+            // the disk exists but cannot be opened (corrupt, broken chain): Target Error, with the reason logged
+            this.log.warn({ target: tn, err: e instanceof Error ? e.message : String(e) }, 'iscsi: target cannot be opened')
+            this.loginResponse(bhs, false, csg, nsg, 0x03, 0x00, [])
+            throw new ProtocolError(`target '${tn}' cannot be opened`)
+          }
           if ('refused' in t) {
             this.loginResponse(bhs, false, csg, nsg, 0x02, t.refused === 'not-found' ? 0x03 : 0x02, [])
             throw new ProtocolError(`target '${tn}' ${t.refused} for '${name}'`)

@@ -1,6 +1,7 @@
 import t from 'tap'
 import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { open } from 'node:fs/promises'
 import { needs, run, runOk, tmp, pattern } from '../../helpers/peers.js'
 import { startServer } from '../../helpers/server.js'
 
@@ -76,4 +77,19 @@ t.test('CRC32C header digests, as libiscsi negotiates them', needs('iscsi-inq', 
     const m = /^\s+tests\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)/m.exec(r.stdout)
     t.ok(m && Number(m[3]) > 0 && Number(m[4]) === 0, `${suite} over a digest-protected session: ${m?.[0]?.trim()}`)
   }
+})
+
+t.test('a disk that cannot be opened: login ends with Target Error, other targets carry on', needs('iscsi-inq'), async (t) => {
+  const s = await startServer(t)
+  await s.ds.createDisk('broken', 1 << 20)
+  await s.ds.createDisk('fine', 1 << 20)
+  const f = join(s.dir, 'broken', 'l-0000.vmdk')
+  const fh = await open(f, 'r+')
+  await fh.write(Buffer.alloc(512), 0, 512, 0) // no KDMV magic, no descriptor
+  await fh.close()
+  const bad = await run('iscsi-inq', [`iscsi://127.0.0.1:${s.iscsiPort}/iqn.2026-11.local.tandem:broken/0`])
+  t.not(bad.status, 0)
+  t.match(bad.stderr + bad.stdout, /Target error/, `libiscsi reports the login status: ${bad.stderr.trim()}`)
+  const ok = await run('iscsi-inq', [`iscsi://127.0.0.1:${s.iscsiPort}/iqn.2026-11.local.tandem:fine/0`])
+  t.equal(ok.status, 0, 'another target still logs in')
 })
