@@ -2,6 +2,7 @@
 import { Command, CommanderError } from 'commander'
 import { diskCommand } from './disk.js'
 import { lockCommand } from './lock.js'
+import { vmCommand } from './vm.js'
 import { reportError } from './errors.js'
 
 /** Runs an action; its number (or 0) becomes the exit status; errors become one line on stderr. */
@@ -21,6 +22,7 @@ export function buildProgram(): Command {
     .exitOverride()
   program.addCommand(diskCommand(run))
   program.addCommand(lockCommand(run))
+  program.addCommand(vmCommand(run))
   const env = process.env
   const port = (v: string) => {
     const n = Number(v)

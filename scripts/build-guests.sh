@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Builds the VM guests (guests/*.elf) from guests/src with Debian's riscv64-unknown-elf-gcc
+# (package gcc-riscv64-unknown-elf). The built images are committed, so tests need no cross
+# compiler; run this after changing a guest and commit the result.
+set -euo pipefail
+cd "$(dirname "$0")/../guests"
+CC=${CC:-riscv64-unknown-elf-gcc}
+if ! command -v "$CC" >/dev/null; then
+  echo "build-guests: $CC not found (apt-get install gcc-riscv64-unknown-elf)" >&2
+  exit 1
+fi
+CFLAGS=(-march=rv32im -mabi=ilp32 -O2 -ffreestanding -nostdlib -fno-builtin -fno-pic -mcmodel=medany
+  -Wall -Wextra -Werror -DTANDEM_GUEST -ffunction-sections -fdata-sections)
+for g in cpu memdirty diskio ticker; do
+  "$CC" "${CFLAGS[@]}" -T src/link.ld -Wl,--gc-sections -Wl,--build-id=none -Wl,--no-warn-rwx-segments \
+    -o "$g.elf" src/crt0.S src/rt.c "src/$g.c" -lgcc
+  echo "build-guests: $g.elf ($(stat -c %s "$g.elf") bytes)"
+done

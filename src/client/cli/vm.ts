@@ -1,0 +1,87 @@
+import { Command } from 'commander'
+import { openImage, StorageError, type BlockDevice } from '../../disk-formats/index.js'
+import { parseSize } from './size.js'
+
+/** Exit statuses of `tandem vm run` besides the guest's own exit code. */
+export const VM_EXIT = { LIMIT: 124, FAULT: 125, HALT: 126, REPLAY: 127 } as const
+
+export function vmCommand(run: (fn: () => Promise<number | void>) => Promise<void>): Command {
+  const vm = new Command('vm').description('lightweight deterministic VMs (RV32IM) with a SCSI disk, record and replay')
+  vm.command('run')
+    .description('run a guest to its end; print its console, then a summary')
+    .requiredOption('--guest <name|file>', 'a committed guest (cpu, memdirty, diskio, ticker) or an RV32 ELF file')
+    .option('--memory <size>', 'guest RAM (e.g. 64M; a multiple of 4 KiB, at most 1G)', '64M')
+    .option('--disk <path>', 'the virtual SCSI disk: a VMDK (chain) or raw file, written in place')
+    .option('--record <log>', 'write every non-deterministic input to this event log')
+    .option('--replay <log>', 'replay a recorded run from its event log (the disk must hold what it held when recording began)')
+    .option('--max-instructions <n>', 'stop after this many instructions')
+    .option('--json', 'print the console on stderr and one JSON summary on stdout')
+    .addHelpText(
+      'after',
+      `
+The summary: instructions, seconds, MIPS, exit code, a SHA-256 of memory, registers and device
+state, and a SHA-256 of the console output. A replay ends with the same hashes as its recording.
+Exit status: the guest's own exit code; ${VM_EXIT.LIMIT} at --max-instructions; ${VM_EXIT.FAULT} for a trap the
+guest does not handle; ${VM_EXIT.HALT} when it waits for an interrupt that cannot come; ${VM_EXIT.REPLAY} when a replay
+diverges from its log or the log is damaged.`,
+    )
+    .action((o) =>
+      run(async () => {
+        const { runVm } = await import('../vm/run.js')
+        if (o.record && o.replay) throw new StorageError('InvalidArgument', '--record and --replay cannot be used together')
+        const memory = parseSize(o.memory)
+        let max: number | undefined
+        if (o.maxInstructions !== undefined) {
+          max = Number(o.maxInstructions)
+          if (!Number.isSafeInteger(max) || max <= 0) throw new StorageError('InvalidArgument', `invalid instruction count '${o.maxInstructions}'`)
+        }
+        let disk: BlockDevice | undefined
+        if (o.disk) disk = await openImage(o.disk)
+        const out = o.json ? process.stderr : process.stdout
+        let pending: number[] = []
+        const flush = () => {
+          if (pending.length) out.write(Buffer.from(pending))
+          pending = []
+        }
+        try {
+          const s = await runVm({
+            guest: o.guest,
+            memory,
+            disk,
+            record: o.record,
+            replay: o.replay,
+            maxInstructions: max,
+            onConsole: (b) => {
+              pending.push(b)
+              if (b === 10 || pending.length >= 256) flush()
+            },
+          })
+          flush()
+          const summary = {
+            guest: o.guest,
+            end: s.end,
+            exitCode: s.exitCode,
+            instructions: s.instructions,
+            seconds: Number(s.seconds.toFixed(3)),
+            mips: Number(s.mips.toFixed(1)),
+            interrupts: s.interrupts,
+            events: s.events,
+            stateHash: s.stateHash,
+            consoleHash: s.consoleHash,
+            ...(s.message ? { message: s.message } : {}),
+          }
+          if (o.json) process.stdout.write(JSON.stringify(summary) + '\n')
+          else {
+            process.stderr.write(`tandem vm: ${s.end}${s.exitCode !== null ? ` (exit code ${s.exitCode})` : ''}: ${s.instructions} instructions in ${s.seconds.toFixed(3)} s, ${s.mips.toFixed(1)} MIPS, ${s.interrupts} interrupts, ${s.events} events\n`)
+            if (s.message) process.stderr.write(`tandem vm: ${s.message}\n`)
+            process.stderr.write(`tandem vm: state ${s.stateHash}\ntandem vm: console ${s.consoleHash}\n`)
+          }
+          if (s.end === 'exit') return s.exitCode ?? 0
+          return s.end === 'limit' ? VM_EXIT.LIMIT : s.end === 'fault' ? VM_EXIT.FAULT : s.end === 'halt' ? VM_EXIT.HALT : VM_EXIT.REPLAY
+        } finally {
+          await disk?.close()
+        }
+      }),
+    )
+  return vm
+}

@@ -1,0 +1,160 @@
+import { readFile } from 'node:fs/promises'
+import { crc32c } from '../../disk-formats/lock-region/crc32c.js'
+
+/**
+ * The event log of a recorded run (SPEC.md §Event log). Every non-deterministic input is a
+ * record at an exact retired-instruction count:
+ *
+ *   file   = header record*
+ *   header = "TNDMVLOG" u32 version(1) u32 memoryBytes 32 imageSha256          (48 bytes)
+ *   record = u8 kind  u8 arg  u16 0  f64 instret  u32 value  u32 crc32c(first 16 bytes)   (20 bytes)
+ *
+ * Values read by the guest (time, entropy, RTC) are replayed from the log; interrupts and disk
+ * completions are delivered at the logged count; the disk's data comes from the disk itself.
+ */
+export const EVENT = {
+  /** a 32-bit read of the timer (arg: 0 mtime low, 1 mtime high, 2 time CSR, 3 timeh CSR) */
+  TIME: 1,
+  /** a 32-bit read of the entropy register */
+  ENTROPY: 2,
+  /** a 32-bit read of the real-time clock (arg: 0 low, 1 high) */
+  RTC: 3,
+  /** an interrupt-pending bit changes (arg: irq number, value: 0 or 1) */
+  IRQ: 4,
+  /** disk requests complete (value: how many, in submission order) */
+  DISK: 5,
+  /** the end of the run (value: exit code); instret: the final count */
+  END: 6,
+} as const
+export type EventKind = (typeof EVENT)[keyof typeof EVENT]
+export const EVENT_NAMES: Record<number, string> = { 1: 'time read', 2: 'entropy read', 3: 'clock read', 4: 'interrupt', 5: 'disk completion', 6: 'end of run' }
+
+export const LOG_MAGIC = 'TNDMVLOG'
+export const LOG_VERSION = 1
+export const HEADER_BYTES = 48
+export const RECORD_BYTES = 20
+
+export interface LogEvent {
+  kind: number
+  arg: number
+  instret: number
+  value: number
+}
+
+/** A replay that cannot go on: the log and the guest disagree, or the log is damaged. */
+export class ReplayError extends Error {
+  constructor(
+    message: string,
+    readonly instret: number,
+  ) {
+    super(message)
+    this.name = 'ReplayError'
+  }
+}
+
+export function encodeHeader(memoryBytes: number, imageSha: Buffer): Buffer {
+  const b = Buffer.alloc(HEADER_BYTES)
+  b.write(LOG_MAGIC, 0, 'latin1')
+  b.writeUInt32LE(LOG_VERSION, 8)
+  b.writeUInt32LE(memoryBytes, 12)
+  imageSha.copy(b, 16, 0, 32)
+  return b
+}
+
+export function encodeEvent(e: LogEvent, into: Buffer, at: number): void {
+  into[at] = e.kind
+  into[at + 1] = e.arg
+  into.writeUInt16LE(0, at + 2)
+  into.writeDoubleLE(e.instret, at + 4)
+  into.writeUInt32LE(e.value >>> 0, at + 12)
+  into.writeUInt32LE(crc32c(into.subarray(at, at + 16)), at + 16)
+}
+
+/** Collects events in memory; `bytes()` is the whole log. */
+export class EventRecorder {
+  private chunks: Buffer[] = []
+  private cur = Buffer.alloc(RECORD_BYTES * 4096)
+  private used = 0
+  count = 0
+
+  constructor(private readonly header: Buffer) {}
+
+  add(kind: EventKind, arg: number, instret: number, value: number): void {
+    if (this.used + RECORD_BYTES > this.cur.length) {
+      this.chunks.push(this.cur.subarray(0, this.used))
+      this.cur = Buffer.alloc(this.cur.length)
+      this.used = 0
+    }
+    encodeEvent({ kind, arg, instret, value }, this.cur, this.used)
+    this.used += RECORD_BYTES
+    this.count++
+  }
+
+  bytes(): Buffer {
+    return Buffer.concat([this.header, ...this.chunks, this.cur.subarray(0, this.used)])
+  }
+}
+
+/** Reads a log back, record by record, checking each one as it is reached. */
+export class EventReplayer {
+  private index = 0
+  readonly records: number
+
+  private constructor(
+    private readonly buf: Buffer,
+    readonly file: string,
+  ) {
+    this.records = Math.floor((buf.length - HEADER_BYTES) / RECORD_BYTES)
+  }
+
+  static async open(file: string, memoryBytes: number, imageSha: Buffer): Promise<EventReplayer> {
+    let buf: Buffer
+    try {
+      buf = await readFile(file)
+    } catch (e) {
+      throw new ReplayError(`cannot read the replay log '${file}': ${(e as Error).message}`, 0)
+    }
+    if (buf.length < HEADER_BYTES || buf.toString('latin1', 0, 8) !== LOG_MAGIC) throw new ReplayError(`'${file}' is not a Tandem VM event log (no ${LOG_MAGIC} header)`, 0)
+    const version = buf.readUInt32LE(8)
+    if (version !== LOG_VERSION) throw new ReplayError(`'${file}': event log version ${version}, expected ${LOG_VERSION}`, 0)
+    const mem = buf.readUInt32LE(12)
+    if (mem !== memoryBytes) throw new ReplayError(`'${file}' was recorded with ${mem} bytes of memory, this run has ${memoryBytes}`, 0)
+    if (!buf.subarray(16, 48).equals(imageSha)) throw new ReplayError(`'${file}' was recorded with a different guest image`, 0)
+    return new EventReplayer(buf, file)
+  }
+
+  /** The next event, checked (CRC, order), without consuming it; null at the end of the log. */
+  peek(): LogEvent | null {
+    if (this.index >= this.records) return null
+    const at = HEADER_BYTES + this.index * RECORD_BYTES
+    const b = this.buf
+    if (b.readUInt32LE(at + 16) !== crc32c(b.subarray(at, at + 16))) {
+      throw new ReplayError(`'${this.file}': record ${this.index} (byte ${at}) is corrupt (CRC mismatch)`, this.lastInstret())
+    }
+    const e = { kind: b[at], arg: b[at + 1], instret: b.readDoubleLE(at + 4), value: b.readUInt32LE(at + 12) }
+    if (!Number.isSafeInteger(e.instret) || e.instret < this.lastInstret() || !EVENT_NAMES[e.kind]) {
+      throw new ReplayError(`'${this.file}': record ${this.index} (byte ${at}) is corrupt (kind ${e.kind}, instruction ${e.instret})`, this.lastInstret())
+    }
+    return e
+  }
+
+  next(): LogEvent | null {
+    const e = this.peek()
+    if (e) this.index++
+    return e
+  }
+
+  private lastInstret(): number {
+    if (this.index === 0) return 0
+    return this.buf.readDoubleLE(HEADER_BYTES + (this.index - 1) * RECORD_BYTES + 4)
+  }
+
+  /** Whether the log ended early (a partial record at the end means it was cut). */
+  get truncated(): boolean {
+    return (this.buf.length - HEADER_BYTES) % RECORD_BYTES !== 0
+  }
+
+  get position(): number {
+    return this.index
+  }
+}

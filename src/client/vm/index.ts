@@ -1,0 +1,6 @@
+export { Memory, RAM_BASE, PAGE_SIZE } from './memory.js'
+export { Hart, CAUSE, IRQ, causeName, type Bus, type StopReason, type Fault } from './hart.js'
+export { Machine, MMIO, TIMEBASE_HZ, systemClock, type MachineOptions, type RunSummary, type HostClock } from './machine.js'
+export { EventRecorder, EventReplayer, ReplayError, encodeHeader, EVENT } from './events.js'
+export { loadElf, ImageError } from './elf.js'
+export { guestPath, runVm, type VmRunOptions } from './run.js'

@@ -1,0 +1,60 @@
+import { existsSync } from 'node:fs'
+import { readFile, writeFile } from 'node:fs/promises'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import type { BlockDevice } from '../../disk-formats/index.js'
+import { LogicalUnit } from '../../server/scsi/index.js'
+import { EventRecorder, EventReplayer, ReplayError, encodeHeader } from './events.js'
+import { Machine, type RunSummary } from './machine.js'
+import { createHash } from 'node:crypto'
+
+/** The committed guest images (built by scripts/build-guests.sh). */
+const GUESTS = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', '..', 'guests')
+export const GUEST_NAMES = ['cpu', 'memdirty', 'diskio', 'ticker']
+
+/** A guest name (`cpu`) → its committed image; anything else is taken as a file. */
+export function guestPath(guest: string): string {
+  if (/^[a-z0-9_-]+$/.test(guest) && !existsSync(guest)) {
+    const p = join(GUESTS, `${guest}.elf`)
+    if (existsSync(p)) return p
+    throw new Error(`no guest named '${guest}' (guests: ${GUEST_NAMES.join(', ')}; or give a file)`)
+  }
+  return guest
+}
+
+export interface VmRunOptions {
+  guest: string
+  memory: number
+  disk?: BlockDevice
+  record?: string
+  replay?: string
+  maxInstructions?: number
+  onConsole?: (b: number) => void
+}
+
+/** Runs a guest to its end; with `record`, writes the event log; with `replay`, follows one. */
+export async function runVm(o: VmRunOptions): Promise<RunSummary> {
+  const file = guestPath(o.guest)
+  let image: Buffer
+  try {
+    image = await readFile(file)
+  } catch (e) {
+    throw new Error(`cannot read the guest image '${file}': ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`)
+  }
+  const sha = createHash('sha256').update(image).digest()
+  const record = o.record ? new EventRecorder(encodeHeader(o.memory, sha)) : undefined
+  let replay: EventReplayer | undefined
+  if (o.replay) {
+    try {
+      replay = await EventReplayer.open(o.replay, o.memory, sha)
+    } catch (e) {
+      if (e instanceof ReplayError) throw new Error(e.message)
+      throw e
+    }
+  }
+  const lu = o.disk ? new LogicalUnit(o.disk, { serial: 'tandem-vm-disk' }) : undefined
+  const m = new Machine({ image, imageName: file, memory: o.memory, disk: lu, record, replay, maxInstructions: o.maxInstructions, onConsole: o.onConsole })
+  const summary = await m.run()
+  if (record && o.record) await writeFile(o.record, record.bytes())
+  return summary
+}
