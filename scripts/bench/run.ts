@@ -1,7 +1,7 @@
 /**
  * `npm run bench`: Tandem beside its peers on the same work, alternating, in one run.
  * Prints medians and ratios (Tandem time / peer time: below 1.0 means Tandem is faster).
- * Options (env): BENCH_DIR (default ./bench-work), BENCH_REPS (default 3), BENCH_ONLY=disk|nbd|iscsi|locks,
+ * Options (env): BENCH_DIR (default ./bench-work), BENCH_REPS (default 3), BENCH_ONLY=disk|nbd|iscsi|locks|vm,
  * BENCH_FIO_SECONDS (default 4). For throughput (MiB/s, IOPS) the ratio is Tandem/peer: above 1 is faster.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
@@ -366,6 +366,59 @@ async function iscsiBench() {
   rmSync(d, { recursive: true, force: true })
 }
 
+// ---- VM engine: MIPS on the cpu guest beside qemu-system-riscv32; cost of record, speed of replay ----
+
+async function vmBench() {
+  const d = join(DIR, 'vm')
+  rmSync(d, { recursive: true, force: true })
+  mkdirSync(d, { recursive: true })
+  const vmRun = (...args: string[]) => {
+    const r = spawnSync(process.execPath, [CLI, 'vm', 'run', '--json', ...args], { encoding: 'utf8' })
+    if (r.status !== 0) throw new Error(`tandem vm run ${args.join(' ')} failed: ${r.stderr}`)
+    return JSON.parse(r.stdout) as { instructions: number; seconds: number; mips: number }
+  }
+  const cpuElf = join(ROOT, 'guests', 'cpu.elf')
+  const tandemMips: number[] = []
+  const qemuMips: number[] = []
+  const withQemu = have('qemu-system-riscv32')
+  for (let i = 0; i < REPS; i++) {
+    const order = i % 2 === 0 ? ['t', 'q'] : ['q', 't']
+    for (const side of order) {
+      if (side === 't') tandemMips.push(vmRun('--guest', 'cpu').mips)
+      else if (withQemu) {
+        const n = vmRun('--guest', 'cpu', '--max-instructions', '1000000000').instructions
+        const secs = run('qemu-system-riscv32', ['-machine', 'virt', '-bios', 'none', '-m', '64M', '-nographic', '-monitor', 'none', '-serial', 'null', '-kernel', cpuElf]).seconds
+        qemuMips.push(n / secs / 1e6)
+      }
+    }
+  }
+  const t = median(tandemMips)
+  const q = withQemu ? ` qemu-system-riscv32 (TCG, whole process) ${median(qemuMips).toFixed(0)} MIPS   tandem/qemu ${(t / median(qemuMips)).toFixed(2)}x` : '   qemu-system-riscv32: SKIP (not installed)'
+  console.log(`${'cpu guest'.padEnd(36)} tandem ${t.toFixed(0)} MIPS (goal >= 100)${q}`)
+  // ticker: 10^8 instructions with timer interrupts, time, entropy and clock reads
+  const plain: number[] = []
+  const rec: number[] = []
+  const rep: number[] = []
+  const log = join(d, 'ticker.log')
+  vmRun('--guest', 'ticker', '--record', log) // the log every replay below follows
+  const modes: [number[], string[]][] = [
+    [plain, []],
+    [rec, ['--record', join(d, 'again.log')]],
+    [rep, ['--replay', log]],
+  ]
+  // single runs vary by +-10 % here; many runs in rotating order, medians
+  const reps = Math.max(REPS, 7)
+  for (let i = 0; i < reps; i++) {
+    for (let k = 0; k < 3; k++) {
+      const [into, args] = modes[(i + k) % 3]
+      into.push(vmRun('--guest', 'ticker', ...args).mips)
+    }
+  }
+  const [p, r, y] = [median(plain), median(rec), median(rep)]
+  console.log(`${'ticker guest, plain / record / replay'.padEnd(36)} ${p.toFixed(0)} / ${r.toFixed(0)} / ${y.toFixed(0)} MIPS   recording costs ${(((p - r) / p) * 100).toFixed(1)} % (goal < 5 %)   replay at ${((y / r) * 100).toFixed(0)} % of recording (goal >= 90 %)`)
+  rmSync(d, { recursive: true, force: true })
+}
+
 // ---- Locks: Tandem beside sanlock (reference/peers.md) ----
 
 async function locksBench() {
@@ -499,4 +552,5 @@ if (!only || only === 'disk') await diskBench()
 if (!only || only === 'nbd') await nbdBench()
 if (!only || only === 'iscsi') await iscsiBench()
 if (!only || only === 'locks') await locksBench()
+if (!only || only === 'vm') await vmBench()
 if (existsSync(DIR) && readdirSync(DIR).length === 0) rmSync(DIR, { recursive: true, force: true })

@@ -294,7 +294,9 @@ export class Machine {
       this.completed = (this.completed + 1) >>> 0
     }
     if (count > 0 && !this.hbaIrq) {
+      // the completion raises the HBA's interrupt; the DISK event stands for it in the log
       this.hbaIrq = true
+      this.interrupts++
       this.hart.setPending(IRQ.MEI, true)
     }
   }
@@ -317,7 +319,6 @@ export class Machine {
       if (ready > 0) {
         this.opts.record?.add(EVENT.DISK, 0, this.hart.instret, ready)
         await this.completeDisk(ready)
-        if (this.hbaIrq && !(this.hart.mip & (1 << IRQ.MEI))) this.setIrq(IRQ.MEI, true)
       }
       const timerDue = this.mtime() >= this.mtimecmp
       this.setIrq(IRQ.MTI, timerDue)
@@ -353,7 +354,7 @@ export class Machine {
         let limit = Math.min(this.hart.instret + SLICE, max)
         const next = replay?.peek()
         if (replay && next && next.instret < limit && next.kind !== EVENT.TIME && next.kind !== EVENT.ENTROPY && next.kind !== EVENT.RTC) limit = Math.max(next.instret, this.hart.instret)
-        const reason = limit > this.hart.instret || this.hart.instret === 0 ? this.hart.run(limit) : 'limit'
+        const reason = limit > this.hart.instret ? this.hart.run(limit) : 'limit'
         if (reason === 'fault') {
           end = 'fault'
           message = this.hart.fault!.message
@@ -410,6 +411,9 @@ export class Machine {
     const r = this.opts.replay!
     for (;;) {
       const e = r.peek()
+      if (e && e.instret < this.hart.instret && (e.kind === EVENT.IRQ || e.kind === EVENT.DISK || e.kind === EVENT.END)) {
+        throw new ReplayError(`replay diverged at instruction ${this.hart.instret}: the log has a ${EVENT_NAMES[e.kind]} at instruction ${e.instret}, which the guest has passed`, this.hart.instret)
+      }
       if (!e || e.instret !== this.hart.instret) break
       if (e.kind === EVENT.IRQ) {
         r.next()

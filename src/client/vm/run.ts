@@ -8,8 +8,9 @@ import { EventRecorder, EventReplayer, ReplayError, encodeHeader } from './event
 import { Machine, type RunSummary } from './machine.js'
 import { createHash } from 'node:crypto'
 
-/** The committed guest images (built by scripts/build-guests.sh). */
-const GUESTS = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', '..', 'guests')
+/** The committed guest images (built by scripts/build-guests.sh), found from src/ or dist/src/. */
+const HERE = dirname(fileURLToPath(import.meta.url))
+const GUESTS = [join(HERE, '..', '..', '..', 'guests'), join(HERE, '..', '..', '..', '..', 'guests')].find((d) => existsSync(join(d, 'cpu.elf'))) ?? join(HERE, '..', '..', '..', '..', 'guests')
 export const GUEST_NAMES = ['cpu', 'memdirty', 'diskio', 'ticker']
 
 /** A guest name (`cpu`) → its committed image; anything else is taken as a file. */
