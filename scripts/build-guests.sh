@@ -11,8 +11,18 @@ if ! command -v "$CC" >/dev/null; then
 fi
 CFLAGS=(-march=rv32im -mabi=ilp32 -O2 -ffreestanding -nostdlib -fno-builtin -fno-pic -mcmodel=medany
   -Wall -Wextra -Werror -DTANDEM_GUEST -ffunction-sections -fdata-sections)
-for g in cpu memdirty diskio ticker; do
+# objects in a fixed folder, so the images are byte-for-byte reproducible (no temporary names)
+OBJ=$(mktemp -d)
+trap 'rm -rf "$OBJ"' EXIT
+mkdir -p "$OBJ/o"
+cp src/*.S src/*.c src/*.h "$OBJ/o/"
+cd "$OBJ/o"
+for f in crt0.S rt.c cpu.c memdirty.c diskio.c ticker.c kvstore.c; do
+  "$CC" "${CFLAGS[@]}" -c -o "${f%.*}.o" "$f"
+done
+cd - >/dev/null
+for g in cpu memdirty diskio ticker kvstore; do
   "$CC" "${CFLAGS[@]}" -T src/link.ld -Wl,--gc-sections -Wl,--build-id=none -Wl,--no-warn-rwx-segments \
-    -o "$g.elf" src/crt0.S src/rt.c "src/$g.c" -lgcc
-  echo "build-guests: $g.elf ($(stat -c %s "$g.elf") bytes)"
+    -o "$g.elf" "$OBJ/o/crt0.o" "$OBJ/o/rt.o" "$OBJ/o/$g.o" -lgcc
+  echo "build-guests: $g.elf ($(stat -c %s "$g.elf") bytes, sha256 $(sha256sum "$g.elf" | cut -c1-16))"
 done

@@ -9,12 +9,14 @@ export function vmCommand(run: (fn: () => Promise<number | void>) => Promise<voi
   const vm = new Command('vm').description('lightweight deterministic VMs (RV32IM) with a SCSI disk, record and replay')
   vm.command('run')
     .description('run a guest to its end; print its console, then a summary')
-    .requiredOption('--guest <name|file>', 'a committed guest (cpu, memdirty, diskio, ticker) or an RV32 ELF file')
+    .requiredOption('--guest <name|file>', 'a committed guest (cpu, memdirty, diskio, ticker, kvstore) or an RV32 ELF file')
     .option('--memory <size>', 'guest RAM (e.g. 64M; a multiple of 4 KiB, at most 1G)', '64M')
     .option('--disk <path>', 'the virtual SCSI disk: a VMDK (chain) or raw file, written in place')
     .option('--record <log>', 'write every non-deterministic input to this event log')
     .option('--replay <log>', 'replay a recorded run from its event log (the disk must hold what it held when recording began)')
     .option('--max-instructions <n>', 'stop after this many instructions')
+    .option('--net <udp:HOST:PORT>', 'join the NIC to a virtual switch with a UDP socket listening here; each datagram is one Ethernet frame (as qemu -netdev socket,udp=)')
+    .option('--mac <mac>', "the NIC's MAC address", '02:00:00:00:00:01')
     .option('--json', 'print the console on stderr and one JSON summary on stdout')
     .addHelpText(
       'after',
@@ -35,6 +37,20 @@ diverges from its log or the log is damaged.`,
           max = Number(o.maxInstructions)
           if (!Number.isSafeInteger(max) || max <= 0) throw new StorageError('InvalidArgument', `invalid instruction count '${o.maxInstructions}'`)
         }
+        if (!/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/i.test(o.mac)) throw new StorageError('InvalidArgument', `invalid MAC address '${o.mac}' (six hex bytes, e.g. 02:00:00:00:00:01)`)
+        const mac = Buffer.from(o.mac.split(':').map((x: string) => parseInt(x, 16)))
+        let udp: { close(): void } | undefined
+        let port
+        if (o.net) {
+          const m = /^udp:(.+):(\d+)$/.exec(o.net)
+          if (!m || Number(m[2]) > 65535) throw new StorageError('InvalidArgument', `invalid --net '${o.net}' (udp:HOST:PORT, e.g. udp:127.0.0.1:5555)`)
+          const { VirtualSwitch, UdpPort } = await import('../vm/net.js')
+          const sw = new VirtualSwitch()
+          port = sw.port()
+          udp = await UdpPort.listen(sw, m[1].replace(/^\[|\]$/g, ''), Number(m[2])).catch((e: Error) => {
+            throw new StorageError('InvalidArgument', `cannot listen on ${o.net}: ${e.message}`)
+          })
+        }
         let disk: BlockDevice | undefined
         if (o.disk) disk = await openImage(o.disk)
         const out = o.json ? process.stderr : process.stdout
@@ -51,6 +67,8 @@ diverges from its log or the log is damaged.`,
             record: o.record,
             replay: o.replay,
             maxInstructions: max,
+            net: port,
+            mac,
             onConsole: (b) => {
               pending.push(b)
               if (b === 10 || pending.length >= 256) flush()
@@ -80,6 +98,7 @@ diverges from its log or the log is damaged.`,
           return s.end === 'limit' ? VM_EXIT.LIMIT : s.end === 'fault' ? VM_EXIT.FAULT : s.end === 'halt' ? VM_EXIT.HALT : VM_EXIT.REPLAY
         } finally {
           await disk?.close()
+          udp?.close()
         }
       }),
     )

@@ -7,7 +7,9 @@ import { crc32c } from '../../disk-formats/lock-region/crc32c.js'
  *
  *   file   = header record*
  *   header = "TNDMVLOG" u32 version(1) u32 memoryBytes 32 imageSha256          (48 bytes)
- *   record = u8 kind  u8 arg  u16 0  f64 instret  u32 value  u32 crc32c(first 16 bytes)   (20 bytes)
+ *   record = u8 kind  u8 arg  u16 extraLength  f64 instret  u32 value
+ *            extra (extraLength bytes, padded to 4)  u32 crc32c(all the record before it)
+ *            (20 bytes with no extra: every kind but NET)
  *
  * Values read by the guest (time, entropy, RTC) are replayed from the log; interrupts and disk
  * completions are delivered at the logged count; the disk's data comes from the disk itself.
@@ -25,9 +27,13 @@ export const EVENT = {
   DISK: 5,
   /** the end of the run (value: exit code); instret: the final count */
   END: 6,
+  /** a frame arrives at the NIC (value: its length; extra: the frame) */
+  NET: 7,
 } as const
 export type EventKind = (typeof EVENT)[keyof typeof EVENT]
-export const EVENT_NAMES: Record<number, string> = { 1: 'time read', 2: 'entropy read', 3: 'clock read', 4: 'interrupt', 5: 'disk completion', 6: 'end of run' }
+export const EVENT_NAMES: Record<number, string> = { 1: 'time read', 2: 'entropy read', 3: 'clock read', 4: 'interrupt', 5: 'disk completion', 6: 'end of run', 7: 'network frame' }
+/** the largest frame a NET record carries (a bound on the extra length read from a log) */
+export const MAX_FRAME = 2048
 
 export const LOG_MAGIC = 'TNDMVLOG'
 export const LOG_VERSION = 1
@@ -39,6 +45,7 @@ export interface LogEvent {
   arg: number
   instret: number
   value: number
+  extra?: Buffer
 }
 
 /** A replay that cannot go on: the log and the guest disagree, or the log is damaged. */
@@ -61,13 +68,23 @@ export function encodeHeader(memoryBytes: number, imageSha: Buffer): Buffer {
   return b
 }
 
-export function encodeEvent(e: LogEvent, into: Buffer, at: number): void {
+const padded = (n: number) => (n + 3) & ~3
+
+/** Bytes a record takes. */
+export const recordBytes = (extraLength: number) => RECORD_BYTES + padded(extraLength)
+
+export function encodeEvent(e: LogEvent, into: Buffer, at: number): number {
+  const extra = e.extra ?? Buffer.alloc(0)
   into[at] = e.kind
   into[at + 1] = e.arg
-  into.writeUInt16LE(0, at + 2)
+  into.writeUInt16LE(extra.length, at + 2)
   into.writeDoubleLE(e.instret, at + 4)
   into.writeUInt32LE(e.value >>> 0, at + 12)
-  into.writeUInt32LE(crc32c(into.subarray(at, at + 16)), at + 16)
+  const end = at + 16 + padded(extra.length)
+  extra.copy(into, at + 16)
+  into.fill(0, at + 16 + extra.length, end)
+  into.writeUInt32LE(crc32c(into.subarray(at, end)), end)
+  return end + 4 - at
 }
 
 /** Collects events in memory; `bytes()` is the whole log. */
@@ -79,14 +96,13 @@ export class EventRecorder {
 
   constructor(private readonly header: Buffer) {}
 
-  add(kind: EventKind, arg: number, instret: number, value: number): void {
-    if (this.used + RECORD_BYTES > this.cur.length) {
+  add(kind: EventKind, arg: number, instret: number, value: number, extra?: Buffer): void {
+    if (this.used + recordBytes(extra?.length ?? 0) > this.cur.length) {
       this.chunks.push(this.cur.subarray(0, this.used))
       this.cur = Buffer.alloc(this.cur.length)
       this.used = 0
     }
-    encodeEvent({ kind, arg, instret, value }, this.cur, this.used)
-    this.used += RECORD_BYTES
+    this.used += encodeEvent({ kind, arg, instret, value, extra }, this.cur, this.used)
     this.count++
   }
 
@@ -98,14 +114,14 @@ export class EventRecorder {
 /** Reads a log back, record by record, checking each one as it is reached. */
 export class EventReplayer {
   private index = 0
-  readonly records: number
+  private offset = HEADER_BYTES
+  private last = 0
+  private peeked: { e: LogEvent; size: number } | null = null
 
   private constructor(
     private readonly buf: Buffer,
     readonly file: string,
-  ) {
-    this.records = Math.floor((buf.length - HEADER_BYTES) / RECORD_BYTES)
-  }
+  ) {}
 
   static async open(file: string, memoryBytes: number, imageSha: Buffer): Promise<EventReplayer> {
     let buf: Buffer
@@ -123,37 +139,38 @@ export class EventReplayer {
     return new EventReplayer(buf, file)
   }
 
-  /** The next event, checked (CRC, order), without consuming it; null at the end of the log. */
+  /** The next event, checked (length, CRC, order), without consuming it; null at the end of the log. */
   peek(): LogEvent | null {
-    if (this.index >= this.records) return null
-    const at = HEADER_BYTES + this.index * RECORD_BYTES
+    if (this.peeked) return this.peeked.e
     const b = this.buf
-    if (b.readUInt32LE(at + 16) !== crc32c(b.subarray(at, at + 16))) {
-      throw new ReplayError(`'${this.file}': record ${this.index} (byte ${at}) is corrupt (CRC mismatch)`, this.lastInstret())
-    }
-    const e = { kind: b[at], arg: b[at + 1], instret: b.readDoubleLE(at + 4), value: b.readUInt32LE(at + 12) }
-    if (!Number.isSafeInteger(e.instret) || e.instret < this.lastInstret() || !EVENT_NAMES[e.kind]) {
-      throw new ReplayError(`'${this.file}': record ${this.index} (byte ${at}) is corrupt (kind ${e.kind}, instruction ${e.instret})`, this.lastInstret())
-    }
+    const at = this.offset
+    if (at >= b.length) return null
+    const corrupt = (why: string) => new ReplayError(`'${this.file}': record ${this.index} (byte ${at}) is corrupt (${why})`, this.last)
+    if (at + RECORD_BYTES > b.length) return null // a partial record: the log was cut here
+    const extraLength = b.readUInt16LE(at + 2)
+    if (extraLength > MAX_FRAME) throw corrupt(`extra length ${extraLength}`)
+    const size = recordBytes(extraLength)
+    if (at + size > b.length) return null
+    if (b.readUInt32LE(at + size - 4) !== crc32c(b.subarray(at, at + size - 4))) throw corrupt('CRC mismatch')
+    const e: LogEvent = { kind: b[at], arg: b[at + 1], instret: b.readDoubleLE(at + 4), value: b.readUInt32LE(at + 12) }
+    if (extraLength) e.extra = Buffer.from(b.subarray(at + 16, at + 16 + extraLength))
+    if (!Number.isSafeInteger(e.instret) || e.instret < this.last || !EVENT_NAMES[e.kind]) throw corrupt(`kind ${e.kind}, instruction ${e.instret}`)
+    this.peeked = { e, size }
     return e
   }
 
   next(): LogEvent | null {
     const e = this.peek()
-    if (e) this.index++
+    if (e && this.peeked) {
+      this.offset += this.peeked.size
+      this.last = e.instret
+      this.index++
+      this.peeked = null
+    }
     return e
   }
 
-  private lastInstret(): number {
-    if (this.index === 0) return 0
-    return this.buf.readDoubleLE(HEADER_BYTES + (this.index - 1) * RECORD_BYTES + 4)
-  }
-
-  /** Whether the log ended early (a partial record at the end means it was cut). */
-  get truncated(): boolean {
-    return (this.buf.length - HEADER_BYTES) % RECORD_BYTES !== 0
-  }
-
+  /** records consumed so far */
   get position(): number {
     return this.index
   }

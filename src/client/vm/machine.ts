@@ -5,6 +5,7 @@ import { loadElf } from './elf.js'
 import { EVENT, EVENT_NAMES, ReplayError, type EventKind, type EventRecorder, type EventReplayer } from './events.js'
 import { Hart, IRQ, type Bus, type Fault } from './hart.js'
 import { Memory } from './memory.js'
+import type { SwitchPort } from './net.js'
 
 /**
  * A Tandem VM (SPEC.md): one RV32IM hart, RAM at 0x80000000, and memory-mapped devices at the
@@ -17,6 +18,7 @@ export const MMIO = {
   UART: 0x10000000,
   ENTROPY: 0x10001000,
   HBA: 0x10002000,
+  NIC: 0x10003000,
 } as const
 /** mtime ticks per second (qemu virt's timebase) */
 export const TIMEBASE_HZ = 10_000_000
@@ -46,7 +48,13 @@ export interface MachineOptions {
   entropy?: () => number
   /** console bytes as they are written */
   onConsole?: (b: number) => void
+  /** the NIC's port on a virtual switch (absent: a NIC with no cable) */
+  net?: SwitchPort
+  /** the NIC's MAC address (default 02:00:00:00:00:01) */
+  mac?: Buffer
 }
+/** frames waiting for the guest beyond this are dropped (a host-side queue bound) */
+const RX_QUEUE = 256
 
 export type RunEnd = 'exit' | 'limit' | 'fault' | 'halt' | 'replay-error'
 
@@ -90,6 +98,18 @@ export class Machine {
   private completed = 0
   private hbaIrq = false
   private readonly inflight: DiskRequest[] = []
+  // NIC registers and host-side queue
+  private readonly mac: Buffer
+  private txAddr = 0
+  private rxAddr = 0
+  private rxCap = 0
+  private rxReady = false
+  private rxLen = 0
+  private nicIrq = false
+  private readonly rxQueue: Buffer[] = []
+  private rxArrived: (() => void) | null = null
+  framesOut = 0
+  framesDropped = 0
   private diskChain: Promise<unknown> = Promise.resolve()
   readonly imageSha: Buffer
 
@@ -101,6 +121,16 @@ export class Machine {
     this.hart = new Hart(this.mem, bus, (high) => this.input(EVENT.TIME, high ? 3 : 2, () => this.mtimeWord(high)))
     this.hart.pc = loadElf(opts.image, this.mem, opts.imageName)
     this.imageSha = createHash('sha256').update(opts.image).digest()
+    this.mac = opts.mac ?? Buffer.from([2, 0, 0, 0, 0, 1])
+    if (opts.net && !opts.replay) {
+      opts.net.onReceive = (frame) => {
+        // the NIC's address filter: frames for its MAC, broadcast and multicast
+        if (!(frame[0] & 1) && !frame.subarray(0, 6).equals(this.mac)) return
+        if (this.rxQueue.length >= RX_QUEUE) this.framesDropped++
+        else this.rxQueue.push(frame)
+        this.rxArrived?.()
+      }
+    }
   }
 
   // ---- non-deterministic inputs --------------------------------------------------------
@@ -160,6 +190,26 @@ export class Machine {
       }
       return 0
     }
+    if (a >= MMIO.NIC && a < MMIO.NIC + 0x30) {
+      switch (a - MMIO.NIC) {
+        case 0x00:
+          return this.mac.readInt32LE(0)
+        case 0x04:
+          return this.mac.readUInt16LE(4)
+        case 0x08:
+          return this.txAddr
+        case 0x10:
+          return this.rxAddr
+        case 0x14:
+          return this.rxCap
+        case 0x18:
+          return this.rxReady ? 1 : 0
+        case 0x1c:
+          return this.rxLen
+        default:
+          return 0
+      }
+    }
     if (a >= MMIO.HBA && a < MMIO.HBA + 0x20) {
       switch (a - MMIO.HBA) {
         case 0x00:
@@ -208,6 +258,41 @@ export class Machine {
       if (r !== 0) this.hart.requestStop() // the host looks at the timer again now
       return true
     }
+    if (a >= MMIO.NIC && a < MMIO.NIC + 0x30) {
+      switch (a - MMIO.NIC) {
+        case 0x08:
+          this.txAddr = v | 0
+          return true
+        case 0x0c: {
+          // transmit: the frame leaves now (an output, like the console; not sent during a replay)
+          const len = v >>> 0
+          const at = this.mem.offsetOf(this.txAddr, len)
+          if (at >= 0 && len > 0 && len <= 2048) {
+            this.framesOut++
+            if (!this.opts.replay) this.opts.net?.send(Buffer.from(this.mem.bytes.subarray(at, at + len)))
+          }
+          return true
+        }
+        case 0x10:
+          this.rxAddr = v | 0
+          return true
+        case 0x14:
+          this.rxCap = v >>> 0
+          return true
+        case 0x18:
+          this.rxReady = (v & 1) === 1
+          if (this.rxReady) this.hart.requestStop() // a queued frame can be delivered now
+          return true
+        case 0x20:
+          if (v & 1 && this.nicIrq) {
+            this.nicIrq = false
+            this.updateMei()
+          }
+          return true
+        default:
+          return true
+      }
+    }
     if (a >= MMIO.HBA && a < MMIO.HBA + 0x20) {
       switch (a - MMIO.HBA) {
         case 0x00:
@@ -223,7 +308,7 @@ export class Machine {
           if (v & 1 && this.hbaIrq) {
             // the guest acknowledges: deterministic, its own store
             this.hbaIrq = false
-            this.hart.setPending(IRQ.MEI, false)
+            this.updateMei()
           }
           return true
         default:
@@ -297,7 +382,29 @@ export class Machine {
       // the completion raises the HBA's interrupt; the DISK event stands for it in the log
       this.hbaIrq = true
       this.interrupts++
-      this.hart.setPending(IRQ.MEI, true)
+      this.updateMei()
+    }
+  }
+
+  /** The external interrupt line: the HBA's or the NIC's. */
+  private updateMei(): void {
+    this.hart.setPending(IRQ.MEI, this.hbaIrq || this.nicIrq)
+  }
+
+  /** A frame into the guest's posted buffer (the NET event stands for it and its interrupt). */
+  private deliverFrame(frame: Buffer): void {
+    const n = Math.min(frame.length, this.rxCap)
+    const at = this.mem.offsetOf(this.rxAddr, n)
+    if (at >= 0) {
+      this.mem.touchRange(at, n)
+      this.mem.bytes.set(frame.subarray(0, n), at)
+    }
+    this.rxLen = n
+    this.rxReady = false
+    if (!this.nicIrq) {
+      this.nicIrq = true
+      this.interrupts++
+      this.updateMei()
     }
   }
 
@@ -320,20 +427,28 @@ export class Machine {
         this.opts.record?.add(EVENT.DISK, 0, this.hart.instret, ready)
         await this.completeDisk(ready)
       }
+      if (this.rxReady && this.rxQueue.length) {
+        const frame = this.rxQueue.shift()!.subarray(0, Math.min(2048, this.rxCap))
+        this.opts.record?.add(EVENT.NET, 0, this.hart.instret, frame.length, frame)
+        this.deliverFrame(frame)
+      }
       const timerDue = this.mtime() >= this.mtimecmp
       this.setIrq(IRQ.MTI, timerDue)
       if (!wfi || this.hart.mip & this.hart.mie) return 'go'
       // WFI with nothing pending: wait for the timer or the disk, whichever can come first
       const canTimer = (this.hart.mie & (1 << IRQ.MTI)) !== 0 && this.mtimecmp !== 0xffffffffffffffffn
       const canDisk = this.inflight.length > 0 && (this.hart.mie & (1 << IRQ.MEI)) !== 0
-      if (!canTimer && !canDisk) return 'halt'
+      const canNet = this.opts.net !== undefined && this.rxReady && (this.hart.mie & (1 << IRQ.MEI)) !== 0
+      if (!canTimer && !canDisk && !canNet) return 'halt'
       const waits: Promise<unknown>[] = []
       if (canTimer) {
         const ns = ((this.mtimecmp - this.mtime()) * 1_000_000_000n) / BigInt(TIMEBASE_HZ)
         waits.push(sleep(Math.max(0, Math.min(Number(ns / 1_000_000n), 1000))))
       }
       if (canDisk) waits.push(this.inflight[0].done.catch(() => undefined))
+      if (canNet) waits.push(new Promise<void>((r) => (this.rxArrived = r)))
       await Promise.race(waits)
+      this.rxArrived = null
     }
   }
 
@@ -411,7 +526,7 @@ export class Machine {
     const r = this.opts.replay!
     for (;;) {
       const e = r.peek()
-      if (e && e.instret < this.hart.instret && (e.kind === EVENT.IRQ || e.kind === EVENT.DISK || e.kind === EVENT.END)) {
+      if (e && e.instret < this.hart.instret && (e.kind === EVENT.IRQ || e.kind === EVENT.DISK || e.kind === EVENT.NET || e.kind === EVENT.END)) {
         throw new ReplayError(`replay diverged at instruction ${this.hart.instret}: the log has a ${EVENT_NAMES[e.kind]} at instruction ${e.instret}, which the guest has passed`, this.hart.instret)
       }
       if (!e || e.instret !== this.hart.instret) break
@@ -424,6 +539,10 @@ export class Machine {
       } else if (e.kind === EVENT.DISK) {
         r.next()
         await this.completeDisk(e.value)
+      } else if (e.kind === EVENT.NET) {
+        r.next()
+        if (!this.rxReady) throw new ReplayError(`replay diverged at instruction ${this.hart.instret}: the log delivers a network frame, the guest has no receive buffer posted`, this.hart.instret)
+        this.deliverFrame(e.extra ?? Buffer.alloc(0))
       } else if (e.kind === EVENT.END) {
         throw new ReplayError(`replay diverged at instruction ${this.hart.instret}: the log ends the run here, the guest goes on`, this.hart.instret)
       } else break // an input read: consumed by the instruction that makes it
@@ -431,7 +550,7 @@ export class Machine {
     if (wfi && !(this.hart.mip & this.hart.mie)) {
       const e = r.peek()
       if (!e) throw new ReplayError(`replay log ends at instruction ${this.hart.instret} while the guest waits for an interrupt`, this.hart.instret)
-      if (e.instret > this.hart.instret && (e.kind === EVENT.IRQ || e.kind === EVENT.DISK)) {
+      if (e.instret > this.hart.instret && (e.kind === EVENT.IRQ || e.kind === EVENT.DISK || e.kind === EVENT.NET)) {
         throw new ReplayError(`replay diverged at instruction ${this.hart.instret}: the guest waits for an interrupt, the log has the next one at instruction ${e.instret}`, this.hart.instret)
       }
     }
@@ -444,6 +563,9 @@ export class Machine {
     h.update(Buffer.from(hart.x.buffer, hart.x.byteOffset, 128))
     const regs = Buffer.alloc(4 * 12 + 8 * 2)
     ;[hart.pc, hart.mstatus, hart.mie, hart.mip, hart.mtvec, hart.mepc, hart.mcause, hart.mtval, hart.mscratch, this.ringAddr, this.ringSize, this.completed].forEach((v, i) => regs.writeInt32LE(v | 0, i * 4))
+    const nic = Buffer.alloc(20)
+    ;[this.txAddr, this.rxAddr, this.rxCap, this.rxLen, (this.rxReady ? 1 : 0) | (this.nicIrq ? 2 : 0) | (this.hbaIrq ? 4 : 0)].forEach((v, i) => nic.writeInt32LE(v | 0, i * 4))
+    h.update(nic)
     regs.writeDoubleLE(hart.instret, 48)
     regs.writeBigUInt64LE(this.mtimecmp, 56)
     h.update(regs)

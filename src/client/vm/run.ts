@@ -6,12 +6,13 @@ import type { BlockDevice } from '../../disk-formats/index.js'
 import { LogicalUnit } from '../../server/scsi/index.js'
 import { EventRecorder, EventReplayer, ReplayError, encodeHeader } from './events.js'
 import { Machine, type RunSummary } from './machine.js'
+import type { SwitchPort } from './net.js'
 import { createHash } from 'node:crypto'
 
 /** The committed guest images (built by scripts/build-guests.sh), found from src/ or dist/src/. */
 const HERE = dirname(fileURLToPath(import.meta.url))
 const GUESTS = [join(HERE, '..', '..', '..', 'guests'), join(HERE, '..', '..', '..', '..', 'guests')].find((d) => existsSync(join(d, 'cpu.elf'))) ?? join(HERE, '..', '..', '..', '..', 'guests')
-export const GUEST_NAMES = ['cpu', 'memdirty', 'diskio', 'ticker']
+export const GUEST_NAMES = ['cpu', 'memdirty', 'diskio', 'ticker', 'kvstore']
 
 /** A guest name (`cpu`) → its committed image; anything else is taken as a file. */
 export function guestPath(guest: string): string {
@@ -31,6 +32,9 @@ export interface VmRunOptions {
   replay?: string
   maxInstructions?: number
   onConsole?: (b: number) => void
+  /** the NIC's port on a virtual switch */
+  net?: SwitchPort
+  mac?: Buffer
 }
 
 /** Runs a guest to its end; with `record`, writes the event log; with `replay`, follows one. */
@@ -54,7 +58,7 @@ export async function runVm(o: VmRunOptions): Promise<RunSummary> {
     }
   }
   const lu = o.disk ? new LogicalUnit(o.disk, { serial: 'tandem-vm-disk' }) : undefined
-  const m = new Machine({ image, imageName: file, memory: o.memory, disk: lu, record, replay, maxInstructions: o.maxInstructions, onConsole: o.onConsole })
+  const m = new Machine({ image, imageName: file, memory: o.memory, disk: lu, record, replay, maxInstructions: o.maxInstructions, onConsole: o.onConsole, net: o.net, mac: o.mac })
   const summary = await m.run()
   if (record && o.record) await writeFile(o.record, record.bytes())
   return summary

@@ -56,7 +56,7 @@ t.test('ticker: plain runs differ; a recorded run and its replay end identical',
   const tr = vm(['--guest', 'ticker', '--replay', cut])
   t.equal(tr.status, 127)
   t.equal(tr.summary.end, 'replay-error')
-  t.match(tr.summary.message, /replay log ends .*instruction \d+/, tr.summary.message)
+  t.match(tr.summary.message, /replay log ends .*instruction \d+/, String(tr.summary.message))
   t.ok(tr.summary.instructions < rec.summary.instructions, 'stopped before the end')
 
   // a corrupt record: found by its CRC when the replay reaches it
