@@ -58,6 +58,24 @@ const CMD_WINDOW = 64
 /** Data segments at least this long are written without being copied into one buffer with their header. */
 const LARGE_SEGMENT = 32 * 1024
 
+/**
+ * Write buffers are reused: a 1 MiB Buffer per command, allocated and collected at hundreds per
+ * second, costs more than the copy into it (GC of external memory). A buffer from the pool holds
+ * an earlier command's bytes, so it is used only when every byte will be overwritten first:
+ * immediate data, then Data-Out strictly in order (DataPDUInOrder=Yes), or the command fails.
+ */
+const pool = new Map<number, Buffer[]>()
+const POOL_PER_SIZE = 32
+function writeBuffer(size: number): Buffer {
+  return pool.get(size)?.pop() ?? Buffer.allocUnsafe(size)
+}
+function recycle(b: Buffer): void {
+  if (b.length < 64 * 1024 || b.length > 4 << 20) return
+  let list = pool.get(b.length)
+  if (!list) pool.set(b.length, (list = []))
+  if (list.length < POOL_PER_SIZE) list.push(b)
+}
+
 /** ABORTED COMMAND, PROTOCOL SERVICE CRC ERROR: the command's data failed its digest. */
 const crcErrorSense = () => senseData(new SenseError(S.ABORTED_COMMAND, 'PROTOCOL_SERVICE_CRC_ERROR'))
 
@@ -138,7 +156,10 @@ export class IscsiConnection {
       if (this.joined) this.target?.lu.nexusLost(this.nexus)
       await this.target?.release()
       this.target = null
-      this.sock.destroy()
+      // what was queued (a login reject, a Reject) still goes out; then the connection closes
+      if (this.corked) this.uncork()
+      this.sock.end()
+      setTimeout(() => this.sock.destroy(), 1000).unref()
     }
   }
 
@@ -155,7 +176,16 @@ export class IscsiConnection {
       // the header cannot be trusted, so neither can the framing: the connection ends (§7.8)
       if (got !== want) throw new ProtocolError(`header digest error (got 0x${got.toString(16)}, computed 0x${want.toString(16)})`)
     }
-    const data = dlen ? await this.q.read(dlen) : Buffer.alloc(0)
+    let data: Buffer
+    let direct = false
+    const w = dlen && P.opcodeOf(bhs) === P.SCSI_DATA_OUT ? this.pending.get(P.ittOf(bhs)) : undefined
+    const offset = w ? bhs.readUInt32BE(40) : 0
+    if (w && offset === w.received && offset + dlen <= w.buf.length) {
+      // a Data-Out's payload goes straight into its command's buffer (dataOut() checks the rest)
+      await this.q.readInto(w.buf, offset, dlen)
+      data = w.buf.subarray(offset, offset + dlen)
+      direct = true
+    } else data = dlen ? await this.q.read(dlen) : Buffer.alloc(0)
     const pad = (4 - (dlen % 4)) % 4
     const padding = pad ? await this.q.read(pad) : null
     if (this.dataDigestsOn && dlen) {
@@ -164,7 +194,7 @@ export class IscsiConnection {
       const want = padding ? crc32c(padding, crc32c(data)) : crc32c(data)
       if (got !== want) return { bhs, ahs, data, digestError: true }
     }
-    return { bhs, ahs, data }
+    return { bhs, ahs, data, direct }
   }
 
   private send(bhs: Buffer, data: Buffer = Buffer.alloc(0)): void {
@@ -185,14 +215,22 @@ export class IscsiConnection {
         parts.push(d)
       }
     }
+    // Every PDU produced while this turn of the event loop runs goes out in one writev: at
+    // queue depth > 1 many commands complete together, and one send costs less than many.
+    if (!this.corked) {
+      this.corked = true
+      this.sock.cork()
+      process.nextTick(this.uncork)
+    }
     if (parts.length === 1) this.sock.write(bhs)
     else if (data.length < LARGE_SEGMENT) this.sock.write(Buffer.concat(parts))
-    else {
-      // a large segment is not copied: the parts go out in one writev
-      this.sock.cork()
-      for (const p of parts) this.sock.write(p)
-      this.sock.uncork()
-    }
+    else for (const p of parts) this.sock.write(p) // a large segment is not copied
+  }
+
+  private corked = false
+  private readonly uncork = () => {
+    this.corked = false
+    if (!this.sock.destroyed) this.sock.uncork()
   }
 
   /** Fills StatSN/ExpCmdSN/MaxCmdSN at 24/28/32; advances StatSN when `advance`. */
@@ -536,7 +574,8 @@ export class IscsiConnection {
       return
     }
     const dataSN = pdu.bhs.readUInt32BE(36)
-    if (dataSN !== w.dataSN) {
+    // DataPDUInOrder=Yes: each PDU continues where the last one ended; anything else fails the command
+    if (dataSN !== w.dataSN || offset !== w.received) {
       // ErrorRecoveryLevel 0: a sequence error fails the command (no SNACK recovery)
       w.failed = 'sequence'
       this.reject(pdu.bhs, P.REJECT_PROTOCOL_ERROR)
@@ -544,7 +583,7 @@ export class IscsiConnection {
       return
     }
     w.dataSN++
-    pdu.data.copy(w.buf, offset)
+    if (!pdu.direct) pdu.data.copy(w.buf, offset)
     w.received += pdu.data.length
     if (P.finalOf(pdu.bhs) && w.received >= w.buf.length) w.done()
     else if (P.finalOf(pdu.bhs)) w.done() // end of this burst: the command loop sends the next R2T
@@ -574,7 +613,7 @@ export class IscsiConnection {
         this.reject(bhs, P.REJECT_INVALID_PDU_FIELD)
         return
       }
-      dataOut = Buffer.alloc(edtl)
+      dataOut = edtl >= 64 * 1024 ? writeBuffer(edtl) : Buffer.alloc(edtl)
       const immediate = pdu.data.subarray(0, Math.min(pdu.data.length, edtl))
       immediate.copy(dataOut)
       let have = immediate.length
@@ -639,6 +678,7 @@ export class IscsiConnection {
       }
     }
     const res = await lu.execute(execCdb, dataOut, this.nexus)
+    if (dataOut && dataOut.length >= 64 * 1024) recycle(dataOut)
     const dataIn = res.dataIn ?? Buffer.alloc(0)
     if (read && res.status !== S.CHECK_CONDITION && dataIn.length > 0 && edtl > 0) {
       this.dataIn(bhs, itt, dataIn, edtl, res.status)

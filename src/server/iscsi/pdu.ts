@@ -35,6 +35,8 @@ export interface Pdu {
   data: Buffer
   /** the data segment failed its CRC32C data digest (the data is not to be used) */
   digestError?: boolean
+  /** the data was read straight into its Data-Out's command buffer at the PDU's offset */
+  direct?: boolean
 }
 
 export const opcodeOf = (bhs: Buffer) => bhs[0] & 0x3f

@@ -3,10 +3,13 @@
  * there, or rejects when the peer closed first. Reading past `limit` buffered bytes pauses the
  * source (backpressure) until the consumer catches up.
  */
+const EMPTY = Buffer.alloc(0)
+
 export class ByteQueue {
   private chunks: Buffer[] = []
   private length = 0
-  private waiter: { n: number; resolve: (b: Buffer) => void; reject: (e: Error) => void } | null = null
+  /** `take: false`: only wait until n bytes are there (readInto moves them itself) */
+  private waiter: { n: number; resolve: (b: Buffer) => void; reject: (e: Error) => void; take?: false } | null = null
   private ended: Error | null = null
 
   constructor(
@@ -59,11 +62,47 @@ export class ByteQueue {
     return out
   }
 
+  /** Moves the next n bytes into `target` at `at` (no intermediate buffer). */
+  private takeInto(target: Buffer, at: number, n: number): void {
+    let done = 0
+    while (done < n) {
+      const c = this.chunks[0]
+      const k = Math.min(c.length, n - done)
+      c.copy(target, at + done, 0, k)
+      done += k
+      if (k === c.length) this.chunks.shift()
+      else this.chunks[0] = c.subarray(k)
+    }
+    this.length -= n
+    if (this.length <= this.limit) this.onResume()
+  }
+
+  /**
+   * Reads the next n bytes straight into `target` at `at` (a large payload lands where it is
+   * used, without a copy in between). Pieces are moved as they arrive.
+   */
+  async readInto(target: Buffer, at: number, n: number): Promise<void> {
+    if (this.waiter) throw new Error('ByteQueue: concurrent read')
+    let done = 0
+    while (done < n) {
+      if (this.length === 0) {
+        if (this.ended) throw this.ended
+        await new Promise<void>((resolve, reject) => {
+          this.waiter = { n: 1, resolve: () => resolve(), reject, take: false }
+        })
+        continue
+      }
+      const k = Math.min(this.length, n - done)
+      this.takeInto(target, at + done, k)
+      done += k
+    }
+  }
+
   private serve(): void {
     if (this.waiter && this.length >= this.waiter.n) {
       const w = this.waiter
       this.waiter = null
-      w.resolve(this.take(w.n))
+      w.resolve(w.take === false ? EMPTY : this.take(w.n))
     }
   }
 
