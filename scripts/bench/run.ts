@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url'
 import { createVmdk, openVmdk } from '../../src/disk-formats/index.js'
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..')
-const CLI = join(ROOT, 'dist', 'src', 'client', 'cli', 'main.js')
+const CLI = join(ROOT, 'dist', 'src', 'client', 'cli', 'tandem.cjs')
 const RSS = join(ROOT, 'dist', 'scripts', 'bench', 'rss.js')
 const DIR = process.env.BENCH_DIR ?? join(ROOT, 'bench-work')
 const REPS = Number(process.env.BENCH_REPS ?? 3)
