@@ -1,7 +1,8 @@
 /* kvstore: a key-value server on the virtual NIC. Each request is one Ethernet frame of
  * EtherType 0x88b5 whose payload is text: "SET key value", "GET key", "DEL key", "COUNT" or
  * "QUIT"; the reply goes back to the sender: "OK", "VALUE value", "NOTFOUND", "COUNT n",
- * "ERR reason" or "BYE" (then the guest exits). Frames are waited for with WFI. */
+ * "ERR reason" or "BYE" (then the guest exits). Frames arrive in an 8-slot receive ring, replies
+ * leave through a 4-slot transmit ring; the guest waits for frames with WFI. */
 #include <stdint.h>
 #include "rt.h"
 
@@ -17,9 +18,20 @@ struct entry {
   char val[VAL_MAX];
 };
 
+/* NIC descriptor rings (guests/SPEC: NIC): 16 bytes each, {address, length, filled length, flags} */
+struct desc {
+  uint32_t addr, len, filled, flags;
+};
+#define RX_SLOTS 8
+#define TX_SLOTS 4
+static struct desc rx_ring[RX_SLOTS] __attribute__((aligned(16)));
+static struct desc tx_ring[TX_SLOTS] __attribute__((aligned(16)));
+static uint8_t rx_buf[RX_SLOTS][2048] __attribute__((aligned(4)));
+static uint8_t tx_buf[TX_SLOTS][2048] __attribute__((aligned(4)));
+static uint8_t *tx;
+static uint32_t rx_posted, rx_seen, tx_posted;
+
 static struct entry table[SLOTS];
-static uint8_t rx[2048] __attribute__((aligned(4)));
-static uint8_t tx[2048] __attribute__((aligned(4)));
 static uint8_t mac[6];
 static uint32_t count;
 
@@ -140,28 +152,46 @@ int main(void) {
   for (int i = 0; i < 4; i++) mac[i] = (uint8_t)(lo >> (8 * i));
   mac[4] = (uint8_t)hi;
   mac[5] = (uint8_t)(hi >> 8);
-  MMIO32(NIC + 0x10) = (uint32_t)(uintptr_t)rx;
-  MMIO32(NIC + 0x14) = sizeof rx;
+  for (int i = 0; i < RX_SLOTS; i++) {
+    rx_ring[i].addr = (uint32_t)(uintptr_t)rx_buf[i];
+    rx_ring[i].len = sizeof rx_buf[i];
+  }
+  MMIO32(NIC + 0x08) = (uint32_t)(uintptr_t)tx_ring;
+  MMIO32(NIC + 0x0c) = TX_SLOTS;
+  MMIO32(NIC + 0x18) = (uint32_t)(uintptr_t)rx_ring;
+  MMIO32(NIC + 0x1c) = RX_SLOTS;
+  rx_posted = RX_SLOTS;
+  MMIO32(NIC + 0x20) = rx_posted; /* every receive buffer posted */
   __asm__ volatile(CSR_ASM("csrs mie, %0") ::"r"(1u << 11));
   rt_puts("kvstore: listening\n");
   uint32_t requests = 0;
-  for (;;) {
-    MMIO32(NIC + 0x18) = 1; /* post the receive buffer */
-    while (MMIO32(NIC + 0x18)) rt_wfi();
-    MMIO32(NIC + 0x20) = 1; /* acknowledge */
-    uint32_t len = MMIO32(NIC + 0x1c);
-    if (len < 14 || rx[12] != (ETHERTYPE >> 8) || rx[13] != (ETHERTYPE & 0xff)) continue;
-    requests++;
-    int quit = handle((const char *)rx + 14, len - 14);
-    for (int i = 0; i < 6; i++) {
-      tx[i] = rx[6 + i];
-      tx[6 + i] = mac[i];
+  int quit = 0;
+  while (!quit) {
+    while (MMIO32(NIC + 0x24) == rx_seen) rt_wfi();
+    MMIO32(NIC + 0x28) = 1; /* acknowledge */
+    while (!quit && rx_seen != MMIO32(NIC + 0x24)) {
+      struct desc *d = &rx_ring[rx_seen % RX_SLOTS];
+      const uint8_t *rx = (const uint8_t *)(uintptr_t)d->addr;
+      uint32_t len = d->filled;
+      rx_seen++;
+      if (len >= 14 && rx[12] == (ETHERTYPE >> 8) && rx[13] == (ETHERTYPE & 0xff)) {
+        requests++;
+        struct desc *t = &tx_ring[tx_posted % TX_SLOTS];
+        tx = tx_buf[tx_posted % TX_SLOTS];
+        quit = handle((const char *)rx + 14, len - 14);
+        for (int i = 0; i < 6; i++) {
+          tx[i] = rx[6 + i];
+          tx[6 + i] = mac[i];
+        }
+        tx[12] = ETHERTYPE >> 8;
+        tx[13] = ETHERTYPE & 0xff;
+        t->addr = (uint32_t)(uintptr_t)tx;
+        t->len = reply_len;
+        MMIO32(NIC + 0x10) = ++tx_posted; /* the reply leaves */
+      }
+      d->flags = 0;
+      MMIO32(NIC + 0x20) = ++rx_posted; /* the buffer goes back to the NIC */
     }
-    tx[12] = ETHERTYPE >> 8;
-    tx[13] = ETHERTYPE & 0xff;
-    MMIO32(NIC + 0x08) = (uint32_t)(uintptr_t)tx;
-    MMIO32(NIC + 0x0c) = reply_len;
-    if (quit) break;
   }
   rt_puts("kvstore: ");
   rt_put_dec(requests);

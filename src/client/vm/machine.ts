@@ -55,6 +55,8 @@ export interface MachineOptions {
 }
 /** frames waiting for the guest beyond this are dropped (a host-side queue bound) */
 const RX_QUEUE = 256
+export const NIC_DESC_BYTES = 16
+const NIC_MAX_SLOTS = 256
 
 export type RunEnd = 'exit' | 'limit' | 'fault' | 'halt' | 'replay-error'
 
@@ -98,13 +100,15 @@ export class Machine {
   private completed = 0
   private hbaIrq = false
   private readonly inflight: DiskRequest[] = []
-  // NIC registers and host-side queue
+  // NIC registers (two descriptor rings) and host-side queue
   private readonly mac: Buffer
-  private txAddr = 0
-  private rxAddr = 0
-  private rxCap = 0
-  private rxReady = false
-  private rxLen = 0
+  private txRing = 0
+  private txSize = 0
+  private txDone = 0
+  private rxRing = 0
+  private rxSize = 0
+  private rxPosted = 0
+  private rxFilled = 0
   private nicIrq = false
   private readonly rxQueue: Buffer[] = []
   private rxArrived: (() => void) | null = null
@@ -197,15 +201,20 @@ export class Machine {
         case 0x04:
           return this.mac.readUInt16LE(4)
         case 0x08:
-          return this.txAddr
+          return this.txRing
+        case 0x0c:
+          return this.txSize
         case 0x10:
-          return this.rxAddr
         case 0x14:
-          return this.rxCap
+          return this.txDone // frames leave when posted: producer and consumer are equal
         case 0x18:
-          return this.rxReady ? 1 : 0
+          return this.rxRing
         case 0x1c:
-          return this.rxLen
+          return this.rxSize
+        case 0x20:
+          return this.rxPosted
+        case 0x24:
+          return this.rxFilled // moves only at NET events
         default:
           return 0
       }
@@ -261,29 +270,25 @@ export class Machine {
     if (a >= MMIO.NIC && a < MMIO.NIC + 0x30) {
       switch (a - MMIO.NIC) {
         case 0x08:
-          this.txAddr = v | 0
+          this.txRing = v | 0
           return true
-        case 0x0c: {
-          // transmit: the frame leaves now (an output, like the console; not sent during a replay)
-          const len = v >>> 0
-          const at = this.mem.offsetOf(this.txAddr, len)
-          if (at >= 0 && len > 0 && len <= 2048) {
-            this.framesOut++
-            if (!this.opts.replay) this.opts.net?.send(Buffer.from(this.mem.bytes.subarray(at, at + len)))
-          }
+        case 0x0c:
+          this.txSize = Math.min(v >>> 0, NIC_MAX_SLOTS)
           return true
-        }
         case 0x10:
-          this.rxAddr = v | 0
-          return true
-        case 0x14:
-          this.rxCap = v >>> 0
+          this.transmit(v >>> 0)
           return true
         case 0x18:
-          this.rxReady = (v & 1) === 1
-          if (this.rxReady) this.hart.requestStop() // a queued frame can be delivered now
+          this.rxRing = v | 0
+          return true
+        case 0x1c:
+          this.rxSize = Math.min(v >>> 0, NIC_MAX_SLOTS)
           return true
         case 0x20:
+          this.rxPosted = v >>> 0
+          this.hart.requestStop() // a queued frame can be delivered now
+          return true
+        case 0x28:
           if (v & 1 && this.nicIrq) {
             this.nicIrq = false
             this.updateMei()
@@ -391,20 +396,47 @@ export class Machine {
     this.hart.setPending(IRQ.MEI, this.hbaIrq || this.nicIrq)
   }
 
-  /** A frame into the guest's posted buffer (the NET event stands for it and its interrupt). */
+  /** Free receive descriptors the guest has posted. */
+  private get rxFree(): number {
+    return this.rxSize ? Math.min((this.rxPosted - this.rxFilled) >>> 0, this.rxSize) : 0
+  }
+
+  /** A frame into the next posted receive descriptor (a NET event stands for it and its interrupt). */
   private deliverFrame(frame: Buffer): void {
-    const n = Math.min(frame.length, this.rxCap)
-    const at = this.mem.offsetOf(this.rxAddr, n)
-    if (at >= 0) {
-      this.mem.touchRange(at, n)
-      this.mem.bytes.set(frame.subarray(0, n), at)
+    const d = this.mem.offsetOf(this.rxRing + (this.rxFilled % this.rxSize) * NIC_DESC_BYTES, NIC_DESC_BYTES)
+    if (d >= 0) {
+      const view = Buffer.from(this.mem.bytes.buffer, this.mem.bytes.byteOffset + d, NIC_DESC_BYTES)
+      const n = Math.min(frame.length, view.readUInt32LE(4))
+      const at = this.mem.offsetOf(view.readUInt32LE(0), n)
+      if (at >= 0) {
+        this.mem.touchRange(at, n)
+        this.mem.bytes.set(frame.subarray(0, n), at)
+      }
+      this.mem.touchRange(d + 8, 8)
+      view.writeUInt32LE(at >= 0 ? n : 0, 8)
+      view.writeUInt32LE(at >= 0 ? 1 : 3, 12) // bit 0: filled; bit 1: the buffer was not in RAM
     }
-    this.rxLen = n
-    this.rxReady = false
+    this.rxFilled = (this.rxFilled + 1) >>> 0
     if (!this.nicIrq) {
       this.nicIrq = true
       this.interrupts++
       this.updateMei()
+    }
+  }
+
+  /** The guest moved its transmit producer to `upTo`: every new descriptor's frame leaves now. */
+  private transmit(upTo: number): void {
+    while (this.txDone !== upTo && this.txSize > 0) {
+      const d = this.mem.offsetOf(this.txRing + (this.txDone % this.txSize) * NIC_DESC_BYTES, NIC_DESC_BYTES)
+      this.txDone = (this.txDone + 1) >>> 0
+      if (d < 0) continue
+      const view = Buffer.from(this.mem.bytes.buffer, this.mem.bytes.byteOffset + d, NIC_DESC_BYTES)
+      const len = view.readUInt32LE(4)
+      const at = this.mem.offsetOf(view.readUInt32LE(0), len)
+      if (at < 0 || len === 0 || len > 2048) continue
+      this.framesOut++
+      // an output, like the console: a replay produces it again but does not send it
+      if (!this.opts.replay) this.opts.net?.send(Buffer.from(this.mem.bytes.subarray(at, at + len)))
     }
   }
 
@@ -427,8 +459,8 @@ export class Machine {
         this.opts.record?.add(EVENT.DISK, 0, this.hart.instret, ready)
         await this.completeDisk(ready)
       }
-      if (this.rxReady && this.rxQueue.length) {
-        const frame = this.rxQueue.shift()!.subarray(0, Math.min(2048, this.rxCap))
+      while (this.rxFree > 0 && this.rxQueue.length) {
+        const frame = this.rxQueue.shift()!
         this.opts.record?.add(EVENT.NET, 0, this.hart.instret, frame.length, frame)
         this.deliverFrame(frame)
       }
@@ -438,7 +470,7 @@ export class Machine {
       // WFI with nothing pending: wait for the timer or the disk, whichever can come first
       const canTimer = (this.hart.mie & (1 << IRQ.MTI)) !== 0 && this.mtimecmp !== 0xffffffffffffffffn
       const canDisk = this.inflight.length > 0 && (this.hart.mie & (1 << IRQ.MEI)) !== 0
-      const canNet = this.opts.net !== undefined && this.rxReady && (this.hart.mie & (1 << IRQ.MEI)) !== 0
+      const canNet = this.opts.net !== undefined && this.rxFree > 0 && (this.hart.mie & (1 << IRQ.MEI)) !== 0
       if (!canTimer && !canDisk && !canNet) return 'halt'
       const waits: Promise<unknown>[] = []
       if (canTimer) {
@@ -541,7 +573,7 @@ export class Machine {
         await this.completeDisk(e.value)
       } else if (e.kind === EVENT.NET) {
         r.next()
-        if (!this.rxReady) throw new ReplayError(`replay diverged at instruction ${this.hart.instret}: the log delivers a network frame, the guest has no receive buffer posted`, this.hart.instret)
+        if (this.rxFree === 0) throw new ReplayError(`replay diverged at instruction ${this.hart.instret}: the log delivers a network frame, the guest has no receive buffer posted`, this.hart.instret)
         this.deliverFrame(e.extra ?? Buffer.alloc(0))
       } else if (e.kind === EVENT.END) {
         throw new ReplayError(`replay diverged at instruction ${this.hart.instret}: the log ends the run here, the guest goes on`, this.hart.instret)
@@ -563,8 +595,8 @@ export class Machine {
     h.update(Buffer.from(hart.x.buffer, hart.x.byteOffset, 128))
     const regs = Buffer.alloc(4 * 12 + 8 * 2)
     ;[hart.pc, hart.mstatus, hart.mie, hart.mip, hart.mtvec, hart.mepc, hart.mcause, hart.mtval, hart.mscratch, this.ringAddr, this.ringSize, this.completed].forEach((v, i) => regs.writeInt32LE(v | 0, i * 4))
-    const nic = Buffer.alloc(20)
-    ;[this.txAddr, this.rxAddr, this.rxCap, this.rxLen, (this.rxReady ? 1 : 0) | (this.nicIrq ? 2 : 0) | (this.hbaIrq ? 4 : 0)].forEach((v, i) => nic.writeInt32LE(v | 0, i * 4))
+    const nic = Buffer.alloc(32)
+    ;[this.txRing, this.txSize, this.txDone, this.rxRing, this.rxSize, this.rxPosted, this.rxFilled, (this.nicIrq ? 2 : 0) | (this.hbaIrq ? 4 : 0)].forEach((v, i) => nic.writeInt32LE(v | 0, i * 4))
     h.update(nic)
     regs.writeDoubleLE(hart.instret, 48)
     regs.writeBigUInt64LE(this.mtimecmp, 56)

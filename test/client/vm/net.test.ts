@@ -103,11 +103,18 @@ t.test('kvstore answers over a UDP socket port; bad frames do not stop it; its r
   c.raw(Buffer.from([1, 2, 3]))
   c.raw(Buffer.concat([BROADCAST, ME, Buffer.from([0x08, 0x00]), Buffer.from('GET beta')]))
   t.equal(await c.ask('COUNT'), 'COUNT 1', 'still serving')
+  // a burst of 30 requests sent at once: queued by the host, taken through the 8-slot ring
+  for (let i = 0; i < 30; i++) c.raw(Buffer.concat([BROADCAST, ME, ETHER, Buffer.from(`SET k${i} v${i}`)]))
+  const burst: string[] = []
+  for (let i = 0; i < 30; i++) burst.push((await c.reply()).subarray(14).toString())
+  t.same(burst, Array(30).fill('OK'), 'every request of the burst answered, in order')
+  t.equal(await c.ask('GET k29'), 'VALUE v29')
+  t.equal(await c.ask('COUNT'), 'COUNT 31')
   t.equal(await c.ask('QUIT'), 'BYE')
   const r = await done
   t.equal(r.status, 0, r.stderr)
   const rec = JSON.parse(r.stdout)
-  t.match(r.stderr, /kvstore: \d+ requests, 1 keys/)
+  t.match(r.stderr, /kvstore: \d+ requests, 31 keys/)
   const rep = await vmProcess(['--guest', 'kvstore', '--replay', log])
   t.equal(rep.status, 0, rep.stderr)
   const again = JSON.parse(rep.stdout)
