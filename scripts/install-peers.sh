@@ -2,7 +2,10 @@
 # Installs the peer tools Tandem is tested and benchmarked against (Debian packages; see
 # ../shared/reference/peers.md). Safe to run again. Needs root (or sudo).
 set -euo pipefail
-PKGS=(qemu-utils qemu-block-extra libnbd-bin nbdkit libiscsi-bin libiscsi-dev tgt fio sanlock)
+# qemu-system-misc: qemu-system-riscv32, the reference machine for the VM guests (guests/*.elf).
+# The cross compiler for rebuilding the guests (gcc-riscv64-unknown-elf) is not needed by the tests;
+# scripts/build-guests.sh says how to get it.
+PKGS=(qemu-utils qemu-block-extra libnbd-bin nbdkit libiscsi-bin libiscsi-dev tgt fio sanlock qemu-system-misc)
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 missing=()

@@ -407,7 +407,7 @@ async function vmBench() {
     [rep, ['--replay', log]],
   ]
   // single runs vary by +-10 % here; many runs in rotating order, medians
-  const reps = Math.max(REPS, 7)
+  const reps = Math.max(REPS, 11)
   for (let i = 0; i < reps; i++) {
     for (let k = 0; k < 3; k++) {
       const [into, args] = modes[(i + k) % 3]
