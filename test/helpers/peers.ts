@@ -72,6 +72,7 @@ export function run(cmd: string, args: string[], opts: { cwd?: string; input?: s
     let stderr = ''
     child.stdout.on('data', (d) => (stdout += d))
     child.stderr.on('data', (d) => (stderr += d))
+    child.stdin.on('error', () => {}) // a child that exits without reading its input: EPIPE, not a failure
     child.stdin.end(opts.input ?? '')
     child.on('close', (code, signal) => resolve({ status: code ?? (signal ? 128 : -1), stdout, stderr }))
     child.on('error', (e) => resolve({ status: -1, stdout, stderr: stderr + String(e) }))

@@ -52,6 +52,8 @@ export interface MachineOptions {
   net?: SwitchPort
   /** the NIC's MAC address (default 02:00:00:00:00:01) */
   mac?: Buffer
+  /** called at every multiple of `every` retired instructions, exactly there (tests compare runs) */
+  observe?: { every: number; fn: (m: Machine) => void }
 }
 /** frames waiting for the guest beyond this are dropped (a host-side queue bound) */
 const RX_QUEUE = 256
@@ -92,6 +94,7 @@ export class Machine {
   private readonly startNs: bigint
   private mtimecmp = 0xffffffffffffffffn
   private exitCode: number | null = null
+  private observedAt = -1
   private interrupts = 0
   // HBA registers
   private ringAddr = 0
@@ -499,9 +502,15 @@ export class Machine {
           break
         }
         let limit = Math.min(this.hart.instret + SLICE, max)
+        const obs = this.opts.observe
+        if (obs) limit = Math.min(limit, (Math.floor(this.hart.instret / obs.every) + 1) * obs.every)
         const next = replay?.peek()
         if (replay && next && next.instret < limit && next.kind !== EVENT.TIME && next.kind !== EVENT.ENTROPY && next.kind !== EVENT.RTC) limit = Math.max(next.instret, this.hart.instret)
         const reason = limit > this.hart.instret ? this.hart.run(limit) : 'limit'
+        if (obs && this.hart.instret % obs.every === 0 && this.hart.instret !== this.observedAt) {
+          this.observedAt = this.hart.instret
+          obs.fn(this)
+        }
         if (reason === 'fault') {
           end = 'fault'
           message = this.hart.fault!.message

@@ -4,6 +4,7 @@ import { isStorageError } from '../../disk-formats/errors.js'
 import * as C from './constants.js'
 import { invalidField, invalidOpcode, invalidParameter, lbaOutOfRange, parameterLength, SenseError, senseData, senseFor } from './sense.js'
 import { Conflict, PersistentReservations, type Access } from './persistent-reservations.js'
+import { CopyManager } from './extended-copy.js'
 
 export interface ScsiResult {
   status: number
@@ -75,6 +76,7 @@ export class LogicalUnit {
   private readonly nexuses = new Map<string, { sessions: number; attentions: C.AscName[] }>()
   private readonly pr = new PersistentReservations((nexus, asc) => this.attention(nexus, asc))
   private readonly naa: Buffer
+  private readonly copies: CopyManager
   private readonly vendor: string
   private readonly product: string
   private readonly revision: string
@@ -91,6 +93,12 @@ export class LogicalUnit {
     this.vendor = opts.vendor ?? 'TANDEM'
     this.product = opts.product ?? 'VIRTUAL-DISK'
     this.revision = opts.revision ?? '0001'
+    this.copies = new CopyManager(dev, () => this.blocks, this.naaDesignator())
+  }
+
+  /** The NAA designation descriptor of VPD page 0x83 (binary, LU, NAA, 16 bytes). */
+  private naaDesignator(): Buffer {
+    return Buffer.concat([Buffer.from([0x01, 0x03, 0x00, 16]), this.naa])
   }
 
   /** A session of this I_T nexus logged in (unit attentions are kept per nexus). */
@@ -352,6 +360,11 @@ export class LogicalUnit {
       }
       case C.PERSISTENT_RESERVE_IN:
         return { status: C.GOOD, dataIn: this.pr.in(cdb) }
+      case C.EXTENDED_COPY:
+        await this.copies.extendedCopy(cdb, out, initiator)
+        return { status: C.GOOD }
+      case C.RECEIVE_COPY_RESULTS:
+        return { status: C.GOOD, dataIn: this.copies.receiveCopyResults(cdb, initiator) }
       case C.PERSISTENT_RESERVE_OUT:
         try {
           this.pr.out(cdb, out, initiator)
@@ -385,6 +398,7 @@ export class LogicalUnit {
       d[2] = 0x06 // SPC-4
       d[3] = 0x12 // HISUP, response data format 2
       d[4] = d.length - 5
+      d[5] = 0x08 // 3PC: third-party copy (EXTENDED COPY)
       d[7] = 0x02 // CMDQUE
       pad(this.vendor, 8).copy(d, 8)
       pad(this.product, 16).copy(d, 16)
@@ -409,8 +423,10 @@ export class LogicalUnit {
         return wrap(Buffer.from(VPD_PAGES))
       case 0x80:
         return wrap(Buffer.from(this.opts.serial, 'ascii'))
+      case 0x8f:
+        return wrap(this.copies.thirdPartyCopyVpd())
       case 0x83: {
-        const naa = Buffer.concat([Buffer.from([0x01, 0x03, 0x00, 16]), this.naa]) // binary, LU, NAA
+        const naa = this.naaDesignator()
         const t10id = Buffer.concat([pad(this.vendor, 8), Buffer.from(this.opts.serial, 'ascii')])
         const t10 = Buffer.concat([Buffer.from([0x02, 0x01, 0x00, t10id.length]), t10id]) // ASCII, LU, T10 vendor id
         return wrap(Buffer.concat([naa, t10]))
@@ -725,6 +741,8 @@ const CDB_LENGTH: Record<number, number> = {
   [C.WRITE_SAME_16]: 16,
   [C.WRITE_ATOMIC_16]: 16,
   [C.SERVICE_ACTION_IN_16]: 16,
+  [C.EXTENDED_COPY]: 16,
+  [C.RECEIVE_COPY_RESULTS]: 16,
   [C.REPORT_LUNS]: 12,
   [C.MAINTENANCE_IN]: 12,
   [C.READ_12]: 12,
@@ -736,17 +754,20 @@ const CDB_LENGTH: Record<number, number> = {
 const SUPPORTED: [number, number?][] = [
   ...Object.keys(CDB_LENGTH)
     .map(Number)
-    .filter((op) => op !== C.SERVICE_ACTION_IN_16 && op !== C.MAINTENANCE_IN)
+    .filter((op) => op !== C.SERVICE_ACTION_IN_16 && op !== C.MAINTENANCE_IN && op !== C.EXTENDED_COPY && op !== C.RECEIVE_COPY_RESULTS)
     .map((op) => [op] as [number]),
   [C.SERVICE_ACTION_IN_16, C.SAI_READ_CAPACITY_16],
   [C.SERVICE_ACTION_IN_16, C.SAI_GET_LBA_STATUS],
   [C.MAINTENANCE_IN, C.MI_REPORT_SUPPORTED_OPERATION_CODES],
+  [C.EXTENDED_COPY, 0x00],
+  [C.RECEIVE_COPY_RESULTS, 0x00],
+  [C.RECEIVE_COPY_RESULTS, 0x03],
 ]
 
-const VPD_PAGES = [0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2]
+const VPD_PAGES = [0x00, 0x80, 0x83, 0x8f, 0xb0, 0xb1, 0xb2]
 
 const READS = new Set([C.READ_6, C.READ_10, C.READ_12, C.READ_16, C.VERIFY_10, C.VERIFY_12, C.VERIFY_16, C.PRE_FETCH_10, C.PRE_FETCH_16, C.READ_DEFECT_DATA_10, C.READ_DEFECT_DATA_12])
-const WRITES = new Set([C.WRITE_ATOMIC_16, C.WRITE_6, C.WRITE_10, C.WRITE_12, C.WRITE_16, C.WRITE_AND_VERIFY_10, C.WRITE_AND_VERIFY_12, C.WRITE_AND_VERIFY_16, C.ORWRITE_16, C.COMPARE_AND_WRITE, C.WRITE_SAME_10, C.WRITE_SAME_16, C.UNMAP, C.SYNCHRONIZE_CACHE_10, C.SYNCHRONIZE_CACHE_16, C.MODE_SELECT_6, C.MODE_SELECT_10])
+const WRITES = new Set([C.EXTENDED_COPY, C.WRITE_ATOMIC_16, C.WRITE_6, C.WRITE_10, C.WRITE_12, C.WRITE_16, C.WRITE_AND_VERIFY_10, C.WRITE_AND_VERIFY_12, C.WRITE_AND_VERIFY_16, C.ORWRITE_16, C.COMPARE_AND_WRITE, C.WRITE_SAME_10, C.WRITE_SAME_16, C.UNMAP, C.SYNCHRONIZE_CACHE_10, C.SYNCHRONIZE_CACHE_16, C.MODE_SELECT_6, C.MODE_SELECT_10])
 
 /** How a command touches the medium, for persistent-reservation conflicts (SPC-4 table 56). */
 function accessOf(cdb: Buffer): Access {

@@ -116,3 +116,39 @@ t.test('bad guests end in a trap or a clear stop', async (t) => {
   t.match(tandem(['vm', 'run', '--guest', 'nosuch']).stderr, /no guest named 'nosuch'/)
   t.match(tandem(['vm', 'run', '--guest', 'cpu', '--memory', '1000']).stderr, /multiple of 4 KiB/)
 })
+
+t.test('a replay matches its recording at every point observed, and writes the same disk', async (t) => {
+  const { Machine, EventRecorder, EventReplayer, encodeHeader, guestPath } = await import('../../../src/client/vm/index.js')
+  const { LogicalUnit } = await import('../../../src/server/scsi/index.js')
+  const { RawFile } = await import('../../../src/disk-formats/index.js')
+  const { createHash } = await import('node:crypto')
+  const d = tmp(t)
+  for (const guest of ['ticker', 'diskio']) {
+    const image = readFileSync(guestPath(guest))
+    const sha = createHash('sha256').update(image).digest()
+    const memory = 16 << 20
+    const disks: string[] = []
+    const run = async (mode: 'record' | 'replay', log?: Buffer) => {
+      const file = join(d, `${guest}-${mode}.raw`)
+      disks.push(file)
+      const dev = await RawFile.create(file, 8 << 20)
+      const seen: string[] = []
+      const record = mode === 'record' ? new EventRecorder(encodeHeader(memory, sha)) : undefined
+      let replay
+      if (log) {
+        writeFileSync(join(d, 'l.log'), log)
+        replay = await EventReplayer.open(join(d, 'l.log'), memory, sha)
+      }
+      const m = new Machine({ image, memory, record, replay, disk: new LogicalUnit(dev, { serial: 'vm' }), observe: { every: guest === 'ticker' ? 10_000_000 : 250_000, fn: (x) => seen.push(`${x.hart.instret}:${x.stateHash()}`) } })
+      const s = await m.run()
+      await dev.close()
+      return { s, seen, log: record?.bytes() }
+    }
+    const rec = await run('record')
+    const rep = await run('replay', rec.log)
+    t.equal(rep.s.end, 'exit', `${guest}: replay ran to the end`)
+    t.same(rep.seen, rec.seen, `${guest}: the same state at each of ${rec.seen.length} points`)
+    t.equal(rep.s.stateHash, rec.s.stateHash, `${guest}: the same final state`)
+    t.same(readFileSync(disks[1]), readFileSync(disks[0]), `${guest}: the same disk, byte for byte`)
+  }
+})

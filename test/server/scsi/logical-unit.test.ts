@@ -29,7 +29,7 @@ t.test('INQUIRY: standard data and VPD pages', async (t) => {
   t.equal(std.dataIn!.toString('ascii', 8, 16), 'TANDEM  ')
   t.equal(std.dataIn![2], 6, 'SPC-4')
   const pages = await u.execute(hex('12 01 00 00 ff 00'), null, I1)
-  t.same([...pages.dataIn!.subarray(4)], [0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2])
+  t.same([...pages.dataIn!.subarray(4)], [0x00, 0x80, 0x83, 0x8f, 0xb0, 0xb1, 0xb2])
   const serial = await u.execute(hex('12 01 80 00 ff 00'), null, I1)
   t.equal(serial.dataIn!.toString('ascii', 4), 'tandem-test-0001')
   const ids = (await u.execute(hex('12 01 83 00 ff 00'), null, I1)).dataIn!
@@ -296,4 +296,83 @@ t.test('unit attentions: LUN and target reset, preempted registrations; INQUIRY 
   u.reset('lun')
   u.nexusJoined(N1)
   t.equal((await tur(N1)).status, SCSI.GOOD, 'a nexus that was gone during the reset has nothing pending')
+})
+
+t.test('EXTENDED COPY (LID1) within the LU, RECEIVE COPY RESULTS, and bad parameter lists', async (t) => {
+  const u = await lu(t)
+  const N = 'iqn.a,i,0x000000000001'
+  const ident = (await u.execute(hex('12 01 83 00 ff 00'), null, N)).dataIn!.subarray(4, 24) // the NAA designation descriptor
+  t.equal(ident[1] & 0x0f, 3, 'NAA')
+  const cscd = (opts: { type?: number; nul?: boolean; luid?: number } = {}) => {
+    const d = Buffer.alloc(32)
+    d[0] = opts.type ?? 0xe4
+    d[1] = ((opts.luid ?? 0) << 6) | (opts.nul ? 0x20 : 0)
+    ident.copy(d, 4)
+    d.writeUIntBE(512, 29, 3)
+    return d
+  }
+  const segment = (src: number, dst: number, blocks: number, srcLba: number, dstLba: number, type = 0x02) => {
+    const s = Buffer.alloc(28)
+    s[0] = type
+    s.writeUInt16BE(24, 2)
+    s.writeUInt16BE(src, 4)
+    s.writeUInt16BE(dst, 6)
+    s.writeUInt16BE(blocks, 10)
+    s.writeBigUInt64BE(BigInt(srcLba), 12)
+    s.writeBigUInt64BE(BigInt(dstLba), 20)
+    return s
+  }
+  const list = (listId: number, cscds: Buffer[], segs: Buffer[], usage = 0) => {
+    const h = Buffer.alloc(16)
+    h[0] = listId
+    h[1] = usage << 3
+    const c = Buffer.concat(cscds)
+    const s = Buffer.concat(segs)
+    h.writeUInt16BE(c.length, 2)
+    h.writeUInt32BE(s.length, 8)
+    return Buffer.concat([h, c, s])
+  }
+  const xcopy = (p: Buffer, plen = p.length) => {
+    const cdb = Buffer.alloc(16)
+    cdb[0] = 0x83
+    cdb.writeUInt32BE(plen, 10)
+    return u.execute(cdb, p, N)
+  }
+  const rcr = (sa: number, listId = 0) => {
+    const cdb = Buffer.alloc(16)
+    cdb[0] = 0x84
+    cdb[1] = sa
+    cdb[2] = listId
+    cdb.writeUInt32BE(1024, 10)
+    return u.execute(cdb, null, N)
+  }
+  const data = pattern(64 * 512, 77)
+  await u.execute(hex('2a 00 00000064 00 0040 00'), data, N) // 64 blocks at LBA 100
+  t.same(sk(await rcr(0, 5)), [5, 0x24, 0], 'no status held for list 5 yet')
+  const r = await xcopy(list(5, [cscd()], [segment(0, 0, 64, 100, 5000)]))
+  t.equal(r.status, SCSI.GOOD, 'copy of 64 blocks from LBA 100 to 5000')
+  t.same((await u.execute(hex('28 00 00001388 00 0040 00'), null, N)).dataIn, data, 'the blocks are there')
+  const st = (await rcr(0, 5)).dataIn!
+  t.equal(st[4], 1, 'COPY STATUS: completed, no errors')
+  t.equal(st.readUInt16BE(5), 1, 'one segment processed')
+  t.equal(st.readUInt32BE(8), 32, '32 KiB transferred')
+  const op = (await rcr(3)).dataIn!
+  t.equal(op.readUInt16BE(8), 8, 'OPERATING PARAMETERS: 8 CSCD descriptors')
+  t.equal(op.readUInt16BE(10), 16, '16 segment descriptors')
+  t.same([...op.subarray(44)], [0x02, 0xe4], 'implemented descriptor types')
+  t.equal((await xcopy(Buffer.alloc(0), 0)).status, SCSI.GOOD, 'an empty parameter list does nothing')
+  const good = list(1, [cscd()], [segment(0, 0, 8, 0, 8)])
+  t.same(sk(await xcopy(good.subarray(0, 40), 40)), [5, 0x1a, 0], 'truncated: PARAMETER LIST LENGTH ERROR')
+  t.same(sk(await xcopy(list(1, Array(9).fill(cscd()), [segment(0, 0, 8, 0, 8)]))), [5, 0x26, 0x06], 'TOO MANY TARGET DESCRIPTORS')
+  t.same(sk(await xcopy(list(1, [cscd()], Array(17).fill(segment(0, 0, 8, 0, 8))))), [5, 0x26, 0x08], 'TOO MANY SEGMENT DESCRIPTORS')
+  t.same(sk(await xcopy(list(1, [cscd({ type: 0xe0 })], [segment(0, 0, 8, 0, 8)]))), [5, 0x26, 0x07], 'an FC N_Port_Name CSCD is not supported')
+  t.same(sk(await xcopy(list(1, [cscd()], [segment(0, 0, 8, 0, 8, 0x03)]))), [5, 0x26, 0x09], 'nor a stream segment')
+  t.equal((await xcopy(list(1, [cscd({ luid: 3 })], [segment(0, 0, 8, 0, 8)]))).status, SCSI.GOOD, 'LU ID TYPE is not checked: the designator names the LU')
+  t.same(sk(await xcopy(list(1, [cscd({ nul: true })], [segment(0, 0, 8, 0, 8)]))), [0x0a, 0x08, 0x04], 'a NUL CSCD: COPY ABORTED, UNREACHABLE COPY TARGET')
+  t.same(sk(await xcopy(list(1, [cscd()], [segment(0, 1, 8, 0, 8)]))), [0x0a, 0x08, 0x04], 'a CSCD index past the list')
+  const other = cscd()
+  other[8 + 5] ^= 0xff
+  t.same(sk(await xcopy(list(1, [other], [segment(0, 0, 8, 0, 8)]))), [0x0a, 0x08, 0x04], 'a designator of another LU')
+  t.same(sk(await xcopy(list(7, [cscd()], [segment(0, 0, 8, 0, u.blocks - 4)]))), [0x0a, 0, 0], 'past the end: COPY ABORTED')
+  t.equal((await rcr(0, 7)).dataIn![4], 2, 'its held status: completed with errors')
 })
