@@ -138,6 +138,11 @@ t.test('CSRs, ECALL/MRET, interrupts, and the retired-instruction counter', asyn
   t.equal(m.hart.x[12], 7, 'returned after the ecall')
   t.equal(m.hart.x[13], prog.length + handler.length - 1, 'minstret counts every instruction before it')
   t.equal(m.hart.x[0], 0)
+  // EBREAK traps with cause 3; FENCE is a no-op
+  const eb = new Machine({ image: elf([...li(1, BASE + 0x20), rv.csrrw(0, 0x305, 1), rv.fence(), rv.ebreak(), 0, 0, 0, rv.csrrs(10, 0x342, 0), rv.jal(0, 0)]), memory: 1 << 20 })
+  eb.hart.run(6)
+  t.equal(eb.hart.x[10], CAUSE.BREAKPOINT, 'ebreak: breakpoint')
+  t.equal(u(eb.hart.mepc), BASE + 16, 'mepc: the ebreak itself')
   // csrrs/csrrc/csrrwi on mscratch
   const c = exec([rv.csrrwi(0, 0x340, 0x15), rv.csrrsi(1, 0x340, 0x02), rv.csrrci(2, 0x340, 0x01), rv.csrrs(3, 0x340, 0)])
   t.same([c.hart.x[1], c.hart.x[2], c.hart.x[3]], [0x15, 0x17, 0x16])
