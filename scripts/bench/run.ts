@@ -180,6 +180,28 @@ async function servePeer(cmd: string, args: string[], uri: string, pidfile?: str
   }
 }
 
+type Work = [label: string, unit: 'MiB/s' | 'IOPS', fn: (uri: string) => number]
+
+/**
+ * Starts each server in turn (REPS times, alternating which goes first), runs every item of
+ * `work` against it, stops it; returns label → server name → measurements.
+ */
+async function serveAndMeasure(sides: [string, () => Promise<Served>][], work: Work[]): Promise<Record<string, Record<string, number[]>>> {
+  const results: Record<string, Record<string, number[]>> = {}
+  for (let rep = 0; rep < REPS; rep++) {
+    const order = rep % 2 === 0 ? sides : [...sides].reverse()
+    for (const [name, start] of order) {
+      const srv = await start()
+      try {
+        for (const [label, , fn] of work) ((results[label] ??= {})[name] ??= []).push(fn(srv.uri))
+      } finally {
+        await srv.stop()
+      }
+    }
+  }
+  return results
+}
+
 function fio(uri: string, rw: string, qd: number, seconds: number): number {
   const r = spawnSync('fio', ['--name=b', '--ioengine=nbd', `--uri=${uri}`, `--rw=${rw}`, '--bs=4k', `--iodepth=${qd}`, `--runtime=${seconds}`, '--time_based', '--output-format=json', '--size=1g'], { encoding: 'utf8' })
   if (r.status !== 0) throw new Error(`fio failed: ${r.stderr}`)
@@ -238,7 +260,7 @@ async function nbdBench() {
     sides.push(['nbdkit-file(raw)', () => servePeer('nbdkit', ['-f', '-P', pid, '-i', '127.0.0.1', '-p', String(NBD_PORT), '-e', 'bench', 'file', raw], qemuUri, pid)])
   }
   const secs = Number(process.env.BENCH_FIO_SECONDS ?? 4)
-  const work: [string, 'MiB/s' | 'IOPS', (uri: string) => number][] = [
+  const work: Work[] = [
     ['1 GiB sequential read (nbdcopy)', 'MiB/s', (u) => 1024 / nbdcopySeconds(u, 'null:')],
     ['1 GiB sequential write (nbdcopy)', 'MiB/s', (u) => 1024 / nbdcopySeconds(src, u)],
     ['4k random read QD1 (fio nbd)', 'IOPS', (u) => fio(u, 'randread', 1, secs)],
@@ -246,18 +268,7 @@ async function nbdBench() {
     ['4k random write QD1 (fio nbd)', 'IOPS', (u) => fio(u, 'randwrite', 1, secs)],
     ['4k random write QD32 (fio nbd)', 'IOPS', (u) => fio(u, 'randwrite', 32, secs)],
   ]
-  const results: Record<string, Record<string, number[]>> = {}
-  for (let rep = 0; rep < REPS; rep++) {
-    const order = rep % 2 === 0 ? sides : [...sides].reverse()
-    for (const [name, start] of order) {
-      const srv = await start()
-      try {
-        for (const [label, , fn] of work) ((results[label] ??= {})[name] ??= []).push(fn(srv.uri))
-      } finally {
-        await srv.stop()
-      }
-    }
-  }
+  const results = await serveAndMeasure(sides, work)
   for (const [label, unit] of work) {
     const r = results[label]
     const t = median(r.tandem)
@@ -338,7 +349,7 @@ async function iscsiBench() {
     if (r.status !== 0) throw new Error(`iscsi-load ${mode} failed: ${r.stderr}`)
     return (JSON.parse(r.stdout) as Record<string, number>)[key]
   }
-  const work: [string, 'MiB/s' | 'IOPS', (url: string) => number][] = [
+  const work: Work[] = [
     ['1 MiB sequential read QD32', 'MiB/s', (u) => gen(u, 'read', 1 << 20, 32, 'mibps')],
     ['1 MiB sequential write QD32', 'MiB/s', (u) => gen(u, 'write', 1 << 20, 32, 'mibps')],
     ['4k random read QD1', 'IOPS', (u) => gen(u, 'randread', 4096, 1, 'iops')],
@@ -346,18 +357,7 @@ async function iscsiBench() {
     ['4k random write QD1', 'IOPS', (u) => gen(u, 'randwrite', 4096, 1, 'iops')],
     ['4k random write QD32', 'IOPS', (u) => gen(u, 'randwrite', 4096, 32, 'iops')],
   ]
-  const results: Record<string, Record<string, number[]>> = {}
-  for (let rep = 0; rep < REPS; rep++) {
-    const order = rep % 2 === 0 ? sides : [...sides].reverse()
-    for (const [name, start] of order) {
-      const srv = await start()
-      try {
-        for (const [label, , fn] of work) ((results[label] ??= {})[name] ??= []).push(fn(srv.uri))
-      } finally {
-        await srv.stop()
-      }
-    }
-  }
+  const results = await serveAndMeasure(sides, work)
   for (const [label, unit] of work) {
     const t = median(results[label].tandem)
     const g = median(results[label].tgtd)

@@ -75,6 +75,50 @@ function mulhu(a: number, b: number): number {
   return (ah * bh + (lh >>> 16) + (hl >>> 16) + Math.floor(mid / 65536)) | 0
 }
 
+/** ADD, SLL, SLT, SLTU, XOR, SRL, OR, AND by funct3 (register or immediate operand). */
+function alu(f3: number, a: number, b: number): number {
+  switch (f3) {
+    case 0:
+      return (a + b) | 0
+    case 1:
+      return a << (b & 31)
+    case 2:
+      return a < b ? 1 : 0
+    case 3:
+      return a >>> 0 < b >>> 0 ? 1 : 0
+    case 4:
+      return a ^ b
+    case 5:
+      return a >>> (b & 31)
+    case 6:
+      return a | b
+    default:
+      return a & b
+  }
+}
+
+/** The M extension by funct3, with the ISA's results for division by zero and overflow. */
+function muldiv(f3: number, a: number, b: number): number {
+  switch (f3) {
+    case 0:
+      return Math.imul(a, b)
+    case 1: // MULH
+      return (mulhu(a >>> 0, b >>> 0) - (a < 0 ? b : 0) - (b < 0 ? a : 0)) | 0
+    case 2: // MULHSU
+      return (mulhu(a >>> 0, b >>> 0) - (a < 0 ? b : 0)) | 0
+    case 3:
+      return mulhu(a >>> 0, b >>> 0)
+    case 4: // DIV
+      return b === 0 ? -1 : a === -0x80000000 && b === -1 ? a : (a / b) | 0
+    case 5: // DIVU
+      return b === 0 ? -1 : ((a >>> 0) / (b >>> 0)) | 0
+    case 6: // REM
+      return b === 0 ? a : a === -0x80000000 && b === -1 ? 0 : a % b | 0
+    default: // REMU
+      return b === 0 ? a : (a >>> 0) % (b >>> 0) | 0
+  }
+}
+
 export class Hart {
   readonly x = new Int32Array(32)
   pc = 0
@@ -260,7 +304,10 @@ export class Hart {
       const rs1 = (inst >>> 15) & 31
       const f3 = (inst >>> 12) & 7
       let next = (pc + 4) | 0
-      switch (inst & 0x7f) {
+      // An exception sets `cause` and `tval` and leaves `exec`; it is taken below.
+      let cause = -1
+      let tval = 0
+      exec: switch (inst & 0x7f) {
         case 0x37: // LUI
           if (rd) x[rd] = inst & 0xfffff000
           break
@@ -272,13 +319,9 @@ export class Hart {
           const imm = ((inst >> 31) << 20) | (((inst >>> 12) & 0xff) << 12) | (((inst >>> 20) & 1) << 11) | (((inst >>> 21) & 0x3ff) << 1)
           const target = (pc + imm) | 0
           if (target & 3) {
-            if (!this.exception(CAUSE.INSN_MISALIGNED, pc, target)) {
-              reason = 'fault'
-              break outer
-            }
-            pc = this.pc
-            n++
-            continue
+            cause = CAUSE.INSN_MISALIGNED
+            tval = target
+            break exec
           }
           if (rd) x[rd] = next
           next = target
@@ -287,23 +330,15 @@ export class Hart {
         case 0x67: {
           // JALR
           if (f3 !== 0) {
-            if (!this.illegal(pc, inst)) {
-              reason = 'fault'
-              break outer
-            }
-            pc = this.pc
-            n++
-            continue
+            cause = CAUSE.ILLEGAL
+            tval = inst
+            break exec
           }
           const target = ((x[rs1] + (inst >> 20)) & ~1) | 0
           if (target & 3) {
-            if (!this.exception(CAUSE.INSN_MISALIGNED, pc, target)) {
-              reason = 'fault'
-              break outer
-            }
-            pc = this.pc
-            n++
-            continue
+            cause = CAUSE.INSN_MISALIGNED
+            tval = target
+            break exec
           }
           if (rd) x[rd] = next
           next = target
@@ -334,25 +369,17 @@ export class Hart {
               taken = a >>> 0 >= b >>> 0
               break
             default:
-              if (!this.illegal(pc, inst)) {
-                reason = 'fault'
-                break outer
-              }
-              pc = this.pc
-              n++
-              continue outer
+              cause = CAUSE.ILLEGAL
+              tval = inst
+              break exec
           }
           if (taken) {
             const imm = ((inst >> 31) << 12) | (((inst >>> 7) & 1) << 11) | (((inst >>> 25) & 0x3f) << 5) | (((inst >>> 8) & 0xf) << 1)
             const target = (pc + imm) | 0
             if (target & 3) {
-              if (!this.exception(CAUSE.INSN_MISALIGNED, pc, target)) {
-                reason = 'fault'
-                break outer
-              }
-              pc = this.pc
-              n++
-              continue
+              cause = CAUSE.INSN_MISALIGNED
+              tval = target
+              break exec
             }
             next = target
           }
@@ -365,22 +392,14 @@ export class Hart {
           const width = f3 & 3
           let v: number
           if (width === 3 || f3 > 5 || (f3 > 3 && width === 2)) {
-            if (!this.illegal(pc, inst)) {
-              reason = 'fault'
-              break outer
-            }
-            pc = this.pc
-            n++
-            continue
+            cause = CAUSE.ILLEGAL
+            tval = inst
+            break exec
           }
           if (addr & ((1 << width) - 1)) {
-            if (!this.exception(CAUSE.LOAD_MISALIGNED, pc, addr)) {
-              reason = 'fault'
-              break outer
-            }
-            pc = this.pc
-            n++
-            continue
+            cause = CAUSE.LOAD_MISALIGNED
+            tval = addr
+            break exec
           }
           if (aoff < size) {
             switch (f3) {
@@ -406,13 +425,9 @@ export class Hart {
             n = 0
             const r = bus.load(addr, (1 << width) as 1 | 2 | 4, this)
             if (r === undefined) {
-              if (!this.exception(CAUSE.LOAD_ACCESS, pc, addr)) {
-                reason = 'fault'
-                break outer
-              }
-              pc = this.pc
-              n++
-              continue
+              cause = CAUSE.LOAD_ACCESS
+              tval = addr
+              break exec
             }
             v = f3 === 0 ? (r << 24) >> 24 : f3 === 1 ? (r << 16) >> 16 : f3 === 4 ? r & 0xff : f3 === 5 ? r & 0xffff : r | 0
           }
@@ -425,22 +440,14 @@ export class Hart {
           const aoff = (addr ^ 0x80000000) >>> 0
           const v = x[(inst >>> 20) & 31]
           if (f3 > 2) {
-            if (!this.illegal(pc, inst)) {
-              reason = 'fault'
-              break outer
-            }
-            pc = this.pc
-            n++
-            continue
+            cause = CAUSE.ILLEGAL
+            tval = inst
+            break exec
           }
           if (addr & ((1 << f3) - 1)) {
-            if (!this.exception(CAUSE.STORE_MISALIGNED, pc, addr)) {
-              reason = 'fault'
-              break outer
-            }
-            pc = this.pc
-            n++
-            continue
+            cause = CAUSE.STORE_MISALIGNED
+            tval = addr
+            break exec
           }
           if (aoff < size) {
             const page = aoff >>> PAGE_SHIFT
@@ -454,13 +461,9 @@ export class Hart {
             budget -= n
             n = 0
             if (!bus.store(addr, (1 << f3) as 1 | 2 | 4, v, this)) {
-              if (!this.exception(CAUSE.STORE_ACCESS, pc, addr)) {
-                reason = 'fault'
-                break outer
-              }
-              pc = this.pc
-              n++
-              continue
+              cause = CAUSE.STORE_ACCESS
+              tval = addr
+              break exec
             }
             if (this.stopRequested) {
               pc = next
@@ -472,55 +475,19 @@ export class Hart {
           break
         }
         case 0x13: {
-          // OP-IMM
+          // OP-IMM: the ALU with the immediate (ADDI, the commonest instruction, first); shifts
+          // take 5 bits and a funct7 of their own
           const imm = inst >> 20
-          const a = x[rs1]
           let v: number
-          switch (f3) {
-            case 0:
-              v = (a + imm) | 0
-              break
-            case 2:
-              v = a < imm ? 1 : 0
-              break
-            case 3:
-              v = a >>> 0 < imm >>> 0 ? 1 : 0
-              break
-            case 4:
-              v = a ^ imm
-              break
-            case 6:
-              v = a | imm
-              break
-            case 7:
-              v = a & imm
-              break
-            case 1:
-              if (inst >>> 25) {
-                if (!this.illegal(pc, inst)) {
-                  reason = 'fault'
-                  break outer
-                }
-                pc = this.pc
-                n++
-                continue outer
-              }
-              v = a << (imm & 31)
-              break
-            default: {
-              const f7 = inst >>> 25
-              if (f7 === 0) v = a >>> (imm & 31)
-              else if (f7 === 0x20) v = a >> (imm & 31)
-              else {
-                if (!this.illegal(pc, inst)) {
-                  reason = 'fault'
-                  break outer
-                }
-                pc = this.pc
-                n++
-                continue outer
-              }
+          if (f3 === 0) v = (x[rs1] + imm) | 0
+          else {
+            const f7 = inst >>> 25
+            if ((f3 === 1 && f7 !== 0) || (f3 === 5 && f7 !== 0 && f7 !== 0x20)) {
+              cause = CAUSE.ILLEGAL
+              tval = inst
+              break exec
             }
+            v = f3 === 5 && f7 === 0x20 ? x[rs1] >> (imm & 31) : alu(f3, x[rs1], imm)
           }
           if (rd) x[rd] = v
           break
@@ -531,81 +498,22 @@ export class Hart {
           const b = x[(inst >>> 20) & 31]
           const f7 = inst >>> 25
           let v: number
-          if (f7 === 0) {
-            switch (f3) {
-              case 0:
-                v = (a + b) | 0
-                break
-              case 1:
-                v = a << (b & 31)
-                break
-              case 2:
-                v = a < b ? 1 : 0
-                break
-              case 3:
-                v = a >>> 0 < b >>> 0 ? 1 : 0
-                break
-              case 4:
-                v = a ^ b
-                break
-              case 5:
-                v = a >>> (b & 31)
-                break
-              case 6:
-                v = a | b
-                break
-              default:
-                v = a & b
-            }
-          } else if (f7 === 0x20 && (f3 === 0 || f3 === 5)) {
-            v = f3 === 0 ? (a - b) | 0 : a >> (b & 31)
-          } else if (f7 === 1) {
-            switch (f3) {
-              case 0:
-                v = Math.imul(a, b)
-                break
-              case 1: // MULH
-                v = (mulhu(a >>> 0, b >>> 0) - (a < 0 ? b : 0) - (b < 0 ? a : 0)) | 0
-                break
-              case 2: // MULHSU
-                v = (mulhu(a >>> 0, b >>> 0) - (a < 0 ? b : 0)) | 0
-                break
-              case 3:
-                v = mulhu(a >>> 0, b >>> 0)
-                break
-              case 4: // DIV
-                v = b === 0 ? -1 : a === -0x80000000 && b === -1 ? a : (a / b) | 0
-                break
-              case 5: // DIVU
-                v = b === 0 ? -1 : ((a >>> 0) / (b >>> 0)) | 0
-                break
-              case 6: // REM
-                v = b === 0 ? a : a === -0x80000000 && b === -1 ? 0 : a % b | 0
-                break
-              default: // REMU
-                v = b === 0 ? a : (a >>> 0) % (b >>> 0) | 0
-            }
-          } else {
-            if (!this.illegal(pc, inst)) {
-              reason = 'fault'
-              break outer
-            }
-            pc = this.pc
-            n++
-            continue
+          if (f7 === 0) v = alu(f3, a, b)
+          else if (f7 === 0x20 && (f3 === 0 || f3 === 5)) v = f3 === 0 ? (a - b) | 0 : a >> (b & 31)
+          else if (f7 === 1) v = muldiv(f3, a, b)
+          else {
+            cause = CAUSE.ILLEGAL
+            tval = inst
+            break exec
           }
           if (rd) x[rd] = v
           break
         }
         case 0x0f: // FENCE, FENCE.I: one hart, no caches to sync
           if (f3 > 1) {
-            if (!this.illegal(pc, inst)) {
-              reason = 'fault'
-              break outer
-            }
-            pc = this.pc
-            n++
-            continue
+            cause = CAUSE.ILLEGAL
+            tval = inst
+            break exec
           }
           break
         case 0x73: {
@@ -613,13 +521,9 @@ export class Hart {
           if (f3 === 0) {
             if (inst === 0x00000073 || inst === 0x00100073) {
               // ECALL, EBREAK: exceptions whose mepc is this instruction
-              if (!this.exception(inst === 0x73 ? CAUSE.ECALL_M : CAUSE.BREAKPOINT, pc, 0)) {
-                reason = 'fault'
-                break outer
-              }
-              pc = this.pc
-              n++
-              continue
+              cause = inst === 0x73 ? CAUSE.ECALL_M : CAUSE.BREAKPOINT
+              tval = 0
+              break exec
             }
             if (inst === 0x30200073) {
               // MRET
@@ -643,22 +547,14 @@ export class Hart {
               reason = 'wfi'
               break outer
             }
-            if (!this.illegal(pc, inst)) {
-              reason = 'fault'
-              break outer
-            }
-            pc = this.pc
-            n++
-            continue
+            cause = CAUSE.ILLEGAL
+            tval = inst
+            break exec
           }
           if (f3 === 4) {
-            if (!this.illegal(pc, inst)) {
-              reason = 'fault'
-              break outer
-            }
-            pc = this.pc
-            n++
-            continue
+            cause = CAUSE.ILLEGAL
+            tval = inst
+            break exec
           }
           const csr = inst >>> 20
           const src = f3 & 4 ? rs1 : x[rs1]
@@ -670,25 +566,17 @@ export class Hart {
           const old = op === 1 && rd === 0 ? 0 : this.csrRead(csr)
           const writes = op === 1 || rs1 !== 0
           if (old === undefined || (writes && (csr >>> 10) === 3)) {
-            if (!this.illegal(pc, inst)) {
-              reason = 'fault'
-              break outer
-            }
-            pc = this.pc
-            n++
-            continue
+            cause = CAUSE.ILLEGAL
+            tval = inst
+            break exec
           }
           if (writes) {
             const cur = op === 1 ? 0 : (this.csrRead(csr) ?? 0)
             const v = op === 1 ? src : op === 2 ? cur | src : cur & ~src
             if (!this.csrWrite(csr, v)) {
-              if (!this.illegal(pc, inst)) {
-                reason = 'fault'
-                break outer
-              }
-              pc = this.pc
-              n++
-              continue
+              cause = CAUSE.ILLEGAL
+              tval = inst
+              break exec
             }
           }
           if (rd) x[rd] = old
@@ -701,13 +589,20 @@ export class Hart {
           continue
         }
         default:
-          if (!this.illegal(pc, inst)) {
-            reason = 'fault'
-            break outer
-          }
-          pc = this.pc
-          n++
-          continue
+          cause = CAUSE.ILLEGAL
+          tval = inst
+          break exec
+      }
+      if (cause >= 0) {
+        // the trapping instruction counts as executed, so a trap loop still reaches the limit
+        n++
+        if (!this.exception(cause, pc, tval)) {
+          n--
+          reason = 'fault'
+          break
+        }
+        pc = this.pc
+        continue
       }
       pc = next
       n++
@@ -715,9 +610,5 @@ export class Hart {
     this.pc = pc
     this.instret += n
     return reason
-  }
-
-  private illegal(pc: number, inst: number): boolean {
-    return this.exception(CAUSE.ILLEGAL, pc, inst)
   }
 }
