@@ -573,10 +573,11 @@ export class Machine {
       if (!e || e.instret !== this.hart.instret) break
       if (e.kind === EVENT.IRQ) {
         r.next()
+        // only the timer's line is logged (the devices' line follows DISK and NET events)
+        if (e.arg !== IRQ.MTI || e.value > 1) throw new ReplayError(`'${r.file}': record ${r.position - 1} is not a timer interrupt (line ${e.arg}, value ${e.value})`, this.hart.instret)
         const on = e.value === 1
         if (on && !(this.hart.mip & (1 << e.arg))) this.interrupts++
         this.hart.setPending(e.arg, on)
-        if (e.arg === IRQ.MEI) this.hbaIrq = on || this.hbaIrq
       } else if (e.kind === EVENT.DISK) {
         r.next()
         await this.completeDisk(e.value)
