@@ -3,7 +3,7 @@ import { openImage, StorageError, type BlockDevice } from '../../disk-formats/in
 import { parseSize } from './size.js'
 
 /** Exit statuses of `tandem vm run` besides the guest's own exit code. */
-export const VM_EXIT = { LIMIT: 124, FAULT: 125, HALT: 126, REPLAY: 127 } as const
+export const VM_EXIT = { LIMIT: 124, FAULT: 125, HALT: 126, REPLAY: 127, STOPPED: 130 } as const
 
 export function vmCommand(run: (fn: () => Promise<number | void>) => Promise<void>): Command {
   const vm = new Command('vm').description('lightweight deterministic VMs (RV32IM) with a SCSI disk, record and replay')
@@ -25,7 +25,8 @@ The summary: instructions, seconds, MIPS, exit code, a SHA-256 of memory, regist
 state, and a SHA-256 of the console output. A replay ends with the same hashes as its recording.
 Exit status: the guest's own exit code; ${VM_EXIT.LIMIT} at --max-instructions; ${VM_EXIT.FAULT} for a trap the
 guest does not handle; ${VM_EXIT.HALT} when it waits for an interrupt that cannot come; ${VM_EXIT.REPLAY} when a replay
-diverges from its log or the log is damaged.`,
+diverges from its log or the log is damaged; ${VM_EXIT.STOPPED} when stopped by SIGINT/SIGTERM (the
+summary is printed and a recording's log written; its replay stops at the same instruction).`,
     )
     .action((o) =>
       run(async () => {
@@ -59,8 +60,15 @@ diverges from its log or the log is damaged.`,
           if (pending.length) out.write(Buffer.from(pending))
           pending = []
         }
+        // Ctrl-C / SIGTERM: stop between slices, write the log and the summary (a server guest such
+        // as kvstore runs until told)
+        const stop = new AbortController()
+        const onSignal = () => stop.abort()
+        process.once('SIGINT', onSignal)
+        process.once('SIGTERM', onSignal)
         try {
           const s = await runVm({
+            signal: stop.signal,
             guest: o.guest,
             memory,
             disk,
@@ -95,8 +103,10 @@ diverges from its log or the log is damaged.`,
             process.stderr.write(`tandem vm: state ${s.stateHash}\ntandem vm: console ${s.consoleHash}\n`)
           }
           if (s.end === 'exit') return s.exitCode ?? 0
-          return s.end === 'limit' ? VM_EXIT.LIMIT : s.end === 'fault' ? VM_EXIT.FAULT : s.end === 'halt' ? VM_EXIT.HALT : VM_EXIT.REPLAY
+          return s.end === 'limit' ? VM_EXIT.LIMIT : s.end === 'fault' ? VM_EXIT.FAULT : s.end === 'halt' ? VM_EXIT.HALT : s.end === 'stopped' ? VM_EXIT.STOPPED : VM_EXIT.REPLAY
         } finally {
+          process.off('SIGINT', onSignal)
+          process.off('SIGTERM', onSignal)
           await disk?.close()
           udp?.close()
         }

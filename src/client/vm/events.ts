@@ -25,7 +25,7 @@ export const EVENT = {
   IRQ: 4,
   /** disk requests complete (value: how many, in submission order) */
   DISK: 5,
-  /** the end of the run (value: exit code); instret: the final count */
+  /** the end of the run (arg 0: the guest exited, value: its exit code; arg 1: stopped by the host) */
   END: 6,
   /** a frame arrives at the NIC (value: its length; extra: the frame) */
   NET: 7,

@@ -52,6 +52,11 @@ export interface MachineOptions {
   net?: SwitchPort
   /** the NIC's MAC address (default 02:00:00:00:00:01) */
   mac?: Buffer
+  /**
+   * Stops the run between two slices (Ctrl-C of `tandem vm run`): a recording ends with an END
+   * record marked "stopped by the host", and its replay stops at the same instruction.
+   */
+  signal?: AbortSignal
   /** called at every multiple of `every` retired instructions, exactly there (tests compare runs) */
   observe?: { every: number; fn: (m: Machine) => void }
 }
@@ -60,7 +65,7 @@ const RX_QUEUE = 256
 export const NIC_DESC_BYTES = 16
 const NIC_MAX_SLOTS = 256
 
-export type RunEnd = 'exit' | 'limit' | 'fault' | 'halt' | 'replay-error'
+export type RunEnd = 'exit' | 'limit' | 'fault' | 'halt' | 'replay-error' | 'stopped'
 
 export interface RunSummary {
   end: RunEnd
@@ -95,6 +100,7 @@ export class Machine {
   private mtimecmp = 0xffffffffffffffffn
   private exitCode: number | null = null
   private observedAt = -1
+  private stoppedByHost = false
   private interrupts = 0
   // HBA registers
   private ringAddr = 0
@@ -482,6 +488,9 @@ export class Machine {
       }
       if (canDisk) waits.push(this.inflight[0].done.catch(() => undefined))
       if (canNet) waits.push(new Promise<void>((r) => (this.rxArrived = r)))
+      const signal = this.opts.signal
+      if (signal?.aborted) return 'go'
+      if (signal) waits.push(new Promise<void>((r) => signal.addEventListener('abort', () => r(), { once: true })))
       await Promise.race(waits)
       this.rxArrived = null
     }
@@ -499,6 +508,12 @@ export class Machine {
         if (this.hart.instret >= max) {
           end = 'limit'
           message = `stopped at the instruction limit (${max})`
+          break
+        }
+        if (this.stoppedByHost || (!replay && this.opts.signal?.aborted)) {
+          end = 'stopped'
+          message = `stopped by the host at instruction ${this.hart.instret}`
+          if (!replay) this.opts.record?.add(EVENT.END, 1, this.hart.instret, 0)
           break
         }
         let limit = Math.min(this.hart.instret + SLICE, max)
@@ -585,6 +600,11 @@ export class Machine {
         r.next()
         if (this.rxFree === 0) throw new ReplayError(`replay diverged at instruction ${this.hart.instret}: the log delivers a network frame, the guest has no receive buffer posted`, this.hart.instret)
         this.deliverFrame(e.extra ?? Buffer.alloc(0))
+      } else if (e.kind === EVENT.END && e.arg === 1) {
+        // the recording was stopped by its host here: so is the replay
+        r.next()
+        this.stoppedByHost = true
+        return
       } else if (e.kind === EVENT.END) {
         throw new ReplayError(`replay diverged at instruction ${this.hart.instret}: the log ends the run here, the guest goes on`, this.hart.instret)
       } else break // an input read: consumed by the instruction that makes it

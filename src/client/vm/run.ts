@@ -35,6 +35,8 @@ export interface VmRunOptions {
   /** the NIC's port on a virtual switch */
   net?: SwitchPort
   mac?: Buffer
+  /** stops the run between slices (the log of a recording is still written) */
+  signal?: AbortSignal
 }
 
 /** Runs a guest to its end; with `record`, writes the event log; with `replay`, follows one. */
@@ -58,7 +60,7 @@ export async function runVm(o: VmRunOptions): Promise<RunSummary> {
     }
   }
   const lu = o.disk ? new LogicalUnit(o.disk, { serial: 'tandem-vm-disk' }) : undefined
-  const m = new Machine({ image, imageName: file, memory: o.memory, disk: lu, record, replay, maxInstructions: o.maxInstructions, onConsole: o.onConsole, net: o.net, mac: o.mac })
+  const m = new Machine({ image, imageName: file, memory: o.memory, disk: lu, record, replay, maxInstructions: o.maxInstructions, onConsole: o.onConsole, net: o.net, mac: o.mac, signal: o.signal })
   const summary = await m.run()
   if (record && o.record) await writeFile(o.record, record.bytes())
   return summary

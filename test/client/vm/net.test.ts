@@ -171,3 +171,32 @@ t.test('the switch drops runt frames and floods broadcasts', async (t) => {
   p1.send(Buffer.concat([BROADCAST, Buffer.from([2, 0, 0, 0, 0, 1]), ETHER]))
   t.same(got.sort(), ['p2', 'p3'])
 })
+
+t.test('SIGINT stops a recording server guest; the log replays to the same stop', async (t) => {
+  const port = await freePort()
+  const log = join(tmp(t), 'kv-int.log')
+  const c = spawn(process.execPath, [CLI, 'vm', 'run', '--json', '--guest', 'kvstore', '--net', `udp:127.0.0.1:${port}`, '--record', log], { stdio: ['ignore', 'pipe', 'pipe'] })
+  let stdout = ''
+  let stderr = ''
+  c.stdout.on('data', (d) => (stdout += d))
+  c.stderr.on('data', (d) => (stderr += d))
+  const closed = new Promise<number>((r) => c.on('close', (code) => r(code ?? -1)))
+  const k = await Client.open(port)
+  t.teardown(() => k.close())
+  let ready = ''
+  for (let i = 0; i < 50 && !ready; i++) ready = await k.ask('COUNT', BROADCAST, 200).catch(() => '')
+  await new Promise((r) => setTimeout(r, 100))
+  k.drain()
+  t.equal(await k.ask('SET a 1'), 'OK')
+  c.kill('SIGINT')
+  t.equal(await closed, 130, `stopped: exit 130 ${stderr}`)
+  const rec = JSON.parse(stdout)
+  t.equal(rec.end, 'stopped')
+  t.match(rec.message, /stopped by the host at instruction \d+/)
+  const rep = await vmProcess(['--guest', 'kvstore', '--replay', log])
+  t.equal(rep.status, 130, rep.stderr)
+  const again = JSON.parse(rep.stdout)
+  t.equal(again.end, 'stopped', 'the replay stops where the recording was stopped')
+  t.equal(again.instructions, rec.instructions)
+  t.equal(again.stateHash, rec.stateHash)
+})
