@@ -184,7 +184,8 @@ type Work = [label: string, unit: 'MiB/s' | 'IOPS', fn: (uri: string) => number]
 
 /**
  * Starts each server in turn (REPS times, alternating which goes first), runs every item of
- * `work` against it, stops it; returns label → server name → measurements.
+ * `work` against it, stops it; returns label → server name → measurements. Before each item the
+ * page cache is written back (`sync`, not timed), so no item pays for the previous one's writes.
  */
 async function serveAndMeasure(sides: [string, () => Promise<Served>][], work: Work[]): Promise<Record<string, Record<string, number[]>>> {
   const results: Record<string, Record<string, number[]>> = {}
@@ -193,7 +194,10 @@ async function serveAndMeasure(sides: [string, () => Promise<Served>][], work: W
     for (const [name, start] of order) {
       const srv = await start()
       try {
-        for (const [label, , fn] of work) ((results[label] ??= {})[name] ??= []).push(fn(srv.uri))
+        for (const [label, , fn] of work) {
+          spawnSync('sync')
+          ;((results[label] ??= {})[name] ??= []).push(fn(srv.uri))
+        }
       } finally {
         await srv.stop()
       }
