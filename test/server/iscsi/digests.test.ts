@@ -128,20 +128,16 @@ class RawSession {
   }
 }
 
-const write10 = (lba: number, blocks: number) => {
+/** A READ(10) or WRITE(10) CDB in a 16-byte field. */
+const rw10 = (op: number, lba: number, blocks: number) => {
   const c = Buffer.alloc(16)
-  c[0] = 0x2a
+  c[0] = op
   c.writeUInt32BE(lba, 2)
   c.writeUInt16BE(blocks, 7)
   return c
 }
-const read10 = (lba: number, blocks: number) => {
-  const c = Buffer.alloc(16)
-  c[0] = 0x28
-  c.writeUInt32BE(lba, 2)
-  c.writeUInt16BE(blocks, 7)
-  return c
-}
+const write10 = (lba: number, blocks: number) => rw10(0x2a, lba, blocks)
+const read10 = (lba: number, blocks: number) => rw10(0x28, lba, blocks)
 
 t.test('data digests: negotiated, checked both ways; a bad one fails its command only', async (t) => {
   const s = await startServer(t)
