@@ -182,20 +182,39 @@ async function servePeer(cmd: string, args: string[], uri: string, pidfile?: str
 
 type Work = [label: string, unit: 'MiB/s' | 'IOPS', fn: (uri: string) => number]
 
+/** A server under test: its name, how to start it, and the files it serves (or reads from). */
+type Side = [name: string, start: () => Promise<Served>, files: string[]]
+
+/**
+ * Writes the page cache back, drops the cached pages of `files` and reads them in again, so that
+ * every side starts every item with its files fully cached in the same shape. Without this the
+ * sides are not comparable: this machine pages out file cache idle for a minute (DAMON), and
+ * small overwrites cost several times more in large page-cache folios (left by big sequential
+ * writes or readahead) than in small ones (left by random I/O): a file's history decides.
+ */
+function warm(files: string[]): void {
+  spawnSync('sync')
+  for (const f of files) {
+    spawnSync('dd', [`if=${f}`, 'iflag=nocache', 'count=0', 'status=none'])
+    spawnSync('dd', [`if=${f}`, 'of=/dev/null', 'bs=1M', 'status=none'])
+  }
+}
+
 /**
  * Starts each server in turn (REPS times, alternating which goes first), runs every item of
- * `work` against it, stops it; returns label → server name → measurements. Before each item the
- * page cache is written back (`sync`, not timed), so no item pays for the previous one's writes.
+ * `work` against it, stops it; returns label → server name → measurements. Before each item
+ * (untimed) the page cache is written back and the side's files are dropped from it and read in
+ * again (`warm`), so no item pays for the previous one's writes or finds its data paged out.
  */
-async function serveAndMeasure(sides: [string, () => Promise<Served>][], work: Work[]): Promise<Record<string, Record<string, number[]>>> {
+async function serveAndMeasure(sides: Side[], work: Work[]): Promise<Record<string, Record<string, number[]>>> {
   const results: Record<string, Record<string, number[]>> = {}
   for (let rep = 0; rep < REPS; rep++) {
     const order = rep % 2 === 0 ? sides : [...sides].reverse()
-    for (const [name, start] of order) {
+    for (const [name, start, files] of order) {
       const srv = await start()
       try {
         for (const [label, , fn] of work) {
-          spawnSync('sync')
+          warm(files)
           ;((results[label] ??= {})[name] ??= []).push(fn(srv.uri))
         }
       } finally {
@@ -255,13 +274,13 @@ async function nbdBench() {
   const d = join(DIR, 'nbd')
   const { ds, vmdk, raw, src } = await benchDisk(d)
   const qemuUri = `nbd://127.0.0.1:${NBD_PORT}/bench`
-  const sides: [string, () => Promise<Served>][] = [
-    ['tandem', () => serveTandem(ds)],
-    ['qemu-nbd', () => servePeer('qemu-nbd', ['-f', 'vmdk', '-x', 'bench', '-b', '127.0.0.1', '-p', String(NBD_PORT), '--persistent', '--shared=8', '--cache=writeback', vmdk], qemuUri)],
+  const sides: Side[] = [
+    ['tandem', () => serveTandem(ds), [vmdk, src]],
+    ['qemu-nbd', () => servePeer('qemu-nbd', ['-f', 'vmdk', '-x', 'bench', '-b', '127.0.0.1', '-p', String(NBD_PORT), '--persistent', '--shared=8', '--cache=writeback', vmdk], qemuUri), [vmdk, src]],
   ]
   if (have('nbdkit')) {
     const pid = join(d, 'nbdkit.pid')
-    sides.push(['nbdkit-file(raw)', () => servePeer('nbdkit', ['-f', '-P', pid, '-i', '127.0.0.1', '-p', String(NBD_PORT), '-e', 'bench', 'file', raw], qemuUri, pid)])
+    sides.push(['nbdkit-file(raw)', () => servePeer('nbdkit', ['-f', '-P', pid, '-i', '127.0.0.1', '-p', String(NBD_PORT), '-e', 'bench', 'file', raw], qemuUri, pid), [raw, src]])
   }
   const secs = Number(process.env.BENCH_FIO_SECONDS ?? 4)
   const work: Work[] = [
@@ -302,7 +321,7 @@ async function iscsiBench() {
     }
   }
   const d = join(DIR, 'iscsi')
-  const { ds, raw } = await benchDisk(d)
+  const { ds, vmdk, raw } = await benchDisk(d)
   const load = join(d, 'iscsi-load')
   const cc = spawnSync('cc', ['-O2', '-o', load, join(ROOT, 'scripts', 'bench', 'iscsi-load.c'), '-liscsi'], { encoding: 'utf8' })
   if (cc.status !== 0) {
@@ -310,7 +329,7 @@ async function iscsiBench() {
     return
   }
   const TGT_CONTROL = '39'
-  const sides: [string, () => Promise<Served>][] = [
+  const sides: Side[] = [
     [
       'tandem',
       async () => {
@@ -319,6 +338,7 @@ async function iscsiBench() {
         await iscsiReady(url)
         return { uri: url, stop: srv.stop }
       },
+      [vmdk],
     ],
     [
       'tgtd',
@@ -345,6 +365,7 @@ async function iscsiBench() {
           },
         }
       },
+      [raw],
     ],
   ]
   const secs = String(Number(process.env.BENCH_FIO_SECONDS ?? 4))

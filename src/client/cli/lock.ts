@@ -5,7 +5,10 @@ import { fileURLToPath } from 'node:url'
 import { Command } from 'commander'
 import { StorageError } from '../../disk-formats/errors.js'
 import { regionSize } from '../../disk-formats/lock-region/index.js'
-import { FileLockStorage, initLockspace, LockManager } from '../locks/index.js'
+import type * as Locks from '../locks/index.js'
+
+/** The lock manager is loaded by the `lock` commands only: the other commands start faster without it. */
+const loadLocks = (): Promise<typeof Locks> => import('../locks/index.js')
 
 const WATCHDOG = join(dirname(fileURLToPath(import.meta.url)), '..', 'locks', 'watchdog.js')
 
@@ -42,6 +45,7 @@ export function lockCommand(run: (fn: () => Promise<number | void>) => Promise<v
         } finally {
           await fh.close()
         }
+        const { FileLockStorage, initLockspace } = await loadLocks()
         const s = await FileLockStorage.open(o.lockspace)
         try {
           const h = await initLockspace(s, { maxHosts, maxLocks, heartbeatMs: int(o.heartbeatMs, 'heartbeat'), leaseMs: int(o.leaseMs, 'lease'), fenceMarginMs: int(o.fenceMarginMs, 'fence margin') })
@@ -69,6 +73,7 @@ export function lockCommand(run: (fn: () => Promise<number | void>) => Promise<v
           if (!h.ok || !l.ok) throw new StorageError('IoError', `${base} answered ${h.status}/${l.status}`)
           view = { hosts: ((await h.json()) as { hosts: unknown[] }).hosts, locks: ((await l.json()) as { locks: unknown[] }).locks }
         } else if (o.lockspace) {
+          const { FileLockStorage, LockManager } = await loadLocks()
           const s = await FileLockStorage.open(o.lockspace)
           try {
             const m = new LockManager(s, 'tandem-ls')
@@ -111,6 +116,7 @@ export function lockCommand(run: (fn: () => Promise<number | void>) => Promise<v
       run(async () => {
         const waitMs = Number(o.wait) * 1000
         if (!Number.isFinite(waitMs) || waitMs < 0) throw new StorageError('InvalidArgument', `invalid --wait '${o.wait}'`)
+        const { FileLockStorage, LockManager } = await loadLocks()
         const storage = await FileLockStorage.open(o.lockspace)
         const mgr = new LockManager(storage, o.host)
         await mgr.join()

@@ -159,8 +159,9 @@ export function decodeHeader(buf: Buffer, file: string, regionBytes?: number): H
   return h
 }
 
-/** An all-zero sector is a slot or record never written (free). */
-const isBlank = (buf: Buffer) => buf.every((b) => b === 0)
+/** An all-zero sector is a slot or record never written (free). A memcmp: the heartbeat reads every sector. */
+const ZERO_SECTOR = Buffer.alloc(SECTOR)
+const isBlank = (buf: Buffer) => (buf.length === SECTOR ? buf.equals(ZERO_SECTOR) : buf.every((b) => b === 0))
 
 export function encodeSlot(s: Omit<Slot, 'index'>): Buffer {
   const buf = Buffer.alloc(SECTOR)
