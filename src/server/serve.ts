@@ -6,6 +6,7 @@ import { createApp } from './http/app.js'
 import { Metrics } from './metrics.js'
 import { NbdServer } from './nbd/index.js'
 import { IscsiServer } from './iscsi/index.js'
+import { poller } from './net/poll.js'
 import { openLockspaceView, type LockspaceView } from './locks.js'
 
 export interface ServeOptions {
@@ -15,6 +16,8 @@ export interface ServeOptions {
   nbdPort: number
   iscsiPort: number
   logLevel?: string
+  /** µs the event loop stays awake for a connection's next request after a QD1 reply (net/poll.ts); 0: off */
+  pollUs?: number
 }
 
 export interface RunningServer {
@@ -29,6 +32,7 @@ export interface RunningServer {
 
 /** Starts the NAS daemon: datastore, REST + metrics over HTTP, NBD. */
 export async function serve(o: ServeOptions, log: Logger = pino({ level: o.logLevel ?? 'info' })): Promise<RunningServer> {
+  if (o.pollUs !== undefined) poller.windowUs = o.pollUs
   const ds = await Datastore.open(resolve(o.datastore))
   const locks = await openLockspaceView(ds.dir, log.child({ component: 'locks' }))
   const metrics = new Metrics()
@@ -46,7 +50,7 @@ export async function serve(o: ServeOptions, log: Logger = pino({ level: o.logLe
       res(typeof a === 'object' && a ? a.port : o.httpPort)
     })
   })
-  log.info({ datastore: ds.dir, listen: o.listen, httpPort, nbdPort, iscsiPort }, 'tandem serve ready')
+  log.info({ datastore: ds.dir, listen: o.listen, httpPort, nbdPort, iscsiPort, pollUs: poller.windowUs }, 'tandem serve ready')
   let closing: Promise<void> | null = null
   return {
     ds,

@@ -23,6 +23,11 @@ export function buildProgram(): Command {
   program.addCommand(lockCommand(run))
   program.addCommand(vmCommand(run))
   const env = process.env
+  const micros = (v: string) => {
+    const n = Number(v)
+    if (!Number.isInteger(n) || n < 0 || n > 1_000_000) throw new Error(`invalid --poll-us '${v}' (0 to 1000000)`)
+    return n
+  }
   const port = (v: string) => {
     const n = Number(v)
     if (!Number.isInteger(n) || n < 0 || n > 65535) throw new Error(`invalid port '${v}'`)
@@ -37,6 +42,11 @@ export function buildProgram(): Command {
     .option('--nbd-port <port>', 'NBD exports (env TANDEM_NBD_PORT)', env.TANDEM_NBD_PORT ?? '10809')
     .option('--iscsi-port <port>', 'iSCSI target (env TANDEM_ISCSI_PORT)', env.TANDEM_ISCSI_PORT ?? '3260')
     .option('--log-level <level>', 'fatal, error, warn, info, debug (env TANDEM_LOG_LEVEL)', env.TANDEM_LOG_LEVEL ?? 'info')
+    .option(
+      '--poll-us <us>',
+      'after a reply that leaves a connection idle, keep polling for its next request this many µs instead of sleeping (faster queue-depth-1 clients, one busy core while they run); 0 turns it off (env TANDEM_POLL_US)',
+      env.TANDEM_POLL_US ?? '200',
+    )
     .action((o) =>
       run(async () => {
         const { serve } = await import('../../server/serve.js')
@@ -47,6 +57,7 @@ export function buildProgram(): Command {
           nbdPort: port(o.nbdPort),
           iscsiPort: port(o.iscsiPort),
           logLevel: o.logLevel,
+          pollUs: micros(o.pollUs),
         })
         await new Promise<void>((resolve) => {
           const stop = (sig: string) => {

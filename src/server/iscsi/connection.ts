@@ -3,6 +3,7 @@ import type { Socket } from 'node:net'
 import type { Logger } from 'pino'
 import type { Metrics } from '../metrics.js'
 import type { ByteQueue } from '../net/byte-queue.js'
+import { poller } from '../net/poll.js'
 import { ProtocolError, socketQueue } from '../net/tcp-service.js'
 import * as S from '../scsi/constants.js'
 import { dataOutLength, SenseError, senseData, type LogicalUnit } from '../scsi/index.js'
@@ -199,6 +200,8 @@ export class IscsiConnection {
 
   private send(bhs: Buffer, data: Buffer = Buffer.alloc(0)): void {
     if (this.isClosed() || this.sock.destroyed) return
+    // nothing else in flight on this connection: its next command is likely to follow this reply
+    if (this.tasks.size <= 1) poller.expectNext()
     bhs.writeUIntBE(data.length, 5, 3)
     const parts = [bhs]
     if (this.digestsOn) {

@@ -5,6 +5,7 @@ import { isStorageError, StorageError } from '../../disk-formats/errors.js'
 import type { Datastore, ExportHandle } from '../datastore/index.js'
 import type { Metrics } from '../metrics.js'
 import type { ByteQueue } from '../net/byte-queue.js'
+import { poller } from '../net/poll.js'
 import { ProtocolError, socketQueue } from '../net/tcp-service.js'
 import * as P from './protocol.js'
 
@@ -74,6 +75,8 @@ export class NbdConnection {
 
   private send(...parts: Buffer[]): void {
     if (this.isClosed() || this.sock.destroyed) return
+    // nothing else in flight on this connection: its next request is likely to follow this reply
+    if (this.inflight <= 1) poller.expectNext()
     if (parts.length === 1) {
       this.sock.write(parts[0])
       return
