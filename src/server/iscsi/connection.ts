@@ -120,6 +120,8 @@ export class IscsiConnection {
   private readonly pending = new Map<number, PendingWrite>()
   private nextTTT = 1
   private readonly tasks = new Set<Promise<void>>()
+  /** The last command arrived with no other in flight (queue depth 1: see net/poll.ts). */
+  private alone = true
 
   constructor(
     private readonly sock: Socket,
@@ -200,8 +202,9 @@ export class IscsiConnection {
 
   private send(bhs: Buffer, data: Buffer = Buffer.alloc(0)): void {
     if (this.isClosed() || this.sock.destroyed) return
-    // nothing else in flight on this connection: its next command is likely to follow this reply
-    if (this.tasks.size <= 1) poller.expectNext()
+    // a queue-depth-1 initiator (its last command came alone, nothing else is in flight): its next
+    // command is likely to follow this reply closely
+    if (this.alone && this.tasks.size <= 1) poller.expectNext()
     bhs.writeUIntBE(data.length, 5, 3)
     const parts = [bhs]
     if (this.digestsOn) {
@@ -453,6 +456,7 @@ export class IscsiConnection {
             this.reject(pdu.bhs, P.REJECT_PROTOCOL_ERROR)
             break
           }
+          this.alone = this.tasks.size === 0
           const task = this.command(pdu).catch((e) => this.log.error({ err: e }, 'iscsi: command failed'))
           this.tasks.add(task)
           void task.finally(() => this.tasks.delete(task))

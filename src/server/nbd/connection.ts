@@ -37,6 +37,8 @@ export class NbdConnection {
   private metaOn = false
   private handle: ExportHandle | null = null
   private inflight = 0
+  /** The last request arrived with no other in flight (queue depth 1: see net/poll.ts). */
+  private alone = true
   private slot: (() => void) | null = null
   private readonly isClosed: () => boolean
 
@@ -75,8 +77,9 @@ export class NbdConnection {
 
   private send(...parts: Buffer[]): void {
     if (this.isClosed() || this.sock.destroyed) return
-    // nothing else in flight on this connection: its next request is likely to follow this reply
-    if (this.inflight <= 1) poller.expectNext()
+    // a queue-depth-1 client (its last request came alone, nothing else is in flight): its next
+    // request is likely to follow this reply closely
+    if (this.alone && this.inflight <= 1) poller.expectNext()
     if (parts.length === 1) {
       this.sock.write(parts[0])
       return
@@ -332,6 +335,7 @@ export class NbdConnection {
         }
         if (type === P.NBD_CMD_DISC) return
         while (this.inflight >= P.MAX_INFLIGHT) await new Promise<void>((r) => (this.slot = r))
+        this.alone = this.inflight === 0
         this.inflight++
         void this.request(flags, type, Buffer.from(cookie), offset, length, payload).finally(() => {
           this.inflight--

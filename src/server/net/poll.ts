@@ -6,11 +6,12 @@
  * epoll_wait by then, the wake-up costs more than the request itself: on a virtual machine an idle
  * vCPU halts, and waking it is an interrupt and an exit to the hypervisor (measured here: 4 KiB
  * reads at QD1 over iSCSI went from ~8.5k to ~15k IOPS with a 200 µs window). So after a reply
- * that leaves its connection with nothing else in flight, the loop keeps turning (setImmediate,
- * so each turn polls for I/O without sleeping) for a short window, and takes the next request as
- * soon as it arrives. qemu's event loop does the same (`poll-max-ns`), as does Linux's busy
- * polling of sockets. At higher queue depths replies never leave a connection idle, so nothing
- * polls and requests are batched as before.
+ * to a request that came alone and leaves its connection with nothing else in flight, the loop
+ * keeps turning (setImmediate, so each turn polls for I/O without sleeping) for a short window,
+ * and takes the next request as soon as it arrives. qemu's event loop does the same
+ * (`poll-max-ns`), as does Linux's busy polling of sockets. Requests of a client at a higher queue
+ * depth arrive while others are in flight, so nothing polls for it: the CPU stays with the client
+ * and the kernel's writeback, and requests are batched as before.
  *
  * The cost is CPU: while a QD1 client keeps sending within the window, one core stays busy. The
  * window is `tandem serve --poll-us` (0 turns polling off).
