@@ -23,16 +23,13 @@ export function buildProgram(): Command {
   program.addCommand(lockCommand(run))
   program.addCommand(vmCommand(run))
   const env = process.env
-  const micros = (v: string) => {
+  /** An integer option from 0 to `max`, or a one-line error naming it. */
+  const integer = (v: string, max: number, what: string) => {
     const n = Number(v)
-    if (!Number.isInteger(n) || n < 0 || n > 1_000_000) throw new Error(`invalid --poll-us '${v}' (0 to 1000000)`)
+    if (!Number.isInteger(n) || n < 0 || n > max) throw new Error(`invalid ${what} '${v}' (0 to ${max})`)
     return n
   }
-  const port = (v: string) => {
-    const n = Number(v)
-    if (!Number.isInteger(n) || n < 0 || n > 65535) throw new Error(`invalid port '${v}'`)
-    return n
-  }
+  const port = (v: string) => integer(v, 65535, 'port')
   program
     .command('serve')
     .description('run the storage server: datastore, REST API and metrics over HTTP, NBD exports')
@@ -57,7 +54,7 @@ export function buildProgram(): Command {
           nbdPort: port(o.nbdPort),
           iscsiPort: port(o.iscsiPort),
           logLevel: o.logLevel,
-          pollUs: micros(o.pollUs),
+          pollUs: integer(o.pollUs, 1_000_000, '--poll-us'),
         })
         await new Promise<void>((resolve) => {
           const stop = (sig: string) => {

@@ -1,4 +1,4 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { setImmediate as turn } from 'node:timers/promises'
 import { Poller, poller } from '../../../src/server/net/poll.js'
 import { needs, runOk } from '../../helpers/peers.js'
@@ -42,20 +42,28 @@ t.test('a window of 0 never polls; cancel stops at the next turn', async (t) => 
   now += 1
 })
 
-t.test('an NBD reply that leaves its connection idle starts polling', async (t) => {
+/**
+ * The process's poller with a window long enough to be seen by the test (60 s), idle to begin
+ * with; put back as it was at the end.
+ */
+async function idleLongPoller(t: Test): Promise<void> {
   const saved = poller.windowUs
   t.teardown(() => {
     poller.cancel()
     poller.windowUs = saved
   })
-  const s = await startServer(t)
-  await s.ds.createDisk('disk', 1 << 20)
-  const c = await TestNbdClient.open(s.nbdPort, 'disk')
   poller.windowUs = 60_000_000
   poller.cancel()
   await turn()
   await turn()
-  t.notOk(poller.polling, 'idle before the request')
+  t.notOk(poller.polling, 'idle to begin with')
+}
+
+t.test('an NBD reply that leaves its connection idle starts polling', async (t) => {
+  const s = await startServer(t)
+  await s.ds.createDisk('disk', 1 << 20)
+  const c = await TestNbdClient.open(s.nbdPort, 'disk')
+  await idleLongPoller(t)
   const r = await c.pread(0, 4096)
   t.equal(r.errno, 0)
   t.ok(poller.polling, 'polling for the next request')
@@ -63,18 +71,9 @@ t.test('an NBD reply that leaves its connection idle starts polling', async (t) 
 })
 
 t.test('an iSCSI reply that leaves its connection idle starts polling', needs('iscsi-inq'), async (t) => {
-  const saved = poller.windowUs
-  t.teardown(() => {
-    poller.cancel()
-    poller.windowUs = saved
-  })
   const s = await startServer(t)
   await s.ds.createDisk('disk', 1 << 20)
-  poller.windowUs = 60_000_000
-  poller.cancel()
-  await turn()
-  await turn()
-  t.notOk(poller.polling, 'idle before the session')
+  await idleLongPoller(t)
   const out = await runOk('iscsi-inq', [`iscsi://127.0.0.1:${s.iscsiPort}/iqn.2026-11.local.tandem:disk/0`])
   t.match(out, /TANDEM/, 'iscsi-inq read the INQUIRY data')
   t.ok(poller.polling, 'polling for the next command')
