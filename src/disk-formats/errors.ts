@@ -16,8 +16,19 @@ export type StorageErrorCode =
   | 'Busy' // the resource is in use (e.g. other children of a parent being committed)
   | 'IoError' // the operating system reported an I/O failure
 
+/** Marks StorageErrors, so that every copy of this module recognizes every other's (below). */
+const BRAND = Symbol.for('tandem.StorageError')
+
 export class StorageError extends Error {
   override readonly name = 'StorageError'
+  readonly [BRAND] = true
+  /**
+   * `instanceof StorageError` holds for an instance of any copy of this class: the `tandem`
+   * executable bundles one copy and loads the server and the lock manager with their own.
+   */
+  static override [Symbol.hasInstance](v: unknown): boolean {
+    return typeof v === 'object' && v !== null && (v as { [BRAND]?: unknown })[BRAND] === true
+  }
   constructor(
     readonly code: StorageErrorCode,
     message: string,

@@ -27,7 +27,8 @@ export function shStatus(cmd: string, args: string[], opts: { cwd?: string; env?
 }
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..')
-export const CLI = join(ROOT, 'dist', 'src', 'client', 'cli', 'main.js')
+/** The `tandem` executable as npm installs it (the bundle `npm run build` makes). */
+export const CLI = join(ROOT, 'dist', 'src', 'client', 'cli', 'tandem.cjs')
 
 /** Runs the built `tandem` CLI. */
 export function tandem(args: string[], opts: { cwd?: string } = {}) {
