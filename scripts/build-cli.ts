@@ -1,28 +1,24 @@
 /**
- * Bundles the CLI (dist/src/client/cli/bin.js, compiled by tsc) into the `tandem` executable,
- * dist/src/client/cli/tandem.cjs: see src/client/cli/bin.ts for why. Run by `npm run build`.
+ * Bundles the CLI (dist/src/client/cli/bin.js, compiled by tsc) into dist/src/client/cli/cli.cjs
+ * and makes V8's code cache for it, which the `tandem` executable (tandem.cjs) uses: see
+ * src/client/cli/tandem.cts for why. Run by `npm run build`.
  *
- * The bundle sits in the folder of the modules it replaces, so the relative paths they compute
- * (`import.meta.url`, the lazily imported modules below) mean the same files.
+ * The bundle sits in the folder of the modules it replaces, so the paths they compute from
+ * `import.meta.url` (the lock watchdog, the lazily loaded modules of lazy.ts) mean the same files.
  */
 import { build } from 'esbuild'
-import { chmodSync } from 'node:fs'
+import { execFileSync } from 'node:child_process'
+import { chmodSync, rmSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 const CLI = join(dirname(fileURLToPath(import.meta.url)), '..', 'src', 'client', 'cli')
 
-/**
- * Imported by the long-running commands only, when they run: kept out of the bundle, loaded
- * from dist/ as ES modules. (A StorageError thrown by them is still one to the CLI:
- * errors.ts's class recognizes instances of its other copies.)
- */
-const LAZY = ['../../server/serve.js', '../vm/run.js', '../vm/net.js', '../locks/index.js']
-
 /** Packages left to Node: native (fs-ext) or used by the server only, or on a terminal only. */
 const EXTERNAL = ['fs-ext', 'express', 'pino', 'prom-client', 'cli-progress']
 
-const OUT = join(CLI, 'tandem.cjs')
+const OUT = join(CLI, 'cli.cjs')
+const BIN = join(CLI, 'tandem.cjs')
 
 await build({
   entryPoints: [join(CLI, 'bin.js')],
@@ -33,15 +29,10 @@ await build({
   target: 'node20',
   external: EXTERNAL,
   define: { 'import.meta.url': '__tandemFileUrl' },
-  banner: { js: "#!/usr/bin/env node\n'use strict';\nconst __tandemFileUrl = require('node:url').pathToFileURL(__filename).href;" },
+  banner: { js: "'use strict';\nconst __tandemFileUrl = require('node:url').pathToFileURL(__filename).href;" },
   logLevel: 'warning',
-  plugins: [
-    {
-      name: 'lazy-modules',
-      setup(b) {
-        b.onResolve({ filter: /^\.\.\// }, (a) => (LAZY.includes(a.path) && a.importer.startsWith(CLI) ? { path: a.path, external: true } : undefined))
-      },
-    },
-  ],
 })
-chmodSync(OUT, 0o755)
+chmodSync(BIN, 0o755)
+// The code cache: from a run that builds every command (the help lists them all).
+rmSync(`${OUT}.cache`, { force: true })
+execFileSync(process.execPath, [BIN, '--help'], { env: { ...process.env, TANDEM_WRITE_CODE_CACHE: '1' }, stdio: 'ignore' })

@@ -1,3 +1,4 @@
+import { stat } from 'node:fs/promises'
 import { isAbsolute, resolve } from 'node:path'
 import { Command, Option } from 'commander'
 import type { BlockDevice, Extent } from '../../disk-formats/block-device.js'
@@ -50,7 +51,6 @@ async function infoOf(path: string, format?: ImageFormat): Promise<Record<string
   const fmt = format ?? (await probeFormat(path))
   if (fmt === 'raw') {
     const raw = await RawFile.open(path, { readOnly: true })
-    const { stat } = await import('node:fs/promises')
     const st = await stat(path)
     await raw.close()
     return { filename: path, format: 'raw', 'virtual-size': raw.size, 'actual-size': st.blocks * 512, 'dirty-flag': false }

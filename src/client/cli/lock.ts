@@ -6,9 +6,10 @@ import { Command } from 'commander'
 import { StorageError } from '../../disk-formats/errors.js'
 import { regionSize } from '../../disk-formats/lock-region/index.js'
 import type * as Locks from '../locks/index.js'
+import { loadLazy } from './lazy.js'
 
-/** The lock manager is loaded by the `lock` commands only: the other commands start faster without it. */
-const loadLocks = (): Promise<typeof Locks> => import('../locks/index.js')
+/** The lock manager is loaded by the `lock` commands that use it: the other commands start faster without it. */
+const loadLocks = () => loadLazy<typeof Locks>('../locks/index.js')
 
 const WATCHDOG = join(dirname(fileURLToPath(import.meta.url)), '..', 'locks', 'watchdog.js')
 

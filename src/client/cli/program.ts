@@ -3,6 +3,7 @@ import { diskCommand } from './disk.js'
 import { lockCommand } from './lock.js'
 import { vmCommand } from './vm.js'
 import { reportError } from './errors.js'
+import { loadLazy } from './lazy.js'
 
 /** Runs an action; its number (or 0) becomes the exit status; errors become one line on stderr. */
 async function run(fn: () => Promise<number | void>): Promise<void> {
@@ -46,7 +47,7 @@ export function buildProgram(): Command {
     )
     .action((o) =>
       run(async () => {
-        const { serve } = await import('../../server/serve.js')
+        const { serve } = await loadLazy<typeof import('../../server/serve.js')>('../../server/serve.js')
         const server = await serve({
           datastore: o.datastore,
           listen: o.listen,

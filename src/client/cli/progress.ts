@@ -1,10 +1,11 @@
+import { createRequire } from 'node:module'
 /**
  * A progress bar on a terminal (stderr), nothing otherwise; `force` shows it anyway (-p).
  * cli-progress is loaded only when a bar is shown: it costs ~12 ms of start-up.
  */
 export async function progressBar(label: string, force = false): Promise<{ update(done: number, total: number): void; stop(): void }> {
   if (!force && !process.stderr.isTTY) return { update() {}, stop() {} }
-  const { default: cliProgress } = await import('cli-progress')
+  const cliProgress = createRequire(import.meta.url)('cli-progress') as typeof import('cli-progress')
   const bar = new cliProgress.SingleBar(
     { format: `${label} [{bar}] {percentage}% | {value}/{total} MiB`, stream: process.stderr, hideCursor: true, noTTYOutput: force, notTTYSchedule: 1000 },
     cliProgress.Presets.shades_classic,

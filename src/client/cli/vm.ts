@@ -1,5 +1,6 @@
 import { Command } from 'commander'
 import { openImage, StorageError, type BlockDevice } from '../../disk-formats/index.js'
+import { loadLazy } from './lazy.js'
 import { parseSize } from './size.js'
 
 /** Exit statuses of `tandem vm run` besides the guest's own exit code. */
@@ -30,7 +31,7 @@ summary is printed and a recording's log written; its replay stops at the same i
     )
     .action((o) =>
       run(async () => {
-        const { runVm } = await import('../vm/run.js')
+        const { runVm } = await loadLazy<typeof import('../vm/run.js')>('../vm/run.js')
         if (o.record && o.replay) throw new StorageError('InvalidArgument', '--record and --replay cannot be used together')
         const memory = parseSize(o.memory)
         let max: number | undefined
@@ -45,7 +46,7 @@ summary is printed and a recording's log written; its replay stops at the same i
         if (o.net) {
           const m = /^udp:(.+):(\d+)$/.exec(o.net)
           if (!m || Number(m[2]) > 65535) throw new StorageError('InvalidArgument', `invalid --net '${o.net}' (udp:HOST:PORT, e.g. udp:127.0.0.1:5555)`)
-          const { VirtualSwitch, UdpPort } = await import('../vm/net.js')
+          const { VirtualSwitch, UdpPort } = await loadLazy<typeof import('../vm/net.js')>('../vm/net.js')
           const sw = new VirtualSwitch()
           port = sw.port()
           udp = await UdpPort.listen(sw, m[1].replace(/^\[|\]$/g, ''), Number(m[2])).catch((e: Error) => {
