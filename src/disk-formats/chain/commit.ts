@@ -2,7 +2,7 @@ import { readdir, realpath } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { StorageError } from '../errors.js'
 import { VmdkImage } from '../vmdk/vmdk-image.js'
-import { openVmdk } from './open-chain.js'
+import { checkParentLink, openVmdk } from './open-chain.js'
 
 /** Copies in flight during commit. */
 const COMMIT_PARALLEL = 8
@@ -56,29 +56,31 @@ export async function findChildren(parentPath: string, except: string[] = []): P
  * or a top that refuses to open with a CID mismatch (safe, never wrong content).
  */
 export async function commit(topPath: string, opts: CommitOptions = {}): Promise<CommitResult> {
-  const chain = await openVmdk(topPath, { readOnly: true })
-  const parentPath = chain.parentPath
-  await chain.close()
-  if (parentPath === undefined) {
-    throw new StorageError('InvalidArgument', `'${topPath}' has no backing file to commit into`, topPath)
-  }
-  const siblings = await findChildren(parentPath, [topPath])
-  if (siblings.length > 0 && !opts.force) {
-    throw new StorageError(
-      'Busy',
-      `'${parentPath}' has other children (${siblings.join(', ')}); committing would change what they read. Use --force to commit anyway (they will then refuse to open)`,
-      parentPath,
-    )
-  }
-  const parent = await openVmdk(parentPath)
-  let top: VmdkImage | null = null
+  // The top is opened once, read-only; its link to the parent is checked before the parent
+  // (with the rest of the chain below it) is opened for writing.
+  const top = await VmdkImage.open(topPath, { readOnly: true })
+  let parent: VmdkImage | null = null
   let bytes = 0
-  let newCid = parent.cid
+  let newCid = 0
+  let parentPath: string | undefined
+  let siblings: string[] = []
   try {
-    top = await VmdkImage.open(topPath, { readOnly: true })
+    if (top.parentPath === undefined) {
+      throw new StorageError('InvalidArgument', `'${topPath}' has no backing file to commit into`, topPath)
+    }
+    parentPath = await checkParentLink(top)
+    siblings = await findChildren(parentPath, [topPath])
+    if (siblings.length > 0 && !opts.force) {
+      throw new StorageError(
+        'Busy',
+        `'${parentPath}' has other children (${siblings.join(', ')}); committing would change what they read. Use --force to commit anyway (they will then refuse to open)`,
+        parentPath,
+      )
+    }
+    parent = await openVmdk(parentPath)
     const runs = await top.layerStatus(0, top.size)
     const total = runs.filter((r) => r.kind !== 'unallocated').reduce((n, r) => n + r.length, 0)
-    const beyond = runs.find((r) => r.kind !== 'unallocated' && r.offset + r.length > parent.size)
+    const beyond = runs.find((r) => r.kind !== 'unallocated' && r.offset + r.length > parent!.size)
     if (beyond) {
       throw new StorageError('NoSpace', `'${topPath}' holds data at ${beyond.offset} beyond the end of its parent (${parent.size} bytes); a VMDK cannot grow`, topPath)
     }
@@ -91,24 +93,30 @@ export async function commit(topPath: string, opts: CommitOptions = {}): Promise
       }
     }
     // Distinct grains are independent: keep several copies in flight (allocation in the
-    // parent is serialized inside the extent).
-    const src = top
+    // parent is serialized inside the extent), each with its own buffer.
+    const dst = parent
     let next = 0
     const worker = async () => {
+      let buf = Buffer.alloc(0)
       while (next < work.length) {
         const w = work[next++]
-        if (w.zero) await parent.writeZeroes(w.offset, w.length)
-        else await parent.write(w.offset, await src.read(w.offset, w.length))
+        if (w.zero) await dst.writeZeroes(w.offset, w.length)
+        else {
+          if (buf.length < w.length) buf = Buffer.allocUnsafe(Math.min(chunk, Math.max(w.length, 1 << 20)))
+          const data = buf.subarray(0, w.length)
+          await top.readInto(w.offset, w.length, data, 0)
+          await dst.write(w.offset, data)
+        }
         bytes += w.length
         opts.onProgress?.(bytes, total)
       }
     }
-    await Promise.all(Array.from({ length: COMMIT_PARALLEL }, worker))
+    await Promise.all(Array.from({ length: Math.min(COMMIT_PARALLEL, work.length) }, worker))
     await parent.flush()
     newCid = parent.cid
   } finally {
-    await top?.close().catch(() => undefined)
-    await parent.close()
+    await top.close().catch(() => undefined)
+    await parent?.close()
   }
   if (bytes === 0) return { parent: parentPath, bytes, siblings }
   const rw = await VmdkImage.open(topPath)

@@ -58,6 +58,29 @@ export async function openVmdk(path: string, opts: Omit<OpenImageOptions, 'forma
 
 const hex = (n: number) => n.toString(16).padStart(8, '0')
 
+/** Opens `child`'s parent (its path is `ppath`) with `open`, naming the child if it is missing. */
+async function openBacking(child: VmdkImage, ppath: string, open: () => Promise<VmdkImage>): Promise<VmdkImage> {
+  try {
+    return await open()
+  } catch (e) {
+    if (e instanceof StorageError && e.code === 'NotFound') {
+      throw new StorageError('NotFound', `'${child.path}': could not open backing file '${ppath}': No such file or directory`, child.path)
+    }
+    throw e
+  }
+}
+
+/** The child's parentCID must be its parent's CID: otherwise the parent changed under it. */
+function checkLink(child: VmdkImage, parent: VmdkImage, ppath: string): void {
+  if (parent.cid !== child.parentCid) {
+    throw new StorageError(
+      'ChainMismatch',
+      `'${child.path}' expects parent CID ${hex(child.parentCid)} but its parent '${ppath}' has CID ${hex(parent.cid)}: the parent was modified after the child was created`,
+      child.path,
+    )
+  }
+}
+
 /** Opens the parents of `top` (read-only), checking each CID link. */
 export async function attachParents(top: VmdkImage): Promise<void> {
   const seen = new Set<string>([await realpath(top.path)])
@@ -65,15 +88,7 @@ export async function attachParents(top: VmdkImage): Promise<void> {
   for (let depth = 1; child.parentPath !== undefined; depth++) {
     if (depth > MAX_CHAIN_DEPTH) throw new StorageError('Corrupt', `'${top.path}': backing chain longer than ${MAX_CHAIN_DEPTH} layers`, top.path)
     const ppath = child.parentPath
-    let parent: VmdkImage
-    try {
-      parent = await VmdkImage.open(ppath, { readOnly: true })
-    } catch (e) {
-      if (e instanceof StorageError && e.code === 'NotFound') {
-        throw new StorageError('NotFound', `'${child.path}': could not open backing file '${ppath}': No such file or directory`, child.path)
-      }
-      throw e
-    }
+    const parent = await openBacking(child, ppath, () => VmdkImage.open(ppath, { readOnly: true }))
     const real = await realpath(ppath)
     if (seen.has(real)) {
       await parent.close()
@@ -81,13 +96,26 @@ export async function attachParents(top: VmdkImage): Promise<void> {
     }
     seen.add(real)
     child.backing = parent
-    if (parent.cid !== child.parentCid) {
-      throw new StorageError(
-        'ChainMismatch',
-        `'${child.path}' expects parent CID ${hex(child.parentCid)} but its parent '${ppath}' has CID ${hex(parent.cid)}: the parent was modified after the child was created`,
-        child.path,
-      )
-    }
+    checkLink(child, parent, ppath)
     child = parent
   }
+}
+
+/**
+ * Checks `child`'s link to its parent as attachParents does, opening the parent alone,
+ * read-only (commit checks the link before it opens anything for writing).
+ */
+export async function checkParentLink(child: VmdkImage): Promise<string> {
+  const ppath = child.parentPath
+  if (ppath === undefined) throw new StorageError('InvalidArgument', `'${child.path}' has no backing file`, child.path)
+  if ((await realpath(ppath).catch(() => ppath)) === (await realpath(child.path))) {
+    throw new StorageError('Corrupt', `'${child.path}': backing chain loops back to '${ppath}'`, child.path)
+  }
+  const parent = await openBacking(child, ppath, () => VmdkImage.open(ppath, { readOnly: true }))
+  try {
+    checkLink(child, parent, ppath)
+  } finally {
+    await parent.close()
+  }
+  return ppath
 }

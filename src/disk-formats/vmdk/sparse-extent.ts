@@ -367,15 +367,19 @@ export class SparseExtent {
         throw new StorageError('NoSpace', `'${this.path}': the extent file reached the 2 TiB limit of 32-bit grain offsets`, this.path)
       }
       this.nextSector += n * this.header.grainSize
-      const buf = Buffer.allocUnsafe(n * gb)
       const headLen = offset - first * gb
-      const tailStart = offset + data.length
-      const tailEnd = Math.min((last + 1) * gb, this.capacityBytes)
-      // Zero-filled grains never read through; fill only what the request leaves uncovered.
-      if (headLen > 0) await this.fillGrainPart(first, first * gb, headLen, buf, 0, fill)
-      if (tailStart < tailEnd) await this.fillGrainPart(last, tailStart, tailEnd - tailStart, buf, tailStart - first * gb, fill)
-      if (tailEnd < (last + 1) * gb) buf.fill(0, tailEnd - first * gb)
-      data.copy(buf, headLen)
+      let buf = data
+      if (data.length !== n * gb) {
+        // A partial grain: merge the request into whole grains. Zero-filled grains never read
+        // through; fill only what the request leaves uncovered.
+        buf = Buffer.allocUnsafe(n * gb)
+        const tailStart = offset + data.length
+        const tailEnd = Math.min((last + 1) * gb, this.capacityBytes)
+        if (headLen > 0) await this.fillGrainPart(first, first * gb, headLen, buf, 0, fill)
+        if (tailStart < tailEnd) await this.fillGrainPart(last, tailStart, tailEnd - tailStart, buf, tailStart - first * gb, fill)
+        if (tailEnd < (last + 1) * gb) buf.fill(0, tailEnd - first * gb)
+        data.copy(buf, headLen)
+      }
       await pwriteFull(this.fh, this.path, sector * 512, buf)
       this.fileSectors = Math.max(this.fileSectors, sector + n * this.header.grainSize)
       const entries: number[] = []

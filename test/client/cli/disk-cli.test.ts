@@ -1,5 +1,5 @@
 import t, { type Test } from 'tap'
-import { writeFileSync, existsSync } from 'node:fs'
+import { writeFileSync, existsSync, readFileSync, renameSync } from 'node:fs'
 import { join } from 'node:path'
 import { tandem, tmp } from '../../helpers/peers.js'
 
@@ -60,6 +60,29 @@ t.test('commit refuses a parent with other children unless --force', async (t) =
   t.equal(r.status, 0)
   t.match(r.stderr, /now stale: .*b\.vmdk/)
   bad(t, ['disk', 'map', join(d, 'b.vmdk')], /expects parent CID/)
+})
+
+t.test('commit refuses a broken chain and a missing parent, and changes no byte of either file', async (t) => {
+  const d = tmp(t)
+  const base = join(d, 'base.vmdk')
+  const child = join(d, 'child.vmdk')
+  t.equal(tandem(['disk', 'create', base, '--size', '1M']).status, 0)
+  t.equal(tandem(['disk', 'create', child, '-b', base]).status, 0)
+  const { openVmdk } = await import('../../../src/disk-formats/index.js')
+  const c = await openVmdk(child)
+  await c.write(0, Buffer.alloc(65536, 7))
+  await c.close()
+  // the parent changes after the child was made: its CID no longer matches
+  const p = await openVmdk(base)
+  await p.write(65536, Buffer.alloc(512, 1))
+  await p.close()
+  const before = [readFileSync(base), readFileSync(child)]
+  bad(t, ['disk', 'commit', child], /child\.vmdk' expects parent CID [0-9a-f]{8} but its parent '.*base\.vmdk' has CID [0-9a-f]{8}/)
+  t.ok(readFileSync(base).equals(before[0]), 'the parent is untouched')
+  t.ok(readFileSync(child).equals(before[1]), 'the child is untouched')
+  renameSync(base, join(d, 'moved.vmdk'))
+  bad(t, ['disk', 'commit', child], /child\.vmdk': could not open backing file '.*base\.vmdk': No such file or directory/)
+  t.ok(readFileSync(child).equals(before[1]), 'the child is untouched')
 })
 
 t.test('help is man-page quality for each disk command', async (t) => {
