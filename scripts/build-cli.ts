@@ -31,6 +31,28 @@ await build({
   define: { 'import.meta.url': '__tandemFileUrl' },
   banner: { js: "'use strict';\nconst __tandemFileUrl = require('node:url').pathToFileURL(__filename).href;" },
   logLevel: 'warning',
+  plugins: [
+    {
+      // commander requires node:child_process when it loads (for subcommands that are separate
+      // executables, which Tandem has none of), and with it net, stream and dgram: ~4 ms of
+      // every command's start. The bundle gets it on first use instead (`lock run` spawns).
+      name: 'child-process-on-first-use',
+      setup(b) {
+        b.onResolve({ filter: /^(node:)?child_process$/ }, (a) => (a.namespace === 'lazy' ? undefined : { path: 'child_process', namespace: 'lazy' }))
+        b.onLoad({ filter: /.*/, namespace: 'lazy' }, () => ({
+          loader: 'js',
+          contents: `let real
+const load = () => (real ??= require('node:child_process'))
+module.exports = new Proxy({}, {
+  get: (_, key) => load()[key],
+  has: (_, key) => key in load(),
+  ownKeys: () => Reflect.ownKeys(load()),
+  getOwnPropertyDescriptor: (_, key) => ({ ...Reflect.getOwnPropertyDescriptor(load(), key), configurable: true }),
+})`,
+        }))
+      },
+    },
+  ],
 })
 chmodSync(BIN, 0o755)
 // The code cache: from a run that builds every command (the help lists them all).

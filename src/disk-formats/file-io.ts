@@ -138,9 +138,12 @@ export function isZero(buf: Buffer, start = 0, end = buf.length): boolean {
   return true
 }
 
+const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1
+
 /** Little-endian uint32 entries of a buffer, copied into an aligned array. */
 export function toU32(buf: Buffer): Uint32Array {
   const out = new Uint32Array(buf.length >> 2)
-  for (let i = 0; i < out.length; i++) out[i] = buf.readUInt32LE(i * 4)
+  if (LITTLE_ENDIAN) new Uint8Array(out.buffer).set(buf.subarray(0, out.length * 4))
+  else for (let i = 0; i < out.length; i++) out[i] = buf.readUInt32LE(i * 4)
   return out
 }

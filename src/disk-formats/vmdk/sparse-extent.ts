@@ -1,8 +1,9 @@
 import type { FileHandle } from 'node:fs/promises'
+import { createRequire } from 'node:module'
 import { promisify } from 'node:util'
-import { inflate as inflateCb } from 'node:zlib'
+import type { ZlibOptions } from 'node:zlib'
 import { Mutex } from 'async-mutex'
-import { LRUCache } from 'lru-cache'
+import type { LRUCache } from 'lru-cache'
 import { StorageError } from '../errors.js'
 import { datasync, fileSize, preadFull, pwriteFull, toU32 } from '../file-io.js'
 import {
@@ -19,7 +20,14 @@ import {
   type SparseHeader,
 } from './sparse-header.js'
 
-const inflate = promisify(inflateCb)
+/**
+ * zlib (with the streams it loads) and lru-cache are loaded when first needed, by stream files
+ * and extents over 128 GiB: loading them cost every one-shot command (a cold process) ~2 ms.
+ */
+const load = createRequire(import.meta.url)
+let inflateLoaded: ((buf: Buffer, opts: ZlibOptions) => Promise<Buffer>) | undefined
+const inflate = (buf: Buffer, opts: ZlibOptions) => (inflateLoaded ??= promisify((load('node:zlib') as typeof import('node:zlib')).inflate))(buf, opts)
+const lruCache = <K extends {}, V extends {}>(max: number): LRUCache<K, V> => new (load('lru-cache') as typeof import('lru-cache')).LRUCache<K, V>({ max })
 
 export type GrainKind = 'data' | 'zero' | 'unallocated'
 
@@ -57,9 +65,9 @@ export class SparseExtent {
   readonly compressed: boolean
   private gd!: Uint32Array
   private rgd: Uint32Array | null = null
-  private readonly gts = new LRUCache<number, Uint32Array>({ max: GT_CACHE_TABLES })
+  private readonly gts: { get(i: number): Uint32Array | undefined; set(i: number, gt: Uint32Array): unknown; clear(): void }
   private readonly gtLoads = new Map<number, Promise<Uint32Array | null>>()
-  private readonly grains = new LRUCache<number, Buffer>({ max: GRAIN_CACHE })
+  private readonly grains: LRUCache<number, Buffer> | null
   private readonly allocLock = new Mutex()
   /** grains being allocated now, each with the promise its allocation resolves */
   private readonly claims = new Map<number, Promise<void>>()
@@ -78,6 +86,10 @@ export class SparseExtent {
     this.capacityBytes = header.capacity * 512
     this.compressed = header.compressAlgorithm === COMPRESSION_DEFLATE
     this.fileSectors = Math.ceil(fileBytes / 512)
+    // When every table of the extent fits the cache (up to 128 GiB with 64 KiB grains), a Map
+    // holds them: lru-cache's bookkeeping cost a one-shot command (a cold process) ~3 ms more.
+    this.gts = this.geo.gdEntries <= GT_CACHE_TABLES ? new Map() : lruCache<number, Uint32Array>(GT_CACHE_TABLES)
+    this.grains = this.compressed ? lruCache<number, Buffer>(GRAIN_CACHE) : null
   }
 
   get zeroedGrains(): boolean {
@@ -229,7 +241,7 @@ export class SparseExtent {
 
   /** Decompresses the grain whose marker is at `sector` (streamOptimized, SPEC.md §4). */
   async compressedGrain(sector: number, grain: number): Promise<Buffer> {
-    const hit = this.grains.get(sector)
+    const hit = this.grains?.get(sector)
     if (hit) return hit
     const gb = this.geo.grainBytes
     const head = await preadFull(this.fh, this.path, sector * 512, 512)
@@ -249,7 +261,7 @@ export class SparseExtent {
       throw bad(`zlib data is invalid (${(e as Error).message})`)
     }
     const grainOut = data.length === gb ? data : Buffer.concat([data, Buffer.alloc(Math.max(0, gb - data.length))]).subarray(0, gb)
-    this.grains.set(sector, grainOut)
+    this.grains?.set(sector, grainOut)
     return grainOut
   }
 
@@ -490,7 +502,7 @@ export class SparseExtent {
   /** Forgets cached tables after check/repair rewrote metadata underneath. */
   async reload(): Promise<void> {
     this.gts.clear()
-    this.grains.clear()
+    this.grains?.clear()
     this.fileSectors = Math.ceil((await fileSize(this.fh, this.path)) / 512)
     this.gd = await this.readDirectory(this.header.gdOffset, 'grain directory')
     if (this.rgd) this.rgd = await this.readDirectory(this.header.rgdOffset, 'redundant grain directory')

@@ -66,3 +66,22 @@ t.test('writeZeroes on a delta: zeroed grains where the format has them, no read
     await img.close()
   }
 })
+
+t.test('a disk with more grain tables than the cache holds evicts tables and reads them again', async (t) => {
+  // 4096 tables are cached (a Map up to 128 GiB); past that lru-cache bounds the cache. 4200
+  // tables of 512 x 64 KiB grains: a 131.25 GiB disk, sparse, so only what is written takes space.
+  const d = tmp(t)
+  const f = join(d, 'big.vmdk')
+  const tableBytes = 512 * 65536
+  await createVmdk(f, { size: 4200 * tableBytes })
+  const img = await openVmdk(f)
+  const at = (i: number) => i * tableBytes + (i % 512) * 65536
+  for (let i = 0; i < 4200; i += 1) await img.write(at(i), pattern(512, i + 1))
+  await img.close()
+  const again = await openVmdk(f, { readOnly: true })
+  for (const i of [0, 1, 2047, 4095, 4096, 4199, 0, 4199]) t.ok((await again.read(at(i), 512)).equals(pattern(512, i + 1)), `table ${i}`)
+  await again.close()
+  const r = await checkImage(f)
+  t.equal(r.corruptions, 0, 'check finds no corruption')
+  t.equal(r.leaks, 0, 'and no leaks')
+})
