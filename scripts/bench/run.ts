@@ -21,15 +21,33 @@ function have(tool: string): boolean {
   return spawnSync('sh', ['-c', `command -v ${tool}`]).status === 0
 }
 
-function run(cmd: string, args: string[]): { seconds: number; stderr: string } {
+function run(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): { seconds: number; stderr: string } {
   const t0 = process.hrtime.bigint()
-  const r = spawnSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'ignore', 'pipe'] })
+  const r = spawnSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'ignore', 'pipe'], env })
   const seconds = Number(process.hrtime.bigint() - t0) / 1e9
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed: ${r.stderr}`)
   return { seconds, stderr: r.stderr }
 }
 
-const tandem = (...args: string[]) => run(process.execPath, [CLI, ...args])
+/**
+ * The environment the `tandem` command runs in: this one without NODE_EXTRA_CA_CERTS. Node
+ * reads and parses that file of CA certificates when it starts, before any JavaScript runs
+ * (Node 20: ~36 ms here, more than half of `node -e 0`), and the sandbox this bench was written
+ * in sets it for its TLS proxy; a stock machine does not, and `tandem disk` opens no TLS
+ * connection. `nodeStartup()` prints what it costs where the bench runs; BENCH_KEEP_NODE_ENV=1
+ * keeps the variable.
+ */
+const TANDEM_ENV = process.env.BENCH_KEEP_NODE_ENV === '1' ? process.env : { ...process.env, NODE_EXTRA_CA_CERTS: undefined }
+const tandem = (...args: string[]) => run(process.execPath, [CLI, ...args], TANDEM_ENV)
+
+/** Node's own start-up (`node -e 0`) with the environment as it is and as `tandem` gets it. */
+function nodeStartup(): void {
+  const ms = (env: NodeJS.ProcessEnv) => median(Array.from({ length: 11 }, () => run(process.execPath, ['-e', '0'], env).seconds)) * 1000
+  const here = ms(process.env)
+  const tandemEnv = ms(TANDEM_ENV)
+  const note = process.env.NODE_EXTRA_CA_CERTS && TANDEM_ENV !== process.env ? ' (NODE_EXTRA_CA_CERTS removed for the tandem runs; BENCH_KEEP_NODE_ENV=1 keeps it)' : ''
+  console.log(`node start-up (node -e 0): ${here.toFixed(0)} ms in this environment, ${tandemEnv.toFixed(0)} ms as tandem runs${note}`)
+}
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
 
 interface Row {
@@ -86,7 +104,10 @@ async function diskBench() {
   }
   await dl.close()
   const outRaw = join(d, 'out.raw')
-  compare('512 MiB chain -> raw (convert)', 'qemu-img', () => rmSync(outRaw, { force: true }),
+  nodeStartup()
+  // Before every run (untimed): the previous output removed, the page cache written back, the
+  // inputs dropped from it and read in again (`warm`), as for the servers below.
+  compare('512 MiB chain -> raw (convert)', 'qemu-img', () => (rmSync(outRaw, { force: true }), warm([base, delta])),
     () => tandem('disk', 'convert', '-O', 'raw', delta, outRaw).seconds,
     () => run('qemu-img', ['convert', '-O', 'raw', delta, outRaw]).seconds)
   // 256 MiB raw -> VMDK
@@ -95,13 +116,14 @@ async function diskBench() {
   spawnSync('truncate', ['-s', String(256 << 20), join(d, 'full.raw')])
   copyFileSync(join(d, 'full.raw'), raw)
   const outV = join(d, 'out.vmdk')
-  compare('256 MiB raw -> vmdk (convert)', 'qemu-img', () => rmSync(outV, { force: true }),
+  compare('256 MiB raw -> vmdk (convert)', 'qemu-img', () => (rmSync(outV, { force: true }), warm([raw])),
     () => tandem('disk', 'convert', '-f', 'raw', '-O', 'vmdk', raw, outV).seconds,
     () => run('qemu-img', ['convert', '-f', 'raw', '-O', 'vmdk', raw, outV]).seconds)
   // commit of the delta into the base (fresh copies each time)
   const cdesc = () => {
     copyFileSync(base, join(d, 'c', 'base.vmdk'))
     copyFileSync(delta, join(d, 'c', 'delta.vmdk'))
+    warm([join(d, 'c', 'base.vmdk'), join(d, 'c', 'delta.vmdk')])
   }
   mkdirSync(join(d, 'c'), { recursive: true })
   compare('commit of 256 x 64 KiB delta', 'qemu-img', cdesc,
@@ -119,7 +141,7 @@ async function diskBench() {
   await bg.close()
   const bigOut = join(d, 'big-out.vmdk')
   rmSync(bigOut, { force: true })
-  const r = run(process.execPath, ['--import', RSS, CLI, 'disk', 'convert', big, bigOut])
+  const r = run(process.execPath, ['--import', RSS, CLI, 'disk', 'convert', big, bigOut], TANDEM_ENV)
   const kb = Number(/TANDEM_MAXRSS_KB=(\d+)/.exec(r.stderr)?.[1] ?? 0)
   console.log(`${'10 GiB sparse (512 MiB data) convert'.padEnd(44)} tandem ${r.seconds.toFixed(3)} s, peak RSS ${(kb / 1024).toFixed(0)} MiB (target < 200 MiB)`)
   rmSync(d, { recursive: true, force: true })
