@@ -121,8 +121,10 @@ export async function commit(topPath: string, opts: CommitOptions = {}): Promise
   if (bytes === 0) return { parent: parentPath, bytes, siblings }
   const rw = await VmdkImage.open(topPath)
   try {
+    // No flush between the two: whichever reaches the disk first, a crash leaves a valid chain
+    // (new parentCID: emptied grains read the same bytes from the parent) or a top that refuses
+    // to open (old parentCID). makeEmpty syncs its tables before it truncates; close syncs.
     await rw.writeDescriptor({ ...rw.descriptor, parentCid: newCid })
-    await rw.flush()
     if (!opts.keepTop) for (const { extent } of rw.sparseExtents()) await extent.makeEmpty()
   } finally {
     await rw.close()
