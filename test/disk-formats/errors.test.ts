@@ -4,7 +4,8 @@ import { StorageError, isStorageError, fromSystemError } from '../../src/disk-fo
 // The `tandem` executable bundles one copy of errors.ts and loads the server and the lock manager
 // with another: an error thrown by either must still be a StorageError to the CLI.
 t.test('a StorageError from another copy of the module is a StorageError', async (t) => {
-  const other = (await import('../../src/disk-formats/errors.js?copy=2')) as typeof import('../../src/disk-formats/errors.js')
+  const second = '../../src/disk-formats/errors.js?copy=2' // a query string makes it a module of its own
+  const other = (await import(second)) as typeof import('../../src/disk-formats/errors.js')
   t.not(other.StorageError, StorageError, 'a second copy of the module was loaded')
   const e = new other.StorageError('Busy', 'held by host B', '/x')
   t.ok(e instanceof StorageError)

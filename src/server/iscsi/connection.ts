@@ -16,7 +16,8 @@ export interface TargetDirectory {
   /** targets this initiator may see (SendTargets) */
   visibleTargets(initiator: string): Promise<string[]>
   /** the LU of a target for this initiator, or an error reason for the login response */
-  openTarget(iqn: string, initiator: string): Promise<{ lu: LogicalUnit; release(): Promise<void>; chap?: ChapSecrets } | { refused: 'not-found' | 'not-authorized' }>
+  /** `name` (the disk) labels the export's metrics. */
+  openTarget(iqn: string, initiator: string): Promise<{ name: string; lu: LogicalUnit; release(): Promise<void>; chap?: ChapSecrets } | { refused: 'not-found' | 'not-authorized' }>
   portal: string
 }
 
@@ -98,6 +99,24 @@ interface PendingWrite {
  * NOP, Task Management, Logout; anything else gets a Reject. A malformed PDU closes this
  * connection only.
  */
+/** The `op` label of a SCSI command in the export metrics (a few classes, not every opcode). */
+const OP_CLASS = new Map<number, string>([
+  ...[S.READ_6, S.READ_10, S.READ_12, S.READ_16].map((o) => [o, 'read'] as const),
+  ...[S.WRITE_6, S.WRITE_10, S.WRITE_12, S.WRITE_16, S.WRITE_ATOMIC_16, S.ORWRITE_16].map((o) => [o, 'write'] as const),
+  ...[S.WRITE_AND_VERIFY_10, S.WRITE_AND_VERIFY_12, S.WRITE_AND_VERIFY_16].map((o) => [o, 'write_verify'] as const),
+  ...[S.SYNCHRONIZE_CACHE_10, S.SYNCHRONIZE_CACHE_16].map((o) => [o, 'flush'] as const),
+  ...[S.WRITE_SAME_10, S.WRITE_SAME_16].map((o) => [o, 'write_same'] as const),
+  [S.UNMAP, 'unmap'],
+  [S.COMPARE_AND_WRITE, 'compare_and_write'],
+  [S.EXTENDED_COPY, 'xcopy'],
+])
+
+interface OpSeries {
+  ops: { inc(): void }
+  errors: { inc(): void }
+  latency: { observe(seconds: number): void }
+}
+
 export class IscsiConnection {
   private readonly q: ByteQueue
   private readonly isClosed: () => boolean
@@ -107,7 +126,11 @@ export class IscsiConnection {
   private nexus = ''
   private joined = false
   private discovery = false
-  private target: { lu: LogicalUnit; release(): Promise<void>; chap?: ChapSecrets } | null = null
+  private target: { name: string; lu: LogicalUnit; release(): Promise<void>; chap?: ChapSecrets } | null = null
+  /** Metric series of this connection's export, per op class, and its byte counters. */
+  private readonly series = new Map<string, OpSeries>()
+  private bytesRead?: { inc(n: number): void }
+  private bytesWritten?: { inc(n: number): void }
   /** CHAP state of the login: the challenge we sent, and whether the initiator has answered it */
   private chapSent: { id: number; challenge: Buffer } | null = null
   private authenticated = false
@@ -604,6 +627,7 @@ export class IscsiConnection {
     const edtl = bhs.readUInt32BE(20)
     const cdb = Buffer.from(bhs.subarray(32, 48))
     const lu = this.target!.lu
+    const t0 = process.hrtime.bigint()
     if (bhs.readBigUInt64BE(8) !== 0n) {
       // only LUN 0 exists
       const sense = Buffer.alloc(18)
@@ -612,6 +636,7 @@ export class IscsiConnection {
       sense[7] = 10
       sense[12] = 0x25
       this.response(itt, S.CHECK_CONDITION, sense, 0, 0)
+      this.account(cdb[0], t0, S.CHECK_CONDITION, 0, 0)
       return
     }
     let dataOut: Buffer | null = null
@@ -662,6 +687,7 @@ export class IscsiConnection {
         if (w.failed) {
           const sense = w.failed === 'digest' ? crcErrorSense() : senseData(new SenseError(S.ABORTED_COMMAND, 'DATA_PHASE_ERROR'))
           this.response(itt, S.CHECK_CONDITION, sense, 0, 0)
+          this.account(cdb[0], t0, S.CHECK_CONDITION, 0, 0)
           return
         }
       }
@@ -671,8 +697,10 @@ export class IscsiConnection {
     let execCdb: Buffer = cdb
     let flags = 0
     let residual = 0
+    let written = dataOut?.length ?? 0
     if (write) {
       const need = dataOutLength(cdb)
+      if (need) written = Math.min(written, need.bytes)
       if (need && need.bytes !== edtl) {
         if (edtl < need.bytes) {
           flags = 0x04
@@ -687,6 +715,8 @@ export class IscsiConnection {
     const res = await lu.execute(execCdb, dataOut, this.nexus)
     if (dataOut && dataOut.length >= 64 * 1024) recycle(dataOut)
     const dataIn = res.dataIn ?? Buffer.alloc(0)
+    const ok = res.status === S.GOOD
+    this.account(cdb[0], t0, res.status, ok && read ? Math.min(dataIn.length, edtl) : 0, ok ? written : 0)
     if (read && res.status !== S.CHECK_CONDITION && dataIn.length > 0 && edtl > 0) {
       this.dataIn(bhs, itt, dataIn, edtl, res.status)
       return
@@ -724,7 +754,25 @@ export class IscsiConnection {
       this.send(b, chunk)
       if (last) break
     }
-    this.metrics.bytes.inc({ export: 'iscsi', protocol: 'iscsi', direction: 'read' }, send.length)
+  }
+
+  /**
+   * A command's metrics: its op class, its latency up to the LU's answer, an error for any
+   * status but GOOD, the bytes read and written (DESIGN §7: /metrics, as the NBD exports).
+   */
+  private account(opcode: number, t0: bigint, status: number, read: number, written: number): void {
+    const op = OP_CLASS.get(opcode) ?? 'other'
+    let s = this.series.get(op)
+    if (!s) {
+      const labels = { export: this.target!.name, protocol: 'iscsi', op }
+      s = { ops: this.metrics.ops.labels(labels), errors: this.metrics.errors.labels(labels), latency: this.metrics.latency.labels({ protocol: 'iscsi', op }) }
+      this.series.set(op, s)
+    }
+    s.ops.inc()
+    s.latency.observe(Number(process.hrtime.bigint() - t0) / 1e9)
+    if (status !== S.GOOD) s.errors.inc()
+    if (read) (this.bytesRead ??= this.metrics.bytes.labels({ export: this.target!.name, protocol: 'iscsi', direction: 'read' })).inc(read)
+    if (written) (this.bytesWritten ??= this.metrics.bytes.labels({ export: this.target!.name, protocol: 'iscsi', direction: 'write' })).inc(written)
   }
 
   private response(itt: number, status: number, sense: Buffer | undefined, flags: number, residual: number): void {

@@ -44,7 +44,7 @@ export class IscsiServer {
         if (!(await ds.listDisks()).includes(disk)) return { refused: 'not-found' }
         if (!(await this.allowed(disk, initiator))) return { refused: 'not-authorized' }
         const chap = (await ds.readRecord(disk)).access.chap
-        return { ...(await this.unit(disk)), ...(chap ? { chap } : {}) }
+        return { name: disk, ...(await this.unit(disk)), ...(chap ? { chap } : {}) }
       },
     }
     const self = this

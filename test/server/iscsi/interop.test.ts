@@ -31,6 +31,14 @@ t.test('libiscsi tools and qemu-img over iscsi:// see the bytes the NBD export s
   const viaIscsi = join(d, 'iscsi.raw')
   await runOk('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', lun, viaIscsi])
   t.ok(readFileSync(viaIscsi).equals(other), 'NBD writes read back through iSCSI')
+  // /metrics counts the iSCSI traffic under the disk's name, as it does NBD's
+  const m = await (await fetch(`http://127.0.0.1:${s.httpPort}/metrics`)).text()
+  const value = (series: string) => Number(new RegExp(`^${series.replace(/[{}]/g, '\\$&')} (\\S+)$`, 'm').exec(m)?.[1] ?? 0)
+  t.ok(value('tandem_export_bytes_total{export="vm",protocol="iscsi",direction="write"}') >= 5 << 20, 'bytes written: at least the 5 MiB of data')
+  t.ok(value('tandem_export_bytes_total{export="vm",protocol="iscsi",direction="read"}') >= 5 << 20, 'bytes read: at least the 5 MiB of data')
+  t.ok(value('tandem_export_operations_total{export="vm",protocol="iscsi",op="write"}') > 0, 'write commands counted')
+  t.ok(value('tandem_export_operations_total{export="vm",protocol="iscsi",op="read"}') > 0, 'read commands counted')
+  t.ok(value('tandem_export_request_seconds_count{protocol="iscsi",op="read"}') > 0, 'read latency observed')
 })
 
 t.test('LUN masking: an initiator not on the access list neither sees nor logs in', needs('iscsi-ls', 'iscsi-inq'), async (t) => {
