@@ -1,0 +1,39 @@
+import t from 'tap'
+import { copyFileSync, readFileSync, writeFileSync, rmSync, existsSync } from 'node:fs'
+import { dirname, join } from 'node:path'
+import Module from 'node:module'
+import vm from 'node:vm'
+import { CLI, shStatus, tmp } from '../../helpers/peers.js'
+
+// The `tandem` executable (tandem.cts) runs the CLI's bundle, cli.cjs, from V8's code cache made
+// by the build (scripts/build-cli.ts).
+const BUNDLE = join(dirname(CLI), 'cli.cjs')
+
+t.test('the build leaves a code cache that V8 accepts for the bundle', async (t) => {
+  t.ok(existsSync(`${BUNDLE}.cache`), 'cli.cjs.cache exists')
+  const script = new vm.Script(Module.wrap(readFileSync(BUNDLE, 'utf8')), { filename: BUNDLE, cachedData: readFileSync(`${BUNDLE}.cache`) })
+  t.equal(script.cachedDataRejected, false, 'not rejected: the CLI starts without compiling its bundle')
+})
+
+t.test('a damaged or missing code cache only costs time', async (t) => {
+  const d = tmp(t)
+  copyFileSync(CLI, join(d, 'tandem.cjs'))
+  copyFileSync(BUNDLE, join(d, 'cli.cjs'))
+  for (const [what, cache] of [['garbage', Buffer.from('not a code cache')], ['truncated', readFileSync(`${BUNDLE}.cache`).subarray(0, 4096)], ['missing', null]] as const) {
+    if (cache) writeFileSync(join(d, 'cli.cjs.cache'), cache)
+    else rmSync(join(d, 'cli.cjs.cache'), { force: true })
+    const r = shStatus(process.execPath, [join(d, 'tandem.cjs'), '--version'])
+    t.equal(r.status, 0, `${what}: exit 0 (${r.stderr.trim()})`)
+    t.equal(r.stdout, '0.1.0\n', `${what}: the version`)
+  }
+})
+
+t.test('the commands loaded on first use load from the bundle', async (t) => {
+  // `lock ls` loads the lock manager through the executable's import function (lazy.ts)
+  const d = tmp(t)
+  const ls = join(d, 'ls')
+  t.equal(shStatus(process.execPath, [CLI, 'lock', 'init', '--lockspace', ls, '--hosts', '4', '--locks', '4']).status, 0)
+  const r = shStatus(process.execPath, [CLI, 'lock', 'ls', '--lockspace', ls, '--json'])
+  t.equal(r.status, 0, r.stderr)
+  t.doesNotThrow(() => JSON.parse(r.stdout), 'JSON from the lock manager')
+})
