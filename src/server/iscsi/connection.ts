@@ -1,7 +1,7 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto'
 import type { Socket } from 'node:net'
 import type { Logger } from 'pino'
-import type { Metrics } from '../metrics.js'
+import type { ExportTally, Metrics } from '../metrics.js'
 import type { ByteQueue } from '../net/byte-queue.js'
 import { poller } from '../net/poll.js'
 import { ProtocolError, socketQueue } from '../net/tcp-service.js'
@@ -111,12 +111,6 @@ const OP_CLASS = new Map<number, string>([
   [S.EXTENDED_COPY, 'xcopy'],
 ])
 
-interface OpSeries {
-  ops: { inc(): void }
-  errors: { inc(): void }
-  latency: { observe(seconds: number): void }
-}
-
 export class IscsiConnection {
   private readonly q: ByteQueue
   private readonly isClosed: () => boolean
@@ -127,10 +121,8 @@ export class IscsiConnection {
   private joined = false
   private discovery = false
   private target: { name: string; lu: LogicalUnit; release(): Promise<void>; chap?: ChapSecrets } | null = null
-  /** Metric series of this connection's export, per op class, and its byte counters. */
-  private readonly series = new Map<string, OpSeries>()
-  private bytesRead?: { inc(n: number): void }
-  private bytesWritten?: { inc(n: number): void }
+  /** This connection's requests to its export, for /metrics. */
+  private tally: ExportTally | null = null
   /** CHAP state of the login: the challenge we sent, and whether the initiator has answered it */
   private chapSent: { id: number; challenge: Buffer } | null = null
   private authenticated = false
@@ -180,6 +172,7 @@ export class IscsiConnection {
       for (const p of this.pending.values()) p.done()
       await Promise.allSettled([...this.tasks])
       if (this.joined) this.target?.lu.nexusLost(this.nexus)
+      this.tally?.close()
       await this.target?.release()
       this.target = null
       // what was queued (a login reject, a Reject) still goes out; then the connection closes
@@ -761,18 +754,8 @@ export class IscsiConnection {
    * status but GOOD, the bytes read and written (DESIGN §7: /metrics, as the NBD exports).
    */
   private account(opcode: number, t0: bigint, status: number, read: number, written: number): void {
-    const op = OP_CLASS.get(opcode) ?? 'other'
-    let s = this.series.get(op)
-    if (!s) {
-      const labels = { export: this.target!.name, protocol: 'iscsi', op }
-      s = { ops: this.metrics.ops.labels(labels), errors: this.metrics.errors.labels(labels), latency: this.metrics.latency.labels({ protocol: 'iscsi', op }) }
-      this.series.set(op, s)
-    }
-    s.ops.inc()
-    s.latency.observe(Number(process.hrtime.bigint() - t0) / 1e9)
-    if (status !== S.GOOD) s.errors.inc()
-    if (read) (this.bytesRead ??= this.metrics.bytes.labels({ export: this.target!.name, protocol: 'iscsi', direction: 'read' })).inc(read)
-    if (written) (this.bytesWritten ??= this.metrics.bytes.labels({ export: this.target!.name, protocol: 'iscsi', direction: 'write' })).inc(written)
+    this.tally ??= this.metrics.tally(this.target!.name, 'iscsi')
+    this.tally.request(OP_CLASS.get(opcode) ?? 'other', t0, status !== S.GOOD, read, written)
   }
 
   private response(itt: number, status: number, sense: Buffer | undefined, flags: number, residual: number): void {

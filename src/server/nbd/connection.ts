@@ -3,7 +3,7 @@ import type { Logger } from 'pino'
 import type { Extent } from '../../disk-formats/block-device.js'
 import { isStorageError, StorageError } from '../../disk-formats/errors.js'
 import type { Datastore, ExportHandle } from '../datastore/index.js'
-import type { Metrics } from '../metrics.js'
+import type { ExportTally, Metrics } from '../metrics.js'
 import type { ByteQueue } from '../net/byte-queue.js'
 import { poller } from '../net/poll.js'
 import { ProtocolError, socketQueue } from '../net/tcp-service.js'
@@ -69,6 +69,7 @@ export class NbdConnection {
     } finally {
       // In-flight requests finish before the export is released.
       while (this.inflight > 0) await new Promise<void>((r) => (this.slot = r))
+      this.tally?.close()
       await this.handle?.release()
       this.handle = null
       this.sock.destroy()
@@ -365,33 +366,14 @@ export class NbdConnection {
     return 0
   }
 
-  /** Labelled metric children, looked up once per connection and operation (a label lookup per request costs µs). */
-  private readonly series = new Map<string, { ops: { inc(): void }; errors: { inc(): void }; latency: { observe(v: number): void } }>()
-  private bytesRead?: { inc(n: number): void }
-  private bytesWritten?: { inc(n: number): void }
-
-  private seriesFor(op: string) {
-    let s = this.series.get(op)
-    if (!s) {
-      const exp = this.handle!.name
-      s = {
-        ops: this.metrics.ops.labels({ export: exp, protocol: 'nbd', op }),
-        errors: this.metrics.errors.labels({ export: exp, protocol: 'nbd', op }),
-        latency: this.metrics.latency.labels({ protocol: 'nbd', op }),
-      }
-      this.series.set(op, s)
-    }
-    return s
-  }
+  /** This connection's requests to its export, for /metrics. */
+  private tally: ExportTally | null = null
 
   private async request(flags: number, type: number, cookie: Buffer, offset: number, length: number, payload: Buffer | null): Promise<void> {
     const op = OP_NAMES[type] ?? 'unknown'
-    const exp = this.handle!.name
     const t0 = process.hrtime.bigint()
-    const series = this.seriesFor(op)
-    this.bytesRead ??= this.metrics.bytes.labels({ export: exp, protocol: 'nbd', direction: 'read' })
-    this.bytesWritten ??= this.metrics.bytes.labels({ export: exp, protocol: 'nbd', direction: 'write' })
-    series.ops.inc()
+    let read = 0
+    let written = 0
     let errno = this.check(flags, type, offset, length)
     const dev = this.handle!.device
     try {
@@ -399,13 +381,13 @@ export class NbdConnection {
         switch (type) {
           case P.NBD_CMD_READ: {
             const data = await dev.read(offset, length)
-            this.bytesRead.inc(length)
+            read = length
             this.replyData(cookie, offset, data)
             return
           }
           case P.NBD_CMD_WRITE:
             await dev.write(offset, payload!, { fua: (flags & P.NBD_CMD_FLAG_FUA) !== 0 })
-            this.bytesWritten.inc(length)
+            written = length
             break
           case P.NBD_CMD_FLUSH:
             await dev.flush()
@@ -440,9 +422,8 @@ export class NbdConnection {
       errno = isStorageError(e) ? P.nbdErrno(e.code) : P.NBD_EIO
       if (!isStorageError(e)) this.log.error({ err: e, op, offset, length }, 'nbd: request failed')
     } finally {
-      series.latency.observe(Number(process.hrtime.bigint() - t0) / 1e9)
+      ;(this.tally ??= this.metrics.tally(this.handle!.name, 'nbd')).request(op, t0, errno !== 0, read, written)
     }
-    if (errno !== 0) series.errors.inc()
     this.replyStatus(cookie, errno)
   }
 
