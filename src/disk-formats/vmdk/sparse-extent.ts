@@ -511,15 +511,18 @@ export class SparseExtent {
 
   /**
    * Empties the extent after its data moved elsewhere (commit): every GTE of both tables
-   * becomes 0, then the file is cut back to its metadata. Crash-safe: the tables are synced
-   * before the grains they pointed at are cut off.
+   * becomes 0, then the file is cut back to its metadata. Crash-safe: the redundant tables are
+   * zeroed before the primary ones, so a kill in between leaves what an interrupted allocation
+   * leaves (redundant 0, primary valid: harmless, repaired by check; SPEC.md §5), never a
+   * primary 0 beside a redundant entry; and the tables are synced before the grains they
+   * pointed at are cut off.
    */
   async makeEmpty(): Promise<void> {
     await this.markDirty()
     await this.allocLock.runExclusive(async () => {
       const zero = Buffer.alloc(this.header.numGTEsPerGT * 4)
       let end = this.header.overHead
-      for (const dir of [this.gd, this.rgd]) {
+      for (const dir of [this.rgd, this.gd]) {
         if (!dir) continue
         for (const sector of dir) {
           if (sector === 0) continue
