@@ -1,9 +1,9 @@
 import t from 'tap'
 import { spawn } from 'node:child_process'
-import { copyFileSync, existsSync, mkdtempSync, rmSync } from 'node:fs'
+import { copyFileSync } from 'node:fs'
 import { createInterface } from 'node:readline'
 import { join } from 'node:path'
-import { ROOT, tmp, rng, pattern } from '../../helpers/peers.js'
+import { ROOT, shmTmp, rng, pattern } from '../../helpers/peers.js'
 import { createVmdk, openVmdk, checkImage, isStorageError, rebase } from '../../../src/disk-formats/index.js'
 
 const COMMITTER = join(ROOT, 'dist', 'scripts', 'crash', 'committer.js')
@@ -29,8 +29,7 @@ function commitAndKill(delta: string, delayMs: number): Promise<boolean> {
 }
 
 t.test(`a commit killed with SIGKILL at ${KILLS} random points never leaves wrong content, and a refused chain relinks`, async (t) => {
-  const d = existsSync('/dev/shm') ? mkdtempSync('/dev/shm/tandem-commit-crash-') : tmp(t)
-  t.teardown(() => rmSync(d, { recursive: true, force: true }))
+  const d = shmTmp(t, 'tandem-commit-crash-')
   // a base with data in its first half and a delta of 32 scattered 64 KiB grains and a few
   // partial ones (merged with the base's bytes); copied as templates for every run
   const base = join(d, 'base.vmdk')

@@ -1,9 +1,9 @@
 import t from 'tap'
 import { spawn } from 'node:child_process'
-import { copyFileSync, existsSync, mkdtempSync, rmSync } from 'node:fs'
+import { copyFileSync } from 'node:fs'
 import { createInterface } from 'node:readline'
 import { join } from 'node:path'
-import { ROOT, tmp, rng } from '../../helpers/peers.js'
+import { ROOT, shmTmp, rng } from '../../helpers/peers.js'
 import { createVmdk, openVmdk, checkImage } from '../../../src/disk-formats/index.js'
 import { DISK_BYTES, SECTORS, planned, sectorBytes } from '../../../scripts/crash/plan.js'
 
@@ -44,9 +44,7 @@ function runAndKill(path: string, seed: number, stopAt: number, delayUs: number)
 }
 
 t.test(`a writer killed with SIGKILL at ${KILLS} random points loses nothing flushed`, async (t) => {
-  // On tmpfs fdatasync is nearly free, so kills land in writes rather than mostly in flushes.
-  const d = existsSync('/dev/shm') ? mkdtempSync('/dev/shm/tandem-crash-') : tmp(t)
-  t.teardown(() => rmSync(d, { recursive: true, force: true }))
+  const d = shmTmp(t, 'tandem-crash-')
   const base = join(d, 'base.vmdk')
   const tmplChild = join(d, 'child-template.vmdk')
   await createVmdk(base, { size: DISK_BYTES })
