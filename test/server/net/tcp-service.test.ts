@@ -176,3 +176,17 @@ t.test('close: a second request to hurry ends the grace at once', async (t) => {
   t.equal(svc.size, 0, 'cut without waiting for the grace')
   t.ok(await closesWithin(est))
 })
+
+t.test('refused connections waiting for their answer are bounded: one more evicts the oldest', async (t) => {
+  const { port } = await start(t, { maxConnections: 1, refuse: () => new Promise(() => {}) })
+  const a = await client(port)
+  t.ok(await a.ping('E'), 'one connection served')
+  const waiting: Client[] = []
+  for (let i = 0; i < 16; i++) waiting.push(await client(port))
+  await settle()
+  t.notOk(waiting.some((c) => c.isClosed()), 'sixteen refused connections wait for their answer')
+  const last = await client(port)
+  t.ok(await closesWithin(waiting[0]), 'the seventeenth evicts the oldest')
+  t.notOk(last.isClosed() || waiting.slice(1).some((c) => c.isClosed()), 'the others keep waiting')
+  for (const c of [a, last, ...waiting]) c.sock.destroy()
+})
