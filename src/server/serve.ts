@@ -7,7 +7,9 @@ import { Metrics } from './metrics.js'
 import { NbdServer } from './nbd/index.js'
 import { IscsiServer } from './iscsi/index.js'
 import { poller } from './net/poll.js'
+import { Deadline, realTimers, type Timers } from './net/timers.js'
 import { openLockspaceView, type LockspaceView } from './locks.js'
+import { SERVE_DEFAULTS } from './serve-defaults.js'
 
 export interface ServeOptions {
   datastore: string
@@ -18,7 +20,15 @@ export interface ServeOptions {
   logLevel?: string
   /** µs the event loop stays awake for a connection's next request after a QD1 reply (net/poll.ts); 0: off */
   pollUs?: number
+  /** connections at once per protocol (NBD, iSCSI, HTTP); 0: no cap */
+  maxConnections?: number
+  /** ms an NBD client has to finish its handshake, an iSCSI initiator its login; 0: no limit */
+  handshakeLimitMs?: number
+  /** ms established clients get to finish at shutdown before they are cut */
+  shutdownGraceMs?: number
+  timers?: Timers
 }
+
 
 export interface RunningServer {
   ds: Datastore
@@ -27,44 +37,91 @@ export interface RunningServer {
   nbdPort: number
   iscsiPort: number
   log: Logger
+  /**
+   * Stops accepting, cuts clients still in their handshake, gives established ones the grace
+   * period to finish their requests, cuts the rest, then flushes and closes every disk (clearing
+   * uncleanShutdown). Idempotent.
+   */
   close(): Promise<void>
+  /** Ends the grace period now (a second signal): clients are cut, disks still flushed. */
+  hurry(): void
 }
 
-/** Starts the NAS daemon: datastore, REST + metrics over HTTP, NBD. */
+/** A port that cannot be bound: one line naming the protocol, address and reason. */
+export class ListenError extends Error {}
+
+function listenError(what: string, host: string, port: number, e: unknown): ListenError {
+  const code = (e as NodeJS.ErrnoException).code
+  const why = code === 'EADDRINUSE' ? 'the port is in use' : code === 'EACCES' ? 'permission denied' : code === 'EADDRNOTAVAIL' ? 'no such local address' : (e as Error).message
+  return new ListenError(`cannot listen for ${what} on ${host}:${port}: ${why}${code ? ` (${code})` : ''}`)
+}
+
+/** Starts the NAS daemon: datastore, REST + metrics over HTTP, NBD, iSCSI. */
 export async function serve(o: ServeOptions, log: Logger = pino({ level: o.logLevel ?? 'info' })): Promise<RunningServer> {
   if (o.pollUs !== undefined) poller.windowUs = o.pollUs
+  const timers = o.timers ?? realTimers
+  const limits = { maxConnections: o.maxConnections ?? SERVE_DEFAULTS.maxConnections, handshakeMs: o.handshakeLimitMs ?? SERVE_DEFAULTS.handshakeLimitMs, timers }
+  const grace = new Deadline(timers)
   const ds = await Datastore.open(resolve(o.datastore))
-  const locks = await openLockspaceView(ds.dir, log.child({ component: 'locks' }))
-  const metrics = new Metrics()
-  const nbd = new NbdServer(ds, log.child({ component: 'nbd' }), metrics)
-  const nbdPort = await nbd.listen(o.nbdPort, o.listen)
-  const iscsi = new IscsiServer(ds, log.child({ component: 'iscsi' }), metrics)
-  const iscsiPort = await iscsi.listen(o.iscsiPort, o.listen)
-  const advertise = { host: o.listen === '0.0.0.0' || o.listen === '::' ? '127.0.0.1' : o.listen, nbdPort, iscsiPort }
-  const app = createApp({ ds, locks, log: log.child({ component: 'http' }), metrics, advertise })
-  const http: HttpServer = createServer(app)
-  const httpPort = await new Promise<number>((res, rej) => {
-    http.once('error', rej)
-    http.listen(o.httpPort, o.listen, () => {
-      const a = http.address()
-      res(typeof a === 'object' && a ? a.port : o.httpPort)
-    })
-  })
-  log.info({ datastore: ds.dir, listen: o.listen, httpPort, nbdPort, iscsiPort, pollUs: poller.windowUs }, 'tandem serve ready')
+  /** what is open so far, closed in reverse when the start fails */
+  const opened: (() => Promise<void>)[] = [() => ds.close()]
+  const listening = <T>(what: string, port: number, p: Promise<T>) => p.catch((e: unknown) => Promise.reject(listenError(what, o.listen, port, e)))
+  try {
+    const locks = await openLockspaceView(ds.dir, log.child({ component: 'locks' }))
+    opened.push(() => locks.close())
+    const metrics = new Metrics()
+    const nbd = new NbdServer(ds, log.child({ component: 'nbd' }), metrics, limits)
+    opened.push(() => nbd.close(grace.reached))
+    const nbdPort = await listening('NBD', o.nbdPort, nbd.listen(o.nbdPort, o.listen))
+    const iscsi = new IscsiServer(ds, log.child({ component: 'iscsi' }), metrics, limits)
+    opened.push(() => iscsi.close(grace.reached))
+    const iscsiPort = await listening('iSCSI', o.iscsiPort, iscsi.listen(o.iscsiPort, o.listen))
+    const advertise = { host: o.listen === '0.0.0.0' || o.listen === '::' ? '127.0.0.1' : o.listen, nbdPort, iscsiPort }
+    const app = createApp({ ds, locks, log: log.child({ component: 'http' }), metrics, advertise })
+    const http: HttpServer = createServer(app)
+    if (limits.maxConnections) http.maxConnections = limits.maxConnections
+    const httpPort = await listening(
+      'HTTP',
+      o.httpPort,
+      new Promise<number>((res, rej) => {
+        http.once('error', rej)
+        http.listen(o.httpPort, o.listen, () => {
+          http.off('error', rej)
+          const a = http.address()
+          res(typeof a === 'object' && a ? a.port : o.httpPort)
+        })
+      }),
+    )
+    const { maxConnections, handshakeMs } = limits
+    log.info({ datastore: ds.dir, listen: o.listen, httpPort, nbdPort, iscsiPort, pollUs: poller.windowUs, maxConnections, handshakeMs }, 'tandem serve ready')
+    return running({ ds, locks, httpPort, nbdPort, iscsiPort, log, http, nbd, iscsi, grace, graceMs: o.shutdownGraceMs ?? SERVE_DEFAULTS.shutdownGraceMs })
+  } catch (e) {
+    grace.expire()
+    for (const close of opened.reverse()) await close().catch(() => undefined)
+    throw e
+  }
+}
+
+function running(s: Omit<RunningServer, 'close' | 'hurry'> & { http: HttpServer; nbd: NbdServer; iscsi: IscsiServer; grace: Deadline; graceMs: number }): RunningServer {
+  const { http, nbd, iscsi, grace, ds, locks, log } = s
   let closing: Promise<void> | null = null
   return {
     ds,
     locks,
-    httpPort,
-    nbdPort,
-    iscsiPort,
+    httpPort: s.httpPort,
+    nbdPort: s.nbdPort,
+    iscsiPort: s.iscsiPort,
     log,
+    hurry: () => grace.expire(),
     close: () =>
       (closing ??= (async () => {
-        await new Promise<void>((r) => http.close(() => r()))
-        http.closeAllConnections()
-        await nbd.close()
-        await iscsi.close()
+        grace.start(s.graceMs)
+        // the callback of http.close waits for every connection: not awaited
+        http.close()
+        http.closeIdleConnections()
+        const httpDone = new Promise<void>((r) => http.once('close', () => r()))
+        await Promise.all([nbd.close(grace.reached), iscsi.close(grace.reached), Promise.race([httpDone, grace.reached]).then(() => http.closeAllConnections())])
+        grace.expire()
         await ds.close()
         await locks.close()
         log.info('tandem serve stopped')

@@ -1,11 +1,76 @@
+import { spawn, type ChildProcess } from 'node:child_process'
+import { createInterface } from 'node:readline'
 import { pino } from 'pino'
 import { serve, type RunningServer } from '../../src/server/serve.js'
-import { tmp } from './peers.js'
+import { CLI, tmp } from './peers.js'
 
 /** A `tandem serve` in this process on free ports and a fresh datastore, stopped at teardown. */
 export async function startServer(t: { teardown(fn: () => unknown): void }): Promise<RunningServer & { dir: string; uri: (e: string) => string }> {
   const dir = tmp(t, 'tandem-ds-')
-  const s = await serve({ datastore: dir, listen: '127.0.0.1', httpPort: 0, nbdPort: 0, iscsiPort: 0 }, pino({ level: 'silent' }))
+  const s = await serve({ datastore: dir, listen: '127.0.0.1', httpPort: 0, nbdPort: 0, iscsiPort: 0, shutdownGraceMs: 1000 }, pino({ level: 'silent' }))
   t.teardown(() => s.close())
   return Object.assign(s, { dir, uri: (e: string) => `nbd://127.0.0.1:${s.nbdPort}/${e}` })
+}
+
+export interface LogLine {
+  level: number
+  msg: string
+  [k: string]: unknown
+}
+
+export interface ServeProcess {
+  child: ChildProcess
+  exited: Promise<{ code: number | null; signal: string | null }>
+  /** every JSON log line written so far */
+  logs: LogLine[]
+  stderr(): string
+  /** the ports, once it logs that it is ready; rejects if it exits first */
+  ready: Promise<{ httpPort: number; nbdPort: number; iscsiPort: number }>
+  /** resolves with the exit, or null when it is still running after `ms` */
+  exitWithin(ms: number): Promise<{ code: number | null; signal: string | null } | null>
+}
+
+/**
+ * Runs the built `tandem serve` as a real process on free ports (options in `args` come later and
+ * win), killed at teardown. `wrap` runs it under another command that execs it (e.g.
+ * `prlimit --nofile=256:256`), so signals still reach the server.
+ */
+export function spawnServe(t: { teardown(fn: () => unknown): void }, dir: string, args: string[] = [], o: { wrap?: string[]; env?: NodeJS.ProcessEnv } = {}): ServeProcess {
+  const argv = [process.execPath, CLI, 'serve', '--datastore', dir, '--http-port', '0', '--nbd-port', '0', '--iscsi-port', '0', ...args]
+  const cmd = [...(o.wrap ?? []), ...argv]
+  const child = spawn(cmd[0], cmd.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...o.env } })
+  const exited = new Promise<{ code: number | null; signal: string | null }>((r) => child.on('exit', (code, signal) => r({ code, signal })))
+  t.teardown(() => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+  })
+  let err = ''
+  child.stderr!.on('data', (d) => (err += d))
+  const logs: LogLine[] = []
+  const ready = new Promise<{ httpPort: number; nbdPort: number; iscsiPort: number }>((resolve, reject) => {
+    createInterface({ input: child.stdout! }).on('line', (line) => {
+      try {
+        const j = JSON.parse(line) as LogLine
+        logs.push(j)
+        if (j.msg === 'tandem serve ready') resolve({ httpPort: j.httpPort as number, nbdPort: j.nbdPort as number, iscsiPort: j.iscsiPort as number })
+      } catch {
+        /* not a log line */
+      }
+    })
+    void exited.then(({ code, signal }) => reject(new Error(`serve exited ${code ?? signal}: ${err}`)))
+  })
+  ready.catch(() => undefined)
+  return {
+    child,
+    exited,
+    logs,
+    stderr: () => err,
+    ready,
+    exitWithin: (ms) => Promise.race([exited, new Promise<null>((r) => setTimeout(() => r(null), ms).unref())]),
+  }
+}
+
+/** A started `tandem serve` process (spawnServe, ready). */
+export async function startServe(t: { teardown(fn: () => unknown): void }, dir: string, args: string[] = [], o: { wrap?: string[]; env?: NodeJS.ProcessEnv } = {}) {
+  const p = spawnServe(t, dir, args, o)
+  return { ...p, ...(await p.ready) }
 }

@@ -4,6 +4,7 @@ import { lockCommand } from './lock.js'
 import { vmCommand } from './vm.js'
 import { reportError } from './errors.js'
 import { loadLazy } from './lazy.js'
+import { SERVE_DEFAULTS } from '../../server/serve-defaults.js'
 
 /** Runs an action; its number (or 0) becomes the exit status; errors become one line on stderr. */
 async function run(fn: () => Promise<number | void>): Promise<void> {
@@ -31,9 +32,19 @@ export function buildProgram(): Command {
     return n
   }
   const port = (v: string) => integer(v, 65535, 'port')
+  /** Seconds, `500ms` or `10s`, as milliseconds (up to a day), or a one-line error naming the option. */
+  const duration = (v: string, what: string) => {
+    const m = /^(\d+(?:\.\d+)?)(ms|s)?$/.exec(v.trim())
+    const ms = m ? Math.round(Number(m[1]) * (m[2] === 'ms' ? 1 : 1000)) : NaN
+    if (!(ms >= 0 && ms <= 86_400_000)) throw new Error(`invalid ${what} '${v}' (seconds, e.g. 10, 10s or 500ms)`)
+    return ms
+  }
   program
     .command('serve')
-    .description('run the storage server: datastore, REST API and metrics over HTTP, NBD exports')
+    .description(
+      'run the storage server: datastore, REST API and metrics over HTTP, NBD exports, iSCSI targets. ' +
+        'SIGTERM or SIGINT: stop accepting, give clients 4 s to finish their requests, close them, flush every disk, exit 0; a second signal skips the wait (disks are still flushed)',
+    )
     .option('--datastore <dir>', 'datastore folder, created if missing (env TANDEM_DATASTORE)', env.TANDEM_DATASTORE ?? './datastore')
     .option('--listen <addr>', 'address to listen on (env TANDEM_LISTEN)', env.TANDEM_LISTEN ?? '127.0.0.1')
     .option('--http-port <port>', 'REST API and /metrics (env TANDEM_HTTP_PORT)', env.TANDEM_HTTP_PORT ?? '8080')
@@ -44,6 +55,16 @@ export function buildProgram(): Command {
       '--poll-us <us>',
       'after a reply that leaves a connection idle, keep polling for its next request this many µs instead of sleeping (faster queue-depth-1 clients, one busy core while they run); 0 turns it off (env TANDEM_POLL_US)',
       env.TANDEM_POLL_US ?? '200',
+    )
+    .option(
+      '--max-connections <n>',
+      'connections at once per protocol (NBD, iSCSI, HTTP); over it a new NBD or HTTP connection is closed at once and an iSCSI login is rejected "out of resources"; 0: no cap (env TANDEM_MAX_CONNECTIONS)',
+      env.TANDEM_MAX_CONNECTIONS ?? String(SERVE_DEFAULTS.maxConnections),
+    )
+    .option(
+      '--handshake-limit <seconds>',
+      'time an NBD client has to finish its handshake, an iSCSI initiator its login, before it is disconnected (10, 10s, 500ms); 0: no limit (env TANDEM_HANDSHAKE_LIMIT)',
+      env.TANDEM_HANDSHAKE_LIMIT ?? String(SERVE_DEFAULTS.handshakeLimitMs / 1000),
     )
     .action((o) =>
       run(async () => {
@@ -56,15 +77,30 @@ export function buildProgram(): Command {
           iscsiPort: port(o.iscsiPort),
           logLevel: o.logLevel,
           pollUs: integer(o.pollUs, 1_000_000, '--poll-us'),
+          maxConnections: integer(o.maxConnections, 1_000_000, '--max-connections'),
+          handshakeLimitMs: duration(o.handshakeLimit, '--handshake-limit'),
         })
-        await new Promise<void>((resolve) => {
+        return new Promise<number>((resolve) => {
+          let stopping = false
           const stop = (sig: string) => {
+            if (stopping) {
+              server.log.info({ signal: sig }, 'second signal: closing every connection now, flushing disks')
+              return server.hurry()
+            }
+            stopping = true
             server.log.info({ signal: sig }, 'shutting down: finishing requests, flushing disks')
-            void server.close().then(resolve, resolve)
+            void server.close().then(
+              () => resolve(0),
+              (e: unknown) => resolve(reportError(e)),
+            )
           }
-          process.once('SIGTERM', () => stop('SIGTERM'))
-          process.once('SIGINT', () => stop('SIGINT'))
+          process.on('SIGTERM', () => stop('SIGTERM'))
+          process.on('SIGINT', () => stop('SIGINT'))
         })
+      }).then(() => {
+        // stopped (or failed to start): nothing left may keep the process up; log lines and
+        // stderr are written synchronously, so nothing is lost
+        process.exit()
       }),
     )
   return program

@@ -149,9 +149,11 @@ export class IscsiConnection {
     this.isClosed = s.closed
   }
 
-  async run(): Promise<void> {
+  /** `established`: called once the login is complete (ends its time limit). */
+  async run(established: () => void = () => {}): Promise<void> {
     try {
       await this.login()
+      established()
       if (this.target) {
         this.target.lu.nexusJoined(this.nexus)
         this.joined = true

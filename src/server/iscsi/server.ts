@@ -4,7 +4,8 @@ import { IQN_PREFIX } from '../http/app.js'
 import type { Metrics } from '../metrics.js'
 import { LogicalUnit } from '../scsi/index.js'
 import { IscsiConnection, type TargetDirectory } from './connection.js'
-import { TcpService } from '../net/tcp-service.js'
+import { TcpService, type ConnectionLimits } from '../net/tcp-service.js'
+import { refuseLogin } from './refuse.js'
 
 interface Shared {
   lu: LogicalUnit
@@ -28,6 +29,7 @@ export class IscsiServer {
     private readonly ds: Datastore,
     log: Logger,
     metrics: Metrics,
+    limits: ConnectionLimits = {},
   ) {
     const dir: TargetDirectory = {
       get portal() {
@@ -48,10 +50,14 @@ export class IscsiServer {
       },
     }
     const self = this
-    this.tcp = new TcpService((sock) => {
-      metrics.connectionsTotal.inc({ protocol: 'iscsi' })
-      return new IscsiConnection(sock, dir, log, metrics).run()
-    })
+    // over the limit a Login Request hears "out of resources" (refuse.ts)
+    this.tcp = new TcpService(
+      (sock, established) => {
+        metrics.connectionsTotal.inc({ protocol: 'iscsi' })
+        return new IscsiConnection(sock, dir, log, metrics).run(established)
+      },
+      { name: 'iscsi', log, refuse: refuseLogin, ...limits },
+    )
   }
 
   private async allowed(disk: string, initiator: string): Promise<boolean> {
@@ -89,7 +95,8 @@ export class IscsiServer {
     return p
   }
 
-  close(): Promise<void> {
-    return this.tcp.close()
+  /** See TcpService.close: established sessions get until `grace` resolves. */
+  close(grace: Promise<void>): Promise<void> {
+    return this.tcp.close(grace)
   }
 }

@@ -53,9 +53,11 @@ export class NbdConnection {
     this.isClosed = s.closed
   }
 
-  async run(): Promise<void> {
+  /** `established`: called once the handshake is complete (ends its time limit). */
+  async run(established: () => void = () => {}): Promise<void> {
     try {
       await this.handshake()
+      established()
       if (this.handle) await this.transmission()
     } catch (e) {
       if (e instanceof ProtocolError) {

@@ -1,25 +1,34 @@
 import type { Logger } from 'pino'
 import type { Datastore } from '../datastore/index.js'
 import type { Metrics } from '../metrics.js'
-import { TcpService } from '../net/tcp-service.js'
+import { TcpService, type ConnectionLimits } from '../net/tcp-service.js'
 import { NbdConnection } from './connection.js'
 
 /** The NBD server (fixed newstyle) over a datastore's exports. */
 export class NbdServer {
   private readonly tcp: TcpService
 
-  constructor(ds: Datastore, log: Logger, metrics: Metrics) {
-    this.tcp = new TcpService((sock) => {
-      metrics.connectionsTotal.inc({ protocol: 'nbd' })
-      return new NbdConnection(sock, ds, log, metrics).run()
-    })
+  /**
+   * Over `limits.maxConnections` a new connection is closed at once with nothing sent: fixed
+   * newstyle has no message for "busy" before the greeting, and hearing the client's first option
+   * to answer it with an error would hold a descriptor for as long as the client takes.
+   */
+  constructor(ds: Datastore, log: Logger, metrics: Metrics, limits: ConnectionLimits = {}) {
+    this.tcp = new TcpService(
+      (sock, established) => {
+        metrics.connectionsTotal.inc({ protocol: 'nbd' })
+        return new NbdConnection(sock, ds, log, metrics).run(established)
+      },
+      { name: 'nbd', log, ...limits },
+    )
   }
 
   listen(port: number, host: string): Promise<number> {
     return this.tcp.listen(port, host)
   }
 
-  close(): Promise<void> {
-    return this.tcp.close()
+  /** See TcpService.close: established clients get until `grace` resolves. */
+  close(grace: Promise<void>): Promise<void> {
+    return this.tcp.close(grace)
   }
 }
