@@ -1,10 +1,10 @@
 import { createServer, type Server as HttpServer } from 'node:http'
 import { resolve } from 'node:path'
 import { pino, type Logger } from 'pino'
-import { Datastore } from './datastore/index.js'
+import { Datastore, PskKeys } from './datastore/index.js'
 import { createApp } from './http/app.js'
 import { Metrics } from './metrics.js'
-import { NbdServer } from './nbd/index.js'
+import { NbdServer, NbdTls, type TlsMode } from './nbd/index.js'
 import { IscsiServer } from './iscsi/index.js'
 import { poller } from './net/poll.js'
 import { openLockspaceView, type LockspaceView } from './locks.js'
@@ -18,6 +18,8 @@ export interface ServeOptions {
   logLevel?: string
   /** µs the event loop stays awake for a connection's next request after a QD1 reply (net/poll.ts); 0: off */
   pollUs?: number
+  /** NBD STARTTLS with the datastore's PSK keys (nbd/tls.ts); default optional */
+  tls?: TlsMode
 }
 
 export interface RunningServer {
@@ -36,12 +38,13 @@ export async function serve(o: ServeOptions, log: Logger = pino({ level: o.logLe
   const ds = await Datastore.open(resolve(o.datastore))
   const locks = await openLockspaceView(ds.dir, log.child({ component: 'locks' }))
   const metrics = new Metrics()
-  const nbd = new NbdServer(ds, log.child({ component: 'nbd' }), metrics)
+  const nbdKeys = await PskKeys.open(ds.dir)
+  const nbd = new NbdServer(ds, log.child({ component: 'nbd' }), metrics, new NbdTls(o.tls ?? 'optional', nbdKeys))
   const nbdPort = await nbd.listen(o.nbdPort, o.listen)
   const iscsi = new IscsiServer(ds, log.child({ component: 'iscsi' }), metrics)
   const iscsiPort = await iscsi.listen(o.iscsiPort, o.listen)
   const advertise = { host: o.listen === '0.0.0.0' || o.listen === '::' ? '127.0.0.1' : o.listen, nbdPort, iscsiPort }
-  const app = createApp({ ds, locks, log: log.child({ component: 'http' }), metrics, advertise })
+  const app = createApp({ ds, locks, nbdKeys, log: log.child({ component: 'http' }), metrics, advertise })
   const http: HttpServer = createServer(app)
   const httpPort = await new Promise<number>((res, rej) => {
     http.once('error', rej)
@@ -50,7 +53,7 @@ export async function serve(o: ServeOptions, log: Logger = pino({ level: o.logLe
       res(typeof a === 'object' && a ? a.port : o.httpPort)
     })
   })
-  log.info({ datastore: ds.dir, listen: o.listen, httpPort, nbdPort, iscsiPort, pollUs: poller.windowUs }, 'tandem serve ready')
+  log.info({ datastore: ds.dir, listen: o.listen, httpPort, nbdPort, iscsiPort, pollUs: poller.windowUs, tls: o.tls ?? 'optional' }, 'tandem serve ready')
   let closing: Promise<void> | null = null
   return {
     ds,

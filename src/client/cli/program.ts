@@ -1,4 +1,4 @@
-import { Command, CommanderError } from 'commander'
+import { Command, CommanderError, Option } from 'commander'
 import { diskCommand } from './disk.js'
 import { lockCommand } from './lock.js'
 import { vmCommand } from './vm.js'
@@ -45,6 +45,14 @@ export function buildProgram(): Command {
       'after a reply that leaves a connection idle, keep polling for its next request this many µs instead of sleeping (faster queue-depth-1 clients, one busy core while they run); 0 turns it off (env TANDEM_POLL_US)',
       env.TANDEM_POLL_US ?? '200',
     )
+    .addOption(
+      new Option(
+        '--tls <mode>',
+        'NBD STARTTLS with TLS-PSK (keys in DATASTORE/.tandem/keys.psk): required (every NBD client), optional (disks with an access list need it), off (env TANDEM_TLS)',
+      )
+        .choices(['required', 'optional', 'off'])
+        .default(env.TANDEM_TLS ?? 'optional'),
+    )
     .action((o) =>
       run(async () => {
         const { serve } = await loadLazy<typeof import('../../server/serve.js')>('../../server/serve.js')
@@ -56,6 +64,7 @@ export function buildProgram(): Command {
           iscsiPort: port(o.iscsiPort),
           logLevel: o.logLevel,
           pollUs: integer(o.pollUs, 1_000_000, '--poll-us'),
+          tls: o.tls,
         })
         await new Promise<void>((resolve) => {
           const stop = (sig: string) => {
