@@ -36,9 +36,9 @@ export interface RunningServer {
 export async function serve(o: ServeOptions, log: Logger = pino({ level: o.logLevel ?? 'info' })): Promise<RunningServer> {
   if (o.pollUs !== undefined) poller.windowUs = o.pollUs
   const ds = await Datastore.open(resolve(o.datastore))
+  const nbdKeys = await PskKeys.open(ds.dir)
   const locks = await openLockspaceView(ds.dir, log.child({ component: 'locks' }))
   const metrics = new Metrics()
-  const nbdKeys = await PskKeys.open(ds.dir)
   const nbd = new NbdServer(ds, log.child({ component: 'nbd' }), metrics, new NbdTls(o.tls ?? 'optional', nbdKeys))
   const nbdPort = await nbd.listen(o.nbdPort, o.listen)
   const iscsi = new IscsiServer(ds, log.child({ component: 'iscsi' }), metrics)

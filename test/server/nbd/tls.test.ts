@@ -2,7 +2,9 @@ import t, { type Test } from 'tap'
 import { randomBytes } from 'node:crypto'
 import { mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { needs, run, runOk, tmp, pattern } from '../../helpers/peers.js'
+import { spawn } from 'node:child_process'
+import { createInterface } from 'node:readline'
+import { CLI, needs, run, runOk, tmp, pattern } from '../../helpers/peers.js'
 import { startServer } from '../../helpers/server.js'
 import { TestNbdClient } from '../../helpers/nbd-client.js'
 import { pino } from 'pino'
@@ -292,4 +294,23 @@ t.test('the keys file is psktool\'s format, mode 0600, and psktool can edit it',
   t.equal((await c.pread(0, 512)).errno, 0, 'a restarted server reads the key psktool added')
   c.disconnect()
   t.same(await (await fetch(`http://127.0.0.1:${again.httpPort}/api/v1/nbd/keys`)).json(), { identities: ['alice', 'bob', 'dave'] })
+})
+
+t.test('tandem serve --tls: the CLI passes the mode through and refuses others', async (t) => {
+  const bad = await run(process.execPath, [CLI, 'serve', '--tls', 'bogus'])
+  t.not(bad.status, 0)
+  t.match(bad.stderr, /Allowed choices are required, optional, off/)
+  const dir = tmp(t, 'tandem-ds-')
+  const child = spawn(process.execPath, [CLI, 'serve', '--datastore', dir, '--http-port', '0', '--nbd-port', '0', '--iscsi-port', '0', '--tls', 'required'], { stdio: ['ignore', 'pipe', 'inherit'] })
+  t.teardown(() => child.kill('SIGKILL'))
+  const ready = await new Promise<{ nbdPort: number; tls: string }>((resolve) => {
+    createInterface({ input: child.stdout! }).on('line', (line) => {
+      if (line.includes('tandem serve ready')) resolve(JSON.parse(line))
+    })
+  })
+  t.equal(ready.tls, 'required')
+  const c = await TestNbdClient.raw(ready.nbdPort)
+  await c.greet()
+  t.equal(await list(c), NBD_REP_ERR_TLS_REQD, 'a plain OPT_LIST gets TLS_REQD')
+  c.sock.destroy()
 })
