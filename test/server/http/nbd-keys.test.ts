@@ -47,6 +47,9 @@ t.test('PUT, GET, DELETE /api/v1/nbd/keys: identities only, never a key', async 
   t.equal(nbdKeys.key('alice'), undefined)
   t.equal(readFileSync(file, 'utf8'), `bob.example:${k2.toLowerCase()}\n`)
   t.same(readdirSync(join(file, '..')).filter((f) => f.includes('keys.psk')), ['keys.psk'], 'no temporary file left')
+  const o = (await request(a).get('/api/v1/openapi.json').expect(200)).body
+  t.same(Object.keys(o.paths['/api/v1/nbd/keys/{identity}']).sort(), ['delete', 'parameters', 'put'], 'the OpenAPI document has the key endpoints')
+  t.ok(o.paths['/api/v1/nbd/keys'].get)
 })
 
 t.test('bad identities and keys: 4xx JSON errors, nothing written', async (t) => {
