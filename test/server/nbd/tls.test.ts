@@ -159,6 +159,18 @@ t.test('wrong key, unknown identity, bytes pipelined after STARTTLS: that connec
   c.sendOption(NBD_OPT_LIST, Buffer.alloc(0))
   await c.closed
   t.pass('an option sent before the STARTTLS reply: closed')
+  for (const [what, bytes] of [
+    ['garbage instead of a ClientHello', pattern(600, 9)],
+    ['a TLS record header claiming 16 MiB', Buffer.from([0x16, 0x03, 0x01, 0xff, 0xff, 1, 2, 3])],
+    ['nothing (the client leaves)', Buffer.alloc(0)],
+  ] as const) {
+    const g = await plain(s)
+    g.sendOption(NBD_OPT_STARTTLS, Buffer.alloc(0))
+    t.equal((await g.optionReply()).type, NBD_REP_ACK)
+    g.sock.end(bytes)
+    await g.closed
+    t.pass(`${what} after the ACK: closed`)
+  }
   const ok = await TestNbdClient.open(s.nbdPort, 'secret', { tls: { identity: 'alice', key: ALICE } })
   t.equal((await ok.pread(0, 4096)).errno, 0, 'a good client still gets in')
   ok.disconnect()
