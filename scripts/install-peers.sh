@@ -5,7 +5,8 @@ set -euo pipefail
 # qemu-system-misc: qemu-system-riscv32, the reference machine for the VM guests (guests/*.elf).
 # The cross compiler for rebuilding the guests (gcc-riscv64-unknown-elf) is not needed by the tests;
 # scripts/build-guests.sh says how to get it.
-PKGS=(qemu-utils qemu-block-extra libnbd-bin nbdkit libiscsi-bin libiscsi-dev tgt fio sanlock qemu-system-misc)
+# gnutls-bin: psktool, which writes the TLS-PSK keys files NBD clients and Tandem share.
+PKGS=(qemu-utils qemu-block-extra libnbd-bin nbdkit libiscsi-bin libiscsi-dev tgt fio sanlock qemu-system-misc gnutls-bin)
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 missing=()

@@ -44,9 +44,9 @@ function timed<T>(fn: () => T): T {
 }
 
 /** Opens a file, turning OS errors into StorageErrors that name the file. */
-export async function openFile(path: string, flags: string): Promise<FileHandle> {
+export async function openFile(path: string, flags: string, mode?: number): Promise<FileHandle> {
   try {
-    return await open(path, flags)
+    return await open(path, flags, mode)
   } catch (e) {
     throw fromSystemError(e, path, 'Could not open')
   }

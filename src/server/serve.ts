@@ -1,10 +1,10 @@
 import { createServer, type Server as HttpServer } from 'node:http'
 import { resolve } from 'node:path'
 import { pino, type Logger } from 'pino'
-import { Datastore } from './datastore/index.js'
+import { Datastore, PskKeys } from './datastore/index.js'
 import { createApp } from './http/app.js'
 import { Metrics } from './metrics.js'
-import { NbdServer } from './nbd/index.js'
+import { NbdServer, NbdTls, type TlsMode } from './nbd/index.js'
 import { IscsiServer } from './iscsi/index.js'
 import { poller } from './net/poll.js'
 import { Deadline, realTimers, type Timers } from './net/timers.js'
@@ -27,6 +27,8 @@ export interface ServeOptions {
   /** ms established clients get to finish at shutdown before they are cut */
   shutdownGraceMs?: number
   timers?: Timers
+  /** NBD STARTTLS with the datastore's PSK keys (nbd/tls.ts); default optional */
+  tls?: TlsMode
 }
 
 
@@ -67,17 +69,18 @@ export async function serve(o: ServeOptions, log: Logger = pino({ level: o.logLe
   const opened: (() => Promise<void>)[] = [() => ds.close()]
   const listening = <T>(what: string, port: number, p: Promise<T>) => p.catch((e: unknown) => Promise.reject(listenError(what, o.listen, port, e)))
   try {
+    const nbdKeys = await PskKeys.open(ds.dir)
     const locks = await openLockspaceView(ds.dir, log.child({ component: 'locks' }))
     opened.push(() => locks.close())
     const metrics = new Metrics()
-    const nbd = new NbdServer(ds, log.child({ component: 'nbd' }), metrics, limits)
+    const nbd = new NbdServer(ds, log.child({ component: 'nbd' }), metrics, limits, new NbdTls(o.tls ?? 'optional', nbdKeys))
     opened.push(() => nbd.close(grace.reached))
     const nbdPort = await listening('NBD', o.nbdPort, nbd.listen(o.nbdPort, o.listen))
     const iscsi = new IscsiServer(ds, log.child({ component: 'iscsi' }), metrics, limits)
     opened.push(() => iscsi.close(grace.reached))
     const iscsiPort = await listening('iSCSI', o.iscsiPort, iscsi.listen(o.iscsiPort, o.listen))
     const advertise = { host: o.listen === '0.0.0.0' || o.listen === '::' ? '127.0.0.1' : o.listen, nbdPort, iscsiPort }
-    const app = createApp({ ds, locks, log: log.child({ component: 'http' }), metrics, advertise })
+    const app = createApp({ ds, locks, nbdKeys, log: log.child({ component: 'http' }), metrics, advertise })
     const http: HttpServer = createServer(app)
     if (limits.maxConnections) http.maxConnections = limits.maxConnections
     const httpPort = await listening(
@@ -93,7 +96,7 @@ export async function serve(o: ServeOptions, log: Logger = pino({ level: o.logLe
       }),
     )
     const { maxConnections, handshakeMs } = limits
-    log.info({ datastore: ds.dir, listen: o.listen, httpPort, nbdPort, iscsiPort, pollUs: poller.windowUs, maxConnections, handshakeMs }, 'tandem serve ready')
+    log.info({ datastore: ds.dir, listen: o.listen, httpPort, nbdPort, iscsiPort, pollUs: poller.windowUs, maxConnections, handshakeMs, tls: o.tls ?? 'optional' }, 'tandem serve ready')
     return running({ ds, locks, httpPort, nbdPort, iscsiPort, log, http, nbd, iscsi, grace, graceMs: o.shutdownGraceMs ?? SERVE_DEFAULTS.shutdownGraceMs })
   } catch (e) {
     grace.expire()

@@ -1,9 +1,10 @@
 import { connect, type Socket } from 'node:net'
+import { connect as tlsConnect } from 'node:tls'
 
 /**
  * A deliberately small NBD client for tests: fixed newstyle, NBD_OPT_GO, optional structured
  * replies and base:allocation, pipelined requests. It can also send raw bytes for malformed-input
- * tests. Not for production: no TLS, minimal checks.
+ * tests, and upgrade to TLS-PSK (`startTls`). Not for production: minimal checks.
  */
 export class TestNbdClient {
   private buf = Buffer.alloc(0)
@@ -84,10 +85,37 @@ export class TestNbdClient {
     return { opt: h.readUInt32BE(8), type: h.readUInt32BE(12), data: await this.read(len) }
   }
 
-  /** Connects and enters transmission on `name` (structured replies + base:allocation if asked). */
-  static async open(port: number, name: string, opts: { structured?: boolean } = {}): Promise<TestNbdClient> {
-    const c = await TestNbdClient.raw(port)
+  /**
+   * NBD_OPT_STARTTLS, then a TLS-PSK handshake as `identity`; resolves with a client speaking
+   * over TLS (this one must not be used again). Rejects when STARTTLS gets an error reply (its
+   * type in the message) or the handshake fails.
+   */
+  async startTls(identity: string, keyHex: string): Promise<TestNbdClient> {
+    this.sendOption(5, Buffer.alloc(0))
+    const r = await this.optionReply()
+    if (r.type !== 1) throw new Error(`STARTTLS refused: ${r.type}`)
+    const sock = tlsConnect({
+      socket: this.sock,
+      ciphers: 'TLS_AES_128_GCM_SHA256:ECDHE-PSK-CHACHA20-POLY1305:PSK-AES128-GCM-SHA256',
+      pskCallback: () => ({ identity, psk: Buffer.from(keyHex, 'hex') }),
+      checkServerIdentity: () => undefined,
+    })
+    await new Promise<void>((res, rej) => {
+      sock.once('secureConnect', () => res())
+      sock.once('error', rej)
+      sock.once('close', () => rej(new Error('closed during the TLS handshake')))
+    })
+    return new TestNbdClient(sock)
+  }
+
+  /**
+   * Connects and enters transmission on `name` (structured replies + base:allocation if asked;
+   * TLS-PSK first when `tls` is given).
+   */
+  static async open(port: number, name: string, opts: { structured?: boolean; tls?: { identity: string; key: string } } = {}): Promise<TestNbdClient> {
+    let c = await TestNbdClient.raw(port)
     await c.greet()
+    if (opts.tls) c = await c.startTls(opts.tls.identity, opts.tls.key)
     const nm = Buffer.from(name)
     if (opts.structured) {
       c.sendOption(8, Buffer.alloc(0))

@@ -1,4 +1,4 @@
-import { Command, CommanderError } from 'commander'
+import { Command, CommanderError, Option } from 'commander'
 import { diskCommand } from './disk.js'
 import { lockCommand } from './lock.js'
 import { vmCommand } from './vm.js'
@@ -66,6 +66,14 @@ export function buildProgram(): Command {
       'time an NBD client has to finish its handshake, an iSCSI initiator its login, before it is disconnected (10, 10s, 500ms); 0: no limit (env TANDEM_HANDSHAKE_LIMIT)',
       env.TANDEM_HANDSHAKE_LIMIT ?? String(SERVE_DEFAULTS.handshakeLimitMs / 1000),
     )
+    .addOption(
+      new Option(
+        '--tls <mode>',
+        'NBD STARTTLS with TLS-PSK (keys in DATASTORE/.tandem/keys.psk): required (every NBD client), optional (disks with an access list need it), off (env TANDEM_TLS)',
+      )
+        .choices(['required', 'optional', 'off'])
+        .default(env.TANDEM_TLS ?? 'optional'),
+    )
     .action((o) =>
       run(async () => {
         const { serve } = await loadLazy<typeof import('../../server/serve.js')>('../../server/serve.js')
@@ -79,6 +87,7 @@ export function buildProgram(): Command {
           pollUs: integer(o.pollUs, 1_000_000, '--poll-us'),
           maxConnections: integer(o.maxConnections, 1_000_000, '--max-connections'),
           handshakeLimitMs: duration(o.handshakeLimit, '--handshake-limit'),
+          tls: o.tls,
         })
         return new Promise<number>((resolve) => {
           let stopping = false

@@ -416,11 +416,15 @@ async function writeZeroBuffers(length: number, write: (offset: number, buf: Buf
   }
 }
 
-/** Writes a small file atomically: temp file, fsync, rename, fsync of the folder. */
-export async function writeFileAtomic(path: string, data: Buffer | string): Promise<void> {
+/**
+ * Writes a small file atomically: temp file, fsync, rename, fsync of the folder. With `mode`, the
+ * file has that mode before it holds any data (for secrets).
+ */
+export async function writeFileAtomic(path: string, data: Buffer | string, mode?: number): Promise<void> {
   const tmp = join(dirname(path), `.${basename(path)}.tmp-${process.pid}`)
-  const fh = await openFile(tmp, 'w')
+  const fh = await openFile(tmp, 'w', mode)
   try {
+    if (mode !== undefined) await fh.chmod(mode)
     await pwriteFull(fh, tmp, 0, Buffer.from(data))
     await datasync(fh, tmp)
   } finally {

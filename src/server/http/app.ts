@@ -1,7 +1,7 @@
 import express, { type NextFunction, type Request, type Response } from 'express'
 import type { Logger } from 'pino'
 import { isStorageError, StorageError } from '../../disk-formats/errors.js'
-import type { Datastore, DiskInfo } from '../datastore/index.js'
+import { validIdentity, validKey, type Datastore, type DiskInfo, type PskKeys } from '../datastore/index.js'
 import type { Metrics } from '../metrics.js'
 import { httpStatus } from './errors.js'
 import { openApi } from './openapi.js'
@@ -11,6 +11,8 @@ export interface AppOptions {
   ds: Datastore
   /** the datastore's lockspace, when there is one */
   locks?: LockspaceView
+  /** the NBD TLS-PSK keys, when the server has them */
+  nbdKeys?: PskKeys
   log: Logger
   metrics: Metrics
   /** host and ports clients should use in the URIs a disk shows */
@@ -148,6 +150,30 @@ export function createApp(o: AppOptions): express.Express {
       }
       await ds.setAccess(req.params.name as string, { initiators: list as string[], ...(chap ? { chap } : {}) })
       res.json((await ds.describe(req.params.name as string)).access)
+    }),
+  )
+  const nbdKeys = () => {
+    if (!o.nbdKeys) throw new StorageError('NotFound', 'this server has no NBD keys')
+    return o.nbdKeys
+  }
+  // Keys are write-only: no response carries one.
+  app.get('/api/v1/nbd/keys', (_req, res) => {
+    res.json({ identities: nbdKeys().identities() })
+  })
+  app.put(
+    '/api/v1/nbd/keys/:identity',
+    wrap(async (req, res) => {
+      const identity = validIdentity(req.params.identity)
+      const key = validKey(body(req).key)
+      const added = await nbdKeys().set(identity, key)
+      res.status(added ? 201 : 200).json({ identity })
+    }),
+  )
+  app.delete(
+    '/api/v1/nbd/keys/:identity',
+    wrap(async (req, res) => {
+      await nbdKeys().delete(validIdentity(req.params.identity))
+      res.status(204).end()
     }),
   )
   const lockView = async () => {

@@ -43,10 +43,25 @@ export const openApi = {
     '/api/v1/disks/{name}/access': {
       parameters: [name('name', 'disk')],
       put: {
-        summary: 'Set the initiators allowed to see the disk (LUN masking) and CHAP secrets (never returned)',
+        summary: 'Set the clients allowed to see the disk: iSCSI initiator names (LUN masking) and NBD TLS-PSK identities, in one list; and CHAP secrets (never returned)',
         requestBody: { required: true, content: { 'application/json': { schema: { type: 'object', required: ['initiators'], properties: { initiators: { type: 'array', items: { type: 'string' } }, chap: { type: 'object' } } } } } },
         responses: { 200: json({ type: 'object' }), ...errors(400, 404) },
       },
+    },
+    '/api/v1/nbd/keys': {
+      get: {
+        summary: 'Identities that have an NBD TLS-PSK key (keys are never returned)',
+        responses: { 200: json({ type: 'object', properties: { identities: { type: 'array', items: { type: 'string' } } } }) },
+      },
+    },
+    '/api/v1/nbd/keys/{identity}': {
+      parameters: [{ name: 'identity', in: 'path', required: true, schema: { type: 'string', pattern: '^[A-Za-z0-9._@+-]{1,128}$' }, description: 'PSK identity: the NBD client\'s name, as listed in disk access lists' }],
+      put: {
+        summary: 'Set the TLS-PSK key of an NBD client identity (written to .tandem/keys.psk, psktool format, mode 0600)',
+        requestBody: { required: true, content: { 'application/json': { schema: { type: 'object', required: ['key'], properties: { key: { type: 'string', pattern: '^([0-9a-fA-F]{2}){16,64}$', description: '16 to 64 bytes as hex' } } } } } },
+        responses: { 200: json({ type: 'object', properties: { identity: { type: 'string' } } }, 'replaced'), 201: json({ type: 'object', properties: { identity: { type: 'string' } } }, 'created'), ...errors(400) },
+      },
+      delete: { summary: 'Remove an identity\'s key', responses: { 204: { description: 'deleted' }, ...errors(400, 404) } },
     },
     '/api/v1/locks': { get: { summary: 'Locks of the datastore\'s lockspace: state, owner, generation (fencing token), owner heartbeat age, waiting hosts', responses: { 200: json({ type: 'object' }) } } },
     '/api/v1/locks/{name}': { parameters: [{ name: 'name', in: 'path', required: true, schema: { type: 'string' } }], get: { summary: 'One lock', responses: { 200: json({ type: 'object' }), ...errors(404) } } },

@@ -2,12 +2,13 @@ import type { Socket } from 'node:net'
 import type { Logger } from 'pino'
 import type { Extent } from '../../disk-formats/block-device.js'
 import { isStorageError, StorageError } from '../../disk-formats/errors.js'
-import type { Datastore, ExportHandle } from '../datastore/index.js'
+import { parseExportName, type Datastore, type ExportHandle } from '../datastore/index.js'
 import type { ExportTally, Metrics } from '../metrics.js'
 import type { ByteQueue } from '../net/byte-queue.js'
 import { poller } from '../net/poll.js'
 import { ProtocolError, socketQueue } from '../net/tcp-service.js'
 import * as P from './protocol.js'
+import type { NbdTls } from './tls.js'
 
 
 const OP_NAMES: Record<number, string> = {
@@ -30,7 +31,8 @@ const KNOWN_CMD_FLAGS = P.NBD_CMD_FLAG_FUA | P.NBD_CMD_FLAG_NO_HOLE | P.NBD_CMD_
  * options) has its own connection closed. Every reply goes out as one write (corked).
  */
 export class NbdConnection {
-  private readonly q: ByteQueue
+  /** the socket and its queue are replaced once, by the TLS socket after NBD_OPT_STARTTLS */
+  private q: ByteQueue
   private structured = false
   private noZeroes = false
   private metaExport: string | null = null
@@ -40,13 +42,17 @@ export class NbdConnection {
   /** The last request arrived with no other in flight (queue depth 1: see net/poll.ts). */
   private alone = true
   private slot: (() => void) | null = null
-  private readonly isClosed: () => boolean
+  private isClosed: () => boolean
+  /** the TLS-PSK identity the client proved after NBD_OPT_STARTTLS; null while plain */
+  private identity: string | null = null
 
   constructor(
-    private readonly sock: Socket,
+    private sock: Socket,
     private readonly ds: Datastore,
     private readonly log: Logger,
     private readonly metrics: Metrics,
+    /** absent: TLS off */
+    private readonly tls?: NbdTls,
   ) {
     const s = socketQueue(sock)
     this.q = s.q
@@ -139,9 +145,17 @@ export class NbdConnection {
 
   /** Handles one option; returns true when transmission (or the end) begins. */
   private async option(opt: number, data: Buffer): Promise<boolean> {
+    if (this.tls?.mode === 'required' && this.identity === null && opt !== P.NBD_OPT_STARTTLS && opt !== P.NBD_OPT_ABORT) {
+      // NBD spec, FORCEDTLS: NBD_OPT_EXPORT_NAME cannot be answered with an error
+      if (opt === P.NBD_OPT_EXPORT_NAME) throw new ProtocolError('NBD_OPT_EXPORT_NAME before TLS on a server that requires TLS')
+      this.optError(opt, P.NBD_REP_ERR_TLS_REQD, 'this server requires TLS: send NBD_OPT_STARTTLS first')
+      return false
+    }
     switch (opt) {
       case P.NBD_OPT_EXPORT_NAME: {
         const name = data.toString('utf8')
+        const refused = await this.refusal(name)
+        if (refused) throw new ProtocolError(`export '${name}': ${refused.message}`)
         try {
           await this.openExport(name)
         } catch (e) {
@@ -162,6 +176,7 @@ export class NbdConnection {
           return false
         }
         for (const name of await this.ds.exportNames()) {
+          if (await this.refusal(name)) continue
           const n = Buffer.from(name, 'utf8')
           const b = Buffer.allocUnsafe(4 + n.length)
           b.writeUInt32BE(n.length, 0)
@@ -172,7 +187,7 @@ export class NbdConnection {
         return false
       }
       case P.NBD_OPT_STARTTLS:
-        this.optError(opt, P.NBD_REP_ERR_UNSUP, 'TLS is not supported by this server')
+        await this.startTls(opt, data)
         return false
       case P.NBD_OPT_INFO:
       case P.NBD_OPT_GO:
@@ -193,6 +208,64 @@ export class NbdConnection {
         this.optError(opt, P.NBD_REP_ERR_UNSUP, `option ${opt} is not supported`)
         return false
     }
+  }
+
+  /**
+   * NBD_OPT_STARTTLS: ACK, then the TLS-PSK handshake on the same socket; a failed handshake
+   * ends the connection (the ACK is sent, there is no way back to plain).
+   */
+  private async startTls(opt: number, data: Buffer): Promise<void> {
+    if (!this.tls || this.tls.mode === 'off') {
+      this.optError(opt, P.NBD_REP_ERR_UNSUP, 'TLS is not supported by this server')
+      return
+    }
+    if (this.identity !== null) {
+      this.optError(opt, P.NBD_REP_ERR_INVALID, 'TLS is already negotiated')
+      return
+    }
+    if (data.length !== 0) {
+      this.optError(opt, P.NBD_REP_ERR_INVALID, 'NBD_OPT_STARTTLS takes no data')
+      return
+    }
+    // the client must wait for the reply; bytes already here would be lost under TLS
+    if (this.q.buffered !== 0) throw new ProtocolError('data sent after NBD_OPT_STARTTLS before its reply')
+    this.optReply(opt, P.NBD_REP_ACK)
+    const session = await this.tls.upgrade(this.sock)
+    this.sock = session.socket
+    const s = socketQueue(session.socket)
+    this.q = s.q
+    this.isClosed = s.closed
+    this.identity = session.identity
+    // NBD spec, NBD_OPT_STARTTLS: no negotiation state from before the upgrade is kept
+    this.structured = false
+    this.metaExport = null
+    this.metaOn = false
+    this.log.debug({ peer: this.sock.remoteAddress, identity: session.identity, version: session.socket.getProtocol(), cipher: session.socket.getCipher().name }, 'nbd: TLS established')
+  }
+
+  /**
+   * Why this connection may not use an export, or null when it may. A disk whose access list is
+   * empty is open to every client; otherwise only to a TLS client whose PSK identity is on the
+   * list (the same list that names iSCSI initiators). Unknown or malformed names pass here and
+   * are reported by openExport.
+   */
+  private async refusal(exportName: string): Promise<{ type: number; message: string } | null> {
+    let initiators: string[]
+    try {
+      initiators = (await this.ds.readRecord(parseExportName(exportName).disk)).access.initiators
+    } catch (e) {
+      if (isStorageError(e) && (e.code === 'NotFound' || e.code === 'InvalidArgument')) return null
+      return { type: P.NBD_REP_ERR_UNKNOWN, message: isStorageError(e) ? e.message : `export '${exportName}' cannot be opened` }
+    }
+    if (initiators.length === 0) return null
+    if (this.identity !== null) {
+      if (initiators.includes(this.identity)) return null
+      return { type: P.NBD_REP_ERR_POLICY, message: `identity '${this.identity}' is not on the access list of '${exportName}'` }
+    }
+    if (!this.tls || this.tls.mode === 'off') {
+      return { type: P.NBD_REP_ERR_POLICY, message: `'${exportName}' has an access list: it is offered over NBD only with TLS, which this server has turned off` }
+    }
+    return { type: P.NBD_REP_ERR_TLS_REQD, message: `'${exportName}' has an access list: connect with TLS-PSK as an identity on it` }
   }
 
   private transmissionFlags(): number {
@@ -229,6 +302,11 @@ export class NbdConnection {
     }
     const wanted = new Set<number>()
     for (let i = 0; i < count; i++) wanted.add(data.readUInt16BE(parsed.next + 2 + i * 2))
+    const refused = await this.refusal(parsed.name)
+    if (refused) {
+      this.optError(opt, refused.type, refused.message)
+      return false
+    }
     try {
       await this.openExport(parsed.name)
     } catch (e) {
@@ -299,6 +377,12 @@ export class NbdConnection {
     }
     if (!(await this.ds.exportNames()).includes(parsed.name)) {
       this.optError(opt, P.NBD_REP_ERR_UNKNOWN, `no export named '${parsed.name}'`)
+      return
+    }
+    const refused = await this.refusal(parsed.name)
+    if (refused) {
+      // NBD spec, SELECTIVETLS: NBD_REP_ERR_TLS_REQD only answers INFO, GO and EXPORT_NAME
+      this.optError(opt, P.NBD_REP_ERR_POLICY, refused.message)
       return
     }
     const match =
