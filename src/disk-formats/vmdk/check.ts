@@ -2,6 +2,7 @@ import { realpath } from 'node:fs/promises'
 import { StorageError, isStorageError } from '../errors.js'
 import { datasync, preadFull, pwriteFull, toU32 } from '../file-io.js'
 import { CID_NOPARENT } from './descriptor.js'
+import { FLAG_MARKERS } from './sparse-header.js'
 import type { SparseExtent } from './sparse-extent.js'
 import { VmdkImage } from './vmdk-image.js'
 
@@ -225,7 +226,16 @@ async function checkExtent(ext: SparseExtent, add: (f: Finding, n?: number) => v
 
   // 3. Leaks: sectors past the metadata that nothing references (uncompressed extents).
   let end = h.overHead
-  for (const [s] of grains) end = Math.max(end, s + h.grainSize)
+  for (const [s, g] of grains) {
+    if (!ext.compressed) {
+      end = Math.max(end, s + h.grainSize)
+      continue
+    }
+    // A compressed grain takes its marker and zlib data, not a whole grain (SPEC.md §4).
+    const n = await compressedGrainSectors(ext, s)
+    if (s + n > fileSectors) add({ kind: 'corruption', message: `ERROR compressed grain ${g} at sector ${s} is truncated: its ${n} sectors go past the end of the file (${fileSectors} sectors)` })
+    end = Math.max(end, Math.min(s + n, fileSectors))
+  }
   for (const [, e] of metadata) end = Math.max(end, e)
   const leaked: [number, number][] = [] // [start, end) sectors, at most one grain each
   if (!ext.compressed) {
@@ -244,6 +254,13 @@ async function checkExtent(ext: SparseExtent, add: (f: Finding, n?: number) => v
 
   if (repair) await repairExtent(ext, { gd, rgd, primary, redundant, fixes, grains, leaked, fileSectors })
   return { total: totalGrains, allocated, end: Math.max(end, ext.compressed ? fileSectors : end) * 512 }
+}
+
+/** Sectors a compressed grain occupies from its marker: 12 bytes of marker, then its zlib data. */
+async function compressedGrainSectors(ext: SparseExtent, sector: number): Promise<number> {
+  if ((ext.header.flags & FLAG_MARKERS) === 0) return ext.header.grainSize
+  const marker = await preadFull(ext.handle, ext.path, sector * 512, 12)
+  return Math.ceil((12 + marker.readUInt32LE(8)) / 512)
 }
 
 interface RepairPlan {
