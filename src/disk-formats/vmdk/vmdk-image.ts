@@ -153,8 +153,10 @@ export class VmdkImage implements BlockDevice {
 
   /** Extents for `info` (qemu's format-specific extents[]). */
   extentInfo(): { filename: string; 'virtual-size': number; format: string; 'cluster-size'?: number; compressed?: boolean }[] {
-    // qemu names a monolithic file's extent by the path opened, a descriptor's by its extent line.
-    const names = this.embedded ? [this.path] : this.descriptor.extents.map((e) => e.file ?? '')
+    // qemu names a monolithic file's extent by the path opened, a descriptor's by its extent line
+    // joined to the folder part of the path opened, unnormalised (qemu's path_combine).
+    const folder = this.path.slice(0, this.path.lastIndexOf('/') + 1)
+    const names = this.embedded ? [this.path] : this.descriptor.extents.map((e) => (e.file === undefined ? '' : isAbsolute(e.file) ? e.file : folder + e.file))
     return this.slots.map((s, i) => ({
       filename: names[i],
       'virtual-size': s.size,
