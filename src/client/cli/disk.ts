@@ -95,12 +95,16 @@ function infoText(i: Record<string, unknown>): string {
   if (i['cluster-size']) lines.push(`cluster_size: ${i['cluster-size']}`)
   if (i['backing-filename']) lines.push(`backing file: ${i['backing-filename']}`)
   if (i.format === 'vmdk') {
-    const d = (i['format-specific'] as { data: { extents: { filename: string; 'virtual-size': number; format: string }[] } }).data
+    const d = (i['format-specific'] as { data: { extents: ReturnType<VmdkImage['extentInfo']> } }).data
     lines.push('Format specific information:')
     lines.push(`    cid: ${i.cid}`, `    parent cid: ${i['parent-cid']}`, `    create type: ${i['create-type']}`, '    extents:')
+    // qemu-img's lines and order; `format:` is printed even when empty (a monolithic file's extent)
     for (const [i, e] of d.extents.entries()) {
-      lines.push(`        [${i}]:`, `            virtual size: ${e['virtual-size']}`, `            filename: ${e.filename}`)
-      if (e.format) lines.push(`            format: ${e.format}`)
+      lines.push(`        [${i}]:`)
+      if (e.compressed) lines.push('            compressed: true')
+      lines.push(`            virtual size: ${e['virtual-size']}`, `            filename: ${e.filename}`)
+      if (e['cluster-size'] !== undefined) lines.push(`            cluster size: ${e['cluster-size']}`)
+      lines.push(`            format: ${e.format}`)
     }
   }
   return lines.join('\n') + '\n'

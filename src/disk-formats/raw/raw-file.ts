@@ -2,6 +2,7 @@ import type { FileHandle } from 'node:fs/promises'
 import { type BlockDevice, type Extent, type WriteOptions } from '../block-device.js'
 import { datasync, fileSize, openFile, preadFull, pwriteFull } from '../file-io.js'
 import { fromSystemError } from '../errors.js'
+import { dataRuns } from '../data-runs.js'
 
 const ZERO_CHUNK = 1 << 20
 
@@ -56,9 +57,18 @@ export class RawFile implements BlockDevice {
     return datasync(this.fh, this.path)
   }
 
-  /** Node has no SEEK_DATA/SEEK_HOLE: a raw file reports all of itself as data. */
+  /** Holes of the file (SEEK_HOLE) read as zeros and are not data, as qemu-img map shows a raw file. */
   async blockStatus(offset: number, length: number): Promise<Extent[]> {
-    return [{ offset, length, data: true, zero: false, depth: 0, present: true, hostOffset: offset, file: this.path }]
+    return dataRuns(this.fh.fd, offset, offset + length).map((r) => ({
+      offset: r.offset,
+      length: r.length,
+      data: r.data,
+      zero: !r.data,
+      depth: 0,
+      present: true,
+      hostOffset: r.offset,
+      file: this.path,
+    }))
   }
 
   async close(): Promise<void> {

@@ -1,7 +1,9 @@
 import { realpath } from 'node:fs/promises'
 import { StorageError, isStorageError } from '../errors.js'
-import { datasync, preadFull, pwriteFull, toU32 } from '../file-io.js'
+import { dataRuns } from '../data-runs.js'
+import { datasync, isZero, preadFull, pwriteFull, toU32 } from '../file-io.js'
 import { CID_NOPARENT } from './descriptor.js'
+import { FLAG_MARKERS } from './sparse-header.js'
 import type { SparseExtent } from './sparse-extent.js'
 import { VmdkImage } from './vmdk-image.js'
 
@@ -149,23 +151,25 @@ async function checkExtent(ext: SparseExtent, add: (f: Finding, n?: number) => v
   const gd = ext.directory()
   const rgd = ext.redundantDirectory()
   const tableOk = (s: number) => s !== 0 && s >= 1 && s + geo.gtSectors <= fileSectors
-  const readTable = async (s: number): Promise<Table> =>
-    tableOk(s) ? { sector: s, valid: true, entries: toU32(await preadFull(ext.handle, file, s * 512, per * 4)) } : { sector: s, valid: false, entries: null }
+  const zeroTable = new Uint32Array(per)
 
-  const metadata: [number, number][] = [[0, h.overHead]] // header, descriptor, directories and pre-allocated tables
-  if (h.gdOffset < fileSectors) metadata.push([h.gdOffset, h.gdOffset + geo.gdSectors])
-  if (rgd && h.rgdOffset < fileSectors) metadata.push([h.rgdOffset, h.rgdOffset + geo.gdSectors])
+  const metadata: [number, number][] = [] // header, descriptor, directories and tables
+  const addMetadata = (a: number, b: number) => {
+    const last = metadata[metadata.length - 1]
+    if (last && last[1] === a) last[1] = b
+    else metadata.push([a, b])
+  }
+  addMetadata(0, h.overHead)
+  if (h.gdOffset < fileSectors) addMetadata(h.gdOffset, h.gdOffset + geo.gdSectors)
+  if (rgd && h.rgdOffset < fileSectors) addMetadata(h.rgdOffset, h.rgdOffset + geo.gdSectors)
 
   // 1. Directories and tables, primary against redundant.
-  const primary: Table[] = []
-  const redundant: (Table | null)[] = []
+  const primary = await readTables(ext, gd, tableOk, zeroTable)
+  const redundant: (Table | null)[] = rgd ? await readTables(ext, rgd, tableOk, zeroTable) : new Array<null>(geo.gdEntries).fill(null)
+  for (const tables of [primary, redundant]) for (const x of tables) if (x?.valid) addMetadata(x.sector, x.sector + geo.gtSectors)
   for (let i = 0; i < geo.gdEntries; i++) {
-    const p = await readTable(gd[i])
-    const r = rgd ? await readTable(rgd[i]) : null
-    primary.push(p)
-    redundant.push(r)
-    if (p.valid) metadata.push([p.sector, p.sector + geo.gtSectors])
-    if (r?.valid) metadata.push([r.sector, r.sector + geo.gtSectors])
+    const p = primary[i]
+    const r = redundant[i]
     const describe = (s: number) => (s === 0 ? 'is 0 (no grain table)' : `points past the end of the file (sector ${s}, file has ${fileSectors} sectors)`)
     if (!p.valid && !(gd[i] === 0 && !rgd)) {
       add({ kind: 'corruption', message: `ERROR grain directory entry ${i} ${describe(gd[i])}${r?.valid ? '; the redundant copy is intact' : ''}` })
@@ -181,6 +185,8 @@ async function checkExtent(ext: SparseExtent, add: (f: Finding, n?: number) => v
   for (let t = 0; t < geo.gdEntries; t++) {
     const p = primary[t]
     const r = redundant[t]
+    // Tables that are all zero (or unreadable) beside each other hold nothing to compare or count.
+    if ((p.entries === null || p.entries === zeroTable) && (r?.entries == null || r.entries === zeroTable)) continue
     for (let j = 0; j < per; j++) {
       const g = t * per + j
       if (g >= totalGrains) break
@@ -225,7 +231,16 @@ async function checkExtent(ext: SparseExtent, add: (f: Finding, n?: number) => v
 
   // 3. Leaks: sectors past the metadata that nothing references (uncompressed extents).
   let end = h.overHead
-  for (const [s] of grains) end = Math.max(end, s + h.grainSize)
+  for (const [s, g] of grains) {
+    if (!ext.compressed) {
+      end = Math.max(end, s + h.grainSize)
+      continue
+    }
+    // A compressed grain takes its marker and zlib data, not a whole grain (SPEC.md §4).
+    const n = await compressedGrainSectors(ext, s)
+    if (s + n > fileSectors) add({ kind: 'corruption', message: `ERROR compressed grain ${g} at sector ${s} is truncated: its ${n} sectors go past the end of the file (${fileSectors} sectors)` })
+    end = Math.max(end, Math.min(s + n, fileSectors))
+  }
   for (const [, e] of metadata) end = Math.max(end, e)
   const leaked: [number, number][] = [] // [start, end) sectors, at most one grain each
   if (!ext.compressed) {
@@ -244,6 +259,47 @@ async function checkExtent(ext: SparseExtent, add: (f: Finding, n?: number) => v
 
   if (repair) await repairExtent(ext, { gd, rgd, primary, redundant, fixes, grains, leaked, fileSectors })
   return { total: totalGrains, allocated, end: Math.max(end, ext.compressed ? fileSectors : end) * 512 }
+}
+
+/** Sectors a compressed grain occupies from its marker: 12 bytes of marker, then its zlib data. */
+async function compressedGrainSectors(ext: SparseExtent, sector: number): Promise<number> {
+  if ((ext.header.flags & FLAG_MARKERS) === 0) return ext.header.grainSize
+  const marker = await preadFull(ext.handle, ext.path, sector * 512, 12)
+  return Math.ceil((12 + marker.readUInt32LE(8)) / 512)
+}
+
+/** Tables read at once: contiguous tables (qemu's layout) take one read per 1 MiB. */
+const TABLES_PER_READ = 512
+
+/**
+ * The tables a directory points at. Runs of contiguous tables are read at once, and runs that are
+ * holes of the file (SEEK_HOLE: the untouched tables of a new disk) are not read at all; every
+ * all-zero table is `zeroTable` itself, so a 100 TiB disk's millions of empty tables take no memory.
+ */
+async function readTables(ext: SparseExtent, dir: Uint32Array, tableOk: (s: number) => boolean, zeroTable: Uint32Array): Promise<Table[]> {
+  const gtSectors = ext.geo.gtSectors
+  const tableBytes = ext.header.numGTEsPerGT * 4
+  const out: Table[] = []
+  for (let i = 0; i < dir.length; ) {
+    const s = dir[i]
+    if (!tableOk(s)) {
+      out.push({ sector: s, valid: false, entries: null })
+      i++
+      continue
+    }
+    let n = 1
+    while (n < TABLES_PER_READ && i + n < dir.length && dir[i + n] === s + n * gtSectors && tableOk(dir[i + n])) n++
+    const bytes = (n - 1) * gtSectors * 512 + tableBytes
+    const runs = dataRuns(ext.handle.fd, s * 512, s * 512 + bytes)
+    const buf = runs.some((r) => r.data) ? await preadFull(ext.handle, ext.path, s * 512, bytes) : null
+    for (let k = 0; k < n; k++) {
+      const at = k * gtSectors * 512
+      const zero = buf === null || isZero(buf, at, at + tableBytes)
+      out.push({ sector: s + k * gtSectors, valid: true, entries: zero ? zeroTable : toU32(buf.subarray(at, at + tableBytes)) })
+    }
+    i += n
+  }
+  return out
 }
 
 interface RepairPlan {

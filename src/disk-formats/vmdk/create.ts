@@ -88,26 +88,47 @@ export function sparseLayout(capacitySectors: number, opts: { zeroedGrain?: bool
   }
 }
 
-/** Writes a new sparse extent file: header, descriptor, both GDs and all GTs pre-allocated. */
+/** Directory entries are written in pieces of this many (256 KiB): no buffer grows with the disk. */
+const GD_CHUNK_ENTRIES = 65536
+
+/**
+ * The largest size of one sparse extent: 2^32 - 1 grains (256 TiB - 64 KiB with 64 KiB grains).
+ * qemu-img counts grains in 32 bits and writes a broken header beyond it.
+ */
+export function maxSparseExtentBytes(grainSectors = 128): number {
+  return (2 ** 32 - 1) * grainSectors * 512
+}
+
+/**
+ * Writes a new sparse extent file as qemu-img does: header, descriptor and both GDs, every GD
+ * entry pointing at its pre-allocated GT. The GTs are all zero and left as a hole of the file
+ * (cut to overHead sectors), so a 2 TiB disk costs its two 256 KiB directories on disk.
+ */
 async function writeSparseExtent(path: string, h: SparseHeader, descriptor: string | null, exclusive: boolean): Promise<void> {
   const geo = geometry(h)
-  const meta = Buffer.alloc(h.overHead * 512)
-  SparseHeaderStruct.encode(h, meta, 0)
+  const head = Buffer.alloc((h.descriptorOffset + DESC_SECTORS) * 512)
+  SparseHeaderStruct.encode(h, head, 0)
   if (descriptor !== null) {
     const text = Buffer.from(descriptor, 'utf8')
     if (text.length > DESC_SECTORS * 512) throw new StorageError('InvalidArgument', `descriptor too long (${text.length} bytes)`)
-    text.copy(meta, h.descriptorOffset * 512)
-  }
-  for (const [gd, base] of [
-    [h.rgdOffset, h.rgdOffset + geo.gdSectors],
-    [h.gdOffset, h.gdOffset + geo.gdSectors],
-  ]) {
-    for (let i = 0; i < geo.gdEntries; i++) meta.writeUInt32LE(base + i * geo.gtSectors, gd * 512 + i * 4)
+    text.copy(head, h.descriptorOffset * 512)
   }
   const fh = await openFile(path, exclusive ? 'wx' : 'w')
   try {
-    await pwriteFull(fh, path, 0, meta)
+    await pwriteFull(fh, path, 0, head)
+    const chunk = Buffer.alloc(Math.min(geo.gdEntries, GD_CHUNK_ENTRIES) * 4)
+    for (const gd of [h.rgdOffset, h.gdOffset]) {
+      const tables = gd + geo.gdSectors
+      for (let first = 0; first < geo.gdEntries; first += GD_CHUNK_ENTRIES) {
+        const n = Math.min(GD_CHUNK_ENTRIES, geo.gdEntries - first)
+        for (let i = 0; i < n; i++) chunk.writeUInt32LE(tables + (first + i) * geo.gtSectors, i * 4)
+        await pwriteFull(fh, path, gd * 512 + first * 4, chunk.subarray(0, n * 4))
+      }
+    }
+    await fh.truncate(h.overHead * 512)
     await fh.datasync()
+  } catch (e) {
+    throw fromSystemError(e, path, 'Could not write')
   } finally {
     await fh.close()
   }
@@ -144,6 +165,10 @@ export async function createVmdk(path: string, o: CreateOptions): Promise<string
   }
   if (o.zeroedGrain && (sub === 'monolithicFlat' || sub === 'twoGbMaxExtentFlat')) {
     throw new StorageError('InvalidArgument', 'flat images cannot use zeroed grains')
+  }
+  const maxBytes = maxSparseExtentBytes(o.grainSectors)
+  if ((sub === 'monolithicSparse' || sub === 'streamOptimized') && o.size > maxBytes) {
+    throw new StorageError('InvalidArgument', `invalid size ${o.size}: a ${sub} disk holds at most ${maxBytes} bytes (2^32 - 1 grains of ${(o.grainSectors ?? 128) * 512} bytes)`)
   }
   const exclusive = o.exclusive ?? false
   const sectors = o.size / 512

@@ -83,10 +83,9 @@ export function parseDescriptor(text: string, file: string): Descriptor {
       if (ext[4] !== undefined) e.file = ext[4]
       if (ext[5] !== undefined) e.offset = Number(ext[5])
       if (e.type !== 'ZERO' && e.file === undefined) throw bad(no, `extent '${line}' names no file`)
-      if ((e.type === 'FLAT' || e.type === 'VMFS') && e.type === 'FLAT' && e.offset === undefined) throw bad(no, `FLAT extent '${line}' has no offset`)
-      if ((e.type === 'SPARSE' || e.type === 'VMFSSPARSE' || e.type === 'SESPARSE') && e.offset !== undefined) {
-        throw bad(no, `sparse extent '${line}' must not have an offset`)
-      }
+      if (e.type === 'FLAT' && e.offset === undefined) throw bad(no, `FLAT extent '${line}' has no offset`)
+      // qemu: only FLAT takes an offset; a VMFS extent always starts at byte 0 of its file.
+      if (e.type !== 'FLAT' && e.offset !== undefined) throw bad(no, `${e.type} extent '${line}' must not have an offset`)
       d.extents.push(e)
       continue
     }

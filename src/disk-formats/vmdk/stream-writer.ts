@@ -31,7 +31,9 @@ const MARKER_FOOTER = 3
  */
 export class StreamWriter {
   private sector: number
-  private readonly gtes: Uint32Array
+  /** grain tables that have grains, by GD index (a 100 TiB disk has 3.2 million tables) */
+  private readonly gts = new Map<number, Uint32Array>()
+  private readonly grainCount: number
   private chain: Promise<void> = Promise.resolve()
   private lastGrain = -1
 
@@ -41,7 +43,7 @@ export class StreamWriter {
     private readonly header: SparseHeader,
   ) {
     this.sector = header.overHead
-    this.gtes = new Uint32Array(Math.ceil(header.capacity / header.grainSize))
+    this.grainCount = Math.ceil(header.capacity / header.grainSize)
   }
 
   static async create(path: string, o: CreateOptions): Promise<StreamWriter> {
@@ -84,7 +86,7 @@ export class StreamWriter {
    * starts at once; bytes are appended in the order of calls.
    */
   addGrain(index: number, data: Buffer): Promise<void> {
-    if (index <= this.lastGrain || index >= this.gtes.length) {
+    if (index <= this.lastGrain || index >= this.grainCount) {
       return Promise.reject(new StorageError('InvalidArgument', `stream grains must be added in increasing order (got ${index} after ${this.lastGrain})`))
     }
     this.lastGrain = index
@@ -99,7 +101,11 @@ export class StreamWriter {
       const at = this.sector
       this.sector += total / 512
       await pwriteFull(this.fh, this.path, at * 512, buf)
-      this.gtes[index] = at
+      const per = this.header.numGTEsPerGT
+      const t = Math.floor(index / per)
+      let gt = this.gts.get(t)
+      if (!gt) this.gts.set(t, (gt = new Uint32Array(per)))
+      gt[index % per] = at
     })
     this.chain = step
     return step
@@ -121,11 +127,9 @@ export class StreamWriter {
     try {
       await this.chain
       const geo = geometry(this.header)
-      const per = this.header.numGTEsPerGT
       const gd = Buffer.alloc(geo.gdSectors * 512)
-      for (let t = 0; t < geo.gdEntries; t++) {
-        const slice = this.gtes.subarray(t * per, (t + 1) * per)
-        if (!slice.some((v) => v !== 0)) continue
+      for (const t of [...this.gts.keys()].sort((a, b) => a - b)) {
+        const slice = this.gts.get(t)!
         const gt = Buffer.alloc(geo.gtSectors * 512)
         for (let i = 0; i < slice.length; i++) gt.writeUInt32LE(slice[i], i * 4)
         gd.writeUInt32LE(await this.metadata(MARKER_GT, gt), t * 4)

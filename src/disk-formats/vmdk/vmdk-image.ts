@@ -3,6 +3,7 @@ import { rename, stat } from 'node:fs/promises'
 import { basename, dirname, isAbsolute, join } from 'node:path'
 import { Mutex } from 'async-mutex'
 import { mergeExtents, readInto, type BlockDevice, type Extent, type WriteOptions, type ZeroOptions } from '../block-device.js'
+import { dataRuns } from '../data-runs.js'
 import { fromSystemError, StorageError } from '../errors.js'
 import { datasync, fileSize, openFile, preadFull, pwriteFull } from '../file-io.js'
 import {
@@ -152,8 +153,10 @@ export class VmdkImage implements BlockDevice {
 
   /** Extents for `info` (qemu's format-specific extents[]). */
   extentInfo(): { filename: string; 'virtual-size': number; format: string; 'cluster-size'?: number; compressed?: boolean }[] {
-    // qemu names a monolithic file's extent by the path opened, a descriptor's by its extent line.
-    const names = this.embedded ? [this.path] : this.descriptor.extents.map((e) => e.file ?? '')
+    // qemu names a monolithic file's extent by the path opened, a descriptor's by its extent line
+    // joined to the folder part of the path opened, unnormalised (qemu's path_combine).
+    const folder = this.path.slice(0, this.path.lastIndexOf('/') + 1)
+    const names = this.embedded ? [this.path] : this.descriptor.extents.map((e) => (e.file === undefined ? '' : isAbsolute(e.file) ? e.file : folder + e.file))
     return this.slots.map((s, i) => ({
       filename: names[i],
       'virtual-size': s.size,
@@ -339,7 +342,11 @@ export class VmdkImage implements BlockDevice {
       if (s.kind === 'zero') {
         out.push({ offset: a, length: n, data: false, zero: true, depth: 0, present: true })
       } else if (s.kind === 'flat') {
-        out.push({ offset: a, length: n, data: true, zero: false, depth: 0, present: true, hostOffset: s.flat!.base + (a - s.start), file: s.path })
+        // qemu-img map's view of a flat extent: all data, and holes of the file (SEEK_HOLE) also zero.
+        const host = s.flat!.base + (a - s.start)
+        for (const r of dataRuns(s.flat!.fh.fd, host, host + n)) {
+          out.push({ offset: a + (r.offset - host), length: r.length, data: true, zero: !r.data, depth: 0, present: true, hostOffset: r.offset, file: s.path })
+        }
       } else {
         for (const m of await s.sparse!.map(a - s.start, n)) {
           const off = s.start + m.offset
