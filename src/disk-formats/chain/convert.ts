@@ -15,7 +15,12 @@ export interface ConvertOptions {
   onProgress?: (done: number, total: number) => void
   /** bytes per chunk (default 4 MiB) */
   chunk?: number
-  /** chunks in flight (default 4) */
+  /**
+   * chunks in flight (default 2: one is read while another is written). More cost CPU and save
+   * no time: concurrent pwrites to one file queue on its inode lock (perf shows the waiters
+   * spinning in rwsem_spin_on_owner), and more buffers mean more cache misses in the kernel's
+   * copies (256 MiB raw → VMDK, system time, median of 5: ~0.48 s at 4, ~0.31 s at 2).
+   */
   parallel?: number
   /**
    * fdatasync the output before returning (default false: like qemu-img convert, whose output
@@ -42,7 +47,7 @@ const GRAIN = 65536
  */
 export async function convert(src: BlockDevice, dst: string, opts: ConvertOptions): Promise<void> {
   const chunk = opts.chunk ?? 4 << 20
-  const parallel = opts.parallel ?? 4
+  const parallel = opts.parallel ?? 2
   const target = await openTarget(src.size, dst, opts)
   try {
     let next = 0
