@@ -16,10 +16,10 @@ export interface ConvertOptions {
   /** bytes per chunk (default 4 MiB) */
   chunk?: number
   /**
-   * chunks in flight (default 2: one is read while another is written). More cost CPU and save
-   * no time: concurrent pwrites to one file queue on its inode lock (perf shows the waiters
-   * spinning in rwsem_spin_on_owner), and more buffers mean more cache misses in the kernel's
-   * copies (256 MiB raw → VMDK, system time, median of 5: ~0.48 s at 4, ~0.31 s at 2).
+   * chunks in flight (default 2: one is read while another is written). 4 bought nothing on a
+   * 2-core machine: concurrent pwrites to one file queue on its inode lock (perf shows waiters
+   * spinning in rwsem_spin_on_owner) and twice the buffers pass through the cache; in 3 batches
+   * of 5–6 alternating runs (machine shared, noisy) 2 used as much CPU as 4 or less.
    */
   parallel?: number
   /**
