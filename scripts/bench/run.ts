@@ -3,10 +3,13 @@
  * Prints medians and ratios (Tandem time / peer time: below 1.0 means Tandem is faster).
  * Options (env): BENCH_DIR (default ./bench-work), BENCH_REPS (default 3), BENCH_ONLY=disk|nbd|iscsi|locks|vm,
  * BENCH_FIO_SECONDS (default 4). For throughput (MiB/s, IOPS) the ratio is Tandem/peer: above 1 is faster.
+ * Every row also shows CPU time (user + system) beside wall time: for a command, the command's own
+ * (its process and the children it waited for); for a server, the server process's (all its
+ * threads) while the item ran, per unit of work. The CPU ratio is Tandem/peer: below 1 uses less.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { createInterface } from 'node:readline'
-import { copyFileSync, mkdirSync, rmSync, existsSync, readdirSync } from 'node:fs'
+import { copyFileSync, mkdirSync, rmSync, existsSync, readdirSync, readFileSync } from 'node:fs'
 import { join, dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { createVmdk, openVmdk } from '../../src/disk-formats/index.js'
@@ -21,12 +24,30 @@ function have(tool: string): boolean {
   return spawnSync('sh', ['-c', `command -v ${tool}`]).status === 0
 }
 
-function run(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): { seconds: number; stderr: string } {
+/** Clock ticks per second of /proc's CPU times (USER_HZ: 100 on every Linux this runs on). */
+const TICKS = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100
+
+/**
+ * CPU seconds (user + system) from a /proc/…/stat line: `self` the process's own (fields 14, 15),
+ * or the children it has waited for (cutime, cstime: 16, 17). The command name (field 2) may
+ * hold spaces, so fields are counted after its closing parenthesis.
+ */
+function cpuOf(pid: number | 'self', which: 'self' | 'children'): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ') // f[0] is field 3
+  const i = which === 'self' ? 11 : 13
+  return (Number(f[i]) + Number(f[i + 1])) / TICKS
+}
+
+/** Runs a command to completion: its wall time and its CPU time (from wait4's accounting). */
+function run(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): { seconds: number; cpu: number; stderr: string } {
+  const c0 = cpuOf('self', 'children')
   const t0 = process.hrtime.bigint()
   const r = spawnSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'ignore', 'pipe'], env })
   const seconds = Number(process.hrtime.bigint() - t0) / 1e9
+  const cpu = cpuOf('self', 'children') - c0
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed: ${r.stderr}`)
-  return { seconds, stderr: r.stderr }
+  return { seconds, cpu, stderr: r.stderr }
 }
 
 /**
@@ -50,18 +71,18 @@ function nodeStartup(): void {
 }
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
 
-interface Row {
-  name: string
-  tandem: number
-  peer: number
-  peerName: string
-}
-const rows: Row[] = []
+/** Median and spread (min–max) of a series, for printing. */
+const spread = (xs: number[], digits: number) => `${median(xs).toFixed(digits)} [${Math.min(...xs).toFixed(digits)}–${Math.max(...xs).toFixed(digits)}]`
 
-/** Runs `setup` then each side REPS times, alternating which goes first. */
-function compare(name: string, peerName: string, setup: () => void, ours: () => number, theirs: () => number) {
-  const a: number[] = []
-  const b: number[] = []
+type Timed = { seconds: number; cpu: number }
+
+/**
+ * Runs `setup` then each side REPS times, alternating which goes first. Prints wall and CPU
+ * medians with their spread, and both ratios (Tandem/peer: below 1 is faster, or uses less CPU).
+ */
+function compare(name: string, peerName: string, setup: () => void, ours: () => Timed, theirs: () => Timed) {
+  const a: Timed[] = []
+  const b: Timed[] = []
   for (let i = 0; i < REPS; i++) {
     const order = i % 2 === 0 ? ['t', 'p'] : ['p', 't']
     for (const side of order) {
@@ -70,9 +91,11 @@ function compare(name: string, peerName: string, setup: () => void, ours: () => 
       else b.push(theirs())
     }
   }
-  const row = { name, tandem: median(a), peer: median(b), peerName }
-  rows.push(row)
-  console.log(`${name.padEnd(44)} tandem ${row.tandem.toFixed(3)} s   ${peerName} ${row.peer.toFixed(3)} s   ratio ${(row.tandem / row.peer).toFixed(2)}x`)
+  const wall = (xs: Timed[]) => xs.map((x) => x.seconds)
+  const cpu = (xs: Timed[]) => xs.map((x) => x.cpu)
+  console.log(name)
+  console.log(`  wall  tandem ${spread(wall(a), 3)} s   ${peerName} ${spread(wall(b), 3)} s   ratio ${(median(wall(a)) / median(wall(b))).toFixed(2)}x`)
+  console.log(`  cpu   tandem ${spread(cpu(a), 2)} s   ${peerName} ${spread(cpu(b), 2)} s   ratio ${(median(cpu(a)) / median(cpu(b))).toFixed(2)}x   (user+sys)`)
 }
 
 async function diskBench() {
@@ -108,8 +131,8 @@ async function diskBench() {
   // Before every run (untimed): the previous output removed, the page cache written back, the
   // inputs dropped from it and read in again (`warm`), as for the servers below.
   compare('512 MiB chain -> raw (convert)', 'qemu-img', () => (rmSync(outRaw, { force: true }), warm([base, delta])),
-    () => tandem('disk', 'convert', '-O', 'raw', delta, outRaw).seconds,
-    () => run('qemu-img', ['convert', '-O', 'raw', delta, outRaw]).seconds)
+    () => tandem('disk', 'convert', '-O', 'raw', delta, outRaw),
+    () => run('qemu-img', ['convert', '-O', 'raw', delta, outRaw]))
   // 256 MiB raw -> VMDK
   const raw = join(d, 'src.raw')
   run('qemu-img', ['convert', '-O', 'raw', base, join(d, 'full.raw')])
@@ -117,8 +140,8 @@ async function diskBench() {
   copyFileSync(join(d, 'full.raw'), raw)
   const outV = join(d, 'out.vmdk')
   compare('256 MiB raw -> vmdk (convert)', 'qemu-img', () => (rmSync(outV, { force: true }), warm([raw])),
-    () => tandem('disk', 'convert', '-f', 'raw', '-O', 'vmdk', raw, outV).seconds,
-    () => run('qemu-img', ['convert', '-f', 'raw', '-O', 'vmdk', raw, outV]).seconds)
+    () => tandem('disk', 'convert', '-f', 'raw', '-O', 'vmdk', raw, outV),
+    () => run('qemu-img', ['convert', '-f', 'raw', '-O', 'vmdk', raw, outV]))
   // commit of the delta into the base (fresh copies each time)
   const cdesc = () => {
     copyFileSync(base, join(d, 'c', 'base.vmdk'))
@@ -127,8 +150,8 @@ async function diskBench() {
   }
   mkdirSync(join(d, 'c'), { recursive: true })
   compare('commit of 256 x 64 KiB delta', 'qemu-img', cdesc,
-    () => tandem('disk', 'commit', join(d, 'c', 'delta.vmdk')).seconds,
-    () => run('qemu-img', ['commit', join(d, 'c', 'delta.vmdk')]).seconds)
+    () => tandem('disk', 'commit', join(d, 'c', 'delta.vmdk')),
+    () => run('qemu-img', ['commit', join(d, 'c', 'delta.vmdk')]))
   // Peak memory: convert of a 10 GiB sparse disk with 512 MiB of data spread over it.
   const big = join(d, 'big.vmdk')
   await createVmdk(big, { size: 10 * 2 ** 30 })
@@ -143,7 +166,7 @@ async function diskBench() {
   rmSync(bigOut, { force: true })
   const r = run(process.execPath, ['--import', RSS, CLI, 'disk', 'convert', big, bigOut], TANDEM_ENV)
   const kb = Number(/TANDEM_MAXRSS_KB=(\d+)/.exec(r.stderr)?.[1] ?? 0)
-  console.log(`${'10 GiB sparse (512 MiB data) convert'.padEnd(44)} tandem ${r.seconds.toFixed(3)} s, peak RSS ${(kb / 1024).toFixed(0)} MiB (target < 200 MiB)`)
+  console.log(`${'10 GiB sparse (512 MiB data) convert'.padEnd(44)} tandem ${r.seconds.toFixed(3)} s (cpu ${r.cpu.toFixed(2)} s), peak RSS ${(kb / 1024).toFixed(0)} MiB (target < 200 MiB)`)
   rmSync(d, { recursive: true, force: true })
 }
 
@@ -151,6 +174,8 @@ async function diskBench() {
 
 interface Served {
   uri: string
+  /** the server's process, whose CPU time is measured */
+  pid: number
   stop(): Promise<void>
 }
 
@@ -171,6 +196,7 @@ async function serveTandem(ds: string): Promise<Served> {
   void createInterface
   return {
     uri: `nbd://127.0.0.1:${NBD_PORT}/bench`,
+    pid: child.pid!,
     stop: async () => {
       child.kill('SIGTERM')
       await waitExit(child)
@@ -186,6 +212,8 @@ async function servePeer(cmd: string, args: string[], uri: string, pidfile?: str
   }
   return {
     uri,
+    // nbdkit -f stays in the foreground: the process spawned is the server
+    pid: child.pid!,
     stop: async () => {
       if (pidfile && existsSync(pidfile)) {
         const pid = Number(spawnSync('cat', [pidfile], { encoding: 'utf8' }).stdout.trim())
@@ -202,7 +230,11 @@ async function servePeer(cmd: string, args: string[], uri: string, pidfile?: str
   }
 }
 
-type Work = [label: string, unit: 'MiB/s' | 'IOPS', fn: (uri: string) => number]
+/** One measurement: the rate, and the work done (MiB or I/Os) to put the server's CPU time over. */
+type Result = { rate: number; work: number }
+type Work = [label: string, unit: 'MiB/s' | 'IOPS', fn: (uri: string) => Result]
+/** A measurement with the server's CPU seconds over the item. */
+type Measured = Result & { cpu: number }
 
 /** A server under test: its name, how to start it, and the files it serves (or reads from). */
 type Side = [name: string, start: () => Promise<Served>, files: string[]]
@@ -228,8 +260,8 @@ function warm(files: string[]): void {
  * (untimed) the page cache is written back and the side's files are dropped from it and read in
  * again (`warm`), so no item pays for the previous one's writes or finds its data paged out.
  */
-async function serveAndMeasure(sides: Side[], work: Work[]): Promise<Record<string, Record<string, number[]>>> {
-  const results: Record<string, Record<string, number[]>> = {}
+async function serveAndMeasure(sides: Side[], work: Work[]): Promise<Record<string, Record<string, Measured[]>>> {
+  const results: Record<string, Record<string, Measured[]>> = {}
   for (let rep = 0; rep < REPS; rep++) {
     const order = rep % 2 === 0 ? sides : [...sides].reverse()
     for (const [name, start, files] of order) {
@@ -237,7 +269,9 @@ async function serveAndMeasure(sides: Side[], work: Work[]): Promise<Record<stri
       try {
         for (const [label, , fn] of work) {
           warm(files)
-          ;((results[label] ??= {})[name] ??= []).push(fn(srv.uri))
+          const c0 = cpuOf(srv.pid, 'self')
+          const r = fn(srv.uri)
+          ;((results[label] ??= {})[name] ??= []).push({ ...r, cpu: cpuOf(srv.pid, 'self') - c0 })
         }
       } finally {
         await srv.stop()
@@ -247,16 +281,25 @@ async function serveAndMeasure(sides: Side[], work: Work[]): Promise<Record<stri
   return results
 }
 
-function fio(uri: string, rw: string, qd: number, seconds: number): number {
+function fio(uri: string, rw: string, qd: number, seconds: number): Result {
   const r = spawnSync('fio', ['--name=b', '--ioengine=nbd', `--uri=${uri}`, `--rw=${rw}`, '--bs=4k', `--iodepth=${qd}`, `--runtime=${seconds}`, '--time_based', '--output-format=json', '--size=1g'], { encoding: 'utf8' })
   if (r.status !== 0) throw new Error(`fio failed: ${r.stderr}`)
   const j = JSON.parse(r.stdout.slice(r.stdout.indexOf('{')))
-  return rw.includes('read') ? j.jobs[0].read.iops : j.jobs[0].write.iops
+  const s = rw.includes('read') ? j.jobs[0].read : j.jobs[0].write
+  return { rate: s.iops, work: s.total_ios }
 }
 
-function nbdcopySeconds(src: string, dst: string): number {
-  return run('nbdcopy', [src, dst]).seconds
+/** nbdcopy of 1 GiB: MiB/s. */
+function nbdcopy(src: string, dst: string): Result {
+  return { rate: 1024 / run('nbdcopy', [src, dst]).seconds, work: 1024 }
 }
+
+/** CPU per unit of work: µs per I/O, or ms per GiB. */
+const cpuPer = (unit: 'MiB/s' | 'IOPS', ms: Measured[]) => {
+  const xs = ms.map((m) => (m.cpu / m.work) * (unit === 'IOPS' ? 1e6 : 1024 * 1e3))
+  return { text: `${spread(xs, 0)} ${unit === 'IOPS' ? 'µs/IO' : 'ms/GiB'}`, median: median(xs) }
+}
+const rates = (ms: Measured[]) => ms.map((m) => m.rate)
 
 /**
  * A 1 GiB disk, fully written with random data, in a fresh Tandem datastore under `d`; the peers
@@ -306,8 +349,8 @@ async function nbdBench() {
   }
   const secs = Number(process.env.BENCH_FIO_SECONDS ?? 4)
   const work: Work[] = [
-    ['1 GiB sequential read (nbdcopy)', 'MiB/s', (u) => 1024 / nbdcopySeconds(u, 'null:')],
-    ['1 GiB sequential write (nbdcopy)', 'MiB/s', (u) => 1024 / nbdcopySeconds(src, u)],
+    ['1 GiB sequential read (nbdcopy)', 'MiB/s', (u) => nbdcopy(u, 'null:')],
+    ['1 GiB sequential write (nbdcopy)', 'MiB/s', (u) => nbdcopy(src, u)],
     ['4k random read QD1 (fio nbd)', 'IOPS', (u) => fio(u, 'randread', 1, secs)],
     ['4k random read QD32 (fio nbd)', 'IOPS', (u) => fio(u, 'randread', 32, secs)],
     ['4k random write QD1 (fio nbd)', 'IOPS', (u) => fio(u, 'randwrite', 1, secs)],
@@ -316,10 +359,14 @@ async function nbdBench() {
   const results = await serveAndMeasure(sides, work)
   for (const [label, unit] of work) {
     const r = results[label]
-    const t = median(r.tandem)
-    const q = median(r['qemu-nbd'])
-    const k = r['nbdkit-file(raw)'] ? `   nbdkit-file(raw) ${median(r['nbdkit-file(raw)']).toFixed(0)}` : ''
-    console.log(`${label.padEnd(36)} tandem ${t.toFixed(0)} ${unit}   qemu-nbd ${q.toFixed(0)}${k}   tandem/qemu-nbd ${(t / q).toFixed(2)}x`)
+    const t = median(rates(r.tandem))
+    const q = median(rates(r['qemu-nbd']))
+    const k = r['nbdkit-file(raw)'] ? `   nbdkit-file(raw) ${median(rates(r['nbdkit-file(raw)'])).toFixed(0)}` : ''
+    const [ct, cq] = [cpuPer(unit, r.tandem), cpuPer(unit, r['qemu-nbd'])]
+    const ck = r['nbdkit-file(raw)'] ? `   nbdkit-file(raw) ${cpuPer(unit, r['nbdkit-file(raw)']).text}` : ''
+    console.log(label)
+    console.log(`  rate  tandem ${spread(rates(r.tandem), 0)} ${unit}   qemu-nbd ${spread(rates(r['qemu-nbd']), 0)}${k}   tandem/qemu-nbd ${(t / q).toFixed(2)}x`)
+    console.log(`  cpu   tandem ${ct.text}   qemu-nbd ${cq.text}${ck}   tandem/qemu-nbd ${(ct.median / cq.median).toFixed(2)}x   (server user+sys per unit of work)`)
   }
   rmSync(d, { recursive: true, force: true })
 }
@@ -358,7 +405,7 @@ async function iscsiBench() {
         const srv = await serveTandem(ds)
         const url = `iscsi://127.0.0.1:${ISCSI_PORT}/iqn.2026-11.local.tandem:bench/0`
         await iscsiReady(url)
-        return { uri: url, stop: srv.stop }
+        return { uri: url, pid: srv.pid, stop: srv.stop }
       },
       [vmdk],
     ],
@@ -380,6 +427,8 @@ async function iscsiBench() {
         await iscsiReady(url)
         return {
           uri: url,
+          // tgtd -f stays in the foreground: the process spawned is the server (all its threads)
+          pid: child.pid!,
           stop: async () => {
             // tgtd does not end on SIGTERM while it has targets
             child.kill('SIGKILL')
@@ -391,10 +440,11 @@ async function iscsiBench() {
     ],
   ]
   const secs = String(Number(process.env.BENCH_FIO_SECONDS ?? 4))
-  const gen = (url: string, mode: string, bs: number, qd: number, key: 'mibps' | 'iops') => {
+  const gen = (url: string, mode: string, bs: number, qd: number, key: 'mibps' | 'iops'): Result => {
     const r = spawnSync(load, [url, mode, String(bs), String(qd), secs], { encoding: 'utf8' })
     if (r.status !== 0) throw new Error(`iscsi-load ${mode} failed: ${r.stderr}`)
-    return (JSON.parse(r.stdout) as Record<string, number>)[key]
+    const j = JSON.parse(r.stdout) as Record<string, number>
+    return { rate: j[key], work: key === 'iops' ? j.ops : j.bytes / 1048576 }
   }
   const work: Work[] = [
     ['1 MiB sequential read QD32', 'MiB/s', (u) => gen(u, 'read', 1 << 20, 32, 'mibps')],
@@ -406,9 +456,12 @@ async function iscsiBench() {
   ]
   const results = await serveAndMeasure(sides, work)
   for (const [label, unit] of work) {
-    const t = median(results[label].tandem)
-    const g = median(results[label].tgtd)
-    console.log(`${label.padEnd(36)} tandem ${t.toFixed(0)} ${unit}   tgtd(raw) ${g.toFixed(0)}   tandem/tgtd ${(t / g).toFixed(2)}x`)
+    const r = results[label]
+    const [t, g] = [median(rates(r.tandem)), median(rates(r.tgtd))]
+    const [ct, cg] = [cpuPer(unit, r.tandem), cpuPer(unit, r.tgtd)]
+    console.log(label)
+    console.log(`  rate  tandem ${spread(rates(r.tandem), 0)} ${unit}   tgtd(raw) ${spread(rates(r.tgtd), 0)}   tandem/tgtd ${(t / g).toFixed(2)}x`)
+    console.log(`  cpu   tandem ${ct.text}   tgtd(raw) ${cg.text}   tandem/tgtd ${(ct.median / cg.median).toFixed(2)}x   (server user+sys per unit of work)`)
   }
   rmSync(d, { recursive: true, force: true })
 }

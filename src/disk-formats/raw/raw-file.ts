@@ -1,5 +1,5 @@
 import type { FileHandle } from 'node:fs/promises'
-import { type BlockDevice, type Extent, type WriteOptions } from '../block-device.js'
+import { type BlockDevice, type Extent, type ReadsInto, type WriteOptions } from '../block-device.js'
 import { datasync, fileSize, openFile, preadFull, pwriteFull } from '../file-io.js'
 import { fromSystemError } from '../errors.js'
 import { dataRuns } from '../data-runs.js'
@@ -7,7 +7,7 @@ import { dataRuns } from '../data-runs.js'
 const ZERO_CHUNK = 1 << 20
 
 /** A raw image: the file's bytes are the disk's bytes. */
-export class RawFile implements BlockDevice {
+export class RawFile implements BlockDevice, ReadsInto {
   private constructor(
     readonly path: string,
     private readonly fh: FileHandle,
@@ -35,6 +35,11 @@ export class RawFile implements BlockDevice {
 
   read(offset: number, length: number): Promise<Buffer> {
     return preadFull(this.fh, this.path, offset, length)
+  }
+
+  /** Reads straight into the caller's buffer (convert reuses one per worker: no fresh buffer, no copy). */
+  async readInto(offset: number, length: number, out: Buffer, at: number): Promise<void> {
+    await preadFull(this.fh, this.path, offset, length, out, at)
   }
 
   async write(offset: number, data: Buffer, opts?: WriteOptions): Promise<void> {

@@ -1,7 +1,8 @@
 import t from 'tap'
 import { join } from 'node:path'
 import { tmp, pattern } from '../../helpers/peers.js'
-import { convert, openVmdk, type BlockDevice, type Extent } from '../../../src/disk-formats/index.js'
+import { writeFile } from 'node:fs/promises'
+import { convert, openVmdk, RawFile, type BlockDevice, type Extent } from '../../../src/disk-formats/index.js'
 
 /** A memory device whose reads complete in reverse order of issue (the first read is the slowest). */
 function reversingDevice(data: Buffer): BlockDevice {
@@ -44,4 +45,29 @@ t.test('stream output is correct when reads finish out of order', async (t) => {
     t.ok((await img.read(0, img.size)).equals(data), `${subformat} reads back`)
     await img.close()
   }
+})
+
+t.test('a raw source is read straight into convert\'s buffers (RawFile.readInto), never through read()', async (t) => {
+  const d = tmp(t)
+  const data = pattern(3 << 20, 7)
+  data.fill(0, 1 << 20, (1 << 20) + 65536) // one all-zero grain, left out of the output
+  const src = join(d, 'src.raw')
+  await writeFile(src, data)
+  const raw = await RawFile.open(src, { readOnly: true })
+  raw.read = async () => {
+    throw new Error('read() allocates a fresh buffer per chunk and copies it: convert must use readInto')
+  }
+  const into = Buffer.alloc(70000, 0xee)
+  await raw.readInto(65536 + 100, 4000, into, 10)
+  t.ok(into.subarray(10, 4010).equals(data.subarray(65636, 69636)), 'readInto fills out[at, at+length)')
+  t.equal(into[9], 0xee, 'and nothing before it')
+  t.equal(into[4010], 0xee, 'nor after it')
+  for (const to of ['raw', 'vmdk'] as const) {
+    const out = join(d, `out.${to}`)
+    await convert(raw, out, { to, chunk: 1 << 20 })
+    const img = to === 'raw' ? await RawFile.open(out, { readOnly: true }) : await openVmdk(out, { readOnly: true })
+    t.ok((await img.read(0, data.length)).equals(data), `${to} output reads back`)
+    await img.close()
+  }
+  await raw.close()
 })
