@@ -2,6 +2,7 @@ import { createServer, type Server as HttpServer } from 'node:http'
 import { resolve } from 'node:path'
 import { pino, type Logger } from 'pino'
 import { Datastore } from './datastore/index.js'
+import { holdDatastore, type OwnerLock } from './datastore/owner-lock.js'
 import { createApp } from './http/app.js'
 import { Metrics } from './metrics.js'
 import { NbdServer } from './nbd/index.js'
@@ -33,6 +34,17 @@ export interface RunningServer {
 /** Starts the NAS daemon: datastore, REST + metrics over HTTP, NBD. */
 export async function serve(o: ServeOptions, log: Logger = pino({ level: o.logLevel ?? 'info' })): Promise<RunningServer> {
   if (o.pollUs !== undefined) poller.windowUs = o.pollUs
+  // one server per datastore: a second one stops here, naming the first (pid, host)
+  const owner = holdDatastore(resolve(o.datastore))
+  try {
+    return await start(o, log, owner)
+  } catch (e) {
+    owner.release()
+    throw e
+  }
+}
+
+async function start(o: ServeOptions, log: Logger, owner: OwnerLock): Promise<RunningServer> {
   const ds = await Datastore.open(resolve(o.datastore))
   const locks = await openLockspaceView(ds.dir, log.child({ component: 'locks' }))
   const metrics = new Metrics()
@@ -67,6 +79,7 @@ export async function serve(o: ServeOptions, log: Logger = pino({ level: o.logLe
         await iscsi.close()
         await ds.close()
         await locks.close()
+        owner.release()
         log.info('tandem serve stopped')
       })()),
   }

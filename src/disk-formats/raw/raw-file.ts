@@ -2,6 +2,7 @@ import type { FileHandle } from 'node:fs/promises'
 import { type BlockDevice, type Extent, type WriteOptions } from '../block-device.js'
 import { datasync, fileSize, openFile, preadFull, pwriteFull } from '../file-io.js'
 import { fromSystemError } from '../errors.js'
+import { lockImage, type ImageLock } from '../image-lock.js'
 
 const ZERO_CHUNK = 1 << 20
 
@@ -12,12 +13,23 @@ export class RawFile implements BlockDevice {
     private readonly fh: FileHandle,
     public size: number,
     readonly readOnly: boolean,
+    /** qemu-style image lock (image-lock.ts); none on a file this process created */
+    private readonly lock: ImageLock | null = null,
   ) {}
 
   static async open(path: string, opts: { readOnly?: boolean } = {}): Promise<RawFile> {
     const readOnly = opts.readOnly ?? false
-    const fh = await openFile(path, readOnly ? 'r' : 'r+')
-    return new RawFile(path, fh, await fileSize(fh, path), readOnly)
+    const lock = lockImage(path, readOnly ? 'read' : 'write')
+    try {
+      const fh = await openFile(path, readOnly ? 'r' : 'r+')
+      return new RawFile(path, fh, await fileSize(fh, path).catch(async (e) => {
+        await fh.close()
+        throw e
+      }), readOnly, lock)
+    } catch (e) {
+      lock.release()
+      throw e
+    }
   }
 
   /** Creates (or truncates) a sparse raw file of `size` bytes. */
@@ -62,6 +74,7 @@ export class RawFile implements BlockDevice {
   }
 
   async close(): Promise<void> {
+    this.lock?.release()
     await this.fh.close()
   }
 }
