@@ -2,6 +2,7 @@ import { createServer, type Server as HttpServer } from 'node:http'
 import { resolve } from 'node:path'
 import { pino, type Logger } from 'pino'
 import { Datastore, PskKeys } from './datastore/index.js'
+import { holdDatastore, type OwnerLock } from './datastore/owner-lock.js'
 import { createApp } from './http/app.js'
 import { Metrics } from './metrics.js'
 import { NbdServer, NbdTls, type TlsMode } from './nbd/index.js'
@@ -64,9 +65,17 @@ export async function serve(o: ServeOptions, log: Logger = pino({ level: o.logLe
   const timers = o.timers ?? realTimers
   const limits = { maxConnections: o.maxConnections ?? SERVE_DEFAULTS.maxConnections, handshakeMs: o.handshakeLimitMs ?? SERVE_DEFAULTS.handshakeLimitMs, timers }
   const grace = new Deadline(timers)
-  const ds = await Datastore.open(resolve(o.datastore))
+  // one server per datastore: a second one stops here, naming the first (pid, host)
+  const owner = holdDatastore(resolve(o.datastore))
+  let ds: Datastore
+  try {
+    ds = await Datastore.open(resolve(o.datastore))
+  } catch (e) {
+    owner.release()
+    throw e
+  }
   /** what is open so far, closed in reverse when the start fails */
-  const opened: (() => Promise<void>)[] = [() => ds.close()]
+  const opened: (() => Promise<void>)[] = [async () => owner.release(), () => ds.close()]
   const listening = <T>(what: string, port: number, p: Promise<T>) => p.catch((e: unknown) => Promise.reject(listenError(what, o.listen, port, e)))
   try {
     const nbdKeys = await PskKeys.open(ds.dir)
@@ -97,7 +106,7 @@ export async function serve(o: ServeOptions, log: Logger = pino({ level: o.logLe
     )
     const { maxConnections, handshakeMs } = limits
     log.info({ datastore: ds.dir, listen: o.listen, httpPort, nbdPort, iscsiPort, pollUs: poller.windowUs, maxConnections, handshakeMs, tls: o.tls ?? 'optional' }, 'tandem serve ready')
-    return running({ ds, locks, httpPort, nbdPort, iscsiPort, log, http, nbd, iscsi, grace, graceMs: o.shutdownGraceMs ?? SERVE_DEFAULTS.shutdownGraceMs })
+    return running({ owner, ds, locks, httpPort, nbdPort, iscsiPort, log, http, nbd, iscsi, grace, graceMs: o.shutdownGraceMs ?? SERVE_DEFAULTS.shutdownGraceMs })
   } catch (e) {
     grace.expire()
     for (const close of opened.reverse()) await close().catch(() => undefined)
@@ -105,7 +114,7 @@ export async function serve(o: ServeOptions, log: Logger = pino({ level: o.logLe
   }
 }
 
-function running(s: Omit<RunningServer, 'close' | 'hurry'> & { http: HttpServer; nbd: NbdServer; iscsi: IscsiServer; grace: Deadline; graceMs: number }): RunningServer {
+function running(s: Omit<RunningServer, 'close' | 'hurry'> & { owner: OwnerLock; http: HttpServer; nbd: NbdServer; iscsi: IscsiServer; grace: Deadline; graceMs: number }): RunningServer {
   const { http, nbd, iscsi, grace, ds, locks, log } = s
   let closing: Promise<void> | null = null
   return {
@@ -127,6 +136,7 @@ function running(s: Omit<RunningServer, 'close' | 'hurry'> & { http: HttpServer;
         grace.expire()
         await ds.close()
         await locks.close()
+        s.owner.release()
         log.info('tandem serve stopped')
       })()),
   }

@@ -3,6 +3,7 @@ import { isAbsolute, resolve } from 'node:path'
 import { Command, Option } from 'commander'
 import type { BlockDevice, Extent } from '../../disk-formats/block-device.js'
 import { StorageError } from '../../disk-formats/errors.js'
+import { imageLocking } from '../../disk-formats/image-lock.js'
 import { RawFile } from '../../disk-formats/raw/index.js'
 import {
   ADAPTER_TYPES,
@@ -40,6 +41,13 @@ function parseFormat(f: string | undefined): ImageFormat | undefined {
   if (f === undefined) return undefined
   if (f !== 'raw' && f !== 'vmdk') throw new StorageError('InvalidArgument', `unknown format '${f}': use raw or vmdk`)
   return f
+}
+
+/** -U/--force-share: no image locks for this command (only for commands that write nothing). */
+function forceShare(o: { forceShare?: boolean }, writes?: string): void {
+  if (!o.forceShare) return
+  if (writes) throw new StorageError('InvalidArgument', `--force-share can only be used to read an image, not with ${writes}`)
+  imageLocking.forceShare = true
 }
 
 function print(json: boolean, value: unknown, text: () => string): void {
@@ -182,8 +190,10 @@ export function diskCommand(run: (fn: () => Promise<number | void>) => Promise<v
     .option('--json', 'JSON output (qemu-img info --output=json keys)', false)
     .option('-f, --format <fmt>', 'raw or vmdk (default: probe)')
     .option('--backing-chain', 'show every layer of the chain', false)
+    .option('-U, --force-share', 'open without taking or testing image locks (read-only inspection of an image in use, as qemu-img -U)', false)
     .action((path: string, o) =>
       run(async () => {
+        forceShare(o)
         const fmt = parseFormat(o.format)
         const infos = [await infoOf(path, fmt)]
         if (o.backingChain) {
@@ -203,8 +213,10 @@ export function diskCommand(run: (fn: () => Promise<number | void>) => Promise<v
     .argument('<path>')
     .option('--json', 'JSON output: [{start, length, depth, present, zero, data, offset}]', false)
     .option('-f, --format <fmt>', 'raw or vmdk (default: probe)')
+    .option('-U, --force-share', 'open without taking or testing image locks (read-only inspection of an image in use, as qemu-img -U)', false)
     .action((path: string, o) =>
       run(async () => {
+        forceShare(o)
         const dev = await openImage(path, { readOnly: true, format: parseFormat(o.format) })
         await withDevice(dev, async (d) => {
           const ext = await d.blockStatus(0, d.size)
@@ -229,8 +241,10 @@ export function diskCommand(run: (fn: () => Promise<number | void>) => Promise<v
     .argument('<path>')
     .option('-r, --repair', 'fix leaks and rebuild damaged grain directories/tables from their redundant copies', false)
     .option('--json', 'JSON output (qemu-img check --output=json keys)', false)
+    .option('-U, --force-share', 'open without taking or testing image locks (read-only inspection of an image in use, as qemu-img -U)', false)
     .action((path: string, o) =>
       run(async () => {
+        forceShare(o, o.repair ? '--repair' : undefined)
         const r = await checkImage(path, { repair: o.repair })
         print(o.json, r, () => {
           const lines = [...r.messages]
@@ -307,8 +321,10 @@ export function diskCommand(run: (fn: () => Promise<number | void>) => Promise<v
     .addOption(new Option('--adapter-type <type>', 'ddb.adapterType of the output').choices([...ADAPTER_TYPES]).default('ide'))
     .option('-p, --progress', 'show a progress bar even when not on a terminal', false)
     .option('--sync', 'fdatasync the output before exiting (qemu-img convert does not by default)', false)
+    .option('-U, --force-share', 'open the source without taking or testing image locks (as qemu-img -U)', false)
     .action((src: string, dst: string, o) =>
       run(async () => {
+        forceShare(o)
         const dev = await openImage(src, { readOnly: true, format: parseFormat(o.format) })
         const bar = await progressBar('convert', o.progress)
         try {

@@ -3,6 +3,7 @@ import { type BlockDevice, type Extent, type ReadsInto, type WriteOptions } from
 import { datasync, fileSize, openFile, preadFull, pwriteFull } from '../file-io.js'
 import { fromSystemError } from '../errors.js'
 import { dataRuns } from '../data-runs.js'
+import { lockImage, type ImageLock } from '../image-lock.js'
 
 const ZERO_CHUNK = 1 << 20
 
@@ -13,12 +14,23 @@ export class RawFile implements BlockDevice, ReadsInto {
     private readonly fh: FileHandle,
     public size: number,
     readonly readOnly: boolean,
+    /** qemu-style image lock (image-lock.ts); none on a file this process created */
+    private readonly lock: ImageLock | null = null,
   ) {}
 
   static async open(path: string, opts: { readOnly?: boolean } = {}): Promise<RawFile> {
     const readOnly = opts.readOnly ?? false
-    const fh = await openFile(path, readOnly ? 'r' : 'r+')
-    return new RawFile(path, fh, await fileSize(fh, path), readOnly)
+    const lock = lockImage(path, readOnly ? 'read' : 'write')
+    try {
+      const fh = await openFile(path, readOnly ? 'r' : 'r+')
+      return new RawFile(path, fh, await fileSize(fh, path).catch(async (e) => {
+        await fh.close()
+        throw e
+      }), readOnly, lock)
+    } catch (e) {
+      lock.release()
+      throw e
+    }
   }
 
   /** Creates (or truncates) a sparse raw file of `size` bytes. */
@@ -77,6 +89,7 @@ export class RawFile implements BlockDevice, ReadsInto {
   }
 
   async close(): Promise<void> {
+    this.lock?.release()
     await this.fh.close()
   }
 }

@@ -83,6 +83,8 @@ async function analyse(path: string, repair: boolean): Promise<{ result: CheckRe
   try {
     img = await VmdkImage.open(path, { readOnly: !repair })
   } catch (e) {
+    // an image another process holds cannot be checked now: that is not a finding about the image
+    if (isStorageError(e, 'Busy')) throw e
     if (isStorageError(e) && (e.code === 'Corrupt' || e.code === 'BadMagic')) {
       add({ kind: 'corruption', message: `ERROR ${e.message}` })
       return { result }

@@ -6,6 +6,7 @@ import { mergeExtents, readInto, type BlockDevice, type Extent, type WriteOption
 import { dataRuns } from '../data-runs.js'
 import { fromSystemError, StorageError } from '../errors.js'
 import { datasync, fileSize, openFile, preadFull, pwriteFull } from '../file-io.js'
+import { lockImageFiles, type ImageLock } from '../image-lock.js'
 import {
   CID_NOPARENT,
   looksLikeDescriptor,
@@ -60,13 +61,23 @@ export class VmdkImage implements BlockDevice {
     readonly readOnly: boolean,
     /** the descriptor lives inside this sparse extent (monolithicSparse, streamOptimized) */
     private readonly embedded: SparseExtent | null,
+    /** qemu-style image locks on the descriptor and every extent file (image-lock.ts) */
+    private readonly locks: ImageLock,
   ) {
     this.size = slots.reduce((n, s) => n + s.size, 0)
   }
 
   static async open(path: string, opts: OpenOptions = {}): Promise<VmdkImage> {
     const readOnly = opts.readOnly ?? false
-    const fh = await openFile(path, readOnly ? 'r' : 'r+')
+    const locks = lockImageFiles()
+    locks.add(path, readOnly ? 'read' : 'write')
+    let fh: FileHandle
+    try {
+      fh = await openFile(path, readOnly ? 'r' : 'r+')
+    } catch (e) {
+      locks.release()
+      throw e
+    }
     const opened: (FileHandle | SparseExtent)[] = [fh]
     try {
       const size = await fileSize(fh, path)
@@ -75,7 +86,7 @@ export class VmdkImage implements BlockDevice {
         const ext = await SparseExtent.open(path, fh, readOnly)
         const d = await readEmbeddedDescriptor(ext, path)
         const slot: Slot = { start: 0, size: ext.capacityBytes, kind: 'sparse', path, sparse: ext }
-        return new VmdkImage(path, d, [slot], readOnly, ext)
+        return new VmdkImage(path, d, [slot], readOnly, ext, locks)
       }
       if (size > MAX_DESCRIPTOR_BYTES) throw notVmdk(path)
       const text = (await preadFull(fh, path, 0, size)).toString('utf8')
@@ -100,6 +111,7 @@ export class VmdkImage implements BlockDevice {
         if (e.type === 'ZERO' || e.access === 'NOACCESS') {
           slots.push({ start, size, kind: 'zero' })
         } else if (e.type === 'SPARSE') {
+          locks.add(file!, ro ? 'read' : 'write')
           const efh = await openFile(file!, ro ? 'r' : 'r+')
           opened.push(efh)
           const ext = await SparseExtent.open(file!, efh, ro)
@@ -109,6 +121,7 @@ export class VmdkImage implements BlockDevice {
           }
           slots.push({ start, size, kind: 'sparse', path: file, sparse: ext })
         } else if (e.type === 'FLAT' || e.type === 'VMFS') {
+          locks.add(file!, ro ? 'read' : 'write')
           const efh = await openFile(file!, ro ? 'r' : 'r+')
           opened.push(efh)
           slots.push({ start, size, kind: 'flat', path: file, flat: { fh: efh, base: (e.offset ?? 0) * 512 } })
@@ -118,9 +131,10 @@ export class VmdkImage implements BlockDevice {
         start += size
       }
       const anyReadOnlyExtent = d.extents.some((e) => e.access !== 'RW')
-      return new VmdkImage(path, d, slots, readOnly || anyReadOnlyExtent, null)
+      return new VmdkImage(path, d, slots, readOnly || anyReadOnlyExtent, null, locks)
     } catch (err) {
       await Promise.all(opened.map((o) => o.close().catch(() => undefined)))
+      locks.release()
       throw err
     }
   }
@@ -385,6 +399,7 @@ export class VmdkImage implements BlockDevice {
         errors.push(e)
       }
     }
+    this.locks.release()
     if (this.backing) await this.backing.close().catch((e) => errors.push(e))
     if (errors.length) throw errors[0]
   }

@@ -1,0 +1,35 @@
+import { existsSync } from 'node:fs'
+import { createRequire } from 'node:module'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+/** fcntl lock types (Linux values; native/ofd-lock.c refuses to build where they differ). */
+export const F_RDLCK = 0
+export const F_WRLCK = 1
+export const F_UNLCK = 2
+
+/** Tandem's native addon (native/*.c, built by `npm install` through binding.gyp). */
+export interface Native {
+  /** F_OFD_SETLK: 0, or the errno (EAGAIN/EACCES when a conflicting lock is held) */
+  setlk(fd: number, start: number, len: number, type: number): number
+  /** F_OFD_GETLK: the type of a conflicting lock, F_UNLCK when none, or -errno */
+  getlk(fd: number, start: number, len: number, type: number): number
+}
+
+let native: Native | null = null
+
+/**
+ * Loads the addon on first use, found from this module's folder upwards (the same search works
+ * from dist/src/disk-formats and from the bundled CLI in dist/src/client/cli).
+ */
+export function loadNative(): Native {
+  if (native) return native
+  let dir = dirname(fileURLToPath(import.meta.url))
+  for (;;) {
+    const p = join(dir, 'build', 'Release', 'tandem_native.node')
+    if (existsSync(p)) return (native = createRequire(import.meta.url)(p) as Native)
+    const up = dirname(dir)
+    if (up === dir) throw new Error('tandem_native.node not found: run `npm install` (it builds the native addon with node-gyp)')
+    dir = up
+  }
+}
