@@ -16,7 +16,8 @@ import {
   type AdapterType,
   type Subformat,
 } from '../../disk-formats/vmdk/index.js'
-import { commit, convert, openImage, openVmdk, probeFormat, rebase, type ImageFormat } from '../../disk-formats/chain/index.js'
+import { commit, convert, openImage, openVmdk, probeFormat, rebase, type ImageFormat, type OpenImageOptions } from '../../disk-formats/chain/index.js'
+import { isNbdUri, NbdClient } from '../transport/nbd/index.js'
 import { humanSize, parseSize } from './size.js'
 import { progressBar } from './progress.js'
 
@@ -54,8 +55,23 @@ function print(json: boolean, value: unknown, text: () => string): void {
   process.stdout.write(json ? JSON.stringify(value, null, 4) + '\n' : text())
 }
 
+/** An image file, or an export named by an nbd:// URI (as qemu-img accepts both). */
+async function openAny(path: string, opts: OpenImageOptions): Promise<BlockDevice> {
+  if (isNbdUri(path)) {
+    if (opts.format === 'vmdk') throw new StorageError('Unsupported', `'${path}': an NBD export is read as raw bytes (-f raw)`)
+    return NbdClient.connect(path, { readOnly: opts.readOnly })
+  }
+  return openImage(path, opts)
+}
+
 /** `disk info`: qemu-img's JSON keys, plus the flat keys of DESIGN §7. */
 async function infoOf(path: string, format?: ImageFormat): Promise<Record<string, unknown>> {
+  if (isNbdUri(path)) {
+    const dev = await openAny(path, { readOnly: true, format })
+    await dev.close()
+    // what qemu-img info says of an NBD export: its size, and no disk size
+    return { 'virtual-size': dev.size, filename: path, format: 'raw' }
+  }
   const fmt = format ?? (await probeFormat(path))
   if (fmt === 'raw') {
     const raw = await RawFile.open(path, { readOnly: true })
@@ -98,7 +114,7 @@ function infoText(i: Record<string, unknown>): string {
     `image: ${i.filename}`,
     `file format: ${i.format}`,
     `virtual size: ${humanSize(i['virtual-size'] as number)} (${i['virtual-size']} bytes)`,
-    `disk size: ${humanSize(i['actual-size'] as number)}`,
+    `disk size: ${i['actual-size'] === undefined ? 'unavailable' : humanSize(i['actual-size'] as number)}`,
   ]
   if (i['cluster-size']) lines.push(`cluster_size: ${i['cluster-size']}`)
   if (i['backing-filename']) lines.push(`backing file: ${i['backing-filename']}`)
@@ -217,7 +233,7 @@ export function diskCommand(run: (fn: () => Promise<number | void>) => Promise<v
     .action((path: string, o) =>
       run(async () => {
         forceShare(o)
-        const dev = await openImage(path, { readOnly: true, format: parseFormat(o.format) })
+        const dev = await openAny(path, { readOnly: true, format: parseFormat(o.format) })
         await withDevice(dev, async (d) => {
           const ext = await d.blockStatus(0, d.size)
           if (o.json) {
@@ -325,7 +341,7 @@ export function diskCommand(run: (fn: () => Promise<number | void>) => Promise<v
     .action((src: string, dst: string, o) =>
       run(async () => {
         forceShare(o)
-        const dev = await openImage(src, { readOnly: true, format: parseFormat(o.format) })
+        const dev = await openAny(src, { readOnly: true, format: parseFormat(o.format) })
         const bar = await progressBar('convert', o.progress)
         try {
           await convert(dev, dst, {

@@ -1,0 +1,2 @@
+export { IscsiInitiator, ScsiStatusError, DEFAULT_INITIATOR, type InitiatorOptions, type ScsiResult } from './initiator.js'
+export { isIscsiUri, parseIscsiUri, ISCSI_DEFAULT_PORT, type IscsiUri } from './uri.js'
