@@ -18,6 +18,7 @@ import {
 } from '../../disk-formats/vmdk/index.js'
 import { commit, convert, openImage, openVmdk, probeFormat, rebase, type ImageFormat, type OpenImageOptions } from '../../disk-formats/chain/index.js'
 import { isNbdUri, NbdClient } from '../transport/nbd/index.js'
+import { IscsiInitiator, isIscsiUri } from '../transport/iscsi/index.js'
 import { humanSize, parseSize } from './size.js'
 import { progressBar } from './progress.js'
 
@@ -57,16 +58,19 @@ function print(json: boolean, value: unknown, text: () => string): void {
 
 /** An image file, or an export named by an nbd:// URI (as qemu-img accepts both). */
 async function openAny(path: string, opts: OpenImageOptions): Promise<BlockDevice> {
-  if (isNbdUri(path)) {
-    if (opts.format === 'vmdk') throw new StorageError('Unsupported', `'${path}': an NBD export is read as raw bytes (-f raw)`)
-    return NbdClient.connect(path, { readOnly: opts.readOnly })
+  if (isNbdUri(path) || isIscsiUri(path)) {
+    if (opts.format === 'vmdk') throw new StorageError('Unsupported', `'${path}': a network disk is read as raw bytes (-f raw)`)
+    return isNbdUri(path) ? NbdClient.connect(path, { readOnly: opts.readOnly }) : IscsiInitiator.connect(path, { readOnly: opts.readOnly })
   }
   return openImage(path, opts)
 }
 
+/** nbd:// and iscsi:// name disks that already exist (qemu-img convert -n): written into, not created. */
+const isNetworkDisk = (p: string) => isNbdUri(p) || isIscsiUri(p)
+
 /** `disk info`: qemu-img's JSON keys, plus the flat keys of DESIGN §7. */
 async function infoOf(path: string, format?: ImageFormat): Promise<Record<string, unknown>> {
-  if (isNbdUri(path)) {
+  if (isNetworkDisk(path)) {
     const dev = await openAny(path, { readOnly: true, format })
     await dev.close()
     // what qemu-img info says of an NBD export: its size, and no disk size
@@ -327,7 +331,7 @@ export function diskCommand(run: (fn: () => Promise<number | void>) => Promise<v
 
   disk
     .command('convert')
-    .description('copy an image (its whole chain) into a new raw or VMDK file, skipping zeros')
+    .description('copy an image (its whole chain) into a new raw or VMDK file, skipping zeros; SRC and DST may be nbd:// or iscsi:// URIs (DST then exists and is overwritten, as qemu-img convert -n)')
     .argument('<src>')
     .argument('<dst>')
     .addOption(new Option('-O, --to <format>', 'output format').choices(['raw', 'vmdk']).default('vmdk'))
@@ -342,9 +346,11 @@ export function diskCommand(run: (fn: () => Promise<number | void>) => Promise<v
       run(async () => {
         forceShare(o)
         const dev = await openAny(src, { readOnly: true, format: parseFormat(o.format) })
+        let out: BlockDevice | null = null
         const bar = await progressBar('convert', o.progress)
         try {
-          await convert(dev, dst, {
+          if (isNetworkDisk(dst)) out = await openAny(dst, { readOnly: false })
+          await convert(dev, out ?? dst, {
             to: o.to,
             subformat: parseSubformat(o.type),
             zeroedGrain: o.zeroedGrain,
@@ -355,6 +361,7 @@ export function diskCommand(run: (fn: () => Promise<number | void>) => Promise<v
         } finally {
           bar.stop()
           await dev.close()
+          await out?.close()
         }
       }),
     )

@@ -1,5 +1,6 @@
 import { unlink } from 'node:fs/promises'
 import { readInto, type BlockDevice } from '../block-device.js'
+import { StorageError } from '../errors.js'
 import { isZero } from '../file-io.js'
 import { RawFile } from '../raw/index.js'
 import { createVmdk, type AdapterType, type Subformat } from '../vmdk/create.js'
@@ -41,14 +42,15 @@ export interface Target {
 const GRAIN = 65536
 
 /**
- * Copies the content of `src` into a new image at `dst`. Ranges the source reports as zero or
- * unallocated are not read; all-zero 64 KiB blocks of data are not written, so the output is
- * sparse. Memory stays bounded by chunk × parallel whatever the disk size.
+ * Copies the content of `src` into a new image at `dst`, or into an existing device (an NBD
+ * export, an iSCSI LU: qemu-img convert -n). Ranges the source reports as zero or unallocated are
+ * not read; all-zero 64 KiB blocks of data are not written, so the output is sparse. Memory stays
+ * bounded by chunk × parallel whatever the disk size.
  */
-export async function convert(src: BlockDevice, dst: string, opts: ConvertOptions): Promise<void> {
+export async function convert(src: BlockDevice, dst: string | BlockDevice, opts: ConvertOptions): Promise<void> {
   const chunk = opts.chunk ?? 4 << 20
   const parallel = opts.parallel ?? 2
-  const target = await openTarget(src.size, dst, opts)
+  const target = typeof dst === 'string' ? await openTarget(src.size, dst, opts) : await deviceTarget(src.size, dst)
   try {
     let done = 0
     // For ordered targets each chunk's write waits for the previous chunk's; the slot in this
@@ -150,6 +152,22 @@ export function* nonZeroRuns(off: number, buf: Buffer): Generator<[number, Buffe
     pos = blockEnd
   }
   if (runStart >= 0) yield [off + runStart, buf.subarray(runStart)]
+}
+
+/**
+ * An existing device as the output: its first `size` bytes are zeroed first (what it held before
+ * must not show through the source's holes), then the data is written; flushed at the end.
+ */
+async function deviceTarget(size: number, dev: BlockDevice): Promise<Target> {
+  if (dev.readOnly) throw new StorageError('ReadOnly', 'the output device is read-only')
+  if (dev.size < size) throw new StorageError('NoSpace', `the output device is too small: ${dev.size} bytes for a ${size}-byte source`)
+  await dev.writeZeroes(0, size, { mayUnmap: true })
+  return {
+    ordered: false,
+    write: (o, b) => dev.write(o, b),
+    finish: () => dev.flush(),
+    abort: async () => undefined,
+  }
 }
 
 async function openTarget(size: number, dst: string, opts: ConvertOptions): Promise<Target> {

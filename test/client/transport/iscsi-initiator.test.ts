@@ -1,12 +1,12 @@
 import t from 'tap'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { execFile } from 'node:child_process'
-import { readFileSync } from 'node:fs'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { promisify } from 'node:util'
 import { createServer } from 'node:net'
 import { join } from 'node:path'
 import { IscsiInitiator, parseIscsiUri } from '../../../src/client/transport/iscsi/index.js'
-import { needs, pattern, sh, shStatus, tmp } from '../../helpers/peers.js'
+import { CLI, needs, pattern, sh, shStatus, tmp } from '../../helpers/peers.js'
 import { startServer } from '../../helpers/server.js'
 
 const IQN = 'iqn.2026-11.local.tandem:'
@@ -59,6 +59,21 @@ t.test('against Tandem\'s target: reads, writes, zeroes, COMPARE AND WRITE, dige
   t.ok(got.subarray(1 << 20, 3 << 20).equals(pattern(3 << 20, 11).subarray(1 << 20)), 'qemu-img reads what the initiator wrote')
   t.ok(got.subarray(8 << 20, (8 << 20) + 512).equals(Buffer.alloc(512, 1)))
   await t.rejects(IscsiInitiator.connect(`iscsi://127.0.0.1:${s.iscsiPort}/${IQN}nope/0`), { code: 'NotFound' }, 'unknown target')
+  // tandem disk info|convert with iscsi:// source and destination (the CLI is another process)
+  const lu = `iscsi://127.0.0.1:${s.iscsiPort}/${IQN}d/0`
+  const info = JSON.parse((await run(process.execPath, [CLI, 'disk', 'info', '--json', lu])).stdout)
+  t.same(info, { 'virtual-size': 16 << 20, filename: lu, format: 'raw' }, 'disk info --json of an iscsi:// LU')
+  const back = join(tmp(t, 'tandem-ini-'), 'back.raw')
+  await run(process.execPath, [CLI, 'disk', 'convert', '-O', 'raw', lu, back])
+  t.ok(readFileSync(back).equals(got), 'disk convert from iscsi:// equals qemu-img convert\'s copy')
+  const src = join(tmp(t, 'tandem-ini-'), 'src.raw')
+  const content = Buffer.alloc(16 << 20)
+  pattern(1 << 20, 99).copy(content, 5 << 20)
+  writeFileSync(src, content)
+  await run(process.execPath, [CLI, 'disk', 'convert', src, lu])
+  const c = await IscsiInitiator.connect(lu)
+  t.ok((await c.read(0, 16 << 20)).equals(content), 'disk convert into iscsi:// overwrites the LU: data copied, the rest zeroed')
+  await c.close()
 })
 
 t.test('against tgtd: the same bytes through libiscsi\'s qemu-img; COMPARE AND WRITE refused as tgt lacks it', needs('tgtd', 'tgtadm', 'qemu-img'), async (t) => {
