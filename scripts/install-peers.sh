@@ -5,7 +5,8 @@ set -euo pipefail
 # qemu-system-misc: qemu-system-riscv32, the reference machine for the VM guests (guests/*.elf).
 # The cross compiler for rebuilding the guests (gcc-riscv64-unknown-elf) is not needed by the tests;
 # scripts/build-guests.sh says how to get it.
-PKGS=(qemu-utils qemu-block-extra libnbd-bin nbdkit libiscsi-bin libiscsi-dev tgt fio sanlock qemu-system-misc)
+# python3-libnbd: libnbd's Python bindings (and nbdsh), for tests that drive libnbd request by request.
+PKGS=(qemu-utils qemu-block-extra libnbd-bin python3-libnbd nbdkit libiscsi-bin libiscsi-dev tgt fio sanlock qemu-system-misc)
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 missing=()

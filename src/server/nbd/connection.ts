@@ -329,10 +329,12 @@ export class NbdConnection {
         const cookie = h.subarray(8, 16)
         const offset = Number(h.readBigUInt64BE(16))
         const length = h.readUInt32BE(24)
+        const oversized = length > P.MAX_REQUEST_LENGTH
+        if (type === P.NBD_CMD_WRITE && length > P.MAX_SKIPPED_PAYLOAD) throw new ProtocolError(`write of ${length} bytes exceeds the ${P.MAX_REQUEST_LENGTH}-byte maximum`)
         let payload: Buffer | null = null
         if (type === P.NBD_CMD_WRITE) {
-          if (length > P.MAX_REQUEST_LENGTH) throw new ProtocolError(`write of ${length} bytes exceeds the ${P.MAX_REQUEST_LENGTH}-byte maximum`)
-          payload = await this.q.read(length)
+          if (oversized) await this.q.skip(length) // refused by check(): EINVAL, the connection goes on
+          else payload = await this.q.read(length)
         }
         if (type === P.NBD_CMD_DISC) return
         while (this.inflight >= P.MAX_INFLIGHT) await new Promise<void>((r) => (this.slot = r))
@@ -357,8 +359,8 @@ export class NbdConnection {
     const writes = type === P.NBD_CMD_WRITE || type === P.NBD_CMD_TRIM || type === P.NBD_CMD_WRITE_ZEROES
     if (writes && this.handle!.readOnly) return P.NBD_EPERM
     if (type === P.NBD_CMD_FLUSH) return offset === 0 && length === 0 ? 0 : P.NBD_EINVAL
+    if ((type === P.NBD_CMD_READ || type === P.NBD_CMD_WRITE) && length > P.MAX_REQUEST_LENGTH) return P.NBD_EINVAL
     if (offset + length > dev.size) return writes ? P.NBD_ENOSPC : P.NBD_EINVAL
-    if (type === P.NBD_CMD_READ && length > P.MAX_REQUEST_LENGTH) return P.NBD_EINVAL
     if (type === P.NBD_CMD_BLOCK_STATUS && (!this.metaOn || length === 0)) return P.NBD_EINVAL
     if ((flags & P.NBD_CMD_FLAG_DF || flags & P.NBD_CMD_FLAG_REQ_ONE) && !this.structured) return P.NBD_EINVAL
     if (flags & P.NBD_CMD_FLAG_FAST_ZERO && type !== P.NBD_CMD_WRITE_ZEROES) return P.NBD_EINVAL
@@ -380,6 +382,8 @@ export class NbdConnection {
       if (errno === 0) {
         switch (type) {
           case P.NBD_CMD_READ: {
+            // nothing to read: a bare reply (structured: NONE, since a data chunk carries a byte at least)
+            if (length === 0) break
             const data = await dev.read(offset, length)
             read = length
             this.replyData(cookie, offset, data)

@@ -113,6 +113,11 @@ export function nbdErrno(code: StorageErrorCode): number {
 export const MAX_OPTION_LENGTH = 64 * 1024
 /** Largest READ/WRITE payload accepted (advertised as the maximum block size): 32 MiB, as nbdkit. */
 export const MAX_REQUEST_LENGTH = 32 * 1024 * 1024
+/**
+ * Largest WRITE payload refused with EINVAL and skipped (read and dropped as it arrives) with the
+ * connection kept; a larger one closes the connection (the spec allows either past 2^25 bytes).
+ */
+export const MAX_SKIPPED_PAYLOAD = 2 * MAX_REQUEST_LENGTH
 export const PREFERRED_BLOCK = 64 * 1024
 /** Requests of one connection in flight before the server stops reading from it. */
 export const MAX_INFLIGHT = 64
