@@ -37,8 +37,11 @@ export class NbdConnection {
   private metaOn = false
   private handle: ExportHandle | null = null
   private inflight = 0
+  /** Bytes of the requests in flight: read data being read, write payloads (see MAX_CONNECTION_BYTES). */
+  private charged = 0
   /** The last request arrived with no other in flight (queue depth 1: see net/poll.ts). */
   private alone = true
+  /** The transmission loop (or run's drain) waiting for a request to end or a reply to leave. */
   private slot: (() => void) | null = null
   private readonly isClosed: () => boolean
 
@@ -51,6 +54,14 @@ export class NbdConnection {
     const s = socketQueue(sock)
     this.q = s.q
     this.isClosed = s.closed
+    sock.on('close', this.kick)
+  }
+
+  /** Wakes whoever waits in `slot` to look again (a request ended, a reply left, the socket closed). */
+  private readonly kick = (): void => {
+    const s = this.slot
+    this.slot = null
+    s?.()
   }
 
   async run(): Promise<void> {
@@ -82,16 +93,17 @@ export class NbdConnection {
     // request is likely to follow this reply closely
     if (this.alone && this.inflight <= 1) poller.expectNext()
     if (parts.length === 1) {
-      this.sock.write(parts[0])
+      this.sock.write(parts[0], this.kick)
       return
     }
     if (parts[1].length <= 64 * 1024) {
       // a small reply: copying it is cheaper than a corked writev through the stream machinery
-      this.sock.write(Buffer.concat(parts))
+      this.sock.write(Buffer.concat(parts), this.kick)
       return
     }
     this.sock.cork()
-    for (const p of parts) this.sock.write(p)
+    for (let i = 0; i < parts.length - 1; i++) this.sock.write(parts[i])
+    this.sock.write(parts[parts.length - 1], this.kick)
     this.sock.uncork()
   }
 
@@ -331,25 +343,41 @@ export class NbdConnection {
         const length = h.readUInt32BE(24)
         const oversized = length > P.MAX_REQUEST_LENGTH
         if (type === P.NBD_CMD_WRITE && length > P.MAX_SKIPPED_PAYLOAD) throw new ProtocolError(`write of ${length} bytes exceeds the ${P.MAX_REQUEST_LENGTH}-byte maximum`)
+        if (type === P.NBD_CMD_DISC) return
+        // the bytes this request holds while in flight (an oversized READ or WRITE is refused: none)
+        const cost = (type === P.NBD_CMD_READ || type === P.NBD_CMD_WRITE) && !oversized ? length : 0
+        while (!this.admits(cost)) {
+          if (this.isClosed()) throw new ProtocolError('connection closed')
+          await new Promise<void>((r) => (this.slot = r))
+        }
         let payload: Buffer | null = null
         if (type === P.NBD_CMD_WRITE) {
           if (oversized) await this.q.skip(length) // refused by check(): EINVAL, the connection goes on
           else payload = await this.q.read(length)
         }
-        if (type === P.NBD_CMD_DISC) return
-        while (this.inflight >= P.MAX_INFLIGHT) await new Promise<void>((r) => (this.slot = r))
         this.alone = this.inflight === 0
         this.inflight++
+        this.charged += cost
         void this.request(flags, type, Buffer.from(cookie), offset, length, payload).finally(() => {
           this.inflight--
-          const s = this.slot
-          this.slot = null
-          s?.()
+          this.charged -= cost
+          this.kick()
         })
       }
     } finally {
       this.metrics.connections.dec({ protocol: 'nbd' })
     }
+  }
+
+  /**
+   * Whether the next request (holding `cost` bytes) may start: within MAX_INFLIGHT, and within
+   * MAX_CONNECTION_BYTES counting the requests in flight and the replies the kernel has not taken
+   * yet. A request may always start alone, so every size up to MAX_REQUEST_LENGTH completes.
+   */
+  private admits(cost: number): boolean {
+    if (this.inflight >= P.MAX_INFLIGHT) return false
+    const held = this.charged + this.sock.writableLength
+    return held === 0 || held + cost <= P.MAX_CONNECTION_BYTES
   }
 
   private check(flags: number, type: number, offset: number, length: number): number {

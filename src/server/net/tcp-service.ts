@@ -56,10 +56,12 @@ export class TcpService {
 
   /** Stops accepting; asks clients to finish, then cuts those still there after two seconds. */
   async close(): Promise<void> {
-    await new Promise<void>((r) => this.server.close(() => r()))
+    // the listener's callback comes only once every connection is gone: awaited last
+    const stopped = new Promise<void>((r) => this.server.close(() => r()))
     for (const s of this.sockets) s.end()
     await Promise.race([Promise.all(this.running), new Promise((r) => setTimeout(r, 2000).unref())])
     for (const s of this.sockets) s.destroy()
     await Promise.all(this.running)
+    await stopped
   }
 }
