@@ -54,10 +54,12 @@ export class NbdConnection {
     const s = socketQueue(sock)
     this.q = s.q
     this.isClosed = s.closed
-    sock.on('close', this.kick)
   }
 
-  /** Wakes whoever waits in `slot` to look again (a request ended, a reply left, the socket closed). */
+  /**
+   * Wakes whoever waits in `slot` to look again: a request ended, or a reply left (the callback of
+   * every reply's write, also called when the socket is destroyed with the reply unsent).
+   */
   private readonly kick = (): void => {
     const s = this.slot
     this.slot = null

@@ -2,6 +2,7 @@ import t, { type Test } from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { pattern, tmp } from '../../helpers/peers.js'
 import { rssOf, startServe, type ServeProcess } from '../../helpers/serve-process.js'
+import { startServer } from '../../helpers/server.js'
 import { TestNbdClient } from '../../helpers/nbd-client.js'
 import { MAX_CONNECTION_BYTES } from '../../../src/server/nbd/protocol.js'
 
@@ -95,4 +96,23 @@ t.test('96 × 32 MiB reads whose replies are not read: bounded; SIGTERM still en
   const exit = await Promise.race([p.exited, sleep(30_000).then(() => 'hung')])
   t.same(exit, { code: 0, signal: null }, `SIGTERM with a client that reads nothing: exit 0 after ${Date.now() - t0} ms`)
   c.destroy()
+})
+
+t.test('a connection stuck on replies nobody reads lets go of its disk when the client goes: delete succeeds', { timeout: 60_000 }, async (t) => {
+  const s = await startServer(t)
+  await s.ds.createDisk('d', DISK)
+  const c = await deafClient(s.nbdPort)
+  for (let i = 0; i < 8; i++) void c.pread((i % 2) * 32 * MiB, 32 * MiB)
+  await sleep(1000) // the server has filled its budget and stopped reading the connection
+  await t.rejects(s.ds.deleteDisk('d'), { code: 'Busy' }, 'connected: the disk is in use')
+  c.destroy()
+  await c.closed
+  let deleted = false
+  for (const t0 = Date.now(); !deleted && Date.now() - t0 < 20_000; await sleep(100)) {
+    deleted = await s.ds.deleteDisk('d').then(
+      () => true,
+      () => false,
+    )
+  }
+  t.ok(deleted, 'once the client is gone, the disk deletes')
 })
