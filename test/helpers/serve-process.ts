@@ -11,11 +11,17 @@ export interface ServeProcess {
   exited: Promise<{ code: number | null; signal: string | null }>
 }
 
-/** Starts `tandem serve` as a real process on free ports; resolves when it logs that it is ready. */
-export function startServe(dir: string): Promise<ServeProcess> {
+/**
+ * Starts `tandem serve` as a real process on free ports, killed at teardown; resolves when it logs
+ * that it is ready. (Same call as main's test/helpers/server.ts startServe, which replaces it at merge.)
+ */
+export function startServe(t: { teardown(fn: () => unknown): void }, dir: string): Promise<ServeProcess> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [CLI, 'serve', '--datastore', dir, '--http-port', '0', '--nbd-port', '0', '--iscsi-port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] })
     const exited = new Promise<{ code: number | null; signal: string | null }>((r) => child.on('exit', (code, signal) => r({ code, signal })))
+    t.teardown(() => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+    })
     let err = ''
     child.stderr!.on('data', (d) => (err += d))
     createInterface({ input: child.stdout! }).on('line', (line) => {

@@ -16,10 +16,7 @@ const DATA = pattern(DISK, 61)
 
 /** A `tandem serve` process with a disk `d` full of DATA (so reads return real, resident bytes). */
 async function serverWithData(t: Test): Promise<ServeProcess> {
-  const p = await startServe(tmp(t, 'tandem-slow-'))
-  t.teardown(() => {
-    p.child.kill('SIGKILL')
-  })
+  const p = await startServe(t, tmp(t, 'tandem-slow-'))
   const res = await fetch(`http://127.0.0.1:${p.httpPort}/api/v1/disks`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'd', size: DISK }) })
   t.equal(res.status, 201)
   const c = await TestNbdClient.open(p.nbdPort, 'd')
