@@ -6,7 +6,8 @@ set -euo pipefail
 # The cross compiler for rebuilding the guests (gcc-riscv64-unknown-elf) is not needed by the tests;
 # scripts/build-guests.sh says how to get it.
 # gnutls-bin: psktool, which writes the TLS-PSK keys files NBD clients and Tandem share.
-PKGS=(qemu-utils qemu-block-extra libnbd-bin nbdkit libiscsi-bin libiscsi-dev tgt fio sanlock qemu-system-misc gnutls-bin)
+# python3-libnbd: libnbd's Python bindings (and nbdsh), for tests that drive libnbd request by request.
+PKGS=(qemu-utils qemu-block-extra libnbd-bin python3-libnbd nbdkit libiscsi-bin libiscsi-dev tgt fio sanlock qemu-system-misc gnutls-bin)
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 missing=()

@@ -7,7 +7,9 @@ import { connect as tlsConnect } from 'node:tls'
  * tests, and upgrade to TLS-PSK (`startTls`). Not for production: minimal checks.
  */
 export class TestNbdClient {
-  private buf = Buffer.alloc(0)
+  /** What arrived and was not read yet (joined only when a read takes from it: large replies stay linear). */
+  private chunks: Buffer[] = []
+  private have = 0
   private waiters: { n: number; res: (b: Buffer) => void; rej: (e: Error) => void }[] = []
   private closedErr: Error | null = null
   private cookie = 1n
@@ -19,7 +21,8 @@ export class TestNbdClient {
 
   private constructor(readonly sock: Socket) {
     sock.on('data', (d: Buffer) => {
-      this.buf = Buffer.concat([this.buf, d])
+      this.chunks.push(d)
+      this.have += d.length
       this.pump()
     })
     this.closed = new Promise((r) => sock.on('close', () => r()))
@@ -33,17 +36,19 @@ export class TestNbdClient {
   }
 
   private pump() {
-    while (this.waiters.length && this.buf.length >= this.waiters[0].n) {
+    while (this.waiters.length && this.have >= this.waiters[0].n) {
       const w = this.waiters.shift()!
-      const out = this.buf.subarray(0, w.n)
-      this.buf = this.buf.subarray(w.n)
-      w.res(Buffer.from(out))
+      const all = this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks)
+      const rest = all.subarray(w.n)
+      this.chunks = rest.length ? [rest] : []
+      this.have = rest.length
+      w.res(Buffer.from(all.subarray(0, w.n)))
     }
   }
 
   read(n: number): Promise<Buffer> {
     return new Promise((res, rej) => {
-      if (this.closedErr && this.buf.length < n) return rej(this.closedErr)
+      if (this.closedErr && this.have < n) return rej(this.closedErr)
       this.waiters.push({ n, res, rej })
       this.pump()
     })

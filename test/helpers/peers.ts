@@ -15,6 +15,15 @@ export function needs(...tools: string[]): { skip?: string } {
   return missing.length ? { skip: `${missing.join(', ')} not installed (scripts/install-peers.sh)` } : {}
 }
 
+/**
+ * A python3 that has libnbd's bindings (`import nbd`, Debian python3-libnbd), or null. `nbdsh` runs
+ * whatever python3 is first on PATH, which need not be the one the bindings were installed for.
+ */
+export function libnbdPython(): string | null {
+  for (const py of ['python3', '/usr/bin/python3']) if (spawnSync(py, ['-c', 'import nbd']).status === 0) return py
+  return null
+}
+
 /** Runs a peer tool; throws with its stderr on failure. */
 export function sh(cmd: string, args: string[], opts: { cwd?: string } = {}): string {
   return execFileSync(cmd, args, { cwd: opts.cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] })

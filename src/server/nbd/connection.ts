@@ -39,8 +39,11 @@ export class NbdConnection {
   private metaOn = false
   private handle: ExportHandle | null = null
   private inflight = 0
+  /** Bytes of the requests in flight: read data being read, write payloads (see MAX_CONNECTION_BYTES). */
+  private charged = 0
   /** The last request arrived with no other in flight (queue depth 1: see net/poll.ts). */
   private alone = true
+  /** The transmission loop (or run's drain) waiting for a request to end or a reply to leave. */
   private slot: (() => void) | null = null
   private isClosed: () => boolean
   /** the TLS-PSK identity the client proved after NBD_OPT_STARTTLS; null while plain */
@@ -57,6 +60,16 @@ export class NbdConnection {
     const s = socketQueue(sock)
     this.q = s.q
     this.isClosed = s.closed
+  }
+
+  /**
+   * Wakes whoever waits in `slot` to look again: a request ended, or a reply left (the callback of
+   * every reply's write, also called when the socket is destroyed with the reply unsent).
+   */
+  private readonly kick = (): void => {
+    const s = this.slot
+    this.slot = null
+    s?.()
   }
 
   /** `established`: called once the handshake is complete (ends its time limit). */
@@ -90,16 +103,17 @@ export class NbdConnection {
     // request is likely to follow this reply closely
     if (this.alone && this.inflight <= 1) poller.expectNext()
     if (parts.length === 1) {
-      this.sock.write(parts[0])
+      this.sock.write(parts[0], this.kick)
       return
     }
     if (parts[1].length <= 64 * 1024) {
       // a small reply: copying it is cheaper than a corked writev through the stream machinery
-      this.sock.write(Buffer.concat(parts))
+      this.sock.write(Buffer.concat(parts), this.kick)
       return
     }
     this.sock.cork()
-    for (const p of parts) this.sock.write(p)
+    for (let i = 0; i < parts.length - 1; i++) this.sock.write(parts[i])
+    this.sock.write(parts[parts.length - 1], this.kick)
     this.sock.uncork()
   }
 
@@ -415,25 +429,43 @@ export class NbdConnection {
         const cookie = h.subarray(8, 16)
         const offset = Number(h.readBigUInt64BE(16))
         const length = h.readUInt32BE(24)
+        const oversized = length > P.MAX_REQUEST_LENGTH
+        if (type === P.NBD_CMD_WRITE && length > P.MAX_SKIPPED_PAYLOAD) throw new ProtocolError(`write of ${length} bytes exceeds the ${P.MAX_REQUEST_LENGTH}-byte maximum`)
+        if (type === P.NBD_CMD_DISC) return
+        // the bytes this request holds while in flight (an oversized READ or WRITE is refused: none)
+        const cost = (type === P.NBD_CMD_READ || type === P.NBD_CMD_WRITE) && !oversized ? length : 0
+        while (!this.admits(cost)) {
+          if (this.isClosed()) throw new ProtocolError('connection closed')
+          await new Promise<void>((r) => (this.slot = r))
+        }
         let payload: Buffer | null = null
         if (type === P.NBD_CMD_WRITE) {
-          if (length > P.MAX_REQUEST_LENGTH) throw new ProtocolError(`write of ${length} bytes exceeds the ${P.MAX_REQUEST_LENGTH}-byte maximum`)
-          payload = await this.q.read(length)
+          if (oversized) await this.q.skip(length) // refused by check(): EINVAL, the connection goes on
+          else payload = await this.q.read(length)
         }
-        if (type === P.NBD_CMD_DISC) return
-        while (this.inflight >= P.MAX_INFLIGHT) await new Promise<void>((r) => (this.slot = r))
         this.alone = this.inflight === 0
         this.inflight++
+        this.charged += cost
         void this.request(flags, type, Buffer.from(cookie), offset, length, payload).finally(() => {
           this.inflight--
-          const s = this.slot
-          this.slot = null
-          s?.()
+          this.charged -= cost
+          this.kick()
         })
       }
     } finally {
       this.metrics.connections.dec({ protocol: 'nbd' })
     }
+  }
+
+  /**
+   * Whether the next request (holding `cost` bytes) may start: within MAX_INFLIGHT, and within
+   * MAX_CONNECTION_BYTES counting the requests in flight and the replies the kernel has not taken
+   * yet. A request may always start alone, so every size up to MAX_REQUEST_LENGTH completes.
+   */
+  private admits(cost: number): boolean {
+    if (this.inflight >= P.MAX_INFLIGHT) return false
+    const held = this.charged + this.sock.writableLength
+    return held === 0 || held + cost <= P.MAX_CONNECTION_BYTES
   }
 
   private check(flags: number, type: number, offset: number, length: number): number {
@@ -443,8 +475,8 @@ export class NbdConnection {
     const writes = type === P.NBD_CMD_WRITE || type === P.NBD_CMD_TRIM || type === P.NBD_CMD_WRITE_ZEROES
     if (writes && this.handle!.readOnly) return P.NBD_EPERM
     if (type === P.NBD_CMD_FLUSH) return offset === 0 && length === 0 ? 0 : P.NBD_EINVAL
+    if ((type === P.NBD_CMD_READ || type === P.NBD_CMD_WRITE) && length > P.MAX_REQUEST_LENGTH) return P.NBD_EINVAL
     if (offset + length > dev.size) return writes ? P.NBD_ENOSPC : P.NBD_EINVAL
-    if (type === P.NBD_CMD_READ && length > P.MAX_REQUEST_LENGTH) return P.NBD_EINVAL
     if (type === P.NBD_CMD_BLOCK_STATUS && (!this.metaOn || length === 0)) return P.NBD_EINVAL
     if ((flags & P.NBD_CMD_FLAG_DF || flags & P.NBD_CMD_FLAG_REQ_ONE) && !this.structured) return P.NBD_EINVAL
     if (flags & P.NBD_CMD_FLAG_FAST_ZERO && type !== P.NBD_CMD_WRITE_ZEROES) return P.NBD_EINVAL
@@ -466,6 +498,8 @@ export class NbdConnection {
       if (errno === 0) {
         switch (type) {
           case P.NBD_CMD_READ: {
+            // nothing to read: a bare reply (structured: NONE, since a data chunk carries a byte at least)
+            if (length === 0) break
             const data = await dev.read(offset, length)
             read = length
             this.replyData(cookie, offset, data)

@@ -113,8 +113,22 @@ export function nbdErrno(code: StorageErrorCode): number {
 export const MAX_OPTION_LENGTH = 64 * 1024
 /** Largest READ/WRITE payload accepted (advertised as the maximum block size): 32 MiB, as nbdkit. */
 export const MAX_REQUEST_LENGTH = 32 * 1024 * 1024
+/**
+ * Largest WRITE payload refused with EINVAL and skipped (read and dropped as it arrives) with the
+ * connection kept; a larger one closes the connection (the spec allows either past 2^25 bytes).
+ */
+export const MAX_SKIPPED_PAYLOAD = 2 * MAX_REQUEST_LENGTH
 export const PREFERRED_BLOCK = 64 * 1024
 /** Requests of one connection in flight before the server stops reading from it. */
 export const MAX_INFLIGHT = 64
+/**
+ * Bytes one connection may hold before the server stops reading its requests: the data of its
+ * requests in flight (READ data being read, WRITE payloads being written) plus its replies that
+ * the kernel has not taken yet (a client that does not read them). With the requests not yet read
+ * (the socket queue's 4 MiB, net/byte-queue.ts) this bounds what a connection costs the server to
+ * about 68 MiB, however many requests it sends or how slowly it reads (README, NBD). A request
+ * alone always goes through, so two of the largest can overlap.
+ */
+export const MAX_CONNECTION_BYTES = 64 * 1024 * 1024
 export const META_BASE_ALLOCATION = 'base:allocation'
 export const META_CONTEXT_ID = 1

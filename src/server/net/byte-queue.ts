@@ -1,9 +1,16 @@
 /**
  * Bytes received on a socket, handed out in exact sizes. `read(n)` resolves when n bytes are
  * there, or rejects when the peer closed first. Reading past `limit` buffered bytes pauses the
- * source (backpressure) until the consumer catches up.
+ * source (backpressure) until the consumer catches up; a read of any size completes, a large one
+ * being moved into its buffer as it arrives (so it is never held twice, nor needs to fit `limit`).
  */
 const EMPTY = Buffer.alloc(0)
+
+/**
+ * The most a socket hands over in one chunk (libuv reads 64 KiB at a time): a larger read spans
+ * chunks and is copied anyway, so it is moved as it arrives rather than buffered whole first.
+ */
+const ONE_CHUNK = 64 * 1024
 
 export class ByteQueue {
   private chunks: Buffer[] = []
@@ -62,13 +69,13 @@ export class ByteQueue {
     return out
   }
 
-  /** Moves the next n bytes into `target` at `at` (no intermediate buffer). */
-  private takeInto(target: Buffer, at: number, n: number): void {
+  /** Moves the next n bytes into `target` at `at` (no intermediate buffer); null drops them. */
+  private takeInto(target: Buffer | null, at: number, n: number): void {
     let done = 0
     while (done < n) {
       const c = this.chunks[0]
       const k = Math.min(c.length, n - done)
-      c.copy(target, at + done, 0, k)
+      if (target) c.copy(target, at + done, 0, k)
       done += k
       if (k === c.length) this.chunks.shift()
       else this.chunks[0] = c.subarray(k)
@@ -81,7 +88,16 @@ export class ByteQueue {
    * Reads the next n bytes straight into `target` at `at` (a large payload lands where it is
    * used, without a copy in between). Pieces are moved as they arrive.
    */
-  async readInto(target: Buffer, at: number, n: number): Promise<void> {
+  readInto(target: Buffer, at: number, n: number): Promise<void> {
+    return this.consume(target, at, n)
+  }
+
+  /** Drops the next n bytes as they arrive, holding none of them (a payload refused unread). */
+  skip(n: number): Promise<void> {
+    return this.consume(null, 0, n)
+  }
+
+  private async consume(target: Buffer | null, at: number, n: number): Promise<void> {
     if (this.waiter) throw new Error('ByteQueue: concurrent read')
     let done = 0
     while (done < n) {
@@ -111,8 +127,15 @@ export class ByteQueue {
     if (n === 0) return Promise.resolve(Buffer.alloc(0))
     if (this.length >= n) return Promise.resolve(this.take(n))
     if (this.ended) return Promise.reject(this.ended)
+    if (n > ONE_CHUNK) return this.readArriving(n)
     return new Promise((resolve, reject) => {
       this.waiter = { n, resolve, reject }
     })
+  }
+
+  private async readArriving(n: number): Promise<Buffer> {
+    const out = Buffer.allocUnsafe(n)
+    await this.readInto(out, 0, n)
+    return out
   }
 }
