@@ -9,16 +9,27 @@ import * as S from '../scsi/constants.js'
 import { dataOutLength, SenseError, senseData, type LogicalUnit } from '../scsi/index.js'
 import * as P from './pdu.js'
 import { crc32c } from '../../disk-formats/lock-region/crc32c.js'
+import { StorageError } from '../../disk-formats/errors.js'
 
 
 /** What the connection needs from the target: names, access checks, logical units. */
 export interface TargetDirectory {
   /** targets this initiator may see (SendTargets) */
   visibleTargets(initiator: string): Promise<string[]>
-  /** the LU of a target for this initiator, or an error reason for the login response */
-  /** `name` (the disk) labels the export's metrics. */
-  openTarget(iqn: string, initiator: string): Promise<{ name: string; lu: LogicalUnit; release(): Promise<void>; chap?: ChapSecrets } | { refused: 'not-found' | 'not-authorized' }>
+  /**
+   * A target this initiator may log in to, or an error reason for the login response. Nothing is
+   * opened until `open()`, which the login calls once it is complete (after authentication).
+   * `name` (the disk) labels the export's metrics.
+   */
+  findTarget(iqn: string, initiator: string): Promise<TargetEntry | { refused: 'not-found' | 'not-authorized' }>
   portal: string
+}
+
+export interface TargetEntry {
+  name: string
+  chap?: ChapSecrets
+  /** Opens the disk's LU; throws a StorageError (NotFound when the disk has gone since `findTarget`). */
+  open(): Promise<{ lu: LogicalUnit; release(): Promise<void> }>
 }
 
 export interface ChapSecrets {
@@ -120,7 +131,9 @@ export class IscsiConnection {
   private nexus = ''
   private joined = false
   private discovery = false
-  private target: { name: string; lu: LogicalUnit; release(): Promise<void>; chap?: ChapSecrets } | null = null
+  /** the target named at login; its LU is opened when the login completes (`target`) */
+  private entry: TargetEntry | null = null
+  private target: { name: string; lu: LogicalUnit; release(): Promise<void> } | null = null
   /** This connection's requests to its export, for /metrics. */
   private tally: ExportTally | null = null
   /** CHAP state of the login: the challenge we sent, and whether the initiator has answered it */
@@ -317,25 +330,17 @@ export class IscsiConnection {
             this.loginResponse(bhs, false, csg, nsg, 0x02, 0x07, [])
             throw new ProtocolError('normal session login without TargetName')
           }
-          let t: Awaited<ReturnType<TargetDirectory['openTarget']>>
-          try {
-            t = await this.dir.openTarget(tn, name)
-          } catch (e) {
-            // the disk exists but cannot be opened (corrupt, broken chain): Target Error, with the reason logged
-            this.log.warn({ target: tn, err: e instanceof Error ? e.message : String(e) }, 'iscsi: target cannot be opened')
-            this.loginResponse(bhs, false, csg, nsg, 0x03, 0x00, [])
-            throw new ProtocolError(`target '${tn}' cannot be opened`)
-          }
+          const t = await this.dir.findTarget(tn, name)
           if ('refused' in t) {
             this.loginResponse(bhs, false, csg, nsg, 0x02, t.refused === 'not-found' ? 0x03 : 0x02, [])
             throw new ProtocolError(`target '${tn}' ${t.refused} for '${name}'`)
           }
-          this.target = t
+          this.entry = t
           reply.push(['TargetPortalGroupTag', '1'])
         }
         first = false
       }
-      const chap = this.target?.chap
+      const chap = this.entry?.chap
       const authFail = (why: string): never => {
         this.loginResponse(bhs, false, csg, nsg, 0x02, 0x01, []) // authentication failure
         throw new ProtocolError(`authentication failed for '${this.initiator}': ${why}`)
@@ -386,12 +391,29 @@ export class IscsiConnection {
       // no leaving the security stage before CHAP is done
       const may = transit && !(csg === 0 && chap && !this.authenticated)
       const done = may && nsg === 3
+      if (done && this.entry) await this.openTarget(this.entry, bhs, csg, nsg)
       this.loginResponse(bhs, may, csg, nsg, 0, 0, reply, done ? 1 : 0)
       if (done) {
         this.digestsOn = this.headerDigest
         this.dataDigestsOn = this.dataDigest
         return
       }
+    }
+  }
+
+  /**
+   * Opens the target's LU at the end of the login, when the initiator is authenticated: a login
+   * left half-way holds nothing open. A disk that has gone since is Not Found; one that cannot
+   * be opened (corrupt, broken chain) is a Target Error, with the reason logged.
+   */
+  private async openTarget(entry: TargetEntry, bhs: Buffer, csg: number, nsg: number): Promise<void> {
+    try {
+      this.target = { name: entry.name, ...(await entry.open()) }
+    } catch (e) {
+      const gone = e instanceof StorageError && e.code === 'NotFound'
+      if (!gone) this.log.warn({ target: entry.name, err: e instanceof Error ? e.message : String(e) }, 'iscsi: target cannot be opened')
+      this.loginResponse(bhs, false, csg, nsg, gone ? 0x02 : 0x03, gone ? 0x03 : 0x00, [])
+      throw new ProtocolError(`target '${entry.name}' ${gone ? 'no longer exists' : 'cannot be opened'}`)
     }
   }
 
