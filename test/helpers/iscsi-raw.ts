@@ -142,10 +142,27 @@ export class RawIscsi {
     }
   }
 
-  dataOut(itt: number, ttt: number, offset: number, data: Buffer, badData = false, dataSN = 0): void {
+  /**
+   * WRITE(10) of `data`: its first `immediate` bytes as immediate data, the rest as each R2T asks,
+   * in Data-Out PDUs of at most `segment` bytes. Resolves with the status.
+   */
+  async writeBlocks(lba: number, data: Buffer, immediate: number, segment = 262144): Promise<number> {
+    this.command(write10(lba, data.length / 512), { write: data.subarray(0, immediate), edtl: data.length })
+    for (;;) {
+      const r = await this.read()
+      if (opcode(r) !== 0x31) return r.bhs[3]
+      const itt = r.bhs.readUInt32BE(16)
+      const ttt = r.bhs.readUInt32BE(20)
+      const from = r.bhs.readUInt32BE(40)
+      const end = from + r.bhs.readUInt32BE(44)
+      for (let at = from, sn = 0; at < end; at += segment, sn++) this.dataOut(itt, ttt, at, data.subarray(at, Math.min(end, at + segment)), false, sn, at + segment >= end)
+    }
+  }
+
+  dataOut(itt: number, ttt: number, offset: number, data: Buffer, badData = false, dataSN = 0, final = true): void {
     const b = Buffer.alloc(48)
     b[0] = 0x05
-    b[1] = 0x80
+    b[1] = final ? 0x80 : 0
     b.writeUInt32BE(itt, 16)
     b.writeUInt32BE(ttt, 20)
     b.writeUInt32BE(dataSN, 36)

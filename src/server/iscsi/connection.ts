@@ -6,8 +6,9 @@ import type { ByteQueue } from '../net/byte-queue.js'
 import { poller } from '../net/poll.js'
 import { ProtocolError, socketQueue } from '../net/tcp-service.js'
 import * as S from '../scsi/constants.js'
-import { dataOutLength, SenseError, senseData, type LogicalUnit } from '../scsi/index.js'
+import { dataOutLength, mediumReadLength, SenseError, senseData, type LogicalUnit } from '../scsi/index.js'
 import * as P from './pdu.js'
+import { MemoryBudget } from './memory-budget.js'
 import { crc32c } from '../../disk-formats/lock-region/crc32c.js'
 import { StorageError } from '../../disk-formats/errors.js'
 
@@ -65,9 +66,34 @@ interface Params {
 const TARGET_MAX_RECV = 262144
 const TARGET_MAX_BURST = 1048576
 const TARGET_FIRST_BURST = 262144
-/** Largest data-out buffer a command may ask for: the SCSI layer's maximum transfer (32 MiB) doubled for COMPARE AND WRITE. */
-const MAX_EXPECTED_DATA = 64 * 1024 * 1024
-const CMD_WINDOW = 64
+
+/*
+ * Memory per connection. A client that sends commands and never reads their replies (or never
+ * sends the data its writes announce) makes the connection hold at most CONNECTION_MEMORY_BOUND:
+ * - DATA_BUDGET: data buffers of the commands being run (a write's data-out, what a read or
+ *   verify reads from the disk) plus replies queued on the socket. A command waits for its bytes
+ *   before it runs (a write: before its R2T); while the budget is exceeded by queued replies, no
+ *   further request is read.
+ * - RECEIVE_QUEUE: bytes received and not yet parsed (the socket is paused beyond it).
+ * - per command admitted (CMD_WINDOW in the CmdSN window, MAX_IMMEDIATE immediate ones): the PDU
+ *   it came in and its unsolicited data, at most TARGET_FIRST_BURST (= MaxRecvDataSegmentLength).
+ * MaxCmdSN advances as commands complete, not as they arrive, so a well-behaved initiator is
+ * throttled by the window; a command outside it is silently ignored (RFC 7143 §4.2.2.1), and an
+ * immediate command over MAX_IMMEDIATE is rejected (reason "too many immediate commands").
+ */
+export const CMD_WINDOW = 64
+export const MAX_IMMEDIATE = 8
+/** The LU's maximum transfer (32 MiB, VPD B0): the largest command fits the budget alone. */
+const DATA_BUDGET = 32 << 20
+const RECEIVE_QUEUE = 8 << 20
+/**
+ * 32 + 8 + 72 × 0.25 = 58 MiB: "under 64 MiB per connection" (README, iSCSI). Not counted: a
+ * command needing more than the whole budget (ORWRITE, or VERIFY with BYTCHK 3, of over 16 MiB)
+ * waits until it has the budget to itself, then may use up to twice it.
+ */
+export const CONNECTION_MEMORY_BOUND = DATA_BUDGET + RECEIVE_QUEUE + (CMD_WINDOW + MAX_IMMEDIATE) * TARGET_FIRST_BURST
+/** Largest data-out buffer a command may ask for: the LU's maximum transfer; it must fit DATA_BUDGET. */
+const MAX_EXPECTED_DATA = DATA_BUDGET
 /** Data segments at least this long are written without being copied into one buffer with their header. */
 const LARGE_SEGMENT = 32 * 1024
 
@@ -79,14 +105,23 @@ const LARGE_SEGMENT = 32 * 1024
  */
 const pool = new Map<number, Buffer[]>()
 const POOL_PER_SIZE = 32
+/** The pool is shared by every connection; its bytes are bounded, whatever sizes clients use. */
+const POOL_BYTES = 64 << 20
+let pooled = 0
 function writeBuffer(size: number): Buffer {
-  return pool.get(size)?.pop() ?? Buffer.allocUnsafe(size)
+  const b = pool.get(size)?.pop()
+  if (!b) return Buffer.allocUnsafe(size)
+  pooled -= b.length
+  return b
 }
 function recycle(b: Buffer): void {
-  if (b.length < 64 * 1024 || b.length > 4 << 20) return
+  if (b.length < 64 * 1024 || b.length > 4 << 20 || pooled + b.length > POOL_BYTES) return
   let list = pool.get(b.length)
   if (!list) pool.set(b.length, (list = []))
-  if (list.length < POOL_PER_SIZE) list.push(b)
+  if (list.length < POOL_PER_SIZE) {
+    list.push(b)
+    pooled += b.length
+  }
 }
 
 /** ABORTED COMMAND, PROTOCOL SERVICE CRC ERROR: the command's data failed its digest. */
@@ -148,6 +183,9 @@ export class IscsiConnection {
   private readonly pending = new Map<number, PendingWrite>()
   private nextTTT = 1
   private readonly tasks = new Set<Promise<void>>()
+  /** SCSI commands in the CmdSN window (not immediate) still running: they hold the window */
+  private running = 0
+  private readonly budget: MemoryBudget
   /** The last command arrived with no other in flight (queue depth 1: see net/poll.ts). */
   private alone = true
 
@@ -157,9 +195,12 @@ export class IscsiConnection {
     private readonly log: Logger,
     private readonly metrics: Metrics,
   ) {
-    const s = socketQueue(sock, 8 << 20)
+    const s = socketQueue(sock, RECEIVE_QUEUE)
     this.q = s.q
     this.isClosed = s.closed
+    this.budget = new MemoryBudget(DATA_BUDGET, () => (sock.writableNeedDrain ? sock.writableLength : 0))
+    sock.on('drain', () => this.budget.drained())
+    sock.on('close', () => this.budget.close())
   }
 
   async run(): Promise<void> {
@@ -183,6 +224,7 @@ export class IscsiConnection {
       }
     } finally {
       for (const p of this.pending.values()) p.done()
+      this.budget.close()
       await Promise.allSettled([...this.tasks])
       if (this.joined) this.target?.lu.nexusLost(this.nexus)
       this.tally?.close()
@@ -268,12 +310,21 @@ export class IscsiConnection {
     if (!this.sock.destroyed) this.sock.uncork()
   }
 
-  /** Fills StatSN/ExpCmdSN/MaxCmdSN at 24/28/32; advances StatSN when `advance`. */
+  /**
+   * Fills StatSN/ExpCmdSN/MaxCmdSN at 24/28/32; advances StatSN when `advance`. MaxCmdSN leaves
+   * room for CMD_WINDOW running commands: it moves when one completes (the PDU after its status
+   * carries it), never backwards, and equals ExpCmdSN - 1 (a closed window) when all are running.
+   */
   private seq(b: Buffer, advance = true): Buffer {
     b.writeUInt32BE(advance ? this.statSN++ >>> 0 : this.statSN >>> 0, 24)
     b.writeUInt32BE(this.expCmdSN >>> 0, 28)
-    b.writeUInt32BE((this.expCmdSN + CMD_WINDOW - 1) >>> 0, 32)
+    b.writeUInt32BE((this.expCmdSN + CMD_WINDOW - this.running - 1) >>> 0, 32)
     return b
+  }
+
+  /** Is CmdSN within [ExpCmdSN, MaxCmdSN] (serial arithmetic, RFC 1982)? */
+  private inWindow(cmdSN: number): boolean {
+    return ((cmdSN - this.expCmdSN) >>> 0) < CMD_WINDOW - this.running
   }
 
   // ---- login ----------------------------------------------------------------------------
@@ -470,6 +521,8 @@ export class IscsiConnection {
 
   private async fullFeature(): Promise<void> {
     for (;;) {
+      // replies the client does not read: read no further request until they drain
+      if (this.budget.used > this.budget.limit) await this.budget.room()
       const pdu = await this.readPdu()
       const op = P.opcodeOf(pdu.bhs)
       if (pdu.digestError) {
@@ -479,9 +532,8 @@ export class IscsiConnection {
       if (op === P.SCSI_COMMAND || op === P.TEXT_REQUEST || op === P.LOGOUT_REQUEST || op === P.TASK_MGMT_REQUEST || op === P.NOP_OUT) {
         const cmdSN = pdu.bhs.readUInt32BE(24)
         if (!P.immediateOf(pdu.bhs)) {
-          // Outside [ExpCmdSN, MaxCmdSN] (serial arithmetic, RFC 1982): silently ignored (§4.2.2.1).
-          const ahead = (cmdSN - this.expCmdSN) >>> 0
-          if (ahead >= CMD_WINDOW) continue
+          // outside [ExpCmdSN, MaxCmdSN]: silently ignored (§4.2.2.1)
+          if (!this.inWindow(cmdSN)) continue
           this.expCmdSN = (cmdSN + 1) >>> 0
         }
       }
@@ -494,10 +546,19 @@ export class IscsiConnection {
             this.reject(pdu.bhs, P.REJECT_PROTOCOL_ERROR)
             break
           }
+          const windowed = !P.immediateOf(pdu.bhs)
+          if (!windowed && this.tasks.size - this.running >= MAX_IMMEDIATE) {
+            this.reject(pdu.bhs, P.REJECT_IMMEDIATE_COMMAND)
+            break
+          }
           this.alone = this.tasks.size === 0
+          if (windowed) this.running++
           const task = this.command(pdu).catch((e) => this.log.error({ err: e }, 'iscsi: command failed'))
           this.tasks.add(task)
-          void task.finally(() => this.tasks.delete(task))
+          void task.finally(() => {
+            this.tasks.delete(task)
+            if (windowed) this.running--
+          })
           break
         }
         case P.SCSI_DATA_OUT:
@@ -542,9 +603,10 @@ export class IscsiConnection {
       }
     } else if (op === P.SCSI_COMMAND) {
       if (!P.immediateOf(pdu.bhs)) {
-        // the CmdSN was used; the command ends here
+        // the CmdSN was used; the command ends here (one outside the window is ignored)
         const cmdSN = pdu.bhs.readUInt32BE(24)
-        if (((cmdSN - this.expCmdSN) >>> 0) < CMD_WINDOW) this.expCmdSN = (cmdSN + 1) >>> 0
+        if (!this.inWindow(cmdSN)) return
+        this.expCmdSN = (cmdSN + 1) >>> 0
       }
       this.response(P.ittOf(pdu.bhs), S.CHECK_CONDITION, crcErrorSense(), 0, 0)
     }
@@ -614,13 +676,14 @@ export class IscsiConnection {
     const itt = P.ittOf(pdu.bhs)
     const w = this.pending.get(itt)
     const offset = pdu.bhs.readUInt32BE(40)
-    if (!w || offset + pdu.data.length > w.buf.length) {
+    if (!w) {
       this.reject(pdu.bhs, P.REJECT_PROTOCOL_ERROR)
       return
     }
     const dataSN = pdu.bhs.readUInt32BE(36)
-    // DataPDUInOrder=Yes: each PDU continues where the last one ended; anything else fails the command
-    if (dataSN !== w.dataSN || offset !== w.received) {
+    // DataPDUInOrder=Yes: each PDU continues where the last one ended; anything else (or data
+    // past the expected length, or past FirstBurstLength before the first R2T) fails the command
+    if (dataSN !== w.dataSN || offset !== w.received || offset + pdu.data.length > w.buf.length) {
       // ErrorRecoveryLevel 0: a sequence error fails the command (no SNACK recovery)
       w.failed = 'sequence'
       this.reject(pdu.bhs, P.REJECT_PROTOCOL_ERROR)
@@ -654,103 +717,136 @@ export class IscsiConnection {
       this.account(cdb[0], t0, S.CHECK_CONDITION, 0, 0)
       return
     }
-    let dataOut: Buffer | null = null
-    if (write && edtl > 0) {
-      if (edtl > MAX_EXPECTED_DATA) {
-        this.reject(bhs, P.REJECT_INVALID_PDU_FIELD)
-        return
-      }
-      dataOut = edtl >= 64 * 1024 ? writeBuffer(edtl) : Buffer.alloc(edtl)
-      const immediate = pdu.data.subarray(0, Math.min(pdu.data.length, edtl))
-      immediate.copy(dataOut)
-      let have = immediate.length
-      if (have < edtl) {
-        const w: PendingWrite = { buf: dataOut, received: have, ttt: 0, dataSN: 0, failed: false, done: () => {} }
-        this.pending.set(itt, w)
-        try {
-          // unsolicited Data-Out up to FirstBurstLength when InitialR2T=No
-          // F clear on the command: unsolicited Data-Out follows (only allowed with InitialR2T=No)
-          if (!this.params.initialR2T && !(bhs[1] & 0x80)) {
-            const until = Math.min(edtl, this.params.firstBurstLength)
-            if (have < until) {
-              await new Promise<void>((r) => (w.done = r))
-              have = w.received
-            }
-          }
-          let r2tsn = 0
-          while (w.received < edtl && !this.isClosed() && !w.failed) {
-            w.dataSN = 0 // each R2T starts a new data sequence
-            const len = Math.min(this.params.maxBurstLength, edtl - w.received)
-            const ttt = this.nextTTT++ >>> 0
-            w.ttt = ttt
-            const wait = new Promise<void>((r) => (w.done = r))
-            const r2t = P.bhs(P.R2T, 0x80, 0)
-            bhs.copy(r2t, 8, 8, 16)
-            r2t.writeUInt32BE(itt, 16)
-            r2t.writeUInt32BE(ttt, 20)
-            this.seq(r2t, false)
-            r2t.writeUInt32BE(r2tsn++, 36)
-            r2t.writeUInt32BE(w.received, 40)
-            r2t.writeUInt32BE(len, 44)
-            this.send(r2t)
-            await wait
-          }
-        } finally {
-          this.pending.delete(itt)
-        }
-        if (this.isClosed()) return
-        if (w.failed) {
-          const sense = w.failed === 'digest' ? crcErrorSense() : senseData(new SenseError(S.ABORTED_COMMAND, 'DATA_PHASE_ERROR'))
-          this.response(itt, S.CHECK_CONDITION, sense, 0, 0)
-          this.account(cdb[0], t0, S.CHECK_CONDITION, 0, 0)
-          return
-        }
-      }
-    }
-    // Residuals (RFC 7143 §11.4.5): compare the initiator's expected length with the SCSI
-    // transfer length; on overflow only what both agree on is written.
-    let execCdb: Buffer = cdb
-    let flags = 0
-    let residual = 0
-    let written = dataOut?.length ?? 0
-    if (write) {
-      const need = dataOutLength(cdb)
-      if (need) written = Math.min(written, need.bytes)
-      if (need && need.bytes !== edtl) {
-        if (edtl < need.bytes) {
-          flags = 0x04
-          residual = need.bytes - edtl
-          if (need.shrink) execCdb = need.shrink(Math.floor(edtl / 512))
-        } else {
-          flags = 0x02
-          residual = edtl - need.bytes
-        }
-      }
-    }
-    const res = await lu.execute(execCdb, dataOut, this.nexus)
-    if (dataOut && dataOut.length >= 64 * 1024) recycle(dataOut)
-    const dataIn = res.dataIn ?? Buffer.alloc(0)
-    const ok = res.status === S.GOOD
-    this.account(cdb[0], t0, res.status, ok && read ? Math.min(dataIn.length, edtl) : 0, ok ? written : 0)
-    if (read && res.status !== S.CHECK_CONDITION && dataIn.length > 0 && edtl > 0) {
-      this.dataIn(bhs, itt, dataIn, edtl, res.status)
+    if (write && edtl > MAX_EXPECTED_DATA) {
+      this.reject(bhs, P.REJECT_INVALID_PDU_FIELD)
       return
     }
-    if (read && res.status !== S.CHECK_CONDITION) {
-      if (dataIn.length > edtl) {
-        flags = 0x04
-        residual = dataIn.length - edtl
-      } else if (dataIn.length < edtl) {
-        flags = 0x02
-        residual = edtl - dataIn.length
+    // Bytes this command holds in the budget, taken at once: its data-out buffer and what the LU
+    // reads. One needing more than the whole budget (ORWRITE, or VERIFY with BYTCHK 3, of over
+    // 16 MiB) waits until it has the budget to itself.
+    const need = Math.min(DATA_BUDGET, (write ? edtl : 0) + mediumReadLength(cdb))
+    // Unsolicited Data-Out follows the command (InitialR2T=No, F clear) whether or not there is
+    // room: it is taken into a buffer of at most FirstBurstLength, and the rest waits.
+    const unsolicited = write && edtl > 0 && !this.params.initialR2T && !(bhs[1] & 0x80)
+    let held = 0
+    try {
+      let room = need === 0 || this.budget.tryTake(need)
+      if (!room && !unsolicited) {
+        await this.budget.take(need)
+        room = true
       }
+      if (room) held = need
+      if (this.isClosed()) return
+      let dataOut: Buffer | null = null
+      if (write && edtl > 0) {
+        const immediate = pdu.data.subarray(0, Math.min(pdu.data.length, edtl))
+        if (room) dataOut = edtl >= 64 * 1024 ? writeBuffer(edtl) : Buffer.alloc(edtl)
+        else dataOut = Buffer.alloc(Math.max(immediate.length, Math.min(edtl, this.params.firstBurstLength)))
+        immediate.copy(dataOut)
+        let have = immediate.length
+        if (have < edtl) {
+          const w: PendingWrite = { buf: dataOut, received: have, ttt: 0, dataSN: 0, failed: false, done: () => {} }
+          this.pending.set(itt, w)
+          try {
+            if (unsolicited) {
+              const until = Math.min(edtl, this.params.firstBurstLength)
+              if (have < until) {
+                await new Promise<void>((r) => (w.done = r))
+                have = w.received
+              }
+            }
+            if (!room && !w.failed && !this.isClosed()) {
+              await this.budget.take(need)
+              held = need
+              room = true
+              const full = edtl >= 64 * 1024 ? writeBuffer(edtl) : Buffer.alloc(edtl)
+              w.buf.copy(full, 0, 0, w.received)
+              w.buf = dataOut = full
+            }
+            let r2tsn = 0
+            while (w.received < edtl && !this.isClosed() && !w.failed) {
+              w.dataSN = 0 // each R2T starts a new data sequence
+              const len = Math.min(this.params.maxBurstLength, edtl - w.received)
+              const ttt = this.nextTTT++ >>> 0
+              w.ttt = ttt
+              const wait = new Promise<void>((r) => (w.done = r))
+              const r2t = P.bhs(P.R2T, 0x80, 0)
+              bhs.copy(r2t, 8, 8, 16)
+              r2t.writeUInt32BE(itt, 16)
+              r2t.writeUInt32BE(ttt, 20)
+              this.seq(r2t, false)
+              r2t.writeUInt32BE(r2tsn++, 36)
+              r2t.writeUInt32BE(w.received, 40)
+              r2t.writeUInt32BE(len, 44)
+              this.send(r2t)
+              await wait
+            }
+          } finally {
+            this.pending.delete(itt)
+          }
+          if (this.isClosed()) return
+          if (w.failed) {
+            const sense = w.failed === 'digest' ? crcErrorSense() : senseData(new SenseError(S.ABORTED_COMMAND, 'DATA_PHASE_ERROR'))
+            this.response(itt, S.CHECK_CONDITION, sense, 0, 0)
+            this.account(cdb[0], t0, S.CHECK_CONDITION, 0, 0)
+            return
+          }
+        }
+      }
+      if (!room) {
+        // a write whose data all came unsolicited
+        await this.budget.take(need)
+        held = need
+        if (this.isClosed()) return
+      }
+      // Residuals (RFC 7143 §11.4.5): compare the initiator's expected length with the SCSI
+      // transfer length; on overflow only what both agree on is written.
+      let execCdb: Buffer = cdb
+      let flags = 0
+      let residual = 0
+      let written = dataOut?.length ?? 0
+      if (write) {
+        const need = dataOutLength(cdb)
+        if (need) written = Math.min(written, need.bytes)
+        if (need && need.bytes !== edtl) {
+          if (edtl < need.bytes) {
+            flags = 0x04
+            residual = need.bytes - edtl
+            if (need.shrink) execCdb = need.shrink(Math.floor(edtl / 512))
+          } else {
+            flags = 0x02
+            residual = edtl - need.bytes
+          }
+        }
+      }
+      const res = await lu.execute(execCdb, dataOut, this.nexus)
+      if (dataOut && dataOut.length >= 64 * 1024) recycle(dataOut)
+      const dataIn = res.dataIn ?? Buffer.alloc(0)
+      const ok = res.status === S.GOOD
+      this.account(cdb[0], t0, res.status, ok && read ? Math.min(dataIn.length, edtl) : 0, ok ? written : 0)
+      if (read && res.status !== S.CHECK_CONDITION && dataIn.length > 0 && edtl > 0) {
+        this.dataIn(bhs, itt, dataIn, edtl, res.status)
+        return
+      }
+      if (read && res.status !== S.CHECK_CONDITION) {
+        if (dataIn.length > edtl) {
+          flags = 0x04
+          residual = dataIn.length - edtl
+        } else if (dataIn.length < edtl) {
+          flags = 0x02
+          residual = edtl - dataIn.length
+        }
+      }
+      this.response(itt, res.status, res.sense, flags, residual)
+    } finally {
+      if (held) this.budget.give(held)
     }
-    this.response(itt, res.status, res.sense, flags, residual)
   }
 
   private dataIn(cmd: Buffer, itt: number, data: Buffer, edtl: number, status: number): void {
-    const send = data.subarray(0, Math.min(data.length, edtl))
     const over = data.length > edtl
+    // the part sent of a longer result is copied, so the socket's queue holds no more than it counts
+    const send = over ? Buffer.from(data.subarray(0, edtl)) : data
     const under = data.length < edtl
     const seg = this.params.maxRecvDataSegmentLength
     let sn = 0

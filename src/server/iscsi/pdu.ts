@@ -24,6 +24,7 @@ export const REJECT = 0x3f
 export const REJECT_DIGEST_ERROR = 0x02
 export const REJECT_PROTOCOL_ERROR = 0x04
 export const REJECT_COMMAND_NOT_SUPPORTED = 0x05
+export const REJECT_IMMEDIATE_COMMAND = 0x06 // too many immediate commands
 export const REJECT_INVALID_PDU_FIELD = 0x09
 
 export const BHS = 48
