@@ -124,6 +124,12 @@ function recycle(b: Buffer): void {
   }
 }
 
+/** Where data that is not used is read to be dropped (shared: nobody reads it back). */
+const DISCARD = Buffer.allocUnsafe(TARGET_MAX_RECV)
+
+/** Requests that carry a CmdSN (RFC 7143 §4.2.2.1); Data-Out and SNACK do not. */
+const NUMBERED = new Set([P.NOP_OUT, P.SCSI_COMMAND, P.TASK_MGMT_REQUEST, P.TEXT_REQUEST, P.LOGOUT_REQUEST])
+
 /** ABORTED COMMAND, PROTOCOL SERVICE CRC ERROR: the command's data failed its digest. */
 const crcErrorSense = () => senseData(new SenseError(S.ABORTED_COMMAND, 'PROTOCOL_SERVICE_CRC_ERROR'))
 
@@ -179,12 +185,15 @@ export class IscsiConnection {
   private dataDigest = false
   private digestsOn = false
   private dataDigestsOn = false
+  private fullFeaturePhase = false
   private params: Params = { maxRecvDataSegmentLength: 8192, maxBurstLength: 262144, firstBurstLength: 65536, initialR2T: true, immediateData: true }
   private readonly pending = new Map<number, PendingWrite>()
   private nextTTT = 1
   private readonly tasks = new Set<Promise<void>>()
-  /** SCSI commands in the CmdSN window (not immediate) still running: they hold the window */
+  /** SCSI commands in the CmdSN window (not immediate) whose status is not yet sent */
   private running = 0
+  /** immediate SCSI commands (outside the window) still running */
+  private immediates = 0
   private readonly budget: MemoryBudget
   /** The last command arrived with no other in flight (queue depth 1: see net/poll.ts). */
   private alone = true
@@ -252,7 +261,18 @@ export class IscsiConnection {
     }
     let data: Buffer
     let direct = false
-    const w = dlen && P.opcodeOf(bhs) === P.SCSI_DATA_OUT ? this.pending.get(P.ittOf(bhs)) : undefined
+    const pad = (4 - (dlen % 4)) % 4
+    const dataOut = dlen && P.opcodeOf(bhs) === P.SCSI_DATA_OUT
+    const w = dataOut ? this.pending.get(P.ittOf(bhs)) : undefined
+    // decided once, here: the window only widens until the loop takes this PDU
+    const ignored = this.ignored(bhs)
+    if (ignored || (dataOut && !w)) {
+      // data nobody will use (a request outside the window, a Data-Out for no task) is read
+      // into a scratch buffer and dropped, so a flood of it allocates nothing
+      const skip = dlen ? dlen + pad + (this.dataDigestsOn ? 4 : 0) : 0
+      for (let left = skip; left > 0; left -= DISCARD.length) await this.q.readInto(DISCARD, 0, Math.min(left, DISCARD.length))
+      return { bhs, ahs, data: Buffer.alloc(0), ignored }
+    }
     const offset = w ? bhs.readUInt32BE(40) : 0
     if (w && offset === w.received && offset + dlen <= w.buf.length) {
       // a Data-Out's payload goes straight into its command's buffer (dataOut() checks the rest)
@@ -260,7 +280,6 @@ export class IscsiConnection {
       data = w.buf.subarray(offset, offset + dlen)
       direct = true
     } else data = dlen ? await this.q.read(dlen) : Buffer.alloc(0)
-    const pad = (4 - (dlen % 4)) % 4
     const padding = pad ? await this.q.read(pad) : null
     if (this.dataDigestsOn && dlen) {
       // covers the data segment and its padding (RFC 7143 §11.1); a bad one costs this PDU only
@@ -312,8 +331,8 @@ export class IscsiConnection {
 
   /**
    * Fills StatSN/ExpCmdSN/MaxCmdSN at 24/28/32; advances StatSN when `advance`. MaxCmdSN leaves
-   * room for CMD_WINDOW running commands: it moves when one completes (the PDU after its status
-   * carries it), never backwards, and equals ExpCmdSN - 1 (a closed window) when all are running.
+   * room for CMD_WINDOW running commands: it moves when one completes (its status PDU carries
+   * it), never backwards, and equals ExpCmdSN - 1 (a closed window) when all are running.
    */
   private seq(b: Buffer, advance = true): Buffer {
     b.writeUInt32BE(advance ? this.statSN++ >>> 0 : this.statSN >>> 0, 24)
@@ -325,6 +344,11 @@ export class IscsiConnection {
   /** Is CmdSN within [ExpCmdSN, MaxCmdSN] (serial arithmetic, RFC 1982)? */
   private inWindow(cmdSN: number): boolean {
     return ((cmdSN - this.expCmdSN) >>> 0) < CMD_WINDOW - this.running
+  }
+
+  /** A request in full feature phase that is silently ignored: not immediate, and its CmdSN outside the window (§4.2.2.1). */
+  private ignored(bhs: Buffer): boolean {
+    return this.fullFeaturePhase && !P.immediateOf(bhs) && NUMBERED.has(P.opcodeOf(bhs)) && !this.inWindow(bhs.readUInt32BE(24))
   }
 
   // ---- login ----------------------------------------------------------------------------
@@ -447,6 +471,7 @@ export class IscsiConnection {
       if (done) {
         this.digestsOn = this.headerDigest
         this.dataDigestsOn = this.dataDigest
+        this.fullFeaturePhase = true
         return
       }
     }
@@ -529,14 +554,8 @@ export class IscsiConnection {
         this.dataDigestError(pdu)
         continue
       }
-      if (op === P.SCSI_COMMAND || op === P.TEXT_REQUEST || op === P.LOGOUT_REQUEST || op === P.TASK_MGMT_REQUEST || op === P.NOP_OUT) {
-        const cmdSN = pdu.bhs.readUInt32BE(24)
-        if (!P.immediateOf(pdu.bhs)) {
-          // outside [ExpCmdSN, MaxCmdSN]: silently ignored (§4.2.2.1)
-          if (!this.inWindow(cmdSN)) continue
-          this.expCmdSN = (cmdSN + 1) >>> 0
-        }
-      }
+      if (pdu.ignored) continue
+      if (NUMBERED.has(op) && !P.immediateOf(pdu.bhs)) this.expCmdSN = (pdu.bhs.readUInt32BE(24) + 1) >>> 0
       switch (op) {
         case P.NOP_OUT:
           this.nop(pdu)
@@ -547,17 +566,22 @@ export class IscsiConnection {
             break
           }
           const windowed = !P.immediateOf(pdu.bhs)
-          if (!windowed && this.tasks.size - this.running >= MAX_IMMEDIATE) {
+          if (!windowed && this.immediates >= MAX_IMMEDIATE) {
             this.reject(pdu.bhs, P.REJECT_IMMEDIATE_COMMAND)
             break
           }
           this.alone = this.tasks.size === 0
+          // a command in the window holds its slot until its status is sent (see `seq`)
           if (windowed) this.running++
-          const task = this.command(pdu).catch((e) => this.log.error({ err: e }, 'iscsi: command failed'))
+          else this.immediates++
+          const task = this.command(pdu, windowed).catch((e) => {
+            this.log.error({ err: e }, 'iscsi: command failed')
+            if (windowed) this.running--
+          })
           this.tasks.add(task)
           void task.finally(() => {
             this.tasks.delete(task)
-            if (windowed) this.running--
+            if (!windowed) this.immediates--
           })
           break
         }
@@ -602,13 +626,9 @@ export class IscsiConnection {
         if (P.finalOf(pdu.bhs)) w.done()
       }
     } else if (op === P.SCSI_COMMAND) {
-      if (!P.immediateOf(pdu.bhs)) {
-        // the CmdSN was used; the command ends here (one outside the window is ignored)
-        const cmdSN = pdu.bhs.readUInt32BE(24)
-        if (!this.inWindow(cmdSN)) return
-        this.expCmdSN = (cmdSN + 1) >>> 0
-      }
-      this.response(P.ittOf(pdu.bhs), S.CHECK_CONDITION, crcErrorSense(), 0, 0)
+      // the CmdSN was used (one outside the window was ignored unread); the command ends here
+      if (!P.immediateOf(pdu.bhs)) this.expCmdSN = (pdu.bhs.readUInt32BE(24) + 1) >>> 0
+      this.response(P.ittOf(pdu.bhs), S.CHECK_CONDITION, crcErrorSense(), 0, 0, false)
     }
   }
 
@@ -697,7 +717,11 @@ export class IscsiConnection {
     else if (P.finalOf(pdu.bhs)) w.done() // end of this burst: the command loop sends the next R2T
   }
 
-  private async command(pdu: P.Pdu): Promise<void> {
+  /**
+   * Runs a SCSI command and sends its status (a SCSI Response, the last Data-In, or a Reject).
+   * `windowed`: it holds a CmdSN window slot, freed by the PDU that carries its status.
+   */
+  private async command(pdu: P.Pdu, windowed: boolean): Promise<void> {
     const { bhs } = pdu
     const itt = P.ittOf(bhs)
     const read = (bhs[1] & 0x40) !== 0
@@ -713,11 +737,12 @@ export class IscsiConnection {
       sense[2] = S.ILLEGAL_REQUEST
       sense[7] = 10
       sense[12] = 0x25
-      this.response(itt, S.CHECK_CONDITION, sense, 0, 0)
+      this.response(itt, S.CHECK_CONDITION, sense, 0, 0, windowed)
       this.account(cdb[0], t0, S.CHECK_CONDITION, 0, 0)
       return
     }
     if (write && edtl > MAX_EXPECTED_DATA) {
+      if (windowed) this.running--
       this.reject(bhs, P.REJECT_INVALID_PDU_FIELD)
       return
     }
@@ -787,7 +812,7 @@ export class IscsiConnection {
           if (this.isClosed()) return
           if (w.failed) {
             const sense = w.failed === 'digest' ? crcErrorSense() : senseData(new SenseError(S.ABORTED_COMMAND, 'DATA_PHASE_ERROR'))
-            this.response(itt, S.CHECK_CONDITION, sense, 0, 0)
+            this.response(itt, S.CHECK_CONDITION, sense, 0, 0, windowed)
             this.account(cdb[0], t0, S.CHECK_CONDITION, 0, 0)
             return
           }
@@ -825,7 +850,7 @@ export class IscsiConnection {
       const ok = res.status === S.GOOD
       this.account(cdb[0], t0, res.status, ok && read ? Math.min(dataIn.length, edtl) : 0, ok ? written : 0)
       if (read && res.status !== S.CHECK_CONDITION && dataIn.length > 0 && edtl > 0) {
-        this.dataIn(bhs, itt, dataIn, edtl, res.status)
+        this.dataIn(bhs, itt, dataIn, edtl, res.status, windowed)
         return
       }
       if (read && res.status !== S.CHECK_CONDITION) {
@@ -837,13 +862,14 @@ export class IscsiConnection {
           residual = edtl - dataIn.length
         }
       }
-      this.response(itt, res.status, res.sense, flags, residual)
+      this.response(itt, res.status, res.sense, flags, residual, windowed)
     } finally {
       if (held) this.budget.give(held)
     }
   }
 
-  private dataIn(cmd: Buffer, itt: number, data: Buffer, edtl: number, status: number): void {
+  /** Data-In, the last one with the status; `slot`: the command's window slot is freed with it. */
+  private dataIn(cmd: Buffer, itt: number, data: Buffer, edtl: number, status: number, slot: boolean): void {
     const over = data.length > edtl
     // the part sent of a longer result is copied, so the socket's queue holds no more than it counts
     const send = over ? Buffer.from(data.subarray(0, edtl)) : data
@@ -858,6 +884,7 @@ export class IscsiConnection {
       cmd.copy(b, 8, 8, 16)
       b.writeUInt32BE(itt, 16)
       b.writeUInt32BE(P.RESERVED_TAG, 20)
+      if (last && slot) this.running--
       this.seq(b, last)
       b.writeUInt32BE(sn++, 36)
       b.writeUInt32BE(off, 40)
@@ -876,7 +903,9 @@ export class IscsiConnection {
     this.tally.request(OP_CLASS.get(opcode) ?? 'other', t0, status !== S.GOOD, read, written)
   }
 
-  private response(itt: number, status: number, sense: Buffer | undefined, flags: number, residual: number): void {
+  /** SCSI Response; `slot`: the command's window slot is freed with it. */
+  private response(itt: number, status: number, sense: Buffer | undefined, flags: number, residual: number, slot: boolean): void {
+    if (slot) this.running--
     const b = P.bhs(P.SCSI_RESPONSE, 0x80 | flags, 0)
     b[2] = 0 // command completed at target
     b[3] = status

@@ -38,6 +38,8 @@ export interface Pdu {
   digestError?: boolean
   /** the data was read straight into its Data-Out's command buffer at the PDU's offset */
   direct?: boolean
+  /** a request outside the CmdSN window, to be silently ignored (its data was dropped unread) */
+  ignored?: boolean
 }
 
 export const opcodeOf = (bhs: Buffer) => bhs[0] & 0x3f

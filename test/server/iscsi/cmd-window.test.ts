@@ -61,6 +61,7 @@ t.test('MaxCmdSN advances as commands complete; a command outside the window is 
   let r = await c.read()
   t.equal(opcode(r), SCSI_RESPONSE)
   t.equal(r.bhs[3], 0, 'the held write completes GOOD')
+  t.equal(sequence(r).maxCmdSN, CMD_WINDOW + 1, 'its status carries the freed slot')
   seq = sequence(await ping())
   t.equal(seq.maxCmdSN, CMD_WINDOW + 1, 'MaxCmdSN advanced by the completion')
   c.command(write10(100, 1), { write: late, cmdSN: CMD_WINDOW + 1 })
