@@ -195,6 +195,8 @@ export class IscsiConnection {
   /** immediate SCSI commands (outside the window) still running */
   private immediates = 0
   private readonly budget: MemoryBudget
+  /** The connection is ending (its loop has stopped): no command starts or waits any more. */
+  private ending = false
   /** The last command arrived with no other in flight (queue depth 1: see net/poll.ts). */
   private alone = true
 
@@ -232,6 +234,8 @@ export class IscsiConnection {
         this.log.info({ peer: this.sock.remoteAddress, reason: e.message }, 'iscsi: closing connection')
       }
     } finally {
+      // commands waiting for data or room end without running
+      this.ending = true
       for (const p of this.pending.values()) p.done()
       this.budget.close()
       await Promise.allSettled([...this.tasks])
@@ -632,6 +636,10 @@ export class IscsiConnection {
     }
   }
 
+  private gone(): boolean {
+    return this.ending || this.isClosed()
+  }
+
   private get lu(): LogicalUnit | null {
     return this.target?.lu ?? null
   }
@@ -761,7 +769,7 @@ export class IscsiConnection {
         room = true
       }
       if (room) held = need
-      if (this.isClosed()) return
+      if (this.gone()) return
       let dataOut: Buffer | null = null
       if (write && edtl > 0) {
         const immediate = pdu.data.subarray(0, Math.min(pdu.data.length, edtl))
@@ -780,7 +788,7 @@ export class IscsiConnection {
                 have = w.received
               }
             }
-            if (!room && !w.failed && !this.isClosed()) {
+            if (!room && !w.failed && !this.gone()) {
               await this.budget.take(need)
               held = need
               room = true
@@ -789,7 +797,7 @@ export class IscsiConnection {
               w.buf = dataOut = full
             }
             let r2tsn = 0
-            while (w.received < edtl && !this.isClosed() && !w.failed) {
+            while (w.received < edtl && !this.gone() && !w.failed) {
               w.dataSN = 0 // each R2T starts a new data sequence
               const len = Math.min(this.params.maxBurstLength, edtl - w.received)
               const ttt = this.nextTTT++ >>> 0
@@ -809,7 +817,7 @@ export class IscsiConnection {
           } finally {
             this.pending.delete(itt)
           }
-          if (this.isClosed()) return
+          if (this.gone()) return
           if (w.failed) {
             const sense = w.failed === 'digest' ? crcErrorSense() : senseData(new SenseError(S.ABORTED_COMMAND, 'DATA_PHASE_ERROR'))
             this.response(itt, S.CHECK_CONDITION, sense, 0, 0, windowed)
@@ -822,7 +830,7 @@ export class IscsiConnection {
         // a write whose data all came unsolicited
         await this.budget.take(need)
         held = need
-        if (this.isClosed()) return
+        if (this.gone()) return
       }
       // Residuals (RFC 7143 §11.4.5): compare the initiator's expected length with the SCSI
       // transfer length; on overflow only what both agree on is written.

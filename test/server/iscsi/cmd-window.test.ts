@@ -99,3 +99,28 @@ t.test('MaxCmdSN advances as commands complete; a command outside the window is 
     'the held writes landed',
   )
 })
+
+t.test('a protocol error ends the connection while commands wait for data or room, and releases the disk', async (t) => {
+  const s = await startServer(t)
+  await s.ds.createDisk('e', 4 << 20)
+  const api = `http://127.0.0.1:${s.httpPort}/api/v1/disks/e`
+  const c = await RawIscsi.open(s.iscsiPort)
+  t.teardown(() => c.close())
+  await c.login('iqn.2026-11.local.tandem:e', 'InitialR2T=Yes\0ImmediateData=Yes\0')
+  c.command(write10(0, 1), { writeFlag: true, edtl: 512 })
+  t.equal(opcode(await c.read()), R2T, 'a write waits for its data')
+  const closed = new Promise<void>((r) => c.sock.once('close', () => r()))
+  c.sock.on('data', () => {}) // drain whatever else comes
+  const huge = Buffer.alloc(48)
+  huge[0] = 0x01
+  huge.writeUIntBE(0xffffff, 5, 3) // a data segment over MaxRecvDataSegmentLength: the connection ends
+  c.sock.write(huge)
+  const ended = await Promise.race([closed.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 5000))])
+  t.ok(ended, 'the target closed the connection')
+  let writers = 1
+  for (let i = 0; i < 100 && writers > 0; i++) {
+    writers = ((await (await fetch(api)).json()) as { writers: number }).writers
+    if (writers > 0) await new Promise((r) => setTimeout(r, 20))
+  }
+  t.equal(writers, 0, 'the disk is released')
+})
