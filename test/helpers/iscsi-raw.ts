@@ -2,6 +2,7 @@ import { connect, type Socket } from 'node:net'
 import type { Test } from 'tap'
 import { crc32c } from '../../src/disk-formats/lock-region/crc32c.js'
 import { socketQueue } from '../../src/server/net/tcp-service.js'
+import { startServer } from './server.js'
 
 /**
  * An iSCSI initiator over a raw socket, writing literal PDUs (RFC 7143 §11): for what no real
@@ -198,3 +199,22 @@ export const rw10 = (op: number, lba: number, blocks: number) => {
 }
 export const write10 = (lba: number, blocks: number) => rw10(0x2a, lba, blocks)
 export const read10 = (lba: number, blocks: number) => rw10(0x28, lba, blocks)
+
+/** An in-process server with one disk, the disk's REST address and a raw connection to the target (closed at teardown). */
+export async function rawTarget(t: Test, disk: string, size = 4 << 20) {
+  const s = await startServer(t)
+  await s.ds.createDisk(disk, size)
+  const c = await RawIscsi.open(s.iscsiPort)
+  t.teardown(() => c.close())
+  return { s, c, api: `http://127.0.0.1:${s.httpPort}/api/v1/disks/${disk}`, target: `iqn.2026-11.local.tandem:${disk}` }
+}
+
+/** The disk's writer count from REST, polled until it is 0 or 2 s have passed (a session's release follows its socket's close). */
+export async function writersAfterClose(api: string): Promise<number> {
+  let writers = 1
+  for (let i = 0; i < 100 && writers > 0; i++) {
+    writers = ((await (await fetch(api)).json()) as { writers: number }).writers
+    if (writers > 0) await new Promise((r) => setTimeout(r, 20))
+  }
+  return writers
+}

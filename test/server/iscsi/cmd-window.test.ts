@@ -1,8 +1,7 @@
 import t from 'tap'
 import { CMD_WINDOW, MAX_IMMEDIATE } from '../../../src/server/iscsi/connection.js'
 import { pattern } from '../../helpers/peers.js'
-import { startServer } from '../../helpers/server.js'
-import { RawIscsi, opcode, sequence, write10, type RawPdu } from '../../helpers/iscsi-raw.js'
+import { rawTarget, opcode, sequence, write10, writersAfterClose, type RawPdu } from '../../helpers/iscsi-raw.js'
 
 /*
  * The CmdSN window (RFC 7143 §4.2.2.1) slides as commands complete, not as they arrive: with
@@ -18,11 +17,8 @@ const SCSI_RESPONSE = 0x21
 const REJECT = 0x3f
 
 t.test('MaxCmdSN advances as commands complete; a command outside the window is not executed', async (t) => {
-  const s = await startServer(t)
-  await s.ds.createDisk('w', 4 << 20)
-  const c = await RawIscsi.open(s.iscsiPort)
-  t.teardown(() => c.close())
-  await c.login('iqn.2026-11.local.tandem:w', 'InitialR2T=Yes\0ImmediateData=Yes\0')
+  const { c, target } = await rawTarget(t, 'w')
+  await c.login(target, 'InitialR2T=Yes\0ImmediateData=Yes\0')
   const ping = async (): Promise<RawPdu> => {
     c.ping()
     const r = await c.read()
@@ -101,12 +97,8 @@ t.test('MaxCmdSN advances as commands complete; a command outside the window is 
 })
 
 t.test('a protocol error ends the connection while commands wait for data or room, and releases the disk', async (t) => {
-  const s = await startServer(t)
-  await s.ds.createDisk('e', 4 << 20)
-  const api = `http://127.0.0.1:${s.httpPort}/api/v1/disks/e`
-  const c = await RawIscsi.open(s.iscsiPort)
-  t.teardown(() => c.close())
-  await c.login('iqn.2026-11.local.tandem:e', 'InitialR2T=Yes\0ImmediateData=Yes\0')
+  const { c, api, target } = await rawTarget(t, 'e')
+  await c.login(target, 'InitialR2T=Yes\0ImmediateData=Yes\0')
   c.command(write10(0, 1), { writeFlag: true, edtl: 512 })
   t.equal(opcode(await c.read()), R2T, 'a write waits for its data')
   const closed = new Promise<void>((r) => c.sock.once('close', () => r()))
@@ -117,10 +109,5 @@ t.test('a protocol error ends the connection while commands wait for data or roo
   c.sock.write(huge)
   const ended = await Promise.race([closed.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 5000))])
   t.ok(ended, 'the target closed the connection')
-  let writers = 1
-  for (let i = 0; i < 100 && writers > 0; i++) {
-    writers = ((await (await fetch(api)).json()) as { writers: number }).writers
-    if (writers > 0) await new Promise((r) => setTimeout(r, 20))
-  }
-  t.equal(writers, 0, 'the disk is released')
+  t.equal(await writersAfterClose(api), 0, 'the disk is released')
 })

@@ -1,7 +1,6 @@
 import t from 'tap'
 import { createHash } from 'node:crypto'
-import { startServer } from '../../helpers/server.js'
-import { RawIscsi, opcode, textKeys } from '../../helpers/iscsi-raw.js'
+import { rawTarget, opcode, textKeys, writersAfterClose } from '../../helpers/iscsi-raw.js'
 
 /*
  * The disk is opened when the login completes, not when it starts: an initiator that asks for a
@@ -12,12 +11,8 @@ import { RawIscsi, opcode, textKeys } from '../../helpers/iscsi-raw.js'
 const INITIATOR = 'iqn.2026-11.test:silent'
 
 t.test('a CHAP login left unanswered does not open the disk', async (t) => {
-  const s = await startServer(t)
-  await s.ds.createDisk('c', 1 << 20)
+  const { s, c, api } = await rawTarget(t, 'c', 1 << 20)
   await s.ds.setAccess('c', { initiators: [], chap: { user: 'alice', secret: 'alice-secret-123' } })
-  const api = `http://127.0.0.1:${s.httpPort}/api/v1/disks/c`
-  const c = await RawIscsi.open(s.iscsiPort)
-  t.teardown(() => c.close())
 
   // security stage: AuthMethod, then the CHAP algorithm; the target sends its challenge
   c.loginRequest(0, 1, true, `InitiatorName=${INITIATOR}\0SessionType=Normal\0TargetName=iqn.2026-11.local.tandem:c\0AuthMethod=CHAP,None\0`)
@@ -57,11 +52,7 @@ t.test('a CHAP login left unanswered does not open the disk', async (t) => {
 })
 
 t.test('the disk is opened when the login completes, and released when the session ends', async (t) => {
-  const s = await startServer(t)
-  await s.ds.createDisk('n', 1 << 20)
-  const api = `http://127.0.0.1:${s.httpPort}/api/v1/disks/n`
-  const c = await RawIscsi.open(s.iscsiPort)
-  t.teardown(() => c.close())
+  const { c, api } = await rawTarget(t, 'n', 1 << 20)
   // security stage done (AuthMethod None), operational stage begun: still nothing open
   c.loginRequest(0, 1, true, `InitiatorName=${INITIATOR}\0SessionType=Normal\0TargetName=iqn.2026-11.local.tandem:n\0AuthMethod=None\0`)
   let r = await c.read()
@@ -78,9 +69,5 @@ t.test('the disk is opened when the login completes, and released when the sessi
   const read = await c.readBlocks(0, 1)
   t.equal(read.status, 0, 'READ(10) GOOD')
   c.close()
-  for (let i = 0; i < 100 && disk.writers > 0; i++) {
-    await new Promise((r) => setTimeout(r, 20))
-    disk = (await (await fetch(api)).json()) as { openExports: Record<string, number>; writers: number }
-  }
-  t.equal(disk.writers, 0, 'released at the end of the session')
+  t.equal(await writersAfterClose(api), 0, 'released at the end of the session')
 })
