@@ -6,19 +6,31 @@ import type { ByteQueue } from '../net/byte-queue.js'
 import { poller } from '../net/poll.js'
 import { ProtocolError, socketQueue } from '../net/tcp-service.js'
 import * as S from '../scsi/constants.js'
-import { dataOutLength, SenseError, senseData, type LogicalUnit } from '../scsi/index.js'
+import { dataOutLength, mediumReadLength, SenseError, senseData, type LogicalUnit } from '../scsi/index.js'
 import * as P from './pdu.js'
+import { MemoryBudget } from './memory-budget.js'
 import { crc32c } from '../../disk-formats/lock-region/crc32c.js'
+import { StorageError } from '../../disk-formats/errors.js'
 
 
 /** What the connection needs from the target: names, access checks, logical units. */
 export interface TargetDirectory {
   /** targets this initiator may see (SendTargets) */
   visibleTargets(initiator: string): Promise<string[]>
-  /** the LU of a target for this initiator, or an error reason for the login response */
-  /** `name` (the disk) labels the export's metrics. */
-  openTarget(iqn: string, initiator: string): Promise<{ name: string; lu: LogicalUnit; release(): Promise<void>; chap?: ChapSecrets } | { refused: 'not-found' | 'not-authorized' }>
+  /**
+   * A target this initiator may log in to, or an error reason for the login response. Nothing is
+   * opened until `open()`, which the login calls once it is complete (after authentication).
+   * `name` (the disk) labels the export's metrics.
+   */
+  findTarget(iqn: string, initiator: string): Promise<TargetEntry | { refused: 'not-found' | 'not-authorized' }>
   portal: string
+}
+
+export interface TargetEntry {
+  name: string
+  chap?: ChapSecrets
+  /** Opens the disk's LU; throws a StorageError (NotFound when the disk has gone since `findTarget`). */
+  open(): Promise<{ lu: LogicalUnit; release(): Promise<void> }>
 }
 
 export interface ChapSecrets {
@@ -54,9 +66,34 @@ interface Params {
 const TARGET_MAX_RECV = 262144
 const TARGET_MAX_BURST = 1048576
 const TARGET_FIRST_BURST = 262144
-/** Largest data-out buffer a command may ask for: the SCSI layer's maximum transfer (32 MiB) doubled for COMPARE AND WRITE. */
-const MAX_EXPECTED_DATA = 64 * 1024 * 1024
-const CMD_WINDOW = 64
+
+/*
+ * Memory per connection. A client that sends commands and never reads their replies (or never
+ * sends the data its writes announce) makes the connection hold at most CONNECTION_MEMORY_BOUND:
+ * - DATA_BUDGET: data buffers of the commands being run (a write's data-out, what a read or
+ *   verify reads from the disk) plus replies queued on the socket. A command waits for its bytes
+ *   before it runs (a write: before its R2T); while the budget is exceeded by queued replies, no
+ *   further request is read.
+ * - RECEIVE_QUEUE: bytes received and not yet parsed (the socket is paused beyond it).
+ * - per command admitted (CMD_WINDOW in the CmdSN window, MAX_IMMEDIATE immediate ones): the PDU
+ *   it came in and its unsolicited data, at most TARGET_FIRST_BURST (= MaxRecvDataSegmentLength).
+ * MaxCmdSN advances as commands complete, not as they arrive, so a well-behaved initiator is
+ * throttled by the window; a command outside it is silently ignored (RFC 7143 §4.2.2.1), and an
+ * immediate command over MAX_IMMEDIATE is rejected (reason "too many immediate commands").
+ */
+export const CMD_WINDOW = 64
+export const MAX_IMMEDIATE = 8
+/** The LU's maximum transfer (32 MiB, VPD B0): the largest command fits the budget alone. */
+const DATA_BUDGET = 32 << 20
+const RECEIVE_QUEUE = 8 << 20
+/**
+ * 32 + 8 + 72 × 0.25 = 58 MiB: "under 64 MiB per connection" (README, iSCSI). Not counted: a
+ * command needing more than the whole budget (ORWRITE, or VERIFY with BYTCHK 3, of over 16 MiB)
+ * waits until it has the budget to itself, then may use up to twice it.
+ */
+export const CONNECTION_MEMORY_BOUND = DATA_BUDGET + RECEIVE_QUEUE + (CMD_WINDOW + MAX_IMMEDIATE) * TARGET_FIRST_BURST
+/** Largest data-out buffer a command may ask for: the LU's maximum transfer; it must fit DATA_BUDGET. */
+const MAX_EXPECTED_DATA = DATA_BUDGET
 /** Data segments at least this long are written without being copied into one buffer with their header. */
 const LARGE_SEGMENT = 32 * 1024
 
@@ -68,15 +105,30 @@ const LARGE_SEGMENT = 32 * 1024
  */
 const pool = new Map<number, Buffer[]>()
 const POOL_PER_SIZE = 32
+/** The pool is shared by every connection; its bytes are bounded, whatever sizes clients use. */
+const POOL_BYTES = 64 << 20
+let pooled = 0
 function writeBuffer(size: number): Buffer {
-  return pool.get(size)?.pop() ?? Buffer.allocUnsafe(size)
+  const b = pool.get(size)?.pop()
+  if (!b) return Buffer.allocUnsafe(size)
+  pooled -= b.length
+  return b
 }
 function recycle(b: Buffer): void {
-  if (b.length < 64 * 1024 || b.length > 4 << 20) return
+  if (b.length < 64 * 1024 || b.length > 4 << 20 || pooled + b.length > POOL_BYTES) return
   let list = pool.get(b.length)
   if (!list) pool.set(b.length, (list = []))
-  if (list.length < POOL_PER_SIZE) list.push(b)
+  if (list.length < POOL_PER_SIZE) {
+    list.push(b)
+    pooled += b.length
+  }
 }
+
+/** Where data that is not used is read to be dropped (shared: nobody reads it back). */
+const DISCARD = Buffer.allocUnsafe(TARGET_MAX_RECV)
+
+/** Requests that carry a CmdSN (RFC 7143 §4.2.2.1); Data-Out and SNACK do not. */
+const NUMBERED = new Set([P.NOP_OUT, P.SCSI_COMMAND, P.TASK_MGMT_REQUEST, P.TEXT_REQUEST, P.LOGOUT_REQUEST])
 
 /** ABORTED COMMAND, PROTOCOL SERVICE CRC ERROR: the command's data failed its digest. */
 const crcErrorSense = () => senseData(new SenseError(S.ABORTED_COMMAND, 'PROTOCOL_SERVICE_CRC_ERROR'))
@@ -120,7 +172,9 @@ export class IscsiConnection {
   private nexus = ''
   private joined = false
   private discovery = false
-  private target: { name: string; lu: LogicalUnit; release(): Promise<void>; chap?: ChapSecrets } | null = null
+  /** the target named at login; its LU is opened when the login completes (`target`) */
+  private entry: TargetEntry | null = null
+  private target: { name: string; lu: LogicalUnit; release(): Promise<void> } | null = null
   /** This connection's requests to its export, for /metrics. */
   private tally: ExportTally | null = null
   /** CHAP state of the login: the challenge we sent, and whether the initiator has answered it */
@@ -131,10 +185,18 @@ export class IscsiConnection {
   private dataDigest = false
   private digestsOn = false
   private dataDigestsOn = false
+  private fullFeaturePhase = false
   private params: Params = { maxRecvDataSegmentLength: 8192, maxBurstLength: 262144, firstBurstLength: 65536, initialR2T: true, immediateData: true }
   private readonly pending = new Map<number, PendingWrite>()
   private nextTTT = 1
   private readonly tasks = new Set<Promise<void>>()
+  /** SCSI commands in the CmdSN window (not immediate) whose status is not yet sent */
+  private running = 0
+  /** immediate SCSI commands (outside the window) still running */
+  private immediates = 0
+  private readonly budget: MemoryBudget
+  /** The connection is ending (its loop has stopped): no command starts or waits any more. */
+  private ending = false
   /** The last command arrived with no other in flight (queue depth 1: see net/poll.ts). */
   private alone = true
 
@@ -144,9 +206,12 @@ export class IscsiConnection {
     private readonly log: Logger,
     private readonly metrics: Metrics,
   ) {
-    const s = socketQueue(sock, 8 << 20)
+    const s = socketQueue(sock, RECEIVE_QUEUE)
     this.q = s.q
     this.isClosed = s.closed
+    this.budget = new MemoryBudget(DATA_BUDGET, () => (sock.writableNeedDrain ? sock.writableLength : 0))
+    sock.on('drain', () => this.budget.drained())
+    sock.on('close', () => this.budget.close())
   }
 
   /** `established`: called once the login is complete (ends its time limit). */
@@ -171,7 +236,10 @@ export class IscsiConnection {
         this.log.info({ peer: this.sock.remoteAddress, reason: e.message }, 'iscsi: closing connection')
       }
     } finally {
+      // commands waiting for data or room end without running
+      this.ending = true
       for (const p of this.pending.values()) p.done()
+      this.budget.close()
       await Promise.allSettled([...this.tasks])
       if (this.joined) this.target?.lu.nexusLost(this.nexus)
       this.tally?.close()
@@ -199,7 +267,18 @@ export class IscsiConnection {
     }
     let data: Buffer
     let direct = false
-    const w = dlen && P.opcodeOf(bhs) === P.SCSI_DATA_OUT ? this.pending.get(P.ittOf(bhs)) : undefined
+    const pad = (4 - (dlen % 4)) % 4
+    const dataOut = dlen && P.opcodeOf(bhs) === P.SCSI_DATA_OUT
+    const w = dataOut ? this.pending.get(P.ittOf(bhs)) : undefined
+    // decided once, here: the window only widens until the loop takes this PDU
+    const ignored = this.ignored(bhs)
+    if (ignored || (dataOut && !w)) {
+      // data nobody will use (a request outside the window, a Data-Out for no task) is read
+      // into a scratch buffer and dropped, so a flood of it allocates nothing
+      const skip = dlen ? dlen + pad + (this.dataDigestsOn ? 4 : 0) : 0
+      for (let left = skip; left > 0; left -= DISCARD.length) await this.q.readInto(DISCARD, 0, Math.min(left, DISCARD.length))
+      return { bhs, ahs, data: Buffer.alloc(0), ignored }
+    }
     const offset = w ? bhs.readUInt32BE(40) : 0
     if (w && offset === w.received && offset + dlen <= w.buf.length) {
       // a Data-Out's payload goes straight into its command's buffer (dataOut() checks the rest)
@@ -207,7 +286,6 @@ export class IscsiConnection {
       data = w.buf.subarray(offset, offset + dlen)
       direct = true
     } else data = dlen ? await this.q.read(dlen) : Buffer.alloc(0)
-    const pad = (4 - (dlen % 4)) % 4
     const padding = pad ? await this.q.read(pad) : null
     if (this.dataDigestsOn && dlen) {
       // covers the data segment and its padding (RFC 7143 §11.1); a bad one costs this PDU only
@@ -257,12 +335,26 @@ export class IscsiConnection {
     if (!this.sock.destroyed) this.sock.uncork()
   }
 
-  /** Fills StatSN/ExpCmdSN/MaxCmdSN at 24/28/32; advances StatSN when `advance`. */
+  /**
+   * Fills StatSN/ExpCmdSN/MaxCmdSN at 24/28/32; advances StatSN when `advance`. MaxCmdSN leaves
+   * room for CMD_WINDOW running commands: it moves when one completes (its status PDU carries
+   * it), never backwards, and equals ExpCmdSN - 1 (a closed window) when all are running.
+   */
   private seq(b: Buffer, advance = true): Buffer {
     b.writeUInt32BE(advance ? this.statSN++ >>> 0 : this.statSN >>> 0, 24)
     b.writeUInt32BE(this.expCmdSN >>> 0, 28)
-    b.writeUInt32BE((this.expCmdSN + CMD_WINDOW - 1) >>> 0, 32)
+    b.writeUInt32BE((this.expCmdSN + CMD_WINDOW - this.running - 1) >>> 0, 32)
     return b
+  }
+
+  /** Is CmdSN within [ExpCmdSN, MaxCmdSN] (serial arithmetic, RFC 1982)? */
+  private inWindow(cmdSN: number): boolean {
+    return ((cmdSN - this.expCmdSN) >>> 0) < CMD_WINDOW - this.running
+  }
+
+  /** A request in full feature phase that is silently ignored: not immediate, and its CmdSN outside the window (§4.2.2.1). */
+  private ignored(bhs: Buffer): boolean {
+    return this.fullFeaturePhase && !P.immediateOf(bhs) && NUMBERED.has(P.opcodeOf(bhs)) && !this.inWindow(bhs.readUInt32BE(24))
   }
 
   // ---- login ----------------------------------------------------------------------------
@@ -319,25 +411,17 @@ export class IscsiConnection {
             this.loginResponse(bhs, false, csg, nsg, 0x02, 0x07, [])
             throw new ProtocolError('normal session login without TargetName')
           }
-          let t: Awaited<ReturnType<TargetDirectory['openTarget']>>
-          try {
-            t = await this.dir.openTarget(tn, name)
-          } catch (e) {
-            // the disk exists but cannot be opened (corrupt, broken chain): Target Error, with the reason logged
-            this.log.warn({ target: tn, err: e instanceof Error ? e.message : String(e) }, 'iscsi: target cannot be opened')
-            this.loginResponse(bhs, false, csg, nsg, 0x03, 0x00, [])
-            throw new ProtocolError(`target '${tn}' cannot be opened`)
-          }
+          const t = await this.dir.findTarget(tn, name)
           if ('refused' in t) {
             this.loginResponse(bhs, false, csg, nsg, 0x02, t.refused === 'not-found' ? 0x03 : 0x02, [])
             throw new ProtocolError(`target '${tn}' ${t.refused} for '${name}'`)
           }
-          this.target = t
+          this.entry = t
           reply.push(['TargetPortalGroupTag', '1'])
         }
         first = false
       }
-      const chap = this.target?.chap
+      const chap = this.entry?.chap
       const authFail = (why: string): never => {
         this.loginResponse(bhs, false, csg, nsg, 0x02, 0x01, []) // authentication failure
         throw new ProtocolError(`authentication failed for '${this.initiator}': ${why}`)
@@ -388,12 +472,30 @@ export class IscsiConnection {
       // no leaving the security stage before CHAP is done
       const may = transit && !(csg === 0 && chap && !this.authenticated)
       const done = may && nsg === 3
+      if (done && this.entry) await this.openTarget(this.entry, bhs, csg, nsg)
       this.loginResponse(bhs, may, csg, nsg, 0, 0, reply, done ? 1 : 0)
       if (done) {
         this.digestsOn = this.headerDigest
         this.dataDigestsOn = this.dataDigest
+        this.fullFeaturePhase = true
         return
       }
+    }
+  }
+
+  /**
+   * Opens the target's LU at the end of the login, when the initiator is authenticated: a login
+   * left half-way holds nothing open. A disk that has gone since is Not Found; one that cannot
+   * be opened (corrupt, broken chain) is a Target Error, with the reason logged.
+   */
+  private async openTarget(entry: TargetEntry, bhs: Buffer, csg: number, nsg: number): Promise<void> {
+    try {
+      this.target = { name: entry.name, ...(await entry.open()) }
+    } catch (e) {
+      const gone = e instanceof StorageError && e.code === 'NotFound'
+      if (!gone) this.log.warn({ target: entry.name, err: e instanceof Error ? e.message : String(e) }, 'iscsi: target cannot be opened')
+      this.loginResponse(bhs, false, csg, nsg, gone ? 0x02 : 0x03, gone ? 0x03 : 0x00, [])
+      throw new ProtocolError(`target '${entry.name}' ${gone ? 'no longer exists' : 'cannot be opened'}`)
     }
   }
 
@@ -450,21 +552,16 @@ export class IscsiConnection {
 
   private async fullFeature(): Promise<void> {
     for (;;) {
+      // replies the client does not read: read no further request until they drain
+      if (this.budget.used > this.budget.limit) await this.budget.room()
       const pdu = await this.readPdu()
       const op = P.opcodeOf(pdu.bhs)
       if (pdu.digestError) {
         this.dataDigestError(pdu)
         continue
       }
-      if (op === P.SCSI_COMMAND || op === P.TEXT_REQUEST || op === P.LOGOUT_REQUEST || op === P.TASK_MGMT_REQUEST || op === P.NOP_OUT) {
-        const cmdSN = pdu.bhs.readUInt32BE(24)
-        if (!P.immediateOf(pdu.bhs)) {
-          // Outside [ExpCmdSN, MaxCmdSN] (serial arithmetic, RFC 1982): silently ignored (§4.2.2.1).
-          const ahead = (cmdSN - this.expCmdSN) >>> 0
-          if (ahead >= CMD_WINDOW) continue
-          this.expCmdSN = (cmdSN + 1) >>> 0
-        }
-      }
+      if (pdu.ignored) continue
+      if (NUMBERED.has(op) && !P.immediateOf(pdu.bhs)) this.expCmdSN = (pdu.bhs.readUInt32BE(24) + 1) >>> 0
       switch (op) {
         case P.NOP_OUT:
           this.nop(pdu)
@@ -474,10 +571,24 @@ export class IscsiConnection {
             this.reject(pdu.bhs, P.REJECT_PROTOCOL_ERROR)
             break
           }
+          const windowed = !P.immediateOf(pdu.bhs)
+          if (!windowed && this.immediates >= MAX_IMMEDIATE) {
+            this.reject(pdu.bhs, P.REJECT_IMMEDIATE_COMMAND)
+            break
+          }
           this.alone = this.tasks.size === 0
-          const task = this.command(pdu).catch((e) => this.log.error({ err: e }, 'iscsi: command failed'))
+          // a command in the window holds its slot until its status is sent (see `seq`)
+          if (windowed) this.running++
+          else this.immediates++
+          const task = this.command(pdu, windowed).catch((e) => {
+            this.log.error({ err: e }, 'iscsi: command failed')
+            if (windowed) this.running--
+          })
           this.tasks.add(task)
-          void task.finally(() => this.tasks.delete(task))
+          void task.finally(() => {
+            this.tasks.delete(task)
+            if (!windowed) this.immediates--
+          })
           break
         }
         case P.SCSI_DATA_OUT:
@@ -521,13 +632,14 @@ export class IscsiConnection {
         if (P.finalOf(pdu.bhs)) w.done()
       }
     } else if (op === P.SCSI_COMMAND) {
-      if (!P.immediateOf(pdu.bhs)) {
-        // the CmdSN was used; the command ends here
-        const cmdSN = pdu.bhs.readUInt32BE(24)
-        if (((cmdSN - this.expCmdSN) >>> 0) < CMD_WINDOW) this.expCmdSN = (cmdSN + 1) >>> 0
-      }
-      this.response(P.ittOf(pdu.bhs), S.CHECK_CONDITION, crcErrorSense(), 0, 0)
+      // the CmdSN was used (one outside the window was ignored unread); the command ends here
+      if (!P.immediateOf(pdu.bhs)) this.expCmdSN = (pdu.bhs.readUInt32BE(24) + 1) >>> 0
+      this.response(P.ittOf(pdu.bhs), S.CHECK_CONDITION, crcErrorSense(), 0, 0, false)
     }
+  }
+
+  private gone(): boolean {
+    return this.ending || this.isClosed()
   }
 
   private get lu(): LogicalUnit | null {
@@ -594,13 +706,14 @@ export class IscsiConnection {
     const itt = P.ittOf(pdu.bhs)
     const w = this.pending.get(itt)
     const offset = pdu.bhs.readUInt32BE(40)
-    if (!w || offset + pdu.data.length > w.buf.length) {
+    if (!w) {
       this.reject(pdu.bhs, P.REJECT_PROTOCOL_ERROR)
       return
     }
     const dataSN = pdu.bhs.readUInt32BE(36)
-    // DataPDUInOrder=Yes: each PDU continues where the last one ended; anything else fails the command
-    if (dataSN !== w.dataSN || offset !== w.received) {
+    // DataPDUInOrder=Yes: each PDU continues where the last one ended; anything else (or data
+    // past the expected length, or past FirstBurstLength before the first R2T) fails the command
+    if (dataSN !== w.dataSN || offset !== w.received || offset + pdu.data.length > w.buf.length) {
       // ErrorRecoveryLevel 0: a sequence error fails the command (no SNACK recovery)
       w.failed = 'sequence'
       this.reject(pdu.bhs, P.REJECT_PROTOCOL_ERROR)
@@ -614,7 +727,11 @@ export class IscsiConnection {
     else if (P.finalOf(pdu.bhs)) w.done() // end of this burst: the command loop sends the next R2T
   }
 
-  private async command(pdu: P.Pdu): Promise<void> {
+  /**
+   * Runs a SCSI command and sends its status (a SCSI Response, the last Data-In, or a Reject).
+   * `windowed`: it holds a CmdSN window slot, freed by the PDU that carries its status.
+   */
+  private async command(pdu: P.Pdu, windowed: boolean): Promise<void> {
     const { bhs } = pdu
     const itt = P.ittOf(bhs)
     const read = (bhs[1] & 0x40) !== 0
@@ -630,107 +747,142 @@ export class IscsiConnection {
       sense[2] = S.ILLEGAL_REQUEST
       sense[7] = 10
       sense[12] = 0x25
-      this.response(itt, S.CHECK_CONDITION, sense, 0, 0)
+      this.response(itt, S.CHECK_CONDITION, sense, 0, 0, windowed)
       this.account(cdb[0], t0, S.CHECK_CONDITION, 0, 0)
       return
     }
-    let dataOut: Buffer | null = null
-    if (write && edtl > 0) {
-      if (edtl > MAX_EXPECTED_DATA) {
-        this.reject(bhs, P.REJECT_INVALID_PDU_FIELD)
-        return
-      }
-      dataOut = edtl >= 64 * 1024 ? writeBuffer(edtl) : Buffer.alloc(edtl)
-      const immediate = pdu.data.subarray(0, Math.min(pdu.data.length, edtl))
-      immediate.copy(dataOut)
-      let have = immediate.length
-      if (have < edtl) {
-        const w: PendingWrite = { buf: dataOut, received: have, ttt: 0, dataSN: 0, failed: false, done: () => {} }
-        this.pending.set(itt, w)
-        try {
-          // unsolicited Data-Out up to FirstBurstLength when InitialR2T=No
-          // F clear on the command: unsolicited Data-Out follows (only allowed with InitialR2T=No)
-          if (!this.params.initialR2T && !(bhs[1] & 0x80)) {
-            const until = Math.min(edtl, this.params.firstBurstLength)
-            if (have < until) {
-              await new Promise<void>((r) => (w.done = r))
-              have = w.received
-            }
-          }
-          let r2tsn = 0
-          while (w.received < edtl && !this.isClosed() && !w.failed) {
-            w.dataSN = 0 // each R2T starts a new data sequence
-            const len = Math.min(this.params.maxBurstLength, edtl - w.received)
-            const ttt = this.nextTTT++ >>> 0
-            w.ttt = ttt
-            const wait = new Promise<void>((r) => (w.done = r))
-            const r2t = P.bhs(P.R2T, 0x80, 0)
-            bhs.copy(r2t, 8, 8, 16)
-            r2t.writeUInt32BE(itt, 16)
-            r2t.writeUInt32BE(ttt, 20)
-            this.seq(r2t, false)
-            r2t.writeUInt32BE(r2tsn++, 36)
-            r2t.writeUInt32BE(w.received, 40)
-            r2t.writeUInt32BE(len, 44)
-            this.send(r2t)
-            await wait
-          }
-        } finally {
-          this.pending.delete(itt)
-        }
-        if (this.isClosed()) return
-        if (w.failed) {
-          const sense = w.failed === 'digest' ? crcErrorSense() : senseData(new SenseError(S.ABORTED_COMMAND, 'DATA_PHASE_ERROR'))
-          this.response(itt, S.CHECK_CONDITION, sense, 0, 0)
-          this.account(cdb[0], t0, S.CHECK_CONDITION, 0, 0)
-          return
-        }
-      }
-    }
-    // Residuals (RFC 7143 §11.4.5): compare the initiator's expected length with the SCSI
-    // transfer length; on overflow only what both agree on is written.
-    let execCdb: Buffer = cdb
-    let flags = 0
-    let residual = 0
-    let written = dataOut?.length ?? 0
-    if (write) {
-      const need = dataOutLength(cdb)
-      if (need) written = Math.min(written, need.bytes)
-      if (need && need.bytes !== edtl) {
-        if (edtl < need.bytes) {
-          flags = 0x04
-          residual = need.bytes - edtl
-          if (need.shrink) execCdb = need.shrink(Math.floor(edtl / 512))
-        } else {
-          flags = 0x02
-          residual = edtl - need.bytes
-        }
-      }
-    }
-    const res = await lu.execute(execCdb, dataOut, this.nexus)
-    if (dataOut && dataOut.length >= 64 * 1024) recycle(dataOut)
-    const dataIn = res.dataIn ?? Buffer.alloc(0)
-    const ok = res.status === S.GOOD
-    this.account(cdb[0], t0, res.status, ok && read ? Math.min(dataIn.length, edtl) : 0, ok ? written : 0)
-    if (read && res.status !== S.CHECK_CONDITION && dataIn.length > 0 && edtl > 0) {
-      this.dataIn(bhs, itt, dataIn, edtl, res.status)
+    if (write && edtl > MAX_EXPECTED_DATA) {
+      if (windowed) this.running--
+      this.reject(bhs, P.REJECT_INVALID_PDU_FIELD)
       return
     }
-    if (read && res.status !== S.CHECK_CONDITION) {
-      if (dataIn.length > edtl) {
-        flags = 0x04
-        residual = dataIn.length - edtl
-      } else if (dataIn.length < edtl) {
-        flags = 0x02
-        residual = edtl - dataIn.length
+    // Bytes this command holds in the budget, taken at once: its data-out buffer and what the LU
+    // reads. One needing more than the whole budget (ORWRITE, or VERIFY with BYTCHK 3, of over
+    // 16 MiB) waits until it has the budget to itself.
+    const need = Math.min(DATA_BUDGET, (write ? edtl : 0) + mediumReadLength(cdb))
+    // Unsolicited Data-Out follows the command (InitialR2T=No, F clear) whether or not there is
+    // room: it is taken into a buffer of at most FirstBurstLength, and the rest waits.
+    const unsolicited = write && edtl > 0 && !this.params.initialR2T && !(bhs[1] & 0x80)
+    let held = 0
+    try {
+      let room = need === 0 || this.budget.tryTake(need)
+      if (!room && !unsolicited) {
+        await this.budget.take(need)
+        room = true
       }
+      if (room) held = need
+      if (this.gone()) return
+      let dataOut: Buffer | null = null
+      if (write && edtl > 0) {
+        const immediate = pdu.data.subarray(0, Math.min(pdu.data.length, edtl))
+        if (room) dataOut = edtl >= 64 * 1024 ? writeBuffer(edtl) : Buffer.alloc(edtl)
+        else dataOut = Buffer.alloc(Math.max(immediate.length, Math.min(edtl, this.params.firstBurstLength)))
+        immediate.copy(dataOut)
+        let have = immediate.length
+        if (have < edtl) {
+          const w: PendingWrite = { buf: dataOut, received: have, ttt: 0, dataSN: 0, failed: false, done: () => {} }
+          this.pending.set(itt, w)
+          try {
+            if (unsolicited) {
+              const until = Math.min(edtl, this.params.firstBurstLength)
+              if (have < until) {
+                await new Promise<void>((r) => (w.done = r))
+                have = w.received
+              }
+            }
+            if (!room && !w.failed && !this.gone()) {
+              await this.budget.take(need)
+              held = need
+              room = true
+              const full = edtl >= 64 * 1024 ? writeBuffer(edtl) : Buffer.alloc(edtl)
+              w.buf.copy(full, 0, 0, w.received)
+              w.buf = dataOut = full
+            }
+            let r2tsn = 0
+            while (w.received < edtl && !this.gone() && !w.failed) {
+              w.dataSN = 0 // each R2T starts a new data sequence
+              const len = Math.min(this.params.maxBurstLength, edtl - w.received)
+              const ttt = this.nextTTT++ >>> 0
+              w.ttt = ttt
+              const wait = new Promise<void>((r) => (w.done = r))
+              const r2t = P.bhs(P.R2T, 0x80, 0)
+              bhs.copy(r2t, 8, 8, 16)
+              r2t.writeUInt32BE(itt, 16)
+              r2t.writeUInt32BE(ttt, 20)
+              this.seq(r2t, false)
+              r2t.writeUInt32BE(r2tsn++, 36)
+              r2t.writeUInt32BE(w.received, 40)
+              r2t.writeUInt32BE(len, 44)
+              this.send(r2t)
+              await wait
+            }
+          } finally {
+            this.pending.delete(itt)
+          }
+          if (this.gone()) return
+          if (w.failed) {
+            const sense = w.failed === 'digest' ? crcErrorSense() : senseData(new SenseError(S.ABORTED_COMMAND, 'DATA_PHASE_ERROR'))
+            this.response(itt, S.CHECK_CONDITION, sense, 0, 0, windowed)
+            this.account(cdb[0], t0, S.CHECK_CONDITION, 0, 0)
+            return
+          }
+        }
+      }
+      if (!room) {
+        // a write whose data all came unsolicited
+        await this.budget.take(need)
+        held = need
+        if (this.gone()) return
+      }
+      // Residuals (RFC 7143 §11.4.5): compare the initiator's expected length with the SCSI
+      // transfer length; on overflow only what both agree on is written.
+      let execCdb: Buffer = cdb
+      let flags = 0
+      let residual = 0
+      let written = dataOut?.length ?? 0
+      if (write) {
+        const need = dataOutLength(cdb)
+        if (need) written = Math.min(written, need.bytes)
+        if (need && need.bytes !== edtl) {
+          if (edtl < need.bytes) {
+            flags = 0x04
+            residual = need.bytes - edtl
+            if (need.shrink) execCdb = need.shrink(Math.floor(edtl / 512))
+          } else {
+            flags = 0x02
+            residual = edtl - need.bytes
+          }
+        }
+      }
+      const res = await lu.execute(execCdb, dataOut, this.nexus)
+      if (dataOut && dataOut.length >= 64 * 1024) recycle(dataOut)
+      const dataIn = res.dataIn ?? Buffer.alloc(0)
+      const ok = res.status === S.GOOD
+      this.account(cdb[0], t0, res.status, ok && read ? Math.min(dataIn.length, edtl) : 0, ok ? written : 0)
+      if (read && res.status !== S.CHECK_CONDITION && dataIn.length > 0 && edtl > 0) {
+        this.dataIn(bhs, itt, dataIn, edtl, res.status, windowed)
+        return
+      }
+      if (read && res.status !== S.CHECK_CONDITION) {
+        if (dataIn.length > edtl) {
+          flags = 0x04
+          residual = dataIn.length - edtl
+        } else if (dataIn.length < edtl) {
+          flags = 0x02
+          residual = edtl - dataIn.length
+        }
+      }
+      this.response(itt, res.status, res.sense, flags, residual, windowed)
+    } finally {
+      if (held) this.budget.give(held)
     }
-    this.response(itt, res.status, res.sense, flags, residual)
   }
 
-  private dataIn(cmd: Buffer, itt: number, data: Buffer, edtl: number, status: number): void {
-    const send = data.subarray(0, Math.min(data.length, edtl))
+  /** Data-In, the last one with the status; `slot`: the command's window slot is freed with it. */
+  private dataIn(cmd: Buffer, itt: number, data: Buffer, edtl: number, status: number, slot: boolean): void {
     const over = data.length > edtl
+    // the part sent of a longer result is copied, so the socket's queue holds no more than it counts
+    const send = over ? Buffer.from(data.subarray(0, edtl)) : data
     const under = data.length < edtl
     const seg = this.params.maxRecvDataSegmentLength
     let sn = 0
@@ -742,6 +894,7 @@ export class IscsiConnection {
       cmd.copy(b, 8, 8, 16)
       b.writeUInt32BE(itt, 16)
       b.writeUInt32BE(P.RESERVED_TAG, 20)
+      if (last && slot) this.running--
       this.seq(b, last)
       b.writeUInt32BE(sn++, 36)
       b.writeUInt32BE(off, 40)
@@ -760,7 +913,9 @@ export class IscsiConnection {
     this.tally.request(OP_CLASS.get(opcode) ?? 'other', t0, status !== S.GOOD, read, written)
   }
 
-  private response(itt: number, status: number, sense: Buffer | undefined, flags: number, residual: number): void {
+  /** SCSI Response; `slot`: the command's window slot is freed with it. */
+  private response(itt: number, status: number, sense: Buffer | undefined, flags: number, residual: number, slot: boolean): void {
+    if (slot) this.running--
     const b = P.bhs(P.SCSI_RESPONSE, 0x80 | flags, 0)
     b[2] = 0 // command completed at target
     b[3] = status

@@ -24,6 +24,7 @@ export const REJECT = 0x3f
 export const REJECT_DIGEST_ERROR = 0x02
 export const REJECT_PROTOCOL_ERROR = 0x04
 export const REJECT_COMMAND_NOT_SUPPORTED = 0x05
+export const REJECT_IMMEDIATE_COMMAND = 0x06 // too many immediate commands
 export const REJECT_INVALID_PDU_FIELD = 0x09
 
 export const BHS = 48
@@ -37,6 +38,8 @@ export interface Pdu {
   digestError?: boolean
   /** the data was read straight into its Data-Out's command buffer at the PDU's offset */
   direct?: boolean
+  /** a request outside the CmdSN window, to be silently ignored (its data was dropped unread) */
+  ignored?: boolean
 }
 
 export const opcodeOf = (bhs: Buffer) => bhs[0] & 0x3f

@@ -40,13 +40,13 @@ export class IscsiServer {
         for (const d of await ds.listDisks()) if (await this.allowed(d, initiator)) out.push(IQN_PREFIX + d)
         return out
       },
-      openTarget: async (iqn, initiator) => {
+      findTarget: async (iqn, initiator) => {
         if (!iqn.startsWith(IQN_PREFIX)) return { refused: 'not-found' }
         const disk = iqn.slice(IQN_PREFIX.length)
         if (!(await ds.listDisks()).includes(disk)) return { refused: 'not-found' }
         if (!(await this.allowed(disk, initiator))) return { refused: 'not-authorized' }
         const chap = (await ds.readRecord(disk)).access.chap
-        return { name: disk, ...(await this.unit(disk)), ...(chap ? { chap } : {}) }
+        return { name: disk, open: () => this.unit(disk), ...(chap ? { chap } : {}) }
       },
     }
     const self = this

@@ -672,6 +672,39 @@ export function dataOutLength(cdb: Buffer): { bytes: number; shrink?: (blocks: n
   }
 }
 
+/**
+ * Bytes the LU reads from the medium and holds at once to execute `cdb`, beyond its data-out: a
+ * READ's data-in, the blocks a VERIFY compares (with BYTCHK 3 also the block pattern repeated to
+ * their length), the blocks ORWRITE merges into. 0 for a transfer over the maximum (refused before
+ * any read) and for every other command (their answers are small). A transport that bounds its
+ * memory reserves this much before it runs the command.
+ */
+export function mediumReadLength(cdb: Buffer): number {
+  const len = CDB_LENGTH[cdb[0]]
+  if (len === undefined || cdb.length < len) return 0
+  let copies: number
+  switch (cdb[0]) {
+    case C.READ_6:
+    case C.READ_10:
+    case C.READ_12:
+    case C.READ_16:
+    case C.ORWRITE_16:
+      copies = 1
+      break
+    case C.VERIFY_10:
+    case C.VERIFY_12:
+    case C.VERIFY_16: {
+      const bytchk = (cdb[1] >> 1) & 3
+      copies = bytchk === 1 ? 1 : bytchk === 3 ? 2 : 0
+      break
+    }
+    default:
+      return 0
+  }
+  const { count } = rw(cdb)
+  return count <= MAX_TRANSFER_BLOCKS ? copies * count * BLOCK : 0
+}
+
 function rw(cdb: Buffer): { lba: number; count: number; fua: boolean } {
   switch (cdb[0]) {
     case C.READ_6:

@@ -76,8 +76,7 @@ t.test('against Tandem\'s target: reads, writes, zeroes, COMPARE AND WRITE, dige
   await c.close()
 })
 
-t.test('against tgtd: the same bytes through libiscsi\'s qemu-img; COMPARE AND WRITE refused as tgt lacks it', needs('tgtd', 'tgtadm', 'qemu-img'), async (t) => {
-  if (process.getuid?.() !== 0) return t.skip('tgtd needs root')
+t.test('against tgtd: the same bytes through libiscsi\'s qemu-img; COMPARE AND WRITE refused as tgt lacks it', { ...needs('tgtd', 'tgtadm', 'qemu-img'), ...(process.getuid?.() === 0 ? {} : { skip: 'tgtd needs root' }) }, async (t) => {
   const d = tmp(t, 'tandem-tgt-')
   const file = join(d, 'lun.raw')
   sh('truncate', ['-s', '8M', file])

@@ -1,10 +1,9 @@
-import t, { type Test } from 'tap'
-import { connect } from 'node:net'
+import t from 'tap'
 import { crc32c } from '../../../src/disk-formats/lock-region/crc32c.js'
-import { socketQueue } from '../../../src/server/net/tcp-service.js'
 import { pattern } from '../../helpers/peers.js'
 import { startServer } from '../../helpers/server.js'
 import { TestNbdClient } from '../../helpers/nbd-client.js'
+import { RawIscsi, write10 } from '../../helpers/iscsi-raw.js'
 
 /*
  * CRC32C data digests. No initiator on this machine offers them (libiscsi sends DataDigest=None
@@ -18,153 +17,17 @@ t.test('CRC32C matches RFC 3720 B.4', async (t) => {
   t.equal(crc32c(Buffer.from(Array.from({ length: 32 }, (_, i) => i))), 0x46dd794e, 'incrementing')
 })
 
-const le32 = (n: number) => {
-  const b = Buffer.alloc(4)
-  b.writeUInt32LE(n >>> 0)
-  return b
-}
-const padded = (d: Buffer) => (d.length % 4 ? Buffer.concat([d, Buffer.alloc(4 - (d.length % 4))]) : d)
-
-class RawSession {
-  private cmdSN = 1
-  private itt = 1
-  digests = false
-  constructor(
-    private readonly sock: ReturnType<typeof connect>,
-    private readonly q: ReturnType<typeof socketQueue>['q'],
-  ) {}
-
-  static async open(port: number): Promise<RawSession> {
-    const sock = connect(port, '127.0.0.1')
-    await new Promise<void>((r, j) => {
-      sock.once('connect', () => r())
-      sock.once('error', j)
-    })
-    return new RawSession(sock, socketQueue(sock, 1 << 24).q)
-  }
-
-  /** Sends a PDU; `badData` flips the data digest. */
-  send(bhs: Buffer, data: Buffer = Buffer.alloc(0), badData = false): void {
-    bhs.writeUIntBE(data.length, 5, 3)
-    const parts = [bhs]
-    if (this.digests) parts.push(le32(crc32c(bhs)))
-    if (data.length) {
-      parts.push(padded(data))
-      if (this.digests) parts.push(le32(crc32c(padded(data)) ^ (badData ? 1 : 0)))
-    }
-    this.sock.write(Buffer.concat(parts))
-  }
-
-  /** Reads a PDU, checking both digests when they are on. */
-  async read(t: Test): Promise<{ bhs: Buffer; data: Buffer }> {
-    const bhs = await this.q.read(48)
-    if (this.digests) {
-      const hd = (await this.q.read(4)).readUInt32LE(0)
-      if (hd !== crc32c(bhs)) t.fail('header digest from the target is wrong')
-    }
-    const dlen = bhs.readUIntBE(5, 3)
-    let data: Buffer = Buffer.alloc(0)
-    if (dlen) {
-      const body = await this.q.read(dlen + ((4 - (dlen % 4)) % 4))
-      if (this.digests) {
-        const dd = (await this.q.read(4)).readUInt32LE(0)
-        t.equal(dd, crc32c(body), `data digest of a ${dlen}-byte segment (opcode 0x${(bhs[0] & 0x3f).toString(16)})`)
-      }
-      data = body.subarray(0, dlen)
-    }
-    return { bhs, data }
-  }
-
-  async login(t: Test, target: string, keys: string): Promise<Map<string, string>> {
-    const text = Buffer.from(`InitiatorName=iqn.2026-11.test:digests\0SessionType=Normal\0TargetName=${target}\0${keys}`)
-    const b = Buffer.alloc(48)
-    b[0] = 0x43
-    b[1] = 0x80 | (1 << 2) | 3
-    b.write('\x00\x02\x3d\x00\x00\x07', 8, 'latin1')
-    b.writeUInt32BE(0, 16)
-    b.writeUInt32BE(this.cmdSN, 24)
-    this.send(b, text)
-    const r = await this.read(t)
-    t.equal(r.bhs[0] & 0x3f, 0x23, 'login response')
-    t.equal(r.bhs[36], 0, 'login succeeded')
-    this.digests = true
-    return new Map(
-      r.data
-        .toString('latin1')
-        .split('\0')
-        .filter(Boolean)
-        .map((kv) => kv.split('=') as [string, string]),
-    )
-  }
-
-  /** A SCSI command with immediate data (W) or expecting data in (R). */
-  command(cdb: Buffer, opts: { write?: Buffer; readLength?: number; badData?: boolean; edtl?: number }): number {
-    const b = Buffer.alloc(48)
-    b[0] = 0x01
-    const write = opts.write !== undefined
-    b[1] = 0x80 | (write ? 0x20 : 0) | (opts.readLength ? 0x40 : 0) | 1 // F, W/R, ATTR simple
-    const itt = this.itt++
-    b.writeUInt32BE(itt, 16)
-    b.writeUInt32BE(opts.edtl ?? (write ? opts.write!.length : (opts.readLength ?? 0)), 20)
-    b.writeUInt32BE(this.cmdSN++, 24)
-    cdb.copy(b, 32)
-    this.send(b, opts.write ?? Buffer.alloc(0), opts.badData)
-    return itt
-  }
-
-  dataOut(itt: number, ttt: number, offset: number, data: Buffer, badData = false): void {
-    const b = Buffer.alloc(48)
-    b[0] = 0x05
-    b[1] = 0x80
-    b.writeUInt32BE(itt, 16)
-    b.writeUInt32BE(ttt, 20)
-    b.writeUInt32BE(0, 36)
-    b.writeUInt32BE(offset, 40)
-    this.send(b, data, badData)
-  }
-
-  close(): void {
-    this.sock.destroy()
-  }
-}
-
-/** A READ(10) or WRITE(10) CDB in a 16-byte field. */
-const rw10 = (op: number, lba: number, blocks: number) => {
-  const c = Buffer.alloc(16)
-  c[0] = op
-  c.writeUInt32BE(lba, 2)
-  c.writeUInt16BE(blocks, 7)
-  return c
-}
-const write10 = (lba: number, blocks: number) => rw10(0x2a, lba, blocks)
-const read10 = (lba: number, blocks: number) => rw10(0x28, lba, blocks)
-
 t.test('data digests: negotiated, checked both ways; a bad one fails its command only', async (t) => {
   const s = await startServer(t)
   await s.ds.createDisk('dd', 4 << 20)
   const target = 'iqn.2026-11.local.tandem:dd'
-  const c = await RawSession.open(s.iscsiPort)
+  const c = await RawIscsi.open(s.iscsiPort)
   t.teardown(() => c.close())
-  const keys = await c.login(t, target, 'HeaderDigest=CRC32C,None\0DataDigest=CRC32C,None\0')
+  const keys = await c.login(target, 'HeaderDigest=CRC32C,None\0DataDigest=CRC32C,None\0')
   t.equal(keys.get('HeaderDigest'), 'CRC32C')
   t.equal(keys.get('DataDigest'), 'CRC32C')
 
-  const readBack = async (lba: number, blocks: number): Promise<Buffer> => {
-    c.command(read10(lba, blocks), { readLength: blocks * 512 })
-    const parts: Buffer[] = []
-    for (;;) {
-      const r = await c.read(t)
-      const op = r.bhs[0] & 0x3f
-      if (op === 0x25) {
-        parts.push(r.data)
-        if (r.bhs[1] & 0x01) break // S: status in the last Data-In
-      } else {
-        t.equal(op, 0x21, 'SCSI response')
-        break
-      }
-    }
-    return Buffer.concat(parts)
-  }
+  const readBack = async (lba: number, blocks: number): Promise<Buffer> => (await c.readBlocks(lba, blocks, { t })).data
 
   // a good write with immediate data (odd length: the digest covers the padding too)
   const good = pattern(512, 1)
