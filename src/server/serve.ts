@@ -34,6 +34,7 @@ export interface RunningServer {
 export async function serve(o: ServeOptions, log: Logger = pino({ level: o.logLevel ?? 'info' })): Promise<RunningServer> {
   if (o.pollUs !== undefined) poller.windowUs = o.pollUs
   const ds = await Datastore.open(resolve(o.datastore))
+  for (const r of ds.repairs) log.warn({ disk: r.disk, repaired: r.done }, 'datastore: repaired what a stopped operation left')
   const locks = await openLockspaceView(ds.dir, log.child({ component: 'locks' }))
   const metrics = new Metrics()
   const nbd = new NbdServer(ds, log.child({ component: 'nbd' }), metrics)
