@@ -1,36 +1,9 @@
 import t from 'tap'
-import { spawn, type ChildProcess } from 'node:child_process'
 import { readFileSync } from 'node:fs'
-import { createInterface } from 'node:readline'
 import { join } from 'node:path'
-import { CLI, tmp, pattern, rng } from '../helpers/peers.js'
+import { tmp, pattern, rng } from '../helpers/peers.js'
+import { startServe } from '../helpers/serve-process.js'
 import { TestNbdClient } from '../helpers/nbd-client.js'
-
-interface Proc {
-  child: ChildProcess
-  nbdPort: number
-  httpPort: number
-  exited: Promise<{ code: number | null; signal: string | null }>
-}
-
-/** Starts `tandem serve` as a real process on free ports; resolves when it logs that it is ready. */
-function startServe(dir: string): Promise<Proc> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, 'serve', '--datastore', dir, '--http-port', '0', '--nbd-port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] })
-    const exited = new Promise<{ code: number | null; signal: string | null }>((r) => child.on('exit', (code, signal) => r({ code, signal })))
-    let err = ''
-    child.stderr!.on('data', (d) => (err += d))
-    createInterface({ input: child.stdout! }).on('line', (line) => {
-      try {
-        const j = JSON.parse(line)
-        if (j.msg === 'tandem serve ready') resolve({ child, nbdPort: j.nbdPort, httpPort: j.httpPort, exited })
-      } catch {
-        /* not a log line */
-      }
-    })
-    void exited.then(({ code }) => reject(new Error(`serve exited ${code}: ${err}`)))
-  })
-}
 
 t.test('SIGKILL right after a flush completes loses no acknowledged write', async (t) => {
   const dir = tmp(t, 'tandem-kill-')
