@@ -96,9 +96,14 @@ export class Datastore {
     const ds = new Datastore(dir)
     for (const e of await readdir(dir, { withFileTypes: true })) {
       if (!e.isDirectory() || e.name.startsWith('.')) continue
-      const done = await repairDisk(join(dir, e.name), e.name, { checkUnclean: true })
-      if (done.length > 0) ds.repairs.push({ disk: e.name, done })
-      ds.tidy.add(e.name)
+      try {
+        const done = await repairDisk(join(dir, e.name), e.name, { checkUnclean: true })
+        if (done.length > 0) ds.repairs.push({ disk: e.name, done })
+        ds.tidy.add(e.name)
+      } catch (err) {
+        // one damaged disk (an unreadable record) does not keep the others from being served
+        ds.repairs.push({ disk: e.name, done: [`could not be repaired: ${(err as Error).message}`] })
+      }
     }
     return ds
   }

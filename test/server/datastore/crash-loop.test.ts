@@ -22,6 +22,7 @@ const SEED = Number(process.env.TANDEM_CRASH_LOOP_SEED ?? Date.now() % 1_000_000
 const SIZE = 2 << 20
 const NBD_ENOSPC = 28
 const LAYER = /^l-\d{4,}\.vmdk$/
+const MAX_SNAPS = 4
 
 interface DiskModel {
   current: Buffer
@@ -228,12 +229,13 @@ async function adminStep(l: Loop, p: ServeProcess, clients: Map<string, TestNbdC
   const disk = disks[l.r() % disks.length]
   const m = l.model.get(disk)!
   const snaps = [...m.snaps.keys()]
-  if (k <= 4 || snaps.length === 0) {
+  // at most MAX_SNAPS snapshots a disk, so that a round's checks stay the same size
+  if (snaps.length === 0 || (k <= 4 && snaps.length < MAX_SNAPS)) {
     const name = `s${l.counter++}`
     l.pending = { kind: 'snap', disk, name }
     const res = await api(p, 'POST', `/disks/${disk}/snapshots`, { name })
     if (answered(l, 'create snapshot', res.status, [201])) m.snaps.set(name, Buffer.from(m.current))
-  } else if (k <= 6) {
+  } else if (k % 2 === 0) {
     const name = snaps[l.r() % snaps.length]
     l.pending = { kind: 'revert', disk, name }
     const res = await api(p, 'POST', `/disks/${disk}/snapshots/${name}/revert`)

@@ -1,5 +1,5 @@
 import t, { type Test } from 'tap'
-import { cpSync, readdirSync, rmSync } from 'node:fs'
+import { cpSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { pino } from 'pino'
 import request from 'supertest'
@@ -274,4 +274,19 @@ t.test('a snapshot delete that runs out of space answers NoSpace (507), the conn
   t.equal(res.body.error.code, 'NoSpace')
   await request(app).delete('/api/v1/disks/d/snapshots/a').expect(204)
   same(t, await readAll(ds, 'd@b'), want.snaps.get('b'), 'after the retry: b')
+})
+
+t.test('a disk whose record cannot be read does not keep the datastore from opening', async (t) => {
+  const dir = shmTmp(t, 'tandem-damaged-')
+  const ds0 = await Datastore.open(dir)
+  await ds0.createDisk('good', SIZE)
+  await ds0.createDisk('bad', SIZE)
+  await ds0.close()
+  writeFileSync(join(dir, 'bad', 'disk.json'), '{"version": 1, "na')
+  const ds = await Datastore.open(dir)
+  t.teardown(() => ds.close())
+  t.match(ds.repairs, [{ disk: 'bad', done: [/could not be repaired: .*invalid disk record/] }])
+  await writeAt(ds, 'good', [[0, 4 * K, 3]])
+  await ds.createSnapshot('good', 's')
+  await t.rejects(ds.createSnapshot('bad', 's'), { code: 'Corrupt' })
 })
