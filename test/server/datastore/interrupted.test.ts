@@ -1,5 +1,5 @@
 import t, { type Test } from 'tap'
-import { cpSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
+import { cpSync, existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { pino } from 'pino'
 import request from 'supertest'
@@ -289,4 +289,24 @@ t.test('a disk whose record cannot be read does not keep the datastore from open
   await writeAt(ds, 'good', [[0, 4 * K, 3]])
   await ds.createSnapshot('good', 's')
   await t.rejects(ds.createSnapshot('bad', 's'), { code: 'Corrupt' })
+})
+
+t.test("an older Tandem's half-created disk folder is removed at open; a folder that is not Tandem's is left alone", async (t) => {
+  const dir = shmTmp(t, 'tandem-leftover-')
+  const ds0 = await Datastore.open(dir)
+  await ds0.createDisk('model', SIZE)
+  await ds0.close()
+  mkdirSync(join(dir, 'old'))
+  cpSync(join(dir, 'model', 'l-0000.vmdk'), join(dir, 'old', 'l-0000.vmdk')) // mkdir, base layer, then killed
+  writeFileSync(join(dir, 'old', '.disk.json.tmp-4242'), '{')
+  mkdirSync(join(dir, 'notes'))
+  writeFileSync(join(dir, 'notes', 'todo.txt'), 'keep me')
+  const ds = await Datastore.open(dir)
+  t.teardown(() => ds.close())
+  t.match(ds.repairs, [{ disk: 'old', done: [/removed 'old', a disk create that did not finish/] }])
+  t.notOk(existsSync(join(dir, 'old')), 'the leftover is gone')
+  t.ok(existsSync(join(dir, 'notes', 'todo.txt')), 'the foreign folder stays')
+  t.same(await ds.listDisks(), ['model'])
+  await ds.createDisk('old', SIZE)
+  t.same(await ds.listDisks(), ['model', 'old'])
 })
