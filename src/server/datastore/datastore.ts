@@ -10,7 +10,7 @@ import { openVmdk, rebase } from '../../disk-formats/chain/index.js'
 import { DiskLocks } from './disk-locks.js'
 import { RECORD, readRecord, writeRecord, type AccessRecord, type DiskRecord, type SnapshotRecord } from './disk-record.js'
 import { LiveDisk } from './live-disk.js'
-import { parseExportName, validName } from './names.js'
+import { isValidName, parseExportName, validName } from './names.js'
 import { repairDisk } from './repair.js'
 
 export type { AccessRecord, DiskRecord, SnapshotRecord } from './disk-record.js'
@@ -96,6 +96,7 @@ export class Datastore {
     const ds = new Datastore(dir)
     for (const e of await readdir(dir, { withFileTypes: true })) {
       if (!e.isDirectory() || e.name.startsWith('.')) continue
+      if (!isValidName(e.name)) continue // not a folder Tandem made
       try {
         const done = await repairDisk(join(dir, e.name), e.name, { checkUnclean: true })
         if (done.length > 0) ds.repairs.push({ disk: e.name, done })
@@ -118,9 +119,10 @@ export class Datastore {
    * failure marks the disk for repair before the next one.
    */
   private changing<T>(disk: string, fn: () => Promise<T>): Promise<T> {
+    validName('disk', disk) // before anything joins it into a path
     return this.locks.run(disk, async () => {
       if (!this.tidy.has(disk)) {
-        await repairDisk(join(this.dir, disk), disk, { checkUnclean: false })
+        await repairDisk(this.diskDir(disk), disk, { checkUnclean: false })
         this.tidy.add(disk)
       }
       try {

@@ -289,6 +289,10 @@ t.test('a disk whose record cannot be read does not keep the datastore from open
   await writeAt(ds, 'good', [[0, 4 * K, 3]])
   await ds.createSnapshot('good', 's')
   await t.rejects(ds.createSnapshot('bad', 's'), { code: 'Corrupt' })
+  // a name that is no disk's never reaches a path (the repair before a change included)
+  writeFileSync(join(dir, 'l-0001.vmdk'), 'not a layer of any disk')
+  for (const name of ['..', '.', 'a/..', '']) await t.rejects(ds.createSnapshot(name, 's'), { code: 'InvalidArgument' })
+  t.ok(existsSync(join(dir, 'l-0001.vmdk')), 'nothing outside a disk folder was tidied')
 })
 
 t.test("an older Tandem's half-created disk folder is removed at open; a folder that is not Tandem's is left alone", async (t) => {
