@@ -74,6 +74,7 @@ export async function serve(o: ServeOptions, log: Logger = pino({ level: o.logLe
     owner.release()
     throw e
   }
+  for (const r of ds.repairs) log.warn({ disk: r.disk, repaired: r.done }, 'datastore: repaired what a stopped operation left')
   /** what is open so far, closed in reverse when the start fails */
   const opened: (() => Promise<void>)[] = [async () => owner.release(), () => ds.close()]
   const listening = <T>(what: string, port: number, p: Promise<T>) => p.catch((e: unknown) => Promise.reject(listenError(what, o.listen, port, e)))

@@ -15,8 +15,10 @@ export interface RebaseOptions {
 /**
  * Puts `topPath` on a new parent (or none) without changing what it reads: wherever the top
  * does not allocate and the old and new backing content differ, the old content is copied
- * into the top first. The top keeps its CID (its content is unchanged, so its own children
- * stay valid); its parentCID and parentFileNameHint name the new parent.
+ * into the top first. The top keeps its CID throughout (its content never changes, so its own
+ * children stay valid even if the process dies while copying); its parentCID and
+ * parentFileNameHint name the new parent once every copied byte is flushed. A rebase stopped
+ * at any point leaves a chain that reads the same bytes: the old link, or the new one.
  */
 export async function rebase(topPath: string, newParentPath: string | null, opts: RebaseOptions = {}): Promise<{ copied: number }> {
   const top = opts.unsafe ? await VmdkImage.open(topPath) : await openVmdk(topPath)
@@ -25,6 +27,7 @@ export async function rebase(topPath: string, newParentPath: string | null, opts
   try {
     if (top.readOnly) throw new StorageError('ReadOnly', `'${topPath}' cannot be written`, topPath)
     const keepCid = top.cid
+    top.keepCid()
     let parentCid = CID_NOPARENT
     if (newParentPath !== null) {
       const np = await openVmdk(newParentPath, { readOnly: true })

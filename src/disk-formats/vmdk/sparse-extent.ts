@@ -74,6 +74,8 @@ export class SparseExtent {
   private nextSector = 0
   private fileSectors: number
   private marked = false
+  /** a write failed (ENOSPC, EIO): the file may hold a grain no table names, so the flag stays set */
+  private failed = false
 
   private constructor(
     readonly path: string,
@@ -283,6 +285,15 @@ export class SparseExtent {
    */
   async write(offset: number, data: Buffer, fill: FillFn): Promise<void> {
     await this.markDirty()
+    try {
+      await this.writeGrains(offset, data, fill)
+    } catch (e) {
+      this.failed = true
+      throw e
+    }
+  }
+
+  private async writeGrains(offset: number, data: Buffer, fill: FillFn): Promise<void> {
     let pending = await this.writeAllocated(offset, data)
     while (pending.length > 0) {
       const retry: [number, number][] = []
@@ -546,11 +557,12 @@ export class SparseExtent {
   /**
    * Syncs, clears uncleanShutdown and closes. With `sync: false` (convert's default, like
    * qemu-img's unsafe output cache) nothing is synced: the flag is left set, since the data
-   * may not be durable yet.
+   * may not be durable yet. After a failed write the flag is left set too, so that whoever
+   * opens the file next knows to check it (the datastore repairs such layers when it opens).
    */
   async close(opts: { sync?: boolean } = {}): Promise<void> {
     try {
-      if (this.marked && opts.sync !== false) {
+      if (this.marked && !this.failed && opts.sync !== false) {
         // Data first, durably; then the flag. If clearing it is lost in a crash the flag stays
         // set, which only errs on the safe side.
         await datasync(this.fh, this.path)

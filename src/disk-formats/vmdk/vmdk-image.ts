@@ -241,6 +241,15 @@ export class VmdkImage implements BlockDevice {
     await Promise.all(jobs)
   }
 
+  /**
+   * Writes from here on leave the content id as it is. Only for writes that do not change what
+   * this layer reads (rebase copying the old backing's bytes into it): the children of this
+   * layer record its CID, and must still find it if the process dies in the middle.
+   */
+  keepCid(): void {
+    this.cidUpdate ??= Promise.resolve()
+  }
+
   /** First modification after open gives the disk a new content id (qemu does the same). */
   private touch(): Promise<void> {
     this.cidUpdate ??= (async () => {

@@ -1,42 +1,19 @@
-import { mkdir, readdir, readFile, rm, stat, unlink } from 'node:fs/promises'
+import { randomBytes } from 'node:crypto'
+import { mkdir, readdir, rename, rm, stat, unlink } from 'node:fs/promises'
 import { join } from 'node:path'
-import { Mutex } from 'async-mutex'
 import { LRUCache } from 'lru-cache'
 import type { BlockDevice } from '../../disk-formats/block-device.js'
 import { StorageError, fromSystemError } from '../../disk-formats/errors.js'
-import { createVmdk, writeFileAtomic, type Subformat } from '../../disk-formats/vmdk/index.js'
+import { openFile } from '../../disk-formats/file-io.js'
+import { createVmdk, type Subformat } from '../../disk-formats/vmdk/index.js'
 import { openVmdk, rebase } from '../../disk-formats/chain/index.js'
+import { DiskLocks } from './disk-locks.js'
+import { RECORD, readRecord, writeRecord, type AccessRecord, type DiskRecord, type SnapshotRecord } from './disk-record.js'
 import { LiveDisk } from './live-disk.js'
-import { parseExportName, validName } from './names.js'
+import { isValidName, parseExportName, validName } from './names.js'
+import { repairDisk } from './repair.js'
 
-export interface SnapshotRecord {
-  name: string
-  /** the frozen layer holding this snapshot's content (with its parents) */
-  layer: string
-  /** the snapshot that was current when this one was taken; null for a first snapshot */
-  parent: string | null
-  createdAt: string
-}
-
-export interface AccessRecord {
-  initiators: string[]
-  chap?: { user: string; secret: string; mutualUser?: string; mutualSecret?: string }
-}
-
-/** disk.json: the snapshot tree of one disk (written atomically). */
-export interface DiskRecord {
-  version: 1
-  name: string
-  size: number
-  createdAt: string
-  /** the writable top layer: the disk's current state */
-  top: string
-  /** the snapshot the current state descends from (vSphere's "you are here") */
-  current: string | null
-  nextLayer: number
-  snapshots: SnapshotRecord[]
-  access: AccessRecord
-}
+export type { AccessRecord, DiskRecord, SnapshotRecord } from './disk-record.js'
 
 export interface DiskInfo {
   name: string
@@ -57,7 +34,6 @@ interface Handle {
   live?: LiveDisk
 }
 
-const RECORD = 'disk.json'
 /** Idle exports kept open for the next client (an open VMDK costs a few file opens and reads). */
 const IDLE_HANDLES = 32
 
@@ -67,6 +43,11 @@ export interface ExportHandle {
   readonly readOnly: boolean
   release(): Promise<void>
 }
+
+/** Under `.tandem/`: new disks are built here and renamed into place. */
+const STAGING = 'new'
+/** Under `.tandem/`: a deleted disk's folder is renamed here, then removed. */
+const TRASH = 'trash'
 
 /**
  * A datastore: one folder, one sub-folder per disk holding its VMDK layers and disk.json.
@@ -79,9 +60,20 @@ export interface ExportHandle {
  * export is paused, re-pointed at the new top, and resumed (after a revert it reads the
  * reverted content). Deleting a snapshot while any snapshot export of that disk is open is
  * refused (Busy).
+ *
+ * Crashes: every operation is a sequence of steps each of which leaves every chain valid and
+ * every snapshot's content in place, with disk.json (replaced atomically) as the commit point;
+ * a disk appears and disappears by one rename. What a stopped operation leaves over (a layer no
+ * record names, a half-finished snapshot delete) is put right by repairDisk: for every disk when
+ * the datastore opens, and for a disk whose last operation failed before its next one.
+ * Every request on a disk holds the disk's lock from start to end.
  */
 export class Datastore {
-  private readonly locks = new Map<string, Mutex>()
+  private readonly locks = new DiskLocks()
+  /** disks known to hold nothing a stopped operation left over (see repairDisk) */
+  private readonly tidy = new Set<string>()
+  /** what opening the datastore repaired, per disk (for the log) */
+  readonly repairs: { disk: string; done: string[] }[] = []
   private readonly handles = new Map<string, Handle>()
   private readonly idle = new LRUCache<string, Handle>({
     max: IDLE_HANDLES,
@@ -93,19 +85,53 @@ export class Datastore {
 
   private constructor(readonly dir: string) {}
 
+  /** Opens (creating) the datastore folder and repairs what stopped operations left in it. */
   static async open(dir: string): Promise<Datastore> {
     try {
       await mkdir(join(dir, '.tandem'), { recursive: true })
+      for (const sub of [STAGING, TRASH]) await rm(join(dir, '.tandem', sub), { recursive: true, force: true })
     } catch (e) {
       throw fromSystemError(e, dir, 'Could not create the datastore')
     }
-    return new Datastore(dir)
+    const ds = new Datastore(dir)
+    for (const e of await readdir(dir, { withFileTypes: true })) {
+      if (!e.isDirectory() || e.name.startsWith('.')) continue
+      if (!isValidName(e.name)) continue // not a folder Tandem made
+      try {
+        const done = await repairDisk(join(dir, e.name), e.name, { checkUnclean: true })
+        if (done.length > 0) ds.repairs.push({ disk: e.name, done })
+        ds.tidy.add(e.name)
+      } catch (err) {
+        // one damaged disk (an unreadable record) does not keep the others from being served
+        ds.repairs.push({ disk: e.name, done: [`could not be repaired: ${(err as Error).message}`] })
+      }
+    }
+    return ds
   }
 
-  private lock(disk: string): Mutex {
-    let m = this.locks.get(disk)
-    if (!m) this.locks.set(disk, (m = new Mutex()))
-    return m
+  /** Runs `fn` holding the disk's lock. */
+  private locked<T>(disk: string, fn: () => Promise<T>): Promise<T> {
+    return this.locks.run(disk, fn)
+  }
+
+  /**
+   * Runs a change to a disk holding its lock, after repairing what a failed change left; a
+   * failure marks the disk for repair before the next one.
+   */
+  private changing<T>(disk: string, fn: () => Promise<T>): Promise<T> {
+    validName('disk', disk) // before anything joins it into a path
+    return this.locks.run(disk, async () => {
+      if (!this.tidy.has(disk)) {
+        await repairDisk(this.diskDir(disk), disk, { checkUnclean: false })
+        this.tidy.add(disk)
+      }
+      try {
+        return await fn()
+      } catch (e) {
+        this.tidy.delete(disk)
+        throw e
+      }
+    })
   }
 
   private diskDir(name: string): string {
@@ -113,25 +139,11 @@ export class Datastore {
   }
 
   async readRecord(name: string): Promise<DiskRecord> {
-    const file = join(this.diskDir(name), RECORD)
-    let text: string
-    try {
-      text = await readFile(file, 'utf8')
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new StorageError('NotFound', `no disk named '${name}'`)
-      throw fromSystemError(e, file, 'Could not read')
-    }
-    try {
-      const r = JSON.parse(text) as DiskRecord
-      if (r.version !== 1 || r.name !== name || typeof r.top !== 'string') throw new Error('unexpected content')
-      return r
-    } catch (e) {
-      throw new StorageError('Corrupt', `'${file}': invalid disk record: ${(e as Error).message}`, file)
-    }
+    return readRecord(this.diskDir(name), name)
   }
 
   private async writeRecord(r: DiskRecord): Promise<void> {
-    await writeFileAtomic(join(this.diskDir(r.name), RECORD), JSON.stringify(r, null, 2) + '\n')
+    await writeRecord(this.diskDir(r.name), r)
   }
 
   async listDisks(): Promise<string[]> {
@@ -148,21 +160,41 @@ export class Datastore {
     return names.sort()
   }
 
-  async createDisk(name: string, size: number, opts: { subformat?: Subformat } = {}): Promise<DiskRecord> {
+  /** A fresh folder name under `.tandem/<sub>/`. */
+  private async scratch(sub: string, name: string): Promise<string> {
+    const d = join(this.dir, '.tandem', sub)
+    await mkdir(d, { recursive: true })
+    return join(d, `${name}.${randomBytes(6).toString('hex')}`)
+  }
+
+  /** Makes the datastore folder's entries durable (after a rename in it). */
+  private async syncDir(): Promise<void> {
+    const fh = await openFile(this.dir, 'r')
+    try {
+      await fh.sync().catch(() => undefined)
+    } finally {
+      await fh.close()
+    }
+  }
+
+  /**
+   * Creates a disk: built in `.tandem/new/`, then renamed into place with its record. Returns
+   * what describe would, taken before any request queued behind this one runs.
+   */
+  async createDisk(name: string, size: number, opts: { subformat?: Subformat } = {}): Promise<DiskInfo> {
     validName('disk', name)
     if (!Number.isSafeInteger(size) || size <= 0) throw new StorageError('InvalidArgument', `invalid size ${size}`)
     size = Math.ceil(size / 512) * 512
-    return this.lock(name).runExclusive(async () => {
+    return this.changing(name, async () => {
       const dir = this.diskDir(name)
+      const taken = () => new StorageError('Exists', `a disk named '${name}' already exists`)
+      if (await stat(dir).then(() => true, () => false)) throw taken()
+      let stage = ''
       try {
-        await mkdir(dir)
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code === 'EEXIST') throw new StorageError('Exists', `a disk named '${name}' already exists`)
-        throw fromSystemError(e, dir, 'Could not create')
-      }
-      try {
+        stage = await this.scratch(STAGING, name)
+        await mkdir(stage)
         const top = 'l-0000.vmdk'
-        await createVmdk(join(dir, top), { size, subformat: opts.subformat ?? 'monolithicSparse', exclusive: true })
+        await createVmdk(join(stage, top), { size, subformat: opts.subformat ?? 'monolithicSparse', exclusive: true })
         const r: DiskRecord = {
           version: 1,
           name,
@@ -174,26 +206,42 @@ export class Datastore {
           snapshots: [],
           access: { initiators: [] },
         }
-        await this.writeRecord(r)
-        return r
+        await writeRecord(stage, r)
+        try {
+          await rename(stage, dir)
+        } catch (e) {
+          const code = (e as NodeJS.ErrnoException).code
+          throw code === 'EEXIST' || code === 'ENOTEMPTY' ? taken() : e
+        }
+        await this.syncDir()
+        stage = ''
+        return await this.describeLocked(name)
       } catch (e) {
-        await rm(dir, { recursive: true, force: true })
-        throw e
+        if (stage) await rm(stage, { recursive: true, force: true }).catch(() => undefined)
+        throw fromSystemError(e, dir, 'Could not create')
       }
     })
   }
 
+  /** Deletes a disk: its folder is renamed into `.tandem/trash/` (gone in one step), then removed. */
   async deleteDisk(name: string): Promise<void> {
-    await this.lock(name).runExclusive(async () => {
+    await this.locked(name, async () => {
       await this.readRecord(name)
       const open = this.openExportsOf(name)
       if (Object.keys(open).length > 0) {
         throw new StorageError('Busy', `disk '${name}' is in use by ${Object.entries(open).map(([k, n]) => `${n} client(s) of '${k}'`).join(', ')}`)
       }
       await this.dropIdle(name)
-      await rm(this.diskDir(name), { recursive: true, force: true })
+      const trash = await this.scratch(TRASH, name)
+      try {
+        await rename(this.diskDir(name), trash)
+      } catch (e) {
+        throw fromSystemError(e, this.diskDir(name), 'Could not delete')
+      }
+      this.tidy.delete(name)
+      await this.syncDir()
+      await rm(trash, { recursive: true, force: true }).catch(() => undefined) // else at the next start
     })
-    this.locks.delete(name)
   }
 
   private openExportsOf(disk: string): Record<string, number> {
@@ -213,6 +261,10 @@ export class Datastore {
   }
 
   async describe(name: string): Promise<DiskInfo> {
+    return this.locked(name, () => this.describeLocked(name))
+  }
+
+  private async describeLocked(name: string): Promise<DiskInfo> {
     const r = await this.readRecord(name)
     const dir = this.diskDir(name)
     let actual = 0
@@ -245,7 +297,7 @@ export class Datastore {
 
   /** Access list for the iSCSI target (LUN masking) — stored here, enforced by the target. */
   async setAccess(name: string, access: AccessRecord): Promise<void> {
-    await this.lock(name).runExclusive(async () => {
+    await this.changing(name, async () => {
       const r = await this.readRecord(name)
       r.access = access
       await this.writeRecord(r)
@@ -272,8 +324,9 @@ export class Datastore {
   }
 
   /**
-   * Runs `fn` with the disk's live export (if open) paused and its chain closed; afterwards
-   * the export reopens at the record's (new) top.
+   * Runs `fn` with the disk's live export (if open) paused and its chain closed; afterwards,
+   * whether `fn` succeeded or not, the export reopens at the top the record names, so its
+   * clients carry on (a failed `fn` leaves the record's chain valid).
    */
   private async withTopClosed(disk: string, fn: () => Promise<DiskRecord>): Promise<DiskRecord> {
     const live = this.handles.get(disk)?.live ?? this.idle.peek(disk)?.live
@@ -282,28 +335,34 @@ export class Datastore {
       return fn()
     }
     await live.pause()
-    let reopened = false
     try {
       await live.current.flush()
-      await live.current.close()
-      const r = await fn().catch(async (e) => {
-        // put the old top back so the client carries on
-        const rec = await this.readRecord(disk)
-        live.resume(await openVmdk(this.layerPath(disk, rec.top)))
-        reopened = true
-        throw e
-      })
-      live.resume(await openVmdk(this.layerPath(disk, r.top)))
-      reopened = true
-      return r
-    } finally {
-      if (!reopened) live.resume()
+    } catch (e) {
+      live.resume() // nothing closed: the clients carry on with the same chain
+      throw e
     }
+    let r: DiskRecord | undefined
+    let failure: unknown
+    try {
+      await live.current.close() // closes its files even when it fails
+      r = await fn()
+    } catch (e) {
+      failure = e
+    }
+    let next: BlockDevice | undefined
+    try {
+      next = await openVmdk(this.layerPath(disk, (r ?? (await this.readRecord(disk))).top))
+    } catch (e) {
+      failure ??= e
+    }
+    live.resume(next)
+    if (failure !== undefined) throw failure
+    return r!
   }
 
   async createSnapshot(disk: string, snapshot: string): Promise<SnapshotRecord> {
     validName('snapshot', snapshot)
-    return this.lock(disk).runExclusive(async () => {
+    return this.changing(disk, async () => {
       const r0 = await this.readRecord(disk)
       if (r0.snapshots.some((s) => s.name === snapshot)) throw new StorageError('Exists', `disk '${disk}' already has a snapshot '${snapshot}'`)
       let made!: SnapshotRecord
@@ -322,7 +381,7 @@ export class Datastore {
 
   async revertSnapshot(disk: string, snapshot: string): Promise<void> {
     validName('snapshot', snapshot)
-    await this.lock(disk).runExclusive(async () => {
+    await this.changing(disk, async () => {
       const r0 = await this.readRecord(disk)
       if (!r0.snapshots.some((s) => s.name === snapshot)) throw new StorageError('NotFound', `disk '${disk}' has no snapshot '${snapshot}'`)
       let old = ''
@@ -342,7 +401,7 @@ export class Datastore {
 
   async deleteSnapshot(disk: string, snapshot: string): Promise<void> {
     validName('snapshot', snapshot)
-    await this.lock(disk).runExclusive(async () => {
+    await this.changing(disk, async () => {
       const r0 = await this.readRecord(disk)
       const snap = r0.snapshots.find((s) => s.name === snapshot)
       if (!snap) throw new StorageError('NotFound', `disk '${disk}' has no snapshot '${snapshot}'`)
@@ -355,7 +414,10 @@ export class Datastore {
         const r = await this.readRecord(disk)
         const s = r.snapshots.find((x) => x.name === snapshot)!
         const parentLayer = s.parent === null ? null : r.snapshots.find((x) => x.name === s.parent)!.layer
-        // Layers whose parent is this snapshot's layer: child snapshots' layers, and the top if current.
+        // Layers whose parent is this snapshot's layer: child snapshots' layers, and the top if
+        // current. Each rebase keeps its layer's content and CID, so stopped after any step every
+        // chain still opens with its content; the record names the result only once all are
+        // done (repairDisk makes a record follow children rebased before a stop).
         const children = r.snapshots.filter((x) => x.parent === snapshot).map((x) => x.layer)
         if (r.current === snapshot) children.push(r.top)
         for (const child of children) {
@@ -378,7 +440,7 @@ export class Datastore {
    */
   async openExport(exportName: string): Promise<ExportHandle> {
     const { disk, snapshot } = parseExportName(exportName)
-    return this.lock(disk).runExclusive(async () => {
+    return this.locked(disk, async () => {
       const r = await this.readRecord(disk)
       let h = this.handles.get(exportName)
       if (!h) {

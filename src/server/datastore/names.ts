@@ -7,8 +7,12 @@ import { StorageError } from '../../disk-formats/errors.js'
  */
 const NAME = /^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$/
 
+export function isValidName(name: unknown): name is string {
+  return typeof name === 'string' && NAME.test(name)
+}
+
 export function validName(kind: 'disk' | 'snapshot', name: unknown): string {
-  if (typeof name !== 'string' || !NAME.test(name)) {
+  if (!isValidName(name)) {
     throw new StorageError(
       'InvalidArgument',
       `invalid ${kind} name ${JSON.stringify(name)}: use 1 to 64 of A-Z a-z 0-9 . _ -, not starting with '.'`,

@@ -67,7 +67,14 @@ export function createApp(o: AppOptions): express.Express {
     '/api/v1/disks',
     wrap(async (_req, res) => {
       const out = []
-      for (const n of await ds.listDisks()) out.push(view(await ds.describe(n)))
+      for (const n of await ds.listDisks()) {
+        // a disk deleted since the folder was listed is left out
+        const d = await ds.describe(n).catch((e: unknown) => {
+          if (isStorageError(e, 'NotFound')) return null
+          throw e
+        })
+        if (d) out.push(view(d))
+      }
       res.json({ disks: out })
     }),
   )
@@ -77,8 +84,8 @@ export function createApp(o: AppOptions): express.Express {
       const b = body(req)
       if (b.name === undefined) throw new StorageError('InvalidArgument', 'missing "name"')
       if (b.size === undefined) throw new StorageError('InvalidArgument', 'missing "size"')
-      const r = await ds.createDisk(b.name as string, parseSize(b.size))
-      res.status(201).location(`/api/v1/disks/${r.name}`).json(view(await ds.describe(r.name)))
+      const d = await ds.createDisk(b.name as string, parseSize(b.size))
+      res.status(201).location(`/api/v1/disks/${d.name}`).json(view(d))
     }),
   )
   app.get(

@@ -15,7 +15,7 @@ export const openApi = {
       post: {
         summary: 'Create a disk',
         requestBody: { required: true, content: { 'application/json': { schema: { type: 'object', required: ['name', 'size'], properties: { name: { type: 'string' }, size: { oneOf: [{ type: 'integer' }, { type: 'string', example: '10G' }] } } } } } },
-        responses: { 201: json({ $ref: '#/components/schemas/Disk' }, 'created'), ...errors(400, 409) },
+        responses: { 201: json({ $ref: '#/components/schemas/Disk' }, 'created'), ...errors(400, 409, 507) },
       },
     },
     '/api/v1/disks/{name}': {
@@ -29,16 +29,16 @@ export const openApi = {
       post: {
         summary: 'Take a snapshot (the current state is frozen; writes go to a new delta)',
         requestBody: { required: true, content: { 'application/json': { schema: { type: 'object', required: ['name'], properties: { name: { type: 'string' } } } } } },
-        responses: { 201: json({ $ref: '#/components/schemas/Snapshot' }, 'created'), ...errors(400, 404, 409) },
+        responses: { 201: json({ $ref: '#/components/schemas/Snapshot' }, 'created'), ...errors(400, 404, 409, 507) },
       },
     },
     '/api/v1/disks/{name}/snapshots/{snap}/revert': {
       parameters: [name('name', 'disk'), name('snap', 'snapshot')],
-      post: { summary: 'Revert the disk to a snapshot (discards the current state)', responses: { 200: json({ type: 'object' }), ...errors(400, 404) } },
+      post: { summary: 'Revert the disk to a snapshot (discards the current state)', responses: { 200: json({ type: 'object' }), ...errors(400, 404, 507) } },
     },
     '/api/v1/disks/{name}/snapshots/{snap}': {
       parameters: [name('name', 'disk'), name('snap', 'snapshot')],
-      delete: { summary: 'Delete a snapshot, consolidating its layer (no content changes)', responses: { 204: { description: 'deleted' }, ...errors(400, 404, 409) } },
+      delete: { summary: 'Delete a snapshot, consolidating its layer (no content changes)', responses: { 204: { description: 'deleted' }, ...errors(400, 404, 409, 507) } },
     },
     '/api/v1/disks/{name}/access': {
       parameters: [name('name', 'disk')],

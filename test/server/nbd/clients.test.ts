@@ -85,6 +85,7 @@ t.test('snapshots: create, revert, delete proven by content read through NBD', n
     const c = await TestNbdClient.open(s.nbdPort, e)
     const r = (await c.pread(off, 1 << 20)).data
     c.disconnect()
+    await c.closed // the server closes the socket once it has released the export (a delete now is not Busy)
     return r
   }
   // delete s1: its layer is consolidated into s2, s3 and nothing changes content
