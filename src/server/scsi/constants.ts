@@ -6,6 +6,7 @@ export const CONDITION_MET = 0x04
 export const BUSY = 0x08
 export const RESERVATION_CONFLICT = 0x18
 export const TASK_SET_FULL = 0x28
+export const TASK_ABORTED = 0x40
 
 // Sense keys (SPC-4 table 54)
 export const NO_SENSE = 0x0
@@ -69,6 +70,7 @@ export const VERIFY_12 = 0xaf
 export const SAI_READ_CAPACITY_16 = 0x10
 export const SAI_GET_LBA_STATUS = 0x12
 export const MI_REPORT_SUPPORTED_OPERATION_CODES = 0x0c
+export const PRO_PREEMPT_AND_ABORT = 0x05
 
 /** Additional sense code and qualifier pairs used here (SPC-4 annex D). */
 export const ASC = {

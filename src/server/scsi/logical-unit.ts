@@ -62,6 +62,18 @@ class Gate {
   }
 }
 
+/**
+ * A command of one I_T nexus from its reservation check to its answer (a SAM-5 task), so that
+ * PREEMPT AND ABORT can abort the task sets of the nexuses it preempts.
+ */
+interface Task {
+  readonly nexus: string
+  /** aborted before it reached the medium: it answers TASK ABORTED and has no effect */
+  aborted: boolean
+  /** its work, once it holds the gate (from then on it runs to its end) */
+  running: Promise<ScsiResult> | null
+}
+
 const pad = (s: string, n: number) => Buffer.from(s.padEnd(n).slice(0, n), 'ascii')
 
 /**
@@ -71,6 +83,7 @@ const pad = (s: string, n: number) => Buffer.from(s.padEnd(n).slice(0, n), 'asci
  */
 export class LogicalUnit {
   private readonly gate = new Gate()
+  private readonly tasks = new Set<Task>()
   private reservedBy: string | null = null
   /** I_T nexuses logged in to this LU (count of sessions) and their pending unit attentions, oldest first. */
   private readonly nexuses = new Map<string, { sessions: number; attentions: C.AscName[] }>()
@@ -137,6 +150,8 @@ export class LogicalUnit {
   }
 
   async execute(cdb: Buffer, dataOut: Buffer | null, initiator: string): Promise<ScsiResult> {
+    const task: Task = { nexus: initiator, aborted: false, running: null }
+    this.tasks.add(task)
     try {
       if (cdb.length < 6) throw invalidOpcode()
       // A pending unit attention ends any command but INQUIRY, REPORT LUNS and REQUEST SENSE
@@ -153,11 +168,32 @@ export class LogicalUnit {
       if (this.pr.conflicts(initiator, accessOf(cdb))) return { status: C.RESERVATION_CONFLICT }
       if ((cdb[0] === C.RESERVE_6 || cdb[0] === C.RELEASE_6) && this.pr.active) return { status: C.RESERVATION_CONFLICT } // CRH
       const exclusive = cdb[0] === C.COMPARE_AND_WRITE || cdb[0] === C.ORWRITE_16 || cdb[0] === C.WRITE_ATOMIC_16
-      return await this.gate.run(exclusive, () => this.dispatch(cdb, dataOut ?? Buffer.alloc(0), initiator))
+      return await this.gate.run(exclusive, () => {
+        if (task.aborted) return Promise.resolve({ status: C.TASK_ABORTED })
+        return (task.running = this.dispatch(cdb, dataOut ?? Buffer.alloc(0), task))
+      })
     } catch (e) {
       const s = e instanceof SenseError ? e : isStorageError(e) ? senseFor(e.code) : new SenseError(C.HARDWARE_ERROR, 'INTERNAL_TARGET_FAILURE')
       return { status: C.CHECK_CONDITION, sense: senseData(s) }
+    } finally {
+      this.tasks.delete(task)
     }
+  }
+
+  /**
+   * Aborts the task sets of `nexuses`, `self` (the PREEMPT AND ABORT) excepted. A task that does
+   * not hold the gate yet answers TASK ABORTED (TAS=1) and has no effect; a running one cannot be
+   * recalled (its write may be issued), so this waits for its end. Either way, once this resolves
+   * no command of those nexuses admitted before it changes the medium any more.
+   */
+  private async abortTasks(nexuses: ReadonlySet<string>, self: Task): Promise<void> {
+    const running: Promise<ScsiResult>[] = []
+    for (const t of this.tasks) {
+      if (t === self || !nexuses.has(t.nexus)) continue
+      if (t.running) running.push(t.running)
+      else t.aborted = true
+    }
+    await Promise.allSettled(running)
   }
 
   private range(lba: number, count: number): void {
@@ -172,7 +208,8 @@ export class LogicalUnit {
     if (data.length < bytes) throw parameterLength()
   }
 
-  private async dispatch(cdb: Buffer, out: Buffer, initiator: string): Promise<ScsiResult> {
+  private async dispatch(cdb: Buffer, out: Buffer, task: Task): Promise<ScsiResult> {
+    const initiator = task.nexus
     const op = cdb[0]
     const len = CDB_LENGTH[op]
     if (len === undefined) throw invalidOpcode()
@@ -365,14 +402,17 @@ export class LogicalUnit {
         return { status: C.GOOD }
       case C.RECEIVE_COPY_RESULTS:
         return { status: C.GOOD, dataIn: this.copies.receiveCopyResults(cdb, initiator) }
-      case C.PERSISTENT_RESERVE_OUT:
+      case C.PERSISTENT_RESERVE_OUT: {
+        let preempted: string[]
         try {
-          this.pr.out(cdb, out, initiator)
+          preempted = this.pr.out(cdb, out, initiator)
         } catch (e) {
           if (e instanceof Conflict) return { status: C.RESERVATION_CONFLICT }
           throw e
         }
+        if ((cdb[1] & 0x1f) === C.PRO_PREEMPT_AND_ABORT) await this.abortTasks(new Set(preempted), task)
         return { status: C.GOOD }
+      }
       case C.RESERVE_6:
         if (this.reservedBy !== null && this.reservedBy !== initiator) return { status: C.RESERVATION_CONFLICT }
         this.reservedBy = initiator
@@ -500,6 +540,7 @@ export class LogicalUnit {
       p[0] = 0x0a
       p[1] = 10
       if (!changeable) p[2] = 0x02 // GLTSD
+      if (!changeable) p[5] = 0x40 // TAS: a command aborted by another nexus (PREEMPT AND ABORT) answers TASK ABORTED
       return p
     }
     if (page === 0x08 || page === 0x3f) pages.push(caching())

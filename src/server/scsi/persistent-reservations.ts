@@ -111,8 +111,13 @@ export class PersistentReservations {
     return d.subarray(0, Math.min(d.length, alloc))
   }
 
-  /** PERSISTENT RESERVE OUT; a Conflict becomes RESERVATION CONFLICT status. */
-  out(cdb: Buffer, data: Buffer, nexus: string): void {
+  /**
+   * PERSISTENT RESERVE OUT; a Conflict becomes RESERVATION CONFLICT status. Returns the I_T
+   * nexuses whose registrations PREEMPT or PREEMPT AND ABORT removed (whose task sets PREEMPT AND
+   * ABORT aborts: SPC-4, "Preempting persistent reservations and registration handling"), empty
+   * for the other service actions.
+   */
+  out(cdb: Buffer, data: Buffer, nexus: string): string[] {
     const sa = cdb[1] & 0x1f
     const scope = cdb[2] >> 4
     const type = cdb[2] & 0x0f
@@ -132,11 +137,11 @@ export class PersistentReservations {
       case 0x06: {
         // REGISTER AND IGNORE EXISTING KEY
         if (sa === 0x00 && (mine ?? 0n) !== key) throw new Conflict()
-        if (mine === undefined && saKey === 0n) return
+        if (mine === undefined && saKey === 0n) return []
         if (saKey === 0n) this.unregister(nexus)
         else this.keys.set(nexus, saKey)
         this.generation++
-        return
+        return []
       }
       case 0x01: {
         // RESERVE
@@ -144,21 +149,21 @@ export class PersistentReservations {
         if (!this.type) {
           this.holder = nexus
           this.type = type
-          return
+          return []
         }
-        if (this.isHolder(nexus) && this.type === type) return
+        if (this.isHolder(nexus) && this.type === type) return []
         throw new Conflict()
       }
       case 0x02: {
         // RELEASE
         if (mine === undefined || mine !== key) throw new Conflict()
-        if (!this.type || !this.isHolder(nexus)) return
+        if (!this.type || !this.isHolder(nexus)) return []
         if (this.type !== type) throw new SenseError(C.ILLEGAL_REQUEST, 'INVALID_RELEASE_OF_PERSISTENT_RESERVATION')
         // registrants-only and all-registrants reservations: the other registrants are told (SPC-4 5.13.11.2)
         if (type >= 5) this.tellOthers(nexus, 'RESERVATIONS_RELEASED')
         this.holder = null
         this.type = 0
-        return
+        return []
       }
       case 0x03: {
         // CLEAR
@@ -168,28 +173,30 @@ export class PersistentReservations {
         this.holder = null
         this.type = 0
         this.generation++
-        return
+        return []
       }
       case 0x04:
       case 0x05: {
-        // PREEMPT (AND ABORT): tasks are short and complete on their own, so abort = preempt
+        // PREEMPT (AND ABORT)
         if (mine === undefined || mine !== key) throw new Conflict()
         if (this.type && allRegistrants(this.type) && saKey === 0n) {
-          for (const n of [...this.keys.keys()]) if (n !== nexus) this.preempt(n)
+          const preempted = [...this.keys.keys()].filter((n) => n !== nexus)
+          for (const n of preempted) this.preempt(n)
           this.holder = nexus
           this.type = type
           this.generation++
-          return
+          return preempted
         }
         if (saKey === 0n) throw invalidParameter(8)
         const holderKey = this.type && !allRegistrants(this.type) ? this.keys.get(this.holder!) : undefined
         const victims = [...this.keys.entries()].filter(([, k]) => k === saKey).map(([n]) => n)
         if (holderKey !== undefined && holderKey === saKey) {
-          for (const n of victims) if (n !== nexus) this.preempt(n)
+          const preempted = victims.filter((n) => n !== nexus)
+          for (const n of preempted) this.preempt(n)
           this.holder = nexus
           this.type = type
           this.generation++
-          return
+          return preempted
         }
         if (victims.length === 0) throw new Conflict()
         for (const n of victims) {
@@ -197,7 +204,7 @@ export class PersistentReservations {
           if (n !== nexus) this.notify(n, 'REGISTRATIONS_PREEMPTED')
         }
         this.generation++
-        return
+        return victims
       }
       default:
         throw invalidField(1)
