@@ -85,8 +85,15 @@ export class FileLockStorage implements LockStorage {
     })
   }
 
+  /** A read past the end of the file fails (Corrupt): a truncated lockspace is never read as free records. */
   read(offset: number, length: number): Promise<Buffer> {
-    return this.locked(fsExt.constants.F_RDLCK, (fh) => preadFull(fh, this.name, offset, length))
+    return this.locked(fsExt.constants.F_RDLCK, async (fh) => {
+      const size = await fileSize(fh, this.name)
+      if (offset + length > size) {
+        throw new StorageError('Corrupt', `lockspace '${this.name}' is truncated: ${size} bytes, ${this.size} expected`, this.name)
+      }
+      return preadFull(fh, this.name, offset, length)
+    })
   }
 
   /**
