@@ -85,11 +85,15 @@ export class FileLockStorage implements LockStorage {
     })
   }
 
-  /** A read past the end of the file fails (Corrupt): a truncated lockspace is never read as free records. */
+  /**
+   * A read past the end of a file that shrank since it was opened fails (Corrupt): a lockspace
+   * truncated under its hosts is never read as free records. (A file too small from the start
+   * reads as zeros past its end, and its header decoder says what is wrong with it.)
+   */
   read(offset: number, length: number): Promise<Buffer> {
     return this.locked(fsExt.constants.F_RDLCK, async (fh) => {
       const size = await fileSize(fh, this.name)
-      if (offset + length > size) {
+      if (size < this.size && offset + length > size) {
         throw new StorageError('Corrupt', `lockspace '${this.name}' is truncated: ${size} bytes, ${this.size} expected`, this.name)
       }
       return preadFull(fh, this.name, offset, length)
