@@ -18,6 +18,8 @@ export interface ServeOptions {
   logLevel?: string
   /** µs the event loop stays awake for a connection's next request after a QD1 reply (net/poll.ts); 0: off */
   pollUs?: number
+  /** this server's host name in the datastore's lockspace (default `serve@<machine>`) */
+  lockHost?: string
 }
 
 export interface RunningServer {
@@ -34,7 +36,8 @@ export interface RunningServer {
 export async function serve(o: ServeOptions, log: Logger = pino({ level: o.logLevel ?? 'info' })): Promise<RunningServer> {
   if (o.pollUs !== undefined) poller.windowUs = o.pollUs
   const ds = await Datastore.open(resolve(o.datastore))
-  const locks = await openLockspaceView(ds.dir, log.child({ component: 'locks' }))
+  const locks = await openLockspaceView(ds.dir, log.child({ component: 'locks' }), o.lockHost)
+  ds.onWritable = (disk) => locks.holdDisk(disk)
   const metrics = new Metrics()
   const nbd = new NbdServer(ds, log.child({ component: 'nbd' }), metrics)
   const nbdPort = await nbd.listen(o.nbdPort, o.listen)
