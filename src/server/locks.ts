@@ -149,6 +149,18 @@ export async function openLockspaceView(datastore: string, log: Logger, hostName
   }
 
   await start()
+  // Damage that appears while joined (a truncated or overwritten file) is noticed here, and the
+  // lockspace is then tried afresh like one damaged at start (so moving the file aside repairs it).
+  const health = setInterval(() => {
+    const m = mgr
+    if (!m || problem) return
+    m.view().catch((e: unknown) => {
+      if (mgr !== m || !isStorageError(e) || !['Corrupt', 'BadMagic', 'Unsupported'].includes(e.code)) return
+      log.error({ path, reason: e.message }, 'lockspace damaged: disks are served without their locks until it is repaired')
+      void drop(e.message)
+    })
+  }, RETRY_MS)
+  health.unref()
 
   return {
     path,
@@ -200,6 +212,7 @@ export async function openLockspaceView(datastore: string, log: Logger, hostName
     },
     async close() {
       closed = true
+      clearInterval(health)
       if (retry) clearTimeout(retry)
       await joined?.catch(() => undefined)
       if (mgr) await mgr.leave().catch((e: Error) => log.error({ err: e.message }, 'lockspace: leaving failed'))

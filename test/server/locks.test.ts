@@ -1,5 +1,5 @@
 import t, { type Test } from 'tap'
-import { closeSync, ftruncateSync, mkdirSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs'
+import { closeSync, ftruncateSync, mkdirSync, openSync, readFileSync, renameSync, writeFileSync, writeSync } from 'node:fs'
 import { join } from 'node:path'
 import { pino } from 'pino'
 import { serve } from '../../src/server/serve.js'
@@ -113,6 +113,15 @@ t.test('a damaged lockspace: the server starts, serves disks, and the lock route
   }
   await servesDisks(t, s, 'd1')
   t.notOk(readFileSync(s.locks.path).subarray(0, 30).toString().startsWith('TDLK'), 'left alone for the operator')
+  // the README's repair: move it aside; the running server starts a new one and takes its open disk's lock
+  renameSync(s.locks.path, `${s.locks.path}.damaged`)
+  let r = await get(s.httpPort, '/api/v1/locks')
+  for (let i = 0; i < 100 && !(r.status === 200 && r.body.locks?.length); i++) {
+    await sleep(100)
+    r = await get(s.httpPort, '/api/v1/locks')
+  }
+  t.equal(r.status, 200)
+  t.match(r.body.locks, [{ name: 'disk/d1', state: 'exclusive', owner: 'srv' }], 'repaired while running: the open disk is locked again')
 })
 
 t.test('a lockspace truncated while a lock is held: 503, not an empty list', async (t) => {
@@ -132,6 +141,11 @@ t.test('a lockspace truncated while a lock is held: 503, not an empty list', asy
   const r = await get(s.httpPort, '/api/v1/locks')
   t.equal(r.status, 503)
   t.match(r.body.error?.message, /truncated/)
+  // noticed without a request too: the server stops trusting it and tries it afresh
+  await sleep(2500)
+  const again = await get(s.httpPort, '/api/v1/hosts')
+  t.equal(again.status, 503)
+  t.match(again.body.error?.message, /truncated|not a Tandem lockspace/)
 })
 
 t.test('one corrupt unused record: the lock routes still answer, listing it; the holder stays visible', async (t) => {

@@ -2,8 +2,9 @@ import t, { type Test } from 'tap'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, openSync, readFileSync, readdirSync, writeSync, closeSync } from 'node:fs'
 import { join } from 'node:path'
-import { CLI, run, tandem, tmp } from '../../helpers/peers.js'
-import { WatchdogLink } from '../../../src/client/locks/index.js'
+import { CLI, ROOT, run, tandem, tmp } from '../../helpers/peers.js'
+import { pathToFileURL } from 'node:url'
+import type { WatchdogLink as Link } from '../../../src/client/locks/index.js'
 
 // lock run's own exit statuses, as the README documents them
 const BUSY = 75
@@ -139,12 +140,15 @@ t.test('a watchdog that dies takes the command with it: no command runs unfenced
 t.test('WatchdogLink: writes after the watchdog died are no EPIPE crash, but one onLost', async (t) => {
   const group = spawn('sleep', ['30'], { detached: true, stdio: 'ignore' })
   t.teardown(() => group.kill('SIGKILL'))
+  // the built module: it starts the built watchdog.js next to it, as `lock run` does
+  const { WatchdogLink } = (await import(pathToFileURL(join(ROOT, 'dist', 'src', 'client', 'locks', 'watchdog-link.js')).href)) as { WatchdogLink: typeof Link }
   const link = new WatchdogLink()
   const lost: string[] = []
   link.onLost = (r) => lost.push(r)
   link.group(group.pid!)
   link.deadline(performance.now() + 60_000)
   await sleep(1500) // let it start and read its input
+  t.same(lost, [], 'the watchdog runs')
   process.kill(link.pid!, 'SIGKILL')
   // Block this thread without running the event loop, so the watchdog's exit is not yet seen:
   // the next writes meet a pipe with no reader (EPIPE), as in `lock run` under load.
