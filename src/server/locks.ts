@@ -4,7 +4,7 @@ import { join } from 'node:path'
 import type { Logger } from 'pino'
 import { isStorageError, StorageError } from '../disk-formats/errors.js'
 import { NAME_BYTES, regionSize } from '../disk-formats/lock-region/index.js'
-import { FileLockStorage, initLockspace, LockManager, type HostView, type LockView } from '../client/locks/index.js'
+import { FileLockStorage, initLockspace, LockManager, realClock, type Clock, type HostView, type LockView } from '../client/locks/index.js'
 
 /** Thrown by `view` while the lockspace cannot be used; the REST API answers 503 with its message. */
 export class LockspaceUnavailable extends StorageError {
@@ -30,6 +30,8 @@ export interface LockspaceView {
 }
 
 const DEFAULTS = { maxHosts: 64, maxLocks: 256 }
+/** The server's heartbeat timers do not keep the process alive: its listeners do (a failed start exits). */
+const serverClock: Clock = { ...realClock, setTimeout: (fn, ms) => setTimeout(fn, ms).unref() }
 /** How often an unusable lockspace is tried again. */
 const RETRY_MS = 2000
 
@@ -124,7 +126,7 @@ export async function openLockspaceView(datastore: string, log: Logger, hostName
       const done = await initialiseIfBlank(path)
       if (done) log.warn({ path }, done === 'created' ? 'lockspace created' : 'lockspace was never initialised (empty or all zero): initialised')
       storage = await FileLockStorage.open(path)
-      const m = new LockManager(storage, hostName)
+      const m = new LockManager(storage, hostName, serverClock)
       await m.view() // the header and the region's size: a damaged lockspace is reported, not joined
       mgr = m
       problem = null
@@ -136,11 +138,16 @@ export async function openLockspaceView(datastore: string, log: Logger, hostName
         // a live process under our name is another server on this datastore: report it, try again later
         await m.join({ waitMs: 2 * m.header.leaseMs })
         log.info({ path, host: hostName, slot: m.slot }, 'lockspace joined')
-        for (const d of wanted.keys()) {
-          await take(m, d).catch((e: Error) => log.error({ disk: d, err: e.message }, 'lockspace: could not take the lock of an open disk'))
+        for (const [d, w] of wanted) {
+          if (!w.held) await take(m, d).catch((e: Error) => log.error({ disk: d, err: e.message }, 'lockspace: could not take the lock of an open disk'))
         }
       })()
-      await joined
+      // joining waits out a crashed earlier incarnation (a lease): in the background, not at start
+      joined.catch(async (e: Error) => {
+        if (mgr !== m) return
+        log.error({ path, reason: e.message }, 'lockspace: could not join; disks are served without their locks')
+        await drop(e.message)
+      })
     } catch (e) {
       const reason = (e as Error).message
       if (problem !== reason) log.error({ path, reason }, 'lockspace unusable: disks are served without their locks until it is repaired')
@@ -184,7 +191,8 @@ export async function openLockspaceView(datastore: string, log: Logger, hostName
         const m = mgr
         if (j && m) {
           await j.catch(() => undefined)
-          if (mgr === m && !problem) {
+          // joining takes the locks of the disks already wanted, this one included
+          if (mgr === m && !problem && !wanted.get(disk)?.held) {
             try {
               await take(m, disk)
             } catch (e) {

@@ -38,6 +38,19 @@ async function servesDisks(t: Test, s: Awaited<ReturnType<typeof start>>, name: 
   c.disconnect()
 }
 
+/** Another host, joined to the lockspace at `path` and holding `lock`; it leaves at teardown. */
+async function hostHolding(t: Test, path: string, host: string, lock: string): Promise<LockManager> {
+  const storage = await FileLockStorage.open(path)
+  const m = new LockManager(storage, host)
+  await m.join()
+  await m.acquire(lock)
+  t.teardown(async () => {
+    await m.leave().catch(() => undefined)
+    await storage.close()
+  })
+  return m
+}
+
 t.test('the server holds disk/<name> while the disk is open for writing, and lets go at shutdown', async (t) => {
   const s = await startServer(t)
   await s.ds.createDisk('vm1', 1 << 20)
@@ -66,14 +79,7 @@ t.test('the server holds disk/<name> while the disk is open for writing, and let
 t.test('a disk held by another live host is not opened for writing', async (t) => {
   const s = await startServer(t)
   await s.ds.createDisk('shared', 1 << 20)
-  const storage = await FileLockStorage.open(s.locks.path)
-  const other = new LockManager(storage, 'esx-02')
-  await other.join()
-  await other.acquire('disk/shared')
-  t.teardown(async () => {
-    await other.leave().catch(() => undefined)
-    await storage.close()
-  })
+  const other = await hostHolding(t, s.locks.path, 'esx-02', 'disk/shared')
   if (have('nbdinfo')) {
     const r = await run('nbdinfo', [s.uri('shared')], { timeout: 20_000 })
     t.not(r.status, 0, 'an NBD client is refused the export')
@@ -150,14 +156,7 @@ t.test('a lockspace truncated while a lock is held: 503, not an empty list', asy
 
 t.test('one corrupt unused record: the lock routes still answer, listing it; the holder stays visible', async (t) => {
   const s = await startServer(t)
-  const storage = await FileLockStorage.open(s.locks.path)
-  const m = new LockManager(storage, 'esx-01')
-  await m.join()
-  await m.acquire('vm1')
-  t.teardown(async () => {
-    await m.leave().catch(() => undefined)
-    await storage.close()
-  })
+  await hostHolding(t, s.locks.path, 'esx-01', 'vm1')
   const fd = openSync(s.locks.path, 'r+')
   writeSync(fd, Buffer.alloc(32, 0xa5), 0, 32, recordOffset({ maxHosts: 64 }, 200) + 8)
   closeSync(fd)

@@ -271,7 +271,8 @@ export class LockManager {
    * on our clock (a host not yet watched that long counts as alive: its locks are not broken).
    */
   private alive(i: number, generation?: number): boolean {
-    if (i === this.slotIndex) return this.valid()
+    // our slot under an earlier generation: a crashed incarnation of this host, whose locks are dead
+    if (i === this.slotIndex) return (generation === undefined || generation === this.generation) && this.valid()
     const o = this.observed.get(i)
     if (!o || o.state !== SLOT_LIVE) return false
     if (generation !== undefined && o.generation !== generation) return false
@@ -508,7 +509,8 @@ export class LockManager {
     this.request = req
     this.requestShared = shared
     this.counter++
-    await this.storage.write(slotOffset(this.slotIndex), this.slotBytes())
+    // a signal to the other hosts like the heartbeat itself: visible is enough, no fsync
+    await this.storage.write(slotOffset(this.slotIndex), this.slotBytes(), { durable: false })
   }
 
   /**
@@ -518,7 +520,8 @@ export class LockManager {
    */
   async acquire(name: string, o: AcquireOptions = {}): Promise<Held> {
     const waitMs = o.waitMs ?? 0
-    const until = this.clock.now() + waitMs
+    const start = this.clock.now()
+    const until = start + waitMs
     try {
       for (;;) {
         const h = await this.attempt(name, o)
@@ -529,7 +532,10 @@ export class LockManager {
           const err = new StorageError('Busy', `lock '${name}' is held by ${who} (generation ${v?.generation})${waitMs > 0 ? `; timed out after ${waitMs / 1000} s` : ''}`)
           throw Object.assign(err, { timedOut: waitMs > 0 })
         }
-        await this.setRequest(h + 1, o.shared ?? false)
+        // A managed lock's owner hands over on request: ask at once. Other waiters say so once they
+        // have waited a heartbeat (for views): a short wait writes nothing, so hosts busy taking
+        // many locks do not crowd the storage with request writes.
+        if (o.managed || this.clock.now() - start >= this.header.heartbeatMs) await this.setRequest(h + 1, o.shared ?? false)
         await this.sleep(Math.min(o.pollMs ?? this.header.heartbeatMs / 2, Math.max(1, until - this.clock.now())))
       }
     } finally {

@@ -91,11 +91,12 @@ t.test('liveness: a host never seen advancing is unknown, then dead after a leas
   await live.leave()
 })
 
-t.test('join: a live process under the same name is reported after waitMs; a crashed one is taken over', async (t) => {
+t.test('join: a live process under the same name is reported after waitMs; a crashed one is taken over, with its locks', async (t) => {
   const st = await space()
   const clock = new FakeClock()
   const first = new LockManager(st, 'esx', clock)
   await first.join()
+  await first.acquire('vm1')
   const dup = new LockManager(st, 'esx', clock)
   const outcome = dup.join({ waitMs: 0 }).then(() => 'joined', (e) => e)
   await clock.advance(1000)
@@ -107,6 +108,7 @@ t.test('join: a live process under the same name is reported after waitMs; a cra
   await clock.advance(3000)
   const at = await joined
   t.ok(at - t0 >= 2000, `a silent predecessor is watched for a whole lease first (${at - t0} ms)`)
+  t.equal((await again.acquire('vm1')).generation, 2, 'the crashed incarnation\'s lock is taken over at once: same slot, older generation')
   await again.leave()
 })
 
