@@ -123,6 +123,9 @@ interface Observation {
   requestSince: number
 }
 
+/** An attempt refused because a live host has the lock. */
+type Refused = { refused: number; managed: boolean }
+
 /** A slot or record that could not be decoded: it affects only itself (DESIGN §9). */
 type Damaged = { damaged?: string }
 
@@ -461,8 +464,8 @@ export class LockManager {
     }
   }
 
-  /** One attempt: the lock, or the index of its record when a live host has it. */
-  private async attempt(name: string, o: AcquireOptions): Promise<Held | number> {
+  /** One attempt: the lock, or (when a live host has it) its record's index and whether it is managed. */
+  private async attempt(name: string, o: AcquireOptions): Promise<Held | Refused> {
     if (!this.valid()) {
       this.fence('the lease expired before the lock was taken')
       throw new StorageError('IoError', `host '${this.hostName}' has no valid lease`)
@@ -470,11 +473,12 @@ export class LockManager {
     const { rec, bytes } = await this.recordFor(name, o.managed ?? false)
     const me = this.slotIndex + 1
     const off = recordOffset(this.header, rec.index)
-    const take = async (next: Omit<LockRecord, 'index'>): Promise<Held | number> => {
+    const refused: Refused = { refused: rec.index, managed: rec.managed }
+    const take = async (next: Omit<LockRecord, 'index'>): Promise<Held | Refused> => {
       const ok = rec.managed && rec.owner === me && rec.ownerGeneration === this.generation
         ? (await this.storage.write(off, encodeRecord(next)), true) // the managed owner alone writes its record
         : await this.storage.compareAndWrite(off, bytes, encodeRecord(next))
-      if (!ok) return rec.index
+      if (!ok) return refused
       const h: Held = { name, index: rec.index, mode: o.shared ? 'shared' : 'exclusive', managed: rec.managed, generation: next.generation }
       this.held.set(name, h)
       return h
@@ -483,13 +487,13 @@ export class LockManager {
     const ownerAlive = rec.owner !== 0 && this.alive(rec.owner - 1, rec.ownerGeneration)
     const liveShared = [...rec.shared].filter((i) => this.alive(i))
     if (o.shared) {
-      if (rec.mode === MODE_EXCLUSIVE && ownerAlive) return rec.index
+      if (rec.mode === MODE_EXCLUSIVE && ownerAlive) return refused
       if (rec.managed) throw new StorageError('InvalidArgument', `lock '${name}' is managed: it has no shared mode`)
       const shared = new Set(liveShared)
       shared.add(this.slotIndex)
       return take({ ...rec, mode: MODE_SHARED, owner: 0, ownerGeneration: 0, shared, generation: rec.generation + 1 })
     }
-    if (liveShared.some((i) => i !== this.slotIndex)) return rec.index
+    if (liveShared.some((i) => i !== this.slotIndex)) return refused
     const mine = { ...rec, mode: MODE_EXCLUSIVE, owner: me, ownerGeneration: this.generation, shared: new Set<number>() }
     if (rec.managed) {
       if (rec.owner === me && rec.ownerGeneration === this.generation) {
@@ -497,10 +501,10 @@ export class LockManager {
         if (rec.mode === MODE_EXCLUSIVE) throw new StorageError('Busy', `lock '${name}' is already held by this host`)
         return take({ ...mine, generation: rec.generation })
       }
-      if (ownerAlive) return rec.index
+      if (ownerAlive) return refused
       return take({ ...mine, generation: rec.generation + 1 }) // owner dead (or none): break by compare-and-write
     }
-    if (rec.mode === MODE_EXCLUSIVE && ownerAlive) return rec.index
+    if (rec.mode === MODE_EXCLUSIVE && ownerAlive) return refused
     return take({ ...mine, generation: rec.generation + 1 })
   }
 
@@ -525,7 +529,7 @@ export class LockManager {
     try {
       for (;;) {
         const h = await this.attempt(name, o)
-        if (typeof h !== 'number') return h
+        if (!('refused' in h)) return h
         if (this.clock.now() >= until) {
           const v = (await this.view()).locks.find((l) => l.name === name)
           const who = v?.owner ? `host '${v.owner}'` : `${v?.sharedHolders.length ?? 0} shared holder(s)`
@@ -535,7 +539,7 @@ export class LockManager {
         // A managed lock's owner hands over on request: ask at once. Other waiters say so once they
         // have waited a heartbeat (for views): a short wait writes nothing, so hosts busy taking
         // many locks do not crowd the storage with request writes.
-        if (o.managed || this.clock.now() - start >= this.header.heartbeatMs) await this.setRequest(h + 1, o.shared ?? false)
+        if (h.managed || this.clock.now() - start >= this.header.heartbeatMs) await this.setRequest(h.refused + 1, o.shared ?? false)
         await this.sleep(Math.min(o.pollMs ?? this.header.heartbeatMs / 2, Math.max(1, until - this.clock.now())))
       }
     } finally {
