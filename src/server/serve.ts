@@ -30,6 +30,8 @@ export interface ServeOptions {
   timers?: Timers
   /** NBD STARTTLS with the datastore's PSK keys (nbd/tls.ts); default optional */
   tls?: TlsMode
+  /** this server's host name in the datastore's lockspace (default `serve@<machine>`) */
+  lockHost?: string
 }
 
 
@@ -80,8 +82,9 @@ export async function serve(o: ServeOptions, log: Logger = pino({ level: o.logLe
   const listening = <T>(what: string, port: number, p: Promise<T>) => p.catch((e: unknown) => Promise.reject(listenError(what, o.listen, port, e)))
   try {
     const nbdKeys = await PskKeys.open(ds.dir)
-    const locks = await openLockspaceView(ds.dir, log.child({ component: 'locks' }))
+    const locks = await openLockspaceView(ds.dir, log.child({ component: 'locks' }), o.lockHost)
     opened.push(() => locks.close())
+    ds.onWritable = (disk) => locks.holdDisk(disk)
     const metrics = new Metrics()
     const nbd = new NbdServer(ds, log.child({ component: 'nbd' }), metrics, limits, new NbdTls(o.tls ?? 'optional', nbdKeys))
     opened.push(() => nbd.close(grace.reached))

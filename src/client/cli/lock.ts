@@ -1,9 +1,8 @@
 import { open } from 'node:fs/promises'
 import { createRequire } from 'node:module'
-import { dirname, join } from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { constants as osConstants } from 'node:os'
 import { Command } from 'commander'
-import { StorageError } from '../../disk-formats/errors.js'
+import { isStorageError, StorageError } from '../../disk-formats/errors.js'
 import { regionSize } from '../../disk-formats/lock-region/index.js'
 import type * as Locks from '../locks/index.js'
 import { loadLazy } from './lazy.js'
@@ -14,7 +13,15 @@ const loadLocks = () => loadLazy<typeof Locks>('../locks/index.js')
 /** node:child_process, loaded when a command spawns: it loads net, stream and dgram, ~4 ms of every command's start. */
 const childProcess = () => createRequire(import.meta.url)('node:child_process') as typeof import('node:child_process')
 
-const WATCHDOG = join(dirname(fileURLToPath(import.meta.url)), '..', 'locks', 'watchdog.js')
+/** `lock run`'s own exit statuses (README "Exit status of lock run"); any other is the command's. */
+export const LOCK_RUN_EXIT = { busy: 75, timedOut: 124, lockspace: 74, releaseFailed: 71, leaseLost: 70 } as const
+const EXIT_MEANING: Record<keyof typeof LOCK_RUN_EXIT, string> = {
+  busy: 'the command did not run: the lock (or the --host name) is in use by a live host',
+  timedOut: 'the command did not run: --wait ran out (the message says after how many seconds)',
+  lockspace: 'the command did not run: the lockspace is missing, damaged or unreadable',
+  releaseFailed: 'the command ran, but the lock could not be released (the message gives its status)',
+  leaseLost: 'the command ran and was killed: the lease was lost (or its watchdog died)',
+}
 
 function int(v: string, what: string): number {
   const n = Number(v)
@@ -74,17 +81,27 @@ export function lockCommand(run: (fn: () => Promise<number | void>) => Promise<v
           const [h, l] = await Promise.all([fetch(`${base}/api/v1/hosts`), fetch(`${base}/api/v1/locks`)]).catch((e) => {
             throw new StorageError('IoError', `could not reach ${base}: ${e.message}`)
           })
-          if (!h.ok || !l.ok) throw new StorageError('IoError', `${base} answered ${h.status}/${l.status}`)
+          for (const r of [h, l]) {
+            if (!r.ok) {
+              const why = ((await r.json().catch(() => null)) as { error?: { message?: string } } | null)?.error?.message
+              throw new StorageError('IoError', `${base} answered ${r.status}${why ? `: ${why}` : ''}`)
+            }
+          }
           view = { hosts: ((await h.json()) as { hosts: unknown[] }).hosts, locks: ((await l.json()) as { locks: unknown[] }).locks }
         } else if (o.lockspace) {
           const { FileLockStorage, LockManager } = await loadLocks()
           const s = await FileLockStorage.open(o.lockspace)
           try {
             const m = new LockManager(s, 'tandem-ls')
-            view = await m.view()
-            // liveness needs two observations a heartbeat apart
-            await new Promise((r) => setTimeout(r, m.header.heartbeatMs * 1.5))
-            view = await m.view()
+            let v = await m.view()
+            // A host is alive once seen advancing, dead once silent for a whole lease: watch until
+            // every live-marked host is one or the other (at most a lease and a heartbeat).
+            const until = performance.now() + m.header.leaseMs + m.header.heartbeatMs
+            while (v.hosts.some((h) => h.alive === null) && performance.now() < until) {
+              await new Promise((r) => setTimeout(r, m.header.heartbeatMs / 2))
+              v = await m.view()
+            }
+            view = v
           } finally {
             await s.close()
           }
@@ -93,12 +110,19 @@ export function lockCommand(run: (fn: () => Promise<number | void>) => Promise<v
           process.stdout.write(JSON.stringify(view, null, 2) + '\n')
           return
         }
-        const hosts = view.hosts as { slot: number; name: string; alive: boolean; heartbeatAgeMs: number | null; generation: number }[]
-        const locks = view.locks as { name: string; state: string; managed: boolean; owner: string | null; generation: number; sharedHolders: string[]; waiting: string[] }[]
-        let out = 'HOSTS\nslot  name                             alive  generation  heartbeat-age\n'
-        for (const h of hosts) out += `${String(h.slot).padEnd(6)}${h.name.padEnd(33)}${(h.alive ? 'yes' : 'no').padEnd(7)}${String(h.generation).padEnd(12)}${h.heartbeatAgeMs ?? '-'} ms\n`
+        const hosts = view.hosts as Locks.HostView[]
+        const locks = view.locks as Locks.LockView[]
+        let out = 'HOSTS\nslot  name                             alive    generation  heartbeat-age\n'
+        for (const h of hosts) {
+          const alive = h.alive === null ? 'unknown' : h.alive ? 'yes' : 'no'
+          out += `${String(h.slot).padEnd(6)}${(h.error ? `(damaged: ${h.error})` : h.name).padEnd(33)}${alive.padEnd(9)}${String(h.generation).padEnd(12)}${h.heartbeatAgeMs ?? '-'} ms\n`
+        }
         out += '\nLOCKS\nname                             state      managed  generation  owner / holders\n'
         for (const l of locks) {
+          if (l.error) {
+            out += `${`(record ${l.record})`.padEnd(33)}damaged    ${l.error}\n`
+            continue
+          }
           const who = l.owner ?? (l.sharedHolders.length ? l.sharedHolders.join(',') : '-')
           out += `${l.name.padEnd(33)}${l.state.padEnd(11)}${(l.managed ? 'yes' : 'no').padEnd(9)}${String(l.generation).padEnd(12)}${who}${l.waiting.length ? `  (waiting: ${l.waiting.join(',')})` : ''}\n`
         }
@@ -115,71 +139,92 @@ export function lockCommand(run: (fn: () => Promise<number | void>) => Promise<v
     .requiredOption('--host <name>', 'this host\'s name (its heartbeat slot is found or claimed by name)')
     .option('--shared', 'take the lock in shared mode', false)
     .option('--managed', 'managed mode: ownership passes by the owner\'s rewrite when another host asks', false)
+    .option('--yield', 'with --managed: send the command SIGTERM when another host asks for the lock', false)
     .option('--wait <seconds>', 'wait this long for the lock (default: try once)', '0')
+    .addHelpText(
+      'after',
+      `\nExit status: the command's own when it ran (128+N if killed by signal N); otherwise\n` +
+        Object.entries(LOCK_RUN_EXIT).map(([k, v]) => `  ${v}  ${EXIT_MEANING[k as keyof typeof LOCK_RUN_EXIT]}`).join('\n'),
+    )
     .action((name: string, command: string[], o) =>
       run(async () => {
         const waitMs = Number(o.wait) * 1000
         if (!Number.isFinite(waitMs) || waitMs < 0) throw new StorageError('InvalidArgument', `invalid --wait '${o.wait}'`)
-        const { FileLockStorage, LockManager } = await loadLocks()
-        const storage = await FileLockStorage.open(o.lockspace)
-        const mgr = new LockManager(storage, o.host)
-        await mgr.join()
-        let held
+        if (o.yield && !o.managed) throw new StorageError('InvalidArgument', '--yield needs --managed (only a managed lock is handed over on request)')
+        const fail = (code: number, msg: string) => (process.stderr.write(`tandem: ${msg}\n`), code)
+        const { FileLockStorage, LockManager, WatchdogLink } = await loadLocks()
+        let storage: Locks.LockStorage
         try {
+          storage = await FileLockStorage.open(o.lockspace)
+        } catch (e) {
+          return fail(LOCK_RUN_EXIT.lockspace, (e as Error).message)
+        }
+        let mgr: Locks.LockManager
+        try {
+          mgr = new LockManager(storage, o.host)
+        } catch (e) {
+          await storage.close()
+          throw e
+        }
+        let held: Locks.Held
+        try {
+          await mgr.join({ waitMs })
           held = await mgr.acquire(name, { shared: o.shared, managed: o.managed, waitMs })
         } catch (e) {
           await mgr.leave().catch(() => undefined)
           await storage.close()
-          throw e
+          if (!isStorageError(e) || e.code === 'InvalidArgument') throw e
+          if (e.code !== 'Busy') return fail(LOCK_RUN_EXIT.lockspace, e.message)
+          return fail((e as { timedOut?: boolean }).timedOut ? LOCK_RUN_EXIT.timedOut : LOCK_RUN_EXIT.busy, e.message)
         }
-        const dog = childProcess().spawn(process.execPath, [WATCHDOG], { detached: true, stdio: ['pipe', 'ignore', 'inherit'] })
-        dog.unref()
-        const toNs = (deadlineMs: number) => process.hrtime.bigint() + BigInt(Math.floor((deadlineMs - performance.now()) * 1e6))
-        const feed = (line: string) => {
-          if (dog.stdin && !dog.stdin.destroyed) dog.stdin.write(line + '\n')
+        let fenced = ''
+        let child: import('node:child_process').ChildProcess | null = null
+        const signalCommand = (sig: NodeJS.Signals) => {
+          try {
+            if (child?.pid) process.kill(-child.pid, sig)
+          } catch {
+            /* gone */
+          }
         }
-        feed(`D ${toNs(mgr.fenceDeadline)}`)
-        const child = childProcess().spawn(command[0], command.slice(1), {
+        const lose = (reason: string) => {
+          if (!fenced) fenced = reason
+          signalCommand('SIGKILL')
+        }
+        const dog = new WatchdogLink()
+        dog.onLost = lose
+        dog.deadline(mgr.fenceDeadline)
+        child = childProcess().spawn(command[0], command.slice(1), {
           detached: true,
           stdio: 'inherit',
           env: { ...process.env, TANDEM_LOCK_GENERATION: String(held.generation), TANDEM_LOCK_NAME: name, TANDEM_LOCK_HOST: o.host },
         })
-        if (child.pid) feed(`P ${child.pid}`)
-        let fenced = ''
-        mgr.onRenew = (deadline) => feed(`D ${toNs(deadline)}`)
-        mgr.onFence = (reason) => {
-          fenced = reason
-          try {
-            if (child.pid) process.kill(-child.pid, 'SIGKILL')
-          } catch {
-            /* gone */
-          }
+        if (child.pid) dog.group(child.pid)
+        mgr.onRenew = (deadline) => dog.deadline(deadline)
+        mgr.onFence = lose
+        let yielded = false
+        mgr.onRequested = (lock, by) => {
+          if (!o.yield || yielded || lock !== name) return
+          yielded = true
+          process.stderr.write(`tandem: host '${by}' asks for lock '${name}': ending the command (SIGTERM)\n`)
+          signalCommand('SIGTERM')
         }
-        const forward = (sig: NodeJS.Signals) => {
-          try {
-            if (child.pid) process.kill(-child.pid, sig)
-          } catch {
-            /* gone */
-          }
-        }
-        process.on('SIGTERM', () => forward('SIGTERM'))
-        process.on('SIGINT', () => forward('SIGINT'))
+        process.on('SIGTERM', () => signalCommand('SIGTERM'))
+        process.on('SIGINT', () => signalCommand('SIGINT'))
         const { code, signal } = await new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) => {
-          child.on('exit', (c, s) => res({ code: c, signal: s }))
-          child.on('error', (e) => {
+          child!.on('exit', (c, s) => res({ code: c, signal: s }))
+          child!.on('error', (e) => {
             process.stderr.write(`tandem: could not run '${command[0]}': ${e.message}\n`)
             res({ code: 127, signal: null })
           })
         })
-        feed('S')
-        dog.stdin?.end()
-        await mgr.leave().catch(() => undefined)
+        dog.stop()
+        const status = code ?? 128 + (signal ? osConstants.signals[signal] : 0)
+        let releaseError = ''
+        await mgr.leave().catch((e: Error) => (releaseError = e.message))
         await storage.close()
-        if (fenced) {
-          process.stderr.write(`tandem: lock '${name}' lost (${fenced}); the command was killed\n`)
-          return 1
-        }
-        return code ?? 128 + (signal === 'SIGKILL' ? 9 : signal === 'SIGTERM' ? 15 : 1)
+        if (fenced) return fail(LOCK_RUN_EXIT.leaseLost, `lock '${name}' lost (${fenced}); the command was killed`)
+        if (releaseError) return fail(LOCK_RUN_EXIT.releaseFailed, `the command ended (status ${status}) but ${releaseError}`)
+        return status
       }),
     )
   return lock

@@ -68,31 +68,66 @@ export interface AcquireOptions {
 
 export interface HostView {
   slot: number
+  /** the host's name; '' for a damaged slot */
   name: string
-  state: 'free' | 'live' | 'left'
+  state: 'free' | 'live' | 'left' | 'damaged'
   generation: number
-  alive: boolean
+  /**
+   * true: its heartbeat advanced within the lease, as seen here; false: it is not live, or it has
+   * not advanced for a whole lease; null (unknown): watched for less than a lease without seeing an advance.
+   */
+  alive: boolean | null
+  /** ms since its heartbeat was last seen advancing — or, while it has never been seen advancing, since it was first read */
   heartbeatAgeMs: number | null
   requesting: string | null
+  /** why the slot could not be read */
+  error?: string
 }
 
 export interface LockView {
+  /** the lock's name; '' for a damaged record */
   name: string
-  state: 'free' | 'exclusive' | 'shared'
+  state: 'free' | 'exclusive' | 'shared' | 'damaged'
   managed: boolean
   generation: number
   owner: string | null
   ownerHeartbeatAgeMs: number | null
   sharedHolders: string[]
+  /** hosts asking for the lock (any mode), oldest request first */
   waiting: string[]
+  /** the damaged record's index (its name is unknown) */
+  record?: number
+  /** why the record could not be read */
+  error?: string
+}
+
+export interface JoinOptions {
+  /**
+   * How long to wait, ms, while a live process already uses this host name (default: forever).
+   * A slot under our name not seen advancing is watched for a whole lease first in any case: it may
+   * be an earlier incarnation that crashed.
+   */
+  waitMs?: number
 }
 
 interface Observation {
   generation: number
   counter: number
   state: number
+  /** when (generation, counter, state) was last seen changing — or first read */
   since: number
+  /** seen changing at least once (so `since` is a real heartbeat, not our first look) */
+  advanced: boolean
+  request: number
+  /** when the current request was first seen */
+  requestSince: number
 }
+
+/** An attempt refused because a live host has the lock. */
+type Refused = { refused: number; managed: boolean }
+
+/** A slot or record that could not be decoded: it affects only itself (DESIGN §9). */
+type Damaged = { damaged?: string }
 
 /** Initialises an empty lockspace on `storage` (which must be exactly the right size, or empty and growable by the caller). */
 export async function initLockspace(storage: LockStorage, o: LockspaceOptions = {}): Promise<Header> {
@@ -157,6 +192,8 @@ export class LockManager {
   onFence: (reason: string) => void = () => {}
   /** called after each successful renewal with the new fence deadline (monotonic ms) */
   onRenew: (deadline: number) => void = () => {}
+  /** called at each heartbeat while a live host asks for a managed lock this host is using */
+  onRequested: (lock: string, by: string) => void = () => {}
 
   constructor(
     readonly storage: LockStorage,
@@ -182,30 +219,63 @@ export class LockManager {
     return !this.stopped && at < this.fenceDeadline
   }
 
-  private async readAll(): Promise<{ slots: Slot[]; records: LockRecord[]; raw: Buffer }> {
+  /**
+   * Reads the whole region. The header (and the region's size) must be sound, or this throws; a
+   * damaged slot or record does not: it comes back marked `damaged`, so it affects only itself.
+   */
+  private async readAll(): Promise<{ slots: (Slot & Damaged)[]; records: (LockRecord & Damaged)[]; raw: Buffer }> {
     const raw = await this.storage.read(0, regionSize(this.header))
     decodeHeader(raw.subarray(0, SECTOR), this.storage.name, this.storage.size)
     const now = this.clock.now()
-    const slots: Slot[] = []
+    const slots: (Slot & Damaged)[] = []
     for (let i = 0; i < this.header.maxHosts; i++) {
-      const s = decodeSlot(raw.subarray(slotOffset(i), slotOffset(i) + SECTOR), i, this.storage.name)
+      let s: Slot & Damaged
+      try {
+        s = decodeSlot(raw.subarray(slotOffset(i), slotOffset(i) + SECTOR), i, this.storage.name)
+      } catch (e) {
+        // unchanged observation: a slot that stays damaged ages out like a silent one
+        slots.push({ index: i, state: SLOT_FREE, generation: 0, counter: 0, request: 0, requestShared: false, name: '', damaged: (e as Error).message })
+        continue
+      }
       slots.push(s)
       const o = this.observed.get(i)
-      if (!o || o.generation !== s.generation || o.counter !== s.counter || o.state !== s.state) {
-        this.observed.set(i, { generation: s.generation, counter: s.counter, state: s.state, since: now })
+      if (!o) {
+        this.observed.set(i, { generation: s.generation, counter: s.counter, state: s.state, since: now, advanced: false, request: s.request, requestSince: now })
+      } else {
+        if (o.generation !== s.generation || o.counter !== s.counter || o.state !== s.state) {
+          Object.assign(o, { generation: s.generation, counter: s.counter, state: s.state, since: now, advanced: true })
+        }
+        if (o.request !== s.request) Object.assign(o, { request: s.request, requestSince: now })
       }
     }
-    const records: LockRecord[] = []
+    const records: (LockRecord & Damaged)[] = []
     for (let i = 0; i < this.header.maxLocks; i++) {
       const off = recordOffset(this.header, i)
-      records.push(decodeRecord(raw.subarray(off, off + SECTOR), i, this.storage.name))
+      try {
+        records.push(decodeRecord(raw.subarray(off, off + SECTOR), i, this.storage.name))
+      } catch (e) {
+        records.push({ index: i, name: '', mode: MODE_FREE, managed: false, generation: 0, owner: 0, ownerGeneration: 0, shared: new Set(), damaged: (e as Error).message })
+      }
     }
     return { slots, records, raw }
   }
 
-  /** Is the host in slot `i` alive, as seen from here: its heartbeat advanced within the lease. */
-  private alive(i: number, generation?: number): boolean {
+  /** What this host can say of slot `i`: alive, dead, or unknown (watched for less than a lease without an advance). */
+  private liveness(i: number): boolean | null {
     if (i === this.slotIndex) return this.valid()
+    const o = this.observed.get(i)
+    if (!o || o.state !== SLOT_LIVE) return false
+    if (this.clock.now() - o.since >= this.header.leaseMs) return false
+    return o.advanced ? true : null
+  }
+
+  /**
+   * May the host in slot `i` be alive, as seen from here: it has not been silent for a whole lease
+   * on our clock (a host not yet watched that long counts as alive: its locks are not broken).
+   */
+  private alive(i: number, generation?: number): boolean {
+    // our slot under an earlier generation: a crashed incarnation of this host, whose locks are dead
+    if (i === this.slotIndex) return (generation === undefined || generation === this.generation) && this.valid()
     const o = this.observed.get(i)
     if (!o || o.state !== SLOT_LIVE) return false
     if (generation !== undefined && o.generation !== generation) return false
@@ -213,16 +283,18 @@ export class LockManager {
   }
 
   /** Joins by host name: the slot is claimed automatically (no manual ids). */
-  async join(): Promise<{ slot: number; generation: number }> {
+  async join(o: JoinOptions = {}): Promise<{ slot: number; generation: number }> {
     const head = await this.storage.read(0, SECTOR)
     this.header = decodeHeader(head, this.storage.name, this.storage.size)
+    const until = this.clock.now() + (o.waitMs ?? Infinity)
     for (;;) {
       const { slots, raw } = await this.readAll()
       const mine = slots.find((s) => s.name === this.hostName && s.state !== SLOT_FREE)
-      let target = mine ?? slots.find((s) => s.state !== SLOT_LIVE) ?? null
+      // a damaged slot is never claimed: it may be a live host's, rewritten at its next heartbeat
+      let target = mine ?? slots.find((s) => s.state !== SLOT_LIVE && !s.damaged) ?? null
       if (!mine && !target) {
         // every slot is live: reuse one whose host is dead, after watching it for a lease
-        target = slots.find((s) => !this.alive(s.index)) ?? null
+        target = slots.find((s) => !s.damaged && !this.alive(s.index)) ?? null
         if (!target) {
           await this.sleep(this.header.heartbeatMs)
           const still = await this.readAll()
@@ -232,9 +304,14 @@ export class LockManager {
           continue
         }
       }
-      if (mine && mine.state === SLOT_LIVE && this.observed.get(mine.index)!.since + this.header.leaseMs > this.clock.now()) {
+      if (mine && mine.state === SLOT_LIVE && this.alive(mine.index)) {
         // Our name, still live: a previous incarnation that crashed, or a duplicate host. Wait
-        // until it has been silent for a whole lease before taking over (it may still hold locks).
+        // until it has been silent for a whole lease before taking over (it may still hold locks);
+        // one seen advancing is another live process: give up once `waitMs` has passed.
+        if (this.liveness(mine.index) === true && this.clock.now() >= until) {
+          const age = Math.round(this.clock.now() - this.observed.get(mine.index)!.since)
+          throw new StorageError('Busy', `host name '${this.hostName}' is in use by a live process (heartbeat slot ${mine.index}, last beat ${age} ms ago); give each host its own --host name`)
+        }
         await this.sleep(this.header.heartbeatMs)
         await this.readAll()
         if (this.alive(mine.index)) continue
@@ -304,7 +381,8 @@ export class LockManager {
       this.onRenew(this.fenceDeadline)
       const view = await this.readAll()
       const me = view.slots[this.slotIndex]
-      if (me.generation !== this.generation || me.name !== this.hostName) {
+      // damaged: not taken over (a taker writes a valid slot); our next beat rewrites it
+      if (!me.damaged && (me.generation !== this.generation || me.name !== this.hostName)) {
         this.fence(`our heartbeat slot ${this.slotIndex} was taken over`)
         return
       }
@@ -314,43 +392,80 @@ export class LockManager {
     }
   }
 
-  /** Managed locks we own but do not use: hand them to a live requester by rewriting the record. */
-  private async serveRequests(slots: Slot[], records: LockRecord[]): Promise<void> {
-    for (const s of slots) {
-      if (s.index === this.slotIndex || s.request === 0 || !this.alive(s.index)) continue
-      const r = records[s.request - 1]
-      if (!r || !r.managed || r.owner !== this.slotIndex + 1 || r.mode !== MODE_FREE || this.held.has(r.name)) continue
-      if (!this.valid()) return
-      await this.storage.write(
-        recordOffset(this.header, r.index),
-        encodeRecord({ ...r, owner: s.index + 1, ownerGeneration: s.generation, generation: r.generation + 1 }),
-      )
+  /** Live hosts other than us asking for record `index`, oldest request first (as first seen here). */
+  private requesters(slots: (Slot & Damaged)[], index: number): Slot[] {
+    const since = (s: Slot) => this.observed.get(s.index)?.requestSince ?? Infinity
+    return slots
+      .filter((s) => !s.damaged && s.index !== this.slotIndex && s.state === SLOT_LIVE && s.request === index + 1 && this.liveness(s.index) !== false)
+      .sort((x, y) => since(x) - since(y) || x.index - y.index)
+  }
+
+  /**
+   * Managed locks we own: an idle one goes to the oldest live requester by our rewrite of the
+   * record; for one in use, `onRequested` tells the user (`lock run --yield` ends its command).
+   */
+  private async serveRequests(slots: (Slot & Damaged)[], records: (LockRecord & Damaged)[]): Promise<void> {
+    for (const r of records) {
+      if (r.damaged || !r.managed || r.owner !== this.slotIndex + 1 || r.ownerGeneration !== this.generation) continue
+      const [first] = this.requesters(slots, r.index)
+      if (!first) continue
+      if (this.held.has(r.name)) {
+        this.onRequested(r.name, first.name)
+        continue
+      }
+      // idle and not wanted here (a lock handed to us while we wait for it is about to be used)
+      if (r.mode !== MODE_FREE || this.request === r.index + 1 || !this.valid()) continue
+      await this.handOver(r, first)
     }
   }
 
-  /** Finds the record of `name`, claiming a blank one (by compare-and-write) if none has it yet. */
+  /** The managed owner's rewrite: `to` owns the lock (idle) under a new generation. */
+  private async handOver(r: LockRecord, to: Slot): Promise<void> {
+    await this.storage.write(
+      recordOffset(this.header, r.index),
+      encodeRecord({ ...r, mode: MODE_FREE, owner: to.index + 1, ownerGeneration: to.generation, generation: r.generation + 1 }),
+    )
+  }
+
+  /**
+   * Finds the record of `name`, claiming a blank one (by compare-and-write) if none has it yet.
+   * A damaged record on the way is skipped when the name turns up further on (names are claimed
+   * at the first blank of their probe sequence and never move, so it cannot have been ours);
+   * when it does not, the damaged record may be this lock's own, and the lock is refused.
+   */
   private async recordFor(name: string, managed: boolean): Promise<{ rec: LockRecord; bytes: Buffer }> {
     if (name.length === 0 || Buffer.byteLength(name) > NAME_BYTES) throw new StorageError('InvalidArgument', `lock name must be 1 to ${NAME_BYTES} bytes`)
     for (;;) {
       const { records, raw } = await this.readAll()
       const home = homeIndex(name, this.header.maxLocks)
+      let damaged: (LockRecord & Damaged) | null = null
+      let blank: { off: number; bytes: Buffer } | null = null
       for (let k = 0; k < this.header.maxLocks; k++) {
         const r = records[(home + k) % this.header.maxLocks]
         const off = recordOffset(this.header, r.index)
         const bytes = Buffer.from(raw.subarray(off, off + SECTOR))
+        if (r.damaged) {
+          damaged ??= r
+          continue
+        }
         if (r.name === name) return { rec: r, bytes }
         if (r.name === '') {
-          const fresh = { name, mode: MODE_FREE, managed, generation: 0, owner: 0, ownerGeneration: 0, shared: new Set<number>() }
-          await this.storage.compareAndWrite(off, bytes, encodeRecord(fresh))
-          break // re-read: we, or whoever won, has the name there now
+          blank = { off, bytes }
+          break
         }
-        if (k === this.header.maxLocks - 1) throw new StorageError('NoSpace', `lockspace '${this.storage.name}' has no free lock record`)
       }
+      if (damaged) {
+        throw new StorageError('Corrupt', `lock '${name}': its record may be the damaged record ${damaged.index} (${damaged.damaged}); other locks are not affected — see 'Repairs' in the README`)
+      }
+      if (!blank) throw new StorageError('NoSpace', `lockspace '${this.storage.name}' has no free lock record`)
+      const fresh = { name, mode: MODE_FREE, managed, generation: 0, owner: 0, ownerGeneration: 0, shared: new Set<number>() }
+      await this.storage.compareAndWrite(blank.off, blank.bytes, encodeRecord(fresh))
+      // re-read: we, or whoever won, has the name there now
     }
   }
 
-  /** One attempt; null when the lock is taken by a live host. */
-  private async attempt(name: string, o: AcquireOptions): Promise<Held | null> {
+  /** One attempt: the lock, or (when a live host has it) its record's index and whether it is managed. */
+  private async attempt(name: string, o: AcquireOptions): Promise<Held | Refused> {
     if (!this.valid()) {
       this.fence('the lease expired before the lock was taken')
       throw new StorageError('IoError', `host '${this.hostName}' has no valid lease`)
@@ -358,11 +473,12 @@ export class LockManager {
     const { rec, bytes } = await this.recordFor(name, o.managed ?? false)
     const me = this.slotIndex + 1
     const off = recordOffset(this.header, rec.index)
-    const take = async (next: Omit<LockRecord, 'index'>): Promise<Held | null> => {
+    const refused: Refused = { refused: rec.index, managed: rec.managed }
+    const take = async (next: Omit<LockRecord, 'index'>): Promise<Held | Refused> => {
       const ok = rec.managed && rec.owner === me && rec.ownerGeneration === this.generation
         ? (await this.storage.write(off, encodeRecord(next)), true) // the managed owner alone writes its record
         : await this.storage.compareAndWrite(off, bytes, encodeRecord(next))
-      if (!ok) return null
+      if (!ok) return refused
       const h: Held = { name, index: rec.index, mode: o.shared ? 'shared' : 'exclusive', managed: rec.managed, generation: next.generation }
       this.held.set(name, h)
       return h
@@ -371,13 +487,13 @@ export class LockManager {
     const ownerAlive = rec.owner !== 0 && this.alive(rec.owner - 1, rec.ownerGeneration)
     const liveShared = [...rec.shared].filter((i) => this.alive(i))
     if (o.shared) {
-      if (rec.mode === MODE_EXCLUSIVE && ownerAlive) return null
+      if (rec.mode === MODE_EXCLUSIVE && ownerAlive) return refused
       if (rec.managed) throw new StorageError('InvalidArgument', `lock '${name}' is managed: it has no shared mode`)
       const shared = new Set(liveShared)
       shared.add(this.slotIndex)
       return take({ ...rec, mode: MODE_SHARED, owner: 0, ownerGeneration: 0, shared, generation: rec.generation + 1 })
     }
-    if (liveShared.some((i) => i !== this.slotIndex)) return null
+    if (liveShared.some((i) => i !== this.slotIndex)) return refused
     const mine = { ...rec, mode: MODE_EXCLUSIVE, owner: me, ownerGeneration: this.generation, shared: new Set<number>() }
     if (rec.managed) {
       if (rec.owner === me && rec.ownerGeneration === this.generation) {
@@ -385,34 +501,45 @@ export class LockManager {
         if (rec.mode === MODE_EXCLUSIVE) throw new StorageError('Busy', `lock '${name}' is already held by this host`)
         return take({ ...mine, generation: rec.generation })
       }
-      if (ownerAlive) {
-        await this.setRequest(rec.index + 1)
-        return null
-      }
+      if (ownerAlive) return refused
       return take({ ...mine, generation: rec.generation + 1 }) // owner dead (or none): break by compare-and-write
     }
-    if (rec.mode === MODE_EXCLUSIVE && ownerAlive) return null
+    if (rec.mode === MODE_EXCLUSIVE && ownerAlive) return refused
     return take({ ...mine, generation: rec.generation + 1 })
   }
 
-  private async setRequest(req: number): Promise<void> {
-    if (this.request === req) return
+  private async setRequest(req: number, shared = false): Promise<void> {
+    if (this.request === req && this.requestShared === shared) return
     this.request = req
+    this.requestShared = shared
     this.counter++
-    await this.storage.write(slotOffset(this.slotIndex), this.slotBytes())
+    // a signal to the other hosts like the heartbeat itself: visible is enough, no fsync
+    await this.storage.write(slotOffset(this.slotIndex), this.slotBytes(), { durable: false })
   }
 
-  /** Acquires a lock: once (waitMs 0) or until waitMs has passed. Returns the fencing token. */
+  /**
+   * Acquires a lock: once (waitMs 0) or until waitMs has passed. Returns the fencing token.
+   * A waiter says so in its heartbeat slot (any mode: `waiting` in views); for a managed lock
+   * that request is what makes the owner hand it over.
+   */
   async acquire(name: string, o: AcquireOptions = {}): Promise<Held> {
-    const until = this.clock.now() + (o.waitMs ?? 0)
+    const waitMs = o.waitMs ?? 0
+    const start = this.clock.now()
+    const until = start + waitMs
     try {
       for (;;) {
         const h = await this.attempt(name, o)
-        if (h) return h
+        if (!('refused' in h)) return h
         if (this.clock.now() >= until) {
           const v = (await this.view()).locks.find((l) => l.name === name)
-          throw new StorageError('Busy', `lock '${name}' is held by ${v?.owner ? `host '${v.owner}'` : `${v?.sharedHolders.length ?? 0} shared holder(s)`} (generation ${v?.generation})`)
+          const who = v?.owner ? `host '${v.owner}'` : `${v?.sharedHolders.length ?? 0} shared holder(s)`
+          const err = new StorageError('Busy', `lock '${name}' is held by ${who} (generation ${v?.generation})${waitMs > 0 ? `; timed out after ${waitMs / 1000} s` : ''}`)
+          throw Object.assign(err, { timedOut: waitMs > 0 })
         }
+        // A managed lock's owner hands over on request: ask at once. Other waiters say so once they
+        // have waited a heartbeat (for views): a short wait writes nothing, so hosts busy taking
+        // many locks do not crowd the storage with request writes.
+        if (h.managed || this.clock.now() - start >= this.header.heartbeatMs) await this.setRequest(h.refused + 1, o.shared ?? false)
         await this.sleep(Math.min(o.pollMs ?? this.header.heartbeatMs / 2, Math.max(1, until - this.clock.now())))
       }
     } finally {
@@ -420,7 +547,10 @@ export class LockManager {
     }
   }
 
-  /** Releases a lock. A managed lock stays owned (idle) by this host until someone asks for it. */
+  /**
+   * Releases a lock. A managed lock goes to the oldest live requester by this owner's rewrite; with
+   * none, it stays owned (idle) by this host until someone asks for it.
+   */
   async release(name: string): Promise<void> {
     const h = this.held.get(name)
     if (!h) throw new StorageError('InvalidArgument', `lock '${name}' is not held by this host`)
@@ -436,7 +566,9 @@ export class LockManager {
       }
       if (rec.owner !== this.slotIndex + 1 || rec.ownerGeneration !== this.generation) return // broken meanwhile: nothing to release
       if (rec.managed) {
-        await this.storage.write(off, encodeRecord({ ...rec, mode: MODE_FREE }))
+        const [first] = this.valid() ? this.requesters((await this.readAll()).slots, rec.index) : []
+        if (first) await this.handOver(rec, first)
+        else await this.storage.write(off, encodeRecord({ ...rec, mode: MODE_FREE }))
         return
       }
       if (await this.storage.compareAndWrite(off, bytes, encodeRecord({ ...rec, mode: MODE_FREE, owner: 0, ownerGeneration: 0 }))) return
@@ -447,17 +579,23 @@ export class LockManager {
     return [...this.held.values()]
   }
 
-  /** Releases everything, marks the slot left, stops the heartbeat. */
+  /**
+   * Releases everything, marks the slot left, stops the heartbeat. Throws (IoError, naming each
+   * lock) after doing all it can when a release or the final slot write failed.
+   */
   async leave(): Promise<void> {
-    for (const h of [...this.held.values()]) await this.release(h.name).catch(() => undefined)
+    const failed: string[] = []
+    for (const h of [...this.held.values()]) await this.release(h.name).catch((e: Error) => failed.push(`lock '${h.name}': ${e.message}`))
     this.stopped = true
     if (this.timer !== null) this.clock.clearTimeout(this.timer)
     if (this.fenceTimer !== null) this.clock.clearTimeout(this.fenceTimer)
     await this.beating
     if (this.slotIndex >= 0) {
-      await this.storage.write(slotOffset(this.slotIndex), encodeSlot({ state: SLOT_LEFT, generation: this.generation, counter: this.counter + 1, request: 0, requestShared: false, name: this.hostName }))
+      const left = encodeSlot({ state: SLOT_LEFT, generation: this.generation, counter: this.counter + 1, request: 0, requestShared: false, name: this.hostName })
+      await this.storage.write(slotOffset(this.slotIndex), left).catch((e: Error) => failed.push(`heartbeat slot ${this.slotIndex}: ${e.message}`))
     }
     this.slotIndex = -1
+    if (failed.length) throw new StorageError('IoError', `could not release: ${failed.join('; ')}`)
   }
 
   /** Stops heartbeating without touching the storage (tests: a host that hangs). */
@@ -476,29 +614,31 @@ export class LockManager {
       const o = this.observed.get(i)
       return o ? Math.round(now - o.since) : null
     }
-    const name = (i: number) => slots[i]?.name ?? `slot ${i}`
-    const hosts = slots
-      .filter((s) => s.state !== SLOT_FREE)
+    const name = (i: number) => slots[i]?.name || `slot ${i}`
+    const hosts: HostView[] = slots
+      .filter((s) => s.state !== SLOT_FREE || s.damaged)
       .map((s) => ({
         slot: s.index,
         name: s.name,
-        state: (s.state === SLOT_LIVE ? 'live' : 'left') as HostView['state'],
+        state: s.damaged ? 'damaged' : s.state === SLOT_LIVE ? 'live' : 'left',
         generation: s.generation,
-        alive: this.alive(s.index),
+        alive: s.damaged ? null : this.liveness(s.index),
         heartbeatAgeMs: age(s.index),
-        requesting: s.request ? records[s.request - 1]?.name ?? null : null,
+        requesting: s.request ? records[s.request - 1]?.name || null : null,
+        ...(s.damaged ? { error: s.damaged } : {}),
       }))
-    const locks = records
-      .filter((r) => r.name !== '')
+    const locks: LockView[] = records
+      .filter((r) => r.name !== '' || r.damaged)
       .map((r) => ({
         name: r.name,
-        state: (r.mode === MODE_EXCLUSIVE ? 'exclusive' : r.mode === MODE_SHARED ? 'shared' : 'free') as LockView['state'],
+        state: r.damaged ? 'damaged' : r.mode === MODE_EXCLUSIVE ? 'exclusive' : r.mode === MODE_SHARED ? 'shared' : 'free',
         managed: r.managed,
         generation: r.generation,
         owner: r.owner ? name(r.owner - 1) : null,
         ownerHeartbeatAgeMs: r.owner ? age(r.owner - 1) : null,
         sharedHolders: [...r.shared].map(name),
-        waiting: slots.filter((s) => s.request === r.index + 1 && s.state === SLOT_LIVE).map((s) => s.name),
+        waiting: [...(r.index + 1 === this.request && this.slotIndex >= 0 ? [slots[this.slotIndex]] : []), ...this.requesters(slots, r.index)].map((s) => s.name),
+        ...(r.damaged ? { record: r.index, error: r.damaged } : {}),
       }))
     return { hosts, locks }
   }

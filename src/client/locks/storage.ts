@@ -85,8 +85,19 @@ export class FileLockStorage implements LockStorage {
     })
   }
 
+  /**
+   * A read past the end of a file that shrank since it was opened fails (Corrupt): a lockspace
+   * truncated under its hosts is never read as free records. (A file too small from the start
+   * reads as zeros past its end, and its header decoder says what is wrong with it.)
+   */
   read(offset: number, length: number): Promise<Buffer> {
-    return this.locked(fsExt.constants.F_RDLCK, (fh) => preadFull(fh, this.name, offset, length))
+    return this.locked(fsExt.constants.F_RDLCK, async (fh) => {
+      const size = await fileSize(fh, this.name)
+      if (size < this.size && offset + length > size) {
+        throw new StorageError('Corrupt', `lockspace '${this.name}' is truncated: ${size} bytes, ${this.size} expected`, this.name)
+      }
+      return preadFull(fh, this.name, offset, length)
+    })
   }
 
   /**

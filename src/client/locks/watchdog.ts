@@ -5,7 +5,8 @@
  *   P <pgid>            the command's process group
  *   D <deadline_ns>     CLOCK_MONOTONIC deadline (process.hrtime) by which the lease must be renewed
  *   S                   stop: the command finished and the lock was released
- * When the deadline passes without a newer one, it SIGKILLs the command's process group and exits.
+ * When the deadline passes without a newer one, it SIGKILLs the command's process group and exits
+ * with status 3 (WATCHDOG_FIRED in watchdog-link.ts); every other end is status 0.
  * If stdin closes (`lock run` died) the last deadline still holds.
  */
 import { createInterface } from 'node:readline'
@@ -23,7 +24,7 @@ function fire(): void {
   } catch {
     /* already gone */
   }
-  process.exit(0)
+  process.exit(3)
 }
 
 createInterface({ input: process.stdin }).on('line', (line) => {

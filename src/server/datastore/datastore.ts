@@ -83,6 +83,12 @@ export class Datastore {
     },
   })
 
+  /**
+   * Called before a disk's read-write export is opened; resolves to what to call when it is closed
+   * (the server holds the disk's lock in between). Rejecting refuses the open.
+   */
+  onWritable?: (disk: string) => Promise<() => Promise<void>>
+
   private constructor(readonly dir: string) {}
 
   /** Opens (creating) the datastore folder and repairs what stopped operations left in it. */
@@ -449,7 +455,12 @@ export class Datastore {
       }
       if (!h) {
         if (snapshot === undefined) {
-          const live = new LiveDisk(await openVmdk(this.layerPath(disk, r.top)), false)
+          const unlock = await this.onWritable?.(disk)
+          const dev = await openVmdk(this.layerPath(disk, r.top)).catch(async (e) => {
+            await unlock?.()
+            throw e
+          })
+          const live = new LiveDisk(dev, false, unlock)
           h = { dev: live, refs: 0, live }
         } else {
           const s = r.snapshots.find((x) => x.name === snapshot)

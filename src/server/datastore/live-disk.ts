@@ -16,6 +16,8 @@ export class LiveDisk implements BlockDevice {
   constructor(
     private dev: BlockDevice,
     readonly readOnly: boolean,
+    /** called once, after the device is closed (the server's disk lock is released there) */
+    private readonly onClose?: () => Promise<void>,
   ) {}
 
   get size(): number {
@@ -91,6 +93,7 @@ export class LiveDisk implements BlockDevice {
       await this.dev.close()
     } finally {
       this.resume()
+      await this.onClose?.()
     }
   }
 }

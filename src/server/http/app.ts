@@ -5,7 +5,7 @@ import { validIdentity, validKey, type Datastore, type DiskInfo, type PskKeys } 
 import type { Metrics } from '../metrics.js'
 import { httpStatus } from './errors.js'
 import { openApi } from './openapi.js'
-import type { LockspaceView } from '../locks.js'
+import { isLockspaceUnavailable, type LockspaceView } from '../locks.js'
 
 export interface AppOptions {
   ds: Datastore
@@ -187,6 +187,12 @@ export function createApp(o: AppOptions): express.Express {
     if (!o.locks) throw new StorageError('NotFound', 'this server has no lockspace')
     return o.locks.view()
   }
+  /** A lockspace that cannot be read is 503 with the reason — never an empty list. */
+  const unavailable = (err: unknown, res: Response): boolean => {
+    if (!isLockspaceUnavailable(err)) return false
+    res.status(503).json({ error: { code: 'Unavailable', message: err.message } })
+    return true
+  }
   app.get(
     '/api/v1/locks',
     wrap(async (_req, res) => {
@@ -218,6 +224,7 @@ export function createApp(o: AppOptions): express.Express {
   })
   app.use((err: unknown, _req: Request, res: Response, _next: NextFunction) => {
     void _next
+    if (unavailable(err, res)) return
     if (isStorageError(err)) {
       res.status(httpStatus(err.code)).json({ error: { code: err.code, message: err.message } })
       return

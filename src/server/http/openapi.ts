@@ -63,9 +63,9 @@ export const openApi = {
       },
       delete: { summary: 'Remove an identity\'s key', responses: { 204: { description: 'deleted' }, ...errors(400, 404) } },
     },
-    '/api/v1/locks': { get: { summary: 'Locks of the datastore\'s lockspace: state, owner, generation (fencing token), owner heartbeat age, waiting hosts', responses: { 200: json({ type: 'object' }) } } },
-    '/api/v1/locks/{name}': { parameters: [{ name: 'name', in: 'path', required: true, schema: { type: 'string' } }], get: { summary: 'One lock', responses: { 200: json({ type: 'object' }), ...errors(404) } } },
-    '/api/v1/hosts': { get: { summary: 'Hosts of the lockspace: slot, name, alive, heartbeat age', responses: { 200: json({ type: 'object' }) } } },
+    '/api/v1/locks': { get: { summary: 'Locks of the datastore\'s lockspace: state, owner, generation (fencing token), owner heartbeat age, waiting hosts; damaged records listed as such; 503 with the reason while the lockspace is unusable', responses: { 200: json({ type: 'object' }), ...errors(503) } } },
+    '/api/v1/locks/{name}': { parameters: [{ name: 'name', in: 'path', required: true, schema: { type: 'string' } }], get: { summary: 'One lock', responses: { 200: json({ type: 'object' }), ...errors(404, 503) } } },
+    '/api/v1/hosts': { get: { summary: 'Hosts of the lockspace: slot, name, alive (true, false, or null while unknown), heartbeat age', responses: { 200: json({ type: 'object' }), ...errors(503) } } },
     '/metrics': { get: { summary: 'Prometheus metrics', responses: { 200: { description: 'text format', content: { 'text/plain': {} } } } } },
   },
   components: {

@@ -36,7 +36,9 @@ t.test('lock ls --server reads a running server', async (t) => {
   const s = await startServer(t)
   const r = await run(process.execPath, [CLI, 'lock', 'ls', '--server', `http://127.0.0.1:${s.httpPort}`, '--json'])
   t.equal(r.status, 0, r.stderr)
-  t.same(JSON.parse(r.stdout), { hosts: [], locks: [] })
+  const shown = JSON.parse(r.stdout) as { hosts: { name: string }[]; locks: unknown[] }
+  t.same(shown.locks, [])
+  t.same(shown.hosts.map((h) => h.name), [s.locks.hostName], 'the server itself is a host')
   const down = await run(process.execPath, [CLI, 'lock', 'ls', '--server', 'http://127.0.0.1:1'])
   t.equal(down.status, 1)
   t.match(down.stderr, /could not reach http:\/\/127\.0\.0\.1:1/)
