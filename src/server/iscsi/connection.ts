@@ -1,4 +1,4 @@
-import { createHash, randomBytes, timingSafeEqual } from 'node:crypto'
+import { randomBytes, timingSafeEqual } from 'node:crypto'
 import type { Socket } from 'node:net'
 import type { Logger } from 'pino'
 import type { ExportTally, Metrics } from '../metrics.js'
@@ -11,6 +11,7 @@ import * as P from './pdu.js'
 import { MemoryBudget } from './memory-budget.js'
 import { crc32c } from '../../disk-formats/lock-region/crc32c.js'
 import { StorageError } from '../../disk-formats/errors.js'
+import { chapBinary, chapResponse } from './chap.js'
 
 
 /** What the connection needs from the target: names, access checks, logical units. */
@@ -38,19 +39,6 @@ export interface ChapSecrets {
   secret: string
   mutualUser?: string
   mutualSecret?: string
-}
-
-/** CHAP response (RFC 1994): MD5 over identifier, secret and challenge. */
-function chapResponse(id: number, secret: string, challenge: Buffer): Buffer {
-  return createHash('md5').update(Buffer.from([id])).update(secret, 'utf8').update(challenge).digest()
-}
-
-/** CHAP binary values are "0x" hex or "0b" base64 (RFC 7143 §6.1). */
-function chapBinary(v: string | undefined): Buffer | null {
-  if (!v) return null
-  if (/^0x[0-9a-fA-F]+$/.test(v) && v.length % 2 === 0) return Buffer.from(v.slice(2), 'hex')
-  if (/^0b[A-Za-z0-9+/=]+$/.test(v)) return Buffer.from(v.slice(2), 'base64')
-  return null
 }
 
 /** Negotiated values (RFC 7143 §13) with their defaults. */

@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from 'node:crypto'
+import { randomBytes } from 'node:crypto'
 import { connect, type Socket } from 'node:net'
 import type { BlockDevice, Extent, WriteOptions, ZeroOptions } from '../../../disk-formats/block-device.js'
 import { StorageError, type StorageErrorCode } from '../../../disk-formats/errors.js'
@@ -7,6 +7,7 @@ import { ByteQueue } from '../../../server/net/byte-queue.js'
 import * as P from '../../../server/iscsi/pdu.js'
 import * as S from '../../../server/scsi/constants.js'
 import { parseIscsiUri, type IscsiUri } from './uri.js'
+import { chapBinary, chapResponse } from '../../../server/iscsi/chap.js'
 
 export interface InitiatorOptions {
   /** our iSCSI name (default: iqn.2026-11.local.tandem:initiator) */
@@ -64,18 +65,6 @@ interface Task {
   inGot: number
   resolve(r: ScsiResult): void
   reject(e: Error): void
-}
-
-/** CHAP response (RFC 1994): MD5(identifier, secret, challenge). */
-function chapResponse(id: number, secret: string, challenge: Buffer): Buffer {
-  return createHash('md5').update(Buffer.from([id])).update(secret, 'utf8').update(challenge).digest()
-}
-
-function chapBinary(v: string | undefined): Buffer | null {
-  if (!v) return null
-  if (/^0x[0-9a-fA-F]+$/.test(v) && v.length % 2 === 0) return Buffer.from(v.slice(2), 'hex')
-  if (/^0b[A-Za-z0-9+/=]+$/.test(v)) return Buffer.from(v.slice(2), 'base64')
-  return null
 }
 
 /** Serial number arithmetic (RFC 1982) on 32-bit sequence numbers: a <= b. */
