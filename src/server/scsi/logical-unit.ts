@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto'
-import type { BlockDevice } from '../../disk-formats/block-device.js'
+import type { BlockDevice, ComparesAndWrites } from '../../disk-formats/block-device.js'
 import { isStorageError } from '../../disk-formats/errors.js'
 import * as C from './constants.js'
 import { invalidField, invalidOpcode, invalidParameter, lbaOutOfRange, parameterLength, SenseError, senseData, senseFor } from './sense.js'
@@ -289,7 +289,15 @@ export class LogicalUnit {
         }
         const n = count * BLOCK
         if (out.length !== 2 * n) throw parameterLength()
-        // Atomic: the gate is exclusive for this command against every other on the LU.
+        // Atomic: the gate is exclusive for this command against every other on the LU; a device
+        // with its own compare-and-write is atomic against its other users too.
+        const own = (this.dev as Partial<ComparesAndWrites>).compareAndWrite
+        if (own) {
+          if (await own.call(this.dev, lba * BLOCK, out.subarray(0, n), out.subarray(n, 2 * n))) return { status: C.GOOD }
+          // where it differed, read after the device's atomic verdict (another user may have written since)
+          const at = firstDifference(await this.dev.read(lba * BLOCK, n), out.subarray(0, n))
+          throw new SenseError(C.MISCOMPARE, 'MISCOMPARE_DURING_VERIFY_OPERATION', Math.max(at, 0))
+        }
         const have = await this.dev.read(lba * BLOCK, n)
         const at = firstDifference(have, out.subarray(0, n))
         if (at >= 0) throw new SenseError(C.MISCOMPARE, 'MISCOMPARE_DURING_VERIFY_OPERATION', at)
