@@ -586,7 +586,52 @@ async function locksBench() {
   row('uncontended acquire (median of 30)', f(median(acq)), sl ? `${f(sl.acq)} (CLI; its spawn alone: ${f(sl.base)})` : '-')
   row('release (median of 30)', f(median(rel)), sl ? `${f(sl.rel)} (CLI)` : '-')
   row('takeover after SIGKILL (median of 3)', f(median(takeovers)), sl?.takeover ? f(sl.takeover) : '70.2 s (reference/peers.md; BENCH_SANLOCK_TAKEOVER=1 measures it)')
+  const ov = await iscsiLocksBench(join(d, 'ds'), 200)
+  row(`acquire over iSCSI (median of ${ov.n})`, f(ov.acq), '-')
+  row(`release over iSCSI (median of ${ov.n})`, f(ov.rel), '-')
+  console.log(`${''.padEnd(40)} CPU per acquire + release over iSCSI: host ${f(ov.hostCpu)}, server ${f(ov.serverCpu)} (user + sys, heartbeats included)`)
   rmSync(d, { recursive: true, force: true })
+}
+
+/**
+ * The lockspace of a `tandem serve` (another process) as a LUN, used from this process by SCSI
+ * COMPARE AND WRITE (`--lockspace iscsi://…`): wall time per uncontended acquire and release, and
+ * the CPU time of this host and of the server per acquire + release.
+ */
+async function iscsiLocksBench(ds: string, n: number) {
+  const { IscsiLockStorage } = await import('../../src/client/locks/iscsi-storage.js')
+  const { LockManager } = await import('../../src/client/locks/index.js')
+  mkdirSync(ds, { recursive: true })
+  const child = spawn(process.execPath, [CLI, 'serve', '--datastore', ds, '--nbd-port', '0', '--iscsi-port', String(ISCSI_PORT), '--http-port', '0', '--log-level', 'warn'], { stdio: 'ignore', env: TANDEM_ENV })
+  const uri = `iscsi://127.0.0.1:${ISCSI_PORT}/iqn.2026-11.local.tandem:lockspace/0`
+  let st: Awaited<ReturnType<typeof IscsiLockStorage.open>> | null = null
+  for (let i = 0; !st; i++) {
+    st = await IscsiLockStorage.open(uri).catch((e: unknown) => {
+      if (i >= 100) throw e
+      return new Promise<null>((r) => setTimeout(() => r(null), 100))
+    })
+  }
+  const m = new LockManager(st, 'host-iscsi')
+  await m.join()
+  const acq: number[] = []
+  const rel: number[] = []
+  const host0 = process.cpuUsage()
+  const server0 = cpuOf(child.pid!, 'self')
+  for (let i = 0; i < n; i++) {
+    let t0 = performance.now()
+    await m.acquire(`res-${i % 4}`)
+    acq.push(performance.now() - t0)
+    t0 = performance.now()
+    await m.release(`res-${i % 4}`)
+    rel.push(performance.now() - t0)
+  }
+  const host = process.cpuUsage(host0)
+  const serverCpu = ((cpuOf(child.pid!, 'self') - server0) * 1000) / n
+  await m.leave()
+  await st.close()
+  child.kill('SIGTERM')
+  await waitExit(child)
+  return { n, acq: median(acq), rel: median(rel), hostCpu: (host.user + host.system) / 1000 / n, serverCpu }
 }
 
 /** sanlock with the commands of reference/peers.md; CLI wall times. */

@@ -4,11 +4,11 @@
  *   E|U|L <lock> <generation> <host> <t_ns>   enter / use / leave, t = CLOCK_MONOTONIC taken
  *                                             *before* checking the lease is still valid
  *   F <host> <t_ns> <reason>                  fenced
- * Usage: worker.js LOCKSPACE HOST LOG LOCKS [DELAY_MS] [HOLD_MS]
+ * Usage: worker.js LOCKSPACE HOST LOG LOCKS [DELAY_MS] [HOLD_MS]   (LOCKSPACE: a file or iscsi://…)
  *   DELAY_MS: slow-storage filter, random 0..DELAY_MS per I/O; HOLD_MS: up to this long between uses (default 3)
  */
 import { appendFileSync } from 'node:fs'
-import { FileLockStorage, LockManager, delayedStorage } from '../../src/client/locks/index.js'
+import { LockManager, delayedStorage, openLockStorage } from '../../src/client/locks/index.js'
 
 const [path, host, log, nLocks, delayText, holdText] = process.argv.slice(2)
 const holdMs = Number(holdText ?? 3)
@@ -18,7 +18,7 @@ const out = (line: string) => appendFileSync(log, line + '\n')
 let stop = false
 process.on('SIGTERM', () => (stop = true))
 
-const file = await FileLockStorage.open(path)
+const file = await openLockStorage(path)
 const storage = delay > 0 ? delayedStorage(file, () => Math.random() * delay) : file
 while (!stop) {
   const mgr = new LockManager(storage, host)

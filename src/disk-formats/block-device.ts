@@ -53,6 +53,15 @@ export interface ReadsInto {
   readInto(offset: number, length: number, out: Buffer, at: number): Promise<void>
 }
 
+/**
+ * A device with its own compare-and-write, atomic against writers the LogicalUnit does not see
+ * (the lockspace file, locked across processes): SCSI COMPARE AND WRITE goes through it. Resolves
+ * false on a miscompare (nothing written).
+ */
+export interface ComparesAndWrites {
+  compareAndWrite(offset: number, expected: Buffer, data: Buffer): Promise<boolean>
+}
+
 /** Reads into `out[at…]`, directly where the device supports it. */
 export async function readInto(dev: BlockDevice, offset: number, length: number, out: Buffer, at: number): Promise<void> {
   const direct = (dev as Partial<ReadsInto>).readInto

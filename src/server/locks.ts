@@ -5,6 +5,7 @@ import type { Logger } from 'pino'
 import { isStorageError, StorageError } from '../disk-formats/errors.js'
 import { NAME_BYTES, regionSize } from '../disk-formats/lock-region/index.js'
 import { FileLockStorage, initLockspace, LockManager, realClock, type Clock, type HostView, type LockView } from '../client/locks/index.js'
+import { LockspaceDevice } from './lockspace-device.js'
 
 /** Thrown by `view` while the lockspace cannot be used; the REST API answers 503 with its message. */
 export class LockspaceUnavailable extends StorageError {
@@ -15,6 +16,8 @@ export const isLockspaceUnavailable = (e: unknown): e is LockspaceUnavailable =>
 
 export interface LockspaceView {
   readonly path: string
+  /** the lockspace file as a device (the iSCSI LUN of the lockspace) */
+  readonly device: LockspaceDevice
   /** This server's host name in the lockspace. */
   readonly hostName: string
   /** Hosts and locks; throws LockspaceUnavailable (with the reason) while the lockspace is damaged or not joined. */
@@ -172,6 +175,7 @@ export async function openLockspaceView(datastore: string, log: Logger, hostName
   return {
     path,
     hostName,
+    device: new LockspaceDevice(() => storage),
     async view() {
       const m = mgr
       if (!m || problem) throw new LockspaceUnavailable('IoError', `the lockspace '${path}' is unusable: ${problem}`)

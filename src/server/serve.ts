@@ -89,7 +89,7 @@ export async function serve(o: ServeOptions, log: Logger = pino({ level: o.logLe
     const nbd = new NbdServer(ds, log.child({ component: 'nbd' }), metrics, limits, new NbdTls(o.tls ?? 'optional', nbdKeys))
     opened.push(() => nbd.close(grace.reached))
     const nbdPort = await listening('NBD', o.nbdPort, nbd.listen(o.nbdPort, o.listen))
-    const iscsi = new IscsiServer(ds, log.child({ component: 'iscsi' }), metrics, limits)
+    const iscsi = new IscsiServer(ds, log.child({ component: 'iscsi' }), metrics, limits, locks.device)
     opened.push(() => iscsi.close(grace.reached))
     const iscsiPort = await listening('iSCSI', o.iscsiPort, iscsi.listen(o.iscsiPort, o.listen))
     const advertise = { host: o.listen === '0.0.0.0' || o.listen === '::' ? '127.0.0.1' : o.listen, nbdPort, iscsiPort }

@@ -23,6 +23,9 @@ const EXIT_MEANING: Record<keyof typeof LOCK_RUN_EXIT, string> = {
   leaseLost: 'the command ran and was killed: the lease was lost (or its watchdog died)',
 }
 
+/** How an LU is named: on `tandem serve`, its datastore's lockspace is iqn.2026-11.local.tandem:lockspace, LUN 0. */
+const ISCSI_LOCKSPACE = 'iscsi://HOST[:PORT]/IQN/LUN (locked by SCSI COMPARE AND WRITE)'
+
 function int(v: string, what: string): number {
   const n = Number(v)
   if (!Number.isInteger(n) || n <= 0) throw new StorageError('InvalidArgument', `invalid ${what} '${v}'`)
@@ -34,8 +37,8 @@ export function lockCommand(run: (fn: () => Promise<number | void>) => Promise<v
 
   lock
     .command('init')
-    .description('create and initialise a lockspace file')
-    .requiredOption('--lockspace <path>', 'the lockspace file (created; must not exist or be empty)')
+    .description('create and initialise a lockspace file, or one at the start of an iSCSI LU')
+    .requiredOption('--lockspace <path>', `the lockspace file (created; must not exist or be empty), or ${ISCSI_LOCKSPACE} (its first sector must be zero)`)
     .option('--hosts <n>', 'host slots', '64')
     .option('--locks <n>', 'lock records', '256')
     .option('--heartbeat-ms <ms>', 'heartbeat interval', '250')
@@ -46,18 +49,21 @@ export function lockCommand(run: (fn: () => Promise<number | void>) => Promise<v
         const maxHosts = int(o.hosts, 'host count')
         const maxLocks = int(o.locks, 'lock count')
         const size = regionSize({ maxHosts, maxLocks })
-        const fh = await open(o.lockspace, 'a+').catch((e) => {
-          throw new StorageError('IoError', `could not create '${o.lockspace}': ${e.message}`)
-        })
-        try {
-          const st = await fh.stat()
-          if (st.size === 0) await fh.truncate(size)
-          else if (st.size !== size) throw new StorageError('Exists', `'${o.lockspace}' exists (${st.size} bytes) and is not an empty ${size}-byte lockspace; refusing to overwrite it`)
-        } finally {
-          await fh.close()
+        const { isIscsiUri, openLockStorage, initLockspace } = await loadLocks()
+        if (!isIscsiUri(o.lockspace)) {
+          const fh = await open(o.lockspace, 'a+').catch((e) => {
+            throw new StorageError('IoError', `could not create '${o.lockspace}': ${e.message}`)
+          })
+          try {
+            const st = await fh.stat()
+            if (st.size === 0) await fh.truncate(size)
+            else if (st.size !== size) throw new StorageError('Exists', `'${o.lockspace}' exists (${st.size} bytes) and is not an empty ${size}-byte lockspace; refusing to overwrite it`)
+          } finally {
+            await fh.close()
+          }
         }
-        const { FileLockStorage, initLockspace } = await loadLocks()
-        const s = await FileLockStorage.open(o.lockspace)
+        // on an LU the lockspace is its first `size` bytes
+        const s = await openLockStorage(o.lockspace, { size })
         try {
           const h = await initLockspace(s, { maxHosts, maxLocks, heartbeatMs: int(o.heartbeatMs, 'heartbeat'), leaseMs: int(o.leaseMs, 'lease'), fenceMarginMs: int(o.fenceMarginMs, 'fence margin') })
           process.stdout.write(`Initialised lockspace '${o.lockspace}': ${h.maxHosts} hosts, ${h.maxLocks} locks, heartbeat ${h.heartbeatMs} ms, lease ${h.leaseMs} ms\n`)
@@ -70,7 +76,7 @@ export function lockCommand(run: (fn: () => Promise<number | void>) => Promise<v
   lock
     .command('ls')
     .description('show hosts and locks of a lockspace (or of a server\'s datastore)')
-    .option('--lockspace <path>', 'the lockspace file')
+    .option('--lockspace <path>', `the lockspace file, or ${ISCSI_LOCKSPACE}`)
     .option('--server <url>', 'a tandem serve, e.g. http://127.0.0.1:8080')
     .option('--json', 'JSON output', false)
     .action((o) =>
@@ -89,8 +95,8 @@ export function lockCommand(run: (fn: () => Promise<number | void>) => Promise<v
           }
           view = { hosts: ((await h.json()) as { hosts: unknown[] }).hosts, locks: ((await l.json()) as { locks: unknown[] }).locks }
         } else if (o.lockspace) {
-          const { FileLockStorage, LockManager } = await loadLocks()
-          const s = await FileLockStorage.open(o.lockspace)
+          const { openLockStorage, LockManager } = await loadLocks()
+          const s = await openLockStorage(o.lockspace)
           try {
             const m = new LockManager(s, 'tandem-ls')
             let v = await m.view()
@@ -135,7 +141,7 @@ export function lockCommand(run: (fn: () => Promise<number | void>) => Promise<v
     .description('hold a lock while a command runs; the command gets the fencing token in TANDEM_LOCK_GENERATION and is killed if the lease is lost')
     .argument('<name>', 'the lock')
     .argument('<command...>', 'the command and its arguments (after --)')
-    .requiredOption('--lockspace <path>', 'the lockspace file')
+    .requiredOption('--lockspace <path>', `the lockspace file, or ${ISCSI_LOCKSPACE}`)
     .requiredOption('--host <name>', 'this host\'s name (its heartbeat slot is found or claimed by name)')
     .option('--shared', 'take the lock in shared mode', false)
     .option('--managed', 'managed mode: ownership passes by the owner\'s rewrite when another host asks', false)
@@ -152,10 +158,10 @@ export function lockCommand(run: (fn: () => Promise<number | void>) => Promise<v
         if (!Number.isFinite(waitMs) || waitMs < 0) throw new StorageError('InvalidArgument', `invalid --wait '${o.wait}'`)
         if (o.yield && !o.managed) throw new StorageError('InvalidArgument', '--yield needs --managed (only a managed lock is handed over on request)')
         const fail = (code: number, msg: string) => (process.stderr.write(`tandem: ${msg}\n`), code)
-        const { FileLockStorage, LockManager, WatchdogLink } = await loadLocks()
+        const { openLockStorage, LockManager, WatchdogLink } = await loadLocks()
         let storage: Locks.LockStorage
         try {
-          storage = await FileLockStorage.open(o.lockspace)
+          storage = await openLockStorage(o.lockspace)
         } catch (e) {
           return fail(LOCK_RUN_EXIT.lockspace, (e as Error).message)
         }

@@ -121,6 +121,11 @@ export class FileLockStorage implements LockStorage {
     return ok
   }
 
+  /** Makes every write so far durable (the `durable: false` ones included). */
+  flush(): Promise<void> {
+    return datasync(this.shared.fh, this.name)
+  }
+
   async close(): Promise<void> {
     if (--this.shared.refs === 0) {
       files.delete(this.key)

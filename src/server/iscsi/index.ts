@@ -1,2 +1,2 @@
-export { IscsiServer } from './server.js'
+export { IscsiServer, LOCKSPACE_IQN } from './server.js'
 export { IscsiConnection, type TargetDirectory } from './connection.js'

@@ -1,4 +1,5 @@
 import type { Logger } from 'pino'
+import type { BlockDevice } from '../../disk-formats/block-device.js'
 import type { Datastore, ExportHandle } from '../datastore/index.js'
 import { IQN_PREFIX } from '../http/app.js'
 import type { Metrics } from '../metrics.js'
@@ -6,6 +7,9 @@ import { LogicalUnit } from '../scsi/index.js'
 import { IscsiConnection, type TargetDirectory } from './connection.js'
 import { TcpService, type ConnectionLimits } from '../net/tcp-service.js'
 import { refuseLogin } from './refuse.js'
+
+/** The datastore's lockspace as a LUN (its disk namesake, if any, is not reachable over iSCSI). */
+export const LOCKSPACE_IQN = `${IQN_PREFIX}lockspace`
 
 interface Shared {
   lu: LogicalUnit
@@ -18,11 +22,12 @@ interface Shared {
  * on the same datastore handle as the NBD export (a write through one is read through the other).
  * One LogicalUnit per disk is shared by every session, so COMPARE AND WRITE and reservations hold
  * across sessions. A non-empty access list hides the target from, and refuses the login of, any
- * other initiator.
+ * other initiator. `lockspace`, when given, is the LUN of LOCKSPACE_IQN, open to every initiator.
  */
 export class IscsiServer {
   private readonly tcp: TcpService
   private readonly units = new Map<string, Promise<Shared>>()
+  private readonly lockspace: LogicalUnit | null
   portal = ''
 
   constructor(
@@ -30,17 +35,23 @@ export class IscsiServer {
     log: Logger,
     metrics: Metrics,
     limits: ConnectionLimits = {},
+    lockspace?: BlockDevice,
   ) {
+    this.lockspace = lockspace ? new LogicalUnit(lockspace, { serial: 'tandem-lockspace', product: 'LOCKSPACE' }) : null
     const dir: TargetDirectory = {
       get portal() {
         return self.portal
       },
       visibleTargets: async (initiator) => {
-        const out: string[] = []
-        for (const d of await ds.listDisks()) if (await this.allowed(d, initiator)) out.push(IQN_PREFIX + d)
+        const out: string[] = this.lockspace ? [LOCKSPACE_IQN] : []
+        for (const d of await ds.listDisks()) if (!(this.lockspace && IQN_PREFIX + d === LOCKSPACE_IQN) && (await this.allowed(d, initiator))) out.push(IQN_PREFIX + d)
         return out
       },
       findTarget: async (iqn, initiator) => {
+        if (iqn === LOCKSPACE_IQN && this.lockspace) {
+          const lu = this.lockspace
+          return { name: 'lockspace', open: async () => ({ lu, release: async () => {} }) }
+        }
         if (!iqn.startsWith(IQN_PREFIX)) return { refused: 'not-found' }
         const disk = iqn.slice(IQN_PREFIX.length)
         if (!(await ds.listDisks()).includes(disk)) return { refused: 'not-found' }

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto'
-import type { BlockDevice } from '../../disk-formats/block-device.js'
+import type { BlockDevice, ComparesAndWrites } from '../../disk-formats/block-device.js'
 import { isStorageError } from '../../disk-formats/errors.js'
 import * as C from './constants.js'
 import { invalidField, invalidOpcode, invalidParameter, lbaOutOfRange, parameterLength, SenseError, senseData, senseFor } from './sense.js'
@@ -93,6 +93,7 @@ export class LogicalUnit {
   private readonly vendor: string
   private readonly product: string
   private readonly revision: string
+  private readonly ownCompareAndWrite: boolean
 
   constructor(
     readonly dev: BlockDevice,
@@ -107,6 +108,7 @@ export class LogicalUnit {
     this.product = opts.product ?? 'VIRTUAL-DISK'
     this.revision = opts.revision ?? '0001'
     this.copies = new CopyManager(dev, () => this.blocks, this.naaDesignator())
+    this.ownCompareAndWrite = typeof (dev as Partial<ComparesAndWrites>).compareAndWrite === 'function'
   }
 
   /** The NAA designation descriptor of VPD page 0x83 (binary, LU, NAA, 16 bytes). */
@@ -167,7 +169,8 @@ export class LogicalUnit {
       }
       if (this.pr.conflicts(initiator, accessOf(cdb))) return { status: C.RESERVATION_CONFLICT }
       if ((cdb[0] === C.RESERVE_6 || cdb[0] === C.RELEASE_6) && this.pr.active) return { status: C.RESERVATION_CONFLICT } // CRH
-      const exclusive = cdb[0] === C.COMPARE_AND_WRITE || cdb[0] === C.ORWRITE_16 || cdb[0] === C.WRITE_ATOMIC_16
+      // a device's own compare-and-write is atomic against every other user without the gate
+      const exclusive = (cdb[0] === C.COMPARE_AND_WRITE && !this.ownCompareAndWrite) || cdb[0] === C.ORWRITE_16 || cdb[0] === C.WRITE_ATOMIC_16
       return await this.gate.run(exclusive, () => {
         if (task.aborted) return Promise.resolve({ status: C.TASK_ABORTED })
         return (task.running = this.dispatch(cdb, dataOut ?? Buffer.alloc(0), task))
@@ -326,7 +329,14 @@ export class LogicalUnit {
         }
         const n = count * BLOCK
         if (out.length !== 2 * n) throw parameterLength()
-        // Atomic: the gate is exclusive for this command against every other on the LU.
+        // Atomic: the device's own compare-and-write is, against all its users; otherwise the
+        // gate is exclusive for this command against every other on the LU.
+        if (this.ownCompareAndWrite) {
+          if (await (this.dev as BlockDevice & ComparesAndWrites).compareAndWrite(lba * BLOCK, out.subarray(0, n), out.subarray(n, 2 * n))) return { status: C.GOOD }
+          // where it differed, read after the device's atomic verdict (another user may have written since)
+          const at = firstDifference(await this.dev.read(lba * BLOCK, n), out.subarray(0, n))
+          throw new SenseError(C.MISCOMPARE, 'MISCOMPARE_DURING_VERIFY_OPERATION', Math.max(at, 0))
+        }
         const have = await this.dev.read(lba * BLOCK, n)
         const at = firstDifference(have, out.subarray(0, n))
         if (at >= 0) throw new SenseError(C.MISCOMPARE, 'MISCOMPARE_DURING_VERIFY_OPERATION', at)

@@ -1,8 +1,9 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
-import { existsSync, readFileSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { CLI, ROOT, tmp } from '../../helpers/peers.js'
+import { startServe } from '../../helpers/server.js'
 
 const WORKER = join(ROOT, 'dist', 'scripts', 'locks', 'worker.js')
 const LEASE_MS = 2000
@@ -49,17 +50,39 @@ function readLogs(files: string[]): { recs: Rec[]; fences: { host: string; t: bi
   return { recs, fences }
 }
 
-t.test('4 hosts, crash + pause + slow storage + clean exits: never two exclusive holders', async (t) => {
+/**
+ * Where the hosts find the lockspace: a file (`tandem lock init`), or the lockspace of a `tandem
+ * serve` — over iSCSI (COMPARE AND WRITE), or mixed: sleepy and slow over iSCSI, crashy and
+ * steady on the served file itself.
+ */
+type Backend = 'file' | 'iscsi' | 'mixed'
+
+async function lockspaces(t: Test, dir: string, backend: Backend): Promise<{ crashy: string; sleepy: string; slow: string; steady: string }> {
+  if (backend === 'file') {
+    const lockspace = join(dir, 'lockspace')
+    const init = spawnSync(process.execPath, [CLI, 'lock', 'init', '--lockspace', lockspace, '--hosts', '16', '--locks', '32'], { encoding: 'utf8' })
+    t.equal(init.status, 0, init.stderr)
+    return { crashy: lockspace, sleepy: lockspace, slow: lockspace, steady: lockspace }
+  }
+  const ds = join(dir, 'ds')
+  mkdirSync(ds)
+  const s = await startServe(t, ds)
+  const lun = `iscsi://127.0.0.1:${s.iscsiPort}/iqn.2026-11.local.tandem:lockspace/0`
+  const file = backend === 'mixed' ? join(ds, '.tandem', 'lockspace') : lun
+  // the paused host is one over iSCSI: a host on the file paused inside its fcntl lock would stall
+  // every host of that file (the server's included), a property of the file backend, not of iSCSI
+  return { crashy: file, sleepy: lun, slow: lun, steady: file }
+}
+
+const fourHosts = async (t: Test, backend: Backend) => {
   const dir = tmp(t, 'tandem-locks-')
-  const lockspace = join(dir, 'lockspace')
-  const init = spawnSync(process.execPath, [CLI, 'lock', 'init', '--lockspace', lockspace, '--hosts', '16', '--locks', '32'], { encoding: 'utf8' })
-  t.equal(init.status, 0, init.stderr)
+  const ls = await lockspaces(t, dir, backend)
   const LOCKS = 6
   const hosts: Host[] = [
-    startHost(lockspace, dir, 'crashy', LOCKS, 0, '', 300), // holds each lock for a while
-    startHost(lockspace, dir, 'sleepy', LOCKS),
-    startHost(lockspace, dir, 'slow', LOCKS, 60), // up to 60 ms per I/O: well below the tolerance
-    startHost(lockspace, dir, 'steady', LOCKS),
+    startHost(ls.crashy, dir, 'crashy', LOCKS, 0, '', 300), // holds each lock for a while
+    startHost(ls.sleepy, dir, 'sleepy', LOCKS),
+    startHost(ls.slow, dir, 'slow', LOCKS, 60), // up to 60 ms per I/O: well below the tolerance
+    startHost(ls.steady, dir, 'steady', LOCKS),
   ]
   const all = [...hosts]
   t.teardown(() => {
@@ -89,7 +112,7 @@ t.test('4 hosts, crash + pause + slow storage + clean exits: never two exclusive
   process.kill(-hosts[1].proc.pid!, 'SIGCONT')
   const resumeAt = now()
   // the crashed host comes back under the same name
-  const back = startHost(lockspace, dir, 'crashy', LOCKS, 0, '-2')
+  const back = startHost(ls.crashy, dir, 'crashy', LOCKS, 0, '-2')
   all.push(back)
   await sleep(6000)
   // clean exits
@@ -99,7 +122,10 @@ t.test('4 hosts, crash + pause + slow storage + clean exits: never two exclusive
   const { recs, fences } = readLogs(all.map((h) => h.log))
   const enters = recs.filter((r) => r.kind === 'E').length
   t.comment(`${enters} acquisitions, ${recs.length} records, fences: ${JSON.stringify(fences.map((f) => f.host))}`)
-  t.ok(enters >= 1000, `thousands of acquisitions (${enters})`)
+  // Every attempt reads the whole region: 160 KiB of the served lockspace (64 hosts, 256 locks)
+  // against 25 KiB of the file's, and over iSCSI each read is a round trip through the server.
+  const least = backend === 'iscsi' ? 500 : 1000
+  t.ok(enters >= least, `${least} acquisitions at least (${enters})`)
 
   // 1. Never two exclusive holders: per lock, each generation's records form an interval, and
   //    the intervals, ordered by generation, do not overlap. One holder per generation.
@@ -154,7 +180,11 @@ t.test('4 hosts, crash + pause + slow storage + clean exits: never two exclusive
   t.notOk(fences.some((f) => f.host === 'slow' || f.host === 'steady'), 'no healthy host (slow storage included) was fenced')
   t.ok(recs.some((r) => r.host === 'slow' && r.kind === 'E'), 'the slow host did get locks')
   writeFileSync(join(dir, 'done'), '')
-})
+}
+
+t.test('4 hosts, crash + pause + slow storage + clean exits: never two exclusive holders', (t) => fourHosts(t, 'file'))
+t.test('the same over iSCSI (the served lockspace LUN, COMPARE AND WRITE)', (t) => fourHosts(t, 'iscsi'))
+t.test('the same mixed: two hosts over iSCSI, two on the served lockspace file', (t) => fourHosts(t, 'mixed'))
 
 t.test('tandem lock run: the command is killed when lock run is paused, before another host takes the lock', async (t) => {
   const dir = tmp(t, 'tandem-lockrun-')

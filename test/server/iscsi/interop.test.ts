@@ -48,7 +48,7 @@ t.test('LUN masking: an initiator not on the access list neither sees nor logs i
   await s.ds.setAccess('secret', { initiators: ['iqn.2026-11.local.host:allowed'] })
   const portal = `iscsi://127.0.0.1:${s.iscsiPort}`
   const seen = (await runOk('iscsi-ls', ['-i', 'iqn.2026-11.local.host:other', '-s', portal])).trim().split('\n').map((l) => l.split(' ')[0])
-  t.same(seen.filter((l) => l.startsWith('Target:')), ['Target:iqn.2026-11.local.tandem:open'], 'discovery hides the masked disk')
+  t.same(seen.filter((l) => l.startsWith('Target:')).sort(), ['Target:iqn.2026-11.local.tandem:lockspace', 'Target:iqn.2026-11.local.tandem:open'], 'discovery hides the masked disk (and lists the lockspace)')
   const allowed = await runOk('iscsi-ls', ['-i', 'iqn.2026-11.local.host:allowed', '-s', portal])
   t.match(allowed, /tandem:secret/, 'the listed initiator sees it')
   const refused = await run('iscsi-inq', ['-i', 'iqn.2026-11.local.host:other', `${portal}/iqn.2026-11.local.tandem:secret/0`])

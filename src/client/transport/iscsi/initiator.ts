@@ -607,7 +607,8 @@ export class IscsiInitiator implements BlockDevice {
 
   /**
    * COMPARE AND WRITE (SBC-4 §5.3): atomically, if the blocks at `offset` hold `expected`, write
-   * `data`. Resolves false on a miscompare (nothing written), true when written.
+   * `data`. Resolves false on a miscompare (nothing written), true when written. A unit attention
+   * means the command was not run: it is sent again (as by `command`).
    */
   async compareAndWrite(offset: number, expected: Buffer, data: Buffer): Promise<boolean> {
     this.check(offset, data.length, true)
@@ -618,11 +619,13 @@ export class IscsiInitiator implements BlockDevice {
     cdb[0] = S.COMPARE_AND_WRITE
     cdb.writeBigUInt64BE(BigInt(offset / this.blockSize), 2)
     cdb[13] = blocks
-    const r = await this.execute(cdb, Buffer.concat([expected, data]))
-    if (r.status === S.GOOD) return true
-    const e = statusError(cdb[0], r)
-    if (e.senseKey === S.MISCOMPARE) return false
-    throw e
+    try {
+      await this.command(cdb, Buffer.concat([expected, data]))
+      return true
+    } catch (e) {
+      if (e instanceof ScsiStatusError && e.senseKey === S.MISCOMPARE) return false
+      throw e
+    }
   }
 
   /** Logs out (after the commands in flight are answered) and closes the connection. */
