@@ -127,7 +127,9 @@ export async function openLockspaceView(datastore: string, log: Logger, hostName
     if (closed) return
     try {
       const done = await initialiseIfBlank(path)
-      if (done) log.warn({ path }, done === 'created' ? 'lockspace created' : 'lockspace was never initialised (empty or all zero): initialised')
+      // a new datastore's lockspace is routine; one found empty is a repair worth a warning
+      if (done === 'created') log.info({ path }, 'lockspace created')
+      else if (done) log.warn({ path }, 'lockspace was never initialised (empty or all zero): initialised')
       storage = await FileLockStorage.open(path)
       const m = new LockManager(storage, hostName, serverClock)
       await m.view() // the header and the region's size: a damaged lockspace is reported, not joined
