@@ -1,25 +1,16 @@
 import t from 'tap'
-import { spawn, type ChildProcess } from 'node:child_process'
 import { execFile } from 'node:child_process'
 import { readFileSync, writeFileSync } from 'node:fs'
 import { promisify } from 'node:util'
-import { createServer } from 'node:net'
 import { join } from 'node:path'
 import { IscsiInitiator, parseIscsiUri } from '../../../src/client/transport/iscsi/index.js'
-import { CLI, needs, pattern, sh, shStatus, tmp } from '../../helpers/peers.js'
+import { CLI, needs, pattern, sh, tmp } from '../../helpers/peers.js'
 import { startServer } from '../../helpers/server.js'
+import { needsTgtd, startTgtd } from '../../helpers/tgtd.js'
 
 const IQN = 'iqn.2026-11.local.tandem:'
 const run = promisify(execFile)
 
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const a = s.address()
-      s.close(() => resolve(typeof a === 'object' && a ? a.port : 0))
-    })
-  })
-}
 
 t.test('URIs as libiscsi writes them', async (t) => {
   t.same(parseIscsiUri('iscsi://127.0.0.1:3261/iqn.x:d/0'), { host: '127.0.0.1', port: 3261, target: 'iqn.x:d', lun: 0 })
@@ -76,25 +67,12 @@ t.test('against Tandem\'s target: reads, writes, zeroes, COMPARE AND WRITE, dige
   await c.close()
 })
 
-t.test('against tgtd: the same bytes through libiscsi\'s qemu-img; COMPARE AND WRITE refused as tgt lacks it', { ...needs('tgtd', 'tgtadm', 'qemu-img'), ...(process.getuid?.() === 0 ? {} : { skip: 'tgtd needs root' }) }, async (t) => {
+t.test('against tgtd: the same bytes through libiscsi\'s qemu-img; COMPARE AND WRITE refused as tgt lacks it', { ...needs('qemu-img'), ...needsTgtd() }, async (t) => {
   const d = tmp(t, 'tandem-tgt-')
   const file = join(d, 'lun.raw')
   sh('truncate', ['-s', '8M', file])
-  const port = await freePort()
-  const ctl = String(200 + (port % 500))
-  const tgtd: ChildProcess = spawn('tgtd', ['-f', '-C', ctl, '--iscsi', `portal=127.0.0.1:${port}`], { stdio: 'ignore' })
-  const exited = new Promise<void>((r) => tgtd.on('exit', () => r()))
-  t.teardown(async () => {
-    tgtd.kill('SIGKILL')
-    await exited
-  })
-  const adm = (...a: string[]) => shStatus('tgtadm', ['-C', ctl, '--lld', 'iscsi', ...a])
-  for (let i = 0; i < 100 && adm('--op', 'show', '--mode', 'target').status !== 0; i++) await new Promise((r) => setTimeout(r, 50))
-  const iqn = 'iqn.2026-11.test:tgt'
-  t.equal(adm('--op', 'new', '--mode', 'target', '--tid', '1', '-T', iqn).status, 0)
-  t.equal(adm('--op', 'new', '--mode', 'logicalunit', '--tid', '1', '--lun', '1', '-b', file).status, 0)
-  t.equal(adm('--op', 'bind', '--mode', 'target', '--tid', '1', '-I', 'ALL').status, 0)
-  const c = await IscsiInitiator.connect(`iscsi://127.0.0.1:${port}/${iqn}/1`)
+  const uri = await startTgtd(t, file)
+  const c = await IscsiInitiator.connect(uri)
   t.equal(c.size, 8 << 20)
   const data = pattern(2 << 20, 5)
   await c.write(1 << 20, data)
