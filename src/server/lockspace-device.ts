@@ -1,6 +1,17 @@
 import type { BlockDevice, ComparesAndWrites, Extent, WriteOptions } from '../disk-formats/block-device.js'
 import { StorageError } from '../disk-formats/errors.js'
-import type { FileLockStorage } from '../client/locks/index.js'
+
+/**
+ * What the device needs of the lockspace file's storage (the lock manager's file LockStorage
+ * satisfies it); declared here so the server does not import the client's lock manager.
+ */
+export interface LockspaceFile {
+  readonly size: number
+  read(offset: number, length: number): Promise<Buffer>
+  write(offset: number, data: Buffer, opts?: { durable?: boolean }): Promise<void>
+  compareAndWrite(offset: number, expected: Buffer, data: Buffer): Promise<boolean>
+  flush(): Promise<void>
+}
 
 /**
  * The lockspace file as a BlockDevice, exported as the LUN `iqn.2026-11.local.tandem:lockspace`.
@@ -13,9 +24,9 @@ import type { FileLockStorage } from '../client/locks/index.js'
 export class LockspaceDevice implements BlockDevice, ComparesAndWrites {
   readonly readOnly = false
 
-  constructor(private readonly current: () => FileLockStorage | null) {}
+  constructor(private readonly current: () => LockspaceFile | null) {}
 
-  private get storage(): FileLockStorage {
+  private get storage(): LockspaceFile {
     const s = this.current()
     if (!s) throw new StorageError('IoError', 'the lockspace is not open')
     return s
