@@ -1,4 +1,5 @@
-import type { Clock, LockStorage } from '../../src/client/locks/index.js'
+import { initLockspace, type Clock, type LockStorage } from '../../src/client/locks/index.js'
+import { regionSize } from '../../src/disk-formats/lock-region/index.js'
 
 /** An in-memory LockStorage: every operation completes in a microtask (for fake-clock tests). */
 export class MemoryLockStorage implements LockStorage {
@@ -60,4 +61,11 @@ export class FakeClock implements Clock {
 
 export async function settle() {
   for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r))
+}
+
+/** A fresh, initialised in-memory lockspace of `hosts` slots and `locks` records. */
+export async function memorySpace(hosts = 8, locks = 16): Promise<MemoryLockStorage> {
+  const st = new MemoryLockStorage(regionSize({ maxHosts: hosts, maxLocks: locks }))
+  await initLockspace(st, { maxHosts: hosts, maxLocks: locks })
+  return st
 }

@@ -1,7 +1,7 @@
 import t from 'tap'
 import { openSync, closeSync, ftruncateSync, writeSync } from 'node:fs'
 import { join } from 'node:path'
-import { FakeClock, MemoryLockStorage } from '../../helpers/locks.js'
+import { FakeClock, memorySpace, type MemoryLockStorage } from '../../helpers/locks.js'
 import { tmp } from '../../helpers/peers.js'
 import { FileLockStorage, LockManager, initLockspace, countingStorage } from '../../../src/client/locks/index.js'
 import { recordOffset, regionSize, SECTOR, slotOffset } from '../../../src/disk-formats/lock-region/index.js'
@@ -9,11 +9,7 @@ import { recordOffset, regionSize, SECTOR, slotOffset } from '../../../src/disk-
 const HOSTS = 8
 const LOCKS = 16
 
-async function space() {
-  const st = new MemoryLockStorage(regionSize({ maxHosts: HOSTS, maxLocks: LOCKS }))
-  await initLockspace(st, { maxHosts: HOSTS, maxLocks: LOCKS })
-  return st
-}
+const space = () => memorySpace(HOSTS, LOCKS)
 
 /** The index of the record bearing `name` (names sit at byte 32 of their record). */
 function recordIndexOf(st: MemoryLockStorage, name: string): number {

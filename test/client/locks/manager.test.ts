@@ -1,13 +1,9 @@
 import t from 'tap'
-import { FakeClock, MemoryLockStorage, settle } from '../../helpers/locks.js'
+import { FakeClock, MemoryLockStorage, memorySpace, settle } from '../../helpers/locks.js'
 import { LockManager, initLockspace, countingStorage } from '../../../src/client/locks/index.js'
 import { regionSize } from '../../../src/disk-formats/lock-region/index.js'
 
-async function space(hosts = 8, locks = 16) {
-  const st = new MemoryLockStorage(regionSize({ maxHosts: hosts, maxLocks: locks }))
-  await initLockspace(st, { maxHosts: hosts, maxLocks: locks })
-  return st
-}
+const space = memorySpace
 
 t.test('join by name claims slots automatically; rejoin keeps the slot with a new generation', async (t) => {
   const st = await space()
