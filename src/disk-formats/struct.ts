@@ -2,13 +2,15 @@ import { StorageError } from './errors.js'
 
 /**
  * A binary structure declared once as a table of fields; yields encode, decode and size
- * (DESIGN §11). All fields are little-endian.
+ * (DESIGN §11). Plain integer fields are little-endian (VMDK, the lock region); the `be` ones are
+ * big-endian (network order: NBD, iSCSI). `u24be` is iSCSI's three-byte DataSegmentLength.
  */
-export type FieldType = 'u8' | 'u16' | 'u32' | 'u64' | { bytes: number }
+export type IntType = 'u8' | 'u16' | 'u32' | 'u64' | 'u16be' | 'u24be' | 'u32be' | 'u64be'
+export type FieldType = IntType | { bytes: number }
 
 export type FieldTable = Record<string, { offset: number; type: FieldType }>
 
-type FieldValue<T extends FieldType> = T extends 'u8' | 'u16' | 'u32' | 'u64' ? number : Buffer
+type FieldValue<T extends FieldType> = T extends IntType ? number : Buffer
 
 export type Decoded<T extends FieldTable> = { [K in keyof T]: FieldValue<T[K]['type']> }
 
@@ -17,10 +19,15 @@ function width(t: FieldType): number {
     case 'u8':
       return 1
     case 'u16':
+    case 'u16be':
       return 2
+    case 'u24be':
+      return 3
     case 'u32':
+    case 'u32be':
       return 4
     case 'u64':
+    case 'u64be':
       return 8
     default:
       return t.bytes
@@ -59,10 +66,20 @@ export function defineStruct<T extends FieldTable>(fields: T, padTo = 0): Struct
           case 'u32':
             out[name] = buf.readUInt32LE(o)
             break
-          case 'u64': {
+          case 'u16be':
+            out[name] = buf.readUInt16BE(o)
+            break
+          case 'u24be':
+            out[name] = buf.readUIntBE(o, 3)
+            break
+          case 'u32be':
+            out[name] = buf.readUInt32BE(o)
+            break
+          case 'u64':
+          case 'u64be': {
             // Values above 2^53 (e.g. GD_AT_END) decode as Infinity-free approximations are unsafe;
             // keep them exact where they fit and saturate to MAX_SAFE_INTEGER+1 otherwise.
-            const v = buf.readBigUInt64LE(o)
+            const v = f.type === 'u64' ? buf.readBigUInt64LE(o) : buf.readBigUInt64BE(o)
             out[name] = v > BigInt(Number.MAX_SAFE_INTEGER) ? U64_TOO_LARGE : Number(v)
             break
           }
@@ -87,9 +104,22 @@ export function defineStruct<T extends FieldTable>(fields: T, padTo = 0): Struct
           case 'u32':
             buf.writeUInt32LE(v as number, o)
             break
-          case 'u64':
-            buf.writeBigUInt64LE(v === U64_TOO_LARGE ? 0xffffffffffffffffn : BigInt(v as number), o)
+          case 'u16be':
+            buf.writeUInt16BE(v as number, o)
             break
+          case 'u24be':
+            buf.writeUIntBE(v as number, o, 3)
+            break
+          case 'u32be':
+            buf.writeUInt32BE(v as number, o)
+            break
+          case 'u64':
+          case 'u64be': {
+            const big = v === U64_TOO_LARGE ? 0xffffffffffffffffn : BigInt(v as number)
+            if (f.type === 'u64') buf.writeBigUInt64LE(big, o)
+            else buf.writeBigUInt64BE(big, o)
+            break
+          }
           default:
             ;(v as Buffer).copy(buf, o, 0, f.type.bytes)
         }
