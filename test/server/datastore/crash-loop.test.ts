@@ -43,6 +43,7 @@ type Pending =
 
 interface Loop {
   t: Test
+  seed: number
   dir: string
   r: () => number
   model: Map<string, DiskModel>
@@ -103,7 +104,7 @@ function answered(l: Loop, what: string, status: number, ok: number[]): boolean 
   l.pending = { kind: 'none' }
   if (ok.includes(status)) return true
   if (status === 507 && l.full) return false
-  l.t.fail(`${what}: unexpected status ${status} (seed ${SEED})`)
+  l.t.fail(`${what}: unexpected status ${status} (seed ${l.seed})`)
   return false
 }
 
@@ -114,13 +115,13 @@ async function checkLayers(l: Loop, round: number): Promise<void> {
     const rec = JSON.parse(readFileSync(join(l.dir, disk, 'disk.json'), 'utf8')) as { top: string; snapshots: { layer: string }[] }
     const named = new Set([rec.top, ...rec.snapshots.map((s) => s.layer)])
     const extra = files.filter((f) => f !== 'disk.json' && !named.has(f))
-    if (extra.length) l.t.fail(`round ${round}: '${disk}' holds files no record names: ${extra.join(', ')} (seed ${SEED})`)
+    if (extra.length) l.t.fail(`round ${round}: '${disk}' holds files no record names: ${extra.join(', ')} (seed ${l.seed})`)
     for (const f of files.filter((x) => LAYER.test(x))) {
       const path = join(l.dir, disk, f)
       const q = await run('qemu-img', ['check', '-f', 'vmdk', path])
-      if (q.status !== 0) l.t.fail(`round ${round}: qemu-img check ${disk}/${f}: exit ${q.status}: ${q.stdout}${q.stderr} (seed ${SEED})`)
+      if (q.status !== 0) l.t.fail(`round ${round}: qemu-img check ${disk}/${f}: exit ${q.status}: ${q.stdout}${q.stderr} (seed ${l.seed})`)
       const c = await checkImage(path)
-      if (c.corruptions || c.leaks || c['check-errors']) l.t.fail(`round ${round}: check ${disk}/${f}: ${c.messages.join('; ')} (seed ${SEED})`)
+      if (c.corruptions || c.leaks || c['check-errors']) l.t.fail(`round ${round}: check ${disk}/${f}: ${c.messages.join('; ')} (seed ${l.seed})`)
     }
   }
 }
@@ -130,7 +131,7 @@ async function verify(l: Loop, p: ServeProcess, round: number): Promise<void> {
   const { t, model } = l
   const pend = l.pending
   l.pending = { kind: 'none' }
-  const fail = (m: string) => t.fail(`round ${round}: ${m} (seed ${SEED})`)
+  const fail = (m: string) => t.fail(`round ${round}: ${m} (seed ${l.seed})`)
   const list = (await api(p, 'GET', '/disks')).body as { disks: { name: string }[] }
   const disks = new Set(list.disks.map((d) => d.name))
   if ((pend.kind === 'mkdisk' || pend.kind === 'rmdisk') && !disks.has(pend.disk)) model.delete(pend.disk)
@@ -195,7 +196,7 @@ async function writeStep(l: Loop, p: ServeProcess, disk: string, c: TestNbdClien
   const f = reps && (await Promise.race([c.flush(), died]))
   if (!reps || !f || reps.some((x) => x.errno === -1) || f.errno === -1) return count(l, 'write cut') // left pending
   const errnos = [...reps.map((x) => x.errno), f.errno].filter((e) => e !== 0)
-  for (const e of errnos) if (!(e === NBD_ENOSPC && l.full)) l.t.fail(`write: NBD error ${e} (seed ${SEED})`)
+  for (const e of errnos) if (!(e === NBD_ENOSPC && l.full)) l.t.fail(`write: NBD error ${e} (seed ${l.seed})`)
   if (errnos.length === 0) {
     for (const [o, b] of writes) b.copy(m.current, o)
     l.pending = { kind: 'none' }
@@ -206,7 +207,7 @@ async function writeStep(l: Loop, p: ServeProcess, disk: string, c: TestNbdClien
   const got = await readExport(p, disk)
   if (!got) return // died meanwhile: still pending
   const bad = settleWrites(m.current, got, writes)
-  if (bad) l.t.fail(`after ENOSPC: ${bad} (seed ${SEED})`)
+  if (bad) l.t.fail(`after ENOSPC: ${bad} (seed ${l.seed})`)
   m.current = got
   l.pending = { kind: 'none' }
 }
@@ -253,9 +254,9 @@ async function adminStep(l: Loop, p: ServeProcess, clients: Map<string, TestNbdC
   }
 }
 
-async function loop(t: Test, dir: string, rounds: number, opts: { fill?: (leave: number) => void; unfill?: () => void } = {}): Promise<void> {
-  const l: Loop = { t, dir, r: rng(SEED), model: new Map(), pending: { kind: 'none' }, counter: 0, full: false, tally: new Map() }
-  t.comment(`seed ${SEED} (TANDEM_CRASH_LOOP_SEED=${SEED} reproduces it)`)
+async function loop(t: Test, dir: string, rounds: number, seed: number, opts: { fill?: (leave: number) => void; unfill?: () => void } = {}): Promise<void> {
+  const l: Loop = { t, seed, dir, r: rng(seed), model: new Map(), pending: { kind: 'none' }, counter: 0, full: false, tally: new Map() }
+  t.comment(`seed ${seed} (TANDEM_CRASH_LOOP_SEED=${seed} reproduces it)`)
   let p = await startServe(t, dir)
   for (const d of ['d0', 'd1']) {
     if ((await api(p, 'POST', '/disks', { name: d, size: SIZE })).status !== 201) throw new Error('could not create the disks')
@@ -291,7 +292,7 @@ async function loop(t: Test, dir: string, rounds: number, opts: { fill?: (leave:
       if (step > killStep + 20) break // the kill has come by now
     }
     const ex = await p.exited
-    if (ex.signal !== 'SIGKILL') t.fail(`round ${round}: the server exited ${JSON.stringify(ex)} (seed ${SEED})`)
+    if (ex.signal !== 'SIGKILL') t.fail(`round ${round}: the server exited ${JSON.stringify(ex)} (seed ${l.seed})`)
     for (const c of clients.values()) c.destroy()
     opts.unfill?.()
     l.full = false
@@ -315,7 +316,10 @@ async function loop(t: Test, dir: string, rounds: number, opts: { fill?: (leave:
 }
 
 t.test(`serve SIGKILLed in ${ROUNDS} rounds of writes and snapshot operations: every restart opens everything with its content`, async (t) => {
-  await loop(t, shmTmp(t, 'tandem-crash-loop-'), ROUNDS)
+  // two independent datastores and servers, each with its own seed, share the rounds: a round
+  // spends much of its time waiting on its server, so two lanes keep both cores busy
+  const half = Math.ceil(ROUNDS / 2)
+  await Promise.all([loop(t, shmTmp(t, 'tandem-crash-loop-'), half, SEED), loop(t, shmTmp(t, 'tandem-crash-loop-'), ROUNDS - half, SEED + 1)])
 })
 
 /** A 24 MiB tmpfs, or why there is none (mounting needs root). */
@@ -338,7 +342,7 @@ t.test(`the same on a nearly full tmpfs (${FULL_ROUNDS} rounds): ENOSPC answers 
   const dir = join(mnt, 'ds')
   mkdirSync(dir)
   const filler = join(mnt, 'filler')
-  await loop(t, dir, FULL_ROUNDS, {
+  await loop(t, dir, FULL_ROUNDS, SEED, {
     fill: (leave) => {
       const st = statfsSync(mnt)
       const free = st.bavail * st.bsize
