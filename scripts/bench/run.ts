@@ -1,7 +1,7 @@
 /**
  * `npm run bench`: Tandem beside its peers on the same work, alternating, in one run.
  * Prints medians and ratios (Tandem time / peer time: below 1.0 means Tandem is faster).
- * Options (env): BENCH_DIR (default ./bench-work), BENCH_REPS (default 3), BENCH_ONLY=disk|nbd|iscsi|locks|vm,
+ * Options (env): BENCH_DIR (default ./bench-work), BENCH_REPS (default 3), BENCH_ONLY=disk|nbd|iscsi|locks|vm|vm-disk,
  * BENCH_FIO_SECONDS (default 4). For throughput (MiB/s, IOPS) the ratio is Tandem/peer: above 1 is faster.
  * Every row also shows CPU time (user + system) beside wall time: for a command, the command's own
  * (its process and the children it waited for); for a server, the server process's (all its
@@ -516,7 +516,59 @@ async function vmBench() {
   }
   const [p, r, y] = [median(plain), median(rec), median(rep)]
   console.log(`${'ticker guest, plain / record / replay'.padEnd(36)} ${p.toFixed(0)} / ${r.toFixed(0)} / ${y.toFixed(0)} MIPS   recording costs ${(((p - r) / p) * 100).toFixed(1)} % (goal < 5 %)   replay at ${((y / r) * 100).toFixed(0)} % of recording (goal >= 90 %)`)
+  await diskioBench(d)
   rmSync(d, { recursive: true, force: true })
+}
+
+/**
+ * The diskio guest (129 SCSI requests, 512 KiB written and read) on a raw file (an in-process LU),
+ * over nbd:// (an in-process LU on the NBD client) and over iscsi:// (pass-through to the target,
+ * under the VM's identity), each against `tandem serve` on this machine: the guest's run time,
+ * the VM process's CPU and the server's CPU.
+ */
+async function diskioBench(d: string) {
+  const { Datastore } = await import('../../src/server/datastore/index.js')
+  const ds = join(d, 'ds')
+  const store = await Datastore.open(ds)
+  await store.createDisk('bench', 64 << 20)
+  await store.close()
+  const raw = join(d, 'diskio.raw')
+  run('truncate', ['-s', '64M', raw])
+  // free ports (other benches on this machine may hold the fixed ones), read from the ready line
+  const child = spawn(process.execPath, [CLI, 'serve', '--datastore', ds, '--nbd-port', '0', '--iscsi-port', '0', '--http-port', '0', '--log-level', 'info'], { stdio: ['ignore', 'pipe', 'inherit'], env: TANDEM_ENV })
+  const ports = await new Promise<{ nbdPort: number; iscsiPort: number }>((resolve, reject) => {
+    createInterface({ input: child.stdout! }).on('line', (line) => {
+      if (line.includes('"tandem serve ready"')) resolve(JSON.parse(line) as { nbdPort: number; iscsiPort: number })
+    })
+    child.once('exit', (code) => reject(new Error(`tandem serve exited ${code}`)))
+  })
+  const served = { pid: child.pid!, stop: async () => (child.kill('SIGTERM'), await waitExit(child)) }
+  const sides: [string, string][] = [
+    ['file', raw],
+    ['nbd', `nbd://127.0.0.1:${ports.nbdPort}/bench`],
+    ['iscsi', `iscsi://127.0.0.1:${ports.iscsiPort}/iqn.2026-11.local.tandem:bench/0`],
+  ]
+  const got: Record<string, { secs: number[]; cpu: number[]; server: number[] }> = {}
+  for (const [k] of sides) got[k] = { secs: [], cpu: [], server: [] }
+  try {
+    const reps = Math.max(REPS, 5)
+    for (let i = 0; i < reps; i++) {
+      for (let k = 0; k < sides.length; k++) {
+        const [name, disk] = sides[(i + k) % sides.length]
+        const s0 = cpuOf(served.pid, 'self')
+        const c0 = cpuOf('self', 'children')
+        const r = spawnSync(process.execPath, [CLI, 'vm', 'run', '--json', '--guest', 'diskio', '--disk', disk, '--name', 'bench'], { encoding: 'utf8', env: TANDEM_ENV })
+        if (r.status !== 0) throw new Error(`tandem vm run diskio --disk ${disk} failed: ${r.stderr}`)
+        got[name].cpu.push(cpuOf('self', 'children') - c0)
+        got[name].server.push(cpuOf(served.pid, 'self') - s0)
+        got[name].secs.push((JSON.parse(r.stdout) as { seconds: number }).seconds)
+      }
+    }
+  } finally {
+    await served.stop()
+  }
+  const row = (k: string) => `${k} ${(median(got[k].secs) * 1000).toFixed(0)} ms (vm cpu ${median(got[k].cpu).toFixed(2)} s, server cpu ${median(got[k].server).toFixed(2)} s)`
+  console.log(`${'diskio guest: file / nbd / iscsi'.padEnd(36)} ${row('file')}   ${row('nbd')}   ${row('iscsi')}   iscsi/file ${(median(got.iscsi.secs) / median(got.file.secs)).toFixed(1)}x`)
 }
 
 // ---- Locks: Tandem beside sanlock (reference/peers.md) ----
@@ -698,4 +750,11 @@ if (!only || only === 'nbd') await nbdBench()
 if (!only || only === 'iscsi') await iscsiBench()
 if (!only || only === 'locks') await locksBench()
 if (!only || only === 'vm') await vmBench()
+if (only === 'vm-disk') {
+  const d = join(DIR, 'vm-disk')
+  rmSync(d, { recursive: true, force: true })
+  mkdirSync(d, { recursive: true })
+  await diskioBench(d)
+  rmSync(d, { recursive: true, force: true })
+}
 if (existsSync(DIR) && readdirSync(DIR).length === 0) rmSync(DIR, { recursive: true, force: true })

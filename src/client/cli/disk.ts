@@ -16,9 +16,8 @@ import {
   type AdapterType,
   type Subformat,
 } from '../../disk-formats/vmdk/index.js'
-import { commit, convert, openImage, openVmdk, probeFormat, rebase, type ImageFormat, type OpenImageOptions } from '../../disk-formats/chain/index.js'
-import { isNbdUri, NbdClient } from '../transport/nbd/index.js'
-import { IscsiInitiator, isIscsiUri } from '../transport/iscsi/index.js'
+import { commit, convert, openVmdk, probeFormat, rebase, type ImageFormat } from '../../disk-formats/chain/index.js'
+import { isNetworkDisk, openDisk } from '../transport/open-disk.js'
 import { humanSize, parseSize } from './size.js'
 import { progressBar } from './progress.js'
 
@@ -56,22 +55,10 @@ function print(json: boolean, value: unknown, text: () => string): void {
   process.stdout.write(json ? JSON.stringify(value, null, 4) + '\n' : text())
 }
 
-/** An image file, or an export named by an nbd:// URI (as qemu-img accepts both). */
-async function openAny(path: string, opts: OpenImageOptions): Promise<BlockDevice> {
-  if (isNbdUri(path) || isIscsiUri(path)) {
-    if (opts.format === 'vmdk') throw new StorageError('Unsupported', `'${path}': a network disk is read as raw bytes (-f raw)`)
-    return isNbdUri(path) ? NbdClient.connect(path, { readOnly: opts.readOnly }) : IscsiInitiator.connect(path, { readOnly: opts.readOnly })
-  }
-  return openImage(path, opts)
-}
-
-/** nbd:// and iscsi:// name disks that already exist (qemu-img convert -n): written into, not created. */
-const isNetworkDisk = (p: string) => isNbdUri(p) || isIscsiUri(p)
-
 /** `disk info`: qemu-img's JSON keys, plus the flat keys of DESIGN §7. */
 async function infoOf(path: string, format?: ImageFormat): Promise<Record<string, unknown>> {
   if (isNetworkDisk(path)) {
-    const dev = await openAny(path, { readOnly: true, format })
+    const dev = await openDisk(path, { readOnly: true, format })
     await dev.close()
     // what qemu-img info says of an NBD export: its size, and no disk size
     return { 'virtual-size': dev.size, filename: path, format: 'raw' }
@@ -237,7 +224,7 @@ export function diskCommand(run: (fn: () => Promise<number | void>) => Promise<v
     .action((path: string, o) =>
       run(async () => {
         forceShare(o)
-        const dev = await openAny(path, { readOnly: true, format: parseFormat(o.format) })
+        const dev = await openDisk(path, { readOnly: true, format: parseFormat(o.format) })
         await withDevice(dev, async (d) => {
           const ext = await d.blockStatus(0, d.size)
           if (o.json) {
@@ -345,11 +332,12 @@ export function diskCommand(run: (fn: () => Promise<number | void>) => Promise<v
     .action((src: string, dst: string, o) =>
       run(async () => {
         forceShare(o)
-        const dev = await openAny(src, { readOnly: true, format: parseFormat(o.format) })
+        const dev = await openDisk(src, { readOnly: true, format: parseFormat(o.format) })
         let out: BlockDevice | null = null
         const bar = await progressBar('convert', o.progress)
         try {
-          if (isNetworkDisk(dst)) out = await openAny(dst, { readOnly: false })
+          // nbd:// and iscsi:// name disks that already exist (qemu-img convert -n): written into, not created
+          if (isNetworkDisk(dst)) out = await openDisk(dst, { readOnly: false })
           await convert(dev, out ?? dst, {
             to: o.to,
             subformat: parseSubformat(o.type),

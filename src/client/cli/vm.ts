@@ -1,5 +1,7 @@
 import { Command } from 'commander'
-import { openImage, StorageError, type BlockDevice } from '../../disk-formats/index.js'
+import { StorageError } from '../../disk-formats/index.js'
+import { ANONYMOUS_VM_IQN, VM_IQN_PREFIX, checkInitiatorName, vmInitiatorName } from '../vm/scsi-path.js'
+import { openVmDisk } from '../vm/vm-disk.js'
 import { loadLazy } from './lazy.js'
 import { parseSize } from './size.js'
 
@@ -12,7 +14,9 @@ export function vmCommand(run: (fn: () => Promise<number | void>) => Promise<voi
     .description('run a guest to its end; print its console, then a summary')
     .requiredOption('--guest <name|file>', 'a committed guest (cpu, memdirty, diskio, ticker, kvstore) or an RV32 ELF file')
     .option('--memory <size>', 'guest RAM (e.g. 64M; a multiple of 4 KiB, at most 1G)', '64M')
-    .option('--disk <path>', 'the virtual SCSI disk: a VMDK (chain) or raw file, written in place')
+    .option('--disk <path|uri>', "the virtual SCSI disk: a VMDK (chain) or raw file, written in place; nbd://HOST[:PORT]/EXPORT; or iscsi://HOST[:PORT]/TARGET-IQN/LUN, where the guest's commands go to the target as they are, in a session under the VM's own initiator name")
+    .option('--name <name>', `the VM's name; its iSCSI initiator name is then ${VM_IQN_PREFIX}<name>`)
+    .option('--initiator-name <iqn>', `the VM's iSCSI initiator name (default ${VM_IQN_PREFIX}<name>, or ${ANONYMOUS_VM_IQN} without --name); with a fixed ISID derived from it, so its reservations hold from any host`)
     .option('--record <log>', 'write every non-deterministic input to this event log')
     .option('--replay <log>', 'replay a recorded run from its event log (the disk must hold what it held when recording began)')
     .option('--max-instructions <n>', 'stop after this many instructions')
@@ -53,8 +57,8 @@ summary is printed and a recording's log written; its replay stops at the same i
             throw new StorageError('InvalidArgument', `cannot listen on ${o.net}: ${e.message}`)
           })
         }
-        let disk: BlockDevice | undefined
-        if (o.disk) disk = await openImage(o.disk)
+        const identity = checkInitiatorName(o.initiatorName ?? (o.name !== undefined ? vmInitiatorName(o.name) : ANONYMOUS_VM_IQN))
+        const disk = o.disk ? await openVmDisk(o.disk, identity) : undefined
         const out = o.json ? process.stderr : process.stdout
         let pending: number[] = []
         const flush = () => {
@@ -72,7 +76,9 @@ summary is printed and a recording's log written; its replay stops at the same i
             signal: stop.signal,
             guest: o.guest,
             memory,
-            disk,
+            disk: disk?.disk,
+            scsi: disk?.scsi,
+            identity,
             record: o.record,
             replay: o.replay,
             maxInstructions: max,

@@ -4,3 +4,5 @@ export { Machine, MMIO, TIMEBASE_HZ, systemClock, type MachineOptions, type RunS
 export { EventRecorder, EventReplayer, ReplayError, encodeHeader, EVENT } from './events.js'
 export { loadElf, ImageError } from './elf.js'
 export { guestPath, runVm, type VmRunOptions } from './run.js'
+export { ANONYMOUS_VM_IQN, VM_IQN_PREFIX, checkInitiatorName, initiatorPath, logicalUnitPath, nexusName, vmInitiatorName, vmIsid, type ScsiPath, type ScsiResult } from './scsi-path.js'
+export { openVmDisk, type VmDisk } from './vm-disk.js'

@@ -1,10 +1,10 @@
 import { createHash } from 'node:crypto'
 import { setImmediate as yieldToLoop, setTimeout as sleep } from 'node:timers/promises'
-import type { LogicalUnit, ScsiResult } from '../../server/scsi/index.js'
 import { loadElf } from './elf.js'
 import { EVENT, EVENT_NAMES, ReplayError, type EventKind, type EventRecorder, type EventReplayer } from './events.js'
 import { Hart, IRQ, type Bus, type Fault } from './hart.js'
 import { Memory } from './memory.js'
+import type { ScsiPath, ScsiResult } from './scsi-path.js'
 import type { SwitchPort } from './net.js'
 
 /**
@@ -39,8 +39,8 @@ export interface MachineOptions {
   image: Buffer
   imageName?: string
   memory: number
-  /** the virtual SCSI disk's logical unit */
-  disk?: LogicalUnit
+  /** how the virtual SCSI HBA reaches its disk: each guest CDB goes to it unchanged */
+  disk?: ScsiPath
   record?: EventRecorder
   replay?: EventReplayer
   maxInstructions?: number
@@ -336,14 +336,14 @@ export class Machine {
 
   /** The guest moved its producer index to `upTo`: start every new request, in order. */
   private submit(upTo: number): void {
-    const lu = this.opts.disk
+    const disk = this.opts.disk
     while (this.submitted !== upTo && this.ringSize > 0) {
       const slot = this.submitted % this.ringSize
       const base = this.mem.offsetOf(this.ringAddr + slot * HBA_SLOT_BYTES, HBA_SLOT_BYTES)
       this.submitted = (this.submitted + 1) >>> 0
       const b = this.mem.bytes
       const req: DiskRequest = { slot, dataAddr: 0, dataLen: 0, dir: 0, done: Promise.resolve({ status: 0x02 }) }
-      if (base >= 0 && lu) {
+      if (base >= 0 && disk) {
         const view = Buffer.from(b.buffer, b.byteOffset + base, HBA_SLOT_BYTES)
         const cdbLen = Math.min(view[24], 16)
         req.dataAddr = view.readUInt32LE(16)
@@ -357,7 +357,7 @@ export class Machine {
         }
         const bad = cdbLen < 6 || (req.dir !== 0 && this.mem.offsetOf(req.dataAddr, req.dataLen) < 0) || (req.dir === 1 && !dataOut)
         const prev = this.diskChain
-        req.done = bad ? Promise.resolve({ status: 0x02 }) : prev.then(() => lu.execute(cdb, dataOut, 'iqn.2026-11.local.tandem:vm,i,0x000000000001'))
+        req.done = bad ? Promise.resolve({ status: 0x02 }) : prev.then(() => disk.execute(cdb, dataOut, req.dir === 2 ? req.dataLen : 0))
         this.diskChain = req.done.catch(() => undefined)
       }
       void req.done.then((r) => (req.result = r)).catch(() => (req.result = { status: 0x02 }))
@@ -490,8 +490,10 @@ export class Machine {
       if (canNet) waits.push(new Promise<void>((r) => (this.rxArrived = r)))
       const signal = this.opts.signal
       if (signal?.aborted) return 'go'
-      if (signal) waits.push(new Promise<void>((r) => signal.addEventListener('abort', () => r(), { once: true })))
+      let onAbort: (() => void) | undefined
+      if (signal) waits.push(new Promise<void>((r) => signal.addEventListener('abort', (onAbort = () => r()), { once: true })))
       await Promise.race(waits)
+      if (onAbort) signal!.removeEventListener('abort', onAbort)
       this.rxArrived = null
     }
   }

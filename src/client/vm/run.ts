@@ -6,6 +6,7 @@ import type { BlockDevice } from '../../disk-formats/index.js'
 import { LogicalUnit } from '../../server/scsi/index.js'
 import { EventRecorder, EventReplayer, ReplayError, encodeHeader } from './events.js'
 import { Machine, type RunSummary } from './machine.js'
+import { ANONYMOUS_VM_IQN, logicalUnitPath, nexusName, vmIsid, type ScsiPath } from './scsi-path.js'
 import type { SwitchPort } from './net.js'
 import { createHash } from 'node:crypto'
 
@@ -27,7 +28,12 @@ export function guestPath(guest: string): string {
 export interface VmRunOptions {
   guest: string
   memory: number
+  /** the disk as a block device (a file, an NBD export): an in-process LU under `identity` */
   disk?: BlockDevice
+  /** or the disk as a SCSI path (an iSCSI session): the guest's CDBs go there unchanged */
+  scsi?: ScsiPath
+  /** the VM's iSCSI name, the I_T nexus of an in-process LU (default ANONYMOUS_VM_IQN) */
+  identity?: string
   record?: string
   replay?: string
   maxInstructions?: number
@@ -59,8 +65,10 @@ export async function runVm(o: VmRunOptions): Promise<RunSummary> {
       throw e
     }
   }
-  const lu = o.disk ? new LogicalUnit(o.disk, { serial: 'tandem-vm-disk' }) : undefined
-  const m = new Machine({ image, imageName: file, memory: o.memory, disk: lu, record, replay, maxInstructions: o.maxInstructions, onConsole: o.onConsole, net: o.net, mac: o.mac, signal: o.signal })
+  if (o.disk && o.scsi) throw new Error('runVm: give the disk as a block device or as a SCSI path, not both')
+  const iqn = o.identity ?? ANONYMOUS_VM_IQN
+  const disk = o.scsi ?? (o.disk ? logicalUnitPath(new LogicalUnit(o.disk, { serial: 'tandem-vm-disk' }), nexusName(iqn, vmIsid(iqn))) : undefined)
+  const m = new Machine({ image, imageName: file, memory: o.memory, disk, record, replay, maxInstructions: o.maxInstructions, onConsole: o.onConsole, net: o.net, mac: o.mac, signal: o.signal })
   const summary = await m.run()
   if (record && o.record) await writeFile(o.record, record.bytes())
   return summary

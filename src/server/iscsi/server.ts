@@ -3,7 +3,7 @@ import type { BlockDevice } from '../../disk-formats/block-device.js'
 import type { Datastore, ExportHandle } from '../datastore/index.js'
 import { IQN_PREFIX } from '../http/app.js'
 import type { Metrics } from '../metrics.js'
-import { LogicalUnit } from '../scsi/index.js'
+import { LogicalUnit, PersistentReservations } from '../scsi/index.js'
 import { IscsiConnection, type TargetDirectory } from './connection.js'
 import { TcpService, type ConnectionLimits } from '../net/tcp-service.js'
 import { refuseLogin } from './refuse.js'
@@ -15,6 +15,9 @@ interface Shared {
   lu: LogicalUnit
   handle: ExportHandle
   refs: number
+  /** the disk and its creation time, for `reservations` */
+  key: string
+  reservations: PersistentReservations
 }
 
 /**
@@ -27,6 +30,12 @@ interface Shared {
 export class IscsiServer {
   private readonly tcp: TcpService
   private readonly units = new Map<string, Promise<Shared>>()
+  /**
+   * Persistent reservations of disks no session has open, by disk and creation time (a disk
+   * deleted and made again starts with none). They survive the loss of every I_T nexus (SPC-4
+   * 5.13), not a restart of the server (APTPL is not offered). Kept only while some exist.
+   */
+  private readonly reservations = new Map<string, PersistentReservations>()
   private readonly lockspace: LogicalUnit | null
   portal = ''
 
@@ -80,7 +89,13 @@ export class IscsiServer {
   private async unit(disk: string): Promise<{ lu: LogicalUnit; release(): Promise<void> }> {
     let p = this.units.get(disk)
     if (!p) {
-      p = this.ds.openExport(disk).then((handle) => ({ handle, refs: 0, lu: new LogicalUnit(handle.device, { serial: `tandem-${disk}`.slice(0, 32) }) }))
+      p = (async () => {
+        const key = `${disk}\0${(await this.ds.readRecord(disk)).createdAt}`
+        const handle = await this.ds.openExport(disk)
+        const reservations = this.reservations.get(key) ?? new PersistentReservations()
+        this.reservations.delete(key)
+        return { handle, refs: 0, key, reservations, lu: new LogicalUnit(handle.device, { serial: `tandem-${disk}`.slice(0, 32), reservations }) }
+      })()
       this.units.set(disk, p)
       p.catch(() => this.units.delete(disk))
     }
@@ -94,6 +109,7 @@ export class IscsiServer {
         released = true
         if (--s.refs === 0) {
           this.units.delete(disk)
+          if (s.reservations.active) this.reservations.set(s.key, s.reservations)
           await s.handle.release()
         }
       },

@@ -18,6 +18,12 @@ export interface LogicalUnitOptions {
   vendor?: string
   product?: string
   revision?: string
+  /**
+   * The LU's persistent reservations when they outlive this object: they survive I_T nexus loss
+   * (SPC-4 5.13), so a target that closes the LU when its last session ends passes the same
+   * ones to the next LogicalUnit of the disk.
+   */
+  reservations?: PersistentReservations
 }
 
 export const BLOCK = 512
@@ -87,7 +93,7 @@ export class LogicalUnit {
   private reservedBy: string | null = null
   /** I_T nexuses logged in to this LU (count of sessions) and their pending unit attentions, oldest first. */
   private readonly nexuses = new Map<string, { sessions: number; attentions: C.AscName[] }>()
-  private readonly pr = new PersistentReservations((nexus, asc) => this.attention(nexus, asc))
+  private readonly pr: PersistentReservations
   private readonly naa: Buffer
   private readonly copies: CopyManager
   private readonly vendor: string
@@ -108,6 +114,8 @@ export class LogicalUnit {
     this.product = opts.product ?? 'VIRTUAL-DISK'
     this.revision = opts.revision ?? '0001'
     this.copies = new CopyManager(dev, () => this.blocks, this.naaDesignator())
+    this.pr = opts.reservations ?? new PersistentReservations()
+    this.pr.notify = (nexus, asc) => this.attention(nexus, asc)
     this.ownCompareAndWrite = typeof (dev as Partial<ComparesAndWrites>).compareAndWrite === 'function'
   }
 

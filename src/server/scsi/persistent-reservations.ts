@@ -27,8 +27,12 @@ export class PersistentReservations {
   private type = 0
   private generation = 0
 
-  /** `notify(nexus, asc)`: a unit attention for another I_T nexus (preempted, released, cleared). */
-  constructor(private readonly notify: (nexus: string, asc: C.AscName) => void = () => {}) {}
+  /**
+   * `notify(nexus, asc)`: a unit attention for another I_T nexus (preempted, released, cleared).
+   * Settable: the reservations outlive a LogicalUnit that a target closes when its last session
+   * ends, and the next LogicalUnit of the same disk takes them over.
+   */
+  constructor(public notify: (nexus: string, asc: C.AscName) => void = () => {}) {}
 
   get active(): boolean {
     return this.keys.size > 0 || this.holder !== null

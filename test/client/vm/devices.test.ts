@@ -4,15 +4,8 @@ import { join } from 'node:path'
 import { Machine, runVm, guestPath, PAGE_SIZE, RAM_BASE } from '../../../src/client/vm/index.js'
 import { startServer } from '../../helpers/server.js'
 import { TestNbdClient } from '../../helpers/nbd-client.js'
+import { diskioPattern as expected } from '../../helpers/diskio.js'
 
-/** diskio's pattern (guests/src/diskio.c), computed independently here. */
-function expected(lba: number, blocks: number): Buffer {
-  const b = Buffer.alloc(blocks * 512)
-  for (let i = 0; i < b.length / 4; i++) {
-    b.writeUInt32LE(((Math.imul(lba, 2654435761) ^ Math.imul(i, 40503)) ^ 0xa5a5a5a5) >>> 0, i * 4)
-  }
-  return b
-}
 
 t.test('diskio on a datastore disk through the SCSI layer; its writes read back through NBD', async (t) => {
   const s = await startServer(t)

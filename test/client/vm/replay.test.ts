@@ -118,7 +118,7 @@ t.test('bad guests end in a trap or a clear stop', async (t) => {
 })
 
 t.test('a replay matches its recording at every point observed, and writes the same disk', async (t) => {
-  const { Machine, EventRecorder, EventReplayer, encodeHeader, guestPath } = await import('../../../src/client/vm/index.js')
+  const { Machine, EventRecorder, EventReplayer, encodeHeader, guestPath, logicalUnitPath } = await import('../../../src/client/vm/index.js')
   const { LogicalUnit } = await import('../../../src/server/scsi/index.js')
   const { RawFile } = await import('../../../src/disk-formats/index.js')
   const { createHash } = await import('node:crypto')
@@ -139,7 +139,7 @@ t.test('a replay matches its recording at every point observed, and writes the s
         writeFileSync(join(d, 'l.log'), log)
         replay = await EventReplayer.open(join(d, 'l.log'), memory, sha)
       }
-      const m = new Machine({ image, memory, record, replay, disk: new LogicalUnit(dev, { serial: 'vm' }), observe: { every: guest === 'ticker' ? 10_000_000 : 250_000, fn: (x) => seen.push(`${x.hart.instret}:${x.stateHash()}`) } })
+      const m = new Machine({ image, memory, record, replay, disk: logicalUnitPath(new LogicalUnit(dev, { serial: 'vm' }), 'iqn.2026-11.local.tandem:vm,i,0x000000000001'), observe: { every: guest === 'ticker' ? 10_000_000 : 250_000, fn: (x) => seen.push(`${x.hart.instret}:${x.stateHash()}`) } })
       const s = await m.run()
       await dev.close()
       return { s, seen, log: record?.bytes() }

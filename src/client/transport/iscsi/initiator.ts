@@ -21,6 +21,12 @@ export interface InitiatorOptions {
   readOnly?: boolean
   /** login must finish within this many ms (default 10 000) */
   timeoutMs?: number
+  /**
+   * The session's ISID (6 bytes, RFC 7143 §11.12.5): with the initiator name it makes the I_T
+   * nexus that reservations belong to. Fixed, the nexus is the same from any host and any process;
+   * absent, a random one (type 2) per connection.
+   */
+  isid?: Buffer
 }
 
 /** The outcome of one SCSI command. */
@@ -114,6 +120,7 @@ export class IscsiInitiator implements BlockDevice {
 
   static async connect(target: string | IscsiUri, opts: InitiatorOptions = {}): Promise<IscsiInitiator> {
     const uri = typeof target === 'string' ? parseIscsiUri(target) : target
+    if (opts.isid && opts.isid.length !== 6) throw new StorageError('InvalidArgument', `an ISID is 6 bytes, not ${opts.isid.length}`)
     const sock = connect({ host: uri.host, port: uri.port })
     sock.setNoDelay(true)
     const q = new ByteQueue(
@@ -204,8 +211,8 @@ export class IscsiInitiator implements BlockDevice {
   // ---- login (RFC 7143 §6) -------------------------------------------------------------------
 
   private async login(): Promise<void> {
-    const isid = randomBytes(6)
-    isid[0] = 0x80 | (isid[0] & 0x3f) // type 2: random
+    const isid = this.opts.isid ?? randomBytes(6)
+    if (!this.opts.isid) isid[0] = 0x80 | (isid[0] & 0x3f) // type 2: random
     const name = this.opts.initiatorName ?? DEFAULT_INITIATOR
     const chap = this.opts.chap ?? (this.uri.user !== undefined ? { user: this.uri.user, secret: this.uri.password ?? '' } : undefined)
     let mutual: { id: number; challenge: Buffer } | null = null

@@ -1,0 +1,25 @@
+import type { BlockDevice } from '../../disk-formats/block-device.js'
+import { StorageError } from '../../disk-formats/errors.js'
+import { IscsiInitiator, isIscsiUri } from '../transport/iscsi/index.js'
+import { openDisk } from '../transport/open-disk.js'
+import { initiatorPath, vmIsid, type ScsiPath } from './scsi-path.js'
+
+/** A VM's disk, opened: a block device for an in-process LU, or a SCSI path to a target. */
+export type VmDisk = { disk: BlockDevice; scsi?: undefined; close(): Promise<void> } | { disk?: undefined; scsi: ScsiPath; close(): Promise<void> }
+
+/**
+ * Opens `--disk`: a file or nbd:// export (runVm puts an in-process LU over it), or an iscsi://
+ * LU reached in a session logged in as `identity` with the VM's fixed ISID (vmIsid), so the LU's
+ * access list, and the reservations the guest makes, see the VM and not the host it runs on.
+ */
+export async function openVmDisk(spec: string, identity: string): Promise<VmDisk> {
+  let dev: BlockDevice
+  try {
+    dev = await openDisk(spec, { iscsi: { initiatorName: identity, isid: vmIsid(identity) } })
+  } catch (e) {
+    if (!isIscsiUri(spec) || !(e instanceof StorageError)) throw e
+    throw new StorageError(e.code, `the VM's disk as ${identity}: ${e.message}`)
+  }
+  const close = () => dev.close()
+  return dev instanceof IscsiInitiator ? { scsi: initiatorPath(dev), close } : { disk: dev, close }
+}
