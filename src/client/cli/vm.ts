@@ -2,6 +2,7 @@ import { Command } from 'commander'
 import { openImage, StorageError, type BlockDevice } from '../../disk-formats/index.js'
 import { loadLazy } from './lazy.js'
 import { parseSize } from './size.js'
+import { addHostVmCommands } from './vm-host.js'
 
 /** Exit statuses of `tandem vm run` besides the guest's own exit code. */
 export const VM_EXIT = { LIMIT: 124, FAULT: 125, HALT: 126, REPLAY: 127, STOPPED: 130 } as const
@@ -113,5 +114,6 @@ summary is printed and a recording's log written; its replay stops at the same i
         }
       }),
     )
+  addHostVmCommands(vm, run)
   return vm
 }
