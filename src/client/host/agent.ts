@@ -29,6 +29,7 @@ export interface HostAgentOptions {
   clock?: Clock
 }
 
+/** `exited` (by itself) and `stopped` (by request) are shown once the VM's lock is released; `lost`: killed because it could no longer be fenced (the lease was lost, or its watchdog died). */
 export type VmState = 'starting' | 'running' | 'stopping' | 'exited' | 'stopped' | 'lost'
 
 /** A VM as the host's REST API shows it. */
@@ -313,7 +314,8 @@ export class HostAgent {
       throw new NoLease('IoError', `host '${this.name}' lost its lease while starting VM '${req.name}'`)
     }
     const launch: VmLaunch = { name: req.name, guest: req.guest, memory: info.memory, diskUri: info.diskUri ?? undefined, net: req.net }
-    const argv = [...this.o.tandem, ...vmRunArgs(launch)]
+    const args = vmRunArgs(launch)
+    const argv = [...this.o.tandem, ...args]
     const env = { ...process.env, TANDEM_LOCK_GENERATION: String(info.generation), TANDEM_LOCK_NAME: lock, TANDEM_LOCK_HOST: this.name }
     const proc = new VmProcess(argv, env, m.fenceDeadline, (reason) => {
       if (info.state === 'lost') return
@@ -326,23 +328,24 @@ export class HostAgent {
     info.pid = proc.pid ?? null
     info.state = 'running'
     this.counts.started++
-    this.o.log.info({ vm: req.name, pid: info.pid, generation: info.generation, argv: argv.slice(1) }, 'VM started')
+    this.o.log.info({ vm: req.name, pid: info.pid, generation: info.generation, args }, 'VM started')
     vm.done = proc.exited.then((exit) => this.ended(vm, lock, exit))
     return { ...info }
   }
 
   /** The VM's process is gone: its lock is released (unless the lease, and the lock with it, was lost). */
   private async ended(vm: Vm, lock: string, exit: VmExit): Promise<void> {
+    const m = this.mgr
+    if (m && m.heldLocks().some((h) => h.name === lock)) {
+      await m.release(lock).catch((e: Error) => this.o.log.error({ vm: vm.info.name, err: e.message }, 'could not release the VM\'s lock'))
+    }
+    // the state changes once the lock is released: a VM shown ended no longer holds it
     const info = vm.info
     info.exitStatus = exit.status
     info.endedAt = new Date().toISOString()
     if (info.state === 'stopping') info.state = 'stopped'
     else if (info.state !== 'lost') info.state = 'exited'
     this.o.log.info({ vm: info.name, state: info.state, status: exit.status, reason: info.reason }, 'VM ended')
-    const m = this.mgr
-    if (m && m.heldLocks().some((h) => h.name === lock)) {
-      await m.release(lock).catch((e: Error) => this.o.log.error({ vm: info.name, err: e.message }, 'could not release the VM\'s lock'))
-    }
   }
 
   /** Stops a VM (SIGTERM, then SIGKILL after the stop timeout) and forgets it; resolves to its last state. */
