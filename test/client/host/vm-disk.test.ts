@@ -31,7 +31,7 @@ t.test('a VM\'s datastore disk: the host asks the server for its iSCSI target an
   t.equal(created.status, 201)
   const a = await startHost(t, 'host-a', s.url)
   const r = await post(a.url, '/api/v1/vms', { name: 'dvm', guest: 'diskio', disk: 'd1', memory: 32 << 20 })
-  t.equal(r.status, 201, r.body.error?.message)
+  t.equal(r.status, 201, r.body.error?.message ?? '')
   const uri = `iscsi://127.0.0.1:${s.iscsiPort}/iqn.2026-11.local.tandem:d1/0`
   t.match(r.body, { disk: 'd1', diskUri: uri, initiatorName: 'iqn.2026-11.local.tandem:vm:dvm' })
   const started = a.logs.map((l) => JSON.parse(l) as { msg: string; args?: string[] }).find((l) => l.msg === 'VM started')
