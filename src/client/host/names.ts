@@ -9,11 +9,11 @@ export const LOCKSPACE_IQN = `${IQN_PREFIX}lockspace`
  * '.', '-') and of a lock name (`vm/<name>`, at most the lockspace's 64 bytes): hence the
  * character set and the 60-byte bound.
  */
-const NAME = /^[a-z0-9][a-z0-9.-]{0,59}$/
+const NAME = /^[a-z0-9]([a-z0-9.-]{0,58}[a-z0-9])?$/
 
 function valid(kind: 'host' | 'VM', name: unknown): string {
   if (typeof name !== 'string' || !NAME.test(name)) {
-    throw new StorageError('InvalidArgument', `invalid ${kind} name ${JSON.stringify(name)}: 1 to 60 lowercase letters, digits, '.' or '-', starting with a letter or digit (it becomes part of an iSCSI name)`)
+    throw new StorageError('InvalidArgument', `invalid ${kind} name ${JSON.stringify(name)}: 1 to 60 lowercase letters, digits, '.' or '-', starting and ending with a letter or digit (it becomes part of an iSCSI name)`)
   }
   return name
 }

@@ -51,6 +51,7 @@ t.test('a host joins the lockspace; vm start, ls and stop through the CLI; the s
   const bad: [string, string, unknown, number, RegExp][] = [
     ['POST', '/api/v1/vms', { name: 'Web_1', guest: 'kvstore' }, 400, /invalid VM name "Web_1"/],
     ['POST', '/api/v1/vms', { name: 'x'.repeat(61), guest: 'kvstore' }, 400, /invalid VM name/],
+    ['POST', '/api/v1/vms', { name: 'web-', guest: 'kvstore' }, 400, /invalid VM name/],
     ['POST', '/api/v1/vms', { name: 'w', guest: '' }, 400, /"guest"/],
     ['POST', '/api/v1/vms', { name: 'w', guest: 'kvstore', memory: 1000 }, 400, /"memory"/],
     ['POST', '/api/v1/vms', { name: 'w', guest: 'kvstore', memory: '64M' }, 400, /"memory" must be a number/],
