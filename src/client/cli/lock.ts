@@ -6,6 +6,7 @@ import { isStorageError, StorageError } from '../../disk-formats/errors.js'
 import { regionSize } from '../../disk-formats/lock-region/index.js'
 import type * as Locks from '../locks/index.js'
 import { loadLazy } from './lazy.js'
+import { baseUrl, isApiError, requestJson } from '../api/http.js'
 
 /** The lock manager is loaded by the `lock` commands that use it: the other commands start faster without it. */
 const loadLocks = () => loadLazy<typeof Locks>('../locks/index.js')
@@ -83,17 +84,13 @@ export function lockCommand(run: (fn: () => Promise<number | void>) => Promise<v
       run(async () => {
         let view: { hosts: unknown[]; locks: unknown[] }
         if (o.server) {
-          const base = String(o.server).replace(/\/$/, '')
-          const [h, l] = await Promise.all([fetch(`${base}/api/v1/hosts`), fetch(`${base}/api/v1/locks`)]).catch((e) => {
-            throw new StorageError('IoError', `could not reach ${base}: ${e.message}`)
-          })
-          for (const r of [h, l]) {
-            if (!r.ok) {
-              const why = ((await r.json().catch(() => null)) as { error?: { message?: string } } | null)?.error?.message
-              throw new StorageError('IoError', `${base} answered ${r.status}${why ? `: ${why}` : ''}`)
-            }
-          }
-          view = { hosts: ((await h.json()) as { hosts: unknown[] }).hosts, locks: ((await l.json()) as { locks: unknown[] }).locks }
+          const base = baseUrl(o.server)
+          const get = <T>(path: string) =>
+            requestJson<T>(base, 'GET', path).catch((e: unknown) => {
+              throw isApiError(e) ? new StorageError('IoError', `${base} answered ${e.status}: ${e.message}`) : e
+            })
+          const [h, l] = await Promise.all([get<{ hosts: unknown[] }>('/api/v1/hosts'), get<{ locks: unknown[] }>('/api/v1/locks')])
+          view = { hosts: h.hosts, locks: l.locks }
         } else if (o.lockspace) {
           const { openLockStorage, LockManager } = await loadLocks()
           const s = await openLockStorage(o.lockspace)

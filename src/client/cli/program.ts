@@ -2,6 +2,7 @@ import { Command, CommanderError, Option } from 'commander'
 import { diskCommand } from './disk.js'
 import { lockCommand } from './lock.js'
 import { vmCommand } from './vm.js'
+import { hostCommand } from './host.js'
 import { reportError } from './errors.js'
 import { loadLazy } from './lazy.js'
 import { SERVE_DEFAULTS } from '../../server/serve-defaults.js'
@@ -24,6 +25,7 @@ export function buildProgram(): Command {
   program.addCommand(diskCommand(run))
   program.addCommand(lockCommand(run))
   program.addCommand(vmCommand(run))
+  program.addCommand(hostCommand(run))
   const env = process.env
   /** An integer option from 0 to `max`, or a one-line error naming it. */
   const integer = (v: string, max: number, what: string) => {

@@ -4,6 +4,7 @@ import { ANONYMOUS_VM_IQN, VM_IQN_PREFIX, checkInitiatorName, vmInitiatorName } 
 import { openVmDisk } from '../vm/vm-disk.js'
 import { loadLazy } from './lazy.js'
 import { parseSize } from './size.js'
+import { addHostVmCommands } from './vm-host.js'
 
 /** Exit statuses of `tandem vm run` besides the guest's own exit code. */
 export const VM_EXIT = { LIMIT: 124, FAULT: 125, HALT: 126, REPLAY: 127, STOPPED: 130 } as const
@@ -119,5 +120,6 @@ summary is printed and a recording's log written; its replay stops at the same i
         }
       }),
     )
+  addHostVmCommands(vm, run)
   return vm
 }

@@ -3,9 +3,11 @@ import type { Logger } from 'pino'
 import { isStorageError, StorageError } from '../../disk-formats/errors.js'
 import { validIdentity, validKey, type Datastore, type DiskInfo, type PskKeys } from '../datastore/index.js'
 import type { Metrics } from '../metrics.js'
-import { httpStatus } from './errors.js'
+import { jsonErrors, noRoute } from './errors.js'
 import { openApi } from './openapi.js'
-import { isLockspaceUnavailable, type LockspaceView } from '../locks.js'
+import type { LockspaceView } from '../locks.js'
+import { HostRegistry } from '../host-registry.js'
+import type { HostView, LockView } from '../../client/locks/index.js'
 
 export interface AppOptions {
   ds: Datastore
@@ -17,6 +19,21 @@ export interface AppOptions {
   metrics: Metrics
   /** host and ports clients should use in the URIs a disk shows */
   advertise: { host: string; nbdPort: number; iscsiPort: number }
+  /** where the hosts' REST APIs are (default: a new, empty registry) */
+  hosts?: HostRegistry
+}
+
+/** The lock a VM holds while it runs on a host (`tandem host`). */
+export const VM_LOCK_PREFIX = 'vm/'
+
+/**
+ * A host of the lockspace as `GET /api/v1/hosts` shows it: the lockspace's view, its heartbeat in
+ * one word, its REST API if it registered one, and the VMs whose `vm/<name>` lock it holds.
+ */
+export function hostView(h: HostView, locks: LockView[], hosts: HostRegistry) {
+  const heartbeat = h.state === 'left' ? 'left' : h.state === 'damaged' || h.alive === null ? 'unknown' : h.alive ? 'live' : 'expired'
+  const vms = locks.filter((l) => l.state === 'exclusive' && l.owner === h.name && l.name.startsWith(VM_LOCK_PREFIX)).map((l) => l.name.slice(VM_LOCK_PREFIX.length))
+  return { ...h, heartbeat, api: hosts.get(h.name)?.api ?? null, vms }
 }
 
 export const IQN_PREFIX = 'iqn.2026-11.local.tandem:'
@@ -52,6 +69,7 @@ export function createApp(o: AppOptions): express.Express {
     nbd: `nbd://${o.advertise.host}:${o.advertise.nbdPort}/${d.name}`,
     iscsi: { iqn: `${IQN_PREFIX}${d.name}`, portal: `${o.advertise.host}:${o.advertise.iscsiPort}`, lun: 0 },
   })
+  const hosts = o.hosts ?? new HostRegistry()
   const wrap =
     (fn: (req: Request, res: Response) => Promise<void>) =>
     (req: Request, res: Response, next: NextFunction) =>
@@ -187,12 +205,12 @@ export function createApp(o: AppOptions): express.Express {
     if (!o.locks) throw new StorageError('NotFound', 'this server has no lockspace')
     return o.locks.view()
   }
-  /** A lockspace that cannot be read is 503 with the reason — never an empty list. */
-  const unavailable = (err: unknown, res: Response): boolean => {
-    if (!isLockspaceUnavailable(err)) return false
-    res.status(503).json({ error: { code: 'Unavailable', message: err.message } })
-    return true
-  }
+  // A lockspace that cannot be read is 503 with the reason (jsonErrors) — never an empty list.
+  app.get('/api/v1/lockspace', (_req, res) => {
+    if (!o.locks) throw new StorageError('NotFound', 'this server has no lockspace')
+    const iscsi = { iqn: `${IQN_PREFIX}lockspace`, portal: `${o.advertise.host}:${o.advertise.iscsiPort}`, lun: 0 }
+    res.json({ host: o.locks.hostName, iscsi, uri: `iscsi://${iscsi.portal}/${iscsi.iqn}/${iscsi.lun}` })
+  })
   app.get(
     '/api/v1/locks',
     wrap(async (_req, res) => {
@@ -210,32 +228,29 @@ export function createApp(o: AppOptions): express.Express {
   app.get(
     '/api/v1/hosts',
     wrap(async (_req, res) => {
-      res.json({ hosts: (await lockView()).hosts })
+      const v = await lockView()
+      res.json({ hosts: v.hosts.map((h) => hostView(h, v.locks, hosts)) })
     }),
   )
+  app.get(
+    '/api/v1/hosts/:name',
+    wrap(async (req, res) => {
+      const v = await lockView()
+      const h = v.hosts.find((x) => x.name === req.params.name)
+      if (!h) throw new StorageError('NotFound', `no host named '${req.params.name}' in the lockspace`)
+      res.json(hostView(h, v.locks, hosts))
+    }),
+  )
+  app.put('/api/v1/hosts/:name', (req, res) => {
+    res.json(hosts.register(req.params.name as string, body(req)))
+  })
   app.get(
     '/metrics',
     wrap(async (_req, res) => {
       res.type(metrics.registry.contentType).send(await metrics.registry.metrics())
     }),
   )
-  app.use((req: Request, res: Response) => {
-    res.status(404).json({ error: { code: 'NotFound', message: `no route for ${req.method} ${req.path}` } })
-  })
-  app.use((err: unknown, _req: Request, res: Response, _next: NextFunction) => {
-    void _next
-    if (unavailable(err, res)) return
-    if (isStorageError(err)) {
-      res.status(httpStatus(err.code)).json({ error: { code: err.code, message: err.message } })
-      return
-    }
-    const e = err as { type?: string; status?: number; message?: string }
-    if (e?.type === 'entity.parse.failed' || e?.type === 'entity.too.large' || e?.status === 400 || e?.status === 413) {
-      res.status(e.status ?? 400).json({ error: { code: 'InvalidArgument', message: `invalid request body: ${e.message}` } })
-      return
-    }
-    o.log.error({ err }, 'http: unexpected error')
-    res.status(500).json({ error: { code: 'IoError', message: 'internal error' } })
-  })
+  app.use(noRoute)
+  app.use(jsonErrors(o.log))
   return app
 }

@@ -65,12 +65,46 @@ export const openApi = {
     },
     '/api/v1/locks': { get: { summary: 'Locks of the datastore\'s lockspace: state, owner, generation (fencing token), owner heartbeat age, waiting hosts; damaged records listed as such; 503 with the reason while the lockspace is unusable', responses: { 200: json({ type: 'object' }), ...errors(503) } } },
     '/api/v1/locks/{name}': { parameters: [{ name: 'name', in: 'path', required: true, schema: { type: 'string' } }], get: { summary: 'One lock', responses: { 200: json({ type: 'object' }), ...errors(404, 503) } } },
-    '/api/v1/hosts': { get: { summary: 'Hosts of the lockspace: slot, name, alive (true, false, or null while unknown), heartbeat age', responses: { 200: json({ type: 'object' }), ...errors(503) } } },
+    '/api/v1/lockspace': {
+      get: {
+        summary: 'The datastore\'s lockspace as an iSCSI LUN (hosts join it there: `tandem host`, `tandem lock run --lockspace iscsi://…`)',
+        responses: { 200: json({ type: 'object', properties: { host: { type: 'string', description: 'this server\'s name in the lockspace' }, iscsi: { type: 'object' }, uri: { type: 'string' } } }), ...errors(404) },
+      },
+    },
+    '/api/v1/hosts': {
+      get: {
+        summary: 'Hosts of the lockspace and the VMs they run: slot, name, alive (true, false, or null while unknown), heartbeat (live, expired, left, unknown), heartbeat age, api (the REST API the host registered, or null), vms (VMs whose vm/<name> lock it holds)',
+        responses: { 200: json({ type: 'object', properties: { hosts: { type: 'array', items: { $ref: '#/components/schemas/Host' } } } }), ...errors(503) },
+      },
+    },
+    '/api/v1/hosts/{name}': {
+      parameters: [{ name: 'name', in: 'path', required: true, schema: { type: 'string', maxLength: 64 } }],
+      get: { summary: 'One host of the lockspace', responses: { 200: json({ $ref: '#/components/schemas/Host' }), ...errors(404, 503) } },
+      put: {
+        summary: 'A host registers its REST API (`tandem host` does, every few seconds; kept in memory)',
+        requestBody: { required: true, content: { 'application/json': { schema: { type: 'object', required: ['api'], properties: { api: { type: 'string', example: 'http://127.0.0.1:7800' } } } } } },
+        responses: { 200: json({ type: 'object', properties: { api: { type: 'string' }, registeredAt: { type: 'string' } } }), ...errors(400) },
+      },
+    },
     '/metrics': { get: { summary: 'Prometheus metrics', responses: { 200: { description: 'text format', content: { 'text/plain': {} } } } } },
   },
   components: {
     schemas: {
       Error: { type: 'object', properties: { error: { type: 'object', properties: { code: { type: 'string' }, message: { type: 'string' } } } } },
+      Host: {
+        type: 'object',
+        properties: {
+          slot: { type: 'integer' },
+          name: { type: 'string' },
+          state: { type: 'string', enum: ['live', 'left', 'damaged'] },
+          generation: { type: 'integer' },
+          alive: { type: 'boolean', nullable: true },
+          heartbeat: { type: 'string', enum: ['live', 'expired', 'left', 'unknown'] },
+          heartbeatAgeMs: { type: 'integer', nullable: true },
+          api: { type: 'string', nullable: true },
+          vms: { type: 'array', items: { type: 'string' } },
+        },
+      },
       Snapshot: { type: 'object', properties: { name: { type: 'string' }, parent: { type: 'string', nullable: true }, createdAt: { type: 'string' }, isCurrent: { type: 'boolean' } } },
       Disk: {
         type: 'object',

@@ -1,0 +1,90 @@
+import type { Command } from 'commander'
+import { isStorageError, StorageError } from '../../disk-formats/errors.js'
+import { isApiError, requestJson } from '../api/http.js'
+import type { VmInfo } from '../host/agent.js'
+import { parseSize } from './size.js'
+
+/** `vm start`'s own exit status: the VM runs on a host (this one or another), named in the message. */
+export const VM_START_BUSY = 75
+
+/** Errors of a host's API as one line; a VM held elsewhere is VM_START_BUSY. */
+async function refusedAsBusy<T>(p: Promise<T>): Promise<T | number> {
+  try {
+    return await p
+  } catch (e) {
+    if (isApiError(e) && e.status === 409 && isStorageError(e, 'Busy')) {
+      process.stderr.write(`tandem: ${e.message}\n`)
+      return VM_START_BUSY
+    }
+    throw e
+  }
+}
+
+function table(vms: (VmInfo & { host?: string })[], withHost: boolean): string {
+  let out = `${withHost ? 'HOST'.padEnd(18) : ''}${'NAME'.padEnd(18)}${'STATE'.padEnd(10)}${'PID'.padEnd(9)}${'LOCK-GEN'.padEnd(10)}${'GUEST'.padEnd(10)}${'DISK'.padEnd(16)}STARTED\n`
+  for (const v of vms) {
+    const state = v.state === 'exited' || v.state === 'stopped' || v.state === 'lost' ? `${v.state}${v.exitStatus !== null ? `(${v.exitStatus})` : ''}` : v.state
+    out += `${withHost ? (v.host ?? '').padEnd(18) : ''}${v.name.padEnd(18)}${state.padEnd(10)}${String(v.pid ?? '-').padEnd(9)}${String(v.generation).padEnd(10)}${v.guest.padEnd(10)}${(v.disk ?? '-').padEnd(16)}${v.startedAt}\n`
+  }
+  return out
+}
+
+/** `tandem vm start|ls|stop`: VMs on a `tandem host`, through its REST API. */
+export function addHostVmCommands(vm: Command, run: (fn: () => Promise<number | void>) => Promise<void>): void {
+  vm.command('start')
+    .description('start a VM on a host (tandem host); refused while the VM runs on any host, naming it')
+    .argument('<name>', 'the VM (lowercase letters, digits, . and -); it holds the lock vm/<name> while it runs')
+    .requiredOption('--host <url>', 'the host\'s REST API, e.g. http://127.0.0.1:7800')
+    .requiredOption('--guest <name|file>', 'a committed guest (cpu, memdirty, diskio, ticker, kvstore) or an RV32 ELF file on the host')
+    .option('--disk <disk>', 'a datastore disk: the VM reaches it over iSCSI under its own name iqn.2026-11.local.tandem:vm:<name>')
+    .option('--memory <size>', 'guest RAM (e.g. 64M; a multiple of 4 KiB, at most 1G)', '64M')
+    .option('--net <udp:HOST:PORT>', 'join the VM\'s NIC to a virtual switch through a UDP socket on the host')
+    .option('--json', 'print the VM as JSON')
+    .addHelpText('after', `\nExit status: 0 started; ${VM_START_BUSY} the VM runs on a host (this or another; the message names it); 1 any other error.`)
+    .action((name: string, o) =>
+      run(async () => {
+        let memory: number
+        try {
+          memory = parseSize(o.memory)
+        } catch (e) {
+          throw new StorageError('InvalidArgument', (e as Error).message)
+        }
+        const body = { name, guest: o.guest, memory, ...(o.disk ? { disk: o.disk } : {}), ...(o.net ? { net: o.net } : {}) }
+        const r = await refusedAsBusy(requestJson<VmInfo>(o.host, 'POST', '/api/v1/vms', body))
+        if (typeof r === 'number') return r
+        if (o.json) process.stdout.write(JSON.stringify(r, null, 2) + '\n')
+        else process.stdout.write(`Started VM '${r.name}' (pid ${r.pid}, lock vm/${r.name} generation ${r.generation}${r.diskUri ? `, disk ${r.diskUri} as ${r.initiatorName}` : ''})\n`)
+      }),
+    )
+  vm.command('ls')
+    .description('list the VMs of a host, or (--server) which VM runs on which host of a server\'s lockspace')
+    .option('--host <url>', 'the host\'s REST API, e.g. http://127.0.0.1:7800')
+    .option('--server <url>', 'a tandem serve: every host of its lockspace, with the VMs whose locks it holds')
+    .option('--json', 'JSON output')
+    .action((o) =>
+      run(async () => {
+        if (o.host) {
+          const r = await requestJson<{ host: string; vms: VmInfo[] }>(o.host, 'GET', '/api/v1/vms')
+          process.stdout.write(o.json ? JSON.stringify(r, null, 2) + '\n' : table(r.vms, false))
+          return
+        }
+        if (!o.server) throw new StorageError('InvalidArgument', 'give --host URL or --server URL')
+        const r = await requestJson<{ hosts: { name: string; heartbeat: string; api: string | null; vms: string[] }[] }>(o.server, 'GET', '/api/v1/hosts')
+        const rows = r.hosts.flatMap((h) => h.vms.map((vm) => ({ vm, host: h.name, heartbeat: h.heartbeat, api: h.api })))
+        if (o.json) process.stdout.write(JSON.stringify({ vms: rows }, null, 2) + '\n')
+        else process.stdout.write(`${'NAME'.padEnd(18)}${'HOST'.padEnd(18)}${'HEARTBEAT'.padEnd(11)}API\n` + rows.map((x) => `${x.vm.padEnd(18)}${x.host.padEnd(18)}${x.heartbeat.padEnd(11)}${x.api ?? '-'}\n`).join(''))
+      }),
+    )
+  vm.command('stop')
+    .description('stop a VM on its host (SIGTERM, SIGKILL after 10 s) and release its lock')
+    .argument('<name>', 'the VM')
+    .requiredOption('--host <url>', 'the host\'s REST API, e.g. http://127.0.0.1:7800')
+    .option('--json', 'print the VM\'s last state as JSON')
+    .action((name: string, o) =>
+      run(async () => {
+        const r = await requestJson<VmInfo>(o.host, 'DELETE', `/api/v1/vms/${encodeURIComponent(name)}`)
+        if (o.json) process.stdout.write(JSON.stringify(r, null, 2) + '\n')
+        else process.stdout.write(`Stopped VM '${r.name}' (${r.state}${r.exitStatus !== null ? `, exit status ${r.exitStatus}` : ''})\n`)
+      }),
+    )
+}

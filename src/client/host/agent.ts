@@ -1,0 +1,382 @@
+import type { Logger } from 'pino'
+import { isStorageError, StorageError } from '../../disk-formats/errors.js'
+import { isApiError, requestJson } from '../api/http.js'
+import { LockManager, type Clock, type LockStorage } from '../locks/index.js'
+import { openLockStorage } from '../locks/open-storage.js'
+import { hostIqn, LOCKSPACE_IQN, validHostName, validVmName, vmIqn, vmLockName } from './names.js'
+import { vmRunArgs, type VmLaunch } from './vm-command.js'
+import { VmProcess, type VmExit } from './vm-process.js'
+
+export interface HostAgentOptions {
+  /** the host's name in the lockspace (its iSCSI name for the lockspace is hostIqn(name)) */
+  name: string
+  /** `tandem serve`'s REST API, e.g. http://127.0.0.1:8080 */
+  server: string
+  /** the server's iSCSI portal as this host reaches it, HOST:PORT (default: the one the server advertises) */
+  iscsi?: string
+  /** this host's REST API, registered with the server so that its view can link to it */
+  api: string
+  /** how to run `tandem`: the VM's child process is this plus vmRunArgs(…) */
+  tandem: string[]
+  log: Logger
+  /** a VM told to stop (SIGTERM) is SIGKILLed after this long (default 10 s) */
+  stopTimeoutMs?: number
+  /** how often the host registers its API with the server (default 5 s) */
+  registerEveryMs?: number
+  /** how long after losing its lease (or failing to join) the host tries to join again (default 2 s) */
+  rejoinMs?: number
+  /** the lock manager's clock (the default's timers do not keep the process alive) */
+  clock?: Clock
+}
+
+/** `exited` (by itself) and `stopped` (by request) are shown once the VM's lock is released; `lost`: killed because it could no longer be fenced (the lease was lost, or its watchdog died). */
+export type VmState = 'starting' | 'running' | 'stopping' | 'exited' | 'stopped' | 'lost'
+
+/** A VM as the host's REST API shows it. */
+export interface VmInfo {
+  name: string
+  guest: string
+  memory: number
+  disk: string | null
+  /** the disk's iSCSI URI the VM was started with */
+  diskUri: string | null
+  /** the VM's own iSCSI name for its disk (null without a disk) */
+  initiatorName: string | null
+  net: string | null
+  state: VmState
+  pid: number | null
+  /** the generation of `vm/<name>` when it was taken: the fencing token */
+  generation: number
+  startedAt: string
+  endedAt: string | null
+  /** the exit status (128 + N when killed by signal N), once it ended */
+  exitStatus: number | null
+  /** why it was stopped or lost */
+  reason: string | null
+}
+
+/** The body of `POST /api/v1/vms`. */
+export interface VmStartRequest {
+  name: string
+  guest: string
+  /** a datastore disk's name */
+  disk?: string
+  /** bytes (default 64 MiB) */
+  memory?: number
+  net?: string
+}
+
+interface Vm {
+  info: VmInfo
+  proc: VmProcess | null
+  /** the process ended and its lock was released */
+  done?: Promise<void>
+}
+
+/** The host cannot start VMs now (no valid lease): HTTP 503, whatever the code. */
+class NoLease extends StorageError {
+  readonly unavailable = true
+}
+
+/** A VM that runs elsewhere (or here): 409, with the host that has it. */
+class VmBusy extends StorageError {
+  constructor(
+    message: string,
+    readonly details: { holder: string | null },
+  ) {
+    super('Busy', message)
+  }
+}
+
+const DEFAULT_MEMORY = 64 << 20
+/** vm run's own bounds: whole 4 KiB pages, at most 1 GiB. */
+const MAX_MEMORY = 1 << 30
+const NET = /^udp:(\[[^\]]+\]|[^:\s]+):(\d{1,5})$/
+const DISK = /^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$/
+const MAX_GUEST = 1024
+
+const hostClock: Clock = {
+  now: () => performance.now(),
+  setTimeout: (fn, ms) => setTimeout(fn, ms).unref(),
+  clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
+}
+
+/** A body field: absent, or of the type asked. */
+function field<T>(b: Record<string, unknown>, k: string, type: 'string' | 'number'): T | undefined {
+  const v = b[k]
+  if (v === undefined || v === null) return undefined
+  if (typeof v !== type) throw new StorageError('InvalidArgument', `"${k}" must be a ${type}`)
+  return v as T
+}
+
+/** Checks a start request once, at the edge; what it returns is trusted from there on. */
+export function parseStartRequest(body: unknown): VmStartRequest {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new StorageError('InvalidArgument', 'the request body must be a JSON object')
+  const b = body as Record<string, unknown>
+  const name = validVmName(b.name)
+  const guest = field<string>(b, 'guest', 'string')
+  if (!guest || guest.length > MAX_GUEST || guest.includes('\0')) throw new StorageError('InvalidArgument', `"guest" must be a committed guest's name or an ELF file on the host (1 to ${MAX_GUEST} characters)`)
+  const disk = field<string>(b, 'disk', 'string')
+  if (disk !== undefined && !DISK.test(disk)) throw new StorageError('InvalidArgument', `invalid disk name ${JSON.stringify(disk)}: a datastore disk's name`)
+  const memory = field<number>(b, 'memory', 'number')
+  if (memory !== undefined && (!Number.isSafeInteger(memory) || memory <= 0 || memory % 4096 !== 0 || memory > MAX_MEMORY)) {
+    throw new StorageError('InvalidArgument', `invalid "memory" ${memory}: bytes, a multiple of 4096, at most 1 GiB`)
+  }
+  const net = field<string>(b, 'net', 'string')
+  if (net !== undefined) {
+    const m = NET.exec(net)
+    if (!m || Number(m[2]) > 65535) throw new StorageError('InvalidArgument', `invalid "net" ${JSON.stringify(net)}: udp:HOST:PORT, e.g. udp:127.0.0.1:5555`)
+  }
+  return { name, guest, disk, memory, net }
+}
+
+/**
+ * The host agent (`tandem host`, DESIGN §8): joins the server's lockspace over iSCSI under the
+ * host's name and runs VMs as child processes, each holding the exclusive lock `vm/<name>` and
+ * fenced by a watchdog fed the host's lease (vm-process.ts). A VM is started only while the lease
+ * is valid; when the lease is lost every VM is killed (the watchdogs do it at the fence deadline
+ * even if this process is paused or dead), and the host joins again.
+ */
+export class HostAgent {
+  private mgr: LockManager | null = null
+  private storage: LockStorage | null = null
+  private problem = 'not joined yet'
+  private readonly vms = new Map<string, Vm>()
+  private closed = false
+  private rejoinTimer: NodeJS.Timeout | null = null
+  private registerTimer: NodeJS.Timeout | null = null
+  private registered: boolean | null = null
+  /** counters for /metrics; `fenced`: VMs killed because the lease was lost (or could no longer be watched) */
+  readonly counts = { started: 0, refused: 0, failed: 0, fenced: 0, renewals: 0 }
+  readonly name: string
+  private lockspaceUri = ''
+
+  private constructor(private readonly o: HostAgentOptions) {
+    this.name = validHostName(o.name)
+  }
+
+  /** Joins the lockspace (waiting out a crashed earlier incarnation of this host: a lease) and registers with the server. */
+  static async start(o: HostAgentOptions): Promise<HostAgent> {
+    const a = new HostAgent(o)
+    a.lockspaceUri = await a.findLockspace()
+    await a.join()
+    await a.register()
+    a.registerTimer = setInterval(() => void a.register(), o.registerEveryMs ?? 5000)
+    a.registerTimer.unref()
+    return a
+  }
+
+  private async findLockspace(): Promise<string> {
+    if (this.o.iscsi) return `iscsi://${this.o.iscsi}/${LOCKSPACE_IQN}/0`
+    const l = await requestJson<{ uri: string }>(this.o.server, 'GET', '/api/v1/lockspace')
+    return l.uri
+  }
+
+  private async join(): Promise<void> {
+    const storage = await openLockStorage(this.lockspaceUri, { initiatorName: hostIqn(this.name) })
+    try {
+      const m = new LockManager(storage, this.name, this.o.clock ?? hostClock)
+      m.onRenew = (deadline) => {
+        this.counts.renewals++
+        for (const vm of this.vms.values()) vm.proc?.deadline(deadline)
+      }
+      m.onFence = (reason) => this.fenced(m, reason)
+      // a live process under this name is another host: refused at once (a crashed one is waited out)
+      const { slot, generation } = await m.join({ waitMs: 0 })
+      this.storage = storage
+      this.mgr = m
+      this.problem = ''
+      this.o.log.info({ lockspace: this.lockspaceUri, host: this.name, slot, generation, leaseMs: m.header.leaseMs }, 'lockspace joined')
+    } catch (e) {
+      await storage.close().catch(() => undefined)
+      throw e
+    }
+  }
+
+  /** The lease is lost: every VM is killed now (its watchdog does it too), then the host joins again. */
+  private fenced(m: LockManager, reason: string): void {
+    if (this.mgr !== m) return
+    this.o.log.error({ reason }, 'lockspace: this host lost its lease; killing its VMs')
+    this.mgr = null
+    this.problem = `this host lost its lease (${reason}); joining the lockspace again`
+    m.halt()
+    for (const vm of this.vms.values()) {
+      if (!vm.proc || !['starting', 'running', 'stopping'].includes(vm.info.state)) continue
+      vm.info.reason = `the host lost its lease (${reason})`
+      vm.info.state = 'lost'
+      this.counts.fenced++
+      vm.proc.kill('SIGKILL')
+    }
+    const s = this.storage
+    this.storage = null
+    void s?.close().catch(() => undefined)
+    this.scheduleRejoin()
+  }
+
+  private scheduleRejoin(): void {
+    if (this.closed || this.rejoinTimer) return
+    this.rejoinTimer = setTimeout(() => {
+      this.rejoinTimer = null
+      if (this.closed) return
+      this.join().catch((e: Error) => {
+        this.problem = `could not join the lockspace: ${e.message}`
+        this.o.log.error({ reason: e.message }, 'lockspace: could not join; trying again')
+        this.scheduleRejoin()
+      })
+    }, this.o.rejoinMs ?? 2000)
+  }
+
+  private async register(): Promise<void> {
+    try {
+      await requestJson(this.o.server, 'PUT', `/api/v1/hosts/${encodeURIComponent(this.name)}`, { api: this.o.api }, { timeoutMs: 5000 })
+      if (this.registered === false) this.o.log.info({ server: this.o.server }, 'registered with the server again')
+      this.registered = true
+    } catch (e) {
+      if (this.registered !== false) this.o.log.warn({ server: this.o.server, err: (e as Error).message }, 'could not register this host\'s API with the server')
+      this.registered = false
+    }
+  }
+
+  /** This host's lease, for the health route. */
+  lease(): { valid: boolean; slot: number | null; problem: string | null } {
+    const m = this.mgr
+    return { valid: !!m && m.valid(), slot: m ? m.slot : null, problem: this.problem || null }
+  }
+
+  list(): VmInfo[] {
+    return [...this.vms.values()].map((v) => ({ ...v.info }))
+  }
+
+  get(name: string): VmInfo & { console: string } {
+    const v = this.vms.get(name)
+    if (!v) throw new StorageError('NotFound', `no VM named '${name}' on host '${this.name}'`)
+    return { ...v.info, console: v.proc?.console() ?? '' }
+  }
+
+  /** The disk's iSCSI URI, from the server (the portal this host was told to use, if it was). */
+  private async diskUri(disk: string): Promise<string> {
+    try {
+      const d = await requestJson<{ iscsi: { iqn: string; portal: string; lun: number } }>(this.o.server, 'GET', `/api/v1/disks/${encodeURIComponent(disk)}`)
+      return `iscsi://${this.o.iscsi ?? d.iscsi.portal}/${d.iscsi.iqn}/${d.iscsi.lun}`
+    } catch (e) {
+      if (isApiError(e) && e.code === 'NotFound') throw new StorageError('NotFound', `disk '${disk}' not found on the server: ${e.message}`)
+      throw e
+    }
+  }
+
+  /** Starts a VM: refused (Busy, naming the holder) while it runs here or on another live host. */
+  async startVm(req: VmStartRequest): Promise<VmInfo> {
+    const existing = this.vms.get(req.name)
+    if (existing && ['starting', 'running', 'stopping'].includes(existing.info.state)) {
+      this.counts.refused++
+      throw new VmBusy(`VM '${req.name}' is already ${existing.info.state} on this host ('${this.name}')`, { holder: this.name })
+    }
+    const m = this.mgr
+    if (!m || !m.valid()) throw new NoLease('IoError', `host '${this.name}' has no valid lease: ${this.problem || 'it expired'}`)
+    const info: VmInfo = {
+      name: req.name,
+      guest: req.guest,
+      memory: req.memory ?? DEFAULT_MEMORY,
+      disk: req.disk ?? null,
+      diskUri: null,
+      initiatorName: req.disk ? vmIqn(req.name) : null,
+      net: req.net ?? null,
+      state: 'starting',
+      pid: null,
+      generation: 0,
+      startedAt: new Date().toISOString(),
+      endedAt: null,
+      exitStatus: null,
+      reason: null,
+    }
+    const vm: Vm = { info, proc: null }
+    this.vms.set(req.name, vm) // reserves the name while the disk is looked up and the lock taken
+    const lock = vmLockName(req.name)
+    try {
+      if (req.disk) info.diskUri = await this.diskUri(req.disk)
+      try {
+        info.generation = (await m.acquire(lock)).generation
+      } catch (e) {
+        if (!isStorageError(e, 'Busy')) throw e
+        const holder = (await m.view().catch(() => null))?.locks.find((l) => l.name === lock)?.owner ?? null
+        this.counts.refused++
+        throw new VmBusy(holder ? `VM '${req.name}' is running on host '${holder}' (lock '${lock}'): stop it there first, or wait until that host's lease is over` : e.message, { holder })
+      }
+    } catch (e) {
+      if (this.vms.get(req.name) === vm) this.vms.delete(req.name)
+      if (existing) this.vms.set(req.name, existing)
+      if (!(e instanceof VmBusy)) this.counts.failed++
+      throw e
+    }
+    if (this.mgr !== m || !m.valid()) {
+      // fenced while taking it: the lock is gone with the lease
+      this.vms.delete(req.name)
+      throw new NoLease('IoError', `host '${this.name}' lost its lease while starting VM '${req.name}'`)
+    }
+    const launch: VmLaunch = { name: req.name, guest: req.guest, memory: info.memory, diskUri: info.diskUri ?? undefined, net: req.net }
+    const args = vmRunArgs(launch)
+    const argv = [...this.o.tandem, ...args]
+    const env = { ...process.env, TANDEM_LOCK_GENERATION: String(info.generation), TANDEM_LOCK_NAME: lock, TANDEM_LOCK_HOST: this.name }
+    const proc = new VmProcess(argv, env, m.fenceDeadline, (reason) => {
+      if (info.state === 'lost') return
+      info.state = 'lost'
+      info.reason = reason
+      this.counts.fenced++
+      this.o.log.error({ vm: req.name, reason }, 'VM killed: it could no longer be fenced')
+    })
+    vm.proc = proc
+    info.pid = proc.pid ?? null
+    info.state = 'running'
+    this.counts.started++
+    this.o.log.info({ vm: req.name, pid: info.pid, generation: info.generation, args }, 'VM started')
+    vm.done = proc.exited.then((exit) => this.ended(vm, lock, exit))
+    return { ...info }
+  }
+
+  /** The VM's process is gone: its lock is released (unless the lease, and the lock with it, was lost). */
+  private async ended(vm: Vm, lock: string, exit: VmExit): Promise<void> {
+    const m = this.mgr
+    if (m && m.heldLocks().some((h) => h.name === lock)) {
+      await m.release(lock).catch((e: Error) => this.o.log.error({ vm: vm.info.name, err: e.message }, 'could not release the VM\'s lock'))
+    }
+    // the state changes once the lock is released: a VM shown ended no longer holds it
+    const info = vm.info
+    info.exitStatus = exit.status
+    info.endedAt = new Date().toISOString()
+    if (info.state === 'stopping') info.state = 'stopped'
+    else if (info.state !== 'lost') info.state = 'exited'
+    this.o.log.info({ vm: info.name, state: info.state, status: exit.status, reason: info.reason }, 'VM ended')
+  }
+
+  /** Stops a VM (SIGTERM, then SIGKILL after the stop timeout) and forgets it; resolves to its last state. */
+  async stopVm(name: string): Promise<VmInfo> {
+    const vm = this.vms.get(name)
+    if (!vm) throw new StorageError('NotFound', `no VM named '${name}' on host '${this.name}'`)
+    if (vm.info.state === 'starting') throw new StorageError('Busy', `VM '${name}' is starting; try again`)
+    if (vm.proc && (vm.info.state === 'running' || vm.info.state === 'stopping' || vm.info.state === 'lost')) {
+      if (vm.info.state === 'running') {
+        vm.info.state = 'stopping'
+        vm.info.reason = 'stopped by request'
+      }
+      vm.proc.kill('SIGTERM')
+      const timer = setTimeout(() => vm.proc?.kill('SIGKILL'), this.o.stopTimeoutMs ?? 10_000)
+      await vm.done
+      clearTimeout(timer)
+    }
+    if (this.vms.get(name) === vm) this.vms.delete(name)
+    return { ...vm.info }
+  }
+
+  /** Stops every VM, releases their locks, leaves the lockspace. */
+  async close(): Promise<void> {
+    this.closed = true
+    if (this.registerTimer) clearInterval(this.registerTimer)
+    if (this.rejoinTimer) clearTimeout(this.rejoinTimer)
+    await Promise.all([...this.vms.keys()].map((n) => this.stopVm(n).catch(() => undefined)))
+    const m = this.mgr
+    this.mgr = null
+    if (m) await m.leave().catch((e: Error) => this.o.log.error({ err: e.message }, 'lockspace: leaving failed'))
+    await this.storage?.close().catch(() => undefined)
+    this.storage = null
+  }
+}

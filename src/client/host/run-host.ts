@@ -1,0 +1,60 @@
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
+import { pino, type Logger } from 'pino'
+import { StorageError } from '../../disk-formats/errors.js'
+import { HostAgent } from './agent.js'
+import { createHostApp } from './http.js'
+
+export interface RunHostOptions {
+  name: string
+  server: string
+  iscsi?: string
+  listen: string
+  apiPort: number
+  logLevel?: string
+  /** how to run `tandem` for a VM's child process */
+  tandem: string[]
+}
+
+/** The URL others reach an API on: an unspecified listen address is shown as loopback. */
+function apiUrl(listen: string, port: number): string {
+  const host = listen === '0.0.0.0' || listen === '::' ? '127.0.0.1' : listen
+  return `http://${host.includes(':') ? `[${host}]` : host}:${port}`
+}
+
+/** Starts `tandem host`: the REST API listens first (its URL is registered), then the agent joins. */
+export async function runHost(o: RunHostOptions): Promise<{ log: Logger; close(): Promise<void> }> {
+  const log = pino({ level: o.logLevel ?? 'info' })
+  const http = createServer()
+  const port = await new Promise<number>((resolve, reject) => {
+    http.once('error', (e: NodeJS.ErrnoException) => reject(new StorageError('IoError', `cannot listen for the host API on ${o.listen}:${o.apiPort}: ${e.code === 'EADDRINUSE' ? 'the port is in use' : e.message}`)))
+    http.listen(o.apiPort, o.listen, () => {
+      const a = http.address()
+      resolve(typeof a === 'object' && a ? a.port : o.apiPort)
+    })
+  })
+  const api = apiUrl(o.listen, port)
+  const joining = (_req: IncomingMessage, res: ServerResponse) => {
+    res.writeHead(503, { 'content-type': 'application/json' }).end(JSON.stringify({ error: { code: 'Unavailable', message: 'the host is joining the lockspace' } }))
+  }
+  http.on('request', joining)
+  let agent: HostAgent
+  try {
+    agent = await HostAgent.start({ name: o.name, server: o.server, iscsi: o.iscsi, api, tandem: o.tandem, log })
+  } catch (e) {
+    http.close()
+    throw e
+  }
+  http.off('request', joining)
+  http.on('request', createHostApp(agent, log.child({ component: 'http' })))
+  log.info({ host: agent.name, api, apiPort: port, server: o.server, lease: agent.lease() }, 'tandem host ready')
+  return {
+    log,
+    async close() {
+      http.close()
+      http.closeIdleConnections()
+      await agent.close()
+      http.closeAllConnections()
+      log.info('tandem host stopped')
+    },
+  }
+}

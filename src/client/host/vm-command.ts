@@ -1,0 +1,26 @@
+import { vmIqn } from './names.js'
+
+/** What a host runs: one VM, its disk already resolved to an iSCSI URI by the server. */
+export interface VmLaunch {
+  name: string
+  guest: string
+  /** guest RAM in bytes */
+  memory: number
+  /** iscsi://PORTAL/IQN/LUN of the datastore disk, or none */
+  diskUri?: string
+  /** udp:HOST:PORT */
+  net?: string
+}
+
+/**
+ * The `tandem vm run` arguments of a VM the host starts — the one place that says how a VM's
+ * child process is invoked. The disk is reached by iSCSI pass-through under the VM's own
+ * initiator name (`--initiator-name`), never the host's.
+ */
+export function vmRunArgs(vm: VmLaunch): string[] {
+  // --option=value: a value that starts with '-' is never taken for an option
+  const args = ['vm', 'run', `--guest=${vm.guest}`, `--memory=${vm.memory}`]
+  if (vm.diskUri) args.push(`--disk=${vm.diskUri}`, `--initiator-name=${vmIqn(vm.name)}`)
+  if (vm.net) args.push(`--net=${vm.net}`)
+  return args
+}
