@@ -4,16 +4,21 @@ import { run, have } from './peers.js'
 /**
  * A private test network: one namespace per node, each with a veth whose other end sits on a
  * bridge inside a switch namespace of its own, so nothing touches the machine's own interfaces
- * and no packet leaves the machine. Addresses are 10.77.N.(i+1)/24 with no route beyond.
+ * and no packet leaves the machine. Addresses are 10.77.N.(i+1)/24 with no route beyond; the test's
+ * own namespace joins as 10.77.N.254 so that it reaches the nodes without `ip netns exec`.
  * `wrap(node)` is the command prefix that runs a program inside a node
  * (`ip netns exec NS …` execs it, so signals and process groups reach the program itself).
  */
 export interface TestNet {
   readonly nodes: Record<string, { ns: string; addr: string }>
+  /** the test's own (root) namespace's address on the bridge: the test reaches every node directly */
+  readonly rootAddr: string
   wrap(node: string): string[]
   /** takes a node's link down (a partition) or up again */
   cut(node: string): Promise<void>
   heal(node: string): Promise<void>
+  /** SIGKILLs every process in a node's namespace: the host dies as a machine would */
+  killAll(node: string): Promise<number>
   destroy(): Promise<void>
 }
 
@@ -35,7 +40,9 @@ export async function createTestNet(t: { teardown(fn: () => unknown): void }, na
   const sw = `td${tag}-sw`
   const nodes: TestNet['nodes'] = {}
   const made: string[] = []
+  const rootLink = `td${tag}r`
   const destroy = async () => {
+    await run('ip', ['link', 'del', rootLink])
     for (const ns of made.splice(0).reverse()) await run('ip', ['netns', 'del', ns])
   }
   t.teardown(destroy)
@@ -58,6 +65,13 @@ export async function createTestNet(t: { teardown(fn: () => unknown): void }, na
       await ip(['-n', sw, 'link', 'set', port(i), 'up'])
       nodes[name] = { ns, addr }
     }
+    // the root namespace's own port: a /24 on a local veth, more specific than any default route,
+    // so the test's packets to the nodes stay on the bridge
+    await ip(['link', 'add', rootLink, 'type', 'veth', 'peer', 'name', `p${tag}r`, 'netns', sw])
+    await ip(['addr', 'add', `10.77.${subnet}.254/24`, 'dev', rootLink])
+    await ip(['link', 'set', rootLink, 'up'])
+    await ip(['-n', sw, 'link', 'set', `p${tag}r`, 'master', 'br0'])
+    await ip(['-n', sw, 'link', 'set', `p${tag}r`, 'up'])
   } catch (e) {
     await destroy()
     throw e
@@ -69,9 +83,21 @@ export async function createTestNet(t: { teardown(fn: () => unknown): void }, na
   }
   return {
     nodes,
+    rootAddr: `10.77.${subnet}.254`,
     wrap: (node) => ['ip', 'netns', 'exec', nodes[node].ns],
     cut: (node) => ip(['-n', sw, 'link', 'set', portOf(node), 'down']),
     heal: (node) => ip(['-n', sw, 'link', 'set', portOf(node), 'up']),
+    killAll: async (node) => {
+      const pids = (await run('ip', ['netns', 'pids', nodes[node].ns])).stdout.split('\n').filter(Boolean).map(Number)
+      for (const pid of pids) {
+        try {
+          process.kill(pid, 'SIGKILL')
+        } catch {
+          /* gone */
+        }
+      }
+      return pids.length
+    },
     destroy,
   }
 }

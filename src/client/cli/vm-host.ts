@@ -2,6 +2,7 @@ import type { Command } from 'commander'
 import { isStorageError, StorageError } from '../../disk-formats/errors.js'
 import { isApiError, requestJson } from '../api/http.js'
 import type { VmInfo } from '../host/agent.js'
+import { GUEST_NAMES } from '../vm/guests.js'
 import { parseSize } from './size.js'
 
 /** `vm start`'s own exit status: the VM runs on a host (this one or another), named in the message. */
@@ -35,7 +36,7 @@ export function addHostVmCommands(vm: Command, run: (fn: () => Promise<number | 
     .description('start a VM on a host (tandem host); refused while the VM runs on any host, naming it')
     .argument('<name>', 'the VM (lowercase letters, digits, . and -); it holds the lock vm/<name> while it runs')
     .requiredOption('--host <url>', 'the host\'s REST API, e.g. http://127.0.0.1:7800')
-    .requiredOption('--guest <name|file>', 'a committed guest (cpu, memdirty, diskio, ticker, kvstore) or an RV32 ELF file on the host')
+    .requiredOption('--guest <name|file>', `a committed guest (${GUEST_NAMES.join(', ')}) or an RV32 ELF file on the host`)
     .option('--disk <disk>', 'a datastore disk: the VM reaches it over iSCSI under its own name iqn.2026-11.local.tandem:vm:<name>')
     .option('--memory <size>', 'guest RAM (e.g. 64M; a multiple of 4 KiB, at most 1G)', '64M')
     .option('--net <udp:HOST:PORT>', 'join the VM\'s NIC to a virtual switch through a UDP socket on the host')

@@ -3,6 +3,7 @@ import { StorageError } from '../../disk-formats/index.js'
 import { ANONYMOUS_VM_IQN, VM_IQN_PREFIX, checkInitiatorName, vmInitiatorName } from '../vm/scsi-path.js'
 import { openVmDisk } from '../vm/vm-disk.js'
 import { loadLazy } from './lazy.js'
+import { GUEST_NAMES } from '../vm/guests.js'
 import { parseSize } from './size.js'
 import { addHostVmCommands } from './vm-host.js'
 
@@ -13,7 +14,7 @@ export function vmCommand(run: (fn: () => Promise<number | void>) => Promise<voi
   const vm = new Command('vm').description('lightweight deterministic VMs (RV32IM) with a SCSI disk, record and replay')
   vm.command('run')
     .description('run a guest to its end; print its console, then a summary')
-    .requiredOption('--guest <name|file>', 'a committed guest (cpu, memdirty, diskio, ticker, kvstore) or an RV32 ELF file')
+    .requiredOption('--guest <name|file>', `a committed guest (${GUEST_NAMES.join(', ')}) or an RV32 ELF file`)
     .option('--memory <size>', 'guest RAM (e.g. 64M; a multiple of 4 KiB, at most 1G)', '64M')
     .option('--disk <path|uri>', "the virtual SCSI disk: a VMDK (chain) or raw file, written in place; nbd://HOST[:PORT]/EXPORT; or iscsi://HOST[:PORT]/TARGET-IQN/LUN, where the guest's commands go to the target as they are, in a session under the VM's own initiator name")
     .option('--name <name>', `the VM's name; its iSCSI initiator name is then ${VM_IQN_PREFIX}<name>`)

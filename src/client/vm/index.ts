@@ -3,6 +3,7 @@ export { Hart, CAUSE, IRQ, causeName, type Bus, type StopReason, type Fault } fr
 export { Machine, MMIO, TIMEBASE_HZ, systemClock, type MachineOptions, type RunSummary, type HostClock } from './machine.js'
 export { EventRecorder, EventReplayer, ReplayError, encodeHeader, EVENT } from './events.js'
 export { loadElf, ImageError } from './elf.js'
-export { guestPath, runVm, type VmRunOptions } from './run.js'
+export { runVm, type VmRunOptions } from './run.js'
+export { GUEST_NAMES, guestPath } from './guests.js'
 export { ANONYMOUS_VM_IQN, VM_IQN_PREFIX, checkInitiatorName, initiatorPath, logicalUnitPath, nexusName, vmInitiatorName, vmIsid, type ScsiPath, type ScsiResult } from './scsi-path.js'
 export { openVmDisk, type VmDisk } from './vm-disk.js'

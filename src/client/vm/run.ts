@@ -1,29 +1,12 @@
-import { existsSync } from 'node:fs'
 import { readFile, writeFile } from 'node:fs/promises'
-import { dirname, join } from 'node:path'
-import { fileURLToPath } from 'node:url'
 import type { BlockDevice } from '../../disk-formats/index.js'
 import { LogicalUnit } from '../../server/scsi/index.js'
 import { EventRecorder, EventReplayer, ReplayError, encodeHeader } from './events.js'
 import { Machine, type RunSummary } from './machine.js'
 import { ANONYMOUS_VM_IQN, logicalUnitPath, nexusName, vmIsid, type ScsiPath } from './scsi-path.js'
 import type { SwitchPort } from './net.js'
+import { guestPath } from './guests.js'
 import { createHash } from 'node:crypto'
-
-/** The committed guest images (built by scripts/build-guests.sh), found from src/ or dist/src/. */
-const HERE = dirname(fileURLToPath(import.meta.url))
-const GUESTS = [join(HERE, '..', '..', '..', 'guests'), join(HERE, '..', '..', '..', '..', 'guests')].find((d) => existsSync(join(d, 'cpu.elf'))) ?? join(HERE, '..', '..', '..', '..', 'guests')
-export const GUEST_NAMES = ['cpu', 'memdirty', 'diskio', 'ticker', 'kvstore']
-
-/** A guest name (`cpu`) → its committed image; anything else is taken as a file. */
-export function guestPath(guest: string): string {
-  if (/^[a-z0-9_-]+$/.test(guest) && !existsSync(guest)) {
-    const p = join(GUESTS, `${guest}.elf`)
-    if (existsSync(p)) return p
-    throw new Error(`no guest named '${guest}' (guests: ${GUEST_NAMES.join(', ')}; or give a file)`)
-  }
-  return guest
-}
 
 export interface VmRunOptions {
   guest: string
