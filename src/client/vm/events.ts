@@ -1,5 +1,5 @@
 import { readFile } from 'node:fs/promises'
-import { crc32c } from '../../disk-formats/lock-region/crc32c.js'
+import { crc32c } from '../../disk-formats/crc32c.js'
 
 /**
  * The event log of a recorded run (SPEC.md §Event log). Every non-deterministic input is a

@@ -1,2 +1,1 @@
 export * from './layout.js'
-export { crc32c } from './crc32c.js'
