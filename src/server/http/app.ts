@@ -1,7 +1,7 @@
 import express, { type NextFunction, type Request, type Response } from 'express'
 import type { Logger } from 'pino'
 import { isStorageError, StorageError } from '../../disk-formats/errors.js'
-import { validIdentity, validKey, type Datastore, type DiskInfo, type PskKeys } from '../datastore/index.js'
+import { IQN_PREFIX, validIdentity, validKey, type Datastore, type DiskInfo, type PskKeys } from '../datastore/index.js'
 import type { Metrics } from '../metrics.js'
 import { httpStatus } from './errors.js'
 import { openApi } from './openapi.js'
@@ -18,8 +18,6 @@ export interface AppOptions {
   /** host and ports clients should use in the URIs a disk shows */
   advertise: { host: string; nbdPort: number; iscsiPort: number }
 }
-
-export const IQN_PREFIX = 'iqn.2026-11.local.tandem:'
 
 function parseSize(v: unknown): number {
   if (typeof v === 'number' && Number.isSafeInteger(v) && v > 0) return v
