@@ -574,8 +574,7 @@ async function diskioBench(d: string) {
 // ---- Locks: Tandem beside sanlock (reference/peers.md) ----
 
 async function locksBench() {
-  const { FileLockStorage, LockManager, initLockspace } = await import('../../src/client/locks/index.js')
-  const { regionSize } = await import('../../src/disk-formats/lock-region/index.js')
+  const { FileLockStorage, LockManager, initLockspace, regionSize } = await import('../../src/disk-formats/lock-region/index.js')
   const d = join(DIR, 'locks')
   rmSync(d, { recursive: true, force: true })
   mkdirSync(d, { recursive: true })
@@ -652,7 +651,7 @@ async function locksBench() {
  */
 async function iscsiLocksBench(ds: string, n: number) {
   const { IscsiLockStorage } = await import('../../src/client/locks/iscsi-storage.js')
-  const { LockManager } = await import('../../src/client/locks/index.js')
+  const { LockManager } = await import('../../src/disk-formats/lock-region/index.js')
   mkdirSync(ds, { recursive: true })
   const child = spawn(process.execPath, [CLI, 'serve', '--datastore', ds, '--nbd-port', '0', '--iscsi-port', String(ISCSI_PORT), '--http-port', '0', '--log-level', 'warn'], { stdio: 'ignore', env: TANDEM_ENV })
   const uri = `iscsi://127.0.0.1:${ISCSI_PORT}/iqn.2026-11.local.tandem:lockspace/0`

@@ -8,7 +8,8 @@
  *   DELAY_MS: slow-storage filter, random 0..DELAY_MS per I/O; HOLD_MS: up to this long between uses (default 3)
  */
 import { appendFileSync } from 'node:fs'
-import { LockManager, delayedStorage, openLockStorage } from '../../src/client/locks/index.js'
+import { LockManager, delayedStorage } from '../../src/disk-formats/lock-region/index.js'
+import { openLockStorage } from '../../src/client/locks/index.js'
 
 const [path, host, log, nLocks, delayText, holdText] = process.argv.slice(2)
 const holdMs = Number(holdText ?? 3)

@@ -3,14 +3,16 @@ import { StorageError } from './errors.js'
 /**
  * A binary structure declared once as a table of fields; yields encode, decode and size
  * (DESIGN §11). Plain integer fields are little-endian (VMDK, the lock region); the `be` ones are
- * big-endian (network order: NBD, iSCSI). `u24be` is iSCSI's three-byte DataSegmentLength.
+ * big-endian (network order: NBD, iSCSI). `u24be` is iSCSI's three-byte DataSegmentLength; `f64`
+ * a little-endian IEEE 754 double (the VM event log's instruction count).
  */
 export type IntType = 'u8' | 'u16' | 'u32' | 'u64' | 'u16be' | 'u24be' | 'u32be' | 'u64be'
-export type FieldType = IntType | { bytes: number }
+export type NumberType = IntType | 'f64'
+export type FieldType = NumberType | { bytes: number }
 
 export type FieldTable = Record<string, { offset: number; type: FieldType }>
 
-type FieldValue<T extends FieldType> = T extends IntType ? number : Buffer
+type FieldValue<T extends FieldType> = T extends NumberType ? number : Buffer
 
 export type Decoded<T extends FieldTable> = { [K in keyof T]: FieldValue<T[K]['type']> }
 
@@ -28,6 +30,7 @@ function width(t: FieldType): number {
       return 4
     case 'u64':
     case 'u64be':
+    case 'f64':
       return 8
     default:
       return t.bytes
@@ -46,6 +49,7 @@ export function defineStruct<T extends FieldTable>(fields: T, padTo = 0): Struct
   let size = 0
   for (const f of Object.values(fields)) size = Math.max(size, f.offset + width(f.type))
   const total = Math.max(size, padTo)
+  const entries = Object.entries(fields)
   return {
     fields,
     size,
@@ -54,7 +58,7 @@ export function defineStruct<T extends FieldTable>(fields: T, padTo = 0): Struct
         throw new StorageError('Corrupt', `structure truncated: need ${size} bytes, have ${buf.length - at}`)
       }
       const out: Record<string, number | Buffer> = {}
-      for (const [name, f] of Object.entries(fields)) {
+      for (const [name, f] of entries) {
         const o = at + f.offset
         switch (f.type) {
           case 'u8':
@@ -75,6 +79,9 @@ export function defineStruct<T extends FieldTable>(fields: T, padTo = 0): Struct
           case 'u32be':
             out[name] = buf.readUInt32BE(o)
             break
+          case 'f64':
+            out[name] = buf.readDoubleLE(o)
+            break
           case 'u64':
           case 'u64be': {
             // Values above 2^53 (e.g. GD_AT_END) decode as Infinity-free approximations are unsafe;
@@ -91,7 +98,7 @@ export function defineStruct<T extends FieldTable>(fields: T, padTo = 0): Struct
     },
     encode(value, into, at = 0) {
       const buf = into ?? Buffer.alloc(total)
-      for (const [name, f] of Object.entries(fields)) {
+      for (const [name, f] of entries) {
         const o = at + f.offset
         const v = (value as Record<string, number | Buffer>)[name]
         switch (f.type) {
@@ -112,6 +119,9 @@ export function defineStruct<T extends FieldTable>(fields: T, padTo = 0): Struct
             break
           case 'u32be':
             buf.writeUInt32BE(v as number, o)
+            break
+          case 'f64':
+            buf.writeDoubleLE(v as number, o)
             break
           case 'u64':
           case 'u64be': {

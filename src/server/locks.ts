@@ -3,8 +3,7 @@ import { hostname } from 'node:os'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
 import { isStorageError, StorageError } from '../disk-formats/errors.js'
-import { NAME_BYTES, regionSize } from '../disk-formats/lock-region/index.js'
-import { FileLockStorage, initLockspace, LockManager, realClock, type Clock, type HostView, type LockView } from '../client/locks/index.js'
+import { FileLockStorage, initLockspace, LockManager, NAME_BYTES, realClock, regionSize, type Clock, type HostView, type LockView } from '../disk-formats/lock-region/index.js'
 import { LockspaceDevice } from './lockspace-device.js'
 
 /** Thrown by `view` while the lockspace cannot be used; the REST API answers 503 with its message. */

@@ -1,17 +1,9 @@
 import type { BlockDevice, ComparesAndWrites, Extent, WriteOptions } from '../disk-formats/block-device.js'
 import { StorageError } from '../disk-formats/errors.js'
+import type { LockStorage } from '../disk-formats/lock-region/index.js'
 
-/**
- * What the device needs of the lockspace file's storage (the lock manager's file LockStorage
- * satisfies it); declared here so the server does not import the client's lock manager.
- */
-export interface LockspaceFile {
-  readonly size: number
-  read(offset: number, length: number): Promise<Buffer>
-  write(offset: number, data: Buffer, opts?: { durable?: boolean }): Promise<void>
-  compareAndWrite(offset: number, expected: Buffer, data: Buffer): Promise<boolean>
-  flush(): Promise<void>
-}
+/** The lockspace file's storage, as the server's LockspaceView has it open (FileLockStorage). */
+export type LockspaceFile = LockStorage & { flush(): Promise<void> }
 
 /**
  * The lockspace file as a BlockDevice, exported as the LUN `iqn.2026-11.local.tandem:lockspace`.

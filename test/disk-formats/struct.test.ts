@@ -31,3 +31,10 @@ t.test('a truncated buffer is Corrupt, not a RangeError', async (t) => {
   const s = defineStruct({ x: { offset: 0, type: 'u32be' } })
   t.throws(() => s.decode(Buffer.alloc(3)), { code: 'Corrupt' })
 })
+
+t.test('an f64 field is a little-endian double', async (t) => {
+  const s = defineStruct({ kind: { offset: 0, type: 'u8' }, n: { offset: 4, type: 'f64' } })
+  t.equal(s.size, 12)
+  t.same([...s.encode({ kind: 5, n: 1 }).subarray(4, 12)], [0, 0, 0, 0, 0, 0, 0xf0, 0x3f], '1.0 is 0x3ff0000000000000, low byte first')
+  t.same(s.decode(s.encode({ kind: 5, n: 2 ** 52 + 3 })), { kind: 5, n: 2 ** 52 + 3 })
+})

@@ -1,6 +1,6 @@
 import { connect, type Socket } from 'node:net'
 import type { Test } from 'tap'
-import { crc32c } from '../../src/disk-formats/lock-region/crc32c.js'
+import { crc32c } from '../../src/disk-formats/crc32c.js'
 import { socketQueue } from '../../src/server/net/tcp-service.js'
 import { startServer } from './server.js'
 

@@ -1,5 +1,4 @@
-import { initLockspace, type Clock, type LockStorage } from '../../src/client/locks/index.js'
-import { regionSize } from '../../src/disk-formats/lock-region/index.js'
+import { initLockspace, regionSize, type Clock, type LockStorage } from '../../src/disk-formats/lock-region/index.js'
 
 /** An in-memory LockStorage: every operation completes in a microtask (for fake-clock tests). */
 export class MemoryLockStorage implements LockStorage {

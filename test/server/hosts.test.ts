@@ -1,6 +1,6 @@
 import t from 'tap'
 import { IscsiLockStorage } from '../../src/client/locks/iscsi-storage.js'
-import { LockManager } from '../../src/client/locks/index.js'
+import { LockManager } from '../../src/disk-formats/lock-region/index.js'
 import { startServer } from '../helpers/server.js'
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))

@@ -3,13 +3,17 @@ import { createRequire } from 'node:module'
 import { constants as osConstants } from 'node:os'
 import { Command } from 'commander'
 import { isStorageError, StorageError } from '../../disk-formats/errors.js'
-import { regionSize } from '../../disk-formats/lock-region/index.js'
+import { regionSize } from '../../disk-formats/lock-region/layout.js'
+import type * as Region from '../../disk-formats/lock-region/index.js'
 import type * as Locks from '../locks/index.js'
 import { loadLazy } from './lazy.js'
 import { baseUrl, isApiError, requestJson } from '../api/http.js'
 
 /** The lock manager is loaded by the `lock` commands that use it: the other commands start faster without it. */
-const loadLocks = () => loadLazy<typeof Locks>('../locks/index.js')
+const loadLocks = async () => {
+  const [region, locks] = await Promise.all([loadLazy<typeof Region>('../../disk-formats/lock-region/index.js'), loadLazy<typeof Locks>('../locks/index.js')])
+  return { ...region, ...locks }
+}
 
 /** node:child_process, loaded when a command spawns: it loads net, stream and dgram, ~4 ms of every command's start. */
 const childProcess = () => createRequire(import.meta.url)('node:child_process') as typeof import('node:child_process')
@@ -92,10 +96,10 @@ export function lockCommand(run: (fn: () => Promise<number | void>) => Promise<v
           const [h, l] = await Promise.all([get<{ hosts: unknown[] }>('/api/v1/hosts'), get<{ locks: unknown[] }>('/api/v1/locks')])
           view = { hosts: h.hosts, locks: l.locks }
         } else if (o.lockspace) {
-          const { openLockStorage, LockManager } = await loadLocks()
+          const { openLockStorage, LockspaceObserver } = await loadLocks()
           const s = await openLockStorage(o.lockspace)
           try {
-            const m = new LockManager(s, 'tandem-ls')
+            const m = new LockspaceObserver(s)
             let v = await m.view()
             // A host is alive once seen advancing, dead once silent for a whole lease: watch until
             // every live-marked host is one or the other (at most a lease and a heartbeat).
@@ -113,8 +117,8 @@ export function lockCommand(run: (fn: () => Promise<number | void>) => Promise<v
           process.stdout.write(JSON.stringify(view, null, 2) + '\n')
           return
         }
-        const hosts = view.hosts as Locks.HostView[]
-        const locks = view.locks as Locks.LockView[]
+        const hosts = view.hosts as Region.HostView[]
+        const locks = view.locks as Region.LockView[]
         let out = 'HOSTS\nslot  name                             alive    generation  heartbeat-age\n'
         for (const h of hosts) {
           const alive = h.alive === null ? 'unknown' : h.alive ? 'yes' : 'no'
@@ -156,20 +160,20 @@ export function lockCommand(run: (fn: () => Promise<number | void>) => Promise<v
         if (o.yield && !o.managed) throw new StorageError('InvalidArgument', '--yield needs --managed (only a managed lock is handed over on request)')
         const fail = (code: number, msg: string) => (process.stderr.write(`tandem: ${msg}\n`), code)
         const { openLockStorage, LockManager, WatchdogLink } = await loadLocks()
-        let storage: Locks.LockStorage
+        let storage: Region.LockStorage
         try {
           storage = await openLockStorage(o.lockspace)
         } catch (e) {
           return fail(LOCK_RUN_EXIT.lockspace, (e as Error).message)
         }
-        let mgr: Locks.LockManager
+        let mgr: Region.LockManager
         try {
           mgr = new LockManager(storage, o.host)
         } catch (e) {
           await storage.close()
           throw e
         }
-        let held: Locks.Held
+        let held: Region.Held
         try {
           await mgr.join({ waitMs })
           held = await mgr.acquire(name, { shared: o.shared, managed: o.managed, waitMs })

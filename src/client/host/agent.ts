@@ -1,7 +1,7 @@
 import type { Logger } from 'pino'
 import { isStorageError, StorageError } from '../../disk-formats/errors.js'
 import { isApiError, requestJson } from '../api/http.js'
-import { LockManager, type Clock, type LockStorage } from '../locks/index.js'
+import { LockManager, type Clock, type LockStorage } from '../../disk-formats/lock-region/index.js'
 import { openLockStorage } from '../locks/open-storage.js'
 import { hostIqn, LOCKSPACE_IQN, validHostName, validVmName, vmIqn, vmLockName } from './names.js'
 import { vmRunArgs, type VmLaunch } from './vm-command.js'

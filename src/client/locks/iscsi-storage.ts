@@ -1,7 +1,6 @@
 import { StorageError } from '../../disk-formats/errors.js'
-import { decodeHeader, regionSize, SECTOR } from '../../disk-formats/lock-region/index.js'
+import { decodeHeader, regionSize, SECTOR, type LockStorage } from '../../disk-formats/lock-region/index.js'
 import { IscsiInitiator, type InitiatorOptions } from '../transport/iscsi/index.js'
-import type { LockStorage } from './storage.js'
 
 export interface IscsiLockStorageOptions extends InitiatorOptions {
   /**

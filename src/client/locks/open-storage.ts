@@ -1,6 +1,6 @@
 import { isIscsiUri } from '../transport/iscsi/uri.js'
 import type { IscsiLockStorageOptions } from './iscsi-storage.js'
-import { FileLockStorage, type LockStorage } from './storage.js'
+import { FileLockStorage, type LockStorage } from '../../disk-formats/lock-region/index.js'
 
 /**
  * The lockspace named by `--lockspace`: `iscsi://HOST[:PORT]/IQN/LUN` is an LU locked by SCSI

@@ -1,5 +1,6 @@
 import { readFile } from 'node:fs/promises'
-import { crc32c } from '../../disk-formats/lock-region/crc32c.js'
+import { crc32c } from '../../disk-formats/crc32c.js'
+import { defineStruct } from '../../disk-formats/struct.js'
 
 /**
  * The event log of a recorded run (SPEC.md §Event log). Every non-deterministic input is a
@@ -37,8 +38,29 @@ export const MAX_FRAME = 2048
 
 export const LOG_MAGIC = 'TNDMVLOG'
 export const LOG_VERSION = 1
-export const HEADER_BYTES = 48
-export const RECORD_BYTES = 20
+
+/** The log's header (SPEC.md §Determinism and the event log). */
+export const LogHeader = defineStruct({
+  magic: { offset: 0, type: { bytes: 8 } },
+  version: { offset: 8, type: 'u32' },
+  memoryBytes: { offset: 12, type: 'u32' },
+  imageSha256: { offset: 16, type: { bytes: 32 } },
+})
+/**
+ * A record's fixed part; its extra bytes (zero-padded to 4) follow, then the CRC-32C of all the
+ * record before it.
+ */
+export const RecordHead = defineStruct({
+  kind: { offset: 0, type: 'u8' },
+  arg: { offset: 1, type: 'u8' },
+  extraLength: { offset: 2, type: 'u16' },
+  instret: { offset: 4, type: 'f64' },
+  value: { offset: 12, type: 'u32' },
+})
+export const HEADER_BYTES = LogHeader.size
+const CRC_BYTES = 4
+/** a record with no extra bytes */
+export const RECORD_BYTES = RecordHead.size + CRC_BYTES
 
 export interface LogEvent {
   kind: number
@@ -60,12 +82,7 @@ export class ReplayError extends Error {
 }
 
 export function encodeHeader(memoryBytes: number, imageSha: Buffer): Buffer {
-  const b = Buffer.alloc(HEADER_BYTES)
-  b.write(LOG_MAGIC, 0, 'latin1')
-  b.writeUInt32LE(LOG_VERSION, 8)
-  b.writeUInt32LE(memoryBytes, 12)
-  imageSha.copy(b, 16, 0, 32)
-  return b
+  return LogHeader.encode({ magic: Buffer.from(LOG_MAGIC, 'latin1'), version: LOG_VERSION, memoryBytes, imageSha256: imageSha })
 }
 
 const padded = (n: number) => (n + 3) & ~3
@@ -75,16 +92,13 @@ export const recordBytes = (extraLength: number) => RECORD_BYTES + padded(extraL
 
 export function encodeEvent(e: LogEvent, into: Buffer, at: number): number {
   const extra = e.extra ?? Buffer.alloc(0)
-  into[at] = e.kind
-  into[at + 1] = e.arg
-  into.writeUInt16LE(extra.length, at + 2)
-  into.writeDoubleLE(e.instret, at + 4)
-  into.writeUInt32LE(e.value >>> 0, at + 12)
-  const end = at + 16 + padded(extra.length)
-  extra.copy(into, at + 16)
-  into.fill(0, at + 16 + extra.length, end)
+  RecordHead.encode({ kind: e.kind, arg: e.arg, extraLength: extra.length, instret: e.instret, value: e.value >>> 0 }, into, at)
+  const start = at + RecordHead.size
+  const end = start + padded(extra.length)
+  extra.copy(into, start)
+  into.fill(0, start + extra.length, end)
   into.writeUInt32LE(crc32c(into.subarray(at, end)), end)
-  return end + 4 - at
+  return end + CRC_BYTES - at
 }
 
 /** Collects events in memory; `bytes()` is the whole log. */
@@ -130,12 +144,12 @@ export class EventReplayer {
     } catch (e) {
       throw new ReplayError(`cannot read the replay log '${file}': ${(e as Error).message}`, 0)
     }
-    if (buf.length < HEADER_BYTES || buf.toString('latin1', 0, 8) !== LOG_MAGIC) throw new ReplayError(`'${file}' is not a Tandem VM event log (no ${LOG_MAGIC} header)`, 0)
-    const version = buf.readUInt32LE(8)
-    if (version !== LOG_VERSION) throw new ReplayError(`'${file}': event log version ${version}, expected ${LOG_VERSION}`, 0)
-    const mem = buf.readUInt32LE(12)
-    if (mem !== memoryBytes) throw new ReplayError(`'${file}' was recorded with ${mem} bytes of memory, this run has ${memoryBytes}`, 0)
-    if (!buf.subarray(16, 48).equals(imageSha)) throw new ReplayError(`'${file}' was recorded with a different guest image`, 0)
+    if (buf.length < HEADER_BYTES) throw new ReplayError(`'${file}' is not a Tandem VM event log (no ${LOG_MAGIC} header)`, 0)
+    const h = LogHeader.decode(buf)
+    if (h.magic.toString('latin1') !== LOG_MAGIC) throw new ReplayError(`'${file}' is not a Tandem VM event log (no ${LOG_MAGIC} header)`, 0)
+    if (h.version !== LOG_VERSION) throw new ReplayError(`'${file}': event log version ${h.version}, expected ${LOG_VERSION}`, 0)
+    if (h.memoryBytes !== memoryBytes) throw new ReplayError(`'${file}' was recorded with ${h.memoryBytes} bytes of memory, this run has ${memoryBytes}`, 0)
+    if (!h.imageSha256.equals(imageSha)) throw new ReplayError(`'${file}' was recorded with a different guest image`, 0)
     return new EventReplayer(buf, file)
   }
 
@@ -147,13 +161,13 @@ export class EventReplayer {
     if (at >= b.length) return null
     const corrupt = (why: string) => new ReplayError(`'${this.file}': record ${this.index} (byte ${at}) is corrupt (${why})`, this.last)
     if (at + RECORD_BYTES > b.length) return null // a partial record: the log was cut here
-    const extraLength = b.readUInt16LE(at + 2)
+    const { kind, arg, extraLength, instret, value } = RecordHead.decode(b, at)
     if (extraLength > MAX_FRAME) throw corrupt(`extra length ${extraLength}`)
     const size = recordBytes(extraLength)
     if (at + size > b.length) return null
-    if (b.readUInt32LE(at + size - 4) !== crc32c(b.subarray(at, at + size - 4))) throw corrupt('CRC mismatch')
-    const e: LogEvent = { kind: b[at], arg: b[at + 1], instret: b.readDoubleLE(at + 4), value: b.readUInt32LE(at + 12) }
-    if (extraLength) e.extra = Buffer.from(b.subarray(at + 16, at + 16 + extraLength))
+    if (b.readUInt32LE(at + size - CRC_BYTES) !== crc32c(b.subarray(at, at + size - CRC_BYTES))) throw corrupt('CRC mismatch')
+    const e: LogEvent = { kind, arg, instret, value }
+    if (extraLength) e.extra = Buffer.from(b.subarray(at + RecordHead.size, at + RecordHead.size + extraLength))
     if (!Number.isSafeInteger(e.instret) || e.instret < this.last || !EVENT_NAMES[e.kind]) throw corrupt(`kind ${e.kind}, instruction ${e.instret}`)
     this.peeked = { e, size }
     return e

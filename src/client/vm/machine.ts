@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto'
 import { setImmediate as yieldToLoop, setTimeout as sleep } from 'node:timers/promises'
 import { loadElf } from './elf.js'
 import { EVENT, EVENT_NAMES, ReplayError, type EventKind, type EventRecorder, type EventReplayer } from './events.js'
+import { HBA_CDB_BYTES, HBA_COMPLETION_AT, HBA_SLOT_BYTES, HbaCompletion, HbaRequest } from './hba-slot.js'
 import { Hart, IRQ, type Bus, type Fault } from './hart.js'
 import { Memory } from './memory.js'
 import type { ScsiPath, ScsiResult } from './scsi-path.js'
@@ -24,7 +25,6 @@ export const MMIO = {
 export const TIMEBASE_HZ = 10_000_000
 /** instructions per run slice: how often the host looks at the timer and the disk */
 const SLICE = 50_000
-export const HBA_SLOT_BYTES = 64
 const HBA_MAX_SLOTS = 64
 
 export interface HostClock {
@@ -344,12 +344,12 @@ export class Machine {
       const b = this.mem.bytes
       const req: DiskRequest = { slot, dataAddr: 0, dataLen: 0, dir: 0, done: Promise.resolve({ status: 0x02 }) }
       if (base >= 0 && disk) {
-        const view = Buffer.from(b.buffer, b.byteOffset + base, HBA_SLOT_BYTES)
-        const cdbLen = Math.min(view[24], 16)
-        req.dataAddr = view.readUInt32LE(16)
-        req.dataLen = view.readUInt32LE(20)
-        req.dir = view[25]
-        const cdb = Buffer.from(view.subarray(0, cdbLen))
+        const slotReq = HbaRequest.decode(Buffer.from(b.buffer, b.byteOffset + base, HBA_SLOT_BYTES))
+        const cdbLen = Math.min(slotReq.cdbLength, HBA_CDB_BYTES)
+        req.dataAddr = slotReq.dataAddr
+        req.dataLen = slotReq.dataLength
+        req.dir = slotReq.direction
+        const cdb = slotReq.cdb.subarray(0, cdbLen)
         let dataOut: Buffer | null = null
         if (req.dir === 1) {
           const at = this.mem.offsetOf(req.dataAddr, req.dataLen)
@@ -381,14 +381,11 @@ export class Machine {
         }
       }
       if (base >= 0) {
-        this.mem.touchRange(base + 28, 36)
+        this.mem.touchRange(base + HBA_COMPLETION_AT, HBA_SLOT_BYTES - HBA_COMPLETION_AT)
         const view = Buffer.from(this.mem.bytes.buffer, this.mem.bytes.byteOffset + base, HBA_SLOT_BYTES)
-        view[28] = r.status
-        view[29] = 1
-        const sense = r.sense ?? Buffer.alloc(0)
-        view.writeUInt16LE(Math.min(sense.length, 32), 30)
-        view.fill(0, 32, 64)
-        sense.copy(view, 32, 0, Math.min(sense.length, 32))
+        const sense = Buffer.alloc(HbaCompletion.fields.sense.type.bytes)
+        const senseLength = r.sense ? r.sense.copy(sense) : 0
+        HbaCompletion.encode({ status: r.status, done: 1, senseLength, sense }, view)
       }
       this.completed = (this.completed + 1) >>> 0
     }

@@ -1,6 +1,6 @@
 import { StorageError } from '../errors.js'
 import { defineStruct, type Decoded } from '../struct.js'
-import { crc32c } from './crc32c.js'
+import { crc32c } from '../crc32c.js'
 
 /**
  * The lockspace: a region of shared storage (SPEC.md). 512-byte sectors, little-endian, each

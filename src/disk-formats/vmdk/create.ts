@@ -2,7 +2,8 @@ import { basename, dirname, join, relative } from 'node:path'
 import { unlink } from 'node:fs/promises'
 import { StorageError, fromSystemError } from '../errors.js'
 import { openFile, pwriteFull } from '../file-io.js'
-import { CID_NOPARENT, newCid, serializeDescriptor, type Descriptor, type ExtentLine } from './descriptor.js'
+import { serializeDescriptor, type ExtentLine } from './descriptor.js'
+import { baseDescriptor, type CreateOptions } from './new-descriptor.js'
 import {
   FLAG_NL_TEST,
   FLAG_RGD,
@@ -13,52 +14,10 @@ import {
   type SparseHeader,
 } from './sparse-header.js'
 
-export const SUBFORMATS = ['monolithicSparse', 'monolithicFlat', 'twoGbMaxExtentSparse', 'twoGbMaxExtentFlat', 'streamOptimized'] as const
-export type Subformat = (typeof SUBFORMATS)[number]
-export const ADAPTER_TYPES = ['ide', 'lsilogic', 'buslogic', 'legacyESX'] as const
-export type AdapterType = (typeof ADAPTER_TYPES)[number]
-
-export interface CreateOptions {
-  size: number
-  subformat?: Subformat
-  adapterType?: AdapterType
-  hwVersion?: string
-  /** GTE 1 means "reads as zero" (header version 2, flags bit 2) */
-  zeroedGrain?: boolean
-  /** parent layer for a delta: its path, as the hint is resolved from the child's folder */
-  parent?: { path: string; cid: number }
-  /** grain size in sectors (default 128 = 64 KiB) */
-  grainSectors?: number
-  /** fail if the file exists */
-  exclusive?: boolean
-}
-
 /** qemu's split size: every extent but the last of a twoGbMaxExtent* disk is 2 GiB. */
 export const SPLIT_BYTES = 0x80000000
 const DESC_SECTORS = 20
 const GTES = 512
-
-export function baseDescriptor(o: CreateOptions, createType: string, extents: ExtentLine[]): Descriptor {
-  const adapter = o.adapterType ?? 'ide'
-  const heads = adapter === 'ide' ? 16 : 255
-  const d: Descriptor = {
-    version: 1,
-    cid: newCid(),
-    parentCid: o.parent ? o.parent.cid : CID_NOPARENT,
-    createType,
-    extents,
-    ddb: [
-      ['ddb.virtualHWVersion', o.hwVersion ?? '4'],
-      ['ddb.geometry.cylinders', String(Math.floor(o.size / (63 * heads * 512)))],
-      ['ddb.geometry.heads', String(heads)],
-      ['ddb.geometry.sectors', '63'],
-      ['ddb.adapterType', adapter],
-      ['ddb.toolsVersion', '2147483647'],
-    ],
-    extra: [],
-  }
-  return d
-}
 
 /** The header and layout of a new hosted sparse extent, as qemu and VMware lay it out. */
 export function sparseLayout(capacitySectors: number, opts: { zeroedGrain?: boolean; grainSectors?: number; embedDescriptor: boolean }): SparseHeader {

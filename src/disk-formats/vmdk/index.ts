@@ -1,6 +1,7 @@
 export { VmdkImage, writeFileAtomic, type LayerRun, type OpenOptions } from './vmdk-image.js'
 export { SparseExtent, type Mapping, type GrainKind } from './sparse-extent.js'
-export { createVmdk, SUBFORMATS, ADAPTER_TYPES, type Subformat, type AdapterType, type CreateOptions } from './create.js'
+export { createVmdk } from './create.js'
+export { SUBFORMATS, ADAPTER_TYPES, type Subformat, type AdapterType, type CreateOptions } from './new-descriptor.js'
 export { StreamWriter } from './stream-writer.js'
 export { checkImage, checkExitCode, type CheckResult, type CheckOptions } from './check.js'
 export { parseDescriptor, serializeDescriptor, looksLikeDescriptor, CID_NOPARENT, type Descriptor, type ExtentLine } from './descriptor.js'

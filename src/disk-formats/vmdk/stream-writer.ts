@@ -5,7 +5,7 @@ import { basename } from 'node:path'
 import { StorageError } from '../errors.js'
 import { openFile, pwriteFull } from '../file-io.js'
 import { serializeDescriptor } from './descriptor.js'
-import { baseDescriptor, type CreateOptions } from './create.js'
+import { baseDescriptor, type CreateOptions } from './new-descriptor.js'
 import {
   COMPRESSION_DEFLATE,
   FLAG_COMPRESSED,

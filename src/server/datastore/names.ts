@@ -21,6 +21,9 @@ export function validName(kind: 'disk' | 'snapshot', name: unknown): string {
   return name
 }
 
+/** A disk's iSCSI target is `IQN_PREFIX + disk` (DESIGN §5), its NBD export the disk's own name. */
+export const IQN_PREFIX = 'iqn.2026-11.local.tandem:'
+
 /** An export name: `disk` (read-write, current state) or `disk@snapshot` (read-only). */
 export function parseExportName(exportName: string): { disk: string; snapshot?: string } {
   const at = exportName.indexOf('@')

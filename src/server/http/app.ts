@@ -1,13 +1,13 @@
 import express, { type NextFunction, type Request, type Response } from 'express'
 import type { Logger } from 'pino'
 import { isStorageError, StorageError } from '../../disk-formats/errors.js'
-import { validIdentity, validKey, type Datastore, type DiskInfo, type PskKeys } from '../datastore/index.js'
+import { IQN_PREFIX, validIdentity, validKey, type Datastore, type DiskInfo, type PskKeys } from '../datastore/index.js'
 import type { Metrics } from '../metrics.js'
 import { jsonErrors, noRoute } from './errors.js'
 import { openApi } from './openapi.js'
 import type { LockspaceView } from '../locks.js'
 import { HostRegistry } from '../host-registry.js'
-import type { HostView, LockView } from '../../client/locks/index.js'
+import type { HostView, LockView } from '../../disk-formats/lock-region/index.js'
 
 export interface AppOptions {
   ds: Datastore
@@ -35,8 +35,6 @@ export function hostView(h: HostView, locks: LockView[], hosts: HostRegistry) {
   const vms = locks.filter((l) => l.state === 'exclusive' && l.owner === h.name && l.name.startsWith(VM_LOCK_PREFIX)).map((l) => l.name.slice(VM_LOCK_PREFIX.length))
   return { ...h, heartbeat, api: hosts.get(h.name)?.api ?? null, vms }
 }
-
-export const IQN_PREFIX = 'iqn.2026-11.local.tandem:'
 
 function parseSize(v: unknown): number {
   if (typeof v === 'number' && Number.isSafeInteger(v) && v > 0) return v

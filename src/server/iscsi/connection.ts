@@ -9,7 +9,7 @@ import * as S from '../scsi/constants.js'
 import { dataOutLength, mediumReadLength, SenseError, senseData, type LogicalUnit } from '../scsi/index.js'
 import * as P from './pdu.js'
 import { MemoryBudget } from './memory-budget.js'
-import { crc32c } from '../../disk-formats/lock-region/crc32c.js'
+import { crc32c } from '../../disk-formats/crc32c.js'
 import { StorageError } from '../../disk-formats/errors.js'
 import { chapBinary, chapResponse } from './chap.js'
 

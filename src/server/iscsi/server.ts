@@ -1,7 +1,6 @@
 import type { Logger } from 'pino'
 import type { BlockDevice } from '../../disk-formats/block-device.js'
-import type { Datastore, ExportHandle } from '../datastore/index.js'
-import { IQN_PREFIX } from '../http/app.js'
+import { IQN_PREFIX, type Datastore, type ExportHandle } from '../datastore/index.js'
 import type { Metrics } from '../metrics.js'
 import { LogicalUnit, PersistentReservations } from '../scsi/index.js'
 import { IscsiConnection, type TargetDirectory } from './connection.js'

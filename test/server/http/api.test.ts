@@ -119,7 +119,7 @@ t.test('access lists never return CHAP secrets; openapi and metrics', async (t) 
 
 t.test('serve creates the lockspace; /api/v1/locks and /hosts show a host holding a lock', async (t) => {
   const { startServer } = await import('../../helpers/server.js')
-  const { FileLockStorage, LockManager } = await import('../../../src/client/locks/index.js')
+  const { FileLockStorage, LockManager } = await import('../../../src/disk-formats/lock-region/index.js')
   const s = await startServer(t)
   const storage = await FileLockStorage.open(s.locks.path)
   const m = new LockManager(storage, 'esx-01')

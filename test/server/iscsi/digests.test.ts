@@ -1,5 +1,5 @@
 import t from 'tap'
-import { crc32c } from '../../../src/disk-formats/lock-region/crc32c.js'
+import { crc32c } from '../../../src/disk-formats/crc32c.js'
 import { pattern } from '../../helpers/peers.js'
 import { startServer } from '../../helpers/server.js'
 import { TestNbdClient } from '../../helpers/nbd-client.js'

@@ -1,9 +1,7 @@
 import { randomBytes } from 'node:crypto'
-import { StorageError } from '../../disk-formats/errors.js'
+import { StorageError } from '../errors.js'
 import {
   decodeHeader,
-  decodeRecord,
-  decodeSlot,
   encodeHeader,
   encodeRecord,
   encodeSlot,
@@ -21,21 +19,9 @@ import {
   type Header,
   type LockRecord,
   type Slot,
-} from '../../disk-formats/lock-region/index.js'
+} from './layout.js'
+import { LockspaceObserver, realClock, type Clock, type Damaged } from './observer.js'
 import type { LockStorage } from './storage.js'
-
-/** Monotonic milliseconds and timers, injected so tests can run on a fake clock. */
-export interface Clock {
-  now(): number
-  setTimeout(fn: () => void, ms: number): unknown
-  clearTimeout(h: unknown): void
-}
-
-export const realClock: Clock = {
-  now: () => performance.now(),
-  setTimeout: (fn, ms) => setTimeout(fn, ms),
-  clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
-}
 
 export interface LockspaceOptions {
   maxHosts?: number
@@ -66,41 +52,6 @@ export interface AcquireOptions {
   pollMs?: number
 }
 
-export interface HostView {
-  slot: number
-  /** the host's name; '' for a damaged slot */
-  name: string
-  state: 'free' | 'live' | 'left' | 'damaged'
-  generation: number
-  /**
-   * true: its heartbeat advanced within the lease, as seen here; false: it is not live, or it has
-   * not advanced for a whole lease; null (unknown): watched for less than a lease without seeing an advance.
-   */
-  alive: boolean | null
-  /** ms since its heartbeat was last seen advancing — or, while it has never been seen advancing, since it was first read */
-  heartbeatAgeMs: number | null
-  requesting: string | null
-  /** why the slot could not be read */
-  error?: string
-}
-
-export interface LockView {
-  /** the lock's name; '' for a damaged record */
-  name: string
-  state: 'free' | 'exclusive' | 'shared' | 'damaged'
-  managed: boolean
-  generation: number
-  owner: string | null
-  ownerHeartbeatAgeMs: number | null
-  sharedHolders: string[]
-  /** hosts asking for the lock (any mode), oldest request first */
-  waiting: string[]
-  /** the damaged record's index (its name is unknown) */
-  record?: number
-  /** why the record could not be read */
-  error?: string
-}
-
 export interface JoinOptions {
   /**
    * How long to wait, ms, while a live process already uses this host name (default: forever).
@@ -110,24 +61,8 @@ export interface JoinOptions {
   waitMs?: number
 }
 
-interface Observation {
-  generation: number
-  counter: number
-  state: number
-  /** when (generation, counter, state) was last seen changing — or first read */
-  since: number
-  /** seen changing at least once (so `since` is a real heartbeat, not our first look) */
-  advanced: boolean
-  request: number
-  /** when the current request was first seen */
-  requestSince: number
-}
-
 /** An attempt refused because a live host has the lock. */
 type Refused = { refused: number; managed: boolean }
-
-/** A slot or record that could not be decoded: it affects only itself (DESIGN §9). */
-type Damaged = { damaged?: string }
 
 /** Initialises an empty lockspace on `storage` (which must be exactly the right size, or empty and growable by the caller). */
 export async function initLockspace(storage: LockStorage, o: LockspaceOptions = {}): Promise<Header> {
@@ -173,8 +108,8 @@ function homeIndex(name: string, max: number): number {
  * after the holder stopped. Every change of owner goes through compare-and-write (except a
  * managed handover, written by the live owner alone) and bumps the generation, the fencing token.
  */
-export class LockManager {
-  header!: Header
+export class LockManager extends LockspaceObserver {
+  declare readonly storage: LockStorage
   private slotIndex = -1
   private generation = 0
   private counter = 0
@@ -182,7 +117,6 @@ export class LockManager {
   private requestShared = false
   /** monotonic time at which the last successful heartbeat write was issued */
   private lastRenewIssue = -Infinity
-  private readonly observed = new Map<number, Observation>()
   private readonly held = new Map<string, Held>()
   private timer: unknown = null
   private fenceTimer: unknown = null
@@ -196,17 +130,22 @@ export class LockManager {
   onRequested: (lock: string, by: string) => void = () => {}
 
   constructor(
-    readonly storage: LockStorage,
+    storage: LockStorage,
     readonly hostName: string,
-    readonly clock: Clock = realClock,
+    clock: Clock = realClock,
   ) {
+    super(storage, clock)
     if (hostName.length === 0 || Buffer.byteLength(hostName) > NAME_BYTES) {
       throw new StorageError('InvalidArgument', `host name must be 1 to ${NAME_BYTES} bytes`)
     }
   }
 
-  get slot(): number {
+  override get slot(): number {
     return this.slotIndex
+  }
+
+  protected override ownRequest(): number {
+    return this.request
   }
 
   /** The moment (monotonic ms) by which this host must have stopped using its locks. */
@@ -219,73 +158,20 @@ export class LockManager {
     return !this.stopped && at < this.fenceDeadline
   }
 
-  /**
-   * Reads the whole region. The header (and the region's size) must be sound, or this throws; a
-   * damaged slot or record does not: it comes back marked `damaged`, so it affects only itself.
-   */
-  private async readAll(): Promise<{ slots: (Slot & Damaged)[]; records: (LockRecord & Damaged)[]; raw: Buffer }> {
-    const raw = await this.storage.read(0, regionSize(this.header))
-    decodeHeader(raw.subarray(0, SECTOR), this.storage.name, this.storage.size)
-    const now = this.clock.now()
-    const slots: (Slot & Damaged)[] = []
-    for (let i = 0; i < this.header.maxHosts; i++) {
-      let s: Slot & Damaged
-      try {
-        s = decodeSlot(raw.subarray(slotOffset(i), slotOffset(i) + SECTOR), i, this.storage.name)
-      } catch (e) {
-        // unchanged observation: a slot that stays damaged ages out like a silent one
-        slots.push({ index: i, state: SLOT_FREE, generation: 0, counter: 0, request: 0, requestShared: false, name: '', damaged: (e as Error).message })
-        continue
-      }
-      slots.push(s)
-      const o = this.observed.get(i)
-      if (!o) {
-        this.observed.set(i, { generation: s.generation, counter: s.counter, state: s.state, since: now, advanced: false, request: s.request, requestSince: now })
-      } else {
-        if (o.generation !== s.generation || o.counter !== s.counter || o.state !== s.state) {
-          Object.assign(o, { generation: s.generation, counter: s.counter, state: s.state, since: now, advanced: true })
-        }
-        if (o.request !== s.request) Object.assign(o, { request: s.request, requestSince: now })
-      }
-    }
-    const records: (LockRecord & Damaged)[] = []
-    for (let i = 0; i < this.header.maxLocks; i++) {
-      const off = recordOffset(this.header, i)
-      try {
-        records.push(decodeRecord(raw.subarray(off, off + SECTOR), i, this.storage.name))
-      } catch (e) {
-        records.push({ index: i, name: '', mode: MODE_FREE, managed: false, generation: 0, owner: 0, ownerGeneration: 0, shared: new Set(), damaged: (e as Error).message })
-      }
-    }
-    return { slots, records, raw }
+  /** Our own slot is alive while our lease is valid; others as the observer sees them. */
+  protected override liveness(i: number): boolean | null {
+    return i === this.slotIndex ? this.valid() : super.liveness(i)
   }
 
-  /** What this host can say of slot `i`: alive, dead, or unknown (watched for less than a lease without an advance). */
-  private liveness(i: number): boolean | null {
-    if (i === this.slotIndex) return this.valid()
-    const o = this.observed.get(i)
-    if (!o || o.state !== SLOT_LIVE) return false
-    if (this.clock.now() - o.since >= this.header.leaseMs) return false
-    return o.advanced ? true : null
-  }
-
-  /**
-   * May the host in slot `i` be alive, as seen from here: it has not been silent for a whole lease
-   * on our clock (a host not yet watched that long counts as alive: its locks are not broken).
-   */
-  private alive(i: number, generation?: number): boolean {
+  protected override alive(i: number, generation?: number): boolean {
     // our slot under an earlier generation: a crashed incarnation of this host, whose locks are dead
     if (i === this.slotIndex) return (generation === undefined || generation === this.generation) && this.valid()
-    const o = this.observed.get(i)
-    if (!o || o.state !== SLOT_LIVE) return false
-    if (generation !== undefined && o.generation !== generation) return false
-    return this.clock.now() - o.since < this.header.leaseMs
+    return super.alive(i, generation)
   }
 
   /** Joins by host name: the slot is claimed automatically (no manual ids). */
   async join(o: JoinOptions = {}): Promise<{ slot: number; generation: number }> {
-    const head = await this.storage.read(0, SECTOR)
-    this.header = decodeHeader(head, this.storage.name, this.storage.size)
+    await this.readHeader()
     const until = this.clock.now() + (o.waitMs ?? Infinity)
     for (;;) {
       const { slots, raw } = await this.readAll()
@@ -390,14 +276,6 @@ export class LockManager {
     } catch {
       // a failed renewal: the fence timer decides when the lease is gone
     }
-  }
-
-  /** Live hosts other than us asking for record `index`, oldest request first (as first seen here). */
-  private requesters(slots: (Slot & Damaged)[], index: number): Slot[] {
-    const since = (s: Slot) => this.observed.get(s.index)?.requestSince ?? Infinity
-    return slots
-      .filter((s) => !s.damaged && s.index !== this.slotIndex && s.state === SLOT_LIVE && s.request === index + 1 && this.liveness(s.index) !== false)
-      .sort((x, y) => since(x) - since(y) || x.index - y.index)
   }
 
   /**
@@ -605,41 +483,5 @@ export class LockManager {
     if (this.fenceTimer !== null) this.clock.clearTimeout(this.fenceTimer)
   }
 
-  /** Hosts and locks as seen from here (ls, REST). */
-  async view(): Promise<{ hosts: HostView[]; locks: LockView[] }> {
-    if (!this.header) this.header = decodeHeader(await this.storage.read(0, SECTOR), this.storage.name, this.storage.size)
-    const { slots, records } = await this.readAll()
-    const now = this.clock.now()
-    const age = (i: number) => {
-      const o = this.observed.get(i)
-      return o ? Math.round(now - o.since) : null
-    }
-    const name = (i: number) => slots[i]?.name || `slot ${i}`
-    const hosts: HostView[] = slots
-      .filter((s) => s.state !== SLOT_FREE || s.damaged)
-      .map((s) => ({
-        slot: s.index,
-        name: s.name,
-        state: s.damaged ? 'damaged' : s.state === SLOT_LIVE ? 'live' : 'left',
-        generation: s.generation,
-        alive: s.damaged ? null : this.liveness(s.index),
-        heartbeatAgeMs: age(s.index),
-        requesting: s.request ? records[s.request - 1]?.name || null : null,
-        ...(s.damaged ? { error: s.damaged } : {}),
-      }))
-    const locks: LockView[] = records
-      .filter((r) => r.name !== '' || r.damaged)
-      .map((r) => ({
-        name: r.name,
-        state: r.damaged ? 'damaged' : r.mode === MODE_EXCLUSIVE ? 'exclusive' : r.mode === MODE_SHARED ? 'shared' : 'free',
-        managed: r.managed,
-        generation: r.generation,
-        owner: r.owner ? name(r.owner - 1) : null,
-        ownerHeartbeatAgeMs: r.owner ? age(r.owner - 1) : null,
-        sharedHolders: [...r.shared].map(name),
-        waiting: [...(r.index + 1 === this.request && this.slotIndex >= 0 ? [slots[this.slotIndex]] : []), ...this.requesters(slots, r.index)].map((s) => s.name),
-        ...(r.damaged ? { record: r.index, error: r.damaged } : {}),
-      }))
-    return { hosts, locks }
-  }
+
 }

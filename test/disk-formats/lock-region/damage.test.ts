@@ -3,8 +3,7 @@ import { openSync, closeSync, ftruncateSync, writeSync } from 'node:fs'
 import { join } from 'node:path'
 import { FakeClock, memorySpace, type MemoryLockStorage } from '../../helpers/locks.js'
 import { tmp } from '../../helpers/peers.js'
-import { FileLockStorage, LockManager, initLockspace, countingStorage } from '../../../src/client/locks/index.js'
-import { recordOffset, regionSize, SECTOR, slotOffset } from '../../../src/disk-formats/lock-region/index.js'
+import { FileLockStorage, LockManager, initLockspace, countingStorage, recordOffset, regionSize, SECTOR, slotOffset } from '../../../src/disk-formats/lock-region/index.js'
 
 const HOSTS = 8
 const LOCKS = 16

@@ -1,8 +1,8 @@
 import { realpath } from 'node:fs/promises'
 import { createRequire } from 'node:module'
 import { Mutex } from 'async-mutex'
-import { StorageError } from '../../disk-formats/errors.js'
-import { datasync, fileSize, openFile, preadFull, pwriteFull } from '../../disk-formats/file-io.js'
+import { StorageError } from '../errors.js'
+import { datasync, fileSize, openFile, preadFull, pwriteFull } from '../file-io.js'
 import type { FileHandle } from 'node:fs/promises'
 
 const require = createRequire(import.meta.url)

@@ -1,7 +1,6 @@
 import t from 'tap'
 import { FakeClock, MemoryLockStorage, memorySpace, settle } from '../../helpers/locks.js'
-import { LockManager, initLockspace, countingStorage } from '../../../src/client/locks/index.js'
-import { regionSize } from '../../../src/disk-formats/lock-region/index.js'
+import { LockManager, initLockspace, countingStorage, regionSize } from '../../../src/disk-formats/lock-region/index.js'
 
 const space = memorySpace
 
