@@ -6,7 +6,7 @@ import type { ByteQueue } from '../net/byte-queue.js'
 import { poller } from '../net/poll.js'
 import { ProtocolError, socketQueue } from '../net/tcp-service.js'
 import * as S from '../scsi/constants.js'
-import { dataOutLength, mediumReadLength, SenseError, senseData, type LogicalUnit } from '../scsi/index.js'
+import { dataOutLength, mediumReadLength, metricsClass, SenseError, senseData, type LogicalUnit } from '../scsi/index.js'
 import * as P from './pdu.js'
 import { MemoryBudget } from './memory-budget.js'
 import { crc32c } from '../../disk-formats/crc32c.js'
@@ -139,18 +139,6 @@ interface PendingWrite {
  * NOP, Task Management, Logout; anything else gets a Reject. A malformed PDU closes this
  * connection only.
  */
-/** The `op` label of a SCSI command in the export metrics (a few classes, not every opcode). */
-const OP_CLASS = new Map<number, string>([
-  ...[S.READ_6, S.READ_10, S.READ_12, S.READ_16].map((o) => [o, 'read'] as const),
-  ...[S.WRITE_6, S.WRITE_10, S.WRITE_12, S.WRITE_16, S.WRITE_ATOMIC_16, S.ORWRITE_16].map((o) => [o, 'write'] as const),
-  ...[S.WRITE_AND_VERIFY_10, S.WRITE_AND_VERIFY_12, S.WRITE_AND_VERIFY_16].map((o) => [o, 'write_verify'] as const),
-  ...[S.SYNCHRONIZE_CACHE_10, S.SYNCHRONIZE_CACHE_16].map((o) => [o, 'flush'] as const),
-  ...[S.WRITE_SAME_10, S.WRITE_SAME_16].map((o) => [o, 'write_same'] as const),
-  [S.UNMAP, 'unmap'],
-  [S.COMPARE_AND_WRITE, 'compare_and_write'],
-  [S.EXTENDED_COPY, 'xcopy'],
-])
-
 export class IscsiConnection {
   private readonly q: ByteQueue
   private readonly isClosed: () => boolean
@@ -898,7 +886,7 @@ export class IscsiConnection {
    */
   private account(opcode: number, t0: bigint, status: number, read: number, written: number): void {
     this.tally ??= this.metrics.tally(this.target!.name, 'iscsi')
-    this.tally.request(OP_CLASS.get(opcode) ?? 'other', t0, status !== S.GOOD, read, written)
+    this.tally.request(metricsClass(opcode), t0, status !== S.GOOD, read, written)
   }
 
   /** SCSI Response; `slot`: the command's window slot is freed with it. */

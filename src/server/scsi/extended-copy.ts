@@ -51,9 +51,7 @@ export class CopyManager {
   ) {}
 
   /** EXTENDED COPY(LID1): parse everything first, then copy segment by segment. */
-  async extendedCopy(cdb: Buffer, data: Buffer, nexus: string): Promise<void> {
-    if ((cdb[1] & 0x1f) !== 0x00) throw invalidField(1) // only LID1
-    const plen = cdb.readUInt32BE(10)
+  async extendedCopy(plen: number, data: Buffer, nexus: string): Promise<void> {
     if (plen === 0) return
     if (plen < HEADER || data.length < plen) throw parameterLength()
     const listId = data[0]
@@ -135,12 +133,10 @@ export class CopyManager {
   }
 
   /** RECEIVE COPY RESULTS: COPY STATUS (00h) of a held list, or OPERATING PARAMETERS (03h). */
-  receiveCopyResults(cdb: Buffer, nexus: string): Buffer {
-    const sa = cdb[1] & 0x1f
-    const alloc = cdb.readUInt32BE(10)
+  receiveCopyResults(sa: number, listId: number, alloc: number, nexus: string): Buffer {
     let d: Buffer
     if (sa === 0x00) {
-      const s = this.held.get(nexus)?.get(cdb[2])
+      const s = this.held.get(nexus)?.get(listId)
       if (!s) throw invalidField(2) // no copy with this list identifier
       d = Buffer.alloc(12)
       d.writeUInt32BE(8, 0)
@@ -167,8 +163,11 @@ export class CopyManager {
     return d.subarray(0, Math.min(d.length, alloc))
   }
 
-  /** VPD page 0x8F (Third-party Copy): the commands and descriptors this copy manager takes. */
-  thirdPartyCopyVpd(): Buffer {
+  /**
+   * VPD page 0x8F (Third-party Copy): the descriptors this copy manager takes, and `commands`
+   * (opcode, service actions) that reach it.
+   */
+  thirdPartyCopyVpd(commands: readonly (readonly [number, readonly number[]])[]): Buffer {
     const desc = (type: number, body: Buffer) => {
       const padded = Buffer.alloc(Math.ceil(body.length / 4) * 4)
       body.copy(padded)
@@ -178,7 +177,7 @@ export class CopyManager {
       return Buffer.concat([h, padded])
     }
     // Supported Commands (0001h): EXTENDED COPY(LID1); RECEIVE COPY RESULTS: COPY STATUS, OPERATING PARAMETERS
-    const cmds = Buffer.from([C.EXTENDED_COPY, 1, 0x00, C.RECEIVE_COPY_RESULTS, 2, 0x00, 0x03])
+    const cmds = Buffer.from(commands.flatMap(([op, sas]) => [op, sas.length, ...sas]))
     const supported = desc(0x0001, Buffer.concat([Buffer.from([cmds.length]), cmds]))
     // Parameter Data (0008h)
     const p = Buffer.alloc(28)

@@ -1,4 +1,6 @@
-export { LogicalUnit, BLOCK, dataOutLength, mediumReadLength, type ScsiResult, type LogicalUnitOptions } from './logical-unit.js'
+export { LogicalUnit, type LogicalUnitOptions } from './logical-unit.js'
+export { COMMANDS, commandFor, dataOutLength, mediumReadLength, metricsClass, type Command, type MetricsClass, type ScsiResult } from './commands/index.js'
+export { BLOCK } from './limits.js'
 export { SenseError, senseData, senseFor } from './sense.js'
 export * as SCSI from './constants.js'
 export { PersistentReservations } from './persistent-reservations.js'

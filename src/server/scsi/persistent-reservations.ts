@@ -17,6 +17,20 @@ export type Access = 'read' | 'write' | 'other'
 
 export class Conflict extends Error {}
 
+/** PERSISTENT RESERVE IN's CDB: service action and allocation length. */
+export interface PrIn {
+  sa: number
+  alloc: number
+}
+
+/** PERSISTENT RESERVE OUT's CDB: service action, scope, type, parameter list length. */
+export interface PrOut {
+  sa: number
+  scope: number
+  type: number
+  plen: number
+}
+
 /**
  * Persistent reservations of one logical unit, per I_T nexus (`name,i,0xISID`). They survive
  * nexus loss and LUN resets, unlike RESERVE(6). APTPL is not offered (PTPL_C = 0).
@@ -54,9 +68,7 @@ export class PersistentReservations {
     return access === 'write' || this.type === EXCLUSIVE_ACCESS
   }
 
-  in(cdb: Buffer): Buffer {
-    const sa = cdb[1] & 0x1f
-    const alloc = cdb.readUInt16BE(7)
+  in({ sa, alloc }: PrIn): Buffer {
     let d: Buffer
     switch (sa) {
       case 0x00: {
@@ -121,11 +133,7 @@ export class PersistentReservations {
    * ABORT aborts: SPC-4, "Preempting persistent reservations and registration handling"), empty
    * for the other service actions.
    */
-  out(cdb: Buffer, data: Buffer, nexus: string): string[] {
-    const sa = cdb[1] & 0x1f
-    const scope = cdb[2] >> 4
-    const type = cdb[2] & 0x0f
-    const plen = cdb.readUInt32BE(5)
+  out({ sa, scope, type, plen }: PrOut, data: Buffer, nexus: string): string[] {
     if (plen !== 24) throw parameterLength()
     if (data.length < 24) throw parameterLength()
     const key = data.readBigUInt64BE(0)
