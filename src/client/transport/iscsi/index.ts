@@ -1,2 +1,3 @@
 export { IscsiInitiator, ScsiStatusError, DEFAULT_INITIATOR, type InitiatorOptions, type ScsiResult } from './initiator.js'
 export { isIscsiUri, parseIscsiUri, ISCSI_DEFAULT_PORT, type IscsiUri } from './uri.js'
+export { SessionLostError, type ReconnectPolicy, type Timers } from './recovery.js'
