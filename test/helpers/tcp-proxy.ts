@@ -13,6 +13,11 @@ export interface ProxyOptions {
   dropDown?: (pdu: SeenPdu) => boolean
   /** initiator → target: every PDU, as it passes (after the login too) */
   seenUp?: (pdu: SeenPdu) => void
+  /**
+   * While this returns true the first connection stalls: nothing more passes either way, and the
+   * initiator closing its side is not passed on (a path gone dead: the target sees nothing).
+   */
+  stallFirst?: () => boolean
 }
 
 export interface TcpProxy {
@@ -21,6 +26,8 @@ export interface TcpProxy {
   connections: number
   /** bytes forwarded to the target, over every connection */
   upBytes: number
+  /** per connection: the target's side of it has closed */
+  targetClosed: boolean[]
   /** stops accepting: later connections are refused (the target is gone) */
   refuse(): Promise<void>
 }
@@ -32,20 +39,26 @@ export interface TcpProxy {
 export async function tcpProxy(t: { teardown(fn: () => unknown): void }, port: number, o: ProxyOptions = {}): Promise<TcpProxy> {
   const socks = new Set<Socket>()
   const framed = o.dropDown !== undefined || o.seenUp !== undefined
-  const state: TcpProxy = { port: 0, connections: 0, upBytes: 0, refuse: async () => {} }
+  const state: TcpProxy = { port: 0, connections: 0, upBytes: 0, targetClosed: [], refuse: async () => {} }
   const server = createServer((client) => {
     const n = state.connections++
     const upstream = connect({ host: '127.0.0.1', port })
     socks.add(client).add(upstream)
     let sent = 0
+    state.targetClosed[n] = false
+    const stalled = () => n === 0 && o.stallFirst?.() === true
     const cut = () => {
       client.destroy()
       upstream.destroy()
     }
-    client.on('error', cut).on('close', cut)
-    upstream.on('error', cut).on('close', cut)
+    client.on('error', () => stalled() || cut()).on('close', () => stalled() || cut())
+    upstream.on('error', cut).on('close', () => {
+      state.targetClosed[n] = true
+      cut()
+    })
     const up = framed ? framer((p) => o.seenUp?.(p)) : null
     client.on('data', (d: Buffer) => {
+      if (stalled()) return
       if (n === 0 && o.cutAfterBytes !== undefined && sent + d.length >= o.cutAfterBytes) {
         const part = d.subarray(0, o.cutAfterBytes - sent)
         state.upBytes += part.length
@@ -59,7 +72,7 @@ export async function tcpProxy(t: { teardown(fn: () => unknown): void }, port: n
       upstream.write(d)
     })
     const down = framed ? framer((p, raw) => void (o.dropDown?.(p) || client.write(raw))) : null
-    upstream.on('data', (d: Buffer) => (down ? down(d) : client.write(d)))
+    upstream.on('data', (d: Buffer) => stalled() || (down ? down(d) : client.write(d)))
   })
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
   state.port = (server.address() as { port: number }).port

@@ -97,3 +97,19 @@ t.test('a target that stays gone: bounded logins with back-off, then one typed e
   await t.rejects(ini.read(0, 512), { code: 'IoError' }, 'later commands fail at once with the same error')
   await ini.close()
 })
+
+t.test('a connection gone dead (no close seen by the target): the initiator\'s timeouts drop it, and its new login ends the old session at the target (reinstatement)', async (t) => {
+  const s = await startServer(t)
+  await s.ds.createDisk('d', 16 << 20)
+  let stall = false
+  const proxy = await tcpProxy(t, s.iscsiPort, { stallFirst: () => stall })
+  const ini = await IscsiInitiator.connect(`iscsi://127.0.0.1:${proxy.port}/${IQN}d/0`, { commandTimeoutMs: 500, taskManagementTimeoutMs: 500 })
+  stall = true
+  const data = pattern(CHUNK, 9)
+  await ini.write(0, data)
+  t.equal(ini.recoveries.drops, 1, 'no answer to the command nor to task management: the connection was dropped')
+  t.equal(ini.recoveries.reconnects, 1, 'and the session logged in again')
+  t.equal(proxy.targetClosed[0], true, 'the target ended the old session, which it had not seen go')
+  t.ok((await ini.read(0, CHUNK)).equals(data), 'the write reads back')
+  await ini.close()
+})
