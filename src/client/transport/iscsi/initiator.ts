@@ -8,7 +8,8 @@ import * as P from '../../../server/iscsi/pdu.js'
 import * as S from '../../../server/scsi/constants.js'
 import { parseIscsiUri, type IscsiUri } from './uri.js'
 import { chapBinary, chapResponse } from '../../../server/iscsi/chap.js'
-import { reconnect, reconnectPolicy, REAL_TIMERS, type ReconnectPolicy, type Timers } from './recovery.js'
+import { realTimers, type Timers } from '../../../server/net/timers.js'
+import { reconnect, reconnectPolicy, type ReconnectPolicy } from './recovery.js'
 import { ABORT_TASK, escalate, LOGICAL_UNIT_RESET, TmfRequests, tmfRequest, type Escalating } from './task-mgmt.js'
 
 export interface InitiatorOptions {
@@ -162,7 +163,7 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
     this.lunBytes[1] = uri.lun // single-level LUN, peripheral addressing (SAM-5 §4.7)
     this.isid = randomBytes(6)
     this.isid[0] = 0x80 | (this.isid[0] & 0x3f) // type 2: random
-    this.timers = opts.timers ?? REAL_TIMERS
+    this.timers = opts.timers ?? realTimers
     this.tmf = new TmfRequests(this.timers)
   }
 
@@ -244,9 +245,14 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
         parts.push(d)
       }
     }
-    this.sock.cork()
-    for (const p of parts) this.sock.write(p)
-    this.sock.uncork()
+    // Every PDU of one turn of the event loop goes out in one writev: at a queue depth > 1 many
+    // commands are issued together (as answers arrive together), and one send costs less than many.
+    const sock = this.sock
+    if (!sock.writableCorked) {
+      sock.cork()
+      process.nextTick(() => sock.uncork())
+    }
+    for (const p of parts) sock.write(p)
   }
 
   private async readPdu(into?: (bhs: Buffer) => { buf: Buffer; at: number } | null): Promise<P.Pdu> {
@@ -694,19 +700,20 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
   }
 
   /**
-   * Runs one SCSI command: `dataOut` for a write, `dataInLength` bytes expected back for a read.
+   * Runs one SCSI command: `dataOut` for a write, `dataIn` bytes expected back for a read (or the
+   * buffer they are to land in, its length expected: no copy).
    * Resolves with the status and sense as the target sent them (CHECK CONDITION is a result here,
    * not an error), once, whatever connections were lost and commands sent again meanwhile;
    * rejects with SessionLostError when the session cannot be recovered.
    */
-  async execute(cdb: Buffer, dataOut: Buffer | null = null, dataInLength = 0): Promise<ScsiResult> {
+  async execute(cdb: Buffer, dataOut: Buffer | null = null, dataIn: number | Buffer = 0): Promise<ScsiResult> {
     if (cdb.length > 16) throw new StorageError('InvalidArgument', `a ${cdb.length}-byte CDB needs an AHS (not supported)`)
     while (!this.dead && !this.canSend()) await new Promise<void>((r) => this.waiting.push(r))
     if (this.dead) throw this.dead
     const cdb16 = Buffer.alloc(16)
     cdb.copy(cdb16)
     return new Promise<ScsiResult>((resolve, reject) => {
-      const t: Task = { itt: 0, cmdSN: 0, cdb: cdb16, out: dataOut, inBuf: dataInLength ? Buffer.allocUnsafe(dataInLength) : null, inGot: 0, sent: 0, timer: undefined, aborting: false, resolve, reject }
+      const t: Task = { itt: 0, cmdSN: 0, cdb: cdb16, out: dataOut, inBuf: typeof dataIn !== 'number' ? dataIn : dataIn ? Buffer.allocUnsafe(dataIn) : null, inGot: 0, sent: 0, timer: undefined, aborting: false, resolve, reject }
       this.issue(t)
     })
   }
@@ -716,10 +723,10 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
    * ATTENTION (a reset, a changed parameter: SAM-5 §5.14) reports an event, not a failure of
    * this command: it is consumed and the command sent again, a few times at most.
    */
-  async command(cdb: Buffer, dataOut: Buffer | null = null, dataInLength = 0): Promise<ScsiResult> {
+  async command(cdb: Buffer, dataOut: Buffer | null = null, dataIn: number | Buffer = 0): Promise<ScsiResult> {
     let sent = 0
     for (let attempt = 0; ; attempt++) {
-      const r = await this.execute(cdb, dataOut, dataInLength)
+      const r = await this.execute(cdb, dataOut, dataIn)
       sent += r.sent
       if (r.status === S.GOOD) return { ...r, sent }
       const e = statusError(cdb[0], r, sent)
@@ -764,10 +771,11 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
   async read(offset: number, length: number): Promise<Buffer> {
     this.check(offset, length, false)
     const out = Buffer.allocUnsafe(length)
-    const parts: Promise<void>[] = []
+    const parts: Promise<unknown>[] = []
     for (let at = 0; at < length; at += MAX_TRANSFER) {
       const n = Math.min(MAX_TRANSFER, length - at)
-      parts.push(this.command(this.rw16(S.READ_16, offset + at, n), null, n).then((r) => void r.data.copy(out, at)))
+      // Data-In lands in `out` itself
+      parts.push(this.command(this.rw16(S.READ_16, offset + at, n), null, out.subarray(at, at + n)))
     }
     await Promise.all(parts)
     return out

@@ -1,15 +1,5 @@
 import { StorageError } from '../../../disk-formats/errors.js'
-
-/** Timers the initiator waits with (injected: tests run the back-off on a fake clock). */
-export interface Timers {
-  setTimeout(fn: () => void, ms: number): unknown
-  clearTimeout(handle: unknown): void
-}
-
-export const REAL_TIMERS: Timers = {
-  setTimeout: (fn, ms) => setTimeout(fn, ms),
-  clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
-}
+import type { Timers } from '../../../server/net/timers.js'
 
 /**
  * How a session lost with its connection is re-established: `attempts` logins at most, the

@@ -1,5 +1,5 @@
 import * as P from '../../../server/iscsi/pdu.js'
-import type { Timers } from './recovery.js'
+import type { Timers } from '../../../server/net/timers.js'
 
 /** Task management functions (RFC 7143 §11.5.1; SAM-5 §7). */
 export const ABORT_TASK = 1
