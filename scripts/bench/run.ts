@@ -2,7 +2,7 @@
  * `npm run bench`: Tandem beside its peers on the same work, alternating, in one run.
  * Prints medians and ratios (Tandem time / peer time: below 1.0 means Tandem is faster).
  * Options (env): BENCH_DIR (default ./bench-work), BENCH_REPS (default 3), BENCH_ONLY=disk|nbd|iscsi|initiator|locks|vm,
- * BENCH_FIO_SECONDS (default 4). For throughput (MiB/s, IOPS) the ratio is Tandem/peer: above 1 is faster.
+ * BENCH_FIO_SECONDS (default 4), BENCH_PORT_OFFSET (default 0: ports 10900 and 13900, tgtd control 39). For throughput (MiB/s, IOPS) the ratio is Tandem/peer: above 1 is faster.
  * Every row also shows CPU time (user + system) beside wall time: for a command, the command's own
  * (its process and the children it waited for); for a server, the server process's (all its
  * threads) while the item ran, per unit of work. The CPU ratio is Tandem/peer: below 1 uses less.
@@ -179,8 +179,10 @@ interface Served {
   stop(): Promise<void>
 }
 
-const NBD_PORT = 10900
-const ISCSI_PORT = 13900
+/** Fixed so peers' command lines stay simple; BENCH_PORT_OFFSET moves them (another bench on the machine). */
+const PORT_OFFSET = Number(process.env.BENCH_PORT_OFFSET ?? 0)
+const NBD_PORT = 10900 + PORT_OFFSET
+const ISCSI_PORT = 13900 + PORT_OFFSET
 
 function waitExit(child: ChildProcess): Promise<void> {
   return new Promise((r) => (child.exitCode !== null || child.signalCode !== null ? r() : child.once('exit', () => r())))
@@ -402,7 +404,7 @@ function buildIscsiLoad(what: string): string | null {
 
 /** Tandem's target serving the bench disk of datastore `ds` (file `vmdk`), and tgtd serving its raw copy. */
 function iscsiTargets(ds: string, vmdk: string, raw: string): Side[] {
-  const TGT_CONTROL = '39'
+  const TGT_CONTROL = String(39 + PORT_OFFSET)
   return [
     [
       'tandem',
