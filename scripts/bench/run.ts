@@ -1,8 +1,8 @@
 /**
  * `npm run bench`: Tandem beside its peers on the same work, alternating, in one run.
  * Prints medians and ratios (Tandem time / peer time: below 1.0 means Tandem is faster).
- * Options (env): BENCH_DIR (default ./bench-work), BENCH_REPS (default 3), BENCH_ONLY=disk|nbd|iscsi|locks|vm|vm-disk,
- * BENCH_FIO_SECONDS (default 4). For throughput (MiB/s, IOPS) the ratio is Tandem/peer: above 1 is faster.
+ * Options (env): BENCH_DIR (default ./bench-work), BENCH_REPS (default 3), BENCH_ONLY=disk|nbd|iscsi|initiator|locks|vm|vm-disk,
+ * BENCH_FIO_SECONDS (default 4), BENCH_PORT_OFFSET (default 0: ports 10900 and 13900, tgtd control 39). For throughput (MiB/s, IOPS) the ratio is Tandem/peer: above 1 is faster.
  * Every row also shows CPU time (user + system) beside wall time: for a command, the command's own
  * (its process and the children it waited for); for a server, the server process's (all its
  * threads) while the item ran, per unit of work. The CPU ratio is Tandem/peer: below 1 uses less.
@@ -179,8 +179,10 @@ interface Served {
   stop(): Promise<void>
 }
 
-const NBD_PORT = 10900
-const ISCSI_PORT = 13900
+/** Fixed so peers' command lines stay simple; BENCH_PORT_OFFSET moves them (another bench on the machine). */
+const PORT_OFFSET = Number(process.env.BENCH_PORT_OFFSET ?? 0)
+const NBD_PORT = 10900 + PORT_OFFSET
+const ISCSI_PORT = 13900 + PORT_OFFSET
 
 function waitExit(child: ChildProcess): Promise<void> {
   return new Promise((r) => (child.exitCode !== null || child.signalCode !== null ? r() : child.once('exit', () => r())))
@@ -382,23 +384,28 @@ async function iscsiReady(url: string): Promise<void> {
   throw new Error(`no iSCSI target answered at ${url}`)
 }
 
-async function iscsiBench() {
+/** scripts/bench/iscsi-load.c built against libiscsi, or null (the reason printed) when it cannot be. */
+function buildIscsiLoad(what: string): string | null {
   for (const tool of ['tgtd', 'tgtadm', 'iscsi-inq', 'cc', 'qemu-img']) {
     if (!have(tool)) {
-      console.log(`iscsi: SKIP (${tool} not installed: scripts/install-peers.sh)`)
-      return
+      console.log(`${what}: SKIP (${tool} not installed: scripts/install-peers.sh)`)
+      return null
     }
   }
-  const d = join(DIR, 'iscsi')
-  const { ds, vmdk, raw } = await benchDisk(d)
-  const load = join(d, 'iscsi-load')
+  mkdirSync(DIR, { recursive: true })
+  const load = join(DIR, 'iscsi-load')
   const cc = spawnSync('cc', ['-O2', '-o', load, join(ROOT, 'scripts', 'bench', 'iscsi-load.c'), '-liscsi'], { encoding: 'utf8' })
   if (cc.status !== 0) {
-    console.log(`iscsi: SKIP (cannot build the load generator; libiscsi-dev missing? ${cc.stderr.trim()})`)
-    return
+    console.log(`${what}: SKIP (cannot build the load generator; libiscsi-dev missing? ${cc.stderr.trim()})`)
+    return null
   }
-  const TGT_CONTROL = '39'
-  const sides: Side[] = [
+  return load
+}
+
+/** Tandem's target serving the bench disk of datastore `ds` (file `vmdk`), and tgtd serving its raw copy. */
+function iscsiTargets(ds: string, vmdk: string, raw: string): Side[] {
+  const TGT_CONTROL = String(39 + PORT_OFFSET)
+  return [
     [
       'tandem',
       async () => {
@@ -439,6 +446,14 @@ async function iscsiBench() {
       [raw],
     ],
   ]
+}
+
+async function iscsiBench() {
+  const load = buildIscsiLoad('iscsi')
+  if (!load) return
+  const d = join(DIR, 'iscsi')
+  const { ds, vmdk, raw } = await benchDisk(d)
+  const sides = iscsiTargets(ds, vmdk, raw)
   const secs = String(Number(process.env.BENCH_FIO_SECONDS ?? 4))
   const gen = (url: string, mode: string, bs: number, qd: number, key: 'mibps' | 'iops'): Result => {
     const r = spawnSync(load, [url, mode, String(bs), String(qd), secs], { encoding: 'utf8' })
@@ -462,6 +477,81 @@ async function iscsiBench() {
     console.log(label)
     console.log(`  rate  tandem ${spread(rates(r.tandem), 0)} ${unit}   tgtd(raw) ${spread(rates(r.tgtd), 0)}   tandem/tgtd ${(t / g).toFixed(2)}x`)
     console.log(`  cpu   tandem ${ct.text}   tgtd(raw) ${cg.text}   tandem/tgtd ${(ct.median / cg.median).toFixed(2)}x   (server user+sys per unit of work)`)
+  }
+  rmSync(d, { recursive: true, force: true })
+}
+
+// ---- iSCSI initiator: Tandem's beside libiscsi's (iscsi-load.c) on the same target ----
+
+/**
+ * The same load from libiscsi (scripts/bench/iscsi-load.c) and from Tandem's initiator
+ * (scripts/bench/initiator-load.ts), alternating, on one target at a time (Tandem's, then tgtd).
+ * Rates, the ratio Tandem/libiscsi (goal >= 0.8), the client's CPU per unit of work (libiscsi's
+ * whole process; the initiator's timed part, without Node's start-up) and the target's.
+ */
+async function initiatorBench() {
+  const load = buildIscsiLoad('initiator')
+  if (!load) return
+  const d = join(DIR, 'initiator')
+  const { ds, vmdk, raw } = await benchDisk(d)
+  const secs = String(Number(process.env.BENCH_FIO_SECONDS ?? 4))
+  const ours = join(ROOT, 'dist', 'scripts', 'bench', 'initiator-load.js')
+  type Client = [name: string, go: (url: string, mode: string, bs: number, qd: number) => { j: Record<string, number>; cpu: number }]
+  const clients: Client[] = [
+    [
+      'libiscsi',
+      (url, mode, bs, qd) => {
+        const c0 = cpuOf('self', 'children')
+        const r = spawnSync(load, [url, mode, String(bs), String(qd), secs], { encoding: 'utf8' })
+        if (r.status !== 0) throw new Error(`iscsi-load ${mode} failed: ${r.stderr}`)
+        return { j: JSON.parse(r.stdout) as Record<string, number>, cpu: cpuOf('self', 'children') - c0 }
+      },
+    ],
+    [
+      'tandem',
+      (url, mode, bs, qd) => {
+        const r = spawnSync(process.execPath, [ours, url, mode, String(bs), String(qd), secs], { encoding: 'utf8', env: TANDEM_ENV })
+        if (r.status !== 0) throw new Error(`initiator-load ${mode} failed: ${r.stderr}`)
+        const j = JSON.parse(r.stdout) as Record<string, number>
+        return { j, cpu: j.cpu }
+      },
+    ],
+  ]
+  const work: [label: string, unit: 'MiB/s' | 'IOPS', mode: string, bs: number, qd: number][] = [
+    ['4k random read QD32', 'IOPS', 'randread', 4096, 32],
+    ['1 MiB sequential read QD32', 'MiB/s', 'read', 1 << 20, 32],
+  ]
+  console.log('initiator: Tandem\'s iSCSI initiator beside libiscsi, same load, same target (client CPU: libiscsi whole process, tandem timed part)')
+  for (const [target, start, files] of iscsiTargets(ds, vmdk, raw)) {
+    const srv = await start()
+    const got: Record<string, Record<string, { client: Measured; server: Measured }[]>> = {}
+    try {
+      for (let rep = 0; rep < REPS; rep++) {
+        for (const [label, unit, mode, bs, qd] of work) {
+          for (const [name, go] of rep % 2 === 0 ? clients : [...clients].reverse()) {
+            warm(files)
+            const s0 = cpuOf(srv.pid, 'self')
+            const { j, cpu } = go(srv.uri, mode, bs, qd)
+            const server = cpuOf(srv.pid, 'self') - s0
+            const r = { rate: unit === 'IOPS' ? j.iops : j.mibps, work: unit === 'IOPS' ? j.ops : j.bytes / 1048576 }
+            ;((got[label] ??= {})[name] ??= []).push({ client: { ...r, cpu }, server: { ...r, cpu: server } })
+          }
+        }
+      }
+    } finally {
+      await srv.stop()
+    }
+    for (const [label, unit] of work) {
+      const t = got[label].tandem
+      const l = got[label].libiscsi
+      const [rt, rl] = [rates(t.map((x) => x.client)), rates(l.map((x) => x.client))]
+      const [ct, cl] = [cpuPer(unit, t.map((x) => x.client)), cpuPer(unit, l.map((x) => x.client))]
+      const [st, sl] = [cpuPer(unit, t.map((x) => x.server)), cpuPer(unit, l.map((x) => x.server))]
+      console.log(`${label} on ${target}'s target`)
+      console.log(`  rate        tandem ${spread(rt, 0)} ${unit}   libiscsi ${spread(rl, 0)}   tandem/libiscsi ${(median(rt) / median(rl)).toFixed(2)}x (goal >= 0.8)`)
+      console.log(`  client cpu  tandem ${ct.text}   libiscsi ${cl.text}   tandem/libiscsi ${(ct.median / cl.median).toFixed(2)}x`)
+      console.log(`  target cpu  with tandem ${st.text}   with libiscsi ${sl.text}`)
+    }
   }
   rmSync(d, { recursive: true, force: true })
 }
@@ -747,6 +837,7 @@ console.log(`Tandem benchmarks — ${REPS} runs each side, alternating, medians;
 if (!only || only === 'disk') await diskBench()
 if (!only || only === 'nbd') await nbdBench()
 if (!only || only === 'iscsi') await iscsiBench()
+if (!only || only === 'initiator') await initiatorBench()
 if (!only || only === 'locks') await locksBench()
 if (!only || only === 'vm') await vmBench()
 if (only === 'vm-disk') {

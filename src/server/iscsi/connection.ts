@@ -25,6 +25,14 @@ export interface TargetDirectory {
    */
   findTarget(iqn: string, initiator: string): Promise<TargetEntry | { refused: 'not-found' | 'not-authorized' }>
   portal: string
+  /**
+   * A normal session `key` (initiator name, ISID, target) completes its login: an earlier session
+   * of the same key is ended first, its commands finished (RFC 7143 §6.3.5, session
+   * reinstatement), so nothing the old one was running lands after the new one starts.
+   */
+  reinstate?(key: string, conn: IscsiConnection): Promise<void>
+  /** the session `key` of `conn` has ended */
+  ended?(key: string, conn: IscsiConnection): void
 }
 
 export interface TargetEntry {
@@ -175,6 +183,9 @@ export class IscsiConnection {
   private ending = false
   /** The last command arrived with no other in flight (queue depth 1: see net/poll.ts). */
   private alone = true
+  /** the session's key once its login completed (see TargetDirectory.reinstate) */
+  private sessionKey: string | null = null
+  private finished!: Promise<void>
 
   constructor(
     private readonly sock: Socket,
@@ -191,7 +202,17 @@ export class IscsiConnection {
   }
 
   /** `established`: called once the login is complete (ends its time limit). */
-  async run(established: () => void = () => {}): Promise<void> {
+  run(established: () => void = () => {}): Promise<void> {
+    return (this.finished = this.serve(established))
+  }
+
+  /** Ends the connection (a newer session reinstates this one): resolves once its commands have finished. */
+  end(): Promise<void> {
+    this.sock.destroy()
+    return this.finished
+  }
+
+  private async serve(established: () => void): Promise<void> {
     try {
       await this.login()
       established()
@@ -218,6 +239,7 @@ export class IscsiConnection {
       this.budget.close()
       await Promise.allSettled([...this.tasks])
       if (this.joined) this.target?.lu.nexusLost(this.nexus)
+      if (this.sessionKey !== null) this.dir.ended?.(this.sessionKey, this)
       this.tally?.close()
       await this.target?.release()
       this.target = null
@@ -448,7 +470,11 @@ export class IscsiConnection {
       // no leaving the security stage before CHAP is done
       const may = transit && !(csg === 0 && chap && !this.authenticated)
       const done = may && nsg === 3
-      if (done && this.entry) await this.openTarget(this.entry, bhs, csg, nsg)
+      if (done && this.entry) {
+        this.sessionKey = `${this.nexus} ${this.entry.name}`
+        await this.dir.reinstate?.(this.sessionKey, this)
+        await this.openTarget(this.entry, bhs, csg, nsg)
+      }
       this.loginResponse(bhs, may, csg, nsg, 0, 0, reply, done ? 1 : 0)
       if (done) {
         this.digestsOn = this.headerDigest

@@ -36,6 +36,8 @@ export class IscsiServer {
    */
   private readonly reservations = new Map<string, PersistentReservations>()
   private readonly lockspace: LogicalUnit | null
+  /** normal sessions by key (initiator name, ISID, target), for reinstatement */
+  private readonly sessions = new Map<string, IscsiConnection>()
   portal = ''
 
   constructor(
@@ -66,6 +68,14 @@ export class IscsiServer {
         if (!(await this.allowed(disk, initiator))) return { refused: 'not-authorized' }
         const chap = (await ds.readRecord(disk)).access.chap
         return { name: disk, open: () => this.unit(disk), ...(chap ? { chap } : {}) }
+      },
+      reinstate: async (key, conn) => {
+        const old = this.sessions.get(key)
+        this.sessions.set(key, conn)
+        if (old && old !== conn) await old.end()
+      },
+      ended: (key, conn) => {
+        if (this.sessions.get(key) === conn) this.sessions.delete(key)
       },
     }
     const self = this

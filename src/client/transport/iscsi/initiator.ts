@@ -8,6 +8,9 @@ import * as P from '../../../server/iscsi/pdu.js'
 import * as S from '../../../server/scsi/constants.js'
 import { parseIscsiUri, type IscsiUri } from './uri.js'
 import { chapBinary, chapResponse } from '../../../server/iscsi/chap.js'
+import { realTimers, type Timers } from '../../../server/net/timers.js'
+import { reconnect, reconnectPolicy, type ReconnectPolicy } from './recovery.js'
+import { ABORT_TASK, escalate, LOGICAL_UNIT_RESET, TmfRequests, tmfRequest, type Escalating } from './task-mgmt.js'
 
 export interface InitiatorOptions {
   /** our iSCSI name (default: iqn.2026-11.local.tandem:initiator) */
@@ -24,9 +27,21 @@ export interface InitiatorOptions {
   /**
    * The session's ISID (6 bytes, RFC 7143 §11.12.5): with the initiator name it makes the I_T
    * nexus that reservations belong to. Fixed, the nexus is the same from any host and any process;
-   * absent, a random one (type 2) per connection.
+   * absent, a random one (type 2) kept for the initiator's life (reconnects reinstate its session).
    */
   isid?: Buffer
+  /**
+   * A command with no answer in this many ms is aborted, then the LU reset, then the connection
+   * dropped and the session recovered (task-mgmt.ts `escalate`); 0: never. Default 30 000.
+   */
+  commandTimeoutMs?: number
+  /** each task management request's own time limit (default 10 000 ms) */
+  taskManagementTimeoutMs?: number
+  /** times one command is sent at most after timeouts before it fails (default 3) */
+  commandAttempts?: number
+  /** logins after a lost connection (recovery.ts); `{ attempts: 0 }` turns recovery off */
+  reconnect?: ReconnectPolicy
+  timers?: Timers
 }
 
 /** The outcome of one SCSI command. */
@@ -37,6 +52,8 @@ export interface ScsiResult {
   /** fixed or descriptor sense data when status is CHECK CONDITION */
   sense: Buffer
   residual: number
+  /** times the command was sent: more than 1 after a lost connection, an abort or a unit attention */
+  sent: number
 }
 
 /** A SCSI command that ended in CHECK CONDITION (or another bad status), with its sense. */
@@ -48,6 +65,8 @@ export class ScsiStatusError extends StorageError {
     readonly senseKey: number,
     readonly asc: number,
     readonly ascq: number,
+    /** times the command was sent (as ScsiResult.sent) */
+    readonly sent = 1,
   ) {
     super(code, message)
   }
@@ -64,14 +83,24 @@ const UNIT_ATTENTION_RETRIES = 8
 const MAX_TRANSFER = 8 << 20
 
 interface Task {
+  /** tag of the instance sent last (a new one each time it is sent) */
   itt: number
+  cmdSN: number
   cdb: Buffer
   out: Buffer | null
   inBuf: Buffer | null
   inGot: number
+  sent: number
+  /** the command timer of the instance sent last */
+  timer: unknown
+  /** an ABORT TASK for it is in flight: an "aborted" answer is not its result */
+  aborting: boolean
   resolve(r: ScsiResult): void
   reject(e: Error): void
 }
+
+/** Tags of instances given up (aborted, or sent again) whose late PDUs are dropped; bounded. */
+const RETIRED_MAX = 4096
 
 /** Serial number arithmetic (RFC 1982) on 32-bit sequence numbers: a <= b. */
 const snLe = (a: number, b: number) => a === b || ((b - a) >>> 0) < 0x8000_0000
@@ -82,8 +111,14 @@ const snLe = (a: number, b: number) => a === b || ((b - a) >>> 0) < 0x8000_0000
  * R2T/Data-Out, a command window (CmdSN up to the target's MaxCmdSN) and a queue depth.
  * `execute` is the raw SCSI path; the rest is a BlockDevice over READ/WRITE(16), SYNCHRONIZE
  * CACHE(16), WRITE SAME(16), UNMAP, GET LBA STATUS and COMPARE AND WRITE.
+ *
+ * A lost connection is recovered (recovery.ts): the session logs in again under the same ISID
+ * and name (session reinstatement) and every command not answered is sent again, so a caller
+ * sees each command answered once, or failed with SessionLostError once the target stays away.
+ * A command with no answer in time goes through ABORT TASK, LOGICAL UNIT RESET, then a dropped
+ * connection (task-mgmt.ts).
  */
-export class IscsiInitiator implements BlockDevice {
+export class IscsiInitiator implements BlockDevice, Escalating<Task> {
   size = 0
   blockSize = 512
   readonly readOnly: boolean
@@ -106,48 +141,44 @@ export class IscsiInitiator implements BlockDevice {
   private closing: Promise<void> | null = null
   /** thin provisioning (READ CAPACITY 16 LBPME): GET LBA STATUS answers */
   private thin = false
+  /** the connection of the session; replaced by `establish` after a loss */
+  private sock!: Socket
+  private q!: ByteQueue
+  private connected = false
+  /** counts connections: a receive loop of an earlier one stops */
+  private generation = 0
+  /** the session's ISID, the same at every login (RFC 7143 §6.3.5: reinstatement) */
+  private readonly isid: Buffer
+  private readonly timers: Timers
+  private readonly tmf: TmfRequests
+  /** tasks given a tag and a CmdSN but not sent: the window was closed */
+  private readonly backlog: Task[] = []
+  private readonly retired = new Set<number>()
+  /** commands whose timer fired, waiting for the escalation in progress */
+  private readonly late = new Set<Task>()
+  private escalating = false
+  /** logins after a loss, and the ABORT TASK / LU RESET / drop steps taken (for tests and logs) */
+  readonly recoveries = { reconnects: 0, aborts: 0, resets: 0, drops: 0 }
 
   private constructor(
-    private readonly sock: Socket,
-    private readonly q: ByteQueue,
     readonly uri: IscsiUri,
     private readonly opts: InitiatorOptions,
   ) {
     this.readOnly = opts.readOnly ?? false
     this.lunBytes = Buffer.alloc(8)
     this.lunBytes[1] = uri.lun // single-level LUN, peripheral addressing (SAM-5 §4.7)
+    // one ISID for the initiator's life: a reconnect reinstates the same session (RFC 7143 §6.3.5)
+    this.isid = opts.isid ? Buffer.from(opts.isid) : randomBytes(6)
+    if (!opts.isid) this.isid[0] = 0x80 | (this.isid[0] & 0x3f) // type 2: random
+    this.timers = opts.timers ?? realTimers
+    this.tmf = new TmfRequests(this.timers)
   }
 
   static async connect(target: string | IscsiUri, opts: InitiatorOptions = {}): Promise<IscsiInitiator> {
     const uri = typeof target === 'string' ? parseIscsiUri(target) : target
     if (opts.isid && opts.isid.length !== 6) throw new StorageError('InvalidArgument', `an ISID is 6 bytes, not ${opts.isid.length}`)
-    const sock = connect({ host: uri.host, port: uri.port })
-    sock.setNoDelay(true)
-    const q = new ByteQueue(
-      () => sock.pause(),
-      () => sock.resume(),
-      4 << 20,
-    )
-    const where = `${uri.host}:${uri.port}`
-    sock.on('data', (d: Buffer) => q.push(d))
-    sock.on('end', () => q.end(new StorageError('IoError', `iSCSI ${where}: the target closed the connection`)))
-    sock.on('close', () => q.end(new StorageError('IoError', `iSCSI ${where}: connection closed`)))
-    sock.on('error', (e: NodeJS.ErrnoException) => q.end(new StorageError('IoError', `iSCSI ${where}: ${e.code ?? e.message}`, undefined, { cause: e })))
-    const ini = new IscsiInitiator(sock, q, uri, opts)
-    const timeoutMs = opts.timeoutMs ?? 10_000
-    const timer = setTimeout(() => {
-      q.end(new StorageError('IoError', `iSCSI ${where}: no login within ${timeoutMs} ms`))
-      sock.destroy()
-    }, timeoutMs)
-    try {
-      await ini.login()
-    } catch (e) {
-      sock.destroy()
-      throw e
-    } finally {
-      clearTimeout(timer)
-    }
-    void ini.receive()
+    const ini = new IscsiInitiator(uri, opts)
+    await ini.establish()
     try {
       await ini.readCapacity()
     } catch (e) {
@@ -155,6 +186,52 @@ export class IscsiInitiator implements BlockDevice {
       throw e
     }
     return ini
+  }
+
+  get where(): string {
+    return `${this.uri.host}:${this.uri.port}`
+  }
+
+  /** Opens a connection and logs in; the session is then in full feature phase on it. */
+  async establish(): Promise<void> {
+    const uri = this.uri
+    const sock = connect({ host: uri.host, port: uri.port })
+    sock.setNoDelay(true)
+    const q = new ByteQueue(
+      () => sock.pause(),
+      () => sock.resume(),
+      4 << 20,
+    )
+    const where = this.where
+    sock.on('data', (d: Buffer) => q.push(d))
+    sock.on('end', () => q.end(new StorageError('IoError', `iSCSI ${where}: the target closed the connection`)))
+    sock.on('close', () => q.end(new StorageError('IoError', `iSCSI ${where}: connection closed`)))
+    sock.on('error', (e: NodeJS.ErrnoException) => q.end(new StorageError('IoError', `iSCSI ${where}: ${e.code ?? e.message}`, undefined, { cause: e })))
+    this.sock = sock
+    this.q = q
+    // digests start after the login; each login negotiates them anew
+    this.headerDigest = this.dataDigest = false
+    const timeoutMs = this.opts.timeoutMs ?? 10_000
+    const timer = this.timers.setTimeout(() => {
+      q.end(new StorageError('IoError', `iSCSI ${where}: no login within ${timeoutMs} ms`))
+      sock.destroy()
+    }, timeoutMs)
+    try {
+      await this.login()
+    } catch (e) {
+      sock.destroy()
+      throw e
+    } finally {
+      this.timers.clearTimeout(timer)
+    }
+    this.connected = true
+    this.retired.clear()
+    void this.receive(++this.generation)
+  }
+
+  /** The owner closed the session: a recovery in progress gives up. */
+  stopped(): boolean {
+    return this.dead !== null
   }
 
   // ---- PDUs ----------------------------------------------------------------------------------
@@ -176,9 +253,14 @@ export class IscsiInitiator implements BlockDevice {
         parts.push(d)
       }
     }
-    this.sock.cork()
-    for (const p of parts) this.sock.write(p)
-    this.sock.uncork()
+    // Every PDU of one turn of the event loop goes out in one writev: at a queue depth > 1 many
+    // commands are issued together (as answers arrive together), and one send costs less than many.
+    const sock = this.sock
+    if (!sock.writableCorked) {
+      sock.cork()
+      process.nextTick(() => sock.uncork())
+    }
+    for (const p of parts) sock.write(p)
   }
 
   private async readPdu(into?: (bhs: Buffer) => { buf: Buffer; at: number } | null): Promise<P.Pdu> {
@@ -211,8 +293,7 @@ export class IscsiInitiator implements BlockDevice {
   // ---- login (RFC 7143 §6) -------------------------------------------------------------------
 
   private async login(): Promise<void> {
-    const isid = this.opts.isid ?? randomBytes(6)
-    if (!this.opts.isid) isid[0] = 0x80 | (isid[0] & 0x3f) // type 2: random
+    const isid = this.isid
     const name = this.opts.initiatorName ?? DEFAULT_INITIATOR
     const chap = this.opts.chap ?? (this.uri.user !== undefined ? { user: this.uri.user, secret: this.uri.password ?? '' } : undefined)
     let mutual: { id: number; challenge: Buffer } | null = null
@@ -302,14 +383,15 @@ export class IscsiInitiator implements BlockDevice {
 
   // ---- full feature phase --------------------------------------------------------------------
 
-  private async receive(): Promise<void> {
+  private async receive(gen: number): Promise<void> {
     try {
-      for (;;) {
+      while (gen === this.generation) {
         const pdu = await this.readPdu((bhs) => {
           if (P.opcodeOf(bhs) !== P.SCSI_DATA_IN) return null
           const t = this.tasks.get(P.ittOf(bhs))
           return t?.inBuf ? { buf: t.inBuf, at: bhs.readUInt32BE(40) } : null
         })
+        if (gen !== this.generation) return
         this.window(pdu.bhs)
         switch (P.opcodeOf(pdu.bhs)) {
           case P.SCSI_DATA_IN:
@@ -329,8 +411,10 @@ export class IscsiInitiator implements BlockDevice {
             this.finish(itt, new StorageError('IoError', `iSCSI: the target rejected a PDU (reason 0x${pdu.bhs[2].toString(16)})`))
             break
           }
-          case P.LOGOUT_RESPONSE:
           case P.TASK_MGMT_RESPONSE:
+            this.tmf.answer(pdu.bhs)
+            break
+          case P.LOGOUT_RESPONSE:
           case 0x32: // asynchronous message: nothing we act on
             break
           default:
@@ -338,12 +422,53 @@ export class IscsiInitiator implements BlockDevice {
         }
       }
     } catch (e) {
-      this.dead ??= e instanceof StorageError ? e : new StorageError('IoError', `iSCSI: ${(e as Error).message}`)
-      for (const t of this.tasks.values()) t.reject(this.dead)
-      this.tasks.clear()
-      for (const w of this.waiting.splice(0)) w()
-      this.sock.destroy()
+      if (gen === this.generation) this.lost(e instanceof StorageError ? e : new StorageError('IoError', `iSCSI: ${(e as Error).message}`))
     }
+  }
+
+  /**
+   * The connection is gone (closed, reset, a protocol error, or dropped by `escalate`): the
+   * session is recovered and every command not answered sent again, or, when recovery is off or
+   * fails, every one fails.
+   */
+  private lost(e: StorageError): void {
+    if (!this.connected) return
+    this.connected = false
+    this.generation++
+    this.sock.destroy()
+    this.tmf.lost()
+    for (const t of this.tasks.values()) this.timers.clearTimeout(t.timer)
+    const policy = reconnectPolicy(this.opts.reconnect)
+    if (this.dead || policy.attempts === 0) {
+      this.fail(this.dead ?? e)
+      return
+    }
+    reconnect(this, e, policy, this.timers).then(
+      () => {
+        if (this.dead) {
+          this.connected = false
+          this.generation++
+          this.sock.destroy()
+          this.fail(this.dead)
+          return
+        }
+        this.recoveries.reconnects++
+        this.reissue([...this.tasks.values()])
+      },
+      (err: Error) => this.fail(err instanceof StorageError ? err : e),
+    )
+  }
+
+  /** Every command not answered fails with `e`; so does every later one. */
+  private fail(e: Error): void {
+    this.dead ??= e
+    for (const t of this.tasks.values()) {
+      this.timers.clearTimeout(t.timer)
+      t.reject(this.dead)
+    }
+    this.tasks.clear()
+    this.backlog.length = 0
+    for (const w of this.waiting.splice(0)) w()
   }
 
   /** ExpCmdSN/MaxCmdSN from a target PDU: the window may open. */
@@ -357,17 +482,34 @@ export class IscsiInitiator implements BlockDevice {
         const statSN = bhs.readUInt32BE(24)
         if (snLe(this.expStatSN, statSN)) this.expStatSN = (statSN + 1) >>> 0
       }
-      while (this.waiting.length && this.canSend()) this.waiting.shift()!()
+      this.wake()
     }
   }
 
+  /** Sends what waited for the window: tasks sent again first, then new commands. */
+  private wake(): void {
+    while (this.backlog.length && this.connected && snLe(this.cmdSN, this.maxCmdSN)) this.transmit(this.backlog.shift()!)
+    while (this.waiting.length && this.canSend()) this.waiting.shift()!()
+  }
+
   private canSend(): boolean {
-    return snLe(this.cmdSN, this.maxCmdSN) && this.tasks.size < (this.opts.queueDepth ?? 32)
+    return this.connected && !this.backlog.length && snLe(this.cmdSN, this.maxCmdSN) && this.tasks.size < (this.opts.queueDepth ?? 32)
+  }
+
+  /** A PDU for a tag given up: dropped (true); for no task at all: a protocol error. */
+  private stale(itt: number, last: boolean): boolean {
+    if (!this.retired.has(itt)) return false
+    if (last) this.retired.delete(itt)
+    return true
   }
 
   private dataIn(pdu: P.Pdu): void {
-    const t = this.tasks.get(P.ittOf(pdu.bhs))
-    if (!t) throw new StorageError('IoError', `iSCSI: Data-In for unknown task ${P.ittOf(pdu.bhs)}`)
+    const itt = P.ittOf(pdu.bhs)
+    const t = this.tasks.get(itt)
+    if (!t) {
+      if (this.stale(itt, (pdu.bhs[1] & 0x01) !== 0)) return
+      throw new StorageError('IoError', `iSCSI: Data-In for unknown task ${itt}`)
+    }
     const off = pdu.bhs.readUInt32BE(40)
     if (!t.inBuf || off + pdu.data.length > t.inBuf.length) throw new StorageError('IoError', 'iSCSI: Data-In beyond the expected length')
     if (pdu.data.buffer !== t.inBuf.buffer || pdu.data.byteOffset !== t.inBuf.byteOffset + off) pdu.data.copy(t.inBuf, off)
@@ -375,13 +517,17 @@ export class IscsiInitiator implements BlockDevice {
     if (pdu.bhs[1] & 0x01) {
       // status in the last Data-In (phase collapse)
       const residual = pdu.bhs[1] & 0x06 ? pdu.bhs.readUInt32BE(44) : 0
-      this.complete(t, { status: pdu.bhs[3], data: t.inBuf.subarray(0, t.inGot), sense: Buffer.alloc(0), residual })
+      this.complete(t, { status: pdu.bhs[3], data: t.inBuf.subarray(0, t.inGot), sense: Buffer.alloc(0), residual, sent: t.sent })
     }
   }
 
   private response(pdu: P.Pdu): void {
-    const t = this.tasks.get(P.ittOf(pdu.bhs))
-    if (!t) throw new StorageError('IoError', `iSCSI: response for unknown task ${P.ittOf(pdu.bhs)}`)
+    const itt = P.ittOf(pdu.bhs)
+    const t = this.tasks.get(itt)
+    if (!t) {
+      if (this.stale(itt, true)) return
+      throw new StorageError('IoError', `iSCSI: response for unknown task ${itt}`)
+    }
     if (pdu.bhs[2] !== 0) {
       this.finish(t.itt, new StorageError('IoError', `iSCSI: target failure (response 0x${pdu.bhs[2].toString(16)})`))
       return
@@ -389,11 +535,13 @@ export class IscsiInitiator implements BlockDevice {
     let sense = Buffer.alloc(0)
     if (pdu.data.length >= 2) sense = Buffer.from(pdu.data.subarray(2, 2 + pdu.data.readUInt16BE(0)))
     const residual = pdu.bhs[1] & 0x06 ? pdu.bhs.readUInt32BE(44) : 0
-    this.complete(t, { status: pdu.bhs[3], data: t.inBuf ? t.inBuf.subarray(0, t.inGot) : Buffer.alloc(0), sense, residual })
+    this.complete(t, { status: pdu.bhs[3], data: t.inBuf ? t.inBuf.subarray(0, t.inGot) : Buffer.alloc(0), sense, residual, sent: t.sent })
   }
 
   private r2t(bhs: Buffer): void {
-    const t = this.tasks.get(P.ittOf(bhs))
+    const itt = P.ittOf(bhs)
+    const t = this.tasks.get(itt)
+    if (!t && this.stale(itt, false)) return
     if (!t || !t.out) throw new StorageError('IoError', 'iSCSI: R2T for a task with no data to send')
     const ttt = bhs.readUInt32BE(20)
     const off = bhs.readUInt32BE(40)
@@ -431,50 +579,151 @@ export class IscsiInitiator implements BlockDevice {
   }
 
   private complete(t: Task, r: ScsiResult): void {
+    // the answer of an instance being aborted that says so is no result: the abort's outcome decides
+    if (t.aborting && (r.status === S.TASK_ABORTED || senseOf(r.sense).key === S.ABORTED_COMMAND)) return
     this.tasks.delete(t.itt)
+    this.timers.clearTimeout(t.timer)
     t.resolve(r)
-    while (this.waiting.length && this.canSend()) this.waiting.shift()!()
+    this.wake()
   }
 
   private finish(itt: number, e: Error): void {
     const t = this.tasks.get(itt)
     if (!t) return
     this.tasks.delete(itt)
+    this.timers.clearTimeout(t.timer)
     t.reject(e)
+    this.wake()
   }
 
-  /**
-   * Runs one SCSI command: `dataOut` for a write, `dataInLength` bytes expected back for a read.
-   * Resolves with the status and sense as the target sent them (CHECK CONDITION is a result here,
-   * not an error); rejects with IoError when the session is lost.
-   */
-  async execute(cdb: Buffer, dataOut: Buffer | null = null, dataInLength = 0): Promise<ScsiResult> {
-    if (cdb.length > 16) throw new StorageError('InvalidArgument', `a ${cdb.length}-byte CDB needs an AHS (not supported)`)
-    while (!this.dead && !this.canSend()) await new Promise<void>((r) => this.waiting.push(r))
-    if (this.dead) throw this.dead
-    const itt = this.nextItt
+  /** Gives the task a new tag and CmdSN and sends it, or queues it until the window opens. */
+  private issue(t: Task): void {
+    t.itt = this.nextItt
     this.nextItt = (this.nextItt + 1) >>> 0 || 1
-    const outLen = dataOut?.length ?? 0
-    const flags = 0x80 | (dataInLength ? 0x40 : 0) | (outLen ? 0x20 : 0) | 0x01 // F, R, W, SIMPLE
+    t.aborting = false
+    this.tasks.set(t.itt, t)
+    if (this.connected && !this.backlog.length && snLe(this.cmdSN, this.maxCmdSN)) this.transmit(t)
+    else this.backlog.push(t)
+  }
+
+  /** The SCSI Command PDU of the task, its immediate and unsolicited data; starts its timer. */
+  private transmit(t: Task): void {
+    const outLen = t.out?.length ?? 0
+    const inLen = t.inBuf?.length ?? 0
+    t.inGot = 0
+    t.sent++
+    t.cmdSN = this.cmdSN
+    this.cmdSN = (this.cmdSN + 1) >>> 0
+    const flags = 0x80 | (inLen ? 0x40 : 0) | (outLen ? 0x20 : 0) | 0x01 // F, R, W, SIMPLE
     const immediate = this.immediateData && outLen ? Math.min(outLen, this.firstBurst, this.targetMaxRecv) : 0
     const b = P.bhs(P.SCSI_COMMAND, flags, immediate)
     this.lunBytes.copy(b, 8)
-    b.writeUInt32BE(itt, 16)
-    b.writeUInt32BE(outLen || dataInLength, 20)
-    b.writeUInt32BE(this.cmdSN, 24)
-    this.cmdSN = (this.cmdSN + 1) >>> 0
+    b.writeUInt32BE(t.itt, 16)
+    b.writeUInt32BE(outLen || inLen, 20)
+    b.writeUInt32BE(t.cmdSN, 24)
     b.writeUInt32BE(this.expStatSN, 28)
-    cdb.copy(b, 32)
-    const p = new Promise<ScsiResult>((resolve, reject) => {
-      this.tasks.set(itt, { itt, cdb, out: dataOut, inBuf: dataInLength ? Buffer.allocUnsafe(dataInLength) : null, inGot: 0, resolve, reject })
-    })
-    this.send(b, immediate ? dataOut!.subarray(0, immediate) : undefined)
+    t.cdb.copy(b, 32)
+    const ms = this.opts.commandTimeoutMs ?? 30_000
+    if (ms > 0) {
+      const itt = t.itt
+      t.timer = this.timers.setTimeout(() => this.timedOut(t, itt), ms)
+    }
+    this.send(b, immediate ? t.out!.subarray(0, immediate) : undefined)
     // unsolicited data beyond the immediate part, up to FirstBurstLength (InitialR2T=No)
     if (outLen > immediate && !this.initialR2T) {
       const burst = Math.min(outLen, this.firstBurst)
-      if (burst > immediate) this.dataOut(this.tasks.get(itt)!, P.RESERVED_TAG, immediate, burst - immediate)
+      if (burst > immediate) this.dataOut(t, P.RESERVED_TAG, immediate, burst - immediate)
     }
-    return p
+  }
+
+  /** Sends these tasks again, each under a new tag (a recovered session: all that were in flight). */
+  private reissue(tasks: Task[]): void {
+    for (const t of tasks) {
+      this.tasks.delete(t.itt)
+      this.timers.clearTimeout(t.timer)
+    }
+    for (const t of tasks) this.issue(t)
+    this.wake()
+  }
+
+  // ---- timeouts and task management (task-mgmt.ts) -------------------------------------------
+
+  private timedOut(t: Task, itt: number): void {
+    if (this.tasks.get(itt) !== t || !this.connected) return
+    this.late.add(t)
+    if (this.escalating) return
+    this.escalating = true
+    void (async () => {
+      while (this.late.size && this.connected) {
+        const batch = [...this.late].filter((x) => this.tasks.get(x.itt) === x)
+        this.late.clear()
+        if (batch.length) await escalate(this, batch)
+      }
+    })().finally(() => (this.escalating = false))
+  }
+
+  private taskManagement(fn: number, ref: Task | null): Promise<number | null> {
+    if (!this.connected) return Promise.resolve(null)
+    const itt = this.nextItt
+    this.nextItt = (this.nextItt + 1) >>> 0 || 1
+    const b = tmfRequest({ fn, lun: this.lunBytes, itt, refItt: ref?.itt ?? P.RESERVED_TAG, refCmdSN: ref?.cmdSN ?? this.cmdSN, cmdSN: this.cmdSN, expStatSN: this.expStatSN })
+    return this.tmf.request(itt, () => this.send(b), this.opts.taskManagementTimeoutMs ?? 10_000)
+  }
+
+  /** ABORT TASK (RFC 7143 §11.5.1) of a command in flight: the target's response code, null for none in time. */
+  abortTask(t: Task): Promise<number | null> {
+    if (this.tasks.get(t.itt) !== t) return Promise.resolve(0)
+    this.recoveries.aborts++
+    t.aborting = true
+    return this.taskManagement(ABORT_TASK, t)
+  }
+
+  /** LOGICAL UNIT RESET of our LU: every task of every initiator on it is aborted (SAM-5 §7.7). */
+  lunReset(): Promise<number | null> {
+    this.recoveries.resets++
+    return this.taskManagement(LOGICAL_UNIT_RESET, null)
+  }
+
+  outstanding(): Task[] {
+    return [...this.tasks.values()]
+  }
+
+  /** Sends again those of `tasks` still unanswered; one sent `commandAttempts` times fails instead. */
+  retry(tasks: Task[]): void {
+    const again: Task[] = []
+    for (const t of tasks) {
+      if (this.tasks.get(t.itt) !== t) continue
+      this.retired.add(t.itt)
+      if (this.retired.size > RETIRED_MAX) this.retired.delete(this.retired.values().next().value!)
+      if (t.sent >= (this.opts.commandAttempts ?? 3)) {
+        this.finish(t.itt, new StorageError('IoError', `iSCSI ${this.where}: SCSI opcode 0x${t.cdb[0].toString(16)} got no answer in ${this.opts.commandTimeoutMs ?? 30_000} ms, ${t.sent} times`))
+      } else again.push(t)
+    }
+    this.reissue(again)
+  }
+
+  dropConnection(why: string): void {
+    this.recoveries.drops++
+    this.lost(new StorageError('IoError', `iSCSI ${this.where}: ${why}`))
+  }
+
+  /**
+   * Runs one SCSI command: `dataOut` for a write, `dataIn` bytes expected back for a read (or the
+   * buffer they are to land in, its length expected: no copy).
+   * Resolves with the status and sense as the target sent them (CHECK CONDITION is a result here,
+   * not an error), once, whatever connections were lost and commands sent again meanwhile;
+   * rejects with SessionLostError when the session cannot be recovered.
+   */
+  async execute(cdb: Buffer, dataOut: Buffer | null = null, dataIn: number | Buffer = 0): Promise<ScsiResult> {
+    if (cdb.length > 16) throw new StorageError('InvalidArgument', `a ${cdb.length}-byte CDB needs an AHS (not supported)`)
+    while (!this.dead && !this.canSend()) await new Promise<void>((r) => this.waiting.push(r))
+    if (this.dead) throw this.dead
+    const cdb16 = Buffer.alloc(16)
+    cdb.copy(cdb16)
+    return new Promise<ScsiResult>((resolve, reject) => {
+      const t: Task = { itt: 0, cmdSN: 0, cdb: cdb16, out: dataOut, inBuf: typeof dataIn !== 'number' ? dataIn : dataIn ? Buffer.allocUnsafe(dataIn) : null, inGot: 0, sent: 0, timer: undefined, aborting: false, resolve, reject }
+      this.issue(t)
+    })
   }
 
   /**
@@ -482,11 +731,13 @@ export class IscsiInitiator implements BlockDevice {
    * ATTENTION (a reset, a changed parameter: SAM-5 §5.14) reports an event, not a failure of
    * this command: it is consumed and the command sent again, a few times at most.
    */
-  async command(cdb: Buffer, dataOut: Buffer | null = null, dataInLength = 0): Promise<ScsiResult> {
+  async command(cdb: Buffer, dataOut: Buffer | null = null, dataIn: number | Buffer = 0): Promise<ScsiResult> {
+    let sent = 0
     for (let attempt = 0; ; attempt++) {
-      const r = await this.execute(cdb, dataOut, dataInLength)
-      if (r.status === S.GOOD) return r
-      const e = statusError(cdb[0], r)
+      const r = await this.execute(cdb, dataOut, dataIn)
+      sent += r.sent
+      if (r.status === S.GOOD) return { ...r, sent }
+      const e = statusError(cdb[0], r, sent)
       if (e.senseKey !== S.UNIT_ATTENTION || attempt >= UNIT_ATTENTION_RETRIES) throw e
     }
   }
@@ -528,10 +779,11 @@ export class IscsiInitiator implements BlockDevice {
   async read(offset: number, length: number): Promise<Buffer> {
     this.check(offset, length, false)
     const out = Buffer.allocUnsafe(length)
-    const parts: Promise<void>[] = []
+    const parts: Promise<unknown>[] = []
     for (let at = 0; at < length; at += MAX_TRANSFER) {
       const n = Math.min(MAX_TRANSFER, length - at)
-      parts.push(this.command(this.rw16(S.READ_16, offset + at, n), null, n).then((r) => void r.data.copy(out, at)))
+      // Data-In lands in `out` itself
+      parts.push(this.command(this.rw16(S.READ_16, offset + at, n), null, out.subarray(at, at + n)))
     }
     await Promise.all(parts)
     return out
@@ -616,6 +868,13 @@ export class IscsiInitiator implements BlockDevice {
    * COMPARE AND WRITE (SBC-4 §5.3): atomically, if the blocks at `offset` hold `expected`, write
    * `data`. Resolves false on a miscompare (nothing written), true when written. A unit attention
    * means the command was not run: it is sent again (as by `command`).
+   *
+   * A command sent more than once (its connection lost, or aborted, before its answer came) may
+   * have been carried out by an earlier instance, and the later one then miscompares against the
+   * bytes it wrote itself. So a miscompare of a command sent again is checked by reading the blocks
+   * back: holding `data`, it was written (the "ATS miscompare" check of VMFS). A different writer
+   * that wrote the very same bytes meanwhile is taken for ours: a lock record names its holder and
+   * generation, so two writers never write the same one.
    */
   async compareAndWrite(offset: number, expected: Buffer, data: Buffer): Promise<boolean> {
     this.check(offset, data.length, true)
@@ -630,8 +889,8 @@ export class IscsiInitiator implements BlockDevice {
       await this.command(cdb, Buffer.concat([expected, data]))
       return true
     } catch (e) {
-      if (e instanceof ScsiStatusError && e.senseKey === S.MISCOMPARE) return false
-      throw e
+      if (!(e instanceof ScsiStatusError) || e.senseKey !== S.MISCOMPARE) throw e
+      return e.sent > 1 && (await this.read(offset, data.length)).equals(data)
     }
   }
 
@@ -639,6 +898,10 @@ export class IscsiInitiator implements BlockDevice {
   close(): Promise<void> {
     return (this.closing ??= (async () => {
       while (!this.dead && this.tasks.size) await new Promise<void>((r) => this.waiting.push(r))
+      if (!this.dead && !this.connected) {
+        // a recovery with nothing left to send: it stops at its next step
+        this.dead = new StorageError('IoError', `iSCSI session to ${this.uri.target} is closed`)
+      }
       if (!this.dead) {
         const b = P.bhs(P.LOGOUT_REQUEST | 0x40, 0x80, 0)
         b.writeUInt32BE(this.nextItt++, 16)
@@ -671,20 +934,8 @@ function loginError(cls: number, detail: number, target: string): StorageError {
 }
 
 /** The one mapping from a bad SCSI status and its sense to a storage error (the client's edge). */
-function statusError(op: number, r: ScsiResult): ScsiStatusError {
-  let key = 0
-  let asc = 0
-  let ascq = 0
-  const s = r.sense
-  if (s.length >= 14 && (s[0] & 0x7f) >= 0x70 && (s[0] & 0x7f) <= 0x71) {
-    key = s[2] & 0x0f
-    asc = s[12]
-    ascq = s[13]
-  } else if (s.length >= 4 && (s[0] & 0x7f) >= 0x72) {
-    key = s[1] & 0x0f
-    asc = s[2]
-    ascq = s[3]
-  }
+function statusError(op: number, r: ScsiResult, sent: number): ScsiStatusError {
+  const { key, asc, ascq } = senseOf(r.sense)
   const code: StorageErrorCode =
     r.status === S.RESERVATION_CONFLICT
       ? 'Busy'
@@ -700,5 +951,12 @@ function statusError(op: number, r: ScsiResult): ScsiStatusError {
             ? 'Busy'
             : 'IoError'
   const hex = (n: number) => n.toString(16).padStart(2, '0')
-  return new ScsiStatusError(code, `SCSI opcode 0x${hex(op)}: status 0x${hex(r.status)}, sense key 0x${key.toString(16)}, ASC/ASCQ 0x${hex(asc)}/0x${hex(ascq)}`, r.status, key, asc, ascq)
+  return new ScsiStatusError(code, `SCSI opcode 0x${hex(op)}: status 0x${hex(r.status)}, sense key 0x${key.toString(16)}, ASC/ASCQ 0x${hex(asc)}/0x${hex(ascq)}`, r.status, key, asc, ascq, sent)
+}
+
+/** Sense key, ASC and ASCQ of fixed or descriptor sense data (zeros when there is none). */
+function senseOf(s: Buffer): { key: number; asc: number; ascq: number } {
+  if (s.length >= 14 && (s[0] & 0x7f) >= 0x70 && (s[0] & 0x7f) <= 0x71) return { key: s[2] & 0x0f, asc: s[12], ascq: s[13] }
+  if (s.length >= 4 && (s[0] & 0x7f) >= 0x72) return { key: s[1] & 0x0f, asc: s[2], ascq: s[3] }
+  return { key: 0, asc: 0, ascq: 0 }
 }
