@@ -1,6 +1,6 @@
 import type { Socket } from 'node:net'
 import type { Logger } from 'pino'
-import type { Extent } from '../../disk-formats/block-device.js'
+import { capabilitiesOf, checkRange, checkWritable, type Extent } from '../../disk-formats/block-device.js'
 import { isStorageError, StorageError } from '../../disk-formats/errors.js'
 import { parseExportName, type Datastore, type ExportHandle } from '../datastore/index.js'
 import type { ExportTally, Metrics } from '../metrics.js'
@@ -21,6 +21,9 @@ const OP_NAMES: Record<number, string> = {
   [P.NBD_CMD_WRITE_ZEROES]: 'write_zeroes',
   [P.NBD_CMD_BLOCK_STATUS]: 'block_status',
 }
+
+/** The commands that change the export (NBD: ENOSPC past its end, not EINVAL). */
+const WRITES = new Set([P.NBD_CMD_WRITE, P.NBD_CMD_TRIM, P.NBD_CMD_WRITE_ZEROES])
 
 const KNOWN_CMD_FLAGS = P.NBD_CMD_FLAG_FUA | P.NBD_CMD_FLAG_NO_HOLE | P.NBD_CMD_FLAG_DF | P.NBD_CMD_FLAG_REQ_ONE | P.NBD_CMD_FLAG_FAST_ZERO
 
@@ -285,7 +288,9 @@ export class NbdConnection {
   private transmissionFlags(): number {
     let f = P.NBD_FLAG_HAS_FLAGS | P.NBD_FLAG_SEND_FLUSH | P.NBD_FLAG_SEND_FUA | P.NBD_FLAG_SEND_CACHE | P.NBD_FLAG_CAN_MULTI_CONN
     if (this.handle!.readOnly) f |= P.NBD_FLAG_READ_ONLY
-    else f |= P.NBD_FLAG_SEND_TRIM | P.NBD_FLAG_SEND_WRITE_ZEROES | P.NBD_FLAG_SEND_FAST_ZERO
+    else f |= P.NBD_FLAG_SEND_WRITE_ZEROES | P.NBD_FLAG_SEND_FAST_ZERO
+    // TRIM only where it frees space: a client that sees it may trim instead of writing zeroes
+    if (!this.handle!.readOnly && capabilitiesOf(this.handle!.device).discard) f |= P.NBD_FLAG_SEND_TRIM
     if (this.structured) f |= P.NBD_FLAG_SEND_DF
     return f
   }
@@ -468,15 +473,14 @@ export class NbdConnection {
     return held === 0 || held + cost <= P.MAX_CONNECTION_BYTES
   }
 
+  /**
+   * The protocol's own rules for a request. Range and read-only are the export's (the `checked`
+   * filter): its typed errors reach the client through P.nbdErrno.
+   */
   private check(flags: number, type: number, offset: number, length: number): number {
-    const dev = this.handle!.device
     if (flags & ~KNOWN_CMD_FLAGS) return P.NBD_EINVAL
-    if (!Number.isSafeInteger(offset)) return P.NBD_EINVAL
-    const writes = type === P.NBD_CMD_WRITE || type === P.NBD_CMD_TRIM || type === P.NBD_CMD_WRITE_ZEROES
-    if (writes && this.handle!.readOnly) return P.NBD_EPERM
     if (type === P.NBD_CMD_FLUSH) return offset === 0 && length === 0 ? 0 : P.NBD_EINVAL
     if ((type === P.NBD_CMD_READ || type === P.NBD_CMD_WRITE) && length > P.MAX_REQUEST_LENGTH) return P.NBD_EINVAL
-    if (offset + length > dev.size) return writes ? P.NBD_ENOSPC : P.NBD_EINVAL
     if (type === P.NBD_CMD_BLOCK_STATUS && (!this.metaOn || length === 0)) return P.NBD_EINVAL
     if ((flags & P.NBD_CMD_FLAG_DF || flags & P.NBD_CMD_FLAG_REQ_ONE) && !this.structured) return P.NBD_EINVAL
     if (flags & P.NBD_CMD_FLAG_FAST_ZERO && type !== P.NBD_CMD_WRITE_ZEROES) return P.NBD_EINVAL
@@ -499,7 +503,10 @@ export class NbdConnection {
         switch (type) {
           case P.NBD_CMD_READ: {
             // nothing to read: a bare reply (structured: NONE, since a data chunk carries a byte at least)
-            if (length === 0) break
+            if (length === 0) {
+              checkRange(dev, offset, 0) // the export does not see it
+              break
+            }
             const data = await dev.read(offset, length)
             read = length
             this.replyData(cookie, offset, data)
@@ -517,10 +524,12 @@ export class NbdConnection {
             if (flags & P.NBD_CMD_FLAG_FUA) await dev.flush()
             break
           case P.NBD_CMD_CACHE:
+            checkRange(dev, offset, length) // the one request the export does not see
             break
           case P.NBD_CMD_WRITE_ZEROES:
             if (flags & P.NBD_CMD_FLAG_FAST_ZERO) {
               // Fast only when it is already zero: say so at once rather than write it slowly.
+              checkWritable(dev) // it writes nothing, so the export does not check it
               const st = await dev.blockStatus(offset, length)
               if (!st.every((e) => e.zero)) {
                 errno = P.NBD_ENOTSUP
@@ -539,7 +548,7 @@ export class NbdConnection {
         }
       }
     } catch (e) {
-      errno = isStorageError(e) ? P.nbdErrno(e.code) : P.NBD_EIO
+      errno = isStorageError(e) ? P.nbdErrno(e.code, WRITES.has(type)) : P.NBD_EIO
       if (!isStorageError(e)) this.log.error({ err: e, op, offset, length }, 'nbd: request failed')
     } finally {
       ;(this.tally ??= this.metrics.tally(this.handle!.name, 'nbd')).request(op, t0, errno !== 0, read, written)

@@ -86,10 +86,14 @@ export const NBD_EOVERFLOW = 75
 export const NBD_ENOTSUP = 95
 export const NBD_ESHUTDOWN = 108
 
-/** The one mapping of storage errors to NBD errnos. */
-export function nbdErrno(code: StorageErrorCode): number {
+/**
+ * The one mapping of storage errors to NBD errnos. `write`: the request changes the export (the
+ * NBD document: past the end, a write gets ENOSPC and a read EINVAL).
+ */
+export function nbdErrno(code: StorageErrorCode, write = false): number {
   switch (code) {
     case 'OutOfRange':
+      return write ? NBD_ENOSPC : NBD_EINVAL
     case 'InvalidArgument':
       return NBD_EINVAL
     case 'ReadOnly':

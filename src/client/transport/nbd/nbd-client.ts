@@ -1,5 +1,5 @@
 import { connect, type Socket } from 'node:net'
-import type { BlockDevice, Extent, WriteOptions, ZeroOptions } from '../../../disk-formats/block-device.js'
+import type { BlockDevice, Capabilities, Extent, WriteOptions, ZeroOptions } from '../../../disk-formats/block-device.js'
 import { StorageError, type StorageErrorCode } from '../../../disk-formats/errors.js'
 import { ByteQueue } from '../../../server/net/byte-queue.js'
 import * as P from '../../../server/nbd/protocol.js'
@@ -206,6 +206,11 @@ export class NbdClient implements BlockDevice {
     const all: Promise<Pending>[] = []
     for (let at = 0; at < length; at += 0x8000_0000) all.push(this.request(P.NBD_CMD_TRIM, 0, offset + at, Math.min(0x8000_0000, length - at)))
     for (const p of await Promise.all(all)) NbdClient.failed(p, 'trim')
+  }
+
+  /** TRIM as the server advertises it. */
+  capabilities(): Capabilities {
+    return { discard: (this.info.flags & P.NBD_FLAG_SEND_TRIM) !== 0, compareAndWrite: false }
   }
 
   async flush(): Promise<void> {
