@@ -1,10 +1,12 @@
 import type { StorageErrorCode } from '../../disk-formats/errors.js'
 
+/** The protocol's fixed-size structures, as field tables. */
+export * from './wire.js'
+
 /** Constants of the NBD protocol document (fixed newstyle), with their spec names. */
 export const NBDMAGIC = 0x4e42444d41474943n
 export const IHAVEOPT = 0x49484156454f5054n
 export const NBD_OPT_REPLY_MAGIC = 0x3e889045565a9n
-export const NBD_REQUEST_MAGIC = 0x25609513
 export const NBD_SIMPLE_REPLY_MAGIC = 0x67446698
 export const NBD_STRUCTURED_REPLY_MAGIC = 0x668e33ef
 

@@ -93,6 +93,8 @@ t.test('bad requests get the protocol errno; framing errors close the connection
   t.equal((await c.pread((1 << 20) - 512, 1024)).errno, EINVAL, 'read past the end: EINVAL')
   t.equal((await c.pwrite((1 << 20) - 512, Buffer.alloc(1024))).errno, ENOSPC, 'write past the end: ENOSPC')
   t.equal((await c.pread(2 ** 52, 512)).errno, EINVAL, 'huge offset: EINVAL')
+  t.equal((await c.pread(2 ** 60, 512)).errno, EINVAL, 'an offset beyond 2^53: EINVAL')
+  t.equal((await c.pwrite(2 ** 60, Buffer.alloc(512))).errno, EINVAL, 'a write there: EINVAL')
   t.equal((await c.request(0, 0, 64 << 20)).errno, EINVAL, 'read larger than the maximum block size: EINVAL')
   t.equal((await c.request(0, 0, 512, undefined, 1 << 9)).errno, EINVAL, 'unknown command flag: EINVAL')
   t.equal((await c.request(42, 0, 512)).errno, EINVAL, 'unknown command: EINVAL')
