@@ -46,6 +46,25 @@ export interface BlockDevice {
   flush(): Promise<void>
   blockStatus(offset: number, length: number): Promise<Extent[]>
   close(): Promise<void>
+  /** What the device offers beyond the interface; absent: see `capabilitiesOf`. */
+  capabilities?(): Capabilities
+}
+
+/**
+ * What a device does beyond the interface, asked once by a protocol before it advertises a
+ * feature. Filters answer for the device beneath them, less what they take away.
+ */
+export interface Capabilities {
+  /** discard deallocates (frees space); false: discard is accepted and does nothing */
+  discard: boolean
+  /** the device has an atomic `compareAndWrite` (ComparesAndWrites) */
+  compareAndWrite: boolean
+}
+
+/** A device's capabilities: its own answer, or none but a compareAndWrite it has. */
+export function capabilitiesOf(dev: BlockDevice): Capabilities {
+  if (dev.capabilities) return dev.capabilities()
+  return { discard: false, compareAndWrite: typeof (dev as Partial<ComparesAndWrites>).compareAndWrite === 'function' }
 }
 
 /** A device that can read into a caller's buffer, saving an allocation and a copy (VmdkImage). */
@@ -69,18 +88,29 @@ export async function readInto(dev: BlockDevice, offset: number, length: number,
   ;(await dev.read(offset, length)).copy(out, at)
 }
 
-/** Validates a request against a device once, at the edge. */
+/** Validates a request against a device once, at the edge (the `checked` filter). */
 export function checkRange(dev: { size: number }, offset: number, length: number): void {
+  const e = rangeError(dev, offset, length)
+  if (e) throw e
+}
+
+/** checkRange's verdict as a value (null: the request is within the device). */
+export function rangeError(dev: { size: number }, offset: number, length: number): StorageError | null {
   if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
-    throw new StorageError('InvalidArgument', `invalid request: offset ${offset}, length ${length}`)
+    return new StorageError('InvalidArgument', `invalid request: offset ${offset}, length ${length}`)
   }
   if (offset + length > dev.size) {
-    throw new StorageError('OutOfRange', `request ${offset}+${length} is beyond the end of the device (${dev.size} bytes)`)
+    return new StorageError('OutOfRange', `request ${offset}+${length} is beyond the end of the device (${dev.size} bytes)`)
   }
+  return null
 }
 
 export function checkWritable(dev: { readOnly: boolean }): void {
-  if (dev.readOnly) throw new StorageError('ReadOnly', 'the device is read-only')
+  if (dev.readOnly) throw readOnlyError()
+}
+
+export function readOnlyError(): StorageError {
+  return new StorageError('ReadOnly', 'the device is read-only')
 }
 
 /** Joins adjacent extents with the same state, as qemu-img map does. */

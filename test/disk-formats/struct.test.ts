@@ -38,3 +38,27 @@ t.test('an f64 field is a little-endian double', async (t) => {
   t.same([...s.encode({ kind: 5, n: 1 }).subarray(4, 12)], [0, 0, 0, 0, 0, 0, 0xf0, 0x3f], '1.0 is 0x3ff0000000000000, low byte first')
   t.same(s.decode(s.encode({ kind: 5, n: 2 ** 52 + 3 })), { kind: 5, n: 2 ** 52 + 3 })
 })
+
+t.test('get and set one field in place; getBig and setBig keep all 64 bits', async (t) => {
+  const s = defineStruct({
+    magic: { offset: 0, type: 'u64be' },
+    kind: { offset: 8, type: 'u16be' },
+    tag: { offset: 10, type: { bytes: 4 } },
+    le: { offset: 14, type: 'u64' },
+  })
+  const b = Buffer.alloc(4 + s.size)
+  s.set(b, 'kind', 0x1234, 4)
+  s.set(b, 'tag', Buffer.from('abcd'), 4)
+  s.setBig(b, 'magic', 0x4e42444d41474943n, 4)
+  s.setBig(b, 'le', 0xfedcba9876543210n, 4)
+  t.same([...b.subarray(12, 14)], [0x12, 0x34], 'the field at its offset from `at`')
+  t.equal(s.get(b, 'kind', 4), 0x1234)
+  t.same(s.get(b, 'tag', 4), Buffer.from('abcd'))
+  t.equal(s.getBig(b, 'magic', 4), 0x4e42444d41474943n, 'above 2^53, exact')
+  t.equal(s.get(b, 'magic', 4), U64_TOO_LARGE, 'as a number it saturates')
+  t.equal(s.getBig(b, 'le', 4), 0xfedcba9876543210n)
+  t.equal(b.readBigUInt64LE(18), 0xfedcba9876543210n, 'little-endian where declared so')
+  t.same(s.decode(b, 4), { magic: U64_TOO_LARGE, kind: 0x1234, tag: Buffer.from('abcd'), le: U64_TOO_LARGE })
+  // @ts-expect-error a 16-bit field has no 64-bit accessor
+  t.throws(() => s.getBig(b, 'kind'), TypeError)
+})

@@ -1,9 +1,16 @@
 import { connect, type Socket } from 'node:net'
 import { connect as tlsConnect } from 'node:tls'
+import * as P from '../../src/server/nbd/protocol.js'
+
+const SIMPLE = P.NBD_SIMPLE_REPLY
+const SR = P.NBD_STRUCTURED_REPLY
+/** Both reply headers begin with a u32 magic that says which one it is. */
+const MAGIC_BYTES = 4
 
 /**
  * A deliberately small NBD client for tests: fixed newstyle, NBD_OPT_GO, optional structured
- * replies and base:allocation, pipelined requests. It can also send raw bytes for malformed-input
+ * replies and base:allocation, pipelined requests, on the protocol's structure tables (real
+ * peers check those: nbdinfo, qemu-io, nbdcopy). It can also send raw bytes for malformed-input
  * tests, and upgrade to TLS-PSK (`startTls`). Not for production: minimal checks.
  */
 export class TestNbdClient {
@@ -69,25 +76,25 @@ export class TestNbdClient {
 
   /** Reads the greeting and sends client flags (fixed newstyle, no zeroes). */
   async greet(): Promise<void> {
-    const g = await this.read(18)
-    if (g.readBigUInt64BE(0) !== 0x4e42444d41474943n) throw new Error('bad greeting')
-    const f = Buffer.alloc(4)
-    f.writeUInt32BE(3)
+    const g = await this.read(P.NBD_GREETING.size)
+    if (P.NBD_GREETING.getBig(g, 'nbdMagic') !== P.NBDMAGIC) throw new Error('bad greeting')
+    const f = Buffer.alloc(P.NBD_CLIENT_FLAGS.size)
+    P.NBD_CLIENT_FLAGS.set(f, 'clientFlags', P.NBD_FLAG_C_FIXED_NEWSTYLE | P.NBD_FLAG_C_NO_ZEROES)
     this.write(f)
   }
 
   sendOption(opt: number, data: Buffer): void {
-    const h = Buffer.alloc(16)
-    h.writeBigUInt64BE(0x49484156454f5054n, 0)
-    h.writeUInt32BE(opt, 8)
-    h.writeUInt32BE(data.length, 12)
+    const h = Buffer.alloc(P.NBD_OPTION.size)
+    P.NBD_OPTION.setBig(h, 'magic', P.IHAVEOPT)
+    P.NBD_OPTION.set(h, 'option', opt)
+    P.NBD_OPTION.set(h, 'length', data.length)
     this.write(Buffer.concat([h, data]))
   }
 
   async optionReply(): Promise<{ opt: number; type: number; data: Buffer }> {
-    const h = await this.read(20)
-    const len = h.readUInt32BE(16)
-    return { opt: h.readUInt32BE(8), type: h.readUInt32BE(12), data: await this.read(len) }
+    const R = P.NBD_OPTION_REPLY
+    const h = await this.read(R.size)
+    return { opt: R.get(h, 'option'), type: R.get(h, 'type'), data: await this.read(R.get(h, 'length')) }
   }
 
   /**
@@ -146,9 +153,9 @@ export class TestNbdClient {
     for (;;) {
       const r = await c.optionReply()
       if (r.type >= 2 ** 31) throw new Error(`GO refused: ${r.type - 2 ** 31} ${r.data.toString()}`)
-      if (r.type === 3 && r.data.readUInt16BE(0) === 0) {
-        c.size = Number(r.data.readBigUInt64BE(2))
-        c.flags = r.data.readUInt16BE(10)
+      if (r.type === P.NBD_REP_INFO && P.NBD_INFO.get(r.data, 'info') === P.NBD_INFO_EXPORT) {
+        c.size = P.NBD_INFO_EXPORT_DATA.get(r.data, 'size')
+        c.flags = P.NBD_INFO_EXPORT_DATA.get(r.data, 'transmissionFlags')
       }
       if (r.type === 1) break
     }
@@ -164,28 +171,30 @@ export class TestNbdClient {
     this.reading = true
     try {
       for (;;) {
-        const magic = (await this.read(4)).readUInt32BE(0)
-        if (magic === 0x67446698) {
-          const h = await this.read(12)
-          const errno = h.readUInt32BE(0)
-          const cookie = h.readBigUInt64BE(4)
+        const m = await this.read(MAGIC_BYTES)
+        const magic = SIMPLE.get(m, 'magic')
+        if (magic === P.NBD_SIMPLE_REPLY_MAGIC) {
+          const h = Buffer.concat([m, await this.read(SIMPLE.size - MAGIC_BYTES)])
+          const errno = SIMPLE.get(h, 'error')
+          const cookie = SIMPLE.getBig(h, 'cookie')
           const p = this.pending.get(cookie)!
           this.pending.delete(cookie)
           const data = errno === 0 && p.type === 0 ? await this.read(p.length) : Buffer.alloc(0)
           p.res({ errno, data, extents: [] })
-        } else if (magic === 0x668e33ef) {
-          const h = await this.read(16)
-          const flags = h.readUInt16BE(0)
-          const type = h.readUInt16BE(2)
-          const cookie = h.readBigUInt64BE(4)
-          const len = h.readUInt32BE(12)
+        } else if (magic === P.NBD_STRUCTURED_REPLY_MAGIC) {
+          const h = Buffer.concat([m, await this.read(SR.size - MAGIC_BYTES)])
+          const flags = SR.get(h, 'flags')
+          const type = SR.get(h, 'type')
+          const cookie = SR.getBig(h, 'cookie')
+          const len = SR.get(h, 'length')
           const body = await this.read(len)
           const p = this.pending.get(cookie)!
           const acc = (this.partial.get(cookie) ?? { errno: 0, data: Buffer.alloc(0), extents: [] }) as Reply
-          if (type === 1) acc.data = Buffer.concat([acc.data, body.subarray(8)])
-          else if (type === 5) {
-            for (let i = 4; i < body.length; i += 8) acc.extents.push({ length: body.readUInt32BE(i), flags: body.readUInt32BE(i + 4) })
-          } else if (type >= 32768) acc.errno = body.readUInt32BE(0)
+          const D = P.NBD_BLOCK_DESCRIPTOR
+          if (type === P.NBD_REPLY_TYPE_OFFSET_DATA) acc.data = Buffer.concat([acc.data, body.subarray(P.NBD_CHUNK_OFFSET_DATA.size)])
+          else if (type === P.NBD_REPLY_TYPE_BLOCK_STATUS) {
+            for (let at = P.NBD_CHUNK_BLOCK_STATUS.size; at < body.length; at += D.size) acc.extents.push({ length: D.get(body, 'length', at), flags: D.get(body, 'flags', at) })
+          } else if (type >= 32768) acc.errno = P.NBD_CHUNK_ERROR.get(body, 'error')
           this.partial.set(cookie, acc)
           if (flags & 1) {
             this.pending.delete(cookie)
@@ -203,13 +212,7 @@ export class TestNbdClient {
 
   request(type: number, offset: number, length: number, data?: Buffer, flags = 0): Promise<Reply> {
     const cookie = this.cookie++
-    const h = Buffer.alloc(28)
-    h.writeUInt32BE(0x25609513, 0)
-    h.writeUInt16BE(flags, 4)
-    h.writeUInt16BE(type, 6)
-    h.writeBigUInt64BE(cookie, 8)
-    h.writeBigUInt64BE(BigInt(offset), 16)
-    h.writeUInt32BE(length, 24)
+    const h = P.encodeRequest(type, flags, cookie, offset, length)
     const p = new Promise<Reply>((res) => this.pending.set(cookie, { res, type, length }))
     this.write(data ? Buffer.concat([h, data]) : h)
     return p
@@ -225,10 +228,7 @@ export class TestNbdClient {
     return this.request(3, 0, 0)
   }
   disconnect() {
-    const h = Buffer.alloc(28)
-    h.writeUInt32BE(0x25609513, 0)
-    h.writeUInt16BE(2, 6)
-    this.write(h)
+    this.write(P.encodeRequest(P.NBD_CMD_DISC, 0, 0n, 0, 0))
     this.sock.end()
   }
   destroy() {

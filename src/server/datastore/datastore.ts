@@ -7,9 +7,9 @@ import { StorageError, fromSystemError } from '../../disk-formats/errors.js'
 import { openFile } from '../../disk-formats/file-io.js'
 import { createVmdk, type Subformat } from '../../disk-formats/vmdk/index.js'
 import { openVmdk, rebase } from '../../disk-formats/chain/index.js'
+import { checked, swappable, type LiveDisk } from '../../disk-formats/filters/index.js'
 import { DiskLocks } from './disk-locks.js'
 import { RECORD, readRecord, writeRecord, type AccessRecord, type DiskRecord, type SnapshotRecord } from './disk-record.js'
-import { LiveDisk } from './live-disk.js'
 import { isValidName, parseExportName, validName } from './names.js'
 import { repairDisk } from './repair.js'
 
@@ -460,12 +460,12 @@ export class Datastore {
             await unlock?.()
             throw e
           })
-          const live = new LiveDisk(dev, false, unlock)
-          h = { dev: live, refs: 0, live }
+          const live = swappable(dev, { readOnly: false, onClose: unlock })
+          h = { dev: checked(live), refs: 0, live }
         } else {
           const s = r.snapshots.find((x) => x.name === snapshot)
           if (!s) throw new StorageError('NotFound', `disk '${disk}' has no snapshot '${snapshot}'`)
-          h = { dev: await openVmdk(this.layerPath(disk, s.layer), { readOnly: true }), refs: 0 }
+          h = { dev: checked(await openVmdk(this.layerPath(disk, s.layer), { readOnly: true })), refs: 0 }
         }
       }
       this.handles.set(exportName, h)

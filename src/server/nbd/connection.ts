@@ -1,6 +1,6 @@
 import type { Socket } from 'node:net'
 import type { Logger } from 'pino'
-import type { Extent } from '../../disk-formats/block-device.js'
+import { capabilitiesOf, checkRange, checkWritable, type Extent } from '../../disk-formats/block-device.js'
 import { isStorageError, StorageError } from '../../disk-formats/errors.js'
 import { parseExportName, type Datastore, type ExportHandle } from '../datastore/index.js'
 import type { ExportTally, Metrics } from '../metrics.js'
@@ -21,6 +21,13 @@ const OP_NAMES: Record<number, string> = {
   [P.NBD_CMD_WRITE_ZEROES]: 'write_zeroes',
   [P.NBD_CMD_BLOCK_STATUS]: 'block_status',
 }
+
+const REQ = P.NBD_REQUEST
+const SIMPLE = P.NBD_SIMPLE_REPLY
+const SR = P.NBD_STRUCTURED_REPLY
+
+/** The commands that change the export (NBD: ENOSPC past its end, not EINVAL). */
+const WRITES = new Set([P.NBD_CMD_WRITE, P.NBD_CMD_TRIM, P.NBD_CMD_WRITE_ZEROES])
 
 const KNOWN_CMD_FLAGS = P.NBD_CMD_FLAG_FUA | P.NBD_CMD_FLAG_NO_HOLE | P.NBD_CMD_FLAG_DF | P.NBD_CMD_FLAG_REQ_ONE | P.NBD_CMD_FLAG_FAST_ZERO
 
@@ -120,11 +127,12 @@ export class NbdConnection {
   // ---- handshake and options -------------------------------------------------------------
 
   private optReply(opt: number, type: number, data: Buffer = Buffer.alloc(0)): void {
-    const h = Buffer.allocUnsafe(20)
-    h.writeBigUInt64BE(P.NBD_OPT_REPLY_MAGIC, 0)
-    h.writeUInt32BE(opt, 8)
-    h.writeUInt32BE(type, 12)
-    h.writeUInt32BE(data.length, 16)
+    const R = P.NBD_OPTION_REPLY
+    const h = Buffer.allocUnsafe(R.size)
+    R.setBig(h, 'magic', P.NBD_OPT_REPLY_MAGIC)
+    R.set(h, 'option', opt)
+    R.set(h, 'type', type)
+    R.set(h, 'length', data.length)
     this.send(data.length ? Buffer.concat([h, data]) : h)
   }
 
@@ -133,20 +141,22 @@ export class NbdConnection {
   }
 
   private async handshake(): Promise<void> {
-    const hello = Buffer.allocUnsafe(18)
-    hello.writeBigUInt64BE(P.NBDMAGIC, 0)
-    hello.writeBigUInt64BE(P.IHAVEOPT, 8)
-    hello.writeUInt16BE(P.NBD_FLAG_FIXED_NEWSTYLE | P.NBD_FLAG_NO_ZEROES, 16)
+    const G = P.NBD_GREETING
+    const hello = Buffer.allocUnsafe(G.size)
+    G.setBig(hello, 'nbdMagic', P.NBDMAGIC)
+    G.setBig(hello, 'optMagic', P.IHAVEOPT)
+    G.set(hello, 'handshakeFlags', P.NBD_FLAG_FIXED_NEWSTYLE | P.NBD_FLAG_NO_ZEROES)
     this.send(hello)
-    const cflags = (await this.q.read(4)).readUInt32BE(0)
+    const cflags = P.NBD_CLIENT_FLAGS.get(await this.q.read(P.NBD_CLIENT_FLAGS.size), 'clientFlags')
     if (!(cflags & P.NBD_FLAG_C_FIXED_NEWSTYLE)) throw new ProtocolError('client does not speak fixed newstyle')
     if (cflags & ~(P.NBD_FLAG_C_FIXED_NEWSTYLE | P.NBD_FLAG_C_NO_ZEROES)) throw new ProtocolError(`unknown client flags 0x${cflags.toString(16)}`)
     this.noZeroes = (cflags & P.NBD_FLAG_C_NO_ZEROES) !== 0
     for (;;) {
-      const h = await this.q.read(16)
-      if (h.readBigUInt64BE(0) !== P.IHAVEOPT) throw new ProtocolError('bad option magic')
-      const opt = h.readUInt32BE(8)
-      const len = h.readUInt32BE(12)
+      const O = P.NBD_OPTION
+      const h = await this.q.read(O.size)
+      if (O.getBig(h, 'magic') !== P.IHAVEOPT) throw new ProtocolError('bad option magic')
+      const opt = O.get(h, 'option')
+      const len = O.get(h, 'length')
       if (len > P.MAX_OPTION_LENGTH) {
         // Too long to be legitimate; the framing cannot be trusted after skipping that much.
         this.optError(opt, P.NBD_REP_ERR_TOO_BIG, `option data of ${len} bytes exceeds ${P.MAX_OPTION_LENGTH}`)
@@ -175,9 +185,10 @@ export class NbdConnection {
         } catch (e) {
           throw new ProtocolError(`export '${name}': ${(e as Error).message}`)
         }
-        const r = Buffer.alloc(this.noZeroes ? 10 : 134)
-        r.writeBigUInt64BE(BigInt(this.handle!.device.size), 0)
-        r.writeUInt16BE(this.transmissionFlags(), 8)
+        const E = P.NBD_EXPORT_NAME_REPLY
+        const r = Buffer.alloc(E.size + (this.noZeroes ? 0 : P.NBD_EXPORT_NAME_ZEROES))
+        E.set(r, 'size', this.handle!.device.size)
+        E.set(r, 'transmissionFlags', this.transmissionFlags())
         this.send(r)
         return true
       }
@@ -285,7 +296,9 @@ export class NbdConnection {
   private transmissionFlags(): number {
     let f = P.NBD_FLAG_HAS_FLAGS | P.NBD_FLAG_SEND_FLUSH | P.NBD_FLAG_SEND_FUA | P.NBD_FLAG_SEND_CACHE | P.NBD_FLAG_CAN_MULTI_CONN
     if (this.handle!.readOnly) f |= P.NBD_FLAG_READ_ONLY
-    else f |= P.NBD_FLAG_SEND_TRIM | P.NBD_FLAG_SEND_WRITE_ZEROES | P.NBD_FLAG_SEND_FAST_ZERO
+    else f |= P.NBD_FLAG_SEND_WRITE_ZEROES | P.NBD_FLAG_SEND_FAST_ZERO
+    // TRIM only where it frees space: a client that sees it may trim instead of writing zeroes
+    if (!this.handle!.readOnly && capabilitiesOf(this.handle!.device).discard) f |= P.NBD_FLAG_SEND_TRIM
     if (this.structured) f |= P.NBD_FLAG_SEND_DF
     return f
   }
@@ -293,6 +306,15 @@ export class NbdConnection {
   private async openExport(name: string): Promise<void> {
     if (name === '') throw new StorageError('NotFound', 'no default export: name a disk (nbd://host/DISK) or DISK@SNAPSHOT')
     this.handle = await this.ds.openExport(name)
+  }
+
+  /** NBD_REP_INFO data of a kind that carries text (NBD_INFO_NAME, NBD_INFO_DESCRIPTION). */
+  private static info(kind: number, text: string): Buffer {
+    const n = Buffer.from(text, 'utf8')
+    const b = Buffer.allocUnsafe(P.NBD_INFO.size + n.length)
+    P.NBD_INFO.set(b, 'info', kind)
+    n.copy(b, P.NBD_INFO.size)
+    return b
   }
 
   /** Parses `u32 len, name` at `at`; null when malformed. */
@@ -328,30 +350,25 @@ export class NbdConnection {
       return false
     }
     const dev = this.handle!.device
-    const info = Buffer.allocUnsafe(12)
-    info.writeUInt16BE(P.NBD_INFO_EXPORT, 0)
-    info.writeBigUInt64BE(BigInt(dev.size), 2)
-    info.writeUInt16BE(this.transmissionFlags(), 10)
+    const I = P.NBD_INFO_EXPORT_DATA
+    const info = Buffer.allocUnsafe(I.size)
+    I.set(info, 'info', P.NBD_INFO_EXPORT)
+    I.set(info, 'size', dev.size)
+    I.set(info, 'transmissionFlags', this.transmissionFlags())
     this.optReply(opt, P.NBD_REP_INFO, info)
     if (wanted.has(P.NBD_INFO_NAME)) {
-      const n = Buffer.from(parsed.name, 'utf8')
-      const b = Buffer.allocUnsafe(2 + n.length)
-      b.writeUInt16BE(P.NBD_INFO_NAME, 0)
-      n.copy(b, 2)
-      this.optReply(opt, P.NBD_REP_INFO, b)
+      this.optReply(opt, P.NBD_REP_INFO, NbdConnection.info(P.NBD_INFO_NAME, parsed.name))
     }
     if (wanted.has(P.NBD_INFO_DESCRIPTION)) {
-      const n = Buffer.from(`Tandem disk ${parsed.name}${this.handle!.readOnly ? ' (read-only snapshot)' : ''}`, 'utf8')
-      const b = Buffer.allocUnsafe(2 + n.length)
-      b.writeUInt16BE(P.NBD_INFO_DESCRIPTION, 0)
-      n.copy(b, 2)
-      this.optReply(opt, P.NBD_REP_INFO, b)
+      const text = `Tandem disk ${parsed.name}${this.handle!.readOnly ? ' (read-only snapshot)' : ''}`
+      this.optReply(opt, P.NBD_REP_INFO, NbdConnection.info(P.NBD_INFO_DESCRIPTION, text))
     }
-    const bs = Buffer.allocUnsafe(14)
-    bs.writeUInt16BE(P.NBD_INFO_BLOCK_SIZE, 0)
-    bs.writeUInt32BE(1, 2)
-    bs.writeUInt32BE(P.PREFERRED_BLOCK, 6)
-    bs.writeUInt32BE(P.MAX_REQUEST_LENGTH, 10)
+    const B = P.NBD_INFO_BLOCK_SIZE_DATA
+    const bs = Buffer.allocUnsafe(B.size)
+    B.set(bs, 'info', P.NBD_INFO_BLOCK_SIZE)
+    B.set(bs, 'minimum', 1)
+    B.set(bs, 'preferred', P.PREFERRED_BLOCK)
+    B.set(bs, 'maximum', P.MAX_REQUEST_LENGTH)
     this.optReply(opt, P.NBD_REP_INFO, bs)
     if (this.metaExport !== null && this.metaExport !== parsed.name) this.metaOn = false
     this.optReply(opt, P.NBD_REP_ACK)
@@ -422,13 +439,12 @@ export class NbdConnection {
     this.metrics.connections.inc({ protocol: 'nbd' })
     try {
       for (;;) {
-        const h = await this.q.read(28)
-        if (h.readUInt32BE(0) !== P.NBD_REQUEST_MAGIC) throw new ProtocolError('bad request magic')
-        const flags = h.readUInt16BE(4)
-        const type = h.readUInt16BE(6)
-        const cookie = h.subarray(8, 16)
-        const offset = Number(h.readBigUInt64BE(16))
-        const length = h.readUInt32BE(24)
+        const h = await this.q.read(REQ.size)
+        if (REQ.get(h, 'magic') !== P.NBD_REQUEST_MAGIC) throw new ProtocolError('bad request magic')
+        const flags = REQ.get(h, 'flags')
+        const type = REQ.get(h, 'type')
+        const offset = REQ.get(h, 'offset') // above 2^53: not a safe integer, refused by the export
+        const length = REQ.get(h, 'length')
         const oversized = length > P.MAX_REQUEST_LENGTH
         if (type === P.NBD_CMD_WRITE && length > P.MAX_SKIPPED_PAYLOAD) throw new ProtocolError(`write of ${length} bytes exceeds the ${P.MAX_REQUEST_LENGTH}-byte maximum`)
         if (type === P.NBD_CMD_DISC) return
@@ -446,7 +462,7 @@ export class NbdConnection {
         this.alone = this.inflight === 0
         this.inflight++
         this.charged += cost
-        void this.request(flags, type, Buffer.from(cookie), offset, length, payload).finally(() => {
+        void this.request(flags, type, REQ.getBig(h, 'cookie'), offset, length, payload).finally(() => {
           this.inflight--
           this.charged -= cost
           this.kick()
@@ -468,15 +484,14 @@ export class NbdConnection {
     return held === 0 || held + cost <= P.MAX_CONNECTION_BYTES
   }
 
+  /**
+   * The protocol's own rules for a request. Range and read-only are the export's (the `checked`
+   * filter): its typed errors reach the client through P.nbdErrno.
+   */
   private check(flags: number, type: number, offset: number, length: number): number {
-    const dev = this.handle!.device
     if (flags & ~KNOWN_CMD_FLAGS) return P.NBD_EINVAL
-    if (!Number.isSafeInteger(offset)) return P.NBD_EINVAL
-    const writes = type === P.NBD_CMD_WRITE || type === P.NBD_CMD_TRIM || type === P.NBD_CMD_WRITE_ZEROES
-    if (writes && this.handle!.readOnly) return P.NBD_EPERM
     if (type === P.NBD_CMD_FLUSH) return offset === 0 && length === 0 ? 0 : P.NBD_EINVAL
     if ((type === P.NBD_CMD_READ || type === P.NBD_CMD_WRITE) && length > P.MAX_REQUEST_LENGTH) return P.NBD_EINVAL
-    if (offset + length > dev.size) return writes ? P.NBD_ENOSPC : P.NBD_EINVAL
     if (type === P.NBD_CMD_BLOCK_STATUS && (!this.metaOn || length === 0)) return P.NBD_EINVAL
     if ((flags & P.NBD_CMD_FLAG_DF || flags & P.NBD_CMD_FLAG_REQ_ONE) && !this.structured) return P.NBD_EINVAL
     if (flags & P.NBD_CMD_FLAG_FAST_ZERO && type !== P.NBD_CMD_WRITE_ZEROES) return P.NBD_EINVAL
@@ -487,7 +502,7 @@ export class NbdConnection {
   /** This connection's requests to its export, for /metrics. */
   private tally: ExportTally | null = null
 
-  private async request(flags: number, type: number, cookie: Buffer, offset: number, length: number, payload: Buffer | null): Promise<void> {
+  private async request(flags: number, type: number, cookie: bigint, offset: number, length: number, payload: Buffer | null): Promise<void> {
     const op = OP_NAMES[type] ?? 'unknown'
     const t0 = process.hrtime.bigint()
     let read = 0
@@ -499,7 +514,10 @@ export class NbdConnection {
         switch (type) {
           case P.NBD_CMD_READ: {
             // nothing to read: a bare reply (structured: NONE, since a data chunk carries a byte at least)
-            if (length === 0) break
+            if (length === 0) {
+              checkRange(dev, offset, 0) // the export does not see it
+              break
+            }
             const data = await dev.read(offset, length)
             read = length
             this.replyData(cookie, offset, data)
@@ -517,10 +535,12 @@ export class NbdConnection {
             if (flags & P.NBD_CMD_FLAG_FUA) await dev.flush()
             break
           case P.NBD_CMD_CACHE:
+            checkRange(dev, offset, length) // the one request the export does not see
             break
           case P.NBD_CMD_WRITE_ZEROES:
             if (flags & P.NBD_CMD_FLAG_FAST_ZERO) {
               // Fast only when it is already zero: say so at once rather than write it slowly.
+              checkWritable(dev) // it writes nothing, so the export does not check it
               const st = await dev.blockStatus(offset, length)
               if (!st.every((e) => e.zero)) {
                 errno = P.NBD_ENOTSUP
@@ -539,7 +559,7 @@ export class NbdConnection {
         }
       }
     } catch (e) {
-      errno = isStorageError(e) ? P.nbdErrno(e.code) : P.NBD_EIO
+      errno = isStorageError(e) ? P.nbdErrno(e.code, WRITES.has(type)) : P.NBD_EIO
       if (!isStorageError(e)) this.log.error({ err: e, op, offset, length }, 'nbd: request failed')
     } finally {
       ;(this.tally ??= this.metrics.tally(this.handle!.name, 'nbd')).request(op, t0, errno !== 0, read, written)
@@ -547,68 +567,66 @@ export class NbdConnection {
     this.replyStatus(cookie, errno)
   }
 
-  private replyStatus(cookie: Buffer, errno: number): void {
+  /** A structured reply chunk's header into `b` (the chunk's payload follows it there). */
+  private static chunk(b: Buffer, flags: number, type: number, cookie: bigint, length: number): void {
+    SR.set(b, 'magic', P.NBD_STRUCTURED_REPLY_MAGIC)
+    SR.set(b, 'flags', flags)
+    SR.set(b, 'type', type)
+    SR.setBig(b, 'cookie', cookie)
+    SR.set(b, 'length', length)
+  }
+
+  private static simple(errno: number, cookie: bigint): Buffer {
+    const b = Buffer.allocUnsafe(SIMPLE.size)
+    SIMPLE.set(b, 'magic', P.NBD_SIMPLE_REPLY_MAGIC)
+    SIMPLE.set(b, 'error', errno)
+    SIMPLE.setBig(b, 'cookie', cookie)
+    return b
+  }
+
+  private replyStatus(cookie: bigint, errno: number): void {
     if (this.structured && errno !== 0) {
-      const msg = Buffer.alloc(0)
-      const b = Buffer.allocUnsafe(20 + 6)
-      b.writeUInt32BE(P.NBD_STRUCTURED_REPLY_MAGIC, 0)
-      b.writeUInt16BE(P.NBD_REPLY_FLAG_DONE, 4)
-      b.writeUInt16BE(P.NBD_REPLY_TYPE_ERROR, 6)
-      cookie.copy(b, 8)
-      b.writeUInt32BE(6 + msg.length, 16)
-      b.writeUInt32BE(errno, 20)
-      b.writeUInt16BE(msg.length, 24)
+      // no message: the errno says it all
+      const b = Buffer.allocUnsafe(SR.size + P.NBD_CHUNK_ERROR.size)
+      NbdConnection.chunk(b, P.NBD_REPLY_FLAG_DONE, P.NBD_REPLY_TYPE_ERROR, cookie, P.NBD_CHUNK_ERROR.size)
+      P.NBD_CHUNK_ERROR.set(b, 'error', errno, SR.size)
+      P.NBD_CHUNK_ERROR.set(b, 'messageLength', 0, SR.size)
       this.send(b)
       return
     }
     if (this.structured) {
-      const b = Buffer.allocUnsafe(20)
-      b.writeUInt32BE(P.NBD_STRUCTURED_REPLY_MAGIC, 0)
-      b.writeUInt16BE(P.NBD_REPLY_FLAG_DONE, 4)
-      b.writeUInt16BE(P.NBD_REPLY_TYPE_NONE, 6)
-      cookie.copy(b, 8)
-      b.writeUInt32BE(0, 16)
+      const b = Buffer.allocUnsafe(SR.size)
+      NbdConnection.chunk(b, P.NBD_REPLY_FLAG_DONE, P.NBD_REPLY_TYPE_NONE, cookie, 0)
       this.send(b)
       return
     }
-    const b = Buffer.allocUnsafe(16)
-    b.writeUInt32BE(P.NBD_SIMPLE_REPLY_MAGIC, 0)
-    b.writeUInt32BE(errno, 4)
-    cookie.copy(b, 8)
-    this.send(b)
+    this.send(NbdConnection.simple(errno, cookie))
   }
 
-  private replyData(cookie: Buffer, offset: number, data: Buffer): void {
+  private replyData(cookie: bigint, offset: number, data: Buffer): void {
     if (!this.structured) {
-      const b = Buffer.allocUnsafe(16)
-      b.writeUInt32BE(P.NBD_SIMPLE_REPLY_MAGIC, 0)
-      b.writeUInt32BE(0, 4)
-      cookie.copy(b, 8)
-      this.send(b, data)
+      this.send(NbdConnection.simple(0, cookie), data)
       return
     }
-    const b = Buffer.allocUnsafe(28)
-    b.writeUInt32BE(P.NBD_STRUCTURED_REPLY_MAGIC, 0)
-    b.writeUInt16BE(P.NBD_REPLY_FLAG_DONE, 4)
-    b.writeUInt16BE(P.NBD_REPLY_TYPE_OFFSET_DATA, 6)
-    cookie.copy(b, 8)
-    b.writeUInt32BE(8 + data.length, 16)
-    b.writeBigUInt64BE(BigInt(offset), 20)
+    const D = P.NBD_CHUNK_OFFSET_DATA
+    const b = Buffer.allocUnsafe(SR.size + D.size)
+    NbdConnection.chunk(b, P.NBD_REPLY_FLAG_DONE, P.NBD_REPLY_TYPE_OFFSET_DATA, cookie, D.size + data.length)
+    D.set(b, 'offset', offset, SR.size)
     this.send(b, data)
   }
 
-  private replyBlockStatus(cookie: Buffer, ext: Extent[], one: boolean): void {
+  private replyBlockStatus(cookie: bigint, ext: Extent[], one: boolean): void {
     const list = one ? ext.slice(0, 1) : ext
-    const b = Buffer.allocUnsafe(20 + 4 + list.length * 8)
-    b.writeUInt32BE(P.NBD_STRUCTURED_REPLY_MAGIC, 0)
-    b.writeUInt16BE(P.NBD_REPLY_FLAG_DONE, 4)
-    b.writeUInt16BE(P.NBD_REPLY_TYPE_BLOCK_STATUS, 6)
-    cookie.copy(b, 8)
-    b.writeUInt32BE(4 + list.length * 8, 16)
-    b.writeUInt32BE(P.META_CONTEXT_ID, 20)
+    const C = P.NBD_CHUNK_BLOCK_STATUS
+    const D = P.NBD_BLOCK_DESCRIPTOR
+    const length = C.size + list.length * D.size
+    const b = Buffer.allocUnsafe(SR.size + length)
+    NbdConnection.chunk(b, P.NBD_REPLY_FLAG_DONE, P.NBD_REPLY_TYPE_BLOCK_STATUS, cookie, length)
+    C.set(b, 'contextId', P.META_CONTEXT_ID, SR.size)
     list.forEach((e, i) => {
-      b.writeUInt32BE(e.length, 24 + i * 8)
-      b.writeUInt32BE((e.data ? 0 : P.NBD_STATE_HOLE) | (e.zero ? P.NBD_STATE_ZERO : 0), 28 + i * 8)
+      const at = SR.size + C.size + i * D.size
+      D.set(b, 'length', e.length, at)
+      D.set(b, 'flags', (e.data ? 0 : P.NBD_STATE_HOLE) | (e.zero ? P.NBD_STATE_ZERO : 0), at)
     })
     this.send(b)
   }

@@ -1,10 +1,12 @@
 import type { StorageErrorCode } from '../../disk-formats/errors.js'
 
+/** The protocol's fixed-size structures, as field tables. */
+export * from './wire.js'
+
 /** Constants of the NBD protocol document (fixed newstyle), with their spec names. */
 export const NBDMAGIC = 0x4e42444d41474943n
 export const IHAVEOPT = 0x49484156454f5054n
 export const NBD_OPT_REPLY_MAGIC = 0x3e889045565a9n
-export const NBD_REQUEST_MAGIC = 0x25609513
 export const NBD_SIMPLE_REPLY_MAGIC = 0x67446698
 export const NBD_STRUCTURED_REPLY_MAGIC = 0x668e33ef
 
@@ -86,10 +88,14 @@ export const NBD_EOVERFLOW = 75
 export const NBD_ENOTSUP = 95
 export const NBD_ESHUTDOWN = 108
 
-/** The one mapping of storage errors to NBD errnos. */
-export function nbdErrno(code: StorageErrorCode): number {
+/**
+ * The one mapping of storage errors to NBD errnos. `write`: the request changes the export (the
+ * NBD document: past the end, a write gets ENOSPC and a read EINVAL).
+ */
+export function nbdErrno(code: StorageErrorCode, write = false): number {
   switch (code) {
     case 'OutOfRange':
+      return write ? NBD_ENOSPC : NBD_EINVAL
     case 'InvalidArgument':
       return NBD_EINVAL
     case 'ReadOnly':

@@ -6,6 +6,7 @@ import { pattern, rng } from '../../helpers/peers.js'
 const EPERM = 1
 const EINVAL = 22
 const ENOSPC = 28
+const NBD_FLAG_SEND_TRIM = 1 << 5
 
 /** After each abuse, a well-behaved client still works. */
 async function healthy(t: Test, port: number) {
@@ -92,13 +93,24 @@ t.test('bad requests get the protocol errno; framing errors close the connection
   t.equal((await c.pread((1 << 20) - 512, 1024)).errno, EINVAL, 'read past the end: EINVAL')
   t.equal((await c.pwrite((1 << 20) - 512, Buffer.alloc(1024))).errno, ENOSPC, 'write past the end: ENOSPC')
   t.equal((await c.pread(2 ** 52, 512)).errno, EINVAL, 'huge offset: EINVAL')
+  t.equal((await c.pread(2 ** 60, 512)).errno, EINVAL, 'an offset beyond 2^53: EINVAL')
+  t.equal((await c.pwrite(2 ** 60, Buffer.alloc(512))).errno, EINVAL, 'a write there: EINVAL')
   t.equal((await c.request(0, 0, 64 << 20)).errno, EINVAL, 'read larger than the maximum block size: EINVAL')
   t.equal((await c.request(0, 0, 512, undefined, 1 << 9)).errno, EINVAL, 'unknown command flag: EINVAL')
   t.equal((await c.request(42, 0, 512)).errno, EINVAL, 'unknown command: EINVAL')
   t.equal((await c.request(7, 0, 512)).errno, EINVAL, 'block status without a negotiated context: EINVAL')
   t.equal((await c.request(3, 5, 0)).errno, EINVAL, 'flush with an offset: EINVAL')
+  t.equal((await c.request(4, (1 << 20) - 512, 1024)).errno, ENOSPC, 'trim past the end: ENOSPC')
+  t.equal((await c.request(6, 1 << 20, 512)).errno, ENOSPC, 'write zeroes past the end: ENOSPC')
+  t.equal((await c.request(5, (1 << 20) - 512, 1024)).errno, EINVAL, 'cache past the end: EINVAL')
+  t.equal((await c.request(0, (1 << 20) + 512, 0)).errno, EINVAL, 'an empty read past the end: EINVAL')
   t.equal((await c.pread(0, 512)).errno, 0, 'and the connection still works')
+  // a VMDK's discard frees nothing, so TRIM is not advertised; one sent anyway is harmless
+  t.equal(c.flags & NBD_FLAG_SEND_TRIM, 0, 'no NBD_FLAG_SEND_TRIM on a disk whose discard does nothing')
+  t.equal((await c.request(4, 0, 512)).errno, 0, 'a TRIM sent anyway: no error')
   const ro = await TestNbdClient.open(s.nbdPort, 'disk@snap')
+  t.equal((await ro.request(6, 0, 512)).errno, EPERM, 'write zeroes to a read-only export: EPERM')
+  t.equal((await ro.request(6, 0, 512, undefined, 1 << 4)).errno, EPERM, 'fast write zeroes to a read-only export: EPERM')
   t.equal((await ro.pwrite(0, Buffer.alloc(512))).errno, EPERM, 'write to a read-only export: EPERM')
   t.equal((await ro.request(4, 0, 512)).errno, EPERM, 'trim on a read-only export: EPERM')
   t.equal((await ro.pread(0, 512)).errno, 0)

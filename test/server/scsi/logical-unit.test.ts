@@ -3,6 +3,7 @@ import { join } from 'node:path'
 import { tmp, pattern, rng } from '../../helpers/peers.js'
 import { createVmdk, openVmdk, RawFile } from '../../../src/disk-formats/index.js'
 import { LogicalUnit, SCSI } from '../../../src/server/scsi/index.js'
+import { readOnly } from '../../../src/disk-formats/filters/index.js'
 
 const I1 = 'iqn.2026-11.test:one'
 const I2 = 'iqn.2026-11.test:two'
@@ -196,10 +197,7 @@ t.test('a read-only device: writes get DATA PROTECT / WRITE PROTECTED', async (t
   await raw.close()
   const dev = await RawFile.open(f, { readOnly: true })
   t.teardown(() => dev.close())
-  const u = new LogicalUnit(
-    { ...dev, size: dev.size, readOnly: true, read: (o, l) => dev.read(o, l), write: async () => { const { StorageError } = await import('../../../src/disk-formats/index.js'); throw new StorageError('ReadOnly', 'read-only') }, writeZeroes: async () => {}, discard: async () => {}, flush: async () => {}, blockStatus: (o, l) => dev.blockStatus(o, l), close: async () => {} },
-    { serial: 'ro' },
-  )
+  const u = new LogicalUnit(readOnly(dev), { serial: 'ro' })
   t.same(sk(await u.execute(hex('2a 00 00000000 00 0001 00'), Buffer.alloc(512), I1)), [7, 0x27, 0])
   const ms = (await u.execute(hex('5a 00 3f 00 00 00 00 00ff 00'), null, I1)).dataIn!
   t.equal(ms[3] & 0x80, 0x80, 'MODE SENSE shows WP')

@@ -1,13 +1,14 @@
 import t from 'tap'
 import { join } from 'node:path'
 import { tmp, pattern } from '../../helpers/peers.js'
-import { createVmdk, openVmdk, type BlockDevice } from '../../../src/disk-formats/index.js'
+import { createVmdk, openVmdk, type BlockDevice, type WriteOptions } from '../../../src/disk-formats/index.js'
+import { Filter, delay } from '../../../src/disk-formats/filters/index.js'
 import { LogicalUnit, SCSI } from '../../../src/server/scsi/index.js'
 
 /**
  * PREEMPT AND ABORT fences the preempted I_T nexus: when it answers GOOD, none of that nexus's
- * commands is still to land. Writes are held in the device on demand (a write in flight, without
- * timers), so each interleaving is forced, not raced.
+ * commands is still to land. Writes are held on demand by the `delay` filter on a clock that
+ * stands still while held (a write in flight, no real time), so each interleaving is forced, not raced.
  */
 
 const A = 'iqn.2026-11.test:a,i,0x000000000001'
@@ -26,27 +27,24 @@ async function heldLu(t: { teardown(fn: () => unknown): void }) {
   const dev: BlockDevice = await openVmdk(f)
   t.teardown(() => dev.close())
   const events: string[] = []
-  let held: Promise<void> | null = null
-  let release = () => {}
+  // the delay filter's clock: time stands still while held, so a held write waits for release()
+  let holding = false
+  const waiting: (() => void)[] = []
   let arrived = () => {}
-  const slow: BlockDevice = {
-    size: dev.size,
-    readOnly: dev.readOnly,
-    read: (o, l) => dev.read(o, l),
-    write: async (o, d, opts) => {
-      if (held) {
-        arrived()
-        await held
-      }
-      await dev.write(o, d, opts)
-      events.push(`landed at LBA ${o / 512}`)
+  const timers = {
+    setTimeout: (fn: () => void) => {
+      if (!holding) return queueMicrotask(fn)
+      waiting.push(fn)
+      arrived()
     },
-    writeZeroes: (o, l, opts) => dev.writeZeroes(o, l, opts),
-    discard: (o, l) => dev.discard(o, l),
-    flush: () => dev.flush(),
-    blockStatus: (o, l) => dev.blockStatus(o, l),
-    close: () => dev.close(),
   }
+  const landings = new (class extends Filter {
+    override async write(o: number, d: Buffer, opts?: WriteOptions): Promise<void> {
+      await super.write(o, d, opts)
+      events.push(`landed at LBA ${o / 512}`)
+    }
+  })(dev)
+  const slow = delay(landings, { ops: ['write'], ms: 0, timers })
   const u = new LogicalUnit(slow, { serial: 'tandem-test-fence' })
   u.nexusJoined(A)
   u.nexusJoined(B)
@@ -65,12 +63,12 @@ async function heldLu(t: { teardown(fn: () => unknown): void }) {
     events,
     /** holds the writes that come next; resolves when the first of them reaches the device */
     hold: () => {
-      held = new Promise<void>((r) => (release = r))
+      holding = true
       return new Promise<void>((r) => (arrived = r))
     },
     release: () => {
-      held = null
-      release()
+      holding = false
+      for (const fn of waiting.splice(0)) fn()
     },
     /** PREEMPT AND ABORT of A's key by B, taking WRITE EXCLUSIVE; logged when it answers */
     preemptAndAbort: () =>

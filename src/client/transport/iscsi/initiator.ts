@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto'
 import { connect, type Socket } from 'node:net'
-import type { BlockDevice, Extent, WriteOptions, ZeroOptions } from '../../../disk-formats/block-device.js'
+import type { BlockDevice, Capabilities, Extent, WriteOptions, ZeroOptions } from '../../../disk-formats/block-device.js'
 import { StorageError, type StorageErrorCode } from '../../../disk-formats/errors.js'
 import { crc32c } from '../../../disk-formats/crc32c.js'
 import { ByteQueue } from '../../../server/net/byte-queue.js'
@@ -831,6 +831,11 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
     const cdb = Buffer.alloc(16)
     cdb[0] = S.SYNCHRONIZE_CACHE_16
     await this.command(cdb)
+  }
+
+  /** UNMAP deallocates on a thin LU; COMPARE AND WRITE is the lock storage's, not this device's. */
+  capabilities(): Capabilities {
+    return { discard: this.thin, compareAndWrite: false }
   }
 
   /** GET LBA STATUS on a thin LU (mapped = data; deallocated/anchored = zero hole); else all data. */

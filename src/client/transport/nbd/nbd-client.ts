@@ -1,5 +1,5 @@
 import { connect, type Socket } from 'node:net'
-import type { BlockDevice, Extent, WriteOptions, ZeroOptions } from '../../../disk-formats/block-device.js'
+import type { BlockDevice, Capabilities, Extent, WriteOptions, ZeroOptions } from '../../../disk-formats/block-device.js'
 import { StorageError, type StorageErrorCode } from '../../../disk-formats/errors.js'
 import { ByteQueue } from '../../../server/net/byte-queue.js'
 import * as P from '../../../server/nbd/protocol.js'
@@ -71,10 +71,17 @@ export function errnoToCode(errno: number): StorageErrorCode {
  * flight, answered in any order), requests split at the server's maximum block size. One
  * connection; a lost connection fails every request in flight and every later one with IoError.
  */
+const SIMPLE = P.NBD_SIMPLE_REPLY
+const SR = P.NBD_STRUCTURED_REPLY
+/** Both reply headers begin with a u32 magic that says which one it is. */
+const MAGIC_BYTES = 4
+
 export class NbdClient implements BlockDevice {
   readonly size: number
   readonly readOnly: boolean
   private cookie = 1n
+  /** the reply header being read: a simple reply's, or a structured chunk's and its data offset */
+  private readonly header = Buffer.alloc(SR.size + P.NBD_CHUNK_OFFSET_DATA.size)
   private readonly pending = new Map<bigint, Pending>()
   private dead: Error | null = null
   private closing: Promise<void> | null = null
@@ -127,13 +134,7 @@ export class NbdClient implements BlockDevice {
   private request(type: number, flags: number, offset: number, length: number, payload?: Buffer, out?: Buffer): Promise<Pending> {
     if (this.dead) return Promise.reject(this.dead)
     const cookie = this.cookie++
-    const h = Buffer.allocUnsafe(28)
-    h.writeUInt32BE(P.NBD_REQUEST_MAGIC, 0)
-    h.writeUInt16BE(flags, 4)
-    h.writeUInt16BE(type, 6)
-    h.writeBigUInt64BE(cookie, 8)
-    h.writeBigUInt64BE(BigInt(offset), 16)
-    h.writeUInt32BE(length, 24)
+    const h = P.encodeRequest(type, flags, cookie, offset, length)
     return new Promise((resolve, reject) => {
       const p: Pending = { type, offset, length, out, resolve: () => resolve(p), reject }
       this.pending.set(cookie, p)
@@ -208,6 +209,11 @@ export class NbdClient implements BlockDevice {
     for (const p of await Promise.all(all)) NbdClient.failed(p, 'trim')
   }
 
+  /** TRIM as the server advertises it. */
+  capabilities(): Capabilities {
+    return { discard: (this.info.flags & P.NBD_FLAG_SEND_TRIM) !== 0, compareAndWrite: false }
+  }
+
   async flush(): Promise<void> {
     if (!(this.info.flags & P.NBD_FLAG_SEND_FLUSH)) return
     NbdClient.failed(await this.request(P.NBD_CMD_FLUSH, 0, 0, 0), 'flush')
@@ -247,10 +253,7 @@ export class NbdClient implements BlockDevice {
     return (this.closing ??= (async () => {
       while (this.pending.size > 0 && !this.dead) await new Promise<void>((r) => (this.drained = r))
       if (!this.dead) {
-        const h = Buffer.alloc(28)
-        h.writeUInt32BE(P.NBD_REQUEST_MAGIC, 0)
-        h.writeUInt16BE(P.NBD_CMD_DISC, 6)
-        this.sock.end(h)
+        this.sock.end(P.encodeRequest(P.NBD_CMD_DISC, 0, 0n, 0, 0))
       }
       this.dead ??= new StorageError('IoError', `NBD export '${this.info.name}' is closed`)
       await new Promise<void>((r) => (this.sock.destroyed ? r() : this.sock.once('close', () => r())))
@@ -271,7 +274,9 @@ export class NbdClient implements BlockDevice {
   private async replies(): Promise<void> {
     try {
       for (;;) {
-        const magic = (await this.q.read(4)).readUInt32BE(0)
+        // both reply headers start with their magic: read it, then the rest of the one it names
+        await this.q.readInto(this.header, 0, MAGIC_BYTES)
+        const magic = SIMPLE.get(this.header, 'magic')
         if (magic === P.NBD_SIMPLE_REPLY_MAGIC) await this.simpleReply()
         else if (magic === P.NBD_STRUCTURED_REPLY_MAGIC) await this.structuredChunk()
         else throw new StorageError('IoError', `NBD: bad reply magic 0x${magic.toString(16)}`)
@@ -293,9 +298,10 @@ export class NbdClient implements BlockDevice {
   }
 
   private async simpleReply(): Promise<void> {
-    const h = await this.q.read(12)
-    const errno = h.readUInt32BE(0)
-    const cookie = h.readBigUInt64BE(4)
+    const h = this.header
+    await this.q.readInto(h, MAGIC_BYTES, SIMPLE.size - MAGIC_BYTES)
+    const errno = SIMPLE.get(h, 'error')
+    const cookie = SIMPLE.getBig(h, 'cookie')
     const p = this.take(cookie)
     if (errno !== 0) p.error = { errno, message: '' }
     // a successful simple reply to READ carries exactly the bytes asked for
@@ -304,11 +310,12 @@ export class NbdClient implements BlockDevice {
   }
 
   private async structuredChunk(): Promise<void> {
-    const h = await this.q.read(16)
-    const flags = h.readUInt16BE(0)
-    const type = h.readUInt16BE(2)
-    const cookie = h.readBigUInt64BE(4)
-    const length = h.readUInt32BE(12)
+    const h = this.header
+    await this.q.readInto(h, MAGIC_BYTES, SR.size - MAGIC_BYTES)
+    const flags = SR.get(h, 'flags')
+    const type = SR.get(h, 'type')
+    const cookie = SR.getBig(h, 'cookie')
+    const length = SR.get(h, 'length')
     const p = this.take(cookie)
     if (length > p.length + MAX_CHUNK_OVERHEAD && length > MAX_CHUNK_OVERHEAD) {
       throw new StorageError('IoError', `NBD: a ${length}-byte reply chunk for a ${p.length}-byte request`)
@@ -318,8 +325,10 @@ export class NbdClient implements BlockDevice {
         if (length !== 0) throw new StorageError('IoError', 'NBD: NONE chunk with a payload')
         break
       case P.NBD_REPLY_TYPE_OFFSET_DATA: {
-        const off = Number((await this.q.read(8)).readBigUInt64BE(0))
-        const n = length - 8
+        const D = P.NBD_CHUNK_OFFSET_DATA
+        await this.q.readInto(h, SR.size, D.size)
+        const off = D.get(h, 'offset', SR.size)
+        const n = length - D.size
         if (p.type !== P.NBD_CMD_READ || n < 1 || off < p.offset || off + n > p.offset + p.length) {
           throw new StorageError('IoError', `NBD: data chunk ${off}+${n} outside the request ${p.offset}+${p.length}`)
         }
@@ -327,31 +336,35 @@ export class NbdClient implements BlockDevice {
         break
       }
       case P.NBD_REPLY_TYPE_OFFSET_HOLE: {
+        const H = P.NBD_CHUNK_OFFSET_HOLE
         const b = await this.q.read(length)
-        if (length !== 12) throw new StorageError('IoError', 'NBD: malformed hole chunk')
-        const off = Number(b.readBigUInt64BE(0))
-        const n = b.readUInt32BE(8)
+        if (length !== H.size) throw new StorageError('IoError', 'NBD: malformed hole chunk')
+        const off = H.get(b, 'offset')
+        const n = H.get(b, 'length')
         if (p.type !== P.NBD_CMD_READ || off < p.offset || off + n > p.offset + p.length) throw new StorageError('IoError', 'NBD: hole chunk outside the request')
         p.out!.fill(0, off - p.offset, off - p.offset + n)
         break
       }
       case P.NBD_REPLY_TYPE_BLOCK_STATUS: {
+        const C = P.NBD_CHUNK_BLOCK_STATUS
+        const D = P.NBD_BLOCK_DESCRIPTOR
         const b = await this.q.read(length)
-        if (length < 12 || (length - 4) % 8 !== 0) throw new StorageError('IoError', 'NBD: malformed block status chunk')
+        if (length < C.size + D.size || (length - C.size) % D.size !== 0) throw new StorageError('IoError', 'NBD: malformed block status chunk')
         const list: Extent[] = (p.extents ??= [])
-        for (let i = 4; i < length; i += 8) {
-          const state = b.readUInt32BE(i + 4)
-          list.push({ offset: 0, length: b.readUInt32BE(i), data: !(state & P.NBD_STATE_HOLE), zero: (state & P.NBD_STATE_ZERO) !== 0, depth: 0, present: true })
+        for (let at = C.size; at < length; at += D.size) {
+          const state = D.get(b, 'flags', at)
+          list.push({ offset: 0, length: D.get(b, 'length', at), data: !(state & P.NBD_STATE_HOLE), zero: (state & P.NBD_STATE_ZERO) !== 0, depth: 0, present: true })
         }
         break
       }
       case P.NBD_REPLY_TYPE_ERROR:
       case P.NBD_REPLY_TYPE_ERROR_OFFSET: {
+        const E = P.NBD_CHUNK_ERROR
         const b = await this.q.read(length)
-        if (length < 6) throw new StorageError('IoError', 'NBD: malformed error chunk')
-        const mlen = b.readUInt16BE(4)
-        if (6 + mlen > length) throw new StorageError('IoError', 'NBD: malformed error chunk')
-        p.error ??= { errno: b.readUInt32BE(0), message: b.toString('utf8', 6, 6 + mlen) }
+        if (length < E.size) throw new StorageError('IoError', 'NBD: malformed error chunk')
+        const mlen = E.get(b, 'messageLength')
+        if (E.size + mlen > length) throw new StorageError('IoError', 'NBD: malformed error chunk')
+        p.error ??= { errno: E.get(b, 'error'), message: b.toString('utf8', E.size, E.size + mlen) }
         break
       }
       default:
@@ -366,21 +379,23 @@ export class NbdClient implements BlockDevice {
 // ---- handshake ------------------------------------------------------------------------------
 
 function option(sock: Socket, opt: number, data: Buffer = Buffer.alloc(0)): void {
-  const h = Buffer.allocUnsafe(16)
-  h.writeBigUInt64BE(P.IHAVEOPT, 0)
-  h.writeUInt32BE(opt, 8)
-  h.writeUInt32BE(data.length, 12)
+  const O = P.NBD_OPTION
+  const h = Buffer.allocUnsafe(O.size)
+  O.setBig(h, 'magic', P.IHAVEOPT)
+  O.set(h, 'option', opt)
+  O.set(h, 'length', data.length)
   sock.write(Buffer.concat([h, data]))
 }
 
 async function optionReply(q: ByteQueue, opt: number): Promise<{ type: number; data: Buffer }> {
-  const h = await q.read(20)
-  if (h.readBigUInt64BE(0) !== P.NBD_OPT_REPLY_MAGIC) throw new StorageError('IoError', 'NBD: bad option reply magic')
-  if (h.readUInt32BE(8) !== opt) throw new StorageError('IoError', `NBD: reply to option ${h.readUInt32BE(8)} while waiting for ${opt}`)
-  const len = h.readUInt32BE(16)
+  const R = P.NBD_OPTION_REPLY
+  const h = await q.read(R.size)
+  if (R.getBig(h, 'magic') !== P.NBD_OPT_REPLY_MAGIC) throw new StorageError('IoError', 'NBD: bad option reply magic')
+  if (R.get(h, 'option') !== opt) throw new StorageError('IoError', `NBD: reply to option ${R.get(h, 'option')} while waiting for ${opt}`)
+  const len = R.get(h, 'length')
   // option replies are small (names, descriptions): a larger one is not a server we can talk to
   if (len > 64 * 1024) throw new StorageError('IoError', `NBD: option reply of ${len} bytes`)
-  return { type: h.readUInt32BE(12), data: await q.read(len) }
+  return { type: R.get(h, 'type'), data: await q.read(len) }
 }
 
 const REP_ERRORS: Record<number, [StorageErrorCode, string]> = {
@@ -400,13 +415,14 @@ function repError(type: number, data: Buffer, what: string): StorageError {
 
 /** Fixed newstyle: structured replies and base:allocation if offered, then NBD_OPT_GO. */
 async function handshake(sock: Socket, q: ByteQueue, name: string, uri: string): Promise<NbdExportInfo> {
-  const hello = await q.read(18)
-  if (hello.readBigUInt64BE(0) !== P.NBDMAGIC) throw new StorageError('IoError', 'not an NBD server (bad magic)')
-  if (hello.readBigUInt64BE(8) !== P.IHAVEOPT) throw new StorageError('Unsupported', 'the NBD server does not speak newstyle negotiation')
-  const sflags = hello.readUInt16BE(16)
+  const G = P.NBD_GREETING
+  const hello = await q.read(G.size)
+  if (G.getBig(hello, 'nbdMagic') !== P.NBDMAGIC) throw new StorageError('IoError', 'not an NBD server (bad magic)')
+  if (G.getBig(hello, 'optMagic') !== P.IHAVEOPT) throw new StorageError('Unsupported', 'the NBD server does not speak newstyle negotiation')
+  const sflags = G.get(hello, 'handshakeFlags')
   if (!(sflags & P.NBD_FLAG_FIXED_NEWSTYLE)) throw new StorageError('Unsupported', 'the NBD server does not speak fixed newstyle')
-  const cflags = Buffer.allocUnsafe(4)
-  cflags.writeUInt32BE(P.NBD_FLAG_C_FIXED_NEWSTYLE | (sflags & P.NBD_FLAG_NO_ZEROES ? P.NBD_FLAG_C_NO_ZEROES : 0), 0)
+  const cflags = Buffer.allocUnsafe(P.NBD_CLIENT_FLAGS.size)
+  P.NBD_CLIENT_FLAGS.set(cflags, 'clientFlags', P.NBD_FLAG_C_FIXED_NEWSTYLE | (sflags & P.NBD_FLAG_NO_ZEROES ? P.NBD_FLAG_C_NO_ZEROES : 0))
   sock.write(cflags)
 
   option(sock, P.NBD_OPT_STRUCTURED_REPLY)
@@ -442,16 +458,18 @@ async function handshake(sock: Socket, q: ByteQueue, name: string, uri: string):
     const r = await optionReply(q, P.NBD_OPT_GO)
     if (r.type === P.NBD_REP_ACK) break
     if (r.type & P.NBD_REP_FLAG_ERROR) throw repError(r.type, r.data, `export '${name}'`)
-    if (r.type !== P.NBD_REP_INFO || r.data.length < 2) continue
-    const kind = r.data.readUInt16BE(0)
-    if (kind === P.NBD_INFO_EXPORT && r.data.length >= 12) {
-      info.size = Number(r.data.readBigUInt64BE(2))
-      info.flags = r.data.readUInt16BE(10)
-    } else if (kind === P.NBD_INFO_BLOCK_SIZE && r.data.length >= 14) {
-      info.minimumBlock = r.data.readUInt32BE(2)
-      info.preferredBlock = r.data.readUInt32BE(6)
+    if (r.type !== P.NBD_REP_INFO || r.data.length < P.NBD_INFO.size) continue
+    const kind = P.NBD_INFO.get(r.data, 'info')
+    const E = P.NBD_INFO_EXPORT_DATA
+    const B = P.NBD_INFO_BLOCK_SIZE_DATA
+    if (kind === P.NBD_INFO_EXPORT && r.data.length >= E.size) {
+      info.size = E.get(r.data, 'size')
+      info.flags = E.get(r.data, 'transmissionFlags')
+    } else if (kind === P.NBD_INFO_BLOCK_SIZE && r.data.length >= B.size) {
+      info.minimumBlock = B.get(r.data, 'minimum')
+      info.preferredBlock = B.get(r.data, 'preferred')
       // never more than we can buffer for one reply, whatever the server says
-      info.maximumBlock = Math.max(512, Math.min(r.data.readUInt32BE(10), DEFAULT_MAX_BLOCK))
+      info.maximumBlock = Math.max(512, Math.min(B.get(r.data, 'maximum'), DEFAULT_MAX_BLOCK))
     }
   }
   if (info.size < 0 || !Number.isSafeInteger(info.size)) throw new StorageError('IoError', `NBD export '${name}': the server sent no usable size`)

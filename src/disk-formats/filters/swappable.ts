@@ -1,5 +1,17 @@
-import type { BlockDevice, Extent, WriteOptions, ZeroOptions } from '../../disk-formats/block-device.js'
-import { StorageError } from '../../disk-formats/errors.js'
+import { capabilitiesOf, type BlockDevice, type Capabilities, type Extent, type WriteOptions, type ZeroOptions } from '../block-device.js'
+import { StorageError } from '../errors.js'
+
+export interface SwappableOptions {
+  /** what the device says of itself, whatever it forwards to (default: `next`'s) */
+  readOnly?: boolean
+  /** called once, after the device is closed (the server's disk lock is released there) */
+  onClose?: () => Promise<void>
+}
+
+/** A device whose chain can be swapped underneath its users: see LiveDisk. */
+export function swappable(next: BlockDevice, opts: SwappableOptions = {}): LiveDisk {
+  return new LiveDisk(next, opts.readOnly ?? next.readOnly, opts.onClose)
+}
 
 /**
  * A BlockDevice that forwards to a chain which the datastore can swap underneath it (a snapshot
@@ -85,6 +97,10 @@ export class LiveDisk implements BlockDevice {
   }
   blockStatus(offset: number, length: number): Promise<Extent[]> {
     return this.run((d) => d.blockStatus(offset, length))
+  }
+  /** The current device's (a swap puts a chain of the same kind in its place). */
+  capabilities(): Capabilities {
+    return capabilitiesOf(this.dev)
   }
   async close(): Promise<void> {
     await this.pause()
