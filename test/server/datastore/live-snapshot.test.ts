@@ -1,0 +1,95 @@
+import t from 'tap'
+import { closeSync, openSync, readFileSync, readSync } from 'node:fs'
+import { join } from 'node:path'
+import { needs, pattern, run, shmTmp } from '../../helpers/peers.js'
+import { Datastore } from '../../../src/server/datastore/index.js'
+import { VmdkImage } from '../../../src/disk-formats/index.js'
+import { UNCLEAN_SHUTDOWN_OFFSET } from '../../../src/disk-formats/vmdk/sparse-header.js'
+
+const SIZE = 1 << 20
+const K = 1024
+const R = 64 * K // the writer's region
+
+function uncleanByte(path: string): number {
+  const fd = openSync(path, 'r')
+  try {
+    const b = Buffer.alloc(1)
+    readSync(fd, b, 0, 1, UNCLEAN_SHUTDOWN_OFFSET)
+    return b[0]
+  } finally {
+    closeSync(fd)
+  }
+}
+
+t.test('snapshot create with the export open and written: only the new delta is opened, the writer goes on, the snapshot is one moment of it', async (t) => {
+  const dir = shmTmp(t, 'tandem-live-snap-')
+  const ds = await Datastore.open(dir)
+  t.teardown(() => ds.close())
+  await ds.createDisk('d', SIZE)
+  const h = await ds.openExport('d')
+  t.teardown(() => h.release())
+  await h.device.write(R, pattern(64 * K, 100))
+  for (const s of ['s0', 's1']) await ds.createSnapshot('d', s) // a chain three layers deep
+
+  // a QD1 writer rewrites the region with seeds 1, 2, 3…; the last one it finished is `done`
+  let stop = false
+  let done = 0
+  const writer = (async () => {
+    for (let seed = 1; !stop; seed++) {
+      await h.device.write(0, pattern(R, seed))
+      done = seed
+    }
+  })()
+  while (done < 3) await new Promise((r) => setTimeout(r, 1))
+
+  const opened: string[] = []
+  const open = VmdkImage.open
+  VmdkImage.open = (path, opts) => (opened.push(path), open.call(VmdkImage, path, opts))
+  const before = done
+  try {
+    await ds.createSnapshot('d', 'live')
+  } finally {
+    VmdkImage.open = open
+  }
+  const after = done
+  while (done < after + 3) await new Promise((r) => setTimeout(r, 1)) // it carries on
+  stop = true
+  await writer
+
+  const r = await ds.readRecord('d')
+  t.same(opened, [join(dir, 'd', r.top)], 'the new delta is the one file opened: the chain below stays open as it was')
+  const snap = await ds.openExport('d@live')
+  t.teardown(() => snap.release())
+  const frozen = await snap.device.read(0, R)
+  const seeds = Array.from({ length: after - before + 2 }, (_, i) => before + i)
+  t.ok(seeds.some((s) => frozen.equals(pattern(R, s))), `the snapshot holds one of the writes made while it was taken (seeds ${seeds.join(', ')})`)
+  t.same(await snap.device.read(R, 64 * K), pattern(64 * K, 100), 'and what lies below')
+  t.same(await h.device.read(0, R), pattern(R, done), 'the disk reads the last write')
+  t.same(await h.device.read(R, 64 * K), pattern(64 * K, 100), 'through every layer')
+
+  const old = join(dir, 'd', r.snapshots.find((s) => s.name === 'live')!.layer)
+  t.equal(uncleanByte(old), 0, 'the frozen layer is marked clean while the export stays open')
+  t.equal(uncleanByte(join(dir, 'd', r.top)), 1, 'the new top is open for writing')
+})
+
+t.test('the frozen layer is left to readers: qemu-img reads it while the export is open, and not the new top', needs('qemu-img'), async (t) => {
+  const dir = shmTmp(t, 'tandem-live-snap-qemu-')
+  const ds = await Datastore.open(dir)
+  t.teardown(() => ds.close())
+  await ds.createDisk('d', SIZE)
+  const h = await ds.openExport('d')
+  t.teardown(() => h.release())
+  await h.device.write(0, pattern(128 * K, 7))
+  await ds.createSnapshot('d', 's')
+  await h.device.write(0, pattern(4 * K, 8))
+  const r = await ds.readRecord('d')
+  const layer = join(dir, 'd', r.snapshots[0].layer)
+  const check = await run('qemu-img', ['check', '-f', 'vmdk', layer])
+  t.equal(check.status, 0, `qemu-img check of the snapshot layer without -U: ${check.stdout}${check.stderr}`)
+  const top = await run('qemu-img', ['info', '-f', 'vmdk', join(dir, 'd', r.top)])
+  t.not(top.status, 0, 'the new top is write-locked')
+  t.match(top.stderr, /lock/)
+  const img = await run('qemu-img', ['convert', '-f', 'vmdk', '-O', 'raw', layer, join(dir, 's.raw')])
+  t.equal(img.status, 0, img.stderr)
+  t.same(readFileSync(join(dir, 's.raw')).subarray(0, 128 * K), pattern(128 * K, 7), 'qemu-img reads the snapshot content')
+})
