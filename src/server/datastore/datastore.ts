@@ -320,9 +320,21 @@ export class Datastore {
     await createVmdk(this.layerPath(r.name, layer), { size: r.size, parent: { path: parentPath, cid }, exclusive: true })
   }
 
-  /** The disk's read-write export (open, or idle and kept for the next client), if any. */
-  private liveOf(disk: string): LiveDisk | undefined {
-    return this.handles.get(disk)?.live ?? this.idle.peek(disk)?.live
+  /**
+   * Runs `fn` with the disk's read-write export (open, or idle and kept for the next client), if
+   * any. An idle one is taken out of the idle cache meanwhile, so that no eviction closes it while
+   * its chain changes.
+   */
+  private async withLive<T>(disk: string, fn: (live: LiveDisk | undefined) => Promise<T>): Promise<T> {
+    const open = this.handles.get(disk)
+    if (open) return fn(open.live)
+    const idle = this.idle.peek(disk)
+    if (idle) this.idle.delete(disk) // 'delete' disposal: kept open
+    try {
+      return await fn(idle?.live)
+    } finally {
+      if (idle) this.idle.set(disk, idle)
+    }
   }
 
   /**
@@ -330,8 +342,11 @@ export class Datastore {
    * whether `fn` succeeded or not, the export reopens at the top the record names, so its
    * clients carry on (a failed `fn` leaves the record's chain valid).
    */
-  private async withTopClosed(disk: string, fn: () => Promise<DiskRecord>): Promise<DiskRecord> {
-    const live = this.liveOf(disk)
+  private withTopClosed(disk: string, fn: () => Promise<DiskRecord>): Promise<DiskRecord> {
+    return this.withLive(disk, (live) => this.swapTop(disk, live, fn))
+  }
+
+  private async swapTop(disk: string, live: LiveDisk | undefined, fn: () => Promise<DiskRecord>): Promise<DiskRecord> {
     if (!live) {
       await this.dropIdle(disk)
       return fn()
@@ -366,13 +381,12 @@ export class Datastore {
     validName('snapshot', snapshot)
     return this.changing(disk, async () => {
       const plan = planCreate(await this.readRecord(disk), snapshot, new Date().toISOString())
-      const live = this.liveOf(disk)
-      const top = live?.current
-      if (live && top instanceof VmdkImage && !top.readOnly) await this.stackDelta(disk, live, top, plan.record)
-      else {
+      await this.withLive(disk, async (live) => {
+        const top = live?.current
+        if (live && top instanceof VmdkImage && !top.readOnly) return this.stackDelta(disk, live, top, plan.record)
         await this.newDelta(plan.record, plan.top, plan.made.layer)
         await this.writeRecord(plan.record)
-      }
+      })
       return plan.made
     })
   }

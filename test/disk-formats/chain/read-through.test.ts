@@ -1,23 +1,11 @@
 import t from 'tap'
-import { closeSync, openSync, readSync } from 'node:fs'
 import { join } from 'node:path'
 import { needs, pattern, run, shmTmp } from '../../helpers/peers.js'
 import { createVmdk, linkParent, openVmdk, VmdkImage } from '../../../src/disk-formats/index.js'
-import { UNCLEAN_SHUTDOWN_OFFSET } from '../../../src/disk-formats/vmdk/sparse-header.js'
+import { uncleanByte } from '../../helpers/vmdk-flags.js'
 
 const SIZE = 1 << 20
 const K = 1024
-
-function uncleanByte(path: string): number {
-  const fd = openSync(path, 'r')
-  try {
-    const b = Buffer.alloc(1)
-    readSync(fd, b, 0, 1, UNCLEAN_SHUTDOWN_OFFSET)
-    return b[0]
-  } finally {
-    closeSync(fd)
-  }
-}
 
 t.test('a layer is linked to its parent once: a second link is refused', async (t) => {
   const dir = shmTmp(t, 'tandem-rt-')

@@ -1,33 +1,29 @@
-import t from 'tap'
-import { closeSync, openSync, readFileSync, readSync } from 'node:fs'
+import t, { type Test } from 'tap'
+import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { needs, pattern, run, shmTmp } from '../../helpers/peers.js'
 import { Datastore } from '../../../src/server/datastore/index.js'
 import { VmdkImage } from '../../../src/disk-formats/index.js'
-import { UNCLEAN_SHUTDOWN_OFFSET } from '../../../src/disk-formats/vmdk/sparse-header.js'
+import { uncleanByte } from '../../helpers/vmdk-flags.js'
 
 const SIZE = 1 << 20
 const K = 1024
 const R = 64 * K // the writer's region
 
-function uncleanByte(path: string): number {
-  const fd = openSync(path, 'r')
-  try {
-    const b = Buffer.alloc(1)
-    readSync(fd, b, 0, 1, UNCLEAN_SHUTDOWN_OFFSET)
-    return b[0]
-  } finally {
-    closeSync(fd)
-  }
-}
 
-t.test('snapshot create with the export open and written: only the new delta is opened, the writer goes on, the snapshot is one moment of it', async (t) => {
+/** A datastore with disk `d` and its read-write export open, all closed at the end of `t`. */
+async function openDisk(t: Test) {
   const dir = shmTmp(t, 'tandem-live-snap-')
   const ds = await Datastore.open(dir)
   t.teardown(() => ds.close())
   await ds.createDisk('d', SIZE)
   const h = await ds.openExport('d')
   t.teardown(() => h.release())
+  return { dir, ds, h }
+}
+
+t.test('snapshot create with the export open and written: only the new delta is opened, the writer goes on, the snapshot is one moment of it', async (t) => {
+  const { dir, ds, h } = await openDisk(t)
   await h.device.write(R, pattern(64 * K, 100))
   for (const s of ['s0', 's1']) await ds.createSnapshot('d', s) // a chain three layers deep
 
@@ -73,12 +69,7 @@ t.test('snapshot create with the export open and written: only the new delta is 
 })
 
 t.test('the frozen layer is left to readers: qemu-img reads it while the export is open, and not the new top', needs('qemu-img'), async (t) => {
-  const dir = shmTmp(t, 'tandem-live-snap-qemu-')
-  const ds = await Datastore.open(dir)
-  t.teardown(() => ds.close())
-  await ds.createDisk('d', SIZE)
-  const h = await ds.openExport('d')
-  t.teardown(() => h.release())
+  const { dir, ds, h } = await openDisk(t)
   await h.device.write(0, pattern(128 * K, 7))
   await ds.createSnapshot('d', 's')
   await h.device.write(0, pattern(4 * K, 8))
