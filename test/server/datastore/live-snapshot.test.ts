@@ -84,3 +84,35 @@ t.test('the frozen layer is left to readers: qemu-img reads it while the export 
   t.equal(img.status, 0, img.stderr)
   t.same(readFileSync(join(dir, 's.raw')).subarray(0, 128 * K), pattern(128 * K, 7), 'qemu-img reads the snapshot content')
 })
+
+t.test('an idle export whose snapshot is being taken is not closed by an eviction meanwhile', async (t) => {
+  const { ds, h } = await openDisk(t)
+  await h.device.write(0, pattern(64 * K, 5))
+  await h.release() // idle: kept open for the next client
+  const others = Array.from({ length: 33 }, (_, i) => `o${i}`) // more than the idle cache keeps
+  for (const o of others) await ds.createDisk(o, SIZE)
+  const open = VmdkImage.open
+  let evicted = false
+  // while the new delta is opened, other exports are opened and left idle, pushing `d` out
+  VmdkImage.open = async (path, opts) => {
+    const img = await open.call(VmdkImage, path, opts)
+    if (!evicted && opts === undefined && path.includes('/d/')) {
+      evicted = true
+      for (const o of others) await (await ds.openExport(o)).release()
+    }
+    return img
+  }
+  try {
+    await ds.createSnapshot('d', 's')
+  } finally {
+    VmdkImage.open = open
+  }
+  t.ok(evicted)
+  const again = await ds.openExport('d')
+  t.teardown(() => again.release())
+  await again.device.write(64 * K, pattern(4 * K, 6))
+  t.same(await again.device.read(0, 64 * K), pattern(64 * K, 5))
+  const snap = await ds.openExport('d@s')
+  t.teardown(() => snap.release())
+  t.same(await snap.device.read(0, 64 * K), pattern(64 * K, 5))
+})
