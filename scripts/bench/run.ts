@@ -1,7 +1,7 @@
 /**
  * `npm run bench`: Tandem beside its peers on the same work, alternating, in one run.
  * Prints medians and ratios (Tandem time / peer time: below 1.0 means Tandem is faster).
- * Options (env): BENCH_DIR (default ./bench-work), BENCH_REPS (default 3), BENCH_ONLY=disk|nbd|iscsi|initiator|locks|vm|vm-disk,
+ * Options (env): BENCH_DIR (default ./bench-work), BENCH_REPS (default 3), BENCH_ONLY=disk|nbd|iscsi|initiator|locks|vm|snapshot|vm-disk,
  * BENCH_FIO_SECONDS (default 4), BENCH_PORT_OFFSET (default 0: ports 10900 and 13900, tgtd control 39). For throughput (MiB/s, IOPS) the ratio is Tandem/peer: above 1 is faster.
  * Every row also shows CPU time (user + system) beside wall time: for a command, the command's own
  * (its process and the children it waited for); for a server, the server process's (all its
@@ -832,6 +832,75 @@ function sanlockBench(d: string, n: number) {
   return { init, join: join1, acq: median(acq), rel: median(rel), base: median(base), takeover }
 }
 
+// ---- Snapshot create under a QD1 writer: how long the writer stalls ----
+
+/**
+ * A 256 MiB disk in a datastore under BENCH_DIR (the file system the datastore would live on) and
+ * its read-write export open in this process, as `tandem serve` holds it; a writer issues 4 KiB
+ * writes at random offsets one at a time (QD1) while BENCH_SNAPSHOTS (default 20) snapshots are
+ * created, each after a quiet spell. A create's stall is the longest write latency among the
+ * writes that overlapped it; printed: the max and p50 of those over the creates, how long the
+ * export held requests (pause to resume, when the export's device is the pausable one), the
+ * writer's latency outside any create (the machine's own noise), each create's wall time, and
+ * this process's CPU (user+sys) over the creates.
+ */
+async function snapshotBench() {
+  const d = join(DIR, 'snapshot')
+  rmSync(d, { recursive: true, force: true })
+  mkdirSync(d, { recursive: true })
+  const N = Number(process.env.BENCH_SNAPSHOTS ?? 20)
+  const SIZE = 256 << 20
+  const { Datastore } = await import('../../src/server/datastore/index.js')
+  const store = await Datastore.open(join(d, 'ds'))
+  await store.createDisk('bench', SIZE)
+  const h = await store.openExport('bench')
+  const held: number[] = []
+  const pausable = h.device as unknown as { pause?: () => Promise<void>; resume?: (next?: unknown) => void }
+  if (pausable.pause && pausable.resume) {
+    const [pause, resume] = [pausable.pause.bind(pausable), pausable.resume.bind(pausable)]
+    let t0 = 0
+    pausable.pause = () => ((t0 = performance.now()), pause())
+    pausable.resume = (next) => (held.push(performance.now() - t0), resume(next))
+  }
+  const buf = Buffer.alloc(4096, 0xa5)
+  /** [start, end] of every write, in ms */
+  const writes: [number, number][] = []
+  let stop = false
+  const writer = (async () => {
+    while (!stop) {
+      const t0 = performance.now()
+      await h.device.write(Math.floor(Math.random() * (SIZE / 4096)) * 4096, buf)
+      writes.push([t0, performance.now()])
+    }
+  })()
+  const pause = (ms: number) => new Promise((r) => setTimeout(r, ms))
+  await pause(200) // the writer's first grains allocated
+  const creates: [number, number][] = []
+  const cpu0 = process.cpuUsage()
+  for (let i = 0; i < N; i++) {
+    await pause(50)
+    const t0 = performance.now()
+    await store.createSnapshot('bench', `s${i}`)
+    creates.push([t0, performance.now()])
+  }
+  const cpu = process.cpuUsage(cpu0)
+  stop = true
+  await writer
+  await h.release()
+  await store.close()
+  const stalls = creates.map(([a, b]) => Math.max(0, ...writes.filter(([s, e]) => e > a && s < b).map(([s, e]) => e - s)))
+  const quiet = writes.filter(([s, e]) => !creates.some(([a, b]) => e > a && s < b)).map(([s, e]) => e - s)
+  const ms = (xs: number[]) => xs.map((x) => x.toFixed(2))
+  console.log(`snapshot create under a QD1 4 KiB writer (${N} creates, 256 MiB disk, ${d})`)
+  const sorted = [...quiet].sort((a, b) => a - b)
+  console.log(`  writer stall during create: max ${Math.max(...stalls).toFixed(2)} ms   p50 ${median(stalls).toFixed(2)} ms`)
+  console.log(`  requests held (pause to resume): ${held.length ? `max ${Math.max(...held).toFixed(2)} ms   p50 ${median(held).toFixed(2)} ms` : 'not measured (the export device is not the pausable one)'}`)
+  console.log(`  writer latency outside creates: p50 ${median(quiet).toFixed(3)} ms   p99 ${sorted[Math.floor(sorted.length * 0.99)].toFixed(2)} ms   max ${Math.max(...quiet).toFixed(2)} ms   (${writes.length} writes)`)
+  console.log(`  create wall ${spread(creates.map(([a, b]) => b - a), 2)} ms   cpu (this process, user+sys, over the creates) ${((cpu.user + cpu.system) / 1000).toFixed(0)} ms`)
+  console.log(`  stalls ${ms(stalls).join(' ')}`)
+  rmSync(d, { recursive: true, force: true })
+}
+
 const only = process.env.BENCH_ONLY
 console.log(`Tandem benchmarks — ${REPS} runs each side, alternating, medians; ratio = Tandem/peer time (< 1 is faster)`)
 if (!only || only === 'disk') await diskBench()
@@ -840,6 +909,7 @@ if (!only || only === 'iscsi') await iscsiBench()
 if (!only || only === 'initiator') await initiatorBench()
 if (!only || only === 'locks') await locksBench()
 if (!only || only === 'vm') await vmBench()
+if (!only || only === 'snapshot') await snapshotBench()
 if (only === 'vm-disk') {
   const d = join(DIR, 'vm-disk')
   rmSync(d, { recursive: true, force: true })

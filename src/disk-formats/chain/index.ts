@@ -2,3 +2,4 @@ export { openImage, openVmdk, probeFormat, attachParents, MAX_CHAIN_DEPTH, type 
 export { convert, nonZeroRuns, type ConvertOptions } from './convert.js'
 export { commit, findChildren, type CommitOptions, type CommitResult } from './commit.js'
 export { rebase, type RebaseOptions } from './rebase.js'
+export { linkParent, ReadThrough } from './read-through.js'

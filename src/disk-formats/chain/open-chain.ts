@@ -6,6 +6,7 @@ import { RawFile } from '../raw/index.js'
 import { looksLikeDescriptor } from '../vmdk/descriptor.js'
 import { KDMV_MAGIC } from '../vmdk/sparse-header.js'
 import { VmdkImage } from '../vmdk/vmdk-image.js'
+import { linkParent } from './read-through.js'
 
 export type ImageFormat = 'vmdk' | 'raw'
 
@@ -95,7 +96,7 @@ export async function attachParents(top: VmdkImage): Promise<void> {
       throw new StorageError('Corrupt', `'${child.path}': backing chain loops back to '${ppath}'`, child.path)
     }
     seen.add(real)
-    child.backing = parent
+    linkParent(child, parent)
     checkLink(child, parent, ppath)
     child = parent
   }

@@ -81,7 +81,7 @@ export class SparseExtent {
     readonly path: string,
     private readonly fh: FileHandle,
     readonly header: SparseHeader,
-    readonly readOnly: boolean,
+    private ro: boolean,
     fileBytes: number,
   ) {
     this.geo = geometry(header)
@@ -92,6 +92,11 @@ export class SparseExtent {
     // holds them: lru-cache's bookkeeping cost a one-shot command (a cold process) ~3 ms more.
     this.gts = this.geo.gdEntries <= GT_CACHE_TABLES ? new Map() : lruCache<number, Uint32Array>(GT_CACHE_TABLES)
     this.grains = this.compressed ? lruCache<number, Buffer>(GRAIN_CACHE) : null
+  }
+
+  /** Opened read-only, or frozen since. */
+  get readOnly(): boolean {
+    return this.ro
   }
 
   get zeroedGrains(): boolean {
@@ -269,6 +274,7 @@ export class SparseExtent {
 
   /** Sets uncleanShutdown while the extent is open for write (SPEC.md §5). */
   private async markDirty(): Promise<void> {
+    if (this.ro) throw new StorageError('ReadOnly', `'${this.path}' is open read-only`, this.path)
     if (this.marked) return
     this.marked = true
     await pwriteFull(this.fh, this.path, UNCLEAN_SHUTDOWN_OFFSET, Buffer.from([1]))
@@ -552,6 +558,20 @@ export class SparseExtent {
       this.fileSectors = cut
       this.nextSector = cut
     })
+  }
+
+  /**
+   * Stops writing for good, keeping the file open for reads: syncs and clears uncleanShutdown as
+   * close does (left set after a failed write); later writes are refused (ReadOnly).
+   */
+  async freeze(): Promise<void> {
+    if (this.ro) return
+    if (this.marked && !this.failed) {
+      await datasync(this.fh, this.path)
+      await pwriteFull(this.fh, this.path, UNCLEAN_SHUTDOWN_OFFSET, Buffer.from([0]))
+      this.marked = false
+    }
+    this.ro = true
   }
 
   /**

@@ -2,7 +2,7 @@ import type { FileHandle } from 'node:fs/promises'
 import { rename, stat } from 'node:fs/promises'
 import { basename, dirname, isAbsolute, join } from 'node:path'
 import { Mutex } from 'async-mutex'
-import { mergeExtents, readInto, type BlockDevice, type Extent, type WriteOptions, type ZeroOptions } from '../block-device.js'
+import { mergeExtents, type BlockDevice, type Extent, type WriteOptions, type ZeroOptions } from '../block-device.js'
 import { dataRuns } from '../data-runs.js'
 import { fromSystemError, StorageError } from '../errors.js'
 import { datasync, fileSize, openFile, preadFull, pwriteFull } from '../file-io.js'
@@ -40,17 +40,35 @@ export interface OpenOptions {
   readOnly?: boolean
 }
 
+/**
+ * What a layer finds below it where it allocates nothing (chain/read-through.ts makes one from
+ * the parent device): the parent's bytes and block status, in this layer's offsets.
+ */
+export interface Below {
+  readonly device: BlockDevice
+  /** how many layers lie below this one */
+  readonly depth: number
+  /** fills out[at, at+length) with the bytes below at `offset` (zeros past the parent's end) */
+  fill(offset: number, length: number, out: Buffer, at: number): Promise<void>
+  /** makes durable what was written to a parent still open for writing (a top being frozen) */
+  flush(): Promise<void>
+  /** whether the parent has bytes at `offset` (a zero there must shadow them) */
+  shadows(offset: number): boolean
+  /** block status below for a range this layer does not allocate (depth counted from this layer) */
+  status(offset: number, length: number): Promise<Extent[]>
+}
+
 /** qemu's text createTypes; a text descriptor claiming another (e.g. monolithicSparse) is refused. */
 const TEXT_CREATE_TYPES = new Set(['monolithicFlat', 'vmfs', 'twoGbMaxExtentSparse', 'twoGbMaxExtentFlat'])
 const ZERO_CHUNK = 1 << 20
 
 /**
- * One VMDK layer (descriptor + extents), a BlockDevice. Unallocated grains read through to
- * `backing` (the parent layer) when set, else as zeros. SPEC.md has the formats.
+ * One VMDK layer (descriptor + extents), a BlockDevice. Unallocated grains read what lies below
+ * (attachParent, chain/) when a parent is attached, else zeros. SPEC.md has the formats.
  */
 export class VmdkImage implements BlockDevice {
   readonly size: number
-  backing: BlockDevice | null = null
+  private below: Below | null = null
   private cidUpdate: Promise<void> | null = null
   private readonly descLock = new Mutex()
 
@@ -58,11 +76,11 @@ export class VmdkImage implements BlockDevice {
     readonly path: string,
     public descriptor: Descriptor,
     private readonly slots: Slot[],
-    readonly readOnly: boolean,
+    private ro: boolean,
     /** the descriptor lives inside this sparse extent (monolithicSparse, streamOptimized) */
     private readonly embedded: SparseExtent | null,
     /** qemu-style image locks on the descriptor and every extent file (image-lock.ts) */
-    private readonly locks: ImageLock,
+    private locks: ImageLock,
   ) {
     this.size = slots.reduce((n, s) => n + s.size, 0)
   }
@@ -137,6 +155,25 @@ export class VmdkImage implements BlockDevice {
       locks.release()
       throw err
     }
+  }
+
+  /** Opened read-only, or frozen since. */
+  get readOnly(): boolean {
+    return this.ro
+  }
+
+  /** The parent device attached below this layer, if any. */
+  get backing(): BlockDevice | null {
+    return this.below?.device ?? null
+  }
+
+  /**
+   * Attaches what lies below this layer (once: chain/ opens a chain top-down, so the parent is
+   * known only after this layer's descriptor is read). Closing this layer closes it too.
+   */
+  attachParent(below: Below): void {
+    if (this.below) throw new StorageError('InvalidArgument', `'${this.path}' already has a parent attached`, this.path)
+    this.below = below
   }
 
   get cid(): number {
@@ -216,12 +253,10 @@ export class VmdkImage implements BlockDevice {
     }
   }
 
-  /** Fills out[at, at+length) with the backing device's bytes for disk offset `offset`. */
+  /** Fills out[at, at+length) with what lies below at disk offset `offset` (zeros with no parent). */
   private async fillFromBacking(offset: number, length: number, out: Buffer, at: number): Promise<void> {
-    const b = this.backing
-    const avail = b ? Math.max(0, Math.min(length, b.size - offset)) : 0
-    if (avail > 0) await readInto(b!, offset, avail, out, at)
-    if (avail < length) out.fill(0, at + avail, at + length)
+    if (this.below) await this.below.fill(offset, length, out, at)
+    else out.fill(0, at, at + length)
   }
 
   async read(offset: number, length: number): Promise<Buffer> {
@@ -250,8 +285,40 @@ export class VmdkImage implements BlockDevice {
     this.cidUpdate ??= Promise.resolve()
   }
 
+  /**
+   * The CID this layer keeps while it stays open, given now if it has not changed since open (as
+   * its first write would): a delta made on this layer while it is still written names this CID.
+   */
+  async pinCid(): Promise<number> {
+    await this.touch()
+    return this.cid
+  }
+
+  /**
+   * Makes this open layer read-only for good (a snapshot freezes the top it had): what was
+   * written is synced and uncleanShutdown cleared as close would, and the image locks become a
+   * reader's, so qemu-img may read the files. Reads, and layers above reading through, go on;
+   * writes are refused (ReadOnly). The caller sees that nothing writes to it meanwhile; if a sync
+   * fails it stays writable (and flushed through a child).
+   */
+  async freeze(): Promise<void> {
+    if (this.ro) return
+    await Promise.all(this.slots.map((s) => (s.sparse ? s.sparse.freeze() : s.flat ? datasync(s.flat.fh, s.path!) : undefined)))
+    this.ro = true
+    const locks = lockImageFiles()
+    try {
+      for (const f of this.files()) locks.add(f, 'read')
+    } catch (e) {
+      locks.release() // the writer's locks stay: stricter, never looser
+      throw e
+    }
+    this.locks.release()
+    this.locks = locks
+  }
+
   /** First modification after open gives the disk a new content id (qemu does the same). */
   private touch(): Promise<void> {
+    if (this.ro) return Promise.reject(new StorageError('ReadOnly', `'${this.path}' is open read-only`, this.path))
     this.cidUpdate ??= (async () => {
       this.descriptor = { ...this.descriptor, cid: newCid() }
       await this.writeDescriptor()
@@ -264,7 +331,7 @@ export class VmdkImage implements BlockDevice {
    * by temp + fsync + rename for a descriptor file.
    */
   async writeDescriptor(d: Descriptor = this.descriptor): Promise<void> {
-    if (this.readOnly) throw new StorageError('ReadOnly', `'${this.path}' is open read-only`, this.path)
+    if (this.ro) throw new StorageError('ReadOnly', `'${this.path}' is open read-only`, this.path)
     await this.descLock.runExclusive(async () => {
       this.descriptor = d
       const text = Buffer.from(serializeDescriptor(d), 'utf8')
@@ -314,7 +381,7 @@ export class VmdkImage implements BlockDevice {
       for (const m of await ext.map(a - s.start, n)) {
         if (m.kind === 'zero') continue
         const diskOff = s.start + m.offset
-        const shadowed = this.backing !== null && diskOff < this.backing.size
+        const shadowed = this.below !== null && this.below.shadows(diskOff)
         if (m.kind === 'unallocated' && !shadowed) continue
         let pos = m.offset
         const end = m.offset + m.length
@@ -336,10 +403,12 @@ export class VmdkImage implements BlockDevice {
   /** Discard leaves data in place: VMDK cannot free a grain (nor does qemu), and content after discard is unspecified. */
   async discard(): Promise<void> {}
 
+  /** Syncs this layer, and a parent still open for writing (Below.flush). */
   async flush(): Promise<void> {
-    await Promise.all(
-      this.slots.map((s) => (s.sparse ? s.sparse.flush() : s.flat ? datasync(s.flat.fh, s.path!) : undefined)),
-    )
+    await Promise.all([
+      ...this.slots.map((s) => (s.sparse ? s.sparse.flush() : s.flat ? datasync(s.flat.fh, s.path!) : undefined)),
+      this.below?.flush(),
+    ])
   }
 
   /** This layer's own allocation (no read-through): what commit copies and map's depth 0. */
@@ -355,8 +424,7 @@ export class VmdkImage implements BlockDevice {
 
   /** How many layers lie below this one. */
   get depthBelow(): number {
-    const b = this.backing
-    return b === null ? 0 : 1 + (b instanceof VmdkImage ? b.depthBelow : 0)
+    return this.below?.depth ?? 0
   }
 
   async blockStatus(offset: number, length: number): Promise<Extent[]> {
@@ -378,23 +446,12 @@ export class VmdkImage implements BlockDevice {
           } else if (m.kind === 'zero') {
             out.push({ offset: off, length: m.length, data: false, zero: true, depth: 0, present: true })
           } else {
-            out.push(...(await this.belowStatus(off, m.length)))
+            out.push(...(this.below ? await this.below.status(off, m.length) : [{ offset: off, length: m.length, data: false, zero: true, depth: 0, present: false }]))
           }
         }
       }
     }
     return mergeExtents(out)
-  }
-
-  /** Block status of the layers below, for a range this layer does not allocate. */
-  private async belowStatus(offset: number, length: number): Promise<Extent[]> {
-    const b = this.backing
-    const bottom = this.depthBelow
-    const avail = b ? Math.max(0, Math.min(length, b.size - offset)) : 0
-    const out: Extent[] = []
-    if (avail > 0) for (const e of await b!.blockStatus(offset, avail)) out.push({ ...e, depth: e.depth + 1 })
-    if (avail < length) out.push({ offset: offset + avail, length: length - avail, data: false, zero: true, depth: bottom, present: false })
-    return out
   }
 
   /** Closes this layer and the chain below it (`sync: false`: see SparseExtent.close). */
@@ -409,7 +466,7 @@ export class VmdkImage implements BlockDevice {
       }
     }
     this.locks.release()
-    if (this.backing) await this.backing.close().catch((e) => errors.push(e))
+    if (this.below) await this.below.device.close().catch((e) => errors.push(e))
     if (errors.length) throw errors[0]
   }
 }

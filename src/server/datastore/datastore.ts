@@ -5,13 +5,14 @@ import { LRUCache } from 'lru-cache'
 import type { BlockDevice } from '../../disk-formats/block-device.js'
 import { StorageError, fromSystemError } from '../../disk-formats/errors.js'
 import { openFile } from '../../disk-formats/file-io.js'
-import { createVmdk, type Subformat } from '../../disk-formats/vmdk/index.js'
-import { openVmdk, rebase } from '../../disk-formats/chain/index.js'
+import { createVmdk, VmdkImage, type Subformat } from '../../disk-formats/vmdk/index.js'
+import { linkParent, openVmdk, rebase } from '../../disk-formats/chain/index.js'
 import { checked, swappable, type LiveDisk } from '../../disk-formats/filters/index.js'
 import { DiskLocks } from './disk-locks.js'
 import { RECORD, readRecord, writeRecord, type AccessRecord, type DiskRecord, type SnapshotRecord } from './disk-record.js'
 import { isValidName, parseExportName, validName } from './names.js'
 import { repairDisk } from './repair.js'
+import { chainOf, findSnapshot, layerName, planCreate, planDelete, planRevert, snapshotViews, type SnapshotView } from './snapshot-tree.js'
 
 export type { AccessRecord, DiskRecord, SnapshotRecord } from './disk-record.js'
 
@@ -22,7 +23,7 @@ export interface DiskInfo {
   createdAt: string
   chain: string[]
   current: string | null
-  snapshots: (Omit<SnapshotRecord, 'layer'> & { isCurrent: boolean })[]
+  snapshots: SnapshotView[]
   openExports: Record<string, number>
   writers: number
   access: { initiators: string[]; chap: boolean }
@@ -51,14 +52,13 @@ const TRASH = 'trash'
 
 /**
  * A datastore: one folder, one sub-folder per disk holding its VMDK layers and disk.json.
- * Snapshots form a tree as in vSphere (DESIGN §4):
- * - create freezes the top layer as the snapshot and puts a new delta on it;
- * - revert discards the top and puts a new delta on the chosen snapshot's layer;
- * - delete rebases the snapshot layer's children onto its parent (content-preserving, so
- *   neither the disk nor any other snapshot changes) and removes the layer.
+ * Snapshots form a tree as in vSphere; snapshot-tree.ts has the rules. Delete rebases the
+ * snapshot layer's children onto its parent (content-preserving, so neither the disk nor any
+ * other snapshot changes) and removes the layer.
  * A client with the disk's read-write export open keeps its connection through all three: the
  * export is paused, re-pointed at the new top, and resumed (after a revert it reads the
- * reverted content). Deleting a snapshot while any snapshot export of that disk is open is
+ * reverted content). Create makes the new delta before the pause and, in it, only stacks that
+ * delta on the open chain. Deleting a snapshot while any snapshot export of that disk is open is
  * refused (Busy).
  *
  * Crashes: every operation is a sequence of steps each of which leaves every chain valid and
@@ -199,7 +199,7 @@ export class Datastore {
       try {
         stage = await this.scratch(STAGING, name)
         await mkdir(stage)
-        const top = 'l-0000.vmdk'
+        const top = layerName(0)
         await createVmdk(join(stage, top), { size, subformat: opts.subformat ?? 'monolithicSparse', exclusive: true })
         const r: DiskRecord = {
           version: 1,
@@ -277,14 +277,6 @@ export class Datastore {
     for (const f of await readdir(dir)) {
       if (f.endsWith('.vmdk')) actual += (await stat(join(dir, f))).blocks * 512
     }
-    // The current chain: top, then each parent layer (from the snapshot tree).
-    const chain = [r.top]
-    for (let s = r.current; s !== null; ) {
-      const snap = r.snapshots.find((x) => x.name === s)
-      if (!snap) break
-      chain.push(snap.layer)
-      s = snap.parent
-    }
     let writers = 0
     for (const [k, h] of this.handles) if (h.refs > 0 && k === name) writers += h.refs
     return {
@@ -292,9 +284,9 @@ export class Datastore {
       size: r.size,
       actualSize: actual,
       createdAt: r.createdAt,
-      chain,
+      chain: chainOf(r),
       current: r.current,
-      snapshots: r.snapshots.map(({ name: n, parent, createdAt }) => ({ name: n, parent, createdAt, isCurrent: n === r.current })),
+      snapshots: snapshotViews(r),
       openExports: this.openExportsOf(name),
       writers,
       access: { initiators: [...r.access.initiators], chap: r.access.chap !== undefined },
@@ -314,19 +306,35 @@ export class Datastore {
     return join(this.diskDir(disk), layer)
   }
 
-  private newLayerName(r: DiskRecord): string {
-    return `l-${String(r.nextLayer++).padStart(4, '0')}.vmdk`
+  /**
+   * Creates the delta `layer` on `parentLayer`, whose CID is `cid` (read from the parent layer
+   * alone when not given: nothing below it matters).
+   */
+  private async newDelta(r: DiskRecord, layer: string, parentLayer: string, cid?: number): Promise<void> {
+    const parentPath = this.layerPath(r.name, parentLayer)
+    if (cid === undefined) {
+      const p = await VmdkImage.open(parentPath, { readOnly: true })
+      cid = p.cid
+      await p.close()
+    }
+    await createVmdk(this.layerPath(r.name, layer), { size: r.size, parent: { path: parentPath, cid }, exclusive: true })
   }
 
-  /** Creates a delta on `parentLayer` and returns its name. */
-  private async newDelta(r: DiskRecord, parentLayer: string): Promise<string> {
-    const name = this.newLayerName(r)
-    const parentPath = this.layerPath(r.name, parentLayer)
-    const p = await openVmdk(parentPath, { readOnly: true })
-    const cid = p.cid
-    await p.close()
-    await createVmdk(this.layerPath(r.name, name), { size: r.size, parent: { path: parentPath, cid }, exclusive: true })
-    return name
+  /**
+   * Runs `fn` with the disk's read-write export (open, or idle and kept for the next client), if
+   * any. An idle one is taken out of the idle cache meanwhile, so that no eviction closes it while
+   * its chain changes.
+   */
+  private async withLive<T>(disk: string, fn: (live: LiveDisk | undefined) => Promise<T>): Promise<T> {
+    const open = this.handles.get(disk)
+    if (open) return fn(open.live)
+    const idle = this.idle.peek(disk)
+    if (idle) this.idle.delete(disk) // 'delete' disposal: kept open
+    try {
+      return await fn(idle?.live)
+    } finally {
+      if (idle) this.idle.set(disk, idle)
+    }
   }
 
   /**
@@ -334,8 +342,11 @@ export class Datastore {
    * whether `fn` succeeded or not, the export reopens at the top the record names, so its
    * clients carry on (a failed `fn` leaves the record's chain valid).
    */
-  private async withTopClosed(disk: string, fn: () => Promise<DiskRecord>): Promise<DiskRecord> {
-    const live = this.handles.get(disk)?.live ?? this.idle.peek(disk)?.live
+  private withTopClosed(disk: string, fn: () => Promise<DiskRecord>): Promise<DiskRecord> {
+    return this.withLive(disk, (live) => this.swapTop(disk, live, fn))
+  }
+
+  private async swapTop(disk: string, live: LiveDisk | undefined, fn: () => Promise<DiskRecord>): Promise<DiskRecord> {
     if (!live) {
       await this.dropIdle(disk)
       return fn()
@@ -369,72 +380,85 @@ export class Datastore {
   async createSnapshot(disk: string, snapshot: string): Promise<SnapshotRecord> {
     validName('snapshot', snapshot)
     return this.changing(disk, async () => {
-      const r0 = await this.readRecord(disk)
-      if (r0.snapshots.some((s) => s.name === snapshot)) throw new StorageError('Exists', `disk '${disk}' already has a snapshot '${snapshot}'`)
-      let made!: SnapshotRecord
-      await this.withTopClosed(disk, async () => {
-        const r = await this.readRecord(disk)
-        made = { name: snapshot, layer: r.top, parent: r.current, createdAt: new Date().toISOString() }
-        r.top = await this.newDelta(r, made.layer)
-        r.snapshots.push(made)
-        r.current = snapshot
-        await this.writeRecord(r)
-        return r
+      const plan = planCreate(await this.readRecord(disk), snapshot, new Date().toISOString())
+      await this.withLive(disk, async (live) => {
+        const top = live?.current
+        if (live && top instanceof VmdkImage && !top.readOnly) return this.stackDelta(disk, live, top, plan.record)
+        await this.newDelta(plan.record, plan.top, plan.made.layer)
+        await this.writeRecord(plan.record)
       })
-      return made
+      return plan.made
     })
+  }
+
+  /**
+   * Snapshot create with the disk's export open on chain `top`. Before the pause, while clients
+   * write on: the top's CID is pinned, the new delta is made on it and opened (its parent is the
+   * open top), the top is flushed (its CID durable) and `record`, naming the delta as the top, is
+   * written. The record is the commit point: a stop before it leaves a delta no record names
+   * (repairDisk removes it); after it, the delta is empty, so the disk reads the old top's
+   * content, and the snapshot is that content at the stop. The pause only drains the export and
+   * swaps in the delta; until the old top is frozen (synced, read-only, uncleanShutdown cleared,
+   * a reader's image locks) a flush through the delta also flushes it (chain/read-through.ts),
+   * so a write acknowledged before the swap is durable after any later flush. Nothing reopens.
+   */
+  private async stackDelta(disk: string, live: LiveDisk, top: VmdkImage, record: DiskRecord): Promise<void> {
+    const path = this.layerPath(disk, record.top)
+    let delta: VmdkImage | undefined
+    try {
+      const cid = await top.pinCid()
+      await createVmdk(path, { size: record.size, parent: { path: top.path, cid }, exclusive: true })
+      delta = await VmdkImage.open(path)
+      await top.flush()
+      await this.writeRecord(record)
+    } catch (e) {
+      const named = await this.readRecord(disk).then((r) => r.top === record.top, () => false)
+      if (!named) {
+        await delta?.close().catch(() => undefined)
+        await unlink(path).catch(() => undefined)
+        throw e
+      }
+      // the record was replaced before the failure (a folder sync): the delta is the disk now
+      delta ??= await VmdkImage.open(path)
+    }
+    linkParent(delta, top)
+    await live.pause()
+    live.resume(delta)
+    await top.freeze()
   }
 
   async revertSnapshot(disk: string, snapshot: string): Promise<void> {
     validName('snapshot', snapshot)
     await this.changing(disk, async () => {
-      const r0 = await this.readRecord(disk)
-      if (!r0.snapshots.some((s) => s.name === snapshot)) throw new StorageError('NotFound', `disk '${disk}' has no snapshot '${snapshot}'`)
-      let old = ''
+      const plan = planRevert(await this.readRecord(disk), snapshot)
       await this.withTopClosed(disk, async () => {
-        const r = await this.readRecord(disk)
-        const snap = r.snapshots.find((s) => s.name === snapshot)!
-        old = r.top
-        r.top = await this.newDelta(r, snap.layer)
-        r.current = snapshot
-        await this.writeRecord(r)
-        return r
+        await this.newDelta(plan.record, plan.top, plan.parentLayer)
+        await this.writeRecord(plan.record)
+        return plan.record
       })
-      // The discarded top is no snapshot's layer (a snapshot always freezes the then-top).
-      await unlink(this.layerPath(disk, old)).catch(() => undefined)
+      await unlink(this.layerPath(disk, plan.discard)).catch(() => undefined)
     })
   }
 
   async deleteSnapshot(disk: string, snapshot: string): Promise<void> {
     validName('snapshot', snapshot)
     await this.changing(disk, async () => {
-      const r0 = await this.readRecord(disk)
-      const snap = r0.snapshots.find((s) => s.name === snapshot)
-      if (!snap) throw new StorageError('NotFound', `disk '${disk}' has no snapshot '${snapshot}'`)
+      const plan = planDelete(await this.readRecord(disk), snapshot)
       const snapExports = Object.entries(this.openExportsOf(disk)).filter(([k]) => k.includes('@'))
       if (snapExports.length > 0) {
         throw new StorageError('Busy', `cannot delete snapshot '${snapshot}': snapshot exports of '${disk}' are open (${snapExports.map(([k]) => k).join(', ')})`)
       }
       await this.dropIdle(disk)
       await this.withTopClosed(disk, async () => {
-        const r = await this.readRecord(disk)
-        const s = r.snapshots.find((x) => x.name === snapshot)!
-        const parentLayer = s.parent === null ? null : r.snapshots.find((x) => x.name === s.parent)!.layer
-        // Layers whose parent is this snapshot's layer: child snapshots' layers, and the top if
-        // current. Each rebase keeps its layer's content and CID, so stopped after any step every
-        // chain still opens with its content; the record names the result only once all are
-        // done (repairDisk makes a record follow children rebased before a stop).
-        const children = r.snapshots.filter((x) => x.parent === snapshot).map((x) => x.layer)
-        if (r.current === snapshot) children.push(r.top)
-        for (const child of children) {
-          await rebase(this.layerPath(disk, child), parentLayer === null ? null : this.layerPath(disk, parentLayer))
+        // Each rebase keeps its layer's content and CID, so stopped after any step every chain
+        // still opens with its content; the record names the result only once all are done
+        // (repairDisk makes a record follow children rebased before a stop).
+        for (const child of plan.children) {
+          await rebase(this.layerPath(disk, child), plan.parentLayer === null ? null : this.layerPath(disk, plan.parentLayer))
         }
-        for (const x of r.snapshots) if (x.parent === snapshot) x.parent = s.parent
-        if (r.current === snapshot) r.current = s.parent
-        r.snapshots = r.snapshots.filter((x) => x.name !== snapshot)
-        await this.writeRecord(r)
-        await unlink(this.layerPath(disk, s.layer)).catch(() => undefined)
-        return r
+        await this.writeRecord(plan.record)
+        await unlink(this.layerPath(disk, plan.layer)).catch(() => undefined)
+        return plan.record
       })
     })
   }
@@ -463,7 +487,7 @@ export class Datastore {
           const live = swappable(dev, { readOnly: false, onClose: unlock })
           h = { dev: checked(live), refs: 0, live }
         } else {
-          const s = r.snapshots.find((x) => x.name === snapshot)
+          const s = findSnapshot(r, snapshot)
           if (!s) throw new StorageError('NotFound', `disk '${disk}' has no snapshot '${snapshot}'`)
           h = { dev: checked(await openVmdk(this.layerPath(disk, s.layer), { readOnly: true })), refs: 0 }
         }

@@ -114,22 +114,39 @@ const deleting = (snap: string): Scenario => ({
   },
 })
 
+/** After a snapshot create: the disk as before, e (if made) too, and e and the next layer's name usable. */
+const created: Scenario['after'] = async (t, ds, want, what) => {
+  const got = await contents(ds, 'd')
+  same(t, got.current, want.current, `${what}: the disk`)
+  if (got.snaps.has('e')) same(t, got.snaps.get('e')!, want.current, `${what}: the new snapshot`)
+  else await ds.createSnapshot('d', 'e')
+  same(t, await readAll(ds, 'd@e'), want.current, `${what}: e taken after the restart`)
+  await writeAt(ds, 'd', [[0, 4 * K, 77]])
+  await ds.createSnapshot('d', 'f') // the next layer's name is free too
+}
+
 const scenarios: Scenario[] = [
   deleting('a'), // its child b gets a's data; b's children (c, d and the top under d) keep b's CID
   deleting('b'), // two children
   deleting('d'), // the current state's snapshot: the top is the child
+  { name: 'create snapshot e', op: (ds) => ds.createSnapshot('d', 'e'), after: created },
   {
-    name: 'create snapshot e',
-    op: (ds) => ds.createSnapshot('d', 'e'),
-    after: async (t, ds, want, what) => {
-      const got = await contents(ds, 'd')
-      same(t, got.current, want.current, `${what}: the disk`)
-      if (got.snaps.has('e')) same(t, got.snaps.get('e')!, want.current, `${what}: the new snapshot`)
-      else await ds.createSnapshot('d', 'e')
-      same(t, await readAll(ds, 'd@e'), want.current, `${what}: e taken after the restart`)
-      await writeAt(ds, 'd', [[0, 4 * K, 77]])
-      await ds.createSnapshot('d', 'f') // the next layer's name is free too
+    // the export stays open: the new delta is stacked on the open chain, the old top frozen
+    name: 'create snapshot e with the disk open and written meanwhile',
+    op: async (ds) => {
+      const h = await ds.openExport('d')
+      try {
+        const same = await h.device.read(0, 128 * K) // written back as it is: the content stays
+        // both settle before the "restart" (a failed one must not leave the other running)
+        const both = await Promise.allSettled([h.device.write(0, same), ds.createSnapshot('d', 'e')])
+        for (const r of both) if (r.status === 'rejected') throw r.reason
+        await h.device.write(64 * K, same.subarray(64 * K))
+        await h.device.flush()
+      } finally {
+        await h.release()
+      }
     },
+    after: created,
   },
   {
     name: 'revert to c',
