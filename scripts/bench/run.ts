@@ -179,8 +179,9 @@ interface Served {
   stop(): Promise<void>
 }
 
-const NBD_PORT = 10900
-const ISCSI_PORT = 13900
+/** Fixed ports; BENCH_NBD_PORT, BENCH_ISCSI_PORT (and BENCH_TGT_CONTROL, tgtd's control port) move them when another run holds them. */
+const NBD_PORT = Number(process.env.BENCH_NBD_PORT ?? 10900)
+const ISCSI_PORT = Number(process.env.BENCH_ISCSI_PORT ?? 13900)
 
 function waitExit(child: ChildProcess): Promise<void> {
   return new Promise((r) => (child.exitCode !== null || child.signalCode !== null ? r() : child.once('exit', () => r())))
@@ -397,7 +398,7 @@ async function iscsiBench() {
     console.log(`iscsi: SKIP (cannot build the load generator; libiscsi-dev missing? ${cc.stderr.trim()})`)
     return
   }
-  const TGT_CONTROL = '39'
+  const TGT_CONTROL = process.env.BENCH_TGT_CONTROL ?? '39'
   const sides: Side[] = [
     [
       'tandem',
