@@ -1,3 +1,3 @@
 export { LogicalUnit, BLOCK, dataOutLength, mediumReadLength, type ScsiResult, type LogicalUnitOptions } from './logical-unit.js'
-export { SenseError, senseData, senseFor } from './sense.js'
+export { SenseError, logicalUnitNotSupported, senseData, senseFor } from './sense.js'
 export * as SCSI from './constants.js'

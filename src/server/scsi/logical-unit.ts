@@ -151,10 +151,19 @@ export class LogicalUnit {
     return Math.floor(this.dev.size / BLOCK)
   }
 
-  async execute(cdb: Buffer, dataOut: Buffer | null, initiator: string): Promise<ScsiResult> {
+  /**
+   * `expected`: the bytes of data-out the transport carries (iSCSI's ExpectedDataTransferLength).
+   * A WRITE whose transfer length is longer (an overflow, RFC 7143 §11.4.5) writes only the whole
+   * blocks within it; the transport reports the residual.
+   */
+  async execute(cdb: Buffer, dataOut: Buffer | null, initiator: string, expected?: number): Promise<ScsiResult> {
     const task: Task = { nexus: initiator, aborted: false, running: null }
     this.tasks.add(task)
     try {
+      if (expected !== undefined) {
+        const need = dataOutLength(cdb)
+        if (need?.shrink && expected < need.bytes) cdb = need.shrink(Math.floor(expected / BLOCK))
+      }
       if (cdb.length < 6) throw invalidOpcode()
       // A pending unit attention ends any command but INQUIRY, REPORT LUNS and REQUEST SENSE
       // (which reports it as its sense data), and is then cleared (SAM-5 5.14, SPC-4 5.9).
@@ -682,7 +691,7 @@ const WRITE_FAMILY = new Set([C.WRITE_6, C.WRITE_10, C.WRITE_12, C.WRITE_16, C.W
 /**
  * The data-out a command carries, in bytes, as its CDB says (the SCSI transfer length), for the
  * transport to compare with its own expected length; and, for the WRITE family, a CDB that
- * transfers only `blocks` (an iSCSI overflow writes only what the initiator sent, RFC 7143 §11.4.5).
+ * transfers only `blocks` (`execute` with an `expected` length shorter than the transfer).
  */
 export function dataOutLength(cdb: Buffer): { bytes: number; shrink?: (blocks: number) => Buffer } | null {
   const len = CDB_LENGTH[cdb[0]]
