@@ -2,9 +2,11 @@ import { randomBytes } from 'node:crypto'
 import { connect, type Socket } from 'node:net'
 import type { BlockDevice, Extent, WriteOptions, ZeroOptions } from '../../../disk-formats/block-device.js'
 import { StorageError, type StorageErrorCode } from '../../../disk-formats/errors.js'
-import { crc32c } from '../../../disk-formats/lock-region/crc32c.js'
+import { readField, writeField } from '../../../disk-formats/struct.js'
 import { ByteQueue } from '../../../server/net/byte-queue.js'
 import * as P from '../../../server/iscsi/pdu.js'
+import { DataIn, DataOut, FINAL, header, IMMEDIATE, LoginRequest, LoginResponse, LogoutRequest, NopIn, NopOut, R2t, Reject, ScsiCommand, ScsiResponse } from '../../../server/iscsi/bhs.js'
+import { PduReader, writePdu, type Digests } from '../../../server/iscsi/framing.js'
 import * as S from '../../../server/scsi/constants.js'
 import { parseIscsiUri, type IscsiUri } from './uri.js'
 import { chapBinary, chapResponse } from '../../../server/iscsi/chap.js'
@@ -67,6 +69,11 @@ interface Task {
   reject(e: Error): void
 }
 
+/** Data-In and SCSI Response flags: status present (Data-In), residual overflow or underflow */
+const STATUS = 0x01
+const RESIDUAL = 0x06
+const NO_DATA = Buffer.alloc(0)
+
 /** Serial number arithmetic (RFC 1982) on 32-bit sequence numbers: a <= b. */
 const snLe = (a: number, b: number) => a === b || ((b - a) >>> 0) < 0x8000_0000
 
@@ -88,8 +95,8 @@ export class IscsiInitiator implements BlockDevice {
   private readonly tasks = new Map<number, Task>()
   private readonly waiting: (() => void)[] = []
   private dead: Error | null = null
-  private headerDigest = false
-  private dataDigest = false
+  private readonly digests: Digests = { header: false, data: false }
+  private readonly reader: PduReader
   /** negotiated: what the target accepts per PDU, and per burst */
   private targetMaxRecv = 8192
   private maxBurst = 262144
@@ -110,6 +117,7 @@ export class IscsiInitiator implements BlockDevice {
     this.readOnly = opts.readOnly ?? false
     this.lunBytes = Buffer.alloc(8)
     this.lunBytes[1] = uri.lun // single-level LUN, peripheral addressing (SAM-5 §4.7)
+    this.reader = new PduReader(q, this.digests, OUR_MAX_RECV, (m) => new StorageError('IoError', `iSCSI: ${m}`))
   }
 
   static async connect(target: string | IscsiUri, opts: InitiatorOptions = {}): Promise<IscsiInitiator> {
@@ -153,52 +161,16 @@ export class IscsiInitiator implements BlockDevice {
   // ---- PDUs ----------------------------------------------------------------------------------
 
   private send(bhs: Buffer, data?: Buffer): void {
-    bhs.writeUIntBE(data?.length ?? 0, 5, 3)
-    const parts: Buffer[] = [bhs]
-    if (this.headerDigest) {
-      const d = Buffer.allocUnsafe(4)
-      d.writeUInt32LE(crc32c(bhs))
-      parts.push(d)
-    }
-    if (data?.length) {
-      const body = P.padded(data)
-      parts.push(body)
-      if (this.dataDigest) {
-        const d = Buffer.allocUnsafe(4)
-        d.writeUInt32LE(crc32c(body))
-        parts.push(d)
-      }
-    }
     this.sock.cork()
-    for (const p of parts) this.sock.write(p)
+    writePdu(this.sock, bhs, data ?? NO_DATA, this.digests)
     this.sock.uncork()
   }
 
-  private async readPdu(into?: (bhs: Buffer) => { buf: Buffer; at: number } | null): Promise<P.Pdu> {
-    const bhs = await this.q.read(P.BHS)
-    const ahsLen = P.ahsLengthOf(bhs)
-    const dlen = P.dataLengthOf(bhs)
-    if (dlen > Math.max(OUR_MAX_RECV, 65536)) throw new StorageError('IoError', `iSCSI: data segment of ${dlen} bytes exceeds our MaxRecvDataSegmentLength`)
-    const ahs = ahsLen ? await this.q.read(ahsLen) : Buffer.alloc(0)
-    if (this.headerDigest) {
-      const got = (await this.q.read(4)).readUInt32LE(0)
-      if (got !== crc32c(ahsLen ? Buffer.concat([bhs, ahs]) : bhs)) throw new StorageError('IoError', 'iSCSI: header digest error')
-    }
-    let data: Buffer
-    const dest = dlen ? into?.(bhs) : null
-    if (dest && dest.at + dlen <= dest.buf.length) {
-      await this.q.readInto(dest.buf, dest.at, dlen)
-      data = dest.buf.subarray(dest.at, dest.at + dlen)
-    } else data = dlen ? await this.q.read(dlen) : Buffer.alloc(0)
-    const pad = (4 - (dlen % 4)) % 4
-    const padding = pad ? await this.q.read(pad) : null
-    if (this.dataDigest && dlen) {
-      const got = (await this.q.read(4)).readUInt32LE(0)
-      const want = padding ? crc32c(padding, crc32c(data)) : crc32c(data)
-      // ErrorRecoveryLevel 0: a bad data digest ends the session (the command cannot be trusted)
-      if (got !== want) throw new StorageError('IoError', 'iSCSI: data digest error')
-    }
-    return { bhs, ahs, data }
+  /** The next PDU; a bad data digest ends the session (ErrorRecoveryLevel 0: the command cannot be trusted). */
+  private async readPdu(into?: (bhs: Buffer) => Buffer | null): Promise<P.Pdu> {
+    const pdu = await this.reader.read(into)
+    if (pdu.digestError) throw new StorageError('IoError', 'iSCSI: data digest error')
+    return pdu
   }
 
   // ---- login (RFC 7143 §6) -------------------------------------------------------------------
@@ -211,19 +183,14 @@ export class IscsiInitiator implements BlockDevice {
     let mutual: { id: number; challenge: Buffer } | null = null
     const itt = this.nextItt++
     const request = async (csg: number, nsg: number, transit: boolean, keys: [string, string][]): Promise<{ bhs: Buffer; keys: Map<string, string> }> => {
-      const b = P.bhs(P.LOGIN_REQUEST | 0x40, (transit ? 0x80 : 0) | (csg << 2) | nsg, 0)
-      isid.copy(b, 8)
-      b.writeUInt32BE(itt, 16)
-      b.writeUInt32BE(this.cmdSN, 24)
-      b.writeUInt32BE(this.expStatSN, 28)
+      const b = LoginRequest.assign(header(P.LOGIN_REQUEST | IMMEDIATE, (transit ? FINAL : 0) | (csg << 2) | nsg), { isid, initiatorTaskTag: itt, cmdSN: this.cmdSN, expStatSN: this.expStatSN })
       this.send(b, P.encodeText(keys))
       const r = await this.readPdu()
       if (P.opcodeOf(r.bhs) !== P.LOGIN_RESPONSE) throw new StorageError('IoError', `iSCSI login: unexpected PDU 0x${P.opcodeOf(r.bhs).toString(16)}`)
-      const cls = r.bhs[36]
-      const detail = r.bhs[37]
-      if (cls !== 0) throw loginError(cls, detail, this.uri.target)
-      this.expStatSN = (r.bhs.readUInt32BE(24) + 1) >>> 0
-      this.maxCmdSN = r.bhs.readUInt32BE(32)
+      const { statusClass, statusDetail, statSN, maxCmdSN } = LoginResponse.decode(r.bhs)
+      if (statusClass !== 0) throw loginError(statusClass, statusDetail, this.uri.target)
+      this.expStatSN = (statSN + 1) >>> 0
+      this.maxCmdSN = maxCmdSN
       return { bhs: r.bhs, keys: new Map(P.parseText(r.data)) }
     }
     // security stage
@@ -279,12 +246,12 @@ export class IscsiInitiator implements BlockDevice {
     for (let round = 0; round < 4 && !transit; round++) {
       r = await request(1, 3, true, round === 0 ? offer : [])
       for (const [k, v] of r.keys) keys.set(k, v)
-      transit = (r.bhs[1] & 0x80) !== 0 && (r.bhs[1] & 0x03) === 3
+      transit = (P.flagsOf(r.bhs) & FINAL) !== 0 && (P.flagsOf(r.bhs) & 0x03) === 3
     }
     if (!transit) throw new StorageError('IoError', 'iSCSI login: the target did not move to full feature phase')
     const num = (k: string, dflt: number) => (keys.has(k) ? Number(keys.get(k)) : dflt)
-    this.headerDigest = keys.get('HeaderDigest') === 'CRC32C'
-    this.dataDigest = keys.get('DataDigest') === 'CRC32C'
+    this.digests.header = keys.get('HeaderDigest') === 'CRC32C'
+    this.digests.data = keys.get('DataDigest') === 'CRC32C'
     this.targetMaxRecv = num('MaxRecvDataSegmentLength', 8192)
     this.maxBurst = Math.min(num('MaxBurstLength', 262144), OUR_MAX_BURST)
     this.firstBurst = Math.min(num('FirstBurstLength', 65536), this.maxBurst)
@@ -300,8 +267,7 @@ export class IscsiInitiator implements BlockDevice {
       for (;;) {
         const pdu = await this.readPdu((bhs) => {
           if (P.opcodeOf(bhs) !== P.SCSI_DATA_IN) return null
-          const t = this.tasks.get(P.ittOf(bhs))
-          return t?.inBuf ? { buf: t.inBuf, at: bhs.readUInt32BE(40) } : null
+          return this.tasks.get(P.ittOf(bhs))?.inBuf ?? null
         })
         this.window(pdu.bhs)
         switch (P.opcodeOf(pdu.bhs)) {
@@ -318,8 +284,9 @@ export class IscsiInitiator implements BlockDevice {
             this.nopIn(pdu)
             break
           case P.REJECT: {
-            const itt = pdu.data.length >= 20 ? pdu.data.readUInt32BE(16) : P.RESERVED_TAG
-            this.finish(itt, new StorageError('IoError', `iSCSI: the target rejected a PDU (reason 0x${pdu.bhs[2].toString(16)})`))
+            // the data segment is the rejected header
+            const itt = pdu.data.length >= ScsiCommand.size ? P.ittOf(pdu.data) : P.RESERVED_TAG
+            this.finish(itt, new StorageError('IoError', `iSCSI: the target rejected a PDU (reason 0x${readField(pdu.bhs, Reject.fields.reason).toString(16)})`))
             break
           }
           case P.LOGOUT_RESPONSE:
@@ -343,11 +310,12 @@ export class IscsiInitiator implements BlockDevice {
   private window(bhs: Buffer): void {
     const op = P.opcodeOf(bhs)
     if (op === P.SCSI_RESPONSE || op === P.NOP_IN || op === P.R2T || op === P.SCSI_DATA_IN || op === P.TASK_MGMT_RESPONSE || op === P.LOGOUT_RESPONSE || op === P.REJECT) {
-      const max = bhs.readUInt32BE(32)
+      // StatSN and MaxCmdSN are at the same place in every target PDU
+      const max = readField(bhs, ScsiResponse.fields.maxCmdSN)
       if (snLe(this.maxCmdSN, max)) this.maxCmdSN = max
-      const statusPresent = op !== P.SCSI_DATA_IN || (bhs[1] & 0x01) !== 0
+      const statusPresent = op !== P.SCSI_DATA_IN || (P.flagsOf(bhs) & STATUS) !== 0
       if (statusPresent && op !== P.R2T) {
-        const statSN = bhs.readUInt32BE(24)
+        const statSN = readField(bhs, ScsiResponse.fields.statSN)
         if (snLe(this.expStatSN, statSN)) this.expStatSN = (statSN + 1) >>> 0
       }
       while (this.waiting.length && this.canSend()) this.waiting.shift()!()
@@ -361,36 +329,36 @@ export class IscsiInitiator implements BlockDevice {
   private dataIn(pdu: P.Pdu): void {
     const t = this.tasks.get(P.ittOf(pdu.bhs))
     if (!t) throw new StorageError('IoError', `iSCSI: Data-In for unknown task ${P.ittOf(pdu.bhs)}`)
-    const off = pdu.bhs.readUInt32BE(40)
+    const off = readField(pdu.bhs, DataIn.fields.bufferOffset)
     if (!t.inBuf || off + pdu.data.length > t.inBuf.length) throw new StorageError('IoError', 'iSCSI: Data-In beyond the expected length')
     if (pdu.data.buffer !== t.inBuf.buffer || pdu.data.byteOffset !== t.inBuf.byteOffset + off) pdu.data.copy(t.inBuf, off)
     t.inGot = Math.max(t.inGot, off + pdu.data.length)
-    if (pdu.bhs[1] & 0x01) {
+    const flags = P.flagsOf(pdu.bhs)
+    if (flags & STATUS) {
       // status in the last Data-In (phase collapse)
-      const residual = pdu.bhs[1] & 0x06 ? pdu.bhs.readUInt32BE(44) : 0
-      this.complete(t, { status: pdu.bhs[3], data: t.inBuf.subarray(0, t.inGot), sense: Buffer.alloc(0), residual })
+      const residual = flags & RESIDUAL ? readField(pdu.bhs, DataIn.fields.residualCount) : 0
+      this.complete(t, { status: readField(pdu.bhs, DataIn.fields.status), data: t.inBuf.subarray(0, t.inGot), sense: Buffer.alloc(0), residual })
     }
   }
 
   private response(pdu: P.Pdu): void {
     const t = this.tasks.get(P.ittOf(pdu.bhs))
     if (!t) throw new StorageError('IoError', `iSCSI: response for unknown task ${P.ittOf(pdu.bhs)}`)
-    if (pdu.bhs[2] !== 0) {
-      this.finish(t.itt, new StorageError('IoError', `iSCSI: target failure (response 0x${pdu.bhs[2].toString(16)})`))
+    const { response, status, residualCount } = ScsiResponse.decode(pdu.bhs)
+    if (response !== 0) {
+      this.finish(t.itt, new StorageError('IoError', `iSCSI: target failure (response 0x${response.toString(16)})`))
       return
     }
     let sense = Buffer.alloc(0)
     if (pdu.data.length >= 2) sense = Buffer.from(pdu.data.subarray(2, 2 + pdu.data.readUInt16BE(0)))
-    const residual = pdu.bhs[1] & 0x06 ? pdu.bhs.readUInt32BE(44) : 0
-    this.complete(t, { status: pdu.bhs[3], data: t.inBuf ? t.inBuf.subarray(0, t.inGot) : Buffer.alloc(0), sense, residual })
+    const residual = P.flagsOf(pdu.bhs) & RESIDUAL ? residualCount : 0
+    this.complete(t, { status, data: t.inBuf ? t.inBuf.subarray(0, t.inGot) : Buffer.alloc(0), sense, residual })
   }
 
   private r2t(bhs: Buffer): void {
     const t = this.tasks.get(P.ittOf(bhs))
     if (!t || !t.out) throw new StorageError('IoError', 'iSCSI: R2T for a task with no data to send')
-    const ttt = bhs.readUInt32BE(20)
-    const off = bhs.readUInt32BE(40)
-    const len = bhs.readUInt32BE(44)
+    const { targetTransferTag: ttt, bufferOffset: off, desiredDataTransferLength: len } = R2t.decode(bhs)
     if (off + len > t.out.length) throw new StorageError('IoError', 'iSCSI: R2T beyond the command\'s data')
     this.dataOut(t, ttt, off, len)
   }
@@ -400,26 +368,21 @@ export class IscsiInitiator implements BlockDevice {
     let sn = 0
     for (let at = 0; at < len; at += this.targetMaxRecv) {
       const n = Math.min(this.targetMaxRecv, len - at)
-      const b = P.bhs(P.SCSI_DATA_OUT, at + n >= len ? 0x80 : 0, n)
-      this.lunBytes.copy(b, 8)
-      b.writeUInt32BE(t.itt, 16)
-      b.writeUInt32BE(ttt, 20)
-      b.writeUInt32BE(this.expStatSN, 28)
-      b.writeUInt32BE(sn++, 36)
-      b.writeUInt32BE(off + at, 40)
+      const b = header(P.SCSI_DATA_OUT, at + n >= len ? FINAL : 0)
+      writeField(b, DataOut.fields.lun, this.lunBytes)
+      writeField(b, DataOut.fields.initiatorTaskTag, t.itt)
+      writeField(b, DataOut.fields.targetTransferTag, ttt)
+      writeField(b, DataOut.fields.expStatSN, this.expStatSN)
+      writeField(b, DataOut.fields.dataSN, sn++)
+      writeField(b, DataOut.fields.bufferOffset, off + at)
       this.send(b, t.out!.subarray(off + at, off + at + n))
     }
   }
 
   private nopIn(pdu: P.Pdu): void {
-    const ttt = pdu.bhs.readUInt32BE(20)
+    const ttt = readField(pdu.bhs, NopIn.fields.targetTransferTag)
     if (ttt === P.RESERVED_TAG) return // an answer to our ping, or an unsolicited notice
-    const b = P.bhs(P.NOP_OUT | 0x40, 0x80, 0)
-    this.lunBytes.copy(b, 8)
-    b.writeUInt32BE(P.RESERVED_TAG, 16)
-    b.writeUInt32BE(ttt, 20)
-    b.writeUInt32BE(this.cmdSN, 24)
-    b.writeUInt32BE(this.expStatSN, 28)
+    const b = NopOut.assign(header(P.NOP_OUT | IMMEDIATE, FINAL), { lun: this.lunBytes, initiatorTaskTag: P.RESERVED_TAG, targetTransferTag: ttt, cmdSN: this.cmdSN, expStatSN: this.expStatSN })
     this.send(b, pdu.data.length ? pdu.data : undefined)
   }
 
@@ -450,14 +413,14 @@ export class IscsiInitiator implements BlockDevice {
     const outLen = dataOut?.length ?? 0
     const flags = 0x80 | (dataInLength ? 0x40 : 0) | (outLen ? 0x20 : 0) | 0x01 // F, R, W, SIMPLE
     const immediate = this.immediateData && outLen ? Math.min(outLen, this.firstBurst, this.targetMaxRecv) : 0
-    const b = P.bhs(P.SCSI_COMMAND, flags, immediate)
-    this.lunBytes.copy(b, 8)
-    b.writeUInt32BE(itt, 16)
-    b.writeUInt32BE(outLen || dataInLength, 20)
-    b.writeUInt32BE(this.cmdSN, 24)
+    const b = header(P.SCSI_COMMAND, flags)
+    writeField(b, ScsiCommand.fields.lun, this.lunBytes)
+    writeField(b, ScsiCommand.fields.initiatorTaskTag, itt)
+    writeField(b, ScsiCommand.fields.expectedDataTransferLength, outLen || dataInLength)
+    writeField(b, ScsiCommand.fields.cmdSN, this.cmdSN)
     this.cmdSN = (this.cmdSN + 1) >>> 0
-    b.writeUInt32BE(this.expStatSN, 28)
-    cdb.copy(b, 32)
+    writeField(b, ScsiCommand.fields.expStatSN, this.expStatSN)
+    writeField(b, ScsiCommand.fields.cdb, cdb)
     const p = new Promise<ScsiResult>((resolve, reject) => {
       this.tasks.set(itt, { itt, cdb, out: dataOut, inBuf: dataInLength ? Buffer.allocUnsafe(dataInLength) : null, inGot: 0, resolve, reject })
     })
@@ -633,10 +596,7 @@ export class IscsiInitiator implements BlockDevice {
     return (this.closing ??= (async () => {
       while (!this.dead && this.tasks.size) await new Promise<void>((r) => this.waiting.push(r))
       if (!this.dead) {
-        const b = P.bhs(P.LOGOUT_REQUEST | 0x40, 0x80, 0)
-        b.writeUInt32BE(this.nextItt++, 16)
-        b.writeUInt32BE(this.cmdSN, 24)
-        b.writeUInt32BE(this.expStatSN, 28)
+        const b = LogoutRequest.assign(header(P.LOGOUT_REQUEST | IMMEDIATE, FINAL), { initiatorTaskTag: this.nextItt++, cmdSN: this.cmdSN, expStatSN: this.expStatSN })
         this.send(b)
         this.dead = new StorageError('IoError', `iSCSI session to ${this.uri.target} is closed`)
         const bye = setTimeout(() => this.sock.destroy(), 2000)
