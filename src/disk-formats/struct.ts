@@ -55,66 +55,87 @@ export interface Struct<T extends FieldTable> {
   /** A 64-bit field exactly, all 64 bits (magic numbers, opaque cookies). */
   getBig(buf: Buffer, name: U64Fields<T>, at?: number): bigint
   setBig(buf: Buffer, name: U64Fields<T>, value: bigint, at?: number): void
+  /** Writes only the fields given into `into` (a header whose other fields stay as they are). */
+  assign(into: Buffer, value: Partial<Decoded<T>>, at?: number): Buffer
 }
 
-type Reader = (buf: Buffer, o: number) => number | Buffer
-type Writer = (buf: Buffer, o: number, v: number | Buffer) => void
+type Field = { offset: number; type: FieldType }
 
-/** u64 values as numbers: exact up to 2^53, U64_TOO_LARGE above. */
-const saturate = (v: bigint): number => (v > BigInt(Number.MAX_SAFE_INTEGER) ? U64_TOO_LARGE : Number(v))
-const unsaturate = (v: number): bigint => (v === U64_TOO_LARGE ? 0xffffffffffffffffn : BigInt(v))
-
-function reader(t: FieldType): Reader {
-  switch (t) {
+/**
+ * One field of `buf` (a struct at `at`). A hot path reads the few fields it needs this way, with
+ * no decoded object. A `bytes` field is copied out; a u64 is exact up to 2^53 and U64_TOO_LARGE above.
+ */
+export function readField<F extends Field>(buf: Buffer, f: F, at = 0): FieldValue<F['type']> {
+  const o = at + f.offset
+  let v: number | Buffer
+  switch (f.type) {
     case 'u8':
-      return (b, o) => b.readUInt8(o)
-    case 'u16':
-      return (b, o) => b.readUInt16LE(o)
-    case 'u32':
-      return (b, o) => b.readUInt32LE(o)
-    case 'u64':
-      return (b, o) => saturate(b.readBigUInt64LE(o))
-    case 'u16be':
-      return (b, o) => b.readUInt16BE(o)
-    case 'u24be':
-      return (b, o) => b.readUIntBE(o, 3)
+      v = buf.readUInt8(o)
+      break
     case 'u32be':
-      return (b, o) => b.readUInt32BE(o)
-    case 'u64be':
-      return (b, o) => saturate(b.readBigUInt64BE(o))
+      v = buf.readUInt32BE(o)
+      break
+    case 'u16':
+      v = buf.readUInt16LE(o)
+      break
+    case 'u32':
+      v = buf.readUInt32LE(o)
+      break
+    case 'u16be':
+      v = buf.readUInt16BE(o)
+      break
+    case 'u24be':
+      v = buf.readUIntBE(o, 3)
+      break
     case 'f64':
-      return (b, o) => b.readDoubleLE(o)
-    default: {
-      const n = t.bytes
-      return (b, o) => Buffer.from(b.subarray(o, o + n))
+      v = buf.readDoubleLE(o)
+      break
+    case 'u64':
+    case 'u64be': {
+      const big = f.type === 'u64' ? buf.readBigUInt64LE(o) : buf.readBigUInt64BE(o)
+      v = big > BigInt(Number.MAX_SAFE_INTEGER) ? U64_TOO_LARGE : Number(big)
+      break
     }
+    default:
+      v = Buffer.from(buf.subarray(o, o + f.type.bytes))
   }
+  return v as FieldValue<F['type']>
 }
 
-function writer(t: FieldType): Writer {
-  switch (t) {
+/** Writes one field of `buf` (a struct at `at`). */
+export function writeField<F extends Field>(buf: Buffer, f: F, v: FieldValue<F['type']>, at = 0): void {
+  const o = at + f.offset
+  switch (f.type) {
     case 'u8':
-      return (b, o, v) => void b.writeUInt8(v as number, o)
-    case 'u16':
-      return (b, o, v) => void b.writeUInt16LE(v as number, o)
-    case 'u32':
-      return (b, o, v) => void b.writeUInt32LE(v as number, o)
-    case 'u64':
-      return (b, o, v) => void b.writeBigUInt64LE(unsaturate(v as number), o)
-    case 'u16be':
-      return (b, o, v) => void b.writeUInt16BE(v as number, o)
-    case 'u24be':
-      return (b, o, v) => void b.writeUIntBE(v as number, o, 3)
+      buf.writeUInt8(v as number, o)
+      break
     case 'u32be':
-      return (b, o, v) => void b.writeUInt32BE(v as number, o)
-    case 'u64be':
-      return (b, o, v) => void b.writeBigUInt64BE(unsaturate(v as number), o)
+      buf.writeUInt32BE(v as number, o)
+      break
+    case 'u16':
+      buf.writeUInt16LE(v as number, o)
+      break
+    case 'u32':
+      buf.writeUInt32LE(v as number, o)
+      break
+    case 'u16be':
+      buf.writeUInt16BE(v as number, o)
+      break
+    case 'u24be':
+      buf.writeUIntBE(v as number, o, 3)
+      break
     case 'f64':
-      return (b, o, v) => void b.writeDoubleLE(v as number, o)
-    default: {
-      const n = t.bytes
-      return (b, o, v) => void (v as Buffer).copy(b, o, 0, n)
+      buf.writeDoubleLE(v as number, o)
+      break
+    case 'u64':
+    case 'u64be': {
+      const big = v === U64_TOO_LARGE ? 0xffffffffffffffffn : BigInt(v as number)
+      if (f.type === 'u64') buf.writeBigUInt64LE(big, o)
+      else buf.writeBigUInt64BE(big, o)
+      break
     }
+    default:
+      ;(v as Buffer).copy(buf, o, 0, f.type.bytes)
   }
 }
 
@@ -122,11 +143,9 @@ export function defineStruct<T extends FieldTable>(fields: T, padTo = 0): Struct
   let size = 0
   for (const f of Object.values(fields)) size = Math.max(size, f.offset + width(f.type))
   const total = Math.max(size, padTo)
-  const list = Object.entries(fields).map(([name, f]) => ({ name, offset: f.offset, type: f.type, read: reader(f.type), write: writer(f.type) }))
-  const byName = new Map(list.map((f) => [f.name as keyof T, f]))
-  const field = (name: keyof T) => byName.get(name)!
+  const entries = Object.entries(fields)
   const big = (name: keyof T) => {
-    const f = field(name)
+    const f = fields[name]
     if (f.type !== 'u64' && f.type !== 'u64be') throw new TypeError(`field '${String(name)}' is not 64-bit`)
     return f
   }
@@ -138,21 +157,23 @@ export function defineStruct<T extends FieldTable>(fields: T, padTo = 0): Struct
         throw new StorageError('Corrupt', `structure truncated: need ${size} bytes, have ${buf.length - at}`)
       }
       const out: Record<string, number | Buffer> = {}
-      for (const f of list) out[f.name] = f.read(buf, at + f.offset)
+      for (const [name, f] of entries) out[name] = readField(buf, f, at)
       return out as Decoded<T>
     },
     encode(value, into, at = 0) {
       const buf = into ?? Buffer.alloc(total)
-      for (const f of list) f.write(buf, at + f.offset, (value as Record<string, number | Buffer>)[f.name])
+      for (const [name, f] of entries) writeField(buf, f, (value as Record<string, number | Buffer>)[name], at)
       return buf
     },
+    assign(into, value, at = 0) {
+      for (const name in value) writeField<Field>(into, fields[name], (value as Record<string, number | Buffer>)[name], at)
+      return into
+    },
     get(buf, name, at = 0) {
-      const f = field(name)
-      return f.read(buf, at + f.offset) as FieldValue<T[typeof name]['type']>
+      return readField(buf, fields[name], at) as FieldValue<T[typeof name]['type']>
     },
     set(buf, name, value, at = 0) {
-      const f = field(name)
-      f.write(buf, at + f.offset, value)
+      writeField<Field>(buf, fields[name], value, at)
     },
     getBig(buf, name, at = 0) {
       const f = big(name)

@@ -1,2 +1,3 @@
 export { IscsiServer, LOCKSPACE_IQN } from './server.js'
-export { IscsiConnection, type TargetDirectory } from './connection.js'
+export { IscsiConnection } from './connection.js'
+export type { TargetDirectory } from './login.js'

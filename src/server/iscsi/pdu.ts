@@ -1,4 +1,7 @@
-/** iSCSI PDUs (RFC 7143 §11): the 48-byte Basic Header Segment, AHS, data segment. */
+import { readField } from '../../disk-formats/struct.js'
+import { Basic, FINAL, IMMEDIATE } from './bhs.js'
+
+/** iSCSI PDUs (RFC 7143 §11): opcodes, a PDU as read, login and text key=value data. The header layouts are in bhs.ts. */
 
 // Initiator opcodes
 export const NOP_OUT = 0x00
@@ -27,7 +30,6 @@ export const REJECT_COMMAND_NOT_SUPPORTED = 0x05
 export const REJECT_IMMEDIATE_COMMAND = 0x06 // too many immediate commands
 export const REJECT_INVALID_PDU_FIELD = 0x09
 
-export const BHS = 48
 export const RESERVED_TAG = 0xffffffff
 
 export interface Pdu {
@@ -36,33 +38,17 @@ export interface Pdu {
   data: Buffer
   /** the data segment failed its CRC32C data digest (the data is not to be used) */
   digestError?: boolean
-  /** the data was read straight into its Data-Out's command buffer at the PDU's offset */
+  /** the data was read straight into the buffer given for it, at the PDU's BufferOffset */
   direct?: boolean
   /** a request outside the CmdSN window, to be silently ignored (its data was dropped unread) */
   ignored?: boolean
 }
 
-export const opcodeOf = (bhs: Buffer) => bhs[0] & 0x3f
-export const immediateOf = (bhs: Buffer) => (bhs[0] & 0x40) !== 0
-export const finalOf = (bhs: Buffer) => (bhs[1] & 0x80) !== 0
-export const dataLengthOf = (bhs: Buffer) => bhs.readUIntBE(5, 3)
-export const ahsLengthOf = (bhs: Buffer) => bhs[4] * 4
-export const ittOf = (bhs: Buffer) => bhs.readUInt32BE(16)
-
-/** A new BHS with the opcode, flags byte and data segment length set. */
-export function bhs(opcode: number, flags: number, dataLength: number): Buffer {
-  const b = Buffer.alloc(BHS)
-  b[0] = opcode
-  b[1] = flags
-  b.writeUIntBE(dataLength, 5, 3)
-  return b
-}
-
-/** Data segment padded to a multiple of 4 (§11.1). */
-export function padded(data: Buffer): Buffer {
-  const pad = (4 - (data.length % 4)) % 4
-  return pad ? Buffer.concat([data, Buffer.alloc(pad)]) : data
-}
+export const opcodeOf = (bhs: Buffer) => readField(bhs, Basic.fields.opcode) & 0x3f
+export const immediateOf = (bhs: Buffer) => (readField(bhs, Basic.fields.opcode) & IMMEDIATE) !== 0
+export const flagsOf = (bhs: Buffer) => readField(bhs, Basic.fields.flags)
+export const finalOf = (bhs: Buffer) => (flagsOf(bhs) & FINAL) !== 0
+export const ittOf = (bhs: Buffer) => readField(bhs, Basic.fields.initiatorTaskTag)
 
 /** Parses `key=value\0…` text (§6.1); bounded by the caller's data segment limit. */
 export function parseText(data: Buffer): [string, string][] {

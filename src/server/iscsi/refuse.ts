@@ -1,5 +1,7 @@
 import type { Socket } from 'node:net'
 import { socketQueue } from '../net/tcp-service.js'
+import { readField } from '../../disk-formats/struct.js'
+import { BHS_LENGTH, header, LoginRequest, LoginResponse } from './bhs.js'
 import * as P from './pdu.js'
 
 /** Login status (RFC 7143 §11.13.5): Target Error, "Out of resources". */
@@ -13,20 +15,22 @@ export const DETAIL_OUT_OF_RESOURCES = 0x02
  * read: the reply depends on the BHS alone, and the connection closes after it.
  */
 export async function refuseLogin(sock: Socket): Promise<void> {
-  const { q } = socketQueue(sock, P.BHS)
+  const { q } = socketQueue(sock, BHS_LENGTH)
   try {
-    const req = await q.read(P.BHS)
+    const req = await q.read(BHS_LENGTH)
     if (P.opcodeOf(req) !== P.LOGIN_REQUEST) return
-    const csg = (req[1] >> 2) & 3
-    const b = P.bhs(P.LOGIN_RESPONSE, csg << 2, 0)
-    req.copy(b, 8, 8, 14) // ISID
-    b.writeUInt32BE(P.ittOf(req), 16)
+    const rq = LoginRequest.fields
+    const csg = (P.flagsOf(req) >> 2) & 3
     // the first response of a connection: StatSN starts at the initiator's ExpStatSN; no command window
-    b.writeUInt32BE(req.readUInt32BE(28), 24)
-    b.writeUInt32BE(req.readUInt32BE(24), 28)
-    b.writeUInt32BE(req.readUInt32BE(24), 32)
-    b[36] = STATUS_TARGET_ERROR
-    b[37] = DETAIL_OUT_OF_RESOURCES
+    const b = LoginResponse.assign(header(P.LOGIN_RESPONSE, csg << 2), {
+      isid: readField(req, rq.isid),
+      initiatorTaskTag: P.ittOf(req),
+      statSN: readField(req, rq.expStatSN),
+      expCmdSN: readField(req, rq.cmdSN),
+      maxCmdSN: readField(req, rq.cmdSN),
+      statusClass: STATUS_TARGET_ERROR,
+      statusDetail: DETAIL_OUT_OF_RESOURCES,
+    })
     sock.write(b)
   } finally {
     sock.end()

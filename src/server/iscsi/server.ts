@@ -3,7 +3,8 @@ import type { BlockDevice } from '../../disk-formats/block-device.js'
 import { IQN_PREFIX, type Datastore, type ExportHandle } from '../datastore/index.js'
 import type { Metrics } from '../metrics.js'
 import { LogicalUnit, PersistentReservations } from '../scsi/index.js'
-import { IscsiConnection, type TargetDirectory } from './connection.js'
+import { IscsiConnection } from './connection.js'
+import type { Reinstatable, TargetDirectory } from './login.js'
 import { TcpService, type ConnectionLimits } from '../net/tcp-service.js'
 import { refuseLogin } from './refuse.js'
 
@@ -37,7 +38,7 @@ export class IscsiServer {
   private readonly reservations = new Map<string, PersistentReservations>()
   private readonly lockspace: LogicalUnit | null
   /** normal sessions by key (initiator name, ISID, target), for reinstatement */
-  private readonly sessions = new Map<string, IscsiConnection>()
+  private readonly sessions = new Map<string, Reinstatable>()
   portal = ''
 
   constructor(

@@ -1,6 +1,6 @@
 export { LogicalUnit, type LogicalUnitOptions } from './logical-unit.js'
 export { COMMANDS, commandFor, dataOutLength, mediumReadLength, metricsClass, type Command, type MetricsClass, type ScsiResult } from './commands/index.js'
 export { BLOCK } from './limits.js'
-export { SenseError, senseData, senseFor } from './sense.js'
+export { SenseError, logicalUnitNotSupported, senseData, senseFor } from './sense.js'
 export * as SCSI from './constants.js'
 export { PersistentReservations } from './persistent-reservations.js'

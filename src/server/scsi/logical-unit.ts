@@ -7,7 +7,7 @@ import { PersistentReservations } from './persistent-reservations.js'
 import { CopyManager } from './extended-copy.js'
 import { BLOCK } from './limits.js'
 import { naaDesignator } from './pages.js'
-import { COMMANDS, commandFor, type Command, type ScsiResult, type Task, type Unit } from './commands/index.js'
+import { COMMANDS, commandFor, dataOutLength, type Command, type ScsiResult, type Task, type Unit } from './commands/index.js'
 
 export interface LogicalUnitOptions {
   /** unit serial number (VPD 0x80) and the seed of the NAA identifier (VPD 0x83) */
@@ -128,10 +128,19 @@ export class LogicalUnit {
     return Math.floor(this.dev.size / BLOCK)
   }
 
-  async execute(cdb: Buffer, dataOut: Buffer | null, initiator: string): Promise<ScsiResult> {
+  /**
+   * `expected`: the bytes of data-out the transport carries (iSCSI's ExpectedDataTransferLength).
+   * A WRITE whose transfer length is longer (an overflow, RFC 7143 §11.4.5) writes only the whole
+   * blocks within it; the transport reports the residual.
+   */
+  async execute(cdb: Buffer, dataOut: Buffer | null, initiator: string, expected?: number): Promise<ScsiResult> {
     const task: Task = { nexus: initiator, aborted: false, running: null }
     this.tasks.add(task)
     try {
+      if (expected !== undefined) {
+        const need = dataOutLength(cdb)
+        if (need?.shrink && expected < need.bytes) cdb = need.shrink(Math.floor(expected / BLOCK))
+      }
       if (cdb.length < 6) throw invalidOpcode()
       const cmd = commandFor(cdb)
       // A pending unit attention ends any command but those that pass it, and is then cleared

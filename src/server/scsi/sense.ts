@@ -19,6 +19,7 @@ export const invalidField = (byte: number, bit?: number) => new SenseError(C.ILL
 export const invalidOpcode = () => new SenseError(C.ILLEGAL_REQUEST, 'INVALID_COMMAND_OPERATION_CODE', undefined, { cd: true, byte: 0 })
 export const lbaOutOfRange = () => new SenseError(C.ILLEGAL_REQUEST, 'LBA_OUT_OF_RANGE')
 export const invalidParameter = (byte: number) => new SenseError(C.ILLEGAL_REQUEST, 'INVALID_FIELD_IN_PARAMETER_LIST', undefined, { cd: false, byte })
+export const logicalUnitNotSupported = () => new SenseError(C.ILLEGAL_REQUEST, 'LOGICAL_UNIT_NOT_SUPPORTED')
 export const parameterLength = () => new SenseError(C.ILLEGAL_REQUEST, 'PARAMETER_LIST_LENGTH_ERROR')
 
 /** Fixed-format sense data (SPC-4 4.5.3), 18 bytes. */

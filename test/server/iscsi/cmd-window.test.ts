@@ -1,5 +1,5 @@
 import t from 'tap'
-import { CMD_WINDOW, MAX_IMMEDIATE } from '../../../src/server/iscsi/connection.js'
+import { CMD_WINDOW, MAX_IMMEDIATE } from '../../../src/server/iscsi/limits.js'
 import { pattern } from '../../helpers/peers.js'
 import { rawTarget, opcode, sequence, write10, writersAfterClose, type RawPdu } from '../../helpers/iscsi-raw.js'
 

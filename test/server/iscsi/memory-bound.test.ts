@@ -1,6 +1,6 @@
 import t, { type Test } from 'tap'
 import { readFileSync } from 'node:fs'
-import { CMD_WINDOW, CONNECTION_MEMORY_BOUND } from '../../../src/server/iscsi/connection.js'
+import { CMD_WINDOW, CONNECTION_MEMORY_BOUND } from '../../../src/server/iscsi/limits.js'
 import { tmp } from '../../helpers/peers.js'
 import { startServe } from '../../helpers/server.js'
 import { RawIscsi, read10, write10 } from '../../helpers/iscsi-raw.js'

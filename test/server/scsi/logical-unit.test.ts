@@ -374,3 +374,18 @@ t.test('EXTENDED COPY (LID1) within the LU, RECEIVE COPY RESULTS, and bad parame
   t.same(sk(await xcopy(list(7, [cscd()], [segment(0, 0, 8, 0, u.blocks - 4)]))), [0x0a, 0, 0], 'past the end: COPY ABORTED')
   t.equal((await rcr(0, 7)).dataIn![4], 2, 'its held status: completed with errors')
 })
+
+t.test('a transport expected length shorter than a WRITE transfer writes only its whole blocks (iSCSI overflow); the CDB given is not changed', async (t) => {
+  const u = await lu(t)
+  const zero = Buffer.alloc(1024)
+  for (const cdb of [hex('0a 00 00 10 02 00'), hex('2a 00 00 00 00 10 00 00 02 00'), hex('aa 00 00 00 00 10 00 00 00 02 00 00'), hex('8a 00 00 00 00 00 00 00 00 10 00 00 00 02 00 00')]) {
+    await u.dev.write(0x10 * 512, zero)
+    const sent = Buffer.from(cdb)
+    const r = await u.execute(cdb, pattern(512, cdb[0]), I1, 512)
+    t.equal(r.status, SCSI.GOOD, `opcode 0x${cdb[0].toString(16)}: GOOD`)
+    t.same(cdb, sent, 'the CDB is left as the initiator sent it')
+    const back = await u.dev.read(0x10 * 512, 1024)
+    t.ok(back.subarray(0, 512).equals(pattern(512, cdb[0])), 'the block the data covers is written')
+    t.ok(back.subarray(512).equals(Buffer.alloc(512)), 'the block past the expected length is not')
+  }
+})

@@ -2,7 +2,8 @@ import { randomBytes } from 'node:crypto'
 import { connect, type Socket } from 'node:net'
 import type { BlockDevice, Capabilities, Extent, WriteOptions, ZeroOptions } from '../../../disk-formats/block-device.js'
 import { StorageError, type StorageErrorCode } from '../../../disk-formats/errors.js'
-import { crc32c } from '../../../disk-formats/crc32c.js'
+import { header } from '../../../server/iscsi/bhs.js'
+import { PduReader, writePdu, type Digests } from '../../../server/iscsi/framing.js'
 import { ByteQueue } from '../../../server/net/byte-queue.js'
 import * as P from '../../../server/iscsi/pdu.js'
 import * as S from '../../../server/scsi/constants.js'
@@ -99,6 +100,8 @@ interface Task {
   reject(e: Error): void
 }
 
+const NO_DATA = Buffer.alloc(0)
+
 /** Tags of instances given up (aborted, or sent again) whose late PDUs are dropped; bounded. */
 const RETIRED_MAX = 4096
 
@@ -129,8 +132,9 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
   private readonly tasks = new Map<number, Task>()
   private readonly waiting: (() => void)[] = []
   private dead: Error | null = null
-  private headerDigest = false
-  private dataDigest = false
+  /** the digests in force on the current connection (off during each login) */
+  private readonly digests: Digests = { header: false, data: false }
+  private reader!: PduReader
   /** negotiated: what the target accepts per PDU, and per burst */
   private targetMaxRecv = 8192
   private maxBurst = 262144
@@ -209,8 +213,9 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
     sock.on('error', (e: NodeJS.ErrnoException) => q.end(new StorageError('IoError', `iSCSI ${where}: ${e.code ?? e.message}`, undefined, { cause: e })))
     this.sock = sock
     this.q = q
+    this.reader = new PduReader(q, this.digests, Math.max(OUR_MAX_RECV, 65536), (m) => new StorageError('IoError', `iSCSI: ${m}`))
     // digests start after the login; each login negotiates them anew
-    this.headerDigest = this.dataDigest = false
+    this.digests.header = this.digests.data = false
     const timeoutMs = this.opts.timeoutMs ?? 10_000
     const timer = this.timers.setTimeout(() => {
       q.end(new StorageError('IoError', `iSCSI ${where}: no login within ${timeoutMs} ms`))
@@ -237,22 +242,6 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
   // ---- PDUs ----------------------------------------------------------------------------------
 
   private send(bhs: Buffer, data?: Buffer): void {
-    bhs.writeUIntBE(data?.length ?? 0, 5, 3)
-    const parts: Buffer[] = [bhs]
-    if (this.headerDigest) {
-      const d = Buffer.allocUnsafe(4)
-      d.writeUInt32LE(crc32c(bhs))
-      parts.push(d)
-    }
-    if (data?.length) {
-      const body = P.padded(data)
-      parts.push(body)
-      if (this.dataDigest) {
-        const d = Buffer.allocUnsafe(4)
-        d.writeUInt32LE(crc32c(body))
-        parts.push(d)
-      }
-    }
     // Every PDU of one turn of the event loop goes out in one writev: at a queue depth > 1 many
     // commands are issued together (as answers arrive together), and one send costs less than many.
     const sock = this.sock
@@ -260,34 +249,14 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
       sock.cork()
       process.nextTick(() => sock.uncork())
     }
-    for (const p of parts) sock.write(p)
+    writePdu(sock, bhs, data ?? NO_DATA, this.digests)
   }
 
-  private async readPdu(into?: (bhs: Buffer) => { buf: Buffer; at: number } | null): Promise<P.Pdu> {
-    const bhs = await this.q.read(P.BHS)
-    const ahsLen = P.ahsLengthOf(bhs)
-    const dlen = P.dataLengthOf(bhs)
-    if (dlen > Math.max(OUR_MAX_RECV, 65536)) throw new StorageError('IoError', `iSCSI: data segment of ${dlen} bytes exceeds our MaxRecvDataSegmentLength`)
-    const ahs = ahsLen ? await this.q.read(ahsLen) : Buffer.alloc(0)
-    if (this.headerDigest) {
-      const got = (await this.q.read(4)).readUInt32LE(0)
-      if (got !== crc32c(ahsLen ? Buffer.concat([bhs, ahs]) : bhs)) throw new StorageError('IoError', 'iSCSI: header digest error')
-    }
-    let data: Buffer
-    const dest = dlen ? into?.(bhs) : null
-    if (dest && dest.at + dlen <= dest.buf.length) {
-      await this.q.readInto(dest.buf, dest.at, dlen)
-      data = dest.buf.subarray(dest.at, dest.at + dlen)
-    } else data = dlen ? await this.q.read(dlen) : Buffer.alloc(0)
-    const pad = (4 - (dlen % 4)) % 4
-    const padding = pad ? await this.q.read(pad) : null
-    if (this.dataDigest && dlen) {
-      const got = (await this.q.read(4)).readUInt32LE(0)
-      const want = padding ? crc32c(padding, crc32c(data)) : crc32c(data)
-      // ErrorRecoveryLevel 0: a bad data digest ends the session (the command cannot be trusted)
-      if (got !== want) throw new StorageError('IoError', 'iSCSI: data digest error')
-    }
-    return { bhs, ahs, data }
+  /** The next PDU of this connection (framing.ts); `place` as PduReader's. A bad data digest ends the session (ErrorRecoveryLevel 0). */
+  private async readPdu(place?: (bhs: Buffer) => Buffer | null): Promise<P.Pdu> {
+    const pdu = await this.reader.read(place)
+    if (pdu.digestError) throw new StorageError('IoError', 'iSCSI: data digest error')
+    return pdu
   }
 
   // ---- login (RFC 7143 §6) -------------------------------------------------------------------
@@ -299,7 +268,7 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
     let mutual: { id: number; challenge: Buffer } | null = null
     const itt = this.nextItt++
     const request = async (csg: number, nsg: number, transit: boolean, keys: [string, string][]): Promise<{ bhs: Buffer; keys: Map<string, string> }> => {
-      const b = P.bhs(P.LOGIN_REQUEST | 0x40, (transit ? 0x80 : 0) | (csg << 2) | nsg, 0)
+      const b = header(P.LOGIN_REQUEST | 0x40, (transit ? 0x80 : 0) | (csg << 2) | nsg)
       isid.copy(b, 8)
       b.writeUInt32BE(itt, 16)
       b.writeUInt32BE(this.cmdSN, 24)
@@ -371,8 +340,8 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
     }
     if (!transit) throw new StorageError('IoError', 'iSCSI login: the target did not move to full feature phase')
     const num = (k: string, dflt: number) => (keys.has(k) ? Number(keys.get(k)) : dflt)
-    this.headerDigest = keys.get('HeaderDigest') === 'CRC32C'
-    this.dataDigest = keys.get('DataDigest') === 'CRC32C'
+    this.digests.header = keys.get('HeaderDigest') === 'CRC32C'
+    this.digests.data = keys.get('DataDigest') === 'CRC32C'
     this.targetMaxRecv = num('MaxRecvDataSegmentLength', 8192)
     this.maxBurst = Math.min(num('MaxBurstLength', 262144), OUR_MAX_BURST)
     this.firstBurst = Math.min(num('FirstBurstLength', 65536), this.maxBurst)
@@ -388,8 +357,7 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
       while (gen === this.generation) {
         const pdu = await this.readPdu((bhs) => {
           if (P.opcodeOf(bhs) !== P.SCSI_DATA_IN) return null
-          const t = this.tasks.get(P.ittOf(bhs))
-          return t?.inBuf ? { buf: t.inBuf, at: bhs.readUInt32BE(40) } : null
+          return this.tasks.get(P.ittOf(bhs))?.inBuf ?? null
         })
         if (gen !== this.generation) return
         this.window(pdu.bhs)
@@ -555,7 +523,7 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
     let sn = 0
     for (let at = 0; at < len; at += this.targetMaxRecv) {
       const n = Math.min(this.targetMaxRecv, len - at)
-      const b = P.bhs(P.SCSI_DATA_OUT, at + n >= len ? 0x80 : 0, n)
+      const b = header(P.SCSI_DATA_OUT, at + n >= len ? 0x80 : 0)
       this.lunBytes.copy(b, 8)
       b.writeUInt32BE(t.itt, 16)
       b.writeUInt32BE(ttt, 20)
@@ -569,7 +537,7 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
   private nopIn(pdu: P.Pdu): void {
     const ttt = pdu.bhs.readUInt32BE(20)
     if (ttt === P.RESERVED_TAG) return // an answer to our ping, or an unsolicited notice
-    const b = P.bhs(P.NOP_OUT | 0x40, 0x80, 0)
+    const b = header(P.NOP_OUT | 0x40, 0x80)
     this.lunBytes.copy(b, 8)
     b.writeUInt32BE(P.RESERVED_TAG, 16)
     b.writeUInt32BE(ttt, 20)
@@ -616,7 +584,7 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
     this.cmdSN = (this.cmdSN + 1) >>> 0
     const flags = 0x80 | (inLen ? 0x40 : 0) | (outLen ? 0x20 : 0) | 0x01 // F, R, W, SIMPLE
     const immediate = this.immediateData && outLen ? Math.min(outLen, this.firstBurst, this.targetMaxRecv) : 0
-    const b = P.bhs(P.SCSI_COMMAND, flags, immediate)
+    const b = header(P.SCSI_COMMAND, flags)
     this.lunBytes.copy(b, 8)
     b.writeUInt32BE(t.itt, 16)
     b.writeUInt32BE(outLen || inLen, 20)
@@ -908,7 +876,7 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
         this.dead = new StorageError('IoError', `iSCSI session to ${this.uri.target} is closed`)
       }
       if (!this.dead) {
-        const b = P.bhs(P.LOGOUT_REQUEST | 0x40, 0x80, 0)
+        const b = header(P.LOGOUT_REQUEST | 0x40, 0x80)
         b.writeUInt32BE(this.nextItt++, 16)
         b.writeUInt32BE(this.cmdSN, 24)
         b.writeUInt32BE(this.expStatSN, 28)

@@ -1,3 +1,4 @@
+import { header } from '../../../server/iscsi/bhs.js'
 import * as P from '../../../server/iscsi/pdu.js'
 import type { Timers } from '../../../server/net/timers.js'
 
@@ -35,7 +36,7 @@ export interface TmfFields {
 
 /** A Task Management Function Request BHS (RFC 7143 §11.5), sent as an immediate command. */
 export function tmfRequest(f: TmfFields): Buffer {
-  const b = P.bhs(P.TASK_MGMT_REQUEST | 0x40, 0x80 | f.fn, 0)
+  const b = header(P.TASK_MGMT_REQUEST | 0x40, 0x80 | f.fn)
   f.lun.copy(b, 8)
   b.writeUInt32BE(f.itt, 16)
   b.writeUInt32BE(f.refItt, 20)
