@@ -13,13 +13,13 @@ import { startServe } from './server.js'
 export const LEASE = { heartbeatMs: 200, leaseMs: 2500, fenceMarginMs: 700 }
 
 /** A `tandem serve` process on a tmpfs datastore (fast fdatasync: lockspace writes do not queue behind other jobs' disk I/O) whose lockspace has LEASE's timings. */
-export async function leaseServer(t: { teardown(fn: () => unknown): void }) {
+export async function leaseServer(t: { teardown(fn: () => unknown): void }, o: { wrap?: string[]; listen?: string } = {}) {
   const dir = shmTmp(t, 'tandem-hosts-')
   mkdirSync(join(dir, '.tandem'))
   const init = await run(process.execPath, [CLI, 'lock', 'init', '--lockspace', join(dir, '.tandem', 'lockspace'), '--hosts', '8', '--locks', '32', '--heartbeat-ms', String(LEASE.heartbeatMs), '--lease-ms', String(LEASE.leaseMs), '--fence-margin-ms', String(LEASE.fenceMarginMs)])
   if (init.status !== 0) throw new Error(`lock init: ${init.stderr}`)
-  const s = await startServe(t, dir)
-  return { ...s, dir, url: `http://127.0.0.1:${s.httpPort}` }
+  const s = await startServe(t, dir, o.listen ? ['--listen', o.listen] : [], { wrap: o.wrap })
+  return { ...s, dir, url: `http://${o.listen ?? '127.0.0.1'}:${s.httpPort}` }
 }
 
 export interface HostProcess {
@@ -32,9 +32,13 @@ export interface HostProcess {
   exited: Promise<{ code: number | null; signal: string | null }>
 }
 
-/** Runs `tandem host NAME` against `server` on a free API port, in a process group of its own; killed at teardown (its VMs too). */
-export async function startHost(t: { teardown(fn: () => unknown): void }, name: string, server: string, args: string[] = []): Promise<HostProcess> {
-  const child = spawn(process.execPath, [CLI, 'host', '--name', name, '--server', server, '--api-port', '0', ...args], { detached: true, stdio: ['ignore', 'pipe', 'pipe'] })
+/**
+ * Runs `tandem host NAME` against `server` on a free API port, in a process group of its own;
+ * killed at teardown (its VMs too). `wrap` runs it under a command that execs it (`ip netns exec NS`).
+ */
+export async function startHost(t: { teardown(fn: () => unknown): void }, name: string, server: string, args: string[] = [], o: { wrap?: string[] } = {}): Promise<HostProcess> {
+  const cmd = [...(o.wrap ?? []), process.execPath, CLI, 'host', '--name', name, '--server', server, '--api-port', '0', ...args]
+  const child = spawn(cmd[0], cmd.slice(1), { detached: true, stdio: ['ignore', 'pipe', 'pipe'] })
   const exited = new Promise<{ code: number | null; signal: string | null }>((r) => child.on('exit', (code, signal) => r({ code, signal })))
   let err = ''
   child.stderr!.on('data', (d) => (err += d))

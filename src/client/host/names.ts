@@ -1,8 +1,10 @@
 import { StorageError } from '../../disk-formats/errors.js'
 
 /** Tandem's iSCSI names (DESIGN §8): a host's is used for the lockspace only, a VM's for its disk. */
-export const IQN_PREFIX = 'iqn.2026-11.local.tandem:'
-export const LOCKSPACE_IQN = `${IQN_PREFIX}lockspace`
+import { IQN_PREFIX } from '../../server/datastore/names.js'
+import { vmInitiatorName } from '../vm/scsi-path.js'
+
+export { LOCKSPACE_IQN } from '../../server/datastore/names.js'
 
 /**
  * Host and VM names become part of an iSCSI name (RFC 3720 §3.2.6: lowercase letters, digits,
@@ -24,6 +26,6 @@ export const validVmName = (name: unknown): string => valid('VM', name)
 /** The host's initiator name, used for the lockspace only. */
 export const hostIqn = (host: string): string => `${IQN_PREFIX}host:${host}`
 /** The VM's initiator name for its disk: the same on every host it runs on (per-VM storage identity). */
-export const vmIqn = (vm: string): string => `${IQN_PREFIX}vm:${vm}`
+export const vmIqn = vmInitiatorName
 /** The exclusive lock a VM holds while it runs (its generation is the fencing token). */
 export const vmLockName = (vm: string): string => `vm/${vm}`

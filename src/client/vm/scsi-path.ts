@@ -1,3 +1,4 @@
+import { IQN_PREFIX } from '../../server/datastore/names.js'
 import { createHash } from 'node:crypto'
 import { StorageError } from '../../disk-formats/errors.js'
 import type { LogicalUnit, ScsiResult } from '../../server/scsi/index.js'
@@ -19,9 +20,9 @@ export interface ScsiPath {
 }
 
 /** A VM's own iSCSI name is this plus its name (DESIGN §8: the per-VM storage identity). */
-export const VM_IQN_PREFIX = 'iqn.2026-11.local.tandem:vm:'
+export const VM_IQN_PREFIX = `${IQN_PREFIX}vm:`
 /** The identity of a VM run with neither --name nor --initiator-name. */
-export const ANONYMOUS_VM_IQN = 'iqn.2026-11.local.tandem:vm'
+export const ANONYMOUS_VM_IQN = `${IQN_PREFIX}vm`
 
 /** `iqn.2026-11.local.tandem:vm:<name>`; the name in the characters an iSCSI name allows (RFC 3722). */
 export function vmInitiatorName(name: string): string {

@@ -23,6 +23,8 @@ export function validName(kind: 'disk' | 'snapshot', name: unknown): string {
 
 /** A disk's iSCSI target is `IQN_PREFIX + disk` (DESIGN §5), its NBD export the disk's own name. */
 export const IQN_PREFIX = 'iqn.2026-11.local.tandem:'
+/** The lockspace's LUN, exported to every initiator when the datastore has a lockspace. */
+export const LOCKSPACE_IQN = `${IQN_PREFIX}lockspace`
 
 /** An export name: `disk` (read-write, current state) or `disk@snapshot` (read-only). */
 export function parseExportName(exportName: string): { disk: string; snapshot?: string } {

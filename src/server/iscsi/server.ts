@@ -1,6 +1,6 @@
 import type { Logger } from 'pino'
 import type { BlockDevice } from '../../disk-formats/block-device.js'
-import { IQN_PREFIX, type Datastore, type ExportHandle } from '../datastore/index.js'
+import { IQN_PREFIX, LOCKSPACE_IQN, type Datastore, type ExportHandle } from '../datastore/index.js'
 import type { Metrics } from '../metrics.js'
 import { LogicalUnit, PersistentReservations } from '../scsi/index.js'
 import { IscsiConnection } from './connection.js'
@@ -9,7 +9,7 @@ import { TcpService, type ConnectionLimits } from '../net/tcp-service.js'
 import { refuseLogin } from './refuse.js'
 
 /** The datastore's lockspace as a LUN (its disk namesake, if any, is not reachable over iSCSI). */
-export const LOCKSPACE_IQN = `${IQN_PREFIX}lockspace`
+export { LOCKSPACE_IQN }
 
 interface Shared {
   lu: LogicalUnit
