@@ -25,7 +25,7 @@ export interface PskLookup {
  * its default AEAD suites (PSK with (EC)DHE, which GnuTLS clients offer), and for TLS 1.2 clients
  * the AEAD PSK suites, forward-secret ones first.
  */
-const CIPHERS = [
+export const PSK_CIPHERS = [
   'TLS_AES_256_GCM_SHA384',
   'TLS_CHACHA20_POLY1305_SHA256',
   'TLS_AES_128_GCM_SHA256',
@@ -53,7 +53,7 @@ export class NbdTls {
     private readonly keys: PskLookup,
   ) {
     if (!TLS_MODES.includes(mode)) throw new StorageError('InvalidArgument', `invalid TLS mode ${JSON.stringify(mode)}: required, optional or off`)
-    this.context = mode === 'off' ? null : createSecureContext({ ciphers: CIPHERS, minVersion: 'TLSv1.2', dhparam: 'auto' })
+    this.context = mode === 'off' ? null : createSecureContext({ ciphers: PSK_CIPHERS, minVersion: 'TLSv1.2', dhparam: 'auto' })
   }
 
   /**

@@ -38,7 +38,7 @@ t.test('URIs: host, port, export; nbds and junk refused with typed errors', asyn
   t.same(parseNbdUri('nbd://h:10/a%20b'), { host: 'h', port: 10, exportName: 'a b' })
   t.same(parseNbdUri('nbd://h'), { host: 'h', port: 10809, exportName: '' })
   t.same(parseNbdUri('nbd://[::1]:5/x'), { host: '::1', port: 5, exportName: 'x' })
-  t.throws(() => parseNbdUri('nbds://h/x'), { code: 'Unsupported' })
+  t.throws(() => parseNbdUri('nbds://h/x'), { code: 'Unsupported' }) // nbds:// without tls-psk-file
   t.throws(() => parseNbdUri('http://h/x'), { code: 'InvalidArgument' })
   t.throws(() => parseNbdUri('nbd://'), { code: 'InvalidArgument' })
 })

@@ -1,8 +1,12 @@
 import { connect, type Socket } from 'node:net'
+import { readFile } from 'node:fs/promises'
+import { connect as tlsConnect } from 'node:tls'
 import type { BlockDevice, Capabilities, Extent, WriteOptions, ZeroOptions } from '../../../disk-formats/block-device.js'
 import { StorageError, type StorageErrorCode } from '../../../disk-formats/errors.js'
 import { ByteQueue } from '../../../server/net/byte-queue.js'
 import * as P from '../../../server/nbd/protocol.js'
+import { PSK_CIPHERS } from '../../../server/nbd/tls.js'
+import { parsePskFile } from '../../../server/datastore/psk-keys.js'
 import { formatNbdUri, parseNbdUri, type NbdUri } from './uri.js'
 
 export interface NbdClientOptions {
@@ -10,6 +14,8 @@ export interface NbdClientOptions {
   readOnly?: boolean
   /** connect and handshake must finish within this many ms (default 10 000) */
   timeoutMs?: number
+  /** TLS-PSK (NBD_OPT_STARTTLS before anything else): the identity and its key */
+  tls?: { identity: string; key: Buffer }
 }
 
 /** What the server said of the export during the handshake. */
@@ -101,28 +107,20 @@ export class NbdClient implements BlockDevice {
   static async connect(target: string | NbdUri, opts: NbdClientOptions = {}): Promise<NbdClient> {
     const uri = typeof target === 'string' ? parseNbdUri(target) : target
     const timeoutMs = opts.timeoutMs ?? 10_000
-    const sock = connect({ host: uri.host, port: uri.port })
-    sock.setNoDelay(true)
-    const q = new ByteQueue(
-      () => sock.pause(),
-      () => sock.resume(),
-      // a reply is read as it arrives; the queue needs room for one header plus a chunk of data
-      DEFAULT_MAX_BLOCK + MAX_CHUNK_OVERHEAD,
-    )
-    const lost = (e: Error) => q.end(e)
-    sock.on('data', (d: Buffer) => q.push(d))
-    sock.on('end', () => lost(new StorageError('IoError', `${uri.host}:${uri.port}: the server closed the connection`)))
-    sock.on('close', () => lost(new StorageError('IoError', `${uri.host}:${uri.port}: connection closed`)))
-    sock.on('error', (e: NodeJS.ErrnoException) => lost(new StorageError('IoError', `${uri.host}:${uri.port}: ${e.code ?? e.message}`, undefined, { cause: e })))
+    const where = `${uri.host}:${uri.port}`
+    let link = wire(connect({ host: uri.host, port: uri.port }), where)
     const timer = setTimeout(() => {
-      lost(new StorageError('IoError', `${uri.host}:${uri.port}: no NBD handshake within ${timeoutMs} ms`))
-      sock.destroy()
+      link.q.end(new StorageError('IoError', `${where}: no NBD handshake within ${timeoutMs} ms`))
+      link.sock.destroy()
     }, timeoutMs)
     try {
-      const info = await handshake(sock, q, uri.exportName, typeof target === 'string' ? target : formatNbdUri(uri))
-      return new NbdClient(sock, q, info, opts.readOnly ?? false)
+      await greet(link.sock, link.q)
+      const psk = opts.tls ?? (uri.tls ? await pskOf(uri.tls) : undefined)
+      if (psk) link = wire(await startTls(link.sock, link.q, psk, where), where)
+      const info = await handshake(link.sock, link.q, uri.exportName, typeof target === 'string' ? target : formatNbdUri(uri))
+      return new NbdClient(link.sock, link.q, info, opts.readOnly ?? false)
     } catch (e) {
-      sock.destroy()
+      link.sock.destroy()
       throw e
     } finally {
       clearTimeout(timer)
@@ -413,8 +411,41 @@ function repError(type: number, data: Buffer, what: string): StorageError {
   return new StorageError(code, `NBD ${what}: ${msg}`)
 }
 
-/** Fixed newstyle: structured replies and base:allocation if offered, then NBD_OPT_GO. */
-async function handshake(sock: Socket, q: ByteQueue, name: string, uri: string): Promise<NbdExportInfo> {
+/** A socket and the queue its bytes arrive in; a lost connection ends the queue with a typed error. */
+function wire<S extends Socket>(sock: S, where: string): { sock: S; q: ByteQueue } {
+  sock.setNoDelay(true)
+  const q = new ByteQueue(
+    () => sock.pause(),
+    () => sock.resume(),
+    // a reply is read as it arrives; the queue needs room for one header plus a chunk of data
+    DEFAULT_MAX_BLOCK + MAX_CHUNK_OVERHEAD,
+  )
+  const lost = (e: Error) => q.end(e)
+  sock.on('data', (d: Buffer) => q.push(d))
+  sock.on('end', () => lost(new StorageError('IoError', `${where}: the server closed the connection`)))
+  sock.on('close', () => lost(new StorageError('IoError', `${where}: connection closed`)))
+  sock.on('error', (e: NodeJS.ErrnoException) => lost(new StorageError('IoError', `${where}: ${e.code ?? e.message}`, undefined, { cause: e })))
+  return { sock, q }
+}
+
+/** The key of the URI's identity in its PSK file (the file's only key when the URI names none). */
+async function pskOf(t: { pskFile: string; identity?: string }): Promise<{ identity: string; key: Buffer }> {
+  let text: string
+  try {
+    text = await readFile(t.pskFile, 'utf8')
+  } catch (e) {
+    throw new StorageError('NotFound', `cannot read the PSK file '${t.pskFile}': ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, t.pskFile)
+  }
+  const keys = parsePskFile(text, t.pskFile)
+  const identity = t.identity ?? (keys.size === 1 ? [...keys.keys()][0] : undefined)
+  if (identity === undefined) throw new StorageError('InvalidArgument', `'${t.pskFile}' holds ${keys.size} keys: name the identity (nbds://IDENTITY@HOST/… or ?tls-username=)`)
+  const key = keys.get(identity)
+  if (!key) throw new StorageError('NotFound', `no key for '${identity}' in '${t.pskFile}'`, t.pskFile)
+  return { identity, key }
+}
+
+/** The server's greeting and our client flags (fixed newstyle). */
+async function greet(sock: Socket, q: ByteQueue): Promise<void> {
   const G = P.NBD_GREETING
   const hello = await q.read(G.size)
   if (G.getBig(hello, 'nbdMagic') !== P.NBDMAGIC) throw new StorageError('IoError', 'not an NBD server (bad magic)')
@@ -424,7 +455,31 @@ async function handshake(sock: Socket, q: ByteQueue, name: string, uri: string):
   const cflags = Buffer.allocUnsafe(P.NBD_CLIENT_FLAGS.size)
   P.NBD_CLIENT_FLAGS.set(cflags, 'clientFlags', P.NBD_FLAG_C_FIXED_NEWSTYLE | (sflags & P.NBD_FLAG_NO_ZEROES ? P.NBD_FLAG_C_NO_ZEROES : 0))
   sock.write(cflags)
+}
 
+/**
+ * NBD_OPT_STARTTLS, then a TLS-PSK handshake on the same connection (NBD spec, "TLS support"):
+ * the plain socket's reader is detached and every later byte goes through the returned socket.
+ * A server without TLS, or one that refuses the identity or key, ends in a typed error.
+ */
+async function startTls(sock: Socket, q: ByteQueue, psk: { identity: string; key: Buffer }, where: string): Promise<Socket> {
+  option(sock, P.NBD_OPT_STARTTLS)
+  const r = await optionReply(q, P.NBD_OPT_STARTTLS)
+  if (r.type !== P.NBD_REP_ACK) throw repError(r.type, r.data, 'STARTTLS')
+  for (const ev of ['data', 'end', 'close', 'error']) sock.removeAllListeners(ev)
+  const t = tlsConnect({ socket: sock, ciphers: PSK_CIPHERS, minVersion: 'TLSv1.2', pskCallback: () => ({ identity: psk.identity, psk: psk.key }), checkServerIdentity: () => undefined })
+  await new Promise<void>((resolve, reject) => {
+    t.once('secureConnect', resolve)
+    t.once('error', (e: NodeJS.ErrnoException) => reject(new StorageError('IoError', `${where}: TLS-PSK handshake as '${psk.identity}' failed: ${e.code ?? e.message}`)))
+    t.once('close', () => reject(new StorageError('IoError', `${where}: the server closed the connection during the TLS-PSK handshake (wrong identity or key for '${psk.identity}'?)`)))
+  })
+  t.removeAllListeners('error')
+  t.removeAllListeners('close')
+  return t
+}
+
+/** Structured replies and base:allocation if offered, then NBD_OPT_GO. */
+async function handshake(sock: Socket, q: ByteQueue, name: string, uri: string): Promise<NbdExportInfo> {
   option(sock, P.NBD_OPT_STRUCTURED_REPLY)
   const sr = await optionReply(q, P.NBD_OPT_STRUCTURED_REPLY)
   const structured = sr.type === P.NBD_REP_ACK
