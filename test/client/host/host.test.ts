@@ -126,14 +126,15 @@ t.test('host A killed (its whole process group): its VM dies by its watchdog bef
   await a.exited
   t.ok(running(onA.pid!), 'the VM outlives its host for now (it runs in a group of its own, fenced by its watchdog)')
   const early = await api(b.url, 'POST', '/api/v1/vms', { name: 'vm1', guest: 'kvstore' })
-  if (performance.now() - killedAt < LEASE.leaseMs) {
+  if (performance.now() - killedAt < LEASE.leaseMs - LEASE.heartbeatMs) {
     t.equal(early.status, 409, 'refused while host-a\'s lease may still be valid')
     t.match(early.body.error, { holder: 'host-a' })
   }
   const won = await takeOver(t, b.url, onA.pid!, killedAt)
   t.ok(won, `host-b started vm1 ${Math.round(won?.at ?? -1)} ms after host-a was killed`)
   t.notOk(won?.pidRan, 'host-a\'s VM was dead before host-b could start it')
-  t.ok(won!.at >= LEASE.leaseMs, `not before host-a's lease was over (${LEASE.leaseMs} ms)`)
+  // the lease runs from host-a's last renewal, which came up to a heartbeat before the kill
+  t.ok(won!.at >= LEASE.leaseMs - LEASE.heartbeatMs, `not before host-a's lease was over (${LEASE.leaseMs} ms from its last renewal, at most ${LEASE.heartbeatMs} ms before the kill)`)
   t.match(won?.vm, { state: 'running', generation: onA.generation + 1 })
   const view = (await api<Hosts>(s.url, 'GET', '/api/v1/hosts')).body.hosts
   t.match(view.find((h) => h.name === 'host-a'), { heartbeat: 'expired', vms: [] })
@@ -147,7 +148,7 @@ t.test('a host that loses its lease (paused past it) has its VMs killed before a
   const won = await takeOver(t, b.url, onA.pid!, performance.now())
   t.ok(won, 'host-b started the VM while host-a was paused')
   t.notOk(won?.pidRan, 'host-a\'s VM had been killed (by its watchdog, host-a being stopped) before')
-  t.ok(won!.at >= LEASE.leaseMs, `after host-a's lease (${Math.round(won!.at)} ms)`)
+  t.ok(won!.at >= LEASE.leaseMs - LEASE.heartbeatMs, `after host-a's lease (${Math.round(won!.at)} ms after the stop; the lease runs from its last renewal, at most ${LEASE.heartbeatMs} ms before)`)
   process.kill(-a.pgid, 'SIGCONT')
   // host-a resumes: it finds its lease lost, reports its VM lost, joins again, and is refused vm1 naming host-b
   let lost: VmInfo | null = null
