@@ -1,4 +1,4 @@
-import { initLockspace, regionSize, type Clock, type LockStorage } from '../../src/disk-formats/lock-region/index.js'
+import { initLockspace, LockManager, regionSize, type Clock, type LockStorage } from '../../src/disk-formats/lock-region/index.js'
 
 /** An in-memory LockStorage: every operation completes in a microtask (for fake-clock tests). */
 export class MemoryLockStorage implements LockStorage {
@@ -67,4 +67,15 @@ export async function memorySpace(hosts = 8, locks = 16): Promise<MemoryLockStor
   const st = new MemoryLockStorage(regionSize({ maxHosts: hosts, maxLocks: locks }))
   await initLockspace(st, { maxHosts: hosts, maxLocks: locks })
   return st
+}
+
+/** Hosts 'a' and 'b', both joined, on `st` (default: a fresh memorySpace) and one fake clock. */
+export async function twoHosts(st?: MemoryLockStorage): Promise<{ st: MemoryLockStorage; clock: FakeClock; a: LockManager; b: LockManager }> {
+  const space = st ?? (await memorySpace())
+  const clock = new FakeClock()
+  const a = new LockManager(space, 'a', clock)
+  const b = new LockManager(space, 'b', clock)
+  await a.join()
+  await b.join()
+  return { st: space, clock, a, b }
 }

@@ -1,7 +1,7 @@
 import t from 'tap'
 import { openSync, closeSync, ftruncateSync, writeSync } from 'node:fs'
 import { join } from 'node:path'
-import { FakeClock, memorySpace, type MemoryLockStorage } from '../../helpers/locks.js'
+import { FakeClock, memorySpace, type MemoryLockStorage, twoHosts } from '../../helpers/locks.js'
 import { tmp } from '../../helpers/peers.js'
 import { FileLockStorage, LockManager, initLockspace, countingStorage, recordOffset, regionSize, SECTOR, slotOffset } from '../../../src/disk-formats/lock-region/index.js'
 
@@ -22,12 +22,7 @@ function recordIndexOf(st: MemoryLockStorage, name: string): number {
 const scribble = (st: MemoryLockStorage, off: number) => st.buf.fill(0xa5, off + 8, off + 40)
 
 t.test('one corrupt unused record: views list it, other locks work, a holder stays visible', async (t) => {
-  const st = await space()
-  const clock = new FakeClock()
-  const a = new LockManager(st, 'a', clock)
-  const b = new LockManager(st, 'b', clock)
-  await a.join()
-  await b.join()
+  const { st, clock, a, b } = await twoHosts(await space())
   const held = await a.acquire('vm1')
   // damage a record nobody uses: the first blank one
   let victim = -1

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { FakeClock, MemoryLockStorage, memorySpace, settle } from '../../helpers/locks.js'
+import { FakeClock, MemoryLockStorage, memorySpace, settle, twoHosts } from '../../helpers/locks.js'
 import { LockManager, initLockspace, countingStorage, regionSize } from '../../../src/disk-formats/lock-region/index.js'
 
 const space = memorySpace
@@ -18,12 +18,7 @@ t.test('join by name claims slots automatically; rejoin keeps the slot with a ne
 })
 
 t.test('exclusive: one holder; generation bumps on every change of owner', async (t) => {
-  const st = await space()
-  const clock = new FakeClock()
-  const a = new LockManager(st, 'a', clock)
-  const b = new LockManager(st, 'b', clock)
-  await a.join()
-  await b.join()
+  const { st, clock, a, b } = await twoHosts()
   const h1 = await a.acquire('vm1')
   t.equal(h1.generation, 1)
   await t.rejects(b.acquire('vm1'), { code: 'Busy', message: /held by host 'a' \(generation 1\)/ })
@@ -38,12 +33,7 @@ t.test('exclusive: one holder; generation bumps on every change of owner', async
 })
 
 t.test('a live holder is never broken; a silent one is broken after the lease, and fenced before', async (t) => {
-  const st = await space()
-  const clock = new FakeClock()
-  const a = new LockManager(st, 'a', clock)
-  const b = new LockManager(st, 'b', clock)
-  await a.join()
-  await b.join()
+  const { st, clock, a, b } = await twoHosts()
   let fencedAt = -1
   a.onFence = () => (fencedAt = clock.now())
   await a.acquire('vm1')

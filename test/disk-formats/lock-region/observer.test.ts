@@ -1,5 +1,5 @@
 import t from 'tap'
-import { FakeClock, memorySpace } from '../../helpers/locks.js'
+import { FakeClock, memorySpace, twoHosts } from '../../helpers/locks.js'
 import { countingStorage, LockManager, LockspaceObserver } from '../../../src/disk-formats/lock-region/index.js'
 
 t.test('an observer only reads, and judges liveness by watching heartbeats on its own clock', async (t) => {
@@ -27,12 +27,7 @@ t.test('an observer only reads, and judges liveness by watching heartbeats on it
 })
 
 t.test('an observer lists a host waiting for a lock', async (t) => {
-  const st = await memorySpace()
-  const clock = new FakeClock()
-  const a = new LockManager(st, 'a', clock)
-  const b = new LockManager(st, 'b', clock)
-  await a.join()
-  await b.join()
+  const { st, clock, a, b } = await twoHosts()
   await a.acquire('vm1', { managed: true })
   const wait = b.acquire('vm1', { waitMs: 60_000 }).catch(() => undefined)
   await clock.advance(600)
