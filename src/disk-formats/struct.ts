@@ -37,6 +37,9 @@ function width(t: FieldType): number {
   }
 }
 
+/** The decoded value of a declared structure: `StructValue<typeof Header>`. */
+export type StructValue<S> = S extends Struct<infer T> ? Decoded<T> : never
+
 /** The names of a table's 64-bit fields (those `getBig`/`setBig` take). */
 export type U64Fields<T extends FieldTable> = { [K in keyof T]: T[K]['type'] extends 'u64' | 'u64be' ? K : never }[keyof T]
 

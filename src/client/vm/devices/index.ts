@@ -1,0 +1,7 @@
+export { Clint, ClintRegs, mtimeWord } from './clint.js'
+export { EntropyClock, randomWord } from './entropy.js'
+export { Finisher, FinisherRegs } from './finisher.js'
+export { Hba, HbaInflight, HbaRegs } from './hba.js'
+export { Nic, NicRegs, NIC_DESC_BYTES, RX_QUEUE } from './nic.js'
+export { Uart, UartRegs, CONSOLE_KEEP } from './uart.js'
+export { u32, type DeviceContext, type VmDevice } from './device.js'
