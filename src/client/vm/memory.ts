@@ -69,11 +69,31 @@ export class Memory {
     return out
   }
 
-  /** Arms the first-write hook on every page: the next store to each page calls `hook(page)` once. */
-  armFirstWrite(hook: (page: number) => void): void {
+  /**
+   * Arms the first-write hook on `pages` (default: every page): the next store to each, by the
+   * CPU or a device, calls `hook(page)` once, before the store. One hook at a time.
+   */
+  armFirstWrite(hook: (page: number) => void, pages?: Iterable<number>): void {
     this.hook = hook
-    this.armed.fill(1)
-    this.watch.fill(1)
+    if (!pages) {
+      this.armed.fill(1)
+      this.watch.fill(1)
+      return
+    }
+    for (const p of pages) {
+      this.armed[p] = 1
+      this.watch[p] = 1
+    }
+  }
+
+  /** The hook is no longer wanted for `page` (it was saved some other way). */
+  disarmPage(page: number): void {
+    this.armed[page] = 0
+  }
+
+  /** is the hook still armed for `page` */
+  isArmed(page: number): boolean {
+    return this.armed[page] === 1
   }
 
   disarmFirstWrite(): void {

@@ -139,3 +139,36 @@ t.test('the same for memdirty and ticker (timer interrupts)', async (t) => {
   await checkpointsAgree(t, 'memdirty', 16 << 20, 6, 2)
   await checkpointsAgree(t, 'ticker', 4 << 20, 6, 3)
 })
+
+t.test('copy-on-write memory: pages read while memdirty and diskio run on are exactly the memory at the stun', async (t) => {
+  const { freeze } = await import('../../../src/client/vm/freeze.js')
+  const { PAGE_SIZE } = await import('../../../src/client/vm/memory.js')
+  const dir = shmTmp(t, 'tandem-cow-')
+  for (const guest of ['memdirty', 'diskio']) {
+    const memory = 16 << 20
+    const dev = await RawFile.create(join(dir, `${guest}.raw`), 8 << 20)
+    const m = new Machine({ image: image(guest), memory, disk: logicalUnitPath(new LogicalUnit(dev, { serial: 'vm' }), NEXUS) })
+    const running = m.run()
+    await m.requestPause(300_000)
+    m.resume()
+    // inside the stun (the VM stopped): the hash of its state and memory, computed by the test
+    let atStun = ''
+    const f = await freeze(m, { switchDisk: async () => void (atStun = m.stateHash()) })
+    t.notOk(f.state.memory, `${guest}: the state carries no memory (the checkpoint file writes it)`)
+    // every page read one at a time, the VM running between reads
+    const seen: Buffer[] = []
+    for (let p = 0; p < f.pages; p++) {
+      seen.push(Buffer.from(f.page(p)))
+      if (p % 16 === 0) await new Promise((r) => setImmediate(r))
+    }
+    const copied = f.copied
+    f.release()
+    const after = await running
+    await dev.close()
+    let changed = 0
+    for (let p = 0; p < f.pages; p++) if (!seen[p].equals(m.mem.bytes.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE))) changed++
+    t.ok(changed > 0 && copied > 0, `${guest}: frozen at ${f.instret}; ran on to ${after.instructions}, writing ${changed} pages after the freeze (${copied} copied on first write)`)
+    const back = Machine.fromState({ ...f.state, memory: Buffer.concat(seen) }, { image: image(guest), memory })
+    t.equal(back.stateHash(), atStun, `${guest}: the state and the pages read make exactly the state hash taken inside the stun`)
+  }
+})
