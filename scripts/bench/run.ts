@@ -1,7 +1,7 @@
 /**
  * `npm run bench`: Tandem beside its peers on the same work, alternating, in one run.
  * Prints medians and ratios (Tandem time / peer time: below 1.0 means Tandem is faster).
- * Options (env): BENCH_DIR (default ./bench-work), BENCH_REPS (default 3), BENCH_ONLY=disk|nbd|iscsi|initiator|locks|vm|snapshot|vm-disk,
+ * Options (env): BENCH_DIR (default ./bench-work), BENCH_REPS (default 3), BENCH_ONLY=disk|nbd|iscsi|initiator|locks|vm|snapshot|vm-disk|cpu-limit,
  * BENCH_FIO_SECONDS (default 4), BENCH_PORT_OFFSET (default 0: ports 10900 and 13900, tgtd control 39). For throughput (MiB/s, IOPS) the ratio is Tandem/peer: above 1 is faster.
  * Every row also shows CPU time (user + system) beside wall time: for a command, the command's own
  * (its process and the children it waited for); for a server, the server process's (all its
@@ -11,6 +11,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { createInterface } from 'node:readline'
 import { copyFileSync, mkdirSync, rmSync, existsSync, readdirSync, readFileSync } from 'node:fs'
 import { join, dirname } from 'node:path'
+import { cpus, loadavg } from 'node:os'
 import { fileURLToPath } from 'node:url'
 import { createVmdk, openVmdk } from '../../src/disk-formats/index.js'
 
@@ -661,6 +662,47 @@ async function diskioBench(d: string) {
   console.log(`${'diskio guest: file / nbd / iscsi'.padEnd(36)} ${row('file')}   ${row('nbd')}   ${row('iscsi')}   iscsi/file ${(median(got.iscsi.secs) / median(got.file.secs)).toFixed(1)}x`)
 }
 
+// ---- VM CPU limit: the cpu guest at 100 / 50 / 25 % of a core ----
+
+/**
+ * `tandem vm run --cpu-limit PCT` on the cpu guest for a fixed number of instructions: MIPS (the
+ * run loop's), its share of the unlimited MIPS (goal: 50 % → 50 ± 5 %), and CPU time — the run's
+ * own (user+sys, from the summary) as a share of its wall time, and the whole process's (from
+ * wait4). Runs rotate so each level sees the same background load; the load average is printed.
+ */
+async function cpuLimitBench() {
+  const N = Number(process.env.BENCH_CPU_LIMIT_INSTRUCTIONS ?? 60_000_000) // the cpu guest exits after ~63 M
+  const levels = [100, 50, 25]
+  const got = new Map(levels.map((p) => [p, { mips: [] as number[], share: [] as number[], cpu: [] as number[], proc: [] as number[], wall: [] as number[] }]))
+  const load0 = loadavg()[0]
+  for (let i = 0; i < REPS; i++) {
+    for (let k = 0; k < levels.length; k++) {
+      const pct = levels[(i + k) % levels.length]
+      const c0 = cpuOf('self', 'children')
+      const t0 = process.hrtime.bigint()
+      const r = spawnSync(process.execPath, [CLI, 'vm', 'run', '--json', '--guest', 'cpu', '--max-instructions', String(N), '--cpu-limit', String(pct)], { encoding: 'utf8', env: TANDEM_ENV })
+      const wall = Number(process.hrtime.bigint() - t0) / 1e9
+      if (r.status !== 124) throw new Error(`tandem vm run --guest cpu --cpu-limit ${pct} ended with ${r.status}: ${r.stderr}`)
+      const s = JSON.parse(r.stdout) as { mips: number; seconds: number; cpuSeconds: number }
+      const g = got.get(pct)!
+      g.mips.push(s.mips)
+      g.cpu.push(s.cpuSeconds)
+      g.share.push(s.cpuSeconds / s.seconds)
+      g.proc.push(cpuOf('self', 'children') - c0)
+      g.wall.push(wall)
+    }
+  }
+  const full = median(got.get(100)!.mips)
+  console.log(`VM CPU limit: cpu guest, ${N / 1e6} M instructions, ${REPS} runs per level, rotating; load average ${load0.toFixed(1)} → ${loadavg()[0].toFixed(1)} on ${cpus().length} cores`)
+  for (const p of levels) {
+    const g = got.get(p)!
+    const m = median(g.mips)
+    console.log(
+      `  --cpu-limit ${String(p).padStart(3)}   ${spread(g.mips, 1)} MIPS   ${((m / full) * 100).toFixed(1)} % of the 100 % MIPS${p === 100 ? '' : ` (goal ${p} ± 5)`}   run cpu ${median(g.cpu).toFixed(2)} s = ${(median(g.share) * 100).toFixed(0)} % of a core   process cpu (user+sys) ${median(g.proc).toFixed(2)} s in ${median(g.wall).toFixed(2)} s wall`,
+    )
+  }
+}
+
 // ---- Locks: Tandem beside sanlock (reference/peers.md) ----
 
 async function locksBench() {
@@ -910,6 +952,7 @@ if (!only || only === 'initiator') await initiatorBench()
 if (!only || only === 'locks') await locksBench()
 if (!only || only === 'vm') await vmBench()
 if (!only || only === 'snapshot') await snapshotBench()
+if (!only || only === 'cpu-limit') await cpuLimitBench()
 if (only === 'vm-disk') {
   const d = join(DIR, 'vm-disk')
   rmSync(d, { recursive: true, force: true })
