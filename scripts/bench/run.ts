@@ -1,7 +1,7 @@
 /**
  * `npm run bench`: Tandem beside its peers on the same work, alternating, in one run.
  * Prints medians and ratios (Tandem time / peer time: below 1.0 means Tandem is faster).
- * Options (env): BENCH_DIR (default ./bench-work), BENCH_REPS (default 3), BENCH_ONLY=disk|nbd|iscsi|initiator|locks|vm|snapshot|vm-disk,
+ * Options (env): BENCH_DIR (default ./bench-work), BENCH_REPS (default 3), BENCH_ONLY=disk|nbd|iscsi|initiator|locks|vm|snapshot|vm-disk|cpu-limit,
  * BENCH_FIO_SECONDS (default 4), BENCH_PORT_OFFSET (default 0: ports 10900 and 13900, tgtd control 39). For throughput (MiB/s, IOPS) the ratio is Tandem/peer: above 1 is faster.
  * Every row also shows CPU time (user + system) beside wall time: for a command, the command's own
  * (its process and the children it waited for); for a server, the server process's (all its
@@ -11,6 +11,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { createInterface } from 'node:readline'
 import { copyFileSync, mkdirSync, rmSync, existsSync, readdirSync, readFileSync } from 'node:fs'
 import { join, dirname } from 'node:path'
+import { cpus, loadavg } from 'node:os'
 import { fileURLToPath } from 'node:url'
 import { createVmdk, openVmdk } from '../../src/disk-formats/index.js'
 
@@ -661,6 +662,66 @@ async function diskioBench(d: string) {
   console.log(`${'diskio guest: file / nbd / iscsi'.padEnd(36)} ${row('file')}   ${row('nbd')}   ${row('iscsi')}   iscsi/file ${(median(got.iscsi.secs) / median(got.file.secs)).toFixed(1)}x`)
 }
 
+// ---- VM CPU limit: the cpu guest at 100 / 50 / 25 % of a core ----
+
+/**
+ * The cpu guest for a fixed number of instructions at `--cpu-limit` 100, 50 and 25: MIPS, their
+ * share of the 100 % MIPS (goal: 50 % → 50 ± 5 %), and CPU time (user+sys) beside wall time.
+ * First warm, in one process (cpu-limit-runs.ts: after a warm-up run, so the JIT's warm-up, which
+ * a limited run overlaps with its sleeps, is not in the ratio); then cold, as `tandem vm run`
+ * processes (the process's CPU from wait4). Runs rotate so each level sees the same background load;
+ * the load average is printed. On a machine busy with other work the scheduler favours a process
+ * that has just slept, so a limited VM gets more of a core in its busy part than an unlimited one:
+ * BENCH_CPU_LIMIT_RT=1 runs the VMs under `chrt -f 1` (real-time, root), each with a core of its own
+ * as on a free machine.
+ */
+async function cpuLimitBench() {
+  const N = Number(process.env.BENCH_CPU_LIMIT_INSTRUCTIONS ?? 60_000_000) // the cpu guest exits after ~63 M
+  const reps = Math.max(REPS, 5) // single runs vary by +-20 % on a busy machine
+  const levels = [100, 50, 25]
+  const rt = process.env.BENCH_CPU_LIMIT_RT === '1'
+  const spawnVm = (args: string[]) => (rt ? spawnSync('chrt', ['-f', '1', process.execPath, ...args], { encoding: 'utf8', env: TANDEM_ENV }) : spawnSync(process.execPath, args, { encoding: 'utf8', env: TANDEM_ENV }))
+  type Row = { mips: number; seconds: number; cpu: number; slept?: number; proc?: number; wall?: number }
+  const print = (title: string, got: Map<number, Row[]>) => {
+    const full = median(got.get(100)!.map((r) => r.mips))
+    console.log(title)
+    for (const p of levels) {
+      const rows = got.get(p)!
+      const m = median(rows.map((r) => r.mips))
+      const asleep = rows[0].slept !== undefined ? `   asleep ${(median(rows.map((r) => r.slept! / r.seconds)) * 100).toFixed(1)} % of the run` : ''
+      const proc = rows[0].proc !== undefined ? `   process cpu ${median(rows.map((r) => r.proc!)).toFixed(2)} s in ${median(rows.map((r) => r.wall!)).toFixed(2)} s wall` : ''
+      console.log(
+        `  --cpu-limit ${String(p).padStart(3)}   ${spread(rows.map((r) => r.mips), 1)} MIPS   ${((m / full) * 100).toFixed(1)} % of the 100 % MIPS${p === 100 ? '' : ` (goal ${p} ± 5)`}   run cpu ${median(rows.map((r) => r.cpu)).toFixed(2)} s in ${median(rows.map((r) => r.seconds)).toFixed(2)} s = ${(median(rows.map((r) => r.cpu / r.seconds)) * 100).toFixed(0)} % of a core${asleep}${proc}`,
+      )
+    }
+  }
+  const load0 = loadavg()[0]
+  const warm = new Map<number, Row[]>(levels.map((p) => [p, []]))
+  const w = spawnVm([join(ROOT, 'dist', 'scripts', 'bench', 'cpu-limit-runs.js'), String(N), String(reps), ...levels.map(String)])
+  if (w.status !== 0) throw new Error(`cpu-limit-runs failed: ${w.stderr}`)
+  for (const line of w.stdout.trim().split('\n')) {
+    const r = JSON.parse(line) as Row & { pct: number }
+    warm.get(r.pct)!.push(r)
+  }
+  const cold = new Map<number, Row[]>(levels.map((p) => [p, []]))
+  for (let i = 0; i < reps; i++) {
+    for (let k = 0; k < levels.length; k++) {
+      const pct = levels[(i + k) % levels.length]
+      const c0 = cpuOf('self', 'children')
+      const t0 = process.hrtime.bigint()
+      const r = spawnVm([CLI, 'vm', 'run', '--json', '--guest', 'cpu', '--max-instructions', String(N), '--cpu-limit', String(pct)])
+      const wall = Number(process.hrtime.bigint() - t0) / 1e9
+      if (r.status !== 124) throw new Error(`tandem vm run --guest cpu --cpu-limit ${pct} ended with ${r.status}: ${r.stderr}`)
+      const s = JSON.parse(r.stdout) as { mips: number; seconds: number; cpuSeconds: number }
+      cold.get(pct)!.push({ mips: s.mips, seconds: s.seconds, cpu: s.cpuSeconds, proc: cpuOf('self', 'children') - c0, wall })
+    }
+  }
+  const how = `${N / 1e6} M instructions of the cpu guest, ${reps} runs per level, rotating${rt ? ', under chrt -f 1 (real-time)' : ''}`
+  print(`VM CPU limit, warm (one process, after a warm-up run): ${how}`, warm)
+  print(`VM CPU limit, cold (tandem vm run --cpu-limit PCT): ${how}`, cold)
+  console.log(`  load average ${load0.toFixed(1)} → ${loadavg()[0].toFixed(1)} on ${cpus().length} cores`)
+}
+
 // ---- Locks: Tandem beside sanlock (reference/peers.md) ----
 
 async function locksBench() {
@@ -910,6 +971,7 @@ if (!only || only === 'initiator') await initiatorBench()
 if (!only || only === 'locks') await locksBench()
 if (!only || only === 'vm') await vmBench()
 if (!only || only === 'snapshot') await snapshotBench()
+if (!only || only === 'cpu-limit') await cpuLimitBench()
 if (only === 'vm-disk') {
   const d = join(DIR, 'vm-disk')
   rmSync(d, { recursive: true, force: true })

@@ -4,6 +4,7 @@ import { isApiError, requestJson } from '../api/http.js'
 import type { VmInfo } from '../host/agent.js'
 import { GUEST_NAMES } from '../vm/guests.js'
 import { parseSize } from './size.js'
+import { parseCpuPercent } from '../vm/cpu-limit.js'
 
 /** `vm start`'s own exit status: the VM runs on a host (this one or another), named in the message. */
 export const VM_START_BUSY = 75
@@ -40,6 +41,7 @@ export function addHostVmCommands(vm: Command, run: (fn: () => Promise<number | 
     .option('--disk <disk>', 'a datastore disk: the VM reaches it over iSCSI under its own name iqn.2026-11.local.tandem:vm:<name>')
     .option('--memory <size>', 'guest RAM (e.g. 64M; a multiple of 4 KiB, at most 1G)', '64M')
     .option('--net <udp:HOST:PORT>', 'join the VM\'s NIC to a virtual switch through a UDP socket on the host')
+    .option('--cpu-limit <pct>', 'run the VM at this share of one core, in percent (1 to 100; vm run --cpu-limit)')
     .option('--json', 'print the VM as JSON')
     .addHelpText('after', `\nExit status: 0 started; ${VM_START_BUSY} the VM runs on a host (this or another; the message names it); 1 any other error.`)
     .action((name: string, o) =>
@@ -50,7 +52,8 @@ export function addHostVmCommands(vm: Command, run: (fn: () => Promise<number | 
         } catch (e) {
           throw new StorageError('InvalidArgument', (e as Error).message)
         }
-        const body = { name, guest: o.guest, memory, ...(o.disk ? { disk: o.disk } : {}), ...(o.net ? { net: o.net } : {}) }
+        const cpuLimit = o.cpuLimit !== undefined ? parseCpuPercent(o.cpuLimit) : undefined
+        const body = { name, guest: o.guest, memory, ...(o.disk ? { disk: o.disk } : {}), ...(o.net ? { net: o.net } : {}), ...(cpuLimit !== undefined ? { cpuLimit } : {}) }
         const r = await refusedAsBusy(requestJson<VmInfo>(o.host, 'POST', '/api/v1/vms', body))
         if (typeof r === 'number') return r
         if (o.json) process.stdout.write(JSON.stringify(r, null, 2) + '\n')

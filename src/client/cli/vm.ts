@@ -2,6 +2,7 @@ import { Command } from 'commander'
 import { StorageError } from '../../disk-formats/index.js'
 import { ANONYMOUS_VM_IQN, VM_IQN_PREFIX, checkInitiatorName, vmInitiatorName } from '../vm/scsi-path.js'
 import { openVmDisk } from '../vm/vm-disk.js'
+import { parseCpuPercent } from '../vm/cpu-limit.js'
 import { loadLazy } from './lazy.js'
 import { GUEST_NAMES } from '../vm/guests.js'
 import { parseSize } from './size.js'
@@ -22,13 +23,14 @@ export function vmCommand(run: (fn: () => Promise<number | void>) => Promise<voi
     .option('--record <log>', 'write every non-deterministic input to this event log')
     .option('--replay <log>', 'replay a recorded run from its event log (the disk must hold what it held when recording began)')
     .option('--max-instructions <n>', 'stop after this many instructions')
+    .option('--cpu-limit <pct>', 'run the VM at this share of one core, in percent (1 to 100): it runs for that share of every 20 ms and sleeps the rest; waiting for an interrupt counts as idle')
     .option('--net <udp:HOST:PORT>', 'join the NIC to a virtual switch with a UDP socket listening here; each datagram is one Ethernet frame (as qemu -netdev socket,udp=)')
     .option('--mac <mac>', "the NIC's MAC address", '02:00:00:00:00:01')
     .option('--json', 'print the console on stderr and one JSON summary on stdout')
     .addHelpText(
       'after',
       `
-The summary: instructions, seconds, MIPS, exit code, a SHA-256 of memory, registers and device
+The summary: instructions, seconds, CPU seconds (user + system), MIPS, exit code, a SHA-256 of memory, registers and device
 state, and a SHA-256 of the console output. A replay ends with the same hashes as its recording.
 Exit status: the guest's own exit code; ${VM_EXIT.LIMIT} at --max-instructions; ${VM_EXIT.FAULT} for a trap the
 guest does not handle; ${VM_EXIT.HALT} when it waits for an interrupt that cannot come; ${VM_EXIT.REPLAY} when a replay
@@ -45,6 +47,7 @@ summary is printed and a recording's log written; its replay stops at the same i
           max = Number(o.maxInstructions)
           if (!Number.isSafeInteger(max) || max <= 0) throw new StorageError('InvalidArgument', `invalid instruction count '${o.maxInstructions}'`)
         }
+        const cpuLimit = o.cpuLimit !== undefined ? parseCpuPercent(o.cpuLimit) : undefined
         if (!/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/i.test(o.mac)) throw new StorageError('InvalidArgument', `invalid MAC address '${o.mac}' (six hex bytes, e.g. 02:00:00:00:00:01)`)
         const mac = Buffer.from(o.mac.split(':').map((x: string) => parseInt(x, 16)))
         let udp: { close(): void } | undefined
@@ -74,6 +77,7 @@ summary is printed and a recording's log written; its replay stops at the same i
         process.once('SIGINT', onSignal)
         process.once('SIGTERM', onSignal)
         try {
+          const cpu0 = process.cpuUsage()
           const s = await runVm({
             signal: stop.signal,
             guest: o.guest,
@@ -84,6 +88,7 @@ summary is printed and a recording's log written; its replay stops at the same i
             record: o.record,
             replay: o.replay,
             maxInstructions: max,
+            cpuLimit,
             net: port,
             mac,
             onConsole: (b) => {
@@ -92,12 +97,14 @@ summary is printed and a recording's log written; its replay stops at the same i
             },
           })
           flush()
+          const cpu = process.cpuUsage(cpu0)
           const summary = {
             guest: o.guest,
             end: s.end,
             exitCode: s.exitCode,
             instructions: s.instructions,
             seconds: Number(s.seconds.toFixed(3)),
+            cpuSeconds: Number(((cpu.user + cpu.system) / 1e6).toFixed(3)),
             mips: Number(s.mips.toFixed(1)),
             interrupts: s.interrupts,
             events: s.events,
@@ -107,7 +114,7 @@ summary is printed and a recording's log written; its replay stops at the same i
           }
           if (o.json) process.stdout.write(JSON.stringify(summary) + '\n')
           else {
-            process.stderr.write(`tandem vm: ${s.end}${s.exitCode !== null ? ` (exit code ${s.exitCode})` : ''}: ${s.instructions} instructions in ${s.seconds.toFixed(3)} s, ${s.mips.toFixed(1)} MIPS, ${s.interrupts} interrupts, ${s.events} events\n`)
+            process.stderr.write(`tandem vm: ${s.end}${s.exitCode !== null ? ` (exit code ${s.exitCode})` : ''}: ${s.instructions} instructions in ${s.seconds.toFixed(3)} s (cpu ${summary.cpuSeconds.toFixed(3)} s), ${s.mips.toFixed(1)} MIPS, ${s.interrupts} interrupts, ${s.events} events\n`)
             if (s.message) process.stderr.write(`tandem vm: ${s.message}\n`)
             process.stderr.write(`tandem vm: state ${s.stateHash}\ntandem vm: console ${s.consoleHash}\n`)
           }

@@ -6,6 +6,7 @@ import { openLockStorage } from '../locks/open-storage.js'
 import { hostIqn, LOCKSPACE_IQN, validHostName, validVmName, vmIqn, vmLockName } from './names.js'
 import { vmRunArgs, type VmLaunch } from './vm-command.js'
 import { VmProcess, type VmExit } from './vm-process.js'
+import { checkCpuPercent } from '../vm/cpu-limit.js'
 
 export interface HostAgentOptions {
   /** the host's name in the lockspace (its iSCSI name for the lockspace is hostIqn(name)) */
@@ -43,6 +44,8 @@ export interface VmInfo {
   /** the VM's own iSCSI name for its disk (null without a disk) */
   initiatorName: string | null
   net: string | null
+  /** the VM's share of one core in percent (null: no limit) */
+  cpuLimit: number | null
   state: VmState
   pid: number | null
   /** the generation of `vm/<name>` when it was taken: the fencing token */
@@ -64,6 +67,8 @@ export interface VmStartRequest {
   /** bytes (default 64 MiB) */
   memory?: number
   net?: string
+  /** percent of one core, 1 to 100 (`vm run --cpu-limit`) */
+  cpuLimit?: number
 }
 
 interface Vm {
@@ -127,7 +132,9 @@ export function parseStartRequest(body: unknown): VmStartRequest {
     const m = NET.exec(net)
     if (!m || Number(m[2]) > 65535) throw new StorageError('InvalidArgument', `invalid "net" ${JSON.stringify(net)}: udp:HOST:PORT, e.g. udp:127.0.0.1:5555`)
   }
-  return { name, guest, disk, memory, net }
+  const cpuLimit = field<number>(b, 'cpuLimit', 'number')
+  if (cpuLimit !== undefined) checkCpuPercent(cpuLimit, '"cpuLimit"')
+  return { name, guest, disk, memory, net, cpuLimit }
 }
 
 /**
@@ -281,6 +288,7 @@ export class HostAgent {
       diskUri: null,
       initiatorName: req.disk ? vmIqn(req.name) : null,
       net: req.net ?? null,
+      cpuLimit: req.cpuLimit ?? null,
       state: 'starting',
       pid: null,
       generation: 0,
@@ -313,7 +321,7 @@ export class HostAgent {
       this.vms.delete(req.name)
       throw new NoLease('IoError', `host '${this.name}' lost its lease while starting VM '${req.name}'`)
     }
-    const launch: VmLaunch = { name: req.name, guest: req.guest, memory: info.memory, diskUri: info.diskUri ?? undefined, net: req.net }
+    const launch: VmLaunch = { name: req.name, guest: req.guest, memory: info.memory, diskUri: info.diskUri ?? undefined, net: req.net, cpuLimit: req.cpuLimit }
     const args = vmRunArgs(launch)
     const argv = [...this.o.tandem, ...args]
     const env = { ...process.env, TANDEM_LOCK_GENERATION: String(info.generation), TANDEM_LOCK_NAME: lock, TANDEM_LOCK_HOST: this.name }

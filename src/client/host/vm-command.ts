@@ -10,6 +10,8 @@ export interface VmLaunch {
   diskUri?: string
   /** udp:HOST:PORT */
   net?: string
+  /** percent of one core */
+  cpuLimit?: number
 }
 
 /**
@@ -22,5 +24,6 @@ export function vmRunArgs(vm: VmLaunch): string[] {
   const args = ['vm', 'run', `--guest=${vm.guest}`, `--memory=${vm.memory}`]
   if (vm.diskUri) args.push(`--disk=${vm.diskUri}`, `--initiator-name=${vmIqn(vm.name)}`)
   if (vm.net) args.push(`--net=${vm.net}`)
+  if (vm.cpuLimit !== undefined) args.push(`--cpu-limit=${vm.cpuLimit}`)
   return args
 }

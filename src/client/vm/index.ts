@@ -4,6 +4,8 @@ export { Machine, MMIO, TIMEBASE_HZ, systemClock, type MachineOptions, type RunS
 export { EventRecorder, EventReplayer, ReplayError, encodeHeader, EVENT } from './events.js'
 export { loadElf, ImageError } from './elf.js'
 export { runVm, type VmRunOptions } from './run.js'
+export { realTimers, type Timers } from './timers.js'
+export { CpuLimiter, checkCpuPercent, parseCpuPercent, CPU_LIMIT_PERIOD_MS } from './cpu-limit.js'
 export { GUEST_NAMES, guestPath } from './guests.js'
 export { ANONYMOUS_VM_IQN, VM_IQN_PREFIX, checkInitiatorName, initiatorPath, logicalUnitPath, nexusName, vmInitiatorName, vmIsid, type ScsiPath, type ScsiResult } from './scsi-path.js'
 export { openVmDisk, type VmDisk } from './vm-disk.js'

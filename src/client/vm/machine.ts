@@ -1,10 +1,11 @@
 import { createHash } from 'node:crypto'
-import { setImmediate as yieldToLoop, setTimeout as sleep } from 'node:timers/promises'
 import { Clint, EntropyClock, Finisher, Hba, Nic, Uart, mtimeWord, randomWord, u32, type DeviceContext, type VmDevice } from './devices/index.js'
 import { loadElf } from './elf.js'
 import { EVENT, EVENT_NAMES, ReplayError, type EventKind, type EventRecorder, type EventReplayer } from './events.js'
 import { Hart, IRQ, type Bus, type Fault } from './hart.js'
 import { Memory } from './memory.js'
+import { realTimers, type Timers } from './timers.js'
+import type { CpuLimiter } from './cpu-limit.js'
 import type { ScsiPath } from './scsi-path.js'
 import type { SwitchPort } from './net.js'
 import { StateError, StateReader, StateWriter } from './state-codec.js'
@@ -60,6 +61,10 @@ export interface MachineOptions {
   signal?: AbortSignal
   /** called at every multiple of `every` retired instructions, exactly there (tests compare runs) */
   observe?: { every: number; fn: (m: Machine) => void }
+  /** how the host waits (WFI) and yields between slices (default: real timers) */
+  timers?: Timers
+  /** holds the run to a share of one core (SPEC.md "CPU limit"); WFI waits count as idle */
+  limiter?: CpuLimiter
 }
 export type RunEnd = 'exit' | 'limit' | 'fault' | 'halt' | 'replay-error' | 'stopped'
 
@@ -294,7 +299,7 @@ export class Machine {
       const waits: Promise<unknown>[] = [new Promise<void>((r) => (this.wake = r))]
       if (canTimer) {
         const ns = ((clint.mtimecmp - this.mtime()) * 1_000_000_000n) / BigInt(TIMEBASE_HZ)
-        waits.push(sleep(Math.max(0, Math.min(Number(ns / 1_000_000n), 1000))))
+        waits.push((this.opts.timers ?? realTimers).sleep(Math.max(0, Math.min(Number(ns / 1_000_000n), 1000))))
       }
       if (canDisk) waits.push(hba.oldest())
       if (canNet) waits.push(nic.arrival())
@@ -302,7 +307,8 @@ export class Machine {
       if (signal?.aborted) return 'go'
       let onAbort: (() => void) | undefined
       if (signal) waits.push(new Promise<void>((r) => signal.addEventListener('abort', (onAbort = () => r()), { once: true })))
-      await Promise.race(waits)
+      const woken = Promise.race(waits)
+      await (this.opts.limiter ? this.opts.limiter.idle(woken) : woken)
       if (onAbort) signal!.removeEventListener('abort', onAbort)
       nic.stopWaiting()
       this.wake = null
@@ -362,8 +368,9 @@ export class Machine {
             message = `the guest waits for an interrupt (WFI) that cannot come, at instruction ${this.hart.instret}`
             break
           }
-          if (reason === 'limit') await yieldToLoop()
+          if (reason === 'limit') await (this.opts.timers ?? realTimers).yield()
         }
+        if (this.opts.limiter) await this.opts.limiter.afterSlice(this.opts.signal)
       }
       if (end === 'exit') {
         const code = this.finisher.exitCode

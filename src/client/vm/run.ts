@@ -6,6 +6,7 @@ import { Machine, type RunSummary } from './machine.js'
 import { ANONYMOUS_VM_IQN, logicalUnitPath, nexusName, vmIsid, type ScsiPath } from './scsi-path.js'
 import type { SwitchPort } from './net.js'
 import { guestPath } from './guests.js'
+import { CpuLimiter } from './cpu-limit.js'
 import { createHash } from 'node:crypto'
 
 export interface VmRunOptions {
@@ -26,10 +27,13 @@ export interface VmRunOptions {
   mac?: Buffer
   /** stops the run between slices (the log of a recording is still written) */
   signal?: AbortSignal
+  /** the VM's share of one core in percent, 1 to 100 (default 100: no limit) */
+  cpuLimit?: number
 }
 
 /** Runs a guest to its end; with `record`, writes the event log; with `replay`, follows one. */
 export async function runVm(o: VmRunOptions): Promise<RunSummary> {
+  const limiter = o.cpuLimit !== undefined ? new CpuLimiter(o.cpuLimit) : undefined
   const file = guestPath(o.guest)
   let image: Buffer
   try {
@@ -51,7 +55,7 @@ export async function runVm(o: VmRunOptions): Promise<RunSummary> {
   if (o.disk && o.scsi) throw new Error('runVm: give the disk as a block device or as a SCSI path, not both')
   const iqn = o.identity ?? ANONYMOUS_VM_IQN
   const disk = o.scsi ?? (o.disk ? logicalUnitPath(new LogicalUnit(o.disk, { serial: 'tandem-vm-disk' }), nexusName(iqn, vmIsid(iqn))) : undefined)
-  const m = new Machine({ image, imageName: file, memory: o.memory, disk, record, replay, maxInstructions: o.maxInstructions, onConsole: o.onConsole, net: o.net, mac: o.mac, signal: o.signal })
+  const m = new Machine({ image, imageName: file, memory: o.memory, disk, record, replay, maxInstructions: o.maxInstructions, onConsole: o.onConsole, net: o.net, mac: o.mac, signal: o.signal, limiter })
   const summary = await m.run()
   if (record && o.record) await writeFile(o.record, record.bytes())
   return summary

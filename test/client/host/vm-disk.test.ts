@@ -1,7 +1,7 @@
 import t from 'tap'
 import { CLI, shStatus } from '../../helpers/peers.js'
 import { leaseServer, startHost } from '../../helpers/host-process.js'
-import { vmRunArgs, type VmInfo } from '../../../src/client/host/index.js'
+import { parseStartRequest, vmRunArgs, type VmInfo } from '../../../src/client/host/index.js'
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 const post = async (base: string, path: string, body: unknown) => {
@@ -23,6 +23,13 @@ t.test('the VM command: the disk by iSCSI under the VM\'s own name; every value 
     '--net=udp:10.0.0.2:5555',
   ])
   t.same(vmRunArgs({ name: 'x', guest: '--help', memory: 4096 }), ['vm', 'run', '--guest=--help', '--memory=4096'])
+})
+
+t.test('a VM\'s CPU limit: checked once at the edge, then run as vm run --cpu-limit', async (t) => {
+  t.match(parseStartRequest({ name: 'web', guest: 'cpu', cpuLimit: 25 }), { cpuLimit: 25 })
+  t.equal(parseStartRequest({ name: 'web', guest: 'cpu' }).cpuLimit, undefined)
+  for (const bad of [0, 101, 12.5, '50']) t.throws(() => parseStartRequest({ name: 'web', guest: 'cpu', cpuLimit: bad }), { code: 'InvalidArgument', message: /"cpuLimit"/ }, JSON.stringify(bad))
+  t.same(vmRunArgs({ name: 'web', guest: 'cpu', memory: 4096, cpuLimit: 25 }), ['vm', 'run', '--guest=cpu', '--memory=4096', '--cpu-limit=25'])
 })
 
 t.test('a VM\'s datastore disk: the host asks the server for its iSCSI target and runs the VM on it as iqn…:vm:<name>', async (t) => {

@@ -1,0 +1,20 @@
+import { setImmediate as nextTurn, setTimeout as delay } from 'node:timers/promises'
+
+/**
+ * The engine's only way to wait or read elapsed time, injected so that tests run on a fake clock
+ * (test/helpers/timers.ts). The guest's own time (mtime, the RTC) comes from `HostClock`.
+ */
+export interface Timers {
+  /** Resolves after `ms`, or as soon as `signal` aborts (then early; it never rejects). */
+  sleep(ms: number, signal?: AbortSignal): Promise<void>
+  /** Resolves on a later turn of the event loop, after pending I/O callbacks have run. */
+  yield(): Promise<void>
+  /** Monotonic milliseconds (fractional). */
+  now(): number
+}
+
+export const realTimers: Timers = {
+  sleep: (ms, signal) => (signal?.aborted ? Promise.resolve() : delay(ms, undefined, { signal }).catch(() => undefined)),
+  yield: () => nextTurn(),
+  now: () => performance.now(),
+}

@@ -1,0 +1,74 @@
+import t from 'tap'
+import { CpuLimiter, Machine, MMIO, type HostClock } from '../../../src/client/vm/index.js'
+import { elf, li, rv } from '../../helpers/rv.js'
+import { FakeTimers } from '../../helpers/timers.js'
+
+const CSR_MIE = 0x304
+const finish = [...li(1, MMIO.FINISHER), ...li(2, 0x5555), rv.sw(2, 1, 0)]
+
+/** The guest's mtime from the same fake clock. */
+const hostClock = (clock: FakeTimers): HostClock => ({ now: () => BigInt(Math.round(clock.t * 1e6)), wall: () => 0n })
+
+/**
+ * Runs `m` to its end, moving fake time to each sleeper's due time whenever the run waits; a run
+ * that does not end within 20 s of real time is stopped through `stop` (its machine's signal).
+ */
+async function runOnFakeTime(m: Machine, clock: FakeTimers, stop: AbortController) {
+  let done = false
+  const run = m.run().finally(() => (done = true))
+  const t0 = performance.now()
+  while (!done) {
+    await clock.yield()
+    if (clock.sleeping && !done) await clock.advance(clock.nextWake! - clock.t)
+    if (performance.now() - t0 > 20_000) stop.abort()
+  }
+  return run
+}
+
+/** Sets the timer 1 s (10^7 ticks) ahead, enables its interrupt (globally off), waits (WFI), exits. */
+const waitOneSecond = elf([...li(1, MMIO.CLINT + 0x4000), ...li(2, 10_000_000), rv.sw(2, 1, 0), rv.sw(0, 1, 4), ...li(3, 0x80), rv.csrrs(0, CSR_MIE, 3), rv.wfi(), ...finish])
+
+t.test('WFI waits on the injected timers: a second of guest time on the fake clock, none real', async (t) => {
+  const clock = new FakeTimers()
+  const stop = new AbortController()
+  const m = new Machine({ image: waitOneSecond, memory: 1 << 20, timers: clock, clock: hostClock(clock), signal: stop.signal })
+  const t0 = performance.now()
+  const s = await runOnFakeTime(m, clock, stop)
+  t.equal(s.end, 'exit')
+  t.same(clock.slept, [1000], 'one wait, to the timer')
+  t.equal(clock.t, 1000)
+  t.ok(performance.now() - t0 < 900, `${(performance.now() - t0).toFixed(0)} ms of real time`)
+})
+
+t.test('a CPU limit does not count the WFI wait as busy', async (t) => {
+  const clock = new FakeTimers()
+  const stop = new AbortController()
+  const limiter = new CpuLimiter(50, clock)
+  const m = new Machine({ image: waitOneSecond, memory: 1 << 20, timers: clock, clock: hostClock(clock), limiter, signal: stop.signal })
+  const s = await runOnFakeTime(m, clock, stop)
+  t.equal(s.end, 'exit')
+  t.same(clock.slept, [1000], 'the wait, and no sleep of the limiter after it')
+})
+
+t.test('the run loop holds a busy guest to its CPU share (each slice costs 1 ms of fake time)', async (t) => {
+  // 2.5 M iterations of a 2-instruction loop: 100 slices of 50 000 instructions
+  const busyLoop = elf([...li(5, 2_500_000), rv.addi(5, 5, -1), rv.bne(5, 0, -4), ...finish])
+  for (const pct of [50, 25]) {
+    const clock = new FakeTimers()
+    const stop = new AbortController()
+    const m = new Machine({ image: busyLoop, memory: 1 << 20, timers: clock, clock: hostClock(clock), limiter: new CpuLimiter(pct, clock), signal: stop.signal })
+    let slices = 0
+    const run = m.hart.run.bind(m.hart)
+    m.hart.run = (limit) => {
+      slices++
+      clock.t += 1
+      return run(limit)
+    }
+    const s = await runOnFakeTime(m, clock, stop)
+    t.equal(s.end, 'exit')
+    const share = slices / clock.t
+    // the sleeps repay every slice but those after the last sleep (less than a period's share)
+    t.ok(Math.abs(share - pct / 100) < 0.03, `${pct} %: ${slices} slices of 1 ms in ${clock.t} ms (share ${(share * 100).toFixed(1)} %)`)
+    t.ok(clock.slept.length >= 5, `${clock.slept.length} sleeps`)
+  }
+})
