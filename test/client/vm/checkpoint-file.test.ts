@@ -1,5 +1,5 @@
 import t from 'tap'
-import { randomBytes } from 'node:crypto'
+import { randomBytes, randomFillSync } from 'node:crypto'
 import { readdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { crc32c } from '../../../src/disk-formats/crc32c.js'
@@ -22,17 +22,15 @@ const sha = Buffer.alloc(32, 0xab)
 const ZERO = Buffer.alloc(PAGE)
 const isZero = (p: Uint8Array) => Buffer.from(p.buffer, p.byteOffset, p.length).equals(ZERO)
 
-/** Guest memory of `pages` pages: a share `zeros` of them zero, the rest seeded pseudo-random. */
+/** Guest memory of `pages` pages: a share `zeros` of them zero (seeded choice), the rest random. */
 function guestMemory(pages: number, seed: number, zeros = 0.25): Uint8Array {
-  const mem = new Uint8Array(pages * PAGE)
-  const words = new Uint32Array(mem.buffer)
+  const mem = randomFillSync(new Uint8Array(pages * PAGE))
   const r = rng(seed)
   for (let p = 0; p < pages; p++) {
-    if (r() / 2 ** 32 < zeros) continue
-    const w0 = p * (PAGE / 4)
+    const page = mem.subarray(p * PAGE, (p + 1) * PAGE)
+    if (r() / 2 ** 32 < zeros) page.fill(0)
     // some pages hold a single non-zero byte at a random place (they must not be taken for zero)
-    if (r() % 8 === 0) mem[p * PAGE + (r() % PAGE)] = 1 + (r() % 255)
-    else for (let w = w0; w < w0 + PAGE / 4; w++) words[w] = r()
+    else if (r() % 8 === 0) page.fill(0)[r() % PAGE] = 1 + (r() % 255)
   }
   return mem
 }
