@@ -359,10 +359,11 @@ export interface OpenedCheckpoint {
   readonly state: Buffer
   /**
    * Reads guest memory straight into `into` (the VM's RAM, memoryBytes long), chunk by chunk,
-   * checking each chunk's CRC, then the commit record's totals; zero pages are zeroed. Closes the
-   * file. On a CheckpointError `into` holds a partial image and must not run.
+   * checking each chunk's CRC, then the commit record's totals; zero pages are zeroed unless
+   * `zeroed` says `into` is all zero already (a new Memory: its untouched pages then take no
+   * RAM). Closes the file. On a CheckpointError `into` holds a partial image and must not run.
    */
-  loadMemory(into: Uint8Array): Promise<void>
+  loadMemory(into: Uint8Array, opts?: { zeroed?: boolean }): Promise<void>
   /** Closes the file without loading memory (idempotent). */
   close(): Promise<void>
 }
@@ -477,11 +478,11 @@ export async function readCheckpoint(path: string, opts: ReadCheckpointOptions =
       closed = true
       await fh.close().catch(() => undefined)
     }
-    const loadMemory = async (into: Uint8Array) => {
+    const loadMemory = async (into: Uint8Array, o: { zeroed?: boolean } = {}) => {
       if (closed) throw new Error(`the checkpoint '${path}' is closed (loadMemory runs once)`)
       try {
         if (into.length !== h.memoryBytes) throw fail('memory-size', `'${path}' holds ${size(h.memoryBytes)} of guest memory, this VM has ${size(into.length)}`)
-        await loadChunks(fh, path, h, tr, into, readAt)
+        await loadChunks(fh, path, h, tr, into, o.zeroed === true, readAt)
       } finally {
         await close()
       }
@@ -501,7 +502,7 @@ type Trailer = ReturnType<typeof CheckpointTrailer.decode>
  * Reads every chunk into `into`: one readv per chunk, of the chunk's stored pages (into their
  * places in `into`, runs of adjacent pages as one piece), its CRC and the next chunk's head.
  */
-async function loadChunks(fh: FileHandle, path: string, h: Header, tr: Trailer, into: Uint8Array, readAt: (len: number, at: number) => Promise<Buffer>): Promise<void> {
+async function loadChunks(fh: FileHandle, path: string, h: Header, tr: Trailer, into: Uint8Array, zeroed: boolean, readAt: (len: number, at: number) => Promise<Buffer>): Promise<void> {
   const pages = h.memoryBytes / CHECKPOINT_PAGE_BYTES
   const bad = (chunk: number) => new CheckpointError('crc', `'${path}': memory chunk ${chunk} fails its CRC`, path)
   const memEnd = tr.fileBytes - TRAILER_BYTES
@@ -535,7 +536,7 @@ async function loadChunks(fh: FileHandle, path: string, h: Header, tr: Trailer, 
       const from = (first + i) * CHECKPOINT_PAGE_BYTES
       const to = (first + j) * CHECKPOINT_PAGE_BYTES
       if (on) pieces.push(into.subarray(from, to))
-      else into.fill(0, from, to)
+      else if (!zeroed) into.fill(0, from, to)
       i = j
     }
     pieces.push(tail)
