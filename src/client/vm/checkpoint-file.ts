@@ -301,8 +301,8 @@ export async function writeCheckpoint(path: string, src: CheckpointSource, opts:
         const p = src.page(first + i)
         if (p === null) continue
         if (p.length !== CHECKPOINT_PAGE_BYTES) throw new RangeError(`page ${first + i} is ${p.length} bytes, not ${CHECKPOINT_PAGE_BYTES}`)
+        if (ZERO_PAGE.equals(p)) continue
         buf.set(p, at)
-        if (buf.compare(ZERO_PAGE, 0, CHECKPOINT_PAGE_BYTES, at, at + CHECKPOINT_PAGE_BYTES) === 0) continue
         bitmap[i >> 3] |= 1 << (i & 7)
         at += CHECKPOINT_PAGE_BYTES
         stored++
