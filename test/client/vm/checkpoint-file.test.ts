@@ -142,7 +142,9 @@ t.test('the writer runs in the background: the VM gets turns, pages are copied w
   }
   setImmediate(guest)
   const progress: number[] = []
-  await writeCheckpoint(file, src, { yieldEvery: 256, onProgress: (p) => progress.push(p.pagesDone) })
+  let lastBytes = 0
+  const res = await writeCheckpoint(file, src, { yieldEvery: 256, onProgress: (p) => (progress.push(p.pagesDone), (lastBytes = p.bytes)) })
+  t.equal(lastBytes, res.bytes - TRAILER_BYTES, 'progress counts the bytes encoded')
   running = false
   t.ok(turns >= pages / 256 - 1, `the event loop turned between chunks (${turns} turns, ${pages / 256} chunks)`)
   t.same(progress, Array.from({ length: pages / 256 }, (_, i) => (i + 1) * 256), 'progress after each chunk')
