@@ -157,7 +157,10 @@ export interface WriteCheckpointOptions {
   signal?: AbortSignal
   /** after each chunk */
   onProgress?: (p: WriteProgress) => void
-  /** pages encoded between turns of the event loop given to the VM (default one chunk, 256) */
+  /**
+   * pages encoded between turns of the event loop given to the VM (default 256); turns come
+   * between chunks, so any value up to 256 gives one after every chunk
+   */
   yieldEvery?: number
   /** milliseconds, for `ms` (default performance.now) */
   now?: () => number
