@@ -66,7 +66,7 @@ t.test(`SIGKILL during background checkpoint writes never leaves a torn checkpoi
   const ram = new Uint8Array(GEN_MEMORY)
   fillGeneration(expected, 0)
   const first = await writeCheckpoint(path, generationSource(expected, 0))
-  // kills spread over about two of the child's writes, however fast this machine writes today
+  // kills spread over about one and a half of the child's writes, however fast this machine writes today
   let writeMs = 3 * first.ms // a child's first write (cold code) is slower than this warm one
   const windows: number[] = []
   let onDisk = 0
@@ -83,7 +83,7 @@ t.test(`SIGKILL during background checkpoint writes never leaves a torn checkpoi
     const start = onDisk + 1
     const before = new Set(readdirSync(dir))
     w.child.stdin!.write(`go ${start}\n`)
-    const window = Math.max(50, Math.round(2.2 * writeMs))
+    const window = Math.max(50, Math.round(1.6 * writeMs))
     windows.push(window)
     await new Promise((res) => setTimeout(res, r() % window))
     w.child.kill('SIGKILL')
