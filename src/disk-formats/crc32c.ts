@@ -1,16 +1,42 @@
-/** CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), as iSCSI digests and sanlock use. */
-const TABLE = (() => {
-  const t = new Uint32Array(256)
+/**
+ * CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), as iSCSI digests and sanlock use.
+ * Slicing-by-8 (Kounavis and Berry, "A Systematic Approach to Building High Performance
+ * Software-Based CRC Generators", 2005): table k maps a byte to its CRC contribution k bytes
+ * further on, so eight bytes cost eight lookups and one step.
+ */
+const TABLES = (() => {
+  const t = new Int32Array(8 * 256)
   for (let n = 0; n < 256; n++) {
     let c = n
     for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0x82f63b78 : c >>> 1
-    t[n] = c >>> 0
+    t[n] = c
+  }
+  for (let n = 0; n < 256; n++) {
+    for (let k = 1; k < 8; k++) {
+      const prev = t[(k - 1) * 256 + n]
+      t[k * 256 + n] = (prev >>> 8) ^ t[prev & 0xff]
+    }
   }
   return t
 })()
 
 export function crc32c(buf: Uint8Array, crc = 0): number {
-  let c = ~crc >>> 0
-  for (let i = 0; i < buf.length; i++) c = TABLE[(c ^ buf[i]) & 0xff] ^ (c >>> 8)
+  const t = TABLES
+  let c = ~crc
+  let i = 0
+  const n = buf.length
+  for (const end = n - (n & 7); i < end; i += 8) {
+    const a = c ^ (buf[i] | (buf[i + 1] << 8) | (buf[i + 2] << 16) | (buf[i + 3] << 24))
+    c =
+      t[1792 + (a & 0xff)] ^
+      t[1536 + ((a >>> 8) & 0xff)] ^
+      t[1280 + ((a >>> 16) & 0xff)] ^
+      t[1024 + (a >>> 24)] ^
+      t[768 + buf[i + 4]] ^
+      t[512 + buf[i + 5]] ^
+      t[256 + buf[i + 6]] ^
+      t[buf[i + 7]]
+  }
+  for (; i < n; i++) c = t[(c ^ buf[i]) & 0xff] ^ (c >>> 8)
   return ~c >>> 0
 }

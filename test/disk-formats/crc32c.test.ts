@@ -9,3 +9,24 @@ t.test('crc32c continues from a previous value', async (t) => {
   const whole = crc32c(Buffer.from('123456789'))
   t.equal(crc32c(Buffer.from('6789'), crc32c(Buffer.from('12345'))), whole)
 })
+
+t.test('crc32c equals the bit-at-a-time definition at every length and alignment', async (t) => {
+  const bitwise = (buf: Uint8Array, crc = 0) => {
+    let c = ~crc >>> 0
+    for (const b of buf) {
+      c ^= b
+      for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0x82f63b78 : c >>> 1
+    }
+    return ~c >>> 0
+  }
+  const data = Buffer.alloc(300)
+  for (let i = 0; i < data.length; i++) data[i] = (i * 2654435761) >>> 24
+  let wrong = 0
+  for (let start = 0; start < 9; start++) {
+    for (let len = 0; len < 270; len++) {
+      const part = data.subarray(start, start + len)
+      if (crc32c(part, 0x12345678) !== bitwise(part, 0x12345678) || crc32c(part) !== bitwise(part)) wrong++
+    }
+  }
+  t.equal(wrong, 0)
+})

@@ -9,3 +9,4 @@ export { CpuLimiter, checkCpuPercent, parseCpuPercent, CPU_LIMIT_PERIOD_MS } fro
 export { GUEST_NAMES, guestPath } from './guests.js'
 export { ANONYMOUS_VM_IQN, VM_IQN_PREFIX, checkInitiatorName, initiatorPath, logicalUnitPath, nexusName, vmInitiatorName, vmIsid, type ScsiPath, type ScsiResult } from './scsi-path.js'
 export { openVmDisk, type VmDisk } from './vm-disk.js'
+export { CheckpointError, readCheckpoint, writeCheckpoint, type CheckpointErrorCode, type CheckpointInfo, type CheckpointSource, type OpenedCheckpoint, type WriteCheckpointResult } from './checkpoint-file.js'
