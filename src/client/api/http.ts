@@ -1,3 +1,4 @@
+import { request as httpRequest } from 'node:http'
 import { StorageError, type StorageErrorCode } from '../../disk-formats/errors.js'
 
 const CODES: ReadonlySet<string> = new Set<StorageErrorCode>(['OutOfRange', 'ReadOnly', 'NoSpace', 'Corrupt', 'BadMagic', 'Unsupported', 'InvalidArgument', 'NotFound', 'Exists', 'ChainMismatch', 'Busy', 'IoError'])
@@ -24,23 +25,48 @@ export const isApiError = (e: unknown): e is ApiError => e instanceof StorageErr
 /** A URL as given on the command line, without its trailing slash. */
 export const baseUrl = (url: string): string => String(url).replace(/\/+$/, '')
 
+/** `unix:/path/to.sock`: an API on a Unix socket (a VM's control socket) */
+const UNIX = /^unix:(.+)$/
+
+/** One HTTP exchange over a Unix socket (fetch has no Unix sockets in Node 20). */
+function unixRequest(socketPath: string, method: string, path: string, body: string | undefined, timeoutMs: number): Promise<{ status: number; ok: boolean; text: string }> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest({ socketPath, method, path, headers: body === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) }, timeout: timeoutMs }, (res) => {
+      const chunks: Buffer[] = []
+      res.on('data', (c: Buffer) => chunks.push(c))
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, ok: (res.statusCode ?? 0) < 300, text: Buffer.concat(chunks).toString('utf8') }))
+      res.on('error', reject)
+    })
+    req.on('timeout', () => req.destroy(Object.assign(new Error('timed out'), { code: 'ETIMEDOUT' })))
+    req.on('error', reject)
+    req.end(body)
+  })
+}
+
 /**
- * One JSON request to a Tandem REST API (`tandem serve`, `tandem host`). Resolves to the parsed
- * body (null for 204); an error answer throws ApiError with the API's own message; an API that
- * cannot be reached throws IoError naming it.
+ * One JSON request to a Tandem REST API (`tandem serve`, `tandem host`, a VM's control socket as
+ * `unix:PATH`). Resolves to the parsed body (null for 204); an error answer throws ApiError with
+ * the API's own message; an API that cannot be reached throws IoError naming it.
  */
 export async function requestJson<T>(base: string, method: string, path: string, body?: unknown, o: { timeoutMs?: number } = {}): Promise<T> {
   const url = `${baseUrl(base)}${path}`
-  let res: Response
+  const json = body === undefined ? undefined : JSON.stringify(body)
+  let res: { status: number; ok: boolean; text(): Promise<string> | string }
   try {
-    res = await fetch(url, {
-      method,
-      headers: body === undefined ? {} : { 'content-type': 'application/json' },
-      body: body === undefined ? undefined : JSON.stringify(body),
-      signal: AbortSignal.timeout(o.timeoutMs ?? 30_000),
-    })
+    const unix = UNIX.exec(base)
+    if (unix) {
+      const r = await unixRequest(unix[1], method, path, json, o.timeoutMs ?? 30_000)
+      res = { ...r, text: () => r.text }
+    } else {
+      res = await fetch(url, {
+        method,
+        headers: json === undefined ? {} : { 'content-type': 'application/json' },
+        body: json,
+        signal: AbortSignal.timeout(o.timeoutMs ?? 30_000),
+      })
+    }
   } catch (e) {
-    const why = (e as { cause?: { code?: string; message?: string } }).cause
+    const why = (e as { cause?: { code?: string; message?: string } }).cause ?? (e as { code?: string; message?: string })
     throw new StorageError('IoError', `could not reach ${baseUrl(base)}: ${why?.code ?? why?.message ?? (e as Error).message}`)
   }
   const text = await res.text()

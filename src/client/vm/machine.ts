@@ -108,13 +108,17 @@ export class Machine {
   private pause: { resolve: (instret: number) => void; promise: Promise<number>; at: number; resumed?: () => void } | null = null
   private wake: (() => void) | null = null
 
-  constructor(private readonly opts: MachineOptions) {
+  constructor(
+    private readonly opts: MachineOptions,
+    /** false: memory is left zero (a restore fills it), the image is only hashed */
+    loadImage = true,
+  ) {
     this.mem = new Memory(opts.memory)
     this.clock = opts.clock ?? systemClock
     this.startNs = this.clock.now()
     const bus: Bus = { load: (a, s) => this.load(a, s), store: (a, s, v) => this.store(a, s, v) }
     this.hart = new Hart(this.mem, bus, (high) => this.input(EVENT.TIME, high ? 3 : 2, () => mtimeWord(this.mtime(), high)))
-    this.hart.pc = loadElf(opts.image, this.mem, opts.imageName)
+    if (loadImage) this.hart.pc = loadElf(opts.image, this.mem, opts.imageName)
     this.imageSha = createHash('sha256').update(opts.image).digest()
     const m = this
     const ctx: DeviceContext = {
@@ -140,9 +144,9 @@ export class Machine {
    * loaded by the caller before it runs: a checkpoint file), devices, hart and guest clock as saved.
    * With `replay`, the log's records up to the state's position are skipped.
    */
-  static fromState(state: VmState, opts: MachineOptions): Machine {
+  static fromState(state: VmState, opts: MachineOptions, o: { loadImage?: boolean } = {}): Machine {
     if (opts.memory !== state.memoryBytes) throw new StateError(`the state has ${state.memoryBytes} bytes of guest memory, this VM ${opts.memory}`)
-    const m = new Machine(opts)
+    const m = new Machine(opts, o.loadImage ?? true)
     if (!m.imageSha.equals(state.imageSha)) throw new StateError('the state was saved with a different guest image')
     if (state.memory) {
       if (state.memory.length !== state.memoryBytes) throw new StateError(`the state's memory is ${state.memory.length} bytes, ${state.memoryBytes} expected`)
