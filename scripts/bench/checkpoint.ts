@@ -28,7 +28,7 @@ export async function checkpointBench(dir: string, reps: number): Promise<void> 
   const fill = new Uint8Array(1024 * MiB - 16 * MiB)
   for (let at = 0; at < fill.length; at += 64 * 1024) randomFillSync(fill, at, 64 * 1024)
   console.log(`VM checkpoints (memdirty writing; RAM beyond the guest's 16 MiB random; file on ${dir}; ${reps} each, medians [min–max])`)
-  console.log(`  ${"memory".padEnd(9)}${'stun ms'.padEnd(24)}${'write MiB/s'.padEnd(14)}${'write s'.padEnd(9)}${'cpu s'.padEnd(8)}${'COW pages'.padEnd(11)}guest slowdown (run time with / alone)`)
+  console.log(`  ${'memory'.padEnd(9)}${'stun ms'.padEnd(24)}${'write MiB/s'.padEnd(14)}${'write s'.padEnd(9)}${'cpu s'.padEnd(8)}${'COW pages'.padEnd(11)}guest slowdown (run time with / alone)`)
   for (const size of [64 * MiB, 256 * MiB, 1024 * MiB]) {
     const stun: number[] = []
     const rate: number[] = []
