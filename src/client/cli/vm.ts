@@ -7,16 +7,31 @@ import { loadLazy } from './lazy.js'
 import { GUEST_NAMES } from '../vm/guests.js'
 import { parseSize } from './size.js'
 import { addHostVmCommands } from './vm-host.js'
+import { addCheckpointCommand } from './vm-checkpoint.js'
 
 /** Exit statuses of `tandem vm run` besides the guest's own exit code. */
 export const VM_EXIT = { LIMIT: 124, FAULT: 125, HALT: 126, REPLAY: 127, STOPPED: 130 } as const
 
 export function vmCommand(run: (fn: () => Promise<number | void>) => Promise<void>): Command {
   const vm = new Command('vm').description('lightweight deterministic VMs (RV32IM) with a SCSI disk, record and replay')
-  vm.command('run')
+  const runCmd = vm.command('run')
     .description('run a guest to its end; print its console, then a summary')
     .requiredOption('--guest <name|file>', `a committed guest (${GUEST_NAMES.join(', ')}) or an RV32 ELF file`)
     .option('--memory <size>', 'guest RAM (e.g. 64M; a multiple of 4 KiB, at most 1G)', '64M')
+  runOptions(runCmd).action((o) => run(() => runAction(o)))
+  const restoreCmd = vm.command('restore')
+    .description('run a VM on from a checkpoint file (tandem vm checkpoint): its state and memory as they were, then as vm run')
+    .argument('<file>', 'the checkpoint file')
+    .option('--guest <name|file>', 'the guest image (default: the committed guest whose image the checkpoint names)')
+  runOptions(restoreCmd).action((file: string, o) => run(() => runAction({ ...o, restore: file })))
+  addCheckpointCommand(vm, run)
+  addHostVmCommands(vm, run)
+  return vm
+}
+
+/** The options `vm run` and `vm restore` share. */
+function runOptions(cmd: Command): Command {
+  return cmd
     .option('--disk <path|uri>', "the virtual SCSI disk: a VMDK (chain) or raw file, written in place; nbd://HOST[:PORT]/EXPORT; or iscsi://HOST[:PORT]/TARGET-IQN/LUN, where the guest's commands go to the target as they are, in a session under the VM's own initiator name")
     .option('--name <name>', `the VM's name; its iSCSI initiator name is then ${VM_IQN_PREFIX}<name>`)
     .option('--initiator-name <iqn>', `the VM's iSCSI initiator name (default ${VM_IQN_PREFIX}<name>, or ${ANONYMOUS_VM_IQN} without --name); with a fixed ISID derived from it, so its reservations hold from any host`)
@@ -37,97 +52,98 @@ guest does not handle; ${VM_EXIT.HALT} when it waits for an interrupt that canno
 diverges from its log or the log is damaged; ${VM_EXIT.STOPPED} when stopped by SIGINT/SIGTERM (the
 summary is printed and a recording's log written; its replay stops at the same instruction).`,
     )
-    .action((o) =>
-      run(async () => {
-        const { runVm } = await loadLazy<typeof import('../vm/run.js')>('../vm/run.js')
-        if (o.record && o.replay) throw new StorageError('InvalidArgument', '--record and --replay cannot be used together')
-        const memory = parseSize(o.memory)
-        let max: number | undefined
-        if (o.maxInstructions !== undefined) {
-          max = Number(o.maxInstructions)
-          if (!Number.isSafeInteger(max) || max <= 0) throw new StorageError('InvalidArgument', `invalid instruction count '${o.maxInstructions}'`)
-        }
-        const cpuLimit = o.cpuLimit !== undefined ? parseCpuPercent(o.cpuLimit) : undefined
-        if (!/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/i.test(o.mac)) throw new StorageError('InvalidArgument', `invalid MAC address '${o.mac}' (six hex bytes, e.g. 02:00:00:00:00:01)`)
-        const mac = Buffer.from(o.mac.split(':').map((x: string) => parseInt(x, 16)))
-        let udp: { close(): void } | undefined
-        let port
-        if (o.net) {
-          const m = /^udp:(.+):(\d+)$/.exec(o.net)
-          if (!m || Number(m[2]) > 65535) throw new StorageError('InvalidArgument', `invalid --net '${o.net}' (udp:HOST:PORT, e.g. udp:127.0.0.1:5555)`)
-          const { VirtualSwitch, UdpPort } = await loadLazy<typeof import('../vm/net.js')>('../vm/net.js')
-          const sw = new VirtualSwitch()
-          port = sw.port()
-          udp = await UdpPort.listen(sw, m[1].replace(/^\[|\]$/g, ''), Number(m[2])).catch((e: Error) => {
-            throw new StorageError('InvalidArgument', `cannot listen on ${o.net}: ${e.message}`)
-          })
-        }
-        const identity = checkInitiatorName(o.initiatorName ?? (o.name !== undefined ? vmInitiatorName(o.name) : ANONYMOUS_VM_IQN))
-        const disk = o.disk ? await openVmDisk(o.disk, identity) : undefined
-        const out = o.json ? process.stderr : process.stdout
-        let pending: number[] = []
-        const flush = () => {
-          if (pending.length) out.write(Buffer.from(pending))
-          pending = []
-        }
-        // Ctrl-C / SIGTERM: stop between slices, write the log and the summary (a server guest such
-        // as kvstore runs until told)
-        const stop = new AbortController()
-        const onSignal = () => stop.abort()
-        process.once('SIGINT', onSignal)
-        process.once('SIGTERM', onSignal)
-        try {
-          const cpu0 = process.cpuUsage()
-          const s = await runVm({
-            signal: stop.signal,
-            guest: o.guest,
-            memory,
-            disk: disk?.disk,
-            scsi: disk?.scsi,
-            identity,
-            record: o.record,
-            replay: o.replay,
-            maxInstructions: max,
-            cpuLimit,
-            net: port,
-            mac,
-            onConsole: (b) => {
-              pending.push(b)
-              if (b === 10 || pending.length >= 256) flush()
-            },
-          })
-          flush()
-          const cpu = process.cpuUsage(cpu0)
-          const summary = {
-            guest: o.guest,
-            end: s.end,
-            exitCode: s.exitCode,
-            instructions: s.instructions,
-            seconds: Number(s.seconds.toFixed(3)),
-            cpuSeconds: Number(((cpu.user + cpu.system) / 1e6).toFixed(3)),
-            mips: Number(s.mips.toFixed(1)),
-            interrupts: s.interrupts,
-            events: s.events,
-            stateHash: s.stateHash,
-            consoleHash: s.consoleHash,
-            ...(s.message ? { message: s.message } : {}),
-          }
-          if (o.json) process.stdout.write(JSON.stringify(summary) + '\n')
-          else {
-            process.stderr.write(`tandem vm: ${s.end}${s.exitCode !== null ? ` (exit code ${s.exitCode})` : ''}: ${s.instructions} instructions in ${s.seconds.toFixed(3)} s (cpu ${summary.cpuSeconds.toFixed(3)} s), ${s.mips.toFixed(1)} MIPS, ${s.interrupts} interrupts, ${s.events} events\n`)
-            if (s.message) process.stderr.write(`tandem vm: ${s.message}\n`)
-            process.stderr.write(`tandem vm: state ${s.stateHash}\ntandem vm: console ${s.consoleHash}\n`)
-          }
-          if (s.end === 'exit') return s.exitCode ?? 0
-          return s.end === 'limit' ? VM_EXIT.LIMIT : s.end === 'fault' ? VM_EXIT.FAULT : s.end === 'halt' ? VM_EXIT.HALT : s.end === 'stopped' ? VM_EXIT.STOPPED : VM_EXIT.REPLAY
-        } finally {
-          process.off('SIGINT', onSignal)
-          process.off('SIGTERM', onSignal)
-          await disk?.close()
-          udp?.close()
-        }
-      }),
-    )
-  addHostVmCommands(vm, run)
-  return vm
+    .option('--control <path>', 'serve a control socket here (HTTP/JSON on a Unix socket, mode 0600): status, pause, resume, checkpoint; tandem vm checkpoint --control PATH uses it')
+}
+
+/** `vm run` and `vm restore`: a guest to its end. */
+async function runAction(o: Record<string, any>): Promise<number> {
+  const { runVm } = await loadLazy<typeof import('../vm/run.js')>('../vm/run.js')
+  if (o.record && o.replay) throw new StorageError('InvalidArgument', '--record and --replay cannot be used together')
+  const memory = o.restore ? 0 : parseSize(o.memory) // a restore takes the checkpoint's
+  let max: number | undefined
+  if (o.maxInstructions !== undefined) {
+    max = Number(o.maxInstructions)
+    if (!Number.isSafeInteger(max) || max <= 0) throw new StorageError('InvalidArgument', `invalid instruction count '${o.maxInstructions}'`)
+  }
+  const cpuLimit = o.cpuLimit !== undefined ? parseCpuPercent(o.cpuLimit) : undefined
+  if (!/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/i.test(o.mac)) throw new StorageError('InvalidArgument', `invalid MAC address '${o.mac}' (six hex bytes, e.g. 02:00:00:00:00:01)`)
+  const mac = Buffer.from(o.mac.split(':').map((x: string) => parseInt(x, 16)))
+  let udp: { close(): void } | undefined
+  let port
+  if (o.net) {
+    const m = /^udp:(.+):(\d+)$/.exec(o.net)
+    if (!m || Number(m[2]) > 65535) throw new StorageError('InvalidArgument', `invalid --net '${o.net}' (udp:HOST:PORT, e.g. udp:127.0.0.1:5555)`)
+    const { VirtualSwitch, UdpPort } = await loadLazy<typeof import('../vm/net.js')>('../vm/net.js')
+    const sw = new VirtualSwitch()
+    port = sw.port()
+    udp = await UdpPort.listen(sw, m[1].replace(/^\[|\]$/g, ''), Number(m[2])).catch((e: Error) => {
+      throw new StorageError('InvalidArgument', `cannot listen on ${o.net}: ${e.message}`)
+    })
+  }
+  const identity = checkInitiatorName(o.initiatorName ?? (o.name !== undefined ? vmInitiatorName(o.name) : ANONYMOUS_VM_IQN))
+  const disk = o.disk ? await openVmDisk(o.disk, identity) : undefined
+  const out = o.json ? process.stderr : process.stdout
+  let pending: number[] = []
+  const flush = () => {
+    if (pending.length) out.write(Buffer.from(pending))
+    pending = []
+  }
+  // Ctrl-C / SIGTERM: stop between slices, write the log and the summary (a server guest such
+  // as kvstore runs until told)
+  const stop = new AbortController()
+  const onSignal = () => stop.abort()
+  process.once('SIGINT', onSignal)
+  process.once('SIGTERM', onSignal)
+  try {
+    const cpu0 = process.cpuUsage()
+    const s = await runVm({
+      signal: stop.signal,
+      guest: o.guest ?? '',
+      memory,
+      restore: o.restore,
+      control: o.control,
+      disk: disk?.disk,
+      scsi: disk?.scsi,
+      identity,
+      record: o.record,
+      replay: o.replay,
+      maxInstructions: max,
+      cpuLimit,
+      net: port,
+      mac,
+      onConsole: (b) => {
+        pending.push(b)
+        if (b === 10 || pending.length >= 256) flush()
+      },
+    })
+    flush()
+    const cpu = process.cpuUsage(cpu0)
+    const summary = {
+      guest: o.guest,
+      end: s.end,
+      exitCode: s.exitCode,
+      instructions: s.instructions,
+      seconds: Number(s.seconds.toFixed(3)),
+      cpuSeconds: Number(((cpu.user + cpu.system) / 1e6).toFixed(3)),
+      mips: Number(s.mips.toFixed(1)),
+      interrupts: s.interrupts,
+      events: s.events,
+      stateHash: s.stateHash,
+      consoleHash: s.consoleHash,
+      ...(s.message ? { message: s.message } : {}),
+    }
+    if (o.json) process.stdout.write(JSON.stringify(summary) + '\n')
+    else {
+      process.stderr.write(`tandem vm: ${s.end}${s.exitCode !== null ? ` (exit code ${s.exitCode})` : ''}: ${s.instructions} instructions in ${s.seconds.toFixed(3)} s (cpu ${summary.cpuSeconds.toFixed(3)} s), ${s.mips.toFixed(1)} MIPS, ${s.interrupts} interrupts, ${s.events} events\n`)
+      if (s.message) process.stderr.write(`tandem vm: ${s.message}\n`)
+      process.stderr.write(`tandem vm: state ${s.stateHash}\ntandem vm: console ${s.consoleHash}\n`)
+    }
+    if (s.end === 'exit') return s.exitCode ?? 0
+    return s.end === 'limit' ? VM_EXIT.LIMIT : s.end === 'fault' ? VM_EXIT.FAULT : s.end === 'halt' ? VM_EXIT.HALT : s.end === 'stopped' ? VM_EXIT.STOPPED : VM_EXIT.REPLAY
+  } finally {
+    process.off('SIGINT', onSignal)
+    process.off('SIGTERM', onSignal)
+    await disk?.close()
+    udp?.close()
+  }
 }

@@ -1,4 +1,5 @@
-import { existsSync } from 'node:fs'
+import { existsSync, readFileSync } from 'node:fs'
+import { createHash } from 'node:crypto'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
@@ -15,4 +16,13 @@ export function guestPath(guest: string): string {
     throw new Error(`no guest named '${guest}' (guests: ${GUEST_NAMES.join(', ')}; or give a file)`)
   }
   return guest
+}
+
+/** The committed guest whose image has this SHA-256 (a checkpoint or log names its image so). */
+export function guestForImage(sha: Buffer): string {
+  for (const g of GUEST_NAMES) {
+    const p = join(GUESTS, `${g}.elf`)
+    if (existsSync(p) && createHash('sha256').update(readFileSync(p)).digest().equals(sha)) return g
+  }
+  throw new Error(`no committed guest has the image ${sha.toString('hex').slice(0, 16)}…: give --guest FILE`)
 }

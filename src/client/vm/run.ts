@@ -5,9 +5,13 @@ import { EventRecorder, EventReplayer, ReplayError, encodeHeader } from './event
 import { Machine, type RunSummary } from './machine.js'
 import { ANONYMOUS_VM_IQN, logicalUnitPath, nexusName, vmIsid, type ScsiPath } from './scsi-path.js'
 import type { SwitchPort } from './net.js'
-import { guestPath } from './guests.js'
+import { guestForImage, guestPath } from './guests.js'
+import { readCheckpoint } from './checkpoint-file.js'
 import { CpuLimiter } from './cpu-limit.js'
 import { createHash } from 'node:crypto'
+import { StorageError } from '../../disk-formats/errors.js'
+import { restoreCheckpoint, takeCheckpoint, type DiskSwitch } from './checkpoint.js'
+import { serveControl, type VmControl } from './control.js'
 
 export interface VmRunOptions {
   guest: string
@@ -29,11 +33,26 @@ export interface VmRunOptions {
   signal?: AbortSignal
   /** the VM's share of one core in percent, 1 to 100 (default 100: no limit) */
   cpuLimit?: number
+  /** a control socket (SPEC.md §Control socket): status, pause, resume, checkpoint */
+  control?: string
+  /** start from this checkpoint file instead of the guest's first instruction */
+  restore?: string
+  /**
+   * How a checkpoint switches this VM's disk onto a new delta: from the checkpoint request (a
+   * datastore disk names its server). None: a VM with a disk cannot be checkpointed.
+   */
+  diskSwitch?: (req: Record<string, unknown>) => DiskSwitch | undefined
 }
 
 /** Runs a guest to its end; with `record`, writes the event log; with `replay`, follows one. */
 export async function runVm(o: VmRunOptions): Promise<RunSummary> {
   const limiter = o.cpuLimit !== undefined ? new CpuLimiter(o.cpuLimit) : undefined
+  if (o.restore) {
+    // the checkpoint says how much memory, and (by its image hash) which committed guest
+    const c = await readCheckpoint(o.restore)
+    await c.close()
+    o = { ...o, memory: c.header.memoryBytes, guest: o.guest || guestForImage(c.header.imageSha256) }
+  }
   const file = guestPath(o.guest)
   let image: Buffer
   try {
@@ -55,8 +74,39 @@ export async function runVm(o: VmRunOptions): Promise<RunSummary> {
   if (o.disk && o.scsi) throw new Error('runVm: give the disk as a block device or as a SCSI path, not both')
   const iqn = o.identity ?? ANONYMOUS_VM_IQN
   const disk = o.scsi ?? (o.disk ? logicalUnitPath(new LogicalUnit(o.disk, { serial: 'tandem-vm-disk' }), nexusName(iqn, vmIsid(iqn))) : undefined)
-  const m = new Machine({ image, imageName: file, memory: o.memory, disk, record, replay, maxInstructions: o.maxInstructions, onConsole: o.onConsole, net: o.net, mac: o.mac, signal: o.signal, limiter })
-  const summary = await m.run()
-  if (record && o.record) await writeFile(o.record, record.bytes())
-  return summary
+  const opts = { image, imageName: file, memory: o.memory, disk, record, replay, maxInstructions: o.maxInstructions, onConsole: o.onConsole, net: o.net, mac: o.mac, signal: o.signal, limiter }
+  const m = o.restore ? await restoreCheckpoint(o.restore, opts) : new Machine(opts)
+  const control = o.control ? await serveControl(o.control, vmControl(m, o, disk !== undefined)) : undefined
+  try {
+    const summary = await m.run()
+    if (record && o.record) await writeFile(o.record, record.bytes())
+    return summary
+  } finally {
+    await control?.close()
+  }
+}
+
+/** What the control socket of a VM run by runVm does. */
+function vmControl(m: Machine, o: VmRunOptions, hasDisk: boolean): VmControl {
+  let busy = false
+  return {
+    status: () => ({ guest: o.guest, memory: m.mem.size, instructions: m.hart.instret, paused: m.paused, checkpointing: busy }),
+    pause: () => m.requestPause(),
+    resume: () => m.resume(),
+    async checkpoint(req) {
+      const file = req.file
+      if (typeof file !== 'string' || !file.startsWith('/')) throw new StorageError('InvalidArgument', '"file" must be an absolute path for the checkpoint file')
+      const afterwards = req.afterwards ?? 'keep'
+      if (afterwards !== 'keep' && afterwards !== 'copy-and-commit') throw new StorageError('InvalidArgument', '"afterwards" must be "keep" or "copy-and-commit"')
+      const sw = o.diskSwitch?.(req)
+      if (hasDisk && !sw) throw new StorageError('Unsupported', 'this VM\'s disk cannot be switched onto a new layer, so it cannot be checkpointed')
+      if (busy) throw new StorageError('Busy', 'a checkpoint of this VM is being written')
+      busy = true
+      try {
+        return { ...(await takeCheckpoint(m, { file, name: typeof req.name === 'string' ? req.name : undefined, disk: sw, afterwards })) }
+      } finally {
+        busy = false
+      }
+    },
+  }
 }
