@@ -21,6 +21,7 @@ export function vmCommand(run: (fn: () => Promise<number | void>) => Promise<voi
     .option('--initiator-name <iqn>', `the VM's iSCSI initiator name (default ${VM_IQN_PREFIX}<name>, or ${ANONYMOUS_VM_IQN} without --name); with a fixed ISID derived from it, so its reservations hold from any host`)
     .option('--record <log>', 'write every non-deterministic input to this event log')
     .option('--replay <log>', 'replay a recorded run from its event log (the disk must hold what it held when recording began)')
+    .option('--follow', 'with --replay: the log is still being written (by a recording running now); read it as it grows, to its end')
     .option('--max-instructions <n>', 'stop after this many instructions')
     .option('--net <udp:HOST:PORT>', 'join the NIC to a virtual switch with a UDP socket listening here; each datagram is one Ethernet frame (as qemu -netdev socket,udp=)')
     .option('--mac <mac>', "the NIC's MAC address", '02:00:00:00:00:01')
@@ -39,6 +40,7 @@ summary is printed and a recording's log written; its replay stops at the same i
       run(async () => {
         const { runVm } = await loadLazy<typeof import('../vm/run.js')>('../vm/run.js')
         if (o.record && o.replay) throw new StorageError('InvalidArgument', '--record and --replay cannot be used together')
+        if (o.follow && !o.replay) throw new StorageError('InvalidArgument', '--follow needs --replay')
         const memory = parseSize(o.memory)
         let max: number | undefined
         if (o.maxInstructions !== undefined) {
@@ -83,6 +85,7 @@ summary is printed and a recording's log written; its replay stops at the same i
             identity,
             record: o.record,
             replay: o.replay,
+            follow: o.follow === true,
             maxInstructions: max,
             net: port,
             mac,
