@@ -35,6 +35,7 @@ export class EventSource {
   private sawEnd = false
   private producerDone = false
   private feedError: ReplayError | null = null
+  private headerError: ReplayError | null = null
   private waiters: { from: number; resolve: (more: boolean) => void; reject: (e: Error) => void }[] = []
   private headerWaiters: { resolve: () => void; reject: (e: Error) => void }[] = []
 
@@ -102,21 +103,23 @@ export class EventSource {
   }
 
   private arrived(): void {
-    if (this.version === 0 && this.headerWaiters.length && (this.fill >= HEADER_BYTES || this.producerDone)) {
-      const ws = this.headerWaiters
-      this.headerWaiters = []
+    if (this.version === 0 && !this.headerError && (this.fill >= HEADER_BYTES || this.producerDone)) {
       try {
         this.checkHeader()
-        for (const w of ws) w.resolve()
       } catch (e) {
-        for (const w of ws) w.reject(e as Error)
+        this.headerError = e as ReplayError
       }
+    }
+    if (this.version > 0 || this.headerError) {
+      for (const w of this.headerWaiters) this.headerError ? w.reject(this.headerError) : w.resolve()
+      this.headerWaiters = []
     }
     if (!this.waiters.length) return
     if (this.version > 0) this.scan(Infinity)
     const keep: typeof this.waiters = []
     for (const w of this.waiters) {
-      if (this.scanIndex > w.from || this.damage) w.resolve(true)
+      if (this.headerError) w.reject(this.headerError)
+      else if (this.scanIndex > w.from || this.damage) w.resolve(true)
       else if (this.feedError) w.reject(this.feedError)
       else if (this.ended) w.resolve(false)
       else keep.push(w)
@@ -129,14 +132,7 @@ export class EventSource {
   /** Resolves once the header has arrived and matches the machine; rejects with a ReplayError. */
   header(): Promise<void> {
     if (this.version > 0) return Promise.resolve()
-    if (this.fill >= HEADER_BYTES || this.producerDone) {
-      try {
-        this.checkHeader()
-        return Promise.resolve()
-      } catch (e) {
-        return Promise.reject(e as Error)
-      }
-    }
+    if (this.headerError) return Promise.reject(this.headerError)
     return new Promise((resolve, reject) => this.headerWaiters.push({ resolve, reject }))
   }
 
@@ -177,10 +173,8 @@ export class EventSource {
   /** The next event, checked, without consuming it; null at the end of the records received so far. */
   peek(): LogEvent | null {
     if (this.peeked) return this.peeked.e
-    if (this.version === 0) {
-      if (this.fill < HEADER_BYTES && !this.producerDone) return null
-      this.checkHeader()
-    }
+    if (this.headerError) throw this.headerError
+    if (this.version === 0) return null
     const at = this.readAt
     if (at >= this.scanAt) this.scan(64 * 1024)
     if (at >= this.scanAt) {
@@ -210,7 +204,7 @@ export class EventSource {
 
   /** No more records will arrive: the feed ended, or the END record or the close mark has arrived. */
   get ended(): boolean {
-    if (this.producerDone) return true
+    if (this.producerDone || this.headerError) return true
     if (this.version > 0) this.scan(Infinity)
     return this.sawEnd || this.closeAt >= 0 || this.damage !== null
   }
@@ -230,6 +224,7 @@ export class EventSource {
    * the feed's error.
    */
   more(): Promise<boolean> {
+    if (this.headerError) return Promise.reject(this.headerError)
     if (this.version > 0) this.scan(Infinity)
     const from = this.scanIndex
     if (this.damage) return Promise.resolve(true)
@@ -284,6 +279,7 @@ export async function followEventLog(file: string, memoryBytes: number, imageSha
           offset += n
           continue
         }
+        if (o.signal?.aborted) break
         await new Promise<void>((resolve) => {
           idle.wake = resolve
           idle.timer = timers.setTimeout(resolve, pollMs)
