@@ -27,8 +27,8 @@ export interface EventSink {
 /** the largest record: a chunk always has room for one */
 const MAX_RECORD = recordBytes(MAX_FRAME)
 
-/** Fills fixed-size chunks with encoded records; a full chunk is handed to `ship`. */
-abstract class ChunkedSink implements EventSink {
+/** Fills fixed-size chunks with encoded records; a full chunk is handed to `ship` (a file, later a socket). */
+export abstract class ChunkedSink implements EventSink {
   count = 0
   private cur: Buffer
   private used = 0

@@ -232,6 +232,15 @@ export class EventSource {
     return new Promise((resolve, reject) => this.waiters.push({ from, resolve, reject }))
   }
 
+  /**
+   * Resolves once every record at `instret` or below has arrived (horizon > instret) or the log is
+   * complete; rejects with the feed's error. A follower awaits it before it delivers the records at
+   * a count or executes the instruction at that count (whose read may be logged there).
+   */
+  async waitPast(instret: number): Promise<void> {
+    while (!this.ended && this.horizon <= instret) await this.more()
+  }
+
   /** bytes received and not yet consumed (what a feed bounds its read-ahead by) */
   get bufferedBytes(): number {
     return this.fill - this.readAt

@@ -62,6 +62,9 @@ t.test('a source fed one byte at a time hands out each record when its last byte
   t.equal(log.length, ends[3] + RECORD_BYTES, 'the close mark is the last record')
   const s = new EventSource('pieces', expect)
   const header = s.header()
+  const past: string[] = []
+  void s.waitPast(10).then(() => past.push(`10@${got.length}`))
+  void s.waitPast(20).then(() => past.push(`20@${got.length}`))
   const wakes: string[] = []
   let resolved: boolean | null = null
   const arm = () => void s.more().then((v) => (resolved = v))
@@ -85,6 +88,7 @@ t.test('a source fed one byte at a time hands out each record when its last byte
   }
   t.same(wakes, [...ends.map((e) => `true@${e}`), `false@${ends[3]}`], 'more() wakes at each record\'s last byte; false once END is in')
   await header
+  t.same(past, ['10@1', '20@3'], 'waitPast(10) once the frame at 20 is in; waitPast(20) only at END (the interrupt at 20 might have been followed by more at 20)')
   t.same(
     got.map((g) => g.e),
     events,
