@@ -360,3 +360,37 @@ t.test('tandem vm run --record: stopped by SIGINT, the log is closed complete', 
   t.same(events.at(-1), { ...events.at(-1), kind: EVENT.END, arg: 1 }, 'the last event: stopped by the host')
   t.equal(readFileSync(file).subarray(-RECORD_BYTES)[0], LOG_CLOSE, 'then the close mark')
 })
+
+t.test(
+  'tandem vm run --replay L --follow, started beside the recording, ends with its hashes',
+  // remove the todo once machine.ts awaits source.waitPast(count) before it delivers or executes at a count
+  { todo: 'the machine waits at the end of a followed log (the lead\'s machine.ts rewrite)' },
+  async (t) => {
+    const d = tmp(t)
+    const file = join(d, 'live.log')
+    const runJson = (args: string[]) =>
+      new Promise<{ status: number | null; summary: { end: string; instructions: number; events: number; stateHash: string; consoleHash: string } | null }>((resolve) => {
+        const c = spawn(process.execPath, [CLI, 'vm', 'run', '--json', '--guest', 'ticker', ...args], { stdio: ['ignore', 'pipe', 'ignore'] })
+        let out = ''
+        c.stdout.on('data', (b) => (out += b))
+        t.teardown(() => void (c.exitCode === null && c.kill('SIGKILL')))
+        c.on('exit', (status) => {
+          let summary = null
+          try {
+            summary = JSON.parse(out)
+          } catch {}
+          resolve({ status, summary })
+        })
+      })
+    const recording = runJson(['--record', file])
+    await until(() => existsSync(file) && statSync(file).size >= HEADER_BYTES, 'the log header')
+    const replaying = runJson(['--replay', file, '--follow'])
+    const [rec, rep] = await Promise.all([recording, replaying])
+    t.equal(rec.status, 0)
+    t.equal(rep.status, 0, `the replay: ${rep.summary?.end}`)
+    t.equal(rep.summary?.instructions, rec.summary?.instructions)
+    t.equal(rep.summary?.events, rec.summary?.events)
+    t.equal(rep.summary?.stateHash, rec.summary?.stateHash, 'the same state')
+    t.equal(rep.summary?.consoleHash, rec.summary?.consoleHash, 'the same console')
+  },
+)
