@@ -39,10 +39,14 @@ export class EventSource {
   private waiters: { from: number; resolve: (more: boolean) => void; reject: (e: Error) => void }[] = []
   private headerWaiters: { resolve: () => void; reject: (e: Error) => void }[] = []
 
-  /** @param file names the log in messages */
+  /**
+   * @param file names the log in messages
+   * @param onWait called when the consumer waits for records (`more()`): a feed may read ahead now
+   */
   constructor(
     readonly file: string,
     private readonly expect?: LogExpectation,
+    private readonly onWait?: () => void,
   ) {}
 
   /** Reads a whole log file; its header must match the machine (as a replay checks it). */
@@ -229,7 +233,9 @@ export class EventSource {
     const from = this.scanIndex
     if (this.damage) return Promise.resolve(true)
     if (this.ended) return this.feedError ? Promise.reject(this.feedError) : Promise.resolve(false)
-    return new Promise((resolve, reject) => this.waiters.push({ from, resolve, reject }))
+    const p = new Promise<boolean>((resolve, reject) => this.waiters.push({ from, resolve, reject }))
+    this.onWait?.()
+    return p
   }
 
   /**
@@ -272,10 +278,10 @@ export async function followEventLog(file: string, memoryBytes: number, imageSha
   } catch (e) {
     throw new ReplayError(`cannot read the replay log '${file}': ${(e as Error).message}`, 0)
   }
-  const s = new EventSource(file, { memoryBytes, imageSha })
-  let offset = 0
   const idle: { timer: unknown; wake: (() => void) | null } = { timer: null, wake: null }
   const stop = () => idle.wake?.()
+  const s = new EventSource(file, { memoryBytes, imageSha }, stop)
+  let offset = 0
   o.signal?.addEventListener('abort', stop, { once: true })
   const pump = async () => {
     try {
