@@ -76,9 +76,9 @@ export abstract class ChunkedSink implements EventSink {
 
   /** Adds the close mark and ships the last records; later adds throw. */
   protected seal(): void {
+    this.closed = true
     this.put(LOG_CLOSE, 0, this.lastInstret, this.count)
     this.cut()
-    this.closed = true
   }
 }
 

@@ -275,7 +275,16 @@ t.test('FileEventSink: the log grows while it is written, memory stays bounded, 
 t.test('FileEventSink: a partial chunk reaches the file flushMs after its first record', async (t) => {
   const file = join(tmp(t), 'slow.log')
   const clock = new FakeClock()
-  const sink = await FileEventSink.create(file, encodeHeader(4096, sha), { flushMs: 100, timers: clock })
+  const armed = new Set<unknown>()
+  const timers = {
+    setTimeout: (fn: () => void, ms: number) => {
+      const h: unknown = clock.setTimeout(() => (armed.delete(h), fn()), ms)
+      armed.add(h)
+      return h
+    },
+    clearTimeout: (h: unknown) => (armed.delete(h), clock.clearTimeout(h)),
+  }
+  const sink = await FileEventSink.create(file, encodeHeader(4096, sha), { flushMs: 100, timers })
   await sink.flush()
   t.equal(statSync(file).size, HEADER_BYTES, 'the header is written first')
   sink.add(EVENT.TIME, 0, 1, 1)
@@ -288,6 +297,7 @@ t.test('FileEventSink: a partial chunk reaches the file flushMs after its first 
   t.equal(sink.pendingBytes, 0)
   await sink.close()
   t.equal(statSync(file).size, HEADER_BYTES + 3 * RECORD_BYTES, 'and the close mark')
+  t.equal(armed.size, 0, 'no timer left armed')
   t.throws(() => sink.add(EVENT.TIME, 0, 3, 3), /add after close/)
 })
 
