@@ -37,6 +37,7 @@ function runOptions(cmd: Command): Command {
     .option('--initiator-name <iqn>', `the VM's iSCSI initiator name (default ${VM_IQN_PREFIX}<name>, or ${ANONYMOUS_VM_IQN} without --name); with a fixed ISID derived from it, so its reservations hold from any host`)
     .option('--record <log>', 'write every non-deterministic input to this event log')
     .option('--replay <log>', 'replay a recorded run from its event log (the disk must hold what it held when recording began)')
+    .option('--follow', 'with --replay: the log is still being written (by a recording running now); read it as it grows, to its end')
     .option('--max-instructions <n>', 'stop after this many instructions')
     .option('--cpu-limit <pct>', 'run the VM at this share of one core, in percent (1 to 100): it runs for that share of every 20 ms and sleeps the rest; waiting for an interrupt counts as idle')
     .option('--net <udp:HOST:PORT>', 'join the NIC to a virtual switch with a UDP socket listening here; each datagram is one Ethernet frame (as qemu -netdev socket,udp=)')
@@ -59,6 +60,7 @@ summary is printed and a recording's log written; its replay stops at the same i
 async function runAction(o: Record<string, any>): Promise<number> {
   const { runVm } = await loadLazy<typeof import('../vm/run.js')>('../vm/run.js')
   if (o.record && o.replay) throw new StorageError('InvalidArgument', '--record and --replay cannot be used together')
+  if (o.follow && !o.replay) throw new StorageError('InvalidArgument', '--follow needs --replay')
   const memory = o.restore ? 0 : parseSize(o.memory) // a restore takes the checkpoint's
   let max: number | undefined
   if (o.maxInstructions !== undefined) {
@@ -107,6 +109,7 @@ async function runAction(o: Record<string, any>): Promise<number> {
       identity,
       record: o.record,
       replay: o.replay,
+      follow: o.follow === true,
       maxInstructions: max,
       cpuLimit,
       net: port,

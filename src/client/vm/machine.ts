@@ -107,6 +107,8 @@ export class Machine {
   private running = false
   private pause: { resolve: (instret: number) => void; promise: Promise<number>; at: number; resumed?: () => void } | null = null
   private wake: (() => void) | null = null
+  /** a restored machine's replay starts after this many records (those before the state) */
+  private logStart = 0
 
   constructor(
     private readonly opts: MachineOptions,
@@ -168,8 +170,7 @@ export class Machine {
     for (const k of ['mstatus', 'mie', 'mip', 'mtvec', 'mepc', 'mcause', 'mtval', 'mscratch'] as const) m.hart[k] = hart[k] | 0
     // the guest clock goes on from the saved mtime
     m.startNs = m.clock.now() - (BigInt(host.mtime) * 1_000_000_000n) / BigInt(TIMEBASE_HZ)
-    const replay = opts.replay
-    if (replay) while (replay.position < host.logPosition && replay.next());
+    m.logStart = host.logPosition
     return m
   }
 
@@ -330,6 +331,10 @@ export class Machine {
     let message: string | undefined
     this.running = true
     try {
+      if (replay) {
+        while (replay.position < this.logStart) if (!replay.next() && !(await replay.more())) break
+        if (replay.position < this.logStart) throw new ReplayError(`the replay log ends (record ${replay.position}) before the restored state (record ${this.logStart})`, this.hart.instret)
+      }
       for (;;) {
         await this.pausePoint()
         if (this.hart.instret >= max) {
@@ -343,7 +348,10 @@ export class Machine {
           if (!replay) this.opts.record?.add(EVENT.END, 1, this.hart.instret, 0)
           break
         }
+        // a log still being written: run no further than every record has arrived
+        if (replay) await replay.waitPast(this.hart.instret)
         let limit = Math.min(this.hart.instret + SLICE, max)
+        if (replay) limit = Math.min(limit, Math.max(replay.horizon, this.hart.instret))
         const obs = this.opts.observe
         if (obs) limit = Math.min(limit, (Math.floor(this.hart.instret / obs.every) + 1) * obs.every)
         if (this.pause && this.pause.at > this.hart.instret) limit = Math.min(limit, this.pause.at)
@@ -373,12 +381,15 @@ export class Machine {
             break
           }
           if (reason === 'limit') await (this.opts.timers ?? realTimers).yield()
+          // a recording written as it runs: memory stays bounded however far the disk lags
+          await this.opts.record?.drain()
         }
         if (this.opts.limiter) await this.opts.limiter.afterSlice(this.opts.signal)
       }
       if (end === 'exit') {
         const code = this.finisher.exitCode
         if (replay) {
+          await replay.waitPast(this.hart.instret)
           const e = replay.next()
           if (!e || e.kind !== EVENT.END || e.instret !== this.hart.instret || e.value !== code) {
             throw new ReplayError(`replay diverged at instruction ${this.hart.instret}: the guest exits with ${code}, the log has ${e ? `a ${EVENT_NAMES[e.kind]} at instruction ${e.instret}` : 'no end record'}`, this.hart.instret)
@@ -414,6 +425,7 @@ export class Machine {
   /** Replay mode: every interrupt and disk completion logged at this instruction, in order. */
   private async deliverReplayed(wfi: boolean): Promise<void> {
     const r = this.opts.replay!
+    await r.waitPast(this.hart.instret)
     for (;;) {
       const e = r.peek()
       if (e && e.instret < this.hart.instret && (e.kind === EVENT.IRQ || e.kind === EVENT.DISK || e.kind === EVENT.NET || e.kind === EVENT.END)) {

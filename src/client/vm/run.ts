@@ -1,7 +1,7 @@
-import { readFile, writeFile } from 'node:fs/promises'
+import { readFile, unlink } from 'node:fs/promises'
 import type { BlockDevice } from '../../disk-formats/index.js'
 import { LogicalUnit } from '../../server/scsi/index.js'
-import { EventRecorder, EventReplayer, ReplayError, encodeHeader } from './events.js'
+import { EventSource, FileEventSink, ReplayError, encodeHeader, followEventLog } from './events.js'
 import { Machine, type RunSummary } from './machine.js'
 import { ANONYMOUS_VM_IQN, logicalUnitPath, nexusName, vmIsid, type ScsiPath } from './scsi-path.js'
 import type { SwitchPort } from './net.js'
@@ -22,8 +22,11 @@ export interface VmRunOptions {
   scsi?: ScsiPath
   /** the VM's iSCSI name, the I_T nexus of an in-process LU (default ANONYMOUS_VM_IQN) */
   identity?: string
+  /** the event log written while the VM runs (complete, with its close mark, however the run ends) */
   record?: string
   replay?: string
+  /** `replay` is a log still being written: read it as it grows, to its END or close mark */
+  follow?: boolean
   maxInstructions?: number
   onConsole?: (b: number) => void
   /** the NIC's port on a virtual switch */
@@ -61,11 +64,11 @@ export async function runVm(o: VmRunOptions): Promise<RunSummary> {
     throw new Error(`cannot read the guest image '${file}': ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`)
   }
   const sha = createHash('sha256').update(image).digest()
-  const record = o.record ? new EventRecorder(encodeHeader(o.memory, sha)) : undefined
-  let replay: EventReplayer | undefined
+  let replay: EventSource | undefined
+  if (o.follow && !o.replay) throw new Error('runVm: follow needs a replay log')
   if (o.replay) {
     try {
-      replay = await EventReplayer.open(o.replay, o.memory, sha)
+      replay = o.follow ? await followEventLog(o.replay, o.memory, sha, { signal: o.signal }) : await EventSource.open(o.replay, o.memory, sha)
     } catch (e) {
       if (e instanceof ReplayError) throw new Error(e.message)
       throw e
@@ -74,16 +77,31 @@ export async function runVm(o: VmRunOptions): Promise<RunSummary> {
   if (o.disk && o.scsi) throw new Error('runVm: give the disk as a block device or as a SCSI path, not both')
   const iqn = o.identity ?? ANONYMOUS_VM_IQN
   const disk = o.scsi ?? (o.disk ? logicalUnitPath(new LogicalUnit(o.disk, { serial: 'tandem-vm-disk' }), nexusName(iqn, vmIsid(iqn))) : undefined)
+  const record = o.record ? await FileEventSink.create(o.record, encodeHeader(o.memory, sha)) : undefined
   const opts = { image, imageName: file, memory: o.memory, disk, record, replay, maxInstructions: o.maxInstructions, onConsole: o.onConsole, net: o.net, mac: o.mac, signal: o.signal, limiter }
-  const m = o.restore ? await restoreCheckpoint(o.restore, opts) : new Machine(opts)
-  const control = o.control ? await serveControl(o.control, vmControl(m, o, disk !== undefined)) : undefined
+  let m: Machine
   try {
-    const summary = await m.run()
-    if (record && o.record) await writeFile(o.record, record.bytes())
-    return summary
+    m = o.restore ? await restoreCheckpoint(o.restore, opts) : new Machine(opts)
+  } catch (e) {
+    // not a guest (or not a checkpoint): no log, as before the run began
+    if (record) {
+      await record.close().catch(() => {})
+      await unlink(record.file).catch(() => {})
+    }
+    throw e
+  }
+  const control = o.control ? await serveControl(o.control, vmControl(m, o, disk !== undefined)) : undefined
+  let summary: RunSummary
+  try {
+    summary = await m.run()
+  } catch (e) {
+    await record?.close().catch(() => {})
+    throw e
   } finally {
     await control?.close()
   }
+  await record?.close()
+  return summary
 }
 
 /** What the control socket of a VM run by runVm does. */

@@ -2,7 +2,7 @@ import t from 'tap'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { crc32c } from '../../../src/disk-formats/crc32c.js'
-import { EVENT, EventRecorder, EventReplayer, encodeEvent, encodeHeader, recordBytes } from '../../../src/client/vm/events.js'
+import { EVENT, EventReplayer, MemoryEventSink, encodeEvent, encodeHeader, recordBytes } from '../../../src/client/vm/events.js'
 import { tmp } from '../../helpers/peers.js'
 
 const sha = Buffer.alloc(32, 0xab)
@@ -10,8 +10,8 @@ const sha = Buffer.alloc(32, 0xab)
 t.test('golden bytes: the header and a record are laid out as SPEC.md says', async (t) => {
   t.same(
     [...encodeHeader(0x00100000, sha)],
-    [...Buffer.from('TNDMVLOG', 'latin1'), 1, 0, 0, 0, 0x00, 0x00, 0x10, 0x00, ...sha],
-    'magic, version 1, memory bytes, image SHA-256',
+    [...Buffer.from('TNDMVLOG', 'latin1'), 2, 0, 0, 0, 0x00, 0x00, 0x10, 0x00, ...sha],
+    'magic, version 2, memory bytes, image SHA-256',
   )
   const into = Buffer.alloc(64, 0xee)
   const n = encodeEvent({ kind: EVENT.NET, arg: 2, instret: 1, value: 3, extra: Buffer.from([1, 2, 3]) }, into, 4)
@@ -26,7 +26,7 @@ t.test('golden bytes: the header and a record are laid out as SPEC.md says', asy
 })
 
 t.test('a recorded log reads back event by event', async (t) => {
-  const rec = new EventRecorder(encodeHeader(4096, sha))
+  const rec = new MemoryEventSink(encodeHeader(4096, sha))
   rec.add(EVENT.TIME, 1, 10, 0xffffffff)
   rec.add(EVENT.NET, 0, 2 ** 40, 5, Buffer.from('hello'))
   rec.add(EVENT.END, 0, 2 ** 40 + 1, 0)
@@ -40,9 +40,9 @@ t.test('a recorded log reads back event by event', async (t) => {
   await t.rejects(EventReplayer.open(file, 8192, sha), { message: /recorded with 4096 bytes of memory, this run has 8192/ })
   await t.rejects(EventReplayer.open(file, 4096, Buffer.alloc(32)), { message: /different guest image/ })
   const bad = Buffer.from(rec.bytes())
-  bad[8] = 2
+  bad[8] = 3
   writeFileSync(file, bad)
-  await t.rejects(EventReplayer.open(file, 4096, sha), { message: /event log version 2, expected 1/ })
+  await t.rejects(EventReplayer.open(file, 4096, sha), { message: /event log version 3, expected 1 or 2/ })
   bad.write('NOTALOG!', 0, 'latin1')
   writeFileSync(file, bad)
   await t.rejects(EventReplayer.open(file, 4096, sha), { message: /not a Tandem VM event log/ })

@@ -118,7 +118,7 @@ t.test('bad guests end in a trap or a clear stop', async (t) => {
 })
 
 t.test('a replay matches its recording at every point observed, and writes the same disk', async (t) => {
-  const { Machine, EventRecorder, EventReplayer, encodeHeader, guestPath, logicalUnitPath } = await import('../../../src/client/vm/index.js')
+  const { Machine, MemoryEventSink, EventReplayer, encodeHeader, guestPath, logicalUnitPath } = await import('../../../src/client/vm/index.js')
   const { LogicalUnit } = await import('../../../src/server/scsi/index.js')
   const { RawFile } = await import('../../../src/disk-formats/index.js')
   const { createHash } = await import('node:crypto')
@@ -133,7 +133,7 @@ t.test('a replay matches its recording at every point observed, and writes the s
       disks.push(file)
       const dev = await RawFile.create(file, 8 << 20)
       const seen: string[] = []
-      const record = mode === 'record' ? new EventRecorder(encodeHeader(memory, sha)) : undefined
+      const record = mode === 'record' ? new MemoryEventSink(encodeHeader(memory, sha)) : undefined
       let replay
       if (log) {
         writeFileSync(join(d, 'l.log'), log)

@@ -1,0 +1,160 @@
+import { crc32c } from '../../disk-formats/crc32c.js'
+import { defineStruct } from '../../disk-formats/struct.js'
+
+/**
+ * The event log of a recorded run (SPEC.md §Event log). Every non-deterministic input is a
+ * record at an exact retired-instruction count:
+ *
+ *   file   = header record* [close]
+ *   header = "TNDMVLOG" u32 version(2; 1 still read) u32 memoryBytes 32 imageSha256   (48 bytes)
+ *   record = u8 kind  u8 arg  u16 extraLength  f64 instret  u32 value
+ *            extra (extraLength bytes, padded to 4)  u32 crc32c(all the record before it)
+ *            (20 bytes with no extra: every kind but NET)
+ *
+ * Values read by the guest (time, entropy, RTC) are replayed from the log; interrupts and disk
+ * completions are delivered at the logged count; the disk's data comes from the disk itself.
+ * The close mark (version 2) is the writer's last record: the log is complete, a follower stops
+ * waiting for more. Readers never hand it to the machine.
+ */
+export const EVENT = {
+  /** a 32-bit read of the timer (arg: 0 mtime low, 1 mtime high, 2 time CSR, 3 timeh CSR) */
+  TIME: 1,
+  /** a 32-bit read of the entropy register */
+  ENTROPY: 2,
+  /** a 32-bit read of the real-time clock (arg: 0 low, 1 high) */
+  RTC: 3,
+  /** an interrupt-pending bit changes (arg: irq number, value: 0 or 1) */
+  IRQ: 4,
+  /** disk requests complete (value: how many, in submission order) */
+  DISK: 5,
+  /** the end of the run (arg 0: the guest exited, value: its exit code; arg 1: stopped by the host) */
+  END: 6,
+  /** a frame arrives at the NIC (value: its length; extra: the frame) */
+  NET: 7,
+} as const
+export type EventKind = (typeof EVENT)[keyof typeof EVENT]
+export const EVENT_NAMES: Record<number, string> = { 1: 'time read', 2: 'entropy read', 3: 'clock read', 4: 'interrupt', 5: 'disk completion', 6: 'end of run', 7: 'network frame' }
+/** the largest frame a NET record carries (a bound on the extra length read from a log) */
+export const MAX_FRAME = 2048
+
+/**
+ * The close mark: the writer closed the log, nothing follows (arg 0, value: the records before it,
+ * instret: the last record's). Not an event: a reader checks it and stops there.
+ */
+export const LOG_CLOSE = 8
+
+export const LOG_MAGIC = 'TNDMVLOG'
+/** written; version 1 (no close mark) is still read */
+export const LOG_VERSION = 2
+const READABLE_VERSIONS = [1, 2]
+
+/** The log's header (SPEC.md §Determinism and the event log). */
+export const LogHeader = defineStruct({
+  magic: { offset: 0, type: { bytes: 8 } },
+  version: { offset: 8, type: 'u32' },
+  memoryBytes: { offset: 12, type: 'u32' },
+  imageSha256: { offset: 16, type: { bytes: 32 } },
+})
+/**
+ * A record's fixed part; its extra bytes (zero-padded to 4) follow, then the CRC-32C of all the
+ * record before it.
+ */
+export const RecordHead = defineStruct({
+  kind: { offset: 0, type: 'u8' },
+  arg: { offset: 1, type: 'u8' },
+  extraLength: { offset: 2, type: 'u16' },
+  instret: { offset: 4, type: 'f64' },
+  value: { offset: 12, type: 'u32' },
+})
+export const HEADER_BYTES = LogHeader.size
+export const CRC_BYTES = 4
+/** a record with no extra bytes */
+export const RECORD_BYTES = RecordHead.size + CRC_BYTES
+
+export interface LogEvent {
+  kind: number
+  arg: number
+  instret: number
+  value: number
+  extra?: Buffer
+}
+
+/** A replay that cannot go on: the log and the guest disagree, or the log is damaged. */
+export class ReplayError extends Error {
+  constructor(
+    message: string,
+    readonly instret: number,
+  ) {
+    super(message)
+    this.name = 'ReplayError'
+  }
+}
+
+export function encodeHeader(memoryBytes: number, imageSha: Buffer): Buffer {
+  return LogHeader.encode({ magic: Buffer.from(LOG_MAGIC, 'latin1'), version: LOG_VERSION, memoryBytes, imageSha256: imageSha })
+}
+
+const padded = (n: number) => (n + 3) & ~3
+
+/** Bytes a record takes. */
+export const recordBytes = (extraLength: number) => RECORD_BYTES + padded(extraLength)
+
+export function encodeEvent(e: LogEvent, into: Buffer, at: number): number {
+  const extra = e.extra ?? Buffer.alloc(0)
+  RecordHead.encode({ kind: e.kind, arg: e.arg, extraLength: extra.length, instret: e.instret, value: e.value >>> 0 }, into, at)
+  const start = at + RecordHead.size
+  const end = start + padded(extra.length)
+  extra.copy(into, start)
+  into.fill(0, start + extra.length, end)
+  into.writeUInt32LE(crc32c(into.subarray(at, end)), end)
+  return end + CRC_BYTES - at
+}
+
+
+/** What a replay expects of a log's header: the machine it was recorded on. */
+export interface LogExpectation {
+  memoryBytes: number
+  imageSha: Buffer
+}
+
+/**
+ * Checks a log's header (the first HEADER_BYTES of `b`): magic, version, then the machine.
+ * Returns the version; throws a ReplayError naming the file.
+ */
+export function checkHeader(b: Buffer, file: string, expect?: LogExpectation): number {
+  const notLog = () => new ReplayError(`'${file}' is not a Tandem VM event log (no ${LOG_MAGIC} header)`, 0)
+  if (b.length < HEADER_BYTES) throw notLog()
+  const h = LogHeader.decode(b)
+  if (h.magic.toString('latin1') !== LOG_MAGIC) throw notLog()
+  if (!READABLE_VERSIONS.includes(h.version)) throw new ReplayError(`'${file}': event log version ${h.version}, expected ${READABLE_VERSIONS.join(' or ')}`, 0)
+  if (expect && h.memoryBytes !== expect.memoryBytes) throw new ReplayError(`'${file}' was recorded with ${h.memoryBytes} bytes of memory, this run has ${expect.memoryBytes}`, 0)
+  if (expect && !h.imageSha256.equals(expect.imageSha)) throw new ReplayError(`'${file}' was recorded with a different guest image`, 0)
+  return h.version
+}
+
+/** A record checked in place: its size, or why it is corrupt; null while it is incomplete. */
+export type RecordCheck = { size: number; kind: number; instret: number; value: number } | { corrupt: string } | null
+
+/**
+ * Checks the record at `b[at]` (length, CRC, kind, order after `last`) without copying it. Every
+ * reader goes through here, so a log is checked the same way whole or streamed.
+ */
+export function checkRecord(b: Buffer, at: number, end: number, last: number, version: number): RecordCheck {
+  if (at + RECORD_BYTES > end) return null
+  const { kind, extraLength, instret, value } = RecordHead.decode(b, at)
+  if (extraLength > MAX_FRAME) return { corrupt: `extra length ${extraLength}` }
+  const size = recordBytes(extraLength)
+  if (at + size > end) return null
+  if (b.readUInt32LE(at + size - CRC_BYTES) !== crc32c(b.subarray(at, at + size - CRC_BYTES))) return { corrupt: 'CRC mismatch' }
+  const known = EVENT_NAMES[kind] !== undefined || (kind === LOG_CLOSE && version >= 2)
+  if (!Number.isSafeInteger(instret) || instret < last || !known) return { corrupt: `kind ${kind}, instruction ${instret}` }
+  return { size, kind, instret, value }
+}
+
+/** The event of a record checkRecord passed (its extra bytes copied out of `b`). */
+export function decodeEvent(b: Buffer, at: number): LogEvent {
+  const { kind, arg, extraLength, instret, value } = RecordHead.decode(b, at)
+  const e: LogEvent = { kind, arg, instret, value }
+  if (extraLength) e.extra = Buffer.from(b.subarray(at + RecordHead.size, at + RecordHead.size + extraLength))
+  return e
+}
