@@ -23,6 +23,9 @@ export class LiveDisk implements BlockDevice {
   private drained: (() => void) | null = null
   private paused: Promise<void> | null = null
   private unpause: (() => void) | null = null
+  /** while set, requests that change the disk wait for it before they pick the device */
+  private held: Promise<void> | null = null
+  private unhold: (() => void) | null = null
   private closed = false
 
   constructor(
@@ -63,6 +66,31 @@ export class LiveDisk implements BlockDevice {
     }
   }
 
+  /** A request that changes the disk: while writes are held it waits, then picks the device. */
+  private async change<T>(fn: (d: BlockDevice) => Promise<T>): Promise<T> {
+    while (this.held) await this.held
+    return this.run(fn)
+  }
+
+  /**
+   * Holds requests that change the disk (write, write zeroes, discard, flush) until
+   * `releaseWrites`; reads go on. Pause first, so that none is in flight: then a `resume(next)`
+   * made while held puts every held write on `next`, whichever device that is when they are
+   * released (a switch whose record is not yet durable acknowledges nothing written to the new
+   * device, and can switch back).
+   */
+  holdWrites(): void {
+    this.held ??= new Promise((r) => (this.unhold = r))
+  }
+
+  /** Lets held writes go on, to the device current now. */
+  releaseWrites(): void {
+    const u = this.unhold
+    this.held = null
+    this.unhold = null
+    u?.()
+  }
+
   /** Holds new requests and waits for the ones in flight. */
   async pause(): Promise<void> {
     while (this.paused) await this.paused
@@ -84,16 +112,16 @@ export class LiveDisk implements BlockDevice {
     return this.run((d) => d.read(offset, length))
   }
   write(offset: number, data: Buffer, opts?: WriteOptions): Promise<void> {
-    return this.run((d) => d.write(offset, data, opts))
+    return this.held ? this.change((d) => d.write(offset, data, opts)) : this.run((d) => d.write(offset, data, opts))
   }
   writeZeroes(offset: number, length: number, opts?: ZeroOptions): Promise<void> {
-    return this.run((d) => d.writeZeroes(offset, length, opts))
+    return this.change((d) => d.writeZeroes(offset, length, opts))
   }
   discard(offset: number, length: number): Promise<void> {
-    return this.run((d) => d.discard(offset, length))
+    return this.change((d) => d.discard(offset, length))
   }
   flush(): Promise<void> {
-    return this.run((d) => d.flush())
+    return this.change((d) => d.flush())
   }
   blockStatus(offset: number, length: number): Promise<Extent[]> {
     return this.run((d) => d.blockStatus(offset, length))
@@ -103,6 +131,7 @@ export class LiveDisk implements BlockDevice {
     return capabilitiesOf(this.dev)
   }
   async close(): Promise<void> {
+    this.releaseWrites()
     await this.pause()
     this.closed = true
     try {
