@@ -1,5 +1,5 @@
 import type { FileHandle } from 'node:fs/promises'
-import { rename, stat } from 'node:fs/promises'
+import { rename, stat, unlink } from 'node:fs/promises'
 import { basename, dirname, isAbsolute, join } from 'node:path'
 import { Mutex } from 'async-mutex'
 import { mergeExtents, type BlockDevice, type Extent, type WriteOptions, type ZeroOptions } from '../block-device.js'
@@ -509,24 +509,55 @@ async function writeZeroBuffers(length: number, write: (offset: number, buf: Buf
  * file has that mode before it holds any data (for secrets).
  */
 export async function writeFileAtomic(path: string, data: Buffer | string, mode?: number): Promise<void> {
-  const tmp = join(dirname(path), `.${basename(path)}.tmp-${process.pid}`)
-  const fh = await openFile(tmp, 'w', mode)
+  await (await stageFile(path, data, { mode })).commit()
+}
+
+/** A file's next content, written and synced beside it, not yet in place (stageFile). */
+export interface StagedFile {
+  /** puts it in place: rename, then fsync of the folder (opened when staged) */
+  commit(): Promise<void>
+  /** removes the staged copy */
+  discard(): Promise<void>
+}
+
+/**
+ * The first half of writeFileAtomic, done ahead: the temp file `.NAME.tmp-PID[-SUFFIX]` written
+ * and synced, the folder opened; commit is then two system calls. Either half may be stopped by a
+ * kill: the file holds its old content or its new.
+ */
+export async function stageFile(path: string, data: Buffer | string, o: { mode?: number; suffix?: string } = {}): Promise<StagedFile> {
+  const tmp = join(dirname(path), `.${basename(path)}.tmp-${process.pid}${o.suffix ? `-${o.suffix}` : ''}`)
+  const fh = await openFile(tmp, 'w', o.mode)
   try {
-    if (mode !== undefined) await fh.chmod(mode)
+    if (o.mode !== undefined) await fh.chmod(o.mode)
     await pwriteFull(fh, tmp, 0, Buffer.from(data))
     await datasync(fh, tmp)
   } finally {
     await fh.close()
   }
-  try {
-    await rename(tmp, path)
-  } catch (e) {
-    throw fromSystemError(e, path, 'Could not replace')
-  }
   const dir = await openFile(dirname(path), 'r')
-  try {
-    await dir.sync().catch(() => undefined)
-  } finally {
-    await dir.close()
+  let done = false
+  return {
+    commit: async () => {
+      if (done) throw new StorageError('InvalidArgument', `'${path}': the staged copy was already used`, path)
+      done = true
+      try {
+        await rename(tmp, path)
+      } catch (e) {
+        await dir.close().catch(() => undefined)
+        throw fromSystemError(e, path, 'Could not replace')
+      }
+      try {
+        await dir.sync().catch(() => undefined)
+      } finally {
+        await dir.close()
+      }
+    },
+    discard: async () => {
+      if (done) return
+      done = true
+      await dir.close().catch(() => undefined)
+      await unlink(tmp).catch(() => undefined)
+    },
   }
 }

@@ -5,11 +5,11 @@ import { LRUCache } from 'lru-cache'
 import type { BlockDevice } from '../../disk-formats/block-device.js'
 import { StorageError, fromSystemError } from '../../disk-formats/errors.js'
 import { openFile } from '../../disk-formats/file-io.js'
-import { createVmdk, VmdkImage, type Subformat } from '../../disk-formats/vmdk/index.js'
+import { createVmdk, VmdkImage, type StagedFile, type Subformat } from '../../disk-formats/vmdk/index.js'
 import { linkParent, openVmdk, rebase } from '../../disk-formats/chain/index.js'
 import { checked, swappable, type LiveDisk } from '../../disk-formats/filters/index.js'
 import { DiskLocks } from './disk-locks.js'
-import { RECORD, readRecord, writeRecord, type AccessRecord, type DiskRecord, type SnapshotRecord } from './disk-record.js'
+import { RECORD, readRecord, stageRecord, writeRecord, type AccessRecord, type DiskRecord, type SnapshotRecord } from './disk-record.js'
 import { isValidName, parseExportName, validName } from './names.js'
 import { repairDisk } from './repair.js'
 import { chainOf, findSnapshot, layerName, planCreate, planDelete, planRevert, snapshotViews, type SnapshotView } from './snapshot-tree.js'
@@ -49,6 +49,8 @@ interface Prepared {
   delta: VmdkImage
   /** the open top the delta reads through to, once a commit linked it */
   linked?: VmdkImage
+  /** the record the commit puts in place, written ahead (`json` is its text) */
+  staged?: { file: StagedFile; json: string }
 }
 
 /** A prepared snapshot as the REST API shows it. */
@@ -491,7 +493,9 @@ export class Datastore {
         await unlink(path).catch(() => undefined)
         throw e
       }
-      this.prepared.set(disk, { name: snapshot, createdAt: plan.made.createdAt, layer: plan.top, delta: delta! })
+      const p: Prepared = { name: snapshot, createdAt: plan.made.createdAt, layer: plan.top, delta: delta! }
+      await this.stage(p, plan.record).catch(() => undefined) // else written at the commit
+      this.prepared.set(disk, p)
       return { name: snapshot, parent: plan.made.parent, createdAt: plan.made.createdAt, state: 'prepared' }
     })
   }
@@ -539,11 +543,12 @@ export class Datastore {
           }
           if (!p.linked) linkParent(delta, top)
           p.linked = top
+          await this.stage(p, plan.record) // again if the record changed since the prepare (its access list)
           await live.pause()
           live.holdWrites()
           live.resume(delta)
           try {
-            await this.writeRecord(plan.record)
+            await this.commitRecord(p, plan.record)
           } catch (e) {
             if (!(await this.readRecord(disk).then((x) => x.top === plan.top, () => false))) {
               live.resume(top) // nothing was written to the delta: it read as the top
@@ -560,7 +565,7 @@ export class Datastore {
         if (delta.parentCid !== cid) await delta.writeDescriptor({ ...delta.descriptor, parentCid: cid })
         await delta.close()
         try {
-          await this.writeRecord(plan.record)
+          await this.commitRecord(p, plan.record)
         } catch (e) {
           p.delta = await VmdkImage.open(this.layerPath(disk, p.layer)) // still prepared
           throw e
@@ -571,10 +576,29 @@ export class Datastore {
     })
   }
 
+  /** Writes `record` ahead for `p`'s commit, unless what is staged is that already. */
+  private async stage(p: Prepared, record: DiskRecord): Promise<void> {
+    const json = JSON.stringify(record)
+    if (p.staged?.json === json) return
+    await p.staged?.file.discard()
+    p.staged = undefined
+    p.staged = { file: await stageRecord(this.diskDir(record.name), record), json }
+  }
+
+  /** Puts `record` in place: the staged copy if it is that record (two system calls), else written now. */
+  private async commitRecord(p: Prepared, record: DiskRecord): Promise<void> {
+    const staged = p.staged
+    p.staged = undefined
+    if (staged?.json === JSON.stringify(record)) return staged.file.commit()
+    await staged?.file.discard()
+    await this.writeRecord(record)
+  }
+
   /** Aborts a prepared snapshot: its delta is closed and removed. */
   private async abortPrepared(disk: string): Promise<void> {
     const p = this.prepared.get(disk)!
     this.prepared.delete(disk)
+    await p.staged?.file.discard()
     await p.delta.close().catch(() => undefined)
     await unlink(this.layerPath(disk, p.layer)).catch(() => undefined)
   }
@@ -689,8 +713,10 @@ export class Datastore {
     const all = [...this.handles.values(), ...this.idle.values()]
     this.handles.clear()
     this.idle.clear() // 'delete' disposal: closed below, once each
-    const deltas = [...this.prepared.values()].map((p) => p.delta) // left for the next open's repair
+    const prepared = [...this.prepared.values()] // deltas left for the next open's repair
     this.prepared.clear()
+    await Promise.all(prepared.map((p) => p.staged?.file.discard()))
+    const deltas = prepared.map((p) => p.delta)
     await Promise.all([...all.map((h) => h.dev.close()), ...deltas.map((d) => d.close())].map((p) => p.catch(() => undefined)))
   }
 }

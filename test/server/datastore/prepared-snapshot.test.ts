@@ -1,5 +1,5 @@
 import t, { type Test } from 'tap'
-import { existsSync, mkdirSync, readdirSync, rmdirSync } from 'node:fs'
+import { existsSync, readdirSync, unlinkSync } from 'node:fs'
 import { join } from 'node:path'
 import { needs, pattern, run, shmTmp } from '../../helpers/peers.js'
 import { Datastore } from '../../../src/server/datastore/index.js'
@@ -116,14 +116,15 @@ t.test('a record that cannot be written: the export switches back, the held writ
   const { dir, ds, h } = await openDisk(t)
   await h.device.write(0, pattern(4 * K, 1))
   await ds.prepareSnapshot('d', 'cp')
-  const block = join(dir, 'd', `.disk.json.tmp-${process.pid}`) // writeRecord's temp file cannot be made
-  mkdirSync(block)
+  // the record written ahead at the prepare is gone: the commit's rename fails
+  const staged = join(dir, 'd', `.disk.json.tmp-${process.pid}-prepared`)
+  t.ok(existsSync(staged), 'the prepare wrote the record ahead')
+  unlinkSync(staged)
   // a write issued during the commit: held, then put on whatever the disk is when it is released
   const commit = ds.commitSnapshot('d', 'cp')
   const w = h.device.write(0, pattern(4 * K, 2))
   await t.rejects(commit)
   await w
-  rmdirSync(block)
   t.equal((await ds.readRecord('d')).top, 'l-0000.vmdk', 'the record still names the old top')
   t.same(await h.device.read(0, 4 * K), pattern(4 * K, 2))
   t.equal((await ds.describe('d')).prepared, 'cp', 'still prepared: commit again or delete')
