@@ -514,17 +514,16 @@ export async function writeFileAtomic(path: string, data: Buffer | string, mode?
 
 /** A file's next content, written and synced beside it, not yet in place (stageFile). */
 export interface StagedFile {
-  /** puts it in place: rename, then fsync of the folder (opened when staged) */
+  /** puts it in place: the rename (a process killed after it finds the new content) */
+  put(): Promise<void>
+  /** then makes the rename durable: fsync of the folder (opened when staged), which is closed */
+  sync(): Promise<void>
+  /** put, then sync */
   commit(): Promise<void>
   /** removes the staged copy */
   discard(): Promise<void>
 }
 
-/**
- * The first half of writeFileAtomic, done ahead: the temp file `.NAME.tmp-PID[-SUFFIX]` written
- * and synced, the folder opened; commit is then two system calls. Either half may be stopped by a
- * kill: the file holds its old content or its new.
- */
 export async function stageFile(path: string, data: Buffer | string, o: { mode?: number; suffix?: string } = {}): Promise<StagedFile> {
   const tmp = join(dirname(path), `.${basename(path)}.tmp-${process.pid}${o.suffix ? `-${o.suffix}` : ''}`)
   const fh = await openFile(tmp, 'w', o.mode)
@@ -537,8 +536,8 @@ export async function stageFile(path: string, data: Buffer | string, o: { mode?:
   }
   const dir = await openFile(dirname(path), 'r')
   let done = false
-  return {
-    commit: async () => {
+  const staged: StagedFile = {
+    put: async () => {
       if (done) throw new StorageError('InvalidArgument', `'${path}': the staged copy was already used`, path)
       done = true
       try {
@@ -547,11 +546,17 @@ export async function stageFile(path: string, data: Buffer | string, o: { mode?:
         await dir.close().catch(() => undefined)
         throw fromSystemError(e, path, 'Could not replace')
       }
+    },
+    sync: async () => {
       try {
         await dir.sync().catch(() => undefined)
       } finally {
         await dir.close()
       }
+    },
+    commit: async () => {
+      await staged.put()
+      await staged.sync()
     },
     discard: async () => {
       if (done) return
@@ -560,4 +565,5 @@ export async function stageFile(path: string, data: Buffer | string, o: { mode?:
       await unlink(tmp).catch(() => undefined)
     },
   }
+  return staged
 }

@@ -510,11 +510,13 @@ export class Datastore {
 
   /**
    * Makes a prepared snapshot real. With the export open the switch is a pointer swap onto the
-   * open delta (in-flight requests drained first), and the record naming the delta is written
-   * after it: meanwhile reads go on and writes are held, unacknowledged, so a stop before the
-   * record is durable loses nothing acknowledged (the old record names the old top, which holds
-   * every acknowledged write); if the record cannot be written the export switches back and the
-   * held writes go to the old top. The old top is frozen last. Without an open export only the
+   * open delta (in-flight requests drained first), and the record naming the delta is put in
+   * place after it (the staged copy renamed): meanwhile reads go on and writes are held,
+   * unacknowledged, so a kill before the rename loses nothing acknowledged (the old record names
+   * the old top, which holds every acknowledged write); if the rename fails the export switches
+   * back and the held writes go to the old top. After the rename writes go on and flushes (and
+   * FUA writes) wait until the folder is synced: a power loss before then may lose the rename,
+   * and with it only writes no flush covered. The old top is frozen last. Without an open export only the
    * record is written. Either way the delta's parent CID is first made the top's own, should
    * the top have been reopened (and so re-touched) since the prepare: an empty delta may name
    * any CID of its parent.
@@ -547,16 +549,19 @@ export class Datastore {
           await live.pause()
           live.holdWrites()
           live.resume(delta)
+          let sync: () => Promise<void> = async () => undefined
           try {
-            await this.commitRecord(p, plan.record)
+            sync = await this.putRecord(p, plan.record)
           } catch (e) {
             if (!(await this.readRecord(disk).then((x) => x.top === plan.top, () => false))) {
               live.resume(top) // nothing was written to the delta: it read as the top
               live.releaseWrites()
               throw e
             }
-            // the record was replaced before the failure (a folder sync): the delta is the disk now
+            // the record was replaced before the failure: the delta is the disk now
           }
+          live.releaseWrites({ flushes: 'held' })
+          await sync()
           live.releaseWrites()
           await top.freeze()
           return
@@ -565,7 +570,7 @@ export class Datastore {
         if (delta.parentCid !== cid) await delta.writeDescriptor({ ...delta.descriptor, parentCid: cid })
         await delta.close()
         try {
-          await this.commitRecord(p, plan.record)
+          await (await this.putRecord(p, plan.record))()
         } catch (e) {
           p.delta = await VmdkImage.open(this.layerPath(disk, p.layer)) // still prepared
           throw e
@@ -585,13 +590,20 @@ export class Datastore {
     p.staged = { file: await stageRecord(this.diskDir(record.name), record), json }
   }
 
-  /** Puts `record` in place: the staged copy if it is that record (two system calls), else written now. */
-  private async commitRecord(p: Prepared, record: DiskRecord): Promise<void> {
+  /**
+   * Puts `record` in place: by renaming the staged copy if it is that record (then the returned
+   * function makes the rename durable), else written now, durably.
+   */
+  private async putRecord(p: Prepared, record: DiskRecord): Promise<() => Promise<void>> {
     const staged = p.staged
     p.staged = undefined
-    if (staged?.json === JSON.stringify(record)) return staged.file.commit()
+    if (staged?.json === JSON.stringify(record)) {
+      await staged.file.put()
+      return () => staged.file.sync()
+    }
     await staged?.file.discard()
     await this.writeRecord(record)
+    return async () => undefined
   }
 
   /** Aborts a prepared snapshot: its delta is closed and removed. */
