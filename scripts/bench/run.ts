@@ -853,7 +853,7 @@ async function snapshotBench() {
   const SIZE = 256 << 20
   const { Datastore } = await import('../../src/server/datastore/index.js')
   const { LiveDisk } = await import('../../src/disk-formats/filters/index.js')
-  /** how long each commit held writes (the switch to the record durable) */
+  /** how long each commit held writes (the switch to the record in place) */
   const held: number[] = []
   const [hold, release] = [LiveDisk.prototype.holdWrites, LiveDisk.prototype.releaseWrites]
   let h0 = 0
@@ -918,7 +918,7 @@ async function snapshotBench() {
   const sorted = [...quiet].sort((a, b) => a - b)
   const [sc, sp, sm] = [stallsOf(creates), stallsOf(prepares), stallsOf(commits)]
   console.log(`  create:             writer stall ${stallLine(sc)}   wall ${spread(wall(creates), 2)} ms   cpu (this process, user+sys) ${cpuMs(cpuCreate)} ms`)
-  console.log(`  prepared, commit:   writer stall ${stallLine(sm)}   wall ${spread(wall(commits), 2)} ms   writes held (switch to record durable) ${stallLine(held)}`)
+  console.log(`  prepared, commit:   writer stall ${stallLine(sm)}   wall ${spread(wall(commits), 2)} ms   writes held (switch to record in place) ${stallLine(held)}`)
   console.log(`  prepared, prepare:  writer stall ${stallLine(sp)}   wall ${spread(wall(prepares), 2)} ms   cpu (prepare + commit) ${cpuMs(cpuPrepared)} ms`)
   console.log(`  writer latency outside them: p50 ${median(quiet).toFixed(3)} ms   p99 ${sorted[Math.floor(sorted.length * 0.99)].toFixed(2)} ms   max ${Math.max(...quiet).toFixed(2)} ms   (${writes.length} writes)`)
   console.log(`  stalls, create ${ms(sc).join(' ')}`)
