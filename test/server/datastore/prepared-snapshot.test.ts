@@ -1,22 +1,14 @@
 import t, { type Test } from 'tap'
 import { existsSync, readdirSync, unlinkSync } from 'node:fs'
 import { join } from 'node:path'
-import { needs, pattern, run, shmTmp } from '../../helpers/peers.js'
+import { needs, pattern, run } from '../../helpers/peers.js'
 import { Datastore } from '../../../src/server/datastore/index.js'
+import { openDisk as openDiskIn } from '../../helpers/datastore.js'
 
 const SIZE = 1 << 20
 const K = 1024
 
-/** A datastore with disk `d` and its read-write export open, all closed at the end of `t`. */
-async function openDisk(t: Test) {
-  const dir = shmTmp(t, 'tandem-prepared-')
-  const ds = await Datastore.open(dir)
-  t.teardown(() => ds.close())
-  await ds.createDisk('d', SIZE)
-  const h = await ds.openExport('d')
-  t.teardown(() => h.release())
-  return { dir, ds, h }
-}
+const openDisk = (t: Test) => openDiskIn(t, SIZE, 'tandem-prepared-')
 
 const code = (c: string) => ({ code: c })
 const layers = (dir: string) => readdirSync(join(dir, 'd')).filter((f) => f.endsWith('.vmdk')).sort()
