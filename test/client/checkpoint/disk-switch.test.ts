@@ -123,6 +123,35 @@ t.test('a server disk: prepared while an NBD writer writes, switched with the wr
   t.equal(after.chain.length, 1, 'its layer consolidated: one layer again')
 })
 
+t.test('a server disk switched while an NBD writer keeps writing: every acknowledged write reads back, the chain checks clean', needs('qemu-img'), async (t) => {
+  const s = await startServer(t)
+  const url = `http://127.0.0.1:${s.httpPort}`
+  await fetch(`${url}/api/v1/disks`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'vm', size: SIZE }) })
+  const nbd = await NbdClient.connect(s.uri('vm'))
+  t.teardown(() => nbd.close().catch(() => undefined))
+  const w = writer(nbd, 3)
+  const before = await w.stop()
+  w.go()
+  const sw = serverDiskSwitch(url, 'vm')
+  for (const name of ['a', 'b', 'c']) {
+    const p = await sw.prepare(name)
+    await w.writes(10)
+    await p.commit()
+    await w.writes(10)
+  }
+  const now = await w.end()
+  t.not(now.compare(before), 0)
+  t.same(await nbd.read(0, SIZE), now, 'the disk reads every acknowledged write')
+  const info = (await (await fetch(`${url}/api/v1/disks/vm`)).json()) as { chain: string[] }
+  t.equal(info.chain.length, 4)
+  const chain = await run('qemu-img', ['info', '-U', '--backing-chain', '-f', 'vmdk', join(s.dir, 'vm', info.chain[0])])
+  t.equal((chain.stdout.match(/^image: /gm) ?? []).length, 4, chain.stderr)
+  for (const layer of info.chain.slice(1)) {
+    const c = await run('qemu-img', ['check', '-f', 'vmdk', join(s.dir, 'vm', layer)])
+    t.equal(c.status, 0, `frozen ${layer} checks clean: ${c.stdout}${c.stderr}`)
+  }
+})
+
 t.test('a server disk: abort, and the REST errors of prepare and commit', async (t) => {
   const s = await startServer(t)
   const url = `http://127.0.0.1:${s.httpPort}`
