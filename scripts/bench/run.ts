@@ -840,10 +840,12 @@ function sanlockBench(d: string, n: number) {
  * writes at random offsets one at a time (QD1) while BENCH_SNAPSHOTS (default 20) snapshots are
  * taken, each after a quiet spell: first by create, then by prepare + commit (the checkpoint's
  * way: the delta made beforehand, the commit a switch with writes held until the record is
- * durable). A step's stall is the longest write latency among the writes that overlapped it;
- * printed per way: the max and p50 of those over the snapshots (for prepare + commit, the
- * commit's, and the prepare's apart), the writer's latency outside any step (the machine's own
- * noise), each step's wall time, and this process's CPU (user+sys) over the steps.
+ * in place). A step's stall is the longest write latency among the writes that overlapped it;
+ * printed per way: the max and p50 of those over the snapshots (for prepare + commit: the
+ * commit's, from its start until it settled, as it answers before its folder sync and the old
+ * top's freeze; and the prepare's apart), how long writes were held, when the commit answered,
+ * the writer's latency outside any step (the machine's own noise), each step's wall time, and
+ * this process's CPU (user+sys) over the steps.
  */
 async function snapshotBench() {
   const d = join(DIR, 'snapshot')
@@ -888,6 +890,8 @@ async function snapshotBench() {
   }
   const creates: [number, number][] = []
   const prepares: [number, number][] = []
+  /** from the commit's start: to its answer (commits: to the settled end) */
+  const answered: number[] = []
   const commits: [number, number][] = []
   let cpu0 = process.cpuUsage()
   for (let i = 0; i < N; i++) {
@@ -900,7 +904,11 @@ async function snapshotBench() {
     await pause(50)
     await timed(prepares, () => store.prepareSnapshot('bench', `p${i}`))
     await pause(20)
-    await timed(commits, () => store.commitSnapshot('bench', `p${i}`))
+    const t0 = performance.now()
+    await store.commitSnapshot('bench', `p${i}`)
+    answered.push(performance.now() - t0)
+    await store.describe('bench') // waits for what the commit finishes after answering (folder sync, freeze)
+    commits.push([t0, performance.now()])
   }
   const cpuPrepared = process.cpuUsage(cpu0)
   stop = true
@@ -918,7 +926,7 @@ async function snapshotBench() {
   const sorted = [...quiet].sort((a, b) => a - b)
   const [sc, sp, sm] = [stallsOf(creates), stallsOf(prepares), stallsOf(commits)]
   console.log(`  create:             writer stall ${stallLine(sc)}   wall ${spread(wall(creates), 2)} ms   cpu (this process, user+sys) ${cpuMs(cpuCreate)} ms`)
-  console.log(`  prepared, commit:   writer stall ${stallLine(sm)}   wall ${spread(wall(commits), 2)} ms   writes held (switch to record in place) ${stallLine(held)}`)
+  console.log(`  prepared, commit:   writer stall ${stallLine(sm)}   answered ${spread(answered, 2)} ms   settled (folder synced, old top frozen) ${spread(wall(commits), 2)} ms   writes held (switch to record in place) ${stallLine(held)}`)
   console.log(`  prepared, prepare:  writer stall ${stallLine(sp)}   wall ${spread(wall(prepares), 2)} ms   cpu (prepare + commit) ${cpuMs(cpuPrepared)} ms`)
   console.log(`  writer latency outside them: p50 ${median(quiet).toFixed(3)} ms   p99 ${sorted[Math.floor(sorted.length * 0.99)].toFixed(2)} ms   max ${Math.max(...quiet).toFixed(2)} ms   (${writes.length} writes)`)
   console.log(`  stalls, create ${ms(sc).join(' ')}`)

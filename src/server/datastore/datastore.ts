@@ -95,6 +95,11 @@ export class Datastore {
   private readonly handles = new Map<string, Handle>()
   /** per disk, the snapshot prepared and not yet committed */
   private readonly prepared = new Map<string, Prepared>()
+  /**
+   * per disk, what a commit finishes after answering (the record's folder sync, the old top's
+   * freeze); the disk's next request under its lock waits for it
+   */
+  private readonly settling = new Map<string, Promise<void>>()
   private readonly idle = new LRUCache<string, Handle>({
     max: IDLE_HANDLES,
     // evicted handles are closed; deleted ones were taken back into use (or closed by the caller)
@@ -137,7 +142,15 @@ export class Datastore {
 
   /** Runs `fn` holding the disk's lock. */
   private locked<T>(disk: string, fn: () => Promise<T>): Promise<T> {
-    return this.locks.run(disk, fn)
+    return this.run(disk, fn)
+  }
+
+  /** Runs `fn` holding the disk's lock, once what a commit left to finish (settling) is done. */
+  private run<T>(disk: string, fn: () => Promise<T>): Promise<T> {
+    return this.locks.run(disk, async () => {
+      await this.settling.get(disk)
+      return fn()
+    })
   }
 
   /**
@@ -146,7 +159,7 @@ export class Datastore {
    */
   private changing<T>(disk: string, fn: () => Promise<T>): Promise<T> {
     validName('disk', disk) // before anything joins it into a path
-    return this.locks.run(disk, async () => {
+    return this.run(disk, async () => {
       if (!this.tidy.has(disk)) {
         await repairDisk(this.diskDir(disk), disk, { checkUnclean: false, keep: this.prepared.get(disk)?.layer })
         this.tidy.add(disk)
@@ -516,7 +529,9 @@ export class Datastore {
    * the old top, which holds every acknowledged write); if the rename fails the export switches
    * back and the held writes go to the old top. After the rename writes go on and flushes (and
    * FUA writes) wait until the folder is synced: a power loss before then may lose the rename,
-   * and with it only writes no flush covered. The old top is frozen last. Without an open export only the
+   * and with it only writes no flush covered. The answer comes once writes go on (the switch is
+   * the stun of a VM checkpoint); the folder sync and the old top's freeze finish after it, and
+   * the disk's next request under its lock (an export open, a describe, a change) waits for them. Without an open export only the
    * record is written. Either way the delta's parent CID is first made the top's own, should
    * the top have been reopened (and so re-touched) since the prepare: an empty delta may name
    * any CID of its parent.
@@ -561,9 +576,14 @@ export class Datastore {
             // the record was replaced before the failure: the delta is the disk now
           }
           live.releaseWrites({ flushes: 'held' })
-          await sync()
-          live.releaseWrites()
-          await top.freeze()
+          const settled: Promise<void> = (async () => {
+            await sync().catch(() => undefined) // the rename is in place; only a power loss could undo it
+            live.releaseWrites()
+            await top.freeze().catch(() => undefined) // else it stays writable, flushed through the delta
+          })().finally(() => {
+            if (this.settling.get(disk) === settled) this.settling.delete(disk)
+          })
+          this.settling.set(disk, settled)
           return
         }
         const cid = await this.cidOfLayer(disk, plan.made.layer)
@@ -722,6 +742,7 @@ export class Datastore {
 
   /** Flushes and closes every handle (shutdown): clears uncleanShutdown on every open layer. */
   async close(): Promise<void> {
+    await Promise.all(this.settling.values())
     const all = [...this.handles.values(), ...this.idle.values()]
     this.handles.clear()
     this.idle.clear() // 'delete' disposal: closed below, once each
