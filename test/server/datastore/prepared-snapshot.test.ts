@@ -4,6 +4,7 @@ import { join } from 'node:path'
 import { needs, pattern, run } from '../../helpers/peers.js'
 import { Datastore } from '../../../src/server/datastore/index.js'
 import { openDisk as openDiskIn } from '../../helpers/datastore.js'
+import { VmdkImage } from '../../../src/disk-formats/index.js'
 
 const SIZE = 1 << 20
 const K = 1024
@@ -161,4 +162,32 @@ t.test('commit after the export was closed and reopened (the top re-touched: a n
   const s = await ds3.openExport('d@cp')
   t.teardown(() => s.release())
   t.same(await s.device.read(0, 4 * K), pattern(4 * K, 2), 'the snapshot is the disk at the commit')
+})
+
+t.test('the commit answers before the old top is frozen; the disk\'s next request waits for the freeze', needs('qemu-img'), async (t) => {
+  const { dir, ds, h } = await openDisk(t)
+  await h.device.write(0, pattern(64 * K, 1))
+  await ds.prepareSnapshot('d', 'cp')
+  const freeze = VmdkImage.prototype.freeze
+  let release = () => {}
+  let frozen = false
+  VmdkImage.prototype.freeze = async function (this: VmdkImage) {
+    await new Promise<void>((r) => (release = r)) // held until the test lets it go
+    await freeze.call(this)
+    frozen = true
+  }
+  t.teardown(() => (VmdkImage.prototype.freeze = freeze))
+  await ds.commitSnapshot('d', 'cp')
+  t.notOk(frozen, 'answered before the freeze')
+  await h.device.write(0, pattern(4 * K, 2)) // writes go on meanwhile
+  const next = ds.openExport('d@cp')
+  await new Promise((r) => setTimeout(r, 20))
+  t.notOk(frozen)
+  release()
+  const snap = await next
+  t.teardown(() => snap.release())
+  t.ok(frozen, 'the snapshot export opened after the freeze')
+  t.same(await snap.device.read(0, 64 * K), pattern(64 * K, 1))
+  const check = await run('qemu-img', ['check', '-f', 'vmdk', join(dir, 'd', 'l-0000.vmdk')])
+  t.equal(check.status, 0, `the frozen layer checks clean without -U: ${check.stdout}${check.stderr}`)
 })
