@@ -899,11 +899,14 @@ function sanlockBench(d: string, n: number) {
  * A 256 MiB disk in a datastore under BENCH_DIR (the file system the datastore would live on) and
  * its read-write export open in this process, as `tandem serve` holds it; a writer issues 4 KiB
  * writes at random offsets one at a time (QD1) while BENCH_SNAPSHOTS (default 20) snapshots are
- * created, each after a quiet spell. A create's stall is the longest write latency among the
- * writes that overlapped it; printed: the max and p50 of those over the creates, how long the
- * export held requests (pause to resume, when the export's device is the pausable one), the
- * writer's latency outside any create (the machine's own noise), each create's wall time, and
- * this process's CPU (user+sys) over the creates.
+ * taken, each after a quiet spell: first by create, then by prepare + commit (the checkpoint's
+ * way: the delta made beforehand, the commit a switch with writes held until the record is
+ * in place). A step's stall is the longest write latency among the writes that overlapped it;
+ * printed per way: the max and p50 of those over the snapshots (for prepare + commit: the
+ * commit's, from its start until it settled, as it answers before its folder sync and the old
+ * top's freeze; and the prepare's apart), how long writes were held, when the commit answered,
+ * the writer's latency outside any step (the machine's own noise), each step's wall time, and
+ * this process's CPU (user+sys) over the steps.
  */
 async function snapshotBench() {
   const d = join(DIR, 'snapshot')
@@ -912,17 +915,22 @@ async function snapshotBench() {
   const N = Number(process.env.BENCH_SNAPSHOTS ?? 20)
   const SIZE = 256 << 20
   const { Datastore } = await import('../../src/server/datastore/index.js')
+  const { LiveDisk } = await import('../../src/disk-formats/filters/index.js')
+  /** how long each commit held writes (the switch to the record in place) */
+  const held: number[] = []
+  const [hold, release] = [LiveDisk.prototype.holdWrites, LiveDisk.prototype.releaseWrites]
+  let h0 = 0
+  LiveDisk.prototype.holdWrites = function (this: InstanceType<typeof LiveDisk>) {
+    h0 = performance.now()
+    hold.call(this)
+  }
+  LiveDisk.prototype.releaseWrites = function (this: InstanceType<typeof LiveDisk>) {
+    held.push(performance.now() - h0)
+    release.call(this)
+  }
   const store = await Datastore.open(join(d, 'ds'))
   await store.createDisk('bench', SIZE)
   const h = await store.openExport('bench')
-  const held: number[] = []
-  const pausable = h.device as unknown as { pause?: () => Promise<void>; resume?: (next?: unknown) => void }
-  if (pausable.pause && pausable.resume) {
-    const [pause, resume] = [pausable.pause.bind(pausable), pausable.resume.bind(pausable)]
-    let t0 = 0
-    pausable.pause = () => ((t0 = performance.now()), pause())
-    pausable.resume = (next) => (held.push(performance.now() - t0), resume(next))
-  }
   const buf = Buffer.alloc(4096, 0xa5)
   /** [start, end] of every write, in ms */
   const writes: [number, number][] = []
@@ -936,29 +944,54 @@ async function snapshotBench() {
   })()
   const pause = (ms: number) => new Promise((r) => setTimeout(r, ms))
   await pause(200) // the writer's first grains allocated
+  const timed = async (spans: [number, number][], fn: () => Promise<unknown>) => {
+    const t0 = performance.now()
+    await fn()
+    spans.push([t0, performance.now()])
+  }
   const creates: [number, number][] = []
-  const cpu0 = process.cpuUsage()
+  const prepares: [number, number][] = []
+  /** from the commit's start: to its answer (commits: to the settled end) */
+  const answered: number[] = []
+  const commits: [number, number][] = []
+  let cpu0 = process.cpuUsage()
   for (let i = 0; i < N; i++) {
     await pause(50)
-    const t0 = performance.now()
-    await store.createSnapshot('bench', `s${i}`)
-    creates.push([t0, performance.now()])
+    await timed(creates, () => store.createSnapshot('bench', `s${i}`))
   }
-  const cpu = process.cpuUsage(cpu0)
+  const cpuCreate = process.cpuUsage(cpu0)
+  cpu0 = process.cpuUsage()
+  for (let i = 0; i < N; i++) {
+    await pause(50)
+    await timed(prepares, () => store.prepareSnapshot('bench', `p${i}`))
+    await pause(20)
+    const t0 = performance.now()
+    await store.commitSnapshot('bench', `p${i}`)
+    answered.push(performance.now() - t0)
+    await store.describe('bench') // waits for what the commit finishes after answering (folder sync, freeze)
+    commits.push([t0, performance.now()])
+  }
+  const cpuPrepared = process.cpuUsage(cpu0)
   stop = true
   await writer
   await h.release()
   await store.close()
-  const stalls = creates.map(([a, b]) => Math.max(0, ...writes.filter(([s, e]) => e > a && s < b).map(([s, e]) => e - s)))
-  const quiet = writes.filter(([s, e]) => !creates.some(([a, b]) => e > a && s < b)).map(([s, e]) => e - s)
+  const stallsOf = (spans: [number, number][]) => spans.map(([a, b]) => Math.max(0, ...writes.filter(([s, e]) => e > a && s < b).map(([s, e]) => e - s)))
+  const steps = [...creates, ...prepares, ...commits]
+  const quiet = writes.filter(([s, e]) => !steps.some(([a, b]) => e > a && s < b)).map(([s, e]) => e - s)
   const ms = (xs: number[]) => xs.map((x) => x.toFixed(2))
-  console.log(`snapshot create under a QD1 4 KiB writer (${N} creates, 256 MiB disk, ${d})`)
+  const wall = (spans: [number, number][]) => spans.map(([a, b]) => b - a)
+  const cpuMs = (c: NodeJS.CpuUsage) => ((c.user + c.system) / 1000).toFixed(0)
+  const stallLine = (xs: number[]) => `max ${Math.max(...xs).toFixed(2)} ms   p50 ${median(xs).toFixed(2)} ms`
+  console.log(`snapshot under a QD1 4 KiB writer (${N} each way, 256 MiB disk, ${d})`)
   const sorted = [...quiet].sort((a, b) => a - b)
-  console.log(`  writer stall during create: max ${Math.max(...stalls).toFixed(2)} ms   p50 ${median(stalls).toFixed(2)} ms`)
-  console.log(`  requests held (pause to resume): ${held.length ? `max ${Math.max(...held).toFixed(2)} ms   p50 ${median(held).toFixed(2)} ms` : 'not measured (the export device is not the pausable one)'}`)
-  console.log(`  writer latency outside creates: p50 ${median(quiet).toFixed(3)} ms   p99 ${sorted[Math.floor(sorted.length * 0.99)].toFixed(2)} ms   max ${Math.max(...quiet).toFixed(2)} ms   (${writes.length} writes)`)
-  console.log(`  create wall ${spread(creates.map(([a, b]) => b - a), 2)} ms   cpu (this process, user+sys, over the creates) ${((cpu.user + cpu.system) / 1000).toFixed(0)} ms`)
-  console.log(`  stalls ${ms(stalls).join(' ')}`)
+  const [sc, sp, sm] = [stallsOf(creates), stallsOf(prepares), stallsOf(commits)]
+  console.log(`  create:             writer stall ${stallLine(sc)}   wall ${spread(wall(creates), 2)} ms   cpu (this process, user+sys) ${cpuMs(cpuCreate)} ms`)
+  console.log(`  prepared, commit:   writer stall ${stallLine(sm)}   answered ${spread(answered, 2)} ms   settled (folder synced, old top frozen) ${spread(wall(commits), 2)} ms   writes held (switch to record in place) ${stallLine(held)}`)
+  console.log(`  prepared, prepare:  writer stall ${stallLine(sp)}   wall ${spread(wall(prepares), 2)} ms   cpu (prepare + commit) ${cpuMs(cpuPrepared)} ms`)
+  console.log(`  writer latency outside them: p50 ${median(quiet).toFixed(3)} ms   p99 ${sorted[Math.floor(sorted.length * 0.99)].toFixed(2)} ms   max ${Math.max(...quiet).toFixed(2)} ms   (${writes.length} writes)`)
+  console.log(`  stalls, create ${ms(sc).join(' ')}`)
+  console.log(`  stalls, commit ${ms(sm).join(' ')}`)
   rmSync(d, { recursive: true, force: true })
 }
 

@@ -23,6 +23,12 @@ export class LiveDisk implements BlockDevice {
   private drained: (() => void) | null = null
   private paused: Promise<void> | null = null
   private unpause: (() => void) | null = null
+  /** while set, requests that change the disk wait for it before they pick the device */
+  private held: Promise<void> | null = null
+  private unhold: (() => void) | null = null
+  /** while set, flushes and FUA writes wait for it */
+  private heldFlush: Promise<void> | null = null
+  private unholdFlush: (() => void) | null = null
   private closed = false
 
   constructor(
@@ -63,6 +69,46 @@ export class LiveDisk implements BlockDevice {
     }
   }
 
+  /** A request that changes the disk (`durable`: a flush or FUA write): waits while held, then picks the device. */
+  private async change<T>(durable: boolean, fn: (d: BlockDevice) => Promise<T>): Promise<T> {
+    for (;;) {
+      const gate = this.held ?? (durable ? this.heldFlush : null)
+      if (!gate) break
+      await gate
+    }
+    return this.run(fn)
+  }
+
+  /**
+   * Holds requests that change the disk (write, write zeroes, discard, flush) until
+   * `releaseWrites`; reads go on. Pause first, so that none is in flight: then a `resume(next)`
+   * made while held puts every held request on `next`, whichever device that is when they are
+   * released (a switch whose record is not yet in place acknowledges nothing written to the new
+   * device, and can switch back).
+   */
+  holdWrites(): void {
+    this.held ??= new Promise((r) => (this.unhold = r))
+    this.heldFlush ??= new Promise((r) => (this.unholdFlush = r))
+  }
+
+  /**
+   * Lets held requests go on, to the device current now. `flushes: 'held'` keeps flushes and FUA
+   * writes held until a later call (a record in place but not yet durable: what a write
+   * acknowledged meanwhile promises holds across a kill of the process, and across a power loss
+   * only once flushed, as for any write).
+   */
+  releaseWrites(o: { flushes?: 'held' } = {}): void {
+    const u = this.unhold
+    this.held = null
+    this.unhold = null
+    u?.()
+    if (o.flushes === 'held') return
+    const f = this.unholdFlush
+    this.heldFlush = null
+    this.unholdFlush = null
+    f?.()
+  }
+
   /** Holds new requests and waits for the ones in flight. */
   async pause(): Promise<void> {
     while (this.paused) await this.paused
@@ -84,16 +130,16 @@ export class LiveDisk implements BlockDevice {
     return this.run((d) => d.read(offset, length))
   }
   write(offset: number, data: Buffer, opts?: WriteOptions): Promise<void> {
-    return this.run((d) => d.write(offset, data, opts))
+    return this.held || this.heldFlush ? this.change(opts?.fua === true, (d) => d.write(offset, data, opts)) : this.run((d) => d.write(offset, data, opts))
   }
   writeZeroes(offset: number, length: number, opts?: ZeroOptions): Promise<void> {
-    return this.run((d) => d.writeZeroes(offset, length, opts))
+    return this.change(false, (d) => d.writeZeroes(offset, length, opts))
   }
   discard(offset: number, length: number): Promise<void> {
-    return this.run((d) => d.discard(offset, length))
+    return this.change(false, (d) => d.discard(offset, length))
   }
   flush(): Promise<void> {
-    return this.run((d) => d.flush())
+    return this.change(true, (d) => d.flush())
   }
   blockStatus(offset: number, length: number): Promise<Extent[]> {
     return this.run((d) => d.blockStatus(offset, length))
@@ -103,6 +149,7 @@ export class LiveDisk implements BlockDevice {
     return capabilitiesOf(this.dev)
   }
   async close(): Promise<void> {
+    this.releaseWrites()
     await this.pause()
     this.closed = true
     try {

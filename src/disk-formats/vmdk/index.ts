@@ -1,4 +1,4 @@
-export { VmdkImage, writeFileAtomic, type Below, type LayerRun, type OpenOptions } from './vmdk-image.js'
+export { VmdkImage, writeFileAtomic, stageFile, type StagedFile, type Below, type LayerRun, type OpenOptions } from './vmdk-image.js'
 export { SparseExtent, type Mapping, type GrainKind } from './sparse-extent.js'
 export { createVmdk } from './create.js'
 export { SUBFORMATS, ADAPTER_TYPES, type Subformat, type AdapterType, type CreateOptions } from './new-descriptor.js'

@@ -1,5 +1,5 @@
 import type { FileHandle } from 'node:fs/promises'
-import { rename, stat } from 'node:fs/promises'
+import { rename, stat, unlink } from 'node:fs/promises'
 import { basename, dirname, isAbsolute, join } from 'node:path'
 import { Mutex } from 'async-mutex'
 import { mergeExtents, type BlockDevice, type Extent, type WriteOptions, type ZeroOptions } from '../block-device.js'
@@ -509,24 +509,61 @@ async function writeZeroBuffers(length: number, write: (offset: number, buf: Buf
  * file has that mode before it holds any data (for secrets).
  */
 export async function writeFileAtomic(path: string, data: Buffer | string, mode?: number): Promise<void> {
-  const tmp = join(dirname(path), `.${basename(path)}.tmp-${process.pid}`)
-  const fh = await openFile(tmp, 'w', mode)
+  await (await stageFile(path, data, { mode })).commit()
+}
+
+/** A file's next content, written and synced beside it, not yet in place (stageFile). */
+export interface StagedFile {
+  /** puts it in place: the rename (a process killed after it finds the new content) */
+  put(): Promise<void>
+  /** then makes the rename durable: fsync of the folder (opened when staged), which is closed */
+  sync(): Promise<void>
+  /** put, then sync */
+  commit(): Promise<void>
+  /** removes the staged copy */
+  discard(): Promise<void>
+}
+
+export async function stageFile(path: string, data: Buffer | string, o: { mode?: number; suffix?: string } = {}): Promise<StagedFile> {
+  const tmp = join(dirname(path), `.${basename(path)}.tmp-${process.pid}${o.suffix ? `-${o.suffix}` : ''}`)
+  const fh = await openFile(tmp, 'w', o.mode)
   try {
-    if (mode !== undefined) await fh.chmod(mode)
+    if (o.mode !== undefined) await fh.chmod(o.mode)
     await pwriteFull(fh, tmp, 0, Buffer.from(data))
     await datasync(fh, tmp)
   } finally {
     await fh.close()
   }
-  try {
-    await rename(tmp, path)
-  } catch (e) {
-    throw fromSystemError(e, path, 'Could not replace')
-  }
   const dir = await openFile(dirname(path), 'r')
-  try {
-    await dir.sync().catch(() => undefined)
-  } finally {
-    await dir.close()
+  let done = false
+  const staged: StagedFile = {
+    put: async () => {
+      if (done) throw new StorageError('InvalidArgument', `'${path}': the staged copy was already used`, path)
+      done = true
+      try {
+        await rename(tmp, path)
+      } catch (e) {
+        await dir.close().catch(() => undefined)
+        throw fromSystemError(e, path, 'Could not replace')
+      }
+    },
+    sync: async () => {
+      try {
+        await dir.sync().catch(() => undefined)
+      } finally {
+        await dir.close()
+      }
+    },
+    commit: async () => {
+      await staged.put()
+      await staged.sync()
+    },
+    discard: async () => {
+      if (done) return
+      done = true
+      await dir.close().catch(() => undefined)
+      await unlink(tmp).catch(() => undefined)
+    },
   }
+  return staged
 }

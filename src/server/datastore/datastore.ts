@@ -5,11 +5,11 @@ import { LRUCache } from 'lru-cache'
 import type { BlockDevice } from '../../disk-formats/block-device.js'
 import { StorageError, fromSystemError } from '../../disk-formats/errors.js'
 import { openFile } from '../../disk-formats/file-io.js'
-import { createVmdk, VmdkImage, type Subformat } from '../../disk-formats/vmdk/index.js'
+import { createVmdk, VmdkImage, type StagedFile, type Subformat } from '../../disk-formats/vmdk/index.js'
 import { linkParent, openVmdk, rebase } from '../../disk-formats/chain/index.js'
 import { checked, swappable, type LiveDisk } from '../../disk-formats/filters/index.js'
 import { DiskLocks } from './disk-locks.js'
-import { RECORD, readRecord, writeRecord, type AccessRecord, type DiskRecord, type SnapshotRecord } from './disk-record.js'
+import { RECORD, readRecord, stageRecord, writeRecord, type AccessRecord, type DiskRecord, type SnapshotRecord } from './disk-record.js'
 import { isValidName, parseExportName, validName } from './names.js'
 import { repairDisk } from './repair.js'
 import { chainOf, findSnapshot, layerName, planCreate, planDelete, planRevert, snapshotViews, type SnapshotView } from './snapshot-tree.js'
@@ -25,6 +25,8 @@ export interface DiskInfo {
   current: string | null
   snapshots: SnapshotView[]
   openExports: Record<string, number>
+  /** a snapshot prepared and not yet committed (see prepareSnapshot) */
+  prepared: string | null
   writers: number
   access: { initiators: string[]; chap: boolean }
 }
@@ -37,6 +39,22 @@ interface Handle {
 
 /** Idle exports kept open for the next client (an open VMDK costs a few file opens and reads). */
 const IDLE_HANDLES = 32
+
+/** A snapshot prepared (its delta made and open) and not yet committed: held in memory only. */
+interface Prepared {
+  name: string
+  createdAt: string
+  /** the delta's layer name, the record's next layer */
+  layer: string
+  delta: VmdkImage
+  /** the open top the delta reads through to, once a commit linked it */
+  linked?: VmdkImage
+  /** the record the commit puts in place, written ahead (`json` is its text) */
+  staged?: { file: StagedFile; json: string }
+}
+
+/** A prepared snapshot as the REST API shows it. */
+export type PreparedView = Omit<SnapshotRecord, 'layer'> & { state: 'prepared' }
 
 export interface ExportHandle {
   readonly name: string
@@ -75,6 +93,13 @@ export class Datastore {
   /** what opening the datastore repaired, per disk (for the log) */
   readonly repairs: { disk: string; done: string[] }[] = []
   private readonly handles = new Map<string, Handle>()
+  /** per disk, the snapshot prepared and not yet committed */
+  private readonly prepared = new Map<string, Prepared>()
+  /**
+   * per disk, what a commit finishes after answering (the record's folder sync, the old top's
+   * freeze); the disk's next request under its lock waits for it
+   */
+  private readonly settling = new Map<string, Promise<void>>()
   private readonly idle = new LRUCache<string, Handle>({
     max: IDLE_HANDLES,
     // evicted handles are closed; deleted ones were taken back into use (or closed by the caller)
@@ -117,7 +142,15 @@ export class Datastore {
 
   /** Runs `fn` holding the disk's lock. */
   private locked<T>(disk: string, fn: () => Promise<T>): Promise<T> {
-    return this.locks.run(disk, fn)
+    return this.run(disk, fn)
+  }
+
+  /** Runs `fn` holding the disk's lock, once what a commit left to finish (settling) is done. */
+  private run<T>(disk: string, fn: () => Promise<T>): Promise<T> {
+    return this.locks.run(disk, async () => {
+      await this.settling.get(disk)
+      return fn()
+    })
   }
 
   /**
@@ -126,9 +159,9 @@ export class Datastore {
    */
   private changing<T>(disk: string, fn: () => Promise<T>): Promise<T> {
     validName('disk', disk) // before anything joins it into a path
-    return this.locks.run(disk, async () => {
+    return this.run(disk, async () => {
       if (!this.tidy.has(disk)) {
-        await repairDisk(this.diskDir(disk), disk, { checkUnclean: false })
+        await repairDisk(this.diskDir(disk), disk, { checkUnclean: false, keep: this.prepared.get(disk)?.layer })
         this.tidy.add(disk)
       }
       try {
@@ -233,6 +266,7 @@ export class Datastore {
   async deleteDisk(name: string): Promise<void> {
     await this.locked(name, async () => {
       await this.readRecord(name)
+      this.refusePrepared(name, 'delete the disk')
       const open = this.openExportsOf(name)
       if (Object.keys(open).length > 0) {
         throw new StorageError('Busy', `disk '${name}' is in use by ${Object.entries(open).map(([k, n]) => `${n} client(s) of '${k}'`).join(', ')}`)
@@ -288,6 +322,7 @@ export class Datastore {
       current: r.current,
       snapshots: snapshotViews(r),
       openExports: this.openExportsOf(name),
+      prepared: this.prepared.get(name)?.name ?? null,
       writers,
       access: { initiators: [...r.access.initiators], chap: r.access.chap !== undefined },
     }
@@ -311,13 +346,18 @@ export class Datastore {
    * alone when not given: nothing below it matters).
    */
   private async newDelta(r: DiskRecord, layer: string, parentLayer: string, cid?: number): Promise<void> {
-    const parentPath = this.layerPath(r.name, parentLayer)
-    if (cid === undefined) {
-      const p = await VmdkImage.open(parentPath, { readOnly: true })
-      cid = p.cid
+    cid ??= await this.cidOfLayer(r.name, parentLayer)
+    await createVmdk(this.layerPath(r.name, layer), { size: r.size, parent: { path: this.layerPath(r.name, parentLayer), cid }, exclusive: true })
+  }
+
+  /** A closed layer's CID, read from it alone. */
+  private async cidOfLayer(disk: string, layer: string): Promise<number> {
+    const p = await VmdkImage.open(this.layerPath(disk, layer), { readOnly: true })
+    try {
+      return p.cid
+    } finally {
       await p.close()
     }
-    await createVmdk(this.layerPath(r.name, layer), { size: r.size, parent: { path: parentPath, cid }, exclusive: true })
   }
 
   /**
@@ -381,6 +421,7 @@ export class Datastore {
     validName('snapshot', snapshot)
     return this.changing(disk, async () => {
       const plan = planCreate(await this.readRecord(disk), snapshot, new Date().toISOString())
+      this.refusePrepared(disk, 'create a snapshot')
       await this.withLive(disk, async (live) => {
         const top = live?.current
         if (live && top instanceof VmdkImage && !top.readOnly) return this.stackDelta(disk, live, top, plan.record)
@@ -427,10 +468,178 @@ export class Datastore {
     await top.freeze()
   }
 
+  /** Busy while a snapshot of `disk` is prepared: the tree changes only once it is committed or deleted. */
+  private refusePrepared(disk: string, what: string): void {
+    const p = this.prepared.get(disk)
+    if (p) throw new StorageError('Busy', `cannot ${what}: snapshot '${p.name}' of '${disk}' is prepared (commit or delete it first)`)
+  }
+
+  /**
+   * The slow half of a snapshot create, done while clients write on: the new delta is made on
+   * the top and opened, and the top's CID pinned and synced (when the export is open: a live top
+   * keeps that CID while it stays open). Nothing changes for clients until commitSnapshot; the
+   * snapshot exists only then. One at a time per disk; other tree changes are refused (Busy)
+   * meanwhile. Held in memory only: after a restart the delta is a layer no record names, which
+   * opening the datastore removes (the prepare is one step of a client's stun, and that client
+   * lost its server; a kept delta would also name a CID the reopened top changes on its first
+   * write).
+   */
+  async prepareSnapshot(disk: string, snapshot: string): Promise<PreparedView> {
+    validName('snapshot', snapshot)
+    return this.changing(disk, async () => {
+      const r = await this.readRecord(disk)
+      if (this.prepared.get(disk)?.name === snapshot) throw new StorageError('Exists', `disk '${disk}' already has a prepared snapshot '${snapshot}'`)
+      const plan = planCreate(r, snapshot, new Date().toISOString())
+      this.refusePrepared(disk, 'prepare another snapshot')
+      const path = this.layerPath(disk, plan.top)
+      let delta: VmdkImage | undefined
+      try {
+        await this.withLive(disk, async (live) => {
+          const top = live?.current
+          const cid = top instanceof VmdkImage && !top.readOnly ? await top.pinCid() : undefined
+          await this.newDelta(plan.record, plan.top, plan.made.layer, cid)
+          delta = await VmdkImage.open(path)
+          if (cid !== undefined) await (top as VmdkImage).flush()
+        })
+      } catch (e) {
+        await delta?.close().catch(() => undefined)
+        await unlink(path).catch(() => undefined)
+        throw e
+      }
+      const p: Prepared = { name: snapshot, createdAt: plan.made.createdAt, layer: plan.top, delta: delta! }
+      await this.stage(p, plan.record).catch(() => undefined) // else written at the commit
+      this.prepared.set(disk, p)
+      return { name: snapshot, parent: plan.made.parent, createdAt: plan.made.createdAt, state: 'prepared' }
+    })
+  }
+
+  /** The prepared snapshot `snapshot` of `disk`: NotFound, or Conflict-like Busy for a committed one. */
+  private preparedOf(r: DiskRecord, snapshot: string): Prepared {
+    const p = this.prepared.get(r.name)
+    if (p?.name === snapshot) return p
+    if (findSnapshot(r, snapshot)) throw new StorageError('Busy', `snapshot '${snapshot}' of '${r.name}' is not a prepared one (it was committed)`)
+    throw new StorageError('NotFound', `disk '${r.name}' has no prepared snapshot '${snapshot}'`)
+  }
+
+  /**
+   * Makes a prepared snapshot real. With the export open the switch is a pointer swap onto the
+   * open delta (in-flight requests drained first), and the record naming the delta is put in
+   * place after it (the staged copy renamed): meanwhile reads go on and writes are held,
+   * unacknowledged, so a kill before the rename loses nothing acknowledged (the old record names
+   * the old top, which holds every acknowledged write); if the rename fails the export switches
+   * back and the held writes go to the old top. After the rename writes go on and flushes (and
+   * FUA writes) wait until the folder is synced: a power loss before then may lose the rename,
+   * and with it only writes no flush covered. The answer comes once writes go on (the switch is
+   * the stun of a VM checkpoint); the folder sync and the old top's freeze finish after it, and
+   * the disk's next request under its lock (an export open, a describe, a change) waits for them. Without an open export only the
+   * record is written. Either way the delta's parent CID is first made the top's own, should
+   * the top have been reopened (and so re-touched) since the prepare: an empty delta may name
+   * any CID of its parent.
+   */
+  async commitSnapshot(disk: string, snapshot: string): Promise<SnapshotRecord> {
+    validName('snapshot', snapshot)
+    return this.changing(disk, async () => {
+      const r = await this.readRecord(disk)
+      const p = this.preparedOf(r, snapshot)
+      const plan = planCreate(r, snapshot, p.createdAt)
+      if (plan.top !== p.layer) throw new StorageError('Corrupt', `disk '${disk}': the prepared delta '${p.layer}' is not the record's next layer '${plan.top}'`)
+      await this.withLive(disk, async (live) => {
+        const top = live?.current
+        if (p.linked && p.linked !== top) {
+          // a commit that failed linked the delta to a top closed since: it starts afresh
+          await p.delta.close()
+          p.delta = await VmdkImage.open(this.layerPath(disk, p.layer))
+          p.linked = undefined
+        }
+        const { delta } = p
+        if (live && top instanceof VmdkImage && !top.readOnly) {
+          const cid = await top.pinCid()
+          if (delta.parentCid !== cid) {
+            await delta.writeDescriptor({ ...delta.descriptor, parentCid: cid })
+            await Promise.all([delta.flush(), top.flush()])
+          }
+          if (!p.linked) linkParent(delta, top)
+          p.linked = top
+          await this.stage(p, plan.record) // again if the record changed since the prepare (its access list)
+          await live.pause()
+          live.holdWrites()
+          live.resume(delta)
+          let sync: () => Promise<void> = async () => undefined
+          try {
+            sync = await this.putRecord(p, plan.record)
+          } catch (e) {
+            if (!(await this.readRecord(disk).then((x) => x.top === plan.top, () => false))) {
+              live.resume(top) // nothing was written to the delta: it read as the top
+              live.releaseWrites()
+              throw e
+            }
+            // the record was replaced before the failure: the delta is the disk now
+          }
+          live.releaseWrites({ flushes: 'held' })
+          const settled: Promise<void> = (async () => {
+            await sync().catch(() => undefined) // the rename is in place; only a power loss could undo it
+            live.releaseWrites()
+            await top.freeze().catch(() => undefined) // else it stays writable, flushed through the delta
+          })().finally(() => {
+            if (this.settling.get(disk) === settled) this.settling.delete(disk)
+          })
+          this.settling.set(disk, settled)
+          return
+        }
+        const cid = await this.cidOfLayer(disk, plan.made.layer)
+        if (delta.parentCid !== cid) await delta.writeDescriptor({ ...delta.descriptor, parentCid: cid })
+        await delta.close()
+        try {
+          await (await this.putRecord(p, plan.record))()
+        } catch (e) {
+          p.delta = await VmdkImage.open(this.layerPath(disk, p.layer)) // still prepared
+          throw e
+        }
+      })
+      this.prepared.delete(disk)
+      return plan.made
+    })
+  }
+
+  /** Writes `record` ahead for `p`'s commit, unless what is staged is that already. */
+  private async stage(p: Prepared, record: DiskRecord): Promise<void> {
+    const json = JSON.stringify(record)
+    if (p.staged?.json === json) return
+    await p.staged?.file.discard()
+    p.staged = undefined
+    p.staged = { file: await stageRecord(this.diskDir(record.name), record), json }
+  }
+
+  /**
+   * Puts `record` in place: by renaming the staged copy if it is that record (then the returned
+   * function makes the rename durable), else written now, durably.
+   */
+  private async putRecord(p: Prepared, record: DiskRecord): Promise<() => Promise<void>> {
+    const staged = p.staged
+    p.staged = undefined
+    if (staged?.json === JSON.stringify(record)) {
+      await staged.file.put()
+      return () => staged.file.sync()
+    }
+    await staged?.file.discard()
+    await this.writeRecord(record)
+    return async () => undefined
+  }
+
+  /** Aborts a prepared snapshot: its delta is closed and removed. */
+  private async abortPrepared(disk: string): Promise<void> {
+    const p = this.prepared.get(disk)!
+    this.prepared.delete(disk)
+    await p.staged?.file.discard()
+    await p.delta.close().catch(() => undefined)
+    await unlink(this.layerPath(disk, p.layer)).catch(() => undefined)
+  }
+
   async revertSnapshot(disk: string, snapshot: string): Promise<void> {
     validName('snapshot', snapshot)
     await this.changing(disk, async () => {
       const plan = planRevert(await this.readRecord(disk), snapshot)
+      this.refusePrepared(disk, 'revert')
       await this.withTopClosed(disk, async () => {
         await this.newDelta(plan.record, plan.top, plan.parentLayer)
         await this.writeRecord(plan.record)
@@ -443,7 +652,10 @@ export class Datastore {
   async deleteSnapshot(disk: string, snapshot: string): Promise<void> {
     validName('snapshot', snapshot)
     await this.changing(disk, async () => {
-      const plan = planDelete(await this.readRecord(disk), snapshot)
+      const r = await this.readRecord(disk)
+      if (this.prepared.get(disk)?.name === snapshot) return this.abortPrepared(disk)
+      const plan = planDelete(r, snapshot)
+      this.refusePrepared(disk, 'delete a snapshot')
       const snapExports = Object.entries(this.openExportsOf(disk)).filter(([k]) => k.includes('@'))
       if (snapExports.length > 0) {
         throw new StorageError('Busy', `cannot delete snapshot '${snapshot}': snapshot exports of '${disk}' are open (${snapExports.map(([k]) => k).join(', ')})`)
@@ -530,9 +742,14 @@ export class Datastore {
 
   /** Flushes and closes every handle (shutdown): clears uncleanShutdown on every open layer. */
   async close(): Promise<void> {
+    await Promise.all(this.settling.values())
     const all = [...this.handles.values(), ...this.idle.values()]
     this.handles.clear()
     this.idle.clear() // 'delete' disposal: closed below, once each
-    await Promise.all(all.map((h) => h.dev.close().catch(() => undefined)))
+    const prepared = [...this.prepared.values()] // deltas left for the next open's repair
+    this.prepared.clear()
+    await Promise.all(prepared.map((p) => p.staged?.file.discard()))
+    const deltas = prepared.map((p) => p.delta)
+    await Promise.all([...all.map((h) => h.dev.close()), ...deltas.map((d) => d.close())].map((p) => p.catch(() => undefined)))
   }
 }

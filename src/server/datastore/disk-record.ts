@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { StorageError, fromSystemError } from '../../disk-formats/errors.js'
-import { writeFileAtomic } from '../../disk-formats/vmdk/index.js'
+import { stageFile, writeFileAtomic, type StagedFile } from '../../disk-formats/vmdk/index.js'
 
 export interface SnapshotRecord {
   name: string
@@ -36,8 +36,11 @@ export const RECORD = 'disk.json'
 
 /** A layer file the datastore names (`l-0000.vmdk`); extent files of split layers do not match. */
 export const LAYER_FILE = /^l-\d{4,}\.vmdk$/
-/** writeFileAtomic's temporary copy of disk.json, left behind by a process killed while writing it. */
-export const RECORD_TMP = /^\.disk\.json\.tmp-\d+$/
+/**
+ * writeFileAtomic's temporary copy of disk.json, or stageRecord's, left behind by a process
+ * killed while writing it (or with a snapshot prepared).
+ */
+export const RECORD_TMP = /^\.disk\.json\.tmp-\d+(-prepared)?$/
 
 /** Reads `<diskDir>/disk.json`: NotFound when there is none, Corrupt when it is not a record of `name`. */
 export async function readRecord(diskDir: string, name: string): Promise<DiskRecord> {
@@ -61,6 +64,11 @@ export async function readRecord(diskDir: string, name: string): Promise<DiskRec
 /** Replaces `<diskDir>/disk.json` atomically (temp + fsync + rename + fsync of the folder). */
 export async function writeRecord(diskDir: string, r: DiskRecord): Promise<void> {
   await writeFileAtomic(join(diskDir, RECORD), JSON.stringify(r, null, 2) + '\n')
+}
+
+/** `r` written and synced beside `<diskDir>/disk.json`; its commit puts it in place (rename + folder sync). */
+export async function stageRecord(diskDir: string, r: DiskRecord): Promise<StagedFile> {
+  return stageFile(join(diskDir, RECORD), JSON.stringify(r, null, 2) + '\n', { suffix: 'prepared' })
 }
 
 /** Every layer the record names: the top and each snapshot's layer. */

@@ -13,6 +13,8 @@ export interface RepairOptions {
    * `tandem disk check -r` does. Only while no layer of the disk is open: at start.
    */
   checkUnclean: boolean
+  /** a layer no record names yet that is to stay (a prepared snapshot's delta) */
+  keep?: string
 }
 
 /** What an older Tandem's disk create, stopped before its disk.json was in place, leaves. */
@@ -53,7 +55,7 @@ export async function repairDisk(diskDir: string, name: string, opts: RepairOpti
   const done: string[] = []
   const named = layersOf(r)
   for (const f of entries) {
-    if (RECORD_TMP.test(f) || (LAYER_FILE.test(f) && !named.has(f))) {
+    if (RECORD_TMP.test(f) || (LAYER_FILE.test(f) && !named.has(f) && f !== opts.keep)) {
       await unlink(join(diskDir, f)).catch(() => undefined)
       done.push(`removed '${f}', left by an operation that did not finish`)
     }

@@ -129,8 +129,21 @@ export function createApp(o: AppOptions): express.Express {
     wrap(async (req, res) => {
       const b = body(req)
       if (b.name === undefined) throw new StorageError('InvalidArgument', 'missing "name"')
+      if (b.prepare !== undefined && typeof b.prepare !== 'boolean') throw new StorageError('InvalidArgument', '"prepare" must be true or false')
+      if (b.prepare) {
+        const p = await ds.prepareSnapshot(req.params.name as string, b.name as string)
+        res.status(201).json({ ...p, isCurrent: false })
+        return
+      }
       const s = await ds.createSnapshot(req.params.name as string, b.name as string)
-      res.status(201).json({ name: s.name, parent: s.parent, createdAt: s.createdAt, isCurrent: true })
+      res.status(201).json({ name: s.name, parent: s.parent, createdAt: s.createdAt, isCurrent: true, state: 'committed' })
+    }),
+  )
+  app.post(
+    '/api/v1/disks/:name/snapshots/:snap/commit',
+    wrap(async (req, res) => {
+      const s = await ds.commitSnapshot(req.params.name as string, req.params.snap as string)
+      res.json({ name: s.name, parent: s.parent, createdAt: s.createdAt, isCurrent: true, state: 'committed' })
     }),
   )
   app.post(

@@ -27,9 +27,23 @@ export const openApi = {
       parameters: [name('name', 'disk')],
       get: { summary: 'The snapshot tree', responses: { 200: json({ type: 'object' }), ...errors(404) } },
       post: {
-        summary: 'Take a snapshot (the current state is frozen; writes go to a new delta)',
-        requestBody: { required: true, content: { 'application/json': { schema: { type: 'object', required: ['name'], properties: { name: { type: 'string' } } } } } },
-        responses: { 201: json({ $ref: '#/components/schemas/Snapshot' }, 'created'), ...errors(400, 404, 409, 507) },
+        summary: 'Take a snapshot (the current state is frozen; writes go to a new delta), or with "prepare": true only make its delta (state "prepared"; the disk is unchanged until commit)',
+        requestBody: {
+          required: true,
+          content: {
+            'application/json': {
+              schema: { type: 'object', required: ['name'], properties: { name: { type: 'string' }, prepare: { type: 'boolean', description: 'make the delta now, switch the disk onto it at commit; 409 while another is prepared' } } },
+            },
+          },
+        },
+        responses: { 201: json({ $ref: '#/components/schemas/Snapshot' }, 'created (or prepared)'), ...errors(400, 404, 409, 507) },
+      },
+    },
+    '/api/v1/disks/{name}/snapshots/{snap}/commit': {
+      parameters: [name('name', 'disk'), name('snap', 'snapshot')],
+      post: {
+        summary: 'Commit a prepared snapshot: the disk switches onto its delta (writes held, reads served, until the record is durable). DELETE of a prepared snapshot aborts it',
+        responses: { 200: json({ $ref: '#/components/schemas/Snapshot' }), ...errors(400, 404, 409, 507) },
       },
     },
     '/api/v1/disks/{name}/snapshots/{snap}/revert': {
@@ -105,7 +119,16 @@ export const openApi = {
           vms: { type: 'array', items: { type: 'string' } },
         },
       },
-      Snapshot: { type: 'object', properties: { name: { type: 'string' }, parent: { type: 'string', nullable: true }, createdAt: { type: 'string' }, isCurrent: { type: 'boolean' } } },
+      Snapshot: {
+        type: 'object',
+        properties: {
+          name: { type: 'string' },
+          parent: { type: 'string', nullable: true },
+          createdAt: { type: 'string' },
+          isCurrent: { type: 'boolean' },
+          state: { type: 'string', enum: ['prepared', 'committed'], description: 'in the answers of create, prepare and commit' },
+        },
+      },
       Disk: {
         type: 'object',
         properties: {
@@ -118,6 +141,7 @@ export const openApi = {
           nbd: { type: 'string' },
           iscsi: { type: 'object' },
           openExports: { type: 'object' },
+          prepared: { type: 'string', nullable: true, description: 'a snapshot prepared and not yet committed' },
           writers: { type: 'integer' },
           access: { type: 'object' },
         },

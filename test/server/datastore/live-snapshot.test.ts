@@ -1,8 +1,8 @@
 import t, { type Test } from 'tap'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { needs, pattern, run, shmTmp } from '../../helpers/peers.js'
-import { Datastore } from '../../../src/server/datastore/index.js'
+import { needs, pattern, run } from '../../helpers/peers.js'
+import { openDisk as openDiskIn } from '../../helpers/datastore.js'
 import { VmdkImage } from '../../../src/disk-formats/index.js'
 import { uncleanByte } from '../../helpers/vmdk-flags.js'
 
@@ -11,16 +11,7 @@ const K = 1024
 const R = 64 * K // the writer's region
 
 
-/** A datastore with disk `d` and its read-write export open, all closed at the end of `t`. */
-async function openDisk(t: Test) {
-  const dir = shmTmp(t, 'tandem-live-snap-')
-  const ds = await Datastore.open(dir)
-  t.teardown(() => ds.close())
-  await ds.createDisk('d', SIZE)
-  const h = await ds.openExport('d')
-  t.teardown(() => h.release())
-  return { dir, ds, h }
-}
+const openDisk = (t: Test) => openDiskIn(t, SIZE, 'tandem-live-snap-')
 
 t.test('snapshot create with the export open and written: only the new delta is opened, the writer goes on, the snapshot is one moment of it', async (t) => {
   const { dir, ds, h } = await openDisk(t)
