@@ -8,6 +8,7 @@ import { GUEST_NAMES } from '../vm/guests.js'
 import { parseSize } from './size.js'
 import { addHostVmCommands } from './vm-host.js'
 import { addCheckpointCommand } from './vm-checkpoint.js'
+import { serverDiskSwitch } from '../checkpoint/server-switch.js'
 
 /** Exit statuses of `tandem vm run` besides the guest's own exit code. */
 export const VM_EXIT = { LIMIT: 124, FAULT: 125, HALT: 126, REPLAY: 127, STOPPED: 130 } as const
@@ -104,6 +105,12 @@ async function runAction(o: Record<string, any>): Promise<number> {
       memory,
       restore: o.restore,
       control: o.control,
+      // a checkpoint switches a local VMDK in place, a datastore disk through its server
+      diskSwitch: (req) => {
+        const d = req.disk as { server?: unknown; name?: unknown } | undefined
+        if (d && typeof d.server === 'string' && typeof d.name === 'string') return serverDiskSwitch(d.server, d.name)
+        return disk?.switch
+      },
       disk: disk?.disk,
       scsi: disk?.scsi,
       identity,

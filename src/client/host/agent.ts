@@ -1,4 +1,7 @@
 import type { Logger } from 'pino'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { isAbsolute, join } from 'node:path'
 import { isStorageError, StorageError } from '../../disk-formats/errors.js'
 import { isApiError, requestJson } from '../api/http.js'
 import { LockManager, type Clock, type LockStorage } from '../../disk-formats/lock-region/index.js'
@@ -157,9 +160,33 @@ export class HostAgent {
   readonly counts = { started: 0, refused: 0, failed: 0, fenced: 0, renewals: 0 }
   readonly name: string
   private lockspaceUri = ''
+  /** where the VMs' control sockets are (a private folder of this process) */
+  private readonly controlDir: string
 
   private constructor(private readonly o: HostAgentOptions) {
     this.name = validHostName(o.name)
+    this.controlDir = mkdtempSync(join(tmpdir(), 'tandem-host-'))
+  }
+
+  private controlPath(vm: string): string {
+    return join(this.controlDir, `${vm}.sock`)
+  }
+
+  /**
+   * A checkpoint of a running VM (`POST /api/v1/vms/:name/checkpoint`), through its control
+   * socket: a datastore disk is switched by its server, onto a prepared snapshot.
+   */
+  async checkpointVm(name: string, body: unknown): Promise<Record<string, unknown>> {
+    const vm = this.vms.get(name)
+    if (!vm) throw new StorageError('NotFound', `no VM named '${name}' on host '${this.name}'`)
+    if (vm.info.state !== 'running') throw new StorageError('Busy', `VM '${name}' is ${vm.info.state}, not running`)
+    const b = (typeof body === 'object' && body !== null ? body : {}) as Record<string, unknown>
+    const file = field<string>(b, 'file', 'string')
+    if (!file || !isAbsolute(file)) throw new StorageError('InvalidArgument', '"file" must be an absolute path on the host for the checkpoint file')
+    const afterwards = field<string>(b, 'afterwards', 'string') ?? 'keep'
+    if (afterwards !== 'keep' && afterwards !== 'copy-and-commit') throw new StorageError('InvalidArgument', '"afterwards" must be "keep" or "copy-and-commit"')
+    const req = { file, afterwards, name, ...(vm.info.disk ? { disk: { server: this.o.server, name: vm.info.disk } } : {}) }
+    return requestJson<Record<string, unknown>>(`unix:${this.controlPath(name)}`, 'POST', '/api/v1/vm/checkpoint', req, { timeoutMs: 600_000 })
   }
 
   /** Joins the lockspace (waiting out a crashed earlier incarnation of this host: a lease) and registers with the server. */
@@ -321,7 +348,7 @@ export class HostAgent {
       this.vms.delete(req.name)
       throw new NoLease('IoError', `host '${this.name}' lost its lease while starting VM '${req.name}'`)
     }
-    const launch: VmLaunch = { name: req.name, guest: req.guest, memory: info.memory, diskUri: info.diskUri ?? undefined, net: req.net, cpuLimit: req.cpuLimit }
+    const launch: VmLaunch = { name: req.name, guest: req.guest, memory: info.memory, diskUri: info.diskUri ?? undefined, net: req.net, cpuLimit: req.cpuLimit, control: this.controlPath(req.name) }
     const args = vmRunArgs(launch)
     const argv = [...this.o.tandem, ...args]
     const env = { ...process.env, TANDEM_LOCK_GENERATION: String(info.generation), TANDEM_LOCK_NAME: lock, TANDEM_LOCK_HOST: this.name }
@@ -386,5 +413,6 @@ export class HostAgent {
     if (m) await m.leave().catch((e: Error) => this.o.log.error({ err: e.message }, 'lockspace: leaving failed'))
     await this.storage?.close().catch(() => undefined)
     this.storage = null
+    rmSync(this.controlDir, { recursive: true, force: true })
   }
 }

@@ -85,6 +85,12 @@ export function createHostApp(agent: HostAgent, log: Logger): express.Express {
       res.status(201).location(`/api/v1/vms/${vm.name}`).json(vm)
     }),
   )
+  app.post(
+    '/api/v1/vms/:name/checkpoint',
+    wrap(async (req, res) => {
+      res.status(201).json(await agent.checkpointVm(req.params.name as string, req.body))
+    }),
+  )
   app.delete(
     '/api/v1/vms/:name',
     wrap(async (req, res) => {

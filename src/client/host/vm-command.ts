@@ -12,6 +12,8 @@ export interface VmLaunch {
   net?: string
   /** percent of one core */
   cpuLimit?: number
+  /** the VM's control socket (checkpoints go through it) */
+  control?: string
 }
 
 /**
@@ -25,5 +27,6 @@ export function vmRunArgs(vm: VmLaunch): string[] {
   if (vm.diskUri) args.push(`--disk=${vm.diskUri}`, `--initiator-name=${vmIqn(vm.name)}`)
   if (vm.net) args.push(`--net=${vm.net}`)
   if (vm.cpuLimit !== undefined) args.push(`--cpu-limit=${vm.cpuLimit}`)
+  if (vm.control) args.push(`--control=${vm.control}`)
   return args
 }

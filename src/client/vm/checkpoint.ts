@@ -2,27 +2,9 @@ import { readCheckpoint, writeCheckpoint } from './checkpoint-file.js'
 import { freeze } from './freeze.js'
 import { Machine, type MachineOptions } from './machine.js'
 import { decodeState, encodeState } from './state.js'
+import type { Afterwards, DiskSwitch, SwitchedDisk } from '../checkpoint/disk-switch.js'
 
-/** A COW delta prepared while the VM runs; `commit` switches the disk onto it (inside the stun). */
-export interface PreparedDisk {
-  /** the frozen layer: the disk as it was at the checkpoint */
-  commit(): Promise<{ layer: string }>
-  abort(): Promise<void>
-}
-
-export type Afterwards = 'keep' | 'copy-and-commit'
-
-/** The VM's disk, as a checkpoint sees it (SPEC.md §Checkpoints). */
-export interface DiskSwitch {
-  /** makes the delta (a file), while the VM runs */
-  prepare(snapshot: string): Promise<PreparedDisk>
-  /**
-   * After the memory is written: `keep` leaves the frozen layer as the checkpoint's disk;
-   * `copy-and-commit` copies it to a standalone file beside the checkpoint, then commits the delta
-   * back into it. The checkpoint's disk either way.
-   */
-  afterwards(how: Afterwards, o: { snapshot: string; layer: string; checkpointFile: string }): Promise<{ disk: string }>
-}
+export type { Afterwards, DiskSwitch } from '../checkpoint/disk-switch.js'
 
 export interface CheckpointOptions {
   file: string
@@ -66,12 +48,12 @@ const snapshotName = (file: string) =>
 export async function takeCheckpoint(m: Machine, o: CheckpointOptions): Promise<CheckpointSummary> {
   const snapshot = o.snapshot ?? snapshotName(o.file)
   const prepared = o.disk ? await o.disk.prepare(snapshot) : undefined
-  let layer: string | null = null
+  let switched: SwitchedDisk | undefined
   let f
   try {
-    f = await freeze(m, { switchDisk: prepared ? async () => void (layer = (await prepared.commit()).layer) : undefined })
+    f = await freeze(m, { switchDisk: prepared ? async () => void (switched = await prepared.commit()) : undefined })
   } catch (e) {
-    await prepared?.abort().catch(() => undefined)
+    if (!switched) await prepared?.abort().catch(() => undefined)
     throw e
   }
   const frozen = f
@@ -81,9 +63,9 @@ export async function takeCheckpoint(m: Machine, o: CheckpointOptions): Promise<
   } finally {
     frozen.release()
   }
-  let disk: string | null = layer
-  const afterwards = o.disk && layer ? (o.afterwards ?? 'keep') : null
-  if (o.disk && layer && afterwards) disk = (await o.disk.afterwards(afterwards, { snapshot, layer, checkpointFile: o.file })).disk
+  const afterwards = switched ? (o.afterwards ?? 'keep') : null
+  // copy-and-commit: the standalone copy of the frozen layer goes beside the checkpoint file
+  const disk = switched && afterwards ? (await switched.afterwards(afterwards, { copyTo: `${o.file.replace(/\.[^./]*$/, '')}-disk.vmdk` })).disk : null
   return {
     file: o.file,
     instructions: frozen.instret,

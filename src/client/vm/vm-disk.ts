@@ -1,11 +1,17 @@
 import type { BlockDevice } from '../../disk-formats/block-device.js'
 import { StorageError } from '../../disk-formats/errors.js'
 import { IscsiInitiator, isIscsiUri } from '../transport/iscsi/index.js'
-import { openDisk } from '../transport/open-disk.js'
+import { isNetworkDisk, openDisk } from '../transport/open-disk.js'
+import { probeFormat } from '../../disk-formats/chain/index.js'
+import { openSwitchableDisk } from '../checkpoint/local-switch.js'
+import type { DiskSwitch } from '../checkpoint/disk-switch.js'
 import { initiatorPath, vmIsid, type ScsiPath } from './scsi-path.js'
 
-/** A VM's disk, opened: a block device for an in-process LU, or a SCSI path to a target. */
-export type VmDisk = { disk: BlockDevice; scsi?: undefined; close(): Promise<void> } | { disk?: undefined; scsi: ScsiPath; close(): Promise<void> }
+/**
+ * A VM's disk, opened: a block device for an in-process LU, or a SCSI path to a target. A local
+ * VMDK also has the switch a checkpoint moves it onto a new delta with.
+ */
+export type VmDisk = { disk: BlockDevice; scsi?: undefined; switch?: DiskSwitch; close(): Promise<void> } | { disk?: undefined; scsi: ScsiPath; switch?: undefined; close(): Promise<void> }
 
 /**
  * Opens `--disk`: a file or nbd:// export (runVm puts an in-process LU over it), or an iscsi://
@@ -13,6 +19,10 @@ export type VmDisk = { disk: BlockDevice; scsi?: undefined; close(): Promise<voi
  * access list, and the reservations the guest makes, see the VM and not the host it runs on.
  */
 export async function openVmDisk(spec: string, identity: string): Promise<VmDisk> {
+  if (!isNetworkDisk(spec) && (await probeFormat(spec)) === 'vmdk') {
+    const { device, switch: sw } = await openSwitchableDisk(spec)
+    return { disk: device, switch: sw, close: () => device.close() }
+  }
   let dev: BlockDevice
   try {
     dev = await openDisk(spec, { iscsi: { initiatorName: identity, isid: vmIsid(identity) } })

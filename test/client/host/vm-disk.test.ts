@@ -1,5 +1,6 @@
 import t from 'tap'
-import { CLI, shStatus } from '../../helpers/peers.js'
+import { join } from 'node:path'
+import { CLI, shStatus, shmTmp } from '../../helpers/peers.js'
 import { leaseServer, startHost } from '../../helpers/host-process.js'
 import { parseStartRequest, vmRunArgs, type VmInfo } from '../../../src/client/host/index.js'
 
@@ -42,7 +43,8 @@ t.test('a VM\'s datastore disk: the host asks the server for its iSCSI target an
   const uri = `iscsi://127.0.0.1:${s.iscsiPort}/iqn.2026-11.local.tandem:d1/0`
   t.match(r.body, { disk: 'd1', diskUri: uri, initiatorName: 'iqn.2026-11.local.tandem:vm:dvm' })
   const started = a.logs.map((l) => JSON.parse(l) as { msg: string; args?: string[] }).find((l) => l.msg === 'VM started')
-  t.same(started?.args, ['vm', 'run', '--guest=diskio', `--memory=${32 << 20}`, `--disk=${uri}`, '--initiator-name=iqn.2026-11.local.tandem:vm:dvm'], 'what the host ran')
+  t.same(started?.args?.slice(0, -1), ['vm', 'run', '--guest=diskio', `--memory=${32 << 20}`, `--disk=${uri}`, '--initiator-name=iqn.2026-11.local.tandem:vm:dvm'], 'what the host ran')
+  t.match(started?.args?.at(-1), /^--control=\/.*\/dvm\.sock$/, 'with a control socket of its own')
   let vm: VmInfo & { console: string } = r.body as VmInfo & { console: string }
   for (let i = 0; i < 600 && vm.state === 'running'; i++) {
     await sleep(100)
@@ -57,4 +59,32 @@ t.test('a VM\'s datastore disk: the host asks the server for its iSCSI target an
   }
   t.equal(vm.exitStatus, 0, vm.console)
   t.match(vm.console, /diskio: wrote and verified 1024 blocks/)
+})
+
+t.test('a checkpoint of a VM on a host: its datastore disk switched onto a prepared snapshot while it runs on', async (t) => {
+  const s = await leaseServer(t)
+  const created = await fetch(`${s.url}/api/v1/disks`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'd2', size: '16M' }) })
+  t.equal(created.status, 201)
+  const a = await startHost(t, 'host-a', s.url)
+  const r = await post(a.url, '/api/v1/vms', { name: 'dlog', guest: 'disklog', disk: 'd2', memory: 16 << 20 })
+  t.equal(r.status, 201, r.body.error?.message ?? '')
+  const synced = async () => Math.max(0, ...[...((await (await fetch(`${a.url}/api/v1/vms/dlog`)).json()) as { console: string }).console.matchAll(/disklog: synced (\d+)/g)].map((m) => Number(m[1])))
+  for (let i = 0; i < 300 && (await synced()) < 64; i++) await sleep(50)
+  const before = await synced()
+  t.ok(before >= 64, `the VM logs to its disk (${before} records synced)`)
+  const file = join(shmTmp(t, 'tandem-ckpt-'), 'dlog.ckpt')
+  const ck = shStatus(process.execPath, [CLI, 'vm', 'checkpoint', 'dlog', '--host', a.url, '--file', file, '--json'])
+  t.equal(ck.status, 0, ck.stderr)
+  const sum = JSON.parse(ck.stdout) as { instructions: number; stunMs: number; disk: string; afterwards: string; bytes: number }
+  t.match(sum, { disk: /^d2@ckpt-/, afterwards: 'keep' }, `the checkpoint's disk is the frozen layer ${sum.disk}`)
+  t.ok(sum.stunMs < 1000, `stun ${sum.stunMs.toFixed(2)} ms, the disk's switch included (an HTTP commit to the server)`)
+  const disk = (await (await fetch(`${s.url}/api/v1/disks/d2`)).json()) as { snapshots: { name: string }[]; prepared: string | null }
+  t.ok(disk.snapshots.some((x) => `d2@${x.name}` === sum.disk), 'the server has the snapshot')
+  t.equal(disk.prepared, null, 'nothing left prepared')
+  for (let i = 0; i < 300 && (await synced()) < before + 64; i++) await sleep(50)
+  t.ok((await synced()) >= before + 64, 'the VM ran on, writing to the new delta over iSCSI')
+  const bad = shStatus(process.execPath, [CLI, 'vm', 'checkpoint', 'nope', '--host', a.url, '--file', file])
+  t.equal(bad.status, 1)
+  t.match(bad.stderr, /no VM named 'nope'/)
+  t.equal((await fetch(`${a.url}/api/v1/vms/dlog`, { method: 'DELETE' })).status, 200)
 })
