@@ -45,6 +45,11 @@ export interface MachineOptions {
   disk?: ScsiPath
   record?: EventRecorder
   replay?: EventReplayer
+  /**
+   * When the replay log is over (complete, every record used), the VM goes on as a live run
+   * instead of stopping: inputs are read live, the NIC joins its port (SPEC.md §Go-live).
+   */
+  goLive?: boolean
   maxInstructions?: number
   clock?: HostClock
   entropy?: () => number
@@ -109,6 +114,10 @@ export class Machine {
   private wake: (() => void) | null = null
   /** a restored machine's replay starts after this many records (those before the state) */
   private logStart = 0
+  /** the log being followed (until a go-live) */
+  private replay: EventReplayer | undefined
+  /** records of the log used before going live */
+  private replayed = 0
 
   constructor(
     private readonly opts: MachineOptions,
@@ -116,6 +125,7 @@ export class Machine {
     loadImage = true,
   ) {
     this.mem = new Memory(opts.memory)
+    this.replay = opts.replay
     this.clock = opts.clock ?? systemClock
     this.startNs = this.clock.now()
     const bus: Bus = { load: (a, s) => this.load(a, s), store: (a, s, v) => this.store(a, s, v) }
@@ -126,7 +136,9 @@ export class Machine {
     const ctx: DeviceContext = {
       mem: this.mem,
       hart: this.hart,
-      replaying: opts.replay !== undefined,
+      get replaying() {
+        return m.replay !== undefined
+      },
       input: (kind, arg, live) => this.input(kind, arg, live),
       mtime: () => this.mtime(),
       updateExternalIrq: () => m.hart.setPending(IRQ.MEI, m.hba.irq || m.nic.irq),
@@ -186,7 +198,7 @@ export class Machine {
     g.section('MACH', (w) => w.struct(MachineRegs, { interrupts: this.interrupts }))
     for (const d of this.devices) g.section(d.tag, (w) => d.save(w))
     const h = new StateWriter()
-    const logPosition = this.opts.replay ? this.opts.replay.position : (this.opts.record?.count ?? 0)
+    const logPosition = this.replay ? this.replay.position : (this.opts.record?.count ?? 0)
     h.section('MACH', (w) => w.struct(MachineHost, { mtime: Number(this.mtime()), logPosition }))
     for (const d of this.devices) if (d.saveHost) h.section(d.tag, (w) => d.saveHost!(w))
     return { memoryBytes: this.mem.size, imageSha: this.imageSha, instret: this.hart.instret, guest: g.finish(), host: h.finish(), ...(o.memory ? { memory: new Uint8Array(this.mem.bytes) } : {}) }
@@ -232,9 +244,10 @@ export class Machine {
 
   /** A value the guest reads that the outside world decides: live (and logged) or from the log. */
   private input(kind: EventKind, arg: number, live: () => number): number {
-    const r = this.opts.replay
+    const r = this.replay
     const at = this.hart.instret
-    if (r) {
+    if (r && !r.peek() && this.logOver()) this.goLive()
+    else if (r) {
       const e = r.next()
       if (!e) throw new ReplayError(`replay log ends (record ${r.position}) where the guest makes a ${EVENT_NAMES[kind]} at instruction ${at}`, at)
       if (e.kind !== kind || e.arg !== arg || e.instret !== at) {
@@ -326,16 +339,18 @@ export class Machine {
   async run(): Promise<RunSummary> {
     const t0 = process.hrtime.bigint()
     const max = this.opts.maxInstructions ?? Number.MAX_SAFE_INTEGER
-    const replay = this.opts.replay
+    const startReplay = this.replay
     let end: RunEnd = 'limit'
     let message: string | undefined
     this.running = true
     try {
-      if (replay) {
-        while (replay.position < this.logStart) if (!replay.next() && !(await replay.more())) break
-        if (replay.position < this.logStart) throw new ReplayError(`the replay log ends (record ${replay.position}) before the restored state (record ${this.logStart})`, this.hart.instret)
+      if (startReplay) {
+        const r = startReplay
+        while (r.position < this.logStart) if (!r.next() && !(await r.more())) break
+        if (r.position < this.logStart) throw new ReplayError(`the replay log ends (record ${r.position}) before the restored state (record ${this.logStart})`, this.hart.instret)
       }
       for (;;) {
+        const replay = this.replay
         await this.pausePoint()
         if (this.hart.instret >= max) {
           end = 'limit'
@@ -371,9 +386,7 @@ export class Machine {
           end = 'exit'
           break
         }
-        if (replay) {
-          await this.deliverReplayed(reason === 'wfi')
-        } else {
+        if (!this.replay || (await this.deliverReplayed(reason === 'wfi')) === 'live') {
           const p = await this.poll(reason === 'wfi')
           if (p === 'halt') {
             end = 'halt'
@@ -388,9 +401,11 @@ export class Machine {
       }
       if (end === 'exit') {
         const code = this.finisher.exitCode
-        if (replay) {
-          await replay.waitPast(this.hart.instret)
-          const e = replay.next()
+        const replay = this.replay
+        if (replay) await replay.waitPast(this.hart.instret)
+        if (replay && !replay.peek() && this.logOver()) this.goLive()
+        if (this.replay) {
+          const e = replay!.next()
           if (!e || e.kind !== EVENT.END || e.instret !== this.hart.instret || e.value !== code) {
             throw new ReplayError(`replay diverged at instruction ${this.hart.instret}: the guest exits with ${code}, the log has ${e ? `a ${EVENT_NAMES[e.kind]} at instruction ${e.instret}` : 'no end record'}`, this.hart.instret)
           }
@@ -416,16 +431,37 @@ export class Machine {
       consoleHash: this.uart.hash(),
       console: this.uart.text(),
       interrupts: this.interrupts,
-      events: replay ? replay.position : (this.opts.record?.count ?? 0),
+      events: this.replay ? this.replay.position : startReplay ? this.replayed : (this.opts.record?.count ?? 0),
       message,
       fault: this.hart.fault ?? undefined,
     }
   }
 
+  /** The replay log is complete and every record of it used, and the VM is to go on live. */
+  private logOver(): boolean {
+    return this.opts.goLive === true && this.replay !== undefined && this.replay.ended && this.replay.peek() === null
+  }
+
+  /**
+   * Go-live (SPEC.md §Go-live): the log is over, so inputs are read live from here, frames from the
+   * switch reach the NIC, and what the guest sends leaves it. Disk requests in flight were already
+   * issued at submit (a replay re-executes them): their completions are delivered live.
+   */
+  goLive(): void {
+    if (!this.replay) return
+    this.replayed = this.replay.position
+    this.replay = undefined
+    this.nic.connect()
+  }
+
   /** Replay mode: every interrupt and disk completion logged at this instruction, in order. */
-  private async deliverReplayed(wfi: boolean): Promise<void> {
-    const r = this.opts.replay!
+  private async deliverReplayed(wfi: boolean): Promise<'live' | void> {
+    const r = this.replay!
     await r.waitPast(this.hart.instret)
+    if (!r.peek() && this.logOver()) {
+      this.goLive()
+      return 'live'
+    }
     for (;;) {
       const e = r.peek()
       if (e && e.instret < this.hart.instret && (e.kind === EVENT.IRQ || e.kind === EVENT.DISK || e.kind === EVENT.NET || e.kind === EVENT.END)) {

@@ -46,3 +46,30 @@ t.test('restore refuses another guest image, naming it', async (t) => {
   const back = await restoreCheckpoint(file, { image: image('cpu') })
   t.equal(back.stateHash(), m.stateHash(), 'a VM that never ran restores to the same state')
 })
+
+t.test('go-live: a replay whose log is over goes on as a live run (ticker, its log cut in half)', async (t) => {
+  const { HEADER_BYTES, RECORD_BYTES, MemoryEventSink } = await import('../../../src/client/vm/events.js')
+  const dir = shmTmp(t, 'tandem-golive-')
+  const img = image('ticker')
+  const memory = 16 << 20
+  const sha = createHash('sha256').update(img).digest()
+  const record = new MemoryEventSink(encodeHeader(memory, sha))
+  const rec = await new Machine({ image: img, memory, record }).run()
+  const full = record.bytes()
+  const records = (full.length - HEADER_BYTES) / RECORD_BYTES
+  const kept = Math.floor(records / 2)
+  const cut = full.subarray(0, HEADER_BYTES + kept * RECORD_BYTES)
+  const lastAt = cut.readDoubleLE(cut.length - RECORD_BYTES + 4)
+  const log = join(dir, 'half.log')
+  writeFileSync(log, cut)
+  // without go-live the replay stops where the log does
+  const stopped = await new Machine({ image: img, memory, replay: await EventReplayer.open(log, memory, sha) }).run()
+  t.equal(stopped.end, 'replay-error', `without go-live: ${stopped.message}`)
+  let out = ''
+  const live = await new Machine({ image: img, memory, replay: await EventReplayer.open(log, memory, sha), goLive: true, onConsole: (b) => (out += String.fromCharCode(b)) }).run()
+  t.match({ end: live.end, exitCode: live.exitCode }, { end: 'exit', exitCode: 0 }, 'with go-live it runs on to its own end')
+  t.equal(live.events, kept, `every one of the ${kept} records was used before going live`)
+  t.ok(live.instructions > lastAt, `it ran past the log's last record (instruction ${lastAt}) to ${live.instructions}`)
+  t.equal(rec.end, 'exit')
+  t.match(out, /ticker: ticks \d+/, 'and printed its summary line')
+})

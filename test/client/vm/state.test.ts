@@ -137,7 +137,7 @@ async function checkpointsAgree(t: Test, guest: string, memory: number, n: numbe
 t.test('checkpoints at 20 random instruction counts of a recorded diskio run each continue to the same end', (t) => checkpointsAgree(t, 'diskio', 16 << 20, 20, 1))
 t.test('the same for memdirty and ticker (timer interrupts)', async (t) => {
   await checkpointsAgree(t, 'memdirty', 16 << 20, 6, 2)
-  await checkpointsAgree(t, 'ticker', 4 << 20, 6, 3)
+  await checkpointsAgree(t, 'ticker', 16 << 20, 3, 3)
 })
 
 t.test('copy-on-write memory: pages read while memdirty and diskio run on are exactly the memory at the stun', async (t) => {

@@ -43,7 +43,13 @@ export class Nic implements VmDevice {
     private readonly port: SwitchPort | undefined,
   ) {
     this.r = { mac: Buffer.from(mac), txRing: 0, txSize: 0, txDone: 0, rxRing: 0, rxSize: 0, rxPosted: 0, rxFilled: 0, irq: 0, framesOut: 0 }
-    if (port && !ctx.replaying) {
+    if (!ctx.replaying) this.connect()
+  }
+
+  /** Frames from the switch reach the NIC (at start, or when a replay goes live). */
+  connect(): void {
+    const port = this.port
+    if (port && !port.onReceive) {
       port.onReceive = (frame) => {
         // the NIC's address filter: frames for its MAC, broadcast and multicast
         if (!(frame[0] & 1) && !frame.subarray(0, 6).equals(this.r.mac)) return
