@@ -9,6 +9,9 @@ import { parseSize } from './size.js'
 import { addHostVmCommands } from './vm-host.js'
 import { addCheckpointCommand } from './vm-checkpoint.js'
 import { serverDiskSwitch } from '../checkpoint/server-switch.js'
+import { requestJson } from '../api/http.js'
+import type { VmInfo } from '../host/agent.js'
+import { resolve } from 'node:path'
 
 /** Exit statuses of `tandem vm run` besides the guest's own exit code. */
 export const VM_EXIT = { LIMIT: 124, FAULT: 125, HALT: 126, REPLAY: 127, STOPPED: 130 } as const
@@ -24,10 +27,22 @@ export function vmCommand(run: (fn: () => Promise<number | void>) => Promise<voi
     .description('run a VM on from a checkpoint file (tandem vm checkpoint): its state and memory as they were, then as vm run')
     .argument('<file>', 'the checkpoint file')
     .option('--guest <name|file>', 'the guest image (default: the committed guest whose image the checkpoint names)')
-  runOptions(restoreCmd).action((file: string, o) => run(() => runAction({ ...o, restore: file })))
+  runOptions(restoreCmd)
+    .option('--host <url>', 'restore on this host (tandem host) as VM --name: --disk is then a datastore disk, the file a path on the host')
+    .action((file: string, o) => run(() => (o.host ? restoreOnHost(file, o) : runAction({ ...o, restore: file }))))
   addCheckpointCommand(vm, run)
   addHostVmCommands(vm, run)
   return vm
+}
+
+/** `vm restore F --host URL --name N`: the host starts the VM from the checkpoint, holding vm/<name>. */
+async function restoreOnHost(file: string, o: Record<string, any>): Promise<number> {
+  if (!o.name) throw new StorageError('InvalidArgument', 'give the VM\'s --name with --host')
+  const body = { name: o.name, checkpoint: resolve(file), ...(o.guest ? { guest: o.guest } : {}), ...(o.disk ? { disk: o.disk } : {}), ...(o.net ? { net: o.net } : {}), ...(o.cpuLimit !== undefined ? { cpuLimit: parseCpuPercent(o.cpuLimit) } : {}) }
+  const r = await requestJson<VmInfo>(o.host, 'POST', '/api/v1/vms', body)
+  if (o.json) process.stdout.write(JSON.stringify(r, null, 2) + '\n')
+  else process.stdout.write(`Restored VM '${r.name}' from ${body.checkpoint} (pid ${r.pid}, lock vm/${r.name} generation ${r.generation}${r.diskUri ? `, disk ${r.diskUri}` : ''})\n`)
+  return 0
 }
 
 /** The options `vm run` and `vm restore` share. */

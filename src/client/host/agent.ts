@@ -10,6 +10,7 @@ import { hostIqn, LOCKSPACE_IQN, validHostName, validVmName, vmIqn, vmLockName }
 import { vmRunArgs, type VmLaunch } from './vm-command.js'
 import { VmProcess, type VmExit } from './vm-process.js'
 import { checkCpuPercent } from '../vm/cpu-limit.js'
+import { readCheckpoint } from '../vm/checkpoint-file.js'
 
 export interface HostAgentOptions {
   /** the host's name in the lockspace (its iSCSI name for the lockspace is hostIqn(name)) */
@@ -72,6 +73,8 @@ export interface VmStartRequest {
   net?: string
   /** percent of one core, 1 to 100 (`vm run --cpu-limit`) */
   cpuLimit?: number
+  /** start from this checkpoint file on the host (`vm restore`): its memory size, and its guest unless `guest` is given */
+  checkpoint?: string
 }
 
 interface Vm {
@@ -122,8 +125,10 @@ export function parseStartRequest(body: unknown): VmStartRequest {
   if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new StorageError('InvalidArgument', 'the request body must be a JSON object')
   const b = body as Record<string, unknown>
   const name = validVmName(b.name)
-  const guest = field<string>(b, 'guest', 'string')
-  if (!guest || guest.length > MAX_GUEST || guest.includes('\0')) throw new StorageError('InvalidArgument', `"guest" must be a committed guest's name or an ELF file on the host (1 to ${MAX_GUEST} characters)`)
+  const checkpoint = field<string>(b, 'checkpoint', 'string')
+  if (checkpoint !== undefined && (!isAbsolute(checkpoint) || checkpoint.length > 4096 || checkpoint.includes('\0'))) throw new StorageError('InvalidArgument', '"checkpoint" must be the absolute path of a checkpoint file on the host')
+  const guest = field<string>(b, 'guest', 'string') ?? (checkpoint ? '' : undefined)
+  if (guest === undefined || (guest === '' && !checkpoint) || guest.length > MAX_GUEST || guest.includes('\0')) throw new StorageError('InvalidArgument', `"guest" must be a committed guest's name or an ELF file on the host (1 to ${MAX_GUEST} characters)`)
   const disk = field<string>(b, 'disk', 'string')
   if (disk !== undefined && !DISK.test(disk)) throw new StorageError('InvalidArgument', `invalid disk name ${JSON.stringify(disk)}: a datastore disk's name`)
   const memory = field<number>(b, 'memory', 'number')
@@ -137,7 +142,7 @@ export function parseStartRequest(body: unknown): VmStartRequest {
   }
   const cpuLimit = field<number>(b, 'cpuLimit', 'number')
   if (cpuLimit !== undefined) checkCpuPercent(cpuLimit, '"cpuLimit"')
-  return { name, guest, disk, memory, net, cpuLimit }
+  return { name, guest, disk, memory, net, cpuLimit, ...(checkpoint ? { checkpoint } : {}) }
 }
 
 /**
@@ -324,6 +329,15 @@ export class HostAgent {
       exitStatus: null,
       reason: null,
     }
+    if (req.checkpoint) {
+      try {
+        const c = await readCheckpoint(req.checkpoint)
+        info.memory = c.header.memoryBytes
+        await c.close()
+      } catch (e) {
+        throw new StorageError('InvalidArgument', (e as Error).message)
+      }
+    }
     const vm: Vm = { info, proc: null }
     this.vms.set(req.name, vm) // reserves the name while the disk is looked up and the lock taken
     const lock = vmLockName(req.name)
@@ -348,7 +362,7 @@ export class HostAgent {
       this.vms.delete(req.name)
       throw new NoLease('IoError', `host '${this.name}' lost its lease while starting VM '${req.name}'`)
     }
-    const launch: VmLaunch = { name: req.name, guest: req.guest, memory: info.memory, diskUri: info.diskUri ?? undefined, net: req.net, cpuLimit: req.cpuLimit, control: this.controlPath(req.name) }
+    const launch: VmLaunch = { name: req.name, guest: req.guest, memory: info.memory, diskUri: info.diskUri ?? undefined, net: req.net, cpuLimit: req.cpuLimit, control: this.controlPath(req.name), checkpoint: req.checkpoint }
     const args = vmRunArgs(launch)
     const argv = [...this.o.tandem, ...args]
     const env = { ...process.env, TANDEM_LOCK_GENERATION: String(info.generation), TANDEM_LOCK_NAME: lock, TANDEM_LOCK_HOST: this.name }

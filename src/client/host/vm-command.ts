@@ -14,6 +14,8 @@ export interface VmLaunch {
   cpuLimit?: number
   /** the VM's control socket (checkpoints go through it) */
   control?: string
+  /** run on from this checkpoint file (`vm restore`) */
+  checkpoint?: string
 }
 
 /**
@@ -23,10 +25,12 @@ export interface VmLaunch {
  */
 export function vmRunArgs(vm: VmLaunch): string[] {
   // --option=value: a value that starts with '-' is never taken for an option
-  const args = ['vm', 'run', `--guest=${vm.guest}`, `--memory=${vm.memory}`]
+  // a restore takes its memory size (and, unless given, its guest) from the checkpoint
+  const args = vm.checkpoint ? ['vm', 'restore', ...(vm.guest ? [`--guest=${vm.guest}`] : [])] : ['vm', 'run', `--guest=${vm.guest}`, `--memory=${vm.memory}`]
   if (vm.diskUri) args.push(`--disk=${vm.diskUri}`, `--initiator-name=${vmIqn(vm.name)}`)
   if (vm.net) args.push(`--net=${vm.net}`)
   if (vm.cpuLimit !== undefined) args.push(`--cpu-limit=${vm.cpuLimit}`)
   if (vm.control) args.push(`--control=${vm.control}`)
+  if (vm.checkpoint) args.push('--', vm.checkpoint)
   return args
 }

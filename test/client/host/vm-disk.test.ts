@@ -87,4 +87,16 @@ t.test('a checkpoint of a VM on a host: its datastore disk switched onto a prepa
   t.equal(bad.status, 1)
   t.match(bad.stderr, /no VM named 'nope'/)
   t.equal((await fetch(`${a.url}/api/v1/vms/dlog`, { method: 'DELETE' })).status, 200)
+  // the disk back as it was at the checkpoint, then the VM restored on the host from the file
+  const snap = sum.disk.split('@')[1]
+  t.equal((await fetch(`${s.url}/api/v1/disks/d2/snapshots/${snap}/revert`, { method: 'POST' })).status, 200, 'd2 reverted to the checkpoint\'s snapshot')
+  const back = shStatus(process.execPath, [CLI, 'vm', 'restore', file, '--host', a.url, '--name', 'dlog', '--disk', 'd2', '--json'])
+  t.equal(back.status, 0, back.stderr)
+  t.match(JSON.parse(back.stdout), { name: 'dlog', state: 'running', disk: 'd2', memory: 16 << 20 }, 'restored on the host, its memory size from the checkpoint')
+  const atCheckpoint = before
+  for (let i = 0; i < 300 && (await synced()) < atCheckpoint + 64; i++) await sleep(50)
+  const restored = ((await (await fetch(`${a.url}/api/v1/vms/dlog`)).json()) as { console: string }).console
+  t.ok((await synced()) >= atCheckpoint + 64, 'the restored VM logs on')
+  t.notMatch(restored, /resumed after/, 'from its saved state, without booting again')
+  t.equal((await fetch(`${a.url}/api/v1/vms/dlog`, { method: 'DELETE' })).status, 200)
 })
