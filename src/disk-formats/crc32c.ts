@@ -4,7 +4,13 @@
  * Software-Based CRC Generators", 2005): table k maps a byte to its CRC contribution k bytes
  * further on, so eight bytes cost eight lookups and one step.
  */
-const TABLES = (() => {
+export type Crc32c = (buf: Uint8Array, crc?: number) => number
+
+/**
+ * Builds the tables and returns the CRC function. Self-contained — it refers to nothing outside
+ * its own body — so that a worker thread can run it from its source text (crc-worker.ts).
+ */
+export function makeCrc32c(): Crc32c {
   const t = new Int32Array(8 * 256)
   for (let n = 0; n < 256; n++) {
     let c = n
@@ -17,26 +23,25 @@ const TABLES = (() => {
       t[k * 256 + n] = (prev >>> 8) ^ t[prev & 0xff]
     }
   }
-  return t
-})()
-
-export function crc32c(buf: Uint8Array, crc = 0): number {
-  const t = TABLES
-  let c = ~crc
-  let i = 0
-  const n = buf.length
-  for (const end = n - (n & 7); i < end; i += 8) {
-    const a = c ^ (buf[i] | (buf[i + 1] << 8) | (buf[i + 2] << 16) | (buf[i + 3] << 24))
-    c =
-      t[1792 + (a & 0xff)] ^
-      t[1536 + ((a >>> 8) & 0xff)] ^
-      t[1280 + ((a >>> 16) & 0xff)] ^
-      t[1024 + (a >>> 24)] ^
-      t[768 + buf[i + 4]] ^
-      t[512 + buf[i + 5]] ^
-      t[256 + buf[i + 6]] ^
-      t[buf[i + 7]]
+  return function crc32c(buf: Uint8Array, crc = 0): number {
+    let c = ~crc
+    let i = 0
+    const n = buf.length
+    for (const end = n - (n & 7); i < end; i += 8) {
+      const a = c ^ (buf[i] | (buf[i + 1] << 8) | (buf[i + 2] << 16) | (buf[i + 3] << 24))
+      c =
+        t[1792 + (a & 0xff)] ^
+        t[1536 + ((a >>> 8) & 0xff)] ^
+        t[1280 + ((a >>> 16) & 0xff)] ^
+        t[1024 + (a >>> 24)] ^
+        t[768 + buf[i + 4]] ^
+        t[512 + buf[i + 5]] ^
+        t[256 + buf[i + 6]] ^
+        t[buf[i + 7]]
+    }
+    for (; i < n; i++) c = t[(c ^ buf[i]) & 0xff] ^ (c >>> 8)
+    return ~c >>> 0
   }
-  for (; i < n; i++) c = t[(c ^ buf[i]) & 0xff] ^ (c >>> 8)
-  return ~c >>> 0
 }
+
+export const crc32c: Crc32c = makeCrc32c()

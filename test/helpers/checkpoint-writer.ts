@@ -3,7 +3,7 @@ import { pathToFileURL } from 'node:url'
 import { writeCheckpoint, type CheckpointSource } from '../../src/client/vm/checkpoint-file.js'
 
 /**
- * The checkpoints of the crash test (checkpoint-crash.test.ts): generation `g` is a 64 MiB guest
+ * The checkpoints of the crash test (checkpoint-crash.test.ts): generation `g` is a 16 MiB guest
  * memory and a state blob both derived from `g`, so a reader can tell which generation a file
  * holds and check every byte of it.
  *
@@ -11,7 +11,7 @@ import { writeCheckpoint, type CheckpointSource } from '../../src/client/vm/chec
  * then writes generations G, G+1, … onto PATH, printing `done G MS` after each (MS: how long the
  * write took), until killed.
  */
-export const GEN_MEMORY = 64 << 20
+export const GEN_MEMORY = 16 << 20
 const PAGE = 4096
 const PAGES = GEN_MEMORY / PAGE
 

@@ -11,7 +11,7 @@ import { build } from 'esbuild'
 
 /**
  * SIGKILL at random points of the background write leaves either a complete checkpoint or none
- * that restores (issue 16): a child process writes 64 MiB checkpoints, generation after
+ * that restores (issue 16): a child process writes 16 MiB checkpoints, generation after
  * generation, over a complete one; it is killed after a random delay; the file is then the last
  * generation the child reported done or the one after it, byte for byte — never anything else.
  * TANDEM_CKPT_CRASH_SEED reproduces a run (the seed is printed).
