@@ -107,3 +107,15 @@ export async function runOk(cmd: string, args: string[], opts: { cwd?: string } 
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.status}: ${r.stderr}`)
   return r.stdout
 }
+
+/**
+ * `p`, or `late` if it has not settled within `ms`. The timer is unref'd and cleared, so a
+ * test file does not wait it out after the race (a bare sleep in a race kept files alive for
+ * up to 30 s after their last test).
+ */
+export function within<T, U>(p: Promise<T>, ms: number, late: U): Promise<T | U> {
+  let timer: NodeJS.Timeout | undefined
+  const t = new Promise<U>((r) => (timer = setTimeout(() => r(late), ms)))
+  timer!.unref()
+  return Promise.race([p, t]).finally(() => clearTimeout(timer))
+}

@@ -2,7 +2,7 @@ import t, { type Test } from 'tap'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, openSync, readFileSync, readdirSync, writeSync, closeSync } from 'node:fs'
 import { join } from 'node:path'
-import { CLI, ROOT, run, tandem, tmp } from '../../helpers/peers.js'
+import { CLI, ROOT, run, tandem, tmp, within } from '../../helpers/peers.js'
 import { pathToFileURL } from 'node:url'
 import type { WatchdogLink as Link } from '../../../src/client/locks/index.js'
 
@@ -132,7 +132,7 @@ t.test('a watchdog that dies takes the command with it: no command runs unfenced
   const dog = watchdogOf(a.proc.pid!)
   t.ok(dog, 'found the watchdog')
   process.kill(dog!, 'SIGKILL')
-  const code = await Promise.race([a.exit, sleep(10_000).then(() => 'still running')])
+  const code = await within(a.exit, 10_000, 'still running')
   t.equal(code, LEASE_LOST, a.stderr())
   t.match(a.stderr(), /the watchdog ended \(SIGKILL\)/)
 })

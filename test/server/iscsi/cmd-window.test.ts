@@ -1,6 +1,6 @@
 import t from 'tap'
 import { CMD_WINDOW, MAX_IMMEDIATE } from '../../../src/server/iscsi/limits.js'
-import { pattern } from '../../helpers/peers.js'
+import { pattern, within } from '../../helpers/peers.js'
 import { rawTarget, opcode, sequence, write10, writersAfterClose, type RawPdu } from '../../helpers/iscsi-raw.js'
 
 /*
@@ -107,7 +107,7 @@ t.test('a protocol error ends the connection while commands wait for data or roo
   huge[0] = 0x01
   huge.writeUIntBE(0xffffff, 5, 3) // a data segment over MaxRecvDataSegmentLength: the connection ends
   c.sock.write(huge)
-  const ended = await Promise.race([closed.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 5000))])
+  const ended = await within(closed.then(() => true), 5000, false)
   t.ok(ended, 'the target closed the connection')
   t.equal(await writersAfterClose(api), 0, 'the disk is released')
 })

@@ -1,6 +1,6 @@
 import t, { type Test } from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { pattern, tmp } from '../../helpers/peers.js'
+import { pattern, tmp, within } from '../../helpers/peers.js'
 import { rssOf } from '../../helpers/serve-process.js'
 import { startServe, startServer } from '../../helpers/server.js'
 import { TestNbdClient } from '../../helpers/nbd-client.js'
@@ -90,7 +90,7 @@ t.test('96 × 32 MiB reads whose replies are not read: bounded; SIGTERM still en
   // the stuck connection does not hold shutdown: the server cuts it and exits
   const t0 = Date.now()
   p.child.kill('SIGTERM')
-  const exit = await Promise.race([p.exited, sleep(30_000).then(() => 'hung')])
+  const exit = await within(p.exited, 30_000, 'hung')
   t.same(exit, { code: 0, signal: null }, `SIGTERM with a client that reads nothing: exit 0 after ${Date.now() - t0} ms`)
   c.destroy()
 })
