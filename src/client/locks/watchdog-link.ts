@@ -22,7 +22,7 @@ export class WatchdogLink {
   constructor() {
     this.dog = spawn(process.execPath, [WATCHDOG], { detached: true, stdio: ['pipe', 'ignore', 'inherit'] })
     this.dog.unref()
-    this.dog.stdin!.on('error', (e: NodeJS.ErrnoException) => this.lost(`the pipe to the watchdog failed (${e.code ?? e.message})`))
+    this.dog.stdin!.on('error', (e: NodeJS.ErrnoException) => this.pipeFailed(`the pipe to the watchdog failed (${e.code ?? e.message})`))
     this.dog.on('error', (e) => this.lost(`the watchdog could not run (${e.message})`))
     this.dog.on('exit', (code, signal) => {
       if (code === WATCHDOG_FIRED) this.lost('the watchdog found the lease expired and killed the command')
@@ -33,6 +33,18 @@ export class WatchdogLink {
 
   get pid(): number | undefined {
     return this.dog.pid
+  }
+
+  /**
+   * The pipe broke: the watchdog is gone. Its exit says why (it fired: the lease expired) and
+   * usually comes a moment after the write that found the pipe broken (a host resumed after a
+   * pause past its lease writes a deadline first), so the pipe's own reason waits for it, briefly.
+   */
+  private pipeFailed(reason: string): void {
+    if (this.dog.exitCode !== null || this.dog.signalCode !== null) return // its exit reports
+    const timer = setTimeout(() => this.lost(reason), 100)
+    timer.unref()
+    this.dog.once('exit', () => clearTimeout(timer))
   }
 
   private lost(reason: string): void {
