@@ -1,4 +1,4 @@
-import { Command } from 'commander'
+import { Command, type OptionValues } from 'commander'
 import { StorageError } from '../../disk-formats/index.js'
 import { ANONYMOUS_VM_IQN, VM_IQN_PREFIX, checkInitiatorName, vmInitiatorName } from '../vm/scsi-path.js'
 import { openVmDisk } from '../vm/vm-disk.js'
@@ -36,7 +36,7 @@ export function vmCommand(run: (fn: () => Promise<number | void>) => Promise<voi
 }
 
 /** `vm restore F --host URL --name N`: the host starts the VM from the checkpoint, holding vm/<name>. */
-async function restoreOnHost(file: string, o: Record<string, any>): Promise<number> {
+async function restoreOnHost(file: string, o: OptionValues): Promise<number> {
   if (!o.name) throw new StorageError('InvalidArgument', 'give the VM\'s --name with --host')
   const body = { name: o.name, checkpoint: resolve(file), ...(o.guest ? { guest: o.guest } : {}), ...(o.disk ? { disk: o.disk } : {}), ...(o.net ? { net: o.net } : {}), ...(o.cpuLimit !== undefined ? { cpuLimit: parseCpuPercent(o.cpuLimit) } : {}) }
   const r = await requestJson<VmInfo>(o.host, 'POST', '/api/v1/vms', body)
@@ -73,7 +73,7 @@ summary is printed and a recording's log written; its replay stops at the same i
 }
 
 /** `vm run` and `vm restore`: a guest to its end. */
-async function runAction(o: Record<string, any>): Promise<number> {
+async function runAction(o: OptionValues): Promise<number> {
   const { runVm } = await loadLazy<typeof import('../vm/run.js')>('../vm/run.js')
   if (o.record && o.replay) throw new StorageError('InvalidArgument', '--record and --replay cannot be used together')
   if (o.follow && !o.replay) throw new StorageError('InvalidArgument', '--follow needs --replay')
