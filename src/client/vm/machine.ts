@@ -188,6 +188,15 @@ export class Machine {
 
   /** The whole state (between slices: paused, or not running). */
   saveState(o: SaveOptions = {}): VmState {
+    const h = new StateWriter()
+    const logPosition = this.replay ? this.replay.position : (this.opts.record?.count ?? 0)
+    h.section('MACH', (w) => w.struct(MachineHost, { mtime: Number(this.mtime()), logPosition }))
+    for (const d of this.devices) if (d.saveHost) h.section(d.tag, (w) => d.saveHost!(w))
+    return { memoryBytes: this.mem.size, imageSha: this.imageSha, instret: this.hart.instret, guest: this.guestState(), host: h.finish(), ...(o.memory ? { memory: new Uint8Array(this.mem.bytes) } : {}) }
+  }
+
+  /** The sections the guest can observe (what the state hash covers). */
+  private guestState(): Buffer {
     const g = new StateWriter()
     g.section('HART', (w) => {
       const hart = this.hart
@@ -197,11 +206,7 @@ export class Machine {
     })
     g.section('MACH', (w) => w.struct(MachineRegs, { interrupts: this.interrupts }))
     for (const d of this.devices) g.section(d.tag, (w) => d.save(w))
-    const h = new StateWriter()
-    const logPosition = this.replay ? this.replay.position : (this.opts.record?.count ?? 0)
-    h.section('MACH', (w) => w.struct(MachineHost, { mtime: Number(this.mtime()), logPosition }))
-    for (const d of this.devices) if (d.saveHost) h.section(d.tag, (w) => d.saveHost!(w))
-    return { memoryBytes: this.mem.size, imageSha: this.imageSha, instret: this.hart.instret, guest: g.finish(), host: h.finish(), ...(o.memory ? { memory: new Uint8Array(this.mem.bytes) } : {}) }
+    return g.finish()
   }
 
   /**
@@ -502,7 +507,7 @@ export class Machine {
 
   /** SHA-256 of everything the guest can observe: the encoded guest state and memory (SPEC.md §VM state). */
   stateHash(): string {
-    return hashState(this.saveState().guest, this.mem.bytes)
+    return hashState(this.guestState(), this.mem.bytes)
   }
 
   /** frames the guest has sent, and frames dropped for a full receive queue */
