@@ -32,10 +32,33 @@ export const EVENT = {
   /** a frame arrives at the NIC (value: its length; extra: the frame) */
   NET: 7,
 } as const
-export type EventKind = (typeof EVENT)[keyof typeof EVENT]
-export const EVENT_NAMES: Record<number, string> = { 1: 'time read', 2: 'entropy read', 3: 'clock read', 4: 'interrupt', 5: 'disk completion', 6: 'end of run', 7: 'network frame' }
+export type EventKind = (typeof EVENT)[keyof typeof EVENT] | (typeof FT_MARK)[keyof typeof FT_MARK]
+export const EVENT_NAMES: Record<number, string> = { 1: 'time read', 2: 'entropy read', 3: 'clock read', 4: 'interrupt', 5: 'disk completion', 6: 'end of run', 7: 'network frame', 9: 'progress mark', 10: 'disk result', 11: 'disk data', 12: 'release mark' }
 /** the largest frame a NET record carries (a bound on the extra length read from a log) */
 export const MAX_FRAME = 2048
+
+/**
+ * Records of a fault-tolerant pair's log stream (src/client/ft/SPEC.md): the primary writes them,
+ * the backup's machine uses DISKRESULT and DISKDATA; PROGRESS and RELEASED are marks for the
+ * follower, never handed to the machine.
+ */
+export const FT_MARK = {
+  /**
+   * every record below this instruction count is logged (instret: the count; extra: the guest's
+   * mtime there, u64, and the primary's clock in ms, f64)
+   */
+  PROGRESS: 9,
+  /** a disk request's outcome, logged just before the DISK record that completes it (arg: SCSI status, value: its request number; extra: sense) */
+  DISKRESULT: 10,
+  /** read data shipped in the log (`--backup-reads log`), before its DISKRESULT (value: request number; extra: the next bytes) */
+  DISKDATA: 11,
+  /** outputs produced below a count have left the primary (extra: that count, f64) */
+  RELEASED: 12,
+} as const
+/** the bytes of a DISKDATA record's extra at most (a read is split into as many as it takes) */
+export const MAX_DISK_DATA = 60 * 1024
+/** each kind's bound on the extra length read from a log */
+const MAX_EXTRA: Record<number, number> = { [EVENT.NET]: MAX_FRAME, [FT_MARK.PROGRESS]: 16, [FT_MARK.DISKRESULT]: 252, [FT_MARK.DISKDATA]: MAX_DISK_DATA, [FT_MARK.RELEASED]: 8 }
 
 /**
  * The close mark: the writer closed the log, nothing follows (arg 0, value: the records before it,
@@ -142,7 +165,7 @@ export type RecordCheck = { size: number; kind: number; instret: number; value: 
 export function checkRecord(b: Buffer, at: number, end: number, last: number, version: number): RecordCheck {
   if (at + RECORD_BYTES > end) return null
   const { kind, extraLength, instret, value } = RecordHead.decode(b, at)
-  if (extraLength > MAX_FRAME) return { corrupt: `extra length ${extraLength}` }
+  if (extraLength > (MAX_EXTRA[kind] ?? 0)) return { corrupt: `extra length ${extraLength}` }
   const size = recordBytes(extraLength)
   if (at + size > end) return null
   if (b.readUInt32LE(at + size - CRC_BYTES) !== crc32c(b.subarray(at, at + size - CRC_BYTES))) return { corrupt: 'CRC mismatch' }

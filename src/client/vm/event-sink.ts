@@ -53,7 +53,12 @@ export abstract class ChunkedSink implements EventSink {
   }
 
   private put(kind: number, arg: number, instret: number, value: number, extra?: Buffer): void {
-    if (this.used + recordBytes(extra?.length ?? 0) > this.cur.length) this.cut()
+    const size = recordBytes(extra?.length ?? 0)
+    if (this.used + size > this.cur.length) {
+      this.cut()
+      // a record bigger than what is left of the chunk (disk data): a buffer of its own
+      if (size > this.cur.length) this.cur = Buffer.allocUnsafe(Math.max(this.chunkBytes, size))
+    }
     this.used += encodeEvent({ kind, arg, instret, value, extra }, this.cur, this.used)
     this.lastInstret = instret
     this.onAdd()

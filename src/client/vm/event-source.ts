@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises'
 import { fileSize, openFile, preadFull } from '../../disk-formats/file-io.js'
 import { realTimers, type Timers } from '../../server/net/timers.js'
-import { EVENT, HEADER_BYTES, LOG_CLOSE, ReplayError, checkHeader, checkRecord, decodeEvent, recordBytes, type LogEvent, type LogExpectation } from './event-format.js'
+import { EVENT, FT_MARK, HEADER_BYTES, LOG_CLOSE, RecordHead, ReplayError, checkHeader, checkRecord, decodeEvent, recordBytes, type LogEvent, type LogExpectation } from './event-format.js'
 
 /**
  * A log read record by record as its bytes arrive: a whole file at once (`open`), a file another
@@ -80,8 +80,32 @@ export class EventSource {
     this.arrived()
   }
 
-  /** No more bytes will come (a partial record at the end is then a cut log: the records end before it). */
-  end(): void {
+  /**
+   * No more bytes will come (a partial record at the end is then a cut log: the records end before it).
+   * With `cutFrom`, the records received at that instruction count or later are dropped too: a
+   * fault-tolerant backup whose primary is gone replays to the last progress mark and no further.
+   */
+  end(cutFrom = Infinity): void {
+    if (this.producerDone) return
+    if (cutFrom !== Infinity && this.version > 0) {
+      this.scan(Infinity)
+      let at = this.readAt
+      let n = this.index
+      while (at < this.scanAt) {
+        const h = RecordHead.decode(this.buf, at)
+        if (h.instret >= cutFrom) break
+        at += recordBytes(h.extraLength)
+        n++
+      }
+      if (at < this.scanAt || this.damage || this.closeAt >= 0) {
+        this.fill = this.scanAt = at
+        this.scanIndex = n
+        this.damage = null
+        this.closeAt = -1
+        this.sawEnd = false
+        if (this.peeked && this.peeked.e.instret >= cutFrom) this.peeked = null
+      }
+    }
     this.producerDone = true
     this.arrived()
   }
@@ -186,9 +210,21 @@ export class EventSource {
       return null
     }
     const e = decodeEvent(this.buf, at)
-    this.peeked = { e, size: recordBytes(e.extra?.length ?? 0) }
+    const size = recordBytes(e.extra?.length ?? 0)
+    if (e.kind === FT_MARK.PROGRESS || e.kind === FT_MARK.RELEASED) {
+      // a mark for the follower, not an event: passed by
+      this.readAt += size
+      this.last = e.instret
+      this.index++
+      this.onMark?.(e)
+      return this.peek()
+    }
+    this.peeked = { e, size }
     return e
   }
+
+  /** Called with each PROGRESS and RELEASED mark as the reader passes it (a fault-tolerant backup). */
+  onMark: ((e: LogEvent) => void) | null = null
 
   next(): LogEvent | null {
     const e = this.peek()

@@ -1,12 +1,12 @@
 import { createHash } from 'node:crypto'
 import { Clint, EntropyClock, Finisher, Hba, Nic, Uart, mtimeWord, randomWord, u32, type DeviceContext, type VmDevice } from './devices/index.js'
 import { loadElf } from './elf.js'
-import { EVENT, EVENT_NAMES, ReplayError, type EventKind, type EventRecorder, type EventReplayer } from './events.js'
+import { EVENT, EVENT_NAMES, FT_MARK, MAX_DISK_DATA, ReplayError, type EventKind, type EventRecorder, type EventReplayer, type LogEvent } from './events.js'
 import { Hart, IRQ, type Bus, type Fault } from './hart.js'
 import { Memory } from './memory.js'
 import { realTimers, type Timers } from './timers.js'
 import type { CpuLimiter } from './cpu-limit.js'
-import type { ScsiPath } from './scsi-path.js'
+import { mediumRange, type ScsiPath } from './scsi-path.js'
 import type { SwitchPort } from './net.js'
 import { StateError, StateReader, StateWriter } from './state-codec.js'
 import { HartRegs, MachineHost, MachineRegs, hashState, type VmState } from './state.js'
@@ -70,6 +70,20 @@ export interface MachineOptions {
   timers?: Timers
   /** holds the run to a share of one core (SPEC.md "CPU limit"); WFI waits count as idle */
   limiter?: CpuLimiter
+  /**
+   * A fault-tolerant primary (src/client/ft/SPEC.md): each disk request's outcome is logged before
+   * the DISK record that completes it, with its data-in — every command's (`data`), or only that
+   * of commands other than READ, which the backup reads from the shared disk (`status`).
+   */
+  logDiskResults?: 'status' | 'data'
+  /** A replay hands the DISKRESULT and DISKDATA records to this as it reaches them (a backup's disk). */
+  onDiskResult?: (e: LogEvent) => void
+  /** After every run slice, live or replayed, and before a WFI wait: a primary ships its log, a backup acknowledges. */
+  afterSlice?: (m: Machine) => void | Promise<void>
+  /** At go-live, before the first live instruction (a backup takes over the disk, the clock, the NIC). */
+  onLive?: (m: Machine) => void
+  /** Each frame a replay produces (it does not transmit them), with the instruction count that sent it. */
+  onReplayedFrame?: (frame: Buffer, instret: number) => void
 }
 export type RunEnd = 'exit' | 'limit' | 'fault' | 'halt' | 'replay-error' | 'stopped'
 
@@ -143,6 +157,7 @@ export class Machine {
       mtime: () => this.mtime(),
       updateExternalIrq: () => m.hart.setPending(IRQ.MEI, m.hba.irq || m.nic.irq),
       interruptRaised: () => m.interrupts++,
+      replayedFrame: opts.onReplayedFrame ? (f) => opts.onReplayedFrame!(f, m.hart.instret) : undefined,
     }
     this.finisher = new Finisher(MMIO.FINISHER, ctx)
     this.clint = new Clint(MMIO.CLINT, ctx)
@@ -269,6 +284,19 @@ export class Machine {
     return ((this.clock.now() - this.startNs) * BigInt(TIMEBASE_HZ)) / 1_000_000_000n
   }
 
+  /** The guest's clock (mtime ticks, TIMEBASE_HZ a second). */
+  get guestTicks(): bigint {
+    return this.mtime()
+  }
+
+  /**
+   * Moves the guest's clock on to `ticks` (never back): a backup going live continues from the
+   * primary's last logged time, then on this host's clock.
+   */
+  setGuestTime(ticks: bigint): void {
+    if (ticks > this.mtime()) this.startNs = this.clock.now() - (ticks * 1_000_000_000n) / BigInt(TIMEBASE_HZ)
+  }
+
   // ---- the bus -------------------------------------------------------------------------
 
   private device(a: number): VmDevice | undefined {
@@ -304,6 +332,7 @@ export class Machine {
     for (;;) {
       const ready = hba.ready
       if (ready > 0) {
+        if (this.opts.logDiskResults) this.logDiskResults(ready)
         this.opts.record?.add(EVENT.DISK, 0, this.hart.instret, ready)
         await hba.complete(ready)
       }
@@ -328,6 +357,8 @@ export class Machine {
       if (canNet) waits.push(nic.arrival())
       const signal = this.opts.signal
       if (signal?.aborted) return 'go'
+      // what is logged so far goes out before the wait (a primary's held disk write needs it acknowledged)
+      if (this.opts.afterSlice) await this.opts.afterSlice(this)
       let onAbort: (() => void) | undefined
       if (signal) waits.push(new Promise<void>((r) => signal.addEventListener('abort', (onAbort = () => r()), { once: true })))
       const woken = Promise.race(waits)
@@ -337,6 +368,20 @@ export class Machine {
       this.wake = null
       if (signal?.aborted) return 'go'
       await this.pausePoint()
+    }
+  }
+
+  /** A primary: the outcome of each request about to complete, and the data-in the backup cannot read itself. */
+  private logDiskResults(count: number): void {
+    const rec = this.opts.record
+    if (!rec) return
+    const at = this.hart.instret
+    for (const { seq, cdb, result } of this.hba.results(count)) {
+      const data = result.dataIn
+      if (data && (this.opts.logDiskResults === 'data' || !mediumRange(cdb))) {
+        for (let o = 0; o < data.length; o += MAX_DISK_DATA) rec.add(FT_MARK.DISKDATA, 0, at, seq, data.subarray(o, o + MAX_DISK_DATA))
+      }
+      rec.add(FT_MARK.DISKRESULT, result.status & 0xff, at, seq, result.sense?.subarray(0, 252))
     }
   }
 
@@ -391,6 +436,7 @@ export class Machine {
           end = 'exit'
           break
         }
+        if (this.opts.afterSlice) await this.opts.afterSlice(this)
         if (!this.replay || (await this.deliverReplayed(reason === 'wfi')) === 'live') {
           const p = await this.poll(reason === 'wfi')
           if (p === 'halt') {
@@ -457,6 +503,7 @@ export class Machine {
     this.replayed = this.replay.position
     this.replay = undefined
     this.nic.connect()
+    this.opts.onLive?.(this)
   }
 
   /** Replay mode: every interrupt and disk completion logged at this instruction, in order. */
@@ -469,7 +516,7 @@ export class Machine {
     }
     for (;;) {
       const e = r.peek()
-      if (e && e.instret < this.hart.instret && (e.kind === EVENT.IRQ || e.kind === EVENT.DISK || e.kind === EVENT.NET || e.kind === EVENT.END)) {
+      if (e && e.instret < this.hart.instret && (e.kind === EVENT.IRQ || e.kind === EVENT.DISK || e.kind === EVENT.NET || e.kind === EVENT.END || e.kind === FT_MARK.DISKRESULT || e.kind === FT_MARK.DISKDATA)) {
         throw new ReplayError(`replay diverged at instruction ${this.hart.instret}: the log has a ${EVENT_NAMES[e.kind]} at instruction ${e.instret}, which the guest has passed`, this.hart.instret)
       }
       if (!e || e.instret !== this.hart.instret) break
@@ -483,6 +530,9 @@ export class Machine {
       } else if (e.kind === EVENT.DISK) {
         r.next()
         await this.hba.complete(e.value)
+      } else if (e.kind === FT_MARK.DISKRESULT || e.kind === FT_MARK.DISKDATA) {
+        r.next()
+        this.opts.onDiskResult?.(e)
       } else if (e.kind === EVENT.NET) {
         r.next()
         if (this.nic.rxFree === 0) throw new ReplayError(`replay diverged at instruction ${this.hart.instret}: the log delivers a network frame, the guest has no receive buffer posted`, this.hart.instret)

@@ -15,8 +15,42 @@ export type { ScsiResult }
 export interface ScsiPath {
   /** capacity in the LU's logical blocks (the HBA's capacity register) */
   readonly blocks: number
-  /** `dataOut` for a command that writes; `dataInLength`: the bytes the guest's buffer takes */
-  execute(cdb: Buffer, dataOut: Buffer | null, dataInLength: number): Promise<ScsiResult>
+  /**
+   * `dataOut` for a command that writes; `dataInLength`: the bytes the guest's buffer takes;
+   * `req`: which of the guest's requests it is (the HBA passes it; a fault-tolerant pair's paths use it)
+   */
+  execute(cdb: Buffer, dataOut: Buffer | null, dataInLength: number, req?: DiskRequestInfo): Promise<ScsiResult>
+}
+
+/** A guest disk request as the HBA numbers it. */
+export interface DiskRequestInfo {
+  /** its number: the HBA's submitted count before it (u32, wraps) */
+  seq: number
+  /** the instruction count at which the guest submitted it */
+  at: number
+}
+
+const READ_OPCODES = new Set([0x08, 0x28, 0xa8, 0x88])
+const WRITE_OPCODES = new Set([0x0a, 0x2a, 0xaa, 0x8a, 0x2e, 0xae, 0x8e, 0x41, 0x93, 0x89])
+
+/**
+ * The blocks a READ or WRITE-type CDB addresses (READ/WRITE 6, 10, 12, 16, WRITE AND VERIFY, WRITE
+ * SAME, COMPARE AND WRITE), or null for any other command.
+ */
+export function mediumRange(cdb: Buffer): { write: boolean; lba: number; blocks: number } | null {
+  const op = cdb[0]
+  const write = WRITE_OPCODES.has(op)
+  if (!write && !READ_OPCODES.has(op)) return null
+  if (op === 0x08 || op === 0x0a) {
+    if (cdb.length < 6) return null
+    return { write, lba: ((cdb[1] & 0x1f) << 16) | (cdb[2] << 8) | cdb[3], blocks: cdb[4] === 0 ? 256 : cdb[4] }
+  }
+  const group = op >> 5
+  if (cdb.length < (group === 4 ? 16 : group === 5 ? 12 : 10)) return null
+  if (op === 0x89) return { write, lba: Number(cdb.readBigUInt64BE(2)), blocks: cdb[13] }
+  if (group === 4) return { write, lba: Number(cdb.readBigUInt64BE(2)), blocks: cdb.readUInt32BE(10) }
+  if (group === 5) return { write, lba: cdb.readUInt32BE(2), blocks: cdb.readUInt32BE(6) }
+  return { write, lba: cdb.readUInt32BE(2), blocks: cdb.readUInt16BE(7) }
 }
 
 /** A VM's own iSCSI name is this plus its name (DESIGN §8: the per-VM storage identity). */

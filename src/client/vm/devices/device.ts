@@ -38,6 +38,8 @@ export interface DeviceContext {
   updateExternalIrq(): void
   /** an interrupt was raised (RunSummary.interrupts) */
   interruptRaised(): void
+  /** a frame the guest sent while replaying (not transmitted) */
+  replayedFrame?: (frame: Buffer) => void
 }
 
 /** a 32-bit register value as a field table stores it (unsigned) */

@@ -29,6 +29,9 @@ export const HbaInflight = defineStruct({
 })
 
 interface DiskRequest extends StructValue<typeof HbaInflight> {
+  /** its number (the submitted count before it) and the instruction count at submit */
+  seq: number
+  at: number
   cdb: Buffer
   dataOut: Buffer | null
   done: Promise<ScsiResult>
@@ -94,8 +97,8 @@ export class Hba implements VmDevice {
     while (this.r.submitted !== upTo && this.r.ringSize > 0) {
       const slot = this.r.submitted % this.r.ringSize
       const base = mem.offsetOf(this.r.ringAddr + slot * HBA_SLOT_BYTES, HBA_SLOT_BYTES)
+      const req: DiskRequest = { seq: this.r.submitted, at: this.ctx.hart.instret, slot, dataAddr: 0, dataLength: 0, direction: 0, refused: 1, cdb: Buffer.alloc(0), dataOut: null, done: Promise.resolve(CHECK_CONDITION) }
       this.r.submitted = (this.r.submitted + 1) >>> 0
-      const req: DiskRequest = { slot, dataAddr: 0, dataLength: 0, direction: 0, refused: 1, cdb: Buffer.alloc(0), dataOut: null, done: Promise.resolve(CHECK_CONDITION) }
       if (base >= 0 && this.disk) {
         const b = mem.bytes
         const s = HbaRequest.decode(Buffer.from(b.buffer, b.byteOffset + base, HBA_SLOT_BYTES))
@@ -116,7 +119,8 @@ export class Hba implements VmDevice {
   private issue(req: DiskRequest): void {
     const disk = this.disk
     if (!req.refused && disk) {
-      req.done = this.chain.then(() => disk.execute(req.cdb, req.dataOut, req.direction === 2 ? req.dataLength : 0))
+      const info = { seq: req.seq, at: req.at }
+      req.done = this.chain.then(() => disk.execute(req.cdb, req.dataOut, req.direction === 2 ? req.dataLength : 0, info))
       this.chain = req.done.catch(() => undefined)
     } else req.done = Promise.resolve(CHECK_CONDITION)
     void req.done.then((r) => (req.result = r)).catch(() => (req.result = CHECK_CONDITION))
@@ -130,6 +134,11 @@ export class Hba implements VmDevice {
 
   get pending(): number {
     return this.inflight.length
+  }
+
+  /** The oldest `count` requests and their results (those `ready` counts): what a primary logs. */
+  results(count: number): { seq: number; cdb: Buffer; result: ScsiResult }[] {
+    return this.inflight.slice(0, count).map((q) => ({ seq: q.seq, cdb: q.cdb, result: q.result ?? CHECK_CONDITION }))
   }
 
   /** settles when the oldest request has its result */
@@ -191,8 +200,10 @@ export class Hba implements VmDevice {
       const q = r.struct(HbaInflight)
       const cdb = r.bytes() ?? Buffer.alloc(0)
       if (cdb.length > HBA_CDB_BYTES) throw new StateError(`a disk request's CDB of ${cdb.length} bytes`)
-      return { ...q, cdb, dataOut: r.bytes(), done: Promise.resolve(CHECK_CONDITION) }
+      return { ...q, seq: 0, at: 0, cdb, dataOut: r.bytes(), done: Promise.resolve(CHECK_CONDITION) }
     })
+    // requests complete in order, so the oldest in flight is the one after the last completed
+    this.inflight.forEach((q, i) => (q.seq = (this.r.completed + i) >>> 0))
   }
 
   /** The results in hand (a request without one is issued again at restore, in order). */

@@ -189,6 +189,7 @@ export class Nic implements VmDevice {
       this.r.framesOut++
       // an output, like the console: a replay produces it again but does not send it
       if (!this.ctx.replaying) this.port?.send(Buffer.from(mem.bytes.subarray(at, at + len)))
+      else this.ctx.replayedFrame?.(Buffer.from(mem.bytes.subarray(at, at + len)))
     }
   }
 
