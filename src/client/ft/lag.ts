@@ -1,6 +1,7 @@
 import { StorageError } from '../../disk-formats/errors.js'
 import type { CpuLimiter } from '../vm/cpu-limit.js'
 import type { Timers } from '../vm/timers.js'
+import { Fifo } from './fifo.js'
 import { median, percentiles, type Percentiles } from './stats.js'
 
 /**
@@ -68,16 +69,13 @@ export class LagMeter {
   private readonly maxMarks: number
   private readonly windowMs: number
   private readonly maxSamples: number
-  // marks [head, inst.length) are live; compacted when half are dead
-  private inst: number[] = []
-  private time: number[] = []
-  private head = 0
+  /** the marks not yet passed by an ack, by instret */
+  private marksHeld = new Fifo<{ instret: number; t: number }>()
   /** ms: once thinned, the least time between two kept marks */
   private spacingMs = 0
   private executedTo = 0
-  private sampleAt: number[] = []
-  private sampleLag: number[] = []
-  private sampleHead = 0
+  /** the window's samples, by time */
+  private samples = new Fifo<{ t: number; lag: number }>()
 
   constructor(o: LagMeterOptions = {}) {
     this.maxMarks = Math.max(4, o.maxMarks ?? LAG_MAX_MARKS)
@@ -92,29 +90,27 @@ export class LagMeter {
 
   /** how many marks wait for an ack */
   get marks(): number {
-    return this.inst.length - this.head
+    return this.marksHeld.length
   }
 
   /** Records a progress mark (see the class). InvalidArgument if instret or t goes back. */
   progress(instret: number, tMs: number): void {
-    const n = this.inst.length
-    if (n > this.head) {
-      const lastI = this.inst[n - 1]
-      const lastT = this.time[n - 1]
-      if (instret < lastI || tMs < lastT) throw new StorageError('InvalidArgument', `progress mark (${instret}, ${tMs} ms) goes back from (${lastI}, ${lastT} ms)`)
-      if (instret === lastI) return
+    const marks = this.marksHeld
+    const last = marks.last()
+    if (last) {
+      if (instret < last.instret || tMs < last.t) throw new StorageError('InvalidArgument', `progress mark (${instret}, ${tMs} ms) goes back from (${last.instret}, ${last.t} ms)`)
+      if (instret === last.instret) return
+      if (this.spacingMs > 0 && marks.length >= 2 && tMs - marks.at(marks.length - 2)!.t < this.spacingMs) {
+        // thinned: the newest mark moves on instead of adding one (the newest is always kept)
+        last.instret = instret
+        last.t = tMs
+        return
+      }
     } else if (instret < this.executedTo) {
       throw new StorageError('InvalidArgument', `progress mark ${instret} is below the acknowledged point ${this.executedTo}`)
     }
-    if (this.spacingMs > 0 && n - this.head >= 2 && tMs - this.time[n - 2] < this.spacingMs) {
-      // thinned: the newest mark moves on instead of adding one (the newest is always kept)
-      this.inst[n - 1] = instret
-      this.time[n - 1] = tMs
-      return
-    }
-    this.inst.push(instret)
-    this.time.push(tMs)
-    if (n + 1 - this.head > this.maxMarks) this.thin()
+    marks.push({ instret, t: tMs })
+    if (marks.length > this.maxMarks) this.thin()
   }
 
   /**
@@ -125,29 +121,26 @@ export class LagMeter {
     if (executed < this.executedTo) throw new StorageError('InvalidArgument', `ack of executed ${executed} goes back from ${this.executedTo}`)
     if (executed === this.executedTo) return this.behind(nowMs)
     const j = this.firstAtLeast(executed)
-    if (j === this.inst.length) {
-      const top = this.inst.length > this.head ? this.inst[this.inst.length - 1] : this.executedTo
-      throw new StorageError('InvalidArgument', `ack of executed ${executed} passes the logged horizon ${top}`)
-    }
-    const lag = Math.max(0, nowMs - this.time[j])
+    const mark = this.marksHeld.at(j)
+    if (!mark) throw new StorageError('InvalidArgument', `ack of executed ${executed} passes the logged horizon ${this.marksHeld.last()?.instret ?? this.executedTo}`)
+    const lag = Math.max(0, nowMs - mark.t)
     this.executedTo = executed
-    this.head = j
+    this.marksHeld.drop(j)
     if (this.spacingMs > 0 && this.marks < this.maxMarks / 4) this.spacingMs = 0
-    if (this.head * 2 > this.inst.length && this.head > 64) this.compactMarks()
     this.addSample(nowMs, lag)
     return lag
   }
 
   /** The lag at `nowMs` of a backup still at its last acknowledged point (see the class). */
   behind(nowMs: number): number {
-    const j = this.firstAtLeast(this.executedTo + 1)
-    return j === this.inst.length ? 0 : Math.max(0, nowMs - this.time[j])
+    const mark = this.marksHeld.at(this.firstAtLeast(this.executedTo + 1))
+    return mark ? Math.max(0, nowMs - mark.t) : 0
   }
 
   /** The lag samples taken after `sinceMs` (exclusive), oldest first. */
   samplesSince(sinceMs: number): number[] {
     const out: number[] = []
-    for (let i = this.sampleAt.length - 1; i >= this.sampleHead && this.sampleAt[i] > sinceMs; i--) out.push(this.sampleLag[i])
+    for (let i = this.samples.length - 1; i >= 0 && this.samples.at(i)!.t > sinceMs; i--) out.push(this.samples.at(i)!.lag)
     return out.reverse()
   }
 
@@ -165,56 +158,32 @@ export class LagMeter {
     return { ...percentiles(this.samplesSince(nowMs - windowMs)), behind: this.behind(nowMs) }
   }
 
-  /** index of the first live mark with instret ≥ x (inst.length if none) */
+  /** position of the first mark with instret ≥ x (`marks` if none) */
   private firstAtLeast(x: number): number {
-    let lo = this.head
-    let hi = this.inst.length
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1
-      if (this.inst[mid] < x) lo = mid + 1
-      else hi = mid
-    }
-    return lo
+    return this.marksHeld.partition((m) => m.instret < x)
   }
 
   /**
-   * Drops every other live mark, keeping the newest, and from then on keeps marks at least the
+   * Drops every other mark, keeping the newest, and from then on keeps marks at least the
    * resulting mean spacing apart (until the backup catches up to a quarter of the ring): the ring
    * stays evenly spaced in time, and since the earliest mark ≥ x only moves later, lags stay
    * lower bounds, low by at most one spacing.
    */
   private thin(): void {
-    const inst: number[] = []
-    const time: number[] = []
-    const n = this.inst.length
-    for (let i = n - 1, k = 0; i >= this.head; i--, k++) {
-      if (k % 2 === 0) {
-        inst.push(this.inst[i])
-        time.push(this.time[i])
-      }
-    }
-    this.inst = inst.reverse()
-    this.time = time.reverse()
-    this.head = 0
-    this.spacingMs = (this.time[this.time.length - 1] - this.time[0]) / (this.time.length - 1)
+    const all = this.marksHeld.toArray()
+    const kept = all.filter((_, i) => (all.length - 1 - i) % 2 === 0)
+    this.marksHeld = new Fifo()
+    for (const m of kept) this.marksHeld.push(m)
+    this.spacingMs = (kept[kept.length - 1].t - kept[0].t) / (kept.length - 1)
   }
 
-  private compactMarks(): void {
-    this.inst = this.inst.slice(this.head)
-    this.time = this.time.slice(this.head)
-    this.head = 0
-  }
-
-  private addSample(atMs: number, lag: number): void {
-    this.sampleAt.push(atMs)
-    this.sampleLag.push(lag)
-    const oldest = atMs - this.windowMs
-    while (this.sampleHead < this.sampleAt.length && (this.sampleAt[this.sampleHead] <= oldest || this.sampleAt.length - this.sampleHead > this.maxSamples)) this.sampleHead++
-    if (this.sampleHead * 2 > this.sampleAt.length && this.sampleHead > 64) {
-      this.sampleAt = this.sampleAt.slice(this.sampleHead)
-      this.sampleLag = this.sampleLag.slice(this.sampleHead)
-      this.sampleHead = 0
-    }
+  private addSample(t: number, lag: number): void {
+    const samples = this.samples
+    samples.push({ t, lag })
+    const oldest = t - this.windowMs
+    let n = 0
+    while (n < samples.length && (samples.at(n)!.t <= oldest || samples.length - n > this.maxSamples)) n++
+    samples.drop(n)
   }
 }
 

@@ -1,5 +1,6 @@
 import { StorageError } from '../../disk-formats/errors.js'
 import type { Timers } from '../vm/timers.js'
+import { Fifo } from './fifo.js'
 import { percentiles, type Percentiles } from './stats.js'
 
 /**
@@ -65,9 +66,8 @@ interface Held {
 export class OutputGate {
   private readonly limitBytes: number
   private readonly maxDelays: number
-  // held [head, queue.length): sorted by at, stable
-  private queue: Held[] = []
-  private head = 0
+  /** held outputs by `at`, in hold order among equal ones */
+  private queue = new Fifo<Held>()
   private bytes = 0
   private horizon = 0
   private current = true
@@ -88,7 +88,7 @@ export class OutputGate {
 
   /** outputs waiting */
   get held(): number {
-    return this.queue.length - this.head
+    return this.queue.length
   }
 
   get heldBytes(): number {
@@ -120,16 +120,8 @@ export class OutputGate {
       return
     }
     const item: Held = { kind, at, bytes, since: this.timers.now(), release }
-    // the first held item with a larger `at`: equal ones stay in the order they came
-    let lo = this.head
-    let hi = this.queue.length
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1
-      if (this.queue[mid].at <= at) lo = mid + 1
-      else hi = mid
-    }
-    if (lo === this.queue.length) this.queue.push(item)
-    else this.queue.splice(lo, 0, item)
+    // before the first held item with a larger `at`: equal ones stay in the order they came
+    this.queue.insert(this.queue.partition((h) => h.at <= at), item)
     this.bytes += bytes
     this.releaseDue()
   }
@@ -150,8 +142,7 @@ export class OutputGate {
   halt(): void {
     this.halted = true
     this.droppedCount += this.held
-    this.queue = []
-    this.head = 0
+    this.queue.clear()
     this.bytes = 0
     this.wakeUnder()
   }
@@ -176,8 +167,8 @@ export class OutputGate {
   private releaseDue(): void {
     if (this.halted || !this.current) return
     let failed: { error: unknown } | undefined
-    while (this.head < this.queue.length && this.queue[this.head].at < this.horizon && !this.halted && this.current) {
-      const item = this.queue[this.head++]
+    for (let item = this.queue.peek(); item && item.at < this.horizon && !this.halted && this.current; item = this.queue.peek()) {
+      this.queue.shift()
       this.bytes -= item.bytes
       this.record(item)
       try {
@@ -185,13 +176,6 @@ export class OutputGate {
       } catch (error) {
         failed ??= { error }
       }
-    }
-    if (this.head === this.queue.length) {
-      this.queue = []
-      this.head = 0
-    } else if (this.head > 1024 && this.head * 2 > this.queue.length) {
-      this.queue = this.queue.slice(this.head)
-      this.head = 0
     }
     if (!this.overLimit) this.wakeUnder()
     if (failed) throw failed.error

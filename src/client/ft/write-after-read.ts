@@ -1,4 +1,5 @@
 import { StorageError } from '../../disk-formats/errors.js'
+import { Fifo } from './fifo.js'
 
 /**
  * The write-after-read case of a backup that reads the shared disk (issue 17 "The backup's disk";
@@ -23,9 +24,8 @@ import { StorageError } from '../../disk-formats/errors.js'
 export class WriteAfterReadGuard {
   /** writes that had to wait, so far */
   stalls = 0
-  // reads not yet performed by the backup [head, reads.length), by seq
-  private reads: { seq: number; lba: number; end: number }[] = []
-  private head = 0
+  /** reads not yet performed by the backup, by seq */
+  private reads = new Fifo<{ seq: number; lba: number; end: number }>()
   private lastSeq = -1
   private done = 0
   private gone = false
@@ -33,7 +33,7 @@ export class WriteAfterReadGuard {
 
   /** reads the backup has not performed */
   get pending(): number {
-    return this.reads.length - this.head
+    return this.reads.length
   }
 
   /** writes waiting */
@@ -59,14 +59,7 @@ export class WriteAfterReadGuard {
   backupDone(readsDone: number): void {
     if (!(readsDone > this.done)) return
     this.done = readsDone
-    while (this.head < this.reads.length && this.reads[this.head].seq < readsDone) this.head++
-    if (this.head === this.reads.length) {
-      this.reads = []
-      this.head = 0
-    } else if (this.head > 1024 && this.head * 2 > this.reads.length) {
-      this.reads = this.reads.slice(this.head)
-      this.head = 0
-    }
+    this.reads.drop(this.reads.partition((r) => r.seq < readsDone))
     const still: Waiter[] = []
     for (const w of this.waiters) {
       if (w.need < readsDone) w.resolve()
@@ -80,8 +73,8 @@ export class WriteAfterReadGuard {
     checkRange(lba, blocks)
     const end = lba + blocks
     let need = -1
-    for (let i = this.head; i < this.reads.length; i++) {
-      const r = this.reads[i]
+    for (let i = 0; i < this.reads.length; i++) {
+      const r = this.reads.at(i)!
       if (r.lba < end && lba < r.end) need = r.seq
     }
     if (need < 0) return Promise.resolve()
@@ -92,8 +85,7 @@ export class WriteAfterReadGuard {
   /** The peer is gone: no write waits any more. */
   lost(): void {
     this.gone = true
-    this.reads = []
-    this.head = 0
+    this.reads.clear()
     const waiters = this.waiters
     this.waiters = []
     for (const w of waiters) w.resolve()
