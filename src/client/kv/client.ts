@@ -14,8 +14,15 @@ export const KV_DEFAULTS = {
   timeoutMs: 5000,
 } as const
 
+const NO_REPLY = Symbol.for('tandem.KvNoReply')
+
 /** A request the VM did not answer within the timeout: the VM is down or unreachable. */
 export class KvNoReply extends StorageError {
+  readonly [NO_REPLY] = true
+  /** StorageError's brand test would take every StorageError for one: this one checks its own */
+  static override [Symbol.hasInstance](v: unknown): boolean {
+    return typeof v === 'object' && v !== null && (v as { [NO_REPLY]?: unknown })[NO_REPLY] === true
+  }
   constructor(message: string) {
     super('IoError', message)
   }
