@@ -19,7 +19,7 @@ export function switchCommand(run: (fn: () => Promise<number | void>) => Promise
         'Logs JSON lines (pino) on stdout, the first naming the bound address. SIGTERM or SIGINT: exit 0',
     )
     .option('--listen <[host:]port>', 'UDP address to listen on; port 0: any free port', '127.0.0.1:5555')
-    .option('--age <seconds>', 'a peer silent this long leaves the switch (uplinks announce themselves every 10 s)', '30')
+    .option('--age <seconds>', 'a peer silent this long leaves the switch; at least 15 (uplinks announce themselves every 10 s)', '30')
     .option('--max-peers <n>', 'peers at once; datagrams from more addresses are dropped', '1024')
     .option('--fault <spec>', 'faults on the link to every peer, for tests: delay=MS (order kept), loss=RATIO (0 to 1), stall (hold every frame), e.g. delay=5,loss=0.01')
     .option('--seed <n>', 'seed of the loss fault\'s draws', '1')
@@ -27,7 +27,7 @@ export function switchCommand(run: (fn: () => Promise<number | void>) => Promise
     .action((o) =>
       run(async () => {
         const { host, port } = parseUdpAddress(o.listen, '--listen', true)
-        const ageMs = seconds(o.age, '--age', 0.01)
+        const ageMs = seconds(o.age, '--age', 15)
         const maxPeers = Number(o.maxPeers)
         if (!(Number.isInteger(maxPeers) && maxPeers >= 1 && maxPeers <= 65536)) throw new StorageError('InvalidArgument', `invalid --max-peers '${o.maxPeers}' (1 to 65536)`)
         const seed = Number(o.seed)

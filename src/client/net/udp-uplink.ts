@@ -8,6 +8,9 @@ import { formatAddress, type UdpAddress } from './address.js'
 /** The EtherType of an uplink's announce frame (IEEE 802 local experimental 2). */
 export const ANNOUNCE_ETHERTYPE = 0x88b6
 
+/** A frame from `mac` to itself (the switch learns and filters it), or an empty datagram without a MAC. */
+const announceFrame = (mac?: Buffer): Buffer => (mac ? Buffer.concat([mac, mac, Buffer.from([ANNOUNCE_ETHERTYPE >> 8, ANNOUNCE_ETHERTYPE & 0xff])]) : Buffer.alloc(0))
+
 /** An uplink announces itself this often: well inside the switch's 30 s age. */
 export const KEEPALIVE_MS = 10_000
 
@@ -30,13 +33,13 @@ export class UdpUplink implements SwitchPort {
   /** datagrams from the switch that were not frames */
   badDatagrams = 0
   private readonly stop = new AbortController()
-  private readonly announce: Buffer
+  private announcement: Buffer
 
   private constructor(
     private readonly sock: Socket,
     o: UplinkOptions,
   ) {
-    this.announce = o.mac ? Buffer.concat([o.mac, o.mac, Buffer.from([ANNOUNCE_ETHERTYPE >> 8, ANNOUNCE_ETHERTYPE & 0xff])]) : Buffer.alloc(0)
+    this.announcement = announceFrame(o.mac)
     sock.on('message', (msg) => {
       if (msg.length < MIN_FRAME || msg.length > MAX_FRAME) this.badDatagrams++
       else this.onReceive?.(msg)
@@ -71,9 +74,19 @@ export class UdpUplink implements SwitchPort {
     if (!this.stop.signal.aborted) this.sock.send(frame)
   }
 
+  /**
+   * Announces now, and from now on, `mac` (undefined: no MAC, keepalives only). A VM that takes
+   * over another's MAC (an FT backup going live) announces it, and the switch moves the MAC here;
+   * so a port that must not draw a MAC's frames yet joins without it.
+   */
+  announce(mac?: Buffer): void {
+    this.announcement = announceFrame(mac)
+    this.send(this.announcement)
+  }
+
   private async keepalive(timers: Timers, every: number): Promise<void> {
     while (!this.stop.signal.aborted) {
-      this.sock.send(this.announce)
+      this.sock.send(this.announcement)
       await timers.sleep(every, this.stop.signal)
     }
   }

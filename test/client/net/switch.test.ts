@@ -156,3 +156,24 @@ t.test('datagrams that are not frames are dropped and counted, make no peer, and
   t.equal(b.got[0].length, 2048)
   t.equal(bad.got.length, 0)
 })
+
+t.test('announce(mac) moves a MAC to this uplink (an FT backup going live); joined without one, it draws no frames for it', async (t) => {
+  const sw = await UdpSwitch.listen({ port: 0 })
+  t.teardown(() => sw.close())
+  const to = { host: '127.0.0.1', port: sw.address.port }
+  const primary = await UdpUplink.join(to, { mac: mac(0x31) })
+  const backup = await UdpUplink.join(to)
+  t.teardown(() => (primary.close(), backup.close()))
+  const got: string[] = []
+  primary.onReceive = (f) => got.push(`primary ${f.subarray(14)}`)
+  backup.onReceive = (f) => got.push(`backup ${f.subarray(14)}`)
+  await until(() => sw.list().length === 2, 'both joined')
+  const client = await peer(t, sw.address.port)
+  client.send(frame(mac(0x31), mac(0x32), 'one'))
+  await until(() => got.length === 1, 'one')
+  backup.announce(mac(0x31))
+  await until(() => sw.switch.filtered === 2, 'the announce')
+  client.send(frame(mac(0x31), mac(0x32), 'two'))
+  await until(() => got.length === 2, 'two')
+  t.same(got, ['primary one', 'backup two'])
+})
