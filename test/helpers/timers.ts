@@ -21,12 +21,14 @@ export class FakeTimers implements Timers {
     this.slept.push(ms)
     if (signal?.aborted) return Promise.resolve()
     return new Promise((resolve) => {
-      const s = { at: this.t + Math.max(0, ms), seq: this.seq++, wake: () => resolve() }
-      this.sleepers.push(s)
-      signal?.addEventListener('abort', () => {
+      const onAbort = () => {
         this.sleepers = this.sleepers.filter((x) => x !== s)
         resolve()
-      }, { once: true })
+      }
+      // a sleeper woken on time stops listening, as node's timers do (a loop reusing one signal)
+      const s = { at: this.t + Math.max(0, ms), seq: this.seq++, wake: () => (signal?.removeEventListener('abort', onAbort), resolve()) }
+      this.sleepers.push(s)
+      signal?.addEventListener('abort', onAbort, { once: true })
     })
   }
 

@@ -3,6 +3,8 @@ import { diskCommand } from './disk.js'
 import { lockCommand } from './lock.js'
 import { vmCommand } from './vm.js'
 import { hostCommand } from './host.js'
+import { switchCommand } from './switch.js'
+import { kvCommand } from './kv.js'
 import { reportError } from './errors.js'
 import { loadLazy } from './lazy.js'
 import { SERVE_DEFAULTS } from '../../server/serve-defaults.js'
@@ -26,6 +28,8 @@ export function buildProgram(): Command {
   program.addCommand(lockCommand(run))
   program.addCommand(vmCommand(run))
   program.addCommand(hostCommand(run))
+  program.addCommand(switchCommand(run))
+  program.addCommand(kvCommand(run))
   const env = process.env
   /** An integer option from 0 to `max`, or a one-line error naming it. */
   const integer = (v: string, max: number, what: string) => {

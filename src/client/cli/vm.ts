@@ -12,6 +12,7 @@ import { serverDiskSwitch } from '../checkpoint/server-switch.js'
 import { requestJson } from '../api/http.js'
 import type { VmInfo } from '../host/agent.js'
 import { resolve } from 'node:path'
+import { parseUdpAddress } from '../net/address.js'
 
 /** Exit statuses of `tandem vm run` besides the guest's own exit code. */
 export const VM_EXIT = { LIMIT: 124, FAULT: 125, HALT: 126, REPLAY: 127, STOPPED: 130 } as const
@@ -57,6 +58,7 @@ function runOptions(cmd: Command): Command {
     .option('--max-instructions <n>', 'stop after this many instructions')
     .option('--cpu-limit <pct>', 'run the VM at this share of one core, in percent (1 to 100): it runs for that share of every 20 ms and sleeps the rest; waiting for an interrupt counts as idle')
     .option('--net <udp:HOST:PORT>', 'join the NIC to a virtual switch with a UDP socket listening here; each datagram is one Ethernet frame (as qemu -netdev socket,udp=)')
+    .option('--switch <udp:HOST:PORT>', 'join the NIC to a tandem switch there, from a socket of its own (not with --net)')
     .option('--mac <mac>', "the NIC's MAC address", '02:00:00:00:00:01')
     .option('--json', 'print the console on stderr and one JSON summary on stdout')
     .addHelpText(
@@ -88,6 +90,12 @@ async function runAction(o: OptionValues): Promise<number> {
   const mac = Buffer.from(o.mac.split(':').map((x: string) => parseInt(x, 16)))
   let udp: { close(): void } | undefined
   let port
+  if (o.net && o.switch) throw new StorageError('InvalidArgument', '--net and --switch cannot be used together')
+  if (o.switch) {
+    const to = parseUdpAddress(o.switch, '--switch')
+    const { UdpUplink } = await loadLazy<typeof import('../net/udp-uplink.js')>('../net/udp-uplink.js')
+    udp = port = await UdpUplink.join(to, { mac })
+  }
   if (o.net) {
     const m = /^udp:(.+):(\d+)$/.exec(o.net)
     if (!m || Number(m[2]) > 65535) throw new StorageError('InvalidArgument', `invalid --net '${o.net}' (udp:HOST:PORT, e.g. udp:127.0.0.1:5555)`)

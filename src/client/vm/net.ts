@@ -4,7 +4,9 @@ import { MAX_FRAME } from './events.js'
 /**
  * A virtual Ethernet switch: frames (destination MAC, source MAC, EtherType, payload) sent on one
  * port go to the port that last sent from the destination MAC, or to every other port when the
- * destination is unknown or broadcast. VMs' NICs and UDP sockets join it as ports.
+ * destination is unknown or broadcast; a frame for a MAC learned on the port it came from is
+ * filtered (802.1D). It remembers the `maxMacs` most recently seen source MACs (default 4096;
+ * a forgotten MAC is flooded to, as an unknown one). VMs' NICs and UDP sockets join it as ports.
  */
 export const MIN_FRAME = 14
 
@@ -23,6 +25,13 @@ export class VirtualSwitch {
   private readonly learned = new Map<string, SwitchPort>()
   frames = 0
   dropped = 0
+  /** frames for a MAC on the port they came from, not forwarded */
+  filtered = 0
+  private readonly maxMacs: number
+
+  constructor(opts: { maxMacs?: number } = {}) {
+    this.maxMacs = opts.maxMacs ?? 4096
+  }
 
   /** A new port on the switch. */
   port(): SwitchPort {
@@ -47,10 +56,15 @@ export class VirtualSwitch {
       return
     }
     this.frames++
-    this.learned.set(macKey(frame, 6), from)
+    // the most recently seen MAC last: the first is the one to forget
+    const src = macKey(frame, 6)
+    this.learned.delete(src)
+    this.learned.set(src, from)
+    if (this.learned.size > this.maxMacs) this.learned.delete(this.learned.keys().next().value as string)
     const to = frame[0] & 1 ? undefined : this.learned.get(macKey(frame, 0))
     const copy = () => Buffer.from(frame)
-    if (to && to !== from) to.onReceive?.(copy())
+    if (to === from) this.filtered++
+    else if (to) to.onReceive?.(copy())
     else for (const p of this.ports) if (p !== from) p.onReceive?.(copy())
   }
 }

@@ -128,6 +128,13 @@ export class LockManager extends LockspaceObserver {
   onRenew: (deadline: number) => void = () => {}
   /** called at each heartbeat while a live host asks for a managed lock this host is using */
   onRequested: (lock: string, by: string) => void = () => {}
+  /**
+   * called once when a heartbeat finds that a lock this host holds is no longer its own (another
+   * host claimed it, `claim`); the lock is dropped from the held set, and its user must stop at once
+   */
+  onLost: (lock: string, reason: string) => void = () => {}
+  /** locks with a claim in flight: the heartbeat does not judge them from a read that raced it */
+  private readonly claiming = new Set<string>()
 
   constructor(
     storage: LockStorage,
@@ -156,6 +163,11 @@ export class LockManager extends LockspaceObserver {
   /** True while this host's lease is valid: check before each use of a locked resource. */
   valid(at = this.clock.now()): boolean {
     return !this.stopped && at < this.fenceDeadline
+  }
+
+  /** True while this host's lease is valid and `name` is still its own (as of its last heartbeat). */
+  holds(name: string, at = this.clock.now()): boolean {
+    return this.valid(at) && this.held.has(name)
   }
 
   /** Our own slot is alive while our lease is valid; others as the observer sees them. */
@@ -259,6 +271,7 @@ export class LockManager extends LockspaceObserver {
     if (this.stopped || this.slotIndex < 0) return
     const issue = this.clock.now()
     this.counter++
+    const before = new Map(this.held)
     try {
       await this.storage.write(slotOffset(this.slotIndex), this.slotBytes(), { durable: false })
       if (this.stopped) return
@@ -272,9 +285,31 @@ export class LockManager extends LockspaceObserver {
         this.fence(`our heartbeat slot ${this.slotIndex} was taken over`)
         return
       }
+      this.checkHeld(before, view.slots, view.records)
       await this.serveRequests(view.slots, view.records)
     } catch {
       // a failed renewal: the fence timer decides when the lease is gone
+    }
+  }
+
+  /**
+   * Drops (and reports by `onLost`) each held lock whose record no longer names this host — a
+   * claim took it. Judged only for locks held, unchanged and with no claim in flight, since before
+   * the read: a read that raced our own acquire or claim says nothing about them.
+   */
+  private checkHeld(before: Map<string, Held>, slots: (Slot & Damaged)[], records: (LockRecord & Damaged)[]): void {
+    const me = this.slotIndex + 1
+    for (const [name, h] of before) {
+      if (this.held.get(name) !== h || this.claiming.has(name)) continue
+      const r = records[h.index]
+      if (r.damaged) continue // rewritten by its owner or a claimer; not evidence either way
+      const ours = r.name === name && (h.mode === 'shared'
+        ? r.mode === MODE_SHARED && r.shared.has(this.slotIndex)
+        : r.mode === MODE_EXCLUSIVE && r.owner === me && r.ownerGeneration === this.generation && r.generation === h.generation)
+      if (ours) continue
+      this.held.delete(name)
+      const by = r.owner ? `host '${slots[r.owner - 1]?.name || `slot ${r.owner - 1}`}'` : 'no host'
+      this.onLost(name, `lock '${name}' (generation ${h.generation}) is now held by ${by} at generation ${r.generation}`)
     }
   }
 
@@ -342,12 +377,17 @@ export class LockManager extends LockspaceObserver {
     }
   }
 
-  /** One attempt: the lock, or (when a live host has it) its record's index and whether it is managed. */
-  private async attempt(name: string, o: AcquireOptions): Promise<Held | Refused> {
+  /** Throws (and fences) unless this host's lease is valid. */
+  private needLease(): void {
     if (!this.valid()) {
       this.fence('the lease expired before the lock was taken')
       throw new StorageError('IoError', `host '${this.hostName}' has no valid lease`)
     }
+  }
+
+  /** One attempt: the lock, or (when a live host has it) its record's index and whether it is managed. */
+  private async attempt(name: string, o: AcquireOptions): Promise<Held | Refused> {
+    this.needLease()
     const { rec, bytes } = await this.recordFor(name, o.managed ?? false)
     const me = this.slotIndex + 1
     const off = recordOffset(this.header, rec.index)
@@ -384,6 +424,38 @@ export class LockManager extends LockspaceObserver {
     }
     if (rec.mode === MODE_EXCLUSIVE && ownerAlive) return refused
     return take({ ...mine, generation: rec.generation + 1 })
+  }
+
+  /**
+   * Takes lock `name` from whoever holds it at generation `expectGeneration`, live or not (no lease
+   * wait): one compare-and-write of the record as read, {owner P, g} → {owner this host, g + 1}
+   * (the VMware FT rule, ft-architecture.md §1.3). Of hosts that claim the same generation exactly
+   * one wins; the others get null (the record's generation is no longer `expectGeneration`). The
+   * winner holds the lock exclusively like an acquired one — this host may be its holder already —
+   * and the deposed holder learns it at its next heartbeat (`onLost`, `holds()` false).
+   * A managed lock is refused (InvalidArgument): its owner rewrites its record without
+   * compare-and-write, which could undo a claim.
+   */
+  async claim(name: string, expectGeneration: number): Promise<Held | null> {
+    this.needLease()
+    this.claiming.add(name)
+    try {
+      // a record still at `expectGeneration` that changed (its owner released it) is read again:
+      // every change of owner bumps the generation, so this ends with a win or a newer generation
+      for (let tries = 0; ; tries++) {
+        const { rec, bytes } = await this.recordFor(name, false)
+        if (rec.managed) throw new StorageError('InvalidArgument', `lock '${name}' is managed: it moves by its owner's handover, not by claim`)
+        if (rec.generation !== expectGeneration) return null
+        if (tries === 8) throw new StorageError('Busy', `lock '${name}': its record kept changing at generation ${expectGeneration}`)
+        const next = { ...rec, mode: MODE_EXCLUSIVE, owner: this.slotIndex + 1, ownerGeneration: this.generation, shared: new Set<number>(), generation: rec.generation + 1 }
+        if (!(await this.storage.compareAndWrite(recordOffset(this.header, rec.index), bytes, encodeRecord(next)))) continue
+        const h: Held = { name, index: rec.index, mode: 'exclusive', managed: false, generation: next.generation }
+        this.held.set(name, h)
+        return h
+      }
+    } finally {
+      this.claiming.delete(name)
+    }
   }
 
   private async setRequest(req: number, shared = false): Promise<void> {

@@ -70,7 +70,17 @@ export const VERIFY_12 = 0xaf
 export const SAI_READ_CAPACITY_16 = 0x10
 export const SAI_GET_LBA_STATUS = 0x12
 export const MI_REPORT_SUPPORTED_OPERATION_CODES = 0x0c
+/** PERSISTENT RESERVE IN service actions (SPC-4 6.13.1) */
+export const PRI_READ_KEYS = 0x00
+export const PRI_READ_RESERVATION = 0x01
+/** PERSISTENT RESERVE OUT service actions (SPC-4 6.14.1) */
+export const PRO_REGISTER = 0x00
+export const PRO_RESERVE = 0x01
+export const PRO_RELEASE = 0x02
+export const PRO_CLEAR = 0x03
+export const PRO_PREEMPT = 0x04
 export const PRO_PREEMPT_AND_ABORT = 0x05
+export const PRO_REGISTER_AND_IGNORE_EXISTING_KEY = 0x06
 
 /** Additional sense code and qualifier pairs used here (SPC-4 annex D). */
 export const ASC = {

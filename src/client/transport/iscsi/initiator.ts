@@ -907,7 +907,7 @@ function loginError(cls: number, detail: number, target: string): StorageError {
 }
 
 /** The one mapping from a bad SCSI status and its sense to a storage error (the client's edge). */
-function statusError(op: number, r: ScsiResult, sent: number): ScsiStatusError {
+export function statusError(op: number, r: Pick<ScsiResult, 'status' | 'sense'>, sent = 1): ScsiStatusError {
   const { key, asc, ascq } = senseOf(r.sense)
   const code: StorageErrorCode =
     r.status === S.RESERVATION_CONFLICT

@@ -1,0 +1,5 @@
+export { parseUdpAddress, formatAddress, parseMac, formatMac, type UdpAddress } from './address.js'
+export { FaultyLink, NO_FAULTS, MAX_HELD, parseFaults, type LinkFaults } from './link-faults.js'
+export { seededRandom } from './random.js'
+export { UdpSwitch, SWITCH_DEFAULTS, type PeerInfo, type SwitchLog, type UdpSwitchOptions } from './udp-switch.js'
+export { UdpUplink, ANNOUNCE_ETHERTYPE, KEEPALIVE_MS, type UplinkOptions } from './udp-uplink.js'

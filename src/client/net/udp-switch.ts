@@ -1,0 +1,207 @@
+import { createSocket, type RemoteInfo, type Socket } from 'node:dgram'
+import type { Logger } from 'pino'
+import { StorageError } from '../../disk-formats/errors.js'
+import { MIN_FRAME, VirtualSwitch, type SwitchPort } from '../vm/net.js'
+import { MAX_FRAME } from '../vm/event-format.js'
+import { realTimers, type Timers } from '../vm/timers.js'
+import { FaultyLink, NO_FAULTS, type LinkFaults } from './link-faults.js'
+import { seededRandom } from './random.js'
+import { formatAddress } from './address.js'
+
+/** What the switch logs through (a pino logger satisfies it). */
+export type SwitchLog = Pick<Logger, 'info' | 'warn' | 'debug'>
+
+const SILENT: SwitchLog = { info: () => {}, warn: () => {}, debug: () => {} } as unknown as SwitchLog
+
+export const SWITCH_DEFAULTS = {
+  port: 5555,
+  /** a peer silent this long leaves the switch (it is swept within a quarter more) */
+  ageMs: 30_000,
+  /** peers at once; a datagram from one more address is dropped (counted as refused) */
+  maxPeers: 1024,
+} as const
+
+export interface UdpSwitchOptions {
+  host?: string
+  /** 0: any free port */
+  port?: number
+  ageMs?: number
+  maxPeers?: number
+  /** faults on the link to every peer that joins (setFaults changes them later) */
+  faults?: LinkFaults
+  /** seed of the loss fault's draws */
+  seed?: number
+  timers?: Timers
+  log?: SwitchLog
+}
+
+export interface PeerInfo {
+  /** HOST:PORT the peer sends from */
+  peer: string
+  framesIn: number
+  framesOut: number
+  /** frames to it dropped by the loss fault, or because too many were held */
+  lost: number
+  /** ms since its last datagram */
+  idleMs: number
+  faults: LinkFaults
+}
+
+interface Peer {
+  key: string
+  address: string
+  port: number
+  sw: SwitchPort
+  link: FaultyLink
+  lastSeen: number
+  framesIn: number
+  framesOut: number
+}
+
+/**
+ * `tandem switch`: a VirtualSwitch behind one UDP socket. Each address:port that sends a valid
+ * datagram is one switch port; each datagram is one whole Ethernet frame (MIN_FRAME to MAX_FRAME
+ * bytes) or empty (a keepalive: the peer joins or stays, nothing is switched). Datagrams of
+ * other sizes are dropped and counted, and make no peer. A peer silent for `ageMs` is removed
+ * with the MACs learned on it (SPEC.md "Switch and uplinks").
+ */
+export class UdpSwitch {
+  readonly switch: VirtualSwitch
+  /** datagrams dropped for their size */
+  badDatagrams = 0
+  /** datagrams from a new address dropped because maxPeers peers were joined */
+  refused = 0
+  /** peers removed for silence */
+  aged = 0
+  private readonly peers = new Map<string, Peer>()
+  private readonly stop = new AbortController()
+  private defaults: LinkFaults
+  private readonly random: () => number
+  private readonly timers: Timers
+  private readonly log: SwitchLog
+  private readonly ageMs: number
+  private readonly maxPeers: number
+
+  private constructor(
+    private readonly sock: Socket,
+    o: UdpSwitchOptions,
+  ) {
+    this.switch = new VirtualSwitch()
+    this.timers = o.timers ?? realTimers
+    this.log = o.log ?? SILENT
+    this.ageMs = o.ageMs ?? SWITCH_DEFAULTS.ageMs
+    this.maxPeers = o.maxPeers ?? SWITCH_DEFAULTS.maxPeers
+    this.defaults = { ...(o.faults ?? NO_FAULTS) }
+    this.random = seededRandom(o.seed ?? 1)
+    sock.on('message', (msg, rinfo) => this.datagram(msg, rinfo))
+    sock.on('error', (e) => this.log.warn({ err: e.message }, 'socket error'))
+    void this.sweep()
+  }
+
+  /** Binds the socket (port 0: any free one); a bind failure is an IoError naming the address. */
+  static async listen(o: UdpSwitchOptions = {}): Promise<UdpSwitch> {
+    const host = o.host ?? '127.0.0.1'
+    const port = o.port ?? SWITCH_DEFAULTS.port
+    const sock = createSocket({ type: host.includes(':') ? 'udp6' : 'udp4' })
+    await new Promise<void>((resolve, reject) => {
+      sock.once('error', (e: NodeJS.ErrnoException) => {
+        sock.close()
+        reject(new StorageError('IoError', `cannot listen on udp:${formatAddress(host, port)}: ${e.code === 'EADDRINUSE' ? 'the port is in use' : e.message}`))
+      })
+      sock.bind(port, host, () => {
+        sock.removeAllListeners('error')
+        resolve()
+      })
+    })
+    return new UdpSwitch(sock, o)
+  }
+
+  get address(): { host: string; port: number } {
+    const a = this.sock.address()
+    return { host: a.address, port: a.port }
+  }
+
+  /** The joined peers, in the order they joined. */
+  list(): PeerInfo[] {
+    const now = this.timers.now()
+    return [...this.peers.values()].map((p) => ({ peer: p.key, framesIn: p.framesIn, framesOut: p.framesOut, lost: p.link.lost + p.link.overflow, idleMs: now - p.lastSeen, faults: p.link.current }))
+  }
+
+  /** Faults on the link to one peer (HOST:PORT as `list` names it), or to every peer, present and future ('all'). */
+  setFaults(peer: string, f: Partial<LinkFaults>): void {
+    if (peer === 'all') {
+      this.defaults = { ...this.defaults, ...f }
+      for (const p of this.peers.values()) p.link.set(f)
+      return
+    }
+    const p = this.peers.get(peer)
+    if (!p) throw new StorageError('NotFound', `no peer ${peer} on the switch`)
+    p.link.set(f)
+  }
+
+  private datagram(msg: Buffer, rinfo: RemoteInfo): void {
+    if (msg.length !== 0 && (msg.length < MIN_FRAME || msg.length > MAX_FRAME)) {
+      this.badDatagrams++
+      this.log.debug({ from: formatAddress(rinfo.address, rinfo.port), bytes: msg.length }, 'datagram dropped: not a frame')
+      return
+    }
+    const key = formatAddress(rinfo.address, rinfo.port)
+    let p = this.peers.get(key)
+    if (!p) {
+      if (this.peers.size >= this.maxPeers) {
+        this.refused++
+        return
+      }
+      p = this.join(key, rinfo)
+    }
+    p.lastSeen = this.timers.now()
+    if (msg.length === 0) return
+    p.framesIn++
+    p.sw.send(msg)
+  }
+
+  private join(key: string, rinfo: RemoteInfo): Peer {
+    const sw = this.switch.port()
+    const p: Peer = { key, address: rinfo.address, port: rinfo.port, sw, lastSeen: 0, framesIn: 0, framesOut: 0, link: undefined as unknown as FaultyLink }
+    p.link = new FaultyLink(
+      (frame) => {
+        p.framesOut++
+        this.sock.send(frame, p.port, p.address)
+      },
+      this.timers,
+      this.random,
+      this.defaults,
+    )
+    sw.onReceive = (frame) => p.link.send(frame)
+    this.peers.set(key, p)
+    this.log.info({ peer: key, peers: this.peers.size }, 'peer joined')
+    return p
+  }
+
+  private leave(p: Peer): void {
+    p.sw.close()
+    p.link.close()
+    this.peers.delete(p.key)
+  }
+
+  /** Every quarter of ageMs: peers silent for ageMs or more leave. */
+  private async sweep(): Promise<void> {
+    const every = Math.max(10, this.ageMs / 4)
+    while (!this.stop.signal.aborted) {
+      await this.timers.sleep(every, this.stop.signal)
+      const now = this.timers.now()
+      for (const p of [...this.peers.values()]) {
+        if (now - p.lastSeen < this.ageMs) continue
+        this.leave(p)
+        this.aged++
+        this.log.info({ peer: p.key, silentMs: Math.round(now - p.lastSeen), peers: this.peers.size }, 'peer aged out')
+      }
+    }
+  }
+
+  close(): Promise<void> {
+    this.stop.abort()
+    for (const p of [...this.peers.values()]) this.leave(p)
+    return new Promise((r) => this.sock.close(() => r()))
+  }
+}
