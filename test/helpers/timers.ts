@@ -21,12 +21,14 @@ export class FakeTimers implements Timers {
     this.slept.push(ms)
     if (signal?.aborted) return Promise.resolve()
     return new Promise((resolve) => {
-      const s = { at: this.t + Math.max(0, ms), seq: this.seq++, wake: () => resolve() }
-      this.sleepers.push(s)
-      signal?.addEventListener('abort', () => {
+      const abort = () => {
         this.sleepers = this.sleepers.filter((x) => x !== s)
         resolve()
-      }, { once: true })
+      }
+      // a loop sleeping on one signal leaves no listener behind per sleep
+      const s = { at: this.t + Math.max(0, ms), seq: this.seq++, wake: () => (signal?.removeEventListener('abort', abort), resolve()) }
+      this.sleepers.push(s)
+      signal?.addEventListener('abort', abort, { once: true })
     })
   }
 
