@@ -315,6 +315,11 @@ export class FtLagControl {
     return this.limiter.percent
   }
 
+  /** What the metrics show now: the limit, the last period's lag, and the meter's window. */
+  snapshot(): { percent: number; lagMs: number; lag: LagSnapshot } {
+    return { percent: this.percent, lagMs: this.lagMs, lag: this.meter.snapshot(this.timers.now()) }
+  }
+
   /** Stops deciding; the limit stays where it is. Resolves when the loop has ended. */
   stop(): Promise<void> {
     this.abort.abort()

@@ -249,6 +249,8 @@ t.test('FtLagControl drives the real CpuLimiter: backup capped at 50 %, then lif
   t.ok(r.control.periods >= 139, `${r.control.periods} periods decided`)
   t.ok(r.control.lagMs < 100, `the last period's lag ${r.control.lagMs.toFixed(1)} ms is exposed`)
   t.equal(r.clock.sleeping, 0, 'stop() ended the loop')
+  const snap = r.control.snapshot()
+  t.same([snap.percent, snap.lagMs, snap.lag.count > 1000, snap.lag.p99 < 100], [100, r.control.lagMs, true, true], 'the metrics snapshot: limit, last lag, the window of the last 10 s')
 })
 
 t.test('FtLagControl, controller off: the limit stays at 100 % and the lag grows', async (t) => {
