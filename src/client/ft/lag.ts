@@ -11,8 +11,8 @@ import { median, percentiles, type Percentiles } from './stats.js'
  * Lag of a point of execution (an instruction count) = the time the backup had executed it minus
  * the time the primary had, both on the primary's clock (DESIGN §6: one clock only). The primary
  * knows when it executed a point from its own progress marks, and learns when the backup did from
- * the backup's acks as they arrive (so a lag includes the ack's trip back: a true upper bound of
- * the backup's delay, never an underestimate of what the output rule waits for).
+ * the backup's acks as they arrive: a lag includes the ack's trip back, as does the wait of an
+ * output held for that ack.
  *
  * - `LagMeter` turns marks and acks into lag samples, keeps a window of them for metrics, and
  *   says how far behind a backup that stopped acknowledging is.
@@ -197,6 +197,8 @@ export interface LagControllerOptions {
   sampleMs?: number
   /** the limit never goes below this percent of a core (the primary keeps making progress) */
   minPercent?: number
+  /** the limit never goes above it (a VM started with `--cpu-limit N` keeps N as its ceiling) */
+  maxPercent?: number
   /** percentage points cut at lag = target (and the least cut above target) */
   minStepDownPercent?: number
   /** the most percentage points cut in one sample */
@@ -216,6 +218,7 @@ export const LAG_CONTROL_DEFAULTS: Required<LagControllerOptions> = {
   highMs: 1000,
   sampleMs: 250,
   minPercent: 5,
+  maxPercent: 100,
   minStepDownPercent: 2,
   maxStepDownPercent: 20,
   stepUpPercent: 2,
@@ -225,14 +228,17 @@ export const LAG_CONTROL_DEFAULTS: Required<LagControllerOptions> = {
 }
 
 /**
- * The lag-control rule (LAG.md "The rule"). The limit is whole percent of a core, minPercent..100,
- * as `CpuLimiter.setPercent` takes it. `update(lag)` is called once a sample period with the
- * period's lag (its median sample) and returns the new limit:
- * - lag > target: cut by minStep × lag / target points, at least minStep, at most maxStep, and
- *   maxStep once lag ≥ highMs — in proportion to lag / target (defaults: 2 points at 100 ms, 20 at 1 s);
- * - lag < target / 2: raise by stepUp points, up to 100 (as high as possible, as soon as the lag allows);
- * - otherwise, or when the lag is unknown (NaN): hold.
- * Disabled, it returns the limit unchanged.
+ * The lag-control rule (LAG.md "The rule"). The limit is whole percent of a core,
+ * minPercent..maxPercent, as `CpuLimiter.setPercent` takes it. `update(lag)` is called once a
+ * sample period with the period's lag m (its median sample) and returns the new limit:
+ * 1. m > target: cut by minStep × m / target points, at least minStep, at most maxStep, and
+ *    maxStep once m ≥ highMs — in proportion to m / target (defaults: 2 points at 100 ms, 20 at 1 s);
+ * 2. else if m is rising (more than riseMs above the last period's): cut by minStep when
+ *    m ≥ target / 2, else hold — the primary is outrunning the backup (the lag is the integral of
+ *    the speed difference: a rule on its level alone overshoots both ways);
+ * 3. else m < target / 2: raise by stepUp points, up to maxPercent (as high as possible, as soon as
+ *    the lag allows); otherwise hold.
+ * An unknown lag (NaN) holds. Disabled, it returns the limit unchanged (and still tracks m).
  */
 export class LagController {
   readonly options: Readonly<Required<LagControllerOptions>>
@@ -246,8 +252,8 @@ export class LagController {
     if (!(opt.targetMs > 0) || !(opt.highMs >= opt.targetMs) || !(opt.sampleMs > 0)) {
       throw new StorageError('InvalidArgument', `invalid lag control times: target ${opt.targetMs} ms, high ${opt.highMs} ms, sample ${opt.sampleMs} ms (need 0 < target ≤ high, sample > 0)`)
     }
-    if (!whole(opt.minPercent, 1, 100) || !whole(opt.startPercent, opt.minPercent, 100) || !whole(opt.minStepDownPercent, 1, 100) || !whole(opt.maxStepDownPercent, opt.minStepDownPercent, 100) || !whole(opt.stepUpPercent, 1, 100)) {
-      throw new StorageError('InvalidArgument', `invalid lag control steps: min ${opt.minPercent} %, start ${opt.startPercent} %, cut ${opt.minStepDownPercent}–${opt.maxStepDownPercent}, raise ${opt.stepUpPercent} (whole percent; min ≤ start ≤ 100, 1 ≤ min cut ≤ max cut)`)
+    if (!whole(opt.minPercent, 1, 100) || !whole(opt.maxPercent, opt.minPercent, 100) || !whole(opt.startPercent, opt.minPercent, opt.maxPercent) || !whole(opt.minStepDownPercent, 1, 100) || !whole(opt.maxStepDownPercent, opt.minStepDownPercent, 100) || !whole(opt.stepUpPercent, 1, 100)) {
+      throw new StorageError('InvalidArgument', `invalid lag control steps: min ${opt.minPercent} %, max ${opt.maxPercent} %, start ${opt.startPercent} %, cut ${opt.minStepDownPercent}–${opt.maxStepDownPercent}, raise ${opt.stepUpPercent} (whole percent; min ≤ start ≤ max ≤ 100, 1 ≤ min cut ≤ max cut)`)
     }
     this.options = opt
     this.enabled = opt.enabled
@@ -274,7 +280,7 @@ export class LagController {
     } else if (rising) {
       if (lagMs >= o.targetMs / 2) this.pct = Math.max(o.minPercent, this.pct - o.minStepDownPercent)
     } else if (lagMs < o.targetMs / 2) {
-      this.pct = Math.min(100, this.pct + o.stepUpPercent)
+      this.pct = Math.min(o.maxPercent, this.pct + o.stepUpPercent)
     }
     this.lastLag = lagMs
     return this.pct
@@ -283,8 +289,9 @@ export class LagController {
 
 /**
  * Lag control on a running primary: every `sampleMs` on `timers`, the period's lag
- * (`LagMeter.periodLag`) goes to the controller, and a changed limit to `limiter.setPercent`. `stop()` ends it.
- * Its fields are what the metrics show (`tandem_ft_lag_seconds`, `tandem_vm_cpu_limit_ratio`).
+ * (`LagMeter.periodLag`) goes to the controller, and a changed limit to `limiter.setPercent`;
+ * `stop()` ends it. By default the controller starts at the limiter's percent and keeps it as
+ * its ceiling (and as its floor too when it is below minPercent). Its fields are what the metrics show (`tandem_ft_lag_seconds`, `tandem_vm_cpu_limit_ratio`).
  */
 export class FtLagControl {
   /** the last period's lag in ms (NaN before the first period) */
@@ -298,7 +305,7 @@ export class FtLagControl {
     readonly meter: LagMeter,
     readonly limiter: CpuLimiter,
     private readonly timers: Timers,
-    readonly controller = new LagController({ startPercent: limiter.percent }),
+    readonly controller = new LagController({ startPercent: limiter.percent, maxPercent: limiter.percent, minPercent: Math.min(LAG_CONTROL_DEFAULTS.minPercent, limiter.percent) }),
   ) {
     this.done = this.loop()
   }
@@ -306,6 +313,11 @@ export class FtLagControl {
   /** the limit applied now, whole percent of a core */
   get percent(): number {
     return this.limiter.percent
+  }
+
+  /** What the metrics show now: the limit, the last period's lag, and the meter's window. */
+  snapshot(): { percent: number; lagMs: number; lag: LagSnapshot } {
+    return { percent: this.percent, lagMs: this.lagMs, lag: this.meter.snapshot(this.timers.now()) }
   }
 
   /** Stops deciding; the limit stays where it is. Resolves when the loop has ended. */

@@ -127,6 +127,8 @@ t.test('LagController: bad parameters are typed errors', async (t) => {
   t.throws(() => new LagController({ stepUpPercent: 1.5 }), invalid)
   t.throws(() => new LagController({ minStepDownPercent: 30, maxStepDownPercent: 20 }), invalid)
   t.throws(() => new LagController({ startPercent: 3 }), invalid, 'start below minPercent')
+  t.throws(() => new LagController({ startPercent: 90, maxPercent: 80 }), invalid, 'start above maxPercent')
+  t.throws(() => new LagController({ minPercent: 50, maxPercent: 40 }), invalid, 'max below min')
 })
 
 t.test('plant, backup at 50 %, controller off: the lag grows without bound, ~(1 − r/L) s per s', async (t) => {
@@ -247,6 +249,8 @@ t.test('FtLagControl drives the real CpuLimiter: backup capped at 50 %, then lif
   t.ok(r.control.periods >= 139, `${r.control.periods} periods decided`)
   t.ok(r.control.lagMs < 100, `the last period's lag ${r.control.lagMs.toFixed(1)} ms is exposed`)
   t.equal(r.clock.sleeping, 0, 'stop() ended the loop')
+  const snap = r.control.snapshot()
+  t.same([snap.percent, snap.lagMs, snap.lag.count > 1000, snap.lag.p99 < 100], [100, r.control.lagMs, true, true], 'the metrics snapshot: limit, last lag, the window of the last 10 s')
 })
 
 t.test('FtLagControl, controller off: the limit stays at 100 % and the lag grows', async (t) => {
@@ -254,4 +258,21 @@ t.test('FtLagControl, controller off: the limit stays at 100 % and the lag grows
   t.ok(r.limits.every((l) => l.pct === 100), 'never throttled')
   const last = r.samples.at(-1)!.lag
   t.ok(last > 4500 && last < 5500, `lag at 10 s ${last.toFixed(0)} ms (~5 s)`)
+})
+
+t.test('FtLagControl keeps the limit the VM started with as its ceiling', async (t) => {
+  const clock = new FakeTimers()
+  const limiter = new CpuLimiter(60, clock)
+  const control = new FtLagControl(new LagMeter(), limiter, clock)
+  await clock.advance(10_000) // no marks, no acks: lag 0 every period
+  t.equal(control.periods, 40)
+  t.equal(control.lagMs, 0)
+  t.equal(limiter.percent, 60, 'never raised above --cpu-limit 60')
+  await control.stop()
+  t.same([control.controller.options.startPercent, control.controller.options.maxPercent], [60, 60])
+  const lowLimiter = new CpuLimiter(2, clock)
+  const low = new FtLagControl(new LagMeter(), lowLimiter, clock)
+  await clock.advance(1000)
+  t.same([low.controller.percent, lowLimiter.percent], [2, 2], 'a VM started below minPercent stays where it was put')
+  await low.stop()
 })
