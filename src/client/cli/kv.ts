@@ -48,7 +48,7 @@ export function kvCommand(run: (fn: () => Promise<number | void>) => Promise<voi
     kv
       .command('load')
       .description(`SET keys k0..k<N-1> at a rate, each value naming its key and a sequence number (KEY@SEQ); every SET the VM answers OK is appended to the log before its key is used again. SIGINT/SIGTERM: stop, finish outstanding requests, print the summary. Exit 0; 1 if the VM answered a SET with an error; ${NO_REPLY} if it stopped answering`)
-      .option('--keys <n>', 'keys k0 .. k<n-1>', '100')
+      .option('--keys <n>', 'keys k0 .. k<n-1> (the kvstore guest holds 1024)', '100')
       .option('--rate <r>', 'requests started per second', '100')
       .option('--duration <seconds>', 'stop starting requests after this long (without it or --count: until SIGINT/SIGTERM)')
       .option('--count <c>', 'stop after this many requests')

@@ -1,5 +1,4 @@
 import { createSocket, type RemoteInfo, type Socket } from 'node:dgram'
-import type { Logger } from 'pino'
 import { StorageError } from '../../disk-formats/errors.js'
 import { MIN_FRAME, VirtualSwitch, type SwitchPort } from '../vm/net.js'
 import { MAX_FRAME } from '../vm/event-format.js'
@@ -8,10 +7,14 @@ import { FaultyLink, NO_FAULTS, type LinkFaults } from './link-faults.js'
 import { seededRandom } from './random.js'
 import { formatAddress } from './address.js'
 
-/** What the switch logs through (a pino logger satisfies it). */
-export type SwitchLog = Pick<Logger, 'info' | 'warn' | 'debug'>
+/** What the switch logs through (a pino logger is one). */
+export interface SwitchLog {
+  info(fields: object, msg: string): void
+  warn(fields: object, msg: string): void
+  debug(fields: object, msg: string): void
+}
 
-const SILENT: SwitchLog = { info: () => {}, warn: () => {}, debug: () => {} } as unknown as SwitchLog
+const SILENT: SwitchLog = { info: () => {}, warn: () => {}, debug: () => {} }
 
 export const SWITCH_DEFAULTS = {
   port: 5555,
@@ -49,13 +52,12 @@ export interface PeerInfo {
 
 interface Peer {
   key: string
-  address: string
-  port: number
   sw: SwitchPort
   link: FaultyLink
   lastSeen: number
   framesIn: number
-  framesOut: number
+  /** frames the link handed to the socket */
+  out: { frames: number }
 }
 
 /**
@@ -124,7 +126,7 @@ export class UdpSwitch {
   /** The joined peers, in the order they joined. */
   list(): PeerInfo[] {
     const now = this.timers.now()
-    return [...this.peers.values()].map((p) => ({ peer: p.key, framesIn: p.framesIn, framesOut: p.framesOut, lost: p.link.lost + p.link.overflow, idleMs: now - p.lastSeen, faults: p.link.current }))
+    return [...this.peers.values()].map((p) => ({ peer: p.key, framesIn: p.framesIn, framesOut: p.out.frames, lost: p.link.lost + p.link.overflow, idleMs: now - p.lastSeen, faults: p.link.current }))
   }
 
   /** Faults on the link to one peer (HOST:PORT as `list` names it), or to every peer, present and future ('all'). */
@@ -162,16 +164,17 @@ export class UdpSwitch {
 
   private join(key: string, rinfo: RemoteInfo): Peer {
     const sw = this.switch.port()
-    const p: Peer = { key, address: rinfo.address, port: rinfo.port, sw, lastSeen: 0, framesIn: 0, framesOut: 0, link: undefined as unknown as FaultyLink }
-    p.link = new FaultyLink(
+    const out = { frames: 0 }
+    const link = new FaultyLink(
       (frame) => {
-        p.framesOut++
-        this.sock.send(frame, p.port, p.address)
+        out.frames++
+        this.sock.send(frame, rinfo.port, rinfo.address)
       },
       this.timers,
       this.random,
       this.defaults,
     )
+    const p: Peer = { key, sw, link, out, lastSeen: 0, framesIn: 0 }
     sw.onReceive = (frame) => p.link.send(frame)
     this.peers.set(key, p)
     this.log.info({ peer: key, peers: this.peers.size }, 'peer joined')

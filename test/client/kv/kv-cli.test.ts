@@ -1,6 +1,7 @@
 import t from 'tap'
 import { spawn } from 'node:child_process'
 import { createSocket } from 'node:dgram'
+import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { CLI, run, tmp } from '../../helpers/peers.js'
 import { startSwitch } from '../../helpers/switch-process.js'
@@ -120,6 +121,50 @@ t.test('loss and delay on the switch: retries, and the check still passes', asyn
   const c = await kv(['check', '--switch', sw.url, '--log', log])
   t.equal(c.status, 0, c.stderr)
   t.match(c.stdout, /^20 keys checked, all acknowledged values present/)
+  vm.child.kill('SIGTERM')
+  t.equal(await vm.exited, 130)
+})
+
+t.test('a load killed by SIGKILL loses no acknowledged SET; one stopped by SIGINT prints its summary', async (t) => {
+  const sw = await startSwitch(t)
+  const vm = vmProcess(t, sw.url, '02:00:00:00:00:01')
+  t.equal(await ready(sw.port, Buffer.from([2, 0, 0, 0, 0, 1])), 'COUNT 0')
+  const log = join(tmp(t), 'acked.jsonl')
+  const lines = () => readFileSync(log, 'utf8').split('\n').filter(Boolean).length
+  const start = () => {
+    const c = spawn(process.execPath, [CLI, 'kv', 'load', '--switch', sw.url, '--keys', '30', '--rate', '2000', '--window', '16', '--log', log, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] })
+    let stdout = ''
+    c.stdout.on('data', (d) => (stdout += d))
+    const exited = new Promise<number | string>((r) => c.on('close', (code, signal) => r(code ?? signal ?? -1)))
+    return { c, exited, stdout: () => stdout }
+  }
+  const until = async (cond: () => boolean) => {
+    while (!cond()) await new Promise((r) => setTimeout(r, 20))
+  }
+  const killed = start()
+  t.teardown(() => killed.c.kill('SIGKILL'))
+  await until(() => {
+    try {
+      return lines() >= 300
+    } catch {
+      return false
+    }
+  })
+  killed.c.kill('SIGKILL') // with SETs outstanding: the VM may hold values whose OK was never logged
+  t.equal(await killed.exited, 'SIGKILL')
+  const c1 = await kv(['check', '--switch', sw.url, '--log', log, '--json'])
+  t.equal(c1.status, 0, c1.stderr)
+  t.match(JSON.parse(c1.stdout), { keys: 30, problems: [] })
+  const n = lines()
+  const stopped = start()
+  await until(() => lines() >= n + 200)
+  stopped.c.kill('SIGINT')
+  t.equal(await stopped.exited, 0)
+  const s = JSON.parse(stopped.stdout())
+  t.equal(lines(), n + s.acked, 'every OK of the stopped run is a line')
+  t.ok(s.firstSeq > n, `seqs go on above the killed run's (${s.firstSeq})`)
+  const c2 = await kv(['check', '--switch', sw.url, '--log', log])
+  t.equal(c2.status, 0, c2.stderr)
   vm.child.kill('SIGTERM')
   t.equal(await vm.exited, 130)
 })

@@ -155,6 +155,10 @@ t.test('datagrams that are not frames are dropped and counted, make no peer, and
   await until(() => b.got.length === 1, 'a full-size frame')
   t.equal(b.got[0].length, 2048)
   t.equal(bad.got.length, 0)
+  t.match(sw.list(), [
+    { peer: b.key, framesIn: 0, framesOut: 1, lost: 0 },
+    { peer: a.key, framesIn: 1, framesOut: 0, lost: 0 },
+  ])
 })
 
 t.test('announce(mac) moves a MAC to this uplink (an FT backup going live); joined without one, it draws no frames for it', async (t) => {
