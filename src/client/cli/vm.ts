@@ -13,9 +13,10 @@ import { requestJson } from '../api/http.js'
 import type { VmInfo } from '../host/agent.js'
 import { resolve } from 'node:path'
 import { parseUdpAddress } from '../net/address.js'
+import { hostname } from 'node:os'
 
 /** Exit statuses of `tandem vm run` besides the guest's own exit code. */
-export const VM_EXIT = { LIMIT: 124, FAULT: 125, HALT: 126, REPLAY: 127, STOPPED: 130 } as const
+export const VM_EXIT = { FT_HALTED: 123, LIMIT: 124, FAULT: 125, HALT: 126, REPLAY: 127, STOPPED: 130 } as const
 
 export function vmCommand(run: (fn: () => Promise<number | void>) => Promise<void>): Command {
   const vm = new Command('vm').description('lightweight deterministic VMs (RV32IM) with a SCSI disk, record and replay')
@@ -23,7 +24,15 @@ export function vmCommand(run: (fn: () => Promise<number | void>) => Promise<voi
     .description('run a guest to its end; print its console, then a summary')
     .requiredOption('--guest <name|file>', `a committed guest (${GUEST_NAMES.join(', ')}) or an RV32 ELF file`)
     .option('--memory <size>', 'guest RAM (e.g. 64M; a multiple of 4 KiB, at most 1G)', '64M')
-  runOptions(runCmd).action((o) => run(() => runAction(o)))
+  runOptions(runCmd)
+    .option('--ft-primary <host:port>', 'run as the primary of a fault-tolerant pair: stream the event log to the backup listening there (see --ft-backup)')
+    .option('--ft-backup <host:port>', 'run as the backup of a fault-tolerant pair: listen here for the primary (port 0: any; the port is printed), follow its log, and take over if it is lost')
+    .option('--backup-reads <disk|log>', "where the backup's READ data comes from: the shared disk (its writes are never issued) or the primary's log", 'disk')
+    .option('--ft-lockspace <path|uri>', "the lockspace holding the VM's lock vm/<name> (a file, or iscsi://…/lockspace): on losing each other both sides claim it by one compare-and-write, exactly one wins and the other halts")
+    .option('--ft-host <name>', "this side's host name in the lockspace (default: <hostname>-primary or -backup)")
+    .option('--ft-loss-ms <ms>', 'silence on the FT channel that counts as losing the peer', '300')
+    .option('--no-lag-control', "primary: leave its CPU limit alone (the lag control lowers it while the backup falls behind)")
+    .action((o) => run(() => runAction(o)))
   const restoreCmd = vm.command('restore')
     .description('run a VM on from a checkpoint file (tandem vm checkpoint): its state and memory as they were, then as vm run')
     .argument('<file>', 'the checkpoint file')
@@ -91,10 +100,12 @@ async function runAction(o: OptionValues): Promise<number> {
   let udp: { close(): void } | undefined
   let port
   if (o.net && o.switch) throw new StorageError('InvalidArgument', '--net and --switch cannot be used together')
+  const ft = ftOptions(o)
   if (o.switch) {
     const to = parseUdpAddress(o.switch, '--switch')
     const { UdpUplink } = await loadLazy<typeof import('../net/udp-uplink.js')>('../net/udp-uplink.js')
-    udp = port = await UdpUplink.join(to, { mac })
+    // a backup's uplink draws none of the VM's frames until it goes live (then it announces the MAC)
+    udp = port = await UdpUplink.join(to, { mac: ft?.role === 'backup' ? undefined : mac })
   }
   if (o.net) {
     const m = /^udp:(.+):(\d+)$/.exec(o.net)
@@ -107,7 +118,8 @@ async function runAction(o: OptionValues): Promise<number> {
     })
   }
   const identity = checkInitiatorName(o.initiatorName ?? (o.name !== undefined ? vmInitiatorName(o.name) : ANONYMOUS_VM_IQN))
-  const disk = o.disk ? await openVmDisk(o.disk, identity) : undefined
+  // the two sides of a pair are two I_T nexuses of the VM's identity (ISID qualifiers 1 and 2)
+  const disk = o.disk ? await openVmDisk(o.disk, identity, ft?.role === 'backup' ? 2 : 1) : undefined
   const out = o.json ? process.stderr : process.stdout
   let pending: number[] = []
   const flush = () => {
@@ -144,6 +156,7 @@ async function runAction(o: OptionValues): Promise<number> {
       cpuLimit,
       net: port,
       mac,
+      ft: ft && ((vm) => startFtRole(ft, vm, disk?.scsi)),
       onConsole: (b) => {
         pending.push(b)
         if (b === 10 || pending.length >= 256) flush()
@@ -164,13 +177,16 @@ async function runAction(o: OptionValues): Promise<number> {
       stateHash: s.stateHash,
       consoleHash: s.consoleHash,
       ...(s.message ? { message: s.message } : {}),
+      ...(s.ft ? { ft: s.ft } : {}),
     }
     if (o.json) process.stdout.write(JSON.stringify(summary) + '\n')
     else {
       process.stderr.write(`tandem vm: ${s.end}${s.exitCode !== null ? ` (exit code ${s.exitCode})` : ''}: ${s.instructions} instructions in ${s.seconds.toFixed(3)} s (cpu ${summary.cpuSeconds.toFixed(3)} s), ${s.mips.toFixed(1)} MIPS, ${s.interrupts} interrupts, ${s.events} events\n`)
       if (s.message) process.stderr.write(`tandem vm: ${s.message}\n`)
       process.stderr.write(`tandem vm: state ${s.stateHash}\ntandem vm: console ${s.consoleHash}\n`)
+      if (s.ft) process.stderr.write(`tandem vm: FT ${s.ft.role}, ${s.ft.outcome}${s.ft.channelEnd ? ` (channel: ${s.ft.channelEnd})` : ''}, ${s.ft.logBytes} log bytes${s.ft.takeoverMs !== undefined ? `, took over in ${s.ft.takeoverMs.toFixed(1)} ms` : ''}\n`)
     }
+    if (s.ft?.outcome === 'halted') return VM_EXIT.FT_HALTED
     if (s.end === 'exit') return s.exitCode ?? 0
     return s.end === 'limit' ? VM_EXIT.LIMIT : s.end === 'fault' ? VM_EXIT.FAULT : s.end === 'halt' ? VM_EXIT.HALT : s.end === 'stopped' ? VM_EXIT.STOPPED : VM_EXIT.REPLAY
   } finally {
@@ -178,5 +194,48 @@ async function runAction(o: OptionValues): Promise<number> {
     process.off('SIGTERM', onSignal)
     await disk?.close()
     udp?.close()
+    await ftArbiter?.close()
   }
+}
+
+interface FtCliOptions {
+  role: 'primary' | 'backup'
+  host: string
+  port: number
+  vm: string
+  reads: 'disk' | 'log'
+  lockspace: string
+  hostName: string
+  lossMs: number
+  lagControl: boolean
+}
+
+/** `--ft-primary` / `--ft-backup` and their companions, checked. */
+function ftOptions(o: OptionValues): FtCliOptions | undefined {
+  if (!o.ftPrimary && !o.ftBackup) return undefined
+  if (o.ftPrimary && o.ftBackup) throw new StorageError('InvalidArgument', 'a VM is the primary (--ft-primary) or the backup (--ft-backup) of its pair, not both')
+  const role = o.ftPrimary ? 'primary' : 'backup'
+  const addr = String(o.ftPrimary ?? o.ftBackup)
+  const m = /^(.+):(\d+)$/.exec(addr)
+  if (!m || Number(m[2]) > 65535 || (role === 'primary' && Number(m[2]) === 0)) throw new StorageError('InvalidArgument', `invalid --ft-${role} '${addr}' (HOST:PORT, e.g. 127.0.0.1:7700)`)
+  if (o.name === undefined) throw new StorageError('InvalidArgument', `--ft-${role} needs the VM's --name (its lock is vm/<name>)`)
+  if (!o.ftLockspace) throw new StorageError('InvalidArgument', `--ft-${role} needs --ft-lockspace: the pair decides who goes live by a compare-and-write on the VM's lock there`)
+  if (o.backupReads !== 'disk' && o.backupReads !== 'log') throw new StorageError('InvalidArgument', `invalid --backup-reads '${o.backupReads}' (disk or log)`)
+  const lossMs = Number(o.ftLossMs)
+  if (!Number.isFinite(lossMs) || lossMs < 20 || lossMs > 60_000) throw new StorageError('InvalidArgument', `invalid --ft-loss-ms '${o.ftLossMs}' (20 to 60000)`)
+  if (o.record || o.replay || o.restore) throw new StorageError('InvalidArgument', 'a fault-tolerant pair records and replays over its channel: no --record, --replay or restore')
+  return { role, host: m[1].replace(/^\[|\]$/g, ''), port: Number(m[2]), vm: o.name, reads: o.backupReads, lockspace: o.ftLockspace, hostName: o.ftHost ?? `${hostname()}-${role}`, lossMs, lagControl: o.lagControl !== false }
+}
+
+let ftArbiter: { close(): Promise<void> } | undefined
+
+/** The pair role of `vm run --ft-*`: its arbiter on the lockspace, then the channel. */
+async function startFtRole(f: FtCliOptions, vm: Parameters<NonNullable<import('../vm/run.js').VmRunOptions['ft']>>[0], scsi: import('../vm/scsi-path.js').ScsiPath | undefined) {
+  const { lockArbiter, ftPrimary, ftBackup } = await loadLazy<typeof import('../ft/index.js')>('../ft/index.js')
+  const log = (msg: string) => process.stderr.write(`tandem vm: ${msg}\n`)
+  const arbiter = await lockArbiter({ lockspace: f.lockspace, host: f.hostName, vm: f.vm, role: f.role, fenceDisk: scsi, log })
+  ftArbiter = arbiter
+  const role = { role: f.role, host: f.host, port: f.port, vm: f.vm, reads: f.reads, arbiter, lossMs: f.lossMs, lagControl: f.lagControl, log }
+  if (f.role === 'primary') return ftPrimary(role, vm)
+  return ftBackup(role, { ...vm, onListening: (port) => log(`FT backup listening on ${f.host}:${port}`) })
 }

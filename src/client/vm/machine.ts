@@ -114,6 +114,7 @@ export class Machine {
   private startNs: bigint
   private observedAt = -1
   private stoppedByHost = false
+  private halted: string | null = null
   private interrupts = 0
   readonly imageSha: Buffer
   readonly clint: Clint
@@ -407,6 +408,11 @@ export class Machine {
           message = `stopped at the instruction limit (${max})`
           break
         }
+        if (this.halted !== null) {
+          end = 'stopped'
+          message = this.halted
+          break
+        }
         if (this.stoppedByHost || (!replay && this.opts.signal?.aborted)) {
           end = 'stopped'
           message = `stopped by the host at instruction ${this.hart.instret}`
@@ -415,6 +421,7 @@ export class Machine {
         }
         // a log still being written: run no further than every record has arrived
         if (replay) await replay.waitPast(this.hart.instret)
+        if (this.halted !== null) continue
         let limit = Math.min(this.hart.instret + SLICE, max)
         if (replay) limit = Math.min(limit, Math.max(replay.horizon, this.hart.instret))
         const obs = this.opts.observe
@@ -464,8 +471,8 @@ export class Machine {
       }
     } catch (e) {
       if (!(e instanceof ReplayError)) throw e
-      end = 'replay-error'
-      message = e.message
+      end = this.halted !== null ? 'stopped' : 'replay-error'
+      message = this.halted ?? e.message
     } finally {
       this.running = false
       // a pause asked for as the run ended: the VM is stopped for good
@@ -490,7 +497,7 @@ export class Machine {
 
   /** The replay log is complete and every record of it used, and the VM is to go on live. */
   private logOver(): boolean {
-    return this.opts.goLive === true && this.replay !== undefined && this.replay.ended && this.replay.peek() === null
+    return this.opts.goLive === true && this.halted === null && this.replay !== undefined && this.replay.ended && this.replay.peek() === null
   }
 
   /**
@@ -553,6 +560,18 @@ export class Machine {
         throw new ReplayError(`replay diverged at instruction ${this.hart.instret}: the guest waits for an interrupt, the log has the next one at instruction ${e.instret}`, this.hart.instret)
       }
     }
+  }
+
+  /**
+   * Stops the VM for good at the next slice boundary, live or replaying, and never lets a replay go
+   * live (a fault-tolerant side that lost the VM's claim): the run ends 'stopped' with `why`.
+   */
+  halt(why: string): void {
+    if (this.halted !== null) return
+    this.halted = why
+    this.hart.requestStop()
+    this.wake?.()
+    if (this.paused) this.resume()
   }
 
   /** SHA-256 of everything the guest can observe: the encoded guest state and memory (SPEC.md §VM state). */

@@ -2,7 +2,8 @@ import { readFile, unlink } from 'node:fs/promises'
 import type { BlockDevice } from '../../disk-formats/index.js'
 import { LogicalUnit } from '../../server/scsi/index.js'
 import { EventSource, FileEventSink, ReplayError, encodeHeader, followEventLog } from './events.js'
-import { Machine, type RunSummary } from './machine.js'
+import { Machine, type MachineOptions, type RunSummary } from './machine.js'
+import type { FtReport, FtRole } from '../ft/run-ft.js'
 import { ANONYMOUS_VM_IQN, logicalUnitPath, nexusName, vmIsid, type ScsiPath } from './scsi-path.js'
 import type { SwitchPort } from './net.js'
 import { guestForImage, guestPath } from './guests.js'
@@ -45,11 +46,20 @@ export interface VmRunOptions {
    * datastore disk names its server). None: a VM with a disk cannot be checkpointed.
    */
   diskSwitch?: (req: Record<string, unknown>) => DiskSwitch | undefined
+  /**
+   * A fault-tolerant pair's role (src/client/ft/run-ft.ts): made once the guest image is known,
+   * with the VM's disk path; it shapes the machine's options and reports beside the summary.
+   */
+  ft?: (vm: { memoryBytes: number; imageSha: Buffer; disk?: ScsiPath; limiter?: CpuLimiter }) => Promise<FtRole>
 }
 
+/** A run's summary; a pair's role adds its report. */
+export type VmRunSummary = RunSummary & { ft?: FtReport }
+
 /** Runs a guest to its end; with `record`, writes the event log; with `replay`, follows one. */
-export async function runVm(o: VmRunOptions): Promise<RunSummary> {
-  const limiter = o.cpuLimit !== undefined ? new CpuLimiter(o.cpuLimit) : undefined
+export async function runVm(o: VmRunOptions): Promise<VmRunSummary> {
+  // a primary always has a limiter: its lag control moves it
+  const limiter = o.cpuLimit !== undefined || o.ft ? new CpuLimiter(o.cpuLimit ?? 100) : undefined
   if (o.restore) {
     // the checkpoint says how much memory, and (by its image hash) which committed guest
     const c = await readCheckpoint(o.restore)
@@ -77,8 +87,11 @@ export async function runVm(o: VmRunOptions): Promise<RunSummary> {
   if (o.disk && o.scsi) throw new Error('runVm: give the disk as a block device or as a SCSI path, not both')
   const iqn = o.identity ?? ANONYMOUS_VM_IQN
   const disk = o.scsi ?? (o.disk ? logicalUnitPath(new LogicalUnit(o.disk, { serial: 'tandem-vm-disk' }), nexusName(iqn, vmIsid(iqn))) : undefined)
+  if (o.ft && (o.record || o.replay || o.restore)) throw new Error('runVm: a fault-tolerant pair records and replays over its channel (no --record, --replay or --restore)')
+  const role = o.ft ? await o.ft({ memoryBytes: o.memory, imageSha: sha, disk, limiter }) : undefined
   const record = o.record ? await FileEventSink.create(o.record, encodeHeader(o.memory, sha)) : undefined
-  const opts = { image, imageName: file, memory: o.memory, disk, record, replay, maxInstructions: o.maxInstructions, onConsole: o.onConsole, net: o.net, mac: o.mac, signal: o.signal, limiter }
+  const base: MachineOptions = { image, imageName: file, memory: o.memory, disk, record, replay, maxInstructions: o.maxInstructions, onConsole: o.onConsole, net: o.net, mac: o.mac, signal: o.signal, limiter }
+  const opts = role ? role.machineOptions(base) : base
   let m: Machine
   try {
     m = o.restore ? await restoreCheckpoint(o.restore, opts) : new Machine(opts)
@@ -90,10 +103,12 @@ export async function runVm(o: VmRunOptions): Promise<RunSummary> {
     }
     throw e
   }
+  role?.attach(m)
   const control = o.control ? await serveControl(o.control, vmControl(m, o, disk !== undefined)) : undefined
-  let summary: RunSummary
+  let summary: VmRunSummary
   try {
     summary = await m.run()
+    if (role) summary = { ...summary, ft: await role.finish(summary) }
   } catch (e) {
     await record?.close().catch(() => {})
     throw e

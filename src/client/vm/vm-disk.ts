@@ -18,14 +18,14 @@ export type VmDisk = { disk: BlockDevice; scsi?: undefined; switch?: DiskSwitch;
  * LU reached in a session logged in as `identity` with the VM's fixed ISID (vmIsid), so the LU's
  * access list, and the reservations the guest makes, see the VM and not the host it runs on.
  */
-export async function openVmDisk(spec: string, identity: string): Promise<VmDisk> {
+export async function openVmDisk(spec: string, identity: string, isidQualifier = 1): Promise<VmDisk> {
   if (!isNetworkDisk(spec) && (await probeFormat(spec)) === 'vmdk') {
     const { device, switch: sw } = await openSwitchableDisk(spec)
     return { disk: device, switch: sw, close: () => device.close() }
   }
   let dev: BlockDevice
   try {
-    dev = await openDisk(spec, { iscsi: { initiatorName: identity, isid: vmIsid(identity) } })
+    dev = await openDisk(spec, { iscsi: { initiatorName: identity, isid: vmIsid(identity, isidQualifier) } })
   } catch (e) {
     if (!isIscsiUri(spec) || !(e instanceof StorageError)) throw e
     throw new StorageError(e.code, `the VM's disk as ${identity}: ${e.message}`)

@@ -1,0 +1,222 @@
+import { ChunkedSink } from '../vm/event-sink.js'
+import { FT_MARK } from '../vm/events.js'
+import type { Machine, MachineOptions } from '../vm/machine.js'
+import type { SwitchPort } from '../vm/net.js'
+import { mediumRange, type ScsiPath } from '../vm/scsi-path.js'
+import type { Timers } from '../vm/timers.js'
+import type { BackupReads } from './backup-disk.js'
+import type { LagMeter } from './lag.js'
+import type { OutputGate } from './output-gate.js'
+import type { WriteAfterReadGuard } from './write-after-read.js'
+
+/** What a primary sends its backup (the channel's LOG messages). */
+export interface LogLink {
+  /** whole records of the log, in order */
+  log(bytes: Buffer): void
+  /** bytes queued towards the backup and not yet taken by the kernel */
+  readonly bufferedBytes: number
+  /** resolves once the queue has drained (or the link is gone) */
+  drained(): Promise<void>
+}
+
+/** An acknowledgement from the backup (ft/SPEC.md ACK). */
+export interface Ack {
+  /** every record below this instruction count has arrived */
+  received: number
+  /** the backup has executed every instruction below this count */
+  executed: number
+  /** the backup has made every READ with a request number below this */
+  readsDone: number
+}
+
+/** commands that change nothing a later reader sees: not outputs */
+const READ_ONLY = new Set([0x00, 0x03, 0x12, 0x1a, 0x5a, 0x25, 0x9e, 0xa0, 0x5e, 0x08, 0x28, 0xa8, 0x88, 0x37, 0xb7, 0x4d])
+/** queued towards the backup past which the primary waits between slices (with the gate's own 64 MiB backstop) */
+const LINK_HIGH_WATER = 8 << 20
+
+/** The log of a primary, shipped at each progress mark (and whenever a chunk fills). */
+class LinkSink extends ChunkedSink {
+  constructor(private readonly link: LogLink) {
+    super(64 * 1024)
+  }
+  get pendingBytes(): number {
+    return this.unshipped + this.link.bufferedBytes
+  }
+  protected ship(chunk: Buffer): void {
+    this.link.log(chunk)
+  }
+  /** Ships every record so far. */
+  push(): void {
+    this.cut()
+  }
+  async drain(): Promise<void> {}
+  async flush(): Promise<void> {
+    this.cut()
+  }
+  async close(): Promise<void> {
+    if (!this.closed) this.seal()
+  }
+}
+
+export interface PrimaryOptions {
+  link: LogLink
+  gate: OutputGate
+  lag: LagMeter
+  timers: Timers
+  reads: BackupReads
+  /** disk mode: the primary's writes wait for the backup's reads of the same blocks */
+  war?: WriteAfterReadGuard
+}
+
+/**
+ * The primary of a fault-tolerant pair (ft/SPEC.md): records its VM's inputs into a log it streams
+ * to the backup, holds each output (console bytes, frames, disk writes) in the output gate until
+ * the backup has acknowledged the log past the instruction that produced it, and measures the
+ * lag from the backup's acks. The VM keeps running while outputs wait.
+ */
+export class FtPrimary {
+  readonly sink: LinkSink
+  private m: Machine | null = null
+  private console: { bytes: number[]; at: number } = { bytes: [], at: 0 }
+  private lastMark = -1
+  private releasedTo = 0
+  private markedReleased = 0
+  /** bytes of log shipped */
+  get logBytes(): number {
+    return this.shipped
+  }
+  private shipped = 0
+
+  constructor(private readonly o: PrimaryOptions) {
+    const link = o.link
+    this.sink = new LinkSink({
+      log: (b) => {
+        this.shipped += b.length
+        link.log(b)
+      },
+      get bufferedBytes() {
+        return link.bufferedBytes
+      },
+      drained: () => link.drained(),
+    })
+  }
+
+  /** The machine options that make a VM this pair's primary (its record, disk, NIC and console wrapped). */
+  machineOptions(base: { disk?: ScsiPath; net?: SwitchPort; onConsole?: (b: number) => void }): Partial<MachineOptions> {
+    return {
+      record: this.sink,
+      logDiskResults: this.o.reads === 'log' ? 'data' : 'status',
+      disk: base.disk && this.disk(base.disk),
+      net: base.net && this.port(base.net),
+      onConsole: base.onConsole && this.consoleWriter(base.onConsole),
+      afterSlice: (m) => this.afterSlice(m),
+    }
+  }
+
+  private get instret(): number {
+    return this.m?.hart.instret ?? 0
+  }
+
+  /** Frames the guest sends leave once acknowledged. */
+  port(p: SwitchPort): SwitchPort {
+    const outer: SwitchPort = {
+      onReceive: null,
+      send: (frame) => {
+        this.o.gate.hold('frame', this.instret, () => p.send(frame), frame.length)
+        this.m?.hart.requestStop()
+      },
+      close: () => p.close(),
+    }
+    // frames from the switch reach the NIC at once (they are inputs: logged when delivered)
+    p.onReceive = (f) => outer.onReceive?.(f)
+    return outer
+  }
+
+  /** Console bytes leave a line at a time (or at the slice's end), once acknowledged. */
+  consoleWriter(write: (b: number) => void): (b: number) => void {
+    this.consoleSink = write
+    return (b) => {
+      this.console.bytes.push(b)
+      this.console.at = this.instret
+      if (b === 10) {
+        this.holdConsole()
+        this.m?.hart.requestStop()
+      }
+    }
+  }
+
+  private holdConsole(): void {
+    const c = this.console
+    const w = this.consoleSink
+    if (!c.bytes.length || !w) return
+    const bytes = c.bytes
+    this.console = { bytes: [], at: 0 }
+    this.o.gate.hold('console', c.at, () => bytes.forEach(w), bytes.length)
+  }
+  private consoleSink: ((b: number) => void) | undefined
+
+  /**
+   * The disk: reads go at once (in disk mode noted for the write-after-read guard); every other
+   * command that changes the disk waits until the backup has the log past its submission.
+   */
+  disk(path: ScsiPath): ScsiPath {
+    const { gate, war } = this.o
+    return {
+      get blocks() {
+        return path.blocks
+      },
+      execute: async (cdb, dataOut, dataInLength, req) => {
+        const range = mediumRange(cdb)
+        if (range && !range.write) {
+          if (war && req) war.read(req.seq, range.lba, range.blocks)
+        } else if (!READ_ONLY.has(cdb[0])) {
+          const at = req?.at ?? this.instret
+          await new Promise<void>((resolve) => gate.hold('disk', at, resolve, dataOut?.length ?? 0))
+          if (war && range) await war.beforeWrite(range.lba, range.blocks)
+        }
+        return path.execute(cdb, dataOut, dataInLength, req)
+      },
+    }
+  }
+
+  /** Between slices: the console's partial line held, the log shipped with a progress mark. */
+  private async afterSlice(m: Machine): Promise<void> {
+    this.m = m
+    this.holdConsole()
+    const now = this.o.timers.now()
+    const at = m.hart.instret
+    if (this.releasedTo > this.markedReleased) {
+      const x = Buffer.alloc(8)
+      x.writeDoubleLE(this.releasedTo)
+      this.sink.add(FT_MARK.RELEASED, 0, at, 0, x)
+      this.markedReleased = this.releasedTo
+    }
+    if (at !== this.lastMark || this.sink.count !== this.sinkCountAtMark) {
+      const x = Buffer.alloc(16)
+      x.writeBigUInt64LE(m.guestTicks)
+      x.writeDoubleLE(now, 8)
+      this.sink.add(FT_MARK.PROGRESS, 0, at, 0, x)
+      this.sinkCountAtMark = this.sink.count
+      this.lastMark = at
+      this.o.lag.progress(at, now)
+    }
+    this.sink.push()
+    if (this.o.gate.overLimit) await this.o.gate.whenUnder()
+    if (this.o.link.bufferedBytes > LINK_HIGH_WATER) await this.o.link.drained()
+  }
+  private sinkCountAtMark = -1
+
+  /** Binds the machine (before it runs): outputs take its instruction count. */
+  attach(m: Machine): void {
+    this.m = m
+  }
+
+  /** An ACK from the backup. */
+  ack(a: Ack): void {
+    const before = this.o.gate.held
+    this.o.gate.acked(a.received)
+    if (this.o.gate.held < before) this.releasedTo = Math.max(this.releasedTo, Math.min(a.received, this.lastMark))
+    this.o.war?.backupDone(a.readsDone)
+    if (this.lastMark >= 0) this.o.lag.ack(Math.min(a.executed, this.lastMark), this.o.timers.now())
+  }
+}

@@ -1,0 +1,275 @@
+import { StorageError } from '../../disk-formats/errors.js'
+import { EventSource, encodeHeader } from '../vm/events.js'
+import type { Machine, MachineOptions, RunSummary } from '../vm/machine.js'
+import type { SwitchPort } from '../vm/net.js'
+import { realTimers, type Timers } from '../vm/timers.js'
+import type { CpuLimiter } from '../vm/cpu-limit.js'
+import { BackupDisk, type BackupReads } from './backup-disk.js'
+import { FtBackup } from './backup.js'
+import { FtChannel, FtListener, type FtEnd } from './channel.js'
+import { FtLagControl, LagMeter } from './lag.js'
+import { OutputGate } from './output-gate.js'
+import { FtPrimary } from './primary.js'
+import type { FtHelloParams, FtMessage } from './protocol.js'
+import { WriteAfterReadGuard } from './write-after-read.js'
+
+/**
+ * Who goes live when the pair loses each other (ft/SPEC.md "Split brain"): one compare-and-write
+ * on the VM's lock record, from the generation the pair started under. Exactly one side wins.
+ */
+export interface Arbiter {
+  /** the generation of the VM's lock the primary holds (sent in HELLO) */
+  readonly generation: number
+  /** true: this side now holds the VM (at generation + 1); false: the other side does */
+  claim(generation: number): Promise<boolean>
+  /** once live alone: the storage fence (PREEMPT AND ABORT of the other side's registration), if any */
+  fence?(): Promise<void>
+}
+
+export interface FtRoleOptions {
+  role: 'primary' | 'backup'
+  /** primary: the backup's address; backup: where it listens */
+  host: string
+  port: number
+  vm: string
+  reads: BackupReads
+  arbiter: Arbiter
+  timers?: Timers
+  /** channel silence that counts as losing the peer (default: the channel's) */
+  lossMs?: number
+  /** primary: lag control on (default) or off */
+  lagControl?: boolean
+  /** reports what happens (role changes, the claim) */
+  log?: (msg: string) => void
+}
+
+/** What `vm run --ft-*` reports beside the run summary. */
+export interface FtReport {
+  role: 'primary' | 'backup'
+  /** 'paired' throughout; 'alone' (won the claim), 'halted' (lost it), 'live' (a backup that took over) */
+  outcome: 'paired' | 'alone' | 'halted' | 'live'
+  /** the peer's end: why the channel ended */
+  channelEnd?: string
+  logBytes: number
+  /** ms from losing the peer to running live or alone */
+  takeoverMs?: number
+  lag?: ReturnType<LagMeter['snapshot']>
+  outputDelay?: ReturnType<OutputGate['snapshot']>['delay']
+}
+
+/** The part of runVm a pair role shapes: the machine's options, then the run. */
+export interface FtRole {
+  machineOptions(base: MachineOptions): MachineOptions
+  attach(m: Machine): void
+  finish(summary: RunSummary): Promise<FtReport>
+  /** a backup: the HELLO it accepted (memory, image) */
+  readonly hello?: FtHelloParams
+}
+
+const nextMessage = (ch: FtChannel, type: FtMessage['type'], what: string): Promise<FtMessage> =>
+  new Promise((resolve, reject) => {
+    const onMsg = (m: FtMessage) => {
+      if (m.type === type || m.type === 'HELLO_REFUSED' || m.type === 'ERROR') {
+        ch.off('message', onMsg)
+        resolve(m)
+      }
+    }
+    ch.on('message', onMsg)
+    void ch.ended.then((e) => reject(new StorageError('IoError', `the FT channel ended before ${what}: ${endText(e)}`)))
+  })
+
+export const endText = (e: FtEnd) => (e.kind === 'bye' ? `BYE (${e.bye.reason})` : e.reason)
+
+/**
+ * The primary of a pair: connects to the backup, says HELLO, then records into the channel; on
+ * losing the backup it holds every output and claims the VM: won, it runs on alone; lost, it halts
+ * and releases nothing.
+ */
+export async function ftPrimary(o: FtRoleOptions, vm: { memoryBytes: number; imageSha: Buffer; limiter?: CpuLimiter }): Promise<FtRole> {
+  const timers = o.timers ?? realTimers
+  const ch = await FtChannel.connect({ host: o.host, port: o.port, timers, lossMs: o.lossMs }).catch((e: Error) => {
+    throw new StorageError('IoError', `cannot reach the FT backup at ${o.host}:${o.port}: ${e.message}`)
+  })
+  const hello: FtHelloParams = { version: 1, vm: o.vm, mode: 'replay', lockGeneration: o.arbiter.generation, memoryBytes: vm.memoryBytes, imageSha256: vm.imageSha, start: 'boot', backupReads: o.reads, instret: 0 }
+  ch.send({ type: 'HELLO', ...hello })
+  const answer = await nextMessage(ch, 'HELLO_OK', 'the backup accepted')
+  if (answer.type !== 'HELLO_OK') {
+    ch.close('refused')
+    throw new StorageError('InvalidArgument', `the FT backup refused: ${answer.type === 'HELLO_REFUSED' ? `${answer.reason}: ${answer.text}` : answer.type === 'ERROR' ? `${answer.code}: ${answer.text}` : answer.type}`)
+  }
+  const gate = new OutputGate(timers)
+  const lag = new LagMeter()
+  const war = o.reads === 'disk' ? new WriteAfterReadGuard() : undefined
+  let alone = false
+  const primary = new FtPrimary({
+    link: {
+      log: (records) => {
+        if (!alone) ch.send({ type: 'LOG', records })
+      },
+      get bufferedBytes() {
+        return alone ? 0 : ch.bufferedBytes
+      },
+      drained: () => (alone ? Promise.resolve() : ch.drained()),
+    },
+    gate,
+    lag,
+    timers,
+    reads: o.reads,
+    war,
+  })
+  ch.on('message', (m) => {
+    if (m.type !== 'ACK') return
+    try {
+      primary.ack(m)
+    } catch (e) {
+      ch.close(`a bad ACK: ${(e as Error).message}`)
+    }
+  })
+  const control = vm.limiter && o.lagControl !== false ? new FtLagControl(lag, vm.limiter, timers) : undefined
+  let outcome: FtReport['outcome'] = 'paired'
+  let channelEnd: string | undefined
+  let takeoverMs: number | undefined
+  let machine: Machine | null = null
+  const lost = ch.lost.then(async ({ reason }) => {
+    channelEnd = reason
+    const t0 = timers.now()
+    gate.claimed(false)
+    war?.lost()
+    await control?.stop()
+    if (vm.limiter && vm.limiter.percent < 100) vm.limiter.setPercent(100)
+    o.log?.(`the FT backup is lost (${reason}): claiming vm/${o.vm} from generation ${o.arbiter.generation}`)
+    const won = await o.arbiter.claim(o.arbiter.generation).catch((e: Error) => {
+      o.log?.(`the claim failed: ${e.message}`)
+      return false
+    })
+    if (won) {
+      alone = true
+      outcome = 'alone'
+      await o.arbiter.fence?.()
+      gate.acked(Infinity)
+      gate.claimed(true)
+      takeoverMs = timers.now() - t0
+      o.log?.(`won vm/${o.vm}: running alone`)
+    } else {
+      outcome = 'halted'
+      gate.halt()
+      o.log?.(`lost vm/${o.vm} to the backup: halted, no output released`)
+      machine?.halt(`halted: the backup took vm/${o.vm}`)
+    }
+  })
+  void ch.ended.then((e) => e.kind === 'bye' && (channelEnd = endText(e)))
+  return {
+    machineOptions: (base) => ({ ...base, ...primary.machineOptions({ disk: base.disk, net: base.net, onConsole: base.onConsole }) }),
+    attach(m) {
+      machine = m
+      primary.attach(m)
+    },
+    async finish(summary) {
+      await control?.stop()
+      if (!ch.closed && outcome === 'paired') {
+        await primary.sink.close()
+        ch.send({ type: 'BYE', reason: 'stop', instret: summary.instructions })
+        await ch.drained()
+        // the backup's last ACK releases the last outputs
+        await Promise.race([new Promise<void>((r) => ch.once('end', () => r())), timers.sleep(1000)])
+        ch.close('done')
+      } else await Promise.race([lost, timers.sleep(5000)])
+      return { role: 'primary', outcome, channelEnd, logBytes: primary.logBytes, takeoverMs, lag: lag.snapshot(timers.now()), outputDelay: gate.snapshot().delay }
+    },
+  }
+}
+
+/**
+ * The backup of a pair: listens for one primary, accepts its HELLO, follows its log; on losing it
+ * claims the VM: won, it replays to the last progress mark and goes live; lost, it halts.
+ */
+export async function ftBackup(
+  o: FtRoleOptions,
+  vm: { memoryBytes: number; imageSha: Buffer; disk?: import('../vm/scsi-path.js').ScsiPath; onListening?: (port: number) => void },
+): Promise<FtRole> {
+  const timers = o.timers ?? realTimers
+  const listener = await FtListener.listen({ host: o.host, port: o.port, timers, lossMs: o.lossMs })
+  vm.onListening?.(listener.port)
+  o.log?.(`FT backup of ${o.vm} listening on ${o.host}:${listener.port}`)
+  const ch = await new Promise<FtChannel>((r) => listener.once('channel', r))
+  const hello = (await nextMessage(ch, 'HELLO', 'the primary said HELLO')) as Extract<FtMessage, { type: 'HELLO' }>
+  const refuse = (reason: 'image' | 'memory' | 'vm' | 'mode', text: string) => {
+    ch.send({ type: 'HELLO_REFUSED', version: 1, reason, text })
+    ch.close('refused')
+    void listener.close()
+    return new StorageError('InvalidArgument', `refused the FT primary: ${text}`)
+  }
+  if (hello.vm !== o.vm) throw refuse('vm', `the primary runs VM '${hello.vm}', this backup is for '${o.vm}'`)
+  if (hello.mode !== 'replay') throw refuse('mode', `mode '${hello.mode}' is not supported by this backup`)
+  if (hello.memoryBytes !== vm.memoryBytes) throw refuse('memory', `the primary's VM has ${hello.memoryBytes} bytes of memory, this backup ${vm.memoryBytes}`)
+  if (!hello.imageSha256.equals(vm.imageSha)) throw refuse('image', 'the primary runs a different guest image')
+  ch.send({ ...hello, type: 'HELLO_OK' })
+  const source = new EventSource(`(FT log from ${o.vm}'s primary)`, { memoryBytes: vm.memoryBytes, imageSha: vm.imageSha })
+  source.push(encodeHeader(vm.memoryBytes, vm.imageSha))
+  let logBytes = 0
+  let outcome: FtReport['outcome'] = 'paired'
+  let channelEnd: string | undefined
+  let takeoverMs: number | undefined
+  let machine: Machine | null = null
+  const disk = vm.disk ? new BackupDisk(vm.disk, hello.backupReads) : undefined
+  const role: { backup?: FtBackup } = {}
+  ch.on('message', (m) => {
+    if (m.type === 'LOG') {
+      logBytes += m.records.length
+      role.backup!.received(m.records)
+    }
+  })
+  const backup = (role.backup = new FtBackup({
+    source,
+    disk,
+    ack: (a) => ch.send({ type: 'ACK', ...a }),
+    timers,
+  }))
+  disk && (disk.onFailed = (e) => ch.close(e.message))
+  const ended = ch.ended.then(async (e) => {
+    await listener.close()
+    channelEnd = endText(e)
+    if (e.kind === 'bye') {
+      // a clean end: the log has its END or close mark
+      source.end()
+      return
+    }
+    const t0 = timers.now()
+    backup.peerLost()
+    o.log?.(`the FT primary is lost (${e.reason}): claiming vm/${o.vm} from generation ${hello.lockGeneration}`)
+    const won = await o.arbiter.claim(hello.lockGeneration).catch((err: Error) => {
+      o.log?.(`the claim failed: ${err.message}`)
+      return false
+    })
+    if (!won) {
+      outcome = 'halted'
+      o.log?.(`the primary kept vm/${o.vm}: halted`)
+      machine?.halt(`halted: the primary kept vm/${o.vm}`)
+      source.end(source.horizon)
+      return
+    }
+    await o.arbiter.fence?.()
+    outcome = 'live'
+    backup.failover()
+    takeoverMs = timers.now() - t0
+    o.log?.(`won vm/${o.vm}: going live at instruction ${source.horizon === Infinity ? 'the log\'s end' : source.horizon}`)
+  })
+  return {
+    hello,
+    machineOptions: (base) => {
+      // an uplink to a tandem switch announces the MAC from now on (UdpUplink.announce)
+      const net = base.net as (SwitchPort & { announce?: (mac: Buffer) => void }) | undefined
+      const announce = net?.announce && base.mac ? () => net.announce!(base.mac!) : undefined
+      return { ...base, ...backup.machineOptions({ net, mac: base.mac, onConsole: base.onConsole, announce }) }
+    },
+    attach(m) {
+      machine = m
+      backup.attach(m)
+    },
+    async finish() {
+      ch.close('done')
+      await ended
+      return { role: 'backup', outcome, channelEnd, logBytes, takeoverMs }
+    },
+  }
+}

@@ -1,0 +1,79 @@
+import t from 'tap'
+import { spawn } from 'node:child_process'
+import { join } from 'node:path'
+import { CLI, rng, tmp } from '../../helpers/peers.js'
+import { startSwitch } from '../../helpers/switch-process.js'
+import { initLockspace, startPair, waitFor } from '../../helpers/ft-cli.js'
+
+const VM_MAC = '02:00:00:00:00:42'
+
+/** `tandem kv ARGS` as a child: resolves with its exit and output. */
+function kv(args: string[]): { done: Promise<{ code: number | null; out: string; err: string }>; kill: (s: NodeJS.Signals) => void } {
+  const c = spawn(process.execPath, [CLI, 'kv', ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+  let out = ''
+  let err = ''
+  c.stdout.on('data', (d) => (out += d))
+  c.stderr.on('data', (d) => (err += d))
+  return { done: new Promise((r) => c.on('exit', (code) => r({ code, out, err }))), kill: (s) => c.kill(s) }
+}
+
+t.test('two processes on loopback: the backup follows; a clean end ends both identically', async (t) => {
+  const dir = tmp(t, 'tandem-ft-cli-')
+  const ls = initLockspace(dir)
+  // a loss timeout that a loaded machine's scheduling cannot reach: this test is about the clean end
+  const { backup, primary } = await startPair(t, { args: ['--guest', 'ticker', '--ft-loss-ms', '3000'], lockspace: ls })
+  const [p, b] = await Promise.all([primary.exited, backup.exited])
+  t.equal(p.code, 0, `primary: ${primary.stderr().slice(-400)}`)
+  t.equal(b.code, 0, `backup: ${backup.stderr().slice(-400)}`)
+  const ps = JSON.parse(primary.stdout())
+  const bs = JSON.parse(backup.stdout())
+  t.equal(bs.instructions, ps.instructions, 'same instruction count')
+  t.equal(bs.stateHash, ps.stateHash, 'same final state')
+  t.equal(bs.consoleHash, ps.consoleHash, 'same console')
+  t.match(ps.ft, { role: 'primary', outcome: 'paired' })
+  t.match(bs.ft, { role: 'backup', outcome: 'paired' })
+  t.ok(ps.ft.logBytes > 0, `${ps.ft.logBytes} log bytes`)
+})
+
+t.test('a bad HELLO is refused with its reason; a missing lockspace is a usage error', async (t) => {
+  const dir = tmp(t, 'tandem-ft-cli-')
+  const ls = initLockspace(dir)
+  const { backup, primary } = await startPair(t, { args: [], backupArgs: ['--guest', 'kvstore'], primaryArgs: ['--guest', 'ticker'], lockspace: ls })
+  const [p, b] = await Promise.all([primary.exited, backup.exited])
+  t.not(p.code, 0)
+  t.match(primary.stderr(), /the FT backup refused: image: the primary runs a different guest image/)
+  t.not(b.code, 0)
+  t.match(backup.stderr(), /refused the FT primary/)
+  const { tandem } = await import('../../helpers/peers.js')
+  const r = tandem(['vm', 'run', '--guest', 'ticker', '--name', 'v', '--ft-backup', '127.0.0.1:0'])
+  t.equal(r.status, 1)
+  t.match(r.stderr, /--ft-backup needs --ft-lockspace/)
+})
+
+t.test('SIGKILL of the primary while kv load runs: the backup goes live and every acknowledged key is there', async (t) => {
+  const runs = Number(process.env.FT_KILL_RUNS ?? 6)
+  const r = rng(1729)
+  for (let i = 0; i < runs; i++) {
+    const dir = tmp(t, 'tandem-ft-kill-')
+    const ls = initLockspace(dir)
+    const sw = await startSwitch(t)
+    const net = ['--guest', 'kvstore', '--switch', sw.url, '--mac', VM_MAC]
+    const { backup, primary } = await startPair(t, { args: net, lockspace: ls })
+    await waitFor(primary, /kvstore/)
+    const acked = join(dir, 'acked.jsonl')
+    const load = kv(['load', '--switch', sw.url, '--vm-mac', VM_MAC, '--keys', '40', '--rate', '400', '--duration', '3', '--log', acked, '--timeout', '10', '--json'])
+    // the primary's host dies at a seeded moment of the load
+    const killAt = 200 + Math.floor((r() / 2 ** 32) * 1800)
+    await new Promise((res) => setTimeout(res, killAt))
+    process.kill(-primary.child.pid!, 'SIGKILL')
+    const live = await waitFor(backup, /going live|took over/, 10_000).then(() => true, () => false)
+    t.ok(live, `run ${i}: the backup went live after the kill at ${killAt} ms`)
+    const l = await load.done
+    t.equal(l.code, 0, `run ${i}: kv load finished: ${l.err.slice(-300)}`)
+    const check = kv(['check', '--switch', sw.url, '--vm-mac', VM_MAC, '--log', acked, '--timeout', '10'])
+    const c = await check.done
+    t.equal(c.code, 0, `run ${i}: kv check: ${c.out}${c.err}`)
+    backup.child.kill('SIGTERM')
+    await backup.exited
+  }
+})

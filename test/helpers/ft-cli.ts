@@ -1,0 +1,62 @@
+import { spawn, type ChildProcess } from 'node:child_process'
+import { join } from 'node:path'
+import { CLI, tandem } from './peers.js'
+
+export interface VmProcess {
+  child: ChildProcess
+  stderr: () => string
+  stdout: () => string
+  exited: Promise<{ code: number | null; signal: string | null }>
+}
+
+/** `tandem vm run ARGS` as a child process (its own process group: a SIGKILL takes it whole); killed at teardown. */
+export function vmProcess(t: { teardown(fn: () => unknown): void }, args: string[]): VmProcess {
+  const child = spawn(process.execPath, [CLI, 'vm', 'run', ...args], { stdio: ['ignore', 'pipe', 'pipe'], detached: true })
+  let out = ''
+  let err = ''
+  child.stdout!.on('data', (d) => (out += d))
+  child.stderr!.on('data', (d) => (err += d))
+  const exited = new Promise<{ code: number | null; signal: string | null }>((r) => child.on('exit', (code, signal) => r({ code, signal })))
+  t.teardown(() => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+  })
+  return { child, stderr: () => err, stdout: () => out, exited }
+}
+
+/** Resolves when `p`'s stderr matches `re` (its match), rejects if it exits first or after `ms`. */
+export function waitFor(p: VmProcess, re: RegExp, ms = 20_000): Promise<RegExpExecArray> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => done(new Error(`no ${re} within ${ms} ms: ${p.stderr()}`)), ms)
+    const check = () => {
+      const m = re.exec(p.stderr())
+      if (m) done(null, m)
+    }
+    const done = (e: Error | null, m?: RegExpExecArray) => {
+      clearTimeout(timer)
+      p.child.stderr!.off('data', check)
+      if (e) reject(e)
+      else resolve(m!)
+    }
+    p.child.stderr!.on('data', check)
+    void p.exited.then((x) => done(new Error(`exited (${x.code ?? x.signal}) before ${re}: ${p.stderr()}`)))
+    check()
+  })
+}
+
+/** A fresh file lockspace in `dir` (short lease: the tests' hosts come and go). */
+export function initLockspace(dir: string): string {
+  const ls = join(dir, 'lockspace')
+  const r = tandem(['lock', 'init', '--lockspace', ls, '--hosts', '8', '--locks', '16'])
+  if (r.status !== 0) throw new Error(`lock init: ${r.stderr}`)
+  return ls
+}
+
+/** A pair of `vm run` processes: the backup listening on an ephemeral port, then the primary. */
+export async function startPair(t: { teardown(fn: () => unknown): void }, o: { args: string[]; lockspace: string; name?: string; backupArgs?: string[]; primaryArgs?: string[] }) {
+  const name = o.name ?? 'vm1'
+  const common = ['--json', '--name', name, '--ft-lockspace', o.lockspace, ...o.args]
+  const backup = vmProcess(t, [...common, '--ft-backup', '127.0.0.1:0', '--ft-host', 'host-b', ...(o.backupArgs ?? [])])
+  const port = Number((await waitFor(backup, /FT backup listening on 127\.0\.0\.1:(\d+)/))[1])
+  const primary = vmProcess(t, [...common, '--ft-primary', `127.0.0.1:${port}`, '--ft-host', 'host-p', ...(o.primaryArgs ?? [])])
+  return { backup, primary, port }
+}
