@@ -1,6 +1,6 @@
 import { Command, type OptionValues } from 'commander'
 import { StorageError } from '../../disk-formats/index.js'
-import { ANONYMOUS_VM_IQN, VM_IQN_PREFIX, checkInitiatorName, vmInitiatorName } from '../vm/scsi-path.js'
+import { ANONYMOUS_VM_IQN, VM_IQN_PREFIX, checkInitiatorName, logicalUnitPath, nexusName, vmInitiatorName, vmIsid, type ScsiPath } from '../vm/scsi-path.js'
 import { openVmDisk } from '../vm/vm-disk.js'
 import { parseCpuPercent } from '../vm/cpu-limit.js'
 import { loadLazy } from './lazy.js'
@@ -118,8 +118,9 @@ async function runAction(o: OptionValues): Promise<number> {
     })
   }
   const identity = checkInitiatorName(o.initiatorName ?? (o.name !== undefined ? vmInitiatorName(o.name) : ANONYMOUS_VM_IQN))
-  // the two sides of a pair are two I_T nexuses of the VM's identity (ISID qualifiers 1 and 2)
-  const disk = o.disk ? await openVmDisk(o.disk, identity, ft?.role === 'backup' ? 2 : 1) : undefined
+  // the two sides of a pair are two I_T nexuses of the VM's identity (ISID qualifiers 1 and 2);
+  // a backup follows a local file read-only beside its writing primary, and opens it for writing at go-live
+  const disk = o.disk ? await openVmDisk(o.disk, identity, ft?.role === 'backup' ? { isidQualifier: 2, follow: true } : {}) : undefined
   const out = o.json ? process.stderr : process.stdout
   let pending: number[] = []
   const flush = () => {
@@ -156,7 +157,7 @@ async function runAction(o: OptionValues): Promise<number> {
       cpuLimit,
       net: port,
       mac,
-      ft: ft && ((vm) => startFtRole(ft, vm, disk?.scsi)),
+      ft: ft && ((vm) => startFtRole(ft, vm, disk?.scsi, o.disk && disk?.disk ? () => openLiveDisk(o.disk, identity) : undefined)),
       onConsole: (b) => {
         pending.push(b)
         if (b === 10 || pending.length >= 256) flush()
@@ -230,12 +231,20 @@ function ftOptions(o: OptionValues): FtCliOptions | undefined {
 let ftArbiter: { close(): Promise<void> } | undefined
 
 /** The pair role of `vm run --ft-*`: its arbiter on the lockspace, then the channel. */
-async function startFtRole(f: FtCliOptions, vm: Parameters<NonNullable<import('../vm/run.js').VmRunOptions['ft']>>[0], scsi: import('../vm/scsi-path.js').ScsiPath | undefined) {
+async function startFtRole(f: FtCliOptions, vm: Parameters<NonNullable<import('../vm/run.js').VmRunOptions['ft']>>[0], scsi: ScsiPath | undefined, liveDisk?: () => Promise<ScsiPath>) {
   const { lockArbiter, ftPrimary, ftBackup } = await loadLazy<typeof import('../ft/index.js')>('../ft/index.js')
   const log = (msg: string) => process.stderr.write(`tandem vm: ${msg}\n`)
   const arbiter = await lockArbiter({ lockspace: f.lockspace, host: f.hostName, vm: f.vm, role: f.role, fenceDisk: scsi, log })
   ftArbiter = arbiter
   const role = { role: f.role, host: f.host, port: f.port, vm: f.vm, reads: f.reads, arbiter, lossMs: f.lossMs, lagControl: f.lagControl, log }
   if (f.role === 'primary') return ftPrimary(role, vm)
-  return ftBackup(role, { ...vm, onListening: (port) => log(`FT backup listening on ${f.host}:${port}`) })
+  return ftBackup(role, { ...vm, liveDisk, onListening: (port) => log(`FT backup listening on ${f.host}:${port}`) })
+}
+
+/** A backup's local disk file, opened for writing at go-live (its image lock taken then), as the VM's LU. */
+async function openLiveDisk(spec: string, identity: string): Promise<ScsiPath> {
+  const d = await openVmDisk(spec, identity, { isidQualifier: 2 })
+  if (d.scsi) return d.scsi
+  const { LogicalUnit } = await import('../../server/scsi/index.js')
+  return logicalUnitPath(new LogicalUnit(d.disk, { serial: 'tandem-vm-disk' }), nexusName(identity, vmIsid(identity, 2)))
 }

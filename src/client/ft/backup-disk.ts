@@ -39,7 +39,7 @@ const UNIT_ATTENTION_COMMANDS_CLEARED = Buffer.from([0x70, 0, 0x06, 0, 0, 0, 0, 
 export class BackupDisk implements ScsiPath {
   private readonly requests = new Map<number, Request>()
   private readonly outcomes = new Map<number, Outcome>()
-  private live: ScsiPath | null = null
+  private live: Promise<ScsiPath> | null = null
   private chain: Promise<unknown> = Promise.resolve()
   /** the highest request number whose READ the backup has made (or -1): the primary's writes wait for it */
   readsDone = -1
@@ -57,7 +57,7 @@ export class BackupDisk implements ScsiPath {
   }
 
   execute(cdb: Buffer, dataOut: Buffer | null, dataInLength: number, req?: DiskRequestInfo): Promise<ScsiResult> {
-    if (this.live) return this.live.execute(cdb, dataOut, dataInLength, req)
+    if (this.live) return this.live.then((p) => p.execute(cdb, dataOut, dataInLength, req))
     if (!req) return Promise.reject(new BackupDiskError('a backup disk request without its request number'))
     return new Promise<ScsiResult>((resolve, reject) => {
       this.requests.set(req.seq, { cdb, dataOut, dataInLength, resolve, reject })
@@ -122,8 +122,11 @@ export class BackupDisk implements ScsiPath {
    * in submission order. Writes are idempotent and reads are made again; a COMPARE AND WRITE is
    * never made twice: it completes with UNIT ATTENTION, commands cleared by another initiator.
    */
-  goLive(live: ScsiPath): void {
-    this.live = live
+  goLive(live: ScsiPath | Promise<ScsiPath>): void {
+    const path = Promise.resolve(live)
+    this.live = path
+    // a live path that cannot be had fails the requests, as a lost disk would
+    path.catch((e: Error) => this.onFailed?.(new BackupDiskError(`the disk could not be opened for the live VM: ${e.message}`)))
     const seqs = [...this.requests.keys()] // in submission order
     for (const seq of seqs) {
       const q = this.requests.get(seq)!
@@ -133,7 +136,7 @@ export class BackupDisk implements ScsiPath {
         q.resolve({ status: 0x02, sense: UNIT_ATTENTION_COMMANDS_CLEARED })
         continue
       }
-      const run = this.chain.then(() => live.execute(q.cdb, q.dataOut, q.dataInLength))
+      const run = this.chain.then(() => path).then((p) => p.execute(q.cdb, q.dataOut, q.dataInLength))
       this.chain = run.catch(() => undefined)
       run.then(q.resolve, q.reject)
     }

@@ -39,7 +39,7 @@ export interface BackupOptions {
   /** the VM's disk as a backup sees it: requests recorded, results from the log */
   disk?: BackupDisk
   /** the disk path the VM uses once live (default: the backup disk's shared path) */
-  liveDisk?: () => ScsiPath
+  liveDisk?: () => ScsiPath | Promise<ScsiPath>
   /** sends an ACK to the primary */
   ack: (a: Ack) => void
   timers: Timers
@@ -124,7 +124,9 @@ export class FtBackup {
     const executed = this.m?.hart.instret ?? 0
     this.lastExecuted = executed
     this.lastAckAt = this.o.timers.now()
-    this.o.ack({ received: this.o.source.horizon, executed, readsDone: this.o.disk ? this.o.disk.readsDone + 1 : 0 })
+    // a complete log (its close mark or END arrived) is received whole: past every count
+    const h = this.o.source.horizon
+    this.o.ack({ received: h === Infinity ? Number.MAX_SAFE_INTEGER : h, executed, readsDone: this.o.disk ? this.o.disk.readsDone + 1 : 0 })
   }
 
   private afterSlice(m: Machine): void {

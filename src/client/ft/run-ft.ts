@@ -2,6 +2,7 @@ import { StorageError } from '../../disk-formats/errors.js'
 import { EventSource, encodeHeader } from '../vm/events.js'
 import type { Machine, MachineOptions, RunSummary } from '../vm/machine.js'
 import type { SwitchPort } from '../vm/net.js'
+import type { ScsiPath } from '../vm/scsi-path.js'
 import { realTimers, type Timers } from '../vm/timers.js'
 import type { CpuLimiter } from '../vm/cpu-limit.js'
 import { BackupDisk, type BackupReads } from './backup-disk.js'
@@ -185,7 +186,14 @@ export async function ftPrimary(o: FtRoleOptions, vm: { memoryBytes: number; ima
  */
 export async function ftBackup(
   o: FtRoleOptions,
-  vm: { memoryBytes: number; imageSha: Buffer; disk?: import('../vm/scsi-path.js').ScsiPath; onListening?: (port: number) => void },
+  vm: {
+    memoryBytes: number
+    imageSha: Buffer
+    disk?: ScsiPath
+    /** the disk as the VM uses it once live, if not `disk` (a local file the backup follows read-only) */
+    liveDisk?: () => Promise<ScsiPath>
+    onListening?: (port: number) => void
+  },
 ): Promise<FtRole> {
   const timers = o.timers ?? realTimers
   const listener = await FtListener.listen({ host: o.host, port: o.port, timers, lossMs: o.lossMs })
@@ -224,6 +232,7 @@ export async function ftBackup(
     disk,
     ack: (a) => ch.send({ type: 'ACK', ...a }),
     timers,
+    liveDisk: vm.liveDisk,
   }))
   disk && (disk.onFailed = (e) => ch.close(e.message))
   const ended = ch.ended.then(async (e) => {

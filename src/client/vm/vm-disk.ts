@@ -3,6 +3,7 @@ import { StorageError } from '../../disk-formats/errors.js'
 import { IscsiInitiator, isIscsiUri } from '../transport/iscsi/index.js'
 import { isNetworkDisk, openDisk } from '../transport/open-disk.js'
 import { probeFormat } from '../../disk-formats/chain/index.js'
+import { imageLocking } from '../../disk-formats/image-lock.js'
 import { openSwitchableDisk } from '../checkpoint/local-switch.js'
 import type { DiskSwitch } from '../checkpoint/disk-switch.js'
 import { initiatorPath, vmIsid, type ScsiPath } from './scsi-path.js'
@@ -18,7 +19,23 @@ export type VmDisk = { disk: BlockDevice; scsi?: undefined; switch?: DiskSwitch;
  * LU reached in a session logged in as `identity` with the VM's fixed ISID (vmIsid), so the LU's
  * access list, and the reservations the guest makes, see the VM and not the host it runs on.
  */
-export async function openVmDisk(spec: string, identity: string, isidQualifier = 1): Promise<VmDisk> {
+export async function openVmDisk(spec: string, identity: string, o: { isidQualifier?: number; follow?: boolean } = {}): Promise<VmDisk> {
+  if (o.follow && !isNetworkDisk(spec)) {
+    // a file another process writes (an FT primary): read-only, taking no image lock (qemu's -U);
+    // a VMDK's tables would be cached stale under the writer, so only a raw file is followed
+    if ((await probeFormat(spec)) === 'vmdk') {
+      throw new StorageError('Unsupported', `'${spec}': an FT backup follows a local disk only as a raw file (its primary changes a VMDK's tables under it); give a datastore disk over iscsi://`)
+    }
+    const was = imageLocking.forceShare
+    imageLocking.forceShare = true
+    try {
+      const dev = await openDisk(spec, { readOnly: true })
+      return { disk: dev, close: () => dev.close() }
+    } finally {
+      imageLocking.forceShare = was
+    }
+  }
+  const isidQualifier = o.isidQualifier ?? 1
   if (!isNetworkDisk(spec) && (await probeFormat(spec)) === 'vmdk') {
     const { device, switch: sw } = await openSwitchableDisk(spec)
     return { disk: device, switch: sw, close: () => device.close() }
