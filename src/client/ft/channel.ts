@@ -5,7 +5,7 @@ import { FT_TYPES, FrameDecoder, FtProtocolError, encodeFrame, type FtErrorCode,
 
 /**
  * Heartbeat period: an idle sender sends HEARTBEAT this long after its last frame. 20 ms is the
- * architecture's idle PROGRESS period (ft-architecture §1.2); at ~28 bytes a frame it costs ~11 kbit/s.
+ * architecture's idle PROGRESS period (ft-architecture §1.2); at 20 bytes a frame it costs 8 kbit/s.
  */
 export const HEARTBEAT_MS = 20
 /**

@@ -52,7 +52,7 @@ export type FtStart = 'boot' | 'state'
 export type FtBackupReads = 'disk' | 'log'
 export type FtByeReason = 'handover' | 'stop'
 /** why a backup refuses a HELLO */
-export type FtRefusal = 'version' | 'image' | 'memory' | 'vm' | 'generation' | 'mode' | 'busy' | 'other'
+export type FtRefusal = 'version' | 'image' | 'memory' | 'vm' | 'generation' | 'mode' | 'other'
 
 /**
  * Why a frame stream is broken (decode) or an ERROR frame's code. `Busy` and `Internal` occur only
@@ -158,7 +158,7 @@ const MODES: FtMode[] = ['replay', 'checkpoint', 'colo']
 const STARTS: FtStart[] = ['boot', 'state']
 const READS: FtBackupReads[] = ['disk', 'log']
 const BYES: FtByeReason[] = ['handover', 'stop']
-const REFUSALS: FtRefusal[] = ['version', 'image', 'memory', 'vm', 'generation', 'mode', 'busy', 'other']
+const REFUSALS: FtRefusal[] = ['version', 'image', 'memory', 'vm', 'generation', 'mode', 'other']
 
 /** An enum's wire code: its index + 1 (0 is never valid, so a zeroed field is caught). */
 const code = <T>(list: readonly T[], v: T, what: string): number => {

@@ -6,6 +6,8 @@ import { FrameDecoder, encodeFrame, type FtMessage } from '../../../src/client/f
 import { within } from '../../helpers/peers.js'
 import { FakeTimers } from '../../helpers/timers.js'
 
+const pause = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
 type Tap = { teardown(fn: () => unknown): void }
 
 /** Waits (real time, bounded) until `cond` holds: socket I/O is real even when the clock is fake. */
@@ -13,7 +15,7 @@ async function until(cond: () => boolean, what: string, ms = 10_000): Promise<vo
   const end = Date.now() + ms
   while (!cond()) {
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((r) => setTimeout(r, 2))
+    await pause(2)
   }
 }
 
@@ -76,7 +78,7 @@ t.test('an idle channel sends HEARTBEAT every heartbeatMs; another frame sent pu
   const { primary, backup } = await pair(t, timers)
   const hb = () => backup.received.byType.HEARTBEAT.messages
   await timers.advance(19)
-  await new Promise((r) => setTimeout(r, 20))
+  await pause(20)
   t.equal(hb(), 0, 'none before 20 ms')
   await timers.advance(1)
   await until(() => hb() === 1, 'a heartbeat at 20 ms')
@@ -84,7 +86,7 @@ t.test('an idle channel sends HEARTBEAT every heartbeatMs; another frame sent pu
   await timers.advance(10)
   primary.send({ type: 'LOG', records: Buffer.alloc(20) }) // at 30: due at 50
   await timers.advance(19)
-  await new Promise((r) => setTimeout(r, 20))
+  await pause(20)
   t.equal(hb(), 1, 'no heartbeat while other frames go out (t = 49)')
   await timers.advance(1)
   await until(() => hb() === 2, 'a heartbeat at 50 ms')
@@ -116,7 +118,7 @@ t.test('a partition (FaultLink blackhole) is detected by both sides after lossMs
   const pLost = settled(primary.lost)
   const bLost = settled(backup.lost)
   await timers.advance(280)
-  await new Promise((r) => setTimeout(r, 20))
+  await pause(20)
   t.equal(pLost.done || bLost.done, false, 'not lost at 280 ms of silence')
   await timers.advance(40)
   await until(() => pLost.done && bLost.done, 'both sides lost')
@@ -253,7 +255,7 @@ t.test('backpressure: send returns false over the high-water mark, buffering sta
   t.ok(sends < 1000, `send returned false after ${sends} batches (${(sends * 256) >> 10} MiB)`)
   t.ok(ch.bufferedBytes > high && ch.bufferedBytes <= high + records.length + 12, `bufferedBytes ${ch.bufferedBytes} bounded by the mark + one frame`)
   const drained = settled(ch.drained())
-  await new Promise((r) => setTimeout(r, 50))
+  await pause(50)
   t.equal(drained.done, false, 'drained() waits while the peer reads nothing')
   let got = 0
   peer.on('data', (d: Buffer) => (got += d.length))
@@ -275,7 +277,7 @@ t.test('BYE ends both sides cleanly, reported apart from a loss', async (t) => {
   t.same(await byeEvent, await backup.ended, "a 'bye' event")
   // the socket's close after the BYE does not turn it into a loss
   await timers.advance(CLOSE_GRACE_MS)
-  await new Promise((r) => setTimeout(r, 50))
+  await pause(50)
   t.equal(bLost.done, false, 'lost never resolves after a BYE')
   t.equal(primary.send({ type: 'HEARTBEAT', ms: 1 }), false, 'sends after the end go nowhere')
   await t.rejects(backup.next(), { name: 'FtChannelEnded', message: 'FT channel ended: BYE handover' })
@@ -297,4 +299,28 @@ t.test('a reset connection is a loss naming the socket error', async (t) => {
   ;(backup as unknown as { sock: Socket }).sock.resetAndDestroy()
   const e = await primary.lost
   t.match(e.reason, /^socket error: ECONNRESET$|^the peer closed the connection$|^the connection closed$/)
+})
+
+t.test('real timers: heartbeats keep an idle pair alive; a partition is detected in about lossMs', async (t) => {
+  const listener = await FtListener.listen({ port: 0 })
+  const link = await FaultLink.start({ target: { port: listener.port } })
+  t.teardown(async () => {
+    await link.close()
+    await listener.close()
+  })
+  const accepted = new Promise<FtChannel>((r) => listener.once('channel', r))
+  const primary = await FtChannel.connect({ port: link.port })
+  t.teardown(() => primary.close())
+  const backup = await accepted
+  await pause(400)
+  t.equal(primary.closed || backup.closed, false, 'alive after 400 ms idle (longer than lossMs)')
+  t.ok(backup.received.byType.HEARTBEAT.messages >= 5, `${backup.received.byType.HEARTBEAT.messages} heartbeats in 400 ms`)
+  const start = performance.now()
+  link.blackhole()
+  const [p, b] = await Promise.all([primary.lost, backup.lost])
+  const took = performance.now() - start
+  t.equal(p.reason, 'no frame from the peer for 300 ms')
+  t.equal(b.reason, 'no frame from the peer for 300 ms')
+  // at least lossMs minus the heartbeat period (the last frame came before the blackhole); the upper bound is generous (a busy machine)
+  t.ok(took >= 270 && took < 2000, `lost after ${took.toFixed(0)} ms`)
 })
