@@ -4,7 +4,7 @@ import { readFileSync, writeFileSync } from 'node:fs'
 import { once } from 'node:events'
 import { join } from 'node:path'
 import { FileLockStorage, initLockspace, LockManager, regionSize } from '../../../src/disk-formats/lock-region/index.js'
-import { ROOT, tmp } from '../../helpers/peers.js'
+import { ROOT, tmp, within } from '../../helpers/peers.js'
 
 /**
  * A process stopped (SIGSTOP) while it holds a lockspace file's fcntl lock — as a host stopped
@@ -21,15 +21,7 @@ function holdsPosixLock(pid: number): boolean {
 }
 
 /** How `p` settles within `ms`: its value, its error, or 'hung'. */
-async function within<T>(ms: number, p: Promise<T>): Promise<{ ok: T } | { err: unknown } | 'hung'> {
-  let timer: NodeJS.Timeout | undefined
-  const hung = new Promise<'hung'>((r) => (timer = setTimeout(() => r('hung'), ms)))
-  try {
-    return await Promise.race([p.then((ok) => ({ ok }), (err: unknown) => ({ err })), hung])
-  } finally {
-    clearTimeout(timer)
-  }
-}
+const settles = <T>(ms: number, p: Promise<T>) => within(p.then((ok) => ({ ok }), (err: unknown) => ({ err })), ms, 'hung' as const)
 
 t.test('a process stopped holding the file lock stalls no other host', { skip: process.platform !== 'linux' && 'needs /proc/locks' }, async (t) => {
   const path = join(tmp(t), 'lockspace')
@@ -58,17 +50,17 @@ t.test('a process stopped holding the file lock stalls no other host', { skip: p
   t.ok(holdsPosixLock(child.pid!), 'the stopped process holds the file lock (/proc/locks)')
 
   const t0 = performance.now()
-  const read = await within(5000, st.read(0, 512))
+  const read = await settles(5000, st.read(0, 512))
   const took = performance.now() - t0
   t.match(read, { err: { name: 'StorageError', code: 'Busy', message: /another process has held its file lock for \d+ ms \(stopped or hung while writing it\?\); try again/ } }, 'a read fails with Busy, it does not hang')
   t.ok(took >= WAIT - 5 && took < WAIT + 2000, `after the bounded wait (${Math.round(took)} ms)`)
-  t.match(await within(5000, a.acquire('s')), { err: { code: 'Busy' } }, 'an acquire too')
-  t.match(await within(5000, a.claim('r', 1)), { err: { code: 'Busy' } }, 'and a claim')
+  t.match(await settles(5000, a.acquire('s')), { err: { code: 'Busy' } }, 'an acquire too')
+  t.match(await settles(5000, a.claim('r', 1)), { err: { code: 'Busy' } }, 'and a claim')
   // the holder cannot renew: its lease runs out and it fences itself, as with unreachable storage
   for (let i = 0; i < 80 && !fenced; i++) await new Promise((r) => setTimeout(r, 100))
   t.match(fenced, /could not renew the heartbeat within the lease/, 'the lease holder fenced itself')
   t.notOk(a.valid())
-  t.match(await within(5000, a.leave()), { err: { code: 'IoError' } }, 'leaving ends (with what it could not write), it does not hang')
+  t.match(await settles(5000, a.leave()), { err: { code: 'IoError' } }, 'leaving ends (with what it could not write), it does not hang')
 
   child.kill('SIGKILL')
   await once(child, 'exit')
