@@ -1,10 +1,12 @@
-import t from 'tap'
-import { spawn } from 'node:child_process'
+import t, { type Test } from 'tap'
+import { spawn, type ChildProcess } from 'node:child_process'
 import { readFileSync, writeFileSync } from 'node:fs'
 import { once } from 'node:events'
 import { join } from 'node:path'
 import { FileLockStorage, initLockspace, LockManager, regionSize } from '../../../src/disk-formats/lock-region/index.js'
+import { IscsiLockStorage } from '../../../src/client/locks/iscsi-storage.js'
 import { ROOT, tmp, within } from '../../helpers/peers.js'
+import { startServer } from '../../helpers/server.js'
 
 /**
  * A process stopped (SIGSTOP) while it holds a lockspace file's fcntl lock — as a host stopped
@@ -23,6 +25,19 @@ function holdsPosixLock(pid: number): boolean {
 /** How `p` settles within `ms`: its value, its error, or 'hung'. */
 const settles = <T>(ms: number, p: Promise<T>) => within(p.then((ok) => ({ ok }), (err: unknown) => ({ err })), ms, 'hung' as const)
 
+/** A process that takes `path`'s fcntl lock (as in its compare-and-write) and is stopped holding it. */
+async function stoppedHolder(t: Test, path: string): Promise<ChildProcess> {
+  const script = `const fsExt = require('fs-ext'); const fd = require('node:fs').openSync(${JSON.stringify(path)}, 'r+');
+    fsExt.fcntl(fd, 'setlkw', fsExt.constants.F_WRLCK, (e) => { if (e) throw e; process.stdout.write('locked\\n'); setInterval(() => {}, 1000) })`
+  const child = spawn(process.execPath, ['-e', script], { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] })
+  t.teardown(() => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+  })
+  await once(child.stdout!, 'data')
+  child.kill('SIGSTOP')
+  return child
+}
+
 t.test('a process stopped holding the file lock stalls no other host', { skip: process.platform !== 'linux' && 'needs /proc/locks' }, async (t) => {
   const path = join(tmp(t), 'lockspace')
   writeFileSync(path, Buffer.alloc(regionSize({ maxHosts: 4, maxLocks: 8 })))
@@ -39,14 +54,7 @@ t.test('a process stopped holding the file lock stalls no other host', { skip: p
   await a.acquire('r')
 
   // another host's process takes the file's lock, as in its compare-and-write, and is stopped there
-  const script = `const fsExt = require('fs-ext'); const fd = require('node:fs').openSync(${JSON.stringify(path)}, 'r+');
-    fsExt.fcntl(fd, 'setlkw', fsExt.constants.F_WRLCK, (e) => { if (e) throw e; process.stdout.write('locked\\n'); setInterval(() => {}, 1000) })`
-  const child = spawn(process.execPath, ['-e', script], { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] })
-  t.teardown(() => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
-  })
-  await once(child.stdout!, 'data')
-  child.kill('SIGSTOP')
+  const child = await stoppedHolder(t, path)
   t.ok(holdsPosixLock(child.pid!), 'the stopped process holds the file lock (/proc/locks)')
 
   const t0 = performance.now()
@@ -69,4 +77,20 @@ t.test('a process stopped holding the file lock stalls no other host', { skip: p
   await b.join()
   t.equal((await b.acquire('s')).generation, 1, 'and another host takes locks')
   await b.leave()
+})
+
+t.test('the served lockspace LUN answers hosts over iSCSI with an error, not a stall, meanwhile', { skip: process.platform !== 'linux' && 'needs /proc/locks' }, async (t) => {
+  const s = await startServer(t)
+  const st = await IscsiLockStorage.open(`iscsi://127.0.0.1:${s.iscsiPort}/iqn.2026-11.local.tandem:lockspace/0`, { initiatorName: 'iqn.2026-11.test:stall' })
+  t.teardown(() => st.close())
+  const child = await stoppedHolder(t, s.locks.path)
+  t.ok(holdsPosixLock(child.pid!), 'a process on the server\'s lockspace file is stopped holding its lock')
+  const sector = Buffer.alloc(512)
+  t.match(await settles(10_000, st.compareAndWrite(512 * 70, sector, sector)), { err: { code: 'Busy', message: /status 0x02, sense key 0x2/ } }, 'COMPARE AND WRITE over iSCSI: NOT READY after the bounded wait')
+  child.kill('SIGKILL')
+  await once(child, 'exit')
+  // the server's own lease may have run out meanwhile: then it fenced and rejoins (its LU answers errors until then)
+  let back = false
+  for (let i = 0; i < 150 && !back; i++) back = await st.read(0, 512).then(() => true, () => new Promise<boolean>((r) => setTimeout(() => r(false), 100)))
+  t.ok(back, 'and reads work again once the lock is free')
 })
