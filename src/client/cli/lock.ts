@@ -25,7 +25,7 @@ const EXIT_MEANING: Record<keyof typeof LOCK_RUN_EXIT, string> = {
   timedOut: 'the command did not run: --wait ran out (the message says after how many seconds)',
   lockspace: 'the command did not run: the lockspace is missing, damaged or unreadable',
   releaseFailed: 'the command ran, but the lock could not be released (the message gives its status)',
-  leaseLost: 'the command ran and was killed: the lease was lost (or its watchdog died)',
+  leaseLost: 'the command ran and was killed: the lease was lost, another host claimed the lock, or its watchdog died',
 }
 
 /** How an LU is named: on `tandem serve`, its datastore's lockspace is iqn.2026-11.local.tandem:lockspace, LUN 0. */
@@ -208,6 +208,8 @@ export function lockCommand(run: (fn: () => Promise<number | void>) => Promise<v
         if (child.pid) dog.group(child.pid)
         mgr.onRenew = (deadline) => dog.deadline(deadline)
         mgr.onFence = lose
+        // another host claimed the lock (LockManager.claim): the command must stop as if fenced
+        mgr.onLost = (lock, reason) => lock === name && lose(reason)
         let yielded = false
         mgr.onRequested = (lock, by) => {
           if (!o.yield || yielded || lock !== name) return

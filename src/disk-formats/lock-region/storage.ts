@@ -1,7 +1,7 @@
 import { realpath } from 'node:fs/promises'
 import { createRequire } from 'node:module'
 import { Mutex } from 'async-mutex'
-import { StorageError } from '../errors.js'
+import { fromSystemError, StorageError } from '../errors.js'
 import { datasync, fileSize, openFile, preadFull, pwriteFull } from '../file-io.js'
 import type { FileHandle } from 'node:fs/promises'
 
@@ -46,6 +46,19 @@ function fcntl(fd: number, cmd: string, type: number): Promise<void> {
   return new Promise((res, rej) => fsExt.fcntl(fd, cmd, type, (e) => (e ? rej(e) : res())))
 }
 
+export interface FileLockStorageOptions {
+  /**
+   * How long an operation waits, ms, for the file's fcntl lock while another process holds it
+   * (default 1000: half the default lease, so a renewal fails — and is tried again at the next
+   * heartbeat — well before the lease runs out). Past it the operation fails with Busy.
+   */
+  lockWaitMs?: number
+}
+
+/** Polling interval bounds while another process holds the file's lock (it holds it for microseconds, unless stopped). */
+const LOCK_POLL_MIN_MS = 1
+const LOCK_POLL_MAX_MS = 16
+
 /** A lockspace in a file on a local or POSIX shared filesystem: read-compare-write under an fcntl lock, then fdatasync. */
 export class FileLockStorage implements LockStorage {
   private constructor(
@@ -53,9 +66,10 @@ export class FileLockStorage implements LockStorage {
     private readonly key: string,
     private readonly shared: SharedFile,
     readonly size: number,
+    private readonly lockWaitMs: number,
   ) {}
 
-  static async open(path: string): Promise<FileLockStorage> {
+  static async open(path: string, o: FileLockStorageOptions = {}): Promise<FileLockStorage> {
     let key: string
     try {
       key = await realpath(path)
@@ -70,13 +84,37 @@ export class FileLockStorage implements LockStorage {
     }
     const shared = await p
     shared.refs++
-    return new FileLockStorage(path, key, shared, await fileSize(shared.fh, path))
+    return new FileLockStorage(path, key, shared, await fileSize(shared.fh, path), o.lockWaitMs ?? 1000)
+  }
+
+  /**
+   * Takes the file's fcntl lock by polling F_SETLK, never by F_SETLKW: a process stopped (SIGSTOP)
+   * or hung while it holds the lock would otherwise stall every host of the file for as long, each
+   * with a thread of libuv's pool blocked in the kernel. Past `lockWaitMs` this fails with Busy,
+   * which the lock manager treats as storage it cannot reach (a failed renewal; an attempt that
+   * fails and may be tried again).
+   */
+  private async lockFile(fd: number, type: number): Promise<void> {
+    const start = performance.now()
+    for (let pause = LOCK_POLL_MIN_MS; ; pause = Math.min(2 * pause, LOCK_POLL_MAX_MS)) {
+      try {
+        return await fcntl(fd, 'setlk', type)
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code
+        if (code !== 'EAGAIN' && code !== 'EACCES') throw fromSystemError(e, this.name, 'lock')
+      }
+      const waited = performance.now() - start
+      if (waited >= this.lockWaitMs) {
+        throw new StorageError('Busy', `lockspace '${this.name}': another process has held its file lock for ${Math.round(waited)} ms (stopped or hung while writing it?); try again`, this.name)
+      }
+      await new Promise((r) => setTimeout(r, Math.min(pause, this.lockWaitMs - waited)))
+    }
   }
 
   private async locked<T>(type: number, fn: (fh: FileHandle) => Promise<T>): Promise<T> {
     return this.shared.mutex.runExclusive(async () => {
       const fd = this.shared.fh.fd
-      await fcntl(fd, 'setlkw', type)
+      await this.lockFile(fd, type)
       try {
         return await fn(this.shared.fh)
       } finally {

@@ -173,3 +173,22 @@ t.test('lock ls does not call a host alive that died before it looked', async (t
   const text = await run(process.execPath, [CLI, 'lock', 'ls', '--lockspace', ls])
   t.match(text.stdout, /A\s+no\s/)
 })
+
+t.test('a lock claimed by another host (LockManager.claim) kills the command: lease lost', async (t) => {
+  const { dir, ls } = lockspace(t)
+  const a = hold(t, ['vm/x', '--lockspace', ls, '--host', 'A'], 'sleep 30', join(dir, 'a.started'))
+  await a.ready
+  const { FileLockStorage, LockManager } = await import('../../../src/disk-formats/lock-region/index.js')
+  const st = await FileLockStorage.open(ls)
+  const b = new LockManager(st, 'B')
+  await b.join()
+  t.teardown(async () => {
+    await b.leave()
+    await st.close()
+  })
+  t.match(await b.claim('vm/x', 1), { generation: 2 }, 'B claims generation 1 from the live holder A')
+  const code = await within(a.exit, 10_000, 'still running')
+  t.equal(code, LEASE_LOST, a.stderr())
+  t.match(a.stderr(), /lock 'vm\/x' lost \(lock 'vm\/x' \(generation 1\) is now held by host 'B' at generation 2\); the command was killed/)
+  t.ok(b.holds('vm/x'), 'B keeps it')
+})

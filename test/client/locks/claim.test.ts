@@ -2,7 +2,7 @@ import t, { type Test } from 'tap'
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { IscsiLockStorage } from '../../../src/client/locks/iscsi-storage.js'
-import { countingStorage, FileLockStorage, initLockspace, LockManager, regionSize, type Held, type LockStorage } from '../../../src/disk-formats/lock-region/index.js'
+import { countingStorage, delayedStorage, FileLockStorage, initLockspace, LockManager, regionSize, type Held, type LockStorage } from '../../../src/disk-formats/lock-region/index.js'
 import { tmp } from '../../helpers/peers.js'
 import { startServer } from '../../helpers/server.js'
 
@@ -15,7 +15,8 @@ import { startServer } from '../../helpers/server.js'
 const LOCKSPACE_IQN = 'iqn.2026-11.local.tandem:lockspace'
 const LOCK = 'vm/ft1'
 
-async function race(t: Test, raw: [LockStorage, LockStorage]): Promise<void> {
+/** `onRound`: called before each round (a test may slow one host down in some rounds). */
+async function race(t: Test, raw: [LockStorage, LockStorage], onRound: (round: number) => void = () => {}): Promise<void> {
   const storages = raw.map((s) => countingStorage(s))
   const hosts = storages.map((s, i) => new LockManager(s, `claim-${i}`))
   const lost = [0, 0]
@@ -31,6 +32,7 @@ async function race(t: Test, raw: [LockStorage, LockStorage]): Promise<void> {
   /** rounds where the loser's compare-and-write reached the storage too */
   let contested = 0
   for (let round = 0; round < 50; round++) {
+    onRound(round)
     const cas = storages.reduce((n, s) => n + s.counts.cas, 0)
     // the first to start would nearly always win: take turns starting first
     const order = round % 2 ? [1, 0] : [0, 1]
@@ -84,4 +86,17 @@ t.test('iSCSI lockspace LUN (COMPARE AND WRITE), two sessions', async (t) => {
   const b = await IscsiLockStorage.open(uri, { initiatorName: 'iqn.2026-11.local.tandem:host:claim-1' })
   t.teardown(() => Promise.all([a.close(), b.close()]))
   await race(t, [a, b])
+})
+
+t.test('one atomicity domain: a host on the served lockspace file against a host over its LUN', async (t) => {
+  const s = await startServer(t)
+  const file = await FileLockStorage.open(s.locks.path)
+  const lun = await IscsiLockStorage.open(`iscsi://127.0.0.1:${s.iscsiPort}/${LOCKSPACE_IQN}/0`, { initiatorName: 'iqn.2026-11.local.tandem:host:claim-1' })
+  t.teardown(async () => {
+    await lun.close()
+    await file.close()
+  })
+  // the host in the server's process answers first: in odd rounds it is slowed down (20 ms per operation)
+  let slow = 0
+  await race(t, [delayedStorage(file, () => slow), lun], (round) => (slow = round % 2 ? 20 : 0))
 })

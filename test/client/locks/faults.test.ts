@@ -115,9 +115,10 @@ const fourHosts = async (t: Test, backend: Backend) => {
   await hosts[0].exited
   await sleep(1500)
   // pause: SIGSTOP a host beyond its lease, then let it go on
-  // On the file backend a host stopped inside its fcntl lock (its compare-and-write) stalls every
-  // host of the file until it goes on — a property of that backend, not the pause under test: stop
-  // it where /proc/locks shows it holding no lock (else let it go on a moment and stop it again)
+  // On the file backend a host stopped inside its fcntl lock (its compare-and-write) makes every
+  // other host's operations on the file fail (Busy, file-lock-stall.test.ts) until it goes on, so a
+  // pause beyond the lease fences them all — a property of that backend, not the pause under test:
+  // stop it where /proc/locks shows it holding no lock (else let it go on a moment and stop it again)
   const sleepyPid = hosts[1].proc.pid!
   for (let i = 0; i < 200; i++) {
     process.kill(-sleepyPid, 'SIGSTOP')
