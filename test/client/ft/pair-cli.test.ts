@@ -30,8 +30,8 @@ t.test('two processes on loopback: the backup follows; a clean end ends both ide
   t.equal(bs.instructions, ps.instructions, 'same instruction count')
   t.equal(bs.stateHash, ps.stateHash, 'same final state')
   t.equal(bs.consoleHash, ps.consoleHash, 'same console')
-  t.match(ps.ft, { role: 'primary', outcome: 'paired' })
-  t.match(bs.ft, { role: 'backup', outcome: 'paired' })
+  t.match(ps.ft, { role: 'primary', outcome: 'paired' }, JSON.stringify(ps.ft))
+  t.match(bs.ft, { role: 'backup', outcome: 'paired' }, JSON.stringify(bs.ft))
   t.ok(ps.ft.logBytes > 0, `${ps.ft.logBytes} log bytes`)
 })
 
