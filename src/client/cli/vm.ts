@@ -41,6 +41,17 @@ export function vmCommand(run: (fn: () => Promise<number | void>) => Promise<voi
     .option('--host <url>', 'restore on this host (tandem host) as VM --name: --disk is then a datastore disk, the file a path on the host')
     .action((file: string, o) => run(() => (o.host ? restoreOnHost(file, o) : runAction({ ...o, restore: file }))))
   addCheckpointCommand(vm, run)
+  vm.command('switchover')
+    .description("planned switchover of a fault-tolerant pair: the primary stops between slices, waits until its backup has acknowledged everything, hands the VM over (the backup claims its lock and goes on live at that instruction) and exits 0")
+    .requiredOption('--control <path>', "the primary's control socket (vm run --control)")
+    .option('--json', 'print the answer as JSON')
+    .action((o) =>
+      run(async () => {
+        const r = await requestJson<{ instructions: number }>(`unix:${resolve(o.control)}`, 'POST', '/api/v1/vm/ft/handover', {})
+        process.stdout.write(o.json ? JSON.stringify(r) + '\n' : `Handed over to the backup at instruction ${r.instructions}\n`)
+        return 0
+      }),
+    )
   addHostVmCommands(vm, run)
   return vm
 }
@@ -188,6 +199,7 @@ async function runAction(o: OptionValues): Promise<number> {
       if (s.ft) process.stderr.write(`tandem vm: FT ${s.ft.role}, ${s.ft.outcome}${s.ft.channelEnd ? ` (channel: ${s.ft.channelEnd})` : ''}, ${s.ft.logBytes} log bytes${s.ft.takeoverMs !== undefined ? `, took over in ${s.ft.takeoverMs.toFixed(1)} ms` : ''}\n`)
     }
     if (s.ft?.outcome === 'halted') return VM_EXIT.FT_HALTED
+    if (s.ft?.outcome === 'handed-over') return 0
     if (s.end === 'exit') return s.exitCode ?? 0
     return s.end === 'limit' ? VM_EXIT.LIMIT : s.end === 'fault' ? VM_EXIT.FAULT : s.end === 'halt' ? VM_EXIT.HALT : s.end === 'stopped' ? VM_EXIT.STOPPED : VM_EXIT.REPLAY
   } finally {

@@ -57,7 +57,9 @@ export async function lockArbiter(o: LockArbiterOptions): Promise<Arbiter & { cl
     throw e
   }
   let started = generation
+  let keep = false
   return {
+    keep: () => void (keep = true),
     manager: mgr,
     get generation() {
       return generation
@@ -78,7 +80,7 @@ export async function lockArbiter(o: LockArbiterOptions): Promise<Arbiter & { cl
       o.log?.(`fenced the other side's key on the disk (PREEMPT AND ABORT)`)
     },
     async close(): Promise<void> {
-      await mgr.release(name).catch(() => undefined)
+      if (!keep) await mgr.release(name).catch(() => undefined)
       await mgr.leave().catch(() => undefined)
       await storage.close().catch(() => undefined)
     },

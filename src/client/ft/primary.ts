@@ -181,6 +181,13 @@ export class FtPrimary {
 
   /** Between slices: the console's partial line held, the log shipped with a progress mark. */
   private async afterSlice(m: Machine): Promise<void> {
+    this.flush(m)
+    if (this.o.gate.overLimit) await this.o.gate.whenUnder()
+    if (this.o.link.bufferedBytes > LINK_HIGH_WATER) await this.o.link.drained()
+  }
+
+  /** Ships everything logged so far, with a progress mark at the VM's count (a paused VM: all of it). */
+  flush(m: Machine): void {
     this.m = m
     this.holdConsole()
     const now = this.o.timers.now()
@@ -201,8 +208,6 @@ export class FtPrimary {
       this.o.lag.progress(at, now)
     }
     this.sink.push()
-    if (this.o.gate.overLimit) await this.o.gate.whenUnder()
-    if (this.o.link.bufferedBytes > LINK_HIGH_WATER) await this.o.link.drained()
   }
   private sinkCountAtMark = -1
 

@@ -25,6 +25,8 @@ export interface Arbiter {
   claim(generation: number): Promise<boolean>
   /** once live alone: the storage fence (PREEMPT AND ABORT of the other side's registration), if any */
   fence?(): Promise<void>
+  /** the lock is not to be released at the end (a primary that handed the VM over: the backup claims it) */
+  keep?(): void
 }
 
 export interface FtRoleOptions {
@@ -47,13 +49,18 @@ export interface FtRoleOptions {
 /** What `vm run --ft-*` reports beside the run summary. */
 export interface FtReport {
   role: 'primary' | 'backup'
-  /** 'paired' throughout; 'alone' (won the claim), 'halted' (lost it), 'live' (a backup that took over) */
-  outcome: 'paired' | 'alone' | 'halted' | 'live'
+  /**
+   * 'paired' throughout; 'alone' (won the claim), 'halted' (lost it), 'live' (a backup that took
+   * over), 'handed-over' (a primary that switched over to its backup)
+   */
+  outcome: 'paired' | 'alone' | 'halted' | 'live' | 'handed-over'
   /** the peer's end: why the channel ended */
   channelEnd?: string
   logBytes: number
   /** ms from losing the peer to running live or alone */
   takeoverMs?: number
+  /** a backup gone live: the outputs it sent again (produced after the primary's last release mark) */
+  resent?: number
   lag?: ReturnType<LagMeter['snapshot']>
   outputDelay?: ReturnType<OutputGate['snapshot']>['delay']
 }
@@ -65,6 +72,11 @@ export interface FtRole {
   finish(summary: RunSummary): Promise<FtReport>
   /** a backup: the HELLO it accepted (memory, image) */
   readonly hello?: FtHelloParams
+  /**
+   * A primary: planned switchover (ft/SPEC.md): stops the VM between slices, waits until the backup
+   * has acknowledged everything, hands over and halts. Resolves with the count the backup goes on from.
+   */
+  handover?(): Promise<{ instructions: number }>
 }
 
 const nextMessage = (ch: FtChannel, type: FtMessage['type'], what: string): Promise<FtMessage> =>
@@ -131,6 +143,35 @@ export async function ftPrimary(o: FtRoleOptions, vm: { memoryBytes: number; ima
   let channelEnd: string | undefined
   let takeoverMs: number | undefined
   let machine: Machine | null = null
+  let handing = false
+  const handover = async (): Promise<{ instructions: number }> => {
+    if (outcome !== 'paired' || handing || !machine) throw new StorageError('InvalidArgument', `this VM is not the primary of a running pair (${outcome}): nothing to hand over`)
+    const m = machine
+    handing = true
+    const at = await m.requestPause()
+    try {
+      primary.flush(m)
+      // every output acknowledged: nothing is held that the backup would not produce again
+      for (const t0 = timers.now(); gate.held > 0 && !ch.closed; ) {
+        if (timers.now() - t0 > 10_000) throw new StorageError('Busy', `the backup has not acknowledged the log to instruction ${at} within 10 s`)
+        await timers.sleep(1)
+      }
+      if (ch.closed) throw new StorageError('IoError', 'the FT channel ended during the handover')
+      // the release mark covering all of it: the backup sends none of its outputs again
+      primary.flush(m)
+      await ch.drained()
+    } catch (e) {
+      handing = false
+      m.resume()
+      throw e
+    }
+    outcome = 'handed-over'
+    o.log?.(`handing vm/${o.vm} over to the backup at instruction ${at}`)
+    m.halt(`handed over to the backup at instruction ${at}`)
+    m.resume()
+    await ch.bye('handover', at)
+    return { instructions: at }
+  }
   const lost = ch.lost.then(async ({ reason }) => {
     channelEnd = reason
     const t0 = timers.now()
@@ -165,9 +206,13 @@ export async function ftPrimary(o: FtRoleOptions, vm: { memoryBytes: number; ima
       machine = m
       primary.attach(m)
     },
+    handover,
     async finish(summary) {
       await control?.stop()
-      if (!ch.closed && outcome === 'paired') {
+      if (outcome === 'handed-over') {
+        // the backup claims the VM's lock from us: keep ours until then
+        o.arbiter.keep?.()
+      } else if (!ch.closed && outcome === 'paired') {
         await primary.sink.close()
         ch.send({ type: 'BYE', reason: 'stop', instret: summary.instructions })
         await ch.drained()
@@ -238,14 +283,15 @@ export async function ftBackup(
   const ended = ch.ended.then(async (e) => {
     await listener.close()
     channelEnd = endText(e)
-    if (e.kind === 'bye') {
+    if (e.kind === 'bye' && e.bye.reason === 'stop') {
       // a clean end: the log has its END or close mark
       source.end()
       return
     }
     const t0 = timers.now()
     backup.peerLost()
-    o.log?.(`the FT primary is lost (${e.reason}): claiming vm/${o.vm} from generation ${hello.lockGeneration}`)
+    if (e.kind === 'bye') o.log?.(`the FT primary hands vm/${o.vm} over at instruction ${e.bye.instret}: claiming it from generation ${hello.lockGeneration}`)
+    else o.log?.(`the FT primary is lost (${e.reason}): claiming vm/${o.vm} from generation ${hello.lockGeneration}`)
     const won = await o.arbiter.claim(hello.lockGeneration).catch((err: Error) => {
       o.log?.(`the claim failed: ${err.message}`)
       return false
@@ -259,7 +305,9 @@ export async function ftBackup(
     }
     await o.arbiter.fence?.()
     outcome = 'live'
-    backup.failover()
+    // a handover's log is whole (the primary stopped at its count and everything was acked): replayed to its last record
+    if (e.kind === 'bye') source.end()
+    else backup.failover()
     takeoverMs = timers.now() - t0
     o.log?.(`won vm/${o.vm}: going live at instruction ${source.horizon === Infinity ? 'the log\'s end' : source.horizon}`)
   })
@@ -278,7 +326,7 @@ export async function ftBackup(
     async finish() {
       ch.close('done')
       await ended
-      return { role: 'backup', outcome, channelEnd, logBytes, takeoverMs }
+      return { role: 'backup', outcome, channelEnd, logBytes, takeoverMs, ...(backup.live ? { resent: backup.resent } : {}) }
     },
   }
 }

@@ -14,6 +14,8 @@ export interface VmControl {
   resume(): void
   /** a checkpoint to `file`; the answer is its summary */
   checkpoint(req: Record<string, unknown>): Promise<Record<string, unknown>>
+  /** a fault-tolerant primary: planned switchover to its backup (absent: not a pair's primary) */
+  handover?(): Promise<Record<string, unknown>>
 }
 
 const wrap = (fn: (req: Request, res: Response) => Promise<void>) => (req: Request, res: Response, next: NextFunction) => fn(req, res).catch(next)
@@ -48,6 +50,13 @@ export async function serveControl(path: string, ctl: VmControl): Promise<{ clos
     res.json({ paused: false })
   })
   app.post('/api/v1/vm/checkpoint', wrap(async (req, res) => void res.status(201).json(await ctl.checkpoint((req.body ?? {}) as Record<string, unknown>))))
+  app.post(
+    '/api/v1/vm/ft/handover',
+    wrap(async (_req, res) => {
+      if (!ctl.handover) throw new StorageError('InvalidArgument', 'this VM is not the primary of a fault-tolerant pair')
+      res.json(await ctl.handover())
+    }),
+  )
   app.use(noRoute)
   app.use(jsonErrors(pino({ level: 'error' }, process.stderr)))
   const server: Server = createServer(app)

@@ -104,7 +104,7 @@ export async function runVm(o: VmRunOptions): Promise<VmRunSummary> {
     throw e
   }
   role?.attach(m)
-  const control = o.control ? await serveControl(o.control, vmControl(m, o, disk !== undefined)) : undefined
+  const control = o.control ? await serveControl(o.control, { ...vmControl(m, o, disk !== undefined), ...(role?.handover ? { handover: async () => ({ handedOver: true, ...(await role.handover!()) }) } : {}) }) : undefined
   let summary: VmRunSummary
   try {
     summary = await m.run()

@@ -77,3 +77,33 @@ t.test('SIGKILL of the primary while kv load runs: the backup goes live and ever
     await backup.exited
   }
 })
+
+t.test('planned switchover under kv load: the backup goes on live, no reply lost or sent twice, the primary exits 0', async (t) => {
+  const dir = tmp(t, 'tandem-ft-switchover-')
+  const ls = initLockspace(dir)
+  const sw = await startSwitch(t)
+  const control = join(dir, 'primary.sock')
+  const { backup, primary } = await startPair(t, { args: ['--guest', 'kvstore', '--switch', sw.url, '--mac', VM_MAC], primaryArgs: ['--control', control], lockspace: ls })
+  await waitFor(primary, /kvstore/)
+  const acked = join(dir, 'acked.jsonl')
+  const load = kv(['load', '--switch', sw.url, '--vm-mac', VM_MAC, '--keys', '40', '--rate', '300', '--duration', '3', '--log', acked, '--timeout', '10', '--json'])
+  await new Promise((res) => setTimeout(res, 800))
+  const { tandem } = await import('../../helpers/peers.js')
+  const r = tandem(['vm', 'switchover', '--control', control, '--json'])
+  t.equal(r.status, 0, `switchover: ${r.stderr}`)
+  const at = JSON.parse(r.stdout).instructions
+  t.ok(at > 0, `handed over at instruction ${at}`)
+  const p = await primary.exited
+  t.equal(p.code, 0, 'the primary exits 0 after handing over')
+  t.match(JSON.parse(primary.stdout()).ft, { outcome: 'handed-over' })
+  await waitFor(backup, /going live/)
+  const l = await load.done
+  t.equal(l.code, 0, `kv load finished: ${l.err.slice(-300)}`)
+  const c = await kv(['check', '--switch', sw.url, '--vm-mac', VM_MAC, '--log', acked, '--timeout', '10']).done
+  t.equal(c.code, 0, `kv check on the backup, now live: ${c.out}${c.err}`)
+  const notPrimary = tandem(['vm', 'switchover', '--control', join(dir, 'nope.sock')])
+  t.not(notPrimary.status, 0, 'no socket: an error, not a hang')
+  backup.child.kill('SIGTERM')
+  await backup.exited
+  t.match(JSON.parse(backup.stdout()).ft, { outcome: 'live', resent: 0 }, 'the backup sent none of the primary\'s outputs again')
+})
