@@ -54,7 +54,9 @@ export function initLockspace(dir: string): string {
 /** A pair of `vm run` processes: the backup listening on an ephemeral port, then the primary. */
 export async function startPair(t: { teardown(fn: () => unknown): void }, o: { args: string[]; lockspace: string; name?: string; backupArgs?: string[]; primaryArgs?: string[] }) {
   const name = o.name ?? 'vm1'
-  const common = ['--json', '--name', name, '--ft-lockspace', o.lockspace, ...o.args]
+  // unless a test sets it: a loss timeout a busy machine's scheduling does not reach (a killed side is seen at once: its socket closes)
+  const loss = o.args.includes('--ft-loss-ms') ? [] : ['--ft-loss-ms', '1500']
+  const common = ['--json', '--name', name, '--ft-lockspace', o.lockspace, ...loss, ...o.args]
   const backup = vmProcess(t, [...common, '--ft-backup', '127.0.0.1:0', '--ft-host', 'host-b', ...(o.backupArgs ?? [])])
   const port = Number((await waitFor(backup, /FT backup listening on 127\.0\.0\.1:(\d+)/))[1])
   const primary = vmProcess(t, [...common, '--ft-primary', `127.0.0.1:${port}`, '--ft-host', 'host-p', ...(o.primaryArgs ?? [])])

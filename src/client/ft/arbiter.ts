@@ -2,7 +2,7 @@ import { StorageError } from '../../disk-formats/errors.js'
 import { LockManager, type LockStorage } from '../../disk-formats/lock-region/index.js'
 import { openLockStorage } from '../locks/open-storage.js'
 import type { ScsiPath } from '../vm/scsi-path.js'
-import { preemptAndAbort, register, registerAndReserve } from './fence.js'
+import { preemptAndAbort, register, takeOver, unregister } from './fence.js'
 import type { Arbiter } from './run-ft.js'
 
 /** The lock record of a VM: `vm/<name>` (DESIGN §8). */
@@ -49,7 +49,8 @@ export async function lockArbiter(o: LockArbiterOptions): Promise<Arbiter & { cl
     await mgr.join({ waitMs: 10_000 })
     if (o.role === 'primary') {
       generation = (await mgr.acquire(name, { waitMs: 0 })).generation
-      if (o.fenceDisk) await registerAndReserve(o.fenceDisk, fenceKey(generation, 'primary'))
+      // a reservation left by an earlier generation (crashed, or stopped without giving it back) is taken over
+      if (o.fenceDisk) await takeOver(o.fenceDisk, fenceKey(generation, 'primary'))
     }
   } catch (e) {
     await mgr.leave().catch(() => undefined)
@@ -58,6 +59,8 @@ export async function lockArbiter(o: LockArbiterOptions): Promise<Arbiter & { cl
   }
   let started = generation
   let keep = false
+  /** the claim's outcome (undefined: no claim made) */
+  let won: boolean | undefined
   return {
     keep: () => void (keep = true),
     manager: mgr,
@@ -68,6 +71,7 @@ export async function lockArbiter(o: LockArbiterOptions): Promise<Arbiter & { cl
       started = g
       if (o.role === 'backup' && o.fenceDisk) await register(o.fenceDisk, fenceKey(g, 'backup')).catch(() => undefined)
       const held = await mgr.claim(name, g)
+      won = held !== null
       if (held) generation = held.generation
       o.log?.(held ? `claimed ${name}: generation ${held.generation}` : `${name} has moved on from generation ${g}: the other side has it`)
       return held !== null
@@ -80,6 +84,9 @@ export async function lockArbiter(o: LockArbiterOptions): Promise<Arbiter & { cl
       o.log?.(`fenced the other side's key on the disk (PREEMPT AND ABORT)`)
     },
     async close(): Promise<void> {
+      // the VM ends here (not handed over, not lost): its disk is given back for the next start
+      const holds = won === true || (o.role === 'primary' && won === undefined)
+      if (!keep && o.fenceDisk && holds) await unregister(o.fenceDisk, fenceKey(started, o.role)).catch(() => undefined)
       if (!keep) await mgr.release(name).catch(() => undefined)
       await mgr.leave().catch(() => undefined)
       await storage.close().catch(() => undefined)

@@ -122,6 +122,24 @@ export async function registerAndReserve(path: ScsiPath, key: bigint): Promise<v
   await out(path, S.PRO_RESERVE, FENCE_TYPE, key, 0n, `under key ${hexKey(key)}`)
 }
 
+/**
+ * Takes the LU for this path's I_T nexus under `key` whoever held it before: registers, then
+ * reserves, or preempts and aborts a holder under another key (a pair's earlier generation that
+ * crashed or stopped without giving it back). Only for the holder of the VM's lock at a new generation.
+ */
+export async function takeOver(path: ScsiPath, key: bigint): Promise<void> {
+  await register(path, key)
+  const r = await readReservation(path)
+  if (r.holder && r.holder.key !== key) await preemptAndAbort(path, key, r.holder.key)
+  else if (!r.holder) await out(path, S.PRO_RESERVE, FENCE_TYPE, key, 0n, `under key ${hexKey(key)}`)
+}
+
+/** Removes this nexus's registration under `key` (and with it a reservation it holds): REGISTER with service action key 0. */
+export async function unregister(path: ScsiPath, key: bigint): Promise<void> {
+  checkKey('key', key)
+  await out(path, S.PRO_REGISTER, 0, key, 0n, `of key ${hexKey(key)} (unregister)`)
+}
+
 /** The LU's registered keys and reservation (READ KEYS, READ RESERVATION). */
 export async function readReservation(path: ScsiPath): Promise<Reservation> {
   // a key list of 8 bytes a registrant: 64 KiB − 8 holds 8191 keys, more than any LU here has

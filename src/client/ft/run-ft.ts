@@ -91,6 +91,30 @@ const nextMessage = (ch: FtChannel, type: FtMessage['type'], what: string): Prom
     void ch.ended.then((e) => reject(new StorageError('IoError', `the FT channel ended before ${what}: ${endText(e)}`)))
   })
 
+/** how long a side keeps trying a claim the lockspace cannot answer (busy, its lease not yet renewed) */
+export const CLAIM_RETRY_MS = 15_000
+
+/**
+ * The claim of a side that lost its peer. A lockspace that cannot answer now (a busy file lock, this
+ * host's lease lapsed under load) is tried again — neither side may go on without an answer, as
+ * VMware's VM waits for its storage — for up to CLAIM_RETRY_MS; then the side halts.
+ */
+async function claimVm(o: FtRoleOptions, generation: number, timers: Timers): Promise<boolean> {
+  const t0 = timers.now()
+  for (let wait = 20; ; wait = Math.min(wait * 2, 1000)) {
+    try {
+      return await o.arbiter.claim(generation)
+    } catch (e) {
+      if (timers.now() - t0 + wait > CLAIM_RETRY_MS) {
+        o.log?.(`the claim failed: ${(e as Error).message}; giving up after ${Math.round(timers.now() - t0)} ms`)
+        return false
+      }
+      o.log?.(`the claim could not be made (${(e as Error).message}): trying again in ${wait} ms`)
+      await timers.sleep(wait)
+    }
+  }
+}
+
 export const endText = (e: FtEnd) => (e.kind === 'bye' ? `BYE (${e.bye.reason})` : e.reason)
 
 /**
@@ -180,10 +204,7 @@ export async function ftPrimary(o: FtRoleOptions, vm: { memoryBytes: number; ima
     await control?.stop()
     if (vm.limiter && vm.limiter.percent < 100) vm.limiter.setPercent(100)
     o.log?.(`the FT backup is lost (${reason}): claiming vm/${o.vm} from generation ${o.arbiter.generation}`)
-    const won = await o.arbiter.claim(o.arbiter.generation).catch((e: Error) => {
-      o.log?.(`the claim failed: ${e.message}`)
-      return false
-    })
+    const won = await claimVm(o, o.arbiter.generation, timers)
     if (won) {
       alone = true
       outcome = 'alone'
@@ -292,10 +313,7 @@ export async function ftBackup(
     backup.peerLost()
     if (e.kind === 'bye') o.log?.(`the FT primary hands vm/${o.vm} over at instruction ${e.bye.instret}: claiming it from generation ${hello.lockGeneration}`)
     else o.log?.(`the FT primary is lost (${e.reason}): claiming vm/${o.vm} from generation ${hello.lockGeneration}`)
-    const won = await o.arbiter.claim(hello.lockGeneration).catch((err: Error) => {
-      o.log?.(`the claim failed: ${err.message}`)
-      return false
-    })
+    const won = await claimVm(o, hello.lockGeneration, timers)
     if (!won) {
       outcome = 'halted'
       o.log?.(`the primary kept vm/${o.vm}: halted`)
