@@ -21,6 +21,7 @@ export function hostCommand(run: (fn: () => Promise<number | void>) => Promise<v
       run(async () => {
         const port = Number(o.apiPort)
         if (!Number.isInteger(port) || port < 0 || port > 65535) throw new StorageError('InvalidArgument', `invalid port '${o.apiPort}' (0 to 65535)`)
+        if (o.ftListen !== undefined && !/^(\[[^\]\s]+\]|[^\s/[\]]+)$/.test(o.ftListen)) throw new StorageError('InvalidArgument', `invalid --ft-listen '${o.ftListen}' (an address, e.g. 127.0.0.1)`)
         if (o.iscsi !== undefined && !/^(\[[^\]]+\]|[^:/\s]+):\d{1,5}$/.test(o.iscsi)) throw new StorageError('InvalidArgument', `invalid --iscsi '${o.iscsi}' (HOST:PORT, e.g. 127.0.0.1:3260)`)
         const { runHost } = await loadLazy<typeof import('../host/run-host.js')>('../host/run-host.js')
         const h = await runHost({ name: o.name, server: o.server, iscsi: o.iscsi, listen: o.listen, apiPort: port, ftListen: o.ftListen, logLevel: o.logLevel, tandem: [process.execPath, process.argv[1]] })

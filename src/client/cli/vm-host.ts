@@ -94,7 +94,7 @@ Exit status: 0 started; ${VM_START_BUSY} the VM runs on a host (this or another;
       }),
     )
   vm.command('ls')
-    .description('list the VMs of a host, or (--server) which VM runs on which host of a server\'s lockspace')
+    .description('list the VMs of a host (a pair\'s side with its ROLE: primary, backup, live, alone or halted; LAG, CPU limit, LOG-RATE), or (--server) which VM runs on which host of a server\'s lockspace')
     .option('--host <url>', 'the host\'s REST API, e.g. http://127.0.0.1:7800')
     .option('--server <url>', 'a tandem serve: every host of its lockspace, with the VMs whose locks it holds')
     .option('--json', 'JSON output')

@@ -6,7 +6,7 @@ import { join } from 'node:path'
 import { CLI, run, tmp } from '../../helpers/peers.js'
 import { leaseServer, running, startHost } from '../../helpers/host-process.js'
 import { startSwitch } from '../../helpers/switch-process.js'
-import type { VmInfo } from '../../../src/client/host/index.js'
+import { ftHostName, type VmInfo } from '../../../src/client/host/index.js'
 
 const VM_MAC = '02:00:00:00:00:42'
 const tandem = (...args: string[]) => run(process.execPath, [CLI, ...args], { timeout: 120_000 })
@@ -137,4 +137,16 @@ t.test('bad pair requests: 4xx JSON naming the problem; an unreachable backup ho
   const cli = await tandem('vm', 'start', 'w', '--host', a.url, '--ft', a.url, '--guest', 'kvstore', '--backup-reads', 'tape')
   t.equal(cli.status, 1)
   t.match(cli.stderr, /^tandem: invalid --backup-reads 'tape'/)
+  const host = await tandem('host', '--name', 'host-x', '--server', s.url, '--api-port', '0', '--ft-listen', '127.0.0.1 /x')
+  t.equal(host.status, 1)
+  t.match(host.stderr, /^tandem: invalid --ft-listen '127\.0\.0\.1 \/x'/)
+})
+
+t.test('a side\'s lockspace name: <host>-vm-<name>, within the lockspace\'s 64 bytes however long the names', async (t) => {
+  t.equal(ftHostName('host-a', 'vm1'), 'host-a-vm-vm1')
+  const long = ftHostName('h'.repeat(60), 'v'.repeat(60))
+  t.equal(long.length, 64)
+  t.not(long, ftHostName('h'.repeat(60), 'v'.repeat(59) + 'w'), 'names that differ past the cut stay apart')
+  t.equal(ftHostName('h'.repeat(30), 'v'.repeat(30)).length, 64, 'exactly 64: kept whole')
+  t.equal(ftHostName('h'.repeat(30), 'v'.repeat(30)), `${'h'.repeat(30)}-vm-${'v'.repeat(30)}`)
 })
