@@ -54,7 +54,7 @@ export function addHostVmCommands(vm: Command, run: (fn: () => Promise<number | 
     .option('--switch <udp:HOST:PORT>', 'put the VM\'s NIC on the tandem switch there (as vm run --switch), on whichever host runs it')
     .option('--mac <mac>', 'the NIC\'s MAC address (default 02:00:00:00:00:01)')
     .option('--cpu-limit <pct>', 'run the VM at this share of one core, in percent (1 to 100; vm run --cpu-limit)')
-    .option('--ft <url>', 'run it as a fault-tolerant pair: the primary on --host, the backup on the host at this URL (its REST API); the NIC must be on a --switch')
+    .option('--ft <url>', 'run it as a fault-tolerant pair: the primary on --host, the backup on the host at this URL (its REST API); a NIC goes on a --switch (not --net)')
     .option('--backup-reads <disk|log>', 'with --ft: the backup reads the shared disk, or takes READ data from the primary\'s log', 'disk')
     .option('--json', 'print the VM as JSON')
     .addHelpText(

@@ -236,7 +236,10 @@ export function parseStartRequest(body: unknown): VmStartRequest {
  * host's name and runs VMs as child processes, each holding the exclusive lock `vm/<name>` and
  * fenced by a watchdog fed the host's lease (vm-process.ts). A VM is started only while the lease
  * is valid; when the lease is lost every VM is killed (the watchdogs do it at the fence deadline
- * even if this process is paused or dead), and the host joins again.
+ * even if this process is paused or dead), and the host joins again. A fault-tolerant pair's side
+ * (startVm with `ft` or `role: 'backup'`) holds vm/<name> through its own arbiter instead, under
+ * ftHostName(host, vm); it is fenced by this host's lease all the same (its watchdog), so a dead
+ * host's side dies by the deadline and the other side, losing it, claims the VM.
  */
 export class HostAgent {
   private mgr: LockManager | null = null

@@ -97,14 +97,15 @@ t.test('vm start --ft: host A runs the primary, host B the backup; the primary S
   t.equal((await tandem('vm', 'stop', 'vm1', '--host', b.url)).status, 0)
 })
 
-t.test('a pair on a datastore disk (disklog over iSCSI from both hosts): the primary SIGKILLed, the live backup appends on; a later start finds every synced record', async (t) => {
+t.test('a pair on a datastore disk (disklog over iSCSI from both hosts, backup reads from the log): the primary SIGKILLed, the live backup appends on; a later start finds every synced record', async (t) => {
   const s = await leaseServer(t)
   const [a, b] = await Promise.all([startHost(t, 'host-a', s.url), startHost(t, 'host-b', s.url)])
   t.equal((await api(s.url, 'POST', '/api/v1/disks', { name: 'd1', size: '64M' })).status, 201)
-  const start = await tandem('vm', 'start', 'vm1', '--host', a.url, '--ft', b.url, '--guest', 'disklog', '--disk', 'd1', '--json')
+  const start = await tandem('vm', 'start', 'vm1', '--host', a.url, '--ft', b.url, '--guest', 'disklog', '--disk', 'd1', '--backup-reads', 'log', '--json')
   t.equal(start.status, 0, start.stderr)
   const onA = JSON.parse(start.stdout) as VmInfo
-  t.match(onA, { initiatorName: 'iqn.2026-11.local.tandem:vm:vm1', ft: { side: 'primary', address: /^127\.0\.0\.1:\d+$/ } })
+  t.match(onA, { initiatorName: 'iqn.2026-11.local.tandem:vm:vm1', ft: { side: 'primary', backupReads: 'log', address: /^127\.0\.0\.1:\d+$/ } })
+  t.match(await vmOf(b.url), { initiatorName: 'iqn.2026-11.local.tandem:vm:vm1', ft: { side: 'backup', backupReads: 'log' } })
   const synced = (console: string) => Math.max(0, ...[...console.matchAll(/disklog: synced (\d+)/g)].map((m) => Number(m[1])))
   t.ok(await until(30_000, async () => synced((await vmOf(a.url)).console) >= 16), 'the primary appends and syncs')
   process.kill(-onA.pid!, 'SIGKILL')
