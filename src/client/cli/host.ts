@@ -7,7 +7,7 @@ export function hostCommand(run: (fn: () => Promise<number | void>) => Promise<v
   const env = process.env
   return new Command('host')
     .description(
-      'run a host agent: join the server\'s lockspace over iSCSI under this host\'s name, run VMs (tandem vm start|ls|stop --host URL) each under the lock vm/<name> and the host\'s lease, serve a REST API and /metrics. ' +
+      'run a host agent: join the server\'s lockspace over iSCSI under this host\'s name, run VMs (tandem vm start|ls|stop --host URL) each under the lock vm/<name> and the host\'s lease (a fault-tolerant pair\'s sides, vm start --ft, hold vm/<name> themselves, each under a lockspace name of its own, <host>-vm-<name>), serve a REST API and /metrics. ' +
         'SIGTERM or SIGINT: stop the VMs (SIGTERM, then SIGKILL after 10 s), release their locks, leave the lockspace, exit 0',
     )
     .requiredOption('--name <name>', 'this host\'s name in the lockspace (lowercase letters, digits, . and -; its iSCSI name for the lockspace is iqn.2026-11.local.tandem:host:<name>)')
@@ -15,14 +15,16 @@ export function hostCommand(run: (fn: () => Promise<number | void>) => Promise<v
     .option('--iscsi <host:port>', 'the server\'s iSCSI portal as this host reaches it (default: the one the server advertises)')
     .option('--listen <addr>', 'address of this host\'s REST API (env TANDEM_HOST_LISTEN)', env.TANDEM_HOST_LISTEN ?? '127.0.0.1')
     .option('--api-port <port>', 'port of this host\'s REST API; 0: any free port (env TANDEM_HOST_API_PORT)', env.TANDEM_HOST_API_PORT ?? '7800')
+    .option('--ft-listen <addr>', 'address the FT channel of a pair\'s backup run here listens on, each on a free port (default: --listen)')
     .option('--log-level <level>', 'fatal, error, warn, info, debug (env TANDEM_LOG_LEVEL)', env.TANDEM_LOG_LEVEL ?? 'info')
     .action((o) =>
       run(async () => {
         const port = Number(o.apiPort)
         if (!Number.isInteger(port) || port < 0 || port > 65535) throw new StorageError('InvalidArgument', `invalid port '${o.apiPort}' (0 to 65535)`)
+        if (o.ftListen !== undefined && !/^(\[[^\]\s]+\]|[^\s/[\]]+)$/.test(o.ftListen)) throw new StorageError('InvalidArgument', `invalid --ft-listen '${o.ftListen}' (an address, e.g. 127.0.0.1)`)
         if (o.iscsi !== undefined && !/^(\[[^\]]+\]|[^:/\s]+):\d{1,5}$/.test(o.iscsi)) throw new StorageError('InvalidArgument', `invalid --iscsi '${o.iscsi}' (HOST:PORT, e.g. 127.0.0.1:3260)`)
         const { runHost } = await loadLazy<typeof import('../host/run-host.js')>('../host/run-host.js')
-        const h = await runHost({ name: o.name, server: o.server, iscsi: o.iscsi, listen: o.listen, apiPort: port, logLevel: o.logLevel, tandem: [process.execPath, process.argv[1]] })
+        const h = await runHost({ name: o.name, server: o.server, iscsi: o.iscsi, listen: o.listen, apiPort: port, ftListen: o.ftListen, logLevel: o.logLevel, tandem: [process.execPath, process.argv[1]] })
         return new Promise<number>((resolve) => {
           let stopping = false
           const stop = (sig: string) => {

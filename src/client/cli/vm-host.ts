@@ -22,11 +22,21 @@ async function refusedAsBusy<T>(p: Promise<T>): Promise<T | number> {
   }
 }
 
+/** A pair's columns: role, lag, CPU limit, log rate ('-' for a VM alone, or a figure not known yet). */
+function ftColumns(v: VmInfo): string {
+  const f = v.ft
+  const role = f ? (f.role ?? f.side) : '-'
+  const lag = f?.lagMs != null ? `${f.lagMs.toFixed(1)}ms` : '-'
+  const cpu = f?.cpuLimit != null ? `${f.cpuLimit}%` : v.cpuLimit !== null ? `${v.cpuLimit}%` : '-'
+  const rate = f?.logBytesPerSecond != null ? `${(f.logBytesPerSecond / 1024).toFixed(1)}KiB/s` : '-'
+  return `${role.padEnd(9)}${lag.padEnd(10)}${cpu.padEnd(6)}${rate.padEnd(13)}`
+}
+
 function table(vms: (VmInfo & { host?: string })[], withHost: boolean): string {
-  let out = `${withHost ? 'HOST'.padEnd(18) : ''}${'NAME'.padEnd(18)}${'STATE'.padEnd(10)}${'PID'.padEnd(9)}${'LOCK-GEN'.padEnd(10)}${'GUEST'.padEnd(10)}${'DISK'.padEnd(16)}STARTED\n`
+  let out = `${withHost ? 'HOST'.padEnd(18) : ''}${'NAME'.padEnd(18)}${'STATE'.padEnd(10)}${'PID'.padEnd(9)}${'LOCK-GEN'.padEnd(10)}${'GUEST'.padEnd(10)}${'DISK'.padEnd(16)}${'ROLE'.padEnd(9)}${'LAG'.padEnd(10)}${'CPU'.padEnd(6)}${'LOG-RATE'.padEnd(13)}STARTED\n`
   for (const v of vms) {
     const state = v.state === 'exited' || v.state === 'stopped' || v.state === 'lost' ? `${v.state}${v.exitStatus !== null ? `(${v.exitStatus})` : ''}` : v.state
-    out += `${withHost ? (v.host ?? '').padEnd(18) : ''}${v.name.padEnd(18)}${state.padEnd(10)}${String(v.pid ?? '-').padEnd(9)}${String(v.generation).padEnd(10)}${v.guest.padEnd(10)}${(v.disk ?? '-').padEnd(16)}${v.startedAt}\n`
+    out += `${withHost ? (v.host ?? '').padEnd(18) : ''}${v.name.padEnd(18)}${state.padEnd(10)}${String(v.pid ?? '-').padEnd(9)}${String(v.generation).padEnd(10)}${v.guest.padEnd(10)}${(v.disk ?? '-').padEnd(16)}${ftColumns(v)}${v.startedAt}\n`
   }
   return out
 }
@@ -41,9 +51,22 @@ export function addHostVmCommands(vm: Command, run: (fn: () => Promise<number | 
     .option('--disk <disk>', 'a datastore disk: the VM reaches it over iSCSI under its own name iqn.2026-11.local.tandem:vm:<name>')
     .option('--memory <size>', 'guest RAM (e.g. 64M; a multiple of 4 KiB, at most 1G)', '64M')
     .option('--net <udp:HOST:PORT>', 'join the VM\'s NIC to a virtual switch through a UDP socket on the host')
+    .option('--switch <udp:HOST:PORT>', 'put the VM\'s NIC on the tandem switch there (as vm run --switch), on whichever host runs it')
+    .option('--mac <mac>', 'the NIC\'s MAC address (default 02:00:00:00:00:01)')
     .option('--cpu-limit <pct>', 'run the VM at this share of one core, in percent (1 to 100; vm run --cpu-limit)')
+    .option('--ft <url>', 'run it as a fault-tolerant pair: the primary on --host, the backup on the host at this URL (its REST API); a NIC goes on a --switch (not --net)')
+    .option('--backup-reads <disk|log>', 'with --ft: the backup reads the shared disk, or takes READ data from the primary\'s log', 'disk')
     .option('--json', 'print the VM as JSON')
-    .addHelpText('after', `\nExit status: 0 started; ${VM_START_BUSY} the VM runs on a host (this or another; the message names it); 1 any other error.`)
+    .addHelpText(
+      'after',
+      `
+With --ft, --host asks the --ft host to start the backup (it answers with the backup's FT address once
+it listens), then starts the primary connected to it. The two sides hold vm/<name> themselves, each
+under a lockspace name of its own (<host>-vm-<name>): on losing each other exactly one wins the claim.
+vm ls shows each side's role (primary, backup; after a failover live, alone or halted), lag, CPU limit
+and log rate.
+Exit status: 0 started; ${VM_START_BUSY} the VM runs on a host (this or another; the message names it); 1 any other error.`,
+    )
     .action((name: string, o) =>
       run(async () => {
         let memory: number
@@ -53,15 +76,25 @@ export function addHostVmCommands(vm: Command, run: (fn: () => Promise<number | 
           throw new StorageError('InvalidArgument', (e as Error).message)
         }
         const cpuLimit = o.cpuLimit !== undefined ? parseCpuPercent(o.cpuLimit) : undefined
-        const body = { name, guest: o.guest, memory, ...(o.disk ? { disk: o.disk } : {}), ...(o.net ? { net: o.net } : {}), ...(cpuLimit !== undefined ? { cpuLimit } : {}) }
+        if (o.backupReads !== 'disk' && o.backupReads !== 'log') throw new StorageError('InvalidArgument', `invalid --backup-reads '${o.backupReads}' (disk or log)`)
+        const body = {
+          name, guest: o.guest, memory,
+          ...(o.disk ? { disk: o.disk } : {}),
+          ...(o.net ? { net: o.net } : {}),
+          ...(o.switch ? { switch: o.switch } : {}),
+          ...(o.mac ? { mac: o.mac } : {}),
+          ...(cpuLimit !== undefined ? { cpuLimit } : {}),
+          ...(o.ft ? { ft: { host: o.ft, backupReads: o.backupReads } } : {}),
+        }
         const r = await refusedAsBusy(requestJson<VmInfo>(o.host, 'POST', '/api/v1/vms', body))
         if (typeof r === 'number') return r
         if (o.json) process.stdout.write(JSON.stringify(r, null, 2) + '\n')
+        else if (r.ft) process.stdout.write(`Started VM '${r.name}' as a pair: primary pid ${r.pid} here, backup on ${r.ft.peer} at ${r.ft.address} (lock vm/${r.name} generation ${r.generation}, held by ${r.ft.lockHost}${r.diskUri ? `; disk ${r.diskUri} as ${r.initiatorName}` : ''})\n`)
         else process.stdout.write(`Started VM '${r.name}' (pid ${r.pid}, lock vm/${r.name} generation ${r.generation}${r.diskUri ? `, disk ${r.diskUri} as ${r.initiatorName}` : ''})\n`)
       }),
     )
   vm.command('ls')
-    .description('list the VMs of a host, or (--server) which VM runs on which host of a server\'s lockspace')
+    .description('list the VMs of a host (a pair\'s side with its ROLE: primary, backup, live, alone or halted; LAG, CPU limit, LOG-RATE), or (--server) which VM runs on which host of a server\'s lockspace')
     .option('--host <url>', 'the host\'s REST API, e.g. http://127.0.0.1:7800')
     .option('--server <url>', 'a tandem serve: every host of its lockspace, with the VMs whose locks it holds')
     .option('--json', 'JSON output')

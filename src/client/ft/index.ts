@@ -1,5 +1,5 @@
 export { lockArbiter, fenceKey, vmLockName } from './arbiter.js'
-export { ftPrimary, ftBackup, type Arbiter, type FtReport, type FtRole, type FtRoleOptions } from './run-ft.js'
+export { ftPrimary, ftBackup, type Arbiter, type FtReport, type FtRole, type FtRoleOptions, type FtStatus } from './run-ft.js'
 export { BackupDisk, type BackupReads } from './backup-disk.js'
 export { FtBackup, rarpAnnouncement } from './backup.js'
 export { FtPrimary, type Ack } from './primary.js'

@@ -65,11 +65,29 @@ export interface FtReport {
   outputDelay?: ReturnType<OutputGate['snapshot']>['delay']
 }
 
+/** A role's figures while it runs (the VM's control socket shows them; the host agent's /metrics reads them there). */
+export interface FtStatus {
+  role: 'primary' | 'backup'
+  outcome: FtReport['outcome']
+  /** the generation of vm/<name> the pair started under, or this side's after winning the claim */
+  generation: number
+  /** ms, the primary's lag over the last second (LagMeter.periodLag); null on a backup */
+  lagMs: number | null
+  /** the VM's CPU limit now, percent of one core (null: none) */
+  cpuLimit: number | null
+  /** log bytes sent (primary) or received (backup) */
+  logBytes: number
+  /** ms an output was held, over the gate's recent releases (primary; null on a backup) */
+  outputDelay: { count: number; p50: number; p99: number } | null
+}
+
 /** The part of runVm a pair role shapes: the machine's options, then the run. */
 export interface FtRole {
   machineOptions(base: MachineOptions): MachineOptions
   attach(m: Machine): void
   finish(summary: RunSummary): Promise<FtReport>
+  /** read-only: the figures now */
+  status(): FtStatus
   /** a backup: the HELLO it accepted (memory, image) */
   readonly hello?: FtHelloParams
   /**
@@ -228,6 +246,11 @@ export async function ftPrimary(o: FtRoleOptions, vm: { memoryBytes: number; ima
       primary.attach(m)
     },
     handover,
+    status() {
+      const now = timers.now()
+      const d = gate.snapshot().delay
+      return { role: 'primary', outcome, generation: o.arbiter.generation, lagMs: lag.periodLag(now - 1000, now), cpuLimit: vm.limiter?.percent ?? null, logBytes: primary.logBytes, outputDelay: { count: d.count, p50: d.p50, p99: d.p99 } }
+    },
     async finish(summary) {
       await control?.stop()
       if (outcome === 'handed-over') {
@@ -256,6 +279,7 @@ export async function ftBackup(
     memoryBytes: number
     imageSha: Buffer
     disk?: ScsiPath
+    limiter?: CpuLimiter
     /** the disk as the VM uses it once live, if not `disk` (a local file the backup follows read-only) */
     liveDisk?: () => Promise<ScsiPath>
     onListening?: (port: number) => void
@@ -341,6 +365,7 @@ export async function ftBackup(
       machine = m
       backup.attach(m)
     },
+    status: () => ({ role: 'backup', outcome, generation: outcome === 'live' ? o.arbiter.generation : hello.lockGeneration, lagMs: null, cpuLimit: vm.limiter?.percent ?? null, logBytes, outputDelay: null }),
     async finish() {
       ch.close('done')
       await ended

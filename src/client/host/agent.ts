@@ -6,8 +6,9 @@ import { isStorageError, StorageError } from '../../disk-formats/errors.js'
 import { isApiError, requestJson } from '../api/http.js'
 import { LockManager, type Clock, type LockStorage } from '../../disk-formats/lock-region/index.js'
 import { openLockStorage } from '../locks/open-storage.js'
-import { hostIqn, LOCKSPACE_IQN, validHostName, validVmName, vmIqn, vmLockName } from './names.js'
-import { vmRunArgs, type VmLaunch } from './vm-command.js'
+import { ftHostName, hostIqn, LOCKSPACE_IQN, validHostName, validVmName, vmIqn, vmLockName } from './names.js'
+import { vmRunArgs, type VmFtLaunch, type VmLaunch } from './vm-command.js'
+import type { FtStatus } from '../ft/run-ft.js'
 import { VmProcess, type VmExit } from './vm-process.js'
 import { checkCpuPercent } from '../vm/cpu-limit.js'
 import { readCheckpoint } from '../vm/checkpoint-file.js'
@@ -32,6 +33,10 @@ export interface HostAgentOptions {
   rejoinMs?: number
   /** the lock manager's clock (the default's timers do not keep the process alive) */
   clock?: Clock
+  /** the address a pair's backup started here listens on for its primary, port 0 (default 127.0.0.1) */
+  ftListen?: string
+  /** that address as other hosts reach it, when ftListen is unspecified (0.0.0.0, ::) */
+  ftAdvertise?: string
 }
 
 /** `exited` (by itself) and `stopped` (by request) are shown once the VM's lock is released; `lost`: killed because it could no longer be fenced (the lease was lost, or its watchdog died). */
@@ -60,6 +65,35 @@ export interface VmInfo {
   exitStatus: number | null
   /** why it was stopped or lost */
   reason: string | null
+  /** udp:HOST:PORT of the tandem switch its NIC is on */
+  switch: string | null
+  /** a side of a fault-tolerant pair; null for a VM alone */
+  ft: VmFtInfo | null
+}
+
+/** A pair's role as `vm ls` shows it: paired (primary, backup), or after a failover live (the backup took over), alone (the primary won), halted (lost the claim). */
+export type FtRoleName = 'primary' | 'backup' | 'live' | 'alone' | 'halted' | 'handed-over'
+
+/** The pair side of a VM (VmInfo.ft): how it was started, then its figures from its control socket. */
+export interface VmFtInfo {
+  side: 'primary' | 'backup'
+  /** primary: the host API that runs the backup */
+  peer: string | null
+  /** the FT channel: the backup listens there, the primary connects to it */
+  address: string | null
+  backupReads: 'disk' | 'log'
+  /** the child's own host name in the lockspace (its arbiter holds vm/<name> under it) */
+  lockHost: string
+  /** null until the VM's control socket answered (a backup's, once its primary said HELLO) */
+  role: FtRoleName | null
+  lagMs: number | null
+  /** percent of one core */
+  cpuLimit: number | null
+  logBytes: number | null
+  /** log bytes per second over the last second or more between two looks (the average since start at the first) */
+  logBytesPerSecond: number | null
+  /** ms outputs were held, over recent releases */
+  outputDelay: { count: number; p50: number; p99: number } | null
 }
 
 /** The body of `POST /api/v1/vms`. */
@@ -75,6 +109,16 @@ export interface VmStartRequest {
   cpuLimit?: number
   /** start from this checkpoint file on the host (`vm restore`): its memory size, and its guest unless `guest` is given */
   checkpoint?: string
+  /** udp:HOST:PORT of a tandem switch (not with `net`) */
+  switch?: string
+  /** the NIC's MAC, aa:bb:cc:dd:ee:ff */
+  mac?: string
+  /** a fault-tolerant pair: this host runs the primary and asks the host at `ft.host` to run the backup */
+  ft?: { host: string; backupReads: 'disk' | 'log' }
+  /** 'backup': run the backup of a pair whose primary another host starts (that host asks; the answer names the FT address) */
+  role?: 'backup'
+  /** with role 'backup': the primary's choice, for the record (the backup takes it from the primary's HELLO) */
+  backupReads?: 'disk' | 'log'
 }
 
 interface Vm {
@@ -82,6 +126,8 @@ interface Vm {
   proc: VmProcess | null
   /** the process ended and its lock was released */
   done?: Promise<void>
+  /** the log rate's last sample (performance.now() ms, bytes) */
+  rate?: { t: number; bytes: number }
 }
 
 /** The host cannot start VMs now (no valid lease): HTTP 503, whatever the code. */
@@ -103,6 +149,13 @@ const DEFAULT_MEMORY = 64 << 20
 /** vm run's own bounds: whole 4 KiB pages, at most 1 GiB. */
 const MAX_MEMORY = 1 << 30
 const NET = /^udp:(\[[^\]]+\]|[^:\s]+):(\d{1,5})$/
+const MAC = /^([0-9a-f]{2}:){5}[0-9a-f]{2}$/i
+/** a host API's URL: http(s), at most this long */
+const MAX_URL = 1024
+/** how long a backup may take from its start to listening (the machine may be busy) */
+const BACKUP_LISTEN_MS = 60_000
+/** how long a VM's control socket may take to answer a status request */
+const STATUS_MS = 2000
 const DISK = /^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$/
 const MAX_GUEST = 1024
 
@@ -142,7 +195,40 @@ export function parseStartRequest(body: unknown): VmStartRequest {
   }
   const cpuLimit = field<number>(b, 'cpuLimit', 'number')
   if (cpuLimit !== undefined) checkCpuPercent(cpuLimit, '"cpuLimit"')
-  return { name, guest, disk, memory, net, cpuLimit, ...(checkpoint ? { checkpoint } : {}) }
+  const sw = field<string>(b, 'switch', 'string')
+  if (sw !== undefined) {
+    const m = NET.exec(sw)
+    if (!m || Number(m[2]) > 65535 || Number(m[2]) === 0) throw new StorageError('InvalidArgument', `invalid "switch" ${JSON.stringify(sw)}: udp:HOST:PORT of a tandem switch, e.g. udp:127.0.0.1:5555`)
+    if (net !== undefined) throw new StorageError('InvalidArgument', '"net" and "switch" cannot be used together')
+  }
+  const mac = field<string>(b, 'mac', 'string')
+  if (mac !== undefined && !MAC.test(mac)) throw new StorageError('InvalidArgument', `invalid "mac" ${JSON.stringify(mac)}: six hex bytes, e.g. 02:00:00:00:00:01`)
+  const reads = (v: unknown, what: string): 'disk' | 'log' => {
+    if (v === undefined || v === null) return 'disk'
+    if (v !== 'disk' && v !== 'log') throw new StorageError('InvalidArgument', `${what} must be "disk" or "log"`)
+    return v
+  }
+  let ft: VmStartRequest['ft']
+  if (b.ft !== undefined && b.ft !== null) {
+    const f = b.ft as Record<string, unknown>
+    if (typeof f !== 'object' || Array.isArray(f)) throw new StorageError('InvalidArgument', '"ft" must be an object: {"host": URL of the backup\'s host, "backupReads": "disk"|"log"}')
+    const host = field<string>(f, 'host', 'string')
+    if (!host || host.length > MAX_URL || !/^https?:\/\/[^\s/]+\/?$/.test(host)) throw new StorageError('InvalidArgument', '"ft.host" must be the backup host\'s API URL, e.g. http://127.0.0.1:7801')
+    ft = { host, backupReads: reads(f.backupReads, '"ft.backupReads"') }
+  }
+  const role = field<string>(b, 'role', 'string')
+  if (role !== undefined && role !== 'backup') throw new StorageError('InvalidArgument', `invalid "role" ${JSON.stringify(role)}: "backup" (a pair's primary is started with "ft")`)
+  if ((ft || role) && checkpoint) throw new StorageError('InvalidArgument', 'a fault-tolerant pair starts from boot: no "checkpoint"')
+  if ((ft || role) && net !== undefined) throw new StorageError('InvalidArgument', 'a fault-tolerant pair\'s NIC is on a tandem switch ("switch"), not "net"')
+  if (ft && role) throw new StorageError('InvalidArgument', '"ft" starts a pair\'s primary, "role": "backup" its backup: not both')
+  return {
+    name, guest, disk, memory, net, cpuLimit,
+    ...(checkpoint ? { checkpoint } : {}),
+    ...(sw !== undefined ? { switch: sw } : {}),
+    ...(mac !== undefined ? { mac } : {}),
+    ...(ft ? { ft } : {}),
+    ...(role ? { role, backupReads: reads(b.backupReads, '"backupReads"') } : {}),
+  }
 }
 
 /**
@@ -150,7 +236,10 @@ export function parseStartRequest(body: unknown): VmStartRequest {
  * host's name and runs VMs as child processes, each holding the exclusive lock `vm/<name>` and
  * fenced by a watchdog fed the host's lease (vm-process.ts). A VM is started only while the lease
  * is valid; when the lease is lost every VM is killed (the watchdogs do it at the fence deadline
- * even if this process is paused or dead), and the host joins again.
+ * even if this process is paused or dead), and the host joins again. A fault-tolerant pair's side
+ * (startVm with `ft` or `role: 'backup'`) holds vm/<name> through its own arbiter instead, under
+ * ftHostName(host, vm); it is fenced by this host's lease all the same (its watchdog), so a dead
+ * host's side dies by the deadline and the other side, losing it, claims the VM.
  */
 export class HostAgent {
   private mgr: LockManager | null = null
@@ -292,6 +381,13 @@ export class HostAgent {
     return { ...v.info, console: v.proc?.console() ?? '' }
   }
 
+  /** get(), a pair's side with its figures read now. */
+  async getNow(name: string): Promise<VmInfo & { console: string }> {
+    const v = this.vms.get(name)
+    if (v?.info.ft && v.info.state === 'running') await this.status(v)
+    return this.get(name)
+  }
+
   /** The disk's iSCSI URI, from the server (the portal this host was told to use, if it was). */
   private async diskUri(disk: string): Promise<string> {
     try {
@@ -303,7 +399,15 @@ export class HostAgent {
     }
   }
 
-  /** Starts a VM: refused (Busy, naming the holder) while it runs here or on another live host. */
+  /**
+   * Starts a VM: refused (Busy, naming the holder) while it runs here or on another live host.
+   *
+   * A pair (`ft`): this host asks the host at `ft.host` for the backup (`role: 'backup'`), which
+   * answers once the backup listens, then runs the primary connected to it. Neither host takes
+   * vm/<name>: each side's child joins this host's lockspace under a name of its own (ftHostName)
+   * and its arbiter holds the lock — the primary from its start, the backup once it wins the claim
+   * (ft/SPEC.md "Split brain"). The host's watchdog still fences both children by the host's lease.
+   */
   async startVm(req: VmStartRequest): Promise<VmInfo> {
     const existing = this.vms.get(req.name)
     if (existing && ['starting', 'running', 'stopping'].includes(existing.info.state)) {
@@ -312,6 +416,7 @@ export class HostAgent {
     }
     const m = this.mgr
     if (!m || !m.valid()) throw new NoLease('IoError', `host '${this.name}' has no valid lease: ${this.problem || 'it expired'}`)
+    const side = req.ft ? 'primary' : req.role
     const info: VmInfo = {
       name: req.name,
       guest: req.guest,
@@ -328,6 +433,10 @@ export class HostAgent {
       endedAt: null,
       exitStatus: null,
       reason: null,
+      switch: req.switch ?? null,
+      ft: side
+        ? { side, peer: req.ft?.host ?? null, address: null, backupReads: req.ft?.backupReads ?? req.backupReads ?? 'disk', lockHost: ftHostName(this.name, req.name), role: null, lagMs: null, cpuLimit: null, logBytes: null, logBytesPerSecond: null, outputDelay: null }
+        : null,
     }
     if (req.checkpoint) {
       try {
@@ -341,31 +450,43 @@ export class HostAgent {
     const vm: Vm = { info, proc: null }
     this.vms.set(req.name, vm) // reserves the name while the disk is looked up and the lock taken
     const lock = vmLockName(req.name)
+    let ft: VmFtLaunch | undefined
     try {
       if (req.disk) info.diskUri = await this.diskUri(req.disk)
-      try {
-        info.generation = (await m.acquire(lock)).generation
-      } catch (e) {
-        if (!isStorageError(e, 'Busy')) throw e
-        const holder = (await m.view().catch(() => null))?.locks.find((l) => l.name === lock)?.owner ?? null
-        this.counts.refused++
-        throw new VmBusy(holder ? `VM '${req.name}' is running on host '${holder}' (lock '${lock}'): stop it there first, or wait until that host's lease is over` : e.message, { holder })
+      if (info.ft?.side === 'primary') {
+        await this.refuseHeld(m, lock, req.name)
+        info.ft.address = await this.startBackup(req)
+      } else if (!info.ft) {
+        try {
+          info.generation = (await m.acquire(lock)).generation
+        } catch (e) {
+          if (!isStorageError(e, 'Busy')) throw e
+          await this.refuseHeld(m, lock, req.name)
+          this.counts.refused++
+          throw new VmBusy(e.message, { holder: null })
+        }
       }
+      if (info.ft) ft = { side: info.ft.side, address: info.ft.address ?? `${this.o.ftListen ?? '127.0.0.1'}:0`, lockspace: this.lockspaceUri, host: info.ft.lockHost, backupReads: info.ft.backupReads }
     } catch (e) {
       if (this.vms.get(req.name) === vm) this.vms.delete(req.name)
       if (existing) this.vms.set(req.name, existing)
       if (!(e instanceof VmBusy)) this.counts.failed++
       throw e
     }
+    const dropBackup = () => {
+      if (info.ft?.side === 'primary' && info.ft.peer) void requestJson(info.ft.peer, 'DELETE', `/api/v1/vms/${encodeURIComponent(req.name)}`).catch(() => undefined)
+    }
     if (this.mgr !== m || !m.valid()) {
       // fenced while taking it: the lock is gone with the lease
       this.vms.delete(req.name)
+      dropBackup()
       throw new NoLease('IoError', `host '${this.name}' lost its lease while starting VM '${req.name}'`)
     }
-    const launch: VmLaunch = { name: req.name, guest: req.guest, memory: info.memory, diskUri: info.diskUri ?? undefined, net: req.net, cpuLimit: req.cpuLimit, control: this.controlPath(req.name), checkpoint: req.checkpoint }
+    const launch: VmLaunch = { name: req.name, guest: req.guest, memory: info.memory, diskUri: info.diskUri ?? undefined, net: req.net, switch: req.switch, mac: req.mac, cpuLimit: req.cpuLimit, control: this.controlPath(req.name), checkpoint: req.checkpoint, ft }
     const args = vmRunArgs(launch)
     const argv = [...this.o.tandem, ...args]
-    const env = { ...process.env, TANDEM_LOCK_GENERATION: String(info.generation), TANDEM_LOCK_NAME: lock, TANDEM_LOCK_HOST: this.name }
+    // a pair's side holds the lock itself (its arbiter): no generation to hand down
+    const env = ft ? { ...process.env } : { ...process.env, TANDEM_LOCK_GENERATION: String(info.generation), TANDEM_LOCK_NAME: lock, TANDEM_LOCK_HOST: this.name }
     const proc = new VmProcess(argv, env, m.fenceDeadline, (reason) => {
       if (info.state === 'lost') return
       info.state = 'lost'
@@ -376,10 +497,110 @@ export class HostAgent {
     vm.proc = proc
     info.pid = proc.pid ?? null
     info.state = 'running'
-    this.counts.started++
-    this.o.log.info({ vm: req.name, pid: info.pid, generation: info.generation, args }, 'VM started')
     vm.done = proc.exited.then((exit) => this.ended(vm, lock, exit))
+    if (ft?.side === 'backup' && info.ft) {
+      try {
+        const l = await proc.waitForOutput(/FT backup listening on (\S+):(\d+)\n/, BACKUP_LISTEN_MS)
+        info.ft.address = `${this.advertised(l[1])}:${l[2]}`
+      } catch (e) {
+        proc.kill('SIGKILL')
+        await vm.done
+        if (this.vms.get(req.name) === vm) this.vms.delete(req.name)
+        this.counts.failed++
+        throw new StorageError('IoError', `the backup of VM '${req.name}' did not start listening: ${(e as Error).message}: ${proc.console().slice(-500)}`)
+      }
+    }
+    if (ft?.side === 'primary') {
+      // paired once its control socket answers (the backup accepted its HELLO); else the backup goes too
+      const paired = await this.until(vm, BACKUP_LISTEN_MS)
+      if (!paired) {
+        proc.kill('SIGKILL')
+        await vm.done
+        if (this.vms.get(req.name) === vm) this.vms.delete(req.name)
+        dropBackup()
+        this.counts.failed++
+        throw new StorageError('IoError', `the primary of VM '${req.name}' did not pair with its backup at ${ft.address}: ${proc.console().slice(-500)}`)
+      }
+    }
+    this.counts.started++
+    this.o.log.info({ vm: req.name, pid: info.pid, generation: info.generation, ft: info.ft ? { side: info.ft.side, address: info.ft.address, peer: info.ft.peer } : undefined, args }, 'VM started')
     return { ...info }
+  }
+
+  /** Polls the VM's control socket until it answers (true) or the VM ends or `ms` pass (false). */
+  private async until(vm: Vm, ms: number): Promise<boolean> {
+    const end = performance.now() + ms
+    let ended = false
+    void vm.done?.then(() => (ended = true))
+    while (!ended && performance.now() < end) {
+      if (await this.status(vm)) return true
+      await new Promise((r) => setTimeout(r, 100))
+    }
+    return false
+  }
+
+  /**
+   * Reads a running VM's control socket (GET /api/v1/vm) and keeps a pair's figures in its info;
+   * false when it does not answer (not up yet, or gone).
+   */
+  private async status(vm: Vm): Promise<boolean> {
+    let st: { instructions?: number; ft?: FtStatus }
+    try {
+      st = await requestJson(`unix:${this.controlPath(vm.info.name)}`, 'GET', '/api/v1/vm', undefined, { timeoutMs: STATUS_MS })
+    } catch {
+      return false
+    }
+    const f = vm.info.ft
+    const s = st.ft
+    if (!f || !s) return true
+    const now = performance.now()
+    f.role = s.outcome === 'paired' ? s.role : s.outcome
+    f.lagMs = s.lagMs
+    f.cpuLimit = s.cpuLimit
+    f.outputDelay = s.outputDelay
+    if (!vm.rate) f.logBytesPerSecond = s.logBytes / Math.max(1, (Date.now() - Date.parse(vm.info.startedAt)) / 1000)
+    else if (now - vm.rate.t >= 1000) f.logBytesPerSecond = ((s.logBytes - vm.rate.bytes) * 1000) / (now - vm.rate.t)
+    if (!vm.rate || now - vm.rate.t >= 1000) vm.rate = { t: now, bytes: s.logBytes }
+    f.logBytes = s.logBytes
+    vm.info.generation = s.generation
+    return true
+  }
+
+  /** The VMs, a pair's running sides with their figures read now from their control sockets. */
+  async listNow(): Promise<VmInfo[]> {
+    await Promise.all([...this.vms.values()].filter((v) => v.info.ft && v.info.state === 'running').map((v) => this.status(v)))
+    return this.list()
+  }
+
+  /** Busy, naming the holder, when `lock` is held by a host that is not known dead. */
+  private async refuseHeld(m: LockManager, lock: string, vm: string): Promise<void> {
+    const view = await m.view().catch(() => null)
+    const l = view?.locks.find((x) => x.name === lock)
+    if (!l || l.state === 'free' || !l.owner) return
+    const owner = view?.hosts.find((h) => h.name === l.owner)
+    if (owner && (owner.state !== 'live' || owner.alive === false)) return
+    this.counts.refused++
+    throw new VmBusy(`VM '${vm}' is running on host '${l.owner}' (lock '${lock}'): stop it there first, or wait until that host's lease is over`, { holder: l.owner })
+  }
+
+  /** Asks the backup's host to start it; resolves to the FT address it listens on. */
+  private async startBackup(req: VmStartRequest): Promise<string> {
+    const peer = req.ft!.host
+    const body: VmStartRequest = { name: req.name, guest: req.guest, memory: req.memory, disk: req.disk, cpuLimit: req.cpuLimit, switch: req.switch, mac: req.mac, role: 'backup', backupReads: req.ft!.backupReads }
+    let r: VmInfo
+    try {
+      r = await requestJson<VmInfo>(peer, 'POST', '/api/v1/vms', body, { timeoutMs: BACKUP_LISTEN_MS + 10_000 })
+    } catch (e) {
+      if (isApiError(e) && e.status === 409) throw new VmBusy(`the backup's host ${peer} refused: ${e.message}`, { holder: null })
+      throw new StorageError('IoError', `the backup's host ${peer} did not start the backup: ${(e as Error).message}`)
+    }
+    if (!r.ft?.address) throw new StorageError('IoError', `the backup's host ${peer} answered without the backup's FT address`)
+    return r.ft.address
+  }
+
+  /** The FT address another host reaches: an unspecified listen address becomes the advertised one. */
+  private advertised(host: string): string {
+    return host === '0.0.0.0' || host === '::' ? (this.o.ftAdvertise ?? '127.0.0.1') : host
   }
 
   /** The VM's process is gone: its lock is released (unless the lease, and the lock with it, was lost). */

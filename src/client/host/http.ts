@@ -2,7 +2,7 @@ import express, { type NextFunction, type Request, type Response } from 'express
 import type { Logger } from 'pino'
 import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client'
 import { jsonErrors, noRoute } from '../../server/http/errors.js'
-import { parseStartRequest, type HostAgent, type VmState } from './agent.js'
+import { parseStartRequest, type HostAgent, type VmFtInfo, type VmInfo, type VmState } from './agent.js'
 
 const STATES: VmState[] = ['starting', 'running', 'stopping', 'exited', 'stopped', 'lost']
 
@@ -47,6 +47,54 @@ function hostMetrics(agent: HostAgent): Registry {
       this.inc(agent.counts.fenced)
     },
   })
+  // a pair's figures, read from its sides' control sockets once per scrape
+  let read: { at: number; vms: Promise<VmInfo[]> } | null = null
+  const pairs = async () => {
+    if (!read || performance.now() - read.at > 500) read = { at: performance.now(), vms: agent.listNow() }
+    return (await read.vms).filter((v) => v.ft && v.state === 'running')
+  }
+  /** a gauge per running pair side, `value` of its figures (none while unknown) */
+  const pairGauge = (name: string, help: string, value: (f: VmFtInfo) => number | null) =>
+    new Gauge({
+      name,
+      help,
+      labelNames: ['vm'] as const,
+      registers: [registry],
+      async collect() {
+        this.reset()
+        for (const v of await pairs()) {
+          const x = value(v.ft!)
+          if (x !== null) this.set({ vm: v.name }, x)
+        }
+      },
+    })
+  pairGauge('tandem_ft_lag_seconds', 'A pair\'s primary: how far its backup runs behind, on the primary\'s clock (the median of the last second\'s samples)', (f) => (f.lagMs === null ? null : f.lagMs / 1000))
+  new Counter({
+    name: 'tandem_ft_log_bytes_total',
+    help: 'A pair\'s side: FT log bytes sent (primary) or received (backup)',
+    labelNames: ['vm', 'side'] as const,
+    registers: [registry],
+    async collect() {
+      this.reset()
+      for (const v of await pairs()) if (v.ft!.logBytes !== null) this.inc({ vm: v.name, side: v.ft!.side }, v.ft!.logBytes)
+    },
+  })
+  pairGauge('tandem_vm_cpu_limit_ratio', 'A pair\'s side: its CPU limit as a share of one core (1: no limit; the primary\'s lag control lowers it)', (f) => (f.cpuLimit === null ? null : f.cpuLimit / 100))
+  new Gauge({
+    name: 'tandem_ft_output_delay_seconds',
+    help: 'A pair\'s primary: how long outputs were held until the backup acknowledged them, over recent releases, per quantile',
+    labelNames: ['vm', 'quantile'] as const,
+    registers: [registry],
+    async collect() {
+      this.reset()
+      for (const v of await pairs()) {
+        const d = v.ft!.outputDelay
+        if (!d) continue
+        this.set({ vm: v.name, quantile: '0.5' }, d.p50 / 1000)
+        this.set({ vm: v.name, quantile: '0.99' }, d.p99 / 1000)
+      }
+    },
+  })
   new Counter({
     name: 'tandem_host_lease_renewals_total',
     help: 'Heartbeats written within the lease',
@@ -72,12 +120,18 @@ export function createHostApp(agent: HostAgent, log: Logger): express.Express {
   app.get('/api/v1/health', (_req, res) => {
     res.json({ status: 'ok', host: agent.name, lease: agent.lease() })
   })
-  app.get('/api/v1/vms', (_req, res) => {
-    res.json({ host: agent.name, vms: agent.list() })
-  })
-  app.get('/api/v1/vms/:name', (req, res) => {
-    res.json(agent.get(req.params.name as string))
-  })
+  app.get(
+    '/api/v1/vms',
+    wrap(async (_req, res) => {
+      res.json({ host: agent.name, vms: await agent.listNow() })
+    }),
+  )
+  app.get(
+    '/api/v1/vms/:name',
+    wrap(async (req, res) => {
+      res.json(await agent.getNow(req.params.name as string))
+    }),
+  )
   app.post(
     '/api/v1/vms',
     wrap(async (req, res) => {

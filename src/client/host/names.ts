@@ -1,4 +1,6 @@
+import { createHash } from 'node:crypto'
 import { StorageError } from '../../disk-formats/errors.js'
+import { NAME_BYTES } from '../../disk-formats/lock-region/layout.js'
 
 /** Tandem's iSCSI names (DESIGN §8): a host's is used for the lockspace only, a VM's for its disk. */
 import { IQN_PREFIX } from '../../server/datastore/names.js'
@@ -29,3 +31,14 @@ export const hostIqn = (host: string): string => `${IQN_PREFIX}host:${host}`
 export const vmIqn = vmInitiatorName
 /** The exclusive lock a VM holds while it runs (its generation is the fencing token). */
 export const vmLockName = (vm: string): string => `vm/${vm}`
+
+/**
+ * The lockspace host name of a pair's side that `host` runs for VM `vm`: `<host>-vm-<vm>`, or, past
+ * the lockspace's 64-byte names, its first 47 bytes and 16 hex digits of its SHA-256 (still unique).
+ * The side's arbiter holds vm/<name> under it, apart from the host's own slot.
+ */
+export function ftHostName(host: string, vm: string): string {
+  const full = `${host}-vm-${vm}`
+  if (full.length <= NAME_BYTES) return full
+  return `${full.slice(0, NAME_BYTES - 17)}-${createHash('sha256').update(full).digest('hex').slice(0, 16)}`
+}

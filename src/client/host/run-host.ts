@@ -10,14 +10,19 @@ export interface RunHostOptions {
   iscsi?: string
   listen: string
   apiPort: number
+  /** where a pair's backup started here listens for its primary (default: listen) */
+  ftListen?: string
   logLevel?: string
   /** how to run `tandem` for a VM's child process */
   tandem: string[]
 }
 
-/** The URL others reach an API on: an unspecified listen address is shown as loopback. */
+/** The address others reach this host on: an unspecified listen address is shown as loopback. */
+const reachable = (listen: string): string => (listen === '0.0.0.0' || listen === '::' ? '127.0.0.1' : listen)
+
+/** The URL others reach an API on. */
 function apiUrl(listen: string, port: number): string {
-  const host = listen === '0.0.0.0' || listen === '::' ? '127.0.0.1' : listen
+  const host = reachable(listen)
   return `http://${host.includes(':') ? `[${host}]` : host}:${port}`
 }
 
@@ -39,7 +44,8 @@ export async function runHost(o: RunHostOptions): Promise<{ log: Logger; close()
   http.on('request', joining)
   let agent: HostAgent
   try {
-    agent = await HostAgent.start({ name: o.name, server: o.server, iscsi: o.iscsi, api, tandem: o.tandem, log })
+    const ftListen = o.ftListen ?? o.listen
+    agent = await HostAgent.start({ name: o.name, server: o.server, iscsi: o.iscsi, api, tandem: o.tandem, log, ftListen, ftAdvertise: reachable(o.listen) })
   } catch (e) {
     http.close()
     throw e

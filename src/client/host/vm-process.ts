@@ -24,6 +24,7 @@ export class VmProcess {
   private readonly dog: WatchdogLink
   private tail: Buffer[] = []
   private tailBytes = 0
+  private readonly watchers = new Set<() => void>()
 
   /**
    * `deadline`: the fence deadline (performance.now() ms) the lease holds until now; `onLost`:
@@ -71,9 +72,33 @@ export class VmProcess {
     return Buffer.concat(this.tail).toString('utf8')
   }
 
+  /**
+   * Resolves with the first match of `re` in the console (its tail, as it grows); rejects when the
+   * process ends first or after `ms`.
+   */
+  waitForOutput(re: RegExp, ms: number): Promise<RegExpExecArray> {
+    return new Promise((resolve, reject) => {
+      const check = () => {
+        const m = re.exec(this.console())
+        if (m) done(null, m)
+      }
+      const timer = setTimeout(() => done(new Error(`no ${re} in its output within ${ms} ms`)), ms)
+      const done = (e: Error | null, m?: RegExpExecArray) => {
+        clearTimeout(timer)
+        this.watchers.delete(check)
+        if (e) reject(e)
+        else resolve(m!)
+      }
+      this.watchers.add(check)
+      void this.exited.then((x) => done(new Error(`it exited (status ${x.status}) before ${re} appeared`)))
+      check()
+    })
+  }
+
   private keep(d: Buffer): void {
     this.tail.push(d)
     this.tailBytes += d.length
     while (this.tailBytes - this.tail[0].length >= CONSOLE_TAIL) this.tailBytes -= this.tail.shift()!.length
+    for (const w of this.watchers) w()
   }
 }

@@ -104,7 +104,7 @@ export async function runVm(o: VmRunOptions): Promise<VmRunSummary> {
     throw e
   }
   role?.attach(m)
-  const control = o.control ? await serveControl(o.control, { ...vmControl(m, o, disk !== undefined), ...(role?.handover ? { handover: async () => ({ handedOver: true, ...(await role.handover!()) }) } : {}) }) : undefined
+  const control = o.control ? await serveControl(o.control, vmControl(m, o, disk !== undefined, role)) : undefined
   let summary: VmRunSummary
   try {
     summary = await m.run()
@@ -120,10 +120,11 @@ export async function runVm(o: VmRunOptions): Promise<VmRunSummary> {
 }
 
 /** What the control socket of a VM run by runVm does. */
-function vmControl(m: Machine, o: VmRunOptions, hasDisk: boolean): VmControl {
+function vmControl(m: Machine, o: VmRunOptions, hasDisk: boolean, role: FtRole | undefined): VmControl {
   let busy = false
   return {
-    status: () => ({ guest: o.guest, memory: m.mem.size, instructions: m.hart.instret, paused: m.paused, checkpointing: busy }),
+    status: () => ({ guest: o.guest, memory: m.mem.size, instructions: m.hart.instret, paused: m.paused, checkpointing: busy, ...(role ? { ft: role.status() } : {}) }),
+    ...(role?.handover ? { handover: async () => ({ handedOver: true, ...(await role.handover!()) }) } : {}),
     pause: () => m.requestPause(),
     resume: () => m.resume(),
     async checkpoint(req) {
