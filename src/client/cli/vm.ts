@@ -205,9 +205,10 @@ async function runAction(o: OptionValues): Promise<number> {
   } finally {
     process.off('SIGINT', onSignal)
     process.off('SIGTERM', onSignal)
+    // the arbiter first: it gives the disk's reservation back over the disk's own session
+    await ftArbiter?.close()
     await disk?.close()
     udp?.close()
-    await ftArbiter?.close()
   }
 }
 
