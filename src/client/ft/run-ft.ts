@@ -173,7 +173,12 @@ export async function ftPrimary(o: FtRoleOptions, vm: { memoryBytes: number; ima
         // the backup's last ACK releases the last outputs
         await Promise.race([new Promise<void>((r) => ch.once('end', () => r())), timers.sleep(1000)])
         ch.close('done')
-      } else await Promise.race([lost, timers.sleep(5000)])
+      } else {
+        // a pending sleep would keep a halted process alive for its length
+        const waited = new AbortController()
+        await Promise.race([lost, timers.sleep(5000, waited.signal)])
+        waited.abort()
+      }
       return { role: 'primary', outcome, channelEnd, logBytes: primary.logBytes, takeoverMs, lag: lag.snapshot(timers.now()), outputDelay: gate.snapshot().delay }
     },
   }
