@@ -57,8 +57,22 @@ export interface FtReport {
   outputDelay?: ReturnType<OutputGate['snapshot']>['delay']
 }
 
+/** What a running role shows in the VM's status (GET /api/v1/vm, its `ft` part). */
+export interface FtStatus {
+  role: 'primary' | 'backup'
+  outcome: FtReport['outcome']
+  /** a primary: the lag now (the median of the last 250 ms's samples, or how far behind a silent backup is) */
+  lagMs?: number
+  /** the VM's CPU limit now, whole percent of a core (a primary's lag control moves it) */
+  cpuPercent: number
+  logBytes: number
+  /** a primary: the lag samples of the last 10 s */
+  lag?: ReturnType<LagMeter['snapshot']>
+}
+
 /** The part of runVm a pair role shapes: the machine's options, then the run. */
 export interface FtRole {
+  status(): FtStatus
   machineOptions(base: MachineOptions): MachineOptions
   attach(m: Machine): void
   finish(summary: RunSummary): Promise<FtReport>
@@ -159,6 +173,10 @@ export async function ftPrimary(o: FtRoleOptions, vm: { memoryBytes: number; ima
   })
   void ch.ended.then((e) => e.kind === 'bye' && (channelEnd = endText(e)))
   return {
+    status() {
+      const now = timers.now()
+      return { role: 'primary', outcome, lagMs: lag.periodLag(now - 250, now), cpuPercent: vm.limiter?.percent ?? 100, logBytes: primary.logBytes, lag: lag.snapshot(now) }
+    },
     machineOptions: (base) => ({ ...base, ...primary.machineOptions({ disk: base.disk, net: base.net, onConsole: base.onConsole }) }),
     attach(m) {
       machine = m
@@ -190,7 +208,7 @@ export async function ftPrimary(o: FtRoleOptions, vm: { memoryBytes: number; ima
  */
 export async function ftBackup(
   o: FtRoleOptions,
-  vm: { memoryBytes: number; imageSha: Buffer; disk?: import('../vm/scsi-path.js').ScsiPath; onListening?: (port: number) => void },
+  vm: { memoryBytes: number; imageSha: Buffer; disk?: import('../vm/scsi-path.js').ScsiPath; limiter?: CpuLimiter; onListening?: (port: number) => void },
 ): Promise<FtRole> {
   const timers = o.timers ?? realTimers
   const listener = await FtListener.listen({ host: o.host, port: o.port, timers, lossMs: o.lossMs })
@@ -261,6 +279,7 @@ export async function ftBackup(
   })
   return {
     hello,
+    status: () => ({ role: 'backup', outcome, cpuPercent: vm.limiter?.percent ?? 100, logBytes }),
     machineOptions: (base) => {
       // an uplink to a tandem switch announces the MAC from now on (UdpUplink.announce)
       const net = base.net as (SwitchPort & { announce?: (mac: Buffer) => void }) | undefined
