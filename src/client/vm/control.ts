@@ -14,6 +14,8 @@ export interface VmControl {
   resume(): void
   /** a checkpoint to `file`; the answer is its summary */
   checkpoint(req: Record<string, unknown>): Promise<Record<string, unknown>>
+  /** sets the VM's CPU limit (whole percent of a core, 1 to 100; InvalidArgument otherwise): the limit now */
+  setCpuLimit(percent: unknown): number
 }
 
 const wrap = (fn: (req: Request, res: Response) => Promise<void>) => (req: Request, res: Response, next: NextFunction) => fn(req, res).catch(next)
@@ -47,6 +49,7 @@ export async function serveControl(path: string, ctl: VmControl): Promise<{ clos
     ctl.resume()
     res.json({ paused: false })
   })
+  app.post('/api/v1/vm/cpu-limit', (req, res) => void res.json({ cpuPercent: ctl.setCpuLimit((req.body as { percent?: unknown } | undefined)?.percent) }))
   app.post('/api/v1/vm/checkpoint', wrap(async (req, res) => void res.status(201).json(await ctl.checkpoint((req.body ?? {}) as Record<string, unknown>))))
   app.use(noRoute)
   app.use(jsonErrors(pino({ level: 'error' }, process.stderr)))
