@@ -80,6 +80,9 @@ export interface FtRole {
   readonly hello?: FtHelloParams
 }
 
+/** A port that may announce a MAC to its switch from now on (UdpUplink.announce; undefined: none) */
+type AnnouncingPort = SwitchPort & { announce?: (mac?: Buffer) => void }
+
 const nextMessage = (ch: FtChannel, type: FtMessage['type'], what: string): Promise<FtMessage> =>
   new Promise((resolve, reject) => {
     const onMsg = (m: FtMessage) => {
@@ -144,6 +147,8 @@ export async function ftPrimary(o: FtRoleOptions, vm: { memoryBytes: number; ima
   let channelEnd: string | undefined
   let takeoverMs: number | undefined
   let machine: Machine | null = null
+  let uplink: AnnouncingPort | undefined
+  let mac: Buffer | undefined
   const lost = ch.lost.then(async ({ reason }) => {
     channelEnd = reason
     const t0 = timers.now()
@@ -159,6 +164,7 @@ export async function ftPrimary(o: FtRoleOptions, vm: { memoryBytes: number; ima
     if (won) {
       alone = true
       outcome = 'alone'
+      if (mac) uplink?.announce?.(mac)
       await o.arbiter.fence?.()
       gate.acked(Infinity)
       gate.claimed(true)
@@ -177,7 +183,15 @@ export async function ftPrimary(o: FtRoleOptions, vm: { memoryBytes: number; ima
       const now = timers.now()
       return { role: 'primary', outcome, lagMs: lag.periodLag(now - 250, now), cpuPercent: vm.limiter?.percent ?? 100, logBytes: primary.logBytes, lag: lag.snapshot(now) }
     },
-    machineOptions: (base) => ({ ...base, ...primary.machineOptions({ disk: base.disk, net: base.net, onConsole: base.onConsole }) }),
+    machineOptions: (base) => {
+      // the switch learned the VM's MAC when the uplink joined; from now on only a side holding the VM
+      // announces it: a primary resumed after a takeover (SIGSTOP) would otherwise draw the VM's frames
+      // back with an overdue keepalive
+      uplink = base.net as AnnouncingPort | undefined
+      mac = base.mac
+      uplink?.announce?.()
+      return { ...base, ...primary.machineOptions({ disk: base.disk, net: base.net, onConsole: base.onConsole }) }
+    },
     attach(m) {
       machine = m
       primary.attach(m)
@@ -282,7 +296,7 @@ export async function ftBackup(
     status: () => ({ role: 'backup', outcome, cpuPercent: vm.limiter?.percent ?? 100, logBytes }),
     machineOptions: (base) => {
       // an uplink to a tandem switch announces the MAC from now on (UdpUplink.announce)
-      const net = base.net as (SwitchPort & { announce?: (mac: Buffer) => void }) | undefined
+      const net = base.net as AnnouncingPort | undefined
       const announce = net?.announce && base.mac ? () => net.announce!(base.mac!) : undefined
       return { ...base, ...backup.machineOptions({ net, mac: base.mac, onConsole: base.onConsole, announce }) }
     },
