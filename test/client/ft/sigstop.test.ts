@@ -4,7 +4,11 @@ import { openVmDisk, vmInitiatorName } from '../../../src/client/vm/index.js'
 import { readReservation } from '../../../src/client/ft/fence.js'
 import { fenceKey } from '../../../src/client/ft/arbiter.js'
 import { startServer } from '../../helpers/server.js'
-import { startPair, waitFor } from '../../helpers/ft-cli.js'
+import { kv, startPair, waitFor } from '../../helpers/ft-cli.js'
+import { UdpSwitch } from '../../../src/client/net/udp-switch.js'
+import { ANNOUNCE_ETHERTYPE, KEEPALIVE_MS } from '../../../src/client/net/udp-uplink.js'
+import { join } from 'node:path'
+import { tmp } from '../../helpers/peers.js'
 
 /**
  * Issue 17 "Done means" 2, ft-architecture §2 (d) test 4: the primary's process group SIGSTOPped
@@ -77,4 +81,54 @@ t.test('SIGSTOP of the primary for 3 s: the backup goes live; resumed, the prima
     await h.release()
   }
   t.ok(n >= released && released > 0, `the disk holds records 1..${n} in order, every synced one released (${released}) among them`)
+})
+
+t.test('SIGSTOP of a kvstore primary past its uplink keepalive: resumed, it announces no MAC and releases no reply; the live backup answers every acknowledged key', async (t) => {
+  const VM_MAC = '02:00:00:00:00:43'
+  const s = await startServer(t)
+  const lockspace = `iscsi://127.0.0.1:${s.iscsiPort}/${LOCKSPACE_IQN}/0`
+  const sw = await UdpSwitch.listen({ host: '127.0.0.1', port: 0 })
+  t.teardown(() => sw.close())
+  const url = `udp:127.0.0.1:${sw.address.port}`
+  const { primary, backup } = await startPair(t, { args: ['--guest', 'kvstore', '--switch', url, '--mac', VM_MAC, '--ft-loss-ms', '1000'], lockspace })
+  await waitFor(primary, /kvstore: listening/, 30_000)
+  await sleep(300)
+  // the primary's uplink announced the VM's MAC (a frame); the backup's joined with an empty datagram
+  const talkers = sw.list().filter((p) => p.framesIn > 0)
+  t.equal(talkers.length, 1, `one peer has sent frames: the primary (${JSON.stringify(sw.list())})`)
+  const peer = talkers[0].peer
+  const framesOf = () => sw.list().find((p) => p.peer === peer)?.framesIn
+  const acked = join(tmp(t, 'tandem-ft-stop-'), 'acked.jsonl')
+  const stopMs = KEEPALIVE_MS + 500
+  const load = kv(['load', '--switch', url, '--vm-mac', VM_MAC, '--keys', '40', '--rate', '300', '--duration', String(Math.ceil(stopMs / 1000) + 4), '--log', acked, '--timeout', '20', '--json'])
+  await sleep(1000)
+  process.kill(-primary.child.pid!, 'SIGSTOP')
+  await sleep(200)
+  const f0 = framesOf()
+  const t0 = Date.now()
+  // every frame from the primary's uplink from now on, with its time and EtherType
+  const late: { ms: number; type: number }[] = []
+  const sock = (sw as unknown as { sock: import('node:dgram').Socket }).sock
+  sock.on('message', (msg, r) => {
+    if (`${r.address}:${r.port}` === peer && msg.length >= 14) late.push({ ms: Date.now() - t0, type: msg.readUInt16BE(12) })
+  })
+  t.ok(await waitFor(backup, /going live/, 10_000).then(() => true, () => false), `the backup went live while the primary was stopped (${Date.now() - t0} ms)`)
+  // stopped past the uplink's keepalive: its timer is overdue when the process resumes
+  await sleep(Math.max(0, stopMs - (Date.now() - t0)))
+  const resumedAt = Date.now() - t0
+  process.kill(-primary.child.pid!, 'SIGCONT')
+  const p = await Promise.race([primary.exited, sleep(10_000).then(() => null)])
+  t.equal(p?.code, FT_HALTED, `the resumed primary halted (exit 123): ${primary.stderr().slice(-300)}`)
+  t.comment(`frames from the primary after the stop: ${late.length} (${late.map((x) => `${x.ms} ms 0x${x.type.toString(16)}`).join(', ')}); resumed at ${resumedAt} ms; ${f0} before the stop`)
+  t.same(late.filter((x) => x.type === ANNOUNCE_ETHERTYPE), [], 'the resumed primary did not announce the VM\'s MAC (its overdue keepalive carries none)')
+  // replies whose sends were queued in the OS before the stop leave at SIGCONT (as if delayed on
+  // the wire); none may be decided after it: anything later than the first turn of its loop is a release
+  const replies = late.filter((x) => x.type !== ANNOUNCE_ETHERTYPE)
+  t.ok(replies.every((x) => x.ms - resumedAt < 100), `no reply left the primary later than 100 ms after SIGCONT (${replies.length} queued before the stop went out at it)`)
+  const l = await load.done
+  t.equal(l.code, 0, `kv load: ${l.err.slice(-300)}`)
+  const c = await kv(['check', '--switch', url, '--vm-mac', VM_MAC, '--log', acked, '--timeout', '10']).done
+  t.equal(c.code, 0, `kv check against the live backup: ${c.out}${c.err}`)
+  backup.child.kill('SIGTERM')
+  await backup.exited
 })
