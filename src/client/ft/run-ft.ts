@@ -57,17 +57,22 @@ export interface FtReport {
   outputDelay?: ReturnType<OutputGate['snapshot']>['delay']
 }
 
-/** What a running role shows in the VM's status (GET /api/v1/vm, its `ft` part). */
+/** What a running role shows in the VM's status (GET /api/v1/vm, its `ft` part); main's h-fthost shape plus `lag`. */
 export interface FtStatus {
   role: 'primary' | 'backup'
   outcome: FtReport['outcome']
-  /** a primary: the lag now (the median of the last 250 ms's samples, or how far behind a silent backup is) */
-  lagMs?: number
-  /** the VM's CPU limit now, whole percent of a core (a primary's lag control moves it) */
-  cpuPercent: number
+  /** the generation of vm/<name> the pair started under, or this side's after winning the claim */
+  generation: number
+  /** ms, the primary's lag over the last second (LagMeter.periodLag); null on a backup */
+  lagMs: number | null
+  /** the VM's CPU limit now, percent of one core (null: none) */
+  cpuLimit: number | null
+  /** log bytes sent (primary) or received (backup) */
   logBytes: number
-  /** a primary: the lag samples of the last 10 s */
-  lag?: ReturnType<LagMeter['snapshot']>
+  /** ms an output was held, over the gate's recent releases (primary; null on a backup) */
+  outputDelay: { count: number; p50: number; p99: number } | null
+  /** the primary's lag samples of the last 10 s (percentiles; null on a backup) */
+  lag: ReturnType<LagMeter['snapshot']> | null
 }
 
 /** The part of runVm a pair role shapes: the machine's options, then the run. */
@@ -181,7 +186,8 @@ export async function ftPrimary(o: FtRoleOptions, vm: { memoryBytes: number; ima
   return {
     status() {
       const now = timers.now()
-      return { role: 'primary', outcome, lagMs: lag.periodLag(now - 250, now), cpuPercent: vm.limiter?.percent ?? 100, logBytes: primary.logBytes, lag: lag.snapshot(now) }
+      const d = gate.snapshot().delay
+      return { role: 'primary', outcome, generation: o.arbiter.generation, lagMs: lag.periodLag(now - 1000, now), cpuLimit: vm.limiter?.percent ?? null, logBytes: primary.logBytes, outputDelay: { count: d.count, p50: d.p50, p99: d.p99 }, lag: lag.snapshot(now) }
     },
     machineOptions: (base) => {
       // the switch learned the VM's MAC when the uplink joined; from now on only a side holding the VM
@@ -293,7 +299,7 @@ export async function ftBackup(
   })
   return {
     hello,
-    status: () => ({ role: 'backup', outcome, cpuPercent: vm.limiter?.percent ?? 100, logBytes }),
+    status: () => ({ role: 'backup', outcome, generation: hello.lockGeneration, lagMs: null, cpuLimit: vm.limiter?.percent ?? null, logBytes, outputDelay: null, lag: null }),
     machineOptions: (base) => {
       // an uplink to a tandem switch announces the MAC from now on (UdpUplink.announce)
       const net = base.net as AnnouncingPort | undefined
