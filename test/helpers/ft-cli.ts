@@ -9,9 +9,13 @@ export interface VmProcess {
   exited: Promise<{ code: number | null; signal: string | null }>
 }
 
-/** `tandem vm run ARGS` as a child process (its own process group: a SIGKILL takes it whole); killed at teardown. */
-export function vmProcess(t: { teardown(fn: () => unknown): void }, args: string[]): VmProcess {
-  const child = spawn(process.execPath, [CLI, 'vm', 'run', ...args], { stdio: ['ignore', 'pipe', 'pipe'], detached: true })
+/**
+ * `tandem vm run ARGS` as a child process (its own process group: a SIGKILL takes it whole); killed
+ * at teardown. `wrap` runs it under a command that execs it (e.g. `ip netns exec NS`).
+ */
+export function vmProcess(t: { teardown(fn: () => unknown): void }, args: string[], o: { wrap?: string[] } = {}): VmProcess {
+  const cmd = [...(o.wrap ?? []), process.execPath, CLI, 'vm', 'run', ...args]
+  const child = spawn(cmd[0], cmd.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], detached: true })
   let out = ''
   let err = ''
   child.stdout!.on('data', (d) => (out += d))
@@ -61,4 +65,14 @@ export async function startPair(t: { teardown(fn: () => unknown): void }, o: { a
   const port = Number((await waitFor(backup, /FT backup listening on 127\.0\.0\.1:(\d+)/))[1])
   const primary = vmProcess(t, [...common, '--ft-primary', `127.0.0.1:${port}`, '--ft-host', 'host-p', ...(o.primaryArgs ?? [])])
   return { backup, primary, port }
+}
+
+/** `tandem kv ARGS` as a child: resolves with its exit and output. */
+export function kv(args: string[]): { done: Promise<{ code: number | null; out: string; err: string }>; kill: (s: NodeJS.Signals) => void } {
+  const c = spawn(process.execPath, [CLI, 'kv', ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+  let out = ''
+  let err = ''
+  c.stdout.on('data', (d) => (out += d))
+  c.stderr.on('data', (d) => (err += d))
+  return { done: new Promise((r) => c.on('exit', (code) => r({ code, out, err }))), kill: (s) => c.kill(s) }
 }

@@ -195,6 +195,9 @@ export class FtChannel extends EventEmitter {
 
   private onData(d: Buffer): void {
     if (this.end) return
+    // bytes after lossMs of silence come too late, whether or not the watch has run yet (a process
+    // resumed from SIGSTOP reads its socket before its timers): the peer may have taken over meanwhile
+    if (this.timers.now() - this.lastReceived > this.lossMs) return this.finish({ kind: 'lost', reason: `no frame from the peer for ${this.lossMs} ms (data came after)` })
     let msgs: FtMessage[]
     let err: FtProtocolError | null = null
     try {

@@ -79,6 +79,8 @@ export interface FtStatus {
   logBytes: number
   /** ms an output was held, over the gate's recent releases (primary; null on a backup) */
   outputDelay: { count: number; p50: number; p99: number } | null
+  /** the primary's lag samples of the last 10 s (percentiles; null on a backup) */
+  lag: ReturnType<LagMeter['snapshot']> | null
 }
 
 /** The part of runVm a pair role shapes: the machine's options, then the run. */
@@ -96,6 +98,9 @@ export interface FtRole {
    */
   handover?(): Promise<{ instructions: number }>
 }
+
+/** A port that may announce a MAC to its switch from now on (UdpUplink.announce; undefined: none) */
+type AnnouncingPort = SwitchPort & { announce?: (mac?: Buffer) => void }
 
 const nextMessage = (ch: FtChannel, type: FtMessage['type'], what: string): Promise<FtMessage> =>
   new Promise((resolve, reject) => {
@@ -214,6 +219,8 @@ export async function ftPrimary(o: FtRoleOptions, vm: { memoryBytes: number; ima
     await ch.bye('handover', at)
     return { instructions: at }
   }
+  let uplink: AnnouncingPort | undefined
+  let mac: Buffer | undefined
   const lost = ch.lost.then(async ({ reason }) => {
     channelEnd = reason
     const t0 = timers.now()
@@ -226,6 +233,7 @@ export async function ftPrimary(o: FtRoleOptions, vm: { memoryBytes: number; ima
     if (won) {
       alone = true
       outcome = 'alone'
+      if (mac) uplink?.announce?.(mac)
       await o.arbiter.fence?.()
       gate.acked(Infinity)
       gate.claimed(true)
@@ -240,17 +248,25 @@ export async function ftPrimary(o: FtRoleOptions, vm: { memoryBytes: number; ima
   })
   void ch.ended.then((e) => e.kind === 'bye' && (channelEnd = endText(e)))
   return {
-    machineOptions: (base) => ({ ...base, ...primary.machineOptions({ disk: base.disk, net: base.net, onConsole: base.onConsole }) }),
+    status() {
+      const now = timers.now()
+      const d = gate.snapshot().delay
+      return { role: 'primary', outcome, generation: o.arbiter.generation, lagMs: lag.periodLag(now - 1000, now), cpuLimit: vm.limiter?.percent ?? null, logBytes: primary.logBytes, outputDelay: { count: d.count, p50: d.p50, p99: d.p99 }, lag: lag.snapshot(now) }
+    },
+    machineOptions: (base) => {
+      // the switch learned the VM's MAC when the uplink joined; from now on only a side holding the VM
+      // announces it: a primary resumed after a takeover (SIGSTOP) would otherwise draw the VM's frames
+      // back with an overdue keepalive
+      uplink = base.net as AnnouncingPort | undefined
+      mac = base.mac
+      uplink?.announce?.()
+      return { ...base, ...primary.machineOptions({ disk: base.disk, net: base.net, onConsole: base.onConsole }) }
+    },
     attach(m) {
       machine = m
       primary.attach(m)
     },
     handover,
-    status() {
-      const now = timers.now()
-      const d = gate.snapshot().delay
-      return { role: 'primary', outcome, generation: o.arbiter.generation, lagMs: lag.periodLag(now - 1000, now), cpuLimit: vm.limiter?.percent ?? null, logBytes: primary.logBytes, outputDelay: { count: d.count, p50: d.p50, p99: d.p99 } }
-    },
     async finish(summary) {
       await control?.stop()
       if (outcome === 'handed-over') {
@@ -263,7 +279,12 @@ export async function ftPrimary(o: FtRoleOptions, vm: { memoryBytes: number; ima
         // the backup's last ACK releases the last outputs
         await Promise.race([new Promise<void>((r) => ch.once('end', () => r())), timers.sleep(1000)])
         ch.close('done')
-      } else await Promise.race([lost, timers.sleep(5000)])
+      } else {
+        // a pending sleep would keep a halted process alive for its length
+        const waited = new AbortController()
+        await Promise.race([lost, timers.sleep(5000, waited.signal)])
+        waited.abort()
+      }
       return { role: 'primary', outcome, channelEnd, logBytes: primary.logBytes, takeoverMs, lag: lag.snapshot(timers.now()), outputDelay: gate.snapshot().delay }
     },
   }
@@ -357,7 +378,7 @@ export async function ftBackup(
     hello,
     machineOptions: (base) => {
       // an uplink to a tandem switch announces the MAC from now on (UdpUplink.announce)
-      const net = base.net as (SwitchPort & { announce?: (mac: Buffer) => void }) | undefined
+      const net = base.net as AnnouncingPort | undefined
       const announce = net?.announce && base.mac ? () => net.announce!(base.mac!) : undefined
       return { ...base, ...backup.machineOptions({ net, mac: base.mac, onConsole: base.onConsole, announce }) }
     },
@@ -365,7 +386,7 @@ export async function ftBackup(
       machine = m
       backup.attach(m)
     },
-    status: () => ({ role: 'backup', outcome, generation: outcome === 'live' ? o.arbiter.generation : hello.lockGeneration, lagMs: null, cpuLimit: vm.limiter?.percent ?? null, logBytes, outputDelay: null }),
+    status: () => ({ role: 'backup', outcome, generation: outcome === 'live' ? o.arbiter.generation : hello.lockGeneration, lagMs: null, cpuLimit: vm.limiter?.percent ?? null, logBytes, outputDelay: null, lag: null }),
     async finish() {
       ch.close('done')
       await ended

@@ -16,6 +16,8 @@ export interface VmControl {
   checkpoint(req: Record<string, unknown>): Promise<Record<string, unknown>>
   /** a fault-tolerant primary: planned switchover to its backup (absent: not a pair's primary) */
   handover?(): Promise<Record<string, unknown>>
+  /** sets the VM's CPU limit (whole percent of a core, 1 to 100; InvalidArgument otherwise): the limit now */
+  setCpuLimit(percent: unknown): number
 }
 
 const wrap = (fn: (req: Request, res: Response) => Promise<void>) => (req: Request, res: Response, next: NextFunction) => fn(req, res).catch(next)
@@ -49,6 +51,7 @@ export async function serveControl(path: string, ctl: VmControl): Promise<{ clos
     ctl.resume()
     res.json({ paused: false })
   })
+  app.post('/api/v1/vm/cpu-limit', (req, res) => void res.json({ cpuPercent: ctl.setCpuLimit((req.body as { percent?: unknown } | undefined)?.percent) }))
   app.post('/api/v1/vm/checkpoint', wrap(async (req, res) => void res.status(201).json(await ctl.checkpoint((req.body ?? {}) as Record<string, unknown>))))
   app.post(
     '/api/v1/vm/ft/handover',

@@ -367,7 +367,8 @@ export class Machine {
       if (onAbort) signal!.removeEventListener('abort', onAbort)
       nic.stopWaiting()
       this.wake = null
-      if (signal?.aborted) return 'go'
+      // halt() wakes the wait: the run loop sees it and ends
+      if (signal?.aborted || this.halted !== null) return 'go'
       await this.pausePoint()
     }
   }

@@ -8,7 +8,7 @@ import { ANONYMOUS_VM_IQN, logicalUnitPath, nexusName, vmIsid, type ScsiPath } f
 import type { SwitchPort } from './net.js'
 import { guestForImage, guestPath } from './guests.js'
 import { readCheckpoint } from './checkpoint-file.js'
-import { CpuLimiter } from './cpu-limit.js'
+import { CpuLimiter, checkCpuPercent } from './cpu-limit.js'
 import { createHash } from 'node:crypto'
 import { StorageError } from '../../disk-formats/errors.js'
 import { restoreCheckpoint, takeCheckpoint, type DiskSwitch } from './checkpoint.js'
@@ -58,8 +58,8 @@ export type VmRunSummary = RunSummary & { ft?: FtReport }
 
 /** Runs a guest to its end; with `record`, writes the event log; with `replay`, follows one. */
 export async function runVm(o: VmRunOptions): Promise<VmRunSummary> {
-  // a primary always has a limiter: its lag control moves it
-  const limiter = o.cpuLimit !== undefined || o.ft ? new CpuLimiter(o.cpuLimit ?? 100) : undefined
+  // a primary always has a limiter (its lag control moves it), and so has a VM whose control socket may set one
+  const limiter = o.cpuLimit !== undefined || o.ft || o.control ? new CpuLimiter(o.cpuLimit ?? 100) : undefined
   if (o.restore) {
     // the checkpoint says how much memory, and (by its image hash) which committed guest
     const c = await readCheckpoint(o.restore)
@@ -104,7 +104,7 @@ export async function runVm(o: VmRunOptions): Promise<VmRunSummary> {
     throw e
   }
   role?.attach(m)
-  const control = o.control ? await serveControl(o.control, vmControl(m, o, disk !== undefined, role)) : undefined
+  const control = o.control ? await serveControl(o.control, vmControl(m, o, disk !== undefined, limiter, role)) : undefined
   let summary: VmRunSummary
   try {
     summary = await m.run()
@@ -120,11 +120,16 @@ export async function runVm(o: VmRunOptions): Promise<VmRunSummary> {
 }
 
 /** What the control socket of a VM run by runVm does. */
-function vmControl(m: Machine, o: VmRunOptions, hasDisk: boolean, role: FtRole | undefined): VmControl {
+function vmControl(m: Machine, o: VmRunOptions, hasDisk: boolean, limiter: CpuLimiter | undefined, role: FtRole | undefined): VmControl {
   let busy = false
   return {
-    status: () => ({ guest: o.guest, memory: m.mem.size, instructions: m.hart.instret, paused: m.paused, checkpointing: busy, ...(role ? { ft: role.status() } : {}) }),
+    status: () => ({ guest: o.guest, memory: m.mem.size, instructions: m.hart.instret, paused: m.paused, checkpointing: busy, cpuPercent: limiter?.percent ?? 100, ...(role ? { ft: role.status() } : {}) }),
     ...(role?.handover ? { handover: async () => ({ handedOver: true, ...(await role.handover!()) }) } : {}),
+    setCpuLimit(percent) {
+      if (!limiter) throw new StorageError('Unsupported', 'this VM runs without a CPU limiter')
+      limiter.setPercent(checkCpuPercent(percent, 'CPU limit'))
+      return limiter.percent
+    },
     pause: () => m.requestPause(),
     resume: () => m.resume(),
     async checkpoint(req) {

@@ -324,3 +324,16 @@ t.test('real timers: heartbeats keep an idle pair alive; a partition is detected
   // at least lossMs minus the heartbeat period (the last frame came before the blackhole); the upper bound is generous (a busy machine)
   t.ok(took >= 270 && took < 2000, `lost after ${took.toFixed(0)} ms`)
 })
+
+t.test('data arriving after lossMs of silence ends the channel as lost and is not delivered, even before the watch has run (a process resumed from SIGSTOP)', async (t) => {
+  const timers = new FakeTimers()
+  const { primary, backup } = await pair(t, timers)
+  const atPrimary = inbox(primary)
+  // time jumps past the loss timeout with no timer run: the process was stopped, its socket buffered
+  timers.t += 301
+  backup.send({ type: 'ACK', received: 100, executed: 100, readsDone: 0 })
+  const end = await Promise.race([primary.ended, new Promise<null>((r) => setTimeout(() => r(null), 2000))])
+  t.match(end, { kind: 'lost', reason: /no frame from the peer for 300 ms/ })
+  await new Promise((r) => setTimeout(r, 20))
+  t.same(atPrimary, [], 'the stale ACK was not delivered')
+})

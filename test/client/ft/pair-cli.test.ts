@@ -1,21 +1,10 @@
 import t, { type Test } from 'tap'
-import { spawn } from 'node:child_process'
 import { join } from 'node:path'
-import { CLI, rng, tmp } from '../../helpers/peers.js'
+import { rng, tmp } from '../../helpers/peers.js'
 import { startSwitch } from '../../helpers/switch-process.js'
-import { initLockspace, startPair, waitFor } from '../../helpers/ft-cli.js'
+import { initLockspace, kv, startPair, waitFor } from '../../helpers/ft-cli.js'
 
 const VM_MAC = '02:00:00:00:00:42'
-
-/** `tandem kv ARGS` as a child: resolves with its exit and output. */
-function kv(args: string[]): { done: Promise<{ code: number | null; out: string; err: string }>; kill: (s: NodeJS.Signals) => void } {
-  const c = spawn(process.execPath, [CLI, 'kv', ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
-  let out = ''
-  let err = ''
-  c.stdout.on('data', (d) => (out += d))
-  c.stderr.on('data', (d) => (err += d))
-  return { done: new Promise((r) => c.on('exit', (code) => r({ code, out, err }))), kill: (s) => c.kill(s) }
-}
 
 t.test('two processes on loopback: the backup follows; a clean end ends both identically', async (t) => {
   const dir = tmp(t, 'tandem-ft-cli-')
