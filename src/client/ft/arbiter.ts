@@ -63,6 +63,8 @@ export async function lockArbiter(o: LockArbiterOptions): Promise<Arbiter & { cl
   let won: boolean | undefined
   return {
     keep: () => void (keep = true),
+    // a lockspace busy now (a file lock held by a stopped process) may answer later; a lapsed lease will not
+    retryable: (e) => e instanceof StorageError && e.code === 'Busy',
     manager: mgr,
     get generation() {
       return generation

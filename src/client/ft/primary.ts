@@ -31,6 +31,11 @@ export interface Ack {
 
 /** commands that change nothing a later reader sees: not outputs */
 const READ_ONLY = new Set([0x00, 0x03, 0x12, 0x1a, 0x5a, 0x25, 0x9e, 0xa0, 0x5e, 0x08, 0x28, 0xa8, 0x88, 0x37, 0xb7, 0x4d])
+/**
+ * With no output waiting, the log goes out at most this often (a CPU-bound guest's slices are
+ * ~1 ms: one frame each cost a tenth of the primary's time); an output, or a WFI wait, ships it at once.
+ */
+export const FLUSH_EVERY_MS = 2
 /** queued towards the backup past which the primary waits between slices (with the gate's own 64 MiB backstop) */
 const LINK_HIGH_WATER = 8 << 20
 
@@ -109,7 +114,7 @@ export class FtPrimary {
       disk: base.disk && this.disk(base.disk),
       net: base.net && this.port(base.net),
       onConsole: base.onConsole && this.consoleWriter(base.onConsole),
-      afterSlice: (m) => this.afterSlice(m),
+      afterSlice: (m, waiting) => this.afterSlice(m, waiting === true),
     }
   }
 
@@ -123,6 +128,7 @@ export class FtPrimary {
       onReceive: null,
       send: (frame) => {
         this.o.gate.hold('frame', this.instret, () => p.send(frame), frame.length)
+        this.outputWaits = true
         this.m?.hart.requestStop()
       },
       close: () => p.close(),
@@ -171,7 +177,9 @@ export class FtPrimary {
           if (war && req) war.read(req.seq, range.lba, range.blocks)
         } else if (!READ_ONLY.has(cdb[0])) {
           const at = req?.at ?? this.instret
-          await new Promise<void>((resolve) => gate.hold('disk', at, resolve, dataOut?.length ?? 0))
+          const held = new Promise<void>((resolve) => gate.hold('disk', at, resolve, dataOut?.length ?? 0))
+          this.outputWaits = true
+          await held
           if (war && range) await war.beforeWrite(range.lba, range.blocks)
         }
         return path.execute(cdb, dataOut, dataInLength, req)
@@ -180,8 +188,13 @@ export class FtPrimary {
   }
 
   /** Between slices: the console's partial line held, the log shipped with a progress mark. */
-  private async afterSlice(m: Machine): Promise<void> {
-    this.flush(m)
+  private async afterSlice(m: Machine, waiting: boolean): Promise<void> {
+    this.m = m
+    const now = this.o.timers.now()
+    if (waiting || this.outputWaits || this.console.bytes.length > 0 || now - this.flushedAt >= FLUSH_EVERY_MS) {
+      this.flush(m)
+      this.flushedAt = now
+    }
     if (this.o.gate.overLimit) await this.o.gate.whenUnder()
     if (this.o.link.bufferedBytes > LINK_HIGH_WATER) await this.o.link.drained()
   }
@@ -189,6 +202,7 @@ export class FtPrimary {
   /** Ships everything logged so far, with a progress mark at the VM's count (a paused VM: all of it). */
   flush(m: Machine): void {
     this.m = m
+    this.outputWaits = false
     this.holdConsole()
     const now = this.o.timers.now()
     const at = m.hart.instret
@@ -210,6 +224,9 @@ export class FtPrimary {
     this.sink.push()
   }
   private sinkCountAtMark = -1
+  private flushedAt = -Infinity
+  /** an output was held since the last flush: its instruction's log must go now */
+  private outputWaits = false
 
   /** Binds the machine (before it runs): outputs take its instruction count. */
   attach(m: Machine): void {

@@ -27,6 +27,8 @@ export interface Arbiter {
   fence?(): Promise<void>
   /** the lock is not to be released at the end (a primary that handed the VM over: the backup claims it) */
   keep?(): void
+  /** a failed claim worth making again (the lockspace busy), not a final answer (this side's lease is gone) */
+  retryable?(e: unknown): boolean
 }
 
 export interface FtRoleOptions {
@@ -114,7 +116,7 @@ const nextMessage = (ch: FtChannel, type: FtMessage['type'], what: string): Prom
     void ch.ended.then((e) => reject(new StorageError('IoError', `the FT channel ended before ${what}: ${endText(e)}`)))
   })
 
-/** how long a side keeps trying a claim the lockspace cannot answer (busy, its lease not yet renewed) */
+/** how long a side keeps trying a claim the lockspace cannot answer now (a busy file lock) */
 export const CLAIM_RETRY_MS = 15_000
 
 /**
@@ -128,7 +130,7 @@ async function claimVm(o: FtRoleOptions, generation: number, timers: Timers): Pr
     try {
       return await o.arbiter.claim(generation)
     } catch (e) {
-      if (timers.now() - t0 + wait > CLAIM_RETRY_MS) {
+      if (!o.arbiter.retryable?.(e) || timers.now() - t0 + wait > CLAIM_RETRY_MS) {
         o.log?.(`the claim failed: ${(e as Error).message}; giving up after ${Math.round(timers.now() - t0)} ms`)
         return false
       }
@@ -330,6 +332,8 @@ export async function ftBackup(
   let channelEnd: string | undefined
   let takeoverMs: number | undefined
   let machine: Machine | null = null
+  /** the run is over (its own end): the channel's end that follows is no loss */
+  let finished = false
   const disk = vm.disk ? new BackupDisk(vm.disk, hello.backupReads) : undefined
   const role: { backup?: FtBackup } = {}
   ch.on('message', (m) => {
@@ -349,7 +353,7 @@ export async function ftBackup(
   const ended = ch.ended.then(async (e) => {
     await listener.close()
     channelEnd = endText(e)
-    if (e.kind === 'bye' && e.bye.reason === 'stop') {
+    if (finished || (e.kind === 'bye' && e.bye.reason === 'stop')) {
       // a clean end: the log has its END or close mark
       source.end()
       return
@@ -388,6 +392,7 @@ export async function ftBackup(
     },
     status: () => ({ role: 'backup', outcome, generation: outcome === 'live' ? o.arbiter.generation : hello.lockGeneration, lagMs: null, cpuLimit: vm.limiter?.percent ?? null, logBytes, outputDelay: null, lag: null }),
     async finish() {
+      finished = true
       ch.close('done')
       await ended
       return { role: 'backup', outcome, channelEnd, logBytes, takeoverMs, ...(backup.live ? { resent: backup.resent } : {}) }

@@ -430,6 +430,14 @@ export class Hart {
               break exec
             }
             v = f3 === 0 ? (r << 24) >> 24 : f3 === 1 ? (r << 16) >> 16 : f3 === 4 ? r & 0xff : f3 === 5 ? r & 0xffff : r | 0
+            if (this.stopRequested) {
+              // the read asked the host to look now (a replayed input with a delivery next)
+              if (rd) x[rd] = v
+              pc = next
+              n++
+              reason = 'device'
+              break outer
+            }
           }
           if (rd) x[rd] = v
           break
@@ -585,6 +593,10 @@ export class Hart {
           if (writes) {
             this.pc = pc
             if (this.takeInterrupt()) pc = this.pc
+          }
+          if (this.stopRequested) {
+            reason = 'device'
+            break outer
           }
           continue
         }

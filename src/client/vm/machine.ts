@@ -79,7 +79,7 @@ export interface MachineOptions {
   /** A replay hands the DISKRESULT and DISKDATA records to this as it reaches them (a backup's disk). */
   onDiskResult?: (e: LogEvent) => void
   /** After every run slice, live or replayed, and before a WFI wait: a primary ships its log, a backup acknowledges. */
-  afterSlice?: (m: Machine) => void | Promise<void>
+  afterSlice?: (m: Machine, waiting?: boolean) => void | Promise<void>
   /** At go-live, before the first live instruction (a backup takes over the disk, the clock, the NIC). */
   onLive?: (m: Machine) => void
   /** Each frame a replay produces (it does not transmit them), with the instruction count that sent it. */
@@ -115,6 +115,8 @@ export class Machine {
   private observedAt = -1
   private stoppedByHost = false
   private halted: string | null = null
+  /** when a replay last let I/O run (timers ms) */
+  private yieldedAt = 0
   private interrupts = 0
   readonly imageSha: Buffer
   readonly clint: Clint
@@ -274,6 +276,9 @@ export class Machine {
       if (e.kind !== kind || e.arg !== arg || e.instret !== at) {
         throw new ReplayError(`replay diverged at instruction ${at}: the guest makes a ${EVENT_NAMES[kind]}, the log has a ${EVENT_NAMES[e.kind] ?? e.kind} at instruction ${e.instret}`, at)
       }
+      // the slice's limit stopped at this read, not at what follows it: a delivery next ends the slice here
+      const n = r.peek()
+      if (n && n.kind !== EVENT.TIME && n.kind !== EVENT.ENTROPY && n.kind !== EVENT.RTC) this.hart.requestStop()
       return e.value | 0
     }
     const v = live() | 0
@@ -359,7 +364,7 @@ export class Machine {
       const signal = this.opts.signal
       if (signal?.aborted) return 'go'
       // what is logged so far goes out before the wait (a primary's held disk write needs it acknowledged)
-      if (this.opts.afterSlice) await this.opts.afterSlice(this)
+      if (this.opts.afterSlice) await this.opts.afterSlice(this, true)
       let onAbort: (() => void) | undefined
       if (signal) waits.push(new Promise<void>((r) => signal.addEventListener('abort', (onAbort = () => r()), { once: true })))
       const woken = Promise.race(waits)
@@ -455,6 +460,14 @@ export class Machine {
           if (reason === 'limit') await (this.opts.timers ?? realTimers).yield()
           // a recording written as it runs: memory stays bounded however far the disk lags
           await this.opts.record?.drain()
+        } else if (this.opts.afterSlice) {
+          // a follower catching up still reads its feed (and acknowledges it) at least every ms
+          const timers = this.opts.timers ?? realTimers
+          const now = timers.now()
+          if (now - this.yieldedAt >= 1) {
+            this.yieldedAt = now
+            await timers.yield()
+          }
         }
         if (this.opts.limiter) await this.opts.limiter.afterSlice(this.opts.signal)
       }
