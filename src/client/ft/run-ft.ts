@@ -303,6 +303,8 @@ export async function ftBackup(
     imageSha: Buffer
     disk?: ScsiPath
     limiter?: CpuLimiter
+    /** stops a backup still waiting for its primary */
+    signal?: AbortSignal
     /** the disk as the VM uses it once live, if not `disk` (a local file the backup follows read-only) */
     liveDisk?: () => Promise<ScsiPath>
     onListening?: (port: number) => void
@@ -312,7 +314,20 @@ export async function ftBackup(
   const listener = await FtListener.listen({ host: o.host, port: o.port, timers, lossMs: o.lossMs })
   vm.onListening?.(listener.port)
   o.log?.(`FT backup of ${o.vm} listening on ${o.host}:${listener.port}`)
-  const ch = await new Promise<FtChannel>((r) => listener.once('channel', r))
+  // SIGINT/SIGTERM while no primary has come: stop listening and end
+  const signal = vm.signal
+  const ch = await new Promise<FtChannel>((resolve, reject) => {
+    const onAbort = () => {
+      void listener.close()
+      reject(new StorageError('InvalidArgument', `stopped before a primary connected to ${o.host}:${listener.port}`))
+    }
+    if (signal?.aborted) return onAbort()
+    signal?.addEventListener('abort', onAbort, { once: true })
+    listener.once('channel', (c) => {
+      signal?.removeEventListener('abort', onAbort)
+      resolve(c)
+    })
+  })
   const hello = (await nextMessage(ch, 'HELLO', 'the primary said HELLO')) as Extract<FtMessage, { type: 'HELLO' }>
   const refuse = (reason: 'image' | 'memory' | 'vm' | 'mode', text: string) => {
     ch.send({ type: 'HELLO_REFUSED', version: 1, reason, text })

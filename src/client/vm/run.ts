@@ -50,7 +50,7 @@ export interface VmRunOptions {
    * A fault-tolerant pair's role (src/client/ft/run-ft.ts): made once the guest image is known,
    * with the VM's disk path; it shapes the machine's options and reports beside the summary.
    */
-  ft?: (vm: { memoryBytes: number; imageSha: Buffer; disk?: ScsiPath; limiter?: CpuLimiter }) => Promise<FtRole>
+  ft?: (vm: { memoryBytes: number; imageSha: Buffer; disk?: ScsiPath; limiter?: CpuLimiter; signal?: AbortSignal }) => Promise<FtRole>
 }
 
 /** A run's summary; a pair's role adds its report. */
@@ -88,7 +88,7 @@ export async function runVm(o: VmRunOptions): Promise<VmRunSummary> {
   const iqn = o.identity ?? ANONYMOUS_VM_IQN
   const disk = o.scsi ?? (o.disk ? logicalUnitPath(new LogicalUnit(o.disk, { serial: 'tandem-vm-disk' }), nexusName(iqn, vmIsid(iqn))) : undefined)
   if (o.ft && (o.record || o.replay || o.restore)) throw new Error('runVm: a fault-tolerant pair records and replays over its channel (no --record, --replay or --restore)')
-  const role = o.ft ? await o.ft({ memoryBytes: o.memory, imageSha: sha, disk, limiter }) : undefined
+  const role = o.ft ? await o.ft({ memoryBytes: o.memory, imageSha: sha, disk, limiter, signal: o.signal }) : undefined
   const record = o.record ? await FileEventSink.create(o.record, encodeHeader(o.memory, sha)) : undefined
   const base: MachineOptions = { image, imageName: file, memory: o.memory, disk, record, replay, maxInstructions: o.maxInstructions, onConsole: o.onConsole, net: o.net, mac: o.mac, signal: o.signal, limiter }
   const opts = role ? role.machineOptions(base) : base

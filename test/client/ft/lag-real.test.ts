@@ -112,14 +112,14 @@ async function stop(p: { primary: VmProcess; backup: VmProcess }) {
 
 t.test('controller off (--no-lag-control): the lag of a backup at 50 % grows about 0.5 s a second', async (t) => {
   const pair = await cappedPair(t, ['--no-lag-control'])
-  const series = await follow(t, pair.ps, 8000)
+  const series = await follow(t, pair.ps, 6000)
   const at = (s: number) => series.find((x) => x.t >= s * 1000) ?? series[series.length - 1]
   const a = at(3)
   const b = series[series.length - 1]
   const rate = (b.s.lagMs - a.s.lagMs) / ((b.t - a.t) / 1000)
   t.comment(`lag ${a.s.lagMs.toFixed(0)} ms at ${(a.t / 1000).toFixed(1)} s, ${b.s.lagMs.toFixed(0)} ms at ${(b.t / 1000).toFixed(1)} s: grows ${(rate / 1000).toFixed(2)} s a second`)
   t.ok(rate > 200, `the lag grows (${rate.toFixed(0)} ms a second; ~500 expected)`, contention())
-  t.ok(b.s.lagMs > 1500, `the lag after ${(b.t / 1000).toFixed(1)} s is past 1.5 s (${b.s.lagMs.toFixed(0)} ms)`)
+  t.ok(b.s.lagMs > 1000, `the lag after ${(b.t / 1000).toFixed(1)} s is past 1 s (${b.s.lagMs.toFixed(0)} ms)`)
   t.ok(b.s.lagMs > a.s.lagMs, 'and still growing')
   t.ok(series.every((x) => x.s.cpuLimit === 100), 'the primary\'s limit stays at 100 %')
   await stop(pair)
@@ -127,15 +127,15 @@ t.test('controller off (--no-lag-control): the lag of a backup at 50 % grows abo
 
 t.test('controller on: the lag stays bounded (goal p95 < 100 ms, reported); the cap lifted, the limit is back at 100 % within 30 s', async (t) => {
   const pair = await cappedPair(t, [])
-  const capped = await follow(t, pair.ps, 20_000)
+  const capped = await follow(t, pair.ps, 15_000)
   const last = capped[capped.length - 1].s
   // the status's lag window is the last 10 s: at 20 s, the samples from 10 s on
   // the issue's figure (p95 < 100 ms) is a performance goal, measured and reported (README, BENCH_ONLY=ft); what this
   // test holds the controller to is the behaviour: the lag stays bounded where, off, it grows ~0.5 s a second
-  t.comment(`lag p95 over 10–20 s: ${last.lag?.p95.toFixed(1)} ms (goal < 100), p50 ${last.lag?.p50.toFixed(1)} ms, max ${last.lag?.max.toFixed(1)} ms`)
+  t.comment(`lag p95 over 5–15 s: ${last.lag?.p95.toFixed(1)} ms (goal < 100), p50 ${last.lag?.p50.toFixed(1)} ms, max ${last.lag?.max.toFixed(1)} ms`)
   t.ok(last.lag && last.lag.p95 < 500 && last.lag.max < 1500, `the lag stays bounded: p95 ${last.lag?.p95.toFixed(1)} ms (< 500), max ${last.lag?.max.toFixed(1)} ms (< 1500; off, it passes 5 s by 10 s)`)
-  const limits = capped.filter((x) => x.t >= 10_000).map((x) => x.s.cpuLimit)
-  t.ok(Math.max(...limits) < 100, `the limit was cut while the backup is capped (${Math.min(...limits)}–${Math.max(...limits)} % over 10–20 s)`)
+  const limits = capped.filter((x) => x.t >= 5_000).map((x) => x.s.cpuLimit)
+  t.ok(Math.max(...limits) < 100, `the limit was cut while the backup is capped (${Math.min(...limits)}–${Math.max(...limits)} % over 5–15 s)`)
   const lifted = await control(pair.bs, 'POST', '/api/v1/vm/cpu-limit', { percent: 100 })
   t.equal(lifted.status, 200, `the backup's cap lifted: ${JSON.stringify(lifted.json)}`)
   t.equal((await ftStatus(pair.bs)).cpuLimit, 100, 'the backup runs at 100 % now')

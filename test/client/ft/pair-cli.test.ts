@@ -37,10 +37,18 @@ t.test('a bad HELLO is refused with its reason; a missing lockspace is a usage e
   const r = tandem(['vm', 'run', '--guest', 'ticker', '--name', 'v', '--ft-backup', '127.0.0.1:0'])
   t.equal(r.status, 1)
   t.match(r.stderr, /--ft-backup needs --ft-lockspace/)
+  // a backup still waiting for its primary ends on SIGTERM
+  const { vmProcess } = await import('../../helpers/ft-cli.js')
+  const waiting = vmProcess(t, ['--guest', 'kvstore', '--name', 'vm2', '--ft-lockspace', ls, '--ft-backup', '127.0.0.1:0'])
+  await waitFor(waiting, /FT backup listening/)
+  waiting.child.kill('SIGTERM')
+  const w = await Promise.race([waiting.exited, new Promise<null>((res) => setTimeout(() => res(null), 15_000))])
+  t.ok(w, 'it exits')
+  t.match(waiting.stderr(), /stopped before a primary connected/)
 })
 
 t.test('SIGKILL of the primary while kv load runs: the backup goes live and every acknowledged key is there', async (t) => {
-  const runs = Number(process.env.FT_KILL_RUNS ?? 6)
+  const runs = Number(process.env.FT_KILL_RUNS ?? 3)
   const r = rng(1729)
   for (let i = 0; i < runs; i++) await killRun(t, i, r).catch((e: Error) => t.fail(`run ${i}: ${e.message}`))
   t.comment(`${runs} runs (FT_KILL_RUNS=50 for the issue's 50)`)
@@ -55,9 +63,9 @@ async function killRun(t: Test, i: number, r: () => number): Promise<void> {
     const { backup, primary } = await startPair(t, { args: net, lockspace: ls })
     await waitFor(primary, /kvstore/)
     const acked = join(dir, 'acked.jsonl')
-    const load = kv(['load', '--switch', sw.url, '--vm-mac', VM_MAC, '--keys', '40', '--rate', '400', '--duration', '3', '--log', acked, '--timeout', '10', '--json'])
+    const load = kv(['load', '--switch', sw.url, '--vm-mac', VM_MAC, '--keys', '40', '--rate', '400', '--duration', '2', '--log', acked, '--timeout', '10', '--json'])
     // the primary's host dies at a seeded moment of the load
-    const killAt = 200 + Math.floor((r() / 2 ** 32) * 1800)
+    const killAt = 200 + Math.floor((r() / 2 ** 32) * 1300)
     await new Promise((res) => setTimeout(res, killAt))
     process.kill(-primary.child.pid!, 'SIGKILL')
     const live = await waitFor(backup, /going live|took over/, 10_000).then(() => true, () => false)

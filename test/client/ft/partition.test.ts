@@ -80,7 +80,7 @@ async function partitionRun(t: Test, where: Where, at: number, i: number): Promi
 }
 
 t.test('a FaultLink blackhole between primary and backup, the lockspace reachable: exactly one side lives, every acknowledged key kept', async (t) => {
-  const runs = Number(process.env.FT_PARTITION_RUNS ?? 3)
+  const runs = Number(process.env.FT_PARTITION_RUNS ?? 2)
   const r = rng(4242)
   for (let i = 0; i < runs; i++) {
     let link: FaultLink | undefined
@@ -103,7 +103,7 @@ t.test('a FaultLink blackhole between primary and backup, the lockspace reachabl
 })
 
 t.test('in network namespaces: blackhole routes between the two hosts, the switch and the lockspace reachable', { skip: netnsSkip() }, async (t) => {
-  const runs = Number(process.env.FT_PARTITION_NETNS_RUNS ?? 2)
+  const runs = Number(process.env.FT_PARTITION_NETNS_RUNS ?? 1)
   const r = rng(777)
   for (let i = 0; i < runs; i++) {
     const net = await createTestNet(t, ['hp', 'hb'])
