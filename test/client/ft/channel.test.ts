@@ -129,17 +129,22 @@ t.test('a partition (FaultLink blackhole) is detected by both sides after lossMs
   t.same(await backup.ended, { kind: 'lost', reason: 'no frame from the peer for 300 ms' })
 })
 
-t.test('a bad CRC from a raw socket: the channel ends as lost, naming it, after sending ERROR', async (t) => {
-  const timers = new FakeTimers()
-  const listener = await FtListener.listen({ port: 0, timers })
-  t.teardown(() => listener.close())
+/** A raw socket connected to `listener`, what it receives, when the listener's side ends it, and the channel it made. */
+async function rawPeer(t: { teardown(fn: () => unknown): void }, listener: FtListener) {
   const accepted = new Promise<FtChannel>((r) => listener.once('channel', r))
   const raw = connect({ host: '127.0.0.1', port: listener.port })
   t.teardown(() => raw.destroy())
   const back: Buffer[] = []
   raw.on('data', (d: Buffer) => back.push(d))
   const rawEnded = new Promise((r) => raw.on('end', r))
-  const ch = await accepted
+  return { raw, back, rawEnded, ch: await accepted }
+}
+
+t.test('a bad CRC from a raw socket: the channel ends as lost, naming it, after sending ERROR', async (t) => {
+  const timers = new FakeTimers()
+  const listener = await FtListener.listen({ port: 0, timers })
+  t.teardown(() => listener.close())
+  const { raw, back, rawEnded, ch } = await rawPeer(t, listener)
   const frame = encodeFrame({ type: 'HEARTBEAT', ms: 5 })
   frame[frame.length - 1] ^= 0xff
   raw.write(frame)
@@ -170,13 +175,7 @@ t.test('other bad frames from a raw socket: each ends its channel as lost with i
     ['BadLength', edit(0, (16 << 20) + 1)],
   ]
   for (const [code, bytes] of cases) {
-    const accepted = new Promise<FtChannel>((r) => listener.once('channel', r))
-    const raw = connect({ host: '127.0.0.1', port: listener.port })
-    t.teardown(() => raw.destroy())
-    const back: Buffer[] = []
-    raw.on('data', (d: Buffer) => back.push(d))
-    const rawEnded = new Promise((r) => raw.on('end', r))
-    const ch = await accepted
+    const { raw, back, rawEnded, ch } = await rawPeer(t, listener)
     raw.write(bytes)
     const end = await ch.ended
     t.match(end, { kind: 'lost', reason: new RegExp(`^bad frame from the peer: ${code}: `) }, code)
