@@ -165,6 +165,11 @@ export interface WriteCheckpointOptions {
   yieldEvery?: number
   /** milliseconds, for `ms` (default performance.now) */
   now?: () => number
+  /**
+   * the CRC-32C computed on this thread (default crc32c): header, state and trailer only; the
+   * chunks' CRCs come from the worker
+   */
+  checksum?: (buf: Uint8Array, crc?: number) => number
 }
 
 export interface WriteCheckpointResult {
@@ -222,7 +227,7 @@ function checkSource(src: CheckpointSource): Buffer {
 }
 
 /** The encoded header of a checkpoint of `src` (its CRC included). */
-function encodeHeader(src: CheckpointSource, name: Buffer): Buffer {
+function encodeHeader(src: CheckpointSource, name: Buffer, checksum: (buf: Uint8Array) => number): Buffer {
   const h = CheckpointHeader.encode({
     magic: Buffer.from(CHECKPOINT_MAGIC, 'latin1'),
     version: CHECKPOINT_VERSION,
@@ -233,7 +238,7 @@ function encodeHeader(src: CheckpointSource, name: Buffer): Buffer {
     instret: src.instret,
     imageSha256: src.imageSha256,
     stateBytes: src.state.length,
-    stateCrc: crc32c(src.state),
+    stateCrc: checksum(src.state),
     chunkPages: CHUNK_PAGES,
     chunkCount: Math.ceil(src.pages / CHUNK_PAGES),
     memoryOffset: HEADER_BYTES + src.state.length,
@@ -241,7 +246,7 @@ function encodeHeader(src: CheckpointSource, name: Buffer): Buffer {
     name: Buffer.concat([name, Buffer.alloc(MAX_NAME_BYTES - name.length)]),
     headerCrc: 0,
   })
-  CheckpointHeader.set(h, 'headerCrc', crc32c(h.subarray(0, CheckpointHeader.fields.headerCrc.offset)))
+  CheckpointHeader.set(h, 'headerCrc', checksum(h.subarray(0, CheckpointHeader.fields.headerCrc.offset)))
   return h
 }
 
@@ -257,6 +262,7 @@ function encodeHeader(src: CheckpointSource, name: Buffer): Buffer {
  */
 export async function writeCheckpoint(path: string, src: CheckpointSource, opts: WriteCheckpointOptions = {}): Promise<WriteCheckpointResult> {
   const now = opts.now ?? (() => performance.now())
+  const checksum = opts.checksum ?? crc32c
   const t0 = now()
   const name = checkSource(src)
   const yieldEvery = Math.max(1, opts.yieldEvery ?? CHUNK_PAGES)
@@ -279,7 +285,7 @@ export async function writeCheckpoint(path: string, src: CheckpointSource, opts:
     // are written): one being checksummed and written while this thread copies pages into the other.
     const shared = [new SharedArrayBuffer(STAGING_BYTES), new SharedArrayBuffer(STAGING_BYTES)]
     const worker = (crcs = new CrcWorker(shared, CRC_NICE))
-    const header = encodeHeader(src, name)
+    const header = encodeHeader(src, name, checksum)
     let pos = 0
     const writeAll = async (buf: Uint8Array) => {
       for (let done = 0; done < buf.length; ) {
@@ -358,11 +364,11 @@ export async function writeCheckpoint(path: string, src: CheckpointSource, opts:
       magic: Buffer.from(TRAILER_MAGIC, 'latin1'),
       fileBytes,
       nonZeroPages: nonZero,
-      chunksCrc: crc32c(chunkCrcs),
+      chunksCrc: checksum(chunkCrcs),
       headerCrc: CheckpointHeader.get(header, 'headerCrc'),
       trailerCrc: 0,
     })
-    CheckpointTrailer.set(trailer, 'trailerCrc', crc32c(trailer.subarray(0, CheckpointTrailer.fields.trailerCrc.offset)))
+    CheckpointTrailer.set(trailer, 'trailerCrc', checksum(trailer.subarray(0, CheckpointTrailer.fields.trailerCrc.offset)))
     await writeAll(trailer)
     await fh.datasync()
     await fh.close()

@@ -31,8 +31,10 @@ function serve(load: (id: string) => unknown, crc32c: Crc32c): void {
  * The worker's program, as source text: the same from src/ (a test's TypeScript loader), from
  * dist/ and from an esbuild bundle, with no file of its own to find. It starts without the
  * parent's Node options (`execArgv: []`): a test loader's hooks would take seconds to start in it.
+ * An esbuild-based loader (tsx) keeps function names by wrapping them in `__name(fn, name)`, so
+ * the program defines that as the identity.
  */
-const PROGRAM = `(${serve.toString()})(require, (${makeCrc32c.toString()})())`
+const PROGRAM = `var __name = (f) => f;(${serve.toString()})(require, (${makeCrc32c.toString()})())`
 
 /**
  * CRC-32C of ranges of shared buffers, computed on a worker thread: a checkpoint's checksums

@@ -20,7 +20,7 @@ const K = 1024
 for (const mode of ['before', 'after'] as const) {
   t.test(`SIGKILL while the commit's record is ${mode === 'before' ? 'not yet renamed into place' : 'renamed, its folder not yet synced'}: nothing acknowledged is lost`, needs('qemu-img'), async (t) => {
     const dir = shmTmp(t, 'tandem-commit-crash-')
-    const child = spawn(process.execPath, [...process.execArgv.filter((a) => a.includes('typescript')), CHILD, dir, mode], { stdio: ['ignore', 'pipe', 'pipe'] })
+    const child = spawn(process.execPath, ['--import=tsx', CHILD, dir, mode], { stdio: ['ignore', 'pipe', 'pipe'] })
     t.teardown(() => child.kill('SIGKILL'))
     let stderr = ''
     child.stderr.on('data', (b) => (stderr += b))
