@@ -81,6 +81,15 @@ export interface Observation {
 export /** A slot or record that could not be decoded: it affects only itself (DESIGN §9). */
 type Damaged = { damaged?: string }
 
+/** Record `i` from its sector, or a free record marked `damaged` (why) when it does not decode. */
+export function recordOrDamaged(sector: Buffer, i: number, file: string): LockRecord & Damaged {
+  try {
+    return decodeRecord(sector, i, file)
+  } catch (e) {
+    return { index: i, name: '', mode: MODE_FREE, managed: false, generation: 0, owner: 0, ownerGeneration: 0, shared: new Set(), damaged: (e as Error).message }
+  }
+}
+
 /** What an observer needs of the storage: it only reads. */
 export type LockspaceReader = Pick<LockStorage, 'name' | 'size' | 'read'>
 
@@ -124,36 +133,47 @@ export class LockspaceObserver {
     decodeHeader(raw.subarray(0, SECTOR), this.storage.name, this.storage.size)
     const now = this.clock.now()
     const slots: (Slot & Damaged)[] = []
-    for (let i = 0; i < this.header.maxHosts; i++) {
-      let s: Slot & Damaged
-      try {
-        s = decodeSlot(raw.subarray(slotOffset(i), slotOffset(i) + SECTOR), i, this.storage.name)
-      } catch (e) {
-        // unchanged observation: a slot that stays damaged ages out like a silent one
-        slots.push({ index: i, state: SLOT_FREE, generation: 0, counter: 0, request: 0, requestShared: false, name: '', damaged: (e as Error).message })
-        continue
-      }
-      slots.push(s)
-      const o = this.observed.get(i)
-      if (!o) {
-        this.observed.set(i, { generation: s.generation, counter: s.counter, state: s.state, since: now, advanced: false, request: s.request, requestSince: now })
-      } else {
-        if (o.generation !== s.generation || o.counter !== s.counter || o.state !== s.state) {
-          Object.assign(o, { generation: s.generation, counter: s.counter, state: s.state, since: now, advanced: true })
-        }
-        if (o.request !== s.request) Object.assign(o, { request: s.request, requestSince: now })
-      }
-    }
+    for (let i = 0; i < this.header.maxHosts; i++) slots.push(this.observeSlot(i, raw.subarray(slotOffset(i), slotOffset(i) + SECTOR), now))
     const records: (LockRecord & Damaged)[] = []
     for (let i = 0; i < this.header.maxLocks; i++) {
       const off = recordOffset(this.header, i)
-      try {
-        records.push(decodeRecord(raw.subarray(off, off + SECTOR), i, this.storage.name))
-      } catch (e) {
-        records.push({ index: i, name: '', mode: MODE_FREE, managed: false, generation: 0, owner: 0, ownerGeneration: 0, shared: new Set(), damaged: (e as Error).message })
-      }
+      records.push(recordOrDamaged(raw.subarray(off, off + SECTOR), i, this.storage.name))
     }
     return { slots, records, raw }
+  }
+
+  /**
+   * Reads the heartbeat slots from the lowest to the highest of `indexes` (one read) and takes
+   * their observations, as a whole-region read does.
+   */
+  protected async observeSlots(indexes: number[]): Promise<void> {
+    if (indexes.length === 0) return
+    const lo = Math.min(...indexes)
+    const hi = Math.max(...indexes)
+    const raw = await this.storage.read(slotOffset(lo), (hi - lo + 1) * SECTOR)
+    const now = this.clock.now()
+    for (let i = lo; i <= hi; i++) this.observeSlot(i, raw.subarray((i - lo) * SECTOR, (i - lo + 1) * SECTOR), now)
+  }
+
+  /** Slot `i` decoded from its sector (a damaged one comes back free, marked), its observation taken at `now`. */
+  private observeSlot(i: number, sector: Buffer, now: number): Slot & Damaged {
+    let s: Slot & Damaged
+    try {
+      s = decodeSlot(sector, i, this.storage.name)
+    } catch (e) {
+      // unchanged observation: a slot that stays damaged ages out like a silent one
+      return { index: i, state: SLOT_FREE, generation: 0, counter: 0, request: 0, requestShared: false, name: '', damaged: (e as Error).message }
+    }
+    const o = this.observed.get(i)
+    if (!o) {
+      this.observed.set(i, { generation: s.generation, counter: s.counter, state: s.state, since: now, advanced: false, request: s.request, requestSince: now })
+    } else {
+      if (o.generation !== s.generation || o.counter !== s.counter || o.state !== s.state) {
+        Object.assign(o, { generation: s.generation, counter: s.counter, state: s.state, since: now, advanced: true })
+      }
+      if (o.request !== s.request) Object.assign(o, { request: s.request, requestSince: now })
+    }
+    return s
   }
 
   /** What this observer can say of slot `i`: alive, dead, or unknown (watched for less than a lease without an advance). */

@@ -143,3 +143,37 @@ t.test('a lockspace of the wrong size or foreign content is refused', async (t) 
   foreign.buf.write('some other data')
   await t.rejects(initLockspace(foreign, { maxHosts: 8, maxLocks: 16 }), { code: 'Exists', message: /not empty/ })
 })
+
+t.test('acquire and release read a window of the probe sequence, not the region (64 hosts, 256 locks)', async (t) => {
+  const st = await memorySpace(64, 256)
+  let bytesRead = 0
+  const counted = Object.assign(Object.create(st) as MemoryLockStorage, {
+    read: (o: number, l: number) => ((bytesRead += l), st.read(o, l)),
+  })
+  const clock = new FakeClock()
+  const a = new LockManager(counted, 'a', clock)
+  await a.join()
+  bytesRead = 0
+  await a.acquire('vm1')
+  t.ok(bytesRead <= 2 * 8 * 512, `the first acquire (claiming a record for the name) read ${bytesRead} bytes (the region is ${regionSize({ maxHosts: 64, maxLocks: 256 })})`)
+  await a.release('vm1')
+  bytesRead = 0
+  await a.acquire('vm1')
+  t.ok(bytesRead <= 8 * 512, `acquire read ${bytesRead} bytes`)
+  bytesRead = 0
+  await a.release('vm1')
+  t.ok(bytesRead <= 8 * 512, `release read ${bytesRead} bytes`)
+  await a.leave()
+})
+
+t.test('every record of a small lockspace is found along its probe sequence, across windows and the wrap', async (t) => {
+  const { a, b } = await twoHosts(await memorySpace(8, 16))
+  const names = Array.from({ length: 16 }, (_, i) => `lock-${i}`)
+  for (const n of names) await a.acquire(n)
+  await t.rejects(a.acquire('one-too-many'), { code: 'NoSpace' })
+  for (const n of names) await t.rejects(b.acquire(n), { code: 'Busy' }, `${n} is found held`)
+  for (const n of names) await a.release(n)
+  for (const n of names) t.equal((await b.acquire(n)).generation, 2, `${n}: the same record again`)
+  await a.leave()
+  await b.leave()
+})
