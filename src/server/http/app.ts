@@ -5,6 +5,7 @@ import { IQN_PREFIX, validIdentity, validKey, type Datastore, type DiskInfo, typ
 import type { Metrics } from '../metrics.js'
 import { jsonErrors, noRoute } from './errors.js'
 import { openApi } from './openapi.js'
+import { consoleRoutes } from './console.js'
 import type { LockspaceView } from '../locks.js'
 import { HostRegistry } from '../host-registry.js'
 import type { HostView, LockView } from '../../disk-formats/lock-region/index.js'
@@ -261,6 +262,7 @@ export function createApp(o: AppOptions): express.Express {
       res.type(metrics.registry.contentType).send(await metrics.registry.metrics())
     }),
   )
+  app.use(consoleRoutes())
   app.use(noRoute)
   app.use(jsonErrors(o.log))
   return app

@@ -1,0 +1,113 @@
+import t, { type Test } from 'tap'
+import { spawn } from 'node:child_process'
+import { existsSync, readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { CLI, ROOT, tmp } from '../../helpers/peers.js'
+import { startServe } from '../../helpers/server.js'
+
+// The web console in a real browser: Debian's chromium, driven by puppeteer-core, against the
+// built `tandem serve` (the files as `npm start` serves them from dist/).
+// TANDEM_CONSOLE_SCREENSHOT=1 also writes the README's docs/console.png.
+
+const CHROMIUM = ['/usr/bin/chromium', '/usr/bin/chromium-browser'].find((p) => existsSync(p))
+const skip = CHROMIUM ? undefined : 'chromium not installed (scripts/install-peers.sh)'
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+async function rest(base: string, path: string, init: { method?: string; body?: unknown } = {}) {
+  const res = await fetch(base + path, { method: init.method ?? 'GET', headers: { 'content-type': 'application/json' }, body: init.body === undefined ? undefined : JSON.stringify(init.body) })
+  return { status: res.status, body: res.status === 204 ? null : await res.json() }
+}
+
+async function browser(t: Test) {
+  const { default: puppeteer } = await import('puppeteer-core')
+  const b = await puppeteer.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [...(process.getuid?.() === 0 ? ['--no-sandbox'] : []), '--disable-gpu', '--disable-dev-shm-usage'],
+  })
+  t.teardown(() => b.close())
+  const page = await b.newPage()
+  await page.setViewport({ width: 1280, height: 900 })
+  const problems: string[] = []
+  page.on('console', (m) => {
+    if (m.type() === 'error') problems.push(`console: ${m.text()}`)
+  })
+  page.on('pageerror', (e) => problems.push(`page error: ${(e as Error).message}`))
+  page.on('requestfailed', (r) => problems.push(`request failed: ${r.url()} ${r.failure()?.errorText}`))
+  return { page, problems }
+}
+
+t.test('the console: loads clean, takes, reverts and deletes snapshots, shows a lock within a second', { skip }, async (t) => {
+  const dir = tmp(t, 'tandem-console-')
+  const srv = await startServe(t, dir)
+  const base = `http://127.0.0.1:${srv.httpPort}`
+  t.equal((await rest(base, '/api/v1/disks', { method: 'POST', body: { name: 'vm1', size: '64M' } })).status, 201)
+  t.equal((await rest(base, '/api/v1/disks/vm1/snapshots', { method: 'POST', body: { name: 'installed' } })).status, 201)
+  t.equal((await rest(base, '/api/v1/disks', { method: 'POST', body: { name: 'data', size: '1G' } })).status, 201)
+
+  const { page, problems } = await browser(t)
+  const res = await page.goto(`${base}/`, { waitUntil: 'load' })
+  t.equal(res?.status(), 200, 'GET / is the console')
+  const vm1 = '[data-disk="vm1"]'
+  await page.waitForSelector(`${vm1} [data-snapshot="installed"]`, { timeout: 5000 })
+  await page.waitForSelector('#hosts [data-host]', { timeout: 5000 }) // the server itself, a host of its lockspace
+  await page.waitForSelector('#charts svg', { timeout: 5000 })
+  t.same(problems, [], 'no console errors, page errors or failed requests on load')
+
+  // take a snapshot from the page: it shows in the tree under the one before, and in the API
+  await page.type(`${vm1} input[name="snapshot-name"]`, 'patched')
+  await page.type(`${vm1} input[name="snapshot-description"]`, 'after the patch')
+  await page.click(`${vm1} [data-action="create-snapshot"]`)
+  const node = await page.waitForSelector(`${vm1} [data-snapshot="patched"]`, { timeout: 3000 })
+  t.equal(await node!.evaluate((e) => (e as SVGElement).dataset.parent), 'installed', 'drawn under its parent')
+  let api = (await rest(base, '/api/v1/disks/vm1/snapshots')).body as { current: string; snapshots: { name: string; parent: string | null }[] }
+  t.equal(api.current, 'patched', 'the API has it as the current snapshot')
+  t.same(api.snapshots.map((x) => [x.name, x.parent]), [['installed', null], ['patched', 'installed']])
+
+  // revert to the first from the page (select, revert, confirm): "You are here" moves under it
+  await page.click(`${vm1} [data-snapshot="installed"]`)
+  await page.click(`${vm1} [data-action="revert"]`)
+  await page.click(`${vm1} [data-action="confirm"]`)
+  await page.waitForFunction((sel) => document.querySelector(`${sel} [data-snapshot="installed"]`)?.classList.contains('current'), { timeout: 3000 }, vm1)
+  t.equal((await rest(base, '/api/v1/disks/vm1/snapshots')).body.current, 'installed', 'reverted through the API')
+
+  // delete the other from the page
+  await page.click(`${vm1} [data-snapshot="patched"]`)
+  await page.click(`${vm1} [data-action="delete"]`)
+  await page.click(`${vm1} [data-action="confirm"]`)
+  await page.waitForFunction((sel) => !document.querySelector(`${sel} [data-snapshot="patched"]`), { timeout: 3000 }, vm1)
+  api = (await rest(base, '/api/v1/disks/vm1/snapshots')).body
+  t.same(api.snapshots.map((x) => x.name), ['installed'], 'deleted through the API')
+
+  // a refused action says why on the card (a name the datastore refuses), and the page stays clean
+  await page.type(`${vm1} input[name="snapshot-name"]`, 'bad/name')
+  await page.click(`${vm1} [data-action="create-snapshot"]`)
+  await page.waitForFunction((sel) => (document.querySelector(`${sel} .error`)?.textContent ?? '').includes('(400)'), { timeout: 3000 }, vm1)
+
+  // a lock taken with the real CLI shows, with its holder, within a second of being held
+  const mark = join(dir, 'held')
+  const proc = spawn(process.execPath, [CLI, 'lock', 'run', 'backup-job', '--lockspace', join(dir, '.tandem', 'lockspace'), '--host', 'backup-host', '--', 'sh', '-c', `touch ${mark}; sleep 30`], { detached: true, stdio: 'ignore' })
+  t.teardown(() => {
+    try {
+      process.kill(-proc.pid!, 'SIGKILL')
+    } catch {
+      /* gone */
+    }
+  })
+  for (let i = 0; i < 400 && !existsSync(mark); i++) await sleep(10)
+  t.ok(existsSync(mark), 'lock run started its command (the lock is held)')
+  const held = Date.now()
+  const row = await page.waitForSelector('[data-lock="backup-job"][data-state="exclusive"]', { timeout: 5000 })
+  const after = Date.now() - held
+  t.ok(after < 1000, `the lock showed ${after} ms after it was held (under 1 s)`)
+  t.equal(await row!.$eval('.holders', (e) => e.textContent), 'backup-host')
+  await page.waitForSelector('[data-host="backup-host"][data-heartbeat]', { timeout: 3000 })
+
+  const shot = (process.env.TANDEM_CONSOLE_SCREENSHOT ? join(ROOT, 'docs', 'console.png') : join(dir, 'console.png')) as `${string}.png`
+  await page.screenshot({ path: shot, fullPage: true })
+  t.same([...readFileSync(shot).subarray(0, 8)], [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a], `a PNG screenshot: ${shot}`)
+  // the one expected: the browser logs the refused request's 400 itself
+  t.same(problems.filter((p) => !/status of 400/.test(p)), [], 'no console errors or page errors at the end')
+  t.equal(problems.length, 1, 'only the refused request')
+})
