@@ -14,12 +14,22 @@ const skip = CHROMIUM ? undefined : 'chromium not installed (scripts/install-pee
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
-async function rest(base: string, path: string, init: { method?: string; body?: unknown } = {}) {
-  const res = await fetch(base + path, { method: init.method ?? 'GET', headers: { 'content-type': 'application/json' }, body: init.body === undefined ? undefined : JSON.stringify(init.body) })
+/** The server's API token once it has one (REST auth: `.tandem/api-token`), else null. */
+const tokenOf = (dir: string) => {
+  const f = join(dir, '.tandem', 'api-token')
+  return existsSync(f) ? readFileSync(f, 'utf8').trim() : null
+}
+
+async function rest(base: string, dir: string, path: string, init: { method?: string; body?: unknown } = {}) {
+  const token = tokenOf(dir)
+  const headers: Record<string, string> = { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) }
+  const res = await fetch(base + path, { method: init.method ?? 'GET', headers, body: init.body === undefined ? undefined : JSON.stringify(init.body) })
   return { status: res.status, body: res.status === 204 ? null : await res.json() }
 }
 
-async function browser(t: Test) {
+type Browser = Awaited<ReturnType<typeof import('puppeteer-core').default.launch>>
+
+async function launch(t: Test): Promise<Browser> {
   const { default: puppeteer } = await import('puppeteer-core')
   const b = await puppeteer.launch({
     executablePath: CHROMIUM,
@@ -27,6 +37,11 @@ async function browser(t: Test) {
     args: [...(process.getuid?.() === 0 ? ['--no-sandbox'] : []), '--disable-gpu', '--disable-dev-shm-usage'],
   })
   t.teardown(() => b.close())
+  return b
+}
+
+/** A new tab that records console errors, page errors and failed requests. */
+async function tab(b: Browser) {
   const page = await b.newPage()
   await page.setViewport({ width: 1280, height: 900 })
   const problems: string[] = []
@@ -40,13 +55,17 @@ async function browser(t: Test) {
 
 t.test('the console: loads clean, takes, reverts and deletes snapshots, shows a lock within a second', { skip }, async (t) => {
   const dir = tmp(t, 'tandem-console-')
-  const srv = await startServe(t, dir)
+  // the two slow starts (a busy machine: seconds each) side by side
+  const [srv, b] = await Promise.all([startServe(t, dir), launch(t)])
   const base = `http://127.0.0.1:${srv.httpPort}`
-  t.equal((await rest(base, '/api/v1/disks', { method: 'POST', body: { name: 'vm1', size: '64M' } })).status, 201)
-  t.equal((await rest(base, '/api/v1/disks/vm1/snapshots', { method: 'POST', body: { name: 'installed' } })).status, 201)
-  t.equal((await rest(base, '/api/v1/disks', { method: 'POST', body: { name: 'data', size: '1G' } })).status, 201)
+  const { page, problems } = await tab(b)
+  // a server that asks for its token (REST auth) has it in the tab already: the question is tested below
+  const token = tokenOf(dir)
+  if (token) await page.evaluateOnNewDocument((x) => sessionStorage.setItem('tandem.apiToken', x), token)
+  t.equal((await rest(base, dir, '/api/v1/disks', { method: 'POST', body: { name: 'vm1', size: '64M' } })).status, 201)
+  t.equal((await rest(base, dir, '/api/v1/disks/vm1/snapshots', { method: 'POST', body: { name: 'installed' } })).status, 201)
+  t.equal((await rest(base, dir, '/api/v1/disks', { method: 'POST', body: { name: 'data', size: '1G' } })).status, 201)
 
-  const { page, problems } = await browser(t)
   const res = await page.goto(`${base}/`, { waitUntil: 'load' })
   t.equal(res?.status(), 200, 'GET / is the console')
   const vm1 = '[data-disk="vm1"]'
@@ -61,7 +80,7 @@ t.test('the console: loads clean, takes, reverts and deletes snapshots, shows a 
   await page.click(`${vm1} [data-action="create-snapshot"]`)
   const node = await page.waitForSelector(`${vm1} [data-snapshot="patched"]`, { timeout: 3000 })
   t.equal(await node!.evaluate((e) => (e as SVGElement).dataset.parent), 'installed', 'drawn under its parent')
-  let api = (await rest(base, '/api/v1/disks/vm1/snapshots')).body as { current: string; snapshots: { name: string; parent: string | null }[] }
+  let api = (await rest(base, dir, '/api/v1/disks/vm1/snapshots')).body as { current: string; snapshots: { name: string; parent: string | null }[] }
   t.equal(api.current, 'patched', 'the API has it as the current snapshot')
   t.same(api.snapshots.map((x) => [x.name, x.parent]), [['installed', null], ['patched', 'installed']])
 
@@ -70,14 +89,14 @@ t.test('the console: loads clean, takes, reverts and deletes snapshots, shows a 
   await page.click(`${vm1} [data-action="revert"]`)
   await page.click(`${vm1} [data-action="confirm"]`)
   await page.waitForFunction((sel) => document.querySelector(`${sel} [data-snapshot="installed"]`)?.classList.contains('current'), { timeout: 3000 }, vm1)
-  t.equal((await rest(base, '/api/v1/disks/vm1/snapshots')).body.current, 'installed', 'reverted through the API')
+  t.equal((await rest(base, dir, '/api/v1/disks/vm1/snapshots')).body.current, 'installed', 'reverted through the API')
 
   // delete the other from the page
   await page.click(`${vm1} [data-snapshot="patched"]`)
   await page.click(`${vm1} [data-action="delete"]`)
   await page.click(`${vm1} [data-action="confirm"]`)
   await page.waitForFunction((sel) => !document.querySelector(`${sel} [data-snapshot="patched"]`), { timeout: 3000 }, vm1)
-  api = (await rest(base, '/api/v1/disks/vm1/snapshots')).body
+  api = (await rest(base, dir, '/api/v1/disks/vm1/snapshots')).body
   t.same(api.snapshots.map((x) => x.name), ['installed'], 'deleted through the API')
 
   // a refused action says why on the card (a name the datastore refuses), and the page stays clean
@@ -110,4 +129,48 @@ t.test('the console: loads clean, takes, reverts and deletes snapshots, shows a 
   // the one expected: the browser logs the refused request's 400 itself
   t.same(problems.filter((p) => !/status of 400/.test(p)), [], 'no console errors or page errors at the end')
   t.equal(problems.length, 1, 'only the refused request')
+
+  // The token: a 401 asks for it (one dialog), the request is repeated with it, and every later
+  // request carries it. Where the server does not check tokens yet, this tab's interception plays
+  // its part (401 JSON for a mutating request without `Bearer <token>`).
+  await t.test('a 401 asks for the API token, the request is repeated with it, and later requests carry it', async (t) => {
+    const real = tokenOf(dir)
+    const want = real ?? 'console-test-token'
+    const { page: p, problems: seenProblems } = await tab(b)
+    const seen: { method: string; path: string; auth?: string }[] = []
+    p.on('request', (r) => seen.push({ method: r.method(), path: new URL(r.url()).pathname, auth: r.headers().authorization }))
+    if (!real) {
+      await p.setRequestInterception(true)
+      p.on('request', (r) => {
+        if (r.method() !== 'GET' && r.headers().authorization !== `Bearer ${want}`) {
+          void r.respond({ status: 401, contentType: 'application/json', body: JSON.stringify({ error: { code: 'Unauthorized', message: 'this request needs the API token' } }) })
+        } else void r.continue()
+      })
+    }
+    await p.goto(`${base}/`, { waitUntil: 'load' })
+    const data = '[data-disk="data"]'
+    await p.waitForSelector(`${data} input[name="snapshot-name"]`, { timeout: 5000 })
+    await p.type(`${data} input[name="snapshot-name"]`, 'first')
+    await p.click(`${data} [data-action="create-snapshot"]`)
+    await p.waitForSelector('#token-dialog[open]', { timeout: 3000 })
+    await p.type('#token-input', 'wrong')
+    await p.click('#token-ok')
+    // a refused token: asked again, saying so
+    await p.waitForFunction(() => document.querySelector('#token-dialog')?.hasAttribute('open') && /refused/.test(document.querySelector('#token-why')?.textContent ?? ''), { timeout: 3000 })
+    await p.type('#token-input', want)
+    await p.click('#token-ok')
+    await p.waitForSelector(`${data} [data-snapshot="first"]`, { timeout: 3000 })
+    const posts = () => seen.filter((x) => x.method === 'POST').map((x) => x.auth)
+    t.same(posts(), [undefined, 'Bearer wrong', `Bearer ${want}`], 'without, with the wrong token, with the right one')
+    t.equal(await p.evaluate(() => sessionStorage.getItem('tandem.apiToken')), want, 'kept in sessionStorage')
+    await p.type(`${data} input[name="snapshot-name"]`, 'second')
+    await p.click(`${data} [data-action="create-snapshot"]`)
+    await p.waitForSelector(`${data} [data-snapshot="second"]`, { timeout: 3000 })
+    t.equal(await p.$('#token-dialog[open]'), null, 'not asked again')
+    t.equal(posts().at(-1), `Bearer ${want}`)
+    const lastGet = seen.filter((x) => x.method === 'GET' && x.path.startsWith('/api/')).at(-1)
+    t.equal(lastGet?.auth, `Bearer ${want}`, 'reads carry it too')
+    t.same((await rest(base, dir, '/api/v1/disks/data/snapshots')).body.snapshots.map((x: { name: string }) => x.name), ['first', 'second'])
+    t.same(seenProblems.filter((x) => !/status of 401/.test(x)), [], 'nothing logged but the two refusals')
+  })
 })
