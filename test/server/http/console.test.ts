@@ -4,6 +4,7 @@ import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { CLI, ROOT, tmp } from '../../helpers/peers.js'
 import { startServe } from '../../helpers/server.js'
+import { PRIMARY_VM, stubHostApi } from '../../helpers/host-api.js'
 
 // The web console in a real browser: Debian's chromium, driven by puppeteer-core, against the
 // built `tandem serve` (the files as `npm start` serves them from dist/).
@@ -122,6 +123,13 @@ t.test('the console: loads clean, takes, reverts and deletes snapshots, shows a 
   t.ok(after < 1000, `the lock showed ${after} ms after it was held (under 1 s)`)
   t.equal(await row!.$eval('.holders', (e) => e.textContent), 'backup-host')
   await page.waitForSelector('[data-host="backup-host"][data-heartbeat]', { timeout: 3000 })
+
+  // the VMs of the hosts, asked of their APIs by the server: backup-host registers one (a stub
+  // listing a pair's primary), and the pair shows with its role and lag
+  const hostApi = await stubHostApi(t, { host: 'backup-host', vms: [PRIMARY_VM, { ...PRIMARY_VM, name: 'web', ft: null }] })
+  t.equal((await rest(base, dir, '/api/v1/hosts/backup-host', { method: 'PUT', body: { api: hostApi } })).status, 200)
+  const pair = await page.waitForSelector('[data-vm="db"][data-host="backup-host"]', { timeout: 5000 })
+  t.same(await pair!.$$eval('td', (tds) => tds.map((x) => x.textContent)), ['db', 'backup-host', 'running', 'primary', 'primary', '13 ms', '1.0 KiB/s', '3'])
 
   const shot = (process.env.TANDEM_CONSOLE_SCREENSHOT ? join(ROOT, 'docs', 'console.png') : join(dir, 'console.png')) as `${string}.png`
   await page.screenshot({ path: shot, fullPage: true })

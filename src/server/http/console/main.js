@@ -303,12 +303,47 @@ async function loadLive() {
   else replace($('hosts'), h('p', { class: 'error' }, describe(hosts.reason)))
 }
 
+// ---- VMs and FT pairs (the server asks the hosts' APIs) -------------------------------------
+
+function drawVms({ vms, unreachable }) {
+  const rows = vms.map((v) =>
+    h(
+      'tr',
+      { dataset: { vm: v.name, host: v.host } },
+      h('td', {}, v.name),
+      h('td', {}, v.host),
+      h('td', {}, pill(v.state)),
+      h('td', {}, v.ft ? v.ft.side : h('span', { class: 'muted' }, 'alone')),
+      h('td', {}, v.ft?.role ?? '—'),
+      h('td', {}, v.ft && v.ft.lagMs !== null ? fmt.duration(v.ft.lagMs) : '—'),
+      h('td', {}, v.ft && v.ft.logBytesPerSecond !== null ? `${fmt.bytes(v.ft.logBytesPerSecond)}/s` : '—'),
+      h('td', {}, v.generation ?? '—'),
+    ),
+  )
+  replace(
+    $('vms'),
+    rows.length
+      ? h('table', {}, h('thead', {}, h('tr', {}, ['VM', 'Host', 'State', 'Pair side', 'Role', 'Lag', 'FT log', 'Lock generation'].map((x) => h('th', {}, x)))), h('tbody', {}, rows))
+      : empty('No VMs on the hosts that registered an API (tandem host).'),
+    unreachable.map((u) => h('p', { class: 'error' }, `host ${u.host} (${u.api}): ${u.error}`)),
+  )
+}
+
+async function loadVms() {
+  try {
+    drawVms(await json('/api/v1/vms'))
+  } catch (e) {
+    replace($('vms'), h('p', { class: 'error' }, describe(e)))
+  }
+}
+
 async function start() {
   const health = await json('/api/v1/health').catch((e) => (status(describe(e), true), null))
   if (health) $('datastore').textContent = health.datastore
   every(LIVE_MS, loadLive)
   every(SLOW_MS, loadDisks)
   every(SLOW_MS, loadMetrics)
+  every(SLOW_MS, loadVms)
 }
 
 void start()
