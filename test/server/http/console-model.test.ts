@@ -42,7 +42,7 @@ not a sample line
 
 t.test('/metrics figures: labels as written, rates between two readings, p99 as a bucket bound', async (t) => {
   const s = parse(text(0, 0, 0, 0, [['0.001', 0], ['0.01', 0], ['+Inf', 0]]))
-  t.same(s.find((x: { name: string }) => x.name === 'tandem_export_bytes_total' && x.labels.protocol === 'iscsi').labels.export, 'a "quoted" name')
+  t.same(s.find((x: { name: string; labels: Record<string, string> }) => x.name === 'tandem_export_bytes_total' && x.labels.protocol === 'iscsi').labels.export, 'a "quoted" name')
   const a = reading(s, 0)
   t.same(a.connections, { nbd: 2, iscsi: 0 })
   const b = reading(parse(text(4096, 1024, 100, 0.2, [['0.001', 50], ['0.01', 99], ['+Inf', 100]])), 2000)
