@@ -63,6 +63,9 @@ export function createApp(o: AppOptions): express.Express {
   const { ds, metrics } = o
   const app = express()
   app.disable('x-powered-by')
+  // the console's files (GET/HEAD of one path segment) come before any check of who is asking:
+  // the page must load to ask for the API token
+  app.get(/^\/[^/]*$/, consoleRoutes())
   app.use(express.json({ limit: '64kb' }))
   const view = (d: DiskInfo) => ({
     ...d,
@@ -271,7 +274,6 @@ export function createApp(o: AppOptions): express.Express {
       res.type(metrics.registry.contentType).send(await metrics.registry.metrics())
     }),
   )
-  app.use(consoleRoutes())
   app.use(noRoute)
   app.use(jsonErrors(o.log))
   return app
