@@ -105,6 +105,17 @@ t.test('the console: loads clean, takes, reverts and deletes snapshots, shows a 
   await page.click(`${vm1} [data-action="create-snapshot"]`)
   await page.waitForFunction((sel) => (document.querySelector(`${sel} .error`)?.textContent ?? '').includes('(400)'), { timeout: 3000 }, vm1)
 
+  // a disk created and deleted from the page
+  await page.type('#new-disk input[name="name"]', 'scratch')
+  await page.type('#new-disk input[name="size"]', '8M')
+  await page.click('#new-disk button[type="submit"]')
+  await page.waitForSelector('[data-disk="scratch"]', { timeout: 3000 })
+  t.equal((await rest(base, dir, '/api/v1/disks/scratch')).body.size, 8 << 20, 'created through the API')
+  await page.click('[data-disk="scratch"] [data-action="delete-disk"]')
+  await page.click('[data-disk="scratch"] [data-action="confirm"]')
+  await page.waitForFunction(() => !document.querySelector('[data-disk="scratch"]'), { timeout: 3000 })
+  t.equal((await rest(base, dir, '/api/v1/disks/scratch')).status, 404, 'deleted through the API')
+
   // a lock taken with the real CLI shows, with its holder, within a second of being held
   const mark = join(dir, 'held')
   const proc = spawn(process.execPath, [CLI, 'lock', 'run', 'backup-job', '--lockspace', join(dir, '.tandem', 'lockspace'), '--host', 'backup-host', '--', 'sh', '-c', `touch ${mark}; sleep 30`], { detached: true, stdio: 'ignore' })
