@@ -8,11 +8,18 @@
  */
 import { build } from 'esbuild'
 import { execFileSync } from 'node:child_process'
-import { chmodSync, rmSync } from 'node:fs'
+import { chmodSync, cpSync, rmSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
-const CLI = join(dirname(fileURLToPath(import.meta.url)), '..', 'src', 'client', 'cli')
+const DIST = join(dirname(fileURLToPath(import.meta.url)), '..')
+const CLI = join(DIST, 'src', 'client', 'cli')
+
+// The web console is plain browser JavaScript (no compile step): copied beside the compiled
+// server module that serves it (src/server/http/console.ts resolves it from its own URL).
+const CONSOLE = join('src', 'server', 'http', 'console')
+rmSync(join(DIST, CONSOLE), { recursive: true, force: true })
+cpSync(join(DIST, '..', CONSOLE), join(DIST, CONSOLE), { recursive: true })
 
 /** Packages left to Node: native (fs-ext) or used by the server only, or on a terminal only. */
 const EXTERNAL = ['fs-ext', 'express', 'pino', 'prom-client', 'cli-progress']

@@ -7,7 +7,8 @@ set -euo pipefail
 # scripts/build-guests.sh says how to get it.
 # gnutls-bin: psktool, which writes the TLS-PSK keys files NBD clients and Tandem share.
 # python3-libnbd: libnbd's Python bindings (and nbdsh), for tests that drive libnbd request by request.
-PKGS=(qemu-utils qemu-block-extra libnbd-bin python3-libnbd nbdkit libiscsi-bin libiscsi-dev tgt fio sanlock qemu-system-misc gnutls-bin)
+# chromium: the headless browser the web console is tested in (driven by puppeteer-core).
+PKGS=(qemu-utils qemu-block-extra libnbd-bin python3-libnbd nbdkit libiscsi-bin libiscsi-dev tgt fio sanlock qemu-system-misc gnutls-bin chromium)
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 missing=()

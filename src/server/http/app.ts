@@ -5,8 +5,10 @@ import { IQN_PREFIX, validIdentity, validKey, type Datastore, type DiskInfo, typ
 import type { Metrics } from '../metrics.js'
 import { jsonErrors, noRoute } from './errors.js'
 import { openApi } from './openapi.js'
+import { consoleRoutes } from './console.js'
 import type { LockspaceView } from '../locks.js'
 import { HostRegistry } from '../host-registry.js'
+import { vmsOfHosts } from '../host-vms.js'
 import type { HostView, LockView } from '../../disk-formats/lock-region/index.js'
 
 export interface AppOptions {
@@ -61,6 +63,9 @@ export function createApp(o: AppOptions): express.Express {
   const { ds, metrics } = o
   const app = express()
   app.disable('x-powered-by')
+  // the console's files (GET/HEAD of one path segment) come before any check of who is asking:
+  // the page must load to ask for the API token
+  app.get(/^\/[^/]*$/, consoleRoutes())
   app.use(express.json({ limit: '64kb' }))
   const view = (d: DiskInfo) => ({
     ...d,
@@ -250,6 +255,14 @@ export function createApp(o: AppOptions): express.Express {
       const h = v.hosts.find((x) => x.name === req.params.name)
       if (!h) throw new StorageError('NotFound', `no host named '${req.params.name}' in the lockspace`)
       res.json(hostView(h, v.locks, hosts))
+    }),
+  )
+  // the VMs of the live hosts, asked of their APIs (a hung host costs the request its timeout)
+  app.get(
+    '/api/v1/vms',
+    wrap(async (_req, res) => {
+      const v = await lockView()
+      res.json(await vmsOfHosts(v.hosts.map((h) => hostView(h, v.locks, hosts)).filter((h) => h.heartbeat === 'live')))
     }),
   )
   app.put('/api/v1/hosts/:name', (req, res) => {

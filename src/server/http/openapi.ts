@@ -100,6 +100,21 @@ export const openApi = {
         responses: { 200: json({ type: 'object', properties: { api: { type: 'string' }, registeredAt: { type: 'string' } } }), ...errors(400) },
       },
     },
+    '/api/v1/vms': {
+      get: {
+        summary: 'The VMs of the live hosts, asked of the API each registered (`tandem host`): state, and for a side of a fault-tolerant pair its role and lag; hosts that did not answer are listed with why',
+        responses: {
+          200: json({
+            type: 'object',
+            properties: {
+              vms: { type: 'array', items: { $ref: '#/components/schemas/HostVm' } },
+              unreachable: { type: 'array', items: { type: 'object', properties: { host: { type: 'string' }, api: { type: 'string' }, error: { type: 'string' } } } },
+            },
+          }),
+          ...errors(503),
+        },
+      },
+    },
     '/metrics': { get: { summary: 'Prometheus metrics', responses: { 200: { description: 'text format', content: { 'text/plain': {} } } } } },
   },
   components: {
@@ -117,6 +132,28 @@ export const openApi = {
           heartbeatAgeMs: { type: 'integer', nullable: true },
           api: { type: 'string', nullable: true },
           vms: { type: 'array', items: { type: 'string' } },
+        },
+      },
+      HostVm: {
+        type: 'object',
+        properties: {
+          host: { type: 'string' },
+          name: { type: 'string' },
+          state: { type: 'string' },
+          pid: { type: 'integer', nullable: true },
+          generation: { type: 'integer', nullable: true },
+          startedAt: { type: 'string', nullable: true },
+          ft: {
+            type: 'object',
+            nullable: true,
+            properties: {
+              side: { type: 'string', enum: ['primary', 'backup'] },
+              role: { type: 'string', nullable: true, description: 'primary, backup, live, alone, halted, handed-over; null until the VM answered' },
+              lagMs: { type: 'number', nullable: true, description: 'the primary: how far its backup runs behind' },
+              peer: { type: 'string', nullable: true },
+              logBytesPerSecond: { type: 'number', nullable: true },
+            },
+          },
         },
       },
       Snapshot: {
