@@ -80,6 +80,7 @@ export function buildProgram(): Command {
         .choices(['required', 'optional', 'off'])
         .default(env.TANDEM_TLS ?? 'optional'),
     )
+    .option('--api-token-file <file>', 'the REST API\'s bearer token, created (mode 0600) if missing; needed by every mutating request, and by every request when --listen is not loopback (env TANDEM_API_TOKEN_FILE; default DATASTORE/.tandem/api-token)', env.TANDEM_API_TOKEN_FILE)
     .action((o) =>
       run(async () => {
         const { serve } = await loadLazy<typeof import('../../server/serve.js')>('../../server/serve.js')
@@ -94,6 +95,7 @@ export function buildProgram(): Command {
           maxConnections: integer(o.maxConnections, 1_000_000, '--max-connections'),
           handshakeLimitMs: duration(o.handshakeLimit, '--handshake-limit'),
           tls: o.tls,
+          apiTokenFile: o.apiTokenFile,
         })
         return new Promise<number>((resolve) => {
           let stopping = false

@@ -3,7 +3,8 @@ import type { Logger } from 'pino'
 import { isStorageError, StorageError } from '../../disk-formats/errors.js'
 import { IQN_PREFIX, validIdentity, validKey, type Datastore, type DiskInfo, type PskKeys } from '../datastore/index.js'
 import type { Metrics } from '../metrics.js'
-import { jsonErrors, noRoute } from './errors.js'
+import { jsonErrors, noRoute, wrongMethod } from './errors.js'
+import { requireToken, type ApiAuth } from './auth.js'
 import { openApi } from './openapi.js'
 import type { LockspaceView } from '../locks.js'
 import { HostRegistry } from '../host-registry.js'
@@ -21,6 +22,8 @@ export interface AppOptions {
   advertise: { host: string; nbdPort: number; iscsiPort: number }
   /** where the hosts' REST APIs are (default: a new, empty registry) */
   hosts?: HostRegistry
+  /** who may ask (auth.ts): the server's token, or AUTH_OFF_FOR_TESTS given explicitly */
+  auth: ApiAuth
 }
 
 /** The lock a VM holds while it runs on a host (`tandem host`). */
@@ -61,6 +64,7 @@ export function createApp(o: AppOptions): express.Express {
   const { ds, metrics } = o
   const app = express()
   app.disable('x-powered-by')
+  app.use(requireToken(o.auth))
   app.use(express.json({ limit: '64kb' }))
   const view = (d: DiskInfo) => ({
     ...d,
@@ -261,6 +265,7 @@ export function createApp(o: AppOptions): express.Express {
       res.type(metrics.registry.contentType).send(await metrics.registry.metrics())
     }),
   )
+  app.use(wrongMethod(app))
   app.use(noRoute)
   app.use(jsonErrors(o.log))
   return app
