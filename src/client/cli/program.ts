@@ -5,6 +5,7 @@ import { vmCommand } from './vm.js'
 import { hostCommand } from './host.js'
 import { switchCommand } from './switch.js'
 import { kvCommand } from './kv.js'
+import { snapshotCommand } from './snapshot.js'
 import { reportError } from './errors.js'
 import { loadLazy } from './lazy.js'
 import { SERVE_DEFAULTS } from '../../server/serve-defaults.js'
@@ -30,6 +31,7 @@ export function buildProgram(): Command {
   program.addCommand(hostCommand(run))
   program.addCommand(switchCommand(run))
   program.addCommand(kvCommand(run))
+  program.addCommand(snapshotCommand(run))
   const env = process.env
   /** An integer option from 0 to `max`, or a one-line error naming it. */
   const integer = (v: string, max: number, what: string) => {

@@ -12,7 +12,7 @@ import { DiskLocks } from './disk-locks.js'
 import { RECORD, readRecord, stageRecord, writeRecord, type AccessRecord, type DiskRecord, type SnapshotRecord } from './disk-record.js'
 import { isValidName, parseExportName, validName } from './names.js'
 import { repairDisk } from './repair.js'
-import { chainOf, findSnapshot, layerName, planCreate, planDelete, planRevert, snapshotViews, type SnapshotView } from './snapshot-tree.js'
+import { chainOf, findSnapshot, layerName, planCreate, planDelete, planRevert, snapshotViewOf, snapshotViews, validDescription, type SnapshotView } from './snapshot-tree.js'
 
 export type { AccessRecord, DiskRecord, SnapshotRecord } from './disk-record.js'
 
@@ -44,6 +44,7 @@ const IDLE_HANDLES = 32
 interface Prepared {
   name: string
   createdAt: string
+  description: string
   /** the delta's layer name, the record's next layer */
   layer: string
   delta: VmdkImage
@@ -54,7 +55,7 @@ interface Prepared {
 }
 
 /** A prepared snapshot as the REST API shows it. */
-export type PreparedView = Omit<SnapshotRecord, 'layer'> & { state: 'prepared' }
+export type PreparedView = Omit<SnapshotRecord, 'layer' | 'description'> & { description: string; state: 'prepared' }
 
 export interface ExportHandle {
   readonly name: string
@@ -269,7 +270,7 @@ export class Datastore {
       this.refusePrepared(name, 'delete the disk')
       const open = this.openExportsOf(name)
       if (Object.keys(open).length > 0) {
-        throw new StorageError('Busy', `disk '${name}' is in use by ${Object.entries(open).map(([k, n]) => `${n} client(s) of '${k}'`).join(', ')}`)
+        throw Object.assign(new StorageError('Busy', `disk '${name}' is in use by ${this.usersOf(name)}`), { details: { connections: open } })
       }
       await this.dropIdle(name)
       const trash = await this.scratch(TRASH, name)
@@ -282,6 +283,17 @@ export class Datastore {
       await this.syncDir()
       await rm(trash, { recursive: true, force: true }).catch(() => undefined) // else at the next start
     })
+  }
+
+  /** Who has the disk's exports open, in words: `2 client(s) of 'd', 1 client(s) of 'd@s1'`. */
+  private usersOf(disk: string): string {
+    return Object.entries(this.openExportsOf(disk)).map(([k, n]) => `${n} client(s) of '${k}'`).join(', ')
+  }
+
+  /** One snapshot of a disk as the REST API shows it. */
+  async describeSnapshot(disk: string, snapshot: string): Promise<SnapshotView> {
+    validName('snapshot', snapshot)
+    return this.locked(disk, async () => snapshotViewOf(await this.readRecord(disk), snapshot))
   }
 
   private openExportsOf(disk: string): Record<string, number> {
@@ -417,10 +429,11 @@ export class Datastore {
     return r!
   }
 
-  async createSnapshot(disk: string, snapshot: string): Promise<SnapshotRecord> {
+  async createSnapshot(disk: string, snapshot: string, o: { description?: string } = {}): Promise<SnapshotRecord> {
     validName('snapshot', snapshot)
+    const description = validDescription(o.description)
     return this.changing(disk, async () => {
-      const plan = planCreate(await this.readRecord(disk), snapshot, new Date().toISOString())
+      const plan = planCreate(await this.readRecord(disk), snapshot, new Date().toISOString(), description)
       this.refusePrepared(disk, 'create a snapshot')
       await this.withLive(disk, async (live) => {
         const top = live?.current
@@ -484,12 +497,13 @@ export class Datastore {
    * lost its server; a kept delta would also name a CID the reopened top changes on its first
    * write).
    */
-  async prepareSnapshot(disk: string, snapshot: string): Promise<PreparedView> {
+  async prepareSnapshot(disk: string, snapshot: string, o: { description?: string } = {}): Promise<PreparedView> {
     validName('snapshot', snapshot)
+    const description = validDescription(o.description)
     return this.changing(disk, async () => {
       const r = await this.readRecord(disk)
       if (this.prepared.get(disk)?.name === snapshot) throw new StorageError('Exists', `disk '${disk}' already has a prepared snapshot '${snapshot}'`)
-      const plan = planCreate(r, snapshot, new Date().toISOString())
+      const plan = planCreate(r, snapshot, new Date().toISOString(), description)
       this.refusePrepared(disk, 'prepare another snapshot')
       const path = this.layerPath(disk, plan.top)
       let delta: VmdkImage | undefined
@@ -506,10 +520,10 @@ export class Datastore {
         await unlink(path).catch(() => undefined)
         throw e
       }
-      const p: Prepared = { name: snapshot, createdAt: plan.made.createdAt, layer: plan.top, delta: delta! }
+      const p: Prepared = { name: snapshot, createdAt: plan.made.createdAt, description, layer: plan.top, delta: delta! }
       await this.stage(p, plan.record).catch(() => undefined) // else written at the commit
       this.prepared.set(disk, p)
-      return { name: snapshot, parent: plan.made.parent, createdAt: plan.made.createdAt, state: 'prepared' }
+      return { name: snapshot, parent: plan.made.parent, createdAt: plan.made.createdAt, description, state: 'prepared' }
     })
   }
 
@@ -541,7 +555,7 @@ export class Datastore {
     return this.changing(disk, async () => {
       const r = await this.readRecord(disk)
       const p = this.preparedOf(r, snapshot)
-      const plan = planCreate(r, snapshot, p.createdAt)
+      const plan = planCreate(r, snapshot, p.createdAt, p.description)
       if (plan.top !== p.layer) throw new StorageError('Corrupt', `disk '${disk}': the prepared delta '${p.layer}' is not the record's next layer '${plan.top}'`)
       await this.withLive(disk, async (live) => {
         const top = live?.current
@@ -635,11 +649,23 @@ export class Datastore {
     await unlink(this.layerPath(disk, p.layer)).catch(() => undefined)
   }
 
-  async revertSnapshot(disk: string, snapshot: string): Promise<void> {
+  /**
+   * Reverts the disk to a snapshot. While clients have the disk's read-write export open the
+   * revert is refused (Busy, `details.connections`: export name to client count) unless `force`:
+   * the disk would change under a writer (with force their connections carry on, reading the
+   * reverted content).
+   */
+  async revertSnapshot(disk: string, snapshot: string, o: { force?: boolean } = {}): Promise<void> {
     validName('snapshot', snapshot)
     await this.changing(disk, async () => {
       const plan = planRevert(await this.readRecord(disk), snapshot)
       this.refusePrepared(disk, 'revert')
+      const writers = this.handles.get(disk)?.refs ?? 0
+      if (writers > 0 && !o.force) {
+        throw Object.assign(new StorageError('Busy', `cannot revert '${disk}' to '${snapshot}': ${this.usersOf(disk)} (force reverts under them)`), {
+          details: { connections: this.openExportsOf(disk) },
+        })
+      }
       await this.withTopClosed(disk, async () => {
         await this.newDelta(plan.record, plan.top, plan.parentLayer)
         await this.writeRecord(plan.record)

@@ -10,6 +10,8 @@ export interface SnapshotRecord {
   /** the snapshot that was current when this one was taken; null for a first snapshot */
   parent: string | null
   createdAt: string
+  /** what the operator said it is (absent in records written before descriptions were kept) */
+  description?: string
 }
 
 export interface AccessRecord {

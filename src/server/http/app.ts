@@ -134,28 +134,38 @@ export function createApp(o: AppOptions): express.Express {
       const b = body(req)
       if (b.name === undefined) throw new StorageError('InvalidArgument', 'missing "name"')
       if (b.prepare !== undefined && typeof b.prepare !== 'boolean') throw new StorageError('InvalidArgument', '"prepare" must be true or false')
+      if (b.description !== undefined && typeof b.description !== 'string') throw new StorageError('InvalidArgument', '"description" must be a string')
+      const description = b.description as string | undefined
       if (b.prepare) {
-        const p = await ds.prepareSnapshot(req.params.name as string, b.name as string)
+        const p = await ds.prepareSnapshot(req.params.name as string, b.name as string, { description })
         res.status(201).json({ ...p, isCurrent: false })
         return
       }
-      const s = await ds.createSnapshot(req.params.name as string, b.name as string)
-      res.status(201).json({ name: s.name, parent: s.parent, createdAt: s.createdAt, isCurrent: true, state: 'committed' })
+      const s = await ds.createSnapshot(req.params.name as string, b.name as string, { description })
+      res.status(201).location(`/api/v1/disks/${req.params.name}/snapshots/${s.name}`).json({ name: s.name, parent: s.parent, createdAt: s.createdAt, description: s.description ?? '', isCurrent: true, state: 'committed' })
     }),
   )
   app.post(
     '/api/v1/disks/:name/snapshots/:snap/commit',
     wrap(async (req, res) => {
       const s = await ds.commitSnapshot(req.params.name as string, req.params.snap as string)
-      res.json({ name: s.name, parent: s.parent, createdAt: s.createdAt, isCurrent: true, state: 'committed' })
+      res.json({ name: s.name, parent: s.parent, createdAt: s.createdAt, description: s.description ?? '', isCurrent: true, state: 'committed' })
     }),
   )
   app.post(
     '/api/v1/disks/:name/snapshots/:snap/revert',
     wrap(async (req, res) => {
-      await ds.revertSnapshot(req.params.name as string, req.params.snap as string)
+      const b = body(req)
+      if (b.force !== undefined && typeof b.force !== 'boolean') throw new StorageError('InvalidArgument', '"force" must be true or false')
+      await ds.revertSnapshot(req.params.name as string, req.params.snap as string, { force: b.force === true })
       const d = await ds.describe(req.params.name as string)
       res.json({ current: d.current, snapshots: d.snapshots })
+    }),
+  )
+  app.get(
+    '/api/v1/disks/:name/snapshots/:snap',
+    wrap(async (req, res) => {
+      res.json(await ds.describeSnapshot(req.params.name as string, req.params.snap as string))
     }),
   )
   app.delete(

@@ -244,7 +244,7 @@ async function adminStep(l: Loop, p: ServeProcess, clients: Map<string, TestNbdC
   } else if (k % 2 === 0) {
     const name = snaps[l.r() % snaps.length]
     l.pending = { kind: 'revert', disk, name }
-    const res = await api(p, 'POST', `/disks/${disk}/snapshots/${name}/revert`)
+    const res = await api(p, 'POST', `/disks/${disk}/snapshots/${name}/revert`, { force: true })
     if (answered(l, 'revert', res.status, [200])) m.current = Buffer.from(m.snaps.get(name)!)
   } else {
     const name = snaps[l.r() % snaps.length]
