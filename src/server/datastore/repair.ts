@@ -55,7 +55,8 @@ export async function repairDisk(diskDir: string, name: string, opts: RepairOpti
   const done: string[] = []
   const named = layersOf(r)
   for (const f of entries) {
-    if (RECORD_TMP.test(f) || (LAYER_FILE.test(f) && !named.has(f) && f !== opts.keep)) {
+    // with a snapshot prepared (keep), its staged record (`…-prepared`) is its commit's: it stays too
+    if ((RECORD_TMP.test(f) && !(opts.keep !== undefined && f.endsWith('-prepared'))) || (LAYER_FILE.test(f) && !named.has(f) && f !== opts.keep)) {
       await unlink(join(diskDir, f)).catch(() => undefined)
       done.push(`removed '${f}', left by an operation that did not finish`)
     }
