@@ -29,6 +29,8 @@ export const SNAPSHOT_TREE_KEYS: Record<keyof SnapshotTree, true> = { current: t
 
 export interface Disk {
   name: string
+  /** a linked clone's base snapshot, or null */
+  base: { disk: string; snapshot: string } | null
   size: number
   actualSize: number
   createdAt: string
@@ -44,6 +46,7 @@ export interface Disk {
 }
 export const DISK_KEYS: Record<keyof Disk, true> = {
   name: true,
+  base: true,
   size: true,
   actualSize: true,
   createdAt: true,
@@ -82,6 +85,10 @@ export class TandemApi {
   }
   createDisk(name: string, size: number | string): Promise<Disk> {
     return this.call('POST', '/disks', { name, size })
+  }
+  /** A linked clone of `snapshot` (default), or a full copy with `linked: false`. */
+  cloneDisk(source: string, name: string, o: { snapshot?: string; linked?: boolean } = {}): Promise<Disk> {
+    return this.call('POST', `/disks/${seg(source)}/clones`, { name, ...o })
   }
   deleteDisk(name: string): Promise<null> {
     return this.call('DELETE', `/disks/${seg(name)}`)

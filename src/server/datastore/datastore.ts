@@ -6,7 +6,7 @@ import type { BlockDevice } from '../../disk-formats/block-device.js'
 import { StorageError, fromSystemError } from '../../disk-formats/errors.js'
 import { openFile } from '../../disk-formats/file-io.js'
 import { createVmdk, VmdkImage, type StagedFile, type Subformat } from '../../disk-formats/vmdk/index.js'
-import { linkParent, openVmdk, rebase } from '../../disk-formats/chain/index.js'
+import { convert, linkParent, openVmdk, rebase } from '../../disk-formats/chain/index.js'
 import { checked, swappable, type LiveDisk } from '../../disk-formats/filters/index.js'
 import { DiskLocks } from './disk-locks.js'
 import { RECORD, readRecord, stageRecord, writeRecord, type AccessRecord, type DiskRecord, type SnapshotRecord } from './disk-record.js'
@@ -18,6 +18,8 @@ export type { AccessRecord, DiskRecord, SnapshotRecord } from './disk-record.js'
 
 export interface DiskInfo {
   name: string
+  /** a linked clone's base snapshot (null: a disk of its own) */
+  base: { disk: string; snapshot: string } | null
   size: number
   actualSize: number
   createdAt: string
@@ -225,6 +227,60 @@ export class Datastore {
     validName('disk', name)
     if (!Number.isSafeInteger(size) || size <= 0) throw new StorageError('InvalidArgument', `invalid size ${size}`)
     size = Math.ceil(size / 512) * 512
+    return this.makeDisk(name, size, async (top) => {
+      await createVmdk(top, { size, subformat: opts.subformat ?? 'monolithicSparse', exclusive: true })
+    })
+  }
+
+  /**
+   * A new disk `name` from disk `source`: linked (its first layer a delta on `snapshot`'s layer,
+   * which it shares read-only: VMware's linked clone) or full (the content copied into a layer of
+   * its own, from `snapshot` or, without one, from the current state while no client writes it).
+   * The source's snapshot stays as long as a linked clone names it (deleteSnapshot refuses).
+   */
+  async cloneDisk(source: string, name: string, o: { snapshot?: string; linked: boolean }): Promise<DiskInfo> {
+    validName('disk', source)
+    validName('disk', name)
+    if (o.linked && o.snapshot === undefined) throw new StorageError('InvalidArgument', 'a linked clone needs a snapshot of the source (its base)')
+    if (o.snapshot !== undefined) validName('snapshot', o.snapshot)
+    if (source === name) throw new StorageError('Exists', `a disk named '${name}' already exists`)
+    // the source's lock is held while its layer is read or linked: no delete or revert meanwhile
+    return this.locked(source, async () => {
+      const r = await this.readRecord(source)
+      const snap = o.snapshot === undefined ? undefined : findSnapshot(r, o.snapshot)
+      if (o.snapshot !== undefined && !snap) throw new StorageError('NotFound', `disk '${source}' has no snapshot '${o.snapshot}'`)
+      if (!snap && this.handles.get(source)) throw new StorageError('Busy', `cannot copy the current state of '${source}': ${this.usersOf(source)} (clone a snapshot)`)
+      if (!snap) await this.dropIdle(source)
+      const layer = this.layerPath(source, snap ? snap.layer : r.top)
+      return this.makeDisk(
+        name,
+        r.size,
+        async (top) => {
+          if (o.linked) {
+            await createVmdk(top, { size: r.size, parent: { path: layer, cid: await this.cidOfLayer(source, snap!.layer) }, exclusive: true })
+            // the hint as seen from the disk's own folder (it is made in .tandem/new/)
+            const img = await VmdkImage.open(top)
+            try {
+              await img.writeDescriptor({ ...img.descriptor, parentFileNameHint: join('..', source, snap!.layer) })
+            } finally {
+              await img.close()
+            }
+            return
+          }
+          const src = await openVmdk(layer, { readOnly: true })
+          try {
+            await convert(src, top, { to: 'vmdk', subformat: 'monolithicSparse', sync: true })
+          } finally {
+            await src.close()
+          }
+        },
+        o.linked ? { disk: source, snapshot: snap!.name } : undefined,
+      )
+    })
+  }
+
+  /** Makes disk `name` of `size` bytes: `fill` writes its first layer in `.tandem/new/`, then it is renamed into place with its record. */
+  private makeDisk(name: string, size: number, fill: (top: string) => Promise<void>, base?: { disk: string; snapshot: string }): Promise<DiskInfo> {
     return this.changing(name, async () => {
       const dir = this.diskDir(name)
       const taken = () => new StorageError('Exists', `a disk named '${name}' already exists`)
@@ -234,7 +290,7 @@ export class Datastore {
         stage = await this.scratch(STAGING, name)
         await mkdir(stage)
         const top = layerName(0)
-        await createVmdk(join(stage, top), { size, subformat: opts.subformat ?? 'monolithicSparse', exclusive: true })
+        await fill(join(stage, top))
         const r: DiskRecord = {
           version: 1,
           name,
@@ -245,6 +301,7 @@ export class Datastore {
           nextLayer: 1,
           snapshots: [],
           access: { initiators: [] },
+          ...(base ? { base } : {}),
         }
         await writeRecord(stage, r)
         try {
@@ -263,11 +320,24 @@ export class Datastore {
     })
   }
 
+  /** The linked clones whose base is `disk`'s snapshot `snapshot` (any snapshot of it when not given). */
+  private async clonesOf(disk: string, snapshot?: string): Promise<string[]> {
+    const out: string[] = []
+    for (const d of await this.listDisks()) {
+      if (d === disk) continue
+      const b = (await this.readRecord(d).catch(() => null))?.base
+      if (b && b.disk === disk && (snapshot === undefined || b.snapshot === snapshot)) out.push(d)
+    }
+    return out
+  }
+
   /** Deletes a disk: its folder is renamed into `.tandem/trash/` (gone in one step), then removed. */
   async deleteDisk(name: string): Promise<void> {
     await this.locked(name, async () => {
       await this.readRecord(name)
       this.refusePrepared(name, 'delete the disk')
+      const clones = await this.clonesOf(name)
+      if (clones.length > 0) throw Object.assign(new StorageError('Busy', `disk '${name}' is the base of linked clone(s) ${clones.map((c) => `'${c}'`).join(', ')}`), { details: { clones } })
       const open = this.openExportsOf(name)
       if (Object.keys(open).length > 0) {
         throw Object.assign(new StorageError('Busy', `disk '${name}' is in use by ${this.usersOf(name)}`), { details: { connections: open } })
@@ -327,6 +397,7 @@ export class Datastore {
     for (const [k, h] of this.handles) if (h.refs > 0 && k === name) writers += h.refs
     return {
       name,
+      base: r.base ?? null,
       size: r.size,
       actualSize: actual,
       createdAt: r.createdAt,
@@ -682,6 +753,10 @@ export class Datastore {
       if (this.prepared.get(disk)?.name === snapshot) return this.abortPrepared(disk)
       const plan = planDelete(r, snapshot)
       this.refusePrepared(disk, 'delete a snapshot')
+      const clones = await this.clonesOf(disk, snapshot)
+      if (clones.length > 0) {
+        throw Object.assign(new StorageError('Busy', `cannot delete snapshot '${snapshot}' of '${disk}': it is the base of linked clone(s) ${clones.map((c) => `'${c}'`).join(', ')}`), { details: { clones } })
+      }
       const snapExports = Object.entries(this.openExportsOf(disk)).filter(([k]) => k.includes('@'))
       if (snapExports.length > 0) {
         throw new StorageError('Busy', `cannot delete snapshot '${snapshot}': snapshot exports of '${disk}' are open (${snapExports.map(([k]) => k).join(', ')})`)

@@ -1,5 +1,5 @@
 import { readdir, rm, stat, unlink } from 'node:fs/promises'
-import { basename, join } from 'node:path'
+import { basename, dirname, join, resolve } from 'node:path'
 import { isStorageError } from '../../disk-formats/errors.js'
 import { datasync, openFile, pwriteFull } from '../../disk-formats/file-io.js'
 import { checkImage, createVmdk, VmdkImage } from '../../disk-formats/vmdk/index.js'
@@ -138,7 +138,8 @@ async function parentLayerOf(path: string): Promise<string | null | undefined> {
     const img = await VmdkImage.open(path, { readOnly: true })
     const p = img.parentPath
     await img.close()
-    return p === undefined ? null : basename(p)
+    // a parent outside the disk's folder is a linked clone's base: no layer of this disk
+    return p === undefined || resolve(dirname(p)) !== resolve(dirname(path)) ? null : basename(p)
   } catch {
     return undefined
   }

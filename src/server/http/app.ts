@@ -121,6 +121,17 @@ export function createApp(o: AppOptions): express.Express {
       res.status(204).end()
     }),
   )
+  app.post(
+    '/api/v1/disks/:name/clones',
+    wrap(async (req, res) => {
+      const b = body(req)
+      if (typeof b.name !== 'string') throw new StorageError('InvalidArgument', 'missing "name" (the new disk)')
+      if (b.snapshot !== undefined && typeof b.snapshot !== 'string') throw new StorageError('InvalidArgument', '"snapshot" must be a snapshot name')
+      if (b.linked !== undefined && typeof b.linked !== 'boolean') throw new StorageError('InvalidArgument', '"linked" must be true or false')
+      const d = await ds.cloneDisk(req.params.name as string, b.name, { snapshot: b.snapshot as string | undefined, linked: b.linked !== false })
+      res.status(201).location(`/api/v1/disks/${d.name}`).json(view(d))
+    }),
+  )
   app.get(
     '/api/v1/disks/:name/snapshots',
     wrap(async (req, res) => {

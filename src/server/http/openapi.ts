@@ -66,6 +66,7 @@ export const openApi = {
       Access: obj({ initiators: { ...strings, description: 'iSCSI initiator names and NBD TLS-PSK identities allowed; empty: everyone' }, chap: { type: 'boolean', description: 'a CHAP secret is set (never returned)' } }),
       Disk: obj({
         name: str,
+        base: { ...obj({ disk: str, snapshot: str }), nullable: true, description: 'a linked clone\'s base: the source disk\'s snapshot whose layer it reads through to (shared, read-only)' },
         size: { ...int, description: 'virtual size in bytes' },
         actualSize: { ...int, description: 'bytes used by the disk\'s files' },
         createdAt: date,
@@ -130,6 +131,15 @@ export const openApi = {
       parameters: [name('name', 'disk')],
       get: { summary: 'Describe a disk', responses: { 200: json(ref('Disk')), ...errors(false, 400, 404) } },
       delete: { summary: 'Delete a disk (409 naming the connections while it is exported)', security: [{ bearer: [] }], responses: { 204: { description: 'deleted' }, ...errors(true, 400, 404, 409) } },
+    },
+    '/api/v1/disks/{name}/clones': {
+      parameters: [name('name', 'the source disk')],
+      post: {
+        summary: 'A new disk from this one: linked (default; a delta on the snapshot\'s layer, shared read-only — the snapshot cannot be deleted while the clone exists) or full ("linked": false; the snapshot\'s content, or without "snapshot" the current state while no client writes it, copied)',
+        security: [{ bearer: [] }],
+        requestBody: body({ type: 'object', required: ['name'], properties: { name: NAME, snapshot: NAME, linked: { type: 'boolean' } } }),
+        responses: { 201: json(ref('Disk'), 'created'), ...errors(true, 400, 404, 409, 507) },
+      },
     },
     '/api/v1/disks/{name}/snapshots': {
       parameters: [name('name', 'disk')],

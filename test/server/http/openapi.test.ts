@@ -132,6 +132,15 @@ t.test('real answers of every route validate against the document', async (t) =>
   await expect(200, 'PUT', '/api/v1/hosts/{name}', { name: 'h1' }, { api: 'http://127.0.0.1:7800' })
   await expect(400, 'PUT', '/api/v1/hosts/{name}', { name: 'h1' }, { api: 'not a url' })
   await expect(401, 'PUT', '/api/v1/hosts/{name}', { name: 'h1' }, { api: 'http://127.0.0.1:7800' }, { token: false })
+  // clones: linked (the base snapshot then cannot go), full, bad input
+  await expect(201, 'POST', `${D}/clones`, { name: 'd' }, { name: 'lc', snapshot: 's1' })
+  await expect(201, 'POST', `${D}/clones`, { name: 'd' }, { name: 'fc', snapshot: 's1', linked: false })
+  await expect(400, 'POST', `${D}/clones`, { name: 'd' }, { name: 'x' })
+  await expect(404, 'POST', `${D}/clones`, { name: 'd' }, { name: 'x', snapshot: 'nope' })
+  await expect(409, 'POST', `${D}/clones`, { name: 'd' }, { name: 'lc', snapshot: 's1' })
+  await expect(409, 'DELETE', SN, { name: 'd', snap: 's1' })
+  await expect(409, 'DELETE', D, { name: 'd' })
+  await expect(204, 'DELETE', D, { name: 'lc' })
   await expect(204, 'DELETE', D, { name: 'd' })
   await expect(404, 'DELETE', D, { name: 'd' })
   // coverage: every documented operation answered with a success at least once
