@@ -96,6 +96,8 @@ export class Datastore {
   /** what opening the datastore repaired, per disk (for the log) */
   readonly repairs: { disk: string; done: string[] }[] = []
   private readonly handles = new Map<string, Handle>()
+  /** per export name, its clients as the protocols named them (`nbd 10.0.0.5:40312`, `iscsi iqn.…`) */
+  private readonly clients = new Map<string, Map<symbol, string>>()
   /** per disk, the snapshot prepared and not yet committed */
   private readonly prepared = new Map<string, Prepared>()
   /**
@@ -340,7 +342,7 @@ export class Datastore {
       if (clones.length > 0) throw Object.assign(new StorageError('Busy', `disk '${name}' is the base of linked clone(s) ${clones.map((c) => `'${c}'`).join(', ')}`), { details: { clones } })
       const open = this.openExportsOf(name)
       if (Object.keys(open).length > 0) {
-        throw Object.assign(new StorageError('Busy', `disk '${name}' is in use by ${this.usersOf(name)}`), { details: { connections: open } })
+        throw Object.assign(new StorageError('Busy', `disk '${name}' is in use by ${this.usersOf(name)}`), { details: { connections: open, clients: this.clientsOf(name) } })
       }
       await this.dropIdle(name)
       const trash = await this.scratch(TRASH, name)
@@ -355,9 +357,36 @@ export class Datastore {
     })
   }
 
-  /** Who has the disk's exports open, in words: `2 client(s) of 'd', 1 client(s) of 'd@s1'`. */
+  /**
+   * Notes a client of export `exportName` under `label` (what a refusal names: `nbd ADDR:PORT`,
+   * `iscsi INITIATOR`) until the returned function is called.
+   */
+  noteClient(exportName: string, label: string): () => void {
+    const key = Symbol(label)
+    let m = this.clients.get(exportName)
+    if (!m) this.clients.set(exportName, (m = new Map()))
+    m.set(key, label)
+    return () => {
+      m.delete(key)
+      if (m.size === 0 && this.clients.get(exportName) === m) this.clients.delete(exportName)
+    }
+  }
+
+  /** Who has the disk's exports open, in words: `2 client(s) of 'd' (nbd 127.0.0.1:40312, …), 1 client(s) of 'd@s1'`. */
   private usersOf(disk: string): string {
-    return Object.entries(this.openExportsOf(disk)).map(([k, n]) => `${n} client(s) of '${k}'`).join(', ')
+    return Object.entries(this.openExportsOf(disk))
+      .map(([k, n]) => {
+        const named = [...(this.clients.get(k)?.values() ?? [])]
+        return `${n} client(s) of '${k}'${named.length ? ` (${named.join(', ')})` : ''}`
+      })
+      .join(', ')
+  }
+
+  /** The disk's exports' clients as the protocols named them, per export (those with a name). */
+  private clientsOf(disk: string): Record<string, string[]> {
+    const out: Record<string, string[]> = {}
+    for (const [k, m] of this.clients) if (parseExportName(k).disk === disk && m.size > 0) out[k] = [...m.values()]
+    return out
   }
 
   /** One snapshot of a disk as the REST API shows it. */
@@ -734,7 +763,7 @@ export class Datastore {
       const writers = this.handles.get(disk)?.refs ?? 0
       if (writers > 0 && !o.force) {
         throw Object.assign(new StorageError('Busy', `cannot revert '${disk}' to '${snapshot}': ${this.usersOf(disk)} (force reverts under them)`), {
-          details: { connections: this.openExportsOf(disk) },
+          details: { connections: this.openExportsOf(disk), clients: this.clientsOf(disk) },
         })
       }
       await this.withTopClosed(disk, async () => {
@@ -781,7 +810,7 @@ export class Datastore {
    * Handles are shared by every client of the same export (so flush and multi-conn are safe)
    * and kept open for a while after the last client leaves.
    */
-  async openExport(exportName: string): Promise<ExportHandle> {
+  async openExport(exportName: string, o: { client?: string } = {}): Promise<ExportHandle> {
     const { disk, snapshot } = parseExportName(exportName)
     return this.locked(disk, async () => {
       const r = await this.readRecord(disk)
@@ -808,6 +837,7 @@ export class Datastore {
       this.handles.set(exportName, h)
       h.refs++
       const handle = h
+      const unnote = o.client === undefined ? () => undefined : this.noteClient(exportName, o.client)
       let released = false
       return {
         name: exportName,
@@ -816,6 +846,7 @@ export class Datastore {
         release: async () => {
           if (released) return
           released = true
+          unnote()
           await handle.dev.flush().catch(() => undefined)
           handle.refs--
           if (handle.refs === 0 && this.handles.get(exportName) === handle) {
