@@ -1,3 +1,4 @@
+import type { DiskInfo } from '../../server/datastore/index.js'
 import { requestJson } from './http.js'
 
 /**
@@ -27,20 +28,8 @@ export interface SnapshotTree {
 }
 export const SNAPSHOT_TREE_KEYS: Record<keyof SnapshotTree, true> = { current: true, snapshots: true }
 
-export interface Disk {
-  name: string
-  /** a linked clone's base snapshot, or null */
-  base: { disk: string; snapshot: string } | null
-  size: number
-  actualSize: number
-  createdAt: string
-  chain: string[]
-  current: string | null
-  snapshots: Snapshot[]
-  openExports: Record<string, number>
-  prepared: string | null
-  writers: number
-  access: { initiators: string[]; chap: boolean }
+/** A disk as the REST API shows it: the datastore's description, and where it is exported. */
+export interface Disk extends DiskInfo {
   nbd: string
   iscsi: { iqn: string; portal: string; lun: number }
 }
