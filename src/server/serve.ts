@@ -4,6 +4,7 @@ import { pino, type Logger } from 'pino'
 import { Datastore, PskKeys } from './datastore/index.js'
 import { holdDatastore, type OwnerLock } from './datastore/owner-lock.js'
 import { createApp } from './http/app.js'
+import { API_TOKEN_FILE, AUTH_OFF_FOR_TESTS, isLoopback, loadOrCreateToken, type ApiAuth } from './http/auth.js'
 import { Metrics } from './metrics.js'
 import { NbdServer, NbdTls, type TlsMode } from './nbd/index.js'
 import { IscsiServer } from './iscsi/index.js'
@@ -32,11 +33,17 @@ export interface ServeOptions {
   tls?: TlsMode
   /** this server's host name in the datastore's lockspace (default `serve@<machine>`) */
   lockHost?: string
+  /** the REST API's bearer token file (default `<datastore>/.tandem/api-token`, created at first start) */
+  apiTokenFile?: string
+  /** AUTH_OFF_FOR_TESTS: an in-process test server without REST authentication (never the CLI's) */
+  apiAuth?: typeof AUTH_OFF_FOR_TESTS
 }
 
 
 export interface RunningServer {
   ds: Datastore
+  /** the REST API's bearer token (null with AUTH_OFF_FOR_TESTS) */
+  apiToken: string | null
   locks: LockspaceView
   httpPort: number
   nbdPort: number
@@ -82,6 +89,9 @@ export async function serve(o: ServeOptions, log: Logger = pino({ level: o.logLe
   const listening = <T>(what: string, port: number, p: Promise<T>) => p.catch((e: unknown) => Promise.reject(listenError(what, o.listen, port, e)))
   try {
     const nbdKeys = await PskKeys.open(ds.dir)
+    // every mutating request needs the token; off loopback every request does (auth.ts)
+    const auth: ApiAuth =
+      o.apiAuth === AUTH_OFF_FOR_TESTS ? AUTH_OFF_FOR_TESTS : { token: await loadOrCreateToken(resolve(o.apiTokenFile ?? resolve(ds.dir, API_TOKEN_FILE))), everyRequest: !isLoopback(o.listen) }
     const locks = await openLockspaceView(ds.dir, log.child({ component: 'locks' }), o.lockHost)
     opened.push(() => locks.close())
     ds.onWritable = (disk) => locks.holdDisk(disk)
@@ -93,7 +103,7 @@ export async function serve(o: ServeOptions, log: Logger = pino({ level: o.logLe
     opened.push(() => iscsi.close(grace.reached))
     const iscsiPort = await listening('iSCSI', o.iscsiPort, iscsi.listen(o.iscsiPort, o.listen))
     const advertise = { host: o.listen === '0.0.0.0' || o.listen === '::' ? '127.0.0.1' : o.listen, nbdPort, iscsiPort }
-    const app = createApp({ ds, locks, nbdKeys, log: log.child({ component: 'http' }), metrics, advertise })
+    const app = createApp({ ds, locks, nbdKeys, log: log.child({ component: 'http' }), metrics, advertise, auth })
     const http: HttpServer = createServer(app)
     if (limits.maxConnections) http.maxConnections = limits.maxConnections
     const httpPort = await listening(
@@ -109,8 +119,9 @@ export async function serve(o: ServeOptions, log: Logger = pino({ level: o.logLe
       }),
     )
     const { maxConnections, handshakeMs } = limits
-    log.info({ datastore: ds.dir, listen: o.listen, httpPort, nbdPort, iscsiPort, pollUs: poller.windowUs, maxConnections, handshakeMs, tls: o.tls ?? 'optional' }, 'tandem serve ready')
-    return running({ owner, ds, locks, httpPort, nbdPort, iscsiPort, log, http, nbd, iscsi, grace, graceMs: o.shutdownGraceMs ?? SERVE_DEFAULTS.shutdownGraceMs })
+    const restAuth = auth === AUTH_OFF_FOR_TESTS ? 'off' : auth.everyRequest ? 'every request' : 'mutating requests'
+    log.info({ datastore: ds.dir, listen: o.listen, httpPort, nbdPort, iscsiPort, pollUs: poller.windowUs, maxConnections, handshakeMs, tls: o.tls ?? 'optional', restAuth }, 'tandem serve ready')
+    return running({ apiToken: auth === AUTH_OFF_FOR_TESTS ? null : auth.token, owner, ds, locks, httpPort, nbdPort, iscsiPort, log, http, nbd, iscsi, grace, graceMs: o.shutdownGraceMs ?? SERVE_DEFAULTS.shutdownGraceMs })
   } catch (e) {
     grace.expire()
     for (const close of opened.reverse()) await close().catch(() => undefined)
@@ -123,6 +134,7 @@ function running(s: Omit<RunningServer, 'close' | 'hurry'> & { owner: OwnerLock;
   let closing: Promise<void> | null = null
   return {
     ds,
+    apiToken: s.apiToken,
     locks,
     httpPort: s.httpPort,
     nbdPort: s.nbdPort,

@@ -20,8 +20,10 @@ const FIRST_LBA = 2048
 const MAGIC = 0x474f4c44
 const VM_IQN = 'iqn.2026-11.local.tandem:vm:vm1'
 
+/** the server's REST token: it listens off loopback, so every request needs it */
+let token = ''
 async function api<T>(base: string, method: string, path: string, body?: unknown): Promise<{ status: number; body: T; text: string }> {
-  const r = await fetch(`${base}${path}`, { method, headers: body === undefined ? {} : { 'content-type': 'application/json' }, body: body === undefined ? undefined : JSON.stringify(body) })
+  const r = await fetch(`${base}${path}`, { method, headers: { ...(body === undefined ? {} : { 'content-type': 'application/json' }), authorization: `Bearer ${token}` }, body: body === undefined ? undefined : JSON.stringify(body) })
   const text = await r.text()
   return { status: r.status, body: (text ? JSON.parse(text) : {}) as T, text }
 }
@@ -39,11 +41,12 @@ t.test('host A dies with its VM writing over iSCSI; host B runs it within lease 
   const net = await createTestNet(t, ['srv', 'a', 'b'])
   const { srv, a: na, b: nb } = net.nodes
   const s = await leaseServer(t, { wrap: net.wrap('srv'), listen: srv.addr })
+  token = s.token
   t.equal((await api(s.url, 'POST', '/api/v1/disks', { name: 'd1', size: 16 << 20 })).status, 201, 'disk d1 made on the server')
   t.equal((await api(s.url, 'PUT', '/api/v1/disks/d1/access', { initiators: [VM_IQN] })).status, 200, 'd1 masked to the VM\'s own identity')
   const [a, b] = await Promise.all([
-    startHost(t, 'host-a', s.url, ['--listen', na.addr], { wrap: net.wrap('a') }),
-    startHost(t, 'host-b', s.url, ['--listen', nb.addr], { wrap: net.wrap('b') }),
+    startHost(t, 'host-a', s.url, ['--listen', na.addr], { wrap: net.wrap('a'), env: { TANDEM_API_TOKEN: s.token } }),
+    startHost(t, 'host-b', s.url, ['--listen', nb.addr], { wrap: net.wrap('b'), env: { TANDEM_API_TOKEN: s.token } }),
   ])
   t.match(a.url, na.addr, 'host A serves its API on its own network')
   // masking, judged by libiscsi from each host's network: the host's own IQN neither sees nor opens d1

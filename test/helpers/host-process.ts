@@ -36,9 +36,9 @@ export interface HostProcess {
  * Runs `tandem host NAME` against `server` on a free API port, in a process group of its own;
  * killed at teardown (its VMs too). `wrap` runs it under a command that execs it (`ip netns exec NS`).
  */
-export async function startHost(t: { teardown(fn: () => unknown): void }, name: string, server: string, args: string[] = [], o: { wrap?: string[] } = {}): Promise<HostProcess> {
+export async function startHost(t: { teardown(fn: () => unknown): void }, name: string, server: string, args: string[] = [], o: { wrap?: string[]; env?: NodeJS.ProcessEnv } = {}): Promise<HostProcess> {
   const cmd = [...(o.wrap ?? []), process.execPath, CLI, 'host', '--name', name, '--server', server, '--api-port', '0', ...args]
-  const child = spawn(cmd[0], cmd.slice(1), { detached: true, stdio: ['ignore', 'pipe', 'pipe'] })
+  const child = spawn(cmd[0], cmd.slice(1), { detached: true, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...o.env } })
   const exited = new Promise<{ code: number | null; signal: string | null }>((r) => child.on('exit', (code, signal) => r({ code, signal })))
   let err = ''
   child.stderr!.on('data', (d) => (err += d))

@@ -84,9 +84,9 @@ export function pattern(len: number, seed: number): Buffer {
 }
 
 /** Async variants, for tests whose server runs in the same process (a sync child would block it). */
-export function run(cmd: string, args: string[], opts: { cwd?: string; input?: string; timeout?: number } = {}): Promise<{ status: number; stdout: string; stderr: string }> {
+export function run(cmd: string, args: string[], opts: { cwd?: string; input?: string; timeout?: number; env?: NodeJS.ProcessEnv } = {}): Promise<{ status: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const child = spawn(cmd, args, { cwd: opts.cwd, stdio: ['pipe', 'pipe', 'pipe'] })
+    const child = spawn(cmd, args, { cwd: opts.cwd, stdio: ['pipe', 'pipe', 'pipe'], env: opts.env ? { ...process.env, ...opts.env } : undefined })
     // a peer that hangs is killed (and the test sees status 128), never left to hang the run
     const timer = opts.timeout ? setTimeout(() => child.kill('SIGKILL'), opts.timeout) : null
     child.on('close', () => timer && clearTimeout(timer))

@@ -1,4 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process'
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { pino } from 'pino'
 import { serve, type RunningServer, type ServeOptions } from '../../src/server/serve.js'
@@ -17,6 +19,9 @@ export async function startServer(
   t.teardown(() => s.close())
   return Object.assign(s, { dir, uri: (e: string) => `nbd://127.0.0.1:${s.nbdPort}/${e}` })
 }
+
+/** The headers that carry a server's REST token (none for a server started with auth off). */
+export const bearer = (token: string | null | undefined): Record<string, string> => (token ? { authorization: `Bearer ${token}` } : {})
 
 export interface LogLine {
   level: number
@@ -78,5 +83,7 @@ export function spawnServe(t: { teardown(fn: () => unknown): void }, dir: string
 /** A started `tandem serve` process (spawnServe, ready). */
 export async function startServe(t: { teardown(fn: () => unknown): void }, dir: string, args: string[] = [], o: { wrap?: string[]; env?: NodeJS.ProcessEnv } = {}) {
   const p = spawnServe(t, dir, args, o)
-  return { ...p, ...(await p.ready) }
+  const ports = await p.ready
+  const tokenFile = args.includes('--api-token-file') ? args[args.indexOf('--api-token-file') + 1] : join(dir, '.tandem', 'api-token')
+  return { ...p, ...ports, token: readFileSync(tokenFile, 'utf8').trim() }
 }

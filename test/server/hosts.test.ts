@@ -1,12 +1,12 @@
 import t from 'tap'
 import { IscsiLockStorage } from '../../src/client/locks/iscsi-storage.js'
 import { LockManager } from '../../src/disk-formats/lock-region/index.js'
-import { startServer } from '../helpers/server.js'
+import { bearer, startServer } from '../helpers/server.js'
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 type Host = { name: string; heartbeat: string; api: string | null; vms: string[]; alive: boolean | null }
-const req = async (port: number, path: string, init: RequestInit = {}) => {
-  const r = await fetch(`http://127.0.0.1:${port}${path}`, { ...init, headers: init.body ? { 'content-type': 'application/json' } : {} })
+const req = async (port: number, path: string, init: RequestInit & { token?: string | null } = {}) => {
+  const r = await fetch(`http://127.0.0.1:${port}${path}`, { ...init, headers: { ...(init.body ? { 'content-type': 'application/json' } : {}), ...bearer(init.token) } })
   return { status: r.status, body: (await r.json()) as Record<string, unknown> & { hosts?: Host[]; error?: { code: string; message: string } } }
 }
 
@@ -21,7 +21,7 @@ t.test('GET /api/v1/hosts: each host of the lockspace, its heartbeat, the API it
   await esx.join()
   await esx.acquire('vm/web')
   await esx.acquire('not-a-vm')
-  const reg = await req(s.httpPort, '/api/v1/hosts/esx-01', { method: 'PUT', body: JSON.stringify({ api: 'http://127.0.0.1:7800/' }) })
+  const reg = await req(s.httpPort, '/api/v1/hosts/esx-01', { method: 'PUT', token: s.apiToken, body: JSON.stringify({ api: 'http://127.0.0.1:7800/' }) })
   t.equal(reg.status, 200)
   t.equal(reg.body.api, 'http://127.0.0.1:7800')
   let esxView: Host | undefined
@@ -35,11 +35,11 @@ t.test('GET /api/v1/hosts: each host of the lockspace, its heartbeat, the API it
   t.match((await req(s.httpPort, '/api/v1/hosts/esx-01')).body, { name: 'esx-01', vms: ['web'] })
   t.equal((await req(s.httpPort, '/api/v1/hosts/nobody')).status, 404)
   for (const bad of [{}, { api: 'ftp://x' }, { api: 'http://a b' }, { api: 7 }, { api: `http://x/${'a'.repeat(300)}` }]) {
-    const r = await req(s.httpPort, '/api/v1/hosts/esx-01', { method: 'PUT', body: JSON.stringify(bad) })
+    const r = await req(s.httpPort, '/api/v1/hosts/esx-01', { method: 'PUT', token: s.apiToken, body: JSON.stringify(bad) })
     t.equal(r.status, 400, JSON.stringify(bad))
     t.equal(r.body.error?.code, 'InvalidArgument')
   }
-  const long = await req(s.httpPort, `/api/v1/hosts/${'h'.repeat(65)}`, { method: 'PUT', body: JSON.stringify({ api: 'http://x:1' }) })
+  const long = await req(s.httpPort, `/api/v1/hosts/${'h'.repeat(65)}`, { method: 'PUT', token: s.apiToken, body: JSON.stringify({ api: 'http://x:1' }) })
   t.equal(long.status, 400, 'a name longer than a slot\'s is refused')
   // the host hangs: its heartbeat expires; the VM's lock is still its (it may not be taken before the lease is over)
   esx.halt()

@@ -3,11 +3,11 @@ import { spawn } from 'node:child_process'
 import { hostname } from 'node:os'
 import { join } from 'node:path'
 import { CLI, needs, shStatus, tandem, tmp } from '../helpers/peers.js'
-import { startServer } from '../helpers/server.js'
+import { bearer, startServer } from '../helpers/server.js'
 import { TestNbdClient } from '../helpers/nbd-client.js'
 
-async function post(port: number, path: string, body: unknown): Promise<Response> {
-  return fetch(`http://127.0.0.1:${port}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })
+async function post(s: { httpPort: number; apiToken: string | null }, path: string, body: unknown): Promise<Response> {
+  return fetch(`http://127.0.0.1:${s.httpPort}${path}`, { method: 'POST', headers: { 'content-type': 'application/json', ...bearer(s.apiToken) }, body: JSON.stringify(body) })
 }
 
 t.test('a second tandem serve on a datastore exits non-zero at start, naming the first', async (t) => {
@@ -29,8 +29,8 @@ t.test('a second tandem serve on a datastore exits non-zero at start, naming the
 
 t.test('files a server has open: qemu-io cannot write them, tandem disk cannot commit them', needs('qemu-io', 'qemu-img'), async (t) => {
   const s = await startServer(t)
-  t.equal((await post(s.httpPort, '/api/v1/disks', { name: 'vm', size: '4M' })).status, 201)
-  t.equal((await post(s.httpPort, '/api/v1/disks/vm/snapshots', { name: 's1' })).status, 201)
+  t.equal((await post(s, '/api/v1/disks', { name: 'vm', size: '4M' })).status, 201)
+  t.equal((await post(s, '/api/v1/disks/vm/snapshots', { name: 's1' })).status, 201)
   const c = await TestNbdClient.open(s.nbdPort, 'vm')
   t.teardown(() => c.destroy())
   const top = join(s.dir, 'vm', 'l-0001.vmdk')

@@ -3,13 +3,13 @@ import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { tmp, pattern, rng } from '../helpers/peers.js'
 import { TestNbdClient } from '../helpers/nbd-client.js'
-import { startServe } from '../helpers/server.js'
+import { bearer, startServe } from '../helpers/server.js'
 
 t.test('SIGKILL right after a flush completes loses no acknowledged write', async (t) => {
   const dir = tmp(t, 'tandem-kill-')
   const SIZE = 16 << 20
   let p = await startServe(t, dir)
-  const res = await fetch(`http://127.0.0.1:${p.httpPort}/api/v1/disks`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'vm', size: SIZE }) })
+  const res = await fetch(`http://127.0.0.1:${p.httpPort}/api/v1/disks`, { method: 'POST', headers: { 'content-type': 'application/json', ...bearer(p.token) }, body: JSON.stringify({ name: 'vm', size: SIZE }) })
   t.equal(res.status, 201)
   const expect = Buffer.alloc(SIZE)
   const r = rng(77)

@@ -2,7 +2,7 @@ import t from 'tap'
 import { connect, type Socket } from 'node:net'
 import { needs, pattern, run, tmp } from '../helpers/peers.js'
 import { TestNbdClient } from '../helpers/nbd-client.js'
-import { startServe, type LogLine } from '../helpers/server.js'
+import { bearer, startServe, type LogLine } from '../helpers/server.js'
 
 const IQN = 'iqn.2026-11.local.tandem:'
 
@@ -80,7 +80,7 @@ t.test('idle NBD and iSCSI sockets beyond the cap, under 256 descriptors: REST a
   // without them runs the same test and shows what the flood does to it
   const p = await startServe(t, dir, [], { wrap: ['prlimit', '--nofile=256:256'], env: { TANDEM_MAX_CONNECTIONS: String(CAP), TANDEM_HANDSHAKE_LIMIT: '8s' } })
   const base = `http://127.0.0.1:${p.httpPort}/api/v1`
-  const res = await fetch(`${base}/disks`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'vm', size: 4 << 20 }) })
+  const res = await fetch(`${base}/disks`, { method: 'POST', headers: { 'content-type': 'application/json', ...bearer(p.token) }, body: JSON.stringify({ name: 'vm', size: 4 << 20 }) })
   t.equal(res.status, 201)
   const data = pattern(1 << 20, 5)
   const est = await TestNbdClient.open(p.nbdPort, 'vm')
@@ -143,7 +143,7 @@ async function resetAfter(port: number, send: Buffer | null, first: number): Pro
 t.test('a peer that resets its connection is logged at debug, not as a warning', async (t) => {
   const dir = tmp(t, 'tandem-reset-')
   const p = await startServe(t, dir, ['--log-level', 'debug'])
-  await fetch(`http://127.0.0.1:${p.httpPort}/api/v1/disks`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'vm', size: 1 << 20 }) })
+  await fetch(`http://127.0.0.1:${p.httpPort}/api/v1/disks`, { method: 'POST', headers: { 'content-type': 'application/json', ...bearer(p.token) }, body: JSON.stringify({ name: 'vm', size: 1 << 20 }) })
   await resetAfter(p.nbdPort, null, 18) // NBD: in the handshake, after the greeting
   const c = await TestNbdClient.open(p.nbdPort, 'vm')
   await c.pwrite(0, pattern(4096, 1))

@@ -4,7 +4,7 @@ import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { needs, run, shStatus, tandem, tmp } from '../helpers/peers.js'
 import { TestNbdClient } from '../helpers/nbd-client.js'
-import { spawnServe, startServe } from '../helpers/server.js'
+import { bearer, spawnServe, startServe } from '../helpers/server.js'
 
 const SIZE = 64 << 20
 const FILL = 0xab
@@ -23,7 +23,7 @@ function raw(port: number, send?: string): Socket {
 async function stuckClients(t: Test) {
   const dir = tmp(t, 'tandem-stop-')
   const p = await startServe(t, dir)
-  const res = await fetch(`http://127.0.0.1:${p.httpPort}/api/v1/disks`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'vm', size: SIZE }) })
+  const res = await fetch(`http://127.0.0.1:${p.httpPort}/api/v1/disks`, { method: 'POST', headers: { 'content-type': 'application/json', ...bearer(p.token) }, body: JSON.stringify({ name: 'vm', size: SIZE }) })
   t.equal(res.status, 201)
   const w = await TestNbdClient.open(p.nbdPort, 'vm')
   t.equal((await w.pwrite(0, Buffer.alloc(4 << 20, FILL))).errno, 0, 'written, not flushed')

@@ -1,4 +1,6 @@
+import { readFile } from 'node:fs/promises'
 import { request as httpRequest } from 'node:http'
+import { join } from 'node:path'
 import { StorageError, type StorageErrorCode } from '../../disk-formats/errors.js'
 
 const CODES: ReadonlySet<string> = new Set<StorageErrorCode>(['OutOfRange', 'ReadOnly', 'NoSpace', 'Corrupt', 'BadMagic', 'Unsupported', 'InvalidArgument', 'NotFound', 'Exists', 'ChainMismatch', 'Busy', 'IoError'])
@@ -43,33 +45,84 @@ function unixRequest(socketPath: string, method: string, path: string, body: str
   })
 }
 
+/** The token file of a datastore (as src/server/http/auth.ts names it). */
+const TOKEN_FILE = join('.tandem', 'api-token')
+
+/** Per API base, the token its datastore holds (null: none could be read). */
+const found = new Map<string, Promise<string | null>>()
+
+async function readToken(datastore: string): Promise<string | null> {
+  try {
+    return (await readFile(join(datastore, TOKEN_FILE), 'utf8')).trim() || null
+  } catch {
+    return null
+  }
+}
+
+/**
+ * The bearer token for `base`, looked for once a request was refused (401): TANDEM_API_TOKEN,
+ * else the token file of the datastore in TANDEM_DATASTORE, else that of the datastore the
+ * server names in its health answer (readable when the server runs on this machine as this
+ * user, or shares the datastore with it).
+ */
+function discoverToken(base: string, timeoutMs: number): Promise<string | null> {
+  let p = found.get(base)
+  if (!p) {
+    p = (async () => {
+      const env = process.env.TANDEM_API_TOKEN?.trim()
+      if (env) return env
+      if (process.env.TANDEM_DATASTORE) {
+        const t = await readToken(process.env.TANDEM_DATASTORE)
+        if (t) return t
+      }
+      try {
+        const r = await exchange(base, 'GET', '/api/v1/health', undefined, undefined, timeoutMs)
+        const ds = (JSON.parse(r.text) as { datastore?: unknown }).datastore
+        return typeof ds === 'string' ? await readToken(ds) : null
+      } catch {
+        return null
+      }
+    })()
+    found.set(base, p)
+  }
+  return p
+}
+
+async function exchange(base: string, method: string, path: string, json: string | undefined, token: string | undefined, timeoutMs: number): Promise<{ status: number; ok: boolean; text: string }> {
+  const unix = UNIX.exec(base)
+  if (unix) return unixRequest(unix[1], method, path, json, timeoutMs)
+  const headers: Record<string, string> = {}
+  if (json !== undefined) headers['content-type'] = 'application/json'
+  if (token !== undefined) headers.authorization = `Bearer ${token}`
+  const res = await fetch(`${baseUrl(base)}${path}`, { method, headers, body: json, signal: AbortSignal.timeout(timeoutMs) })
+  return { status: res.status, ok: res.ok, text: await res.text() }
+}
+
 /**
  * One JSON request to a Tandem REST API (`tandem serve`, `tandem host`, a VM's control socket as
  * `unix:PATH`). Resolves to the parsed body (null for 204); an error answer throws ApiError with
- * the API's own message; an API that cannot be reached throws IoError naming it.
+ * the API's own message; an API that cannot be reached throws IoError naming it. `token` is sent
+ * as the bearer token; without one, a request refused 401 is sent again once with the token
+ * discoverToken finds, if any.
  */
-export async function requestJson<T>(base: string, method: string, path: string, body?: unknown, o: { timeoutMs?: number } = {}): Promise<T> {
+export async function requestJson<T>(base: string, method: string, path: string, body?: unknown, o: { timeoutMs?: number; token?: string } = {}): Promise<T> {
   const url = `${baseUrl(base)}${path}`
   const json = body === undefined ? undefined : JSON.stringify(body)
-  let res: { status: number; ok: boolean; text(): Promise<string> | string }
+  const timeoutMs = o.timeoutMs ?? 30_000
+  let res: { status: number; ok: boolean; text: string }
   try {
-    const unix = UNIX.exec(base)
-    if (unix) {
-      const r = await unixRequest(unix[1], method, path, json, o.timeoutMs ?? 30_000)
-      res = { ...r, text: () => r.text }
-    } else {
-      res = await fetch(url, {
-        method,
-        headers: json === undefined ? {} : { 'content-type': 'application/json' },
-        body: json,
-        signal: AbortSignal.timeout(o.timeoutMs ?? 30_000),
-      })
+    const known = o.token ?? (await found.get(baseUrl(base))) ?? undefined
+    res = await exchange(base, method, path, json, known, timeoutMs)
+    if (res.status === 401 && o.token === undefined) {
+      found.delete(baseUrl(base)) // a token found earlier may be another server's that had the same address
+      const t = await discoverToken(baseUrl(base), timeoutMs)
+      if (t !== null && t !== known) res = await exchange(base, method, path, json, t, timeoutMs)
     }
   } catch (e) {
     const why = (e as { cause?: { code?: string; message?: string } }).cause ?? (e as { code?: string; message?: string })
     throw new StorageError('IoError', `could not reach ${baseUrl(base)}: ${why?.code ?? why?.message ?? (e as Error).message}`)
   }
-  const text = await res.text()
+  const text = res.text
   let parsed: unknown = null
   try {
     parsed = text ? JSON.parse(text) : null
@@ -79,7 +132,8 @@ export async function requestJson<T>(base: string, method: string, path: string,
   if (!res.ok) {
     const err = (parsed as { error?: Record<string, unknown> } | null)?.error
     const code = typeof err?.code === 'string' && CODES.has(err.code) ? (err.code as StorageErrorCode) : 'IoError'
-    const message = typeof err?.message === 'string' ? err.message : `${method} ${url} answered ${res.status}`
+    let message = typeof err?.message === 'string' ? err.message : `${method} ${url} answered ${res.status}`
+    if (res.status === 401) message += ' — give it in TANDEM_API_TOKEN (the server\'s <datastore>/.tandem/api-token)'
     const { code: _c, message: _m, ...details } = err ?? {}
     void _c, void _m
     throw new ApiError(code, message, res.status, details)

@@ -19,6 +19,7 @@ import {
 import { commit, convert, openVmdk, probeFormat, rebase, type ImageFormat } from '../../disk-formats/chain/index.js'
 import { isNetworkDisk, openDisk } from '../transport/open-disk.js'
 import { humanSize, parseSize } from './size.js'
+import { DEFAULT_SERVER, TandemApi } from '../api/tandem.js'
 import { progressBar } from './progress.js'
 
 /** --type's short names, beside qemu's subformat names. */
@@ -354,5 +355,20 @@ export function diskCommand(run: (fn: () => Promise<number | void>) => Promise<v
       }),
     )
 
+  disk
+    .command('clone')
+    .description('on a tandem serve: a new datastore disk NAME from disk SOURCE — a linked clone of --snapshot (a delta on its layer, shared read-only; the snapshot cannot be deleted while the clone exists), or with --full a copy of the snapshot (or of the current state while no client writes it)')
+    .argument('<source>', 'the source disk')
+    .argument('<name>', 'the new disk')
+    .option('-s, --snapshot <snapshot>', 'the source\'s snapshot to clone (needed for a linked clone)')
+    .option('--full', 'copy the content (a disk of its own) instead of linking', false)
+    .option('--server <url>', 'the tandem serve REST API (env TANDEM_SERVER)', process.env.TANDEM_SERVER ?? DEFAULT_SERVER)
+    .option('--json', 'JSON output (the new disk)', false)
+    .action((source: string, name: string, o) =>
+      run(async () => {
+        const d = await new TandemApi(o.server).cloneDisk(source, name, { ...(o.snapshot !== undefined ? { snapshot: o.snapshot } : {}), linked: !o.full })
+        process.stdout.write(o.json ? JSON.stringify(d, null, 2) + '\n' : `disk '${d.name}' (${humanSize(d.size)}) ${d.base ? `linked to '${d.base.disk}@${d.base.snapshot}'` : `copied from '${source}'${o.snapshot ? `@${o.snapshot}` : ''}`}\n`)
+      }),
+    )
   return disk
 }

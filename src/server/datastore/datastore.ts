@@ -6,18 +6,20 @@ import type { BlockDevice } from '../../disk-formats/block-device.js'
 import { StorageError, fromSystemError } from '../../disk-formats/errors.js'
 import { openFile } from '../../disk-formats/file-io.js'
 import { createVmdk, VmdkImage, type StagedFile, type Subformat } from '../../disk-formats/vmdk/index.js'
-import { linkParent, openVmdk, rebase } from '../../disk-formats/chain/index.js'
+import { convert, linkParent, openVmdk, rebase } from '../../disk-formats/chain/index.js'
 import { checked, swappable, type LiveDisk } from '../../disk-formats/filters/index.js'
 import { DiskLocks } from './disk-locks.js'
 import { RECORD, readRecord, stageRecord, writeRecord, type AccessRecord, type DiskRecord, type SnapshotRecord } from './disk-record.js'
 import { isValidName, parseExportName, validName } from './names.js'
 import { repairDisk } from './repair.js'
-import { chainOf, findSnapshot, layerName, planCreate, planDelete, planRevert, snapshotViews, type SnapshotView } from './snapshot-tree.js'
+import { chainOf, findSnapshot, layerName, planCreate, planDelete, planRevert, snapshotViewOf, snapshotViews, validDescription, type SnapshotView } from './snapshot-tree.js'
 
 export type { AccessRecord, DiskRecord, SnapshotRecord } from './disk-record.js'
 
 export interface DiskInfo {
   name: string
+  /** a linked clone's base snapshot (null: a disk of its own) */
+  base: { disk: string; snapshot: string } | null
   size: number
   actualSize: number
   createdAt: string
@@ -44,6 +46,7 @@ const IDLE_HANDLES = 32
 interface Prepared {
   name: string
   createdAt: string
+  description: string
   /** the delta's layer name, the record's next layer */
   layer: string
   delta: VmdkImage
@@ -54,7 +57,7 @@ interface Prepared {
 }
 
 /** A prepared snapshot as the REST API shows it. */
-export type PreparedView = Omit<SnapshotRecord, 'layer'> & { state: 'prepared' }
+export type PreparedView = Omit<SnapshotRecord, 'layer' | 'description'> & { description: string; state: 'prepared' }
 
 export interface ExportHandle {
   readonly name: string
@@ -93,6 +96,8 @@ export class Datastore {
   /** what opening the datastore repaired, per disk (for the log) */
   readonly repairs: { disk: string; done: string[] }[] = []
   private readonly handles = new Map<string, Handle>()
+  /** per export name, its clients as the protocols named them (`nbd 10.0.0.5:40312`, `iscsi iqn.…`) */
+  private readonly clients = new Map<string, Map<symbol, string>>()
   /** per disk, the snapshot prepared and not yet committed */
   private readonly prepared = new Map<string, Prepared>()
   /**
@@ -224,6 +229,60 @@ export class Datastore {
     validName('disk', name)
     if (!Number.isSafeInteger(size) || size <= 0) throw new StorageError('InvalidArgument', `invalid size ${size}`)
     size = Math.ceil(size / 512) * 512
+    return this.makeDisk(name, size, async (top) => {
+      await createVmdk(top, { size, subformat: opts.subformat ?? 'monolithicSparse', exclusive: true })
+    })
+  }
+
+  /**
+   * A new disk `name` from disk `source`: linked (its first layer a delta on `snapshot`'s layer,
+   * which it shares read-only: VMware's linked clone) or full (the content copied into a layer of
+   * its own, from `snapshot` or, without one, from the current state while no client writes it).
+   * The source's snapshot stays as long as a linked clone names it (deleteSnapshot refuses).
+   */
+  async cloneDisk(source: string, name: string, o: { snapshot?: string; linked: boolean }): Promise<DiskInfo> {
+    validName('disk', source)
+    validName('disk', name)
+    if (o.linked && o.snapshot === undefined) throw new StorageError('InvalidArgument', 'a linked clone needs a snapshot of the source (its base)')
+    if (o.snapshot !== undefined) validName('snapshot', o.snapshot)
+    if (source === name) throw new StorageError('Exists', `a disk named '${name}' already exists`)
+    // the source's lock is held while its layer is read or linked: no delete or revert meanwhile
+    return this.locked(source, async () => {
+      const r = await this.readRecord(source)
+      const snap = o.snapshot === undefined ? undefined : findSnapshot(r, o.snapshot)
+      if (o.snapshot !== undefined && !snap) throw new StorageError('NotFound', `disk '${source}' has no snapshot '${o.snapshot}'`)
+      if (!snap && this.handles.get(source)) throw new StorageError('Busy', `cannot copy the current state of '${source}': ${this.usersOf(source)} (clone a snapshot)`)
+      if (!snap) await this.dropIdle(source)
+      const layer = this.layerPath(source, snap ? snap.layer : r.top)
+      return this.makeDisk(
+        name,
+        r.size,
+        async (top) => {
+          if (o.linked) {
+            await createVmdk(top, { size: r.size, parent: { path: layer, cid: await this.cidOfLayer(source, snap!.layer) }, exclusive: true })
+            // the hint as seen from the disk's own folder (it is made in .tandem/new/)
+            const img = await VmdkImage.open(top)
+            try {
+              await img.writeDescriptor({ ...img.descriptor, parentFileNameHint: join('..', source, snap!.layer) })
+            } finally {
+              await img.close()
+            }
+            return
+          }
+          const src = await openVmdk(layer, { readOnly: true })
+          try {
+            await convert(src, top, { to: 'vmdk', subformat: 'monolithicSparse', sync: true })
+          } finally {
+            await src.close()
+          }
+        },
+        o.linked ? { disk: source, snapshot: snap!.name } : undefined,
+      )
+    })
+  }
+
+  /** Makes disk `name` of `size` bytes: `fill` writes its first layer in `.tandem/new/`, then it is renamed into place with its record. */
+  private makeDisk(name: string, size: number, fill: (top: string) => Promise<void>, base?: { disk: string; snapshot: string }): Promise<DiskInfo> {
     return this.changing(name, async () => {
       const dir = this.diskDir(name)
       const taken = () => new StorageError('Exists', `a disk named '${name}' already exists`)
@@ -233,7 +292,7 @@ export class Datastore {
         stage = await this.scratch(STAGING, name)
         await mkdir(stage)
         const top = layerName(0)
-        await createVmdk(join(stage, top), { size, subformat: opts.subformat ?? 'monolithicSparse', exclusive: true })
+        await fill(join(stage, top))
         const r: DiskRecord = {
           version: 1,
           name,
@@ -244,6 +303,7 @@ export class Datastore {
           nextLayer: 1,
           snapshots: [],
           access: { initiators: [] },
+          ...(base ? { base } : {}),
         }
         await writeRecord(stage, r)
         try {
@@ -262,14 +322,27 @@ export class Datastore {
     })
   }
 
+  /** The linked clones whose base is `disk`'s snapshot `snapshot` (any snapshot of it when not given). */
+  private async clonesOf(disk: string, snapshot?: string): Promise<string[]> {
+    const out: string[] = []
+    for (const d of await this.listDisks()) {
+      if (d === disk) continue
+      const b = (await this.readRecord(d).catch(() => null))?.base
+      if (b && b.disk === disk && (snapshot === undefined || b.snapshot === snapshot)) out.push(d)
+    }
+    return out
+  }
+
   /** Deletes a disk: its folder is renamed into `.tandem/trash/` (gone in one step), then removed. */
   async deleteDisk(name: string): Promise<void> {
     await this.locked(name, async () => {
       await this.readRecord(name)
       this.refusePrepared(name, 'delete the disk')
+      const clones = await this.clonesOf(name)
+      if (clones.length > 0) throw Object.assign(new StorageError('Busy', `disk '${name}' is the base of linked clone(s) ${clones.map((c) => `'${c}'`).join(', ')}`), { details: { clones } })
       const open = this.openExportsOf(name)
       if (Object.keys(open).length > 0) {
-        throw new StorageError('Busy', `disk '${name}' is in use by ${Object.entries(open).map(([k, n]) => `${n} client(s) of '${k}'`).join(', ')}`)
+        throw Object.assign(new StorageError('Busy', `disk '${name}' is in use by ${this.usersOf(name)}`), { details: { connections: open, clients: this.clientsOf(name) } })
       }
       await this.dropIdle(name)
       const trash = await this.scratch(TRASH, name)
@@ -282,6 +355,44 @@ export class Datastore {
       await this.syncDir()
       await rm(trash, { recursive: true, force: true }).catch(() => undefined) // else at the next start
     })
+  }
+
+  /**
+   * Notes a client of export `exportName` under `label` (what a refusal names: `nbd ADDR:PORT`,
+   * `iscsi INITIATOR`) until the returned function is called.
+   */
+  noteClient(exportName: string, label: string): () => void {
+    const key = Symbol(label)
+    let m = this.clients.get(exportName)
+    if (!m) this.clients.set(exportName, (m = new Map()))
+    m.set(key, label)
+    return () => {
+      m.delete(key)
+      if (m.size === 0 && this.clients.get(exportName) === m) this.clients.delete(exportName)
+    }
+  }
+
+  /** Who has the disk's exports open, in words: `2 client(s) of 'd' (nbd 127.0.0.1:40312, …), 1 client(s) of 'd@s1'`. */
+  private usersOf(disk: string): string {
+    return Object.entries(this.openExportsOf(disk))
+      .map(([k, n]) => {
+        const named = [...(this.clients.get(k)?.values() ?? [])]
+        return `${n} client(s) of '${k}'${named.length ? ` (${named.join(', ')})` : ''}`
+      })
+      .join(', ')
+  }
+
+  /** The disk's exports' clients as the protocols named them, per export (those with a name). */
+  private clientsOf(disk: string): Record<string, string[]> {
+    const out: Record<string, string[]> = {}
+    for (const [k, m] of this.clients) if (parseExportName(k).disk === disk && m.size > 0) out[k] = [...m.values()]
+    return out
+  }
+
+  /** One snapshot of a disk as the REST API shows it. */
+  async describeSnapshot(disk: string, snapshot: string): Promise<SnapshotView> {
+    validName('snapshot', snapshot)
+    return this.locked(disk, async () => snapshotViewOf(await this.readRecord(disk), snapshot))
   }
 
   private openExportsOf(disk: string): Record<string, number> {
@@ -315,6 +426,7 @@ export class Datastore {
     for (const [k, h] of this.handles) if (h.refs > 0 && k === name) writers += h.refs
     return {
       name,
+      base: r.base ?? null,
       size: r.size,
       actualSize: actual,
       createdAt: r.createdAt,
@@ -417,10 +529,11 @@ export class Datastore {
     return r!
   }
 
-  async createSnapshot(disk: string, snapshot: string): Promise<SnapshotRecord> {
+  async createSnapshot(disk: string, snapshot: string, o: { description?: string } = {}): Promise<SnapshotRecord> {
     validName('snapshot', snapshot)
+    const description = validDescription(o.description)
     return this.changing(disk, async () => {
-      const plan = planCreate(await this.readRecord(disk), snapshot, new Date().toISOString())
+      const plan = planCreate(await this.readRecord(disk), snapshot, new Date().toISOString(), description)
       this.refusePrepared(disk, 'create a snapshot')
       await this.withLive(disk, async (live) => {
         const top = live?.current
@@ -484,12 +597,13 @@ export class Datastore {
    * lost its server; a kept delta would also name a CID the reopened top changes on its first
    * write).
    */
-  async prepareSnapshot(disk: string, snapshot: string): Promise<PreparedView> {
+  async prepareSnapshot(disk: string, snapshot: string, o: { description?: string } = {}): Promise<PreparedView> {
     validName('snapshot', snapshot)
+    const description = validDescription(o.description)
     return this.changing(disk, async () => {
       const r = await this.readRecord(disk)
       if (this.prepared.get(disk)?.name === snapshot) throw new StorageError('Exists', `disk '${disk}' already has a prepared snapshot '${snapshot}'`)
-      const plan = planCreate(r, snapshot, new Date().toISOString())
+      const plan = planCreate(r, snapshot, new Date().toISOString(), description)
       this.refusePrepared(disk, 'prepare another snapshot')
       const path = this.layerPath(disk, plan.top)
       let delta: VmdkImage | undefined
@@ -506,10 +620,10 @@ export class Datastore {
         await unlink(path).catch(() => undefined)
         throw e
       }
-      const p: Prepared = { name: snapshot, createdAt: plan.made.createdAt, layer: plan.top, delta: delta! }
+      const p: Prepared = { name: snapshot, createdAt: plan.made.createdAt, description, layer: plan.top, delta: delta! }
       await this.stage(p, plan.record).catch(() => undefined) // else written at the commit
       this.prepared.set(disk, p)
-      return { name: snapshot, parent: plan.made.parent, createdAt: plan.made.createdAt, state: 'prepared' }
+      return { name: snapshot, parent: plan.made.parent, createdAt: plan.made.createdAt, description, state: 'prepared' }
     })
   }
 
@@ -541,7 +655,7 @@ export class Datastore {
     return this.changing(disk, async () => {
       const r = await this.readRecord(disk)
       const p = this.preparedOf(r, snapshot)
-      const plan = planCreate(r, snapshot, p.createdAt)
+      const plan = planCreate(r, snapshot, p.createdAt, p.description)
       if (plan.top !== p.layer) throw new StorageError('Corrupt', `disk '${disk}': the prepared delta '${p.layer}' is not the record's next layer '${plan.top}'`)
       await this.withLive(disk, async (live) => {
         const top = live?.current
@@ -635,11 +749,23 @@ export class Datastore {
     await unlink(this.layerPath(disk, p.layer)).catch(() => undefined)
   }
 
-  async revertSnapshot(disk: string, snapshot: string): Promise<void> {
+  /**
+   * Reverts the disk to a snapshot. While clients have the disk's read-write export open the
+   * revert is refused (Busy, `details.connections`: export name to client count) unless `force`:
+   * the disk would change under a writer (with force their connections carry on, reading the
+   * reverted content).
+   */
+  async revertSnapshot(disk: string, snapshot: string, o: { force?: boolean } = {}): Promise<void> {
     validName('snapshot', snapshot)
     await this.changing(disk, async () => {
       const plan = planRevert(await this.readRecord(disk), snapshot)
       this.refusePrepared(disk, 'revert')
+      const writers = this.handles.get(disk)?.refs ?? 0
+      if (writers > 0 && !o.force) {
+        throw Object.assign(new StorageError('Busy', `cannot revert '${disk}' to '${snapshot}': ${this.usersOf(disk)} (force reverts under them)`), {
+          details: { connections: this.openExportsOf(disk), clients: this.clientsOf(disk) },
+        })
+      }
       await this.withTopClosed(disk, async () => {
         await this.newDelta(plan.record, plan.top, plan.parentLayer)
         await this.writeRecord(plan.record)
@@ -656,6 +782,10 @@ export class Datastore {
       if (this.prepared.get(disk)?.name === snapshot) return this.abortPrepared(disk)
       const plan = planDelete(r, snapshot)
       this.refusePrepared(disk, 'delete a snapshot')
+      const clones = await this.clonesOf(disk, snapshot)
+      if (clones.length > 0) {
+        throw Object.assign(new StorageError('Busy', `cannot delete snapshot '${snapshot}' of '${disk}': it is the base of linked clone(s) ${clones.map((c) => `'${c}'`).join(', ')}`), { details: { clones } })
+      }
       const snapExports = Object.entries(this.openExportsOf(disk)).filter(([k]) => k.includes('@'))
       if (snapExports.length > 0) {
         throw new StorageError('Busy', `cannot delete snapshot '${snapshot}': snapshot exports of '${disk}' are open (${snapExports.map(([k]) => k).join(', ')})`)
@@ -680,7 +810,7 @@ export class Datastore {
    * Handles are shared by every client of the same export (so flush and multi-conn are safe)
    * and kept open for a while after the last client leaves.
    */
-  async openExport(exportName: string): Promise<ExportHandle> {
+  async openExport(exportName: string, o: { client?: string } = {}): Promise<ExportHandle> {
     const { disk, snapshot } = parseExportName(exportName)
     return this.locked(disk, async () => {
       const r = await this.readRecord(disk)
@@ -707,6 +837,7 @@ export class Datastore {
       this.handles.set(exportName, h)
       h.refs++
       const handle = h
+      const unnote = o.client === undefined ? () => undefined : this.noteClient(exportName, o.client)
       let released = false
       return {
         name: exportName,
@@ -715,6 +846,7 @@ export class Datastore {
         release: async () => {
           if (released) return
           released = true
+          unnote()
           await handle.dev.flush().catch(() => undefined)
           handle.refs--
           if (handle.refs === 0 && this.handles.get(exportName) === handle) {

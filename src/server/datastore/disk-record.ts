@@ -10,6 +10,8 @@ export interface SnapshotRecord {
   /** the snapshot that was current when this one was taken; null for a first snapshot */
   parent: string | null
   createdAt: string
+  /** what the operator said it is (absent in records written before descriptions were kept) */
+  description?: string
 }
 
 export interface AccessRecord {
@@ -30,6 +32,11 @@ export interface DiskRecord {
   nextLayer: number
   snapshots: SnapshotRecord[]
   access: AccessRecord
+  /**
+   * a linked clone's base: the source disk's snapshot whose layer the clone's first layer reads
+   * through to (shared, read-only; the source refuses to delete it while the clone exists)
+   */
+  base?: { disk: string; snapshot: string }
 }
 
 export const RECORD = 'disk.json'

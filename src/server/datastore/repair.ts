@@ -1,5 +1,5 @@
 import { readdir, rm, stat, unlink } from 'node:fs/promises'
-import { basename, join } from 'node:path'
+import { basename, dirname, join, resolve } from 'node:path'
 import { isStorageError } from '../../disk-formats/errors.js'
 import { datasync, openFile, pwriteFull } from '../../disk-formats/file-io.js'
 import { checkImage, createVmdk, VmdkImage } from '../../disk-formats/vmdk/index.js'
@@ -55,7 +55,8 @@ export async function repairDisk(diskDir: string, name: string, opts: RepairOpti
   const done: string[] = []
   const named = layersOf(r)
   for (const f of entries) {
-    if (RECORD_TMP.test(f) || (LAYER_FILE.test(f) && !named.has(f) && f !== opts.keep)) {
+    // with a snapshot prepared (keep), its staged record (`…-prepared`) is its commit's: it stays too
+    if ((RECORD_TMP.test(f) && !(opts.keep !== undefined && f.endsWith('-prepared'))) || (LAYER_FILE.test(f) && !named.has(f) && f !== opts.keep)) {
       await unlink(join(diskDir, f)).catch(() => undefined)
       done.push(`removed '${f}', left by an operation that did not finish`)
     }
@@ -137,7 +138,8 @@ async function parentLayerOf(path: string): Promise<string | null | undefined> {
     const img = await VmdkImage.open(path, { readOnly: true })
     const p = img.parentPath
     await img.close()
-    return p === undefined ? null : basename(p)
+    // a parent outside the disk's folder is a linked clone's base: no layer of this disk
+    return p === undefined || resolve(dirname(p)) !== resolve(dirname(path)) ? null : basename(p)
   } catch {
     return undefined
   }

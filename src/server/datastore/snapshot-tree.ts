@@ -13,8 +13,25 @@ import { validName } from './names.js'
  *   snapshot is current) onto its parent's layer and removes the layer.
  */
 
-/** A snapshot as the REST API and `tandem snapshot list` show it. */
-export type SnapshotView = Omit<SnapshotRecord, 'layer'> & { isCurrent: boolean }
+/** A snapshot as the REST API and `tandem snapshot list` show it ("" when it has no description). */
+export type SnapshotView = Omit<SnapshotRecord, 'layer' | 'description'> & { description: string; isCurrent: boolean }
+
+/** Longest snapshot description kept. */
+export const MAX_DESCRIPTION = 1024
+
+/** A description as given: a string of at most MAX_DESCRIPTION characters (InvalidArgument otherwise). */
+export function validDescription(d: unknown): string {
+  if (d === undefined) return ''
+  if (typeof d !== 'string' || d.length > MAX_DESCRIPTION || /[\u0000-\u0008\u000b-\u001f\u007f]/.test(d)) {
+    throw new StorageError('InvalidArgument', `a snapshot description is text of at most ${MAX_DESCRIPTION} characters (no control characters but tab and newline)`)
+  }
+  return d
+}
+
+/** One snapshot as the REST API shows it. */
+export function snapshotView(r: DiskRecord, s: SnapshotRecord): SnapshotView {
+  return { name: s.name, parent: s.parent, createdAt: s.createdAt, description: s.description ?? '', isCurrent: s.name === r.current }
+}
 
 /** The name of layer number `n` of a disk (`l-0000.vmdk`; LAYER_FILE matches it). */
 export function layerName(n: number): string {
@@ -52,7 +69,12 @@ export function chainOf(r: DiskRecord): string[] {
 
 /** The tree as the REST API returns it: each snapshot with its parent, and which is current. */
 export function snapshotViews(r: DiskRecord): SnapshotView[] {
-  return r.snapshots.map(({ name, parent, createdAt }) => ({ name, parent, createdAt, isCurrent: name === r.current }))
+  return r.snapshots.map((s) => snapshotView(r, s))
+}
+
+/** One snapshot's view: NotFound if there is no such snapshot. */
+export function snapshotViewOf(r: DiskRecord, name: string): SnapshotView {
+  return snapshotView(r, mustFind(r, name))
 }
 
 function copy(r: DiskRecord): DiskRecord {
@@ -67,11 +89,11 @@ export interface CreatePlan {
 }
 
 /** Snapshot create: Exists if the name is taken. */
-export function planCreate(r: DiskRecord, snapshot: string, createdAt: string): CreatePlan {
+export function planCreate(r: DiskRecord, snapshot: string, createdAt: string, description = ''): CreatePlan {
   validName('snapshot', snapshot)
   if (findSnapshot(r, snapshot)) throw new StorageError('Exists', `disk '${r.name}' already has a snapshot '${snapshot}'`)
   const record = copy(r)
-  const made: SnapshotRecord = { name: snapshot, layer: r.top, parent: r.current, createdAt }
+  const made: SnapshotRecord = { name: snapshot, layer: r.top, parent: r.current, createdAt, ...(description ? { description } : {}) }
   const top = layerName(record.nextLayer++)
   record.top = top
   record.snapshots.push(made)

@@ -3,7 +3,8 @@ import type { Logger } from 'pino'
 import { isStorageError, StorageError } from '../../disk-formats/errors.js'
 import { IQN_PREFIX, validIdentity, validKey, type Datastore, type DiskInfo, type PskKeys } from '../datastore/index.js'
 import type { Metrics } from '../metrics.js'
-import { jsonErrors, noRoute } from './errors.js'
+import { jsonErrors, noRoute, wrongMethod } from './errors.js'
+import { requireToken, type ApiAuth } from './auth.js'
 import { openApi } from './openapi.js'
 import { consoleRoutes } from './console.js'
 import type { LockspaceView } from '../locks.js'
@@ -23,6 +24,8 @@ export interface AppOptions {
   advertise: { host: string; nbdPort: number; iscsiPort: number }
   /** where the hosts' REST APIs are (default: a new, empty registry) */
   hosts?: HostRegistry
+  /** who may ask (auth.ts): the server's token, or AUTH_OFF_FOR_TESTS given explicitly */
+  auth: ApiAuth
 }
 
 /** The lock a VM holds while it runs on a host (`tandem host`). */
@@ -66,6 +69,7 @@ export function createApp(o: AppOptions): express.Express {
   // the console's files (GET/HEAD of one path segment) come before any check of who is asking:
   // the page must load to ask for the API token
   app.get(/^\/[^/]*$/, consoleRoutes())
+  app.use(requireToken(o.auth))
   app.use(express.json({ limit: '64kb' }))
   const view = (d: DiskInfo) => ({
     ...d,
@@ -122,6 +126,17 @@ export function createApp(o: AppOptions): express.Express {
       res.status(204).end()
     }),
   )
+  app.post(
+    '/api/v1/disks/:name/clones',
+    wrap(async (req, res) => {
+      const b = body(req)
+      if (typeof b.name !== 'string') throw new StorageError('InvalidArgument', 'missing "name" (the new disk)')
+      if (b.snapshot !== undefined && typeof b.snapshot !== 'string') throw new StorageError('InvalidArgument', '"snapshot" must be a snapshot name')
+      if (b.linked !== undefined && typeof b.linked !== 'boolean') throw new StorageError('InvalidArgument', '"linked" must be true or false')
+      const d = await ds.cloneDisk(req.params.name as string, b.name, { snapshot: b.snapshot as string | undefined, linked: b.linked !== false })
+      res.status(201).location(`/api/v1/disks/${d.name}`).json(view(d))
+    }),
+  )
   app.get(
     '/api/v1/disks/:name/snapshots',
     wrap(async (req, res) => {
@@ -135,28 +150,38 @@ export function createApp(o: AppOptions): express.Express {
       const b = body(req)
       if (b.name === undefined) throw new StorageError('InvalidArgument', 'missing "name"')
       if (b.prepare !== undefined && typeof b.prepare !== 'boolean') throw new StorageError('InvalidArgument', '"prepare" must be true or false')
+      if (b.description !== undefined && typeof b.description !== 'string') throw new StorageError('InvalidArgument', '"description" must be a string')
+      const description = b.description as string | undefined
       if (b.prepare) {
-        const p = await ds.prepareSnapshot(req.params.name as string, b.name as string)
+        const p = await ds.prepareSnapshot(req.params.name as string, b.name as string, { description })
         res.status(201).json({ ...p, isCurrent: false })
         return
       }
-      const s = await ds.createSnapshot(req.params.name as string, b.name as string)
-      res.status(201).json({ name: s.name, parent: s.parent, createdAt: s.createdAt, isCurrent: true, state: 'committed' })
+      const s = await ds.createSnapshot(req.params.name as string, b.name as string, { description })
+      res.status(201).location(`/api/v1/disks/${req.params.name}/snapshots/${s.name}`).json({ name: s.name, parent: s.parent, createdAt: s.createdAt, description: s.description ?? '', isCurrent: true, state: 'committed' })
     }),
   )
   app.post(
     '/api/v1/disks/:name/snapshots/:snap/commit',
     wrap(async (req, res) => {
       const s = await ds.commitSnapshot(req.params.name as string, req.params.snap as string)
-      res.json({ name: s.name, parent: s.parent, createdAt: s.createdAt, isCurrent: true, state: 'committed' })
+      res.json({ name: s.name, parent: s.parent, createdAt: s.createdAt, description: s.description ?? '', isCurrent: true, state: 'committed' })
     }),
   )
   app.post(
     '/api/v1/disks/:name/snapshots/:snap/revert',
     wrap(async (req, res) => {
-      await ds.revertSnapshot(req.params.name as string, req.params.snap as string)
+      const b = body(req)
+      if (b.force !== undefined && typeof b.force !== 'boolean') throw new StorageError('InvalidArgument', '"force" must be true or false')
+      await ds.revertSnapshot(req.params.name as string, req.params.snap as string, { force: b.force === true })
       const d = await ds.describe(req.params.name as string)
       res.json({ current: d.current, snapshots: d.snapshots })
+    }),
+  )
+  app.get(
+    '/api/v1/disks/:name/snapshots/:snap',
+    wrap(async (req, res) => {
+      res.json(await ds.describeSnapshot(req.params.name as string, req.params.snap as string))
     }),
   )
   app.delete(
@@ -274,6 +299,7 @@ export function createApp(o: AppOptions): express.Express {
       res.type(metrics.registry.contentType).send(await metrics.registry.metrics())
     }),
   )
+  app.use(wrongMethod(app))
   app.use(noRoute)
   app.use(jsonErrors(o.log))
   return app

@@ -1,4 +1,4 @@
-import type { NextFunction, Request, Response } from 'express'
+import type { Express, NextFunction, Request, Response } from 'express'
 import type { Logger } from 'pino'
 import { isStorageError, type StorageErrorCode } from '../../disk-formats/errors.js'
 
@@ -35,6 +35,27 @@ const isUnavailable = (e: unknown): boolean => isStorageError(e) && (e as { unav
 /** A route that does not exist: 404 JSON. */
 export function noRoute(req: Request, res: Response): void {
   res.status(404).json({ error: { code: 'NotFound', message: `no route for ${req.method} ${req.path}` } })
+}
+
+interface RouteLayer {
+  match(path: string): boolean
+  route?: { _methods(): string[] }
+}
+
+/**
+ * A known path asked with a method it does not have: 405 JSON with `Allow` (put after every
+ * route, before noRoute). The methods are the app's own routes', so the answer cannot drift.
+ */
+export function wrongMethod(app: Express) {
+  return (req: Request, res: Response, next: NextFunction): void => {
+    const stack = (app as unknown as { router: { stack: RouteLayer[] } }).router.stack
+    const allowed = new Set<string>()
+    for (const l of stack) if (l.route && l.match(req.path)) for (const m of l.route._methods()) allowed.add(m.toUpperCase())
+    if (allowed.size === 0) return next()
+    if (allowed.has('GET')) allowed.add('HEAD')
+    const allow = [...allowed].sort().join(', ')
+    res.status(405).set('allow', allow).json({ error: { code: 'MethodNotAllowed', message: `${req.method} is not allowed on ${req.path} (allowed: ${allow})` } })
+  }
 }
 
 /**

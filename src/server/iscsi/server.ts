@@ -68,7 +68,12 @@ export class IscsiServer {
         if (!(await ds.listDisks()).includes(disk)) return { refused: 'not-found' }
         if (!(await this.allowed(disk, initiator))) return { refused: 'not-authorized' }
         const chap = (await ds.readRecord(disk)).access.chap
-        return { name: disk, open: () => this.unit(disk), ...(chap ? { chap } : {}) }
+        const open = async () => {
+          const u = await this.unit(disk)
+          const unnote = ds.noteClient(disk, `iscsi ${initiator}`)
+          return { lu: u.lu, release: () => (unnote(), u.release()) }
+        }
+        return { name: disk, open, ...(chap ? { chap } : {}) }
       },
       reinstate: async (key, conn) => {
         const old = this.sessions.get(key)

@@ -305,7 +305,7 @@ export class NbdConnection {
 
   private async openExport(name: string): Promise<void> {
     if (name === '') throw new StorageError('NotFound', 'no default export: name a disk (nbd://host/DISK) or DISK@SNAPSHOT')
-    this.handle = await this.ds.openExport(name)
+    this.handle = await this.ds.openExport(name, { client: `nbd ${this.sock.remoteAddress}:${this.sock.remotePort}` })
   }
 
   /** NBD_REP_INFO data of a kind that carries text (NBD_INFO_NAME, NBD_INFO_DESCRIPTION). */

@@ -2,7 +2,7 @@ import t, { type Test } from 'tap'
 import { existsSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { needs, pattern, rng, run, shmTmp } from '../../helpers/peers.js'
-import { startServer } from '../../helpers/server.js'
+import { bearer, startServer } from '../../helpers/server.js'
 import { createVmdk } from '../../../src/disk-formats/index.js'
 import { NbdClient } from '../../../src/client/transport/nbd/index.js'
 import { openSwitchableDisk } from '../../../src/client/checkpoint/local-switch.js'
@@ -84,7 +84,7 @@ t.test('a server disk: prepared while an NBD writer writes, switched with the wr
   const s = await startServer(t)
   const url = `http://127.0.0.1:${s.httpPort}`
   const dir = shmTmp(t, 'tandem-switch-')
-  const created = await fetch(`${url}/api/v1/disks`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'vm', size: SIZE }) })
+  const created = await fetch(`${url}/api/v1/disks`, { method: 'POST', headers: { 'content-type': 'application/json', ...bearer(s.apiToken) }, body: JSON.stringify({ name: 'vm', size: SIZE }) })
   t.equal(created.status, 201)
   const nbd = await NbdClient.connect(s.uri('vm'))
   t.teardown(() => nbd.close().catch(() => undefined))
@@ -126,7 +126,7 @@ t.test('a server disk: prepared while an NBD writer writes, switched with the wr
 t.test('a server disk switched while an NBD writer keeps writing: every acknowledged write reads back, the chain checks clean', needs('qemu-img'), async (t) => {
   const s = await startServer(t)
   const url = `http://127.0.0.1:${s.httpPort}`
-  await fetch(`${url}/api/v1/disks`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'vm', size: SIZE }) })
+  await fetch(`${url}/api/v1/disks`, { method: 'POST', headers: { 'content-type': 'application/json', ...bearer(s.apiToken) }, body: JSON.stringify({ name: 'vm', size: SIZE }) })
   const nbd = await NbdClient.connect(s.uri('vm'))
   t.teardown(() => nbd.close().catch(() => undefined))
   const w = writer(nbd, 3)
@@ -156,7 +156,7 @@ t.test('a server disk: abort, and the REST errors of prepare and commit', async 
   const s = await startServer(t)
   const url = `http://127.0.0.1:${s.httpPort}`
   const call = async (method: string, path: string, body?: unknown) => {
-    const r = await fetch(`${url}/api/v1${path}`, { method, headers: body ? { 'content-type': 'application/json' } : {}, body: body ? JSON.stringify(body) : undefined })
+    const r = await fetch(`${url}/api/v1${path}`, { method, headers: { ...(body ? { 'content-type': 'application/json' } : {}), ...bearer(s.apiToken) }, body: body ? JSON.stringify(body) : undefined })
     const text = await r.text()
     return { status: r.status, body: text ? JSON.parse(text) : null }
   }

@@ -5,14 +5,17 @@ import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { CLI, run, tmp } from '../../helpers/peers.js'
 import { leaseServer, running, startHost } from '../../helpers/host-process.js'
+import { bearer } from '../../helpers/server.js'
 import { startSwitch } from '../../helpers/switch-process.js'
 import { ftHostName, type VmInfo } from '../../../src/client/host/index.js'
 
 const VM_MAC = '02:00:00:00:00:42'
 const tandem = (...args: string[]) => run(process.execPath, [CLI, ...args], { timeout: 120_000 })
 type ErrorBody = { error?: { code: string; message: string } }
+/** the REST token of the current test's server (set after leaseServer), sent with every api() request */
+let token = ''
 async function api<T = Record<string, unknown>>(base: string, method: string, path: string, body?: unknown): Promise<{ status: number; body: T & ErrorBody; text: string }> {
-  const r = await fetch(`${base}${path}`, { method, headers: body === undefined ? {} : { 'content-type': 'application/json' }, body: body === undefined ? undefined : JSON.stringify(body) })
+  const r = await fetch(`${base}${path}`, { method, headers: { ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...bearer(token) }, body: body === undefined ? undefined : JSON.stringify(body) })
   const text = await r.text()
   return { status: r.status, body: JSON.parse(text) as T & ErrorBody, text }
 }
@@ -47,6 +50,7 @@ const metric = (text: string, re: RegExp): number | null => {
 t.test('vm start --ft: host A runs the primary, host B the backup; the primary SIGKILLed under kv load, B shows it live and every acknowledged key is there', async (t) => {
   const dir = tmp(t, 'tandem-host-ft-')
   const s = await leaseServer(t)
+  token = s.token
   const [a, b] = await Promise.all([startHost(t, 'host-a', s.url), startHost(t, 'host-b', s.url)])
   const sw = await startSwitch(t)
   const start = await tandem('vm', 'start', 'vm1', '--host', a.url, '--ft', b.url, '--guest', 'kvstore', '--switch', sw.url, '--mac', VM_MAC)
@@ -99,6 +103,7 @@ t.test('vm start --ft: host A runs the primary, host B the backup; the primary S
 
 t.test('a pair on a datastore disk (disklog over iSCSI from both hosts, backup reads from the log): the primary SIGKILLed, the live backup appends on; a later start finds every synced record', async (t) => {
   const s = await leaseServer(t)
+  token = s.token
   const [a, b] = await Promise.all([startHost(t, 'host-a', s.url), startHost(t, 'host-b', s.url)])
   t.equal((await api(s.url, 'POST', '/api/v1/disks', { name: 'd1', size: '64M' })).status, 201)
   const start = await tandem('vm', 'start', 'vm1', '--host', a.url, '--ft', b.url, '--guest', 'disklog', '--disk', 'd1', '--backup-reads', 'log', '--json')
@@ -127,6 +132,7 @@ t.test('a pair on a datastore disk (disklog over iSCSI from both hosts, backup r
 
 t.test('bad pair requests: 4xx JSON naming the problem; an unreachable backup host leaves nothing running', async (t) => {
   const s = await leaseServer(t)
+  token = s.token
   const a = await startHost(t, 'host-a', s.url)
   const bad: [unknown, number, RegExp][] = [
     [{ name: 'w', guest: 'kvstore', ft: 'http://x' }, 400, /"ft" must be an object/],

@@ -1,13 +1,16 @@
 import t, { type Test } from 'tap'
 import { CLI, run } from '../../helpers/peers.js'
 import { LEASE, leaseServer, running, startHost } from '../../helpers/host-process.js'
+import { bearer } from '../../helpers/server.js'
 import type { VmInfo } from '../../../src/client/host/index.js'
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 const tandem = (...args: string[]) => run(process.execPath, [CLI, ...args], { timeout: 60_000 })
 type ErrorBody = { error?: { code: string; message: string; holder?: string | null } }
+/** the REST token of the current test's server (set after leaseServer), sent with every api() request */
+let token = ''
 async function api<T = Record<string, unknown>>(base: string, method: string, path: string, body?: unknown): Promise<{ status: number; body: T & ErrorBody; text: string }> {
-  const r = await fetch(`${base}${path}`, { method, headers: body === undefined ? {} : { 'content-type': 'application/json' }, body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body) })
+  const r = await fetch(`${base}${path}`, { method, headers: { ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...bearer(token) }, body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body) })
   const text = await r.text()
   return { status: r.status, body: JSON.parse(text) as T & ErrorBody, text }
 }
@@ -18,6 +21,7 @@ const vmOf = async (host: string, name: string) => (await api<VmInfo>(host, 'GET
 
 t.test('a host joins the lockspace; vm start, ls and stop through the CLI; the server shows which VM runs where', async (t) => {
   const s = await leaseServer(t)
+  token = s.token
   const a = await startHost(t, 'host-a', s.url)
   const hosts = (await api<Hosts>(s.url, 'GET', '/api/v1/hosts')).body.hosts
   t.match(hosts.find((h) => h.name === 'host-a'), { api: a.url, vms: [] }, 'joined, and registered its API with the server')
@@ -77,6 +81,7 @@ t.test('a host joins the lockspace; vm start, ls and stop through the CLI; the s
 
 t.test('a VM runs on one host at a time: a second host is refused, naming the holder', async (t) => {
   const s = await leaseServer(t)
+  token = s.token
   const [a, b] = await Promise.all([startHost(t, 'host-a', s.url), startHost(t, 'host-b', s.url)])
   t.equal((await tandem('vm', 'start', 'vm1', '--host', a.url, ...KV)).status, 0)
   const refused = await tandem('vm', 'start', 'vm1', '--host', b.url, ...KV)
@@ -99,6 +104,7 @@ t.test('a VM runs on one host at a time: a second host is refused, naming the ho
 /** A server, host-a running vm1 (a kvstore), and host-b. */
 async function vm1OnHostA(t: Test) {
   const s = await leaseServer(t)
+  token = s.token
   const [a, b] = await Promise.all([startHost(t, 'host-a', s.url), startHost(t, 'host-b', s.url)])
   t.equal((await tandem('vm', 'start', 'vm1', '--host', a.url, ...KV)).status, 0)
   return { s, a, b, onA: await vmOf(a.url, 'vm1') }

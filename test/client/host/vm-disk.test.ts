@@ -2,6 +2,7 @@ import t from 'tap'
 import { join } from 'node:path'
 import { CLI, shStatus, shmTmp } from '../../helpers/peers.js'
 import { leaseServer, startHost } from '../../helpers/host-process.js'
+import { bearer } from '../../helpers/server.js'
 import { parseStartRequest, vmRunArgs, type VmInfo } from '../../../src/client/host/index.js'
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
@@ -35,7 +36,7 @@ t.test('a VM\'s CPU limit: checked once at the edge, then run as vm run --cpu-li
 
 t.test('a VM\'s datastore disk: the host asks the server for its iSCSI target and runs the VM on it as iqn…:vm:<name>', async (t) => {
   const s = await leaseServer(t)
-  const created = await fetch(`${s.url}/api/v1/disks`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'd1', size: '64M' }) })
+  const created = await fetch(`${s.url}/api/v1/disks`, { method: 'POST', headers: { 'content-type': 'application/json', ...bearer(s.token) }, body: JSON.stringify({ name: 'd1', size: '64M' }) })
   t.equal(created.status, 201)
   const a = await startHost(t, 'host-a', s.url)
   const r = await post(a.url, '/api/v1/vms', { name: 'dvm', guest: 'diskio', disk: 'd1', memory: 32 << 20 })
@@ -63,7 +64,7 @@ t.test('a VM\'s datastore disk: the host asks the server for its iSCSI target an
 
 t.test('a checkpoint of a VM on a host: its datastore disk switched onto a prepared snapshot while it runs on', async (t) => {
   const s = await leaseServer(t)
-  const created = await fetch(`${s.url}/api/v1/disks`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'd2', size: '16M' }) })
+  const created = await fetch(`${s.url}/api/v1/disks`, { method: 'POST', headers: { 'content-type': 'application/json', ...bearer(s.token) }, body: JSON.stringify({ name: 'd2', size: '16M' }) })
   t.equal(created.status, 201)
   const a = await startHost(t, 'host-a', s.url)
   const r = await post(a.url, '/api/v1/vms', { name: 'dlog', guest: 'disklog', disk: 'd2', memory: 16 << 20 })
@@ -89,7 +90,7 @@ t.test('a checkpoint of a VM on a host: its datastore disk switched onto a prepa
   t.equal((await fetch(`${a.url}/api/v1/vms/dlog`, { method: 'DELETE' })).status, 200)
   // the disk back as it was at the checkpoint, then the VM restored on the host from the file
   const snap = sum.disk.split('@')[1]
-  t.equal((await fetch(`${s.url}/api/v1/disks/d2/snapshots/${snap}/revert`, { method: 'POST' })).status, 200, 'd2 reverted to the checkpoint\'s snapshot')
+  t.equal((await fetch(`${s.url}/api/v1/disks/d2/snapshots/${snap}/revert`, { method: 'POST', headers: bearer(s.token) })).status, 200, 'd2 reverted to the checkpoint\'s snapshot')
   const back = shStatus(process.execPath, [CLI, 'vm', 'restore', file, '--host', a.url, '--name', 'dlog', '--disk', 'd2', '--json'])
   t.equal(back.status, 0, back.stderr)
   t.match(JSON.parse(back.stdout), { name: 'dlog', state: 'running', disk: 'd2', memory: 16 << 20 }, 'restored on the host, its memory size from the checkpoint')

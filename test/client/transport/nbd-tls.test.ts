@@ -4,7 +4,7 @@ import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { spawn } from 'node:child_process'
 import { needs, pattern, run, tmp } from '../../helpers/peers.js'
-import { startServer } from '../../helpers/server.js'
+import { bearer, startServer } from '../../helpers/server.js'
 import { NbdClient } from '../../../src/client/transport/nbd/index.js'
 import { parseNbdUri } from '../../../src/client/transport/nbd/uri.js'
 
@@ -12,8 +12,8 @@ import { parseNbdUri } from '../../../src/client/transport/nbd/uri.js'
 const ALICE = randomBytes(32).toString('hex')
 const BOB = randomBytes(32).toString('hex')
 
-async function api(port: number, method: string, path: string, body: unknown): Promise<number> {
-  return (await fetch(`http://127.0.0.1:${port}${path}`, { method, headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })).status
+async function api(s: { httpPort: number; apiToken: string | null }, method: string, path: string, body: unknown): Promise<number> {
+  return (await fetch(`http://127.0.0.1:${s.httpPort}${path}`, { method, headers: { 'content-type': 'application/json', ...bearer(s.apiToken) }, body: JSON.stringify(body) })).status
 }
 
 t.test('nbds:// URIs: the key file, the identity, and what is refused before connecting', async (t) => {
@@ -26,9 +26,9 @@ t.test('nbds:// URIs: the key file, the identity, and what is refused before con
 t.test('against Tandem (TLS required): alice reads and writes her disk; bob, a wrong key and plain NBD are refused', async (t) => {
   const s = await startServer(t, { tls: 'required' })
   await s.ds.createDisk('secret', 4 << 20)
-  t.equal(await api(s.httpPort, 'PUT', '/api/v1/disks/secret/access', { initiators: ['alice'] }), 200)
-  t.equal(await api(s.httpPort, 'PUT', '/api/v1/nbd/keys/alice', { key: ALICE }), 201)
-  t.equal(await api(s.httpPort, 'PUT', '/api/v1/nbd/keys/bob', { key: BOB }), 201)
+  t.equal(await api(s, 'PUT', '/api/v1/disks/secret/access', { initiators: ['alice'] }), 200)
+  t.equal(await api(s, 'PUT', '/api/v1/nbd/keys/alice', { key: ALICE }), 201)
+  t.equal(await api(s, 'PUT', '/api/v1/nbd/keys/bob', { key: BOB }), 201)
   const keys = join(s.dir, '.tandem', 'keys.psk')
   const uri = (who: string, file = keys) => `nbds://${who}@127.0.0.1:${s.nbdPort}/secret?tls-psk-file=${encodeURIComponent(file)}`
 

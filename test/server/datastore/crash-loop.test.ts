@@ -3,7 +3,7 @@ import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statfsSync, 
 import { join } from 'node:path'
 import { tmpdir } from 'node:os'
 import { pattern, rng, run, shmTmp, tandem } from '../../helpers/peers.js'
-import { startServe } from '../../helpers/server.js'
+import { bearer, startServe } from '../../helpers/server.js'
 
 type ServeProcess = Awaited<ReturnType<typeof startServe>>
 import { TestNbdClient } from '../../helpers/nbd-client.js'
@@ -58,7 +58,7 @@ async function api(p: ServeProcess, method: string, path: string, body?: unknown
   try {
     const res = await fetch(`http://127.0.0.1:${p.httpPort}/api/v1${path}`, {
       method,
-      headers: body ? { 'content-type': 'application/json' } : {},
+      headers: { ...(body ? { 'content-type': 'application/json' } : {}), ...bearer(p.token) },
       body: body ? JSON.stringify(body) : undefined,
     })
     const text = await res.text()
@@ -244,7 +244,7 @@ async function adminStep(l: Loop, p: ServeProcess, clients: Map<string, TestNbdC
   } else if (k % 2 === 0) {
     const name = snaps[l.r() % snaps.length]
     l.pending = { kind: 'revert', disk, name }
-    const res = await api(p, 'POST', `/disks/${disk}/snapshots/${name}/revert`)
+    const res = await api(p, 'POST', `/disks/${disk}/snapshots/${name}/revert`, { force: true })
     if (answered(l, 'revert', res.status, [200])) m.current = Buffer.from(m.snaps.get(name)!)
   } else {
     const name = snaps[l.r() % snaps.length]

@@ -12,6 +12,7 @@ process.env.TANDEM_SYNC_IO = '0'
 const { Datastore } = await import('../../../src/server/datastore/index.js')
 const { checkImage, isStorageError } = await import('../../../src/disk-formats/index.js')
 const { createApp } = await import('../../../src/server/http/app.js')
+const { AUTH_OFF_FOR_TESTS } = await import('../../../src/server/http/auth.js')
 const { Metrics } = await import('../../../src/server/metrics.js')
 type Datastore = Awaited<ReturnType<typeof Datastore.open>>
 
@@ -283,7 +284,7 @@ t.test('a snapshot delete that runs out of space answers NoSpace (507), the conn
   cpSync(template, dir, { recursive: true })
   const ds = await Datastore.open(dir)
   t.teardown(() => ds.close())
-  const app = createApp({ ds, log: pino({ level: 'silent' }), metrics: new Metrics({ processMetrics: false }), advertise: { host: '127.0.0.1', nbdPort: 1, iscsiPort: 1 } })
+  const app = createApp({ ds, log: pino({ level: 'silent' }), metrics: new Metrics({ processMetrics: false }), advertise: { host: '127.0.0.1', nbdPort: 1, iscsiPort: 1 }, auth: AUTH_OFF_FOR_TESTS })
   faults.arm(Math.floor(steps.get('a')! / 2), 'ENOSPC') // inside the rebase of b's layer
   const res = await request(app).delete('/api/v1/disks/d/snapshots/a')
   faults.disarm()

@@ -48,7 +48,7 @@ t.test('prepare makes the delta while the writer goes on and changes nothing; co
   while (w.count < 5) await new Promise((r) => setTimeout(r, 1))
   const before = layers(dir)
   const p = await ds.prepareSnapshot('d', 'cp')
-  t.same(p, { name: 'cp', parent: null, createdAt: p.createdAt, state: 'prepared' })
+  t.same(p, { name: 'cp', parent: null, createdAt: p.createdAt, description: '', state: 'prepared' })
   t.equal(layers(dir).length, before.length + 1, 'the delta exists')
   const r0 = await ds.readRecord('d')
   t.same(r0.snapshots, [], 'no snapshot yet')
@@ -190,4 +190,14 @@ t.test('the commit answers before the old top is frozen; the disk\'s next reques
   t.same(await snap.device.read(0, 64 * K), pattern(64 * K, 1))
   const check = await run('qemu-img', ['check', '-f', 'vmdk', join(dir, 'd', 'l-0000.vmdk')])
   t.equal(check.status, 0, `the frozen layer checks clean without -U: ${check.stdout}${check.stderr}`)
+})
+
+t.test('a refused change while a snapshot is prepared leaves the commit working (the repair before the next change kept its staged record)', async (t) => {
+  const { ds } = await openDisk(t)
+  await ds.createSnapshot('d', 's1')
+  await ds.prepareSnapshot('d', 'cp')
+  await t.rejects(ds.commitSnapshot('d', 's1'), code('Busy'), 'a committed one: refused')
+  const c = await ds.commitSnapshot('d', 'cp')
+  t.equal(c.name, 'cp')
+  t.equal((await ds.readRecord('d')).current, 'cp')
 })

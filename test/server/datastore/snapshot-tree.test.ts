@@ -79,10 +79,10 @@ t.test('revert puts a new top on the snapshot and discards the old top; a later 
 t.test('the tree the REST API shows: each snapshot with its parent, the current one marked, no layer names', async (t) => {
   const r = tree()
   t.same(snapshotViews(r), [
-    { name: 'a', parent: null, createdAt: AT, isCurrent: false },
-    { name: 'b', parent: 'a', createdAt: AT, isCurrent: false },
-    { name: 'c', parent: 'b', createdAt: AT, isCurrent: false },
-    { name: 'd', parent: 'b', createdAt: AT, isCurrent: true },
+    { name: 'a', parent: null, createdAt: AT, description: '', isCurrent: false },
+    { name: 'b', parent: 'a', createdAt: AT, description: '', isCurrent: false },
+    { name: 'c', parent: 'b', createdAt: AT, description: '', isCurrent: false },
+    { name: 'd', parent: 'b', createdAt: AT, description: '', isCurrent: true },
   ])
   t.same(chainOf(r), [r.top, 'l-0004.vmdk', 'l-0001.vmdk', 'l-0000.vmdk'])
 })

@@ -3,13 +3,14 @@ import request from 'supertest'
 import { pino } from 'pino'
 import { Datastore } from '../../../src/server/datastore/index.js'
 import { createApp } from '../../../src/server/http/app.js'
+import { AUTH_OFF_FOR_TESTS } from '../../../src/server/http/auth.js'
 import { Metrics } from '../../../src/server/metrics.js'
 import { tmp, pattern } from '../../helpers/peers.js'
 
 async function app(t: { teardown(fn: () => unknown): void }) {
   const ds = await Datastore.open(tmp(t, 'tandem-api-'))
   t.teardown(() => ds.close())
-  const a = createApp({ ds, log: pino({ level: 'silent' }), metrics: new Metrics({ processMetrics: false }), advertise: { host: '127.0.0.1', nbdPort: 10809, iscsiPort: 3260 } })
+  const a = createApp({ ds, log: pino({ level: 'silent' }), metrics: new Metrics({ processMetrics: false }), advertise: { host: '127.0.0.1', nbdPort: 10809, iscsiPort: 3260 }, auth: AUTH_OFF_FOR_TESTS })
   return { ds, a }
 }
 

@@ -3,6 +3,7 @@ import type { AddressInfo } from 'node:net'
 import { pino } from 'pino'
 import { Datastore } from '../../../src/server/datastore/index.js'
 import { createApp } from '../../../src/server/http/app.js'
+import { AUTH_OFF_FOR_TESTS } from '../../../src/server/http/auth.js'
 import { Metrics } from '../../../src/server/metrics.js'
 import { tmp } from '../../helpers/peers.js'
 
@@ -11,7 +12,7 @@ const TiB = 2 ** 40
 /** The REST app on an ephemeral loopback port; its base URL. */
 async function serve(t: { teardown(fn: () => unknown): void }): Promise<string> {
   const ds = await Datastore.open(tmp(t, 'tandem-big-'))
-  const app = createApp({ ds, log: pino({ level: 'silent' }), metrics: new Metrics({ processMetrics: false }), advertise: { host: '127.0.0.1', nbdPort: 10809, iscsiPort: 3260 } })
+  const app = createApp({ ds, log: pino({ level: 'silent' }), metrics: new Metrics({ processMetrics: false }), advertise: { host: '127.0.0.1', nbdPort: 10809, iscsiPort: 3260 }, auth: AUTH_OFF_FOR_TESTS })
   const server = app.listen(0, '127.0.0.1')
   await new Promise<void>((res) => server.once('listening', res))
   t.teardown(async () => {

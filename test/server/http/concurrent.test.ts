@@ -11,6 +11,7 @@ import { fsFaults } from '../../helpers/fs-faults.js'
 const faults = await fsFaults()
 const { Datastore } = await import('../../../src/server/datastore/index.js')
 const { createApp } = await import('../../../src/server/http/app.js')
+const { AUTH_OFF_FOR_TESTS } = await import('../../../src/server/http/auth.js')
 const { Metrics } = await import('../../../src/server/metrics.js')
 type Datastore = Awaited<ReturnType<typeof Datastore.open>>
 
@@ -20,7 +21,7 @@ async function app(t: Test) {
   const dir = shmTmp(t, 'tandem-conc-')
   const ds = await Datastore.open(dir)
   t.teardown(() => ds.close())
-  const app = createApp({ ds, log: pino({ level: 'silent' }), metrics: new Metrics({ processMetrics: false }), advertise: { host: '127.0.0.1', nbdPort: 1, iscsiPort: 1 } })
+  const app = createApp({ ds, log: pino({ level: 'silent' }), metrics: new Metrics({ processMetrics: false }), advertise: { host: '127.0.0.1', nbdPort: 1, iscsiPort: 1 }, auth: AUTH_OFF_FOR_TESTS })
   // one listening server, so that a burst's requests reach the datastore together
   const a = createServer(app)
   await new Promise<void>((r) => a.listen(0, '127.0.0.1', r))

@@ -6,6 +6,7 @@ import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'n
 import { join } from 'node:path'
 import { Datastore, PskKeys } from '../../../src/server/datastore/index.js'
 import { createApp } from '../../../src/server/http/app.js'
+import { AUTH_OFF_FOR_TESTS } from '../../../src/server/http/auth.js'
 import { Metrics } from '../../../src/server/metrics.js'
 import { serve } from '../../../src/server/serve.js'
 import { tmp } from '../../helpers/peers.js'
@@ -15,7 +16,7 @@ async function app(t: { teardown(fn: () => unknown): void }) {
   const ds = await Datastore.open(dir)
   t.teardown(() => ds.close())
   const nbdKeys = await PskKeys.open(dir)
-  const a = createApp({ ds, nbdKeys, log: pino({ level: 'silent' }), metrics: new Metrics({ processMetrics: false }), advertise: { host: '127.0.0.1', nbdPort: 10809, iscsiPort: 3260 } })
+  const a = createApp({ ds, nbdKeys, log: pino({ level: 'silent' }), metrics: new Metrics({ processMetrics: false }), advertise: { host: '127.0.0.1', nbdPort: 10809, iscsiPort: 3260 }, auth: AUTH_OFF_FOR_TESTS })
   return { a, nbdKeys, file: join(dir, '.tandem', 'keys.psk'), dir }
 }
 

@@ -1,5 +1,6 @@
 import t from 'tap'
 import { createHash } from 'node:crypto'
+import { bearer } from '../../helpers/server.js'
 import { rawTarget, opcode, textKeys, writersAfterClose } from '../../helpers/iscsi-raw.js'
 
 /*
@@ -31,7 +32,7 @@ t.test('a CHAP login left unanswered does not open the disk', async (t) => {
   const disk = (await (await fetch(api)).json()) as { openExports: Record<string, number>; writers: number }
   t.same(disk.openExports, {}, 'no open export while the challenge is unanswered')
   t.equal(disk.writers, 0, 'no writer')
-  const del = await fetch(api, { method: 'DELETE' })
+  const del = await fetch(api, { method: 'DELETE', headers: bearer(s.apiToken) })
   t.equal(del.status, 204, `DELETE succeeds while the socket is connected: ${del.status === 204 ? '' : await del.text()}`)
   t.equal((await fetch(api)).status, 404, 'the disk is gone')
   t.notOk(c.sock.destroyed, 'the silent initiator is still connected')
@@ -52,7 +53,7 @@ t.test('a CHAP login left unanswered does not open the disk', async (t) => {
 })
 
 t.test('the disk is opened when the login completes, and released when the session ends', async (t) => {
-  const { c, api } = await rawTarget(t, 'n', 1 << 20)
+  const { s, c, api } = await rawTarget(t, 'n', 1 << 20)
   // security stage done (AuthMethod None), operational stage begun: still nothing open
   c.loginRequest(0, 1, true, `InitiatorName=${INITIATOR}\0SessionType=Normal\0TargetName=iqn.2026-11.local.tandem:n\0AuthMethod=None\0`)
   let r = await c.read()
@@ -65,7 +66,7 @@ t.test('the disk is opened when the login completes, and released when the sessi
   t.equal(r.bhs.readUInt16BE(36), 0, 'login complete')
   disk = (await (await fetch(api)).json()) as { openExports: Record<string, number>; writers: number }
   t.equal(disk.writers, 1, 'open in full feature phase')
-  t.equal((await fetch(api, { method: 'DELETE' })).status, 409, 'in use')
+  t.equal((await fetch(api, { method: 'DELETE', headers: bearer(s.apiToken) })).status, 409, 'in use')
   const read = await c.readBlocks(0, 1)
   t.equal(read.status, 0, 'READ(10) GOOD')
   c.close()

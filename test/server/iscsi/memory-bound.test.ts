@@ -2,7 +2,7 @@ import t, { type Test } from 'tap'
 import { readFileSync } from 'node:fs'
 import { CMD_WINDOW, CONNECTION_MEMORY_BOUND } from '../../../src/server/iscsi/limits.js'
 import { tmp } from '../../helpers/peers.js'
-import { startServe } from '../../helpers/server.js'
+import { bearer, startServe } from '../../helpers/server.js'
 import { RawIscsi, read10, write10 } from '../../helpers/iscsi-raw.js'
 
 /*
@@ -35,7 +35,7 @@ async function settledRss(pid: number): Promise<number> {
 
 async function serveWithDisk(t: Test): Promise<{ p: Awaited<ReturnType<typeof startServe>>; target: string; metric: (series: string) => Promise<number> }> {
   const p = await startServe(t, tmp(t, 'tandem-mem-'))
-  const res = await fetch(`http://127.0.0.1:${p.httpPort}/api/v1/disks`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'm', size: 64 * MiB }) })
+  const res = await fetch(`http://127.0.0.1:${p.httpPort}/api/v1/disks`, { method: 'POST', headers: { 'content-type': 'application/json', ...bearer(p.token) }, body: JSON.stringify({ name: 'm', size: 64 * MiB }) })
   t.equal(res.status, 201)
   const metric = async (series: string) => {
     const m = await (await fetch(`http://127.0.0.1:${p.httpPort}/metrics`)).text()

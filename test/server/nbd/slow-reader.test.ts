@@ -2,7 +2,7 @@ import t, { type Test } from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { pattern, tmp, within } from '../../helpers/peers.js'
 import { rssOf } from '../../helpers/serve-process.js'
-import { startServe, startServer } from '../../helpers/server.js'
+import { bearer, startServe, startServer } from '../../helpers/server.js'
 import { TestNbdClient } from '../../helpers/nbd-client.js'
 import { MAX_CONNECTION_BYTES } from '../../../src/server/nbd/protocol.js'
 
@@ -17,7 +17,7 @@ const DATA = pattern(DISK, 61)
 /** A `tandem serve` process with a disk `d` full of DATA (so reads return real, resident bytes). */
 async function serverWithData(t: Test): Promise<Awaited<ReturnType<typeof startServe>>> {
   const p = await startServe(t, tmp(t, 'tandem-slow-'))
-  const res = await fetch(`http://127.0.0.1:${p.httpPort}/api/v1/disks`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'd', size: DISK }) })
+  const res = await fetch(`http://127.0.0.1:${p.httpPort}/api/v1/disks`, { method: 'POST', headers: { 'content-type': 'application/json', ...bearer(p.token) }, body: JSON.stringify({ name: 'd', size: DISK }) })
   t.equal(res.status, 201)
   const c = await TestNbdClient.open(p.nbdPort, 'd')
   for (let off = 0; off < DISK; off += 4 * MiB) t.equal((await c.pwrite(off, DATA.subarray(off, off + 4 * MiB))).errno, 0)

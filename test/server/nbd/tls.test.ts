@@ -5,7 +5,7 @@ import { join } from 'node:path'
 import { spawn } from 'node:child_process'
 import { createInterface } from 'node:readline'
 import { CLI, needs, run, runOk, tmp, pattern } from '../../helpers/peers.js'
-import { startServer } from '../../helpers/server.js'
+import { bearer, startServer } from '../../helpers/server.js'
 import { TestNbdClient } from '../../helpers/nbd-client.js'
 import { pino } from 'pino'
 import type { TlsMode } from '../../../src/server/nbd/index.js'
@@ -36,7 +36,7 @@ type Server = Awaited<ReturnType<typeof startServer>>
 async function api(s: Server, method: string, path: string, body?: unknown): Promise<Response> {
   return fetch(`http://127.0.0.1:${s.httpPort}${path}`, {
     method,
-    headers: { 'content-type': 'application/json' },
+    headers: { 'content-type': 'application/json', ...bearer(s.apiToken) },
     body: body === undefined ? undefined : JSON.stringify(body),
   })
 }
