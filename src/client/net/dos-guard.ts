@@ -23,7 +23,7 @@ export interface DosBounds {
 }
 
 export const DOS_DEFAULTS: DosBounds = {
-  smallPpsHigh: 5000,
+  smallPpsHigh: 2000,
   replyRatioLow: 0.5,
   ppsHigh: 50_000,
   bpsHigh: 100e6,

@@ -5,3 +5,4 @@ export { UdpSwitch, SWITCH_DEFAULTS, type PeerInfo, type SwitchLog, type UdpSwit
 export { UdpUplink, ANNOUNCE_ETHERTYPE, KEEPALIVE_MS, type UplinkOptions } from './udp-uplink.js'
 export { TrafficMonitor, MONITOR_DEFAULTS, type MonitorClock, type TrafficRate } from './traffic-monitor.js'
 export { DosGuard, DOS_DEFAULTS, DEFAULT_PRIORITY, checkPriority, parsePriority, checkBounds, parseBounds, overBounds, type DosBounds, type DosEvent, type DosEventKind, type GuardedVm } from './dos-guard.js'
+export { holdFrame, heldFrame, parseHold, parseHeld, isPortControl, REPORT_MS, type HeldCounts, type HoldVerb } from './port-hold.js'

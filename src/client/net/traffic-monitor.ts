@@ -41,8 +41,9 @@ const OUT = 3
  */
 export class TrafficMonitor implements SwitchPort {
   onReceive: ((frame: Buffer) => void) | null = null
-  /** drop inbound frames (a suspended VM) */
-  blocked = false
+  private isBlocked = false
+  /** called when `blocked` changes (a GuardedPort asks its switch to hold the frames) */
+  onBlocked: ((blocked: boolean) => void) | null = null
   /** totals since the port opened */
   readonly totals = { framesIn: 0, bytesIn: 0, framesOut: 0, dropped: 0 }
   private readonly bucketMs: number
@@ -65,6 +66,28 @@ export class TrafficMonitor implements SwitchPort {
     inner.onReceive = (frame) => this.arrive(frame)
   }
 
+  /** drop inbound frames (a suspended VM) */
+  get blocked(): boolean {
+    return this.isBlocked
+  }
+
+  set blocked(b: boolean) {
+    if (b === this.isBlocked) return
+    this.isBlocked = b
+    this.onBlocked?.(b)
+  }
+
+  /** Frames dropped before they reached this port (held at the switch): inbound, and dropped. */
+  countHeld(frames: number, bytes: number, small: number): void {
+    const s = this.slot()
+    s[IN] += frames
+    s[BYTES] += bytes
+    s[SMALL] += small
+    this.totals.framesIn += frames
+    this.totals.bytesIn += bytes
+    this.totals.dropped += frames
+  }
+
   /** A frame from the VM to the switch. */
   send(frame: Buffer): void {
     if (frame.length > 0) {
@@ -81,7 +104,7 @@ export class TrafficMonitor implements SwitchPort {
     if (frame.length <= this.smallFrame) s[SMALL]++
     this.totals.framesIn++
     this.totals.bytesIn += frame.length
-    if (this.blocked) {
+    if (this.isBlocked) {
       this.totals.dropped++
       return
     }
