@@ -152,3 +152,51 @@ t.test('bounds and priorities: parsed and checked with clear errors', async (t) 
   t.throws(() => parsePriority('-1', '--priority'), { code: 'InvalidArgument' })
   t.equal(overBounds({ pps: 60_000, bps: 0, smallPps: 0, outPps: 60_000, replyRatio: 1 }, DOS_DEFAULTS), '60000 frames/s > 50000', 'beyond ppsHigh even when answered')
 })
+
+t.test('GuardedPort on a tandem switch: blocked, the switch holds the port\'s frames and reports them (the meter still counts the flood); unblocked, they pass', async (t) => {
+  const { UdpSwitch, UdpUplink, holdFrame } = await import('../../../src/client/net/index.js')
+  const { GuardedPort } = await import('../../../src/client/host/guarded-port.js')
+  const { createSocket } = await import('node:dgram')
+  const sw = await UdpSwitch.listen({ port: 0 })
+  t.teardown(() => sw.close())
+  const to = { host: '127.0.0.1', port: sw.address.port }
+  const clock = { now: () => performance.now() }
+  const gp = await GuardedPort.open(to, clock)
+  t.teardown(() => gp.close())
+  // the "VM": a socket on the guarded port, announcing mac(1)
+  const vm = createSocket('udp4')
+  await new Promise<void>((r) => vm.bind(0, '127.0.0.1', () => r()))
+  t.teardown(() => vm.close())
+  const got: Buffer[] = []
+  vm.on('message', (m) => got.push(m))
+  const gpPort = Number(gp.address.split(':')[2])
+  vm.send(frame(mac(1), mac(1), 14), gpPort, '127.0.0.1')
+  vm.send(holdFrame('PASS'), gpPort, '127.0.0.1') // a VM's own port-hold frame is not relayed
+  const sender = await UdpUplink.join(to, { mac: mac(9) })
+  t.teardown(() => sender.close())
+  const until = async (cond: () => boolean, what: string) => {
+    const end = Date.now() + 10_000
+    while (!cond()) {
+      if (Date.now() > end) throw new Error(`timed out: ${what}`)
+      await new Promise((r) => setTimeout(r, 5))
+    }
+  }
+  await until(() => sw.list().length === 2, 'both peers joined')
+  await new Promise((r) => setTimeout(r, 50))
+  for (let i = 0; i < 10; i++) sender.send(frame(mac(1), mac(9), 60))
+  await until(() => got.length === 10, 'frames pass')
+  gp.monitor.blocked = true
+  await until(() => sw.list().some((p) => p.held), 'the switch holds the port')
+  for (let i = 0; i < 50; i++) sender.send(frame(mac(1), mac(9), 60))
+  await new Promise((r) => setTimeout(r, 20))
+  sender.send(frame(mac(1), mac(9), 60)) // a report goes out with a frame REPORT_MS after the last
+  await until(() => gp.monitor.totals.dropped === 51, `the meter counts the held frames (${gp.monitor.totals.dropped})`)
+  t.equal(got.length, 10, 'no held frame reached the VM')
+  t.equal(sw.list().find((p) => p.held)!.heldFrames, 51)
+  t.equal(gp.monitor.totals.framesIn, 61, 'held frames are inbound frames')
+  t.equal(gp.strays, 1, 'the VM\'s own port-hold frame was dropped')
+  gp.monitor.blocked = false
+  await until(() => !sw.list().some((p) => p.held), 'the switch passes the port\'s frames again')
+  sender.send(frame(mac(1), mac(9), 60))
+  await until(() => got.length === 11, 'frames pass again')
+})
