@@ -57,6 +57,10 @@ export interface DosScenarioResult {
   aAfter: string | null
   /** CPU seconds (user + system) of the host, switch and VM processes, per phase */
   cpu: { quiet: number; bulk: number; flood: number; after: number }
+  /** the host's tandem_dos_* lines of /metrics at the end */
+  metrics: string[]
+  /** GET /api/v1/dos/events?since=x: the status and error code */
+  badSince: { status: number; code: string | undefined }
   /** CPU seconds of a's own process during the flood (a paused VM uses none) */
   cpuA: { quiet: number; flood: number }
 }
@@ -229,6 +233,9 @@ export async function runDosScenario(o: DosScenarioOptions): Promise<DosScenario
     const after = await phase(afterWork)
     const evs = await events(seq1)
     const det = evs.find((e) => e.kind === 'detected' && e.vm === 'dos-a')
+    const metrics = (await (await fetch(`${api}/metrics`)).text()).split('\n').filter((l) => l.startsWith('tandem_dos_'))
+    const bad = await fetch(`${api}/api/v1/dos/events?since=x`)
+    const badSince = { status: bad.status, code: ((await bad.json()) as { error?: { code?: string } }).error?.code }
     let aAfter: string | null = null
     try {
       aAfter = (await kv.a.request('GET k')).text
@@ -249,6 +256,8 @@ export async function runDosScenario(o: DosScenarioOptions): Promise<DosScenario
       aAfter,
       cpu: { quiet: quiet.cpu, bulk: bulk.cpu, flood: flood.cpu, after: after.cpu },
       cpuA: { quiet: quiet.cpuA, flood: flood.cpuA },
+      metrics,
+      badSince,
     }
   } finally {
     for (const u of uplinks) u.close()

@@ -113,35 +113,19 @@ function hostMetrics(agent: HostAgent): Registry {
 /** The DoS guard's series (tandem_dos_*), per guarded VM. */
 function dosMetrics(dos: HostDos, registry: Registry): void {
   type Row = ReturnType<HostDos['view']>['vms'][number]
-  const gauge = (name: string, help: string, value: (v: Row) => number) =>
-    new Gauge({
-      name,
-      help,
-      labelNames: ['vm'] as const,
-      registers: [registry],
-      collect() {
-        this.reset()
-        for (const v of dos.view().vms) this.set({ vm: v.name }, value(v))
-      },
-    })
-  const counter = (name: string, help: string, value: (v: Row) => number) =>
-    new Counter({
-      name,
-      help,
-      labelNames: ['vm'] as const,
-      registers: [registry],
-      collect() {
-        this.reset()
-        for (const v of dos.view().vms) this.inc({ vm: v.name }, value(v))
-      },
-    })
-  gauge('tandem_dos_suspended', 'A guarded VM: 1 while the DoS guard has it suspended (its inbound frames dropped), else 0', (v) => (v.suspended ? 1 : 0))
-  gauge('tandem_dos_flagged', 'A guarded VM: 1 while its inbound traffic is flagged as a flood (over the bounds for the hold time, not yet quiet for the cooldown)', (v) => (v.flagged ? 1 : 0))
-  gauge('tandem_dos_inbound_frames_per_second', 'A guarded VM: inbound frames a second over the guard\'s window', (v) => v.rate.pps)
-  gauge('tandem_dos_inbound_bytes_per_second', 'A guarded VM: inbound bytes a second over the guard\'s window', (v) => v.rate.bps)
-  gauge('tandem_dos_reply_ratio', 'A guarded VM: its outbound over inbound frames over the guard\'s window', (v) => v.rate.replyRatio)
-  counter('tandem_dos_inbound_frames_total', 'A guarded VM: inbound frames seen at its port (dropped ones too)', (v) => v.framesIn)
-  counter('tandem_dos_dropped_frames_total', 'A guarded VM: inbound frames dropped at its port while suspended', (v) => v.dropped)
+  /** a series per guarded VM: a gauge, or a counter (set from the guard's totals) */
+  const perVm = (name: string, help: string, kind: 'gauge' | 'counter', value: (v: Row) => number) => {
+    const o = { name, help, labelNames: ['vm'] as const, registers: [registry] }
+    if (kind === 'gauge') new Gauge({ ...o, collect() { this.reset(); for (const v of dos.view().vms) this.set({ vm: v.name }, value(v)) } })
+    else new Counter({ ...o, collect() { this.reset(); for (const v of dos.view().vms) this.inc({ vm: v.name }, value(v)) } })
+  }
+  perVm('tandem_dos_suspended', 'A guarded VM: 1 while the DoS guard has it suspended (its inbound frames dropped), else 0', 'gauge', (v) => (v.suspended ? 1 : 0))
+  perVm('tandem_dos_flagged', 'A guarded VM: 1 while its inbound traffic is flagged as a flood (over the bounds for the hold time, not yet quiet for the cooldown)', 'gauge', (v) => (v.flagged ? 1 : 0))
+  perVm('tandem_dos_inbound_frames_per_second', 'A guarded VM: inbound frames a second over the guard\'s window', 'gauge', (v) => v.rate.pps)
+  perVm('tandem_dos_inbound_bytes_per_second', 'A guarded VM: inbound bytes a second over the guard\'s window', 'gauge', (v) => v.rate.bps)
+  perVm('tandem_dos_reply_ratio', 'A guarded VM: its outbound over inbound frames over the guard\'s window', 'gauge', (v) => v.rate.replyRatio)
+  perVm('tandem_dos_inbound_frames_total', 'A guarded VM: inbound frames seen at its port (dropped ones too)', 'counter', (v) => v.framesIn)
+  perVm('tandem_dos_dropped_frames_total', 'A guarded VM: inbound frames dropped at its port while suspended', 'counter', (v) => v.dropped)
   new Counter({
     name: 'tandem_dos_events_total',
     help: 'DoS guard events: detected (a VM over the bounds for the hold time), suspended, resumed',
