@@ -68,6 +68,8 @@ interface Peer {
   /** dropped since the last HELD report, and when that was */
   unreported: HeldCounts
   reportedAt: number
+  /** a report of the frames held since reportedAt is due at reportedAt + REPORT_MS */
+  reportDue: boolean
   /** where its datagrams come from */
   from: RemoteInfo
 }
@@ -192,24 +194,36 @@ export class UdpSwitch {
       this.random,
       this.defaults,
     )
-    const p: Peer = { key, sw, link, out, lastSeen: 0, framesIn: 0, held: false, heldFrames: 0, unreported: { frames: 0, bytes: 0, small: 0 }, reportedAt: 0, from: rinfo }
+    const p: Peer = { key, sw, link, out, lastSeen: 0, framesIn: 0, held: false, heldFrames: 0, unreported: { frames: 0, bytes: 0, small: 0 }, reportedAt: 0, reportDue: false, from: rinfo }
     sw.onReceive = (frame) => (p.held ? this.hold(p, frame) : p.link.send(frame))
     this.peers.set(key, p)
     this.log.info({ peer: key, peers: this.peers.size }, 'peer joined')
     return p
   }
 
-  /** A frame for a peer that holds its frames: dropped, counted, reported at most every REPORT_MS. */
+  /**
+   * A frame for a peer that holds its frames: dropped and counted; reported at once when the last
+   * report is REPORT_MS old, else when it will be (so the last frames of a flood are reported too).
+   */
   private hold(p: Peer, frame: Buffer): void {
     p.heldFrames++
     const u = p.unreported
     u.frames++
     u.bytes += frame.length
     if (frame.length <= SMALL_HELD) u.small++
-    const now = this.timers.now()
-    if (now - p.reportedAt < REPORT_MS) return
-    p.reportedAt = now
-    this.sock.send(heldFrame(u), p.from.port, p.from.address)
+    const wait = p.reportedAt + REPORT_MS - this.timers.now()
+    if (wait <= 0) return this.report(p)
+    if (p.reportDue) return
+    p.reportDue = true
+    void this.timers.sleep(wait, this.stop.signal).then(() => {
+      p.reportDue = false
+      if (p.unreported.frames > 0 && this.peers.get(p.key) === p) this.report(p)
+    })
+  }
+
+  private report(p: Peer): void {
+    p.reportedAt = this.timers.now()
+    this.sock.send(heldFrame(p.unreported), p.from.port, p.from.address)
     p.unreported = { frames: 0, bytes: 0, small: 0 }
   }
 
