@@ -16,6 +16,8 @@ export function hostCommand(run: (fn: () => Promise<number | void>) => Promise<v
     .option('--listen <addr>', 'address of this host\'s REST API (env TANDEM_HOST_LISTEN)', env.TANDEM_HOST_LISTEN ?? '127.0.0.1')
     .option('--api-port <port>', 'port of this host\'s REST API; 0: any free port (env TANDEM_HOST_API_PORT)', env.TANDEM_HOST_API_PORT ?? '7800')
     .option('--ft-listen <addr>', 'address the FT channel of a pair\'s backup run here listens on, each on a free port (default: --listen)')
+    .option('--dos-guard <mode>', 'off; monitor: meter each plain VM\'s port on its --switch (the host relays it) and record floods; on: also suspend flooded VMs, lowest --priority first, and resume them after a quiet cooldown (README "DoS guard")', 'off')
+    .option('--dos-bounds <spec>', 'the guard\'s bounds over its defaults, KEY=VALUE,...: smallPpsHigh=2000, replyRatioLow=0.5, ppsHigh=50000, bpsHigh=100000000, holdMs=30, cooldownMs=2000, maxSuspended (default: all VMs but one)')
     .option('--log-level <level>', 'fatal, error, warn, info, debug (env TANDEM_LOG_LEVEL)', env.TANDEM_LOG_LEVEL ?? 'info')
     .action((o) =>
       run(async () => {
@@ -23,8 +25,12 @@ export function hostCommand(run: (fn: () => Promise<number | void>) => Promise<v
         if (!Number.isInteger(port) || port < 0 || port > 65535) throw new StorageError('InvalidArgument', `invalid port '${o.apiPort}' (0 to 65535)`)
         if (o.ftListen !== undefined && !/^(\[[^\]\s]+\]|[^\s/[\]]+)$/.test(o.ftListen)) throw new StorageError('InvalidArgument', `invalid --ft-listen '${o.ftListen}' (an address, e.g. 127.0.0.1)`)
         if (o.iscsi !== undefined && !/^(\[[^\]]+\]|[^:/\s]+):\d{1,5}$/.test(o.iscsi)) throw new StorageError('InvalidArgument', `invalid --iscsi '${o.iscsi}' (HOST:PORT, e.g. 127.0.0.1:3260)`)
+        if (!['off', 'monitor', 'on'].includes(o.dosGuard)) throw new StorageError('InvalidArgument', `invalid --dos-guard '${o.dosGuard}' (off, monitor or on)`)
+        const { parseBounds } = await loadLazy<typeof import('../net/dos-guard.js')>('../net/dos-guard.js')
+        const bounds = parseBounds(o.dosBounds ?? '', '--dos-bounds')
+        const dos = o.dosGuard === 'off' ? undefined : { mode: o.dosGuard as 'monitor' | 'on', bounds }
         const { runHost } = await loadLazy<typeof import('../host/run-host.js')>('../host/run-host.js')
-        const h = await runHost({ name: o.name, server: o.server, iscsi: o.iscsi, listen: o.listen, apiPort: port, ftListen: o.ftListen, logLevel: o.logLevel, tandem: [process.execPath, process.argv[1]] })
+        const h = await runHost({ name: o.name, server: o.server, iscsi: o.iscsi, listen: o.listen, apiPort: port, ftListen: o.ftListen, logLevel: o.logLevel, tandem: [process.execPath, process.argv[1]], dos })
         return new Promise<number>((resolve) => {
           let stopping = false
           const stop = (sig: string) => {

@@ -76,5 +76,28 @@ export function kvCommand(run: (fn: () => Promise<number | void>) => Promise<voi
       .command('check')
       .description(`GET every key of the log: each must hold its last acknowledged value, or a value sent for it later (KEY@SEQ with a higher SEQ). Exit 0; 1 listing the first keys that do not; ${NO_REPLY} if the VM does not answer`),
   ).action((o) => run(async () => (await kvRun()).kvCheck(common(o))))
+  kv.command('flood')
+    .description('send frames at a VM at a fixed rate, from a MAC of its own, for DoS tests: small frames are a flood (tandem host --dos-guard suspends the VM), large ones a bulk transfer (not flagged). Prints a JSON line as the first frame goes out ({"msg":"flood started","at":EPOCH_MS}) and one at the end (frames sent, replies, achieved rate)')
+    .requiredOption('--switch <udp:HOST:PORT>', 'the tandem switch the VM is on')
+    .option('--vm-mac <mac>', "the VM's MAC", '02:00:00:00:00:01')
+    .option('--mac <mac>', 'the MAC frames are sent from', '02:fd:00:00:00:01')
+    .option('--pps <n>', 'frames a second', '20000')
+    .option('--size <bytes>', `bytes a frame, 14 to 1514 (60: the smallest Ethernet frame)`, '60')
+    .option('--seconds <s>', 'how long', '2')
+    .option('--ethertype <n>', 'the frames\' EtherType (default 0x88b5, the kvstore guest\'s: it parses each and answers ERR)', '0x88b5')
+    .action((o) =>
+      run(async () => {
+        const size = count(o.size, '--size', 1514)
+        if (size < 14) throw new StorageError('InvalidArgument', `invalid --size '${o.size}' (14 to 1514)`)
+        const ethertype = Number(o.ethertype)
+        if (!(Number.isInteger(ethertype) && ethertype >= 0x600 && ethertype <= 0xffff)) throw new StorageError('InvalidArgument', `invalid --ethertype '${o.ethertype}' (0x0600 to 0xffff)`)
+        const { flood } = await loadLazy<typeof import('../kv/flood.js')>('../kv/flood.js')
+        const r = await flood(
+          { switch: parseUdpAddress(o.switch, '--switch'), to: parseMac(o.vmMac, '--vm-mac'), from: parseMac(o.mac, '--mac'), pps: count(o.pps, '--pps', 1_000_000), size, seconds: seconds(o.seconds, '--seconds', 0.001) / 1000, ethertype },
+          (at) => process.stdout.write(JSON.stringify({ msg: 'flood started', at }) + '\n'),
+        )
+        process.stdout.write(JSON.stringify({ msg: 'flood ended', ...r }) + '\n')
+      }),
+    )
   return kv
 }

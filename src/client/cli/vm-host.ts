@@ -5,6 +5,7 @@ import type { VmInfo } from '../host/agent.js'
 import { GUEST_NAMES } from '../vm/guests.js'
 import { parseSize } from './size.js'
 import { parseCpuPercent } from '../vm/cpu-limit.js'
+import { parsePriority } from '../net/dos-guard.js'
 
 /** `vm start`'s own exit status: the VM runs on a host (this one or another), named in the message. */
 export const VM_START_BUSY = 75
@@ -54,6 +55,7 @@ export function addHostVmCommands(vm: Command, run: (fn: () => Promise<number | 
     .option('--switch <udp:HOST:PORT>', 'put the VM\'s NIC on the tandem switch there (as vm run --switch), on whichever host runs it')
     .option('--mac <mac>', 'the NIC\'s MAC address (default 02:00:00:00:00:01)')
     .option('--cpu-limit <pct>', 'run the VM at this share of one core, in percent (1 to 100; vm run --cpu-limit)')
+    .option('--priority <n>', 'its priority, 0 to 1000 (default 100): the host\'s DoS guard (tandem host --dos-guard) suspends lower priorities first')
     .option('--ft <url>', 'run it as a fault-tolerant pair: the primary on --host, the backup on the host at this URL (its REST API); a NIC goes on a --switch (not --net)')
     .option('--backup-reads <disk|log>', 'with --ft: the backup reads the shared disk, or takes READ data from the primary\'s log', 'disk')
     .option('--json', 'print the VM as JSON')
@@ -76,6 +78,7 @@ Exit status: 0 started; ${VM_START_BUSY} the VM runs on a host (this or another;
           throw new StorageError('InvalidArgument', (e as Error).message)
         }
         const cpuLimit = o.cpuLimit !== undefined ? parseCpuPercent(o.cpuLimit) : undefined
+        const priority = o.priority !== undefined ? parsePriority(o.priority, '--priority') : undefined
         if (o.backupReads !== 'disk' && o.backupReads !== 'log') throw new StorageError('InvalidArgument', `invalid --backup-reads '${o.backupReads}' (disk or log)`)
         const body = {
           name, guest: o.guest, memory,
@@ -84,6 +87,7 @@ Exit status: 0 started; ${VM_START_BUSY} the VM runs on a host (this or another;
           ...(o.switch ? { switch: o.switch } : {}),
           ...(o.mac ? { mac: o.mac } : {}),
           ...(cpuLimit !== undefined ? { cpuLimit } : {}),
+          ...(priority !== undefined ? { priority } : {}),
           ...(o.ft ? { ft: { host: o.ft, backupReads: o.backupReads } } : {}),
         }
         const r = await refusedAsBusy(requestJson<VmInfo>(o.host, 'POST', '/api/v1/vms', body))

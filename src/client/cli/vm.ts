@@ -3,6 +3,7 @@ import { StorageError } from '../../disk-formats/index.js'
 import { ANONYMOUS_VM_IQN, VM_IQN_PREFIX, checkInitiatorName, logicalUnitPath, nexusName, vmInitiatorName, vmIsid, type ScsiPath } from '../vm/scsi-path.js'
 import { openVmDisk } from '../vm/vm-disk.js'
 import { parseCpuPercent } from '../vm/cpu-limit.js'
+import { parsePriority } from '../net/dos-guard.js'
 import { loadLazy } from './lazy.js'
 import { GUEST_NAMES } from '../vm/guests.js'
 import { parseSize } from './size.js'
@@ -80,6 +81,7 @@ function runOptions(cmd: Command): Command {
     .option('--net <udp:HOST:PORT>', 'join the NIC to a virtual switch with a UDP socket listening here; each datagram is one Ethernet frame (as qemu -netdev socket,udp=)')
     .option('--switch <udp:HOST:PORT>', 'join the NIC to a tandem switch there, from a socket of its own (not with --net)')
     .option('--mac <mac>', "the NIC's MAC address", '02:00:00:00:00:01')
+    .option('--priority <n>', 'the VM\'s priority, 0 to 1000 (default 100): a host\'s DoS guard suspends lower priorities first; shown in the control socket\'s status')
     .option('--json', 'print the console on stderr and one JSON summary on stdout')
     .addHelpText(
       'after',
@@ -106,6 +108,7 @@ async function runAction(o: OptionValues): Promise<number> {
     if (!Number.isSafeInteger(max) || max <= 0) throw new StorageError('InvalidArgument', `invalid instruction count '${o.maxInstructions}'`)
   }
   const cpuLimit = o.cpuLimit !== undefined ? parseCpuPercent(o.cpuLimit) : undefined
+  const priority = o.priority !== undefined ? parsePriority(o.priority, '--priority') : undefined
   if (!/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/i.test(o.mac)) throw new StorageError('InvalidArgument', `invalid MAC address '${o.mac}' (six hex bytes, e.g. 02:00:00:00:00:01)`)
   const mac = Buffer.from(o.mac.split(':').map((x: string) => parseInt(x, 16)))
   let udp: { close(): void } | undefined
@@ -166,6 +169,7 @@ async function runAction(o: OptionValues): Promise<number> {
       follow: o.follow === true,
       maxInstructions: max,
       cpuLimit,
+      priority,
       net: port,
       mac,
       ft: ft && ((vm) => startFtRole(ft, vm, disk?.scsi, o.disk && disk?.disk ? () => openLiveDisk(o.disk, identity) : undefined)),

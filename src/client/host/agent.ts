@@ -12,6 +12,8 @@ import type { FtStatus } from '../ft/run-ft.js'
 import { VmProcess, type VmExit } from './vm-process.js'
 import { checkCpuPercent } from '../vm/cpu-limit.js'
 import { readCheckpoint } from '../vm/checkpoint-file.js'
+import { checkPriority, DEFAULT_PRIORITY } from '../net/dos-guard.js'
+import { HostDos, type HostDosOptions } from './host-dos.js'
 
 export interface HostAgentOptions {
   /** the host's name in the lockspace (its iSCSI name for the lockspace is hostIqn(name)) */
@@ -37,6 +39,8 @@ export interface HostAgentOptions {
   ftListen?: string
   /** that address as other hosts reach it, when ftListen is unspecified (0.0.0.0, ::) */
   ftAdvertise?: string
+  /** the DoS guard on the ports of this host's VMs (none: VMs join their switch directly) */
+  dos?: HostDosOptions
 }
 
 /** `exited` (by itself) and `stopped` (by request) are shown once the VM's lock is released; `lost`: killed because it could no longer be fenced (the lease was lost, or its watchdog died). */
@@ -69,6 +73,10 @@ export interface VmInfo {
   switch: string | null
   /** a side of a fault-tolerant pair; null for a VM alone */
   ft: VmFtInfo | null
+  /** the DoS guard suspends lower priorities first (default 100) */
+  priority: number
+  /** its port under the host's DoS guard: suspended now, inbound frames seen and dropped; null when not guarded */
+  dos: { suspended: boolean; dropped: number; framesIn: number } | null
 }
 
 /** A pair's role as `vm ls` shows it: paired (primary, backup), or after a failover live (the backup took over), alone (the primary won), halted (lost the claim). */
@@ -119,6 +127,8 @@ export interface VmStartRequest {
   role?: 'backup'
   /** with role 'backup': the primary's choice, for the record (the backup takes it from the primary's HELLO) */
   backupReads?: 'disk' | 'log'
+  /** 0 to 1000 (default 100): under a DoS guard, lower priorities are suspended first */
+  priority?: number
 }
 
 interface Vm {
@@ -201,6 +211,8 @@ export function parseStartRequest(body: unknown): VmStartRequest {
     if (!m || Number(m[2]) > 65535 || Number(m[2]) === 0) throw new StorageError('InvalidArgument', `invalid "switch" ${JSON.stringify(sw)}: udp:HOST:PORT of a tandem switch, e.g. udp:127.0.0.1:5555`)
     if (net !== undefined) throw new StorageError('InvalidArgument', '"net" and "switch" cannot be used together')
   }
+  const priority = field<number>(b, 'priority', 'number')
+  if (priority !== undefined) checkPriority(priority, '"priority"')
   const mac = field<string>(b, 'mac', 'string')
   if (mac !== undefined && !MAC.test(mac)) throw new StorageError('InvalidArgument', `invalid "mac" ${JSON.stringify(mac)}: six hex bytes, e.g. 02:00:00:00:00:01`)
   const reads = (v: unknown, what: string): 'disk' | 'log' => {
@@ -226,6 +238,7 @@ export function parseStartRequest(body: unknown): VmStartRequest {
     ...(checkpoint ? { checkpoint } : {}),
     ...(sw !== undefined ? { switch: sw } : {}),
     ...(mac !== undefined ? { mac } : {}),
+    ...(priority !== undefined ? { priority } : {}),
     ...(ft ? { ft } : {}),
     ...(role ? { role, backupReads: reads(b.backupReads, '"backupReads"') } : {}),
   }
@@ -256,10 +269,12 @@ export class HostAgent {
   private lockspaceUri = ''
   /** where the VMs' control sockets are (a private folder of this process) */
   private readonly controlDir: string
+  readonly dos: HostDos | null
 
   private constructor(private readonly o: HostAgentOptions) {
     this.name = validHostName(o.name)
     this.controlDir = mkdtempSync(join(tmpdir(), 'tandem-host-'))
+    this.dos = o.dos ? new HostDos(o.dos, o.log.child({ component: 'dos' })) : null
   }
 
   private controlPath(vm: string): string {
@@ -372,13 +387,18 @@ export class HostAgent {
   }
 
   list(): VmInfo[] {
-    return [...this.vms.values()].map((v) => ({ ...v.info }))
+    return [...this.vms.values()].map((v) => this.shown(v.info))
+  }
+
+  /** A copy of a VM's info with its guard figures read now. */
+  private shown(info: VmInfo): VmInfo {
+    return { ...info, dos: this.dos?.info(info.name) ?? null }
   }
 
   get(name: string): VmInfo & { console: string } {
     const v = this.vms.get(name)
     if (!v) throw new StorageError('NotFound', `no VM named '${name}' on host '${this.name}'`)
-    return { ...v.info, console: v.proc?.console() ?? '' }
+    return { ...this.shown(v.info), console: v.proc?.console() ?? '' }
   }
 
   /** get(), a pair's side with its figures read now. */
@@ -434,6 +454,8 @@ export class HostAgent {
       exitStatus: null,
       reason: null,
       switch: req.switch ?? null,
+      priority: req.priority ?? DEFAULT_PRIORITY,
+      dos: null,
       ft: side
         ? { side, peer: req.ft?.host ?? null, address: null, backupReads: req.ft?.backupReads ?? req.backupReads ?? 'disk', lockHost: ftHostName(this.name, req.name), role: null, lagMs: null, cpuLimit: null, logBytes: null, logBytesPerSecond: null, outputDelay: null }
         : null,
@@ -451,8 +473,11 @@ export class HostAgent {
     this.vms.set(req.name, vm) // reserves the name while the disk is looked up and the lock taken
     const lock = vmLockName(req.name)
     let ft: VmFtLaunch | undefined
+    /** the switch address the VM joins: its guarded port on this host, under a DoS guard */
+    let joins = req.switch
     try {
       if (req.disk) info.diskUri = await this.diskUri(req.disk)
+      if (this.dos && req.switch && !info.ft) joins = await this.dos.attach(req.name, info.priority, req.switch, this.controlPath(req.name))
       if (info.ft?.side === 'primary') {
         await this.refuseHeld(m, lock, req.name)
         info.ft.address = await this.startBackup(req)
@@ -468,6 +493,7 @@ export class HostAgent {
       }
       if (info.ft) ft = { side: info.ft.side, address: info.ft.address ?? `${this.o.ftListen ?? '127.0.0.1'}:0`, lockspace: this.lockspaceUri, host: info.ft.lockHost, backupReads: info.ft.backupReads }
     } catch (e) {
+      if (joins !== req.switch) this.dos?.detach(req.name)
       if (this.vms.get(req.name) === vm) this.vms.delete(req.name)
       if (existing) this.vms.set(req.name, existing)
       if (!(e instanceof VmBusy)) this.counts.failed++
@@ -479,10 +505,11 @@ export class HostAgent {
     if (this.mgr !== m || !m.valid()) {
       // fenced while taking it: the lock is gone with the lease
       this.vms.delete(req.name)
+      if (joins !== req.switch) this.dos?.detach(req.name)
       dropBackup()
       throw new NoLease('IoError', `host '${this.name}' lost its lease while starting VM '${req.name}'`)
     }
-    const launch: VmLaunch = { name: req.name, guest: req.guest, memory: info.memory, diskUri: info.diskUri ?? undefined, net: req.net, switch: req.switch, mac: req.mac, cpuLimit: req.cpuLimit, control: this.controlPath(req.name), checkpoint: req.checkpoint, ft }
+    const launch: VmLaunch = { name: req.name, guest: req.guest, memory: info.memory, diskUri: info.diskUri ?? undefined, net: req.net, switch: joins, mac: req.mac, cpuLimit: req.cpuLimit, priority: req.priority, control: this.controlPath(req.name), checkpoint: req.checkpoint, ft }
     const args = vmRunArgs(launch)
     const argv = [...this.o.tandem, ...args]
     // a pair's side holds the lock itself (its arbiter): no generation to hand down
@@ -524,7 +551,7 @@ export class HostAgent {
     }
     this.counts.started++
     this.o.log.info({ vm: req.name, pid: info.pid, generation: info.generation, ft: info.ft ? { side: info.ft.side, address: info.ft.address, peer: info.ft.peer } : undefined, args }, 'VM started')
-    return { ...info }
+    return this.shown(info)
   }
 
   /** Polls the VM's control socket until it answers (true) or the VM ends or `ms` pass (false). */
@@ -605,6 +632,7 @@ export class HostAgent {
 
   /** The VM's process is gone: its lock is released (unless the lease, and the lock with it, was lost). */
   private async ended(vm: Vm, lock: string, exit: VmExit): Promise<void> {
+    this.dos?.detach(vm.info.name)
     const m = this.mgr
     if (m && m.heldLocks().some((h) => h.name === lock)) {
       await m.release(lock).catch((e: Error) => this.o.log.error({ vm: vm.info.name, err: e.message }, 'could not release the VM\'s lock'))
@@ -648,6 +676,7 @@ export class HostAgent {
     if (m) await m.leave().catch((e: Error) => this.o.log.error({ err: e.message }, 'lockspace: leaving failed'))
     await this.storage?.close().catch(() => undefined)
     this.storage = null
+    this.dos?.close()
     rmSync(this.controlDir, { recursive: true, force: true })
   }
 }

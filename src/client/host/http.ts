@@ -2,6 +2,8 @@ import express, { type NextFunction, type Request, type Response } from 'express
 import type { Logger } from 'pino'
 import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client'
 import { jsonErrors, noRoute } from '../../server/http/errors.js'
+import { StorageError } from '../../disk-formats/errors.js'
+import type { HostDos } from './host-dos.js'
 import { parseStartRequest, type HostAgent, type VmFtInfo, type VmInfo, type VmState } from './agent.js'
 
 const STATES: VmState[] = ['starting', 'running', 'stopping', 'exited', 'stopped', 'lost']
@@ -95,6 +97,7 @@ function hostMetrics(agent: HostAgent): Registry {
       }
     },
   })
+  if (agent.dos) dosMetrics(agent.dos, registry)
   new Counter({
     name: 'tandem_host_lease_renewals_total',
     help: 'Heartbeats written within the lease',
@@ -105,6 +108,34 @@ function hostMetrics(agent: HostAgent): Registry {
     },
   })
   return registry
+}
+
+/** The DoS guard's series (tandem_dos_*), per guarded VM. */
+function dosMetrics(dos: HostDos, registry: Registry): void {
+  type Row = ReturnType<HostDos['view']>['vms'][number]
+  /** a series per guarded VM: a gauge, or a counter (set from the guard's totals) */
+  const perVm = (name: string, help: string, kind: 'gauge' | 'counter', value: (v: Row) => number) => {
+    const o = { name, help, labelNames: ['vm'] as const, registers: [registry] }
+    if (kind === 'gauge') new Gauge({ ...o, collect() { this.reset(); for (const v of dos.view().vms) this.set({ vm: v.name }, value(v)) } })
+    else new Counter({ ...o, collect() { this.reset(); for (const v of dos.view().vms) this.inc({ vm: v.name }, value(v)) } })
+  }
+  perVm('tandem_dos_suspended', 'A guarded VM: 1 while the DoS guard has it suspended (its inbound frames dropped), else 0', 'gauge', (v) => (v.suspended ? 1 : 0))
+  perVm('tandem_dos_flagged', 'A guarded VM: 1 while its inbound traffic is flagged as a flood (over the bounds for the hold time, not yet quiet for the cooldown)', 'gauge', (v) => (v.flagged ? 1 : 0))
+  perVm('tandem_dos_inbound_frames_per_second', 'A guarded VM: inbound frames a second over the guard\'s window', 'gauge', (v) => v.rate.pps)
+  perVm('tandem_dos_inbound_bytes_per_second', 'A guarded VM: inbound bytes a second over the guard\'s window', 'gauge', (v) => v.rate.bps)
+  perVm('tandem_dos_reply_ratio', 'A guarded VM: its outbound over inbound frames over the guard\'s window', 'gauge', (v) => v.rate.replyRatio)
+  perVm('tandem_dos_inbound_frames_total', 'A guarded VM: inbound frames seen at its port (dropped ones too)', 'counter', (v) => v.framesIn)
+  perVm('tandem_dos_dropped_frames_total', 'A guarded VM: inbound frames dropped at its port while suspended', 'counter', (v) => v.dropped)
+  new Counter({
+    name: 'tandem_dos_events_total',
+    help: 'DoS guard events: detected (a VM over the bounds for the hold time), suspended, resumed',
+    labelNames: ['kind'] as const,
+    registers: [registry],
+    collect() {
+      this.reset()
+      for (const [k, n] of Object.entries(dos.guard.counts)) this.inc({ kind: k }, n)
+    },
+  })
 }
 
 /** The host's REST API (`tandem host`): its VMs and /metrics; errors as tandem serve's, JSON. */
@@ -151,6 +182,16 @@ export function createHostApp(agent: HostAgent, log: Logger): express.Express {
       res.json(await agent.stopVm(req.params.name as string))
     }),
   )
+  app.get('/api/v1/dos', (_req, res) => {
+    if (!agent.dos) throw new StorageError('NotFound', `host '${agent.name}' runs without a DoS guard (tandem host --dos-guard monitor|on)`)
+    res.json({ host: agent.name, ...agent.dos.view() })
+  })
+  app.get('/api/v1/dos/events', (req, res) => {
+    if (!agent.dos) throw new StorageError('NotFound', `host '${agent.name}' runs without a DoS guard (tandem host --dos-guard monitor|on)`)
+    const since = req.query.since === undefined ? 0 : Number(req.query.since)
+    if (!Number.isSafeInteger(since) || since < 0) throw new StorageError('InvalidArgument', '"since" must be an event\'s seq (an integer, 0 or more)')
+    res.json({ host: agent.name, events: agent.dos.guard.events(since) })
+  })
   app.get(
     '/metrics',
     wrap(async (_req, res) => {

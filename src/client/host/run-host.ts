@@ -2,6 +2,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import { pino, type Logger } from 'pino'
 import { StorageError } from '../../disk-formats/errors.js'
 import { HostAgent } from './agent.js'
+import type { HostDosOptions } from './host-dos.js'
 import { createHostApp } from './http.js'
 
 export interface RunHostOptions {
@@ -15,6 +16,8 @@ export interface RunHostOptions {
   logLevel?: string
   /** how to run `tandem` for a VM's child process */
   tandem: string[]
+  /** the DoS guard on the VMs' switch ports (none: off) */
+  dos?: HostDosOptions
 }
 
 /** The address others reach this host on: an unspecified listen address is shown as loopback. */
@@ -45,14 +48,14 @@ export async function runHost(o: RunHostOptions): Promise<{ log: Logger; close()
   let agent: HostAgent
   try {
     const ftListen = o.ftListen ?? o.listen
-    agent = await HostAgent.start({ name: o.name, server: o.server, iscsi: o.iscsi, api, tandem: o.tandem, log, ftListen, ftAdvertise: reachable(o.listen) })
+    agent = await HostAgent.start({ name: o.name, server: o.server, iscsi: o.iscsi, api, tandem: o.tandem, log, ftListen, ftAdvertise: reachable(o.listen), dos: o.dos })
   } catch (e) {
     http.close()
     throw e
   }
   http.off('request', joining)
   http.on('request', createHostApp(agent, log.child({ component: 'http' })))
-  log.info({ host: agent.name, api, apiPort: port, server: o.server, lease: agent.lease() }, 'tandem host ready')
+  log.info({ host: agent.name, api, apiPort: port, server: o.server, lease: agent.lease(), dos: o.dos ? { mode: o.dos.mode, bounds: o.dos.bounds } : 'off' }, 'tandem host ready')
   return {
     log,
     async close() {

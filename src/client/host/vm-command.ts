@@ -16,6 +16,8 @@ export interface VmLaunch {
   mac?: string
   /** percent of one core */
   cpuLimit?: number
+  /** its priority under a host's DoS guard (vm run reports it) */
+  priority?: number
   /** the VM's control socket (checkpoints go through it) */
   control?: string
   /** run on from this checkpoint file (`vm restore`) */
@@ -51,6 +53,7 @@ export function vmRunArgs(vm: VmLaunch): string[] {
   if (vm.mac) args.push(`--mac=${vm.mac}`)
   if (vm.ft) args.push(`--name=${vm.name}`, `--ft-${vm.ft.side}=${vm.ft.address}`, `--ft-lockspace=${vm.ft.lockspace}`, `--ft-host=${vm.ft.host}`, `--backup-reads=${vm.ft.backupReads}`)
   if (vm.cpuLimit !== undefined) args.push(`--cpu-limit=${vm.cpuLimit}`)
+  if (vm.priority !== undefined) args.push(`--priority=${vm.priority}`)
   if (vm.control) args.push(`--control=${vm.control}`)
   if (vm.checkpoint) args.push('--', vm.checkpoint)
   return args

@@ -3,3 +3,6 @@ export { FaultyLink, NO_FAULTS, MAX_HELD, parseFaults, type LinkFaults } from '.
 export { seededRandom } from './random.js'
 export { UdpSwitch, SWITCH_DEFAULTS, type PeerInfo, type SwitchLog, type UdpSwitchOptions } from './udp-switch.js'
 export { UdpUplink, ANNOUNCE_ETHERTYPE, KEEPALIVE_MS, type UplinkOptions } from './udp-uplink.js'
+export { TrafficMonitor, MONITOR_DEFAULTS, type MonitorClock, type TrafficRate } from './traffic-monitor.js'
+export { DosGuard, DOS_DEFAULTS, DEFAULT_PRIORITY, checkPriority, parsePriority, checkBounds, parseBounds, overBounds, type DosBounds, type DosEvent, type DosEventKind, type GuardedVm } from './dos-guard.js'
+export { holdFrame, heldFrame, parseHold, parseHeld, isPortControl, REPORT_MS, type HeldCounts, type HoldVerb } from './port-hold.js'

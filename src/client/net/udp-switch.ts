@@ -6,6 +6,7 @@ import { realTimers, type Timers } from '../vm/timers.js'
 import { FaultyLink, NO_FAULTS, type LinkFaults } from './link-faults.js'
 import { seededRandom } from './random.js'
 import { formatAddress } from './address.js'
+import { heldFrame, parseHold, REPORT_MS, SMALL_HELD, type HeldCounts } from './port-hold.js'
 
 /** What the switch logs through (a pino logger is one). */
 export interface SwitchLog {
@@ -48,6 +49,10 @@ export interface PeerInfo {
   /** ms since its last datagram */
   idleMs: number
   faults: LinkFaults
+  /** the peer asked for its frames to be held (port-hold.ts): they are dropped and reported */
+  held: boolean
+  /** frames to it dropped while held */
+  heldFrames: number
 }
 
 interface Peer {
@@ -58,6 +63,15 @@ interface Peer {
   framesIn: number
   /** frames the link handed to the socket */
   out: { frames: number }
+  held: boolean
+  heldFrames: number
+  /** dropped since the last HELD report, and when that was */
+  unreported: HeldCounts
+  reportedAt: number
+  /** a report of the frames held since reportedAt is due at reportedAt + REPORT_MS */
+  reportDue: boolean
+  /** where its datagrams come from */
+  from: RemoteInfo
 }
 
 /**
@@ -126,7 +140,7 @@ export class UdpSwitch {
   /** The joined peers, in the order they joined. */
   list(): PeerInfo[] {
     const now = this.timers.now()
-    return [...this.peers.values()].map((p) => ({ peer: p.key, framesIn: p.framesIn, framesOut: p.out.frames, lost: p.link.lost + p.link.overflow, idleMs: now - p.lastSeen, faults: p.link.current }))
+    return [...this.peers.values()].map((p) => ({ peer: p.key, framesIn: p.framesIn, framesOut: p.out.frames, lost: p.link.lost + p.link.overflow, idleMs: now - p.lastSeen, faults: p.link.current, held: p.held, heldFrames: p.heldFrames }))
   }
 
   /** Faults on the link to one peer (HOST:PORT as `list` names it), or to every peer, present and future ('all'). */
@@ -158,6 +172,12 @@ export class UdpSwitch {
     }
     p.lastSeen = this.timers.now()
     if (msg.length === 0) return
+    const hold = parseHold(msg)
+    if (hold) {
+      p.held = hold === 'HOLD'
+      this.log.info({ peer: key, held: p.held }, p.held ? 'peer holds its frames' : 'peer takes its frames again')
+      return
+    }
     p.framesIn++
     p.sw.send(msg)
   }
@@ -174,11 +194,37 @@ export class UdpSwitch {
       this.random,
       this.defaults,
     )
-    const p: Peer = { key, sw, link, out, lastSeen: 0, framesIn: 0 }
-    sw.onReceive = (frame) => p.link.send(frame)
+    const p: Peer = { key, sw, link, out, lastSeen: 0, framesIn: 0, held: false, heldFrames: 0, unreported: { frames: 0, bytes: 0, small: 0 }, reportedAt: 0, reportDue: false, from: rinfo }
+    sw.onReceive = (frame) => (p.held ? this.hold(p, frame) : p.link.send(frame))
     this.peers.set(key, p)
     this.log.info({ peer: key, peers: this.peers.size }, 'peer joined')
     return p
+  }
+
+  /**
+   * A frame for a peer that holds its frames: dropped and counted; reported at once when the last
+   * report is REPORT_MS old, else when it will be (so the last frames of a flood are reported too).
+   */
+  private hold(p: Peer, frame: Buffer): void {
+    p.heldFrames++
+    const u = p.unreported
+    u.frames++
+    u.bytes += frame.length
+    if (frame.length <= SMALL_HELD) u.small++
+    const wait = p.reportedAt + REPORT_MS - this.timers.now()
+    if (wait <= 0) return this.report(p)
+    if (p.reportDue) return
+    p.reportDue = true
+    void this.timers.sleep(wait, this.stop.signal).then(() => {
+      p.reportDue = false
+      if (p.unreported.frames > 0 && this.peers.get(p.key) === p) this.report(p)
+    })
+  }
+
+  private report(p: Peer): void {
+    p.reportedAt = this.timers.now()
+    this.sock.send(heldFrame(p.unreported), p.from.port, p.from.address)
+    p.unreported = { frames: 0, bytes: 0, small: 0 }
   }
 
   private leave(p: Peer): void {

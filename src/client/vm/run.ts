@@ -39,6 +39,8 @@ export interface VmRunOptions {
   cpuLimit?: number
   /** a control socket (SPEC.md §Control socket): status, pause, resume, checkpoint */
   control?: string
+  /** its priority under a host's DoS guard: only reported in the control socket's status */
+  priority?: number
   /** start from this checkpoint file instead of the guest's first instruction */
   restore?: string
   /**
@@ -123,7 +125,7 @@ export async function runVm(o: VmRunOptions): Promise<VmRunSummary> {
 function vmControl(m: Machine, o: VmRunOptions, hasDisk: boolean, limiter: CpuLimiter | undefined, role: FtRole | undefined): VmControl {
   let busy = false
   return {
-    status: () => ({ guest: o.guest, memory: m.mem.size, instructions: m.hart.instret, paused: m.paused, checkpointing: busy, cpuPercent: limiter?.percent ?? 100, ...(role ? { ft: role.status() } : {}) }),
+    status: () => ({ guest: o.guest, memory: m.mem.size, instructions: m.hart.instret, paused: m.paused, checkpointing: busy, cpuPercent: limiter?.percent ?? 100, ...(o.priority !== undefined ? { priority: o.priority } : {}), ...(role ? { ft: role.status() } : {}) }),
     ...(role?.handover ? { handover: async () => ({ handedOver: true, ...(await role.handover!()) }) } : {}),
     setCpuLimit(percent) {
       if (!limiter) throw new StorageError('Unsupported', 'this VM runs without a CPU limiter')
