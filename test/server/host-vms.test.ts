@@ -3,7 +3,7 @@ import { createServer as createTcpServer, type Socket } from 'node:net'
 import { IscsiLockStorage } from '../../src/client/locks/iscsi-storage.js'
 import { LockManager } from '../../src/disk-formats/lock-region/index.js'
 import { vmsOfHosts } from '../../src/server/host-vms.js'
-import { startServer } from '../helpers/server.js'
+import { bearer, startServer } from '../helpers/server.js'
 import { PRIMARY_VM as PRIMARY, stubHostApi as hostApi } from '../helpers/host-api.js'
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
@@ -59,7 +59,7 @@ t.test('GET /api/v1/vms: the VMs of the live hosts that registered an API', asyn
   await esx.join()
   t.teardown(() => esx.leave().catch(() => undefined))
   const api = await hostApi(t, { host: 'esx-01', vms: [PRIMARY] })
-  const put = await fetch(`http://127.0.0.1:${s.httpPort}/api/v1/hosts/esx-01`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ api }) })
+  const put = await fetch(`http://127.0.0.1:${s.httpPort}/api/v1/hosts/esx-01`, { method: 'PUT', headers: { 'content-type': 'application/json', ...bearer(s.apiToken) }, body: JSON.stringify({ api }) })
   t.equal(put.status, 200)
   let body: { vms: { host: string; name: string; ft: { role: string; lagMs: number } | null }[]; unreachable: unknown[] } = { vms: [], unreachable: [] }
   // the server judges the host live once it has seen its heartbeat advance
