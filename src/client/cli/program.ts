@@ -5,6 +5,7 @@ import { vmCommand } from './vm.js'
 import { hostCommand } from './host.js'
 import { switchCommand } from './switch.js'
 import { kvCommand } from './kv.js'
+import { clusterCommand } from './cluster.js'
 import { reportError } from './errors.js'
 import { loadLazy } from './lazy.js'
 import { SERVE_DEFAULTS } from '../../server/serve-defaults.js'
@@ -30,6 +31,7 @@ export function buildProgram(): Command {
   program.addCommand(hostCommand(run))
   program.addCommand(switchCommand(run))
   program.addCommand(kvCommand(run))
+  program.addCommand(clusterCommand(run))
   const env = process.env
   /** An integer option from 0 to `max`, or a one-line error naming it. */
   const integer = (v: string, max: number, what: string) => {
@@ -80,6 +82,7 @@ export function buildProgram(): Command {
         .choices(['required', 'optional', 'off'])
         .default(env.TANDEM_TLS ?? 'optional'),
     )
+    .option('--fault-injection', 'allow disk faults at run time through PUT /api/v1/faults (delay, error, stall per disk; for tests and tandem cluster): never on a server holding data you care about', false)
     .action((o) =>
       run(async () => {
         const { serve } = await loadLazy<typeof import('../../server/serve.js')>('../../server/serve.js')
@@ -94,6 +97,7 @@ export function buildProgram(): Command {
           maxConnections: integer(o.maxConnections, 1_000_000, '--max-connections'),
           handshakeLimitMs: duration(o.handshakeLimit, '--handshake-limit'),
           tls: o.tls,
+          faultInjection: o.faultInjection === true,
         })
         return new Promise<number>((resolve) => {
           let stopping = false

@@ -6,6 +6,7 @@ import type { Metrics } from '../metrics.js'
 import { jsonErrors, noRoute } from './errors.js'
 import { openApi } from './openapi.js'
 import type { LockspaceView } from '../locks.js'
+import { parseFaults, type FaultInjection } from '../fault-injection.js'
 import { HostRegistry } from '../host-registry.js'
 import type { HostView, LockView } from '../../disk-formats/lock-region/index.js'
 
@@ -21,6 +22,8 @@ export interface AppOptions {
   advertise: { host: string; nbdPort: number; iscsiPort: number }
   /** where the hosts' REST APIs are (default: a new, empty registry) */
   hosts?: HostRegistry
+  /** run-time disk faults (`serve --fault-injection`); without them /api/v1/faults is 404 */
+  faults?: FaultInjection
 }
 
 /** The lock a VM holds while it runs on a host (`tandem host`). */
@@ -254,6 +257,20 @@ export function createApp(o: AppOptions): express.Express {
   )
   app.put('/api/v1/hosts/:name', (req, res) => {
     res.json(hosts.register(req.params.name as string, body(req)))
+  })
+  const faults = () => {
+    if (!o.faults) throw new StorageError('NotFound', 'fault injection is off: start tandem serve with --fault-injection')
+    return o.faults
+  }
+  app.get('/api/v1/faults', (_req, res) => {
+    res.json({ faults: faults().list() })
+  })
+  app.put('/api/v1/faults', (req, res) => {
+    const f = faults()
+    const list = parseFaults(body(req))
+    f.set(list)
+    o.log.warn({ faults: list }, 'disk faults set')
+    res.json({ faults: f.list() })
   })
   app.get(
     '/metrics',
