@@ -98,6 +98,7 @@ export async function checkLive(ch: Checker, x: CheckContext): Promise<Verdict> 
       const live = x.liveAt.get(ch.vm)
       if (live === undefined) return { name, ok: false, detail: `the backup was not seen live (fault at ${lost} ms)` }
       const ms = live - lost
+      if (ms < 0) return { name, ok: false, ms, detail: `the backup was live at ${live} ms, before the fault at ${lost} ms: the pair split by itself` }
       return { name, ok: ms <= ch.withinMs, ms, detail: `backup live ${ms} ms after the fault at ${lost} ms (bound ${ch.withinMs} ms; seen by polling every 50 ms)` }
     }
     case 'single-holder': {

@@ -9,6 +9,7 @@ import { startProc, type Proc } from './processes.js'
 import type { Scenario } from './scenario.js'
 
 export const DEFAULT_LEASE = { heartbeatMs: 200, leaseMs: 2500, fenceMarginMs: 700 }
+export const DEFAULT_FT_LOSS_MS = 1500
 
 export interface HostNode {
   name: string
@@ -97,17 +98,42 @@ export class Cluster {
       const mac = v.mac ?? macOf(i)
       const primary = this.hosts.get(v.host)!
       const backup = v.ft ? this.hosts.get(v.ft)! : null
-      const info = await requestJson<VmInfo>(primary.url, 'POST', '/api/v1/vms', {
+      const body = {
         name: v.name,
         guest: v.guest,
         mac,
         switch: this.switchUrl,
         ...(v.disk ? { disk: v.disk } : {}),
         ...(backup ? { ft: { host: backup.url, backupReads: v.backupReads ?? 'disk' } } : {}),
-      })
-      this.vms.set(v.name, { spec: v, mac, primary, backup, info })
-      this.log(`vm ${v.name} (${v.guest}) on ${v.host}${backup ? `, backup on ${backup.name}` : ''}: pid ${info.pid}, generation ${info.generation}`)
+      }
+      for (let attempt = 1; ; attempt++) {
+        const info = await requestJson<VmInfo>(primary.url, 'POST', '/api/v1/vms', body)
+        this.vms.set(v.name, { spec: v, mac, primary, backup, info })
+        this.log(`vm ${v.name} (${v.guest}) on ${v.host}${backup ? `, backup on ${backup.name}` : ''}: pid ${info.pid}, generation ${info.generation}`)
+        const split = backup ? await this.paired(v.name) : null
+        if (!split) break
+        if (attempt === 3) throw new Error(`pair ${v.name} did not form in 3 attempts: ${split}`)
+        this.setupRetries.push(`${v.name}: ${split}`)
+        this.log(`pair ${v.name} split while starting (${split}): stopping both sides, starting it again`)
+        for (const h of [primary, backup!]) await requestJson(h.url, 'DELETE', `/api/v1/vms/${encodeURIComponent(v.name)}`).catch(() => undefined)
+      }
     }
+  }
+
+  /** pairs restarted because they split while starting */
+  setupRetries: string[] = []
+
+  /** Waits until a pair's sides show as primary and backup: null, or the roles it split into (or stood at after 20 s). */
+  private async paired(vm: string): Promise<string | null> {
+    const split = ['live', 'alone', 'halted', 'handed-over']
+    let roles = ''
+    for (const end = Date.now() + 20_000; Date.now() < end; await new Promise((r) => setTimeout(r, 100))) {
+      const [p, b] = await Promise.all([this.vmInfo(vm, 'primary'), this.vmInfo(vm, 'backup')])
+      roles = `primary side ${p?.ft?.role ?? p?.state ?? 'unreachable'}, backup side ${b?.ft?.role ?? b?.state ?? 'unreachable'}`
+      if (p?.ft?.role === 'primary' && b?.ft?.role === 'backup') return null
+      if (split.includes(p?.ft?.role ?? '') || split.includes(b?.ft?.role ?? '') || p?.state === 'exited' || b?.state === 'exited') return roles
+    }
+    return `${roles} after 20 s`
   }
 
   get switchUrl(): string {
@@ -121,7 +147,7 @@ export class Cluster {
       FaultLink.start({ host: h, target: { host: this.server.addr, port: this.server.iscsiPort } }),
     ])
     this.links.push(http, iscsi)
-    const proc = this.start(`host-${name}`, ['host', '--name', name, '--server', `http://${h}:${http.port}`, '--iscsi', `${h}:${iscsi.port}`, '--listen', this.net.addr(name), '--api-port', '0'], name)
+    const proc = this.start(`host-${name}`, ['host', '--name', name, '--server', `http://${h}:${http.port}`, '--iscsi', `${h}:${iscsi.port}`, '--listen', this.net.addr(name), '--api-port', '0'], name, { TANDEM_FT_LOSS_MS: String(this.scenario.ftLossMs ?? DEFAULT_FT_LOSS_MS) })
     const node: HostNode = { name, proc, url: '', http, iscsi, vmPids: new Set() }
     const watch = () => {
       for (const line of proc.lines) {

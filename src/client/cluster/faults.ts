@@ -1,7 +1,7 @@
-import { readFileSync } from 'node:fs'
 import { requestJson } from '../api/http.js'
 import { NO_FAULTS } from '../net/link-faults.js'
 import { seededRandom } from '../net/random.js'
+import { readHolders } from './checkers.js'
 import { signalGroup, type Cluster } from './cluster.js'
 import type { Fault, Scenario } from './scenario.js'
 import type { Workloads } from './workloads.js'
@@ -40,7 +40,7 @@ function pairHit(c: Cluster, f: Fault): string[] {
     if (!v.backup) continue
     const p = v.primary.name
     if ((f.fault === 'kill' || f.fault === 'stop') && (f.target === `vm:${name}` || f.target === `vm:${name}:primary` || f.target === `host:${p}`)) out.push(name)
-    if (f.fault === 'partition' && (f.node === p || (f.pair && f.pair.includes(p) && f.pair.includes(v.backup.name)))) out.push(name)
+    if (f.fault === 'partition' && (f.node === p || (f.pair && f.pair.includes(p) && (f.pair.includes(v.backup.name) || f.pair.includes('server'))))) out.push(name)
   }
   return out
 }
@@ -87,21 +87,18 @@ export function runTimeline(c: Cluster, w: Workloads, timeline: Scheduled[], t0:
       if (!info?.pid) throw new Error(`${target}: no running process`)
       return [info.pid]
     }
-    // lock-holder: the contender whose line is the records' last
-    for (const l of w.lock) {
-      let last = ''
-      try {
-        last = readFileSync(l.records, 'utf8').trimEnd().split('\n').at(-1) ?? ''
-      } catch {
-        /* none yet */
-      }
-      const p = l.current.get(last.split(' ')[0])
-      if (p?.running()) {
-        r.holderLost.set(l.lock, Date.now())
-        return [p.pid]
+    // lock-holder: the contender whose line is the records' last, written in the last 200 ms (waits up to 10 s for one)
+    for (const end = Date.now() + 10_000; Date.now() < end; await new Promise((res) => setTimeout(res, 20))) {
+      for (const l of w.lock) {
+        const last = readHolders(l.records).at(-1)
+        const p = last && Date.now() - last.t < 200 ? l.current.get(last.host) : undefined
+        if (p?.running()) {
+          r.holderLost.set(l.lock, Date.now())
+          return [p.pid]
+        }
       }
     }
-    throw new Error('lock-holder: nobody holds the lock now')
+    throw new Error('lock-holder: nobody held the lock for 10 s')
   }
   /** a negative entry is a single pid (a namespace's), a positive one a process group */
   const signal = (list: number[], sig: NodeJS.Signals) => list.forEach((p) => (p < 0 ? process.kill(-p, sig) : signalGroup(p, sig)))
@@ -130,6 +127,13 @@ export function runTimeline(c: Cluster, w: Workloads, timeline: Scheduled[], t0:
         return lift(() => signal(g, 'SIGCONT'), f.forMs)
       }
       case 'partition': {
+        if (f.pair?.includes('server')) {
+          // a host cut off its storage only: its paths to the server pass the harness's proxies (both modes)
+          const h = c.hosts.get(f.pair[0] === 'server' ? f.pair[1] : f.pair[0])!
+          for (const l of [h.http, h.iscsi]) l.blackhole()
+          s.note = `${h.name}'s storage paths (HTTP, iSCSI) blackholed`
+          return lift(() => [h.http, h.iscsi].forEach((l) => l.heal()), f.forMs)
+        }
         if (f.pair) {
           await c.net.cutPair(f.pair[0], f.pair[1])
           s.note = `blackhole routes between ${f.pair.join(' and ')}`

@@ -17,6 +17,8 @@ export interface RunReport {
   ok: boolean
   network: string
   startedAt: string
+  /** the epoch ms of time 0 (the workloads' start), which the timeline's and plots' ms count from */
+  t0Wall?: number
   wallMs: number
   /** ms the workloads ran (the plots' x axis) */
   spanMs: number
@@ -25,6 +27,8 @@ export interface RunReport {
   series: Series[]
   error?: string
   replay: string
+  /** pairs restarted because they split while starting (the machine too busy for their loss timeout) */
+  setupRetries?: string[]
 }
 
 const esc = (s: string) => s.replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]!)
@@ -84,7 +88,7 @@ table{border-collapse:collapse;margin:8px 0 16px}td,th{border:1px solid #ddd;pad
 <h1>tandem cluster: ${esc(r.scenario)} — run ${r.run}, seed ${r.seed}</h1>
 <p class="verdict">${r.ok ? 'PASS' : 'FAIL'}</p>${r.error ? `<p><b>error:</b> ${esc(r.error)}</p>` : ''}
 <p>${esc(r.description ?? '')}</p>
-<p>started ${esc(r.startedAt)}, ${(r.wallMs / 1000).toFixed(1)} s, network ${esc(r.network)}. Replay: <code>${esc(r.replay)}</code></p>
+${r.setupRetries?.length ? `<p><b>setup retries:</b> ${esc(r.setupRetries.join('; '))}</p>` : ''}<p>started ${esc(r.startedAt)}, ${(r.wallMs / 1000).toFixed(1)} s, network ${esc(r.network)}. Replay: <code>${esc(r.replay)}</code></p>
 <h2>Checkers</h2><table><tr><th></th><th>checker</th><th>verdict</th></tr>${verdicts}</table>
 <h2>Faults</h2>${timelineSvg(r.timeline, r.spanMs)}<table><tr><th>drawn (ms)</th><th>applied</th><th>lifted</th><th>fault</th><th>what it hit</th></tr>${faults}</table>
 <h2>Over time</h2>${plots || '<p>no samples</p>'}

@@ -87,10 +87,13 @@ async function runOnce(s: Scenario, o: RunOptions & { dir: string; run: number; 
     cluster = await Cluster.create(s, o.dir, o.tandem, o.log)
     report.network = cluster.net.mode
     await cluster.up()
+    report.setupRetries = cluster.setupRetries
     const c = cluster
+    o.log(`cluster up in ${Date.now() - started} ms`)
     if (o.signal?.aborted) throw new Error('interrupted')
     const t0 = performance.now()
     const t0Wall = Date.now()
+    report.t0Wall = t0Wall
     const workloads = await startWorkloads(c, s.workloads, o.seed, false)
     const faults = runTimeline(c, workloads, timeline, t0, o.seed)
     const sampler = sample(c, t0, faults)
@@ -102,12 +105,17 @@ async function runOnce(s: Scenario, o: RunOptions & { dir: string; run: number; 
     }
     report.spanMs = Math.round(performance.now() - t0)
     sampler.stop()
+    o.log(`workloads and faults done in ${report.spanMs} ms`)
+    const checking = Date.now()
     for (const ch of s.checkers ?? []) {
       if (ch.kind === 'disks-clean') continue
       report.verdicts.push(await checkLive(ch, { cluster: c, workloads, faults, liveAt: sampler.liveAt }).catch((e: Error) => ({ name: ch.kind, ok: false, detail: `checker error: ${e.message}` })))
     }
     report.series = [...sampler.series.values(), ...workloadSeries(workloads, t0Wall)]
+    o.log(`checked in ${Date.now() - checking} ms`)
+    const stopping = Date.now()
     const { serverExit } = await c.stop()
+    o.log(`cluster stopped in ${Date.now() - stopping} ms`)
     for (const ch of s.checkers ?? []) if (ch.kind === 'disks-clean') report.verdicts.push(await checkDisks(c, serverExit))
     report.ok = report.verdicts.length > 0 && report.verdicts.every((v) => v.ok)
   } catch (e) {
@@ -134,7 +142,7 @@ function sample(c: Cluster, t0: number, faults: FaultRun) {
       await Promise.all(
         pairs.map(async (v) => {
           const name = v.spec.name
-          if (faults.primaryLost.has(name) && !liveAt.has(name)) {
+          if (!liveAt.has(name)) {
             const b = await c.vmInfo(name, 'backup')
             if (b?.ft?.role === 'live') liveAt.set(name, Math.round(performance.now() - t0))
           }

@@ -40,6 +40,7 @@ export interface Scenario {
   description?: string
   network?: 'auto' | 'loopback' | 'netns'
   lease?: { heartbeatMs?: number; leaseMs?: number; fenceMarginMs?: number }
+  ftLossMs?: number
   server?: { faultInjection?: boolean; disks?: { name: string; size: string }[] }
   hosts: { name: string; address?: string }[]
   vms?: VmSpec[]
@@ -124,7 +125,8 @@ function crossCheck(s: Scenario): { path: string; message: string }[] {
     if (f.fault === 'partition') {
       if ((f.node === undefined) === (f.pair === undefined)) errs.push({ path: p, message: 'give node or pair (one of them)' })
       if (f.node !== undefined && f.node !== 'server') host(f.node, `${p}.node`)
-      f.pair?.forEach((n, j) => host(n, `${p}.pair[${j}]`))
+      f.pair?.forEach((n, j) => n !== 'server' && host(n, `${p}.pair[${j}]`))
+      if (f.pair && f.pair[0] === f.pair[1]) errs.push({ path: `${p}.pair`, message: 'a pair of two different nodes' })
     }
     if (f.fault === 'link') {
       if (f.path.startsWith('storage:')) {

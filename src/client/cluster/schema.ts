@@ -44,6 +44,7 @@ export const SCENARIO_SCHEMA: JsonSchema = {
       additionalProperties: false,
       properties: { heartbeatMs: int(50, 10_000, 'renewal interval'), leaseMs: int(200, 60_000, 'a silent host\'s locks may be taken after this'), fenceMarginMs: int(50, 30_000, 'holders stop this long before') },
     },
+    ftLossMs: int(20, 60_000, 'silence on a pair\'s FT channel that counts as losing the peer (the hosts\' TANDEM_FT_LOSS_MS; default 1500: a busy machine\'s scheduling stalls do not split a pair, a killed side is seen at once as its socket closes)'),
     server: {
       type: 'object',
       additionalProperties: false,
@@ -100,7 +101,7 @@ export const SCENARIO_SCHEMA: JsonSchema = {
         oneOf: [
           event('kill', 'SIGKILL a process group (a VM side, a host with its VMs, a lock holder, the server)', { target: { type: 'string', pattern: TARGET } }, ['target']),
           event('stop', 'SIGSTOP a process group, SIGCONT after forMs', { target: { type: 'string', pattern: TARGET }, forMs }, ['target', 'forMs']),
-          event('partition', 'cut a node off (node) or one pair of hosts (pair: netns only), heal after forMs', { node: name('a host, or "server"'), pair: { type: 'array', items: name('a host'), minItems: 2, maxItems: 2 }, forMs }, ['forMs']),
+          event('partition', 'cut a node off (node: netns: its link down; loopback: its storage paths only), a host from its storage (pair [HOST, "server"]: its HTTP and iSCSI paths blackholed, in both modes) or two hosts from each other (pair of hosts: netns only), heal after forMs', { node: name('a host, or "server"'), pair: { type: 'array', items: name('a host, or "server"'), minItems: 2, maxItems: 2 }, forMs }, ['forMs']),
           event('link', 'delay, jitter and loss on a path, through the user-space proxies: "switch" (every VM and client frame) or "storage:HOST" (a host\'s HTTP and iSCSI to the server; no loss on TCP)', { path: { type: 'string', pattern: '^(switch|storage:[a-z0-9][a-z0-9.-]*)$' }, delayMs: int(0, 60_000, 'added delay'), jitterMs: int(0, 60_000, 'the delay varies by up to this, redrawn every 100 ms (order kept)'), loss: { type: 'number', minimum: 0, maximum: 1, description: 'share of frames dropped (switch only)' }, forMs }, ['path', 'forMs']),
           event('disk', 'a disk fault through the server\'s BlockDevice filters (server.faultInjection)', { disk: name('a disk of server.disks'), mode: { enum: ['delay', 'error', 'stall'] }, ms: int(0, 60_000, 'delay: per request'), op: { enum: ['read', 'write', 'any'] }, forMs }, ['disk', 'mode', 'forMs']),
           event('clock', 'reserved: a clock jump on a host (tandem host takes no injected clock offset yet: refused)', { host: name('the host'), jumpMs: int(-3_600_000, 3_600_000, 'the jump') }, ['host', 'jumpMs']),
