@@ -81,3 +81,10 @@ t.test('single holder: a generation that writes after a later one took the lock 
   t.match(twoHolders([h('c1', 1), h('c2', 1)]), /generation 1 written by c2 and by c1/)
   t.match(twoHolders([h('c2', 5), h('c1', 4)]), /line 2: c1 \(generation 4\) wrote after c2/, 'a generation going back')
 })
+
+t.test('the examples of scenarios/SCENARIOS.md are valid scenarios', async (t) => {
+  const md = readFileSync(join(SCENARIOS, 'SCENARIOS.md'), 'utf8')
+  const blocks = [...md.matchAll(/```json\n([\s\S]*?)```/g)].map((m) => m[1])
+  t.ok(blocks.length >= 2, `${blocks.length} examples`)
+  for (const b of blocks) t.doesNotThrow(() => checkScenario(JSON.parse(b), 'example'), b.slice(0, 40))
+})

@@ -25,6 +25,8 @@ export interface ClusterNet {
   healPair(a: string, b: string): Promise<void>
   /** the pids of a node's namespace (netns: every process in it) */
   pids(node: string): Promise<number[]>
+  /** the namespaces it made (none on loopback) */
+  readonly namespaces: string[]
   /** removes what it made; idempotent */
   destroy(): Promise<void>
 }
@@ -65,6 +67,7 @@ export function loopbackNet(): ClusterNet {
     cutPair: none,
     healPair: none,
     pids: async () => [],
+    namespaces: [],
     destroy: async () => {},
   }
 }
@@ -136,6 +139,7 @@ export async function createNetns(names: string[]): Promise<ClusterNet> {
       await route('del', b, a)
     },
     pids: async (n) => (await runCommand('ip', ['netns', 'pids', node(n).ns])).stdout.split('\n').filter(Boolean).map(Number),
+    namespaces: [...made],
     destroy,
   }
 }

@@ -196,6 +196,7 @@ export async function clusterUp(s: Scenario, o: { dir: string; tandem: string[];
     const state = {
       pid: process.pid,
       network: c.net.mode,
+      namespaces: c.net.namespaces,
       server: c.server.url,
       nbd: `nbd://${c.server.addr}:${c.server.nbdPort}`,
       switch: c.switchUrl,
