@@ -1,4 +1,4 @@
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { spawn } from 'node:child_process'
 import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -15,7 +15,7 @@ const alive = (pid: number) => {
   }
 }
 
-async function upCluster(t: Parameters<Parameters<typeof tap.test>[1]>[0], dir: string) {
+async function upCluster(t: Test, dir: string) {
   const file = join(dir, 'two.json')
   writeFileSync(file, JSON.stringify({ name: 'two', hosts: [{ name: 'h1' }, { name: 'h2' }], workloads: [{ kind: 'lock', lock: 'l1', durationMs: 1000 }] }))
   const child = spawn(process.execPath, [CLI, 'cluster', 'up', file, '--dir', join(dir, 'c')], { stdio: ['ignore', 'pipe', 'pipe'] })
@@ -34,7 +34,6 @@ async function upCluster(t: Parameters<Parameters<typeof tap.test>[1]>[0], dir: 
   t.equal(during.length, state.network === 'netns' ? 4 : 0, 'a bridge namespace and one per node')
   return { file, child, exited, state, during, err: () => err }
 }
-import type tap from 'tap'
 
 t.test('cluster up, then cluster down SCENARIO --dir (SIGTERM, the path of SIGINT too): every process ends and the namespaces are removed', { timeout: 120_000 }, async (t) => {
   const dir = tmp(t, 'tandem-cluster-down-')
