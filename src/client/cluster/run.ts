@@ -91,10 +91,12 @@ async function runOnce(s: Scenario, o: RunOptions & { dir: string; run: number; 
     const c = cluster
     o.log(`cluster up in ${Date.now() - started} ms`)
     if (o.signal?.aborted) throw new Error('interrupted')
+    const workloads = await startWorkloads(c, s.workloads, o.seed, false)
+    // time 0: every kv load has its first acknowledgement (a busy machine takes seconds to start a client)
+    for (const end = Date.now() + 30_000; Date.now() < end && !workloads.kv.every((k) => existsSync(k.log) && readFileSync(k.log, 'utf8').includes('\n')); ) await sleep(20)
     const t0 = performance.now()
     const t0Wall = Date.now()
     report.t0Wall = t0Wall
-    const workloads = await startWorkloads(c, s.workloads, o.seed, false)
     const faults = runTimeline(c, workloads, timeline, t0, o.seed)
     const sampler = sample(c, t0, faults)
     await Promise.all([workloads.done, faults.done])

@@ -3,9 +3,9 @@ import type { JsonSchema } from './json-schema.js'
 const int = (minimum: number, maximum: number, description: string): JsonSchema => ({ type: 'integer', minimum, maximum, description })
 const NAME = '^[a-z0-9][a-z0-9.-]{0,62}$'
 const name = (description: string): JsonSchema => ({ type: 'string', pattern: NAME, description })
-/** when an event happens, ms after the workloads start: a fixed time, or [min, max] drawn from the run's seed */
+/** when an event happens, ms after time 0 (the workloads started, every kv load has its first acknowledgement): a fixed time, or [min, max] drawn from the run's seed */
 const at: JsonSchema = {
-  description: 'ms after the workloads start: a number, or [min, max] drawn from the run\'s seed',
+  description: 'ms after time 0 (the workloads started and every kv load has its first acknowledgement): a number, or [min, max] drawn from the run\'s seed',
   oneOf: [int(0, 3_600_000, 'a fixed time'), { type: 'array', items: int(0, 3_600_000, 'a bound'), minItems: 2, maxItems: 2 }],
 }
 const forMs = int(1, 3_600_000, 'how long the fault lasts (then it is lifted: SIGCONT, heal, no delay)')
