@@ -107,10 +107,17 @@ export class Cluster {
         ...(backup ? { ft: { host: backup.url, backupReads: v.backupReads ?? 'disk' } } : {}),
       }
       for (let attempt = 1; ; attempt++) {
-        const info = await requestJson<VmInfo>(primary.url, 'POST', '/api/v1/vms', body)
-        this.vms.set(v.name, { spec: v, mac, primary, backup, info })
-        this.log(`vm ${v.name} (${v.guest}) on ${v.host}${backup ? `, backup on ${backup.name}` : ''}: pid ${info.pid}, generation ${info.generation}`)
-        const split = backup ? await this.paired(v.name) : null
+        let split: string | null
+        try {
+          const info = await requestJson<VmInfo>(primary.url, 'POST', '/api/v1/vms', body)
+          this.vms.set(v.name, { spec: v, mac, primary, backup, info })
+          this.log(`vm ${v.name} (${v.guest}) on ${v.host}${backup ? `, backup on ${backup.name}` : ''}: pid ${info.pid}, generation ${info.generation}`)
+          split = backup ? await this.paired(v.name) : null
+        } catch (e) {
+          // a pair that could not form (its sides lost each other while starting): tried again below
+          if (!backup) throw e
+          split = `start refused: ${(e as Error).message.split('\n')[0].slice(0, 300)}`
+        }
         if (!split) break
         if (attempt === 3) throw new Error(`pair ${v.name} did not form in 3 attempts: ${split}`)
         this.setupRetries.push(`${v.name}: ${split}`)
