@@ -5,6 +5,7 @@ import { Datastore, PskKeys } from './datastore/index.js'
 import { holdDatastore, type OwnerLock } from './datastore/owner-lock.js'
 import { createApp } from './http/app.js'
 import { API_TOKEN_FILE, AUTH_OFF_FOR_TESTS, isLoopback, loadOrCreateToken, type ApiAuth } from './http/auth.js'
+import { FaultInjection } from './fault-injection.js'
 import { Metrics } from './metrics.js'
 import { NbdServer, NbdTls, type TlsMode } from './nbd/index.js'
 import { IscsiServer } from './iscsi/index.js'
@@ -37,6 +38,8 @@ export interface ServeOptions {
   apiTokenFile?: string
   /** AUTH_OFF_FOR_TESTS: an in-process test server without REST authentication (never the CLI's) */
   apiAuth?: typeof AUTH_OFF_FOR_TESTS
+  /** disk faults switched at run time through PUT /api/v1/faults (tests, `tandem cluster`) */
+  faultInjection?: boolean
 }
 
 
@@ -103,7 +106,9 @@ export async function serve(o: ServeOptions, log: Logger = pino({ level: o.logLe
     opened.push(() => iscsi.close(grace.reached))
     const iscsiPort = await listening('iSCSI', o.iscsiPort, iscsi.listen(o.iscsiPort, o.listen))
     const advertise = { host: o.listen === '0.0.0.0' || o.listen === '::' ? '127.0.0.1' : o.listen, nbdPort, iscsiPort }
-    const app = createApp({ ds, locks, nbdKeys, log: log.child({ component: 'http' }), metrics, advertise, auth })
+    const faults = o.faultInjection ? new FaultInjection() : undefined
+    if (faults) ds.exportFilter = (disk, dev) => faults.wrap(disk, dev)
+    const app = createApp({ ds, locks, nbdKeys, log: log.child({ component: 'http' }), metrics, advertise, auth, faults })
     const http: HttpServer = createServer(app)
     if (limits.maxConnections) http.maxConnections = limits.maxConnections
     const httpPort = await listening(

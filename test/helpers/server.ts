@@ -12,7 +12,7 @@ import { CLI, tmp } from './peers.js'
  */
 export async function startServer(
   t: { teardown(fn: () => unknown): void },
-  opts: Partial<Pick<ServeOptions, 'tls'>> = {},
+  opts: Partial<Pick<ServeOptions, 'tls' | 'faultInjection'>> = {},
 ): Promise<RunningServer & { dir: string; uri: (e: string) => string }> {
   const dir = tmp(t, 'tandem-ds-')
   const s = await serve({ datastore: dir, listen: '127.0.0.1', httpPort: 0, nbdPort: 0, iscsiPort: 0, shutdownGraceMs: 1000, ...opts }, pino({ level: 'silent' }))

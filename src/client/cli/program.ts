@@ -6,6 +6,7 @@ import { hostCommand } from './host.js'
 import { switchCommand } from './switch.js'
 import { kvCommand } from './kv.js'
 import { snapshotCommand } from './snapshot.js'
+import { clusterCommand } from './cluster.js'
 import { reportError } from './errors.js'
 import { loadLazy } from './lazy.js'
 import { SERVE_DEFAULTS } from '../../server/serve-defaults.js'
@@ -32,6 +33,7 @@ export function buildProgram(): Command {
   program.addCommand(switchCommand(run))
   program.addCommand(kvCommand(run))
   program.addCommand(snapshotCommand(run))
+  program.addCommand(clusterCommand(run))
   const env = process.env
   /** An integer option from 0 to `max`, or a one-line error naming it. */
   const integer = (v: string, max: number, what: string) => {
@@ -83,6 +85,7 @@ export function buildProgram(): Command {
         .default(env.TANDEM_TLS ?? 'optional'),
     )
     .option('--api-token-file <file>', 'the REST API\'s bearer token, created (mode 0600) if missing; needed by every mutating request, and by every request when --listen is not loopback (env TANDEM_API_TOKEN_FILE; default DATASTORE/.tandem/api-token)', env.TANDEM_API_TOKEN_FILE)
+    .option('--fault-injection', 'allow disk faults at run time through PUT /api/v1/faults (delay, error, stall per disk; for tests and tandem cluster): never on a server holding data you care about', false)
     .action((o) =>
       run(async () => {
         const { serve } = await loadLazy<typeof import('../../server/serve.js')>('../../server/serve.js')
@@ -98,6 +101,7 @@ export function buildProgram(): Command {
           handshakeLimitMs: duration(o.handshakeLimit, '--handshake-limit'),
           tls: o.tls,
           apiTokenFile: o.apiTokenFile,
+          faultInjection: o.faultInjection === true,
         })
         return new Promise<number>((resolve) => {
           let stopping = false

@@ -31,7 +31,7 @@ export function vmCommand(run: (fn: () => Promise<number | void>) => Promise<voi
     .option('--backup-reads <disk|log>', "where the backup's READ data comes from: the shared disk (its writes are never issued) or the primary's log", 'disk')
     .option('--ft-lockspace <path|uri>', "the lockspace holding the VM's lock vm/<name> (a file, or iscsi://…/lockspace): on losing each other both sides claim it by one compare-and-write, exactly one wins and the other halts")
     .option('--ft-host <name>', "this side's host name in the lockspace (default: <hostname>-primary or -backup)")
-    .option('--ft-loss-ms <ms>', 'silence on the FT channel that counts as losing the peer', '300')
+    .option('--ft-loss-ms <ms>', 'silence on the FT channel that counts as losing the peer (env TANDEM_FT_LOSS_MS: a host agent\'s pairs inherit it)', process.env.TANDEM_FT_LOSS_MS ?? '300')
     .option('--no-lag-control', "primary: leave its CPU limit alone (the lag control lowers it while the backup falls behind)")
     .action((o) => run(() => runAction(o)))
   const restoreCmd = vm.command('restore')

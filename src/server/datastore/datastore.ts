@@ -119,6 +119,9 @@ export class Datastore {
    */
   onWritable?: (disk: string) => Promise<() => Promise<void>>
 
+  /** wraps each writable export's device (the server's run-time disk faults, `serve --fault-injection`) */
+  exportFilter?: (disk: string, dev: BlockDevice) => BlockDevice
+
   private constructor(readonly dir: string) {}
 
   /** Opens (creating) the datastore folder and repairs what stopped operations left in it. */
@@ -827,7 +830,7 @@ export class Datastore {
             throw e
           })
           const live = swappable(dev, { readOnly: false, onClose: unlock })
-          h = { dev: checked(live), refs: 0, live }
+          h = { dev: checked(this.exportFilter ? this.exportFilter(disk, live) : live), refs: 0, live }
         } else {
           const s = findSnapshot(r, snapshot)
           if (!s) throw new StorageError('NotFound', `disk '${disk}' has no snapshot '${snapshot}'`)

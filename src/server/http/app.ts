@@ -8,6 +8,7 @@ import { requireToken, type ApiAuth } from './auth.js'
 import { openApi } from './openapi.js'
 import { consoleRoutes } from './console.js'
 import type { LockspaceView } from '../locks.js'
+import { parseFaults, type FaultInjection } from '../fault-injection.js'
 import { HostRegistry } from '../host-registry.js'
 import { vmsOfHosts } from '../host-vms.js'
 import type { HostView, LockView } from '../../disk-formats/lock-region/index.js'
@@ -26,6 +27,8 @@ export interface AppOptions {
   hosts?: HostRegistry
   /** who may ask (auth.ts): the server's token, or AUTH_OFF_FOR_TESTS given explicitly */
   auth: ApiAuth
+  /** run-time disk faults (`serve --fault-injection`); without them /api/v1/faults is 404 */
+  faults?: FaultInjection
 }
 
 /** The lock a VM holds while it runs on a host (`tandem host`). */
@@ -292,6 +295,20 @@ export function createApp(o: AppOptions): express.Express {
   )
   app.put('/api/v1/hosts/:name', (req, res) => {
     res.json(hosts.register(req.params.name as string, body(req)))
+  })
+  const faults = () => {
+    if (!o.faults) throw new StorageError('NotFound', 'fault injection is off: start tandem serve with --fault-injection')
+    return o.faults
+  }
+  app.get('/api/v1/faults', (_req, res) => {
+    res.json({ faults: faults().list() })
+  })
+  app.put('/api/v1/faults', (req, res) => {
+    const f = faults()
+    const list = parseFaults(body(req))
+    f.set(list)
+    o.log.warn({ faults: list }, 'disk faults set')
+    res.json({ faults: f.list() })
   })
   app.get(
     '/metrics',

@@ -131,6 +131,13 @@ export const openApi = {
           description: 'a side of a fault-tolerant pair; null for a VM alone',
         },
       }),
+      DiskFault: obj({
+        disk: str,
+        mode: { type: 'string', enum: ['delay', 'error', 'stall'], description: 'delay each request `ms`; fail it (IoError: EIO, MEDIUM ERROR); hold it until the stall is lifted' },
+        ms: { type: 'integer', minimum: 0, maximum: 60000, description: 'delay: per request (above 0); default 0' },
+        op: { type: 'string', enum: ['read', 'write', 'any'], description: 'which requests: reads; writes, write zeroes, discards, flushes; or any (default)' },
+      }, ['disk', 'mode']),
+      Faults: obj({ faults: { type: 'array', items: ref('DiskFault'), description: 'the faults now in force, one per disk' } }),
       HostVms: obj({
         vms: { type: 'array', items: ref('HostVm') },
         unreachable: { type: 'array', items: obj({ host: str, api: str, error: str }), description: 'hosts that did not answer in time, or answered something else' },
@@ -260,6 +267,15 @@ export const openApi = {
         security: [{ bearer: [] }],
         requestBody: body({ type: 'object', required: ['api'], properties: { api: { type: 'string', example: 'http://127.0.0.1:7800' } } }),
         responses: { 200: json(ref('HostRegistration')), ...errors(true, 400) },
+      },
+    },
+    '/api/v1/faults': {
+      get: { summary: 'The disk faults in force (`tandem serve --fault-injection`; 404 without it)', responses: { 200: json(ref('Faults')), ...errors(false, 404) } },
+      put: {
+        summary: 'Replaces the disk faults (`[]` lifts them all): delay, error or stall of a disk\'s reads, writes or both, at run time (tests, `tandem cluster`); 404 unless the server runs with --fault-injection',
+        security: [{ bearer: [] }],
+        requestBody: body(ref('Faults')),
+        responses: { 200: json(ref('Faults')), ...errors(true, 400, 404) },
       },
     },
     '/api/v1/vms': {

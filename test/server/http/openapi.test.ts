@@ -31,7 +31,7 @@ t.test('the typed client\'s types name exactly the document\'s schema properties
 })
 
 t.test('real answers of every route validate against the document', async (t) => {
-  const s = await startServer(t)
+  const s = await startServer(t, { faultInjection: true })
   const url = `http://127.0.0.1:${s.httpPort}`
   const seen = new Set<string>()
   /** Sends `method template` (with `{x}` filled from `params`), checks the answer against the document, returns it. */
@@ -132,6 +132,15 @@ t.test('real answers of every route validate against the document', async (t) =>
   await expect(200, 'PUT', '/api/v1/hosts/{name}', { name: 'h1' }, { api: 'http://127.0.0.1:7800' })
   await expect(400, 'PUT', '/api/v1/hosts/{name}', { name: 'h1' }, { api: 'not a url' })
   await expect(401, 'PUT', '/api/v1/hosts/{name}', { name: 'h1' }, { api: 'http://127.0.0.1:7800' }, { token: false })
+  // the VMs of the hosts (h1's API does not answer: listed as unreachable)
+  await expect(200, 'GET', '/api/v1/vms')
+  // run-time disk faults (this server runs with --fault-injection)
+  await expect(200, 'PUT', '/api/v1/faults', {}, { faults: [{ disk: 'd', mode: 'delay', ms: 1, op: 'write' }] })
+  const faults = await expect(200, 'GET', '/api/v1/faults')
+  t.same(faults.faults, [{ disk: 'd', mode: 'delay', ms: 1, op: 'write' }], 'the fault is in force')
+  await expect(400, 'PUT', '/api/v1/faults', {}, { faults: [{ disk: 'd', mode: 'melt' }] })
+  await expect(401, 'PUT', '/api/v1/faults', {}, { faults: [] }, { token: false })
+  await expect(200, 'PUT', '/api/v1/faults', {}, { faults: [] })
   // clones: linked (the base snapshot then cannot go), full, bad input
   await expect(201, 'POST', `${D}/clones`, { name: 'd' }, { name: 'lc', snapshot: 's1' })
   await expect(201, 'POST', `${D}/clones`, { name: 'd' }, { name: 'fc', snapshot: 's1', linked: false })

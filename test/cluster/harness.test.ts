@@ -1,0 +1,99 @@
+import t from 'tap'
+import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { checkScenario, runScenario, type Scenario } from '../../src/client/cluster/index.js'
+import { CLI, ROOT, needs, run, tmp } from '../helpers/peers.js'
+
+/**
+ * `tandem cluster` for real: clusters of `tandem serve`, `tandem host` and VMs (in network
+ * namespaces when root, on loopback otherwise), workloads, faults, checkers. The scenario library
+ * runs here in a short form (shorter workloads and faults; CLUSTER_FULL=1: as written), all at
+ * once; the whole file stays within 90 s on a quiet machine.
+ */
+const SCENARIOS = join(ROOT, 'scenarios')
+const FULL = process.env.CLUSTER_FULL === '1'
+
+/** The library's short form: the same faults and checkers over shorter workloads. */
+function short(s: Scenario): Scenario {
+  if (FULL) return s
+  const c = structuredClone(s)
+  for (const w of c.workloads) {
+    if (w.kind === 'kv') w.durationMs = Math.min(w.durationMs, 4500)
+    if (w.kind === 'lock') w.durationMs = Math.min(w.durationMs, 7000)
+    if (w.kind === 'fio') Object.assign(w, { durationMs: Math.min(w.durationMs, 3000), sizeMiB: 4 })
+  }
+  for (const f of c.timeline ?? []) {
+    if ('forMs' in f) f.forMs = Math.min(f.forMs, 4000)
+    f.atMs = Array.isArray(f.atMs) ? [Math.min(f.atMs[0], 2500), Math.min(f.atMs[1], 3000)] : Math.min(f.atMs, 3500)
+  }
+  return checkScenario(c, `${s.name} (short)`)
+}
+
+t.test('the scenario library, short form: every scenario passes (reports written)', { timeout: 240_000 }, async (t) => {
+  const dir = tmp(t, 'tandem-cluster-lib-')
+  const files = readdirSync(SCENARIOS).filter((f) => f.endsWith('.json') && f !== 'scenario.schema.json')
+  const lines: string[] = []
+  const started = performance.now()
+  const results = await Promise.all(
+    files.map(async (f) => {
+      const s = short(checkScenario(JSON.parse(readFileSync(join(SCENARIOS, f), 'utf8')), f))
+      if (s.workloads.some((w) => w.kind === 'fio') && needs('fio').skip) return { f, skip: needs('fio').skip }
+      const [r] = await runScenario(s, { file: `scenarios/${f}`, seed: Number(process.env.CLUSTER_SEED ?? 1), runs: 1, reportDir: join(dir, s.name), tandem: [process.execPath, CLI], log: (l) => lines.push(`${s.name}: ${l}`) })
+      return { f, r, s }
+    }),
+  )
+  t.comment(`library (short form) in ${Math.round(performance.now() - started)} ms`)
+  for (const x of results) {
+    if (!x.r) {
+      t.comment(`SKIP ${x.f}: ${x.skip}`)
+      continue
+    }
+    t.ok(x.r.ok, `${x.f}: ${x.r.verdicts.map((v) => `${v.ok ? 'PASS' : 'FAIL'} ${v.name}: ${v.detail}`).join('; ')}${x.r.error ? ` error: ${x.r.error}` : ''}${x.r.ok ? '' : `\n${lines.filter((l) => l.startsWith(x.s!.name)).join('\n')}`}`)
+    t.equal(x.r.verdicts.length, x.s!.checkers!.length, `${x.f}: every checker judged`)
+    t.ok(existsSync(join(dir, x.s!.name, `run-1-seed-${x.r.seed}`, 'report.html')), `${x.f}: report.html`)
+    t.match(readFileSync(join(dir, x.s!.name, 'junit.xml'), 'utf8'), new RegExp(`<testsuite name="${x.s!.name} run 1 seed \\d+" tests="${x.s!.checkers!.length}" failures="0"`), `${x.f}: junit.xml`)
+  }
+})
+
+t.test('a checker fed a forged acknowledgement fails the run: exit 1, the seed, the timeline and the replay command printed; the honest checker beside it passes', { timeout: 120_000 }, async (t) => {
+  const dir = tmp(t, 'tandem-cluster-bad-')
+  const scenario: Scenario = {
+    name: 'forged-ack',
+    description: 'a kvstore VM alone under a short kv load, SIGSTOPped for 300 ms; the second kv-acked checker gets a forged acknowledgement',
+    hosts: [{ name: 'h1' }],
+    vms: [{ name: 'vm1', guest: 'kvstore', host: 'h1' }],
+    workloads: [{ kind: 'kv', vm: 'vm1', keys: 16, rate: 100, durationMs: 2000 }],
+    timeline: [{ fault: 'stop', atMs: [200, 900], target: 'vm:vm1', forMs: 300 }],
+    checkers: [
+      { kind: 'kv-acked', vm: 'vm1' },
+      { kind: 'kv-acked', vm: 'vm1', forgeAck: true },
+    ],
+  }
+  const file = join(dir, 'forged-ack.json')
+  writeFileSync(file, JSON.stringify(scenario))
+  const r = await run(process.execPath, [CLI, 'cluster', 'run', file, '--seed', '7', '--report', join(dir, 'report')], { timeout: 110_000 })
+  t.equal(r.status, 1, 'exit 1')
+  t.match(r.stderr, /PASS kv-acked vm1: \d+ acknowledged SETs; (\d+) keys hold their last acknowledged value/, 'the honest checker passes')
+  t.match(r.stderr, /FAIL kv-acked vm1: kv check exit 1: tandem kv check: 1 of \d+ keys do not hold their last acknowledged value/, 'the checker with the forged input fails, from kv check\'s own verdict')
+  t.match(r.stderr, /\[forged-ack\] run 1 FAILED with seed 7/, 'the seed printed')
+  t.match(r.stderr, /timeline \(ms after the workloads start\):\n\s+\d+\s+stop target=vm:vm1 forMs=300 {2}\(SIGSTOP group \d+\)/, 'the timeline printed, with what it hit')
+  t.match(r.stderr, new RegExp(`replay: tandem cluster run ${file.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')} --seed 7 --runs 1`), 'the command that replays it')
+  const junit = readFileSync(join(dir, 'report', 'junit.xml'), 'utf8')
+  t.match(junit, /<testsuite name="forged-ack run 1 seed 7" tests="2" failures="1"/)
+  t.match(junit, /<failure message="kv check exit 1/)
+  t.match(readFileSync(join(dir, 'report', 'run-1-seed-7', 'report.html'), 'utf8'), /<p class="verdict">FAIL<\/p>/)
+  t.notMatch(r.stderr, /\n\s+at /, 'no stack trace')
+})
+
+t.test('tandem cluster run: a bad scenario is one message naming each problem\'s path, exit 1', async (t) => {
+  const dir = tmp(t, 'tandem-cluster-bad-')
+  const file = join(dir, 's.json')
+  writeFileSync(file, JSON.stringify({ name: 'x', hosts: [{ name: 'h1' }], workloads: [{ kind: 'kv', vm: 'nope', durationMs: 1000 }], timeline: [{ fault: 'kill', atMs: 1, target: 'moon' }] }))
+  const r = await run(process.execPath, [CLI, 'cluster', 'run', file])
+  t.equal(r.status, 1)
+  t.match(r.stderr, /s\.json: 1 problem:\n {2}\$\.timeline\[0\]\.target: "moon" does not match/)
+  writeFileSync(file, '{"name": ')
+  t.match((await run(process.execPath, [CLI, 'cluster', 'run', file])).stderr, /s\.json: not JSON/)
+  t.match((await run(process.execPath, [CLI, 'cluster', 'run', join(dir, 'missing.json')])).stderr, /cannot read scenario/)
+  t.match((await run(process.execPath, [CLI, 'cluster', 'run', file, '--runs', '0'])).stderr, /invalid --runs '0'/)
+})

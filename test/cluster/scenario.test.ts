@@ -1,0 +1,90 @@
+import t from 'tap'
+import { readFileSync, readdirSync } from 'node:fs'
+import { join } from 'node:path'
+import { checkScenario, drawTimeline, SCENARIO_SCHEMA, twoHolders, validate, type Scenario } from '../../src/client/cluster/index.js'
+import { ROOT } from '../helpers/peers.js'
+
+const SCENARIOS = join(ROOT, 'scenarios')
+const base = (): Record<string, unknown> => JSON.parse(readFileSync(join(SCENARIOS, 'ft-failover.json'), 'utf8'))
+const problems = (v: unknown): string => {
+  try {
+    checkScenario(v, 'x.json')
+    return ''
+  } catch (e) {
+    t.equal((e as { code?: string }).code, 'InvalidArgument')
+    return (e as Error).message
+  }
+}
+
+t.test('scenarios/scenario.schema.json is the schema the harness checks with, and every scenario of the library conforms', async (t) => {
+  t.same(JSON.parse(readFileSync(join(SCENARIOS, 'scenario.schema.json'), 'utf8')), SCENARIO_SCHEMA, 'the committed schema file is SCENARIO_SCHEMA (regenerate: tandem cluster schema > scenarios/scenario.schema.json)')
+  const files = readdirSync(SCENARIOS).filter((f) => f.endsWith('.json') && f !== 'scenario.schema.json')
+  t.ok(files.length >= 4, `the library: ${files.join(', ')}`)
+  for (const f of files) t.doesNotThrow(() => checkScenario(JSON.parse(readFileSync(join(SCENARIOS, f), 'utf8')), f), f)
+})
+
+t.test('a bad scenario: every problem named with its path, no stack trace', async (t) => {
+  const cases: [string, (s: Record<string, unknown>) => void, RegExp][] = [
+    ['unknown top-level key', (s) => (s.hostz = []), /\$\.hostz: is not a known property/],
+    ['missing hosts', (s) => delete s.hosts, /\$\.hosts: is required/],
+    ['wrong type', (s) => ((s.hosts as object[])[0] = { name: 7 }), /\$\.hosts\[0\]\.name: must be a string, not integer/],
+    ['bad name', (s) => ((s.hosts as { name: string }[])[1].name = 'H 2'), /\$\.hosts\[1\]\.name: "H 2" does not match/],
+    ['unknown fault', (s) => ((s.timeline as object[])[0] = { fault: 'meteor', atMs: 1 }), /\$\.timeline\[0\]\.fault: must be one of "kill", "stop", "partition", "link", "disk", "clock", not "meteor"/],
+    ['fault field out of range', (s) => ((s.timeline as object[])[0] = { fault: 'stop', atMs: -5, target: 'vm:vm1', forMs: 10 }), /\$\.timeline\[0\]\.atMs: must match exactly one of 2 forms/],
+    ['unknown checker field', (s) => ((s.checkers as object[])[0] = { kind: 'failover', vm: 'vm1', withinMs: 10, extra: 1 }), /\$\.checkers\[0\]\.extra: is not a known property/],
+    ['VM on a host not declared', (s) => ((s.vms as { host: string }[])[0].host = 'h9'), /\$\.vms\[0\]\.host: no host 'h9' in \$\.hosts/],
+    ['kill target not a VM', (s) => ((s.timeline as { target: string }[])[0].target = 'vm:nope:primary'), /\$\.timeline\[0\]\.target: no VM 'nope'/],
+    ['range upside down', (s) => ((s.timeline as { atMs: unknown }[])[0].atMs = [5, 1]), /\$\.timeline\[0\]\.atMs: \[min, max\] with min 5 above max 1/],
+    ['disk fault without fault injection', (s) => ((s.timeline as object[])[0] = { fault: 'disk', atMs: 1, disk: 'd1', mode: 'error', forMs: 5 }), /no disk 'd1'[\s\S]*disk faults need \$\.server\.faultInjection: true/],
+    ['clock jump', (s) => ((s.timeline as object[])[0] = { fault: 'clock', atMs: 1, host: 'h1', jumpMs: 5000 }), /\$\.timeline\[0\]\.fault: clock jumps are not supported: tandem host takes no injected clock offset yet/],
+    ['flood (the DoS guard\'s slot)', (s) => ((s.workloads as object[])[0] = { kind: 'flood' }), /\$\.workloads\[0\]\.kind: flood is reserved for the DoS guard/],
+    ['a real machine', (s) => ((s.hosts as object[])[0] = { name: 'h1', address: 'http://10.0.0.5:7800' }), /\$\.hosts\[0\]\.address: real machines .* not supported yet/],
+    ['loss on a TCP path', (s) => ((s.timeline as object[])[0] = { fault: 'link', atMs: 1, path: 'storage:h1', loss: 0.1, forMs: 5 }), /\$\.timeline\[0\]\.loss: no loss on a TCP path/],
+    ['failover on a VM alone', (s) => ((s.vms as { ft?: string }[])[0].ft = undefined), /\$\.checkers\[0\]\.vm: VM 'vm1' is not a pair/],
+  ]
+  for (const [what, edit, re] of cases) {
+    const s = base()
+    edit(s)
+    const m = problems(JSON.parse(JSON.stringify(s)))
+    t.match(m, re, what)
+    t.match(m, /^x\.json: \d+ problems?:\n/, `${what}: names the file and counts`)
+    t.notMatch(m, /\n\s+at /, `${what}: no stack trace`)
+  }
+  t.match(problems([]), /\$: must be an object, not array/)
+  t.equal(problems(base()), '', 'the base scenario is fine')
+})
+
+t.test('the validator follows $ref and checks enum, bounds and required in nested items', async (t) => {
+  const schema = { $defs: { n: { type: 'integer' as const, minimum: 1, maximum: 3 } }, type: 'object' as const, properties: { a: { type: 'array' as const, items: { $ref: '#/$defs/n' } } }, required: ['a'] }
+  t.same(validate(schema, { a: [1, 3] }), [])
+  t.same(validate(schema, { a: [0, 4, 'x'] }), [
+    { path: '$.a[0]', message: 'must be at least 1' },
+    { path: '$.a[1]', message: 'must be at most 3' },
+    { path: '$.a[2]', message: 'must be an integer, not string' },
+  ])
+})
+
+t.test('a seed draws the timeline: the same seed the same times, within [min, max]', async (t) => {
+  const s = base() as unknown as Scenario
+  const a = drawTimeline(s, 42).map((x) => x.atMs)
+  t.same(drawTimeline(s, 42).map((x) => x.atMs), a, 'replayable')
+  const all = Array.from({ length: 50 }, (_, i) => drawTimeline(s, i)[0].atMs)
+  t.ok(all.every((ms) => ms >= 1500 && ms <= 3500), 'within the range')
+  t.ok(new Set(all).size > 10, 'seeds spread the instants')
+})
+
+t.test('single holder: a generation that writes after a later one took the lock is two holders', async (t) => {
+  const h = (host: string, generation: number, t = 0) => ({ host, generation, t })
+  t.equal(twoHolders([h('c1', 1), h('c1', 1), h('c2', 2), h('c3', 3), h('c3', 3)]), null, 'hand-overs in order')
+  t.match(twoHolders([h('c1', 1), h('c2', 2), h('c1', 1)]), /line 3: c1 \(generation 1\) wrote after c2 took the lock at generation 2: two holders/)
+  t.match(twoHolders([h('c1', 1), h('c2', 2), h('c2', 2), h('c3', 3), h('c2', 2)]), /line 5: c2 \(generation 2\) wrote after c3/)
+  t.match(twoHolders([h('c1', 1), h('c2', 1)]), /generation 1 written by c2 and by c1/)
+  t.match(twoHolders([h('c2', 5), h('c1', 4)]), /line 2: c1 \(generation 4\) wrote after c2/, 'a generation going back')
+})
+
+t.test('the examples of scenarios/SCENARIOS.md are valid scenarios', async (t) => {
+  const md = readFileSync(join(SCENARIOS, 'SCENARIOS.md'), 'utf8')
+  const blocks = [...md.matchAll(/```json\n([\s\S]*?)```/g)].map((m) => m[1])
+  t.ok(blocks.length >= 2, `${blocks.length} examples`)
+  for (const b of blocks) t.doesNotThrow(() => checkScenario(JSON.parse(b), 'example'), b.slice(0, 40))
+})
