@@ -28,7 +28,8 @@ interface Block {
   pc: number
   /** instructions in one pass */
   n: number
-  fn: BlockFn
+  /** null: the instruction at `pc` is one for the interpreter (remembered, so as not to retry) */
+  fn: BlockFn | null
   valid: boolean
   /** first and last word of the block within its page */
   page: number
@@ -109,7 +110,7 @@ export class JitHart extends Hart {
           prev.s0 = b
         }
       }
-      if (b === null) {
+      if (b === null || b.fn === null) {
         // not a block here: one instruction by the interpreter
         const r = this.interpret(this.instret + 1)
         if (r !== 'limit') return r
@@ -160,7 +161,10 @@ export class JitHart extends Hart {
     return true
   }
 
-  /** The block starting at `pc`, or null when its first instruction is one for the interpreter. */
+  /**
+   * The block starting at `pc` (one without a function when its first instruction is one for the
+   * interpreter), or null outside RAM.
+   */
   private compile(pc: number): Block | null {
     const mem = this.mem
     const off = (pc ^ 0x80000000) >>> 0
@@ -172,31 +176,50 @@ export class JitHart extends Hart {
     let n = 0
     let p = pc
     let ended = false
-    while (n < MAX_BLOCK && ((p ^ 0x80000000) >>> 0) >>> PAGE_SHIFT === page) {
-      const s = this.translate(mem.i32[((p ^ 0x80000000) >>> 0) >>> 2], p, n, pc, used, written)
+    let lo = off
+    let hi = off
+    const inPage = (q: number) => ((q ^ 0x80000000) >>> 0) >>> PAGE_SHIFT === page
+    while (n < MAX_BLOCK && inPage(p)) {
+      const o = (p ^ 0x80000000) >>> 0
+      const s = this.translate(mem.i32[o >>> 2], p, n, pc, used, written)
       if (s === null) break
+      lo = Math.min(lo, o)
+      hi = Math.max(hi, o)
       code.push(`// ${n}: 0x${(p >>> 0).toString(16)}\n${s.code}`)
       n++
-      p = (p + 4) | 0
-      if (s.ends) {
+      // a direct jump within the page is followed (the block goes on at its target)
+      p = s.goto !== undefined && inPage(s.goto) && s.goto !== pc ? s.goto : (p + 4) | 0
+      if (s.ends && s.goto === undefined) {
+        ended = true
+        break
+      }
+      if (s.goto !== undefined && p !== s.goto) {
+        code.push(`n += ${n}; e = ${s.goto}; ${s.goto === pc ? `if (budget - n >= ${'$'}{N}) continue; ` : ''}break body;`)
         ended = true
         break
       }
     }
-    if (n === 0) return null
+    if (n === 0) return this.register({ pc, n: 0, fn: null, valid: true, page, w0: (off & 0xfff) >>> 2, w1: (off & 0xfff) >>> 2, s0pc: 0, s0: null, s1pc: 0, s1: null })
     if (!ended) code.push(`n += ${n}; e = ${p}; break body;`)
     const regs = [...used].sort((a, b) => a - b)
     const body = [
       regs.length ? `let ${regs.map((r) => `r${r} = x[${r}]`).join(', ')};` : '',
       'let n = 0, k = 0, e = 0, a = 0, o = 0, t = 0;',
       'body: for (;;) {',
-      ...code,
+      ...code.map((c) => c.replaceAll('${N}', String(n))),
       '}',
       [...written].map((r) => `x[${r}] = r${r};`).join(' '),
       'exit.pc = e;',
       'return n + k;',
     ].join('\n')
-    const b: Block = { pc, n, fn: this.make(body), valid: true, page, w0: (off & 0xfff) >>> 2, w1: ((off & 0xfff) >>> 2) + n - 1, s0pc: 0, s0: null, s1pc: 0, s1: null }
+    this.stats.compiled++
+    return this.register({ pc, n, fn: this.make(body), valid: true, page, w0: (lo & 0xfff) >>> 2, w1: (hi & 0xfff) >>> 2, s0pc: 0, s0: null, s1pc: 0, s1: null })
+  }
+
+  /** Files a block under its pc and the words it holds (a store to any of them invalidates it). */
+  private register(b: Block): Block {
+    const page = b.page
+    const mem = this.mem
     let words = this.pageWords[page]
     if (!words) {
       words = this.pageWords[page] = new Uint8Array(1 << (PAGE_SHIFT - 2))
@@ -205,8 +228,7 @@ export class JitHart extends Hart {
     }
     for (let w = b.w0; w <= b.w1; w++) words[w]++
     this.pageBlocks[page]!.push(b)
-    this.blocks.set(pc, b)
-    this.stats.compiled++
+    this.blocks.set(b.pc, b)
     return b
   }
 
@@ -214,7 +236,7 @@ export class JitHart extends Hart {
    * One instruction as JavaScript (`ends`: it transfers control and closes the block), or null
    * for one the block must leave to the interpreter (the block ends before it).
    */
-  private translate(inst: number, pc: number, i: number, entry: number, used: Set<number>, written: Set<number>): { code: string; ends?: boolean } | null {
+  private translate(inst: number, pc: number, i: number, entry: number, used: Set<number>, written: Set<number>): { code: string; ends?: boolean; goto?: number } | null {
     const rd = (inst >>> 7) & 31
     const rs1 = (inst >>> 15) & 31
     const rs2 = (inst >>> 20) & 31
@@ -234,7 +256,8 @@ export class JitHart extends Hart {
     // a side exit: the interpreter runs this instruction
     const side = `{ exit.side = 1; e = ${pc}; k = ${i}; break body; }`
     // leaving the block for `target` after a whole pass (a self-loop goes round while the budget allows)
-    const leave = (target: number) => (target === entry ? `n += ${i + 1}; if (budget - n >= ${i + 1}) continue; e = ${target}; break body;` : `n += ${i + 1}; e = ${target}; break body;`)
+    // (${N}, the block's length, is filled in when it is known)
+    const leave = (target: number) => (target === entry ? `n += ${i + 1}; if (budget - n >= ${'$'}{N}) continue; e = ${target}; break body;` : `n += ${i + 1}; e = ${target}; break body;`)
     switch (inst & 0x7f) {
       case 0x37:
         return { code: set(String(inst & 0xfffff000)) }
@@ -309,7 +332,7 @@ export class JitHart extends Hart {
         const imm = ((inst >> 31) << 20) | (((inst >>> 12) & 0xff) << 12) | (((inst >>> 20) & 1) << 11) | (((inst >>> 21) & 0x3ff) << 1)
         const target = (pc + imm) | 0
         if (target & 3) return null
-        return { code: `${set(String(next))}\n${leave(target)}`, ends: true }
+        return { code: set(String(next)), ends: true, goto: target }
       }
       case 0x67: {
         if (f3 !== 0) return null
