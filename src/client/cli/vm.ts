@@ -4,6 +4,7 @@ import { ANONYMOUS_VM_IQN, VM_IQN_PREFIX, checkInitiatorName, logicalUnitPath, n
 import { openVmDisk } from '../vm/vm-disk.js'
 import { parseCpuPercent } from '../vm/cpu-limit.js'
 import { parsePriority } from '../net/dos-guard.js'
+import { ENGINES, type Engine } from '../vm/engines.js'
 import { loadLazy } from './lazy.js'
 import { GUEST_NAMES } from '../vm/guests.js'
 import { parseSize } from './size.js'
@@ -77,6 +78,7 @@ function runOptions(cmd: Command): Command {
     .option('--replay <log>', 'replay a recorded run from its event log (the disk must hold what it held when recording began)')
     .option('--follow', 'with --replay: the log is still being written (by a recording running now); read it as it grows, to its end')
     .option('--max-instructions <n>', 'stop after this many instructions')
+    .option('--engine <engine>', 'how the hart executes: jit (blocks translated to JavaScript) or interp (the reference interpreter); both count instructions exactly, so a log recorded under one replays under the other', 'jit')
     .option('--cpu-limit <pct>', 'run the VM at this share of one core, in percent (1 to 100): it runs for that share of every 20 ms and sleeps the rest; waiting for an interrupt counts as idle')
     .option('--net <udp:HOST:PORT>', 'join the NIC to a virtual switch with a UDP socket listening here; each datagram is one Ethernet frame (as qemu -netdev socket,udp=)')
     .option('--switch <udp:HOST:PORT>', 'join the NIC to a tandem switch there, from a socket of its own (not with --net)')
@@ -109,6 +111,7 @@ async function runAction(o: OptionValues): Promise<number> {
   }
   const cpuLimit = o.cpuLimit !== undefined ? parseCpuPercent(o.cpuLimit) : undefined
   const priority = o.priority !== undefined ? parsePriority(o.priority, '--priority') : undefined
+  if (!(ENGINES as readonly string[]).includes(o.engine)) throw new StorageError('InvalidArgument', `invalid --engine '${o.engine}' (${ENGINES.join(' or ')})`)
   if (!/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/i.test(o.mac)) throw new StorageError('InvalidArgument', `invalid MAC address '${o.mac}' (six hex bytes, e.g. 02:00:00:00:00:01)`)
   const mac = Buffer.from(o.mac.split(':').map((x: string) => parseInt(x, 16)))
   let udp: { close(): void } | undefined
@@ -168,6 +171,7 @@ async function runAction(o: OptionValues): Promise<number> {
       replay: o.replay,
       follow: o.follow === true,
       maxInstructions: max,
+      engine: o.engine as Engine,
       cpuLimit,
       priority,
       net: port,

@@ -63,7 +63,7 @@ export interface Fault {
   message: string
 }
 
-function mulhu(a: number, b: number): number {
+export function mulhu(a: number, b: number): number {
   const al = a & 0xffff
   const ah = a >>> 16
   const bl = b & 0xffff
@@ -98,7 +98,7 @@ function alu(f3: number, a: number, b: number): number {
 }
 
 /** The M extension by funct3, with the ISA's results for division by zero and overflow. */
-function muldiv(f3: number, a: number, b: number): number {
+export function muldiv(f3: number, a: number, b: number): number {
   switch (f3) {
     case 0:
       return Math.imul(a, b)
@@ -132,8 +132,13 @@ export class Hart {
   mcause = 0
   mtval = 0
   mscratch = 0
+  /**
+   * What a guest's write to `mcycle`/`minstret` adds to the deterministic count, modulo 2^64, as
+   * unsigned low and high words (0 until the guest writes one: SPEC.md §Hart).
+   */
+  readonly counterOffset = { mcycle: [0, 0], minstret: [0, 0] }
   fault: Fault | null = null
-  private stopRequested = false
+  protected stopRequested = false
 
   constructor(
     readonly mem: Memory,
@@ -154,7 +159,7 @@ export class Hart {
   }
 
   /** Takes a pending, enabled interrupt now, if any (priority MEI > MSI > MTI). */
-  private takeInterrupt(): boolean {
+  protected takeInterrupt(): boolean {
     if (!(this.mstatus & MSTATUS_MIE)) return false
     const p = this.mip & this.mie
     if (!p) return false
@@ -210,23 +215,50 @@ export class Hart {
       case 0xf13:
       case 0xf14:
         return 0
-      case 0xb00: // mcycle = minstret (one cycle per instruction)
-      case 0xb02:
+      case 0xb00: // mcycle and minstret: the count, plus what the guest wrote (one cycle per instruction)
       case 0xc00:
+        return this.counter(this.counterOffset.mcycle, this.instret, false)
+      case 0xb02:
       case 0xc02:
-        return this.instret | 0
+        return this.counter(this.counterOffset.minstret, this.instret, false)
       case 0xb80:
-      case 0xb82:
       case 0xc80:
+        return this.counter(this.counterOffset.mcycle, this.instret, true)
+      case 0xb82:
       case 0xc82:
-        return Math.floor(this.instret / 4294967296) | 0
+        return this.counter(this.counterOffset.minstret, this.instret, true)
+      case 0x7a0: // tselect, tdata1-3: no triggers (tdata1 type 0), writes ignored
+      case 0x7a1:
+      case 0x7a2:
+      case 0x7a3:
+        return 0
+      case 0x7a4: // tinfo: only type 0 ("none") is supported
+        return 1
       case 0xc01:
         return this.readTime(false)
       case 0xc81:
         return this.readTime(true)
       default:
-        return undefined
+        // pmpcfg0-3, pmpaddr0-15: no PMP entries implemented (WARL: read 0, writes ignored)
+        return (csr >= 0x3a0 && csr <= 0x3a3) || (csr >= 0x3b0 && csr <= 0x3bf) ? 0 : undefined
     }
+  }
+
+  /** A counter's low or high word at count `at`: `at` plus the offset, modulo 2^64. */
+  private counter(off: number[], at: number, high: boolean): number {
+    const lo = (at % 4294967296) + off[0]
+    if (!high) return lo | 0
+    return (Math.floor(at / 4294967296) + off[1] + (lo >= 4294967296 ? 1 : 0)) | 0
+  }
+
+  /** A guest write of word `v` to a counter: the next instruction (count instret + 1) reads it. */
+  private writeCounter(off: number[], high: boolean, v: number): void {
+    const at = this.instret + 1
+    const cur = (BigInt(this.counter(off, at, true) >>> 0) << 32n) | BigInt(this.counter(off, at, false) >>> 0)
+    const want = high ? (BigInt(v >>> 0) << 32n) | (cur & 0xffffffffn) : (cur & ~0xffffffffn) | BigInt(v >>> 0)
+    const d = BigInt.asUintN(64, want - BigInt(at))
+    off[0] = Number(d & 0xffffffffn)
+    off[1] = Number(d >> 32n)
   }
 
   /** false: not a writable CSR (illegal instruction) */
@@ -259,12 +291,20 @@ export class Hart {
         this.mip = (this.mip & ~MIP_WRITABLE) | (v & MIP_WRITABLE)
         return true
       case 0xb00:
-      case 0xb02:
       case 0xb80:
+        this.writeCounter(this.counterOffset.mcycle, csr === 0xb80, v)
+        return true
+      case 0xb02:
       case 0xb82:
-        return true // counters: writes ignored (instret is the clock of determinism)
+        this.writeCounter(this.counterOffset.minstret, csr === 0xb82, v)
+        return true
+      case 0x7a0: // tselect, tdata1-3: writes ignored (no triggers)
+      case 0x7a1:
+      case 0x7a2:
+      case 0x7a3:
+        return true
       default:
-        return false
+        return (csr >= 0x3a0 && csr <= 0x3a3) || (csr >= 0x3b0 && csr <= 0x3bf) // PMP: writes ignored
     }
   }
 
@@ -275,6 +315,14 @@ export class Hart {
     if (this.fault) return 'fault'
     this.stopRequested = false
     this.takeInterrupt()
+    return this.interpret(limit)
+  }
+
+  /**
+   * The interpreter's loop: `run` without its entry (no stop reset, no interrupt check), so that
+   * another engine can step through it without taking an interrupt the interpreter would not take.
+   */
+  protected interpret(limit: number): StopReason {
     const x = this.x
     const mem = this.mem
     const i32 = mem.i32
@@ -397,9 +445,22 @@ export class Hart {
             break exec
           }
           if (addr & ((1 << width) - 1)) {
-            cause = CAUSE.LOAD_MISALIGNED
-            tval = addr
-            break exec
+            // performed in RAM, byte by byte; devices take aligned accesses only
+            if (aoff >= size) {
+              cause = CAUSE.LOAD_MISALIGNED
+              tval = addr
+              break exec
+            }
+            if (aoff + (1 << width) > size) {
+              cause = CAUSE.LOAD_ACCESS
+              tval = addr
+              break exec
+            }
+            v = u8[aoff] | (u8[aoff + 1] << 8)
+            if (width === 2) v |= (u8[aoff + 2] << 16) | (u8[aoff + 3] << 24)
+            else if (f3 === 1) v = (v << 16) >> 16
+            if (rd) x[rd] = v
+            break
           }
           if (aoff < size) {
             switch (f3) {
@@ -453,13 +514,24 @@ export class Hart {
             break exec
           }
           if (addr & ((1 << f3) - 1)) {
-            cause = CAUSE.STORE_MISALIGNED
-            tval = addr
-            break exec
+            // performed in RAM, byte by byte (it may span two pages); devices take aligned accesses only
+            if (aoff >= size) {
+              cause = CAUSE.STORE_MISALIGNED
+              tval = addr
+              break exec
+            }
+            if (aoff + (1 << f3) > size) {
+              cause = CAUSE.STORE_ACCESS
+              tval = addr
+              break exec
+            }
+            mem.touchRange(aoff, 1 << f3)
+            for (let i = 0; i < 1 << f3; i++) u8[aoff + i] = v >>> (8 * i)
+            break
           }
           if (aoff < size) {
             const page = aoff >>> PAGE_SHIFT
-            if (watch[page]) mem.touch(page)
+            if (watch[page]) mem.touch(page, aoff, 1 << f3)
             if (f3 === 2) i32[aoff >>> 2] = v
             else if (f3 === 0) u8[aoff] = v
             else u16[aoff >>> 1] = v

@@ -1,5 +1,7 @@
 export { Memory, RAM_BASE, PAGE_SIZE } from './memory.js'
 export { Hart, CAUSE, IRQ, causeName, type Bus, type StopReason, type Fault } from './hart.js'
+export { ENGINES, type Engine } from './engines.js'
+export { JitHart, MAX_BLOCK } from './jit.js'
 export { Machine, MMIO, TIMEBASE_HZ, systemClock, type MachineOptions, type RunSummary, type HostClock } from './machine.js'
 export { EventRecorder, EventReplayer, EventSource, FileEventSink, MemoryEventSink, ReplayError, encodeHeader, followEventLog, EVENT, type EventSink, type FollowOptions } from './events.js'
 export { loadElf, ImageError } from './elf.js'

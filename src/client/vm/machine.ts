@@ -4,12 +4,14 @@ import { loadElf } from './elf.js'
 import { EVENT, EVENT_NAMES, FT_MARK, MAX_DISK_DATA, ReplayError, type EventKind, type EventRecorder, type EventReplayer, type LogEvent } from './events.js'
 import { Hart, IRQ, type Bus, type Fault } from './hart.js'
 import { Memory } from './memory.js'
+import { JitHart } from './jit.js'
+import type { Engine } from './engines.js'
 import { realTimers, type Timers } from './timers.js'
 import type { CpuLimiter } from './cpu-limit.js'
 import { mediumRange, type ScsiPath } from './scsi-path.js'
 import type { SwitchPort } from './net.js'
 import { StateError, StateReader, StateWriter } from './state-codec.js'
-import { HartRegs, MachineHost, MachineRegs, hashState, type VmState } from './state.js'
+import { CounterRegs, HartRegs, MachineHost, MachineRegs, hashState, type VmState } from './state.js'
 
 /**
  * A Tandem VM (SPEC.md): one RV32IM hart, RAM at 0x80000000, and memory-mapped devices at the
@@ -51,6 +53,8 @@ export interface MachineOptions {
    */
   goLive?: boolean
   maxInstructions?: number
+  /** how the hart executes (SPEC.md §Engines): the block translator (default) or the interpreter */
+  engine?: Engine
   clock?: HostClock
   entropy?: () => number
   /** console bytes as they are written */
@@ -146,7 +150,7 @@ export class Machine {
     this.clock = opts.clock ?? systemClock
     this.startNs = this.clock.now()
     const bus: Bus = { load: (a, s) => this.load(a, s), store: (a, s, v) => this.store(a, s, v) }
-    this.hart = new Hart(this.mem, bus, (high) => this.input(EVENT.TIME, high ? 3 : 2, () => mtimeWord(this.mtime(), high)))
+    this.hart = new (opts.engine === 'interp' ? Hart : JitHart)(this.mem, bus, (high) => this.input(EVENT.TIME, high ? 3 : 2, () => mtimeWord(this.mtime(), high)))
     if (loadImage) this.hart.pc = loadElf(opts.image, this.mem, opts.imageName)
     this.imageSha = createHash('sha256').update(opts.image).digest()
     const m = this
@@ -188,6 +192,8 @@ export class Machine {
     const hart = g.section('HART', (r) => r.struct(HartRegs))
     g.section('MACH', (r) => (m.interrupts = r.struct(MachineRegs).interrupts))
     for (const d of m.devices) g.section(d.tag, (r) => d.restore(r))
+    const cntr = g.optionalSection('CNTR', (r) => r.struct(CounterRegs))
+    if (cntr) Object.assign(m.hart.counterOffset, { mcycle: [cntr.mcycleLo, cntr.mcycleHi], minstret: [cntr.minstretLo, cntr.minstretHi] })
     if (!g.done) throw new StateError('the VM state (guest part) has bytes after its last section')
     const h = new StateReader(state.host, 'the VM state (host part)')
     const host = h.section('MACH', (r) => r.struct(MachineHost))
@@ -224,6 +230,8 @@ export class Machine {
     })
     g.section('MACH', (w) => w.struct(MachineRegs, { interrupts: this.interrupts }))
     for (const d of this.devices) g.section(d.tag, (w) => d.save(w))
+    const { mcycle, minstret } = this.hart.counterOffset
+    if (mcycle[0] || mcycle[1] || minstret[0] || minstret[1]) g.section('CNTR', (w) => w.struct(CounterRegs, { mcycleLo: mcycle[0], mcycleHi: mcycle[1], minstretLo: minstret[0], minstretHi: minstret[1] }))
     return g.finish()
   }
 

@@ -21,9 +21,16 @@ export class Memory {
   private readonly dirty: Uint8Array
   /** 1 = a first-write hook is armed */
   private readonly armed: Uint8Array
-  /** 0 = fast store path (dirty, not armed) */
+  /** 0 = fast store path (dirty, not armed, no compiled code) */
   readonly watch: Uint8Array
   private hook: ((page: number) => void) | null = null
+  /** 1 = the page holds compiled code: its stores keep taking the slow path, which tells `codeWatch` */
+  private readonly code: Uint8Array
+  /**
+   * Told of every store to a page marked with `setCode`, by the CPU or a device, after the
+   * first-write hook and before the bytes change; true when compiled code was invalidated.
+   */
+  codeWatch: ((offset: number, length: number) => boolean) | null = null
 
   constructor(readonly size: number) {
     if (size <= 0 || size % PAGE_SIZE || size > 0x40000000) throw new RangeError(`memory size must be a positive multiple of 4 KiB up to 1 GiB, not ${size}`)
@@ -37,22 +44,38 @@ export class Memory {
     this.dirty = new Uint8Array(this.pages)
     this.armed = new Uint8Array(this.pages)
     this.watch = new Uint8Array(this.pages).fill(1)
+    this.code = new Uint8Array(this.pages)
   }
 
-  /** Slow path of a store to `page` (see the class comment). */
-  touch(page: number): void {
+  /**
+   * Slow path of a store of `length` bytes at `offset` in `page` (see the class comment); true when
+   * the store invalidated compiled code (`codeWatch`).
+   */
+  touch(page: number, offset = page << PAGE_SHIFT, length = PAGE_SIZE): boolean {
     this.dirty[page] = 1
-    this.watch[page] = 0
+    this.watch[page] = this.code[page]
     if (this.armed[page]) {
       this.armed[page] = 0
       this.hook?.(page)
     }
+    return this.code[page] === 1 && this.codeWatch !== null && this.codeWatch(offset, length)
   }
 
   /** Marks the pages of [offset, offset+length) written, as a device's DMA does. */
   touchRange(offset: number, length: number): void {
     if (length <= 0) return
-    for (let p = offset >>> PAGE_SHIFT; p <= (offset + length - 1) >>> PAGE_SHIFT; p++) if (this.watch[p]) this.touch(p)
+    const last = (offset + length - 1) >>> PAGE_SHIFT
+    for (let p = offset >>> PAGE_SHIFT; p <= last; p++) {
+      if (!this.watch[p]) continue
+      const from = Math.max(offset, p << PAGE_SHIFT)
+      this.touch(p, from, Math.min(offset + length, (p + 1) << PAGE_SHIFT) - from)
+    }
+  }
+
+  /** Marks `page` as holding compiled code (or not): its stores take the slow path while it does. */
+  setCode(page: number, on: boolean): void {
+    this.code[page] = on ? 1 : 0
+    if (on) this.watch[page] = 1
   }
 
   /** The pages written since the last call, in order; their dirty bits are cleared. */

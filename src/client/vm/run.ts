@@ -2,6 +2,7 @@ import { readFile, unlink } from 'node:fs/promises'
 import type { BlockDevice } from '../../disk-formats/index.js'
 import { LogicalUnit } from '../../server/scsi/index.js'
 import { EventSource, FileEventSink, ReplayError, encodeHeader, followEventLog } from './events.js'
+import type { Engine } from './engines.js'
 import { Machine, type MachineOptions, type RunSummary } from './machine.js'
 import type { FtReport, FtRole } from '../ft/run-ft.js'
 import { ANONYMOUS_VM_IQN, logicalUnitPath, nexusName, vmIsid, type ScsiPath } from './scsi-path.js'
@@ -29,6 +30,8 @@ export interface VmRunOptions {
   /** `replay` is a log still being written: read it as it grows, to its END or close mark */
   follow?: boolean
   maxInstructions?: number
+  /** the hart's engine (default jit) */
+  engine?: Engine
   onConsole?: (b: number) => void
   /** the NIC's port on a virtual switch */
   net?: SwitchPort
@@ -92,7 +95,7 @@ export async function runVm(o: VmRunOptions): Promise<VmRunSummary> {
   if (o.ft && (o.record || o.replay || o.restore)) throw new Error('runVm: a fault-tolerant pair records and replays over its channel (no --record, --replay or --restore)')
   const role = o.ft ? await o.ft({ memoryBytes: o.memory, imageSha: sha, disk, limiter, signal: o.signal }) : undefined
   const record = o.record ? await FileEventSink.create(o.record, encodeHeader(o.memory, sha)) : undefined
-  const base: MachineOptions = { image, imageName: file, memory: o.memory, disk, record, replay, maxInstructions: o.maxInstructions, onConsole: o.onConsole, net: o.net, mac: o.mac, signal: o.signal, limiter }
+  const base: MachineOptions = { image, imageName: file, memory: o.memory, disk, record, replay, maxInstructions: o.maxInstructions, engine: o.engine, onConsole: o.onConsole, net: o.net, mac: o.mac, signal: o.signal, limiter }
   const opts = role ? role.machineOptions(base) : base
   let m: Machine
   try {

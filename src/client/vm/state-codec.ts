@@ -108,6 +108,12 @@ export class StateReader {
     return v
   }
 
+  /** a section that may be absent: its value, or undefined when the next section (or the end) is another */
+  optionalSection<T>(tag: string, body: (r: StateReader) => T): T | undefined {
+    if (this.buf.length - this.at < 8 || this.buf.toString('latin1', this.at, this.at + 4) !== tag.padEnd(4).slice(0, 4)) return undefined
+    return this.section(tag, body)
+  }
+
   get done(): boolean {
     return this.at === this.buf.length
   }

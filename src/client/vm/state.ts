@@ -48,6 +48,17 @@ export const HartRegs = defineStruct({
   mscratch: { offset: 168, type: 'u32' },
 })
 
+/**
+ * What the guest's writes to mcycle and minstret added to the count (section CNTR, only in a
+ * state where the guest has written one: other states stay as they were).
+ */
+export const CounterRegs = defineStruct({
+  mcycleLo: { offset: 0, type: 'u32' },
+  mcycleHi: { offset: 4, type: 'u32' },
+  minstretLo: { offset: 8, type: 'u32' },
+  minstretHi: { offset: 12, type: 'u32' },
+})
+
 /** Machine-wide, guest side (section MACH). */
 export const MachineRegs = defineStruct({
   /** interrupts raised since the VM started */

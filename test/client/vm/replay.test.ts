@@ -37,7 +37,8 @@ t.test('ticker: plain runs differ; a recorded run and its replay end identical',
   const rec = vm(['--guest', 'ticker', '--record', log])
   t.equal(rec.summary.end, 'exit')
   t.ok(rec.summary.instructions >= 1e8, `${rec.summary.instructions} instructions`)
-  t.ok(rec.summary.interrupts >= 1000, `${rec.summary.interrupts} timer interrupts`)
+  // one every 200 us of guest time: fewer the faster the engine runs 10^8 instructions
+  t.ok(rec.summary.interrupts >= 100, `${rec.summary.interrupts} timer interrupts`)
   const rep = vm(['--guest', 'ticker', '--replay', log])
   t.equal(rep.status, 0)
   t.equal(rep.summary.end, 'exit')
@@ -88,7 +89,8 @@ t.test('bad guests end in a trap or a clear stop', async (t) => {
   }
   const cases: [string, number[], number, RegExp][] = [
     ['illegal', [0x0000000b], 125, /illegal instruction at pc 0x80000000/],
-    ['misaligned', [...li(1, 0x80001001), rv.lw(2, 1, 0)], 125, /load address misaligned/],
+    // misaligned loads from RAM are performed (SPEC.md §Hart); from a device they trap
+    ['misaligned', [...li(1, 0x10000001), rv.lw(2, 1, 0)], 125, /load address misaligned/],
     ['out-of-range', [...li(1, 0x90000000), rv.sw(2, 1, 0)], 125, /store access fault at pc 0x80000008 \(mtval 0x90000000\)/],
     ['wild-jump', [...li(1, 0x10), rv.jalr(0, 1, 0)], 125, /instruction access fault/],
     ['waits-forever', [rv.wfi(), rv.jal(0, -4)], 126, /waits for an interrupt \(WFI\) that cannot come/],
