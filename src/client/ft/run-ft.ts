@@ -13,6 +13,7 @@ import { OutputGate } from './output-gate.js'
 import { FtPrimary } from './primary.js'
 import type { FtHelloParams, FtMessage } from './protocol.js'
 import { WriteAfterReadGuard } from './write-after-read.js'
+import type { ColoStats } from './colo/run-colo.js'
 
 /**
  * Who goes live when the pair loses each other (ft/SPEC.md "Split brain"): one compare-and-write
@@ -65,6 +66,8 @@ export interface FtReport {
   resent?: number
   lag?: ReturnType<LagMeter['snapshot']>
   outputDelay?: ReturnType<OutputGate['snapshot']>['delay']
+  /** quasi-lockstep (`--ft-mode colo`): outputs compared, resyncs (colo/run-colo.ts) */
+  colo?: ColoStats
 }
 
 /** A role's figures while it runs (the VM's control socket shows them; the host agent's /metrics reads them there). */
@@ -83,6 +86,7 @@ export interface FtStatus {
   outputDelay: { count: number; p50: number; p99: number } | null
   /** the primary's lag samples of the last 10 s (percentiles; null on a backup) */
   lag: ReturnType<LagMeter['snapshot']> | null
+  colo?: ColoStats
 }
 
 /** The part of runVm a pair role shapes: the machine's options, then the run. */
@@ -102,9 +106,9 @@ export interface FtRole {
 }
 
 /** A port that may announce a MAC to its switch from now on (UdpUplink.announce; undefined: none) */
-type AnnouncingPort = SwitchPort & { announce?: (mac?: Buffer) => void }
+export type AnnouncingPort = SwitchPort & { announce?: (mac?: Buffer) => void }
 
-const nextMessage = (ch: FtChannel, type: FtMessage['type'], what: string): Promise<FtMessage> =>
+export const nextMessage = (ch: FtChannel, type: FtMessage['type'], what: string): Promise<FtMessage> =>
   new Promise((resolve, reject) => {
     const onMsg = (m: FtMessage) => {
       if (m.type === type || m.type === 'HELLO_REFUSED' || m.type === 'ERROR') {
@@ -124,7 +128,7 @@ export const CLAIM_RETRY_MS = 15_000
  * host's lease lapsed under load) is tried again — neither side may go on without an answer, as
  * VMware's VM waits for its storage — for up to CLAIM_RETRY_MS; then the side halts.
  */
-async function claimVm(o: FtRoleOptions, generation: number, timers: Timers): Promise<boolean> {
+export async function claimVm(o: FtRoleOptions, generation: number, timers: Timers): Promise<boolean> {
   const t0 = timers.now()
   for (let wait = 20; ; wait = Math.min(wait * 2, 1000)) {
     try {
