@@ -30,8 +30,8 @@ const SAMPLES: FtMessage[] = [
   { type: 'ACK', received: 1000.5, executed: 999, readsDone: 12 },
   { type: 'HEARTBEAT', ms: 12.25 },
   { type: 'ERROR', code: 'BadCrc', text: 'frame CRC mismatch' },
-  { type: 'BYE', reason: 'handover', instret: 42 },
   { type: 'COLO', data: Buffer.from([3, 0, 0, 0, 7]) },
+  { type: 'BYE', reason: 'handover', instret: 42 },
 ]
 
 /** a frame whose CRC is recomputed after `edit` (to reach the checks behind the CRC) */
