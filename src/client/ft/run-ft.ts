@@ -11,7 +11,7 @@ import { FtChannel, FtListener, type FtEnd } from './channel.js'
 import { FtLagControl, LagMeter } from './lag.js'
 import { OutputGate } from './output-gate.js'
 import { FtPrimary } from './primary.js'
-import type { FtHelloParams, FtMessage } from './protocol.js'
+import type { FtHelloParams, FtMessage, FtMode } from './protocol.js'
 import { WriteAfterReadGuard } from './write-after-read.js'
 import type { ColoStats } from './colo/run-colo.js'
 
@@ -315,35 +315,7 @@ export async function ftBackup(
   },
 ): Promise<FtRole> {
   const timers = o.timers ?? realTimers
-  const listener = await FtListener.listen({ host: o.host, port: o.port, timers, lossMs: o.lossMs })
-  vm.onListening?.(listener.port)
-  o.log?.(`FT backup of ${o.vm} listening on ${o.host}:${listener.port}`)
-  // SIGINT/SIGTERM while no primary has come: stop listening and end
-  const signal = vm.signal
-  const ch = await new Promise<FtChannel>((resolve, reject) => {
-    const onAbort = () => {
-      void listener.close()
-      reject(new StorageError('InvalidArgument', `stopped before a primary connected to ${o.host}:${listener.port}`))
-    }
-    if (signal?.aborted) return onAbort()
-    signal?.addEventListener('abort', onAbort, { once: true })
-    listener.once('channel', (c) => {
-      signal?.removeEventListener('abort', onAbort)
-      resolve(c)
-    })
-  })
-  const hello = (await nextMessage(ch, 'HELLO', 'the primary said HELLO')) as Extract<FtMessage, { type: 'HELLO' }>
-  const refuse = (reason: 'image' | 'memory' | 'vm' | 'mode', text: string) => {
-    ch.send({ type: 'HELLO_REFUSED', version: 1, reason, text })
-    ch.close('refused')
-    void listener.close()
-    return new StorageError('InvalidArgument', `refused the FT primary: ${text}`)
-  }
-  if (hello.vm !== o.vm) throw refuse('vm', `the primary runs VM '${hello.vm}', this backup is for '${o.vm}'`)
-  if (hello.mode !== 'replay') throw refuse('mode', `mode '${hello.mode}' is not supported by this backup`)
-  if (hello.memoryBytes !== vm.memoryBytes) throw refuse('memory', `the primary's VM has ${hello.memoryBytes} bytes of memory, this backup ${vm.memoryBytes}`)
-  if (!hello.imageSha256.equals(vm.imageSha)) throw refuse('image', 'the primary runs a different guest image')
-  ch.send({ ...hello, type: 'HELLO_OK' })
+  const { listener, ch, hello } = await acceptPrimary(o, vm, 'replay', timers)
   const source = new EventSource(`(FT log from ${o.vm}'s primary)`, { memoryBytes: vm.memoryBytes, imageSha: vm.imageSha })
   source.push(encodeHeader(vm.memoryBytes, vm.imageSha))
   let logBytes = 0
@@ -417,4 +389,46 @@ export async function ftBackup(
       return { role: 'backup', outcome, channelEnd, logBytes, takeoverMs, ...(backup.live ? { resent: backup.resent } : {}) }
     },
   }
+}
+
+/**
+ * A backup's (or secondary's) start: listens, waits for one primary (or `vm.signal`), checks its
+ * HELLO (VM, mode, memory, image) and answers HELLO_OK, or refuses it with the reason.
+ */
+export async function acceptPrimary(
+  o: FtRoleOptions,
+  vm: { memoryBytes: number; imageSha: Buffer; signal?: AbortSignal; onListening?: (port: number) => void },
+  mode: FtMode,
+  timers: Timers,
+): Promise<{ listener: FtListener; ch: FtChannel; hello: Extract<FtMessage, { type: 'HELLO' }> }> {
+  const listener = await FtListener.listen({ host: o.host, port: o.port, timers, lossMs: o.lossMs })
+  vm.onListening?.(listener.port)
+  o.log?.(`FT backup of ${o.vm} listening on ${o.host}:${listener.port} (--ft-mode ${mode})`)
+  // SIGINT/SIGTERM while no primary has come: stop listening and end
+  const signal = vm.signal
+  const ch = await new Promise<FtChannel>((resolve, reject) => {
+    const onAbort = () => {
+      void listener.close()
+      reject(new StorageError('InvalidArgument', `stopped before a primary connected to ${o.host}:${listener.port}`))
+    }
+    if (signal?.aborted) return onAbort()
+    signal?.addEventListener('abort', onAbort, { once: true })
+    listener.once('channel', (c) => {
+      signal?.removeEventListener('abort', onAbort)
+      resolve(c)
+    })
+  })
+  const hello = (await nextMessage(ch, 'HELLO', 'the primary said HELLO')) as Extract<FtMessage, { type: 'HELLO' }>
+  const refuse = (reason: 'image' | 'memory' | 'vm' | 'mode', text: string) => {
+    ch.send({ type: 'HELLO_REFUSED', version: 1, reason, text })
+    ch.close('refused')
+    void listener.close()
+    return new StorageError('InvalidArgument', `refused the FT primary: ${text}`)
+  }
+  if (hello.vm !== o.vm) throw refuse('vm', `the primary runs VM '${hello.vm}', this backup is for '${o.vm}'`)
+  if (hello.mode !== mode) throw refuse('mode', `mode '${hello.mode}' where this backup runs --ft-mode ${mode}`)
+  if (hello.memoryBytes !== vm.memoryBytes) throw refuse('memory', `the primary's VM has ${hello.memoryBytes} bytes of memory, this backup ${vm.memoryBytes}`)
+  if (!hello.imageSha256.equals(vm.imageSha)) throw refuse('image', 'the primary runs a different guest image')
+  ch.send({ ...hello, type: 'HELLO_OK' })
+  return { listener, ch, hello }
 }

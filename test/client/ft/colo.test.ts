@@ -158,3 +158,16 @@ t.test('a resync makes the secondary the primary\'s state: its dirty pages, the 
   b.halt('done')
   await Promise.all(runs)
 })
+
+t.test('a replay primary and a colo secondary do not pair: the HELLO is refused for its mode', async (t) => {
+  const { coloSecondary } = await import('../../../src/client/ft/colo/run-colo.js')
+  const { ftPrimary } = await import('../../../src/client/ft/run-ft.js')
+  const sha = Buffer.alloc(32, 1)
+  const arbiter = { generation: 1, claim: async () => true }
+  let port!: (p: number) => void
+  const listening = new Promise<number>((r) => (port = r))
+  const secondary = coloSecondary({ role: 'backup', host: '127.0.0.1', port: 0, vm: 'vm1', reads: 'disk', arbiter }, { memoryBytes: 1 << 20, imageSha: sha, onListening: port }).catch((e: Error) => e)
+  const primary = ftPrimary({ role: 'primary', host: '127.0.0.1', port: await listening, vm: 'vm1', reads: 'disk', arbiter }, { memoryBytes: 1 << 20, imageSha: sha })
+  await t.rejects(primary, /the FT backup refused: mode: mode 'replay' where this backup runs --ft-mode colo/)
+  t.match(String(await secondary), /refused the FT primary: mode 'replay'/)
+})

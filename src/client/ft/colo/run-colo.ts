@@ -5,10 +5,10 @@ import type { ScsiPath } from '../../vm/scsi-path.js'
 import { realTimers, type Timers } from '../../vm/timers.js'
 import type { CpuLimiter } from '../../vm/cpu-limit.js'
 import { rarpAnnouncement } from '../backup.js'
-import { FtChannel, FtListener } from '../channel.js'
+import { FtChannel } from '../channel.js'
 import type { FtHelloParams, FtMessage } from '../protocol.js'
 import { FtProtocolError } from '../protocol.js'
-import { claimVm, endText, nextMessage, type AnnouncingPort, type FtReport, type FtRole, type FtRoleOptions } from '../run-ft.js'
+import { acceptPrimary, claimVm, endText, nextMessage, type AnnouncingPort, type FtReport, type FtRole, type FtRoleOptions } from '../run-ft.js'
 import { percentiles, type Percentiles } from '../stats.js'
 import { OutputComparator, type MismatchReason } from './comparator.js'
 import { decodeColo, encodeColo, type ColoMessage, type OutputStream } from './messages.js'
@@ -296,34 +296,7 @@ export async function coloSecondary(
   if (vm.disk) throw noDisk('secondary')
   const timers = o.timers ?? realTimers
   const resync = o.colo?.resync ?? new DirtyPageResync()
-  const listener = await FtListener.listen({ host: o.host, port: o.port, timers, lossMs: o.lossMs })
-  vm.onListening?.(listener.port)
-  o.log?.(`FT backup of ${o.vm} listening on ${o.host}:${listener.port} (colo secondary)`)
-  const signal = vm.signal
-  const ch = await new Promise<FtChannel>((resolve, reject) => {
-    const onAbort = () => {
-      void listener.close()
-      reject(new StorageError('InvalidArgument', `stopped before a primary connected to ${o.host}:${listener.port}`))
-    }
-    if (signal?.aborted) return onAbort()
-    signal?.addEventListener('abort', onAbort, { once: true })
-    listener.once('channel', (c) => {
-      signal?.removeEventListener('abort', onAbort)
-      resolve(c)
-    })
-  })
-  const hello = (await nextMessage(ch, 'HELLO', 'the primary said HELLO')) as Extract<FtMessage, { type: 'HELLO' }>
-  const refuse = (reason: 'image' | 'memory' | 'vm' | 'mode', text: string) => {
-    ch.send({ type: 'HELLO_REFUSED', version: 1, reason, text })
-    ch.close('refused')
-    void listener.close()
-    return new StorageError('InvalidArgument', `refused the FT primary: ${text}`)
-  }
-  if (hello.vm !== o.vm) throw refuse('vm', `the primary runs VM '${hello.vm}', this secondary is for '${o.vm}'`)
-  if (hello.mode !== 'colo') throw refuse('mode', `mode '${hello.mode}' where this side runs --ft-mode colo`)
-  if (hello.memoryBytes !== vm.memoryBytes) throw refuse('memory', `the primary's VM has ${hello.memoryBytes} bytes of memory, this secondary ${vm.memoryBytes}`)
-  if (!hello.imageSha256.equals(vm.imageSha)) throw refuse('image', 'the primary runs a different guest image')
-  ch.send({ ...hello, type: 'HELLO_OK' })
+  const { listener, ch, hello } = await acceptPrimary(o, vm, 'colo', timers)
 
   let outcome: FtReport['outcome'] = 'paired'
   let channelEnd: string | undefined
