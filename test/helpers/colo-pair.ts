@@ -39,7 +39,14 @@ export async function coloPair(o: { guest: string; timeoutMs: number; memory?: n
     return { m, done }
   }
   const pm = start(p, sw.port(), console.primary)
-  const sm = start(s, sw.port(), console.secondary)
+  const secondaryPort = sw.port()
+  const sentBySecondary: Buffer[] = []
+  const send = secondaryPort.send.bind(secondaryPort)
+  secondaryPort.send = (f) => {
+    sentBySecondary.push(f)
+    send(f)
+  }
+  const sm = start(s, secondaryPort, console.secondary)
   const client = new KvClient({ port: sw.port(), vmMac: VM_MAC, retryMs: 1000, timeoutMs: 20_000 })
-  return { primary: p, secondary: s, pm, sm, client, console, sw, owner: () => owner }
+  return { primary: p, secondary: s, pm, sm, client, console, sw, sentBySecondary, owner: () => owner }
 }

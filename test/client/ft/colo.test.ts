@@ -97,6 +97,7 @@ t.test('kvstore in colo mode: the secondary\'s outputs match, (almost) every rep
   t.ok(c.releasedMatched >= c.outputs - 3, `${c.releasedMatched} of ${c.outputs} released on a match`)
   t.equal(Buffer.from(p.console.primary).toString(), a.console, 'the primary\'s console left it')
   t.equal(p.console.secondary.length, 0, 'the secondary\'s never did')
+  t.equal(p.sentBySecondary.length, 0, 'nor did a frame of the secondary reach the switch')
   t.match(b.ft, { role: 'backup', outcome: 'paired' })
 })
 
