@@ -1,5 +1,5 @@
 import t from 'tap'
-import { existsSync, readFileSync } from 'node:fs'
+import { existsSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { rng, tmp } from '../../helpers/peers.js'
 import { startSwitch } from '../../helpers/switch-process.js'
@@ -38,4 +38,21 @@ t.test('colo: SIGKILL of the secondary: the primary claims the VM and runs on al
   const ft = JSON.parse(primary.stdout()).ft
   t.match(ft, { role: 'primary', outcome: 'alone' }, JSON.stringify(ft))
   t.ok(ft.colo.releasedMatched >= 20, `${ft.colo.outputs} outputs, ${ft.colo.releasedMatched} released on a match before the kill`)
+})
+
+t.test('colo: a bad --ft-mode or --ft-colo-timeout-ms is a usage error; a disk is refused, not half-protected', async (t) => {
+  const { tandem } = await import('../../helpers/peers.js')
+  const ls = initLockspace(tmp(t, 'tandem-colo-usage-'))
+  const base = ['vm', 'run', '--guest', 'kvstore', '--name', 'v', '--ft-lockspace', ls, '--ft-backup', '127.0.0.1:0']
+  const mode = tandem([...base, '--ft-mode', 'lockstep'])
+  t.equal(mode.status, 1)
+  t.match(mode.stderr, /invalid --ft-mode 'lockstep' \(replay or colo\)/)
+  const timeout = tandem([...base, '--ft-mode', 'colo', '--ft-colo-timeout-ms', '0'])
+  t.equal(timeout.status, 1)
+  t.match(timeout.stderr, /invalid --ft-colo-timeout-ms '0'/)
+  const raw = join(tmp(t, 'tandem-colo-disk-'), 'd.raw')
+  writeFileSync(raw, Buffer.alloc(1 << 20))
+  const disk = tandem([...base, '--ft-mode', 'colo', '--disk', raw])
+  t.not(disk.status, 0)
+  t.match(disk.stderr, /colo runs a VM without a disk/)
 })
