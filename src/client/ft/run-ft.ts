@@ -153,16 +153,7 @@ export const endText = (e: FtEnd) => (e.kind === 'bye' ? `BYE (${e.bye.reason})`
  */
 export async function ftPrimary(o: FtRoleOptions, vm: { memoryBytes: number; imageSha: Buffer; limiter?: CpuLimiter }): Promise<FtRole> {
   const timers = o.timers ?? realTimers
-  const ch = await FtChannel.connect({ host: o.host, port: o.port, timers, lossMs: o.lossMs }).catch((e: Error) => {
-    throw new StorageError('IoError', `cannot reach the FT backup at ${o.host}:${o.port}: ${e.message}`)
-  })
-  const hello: FtHelloParams = { version: 1, vm: o.vm, mode: 'replay', lockGeneration: o.arbiter.generation, memoryBytes: vm.memoryBytes, imageSha256: vm.imageSha, start: 'boot', backupReads: o.reads, instret: 0 }
-  ch.send({ type: 'HELLO', ...hello })
-  const answer = await nextMessage(ch, 'HELLO_OK', 'the backup accepted')
-  if (answer.type !== 'HELLO_OK') {
-    ch.close('refused')
-    throw new StorageError('InvalidArgument', `the FT backup refused: ${answer.type === 'HELLO_REFUSED' ? `${answer.reason}: ${answer.text}` : answer.type === 'ERROR' ? `${answer.code}: ${answer.text}` : answer.type}`)
-  }
+  const ch = await connectBackup(o, vm, 'replay', timers)
   const gate = new OutputGate(timers)
   const lag = new LagMeter()
   const war = o.reads === 'disk' ? new WriteAfterReadGuard() : undefined
@@ -431,4 +422,19 @@ export async function acceptPrimary(
   if (!hello.imageSha256.equals(vm.imageSha)) throw refuse('image', 'the primary runs a different guest image')
   ch.send({ ...hello, type: 'HELLO_OK' })
   return { listener, ch, hello }
+}
+
+/** A primary's start: connects to its backup (or secondary), says HELLO in `mode`, and waits for HELLO_OK (else a typed error with the refusal). */
+export async function connectBackup(o: FtRoleOptions, vm: { memoryBytes: number; imageSha: Buffer }, mode: FtMode, timers: Timers): Promise<FtChannel> {
+  const ch = await FtChannel.connect({ host: o.host, port: o.port, timers, lossMs: o.lossMs }).catch((e: Error) => {
+    throw new StorageError('IoError', `cannot reach the FT backup at ${o.host}:${o.port}: ${e.message}`)
+  })
+  const hello: FtHelloParams = { version: 1, vm: o.vm, mode, lockGeneration: o.arbiter.generation, memoryBytes: vm.memoryBytes, imageSha256: vm.imageSha, start: 'boot', backupReads: o.reads, instret: 0 }
+  ch.send({ type: 'HELLO', ...hello })
+  const answer = await nextMessage(ch, 'HELLO_OK', 'the backup accepted')
+  if (answer.type !== 'HELLO_OK') {
+    ch.close('refused')
+    throw new StorageError('InvalidArgument', `the FT backup refused: ${answer.type === 'HELLO_REFUSED' ? `${answer.reason}: ${answer.text}` : answer.type === 'ERROR' ? `${answer.code}: ${answer.text}` : answer.type}`)
+  }
+  return ch
 }

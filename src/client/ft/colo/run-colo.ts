@@ -5,10 +5,10 @@ import type { ScsiPath } from '../../vm/scsi-path.js'
 import { realTimers, type Timers } from '../../vm/timers.js'
 import type { CpuLimiter } from '../../vm/cpu-limit.js'
 import { rarpAnnouncement } from '../backup.js'
-import { FtChannel } from '../channel.js'
-import type { FtHelloParams, FtMessage } from '../protocol.js'
+import type { FtChannel } from '../channel.js'
+import type { FtMessage } from '../protocol.js'
 import { FtProtocolError } from '../protocol.js'
-import { acceptPrimary, claimVm, endText, nextMessage, type AnnouncingPort, type FtReport, type FtRole, type FtRoleOptions } from '../run-ft.js'
+import { acceptPrimary, claimVm, connectBackup, endText, type AnnouncingPort, type FtReport, type FtRole, type FtRoleOptions } from '../run-ft.js'
 import { percentiles, type Percentiles } from '../stats.js'
 import { OutputComparator, type MismatchReason } from './comparator.js'
 import { decodeColo, encodeColo, type ColoMessage, type OutputStream } from './messages.js'
@@ -85,16 +85,7 @@ export async function coloPrimary(o: FtRoleOptions & { colo?: ColoOptions }, vm:
   if (vm.disk) throw noDisk('primary')
   const timers = o.timers ?? realTimers
   const resync = o.colo?.resync ?? new DirtyPageResync()
-  const ch = await FtChannel.connect({ host: o.host, port: o.port, timers, lossMs: o.lossMs }).catch((e: Error) => {
-    throw new StorageError('IoError', `cannot reach the FT secondary at ${o.host}:${o.port}: ${e.message}`)
-  })
-  const hello: FtHelloParams = { version: 1, vm: o.vm, mode: 'colo', lockGeneration: o.arbiter.generation, memoryBytes: vm.memoryBytes, imageSha256: vm.imageSha, start: 'boot', backupReads: o.reads, instret: 0 }
-  ch.send({ type: 'HELLO', ...hello })
-  const answer = await nextMessage(ch, 'HELLO_OK', 'the secondary accepted')
-  if (answer.type !== 'HELLO_OK') {
-    ch.close('refused')
-    throw new StorageError('InvalidArgument', `the FT secondary refused: ${answer.type === 'HELLO_REFUSED' ? `${answer.reason}: ${answer.text}` : answer.type === 'ERROR' ? `${answer.code}: ${answer.text}` : answer.type}`)
-  }
+  const ch = await connectBackup(o, vm, 'colo', timers)
   let outcome: FtReport['outcome'] = 'paired'
   let machine: Machine | null = null
   let channelEnd: string | undefined
