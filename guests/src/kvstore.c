@@ -2,7 +2,10 @@
  * EtherType 0x88b5 whose payload is text: "SET key value", "GET key", "DEL key", "COUNT" or
  * "QUIT"; the reply goes back to the sender: "OK", "VALUE value", "NOTFOUND", "COUNT n",
  * "ERR reason" or "BYE" (then the guest exits). Frames arrive in an 8-slot receive ring, replies
- * leave through a 4-slot transmit ring; the guest waits for frames with WFI. */
+ * leave through a 4-slot transmit ring; the guest waits for frames with WFI.
+ * Built with -DNOISY it is the `noisy` guest: each reply ends with a NUL and 8 hex digits of
+ * entropy (a nonce a client ignores: its text ends at the NUL), so no two runs answer alike — the
+ * quasi-lockstep pair's forced divergence. */
 #include <stdint.h>
 #include "rt.h"
 
@@ -70,6 +73,11 @@ static void reply(const char *s, const char *extra, uint32_t extra_len) {
   uint32_t n = 14;
   while (*s) tx[n++] = (uint8_t)*s++;
   for (uint32_t i = 0; i < extra_len; i++) tx[n++] = (uint8_t)extra[i];
+#ifdef NOISY
+  uint32_t nonce = rt_entropy();
+  tx[n++] = 0;
+  for (int k = 28; k >= 0; k -= 4) tx[n++] = (uint8_t)"0123456789abcdef"[(nonce >> k) & 15];
+#endif
   reply_len = n;
 }
 

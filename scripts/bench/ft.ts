@@ -18,9 +18,9 @@ import { UdpUplink } from '../../src/client/net/udp-uplink.js'
 import { KvClient } from '../../src/client/kv/client.js'
 import { percentiles, type Percentiles } from '../../src/client/ft/stats.js'
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
-const f = (x: number, d: number) => (Number.isFinite(x) ? x.toFixed(d) : '-')
-const spread = (xs: number[], d: number) => `${f(median(xs), d)} [${f(Math.min(...xs), d)}–${f(Math.max(...xs), d)}]`
+export const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
+export const f = (x: number, d: number) => (Number.isFinite(x) ? x.toFixed(d) : '-')
+export const spread = (xs: number[], d: number) => `${f(median(xs), d)} [${f(Math.min(...xs), d)}–${f(Math.max(...xs), d)}]`
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 /** a signal to a process group that may have ended already */
 const signalGroup = (p: { child: ChildProcess }, s: NodeJS.Signals) => {
@@ -33,7 +33,7 @@ const signalGroup = (p: { child: ChildProcess }, s: NodeJS.Signals) => {
 
 const VM_MAC = '02:00:00:00:00:42'
 /** requests outstanding: enough that the offered rate, not the round trip, sets an FT pair's pace */
-const KV_WINDOW = 256
+export const KV_WINDOW = 256
 
 export interface FtBenchOptions {
   dir: string
@@ -52,15 +52,15 @@ interface Proc {
   exited: Promise<{ code: number | null; signal: string | null }>
 }
 
-interface Summary {
+export interface Summary {
   seconds: number
   cpuSeconds: number
   mips: number
   instructions: number
-  ft?: { role: string; outcome: string; logBytes: number; takeoverMs?: number; lag?: Percentiles; outputDelay?: Percentiles }
+  ft?: { role: string; outcome: string; logBytes: number; takeoverMs?: number; lag?: Percentiles; outputDelay?: Percentiles; colo?: import('../../src/client/ft/colo/run-colo.js').ColoStats }
 }
 
-interface LoadSummary {
+export interface LoadSummary {
   acked: number
   seconds: number
   retries: number
@@ -73,7 +73,7 @@ interface PairEnd {
   backup: Summary
 }
 
-class Bench {
+export class Bench {
   private n = 0
   private ls = ''
   private sw: Proc | null = null
@@ -196,7 +196,7 @@ class Bench {
 }
 
 /** Alternating rounds of a plain side and an FT side. */
-async function alternate<P, F>(reps: number, plain: () => Promise<P>, ft: () => Promise<F>): Promise<{ plain: P[]; ft: F[] }> {
+export async function alternate<P, F>(reps: number, plain: () => Promise<P>, ft: () => Promise<F>): Promise<{ plain: P[]; ft: F[] }> {
   const r = { plain: [] as P[], ft: [] as F[] }
   for (let i = 0; i < reps; i++) {
     if (i % 2 === 0) r.plain.push(await plain()), r.ft.push(await ft())

@@ -1,6 +1,8 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { join } from 'node:path'
-import { CLI, tandem } from './peers.js'
+import type { Test } from 'tap'
+import { CLI, tandem, tmp } from './peers.js'
+import { startSwitch } from './switch-process.js'
 
 export interface VmProcess {
   child: ChildProcess
@@ -75,4 +77,33 @@ export function kv(args: string[]): { done: Promise<{ code: number | null; out: 
   c.stdout.on('data', (d) => (out += d))
   c.stderr.on('data', (d) => (err += d))
   return { done: new Promise((r) => c.on('exit', (code) => r({ code, out, err }))), kill: (s) => c.kill(s) }
+}
+
+/**
+ * One run of the SIGKILL matrix: a kvstore pair (`o.args` adds e.g. `--ft-mode colo`) on a fresh
+ * switch and lockspace, `kv load` running, the primary's process group killed at a seeded moment;
+ * the backup must go live, the load finish and `kv check` find every acknowledged key.
+ */
+export async function killRun(t: Test, i: number, r: () => number, o: { vmMac: string; args?: string[] }): Promise<void> {
+  const dir = tmp(t, 'tandem-ft-kill-')
+  const ls = initLockspace(dir)
+  const sw = await startSwitch(t)
+  const net = ['--guest', 'kvstore', '--switch', sw.url, '--mac', o.vmMac, ...(o.args ?? [])]
+  const { backup, primary } = await startPair(t, { args: net, lockspace: ls })
+  await waitFor(primary, /kvstore/)
+  const acked = join(dir, 'acked.jsonl')
+  const load = kv(['load', '--switch', sw.url, '--vm-mac', o.vmMac, '--keys', '40', '--rate', '400', '--duration', '2', '--log', acked, '--timeout', '10', '--json'])
+  // the primary's host dies at a seeded moment of the load
+  const killAt = 200 + Math.floor((r() / 2 ** 32) * 1300)
+  await new Promise((res) => setTimeout(res, killAt))
+  process.kill(-primary.child.pid!, 'SIGKILL')
+  const live = await waitFor(backup, /going live|took over/, 10_000).then(() => true, () => false)
+  t.ok(live, `run ${i}: the backup went live after the kill at ${killAt} ms${live ? '' : `: backup ${backup.stderr().slice(-600)} | primary ${primary.stderr().slice(-400)}`}`)
+  const l = await load.done
+  t.equal(l.code, 0, `run ${i}: kv load finished: ${l.err.slice(-300)}`)
+  const check = kv(['check', '--switch', sw.url, '--vm-mac', o.vmMac, '--log', acked, '--timeout', '10'])
+  const c = await check.done
+  t.equal(c.code, 0, `run ${i}: kv check: ${c.out}${c.err}`)
+  backup.child.kill('SIGTERM')
+  await backup.exited
 }

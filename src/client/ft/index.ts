@@ -27,3 +27,5 @@ export {
 } from './protocol.js'
 export { FtChannel, FtChannelEnded, FtListener, HEARTBEAT_MS, LOSS_MS, HIGH_WATER_BYTES, CLOSE_GRACE_MS, type FtChannelOptions, type FtCounts, type FtEnd } from './channel.js'
 export { FaultLink, type FaultLinkOptions } from './fault-link.js'
+export { coloPrimary, coloSecondary, COLO_TIMEOUT_MS, type ColoOptions, type ColoStats } from './colo/run-colo.js'
+export { DirtyPageResync, type Resync } from './colo/resync.js'

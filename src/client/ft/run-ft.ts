@@ -11,8 +11,9 @@ import { FtChannel, FtListener, type FtEnd } from './channel.js'
 import { FtLagControl, LagMeter } from './lag.js'
 import { OutputGate } from './output-gate.js'
 import { FtPrimary } from './primary.js'
-import type { FtHelloParams, FtMessage } from './protocol.js'
+import type { FtHelloParams, FtMessage, FtMode } from './protocol.js'
 import { WriteAfterReadGuard } from './write-after-read.js'
+import type { ColoStats } from './colo/run-colo.js'
 
 /**
  * Who goes live when the pair loses each other (ft/SPEC.md "Split brain"): one compare-and-write
@@ -65,6 +66,8 @@ export interface FtReport {
   resent?: number
   lag?: ReturnType<LagMeter['snapshot']>
   outputDelay?: ReturnType<OutputGate['snapshot']>['delay']
+  /** quasi-lockstep (`--ft-mode colo`): outputs compared, resyncs (colo/run-colo.ts) */
+  colo?: ColoStats
 }
 
 /** A role's figures while it runs (the VM's control socket shows them; the host agent's /metrics reads them there). */
@@ -83,6 +86,7 @@ export interface FtStatus {
   outputDelay: { count: number; p50: number; p99: number } | null
   /** the primary's lag samples of the last 10 s (percentiles; null on a backup) */
   lag: ReturnType<LagMeter['snapshot']> | null
+  colo?: ColoStats
 }
 
 /** The part of runVm a pair role shapes: the machine's options, then the run. */
@@ -102,9 +106,9 @@ export interface FtRole {
 }
 
 /** A port that may announce a MAC to its switch from now on (UdpUplink.announce; undefined: none) */
-type AnnouncingPort = SwitchPort & { announce?: (mac?: Buffer) => void }
+export type AnnouncingPort = SwitchPort & { announce?: (mac?: Buffer) => void }
 
-const nextMessage = (ch: FtChannel, type: FtMessage['type'], what: string): Promise<FtMessage> =>
+export const nextMessage = (ch: FtChannel, type: FtMessage['type'], what: string): Promise<FtMessage> =>
   new Promise((resolve, reject) => {
     const onMsg = (m: FtMessage) => {
       if (m.type === type || m.type === 'HELLO_REFUSED' || m.type === 'ERROR') {
@@ -124,7 +128,7 @@ export const CLAIM_RETRY_MS = 15_000
  * host's lease lapsed under load) is tried again — neither side may go on without an answer, as
  * VMware's VM waits for its storage — for up to CLAIM_RETRY_MS; then the side halts.
  */
-async function claimVm(o: FtRoleOptions, generation: number, timers: Timers): Promise<boolean> {
+export async function claimVm(o: FtRoleOptions, generation: number, timers: Timers): Promise<boolean> {
   const t0 = timers.now()
   for (let wait = 20; ; wait = Math.min(wait * 2, 1000)) {
     try {
@@ -149,16 +153,7 @@ export const endText = (e: FtEnd) => (e.kind === 'bye' ? `BYE (${e.bye.reason})`
  */
 export async function ftPrimary(o: FtRoleOptions, vm: { memoryBytes: number; imageSha: Buffer; limiter?: CpuLimiter }): Promise<FtRole> {
   const timers = o.timers ?? realTimers
-  const ch = await FtChannel.connect({ host: o.host, port: o.port, timers, lossMs: o.lossMs }).catch((e: Error) => {
-    throw new StorageError('IoError', `cannot reach the FT backup at ${o.host}:${o.port}: ${e.message}`)
-  })
-  const hello: FtHelloParams = { version: 1, vm: o.vm, mode: 'replay', lockGeneration: o.arbiter.generation, memoryBytes: vm.memoryBytes, imageSha256: vm.imageSha, start: 'boot', backupReads: o.reads, instret: 0 }
-  ch.send({ type: 'HELLO', ...hello })
-  const answer = await nextMessage(ch, 'HELLO_OK', 'the backup accepted')
-  if (answer.type !== 'HELLO_OK') {
-    ch.close('refused')
-    throw new StorageError('InvalidArgument', `the FT backup refused: ${answer.type === 'HELLO_REFUSED' ? `${answer.reason}: ${answer.text}` : answer.type === 'ERROR' ? `${answer.code}: ${answer.text}` : answer.type}`)
-  }
+  const ch = await connectBackup(o, vm, 'replay', timers)
   const gate = new OutputGate(timers)
   const lag = new LagMeter()
   const war = o.reads === 'disk' ? new WriteAfterReadGuard() : undefined
@@ -311,35 +306,7 @@ export async function ftBackup(
   },
 ): Promise<FtRole> {
   const timers = o.timers ?? realTimers
-  const listener = await FtListener.listen({ host: o.host, port: o.port, timers, lossMs: o.lossMs })
-  vm.onListening?.(listener.port)
-  o.log?.(`FT backup of ${o.vm} listening on ${o.host}:${listener.port}`)
-  // SIGINT/SIGTERM while no primary has come: stop listening and end
-  const signal = vm.signal
-  const ch = await new Promise<FtChannel>((resolve, reject) => {
-    const onAbort = () => {
-      void listener.close()
-      reject(new StorageError('InvalidArgument', `stopped before a primary connected to ${o.host}:${listener.port}`))
-    }
-    if (signal?.aborted) return onAbort()
-    signal?.addEventListener('abort', onAbort, { once: true })
-    listener.once('channel', (c) => {
-      signal?.removeEventListener('abort', onAbort)
-      resolve(c)
-    })
-  })
-  const hello = (await nextMessage(ch, 'HELLO', 'the primary said HELLO')) as Extract<FtMessage, { type: 'HELLO' }>
-  const refuse = (reason: 'image' | 'memory' | 'vm' | 'mode', text: string) => {
-    ch.send({ type: 'HELLO_REFUSED', version: 1, reason, text })
-    ch.close('refused')
-    void listener.close()
-    return new StorageError('InvalidArgument', `refused the FT primary: ${text}`)
-  }
-  if (hello.vm !== o.vm) throw refuse('vm', `the primary runs VM '${hello.vm}', this backup is for '${o.vm}'`)
-  if (hello.mode !== 'replay') throw refuse('mode', `mode '${hello.mode}' is not supported by this backup`)
-  if (hello.memoryBytes !== vm.memoryBytes) throw refuse('memory', `the primary's VM has ${hello.memoryBytes} bytes of memory, this backup ${vm.memoryBytes}`)
-  if (!hello.imageSha256.equals(vm.imageSha)) throw refuse('image', 'the primary runs a different guest image')
-  ch.send({ ...hello, type: 'HELLO_OK' })
+  const { listener, ch, hello } = await acceptPrimary(o, vm, 'replay', timers)
   const source = new EventSource(`(FT log from ${o.vm}'s primary)`, { memoryBytes: vm.memoryBytes, imageSha: vm.imageSha })
   source.push(encodeHeader(vm.memoryBytes, vm.imageSha))
   let logBytes = 0
@@ -413,4 +380,61 @@ export async function ftBackup(
       return { role: 'backup', outcome, channelEnd, logBytes, takeoverMs, ...(backup.live ? { resent: backup.resent } : {}) }
     },
   }
+}
+
+/**
+ * A backup's (or secondary's) start: listens, waits for one primary (or `vm.signal`), checks its
+ * HELLO (VM, mode, memory, image) and answers HELLO_OK, or refuses it with the reason.
+ */
+export async function acceptPrimary(
+  o: FtRoleOptions,
+  vm: { memoryBytes: number; imageSha: Buffer; signal?: AbortSignal; onListening?: (port: number) => void },
+  mode: FtMode,
+  timers: Timers,
+): Promise<{ listener: FtListener; ch: FtChannel; hello: Extract<FtMessage, { type: 'HELLO' }> }> {
+  const listener = await FtListener.listen({ host: o.host, port: o.port, timers, lossMs: o.lossMs })
+  vm.onListening?.(listener.port)
+  o.log?.(`FT backup of ${o.vm} listening on ${o.host}:${listener.port} (--ft-mode ${mode})`)
+  // SIGINT/SIGTERM while no primary has come: stop listening and end
+  const signal = vm.signal
+  const ch = await new Promise<FtChannel>((resolve, reject) => {
+    const onAbort = () => {
+      void listener.close()
+      reject(new StorageError('InvalidArgument', `stopped before a primary connected to ${o.host}:${listener.port}`))
+    }
+    if (signal?.aborted) return onAbort()
+    signal?.addEventListener('abort', onAbort, { once: true })
+    listener.once('channel', (c) => {
+      signal?.removeEventListener('abort', onAbort)
+      resolve(c)
+    })
+  })
+  const hello = (await nextMessage(ch, 'HELLO', 'the primary said HELLO')) as Extract<FtMessage, { type: 'HELLO' }>
+  const refuse = (reason: 'image' | 'memory' | 'vm' | 'mode', text: string) => {
+    ch.send({ type: 'HELLO_REFUSED', version: 1, reason, text })
+    ch.close('refused')
+    void listener.close()
+    return new StorageError('InvalidArgument', `refused the FT primary: ${text}`)
+  }
+  if (hello.vm !== o.vm) throw refuse('vm', `the primary runs VM '${hello.vm}', this backup is for '${o.vm}'`)
+  if (hello.mode !== mode) throw refuse('mode', `mode '${hello.mode}' where this backup runs --ft-mode ${mode}`)
+  if (hello.memoryBytes !== vm.memoryBytes) throw refuse('memory', `the primary's VM has ${hello.memoryBytes} bytes of memory, this backup ${vm.memoryBytes}`)
+  if (!hello.imageSha256.equals(vm.imageSha)) throw refuse('image', 'the primary runs a different guest image')
+  ch.send({ ...hello, type: 'HELLO_OK' })
+  return { listener, ch, hello }
+}
+
+/** A primary's start: connects to its backup (or secondary), says HELLO in `mode`, and waits for HELLO_OK (else a typed error with the refusal). */
+export async function connectBackup(o: FtRoleOptions, vm: { memoryBytes: number; imageSha: Buffer }, mode: FtMode, timers: Timers): Promise<FtChannel> {
+  const ch = await FtChannel.connect({ host: o.host, port: o.port, timers, lossMs: o.lossMs }).catch((e: Error) => {
+    throw new StorageError('IoError', `cannot reach the FT backup at ${o.host}:${o.port}: ${e.message}`)
+  })
+  const hello: FtHelloParams = { version: 1, vm: o.vm, mode, lockGeneration: o.arbiter.generation, memoryBytes: vm.memoryBytes, imageSha256: vm.imageSha, start: 'boot', backupReads: o.reads, instret: 0 }
+  ch.send({ type: 'HELLO', ...hello })
+  const answer = await nextMessage(ch, 'HELLO_OK', 'the backup accepted')
+  if (answer.type !== 'HELLO_OK') {
+    ch.close('refused')
+    throw new StorageError('InvalidArgument', `the FT backup refused: ${answer.type === 'HELLO_REFUSED' ? `${answer.reason}: ${answer.text}` : answer.type === 'ERROR' ? `${answer.code}: ${answer.text}` : answer.type}`)
+  }
+  return ch
 }

@@ -131,6 +131,11 @@ export class KvClient {
     if (!this.anyVm && !f.subarray(6, 12).equals(this.vmMac)) return
     const p = this.pending.get(f.readUIntBE(3, 3))
     if (!p || p.done) this.stale++
-    else p.resolve(f.subarray(14).toString())
+    else {
+      // the text ends at a NUL: Ethernet's zero padding, or a trailer the guest adds (the noisy guest's nonce)
+      const body = f.subarray(14)
+      const nul = body.indexOf(0)
+      p.resolve((nul < 0 ? body : body.subarray(0, nul)).toString())
+    }
   }
 }

@@ -183,6 +183,26 @@ export class Machine {
   static fromState(state: VmState, opts: MachineOptions, o: { loadImage?: boolean } = {}): Machine {
     if (opts.memory !== state.memoryBytes) throw new StateError(`the state has ${state.memoryBytes} bytes of guest memory, this VM ${opts.memory}`)
     const m = new Machine(opts, o.loadImage ?? true)
+    m.restore(state)
+    return m
+  }
+
+  /**
+   * Takes `state` in place (a quasi-lockstep secondary resynchronized from its primary): hart,
+   * devices, guest clock and, when the state carries it, memory. Only between slices (paused).
+   */
+  loadState(state: VmState): void {
+    if (this.running && !this.paused) throw new StateError('a running VM takes a state only while paused')
+    if (state.memoryBytes !== this.mem.size) throw new StateError(`the state has ${state.memoryBytes} bytes of guest memory, this VM ${this.mem.size}`)
+    this.restore(state)
+    // a WFI wait of the old state is over: the run goes on from the new one
+    this.kicked = true
+  }
+  /** set by loadState: the current WFI wait ends */
+  private kicked = false
+
+  private restore(state: VmState): void {
+    const m = this
     if (!m.imageSha.equals(state.imageSha)) throw new StateError('the state was saved with a different guest image')
     if (state.memory) {
       if (state.memory.length !== state.memoryBytes) throw new StateError(`the state's memory is ${state.memory.length} bytes, ${state.memoryBytes} expected`)
@@ -207,7 +227,6 @@ export class Machine {
     // the guest clock goes on from the saved mtime
     m.startNs = m.clock.now() - (BigInt(host.mtime) * 1_000_000_000n) / BigInt(TIMEBASE_HZ)
     m.logStart = host.logPosition
-    return m
   }
 
   /** The whole state (between slices: paused, or not running). */
@@ -356,7 +375,7 @@ export class Machine {
         nic.deliver(frame)
       }
       this.setIrq(IRQ.MTI, this.mtime() >= clint.mtimecmp)
-      if (!wfi || this.hart.mip & this.hart.mie) return 'go'
+      if (!wfi || this.hart.mip & this.hart.mie || this.takeKick()) return 'go'
       // WFI with nothing pending: wait for the timer, the disk or the NIC, whichever can come first
       const canTimer = (this.hart.mie & (1 << IRQ.MTI)) !== 0 && clint.armed
       const canDisk = hba.pending > 0 && (this.hart.mie & (1 << IRQ.MEI)) !== 0
@@ -383,7 +402,14 @@ export class Machine {
       // halt() wakes the wait: the run loop sees it and ends
       if (signal?.aborted || this.halted !== null) return 'go'
       await this.pausePoint()
+      if (this.takeKick()) return 'go'
     }
+  }
+
+  private takeKick(): boolean {
+    const k = this.kicked
+    this.kicked = false
+    return k
   }
 
   /** A primary: the outcome of each request about to complete, and the data-in the backup cannot read itself. */

@@ -1,0 +1,58 @@
+import t from 'tap'
+import { existsSync, readFileSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { rng, tmp } from '../../helpers/peers.js'
+import { startSwitch } from '../../helpers/switch-process.js'
+import { initLockspace, killRun, kv, startPair, waitFor } from '../../helpers/ft-cli.js'
+
+const VM_MAC = '02:00:00:00:00:43'
+const acknowledged = (file: string) => (existsSync(file) ? readFileSync(file, 'utf8').split('\n').filter(Boolean).length : 0)
+const COLO = ['--ft-mode', 'colo']
+
+t.test('colo: SIGKILL of the primary while kv load runs: the secondary goes live and every acknowledged key is there', async (t) => {
+  const runs = Number(process.env.FT_KILL_RUNS ?? 1)
+  const r = rng(2718)
+  for (let i = 0; i < runs; i++) await killRun(t, i, r, { vmMac: VM_MAC, args: COLO }).catch((e: Error) => t.fail(`run ${i}: ${e.message}`))
+  t.comment(`${runs} runs (FT_KILL_RUNS=50 for the issue's 50)`)
+})
+
+t.test('colo: SIGKILL of the secondary: the primary claims the VM and runs on alone, answering every request', async (t) => {
+  const dir = tmp(t, 'tandem-colo-kill-b-')
+  const ls = initLockspace(dir)
+  const sw = await startSwitch(t)
+  const { backup, primary } = await startPair(t, { args: ['--guest', 'kvstore', '--switch', sw.url, '--mac', VM_MAC, ...COLO], lockspace: ls })
+  await waitFor(primary, /kvstore/)
+  const acked = join(dir, 'acked.jsonl')
+  const load = kv(['load', '--switch', sw.url, '--vm-mac', VM_MAC, '--keys', '40', '--rate', '300', '--duration', '2', '--log', acked, '--timeout', '10', '--json'])
+  // killed once the pair has answered (outputs released on a match)
+  for (const t0 = Date.now(); acknowledged(acked) < 20 && Date.now() - t0 < 10_000; ) await new Promise((res) => setTimeout(res, 50))
+  process.kill(-backup.child.pid!, 'SIGKILL')
+  await waitFor(primary, /running alone/, 10_000)
+  const l = await load.done
+  t.equal(l.code, 0, `kv load finished: ${l.err.slice(-300)}`)
+  const c = await kv(['check', '--switch', sw.url, '--vm-mac', VM_MAC, '--log', acked, '--timeout', '10']).done
+  t.equal(c.code, 0, `kv check on the primary, alone: ${c.out}${c.err}`)
+  t.equal(primary.child.exitCode, null, 'the primary still runs')
+  primary.child.kill('SIGTERM')
+  await primary.exited
+  const ft = JSON.parse(primary.stdout()).ft
+  t.match(ft, { role: 'primary', outcome: 'alone' }, JSON.stringify(ft))
+  t.ok(ft.colo.releasedMatched >= 20, `${ft.colo.outputs} outputs, ${ft.colo.releasedMatched} released on a match before the kill`)
+})
+
+t.test('colo: a bad --ft-mode or --ft-colo-timeout-ms is a usage error; a disk is refused, not half-protected', async (t) => {
+  const { tandem } = await import('../../helpers/peers.js')
+  const ls = initLockspace(tmp(t, 'tandem-colo-usage-'))
+  const base = ['vm', 'run', '--guest', 'kvstore', '--name', 'v', '--ft-lockspace', ls, '--ft-backup', '127.0.0.1:0']
+  const mode = tandem([...base, '--ft-mode', 'lockstep'])
+  t.equal(mode.status, 1)
+  t.match(mode.stderr, /invalid --ft-mode 'lockstep' \(replay or colo\)/)
+  const timeout = tandem([...base, '--ft-mode', 'colo', '--ft-colo-timeout-ms', '0'])
+  t.equal(timeout.status, 1)
+  t.match(timeout.stderr, /invalid --ft-colo-timeout-ms '0'/)
+  const raw = join(tmp(t, 'tandem-colo-disk-'), 'd.raw')
+  writeFileSync(raw, Buffer.alloc(1 << 20))
+  const disk = tandem([...base, '--ft-mode', 'colo', '--disk', raw])
+  t.not(disk.status, 0)
+  t.match(disk.stderr, /colo runs a VM without a disk/)
+})

@@ -1,0 +1,52 @@
+import { readFileSync } from 'node:fs'
+import { createHash } from 'node:crypto'
+import { Machine, guestPath, type RunSummary } from '../../src/client/vm/index.js'
+import { VirtualSwitch, type SwitchPort } from '../../src/client/vm/net.js'
+import { KvClient } from '../../src/client/kv/client.js'
+import { coloPrimary, coloSecondary } from '../../src/client/ft/colo/run-colo.js'
+import type { Arbiter, FtReport, FtRole } from '../../src/client/ft/run-ft.js'
+
+export const VM_MAC = Buffer.from([2, 0, 0, 0, 0, 0x42])
+
+/**
+ * A quasi-lockstep pair in one process: the real roles over a loopback FT channel, both VMs' NICs
+ * on one VirtualSwitch with a kv client. One lock record decides a claim (the first side wins).
+ */
+export async function coloPair(o: { guest: string; timeoutMs: number; memory?: number; lossMs?: number }) {
+  const image = readFileSync(guestPath(o.guest))
+  const memory = o.memory ?? 16 << 20
+  const imageSha = createHash('sha256').update(image).digest()
+  let owner: string | null = null
+  const arbiter = (side: string): Arbiter => ({
+    generation: 1,
+    claim: async () => {
+      owner ??= side
+      return owner === side
+    },
+  })
+  const sw = new VirtualSwitch()
+  const role = { vm: 'vm1', reads: 'disk' as const, host: '127.0.0.1', lossMs: o.lossMs ?? 3000, colo: { timeoutMs: o.timeoutMs } }
+  let port!: (p: number) => void
+  const listening = new Promise<number>((r) => (port = r))
+  const secondaryRole = coloSecondary({ ...role, role: 'backup', port: 0, arbiter: arbiter('secondary') }, { memoryBytes: memory, imageSha, onListening: port })
+  const primaryRole = coloPrimary({ ...role, role: 'primary', port: await listening, arbiter: arbiter('primary') }, { memoryBytes: memory, imageSha })
+  const [s, p] = await Promise.all([secondaryRole, primaryRole])
+  const console = { primary: [] as number[], secondary: [] as number[] }
+  const start = (r: FtRole, net: SwitchPort, out: number[]) => {
+    const m = new Machine(r.machineOptions({ image, memory, net, mac: VM_MAC, onConsole: (b) => out.push(b) }))
+    r.attach(m)
+    const done: Promise<RunSummary & { ft: FtReport }> = m.run().then(async (sum) => ({ ...sum, ft: await r.finish(sum) }))
+    return { m, done }
+  }
+  const pm = start(p, sw.port(), console.primary)
+  const secondaryPort = sw.port()
+  const sentBySecondary: Buffer[] = []
+  const send = secondaryPort.send.bind(secondaryPort)
+  secondaryPort.send = (f) => {
+    sentBySecondary.push(f)
+    send(f)
+  }
+  const sm = start(s, secondaryPort, console.secondary)
+  const client = new KvClient({ port: sw.port(), vmMac: VM_MAC, retryMs: 1000, timeoutMs: 20_000 })
+  return { primary: p, secondary: s, pm, sm, client, console, sw, sentBySecondary, owner: () => owner }
+}
