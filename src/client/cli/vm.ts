@@ -32,6 +32,9 @@ export function vmCommand(run: (fn: () => Promise<number | void>) => Promise<voi
     .option('--ft-host <name>', "this side's host name in the lockspace (default: <hostname>-primary or -backup)")
     .option('--ft-loss-ms <ms>', 'silence on the FT channel that counts as losing the peer', '300')
     .option('--no-lag-control', "primary: leave its CPU limit alone (the lag control lowers it while the backup falls behind)")
+    .option('--ft-mode <mode>', 'primary: replay (the backup replays the event log) or checkpoint (epochs of dirty pages and device state; outputs held until the backup acknowledges their epoch); the backup follows the primary\'s choice', 'replay')
+    .option('--ft-epoch-ms <ms>', 'checkpoint mode: the epoch, in ms (5 to 10000)', '25')
+    .option('--no-ft-diff', 'checkpoint mode: send every dirty page whole (no diffs for the pages the backup names)')
     .action((o) => run(() => runAction(o)))
   const restoreCmd = vm.command('restore')
     .description('run a VM on from a checkpoint file (tandem vm checkpoint): its state and memory as they were, then as vm run')
@@ -222,6 +225,9 @@ interface FtCliOptions {
   hostName: string
   lossMs: number
   lagControl: boolean
+  mode: 'replay' | 'checkpoint'
+  epochMs: number
+  diff: boolean
 }
 
 /** `--ft-primary` / `--ft-backup` and their companions, checked. */
@@ -238,7 +244,10 @@ function ftOptions(o: OptionValues): FtCliOptions | undefined {
   const lossMs = Number(o.ftLossMs)
   if (!Number.isFinite(lossMs) || lossMs < 20 || lossMs > 60_000) throw new StorageError('InvalidArgument', `invalid --ft-loss-ms '${o.ftLossMs}' (20 to 60000)`)
   if (o.record || o.replay || o.restore) throw new StorageError('InvalidArgument', 'a fault-tolerant pair records and replays over its channel: no --record, --replay or restore')
-  return { role, host: m[1].replace(/^\[|\]$/g, ''), port: Number(m[2]), vm: o.name, reads: o.backupReads, lockspace: o.ftLockspace, hostName: o.ftHost ?? `${hostname()}-${role}`, lossMs, lagControl: o.lagControl !== false }
+  if (o.ftMode !== 'replay' && o.ftMode !== 'checkpoint') throw new StorageError('InvalidArgument', `invalid --ft-mode '${o.ftMode}' (replay or checkpoint)`)
+  const epochMs = Number(o.ftEpochMs)
+  if (!Number.isFinite(epochMs) || epochMs < 5 || epochMs > 10_000) throw new StorageError('InvalidArgument', `invalid --ft-epoch-ms '${o.ftEpochMs}' (5 to 10000)`)
+  return { role, host: m[1].replace(/^\[|\]$/g, ''), port: Number(m[2]), vm: o.name, reads: o.backupReads, lockspace: o.ftLockspace, hostName: o.ftHost ?? `${hostname()}-${role}`, lossMs, lagControl: o.lagControl !== false, mode: o.ftMode, epochMs, diff: o.ftDiff !== false }
 }
 
 let ftArbiter: { close(): Promise<void> } | undefined
@@ -249,7 +258,7 @@ async function startFtRole(f: FtCliOptions, vm: Parameters<NonNullable<import('.
   const log = (msg: string) => process.stderr.write(`tandem vm: ${msg}\n`)
   const arbiter = await lockArbiter({ lockspace: f.lockspace, host: f.hostName, vm: f.vm, role: f.role, fenceDisk: scsi, log })
   ftArbiter = arbiter
-  const role = { role: f.role, host: f.host, port: f.port, vm: f.vm, reads: f.reads, arbiter, lossMs: f.lossMs, lagControl: f.lagControl, log }
+  const role = { role: f.role, host: f.host, port: f.port, vm: f.vm, reads: f.reads, arbiter, lossMs: f.lossMs, lagControl: f.lagControl, log, mode: f.mode, epochMs: f.epochMs, diff: f.diff }
   if (f.role === 'primary') return ftPrimary(role, vm)
   return ftBackup(role, { ...vm, liveDisk, onListening: (port) => log(`FT backup listening on ${f.host}:${port}`) })
 }

@@ -42,6 +42,7 @@ export const FT_TYPE = {
   HEARTBEAT: 8,
   BYE: 9,
   ERROR: 10,
+  FEEDBACK: 11,
 } as const
 export type FtType = keyof typeof FT_TYPE
 export const FT_TYPES = Object.keys(FT_TYPE) as FtType[]
@@ -110,6 +111,7 @@ export type FtMessage =
   | { type: 'HEARTBEAT'; ms: number }
   | { type: 'BYE'; reason: FtByeReason; instret: number }
   | { type: 'ERROR'; code: FtErrorCode; text: string }
+  | { type: 'FEEDBACK'; data: Buffer }
 
 export type FtMessageOf<T extends FtType> = Extract<FtMessage, { type: T }>
 
@@ -277,6 +279,7 @@ const CODECS: { [T in FtType]: { encode(m: FtMessageOf<T>): Buffer; decode(p: Bu
     },
   },
   LOG: { encode: (m) => m.records, decode: (p) => ({ type: 'LOG', records: p }) },
+  FEEDBACK: { encode: (m) => m.data, decode: (p) => ({ type: 'FEEDBACK', data: p }) },
   ACK: {
     encode: (m) => AckBody.encode({ received: count(m.received, 'received'), executed: count(m.executed, 'executed'), readsDone: count(m.readsDone, 'readsDone') }),
     decode: (p) => {

@@ -11,7 +11,8 @@ import { FtChannel, FtListener, type FtEnd } from './channel.js'
 import { FtLagControl, LagMeter } from './lag.js'
 import { OutputGate } from './output-gate.js'
 import { FtPrimary } from './primary.js'
-import type { FtHelloParams, FtMessage } from './protocol.js'
+import type { FtHelloParams, FtMessage, FtMode } from './protocol.js'
+import { ckptBackup, ckptPrimary, type CheckpointStatus } from './checkpoint/roles.js'
 import { WriteAfterReadGuard } from './write-after-read.js'
 
 /**
@@ -46,6 +47,11 @@ export interface FtRoleOptions {
   lagControl?: boolean
   /** reports what happens (role changes, the claim) */
   log?: (msg: string) => void
+  /** primary: how the pair keeps the backup (default replay; a backup takes the primary's HELLO's) */
+  mode?: FtMode
+  /** checkpoint mode (primary): the epoch (default 25 ms), page diffs (default on) */
+  epochMs?: number
+  diff?: boolean
 }
 
 /** What `vm run --ft-*` reports beside the run summary. */
@@ -65,6 +71,7 @@ export interface FtReport {
   resent?: number
   lag?: ReturnType<LagMeter['snapshot']>
   outputDelay?: ReturnType<OutputGate['snapshot']>['delay']
+  checkpoint?: CheckpointStatus
 }
 
 /** A role's figures while it runs (the VM's control socket shows them; the host agent's /metrics reads them there). */
@@ -83,6 +90,8 @@ export interface FtStatus {
   outputDelay: { count: number; p50: number; p99: number } | null
   /** the primary's lag samples of the last 10 s (percentiles; null on a backup) */
   lag: ReturnType<LagMeter['snapshot']> | null
+  /** checkpoint mode: the epochs' figures (checkpoint/SPEC.md "Metrics") */
+  checkpoint?: CheckpointStatus
 }
 
 /** The part of runVm a pair role shapes: the machine's options, then the run. */
@@ -99,12 +108,18 @@ export interface FtRole {
    * has acknowledged everything, hands over and halts. Resolves with the count the backup goes on from.
    */
   handover?(): Promise<{ instructions: number }>
+  /**
+   * A side that runs no VM while paired (a checkpoint backup): resolves when it is to run one — the
+   * machine it goes live with — or with the summary of a run that ends without running (halted, the
+   * primary's clean end). runVm calls it instead of making the machine itself.
+   */
+  standby?(opts: MachineOptions): Promise<{ machine: Machine } | { summary: RunSummary }>
 }
 
 /** A port that may announce a MAC to its switch from now on (UdpUplink.announce; undefined: none) */
 type AnnouncingPort = SwitchPort & { announce?: (mac?: Buffer) => void }
 
-const nextMessage = (ch: FtChannel, type: FtMessage['type'], what: string): Promise<FtMessage> =>
+export const nextMessage = (ch: FtChannel, type: FtMessage['type'], what: string): Promise<FtMessage> =>
   new Promise((resolve, reject) => {
     const onMsg = (m: FtMessage) => {
       if (m.type === type || m.type === 'HELLO_REFUSED' || m.type === 'ERROR') {
@@ -124,7 +139,7 @@ export const CLAIM_RETRY_MS = 15_000
  * host's lease lapsed under load) is tried again — neither side may go on without an answer, as
  * VMware's VM waits for its storage — for up to CLAIM_RETRY_MS; then the side halts.
  */
-async function claimVm(o: FtRoleOptions, generation: number, timers: Timers): Promise<boolean> {
+export async function claimVm(o: FtRoleOptions, generation: number, timers: Timers): Promise<boolean> {
   const t0 = timers.now()
   for (let wait = 20; ; wait = Math.min(wait * 2, 1000)) {
     try {
@@ -152,13 +167,14 @@ export async function ftPrimary(o: FtRoleOptions, vm: { memoryBytes: number; ima
   const ch = await FtChannel.connect({ host: o.host, port: o.port, timers, lossMs: o.lossMs }).catch((e: Error) => {
     throw new StorageError('IoError', `cannot reach the FT backup at ${o.host}:${o.port}: ${e.message}`)
   })
-  const hello: FtHelloParams = { version: 1, vm: o.vm, mode: 'replay', lockGeneration: o.arbiter.generation, memoryBytes: vm.memoryBytes, imageSha256: vm.imageSha, start: 'boot', backupReads: o.reads, instret: 0 }
+  const hello: FtHelloParams = { version: 1, vm: o.vm, mode: o.mode ?? 'replay', lockGeneration: o.arbiter.generation, memoryBytes: vm.memoryBytes, imageSha256: vm.imageSha, start: 'boot', backupReads: o.reads, instret: 0 }
   ch.send({ type: 'HELLO', ...hello })
   const answer = await nextMessage(ch, 'HELLO_OK', 'the backup accepted')
   if (answer.type !== 'HELLO_OK') {
     ch.close('refused')
     throw new StorageError('InvalidArgument', `the FT backup refused: ${answer.type === 'HELLO_REFUSED' ? `${answer.reason}: ${answer.text}` : answer.type === 'ERROR' ? `${answer.code}: ${answer.text}` : answer.type}`)
   }
+  if (hello.mode === 'checkpoint') return ckptPrimary(o, vm, ch, timers)
   const gate = new OutputGate(timers)
   const lag = new LagMeter()
   const war = o.reads === 'disk' ? new WriteAfterReadGuard() : undefined
@@ -336,10 +352,11 @@ export async function ftBackup(
     return new StorageError('InvalidArgument', `refused the FT primary: ${text}`)
   }
   if (hello.vm !== o.vm) throw refuse('vm', `the primary runs VM '${hello.vm}', this backup is for '${o.vm}'`)
-  if (hello.mode !== 'replay') throw refuse('mode', `mode '${hello.mode}' is not supported by this backup`)
+  if (hello.mode !== 'replay' && hello.mode !== 'checkpoint') throw refuse('mode', `mode '${hello.mode}' is not supported by this backup`)
   if (hello.memoryBytes !== vm.memoryBytes) throw refuse('memory', `the primary's VM has ${hello.memoryBytes} bytes of memory, this backup ${vm.memoryBytes}`)
   if (!hello.imageSha256.equals(vm.imageSha)) throw refuse('image', 'the primary runs a different guest image')
   ch.send({ ...hello, type: 'HELLO_OK' })
+  if (hello.mode === 'checkpoint') return ckptBackup(o, vm, ch, hello, listener, timers)
   const source = new EventSource(`(FT log from ${o.vm}'s primary)`, { memoryBytes: vm.memoryBytes, imageSha: vm.imageSha })
   source.push(encodeHeader(vm.memoryBytes, vm.imageSha))
   let logBytes = 0

@@ -31,6 +31,7 @@ const SAMPLES: FtMessage[] = [
   { type: 'HEARTBEAT', ms: 12.25 },
   { type: 'ERROR', code: 'BadCrc', text: 'frame CRC mismatch' },
   { type: 'BYE', reason: 'handover', instret: 42 },
+  { type: 'FEEDBACK', data: Buffer.from([1, 0, 0, 0, 7, 0, 0, 0]) },
 ]
 
 /** a frame whose CRC is recomputed after `edit` (to reach the checks behind the CRC) */
