@@ -1,6 +1,8 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { join } from 'node:path'
-import { CLI, tandem } from './peers.js'
+import type { Test } from 'tap'
+import { CLI, tandem, tmp } from './peers.js'
+import { startSwitch } from './switch-process.js'
 
 export interface VmProcess {
   child: ChildProcess
@@ -75,4 +77,37 @@ export function kv(args: string[]): { done: Promise<{ code: number | null; out: 
   c.stdout.on('data', (d) => (out += d))
   c.stderr.on('data', (d) => (err += d))
   return { done: new Promise((r) => c.on('exit', (code) => r({ code, out, err }))), kill: (s) => c.kill(s) }
+}
+
+/** the kv runs' VM MAC */
+export const KV_VM_MAC = '02:00:00:00:00:42'
+
+/**
+ * One run of the SIGKILL matrix (issue 17): a kvstore pair on a switch under `tandem kv load`; at a
+ * seeded moment the `victim`'s process group is SIGKILLed; the other side goes live (or runs on
+ * alone); the load ends and `tandem kv check` finds every acknowledged key. `primaryArgs`: the mode.
+ */
+export async function killRun(t: Test, i: number, r: () => number, o: { victim?: 'primary' | 'backup'; primaryArgs?: string[] } = {}): Promise<void> {
+  const victim = o.victim ?? 'primary'
+  const dir = tmp(t, 'tandem-ft-kill-')
+  const ls = initLockspace(dir)
+  const sw = await startSwitch(t)
+  const net = ['--guest', 'kvstore', '--switch', sw.url, '--mac', KV_VM_MAC]
+  const { backup, primary } = await startPair(t, { args: net, lockspace: ls, primaryArgs: o.primaryArgs })
+  await waitFor(primary, /kvstore/)
+  const acked = join(dir, 'acked.jsonl')
+  const load = kv(['load', '--switch', sw.url, '--vm-mac', KV_VM_MAC, '--keys', '40', '--rate', '400', '--duration', '2', '--log', acked, '--timeout', '10', '--json'])
+  // the host dies at a seeded moment of the load
+  const killAt = 200 + Math.floor((r() / 2 ** 32) * 1300)
+  await new Promise((res) => setTimeout(res, killAt))
+  const [dead, survivor] = victim === 'primary' ? [primary, backup] : [backup, primary]
+  process.kill(-dead.child.pid!, 'SIGKILL')
+  const on = await waitFor(survivor, victim === 'primary' ? /going live|took over/ : /running alone/, 10_000).then(() => true, () => false)
+  t.ok(on, `run ${i}: the ${victim === 'primary' ? 'backup went live' : 'primary runs alone'} after the kill at ${killAt} ms${on ? '' : `: backup ${backup.stderr().slice(-600)} | primary ${primary.stderr().slice(-400)}`}`)
+  const l = await load.done
+  t.equal(l.code, 0, `run ${i}: kv load finished: ${l.err.slice(-300)}`)
+  const c = await kv(['check', '--switch', sw.url, '--vm-mac', KV_VM_MAC, '--log', acked, '--timeout', '10']).done
+  t.equal(c.code, 0, `run ${i}: kv check: ${c.out}${c.err}`)
+  survivor.child.kill('SIGTERM')
+  await survivor.exited
 }

@@ -1,10 +1,10 @@
-import t, { type Test } from 'tap'
+import t from 'tap'
 import { join } from 'node:path'
 import { rng, tmp } from '../../helpers/peers.js'
 import { startSwitch } from '../../helpers/switch-process.js'
-import { initLockspace, kv, startPair, waitFor } from '../../helpers/ft-cli.js'
+import { KV_VM_MAC, initLockspace, killRun, kv, startPair, waitFor } from '../../helpers/ft-cli.js'
 
-const VM_MAC = '02:00:00:00:00:42'
+const VM_MAC = KV_VM_MAC
 
 t.test('two processes on loopback: the backup follows; a clean end ends both identically', async (t) => {
   const dir = tmp(t, 'tandem-ft-cli-')
@@ -53,32 +53,6 @@ t.test('SIGKILL of the primary while kv load runs: the backup goes live and ever
   for (let i = 0; i < runs; i++) await killRun(t, i, r).catch((e: Error) => t.fail(`run ${i}: ${e.message}`))
   t.comment(`${runs} runs (FT_KILL_RUNS=50 for the issue's 50)`)
 })
-
-async function killRun(t: Test, i: number, r: () => number): Promise<void> {
-  {
-    const dir = tmp(t, 'tandem-ft-kill-')
-    const ls = initLockspace(dir)
-    const sw = await startSwitch(t)
-    const net = ['--guest', 'kvstore', '--switch', sw.url, '--mac', VM_MAC]
-    const { backup, primary } = await startPair(t, { args: net, lockspace: ls })
-    await waitFor(primary, /kvstore/)
-    const acked = join(dir, 'acked.jsonl')
-    const load = kv(['load', '--switch', sw.url, '--vm-mac', VM_MAC, '--keys', '40', '--rate', '400', '--duration', '2', '--log', acked, '--timeout', '10', '--json'])
-    // the primary's host dies at a seeded moment of the load
-    const killAt = 200 + Math.floor((r() / 2 ** 32) * 1300)
-    await new Promise((res) => setTimeout(res, killAt))
-    process.kill(-primary.child.pid!, 'SIGKILL')
-    const live = await waitFor(backup, /going live|took over/, 10_000).then(() => true, () => false)
-    t.ok(live, `run ${i}: the backup went live after the kill at ${killAt} ms${live ? '' : `: backup ${backup.stderr().slice(-600)} | primary ${primary.stderr().slice(-400)}`}`)
-    const l = await load.done
-    t.equal(l.code, 0, `run ${i}: kv load finished: ${l.err.slice(-300)}`)
-    const check = kv(['check', '--switch', sw.url, '--vm-mac', VM_MAC, '--log', acked, '--timeout', '10'])
-    const c = await check.done
-    t.equal(c.code, 0, `run ${i}: kv check: ${c.out}${c.err}`)
-    backup.child.kill('SIGTERM')
-    await backup.exited
-  }
-}
 
 t.test('planned switchover under kv load: the backup goes on live, no reply lost or sent twice, the primary exits 0', async (t) => {
   const dir = tmp(t, 'tandem-ft-switchover-')
