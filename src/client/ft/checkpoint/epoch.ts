@@ -1,4 +1,4 @@
-import { createHash, type Hash } from 'node:crypto'
+import { createHash } from 'node:crypto'
 import { PAGE_SHIFT, PAGE_SIZE, type Memory } from '../../vm/memory.js'
 import type { Machine } from '../../vm/machine.js'
 import { decodeState, encodeState, type VmState } from '../../vm/state.js'
@@ -17,6 +17,13 @@ import { RecordWriter, decodeRecords, popcount } from './epoch-codec.js'
  * - backup: `EpochApplier.accept(payload)` per STATE, `end(instret, hash)` at STATE_END applies
  *   the epoch to its memory image at once and whole (a partial epoch is never applied).
  */
+
+/** STATE_END's hash of an epoch (TakenEpoch.hash) */
+export function epochHash(epoch: number, device: Buffer): Buffer {
+  const n = Buffer.alloc(8)
+  n.writeDoubleLE(epoch)
+  return createHash('sha256').update(n).update(device).digest()
+}
 
 /** pages per arena slab */
 const SLAB_PAGES = 1024
@@ -93,7 +100,10 @@ export interface TakenEpoch {
   readonly state: VmState
   /** the STATE payloads (≤ 1 MiB each), reading the cold pages as it goes; between two payloads the VM runs */
   stream(between?: () => Promise<void>): AsyncGenerator<Buffer>
-  /** SHA-256 of the epoch's STATE payloads, in order (valid once streamed): STATE_END's hash */
+  /**
+   * STATE_END's hash: SHA-256 of the epoch number (f64) and the encoded device state — the epoch's
+   * identity (each frame has its own CRC; hashing every page cost the primary a tenth of its time)
+   */
   readonly hash: Buffer
   readonly figures: EpochFigures
   /** the VM is going away: the copy-on-write hook off, the rest not streamed */
@@ -158,11 +168,11 @@ export class EpochCapture {
       cowCopies++
     }, cold)
     const w = new RecordWriter()
+    const device = encodeState(state)
     w.epoch(epoch, o.writtenThrough ?? 0)
-    w.device(encodeState(state))
+    w.device(device)
     for (const x of o.writes ?? []) w.write(x.cdb, x.data)
-    const hash = createHash('sha256')
-    let digest: Buffer = Buffer.alloc(32)
+    const digest = epochHash(epoch, device)
     const figures: EpochFigures = { epoch, instret: state.instret, dirty: dirty.length, stopped: hot.length, running: cold.length, cowCopies: 0, diffs: 0, same: 0, bytes: 0, wholeBytes: dirty.length * PAGE_SIZE }
     let closed = false
     const close = () => {
@@ -187,9 +197,7 @@ export class EpochCapture {
       epoch,
       instret: state.instret,
       state,
-      get hash() {
-        return digest
-      },
+      hash: digest,
       figures,
       abandon: close,
       async *stream(between) {
@@ -207,21 +215,14 @@ export class EpochCapture {
               emit(p, mem.bytes.subarray(p << PAGE_SHIFT, (p + 1) << PAGE_SHIFT))
             }
             if (i % 64 === 63) {
-              for (const b of w.take()) {
-                hash.update(b)
-                yield b
-              }
+              yield* w.take()
               await between?.()
             }
           }
           if (closed) return
           figures.cowCopies = cowCopies
-          for (const b of w.take(true)) {
-            hash.update(b)
-            yield b
-          }
           figures.bytes = w.bytes
-          digest = hash.digest()
+          yield* w.take(true)
         } finally {
           close()
         }
@@ -254,7 +255,7 @@ export interface AppliedEpoch {
  * memory, as the primary's was at the epoch's end). Feeds the diff candidates as it goes.
  */
 export class EpochApplier {
-  private staged: { epoch: number; writtenThrough: number; device: Buffer | null; pages: Map<number, { data?: Buffer; mask?: bigint; segments?: Buffer }>; writes: { cdb: Buffer; data: Buffer }[]; hash: Hash } | null = null
+  private staged: { epoch: number; writtenThrough: number; device: Buffer | null; pages: Map<number, { data?: Buffer; mask?: bigint; segments?: Buffer }>; writes: { cdb: Buffer; data: Buffer }[] } | null = null
   private last = 0
   readonly candidates: DiffCandidates
   private readonly pages: number
@@ -276,7 +277,7 @@ export class EpochApplier {
       if (r.kind === 'epoch') {
         if (this.staged) throw new FtProtocolError('BadPayload', `checkpoint epoch ${r.epoch} begins inside epoch ${this.staged.epoch}`)
         if (r.epoch !== this.last + 1) throw new FtProtocolError('BadPayload', `checkpoint epoch ${r.epoch} follows epoch ${this.last}`)
-        this.staged = { epoch: r.epoch, writtenThrough: r.writtenThrough, device: null, pages: new Map(), writes: [], hash: createHash('sha256') }
+        this.staged = { epoch: r.epoch, writtenThrough: r.writtenThrough, device: null, pages: new Map(), writes: [] }
         continue
       }
       const s = this.staged
@@ -287,7 +288,6 @@ export class EpochApplier {
       else s.pages.set(r.page, r.kind === 'page' ? { data: r.data } : { mask: r.mask, segments: r.segments })
     }
     if (!this.staged) throw new FtProtocolError('BadPayload', 'a checkpoint STATE payload outside an epoch')
-    this.staged.hash.update(payload)
   }
 
   /** STATE_END: checks the epoch and applies it whole. */
@@ -295,8 +295,8 @@ export class EpochApplier {
     const s = this.staged
     this.staged = null
     if (!s) throw new FtProtocolError('BadPayload', 'STATE_END outside a checkpoint epoch')
-    if (!s.hash.digest().equals(hash)) throw new FtProtocolError('BadPayload', `checkpoint epoch ${s.epoch}: its STATE payloads do not match STATE_END's hash`)
     if (!s.device) throw new FtProtocolError('BadPayload', `checkpoint epoch ${s.epoch} has no device state`)
+    if (!epochHash(s.epoch, s.device).equals(hash)) throw new FtProtocolError('BadPayload', `checkpoint epoch ${s.epoch}: STATE_END's hash is not its epoch's`)
     let state: VmState
     try {
       state = decodeState(s.device, `checkpoint epoch ${s.epoch}'s device state`)
