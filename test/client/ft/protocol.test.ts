@@ -30,8 +30,8 @@ const SAMPLES: FtMessage[] = [
   { type: 'ACK', received: 1000.5, executed: 999, readsDone: 12 },
   { type: 'HEARTBEAT', ms: 12.25 },
   { type: 'ERROR', code: 'BadCrc', text: 'frame CRC mismatch' },
-  { type: 'BYE', reason: 'handover', instret: 42 },
   { type: 'FEEDBACK', data: Buffer.from([1, 0, 0, 0, 7, 0, 0, 0]) },
+  { type: 'BYE', reason: 'handover', instret: 42 },
 ]
 
 /** a frame whose CRC is recomputed after `edit` (to reach the checks behind the CRC) */
@@ -98,8 +98,8 @@ t.test('bytes corrupted at named offsets give the exact error', async (t) => {
   t.equal(withCrc(SAMPLES[0], 64, 0xff), 'BadPayload', 'HELLO VM name not UTF-8')
   t.equal(withCrc(SAMPLES[6], 7, 0xff), 'BadPayload', 'ACK received NaN')
   t.equal(withCrc(SAMPLES[6], 7, 0xbf), 'BadPayload', 'ACK received negative')
-  t.equal(withCrc(SAMPLES[9], 0, 3), 'BadPayload', 'BYE reason 3')
-  t.equal(withCrc(SAMPLES[9], 3, 1), 'BadPayload', 'BYE reserved byte')
+  t.equal(withCrc(SAMPLES[10], 0, 3), 'BadPayload', 'BYE reason 3')
+  t.equal(withCrc(SAMPLES[10], 3, 1), 'BadPayload', 'BYE reserved byte')
   t.equal(withCrc(SAMPLES[8], 0, 11), 'BadPayload', 'ERROR code 11')
   t.equal(withCrc(SAMPLES[2], 4, 0), 'BadPayload', 'HELLO_REFUSED reason 0')
   // a fixed-size payload of the wrong size, with a consistent header and CRC
