@@ -46,10 +46,11 @@ async function pair(o: CkptBenchOptions, name: string, guest: string, primaryArg
   const common = ['--guest', guest, '--name', 'vm1', '--ft-lockspace', ls, '--ft-loss-ms', '3000']
   const backup = vmRun(o.cli, o.env, [...common, '--ft-backup', '127.0.0.1:0', '--ft-host', 'hb'])
   let port = 0
-  for (let i = 0; i < 200 && !port; i++) {
+  for (let i = 0; i < 1200 && !port; i++) {
     port = Number(/listening on 127\.0\.0\.1:(\d+)/.exec(backup.err())?.[1] ?? 0)
     await sleep(50)
   }
+  if (!port) throw new Error(`the backup did not listen within 60 s: ${backup.err()}`)
   const primary = vmRun(o.cli, o.env, [...common, '--ft-primary', `127.0.0.1:${port}`, '--ft-host', 'hp', '--ft-mode', 'checkpoint', ...primaryArgs])
   if (idleMs !== null) {
     await sleep(idleMs)
