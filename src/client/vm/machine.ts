@@ -355,8 +355,6 @@ export class Machine {
       const canNet = nic.connected && nic.rxFree > 0 && (this.hart.mie & (1 << IRQ.MEI)) !== 0
       if (!canTimer && !canDisk && !canNet) return 'halt'
       const waits: Promise<unknown>[] = [new Promise<void>((r) => (this.wake = r))]
-      // a pause asked for while no wait was set (right after a resume): it happens now, not after the wait
-      if (this.pause && !this.pause.resumed && this.hart.instret >= this.pause.at) this.wake!()
       if (canTimer) {
         const ns = ((clint.mtimecmp - this.mtime()) * 1_000_000_000n) / BigInt(TIMEBASE_HZ)
         waits.push((this.opts.timers ?? realTimers).sleep(Math.max(0, Math.min(Number(ns / 1_000_000n), 1000))))

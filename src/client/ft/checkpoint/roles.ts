@@ -136,6 +136,9 @@ export async function ckptPrimary(o: FtRoleOptions, vm: { memoryBytes: number; i
 
   /** One epoch: the stop, then the stream. False when the pair is over. */
   const epoch = async (m: Machine): Promise<boolean> => {
+    // a turn first: a VM resumed from the last stop reaches its WFI wait, where a pause request wakes
+    // it (asked for before, it would wait for the next interrupt: Machine.poll sets no wake until then)
+    await timers.yield()
     await m.requestPause()
     const t0 = timers.now()
     if (peerGone) {
