@@ -17,13 +17,13 @@ trap 'rm -rf "$OBJ"' EXIT
 mkdir -p "$OBJ/o"
 cp src/*.S src/*.c src/*.h "$OBJ/o/"
 cd "$OBJ/o"
-for f in crt0.S rt.c hba.c cpu.c memdirty.c diskio.c disklog.c ticker.c kvstore.c; do
+for f in crt0.S rt.c hba.c cpu.c memdirty.c diskio.c disklog.c ticker.c kvstore.c memsweep.c; do
   "$CC" "${CFLAGS[@]}" -c -o "${f%.*}.o" "$f"
 done
 # noisy: kvstore with entropy in its replies (-DNOISY)
 "$CC" "${CFLAGS[@]}" -DNOISY -c -o noisy.o kvstore.c
 cd - >/dev/null
-for g in cpu memdirty diskio disklog ticker kvstore noisy; do
+for g in cpu memdirty diskio disklog ticker kvstore noisy memsweep; do
   "$CC" "${CFLAGS[@]}" -T src/link.ld -Wl,--gc-sections -Wl,--build-id=none -Wl,--no-warn-rwx-segments \
     -o "$g.elf" "$OBJ/o/crt0.o" "$OBJ/o/rt.o" "$OBJ/o/hba.o" "$OBJ/o/$g.o" -lgcc
   echo "build-guests: $g.elf ($(stat -c %s "$g.elf") bytes, sha256 $(sha256sum "$g.elf" | cut -c1-16))"

@@ -79,31 +79,38 @@ export function kv(args: string[]): { done: Promise<{ code: number | null; out: 
   return { done: new Promise((r) => c.on('exit', (code) => r({ code, out, err }))), kill: (s) => c.kill(s) }
 }
 
+/** the kv runs' VM MAC */
+export const KV_VM_MAC = '02:00:00:00:00:42'
+
 /**
- * One run of the SIGKILL matrix: a kvstore pair (`o.args` adds e.g. `--ft-mode colo`) on a fresh
- * switch and lockspace, `kv load` running, the primary's process group killed at a seeded moment;
- * the backup must go live, the load finish and `kv check` find every acknowledged key.
+ * One run of the SIGKILL matrix (issue 17): a kvstore pair on a fresh switch and lockspace under
+ * `tandem kv load`; at a seeded moment the `victim`'s process group is SIGKILLed; the other side
+ * goes live (or runs on alone); the load ends and `tandem kv check` finds every acknowledged key.
+ * `args` go to both sides (e.g. `--ft-mode colo`), `primaryArgs` to the primary only (e.g.
+ * `--ft-mode checkpoint`: its backup follows).
  */
-export async function killRun(t: Test, i: number, r: () => number, o: { vmMac: string; args?: string[] }): Promise<void> {
+export async function killRun(t: Test, i: number, r: () => number, o: { vmMac?: string; args?: string[]; primaryArgs?: string[]; victim?: 'primary' | 'backup' } = {}): Promise<void> {
+  const victim = o.victim ?? 'primary'
+  const mac = o.vmMac ?? KV_VM_MAC
   const dir = tmp(t, 'tandem-ft-kill-')
   const ls = initLockspace(dir)
   const sw = await startSwitch(t)
-  const net = ['--guest', 'kvstore', '--switch', sw.url, '--mac', o.vmMac, ...(o.args ?? [])]
-  const { backup, primary } = await startPair(t, { args: net, lockspace: ls })
+  const net = ['--guest', 'kvstore', '--switch', sw.url, '--mac', mac, ...(o.args ?? [])]
+  const { backup, primary } = await startPair(t, { args: net, lockspace: ls, primaryArgs: o.primaryArgs })
   await waitFor(primary, /kvstore/)
   const acked = join(dir, 'acked.jsonl')
-  const load = kv(['load', '--switch', sw.url, '--vm-mac', o.vmMac, '--keys', '40', '--rate', '400', '--duration', '2', '--log', acked, '--timeout', '10', '--json'])
-  // the primary's host dies at a seeded moment of the load
+  const load = kv(['load', '--switch', sw.url, '--vm-mac', mac, '--keys', '40', '--rate', '400', '--duration', '2', '--log', acked, '--timeout', '10', '--json'])
+  // the host dies at a seeded moment of the load
   const killAt = 200 + Math.floor((r() / 2 ** 32) * 1300)
   await new Promise((res) => setTimeout(res, killAt))
-  process.kill(-primary.child.pid!, 'SIGKILL')
-  const live = await waitFor(backup, /going live|took over/, 10_000).then(() => true, () => false)
-  t.ok(live, `run ${i}: the backup went live after the kill at ${killAt} ms${live ? '' : `: backup ${backup.stderr().slice(-600)} | primary ${primary.stderr().slice(-400)}`}`)
+  const [dead, survivor] = victim === 'primary' ? [primary, backup] : [backup, primary]
+  process.kill(-dead.child.pid!, 'SIGKILL')
+  const on = await waitFor(survivor, victim === 'primary' ? /going live|took over/ : /running alone/, 10_000).then(() => true, () => false)
+  t.ok(on, `run ${i}: the ${victim === 'primary' ? 'backup went live' : 'primary runs alone'} after the kill at ${killAt} ms${on ? '' : `: backup ${backup.stderr().slice(-600)} | primary ${primary.stderr().slice(-400)}`}`)
   const l = await load.done
   t.equal(l.code, 0, `run ${i}: kv load finished: ${l.err.slice(-300)}`)
-  const check = kv(['check', '--switch', sw.url, '--vm-mac', o.vmMac, '--log', acked, '--timeout', '10'])
-  const c = await check.done
+  const c = await kv(['check', '--switch', sw.url, '--vm-mac', mac, '--log', acked, '--timeout', '10']).done
   t.equal(c.code, 0, `run ${i}: kv check: ${c.out}${c.err}`)
-  backup.child.kill('SIGTERM')
-  await backup.exited
+  survivor.child.kill('SIGTERM')
+  await survivor.exited
 }

@@ -33,9 +33,10 @@ export function vmCommand(run: (fn: () => Promise<number | void>) => Promise<voi
     .option('--ft-lockspace <path|uri>', "the lockspace holding the VM's lock vm/<name> (a file, or iscsi://…/lockspace): on losing each other both sides claim it by one compare-and-write, exactly one wins and the other halts")
     .option('--ft-host <name>', "this side's host name in the lockspace (default: <hostname>-primary or -backup)")
     .option('--ft-loss-ms <ms>', 'silence on the FT channel that counts as losing the peer (env TANDEM_FT_LOSS_MS: a host agent\'s pairs inherit it)', process.env.TANDEM_FT_LOSS_MS ?? '300')
-    .option('--ft-mode <replay|colo>', 'replay: the backup replays the primary\'s log; colo: quasi-lockstep, the secondary runs on the same inputs and the primary releases each output once the secondary\'s is equal (a mismatch resyncs it)', 'replay')
+    .option('--ft-mode <mode>', 'replay: the backup replays the primary\'s event log; checkpoint: epochs of dirty pages and device state, outputs held until the backup acknowledges their epoch; colo: quasi-lockstep, the secondary runs on the same inputs and the primary releases each output once the secondary\'s is equal (a mismatch resyncs it). A backup follows its primary\'s replay or checkpoint; a colo secondary is started with --ft-mode colo', 'replay')
     .option('--ft-colo-timeout-ms <ms>', 'colo: an output of the primary unmatched this long resyncs the secondary', '300')
-    .option('--no-lag-control', "primary: leave its CPU limit alone (the lag control lowers it while the backup falls behind)")
+    .option('--ft-epoch-ms <ms>', 'checkpoint mode: the epoch, in ms (5 to 10000)', '25')
+    .option('--no-ft-diff', 'checkpoint mode: send every dirty page whole (no diffs for the pages the backup names)')
     .action((o) => run(() => runAction(o)))
   const restoreCmd = vm.command('restore')
     .description('run a VM on from a checkpoint file (tandem vm checkpoint): its state and memory as they were, then as vm run')
@@ -232,8 +233,10 @@ interface FtCliOptions {
   hostName: string
   lossMs: number
   lagControl: boolean
-  mode: 'replay' | 'colo'
+  mode: 'replay' | 'checkpoint' | 'colo'
   coloTimeoutMs: number
+  epochMs: number
+  diff: boolean
 }
 
 /** `--ft-primary` / `--ft-backup` and their companions, checked. */
@@ -249,11 +252,13 @@ function ftOptions(o: OptionValues): FtCliOptions | undefined {
   if (o.backupReads !== 'disk' && o.backupReads !== 'log') throw new StorageError('InvalidArgument', `invalid --backup-reads '${o.backupReads}' (disk or log)`)
   const lossMs = Number(o.ftLossMs)
   if (!Number.isFinite(lossMs) || lossMs < 20 || lossMs > 60_000) throw new StorageError('InvalidArgument', `invalid --ft-loss-ms '${o.ftLossMs}' (20 to 60000)`)
-  if (o.ftMode !== 'replay' && o.ftMode !== 'colo') throw new StorageError('InvalidArgument', `invalid --ft-mode '${o.ftMode}' (replay or colo)`)
+  if (!['replay', 'checkpoint', 'colo'].includes(o.ftMode)) throw new StorageError('InvalidArgument', `invalid --ft-mode '${o.ftMode}' (replay, checkpoint or colo)`)
   const coloTimeoutMs = Number(o.ftColoTimeoutMs)
   if (!Number.isFinite(coloTimeoutMs) || coloTimeoutMs < 5 || coloTimeoutMs > 60_000) throw new StorageError('InvalidArgument', `invalid --ft-colo-timeout-ms '${o.ftColoTimeoutMs}' (5 to 60000)`)
   if (o.record || o.replay || o.restore) throw new StorageError('InvalidArgument', 'a fault-tolerant pair records and replays over its channel: no --record, --replay or restore')
-  return { role, host: m[1].replace(/^\[|\]$/g, ''), port: Number(m[2]), vm: o.name, reads: o.backupReads, lockspace: o.ftLockspace, hostName: o.ftHost ?? `${hostname()}-${role}`, lossMs, lagControl: o.lagControl !== false, mode: o.ftMode, coloTimeoutMs }
+  const epochMs = Number(o.ftEpochMs)
+  if (!Number.isFinite(epochMs) || epochMs < 5 || epochMs > 10_000) throw new StorageError('InvalidArgument', `invalid --ft-epoch-ms '${o.ftEpochMs}' (5 to 10000)`)
+  return { role, host: m[1].replace(/^\[|\]$/g, ''), port: Number(m[2]), vm: o.name, reads: o.backupReads, lockspace: o.ftLockspace, hostName: o.ftHost ?? `${hostname()}-${role}`, lossMs, lagControl: o.lagControl !== false, mode: o.ftMode, coloTimeoutMs, epochMs, diff: o.ftDiff !== false }
 }
 
 let ftArbiter: { close(): Promise<void> } | undefined
@@ -264,12 +269,13 @@ async function startFtRole(f: FtCliOptions, vm: Parameters<NonNullable<import('.
   const log = (msg: string) => process.stderr.write(`tandem vm: ${msg}\n`)
   const arbiter = await lockArbiter({ lockspace: f.lockspace, host: f.hostName, vm: f.vm, role: f.role, fenceDisk: scsi, log })
   ftArbiter = arbiter
-  const role = { role: f.role, host: f.host, port: f.port, vm: f.vm, reads: f.reads, arbiter, lossMs: f.lossMs, lagControl: f.lagControl, log }
+  const base = { role: f.role, host: f.host, port: f.port, vm: f.vm, reads: f.reads, arbiter, lossMs: f.lossMs, lagControl: f.lagControl, log }
   if (f.mode === 'colo') {
-    const colo = { ...role, colo: { timeoutMs: f.coloTimeoutMs } }
+    const colo = { ...base, colo: { timeoutMs: f.coloTimeoutMs } }
     if (f.role === 'primary') return coloPrimary(colo, vm)
     return coloSecondary(colo, { ...vm, onListening: (port) => log(`FT backup listening on ${f.host}:${port}`) })
   }
+  const role = { ...base, mode: f.mode, epochMs: f.epochMs, diff: f.diff }
   if (f.role === 'primary') return ftPrimary(role, vm)
   return ftBackup(role, { ...vm, liveDisk, onListening: (port) => log(`FT backup listening on ${f.host}:${port}`) })
 }

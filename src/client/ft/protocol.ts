@@ -44,6 +44,7 @@ export const FT_TYPE = {
   ERROR: 10,
   /** quasi-lockstep (`--ft-mode colo`): a sub-message of colo/messages.ts */
   COLO: 11,
+  FEEDBACK: 12,
 } as const
 export type FtType = keyof typeof FT_TYPE
 export const FT_TYPES = Object.keys(FT_TYPE) as FtType[]
@@ -113,6 +114,7 @@ export type FtMessage =
   | { type: 'BYE'; reason: FtByeReason; instret: number }
   | { type: 'ERROR'; code: FtErrorCode; text: string }
   | { type: 'COLO'; data: Buffer }
+  | { type: 'FEEDBACK'; data: Buffer }
 
 export type FtMessageOf<T extends FtType> = Extract<FtMessage, { type: T }>
 
@@ -281,6 +283,7 @@ const CODECS: { [T in FtType]: { encode(m: FtMessageOf<T>): Buffer; decode(p: Bu
   },
   LOG: { encode: (m) => m.records, decode: (p) => ({ type: 'LOG', records: p }) },
   COLO: { encode: (m) => m.data, decode: (p) => ({ type: 'COLO', data: p }) },
+  FEEDBACK: { encode: (m) => m.data, decode: (p) => ({ type: 'FEEDBACK', data: p }) },
   ACK: {
     encode: (m) => AckBody.encode({ received: count(m.received, 'received'), executed: count(m.executed, 'executed'), readsDone: count(m.readsDone, 'readsDone') }),
     decode: (p) => {

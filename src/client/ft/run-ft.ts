@@ -12,6 +12,7 @@ import { FtLagControl, LagMeter } from './lag.js'
 import { OutputGate } from './output-gate.js'
 import { FtPrimary } from './primary.js'
 import type { FtHelloParams, FtMessage, FtMode } from './protocol.js'
+import { ckptBackup, ckptPrimary, type CheckpointStatus } from './checkpoint/roles.js'
 import { WriteAfterReadGuard } from './write-after-read.js'
 import type { ColoStats } from './colo/run-colo.js'
 
@@ -47,6 +48,11 @@ export interface FtRoleOptions {
   lagControl?: boolean
   /** reports what happens (role changes, the claim) */
   log?: (msg: string) => void
+  /** primary: how the pair keeps the backup (default replay; a backup takes the primary's HELLO's) */
+  mode?: FtMode
+  /** checkpoint mode (primary): the epoch (default 25 ms), page diffs (default on) */
+  epochMs?: number
+  diff?: boolean
 }
 
 /** What `vm run --ft-*` reports beside the run summary. */
@@ -68,6 +74,7 @@ export interface FtReport {
   outputDelay?: ReturnType<OutputGate['snapshot']>['delay']
   /** quasi-lockstep (`--ft-mode colo`): outputs compared, resyncs (colo/run-colo.ts) */
   colo?: ColoStats
+  checkpoint?: CheckpointStatus
 }
 
 /** A role's figures while it runs (the VM's control socket shows them; the host agent's /metrics reads them there). */
@@ -87,6 +94,8 @@ export interface FtStatus {
   /** the primary's lag samples of the last 10 s (percentiles; null on a backup) */
   lag: ReturnType<LagMeter['snapshot']> | null
   colo?: ColoStats
+  /** checkpoint mode: the epochs' figures (checkpoint/SPEC.md "Metrics") */
+  checkpoint?: CheckpointStatus
 }
 
 /** The part of runVm a pair role shapes: the machine's options, then the run. */
@@ -103,6 +112,12 @@ export interface FtRole {
    * has acknowledged everything, hands over and halts. Resolves with the count the backup goes on from.
    */
   handover?(): Promise<{ instructions: number }>
+  /**
+   * A side that runs no VM while paired (a checkpoint backup): resolves when it is to run one — the
+   * machine it goes live with — or with the summary of a run that ends without running (halted, the
+   * primary's clean end). runVm calls it instead of making the machine itself.
+   */
+  standby?(opts: MachineOptions): Promise<{ machine: Machine } | { summary: RunSummary }>
 }
 
 /** A port that may announce a MAC to its switch from now on (UdpUplink.announce; undefined: none) */
@@ -153,7 +168,9 @@ export const endText = (e: FtEnd) => (e.kind === 'bye' ? `BYE (${e.bye.reason})`
  */
 export async function ftPrimary(o: FtRoleOptions, vm: { memoryBytes: number; imageSha: Buffer; limiter?: CpuLimiter }): Promise<FtRole> {
   const timers = o.timers ?? realTimers
-  const ch = await connectBackup(o, vm, 'replay', timers)
+  const mode = o.mode ?? 'replay'
+  const ch = await connectBackup(o, vm, mode, timers)
+  if (mode === 'checkpoint') return ckptPrimary(o, vm, ch, timers)
   const gate = new OutputGate(timers)
   const lag = new LagMeter()
   const war = o.reads === 'disk' ? new WriteAfterReadGuard() : undefined
@@ -306,7 +323,9 @@ export async function ftBackup(
   },
 ): Promise<FtRole> {
   const timers = o.timers ?? realTimers
-  const { listener, ch, hello } = await acceptPrimary(o, vm, 'replay', timers)
+  // a backup follows its primary's replay or checkpoint mode (HELLO names it)
+  const { listener, ch, hello } = await acceptPrimary(o, vm, ['replay', 'checkpoint'], timers)
+  if (hello.mode === 'checkpoint') return ckptBackup(o, vm, ch, hello, listener, timers)
   const source = new EventSource(`(FT log from ${o.vm}'s primary)`, { memoryBytes: vm.memoryBytes, imageSha: vm.imageSha })
   source.push(encodeHeader(vm.memoryBytes, vm.imageSha))
   let logBytes = 0
@@ -389,12 +408,12 @@ export async function ftBackup(
 export async function acceptPrimary(
   o: FtRoleOptions,
   vm: { memoryBytes: number; imageSha: Buffer; signal?: AbortSignal; onListening?: (port: number) => void },
-  mode: FtMode,
+  modes: FtMode[],
   timers: Timers,
 ): Promise<{ listener: FtListener; ch: FtChannel; hello: Extract<FtMessage, { type: 'HELLO' }> }> {
   const listener = await FtListener.listen({ host: o.host, port: o.port, timers, lossMs: o.lossMs })
   vm.onListening?.(listener.port)
-  o.log?.(`FT backup of ${o.vm} listening on ${o.host}:${listener.port} (--ft-mode ${mode})`)
+  o.log?.(`FT backup of ${o.vm} listening on ${o.host}:${listener.port} (--ft-mode ${modes.join(' or ')})`)
   // SIGINT/SIGTERM while no primary has come: stop listening and end
   const signal = vm.signal
   const ch = await new Promise<FtChannel>((resolve, reject) => {
@@ -417,7 +436,7 @@ export async function acceptPrimary(
     return new StorageError('InvalidArgument', `refused the FT primary: ${text}`)
   }
   if (hello.vm !== o.vm) throw refuse('vm', `the primary runs VM '${hello.vm}', this backup is for '${o.vm}'`)
-  if (hello.mode !== mode) throw refuse('mode', `mode '${hello.mode}' where this backup runs --ft-mode ${mode}`)
+  if (!modes.includes(hello.mode)) throw refuse('mode', `mode '${hello.mode}' where this backup runs --ft-mode ${modes.join(' or ')}`)
   if (hello.memoryBytes !== vm.memoryBytes) throw refuse('memory', `the primary's VM has ${hello.memoryBytes} bytes of memory, this backup ${vm.memoryBytes}`)
   if (!hello.imageSha256.equals(vm.imageSha)) throw refuse('image', 'the primary runs a different guest image')
   ch.send({ ...hello, type: 'HELLO_OK' })

@@ -102,6 +102,8 @@ export interface VmFtInfo {
   logBytesPerSecond: number | null
   /** ms outputs were held, over recent releases */
   outputDelay: { count: number; p50: number; p99: number } | null
+  /** a checkpoint pair's epoch figures (ft/SPEC.md "Checkpoint mode", Metrics) */
+  checkpoint?: FtStatus['checkpoint']
 }
 
 /** The body of `POST /api/v1/vms`. */
@@ -585,6 +587,7 @@ export class HostAgent {
     f.lagMs = s.lagMs
     f.cpuLimit = s.cpuLimit
     f.outputDelay = s.outputDelay
+    f.checkpoint = s.checkpoint
     if (!vm.rate) f.logBytesPerSecond = s.logBytes / Math.max(1, (Date.now() - Date.parse(vm.info.startedAt)) / 1000)
     else if (now - vm.rate.t >= 1000) f.logBytesPerSecond = ((s.logBytes - vm.rate.bytes) * 1000) / (now - vm.rate.t)
     if (!vm.rate || now - vm.rate.t >= 1000) vm.rate = { t: now, bytes: s.logBytes }

@@ -98,6 +98,39 @@ function hostMetrics(agent: HostAgent): Registry {
     },
   })
   if (agent.dos) dosMetrics(agent.dos, registry)
+  new Gauge({
+    name: 'tandem_ft_checkpoint_pause_seconds',
+    help: 'A checkpoint pair\'s primary: how long the VM stopped per epoch, over the last 400 epochs, per quantile (and the mean)',
+    labelNames: ['vm', 'quantile'] as const,
+    registers: [registry],
+    async collect() {
+      this.reset()
+      for (const v of await pairs()) {
+        const c = v.ft!.checkpoint
+        if (!c?.pause) continue
+        this.set({ vm: v.name, quantile: '0.5' }, c.pause.p50 / 1000)
+        this.set({ vm: v.name, quantile: '0.99' }, c.pause.p99 / 1000)
+        this.set({ vm: v.name, quantile: 'mean' }, (c.pauseMean ?? 0) / 1000)
+      }
+    },
+  })
+  pairGauge('tandem_ft_checkpoint_bytes_per_epoch', 'A checkpoint pair\'s side: STATE bytes per epoch over the last 400 epochs', (f) => (f.checkpoint ? f.checkpoint.bytesPerEpoch : null))
+  new Counter({
+    name: 'tandem_ft_checkpoint_pages_total',
+    help: 'A checkpoint pair\'s primary: pages sent, by when: copied during the stop (stopped), sent while the VM ran (running); and how many of them went as diffs (diff)',
+    labelNames: ['vm', 'when'] as const,
+    registers: [registry],
+    async collect() {
+      this.reset()
+      for (const v of await pairs()) {
+        const c = v.ft!.checkpoint
+        if (!c || c.pause === null) continue
+        this.inc({ vm: v.name, when: 'stopped' }, c.pagesStopped)
+        this.inc({ vm: v.name, when: 'running' }, c.pagesRunning)
+        this.inc({ vm: v.name, when: 'diff' }, c.pagesDiff)
+      }
+    },
+  })
   new Counter({
     name: 'tandem_host_lease_renewals_total',
     help: 'Heartbeats written within the lease',

@@ -99,7 +99,10 @@ export async function runVm(o: VmRunOptions): Promise<VmRunSummary> {
   const opts = role ? role.machineOptions(base) : base
   let m: Machine
   try {
-    m = o.restore ? await restoreCheckpoint(o.restore, opts) : new Machine(opts)
+    // a side that runs no VM while paired makes it when it goes live (or ends without one)
+    const s = role?.standby ? await role.standby(opts) : undefined
+    if (s && 'summary' in s) return { ...s.summary, ft: await role!.finish(s.summary) }
+    m = s ? s.machine : o.restore ? await restoreCheckpoint(o.restore, opts) : new Machine(opts)
   } catch (e) {
     // not a guest (or not a checkpoint): no log, as before the run began
     if (record) {

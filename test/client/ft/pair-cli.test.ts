@@ -2,9 +2,9 @@ import t from 'tap'
 import { join } from 'node:path'
 import { rng, tmp } from '../../helpers/peers.js'
 import { startSwitch } from '../../helpers/switch-process.js'
-import { initLockspace, killRun, kv, startPair, waitFor } from '../../helpers/ft-cli.js'
+import { KV_VM_MAC, initLockspace, killRun, kv, startPair, waitFor } from '../../helpers/ft-cli.js'
 
-const VM_MAC = '02:00:00:00:00:42'
+const VM_MAC = KV_VM_MAC
 
 t.test('two processes on loopback: the backup follows; a clean end ends both identically', async (t) => {
   const dir = tmp(t, 'tandem-ft-cli-')

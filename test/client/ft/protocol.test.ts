@@ -31,6 +31,7 @@ const SAMPLES: FtMessage[] = [
   { type: 'HEARTBEAT', ms: 12.25 },
   { type: 'ERROR', code: 'BadCrc', text: 'frame CRC mismatch' },
   { type: 'COLO', data: Buffer.from([3, 0, 0, 0, 7]) },
+  { type: 'FEEDBACK', data: Buffer.from([1, 0, 0, 0, 7, 0, 0, 0]) },
   { type: 'BYE', reason: 'handover', instret: 42 },
 ]
 
@@ -98,8 +99,8 @@ t.test('bytes corrupted at named offsets give the exact error', async (t) => {
   t.equal(withCrc(SAMPLES[0], 64, 0xff), 'BadPayload', 'HELLO VM name not UTF-8')
   t.equal(withCrc(SAMPLES[6], 7, 0xff), 'BadPayload', 'ACK received NaN')
   t.equal(withCrc(SAMPLES[6], 7, 0xbf), 'BadPayload', 'ACK received negative')
-  t.equal(withCrc(SAMPLES[10], 0, 3), 'BadPayload', 'BYE reason 3')
-  t.equal(withCrc(SAMPLES[10], 3, 1), 'BadPayload', 'BYE reserved byte')
+  t.equal(withCrc(SAMPLES.find((m) => m.type === 'BYE')!, 0, 3), 'BadPayload', 'BYE reason 3')
+  t.equal(withCrc(SAMPLES.find((m) => m.type === 'BYE')!, 3, 1), 'BadPayload', 'BYE reserved byte')
   t.equal(withCrc(SAMPLES[8], 0, 11), 'BadPayload', 'ERROR code 11')
   t.equal(withCrc(SAMPLES[2], 4, 0), 'BadPayload', 'HELLO_REFUSED reason 0')
   // a fixed-size payload of the wrong size, with a consistent header and CRC

@@ -287,7 +287,7 @@ export async function coloSecondary(
   if (vm.disk) throw noDisk('secondary')
   const timers = o.timers ?? realTimers
   const resync = o.colo?.resync ?? new DirtyPageResync()
-  const { listener, ch, hello } = await acceptPrimary(o, vm, 'colo', timers)
+  const { listener, ch, hello } = await acceptPrimary(o, vm, ['colo'], timers)
 
   let outcome: FtReport['outcome'] = 'paired'
   let channelEnd: string | undefined
