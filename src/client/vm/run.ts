@@ -94,7 +94,8 @@ export async function runVm(o: VmRunOptions): Promise<VmRunSummary> {
   const opts = role ? role.machineOptions(base) : base
   let m: Machine
   try {
-    m = o.restore ? await restoreCheckpoint(o.restore, opts) : new Machine(opts)
+    // a backup started from a running primary's state (FT redundancy restore) is built from it
+    m = o.restore ? await restoreCheckpoint(o.restore, opts) : role?.state ? Machine.fromState(role.state, opts, { loadImage: false }) : new Machine(opts)
   } catch (e) {
     // not a guest (or not a checkpoint): no log, as before the run began
     if (record) {
@@ -125,6 +126,7 @@ function vmControl(m: Machine, o: VmRunOptions, hasDisk: boolean, limiter: CpuLi
   return {
     status: () => ({ guest: o.guest, memory: m.mem.size, instructions: m.hart.instret, paused: m.paused, checkpointing: busy, cpuPercent: limiter?.percent ?? 100, ...(role ? { ft: role.status() } : {}) }),
     ...(role?.handover ? { handover: async () => ({ handedOver: true, ...(await role.handover!()) }) } : {}),
+    ...(role?.restore ? { ftRestore: async (to: { host: string; port: number }) => ({ ...(await role.restore!(to)) }) } : {}),
     setCpuLimit(percent) {
       if (!limiter) throw new StorageError('Unsupported', 'this VM runs without a CPU limiter')
       limiter.setPercent(checkCpuPercent(percent, 'CPU limit'))
