@@ -63,7 +63,7 @@ export function vmCommand(run: (fn: () => Promise<number | void>) => Promise<voi
       run(async () => {
         const backup = parseHostPort(o.backup, '--backup')
         const r = await requestJson<RestoreSummary>(`unix:${resolve(o.control)}`, 'POST', '/api/v1/vm/ft/restore', { backup: `${backup.host}:${backup.port}` }, { timeoutMs: 600_000 })
-        process.stdout.write(o.json ? JSON.stringify(r) + '\n' : `Protected again by the backup at ${r.backup} from instruction ${r.instructions} (pause ${r.pauseMs.toFixed(2)} ms, ${r.pages} pages / ${r.stateBytes} bytes sent while running, protected after ${Math.round(r.protectedMs)} ms)\n`)
+        process.stdout.write(o.json ? JSON.stringify(r) + '\n' : `Protected again by the backup at ${r.backup} from instruction ${r.instructions} (pre-copy ${r.precopyPages} pages in ${r.precopyRounds} rounds, pause ${r.pauseMs.toFixed(2)} ms, then ${r.pages} dirty pages; outputs held ${Math.round(r.protectedMs)} ms from the pause to its first ACK)\n`)
         return 0
       }),
     )

@@ -1,6 +1,6 @@
 import { StorageError } from '../../disk-formats/errors.js'
 import type { CpuLimiter } from '../vm/cpu-limit.js'
-import { freeze } from '../vm/freeze.js'
+import { freeze, type FrozenVm } from '../vm/freeze.js'
 import type { Machine } from '../vm/machine.js'
 import type { SwitchPort } from '../vm/net.js'
 import type { Timers } from '../vm/timers.js'
@@ -10,7 +10,7 @@ import { OutputGate } from './output-gate.js'
 import type { FtPrimary, Pairing } from './primary.js'
 import type { FtHelloParams, FtMessage } from './protocol.js'
 import { claimVm, endText, nextMessage, type FtRoleOptions } from './run-ft.js'
-import { sendState } from './state-sync.js'
+import { precopy, sendFrozen, type PrecopyResult, type StateLink } from './state-sync.js'
 import { WriteAfterReadGuard } from './write-after-read.js'
 
 /** A port that may announce a MAC to its switch from now on (UdpUplink.announce; undefined: none) */
@@ -24,15 +24,18 @@ export interface RestoreSummary {
   instructions: number
   /** VM stopped to VM running (the live checkpoint's pause) */
   pauseMs: number
-  /** STATE payload bytes sent while the VM ran (its memory copy-on-write) */
+  /** pre-copy, the VM running unprotected: STATE bytes, pages (non-zero, then those dirtied again), rounds */
+  precopyBytes: number
+  precopyPages: number
+  precopyRounds: number
+  /** after the pause, the VM running with outputs held: STATE bytes (device state and the pages dirty at the pause) */
   stateBytes: number
-  /** non-zero pages sent (zero pages are not) */
   pages: number
-  /** pages the guest wrote before the sender reached them, copied first */
+  /** of those, pages the guest wrote before the sender reached them, copied first */
   cowPages: number
   /** from the request to STATE_END sent */
   syncMs: number
-  /** from the request to the new backup's first ACK: from then on outputs wait for its acks only */
+  /** from the pause to the new backup's first ACK: outputs produced meanwhile wait (from then on, for its acks as usual) */
   protectedMs: number
 }
 
@@ -195,9 +198,29 @@ export class LiveSide {
         }
         ch.on('message', on)
       })
-      let f
+      const link: StateLink = {
+        state: (data) => {
+          if (ch.closed) throw new StorageError('IoError', 'the new backup was lost while its state was sent')
+          return ch.send({ type: 'STATE', data })
+        },
+        drained: () => ch.drained(),
+        end: (instret, hash) => ch.send({ type: 'STATE_END', instret, hash }),
+      }
+      let f: FrozenVm
+      let pre: PrecopyResult
+      let dirty: number[] = []
+      let pausedAt = 0
       try {
-        f = await freeze(m, { inPause: () => outputs.pair(pairing), now: () => timers.now() })
+        // the VM runs on meanwhile, its outputs leaving at once and nothing logged
+        pre = await precopy(m.mem, link)
+        f = await freeze(m, {
+          inPause: () => {
+            pausedAt = timers.now()
+            dirty = m.mem.readAndClearDirty()
+            outputs.pair(pairing)
+          },
+          now: () => timers.now(),
+        })
       } catch (e) {
         // not paired: the backup has no state and makes no claim
         ch.close('the restore failed')
@@ -205,22 +228,15 @@ export class LiveSide {
       }
       let sent
       try {
-        sent = await sendState(f, {
-          state: (data) => {
-            if (ch.closed) throw new StorageError('IoError', 'the new backup was lost while its state was sent')
-            return ch.send({ type: 'STATE', data })
-          },
-          drained: () => ch.drained(),
-          end: (instret, hash) => ch.send({ type: 'STATE_END', instret, hash }),
-        })
+        sent = await sendFrozen(f, link, dirty)
       } finally {
         f.release()
       }
       const syncMs = timers.now() - t0
       const acked = await Promise.race([firstAck, ch.ended.then((e) => Promise.reject(new StorageError('IoError', `the new backup was lost during the restore: ${endText(e)}`)))])
-      const summary: RestoreSummary = { backup: `${host}:${port}`, instructions: f.instret, pauseMs: f.stunMs, stateBytes: sent.bytes, pages: sent.pages, cowPages: f.copied, syncMs, protectedMs: acked - t0 }
+      const summary: RestoreSummary = { backup: `${host}:${port}`, instructions: f.instret, pauseMs: f.stunMs, precopyBytes: pre.bytes, precopyPages: pre.pages, precopyRounds: pre.rounds, stateBytes: sent.bytes, pages: sent.pages, cowPages: f.copied, syncMs, protectedMs: acked - pausedAt }
       this.restores.push(summary)
-      o.log?.(`vm/${o.vm} protected again by the backup at ${host}:${port} from instruction ${f.instret} (pause ${f.stunMs.toFixed(2)} ms, ${sent.pages} pages, ${sent.bytes} state bytes)`)
+      o.log?.(`vm/${o.vm} protected again by the backup at ${host}:${port} from instruction ${f.instret} (pre-copy ${pre.pages} pages in ${pre.rounds} rounds; pause ${f.stunMs.toFixed(2)} ms; then ${sent.pages} dirty pages)`)
       return summary
     } finally {
       this.restoring = false

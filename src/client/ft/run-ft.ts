@@ -323,17 +323,25 @@ export async function ftBackup(
   let state: VmState | undefined
   const stateDone = new Promise<VmState>((resolve, reject) => {
     if (!receiving) return
+    let ended = false
+    const fail = (e: unknown) => {
+      ch.close((e as Error).message)
+      reject(e)
+    }
     ch.on('message', (m) => {
-      if (following) return
+      if (ended) return
       try {
         if (m.type === 'STATE') receiving.add(m.data)
         else if (m.type === 'STATE_END') {
-          following = true
-          resolve(receiving.end(m.instret, m.hash))
+          ended = true
+          receiving.end(m.instret, m.hash).then((s) => {
+            following = true
+            resolve(s)
+          }, fail)
         }
       } catch (e) {
-        ch.close((e as Error).message)
-        reject(e)
+        ended = true
+        fail(e)
       }
     })
     void ch.ended.then((e) => !following && reject(new StorageError('IoError', `the FT primary was lost before its state arrived: ${endText(e)}`)))

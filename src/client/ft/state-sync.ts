@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto'
 import { StorageError } from '../../disk-formats/errors.js'
 import type { FrozenVm } from '../vm/freeze.js'
-import { PAGE_SIZE } from '../vm/memory.js'
-import { decodeState, encodeState, hashState, type VmState } from '../vm/state.js'
+import { PAGE_SIZE, type Memory } from '../vm/memory.js'
+import { decodeState, encodeState, type VmState } from '../vm/state.js'
 
 /**
  * The state a new backup starts from (ft/SPEC.md "STATE payloads"): the VM's state sections, then
@@ -24,63 +24,106 @@ export interface StateLink {
 export interface SentState {
   /** payload bytes of the STATE messages */
   bytes: number
-  /** non-zero pages sent */
+  /** pages sent (a page sent again in a later round counts again) */
   pages: number
-  zeroPages: number
 }
+
+/** The pre-copy's figures. */
+export interface PrecopyResult extends SentState {
+  rounds: number
+  /** pages dirtied during the last round (what the pause's remainder will hold, about) */
+  lastDirty: number
+}
+
+/** pre-copy stops once a round leaves fewer dirty pages than this (ft-architecture §1.5) … */
+export const PRECOPY_DIRTY_PAGES = 1000
+/** … or after this many rounds (a guest that dirties memory faster than it is sent) */
+export const PRECOPY_MAX_ROUNDS = 5
 
 const ZERO_PAGE = Buffer.alloc(PAGE_SIZE)
 const isZero = (p: Uint8Array): boolean => ZERO_PAGE.equals(p)
 /** pages looked at between two turns of the event loop (the channel's heartbeats and loss timer run between) */
 const SCAN_PAGES = 512
+const turn = () => new Promise<void>((r) => setImmediate(r))
 
 /**
- * Sends a frozen VM's state: its sections, then its memory as it was at the freeze (copy-on-write:
- * the VM runs on meanwhile), then STATE_END with the hash of the guest state and memory. Each page
- * is copied (or hashed, a zero page) as soon as it is read (FrozenVm.page's rule); the link's
- * backpressure is awaited between runs, and the event loop turns every SCAN_PAGES pages.
+ * Sends pages as PAGES items, runs of consecutive ones; each page is copied when `page(p)` is
+ * called (read it synchronously), `keep(p, page)` false skips it (ends the run).
  */
-export async function sendState(f: FrozenVm, link: StateLink, o: { yield?: () => Promise<void> } = {}): Promise<SentState> {
-  const turn = o.yield ?? (() => new Promise<void>((r) => setImmediate(r)))
-  let scanned = 0
-  const state = encodeState(f.state)
-  const hash = createHash('sha256').update(f.state.guest)
+async function sendPages(pages: Iterable<number>, page: (p: number) => Uint8Array, keep: (page: Uint8Array) => boolean, link: StateLink): Promise<SentState> {
   let bytes = 0
-  const put = async (data: Buffer) => {
-    bytes += data.length
-    if (!link.state(data)) await link.drained()
-  }
-  await put(Buffer.concat([Buffer.from([STATE_ITEM.VMSTATE]), state]))
-  let pages = 0
-  let zeroPages = 0
-  for (let p = 0; p < f.pages; ) {
-    // one run: the next non-zero pages (at most STATE_RUN_PAGES, contiguous), read now, before the guest runs again
-    let first = -1
-    const run: Uint8Array[] = []
-    for (; p < f.pages && run.length < STATE_RUN_PAGES; p++) {
-      if (++scanned % SCAN_PAGES === 0) await turn()
-      const page = f.page(p)
-      hash.update(page)
-      if (isZero(page)) {
-        zeroPages++
-        if (first >= 0) {
-          p++
-          break
-        }
-        continue
-      }
-      if (first < 0) first = p
-      run.push(Buffer.from(page))
-    }
-    if (!run.length) continue
+  let sent = 0
+  let run: Buffer[] = []
+  let first = -1
+  let scanned = 0
+  const flush = async () => {
+    if (!run.length) return
     const head = Buffer.alloc(5)
     head[0] = STATE_ITEM.PAGES
     head.writeUInt32LE(first, 1)
-    pages += run.length
-    await put(Buffer.concat([head, ...run]))
+    const data = Buffer.concat([head, ...run])
+    bytes += data.length
+    sent += run.length
+    run = []
+    if (!link.state(data)) await link.drained()
+  }
+  for (const p of pages) {
+    if (++scanned % SCAN_PAGES === 0) await turn()
+    const bytesOf = page(p)
+    if (!keep(bytesOf) || (run.length && first + run.length !== p) || run.length === STATE_RUN_PAGES) await flush()
+    if (!keep(bytesOf)) continue
+    if (!run.length) first = p
+    run.push(Buffer.from(bytesOf))
+  }
+  await flush()
+  return { bytes, pages: sent }
+}
+
+const allPages = function* (n: number) {
+  for (let p = 0; p < n; p++) yield p
+}
+
+/**
+ * Pre-copy, the VM running (its outputs not held, nothing logged): every non-zero page, then in
+ * rounds the pages dirtied meanwhile (`Memory.readAndClearDirty`), until a round leaves fewer than
+ * PRECOPY_DIRTY_PAGES dirty or PRECOPY_MAX_ROUNDS have run. The pause sends what is dirty then.
+ */
+export async function precopy(mem: Memory, link: StateLink): Promise<PrecopyResult> {
+  mem.readAndClearDirty()
+  const ram = (p: number) => mem.bytes.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE)
+  const first = await sendPages(allPages(mem.pages), ram, (b) => !isZero(b), link)
+  let { bytes, pages } = first
+  let rounds = 1
+  let dirty = mem.readAndClearDirty()
+  for (; dirty.length >= PRECOPY_DIRTY_PAGES && rounds < PRECOPY_MAX_ROUNDS; rounds++) {
+    const r = await sendPages(dirty, ram, () => true, link)
+    bytes += r.bytes
+    pages += r.pages
+    dirty = mem.readAndClearDirty()
+  }
+  // what this last look found dirty is dirty again for the pause
+  for (const p of dirty) mem.touch(p)
+  return { bytes, pages, rounds, lastDirty: dirty.length }
+}
+
+/**
+ * The rest, after the pause (`dirty`: the pages written since the pre-copy, taken in the pause;
+ * all non-zero pages without a pre-copy): the VM's state sections, those pages as they were at the
+ * freeze (copy-on-write: the VM runs on meanwhile), then STATE_END with the hash of the guest state
+ * and all of memory at the freeze.
+ */
+export async function sendFrozen(f: FrozenVm, link: StateLink, dirty?: readonly number[]): Promise<SentState> {
+  const state = encodeState(f.state)
+  const head = Buffer.concat([Buffer.from([STATE_ITEM.VMSTATE]), state])
+  if (!link.state(head)) await link.drained()
+  const r = dirty ? await sendPages(dirty, (p) => f.page(p), () => true, link) : await sendPages(allPages(f.pages), (p) => f.page(p), (b) => !isZero(b), link)
+  const hash = createHash('sha256').update(f.state.guest)
+  for (let p = 0; p < f.pages; p++) {
+    if ((p + 1) % SCAN_PAGES === 0) await turn()
+    hash.update(f.page(p))
   }
   link.end(f.instret, hash.digest())
-  return { bytes, pages, zeroPages }
+  return { bytes: r.bytes + head.length, pages: r.pages }
 }
 
 /** A state being received: STATE payloads in order, then `end()`. Bad input is a typed error. */
@@ -110,12 +153,18 @@ export class StateReceiver {
     } else throw new StorageError('InvalidArgument', `an unknown STATE item ${data[0]}`)
   }
 
-  /** STATE_END: the state, checked against the sender's count and hash. */
-  end(instret: number, hash: Buffer): VmState {
+  /** STATE_END: the state, checked against the sender's count and hash (hashed a slice at a time: the channel's timers run between). */
+  async end(instret: number, hash: Buffer): Promise<VmState> {
     const s = this.state
     if (!s) throw new StorageError('InvalidArgument', 'STATE_END before the VM state')
     if (s.instret !== instret) throw new StorageError('InvalidArgument', `STATE_END at instruction ${instret}, the state is at ${s.instret}`)
-    const got = hashState(s.guest, this.memory)
+    const h = createHash('sha256').update(s.guest)
+    const step = SCAN_PAGES * PAGE_SIZE
+    for (let at = 0; at < this.memory.length; at += step) {
+      h.update(this.memory.subarray(at, at + step))
+      await turn()
+    }
+    const got = h.digest('hex')
     if (got !== hash.toString('hex')) throw new StorageError('InvalidArgument', `the received state's hash ${got.slice(0, 16)}… is not the primary's ${hash.toString('hex').slice(0, 16)}…`)
     return { ...s, memory: this.memory }
   }
