@@ -2,10 +2,10 @@
  * FT redundancy restore (issue 17 item 6): a VM running alone gets a new backup from a live
  * checkpoint, over a real FT channel on loopback (both sides in this process). For 64 MiB and
  * 256 MiB of guest memory (memdirty's own 16 MiB plus the rest filled with random pages, so every
- * page is sent), memdirty writing memory all along: the pause (VM stopped to VM running), the
- * state bytes sent while the VM ran (pre-copy, copy-on-write), pages copied on first write, the
- * time to STATE_END and to the new backup's first ACK (outputs wait for it from the pause on),
- * and the process's CPU time over the restore. Anchors: VMware FT VMotion pause < 1 s, vMotion
+ * page is sent), memdirty writing memory all along: the pre-copy (bytes, rounds; the VM runs
+ * unprotected), the pause (VM stopped to VM running), what is sent after it (pages dirty at the
+ * pause, copy-on-write), the time to STATE_END and from the pause to the new backup's first ACK
+ * (outputs wait that long), and the process's CPU time over the restore. Anchors: VMware FT VMotion pause < 1 s, vMotion
  * 500 ms goal, Xen 60–210 ms. `npm run bench` with BENCH_ONLY=ft-restore prints it.
  */
 import { randomFillSync } from 'node:crypto'
@@ -51,15 +51,15 @@ async function once(image: Buffer, memory: number, fill: Uint8Array): Promise<Re
 export async function ftRestoreBench(o: { reps: number }): Promise<void> {
   const image = readFileSync(guestPath('memdirty'))
   console.log('\n## FT redundancy restore (memdirty writing memory; both sides in one process, loopback)')
-  console.log('| memory | pause ms (median / max) | state MiB sent while running | pages | COW pages | STATE_END ms | protected ms | CPU ms |')
-  console.log('|---|---|---|---|---|---|---|---|')
+  console.log('| memory | pre-copy MiB (rounds), VM running unprotected | pause ms (median / max) | after the pause: KiB (pages, COW) | STATE_END ms from the request | outputs held ms (pause → first ACK) | CPU ms (process) |')
+  console.log('|---|---|---|---|---|---|---|')
   for (const memory of [64 * MiB, 256 * MiB]) {
     const fill = randomFillSync(new Uint8Array(memory - 16 * MiB))
     const rows: (RestoreSummary & { cpuMs: number })[] = []
     for (let i = 0; i < o.reps; i++) rows.push(await once(image, memory, fill))
     const pick = (f: (r: RestoreSummary & { cpuMs: number }) => number) => median(rows.map(f))
     console.log(
-      `| ${memory / MiB} MiB | ${pick((r) => r.pauseMs).toFixed(2)} / ${Math.max(...rows.map((r) => r.pauseMs)).toFixed(2)} | ${(pick((r) => r.stateBytes) / MiB).toFixed(1)} | ${pick((r) => r.pages)} | ${pick((r) => r.cowPages)} | ${Math.round(pick((r) => r.syncMs))} | ${Math.round(pick((r) => r.protectedMs))} | ${Math.round(pick((r) => r.cpuMs))} |`,
+      `| ${memory / MiB} MiB | ${(pick((r) => r.precopyBytes) / MiB).toFixed(1)} (${pick((r) => r.precopyRounds)}) | ${pick((r) => r.pauseMs).toFixed(2)} / ${Math.max(...rows.map((r) => r.pauseMs)).toFixed(2)} | ${(pick((r) => r.stateBytes) / 1024).toFixed(0)} (${pick((r) => r.pages)}, ${pick((r) => r.cowPages)}) | ${Math.round(pick((r) => r.syncMs))} | ${Math.round(pick((r) => r.protectedMs))} | ${Math.round(pick((r) => r.cpuMs))} |`,
     )
   }
   console.log('(anchors: VMware FT VMotion pause < 1 s; vMotion 500 ms goal; Xen 60–210 ms. The pause is the live checkpoint\'s stun: memory goes copy-on-write, so no page is sent inside it.)')
