@@ -50,7 +50,7 @@ const turn = () => new Promise<void>((r) => setImmediate(r))
  * Sends pages as PAGES items, runs of consecutive ones; each page is copied when `page(p)` is
  * called (read it synchronously), `keep(p, page)` false skips it (ends the run).
  */
-async function sendPages(pages: Iterable<number>, page: (p: number) => Uint8Array, keep: (page: Uint8Array) => boolean, link: StateLink): Promise<SentState> {
+async function sendPages(pages: Iterable<number>, page: (p: number) => Uint8Array, keep: (page: Uint8Array, p: number) => boolean, link: StateLink): Promise<SentState> {
   let bytes = 0
   let sent = 0
   let run: Buffer[] = []
@@ -70,8 +70,9 @@ async function sendPages(pages: Iterable<number>, page: (p: number) => Uint8Arra
   for (const p of pages) {
     if (++scanned % SCAN_PAGES === 0) await turn()
     const bytesOf = page(p)
-    if (!keep(bytesOf) || (run.length && first + run.length !== p) || run.length === STATE_RUN_PAGES) await flush()
-    if (!keep(bytesOf)) continue
+    const kept = keep(bytesOf, p)
+    if (!kept || (run.length && first + run.length !== p) || run.length === STATE_RUN_PAGES) await flush()
+    if (!kept) continue
     if (!run.length) first = p
     run.push(Buffer.from(bytesOf))
   }
@@ -116,12 +117,16 @@ export async function sendFrozen(f: FrozenVm, link: StateLink, dirty?: readonly 
   const state = encodeState(f.state)
   const head = Buffer.concat([Buffer.from([STATE_ITEM.VMSTATE]), state])
   if (!link.state(head)) await link.drained()
-  const r = dirty ? await sendPages(dirty, (p) => f.page(p), () => true, link) : await sendPages(allPages(f.pages), (p) => f.page(p), (b) => !isZero(b), link)
+  // one pass: each page is read once (a read disarms its copy-on-write), hashed, and sent if it is to be
   const hash = createHash('sha256').update(f.state.guest)
-  for (let p = 0; p < f.pages; p++) {
-    if ((p + 1) % SCAN_PAGES === 0) await turn()
-    hash.update(f.page(p))
+  const mask = dirty ? new Uint8Array(f.pages) : undefined
+  for (const p of dirty ?? []) mask![p] = 1
+  const read = (p: number) => {
+    const b = f.page(p)
+    hash.update(b)
+    return b
   }
+  const r = await sendPages(allPages(f.pages), read, mask ? (_b, p) => mask[p] === 1 : (b) => !isZero(b), link)
   link.end(f.instret, hash.digest())
   return { bytes: r.bytes + head.length, pages: r.pages }
 }

@@ -16,7 +16,7 @@ t.test('redundancy restored: primary killed, backup live, a new backup from a li
   const sw = await startSwitch(t)
   const sockB = join(dir, 'b.sock')
   const net = ['--guest', 'kvstore', '--switch', sw.url, '--mac', VM_MAC]
-  const { backup: b, primary: a } = await startPair(t, { args: net, backupArgs: ['--control', sockB], lockspace: ls })
+  const { backup: b, primary: a } = await startPair(t, { args: net, backupArgs: ['--control', sockB, '--no-lag-control'], lockspace: ls })
   await waitFor(a, /kvstore/)
   mark('pair up')
   const acked = join(dir, 'acked.jsonl')
@@ -56,8 +56,13 @@ t.test('redundancy restored: primary killed, backup live, a new backup from a li
   t.match(st.ft, { protected: true, restores: 1 }, 'B reports itself protected')
 
   // 3. outputs are held again: with C stopped (no acks, within the loss timeout), B's replies wait
-  const l2 = load(2)
-  await sleep(600)
+  // (B runs without lag control: its throttle would slow replies too, and this is about the gate)
+  const { statSync } = await import('node:fs')
+  const size = () => statSync(acked).size
+  const before = size()
+  const l2 = load(3)
+  // the load is under way (SETs acknowledged) before C stops
+  for (let i = 0; i < 200 && size() === before; i++) await sleep(25)
   process.kill(-c.child.pid!, 'SIGSTOP')
   await sleep(1000)
   process.kill(-c.child.pid!, 'SIGCONT')
