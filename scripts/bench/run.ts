@@ -1,7 +1,7 @@
 /**
  * `npm run bench`: Tandem beside its peers on the same work, alternating, in one run.
  * Prints medians and ratios (Tandem time / peer time: below 1.0 means Tandem is faster).
- * Options (env): BENCH_DIR (default ./bench-work), BENCH_REPS (default 3), BENCH_ONLY=disk|nbd|iscsi|initiator|locks|vm|snapshot|vm-disk|cpu-limit|checkpoint|checkpoint-file|ft|ft-checkpoint|ft-colo|dos,
+ * Options (env): BENCH_DIR (default ./bench-work), BENCH_REPS (default 3), BENCH_ONLY=disk|nbd|iscsi|initiator|locks|vm|snapshot|vm-disk|cpu-limit|checkpoint|checkpoint-file|ft|ft-checkpoint|ft-colo|ft-restore|dos,
  * BENCH_FIO_SECONDS (default 4), BENCH_PORT_OFFSET (default 0: ports 10900 and 13900, tgtd control 39). For throughput (MiB/s, IOPS) the ratio is Tandem/peer: above 1 is faster.
  * Every row also shows CPU time (user + system) beside wall time: for a command, the command's own
  * (its process and the children it waited for); for a server, the server process's (all its
@@ -1065,6 +1065,10 @@ if (!only || only === 'ft-checkpoint') {
   const { ftCheckpointBench } = await import('./ft-checkpoint.js')
   await ftCheckpointBench({ dir: join(DIR, 'ft-checkpoint'), cli: CLI, env: TANDEM_ENV })
   rmSync(join(DIR, 'ft-checkpoint'), { recursive: true, force: true })
+}
+if (!only || only === 'ft-restore') {
+  const { ftRestoreBench } = await import('./ft-restore.js')
+  await ftRestoreBench({ reps: REPS })
 }
 if (only === 'vm-disk') {
   const d = join(DIR, 'vm-disk')

@@ -16,6 +16,8 @@ import type { VmInfo } from '../host/agent.js'
 import { resolve } from 'node:path'
 import { parseUdpAddress } from '../net/address.js'
 import { hostname } from 'node:os'
+import { parseHostPort } from '../ft/address.js'
+import type { RestoreSummary } from '../ft/live-side.js'
 
 /** Exit statuses of `tandem vm run` besides the guest's own exit code. */
 export const VM_EXIT = { FT_HALTED: 123, LIMIT: 124, FAULT: 125, HALT: 126, REPLAY: 127, STOPPED: 130 } as const
@@ -54,6 +56,19 @@ export function vmCommand(run: (fn: () => Promise<number | void>) => Promise<voi
       run(async () => {
         const r = await requestJson<{ instructions: number }>(`unix:${resolve(o.control)}`, 'POST', '/api/v1/vm/ft/handover', {})
         process.stdout.write(o.json ? JSON.stringify(r) + '\n' : `Handed over to the backup at instruction ${r.instructions}\n`)
+        return 0
+      }),
+    )
+  vm.command('ft-restore')
+    .description('redundancy restore of a fault-tolerant VM running alone (its backup lost, or a backup gone live): a new backup waiting at HOST:PORT (tandem vm run --ft-backup HOST:PORT) starts from a live checkpoint of the running VM and follows it; its outputs wait for the new backup\'s acks from then on')
+    .requiredOption('--control <path>', "the running VM's control socket (vm run --control)")
+    .requiredOption('--backup <host:port>', 'where the new backup listens')
+    .option('--json', 'print the answer as JSON')
+    .action((o) =>
+      run(async () => {
+        const backup = parseHostPort(o.backup, '--backup')
+        const r = await requestJson<RestoreSummary>(`unix:${resolve(o.control)}`, 'POST', '/api/v1/vm/ft/restore', { backup: `${backup.host}:${backup.port}` }, { timeoutMs: 600_000 })
+        process.stdout.write(o.json ? JSON.stringify(r) + '\n' : `Protected again by the backup at ${r.backup} from instruction ${r.instructions} (pre-copy ${r.precopyPages} pages in ${r.precopyRounds} rounds, pause ${r.pauseMs.toFixed(2)} ms, then ${r.pages} dirty pages; outputs held ${Math.round(r.protectedMs)} ms from the pause to its first ACK)\n`)
         return 0
       }),
     )

@@ -1,4 +1,5 @@
-import { ChunkedSink } from '../vm/event-sink.js'
+import { ChunkedSink, type EventSink } from '../vm/event-sink.js'
+import type { EventKind } from '../vm/event-format.js'
 import { FT_MARK } from '../vm/events.js'
 import type { Machine, MachineOptions } from '../vm/machine.js'
 import type { SwitchPort } from '../vm/net.js'
@@ -63,38 +64,94 @@ class LinkSink extends ChunkedSink {
   }
 }
 
-export interface PrimaryOptions {
+/**
+ * The machine's recorder on the side that runs a VM live: the log of its current pairing, or
+ * nothing while the VM runs alone (count 0: a state saved when a new pairing starts has log position 0).
+ */
+class PairingSink implements EventSink {
+  target: LinkSink | null = null
+  add(kind: EventKind, arg: number, instret: number, value: number, extra?: Buffer): void {
+    this.target?.add(kind, arg, instret, value, extra)
+  }
+  get count(): number {
+    return this.target?.count ?? 0
+  }
+  get pendingBytes(): number {
+    return this.target?.pendingBytes ?? 0
+  }
+  async drain(): Promise<void> {}
+  async flush(): Promise<void> {
+    await this.target?.flush()
+  }
+  async close(): Promise<void> {
+    await this.target?.close()
+  }
+}
+
+/** A backup this side is paired with: the link its log goes down and the gate its outputs wait in. */
+export interface Pairing {
   link: LogLink
   gate: OutputGate
   lag: LagMeter
-  timers: Timers
-  reads: BackupReads
   /** disk mode: the primary's writes wait for the backup's reads of the same blocks */
   war?: WriteAfterReadGuard
 }
 
+export interface PrimaryOptions extends Partial<Pairing> {
+  timers: Timers
+  reads: BackupReads
+}
+
 /**
- * The primary of a fault-tolerant pair (ft/SPEC.md): records its VM's inputs into a log it streams
- * to the backup, holds each output (console bytes, frames, disk writes) in the output gate until
- * the backup has acknowledged the log past the instruction that produced it, and measures the
- * lag from the backup's acks. The VM keeps running while outputs wait.
+ * The side of a fault-tolerant pair that runs the VM live (ft/SPEC.md), in one of two modes.
+ * Paired (`pair()`): it records the VM's inputs into a log it streams to the backup, holds each
+ * output (console bytes, frames, disk writes) in the pairing's gate until the backup has
+ * acknowledged the log past the instruction that produced it, and measures the lag from the
+ * acks; the VM keeps running while outputs wait. Alone (`alone()`, or built without a link): it
+ * records nothing and every output leaves at once. The mode changes between slices (a redundancy
+ * restore pairs it inside the pause of a live checkpoint); the wrapped port, console and disk
+ * stay the machine's throughout.
  */
 export class FtPrimary {
-  readonly sink: LinkSink
+  readonly sink = new PairingSink()
   private m: Machine | null = null
   private console: { bytes: number[]; at: number } = { bytes: [], at: 0 }
+  private p: Pairing | null = null
   private lastMark = -1
   private releasedTo = 0
   private markedReleased = 0
-  /** bytes of log shipped */
+  private sinkCountAtMark = -1
+  private flushedAt = -Infinity
+  /** an output was held since the last flush: its instruction's log must go now */
+  private outputWaits = false
+  /** bytes of log shipped, over every pairing */
   get logBytes(): number {
     return this.shipped
   }
   private shipped = 0
 
   constructor(private readonly o: PrimaryOptions) {
-    const link = o.link
-    this.sink = new LinkSink({
+    if (o.link && o.gate && o.lag) this.pair({ link: o.link, gate: o.gate, lag: o.lag, war: o.war })
+  }
+
+  /** true while outputs wait for a backup's acks */
+  get paired(): boolean {
+    return this.p !== null
+  }
+
+  /** the current pairing's gate (null: alone) */
+  get gate(): OutputGate | null {
+    return this.p?.gate ?? null
+  }
+
+  /**
+   * From now on (call between slices: the VM paused, or not yet running) the log goes to `p`'s link
+   * from a fresh start and every output waits in `p`'s gate.
+   */
+  pair(p: Pairing): void {
+    const link = p.link
+    this.p = p
+    this.sink.target = new LinkSink({
       log: (b) => {
         this.shipped += b.length
         link.log(b)
@@ -104,6 +161,21 @@ export class FtPrimary {
       },
       drained: () => link.drained(),
     })
+    this.lastMark = -1
+    this.releasedTo = 0
+    this.markedReleased = 0
+    this.sinkCountAtMark = -1
+    this.flushedAt = -Infinity
+  }
+
+  /** From now on the VM runs alone: nothing is logged, outputs leave at once (what the gate held is the caller's). */
+  alone(): void {
+    const c = this.console
+    this.p = null
+    this.sink.target = null
+    // a partial console line held back for the next flush leaves now
+    this.console = { bytes: [], at: 0 }
+    if (c.bytes.length && this.consoleSink) c.bytes.forEach(this.consoleSink)
   }
 
   /** The machine options that make a VM this pair's primary (its record, disk, NIC and console wrapped). */
@@ -122,12 +194,14 @@ export class FtPrimary {
     return this.m?.hart.instret ?? 0
   }
 
-  /** Frames the guest sends leave once acknowledged. */
+  /** Frames the guest sends leave once acknowledged (alone: at once). */
   port(p: SwitchPort): SwitchPort {
     const outer: SwitchPort = {
       onReceive: null,
       send: (frame) => {
-        this.o.gate.hold('frame', this.instret, () => p.send(frame), frame.length)
+        const gate = this.p?.gate
+        if (!gate) return p.send(frame)
+        gate.hold('frame', this.instret, () => p.send(frame), frame.length)
         this.outputWaits = true
         this.m?.hart.requestStop()
       },
@@ -138,10 +212,11 @@ export class FtPrimary {
     return outer
   }
 
-  /** Console bytes leave a line at a time (or at the slice's end), once acknowledged. */
+  /** Console bytes leave a line at a time (or at the slice's end), once acknowledged (alone: at once). */
   consoleWriter(write: (b: number) => void): (b: number) => void {
     this.consoleSink = write
     return (b) => {
+      if (!this.p) return write(b)
       this.console.bytes.push(b)
       this.console.at = this.instret
       if (b === 10) {
@@ -154,10 +229,11 @@ export class FtPrimary {
   private holdConsole(): void {
     const c = this.console
     const w = this.consoleSink
-    if (!c.bytes.length || !w) return
+    const gate = this.p?.gate
+    if (!c.bytes.length || !w || !gate) return
     const bytes = c.bytes
     this.console = { bytes: [], at: 0 }
-    this.o.gate.hold('console', c.at, () => bytes.forEach(w), bytes.length)
+    gate.hold('console', c.at, () => bytes.forEach(w), bytes.length)
   }
   private consoleSink: ((b: number) => void) | undefined
 
@@ -166,12 +242,14 @@ export class FtPrimary {
    * command that changes the disk waits until the backup has the log past its submission.
    */
   disk(path: ScsiPath): ScsiPath {
-    const { gate, war } = this.o
     return {
       get blocks() {
         return path.blocks
       },
       execute: async (cdb, dataOut, dataInLength, req) => {
+        const p = this.p
+        if (!p) return path.execute(cdb, dataOut, dataInLength, req)
+        const { gate, war } = p
         const range = mediumRange(cdb)
         if (range && !range.write) {
           if (war && req) war.read(req.seq, range.lba, range.blocks)
@@ -188,20 +266,25 @@ export class FtPrimary {
   }
 
   /** Between slices: the console's partial line held, the log shipped with a progress mark. */
-  private async afterSlice(m: Machine, waiting: boolean): Promise<void> {
+  async afterSlice(m: Machine, waiting: boolean): Promise<void> {
     this.m = m
+    const p = this.p
+    if (!p) return
     const now = this.o.timers.now()
     if (waiting || this.outputWaits || this.console.bytes.length > 0 || now - this.flushedAt >= FLUSH_EVERY_MS) {
       this.flush(m)
       this.flushedAt = now
     }
-    if (this.o.gate.overLimit) await this.o.gate.whenUnder()
-    if (this.o.link.bufferedBytes > LINK_HIGH_WATER) await this.o.link.drained()
+    if (p.gate.overLimit) await p.gate.whenUnder()
+    if (p.link.bufferedBytes > LINK_HIGH_WATER) await p.link.drained()
   }
 
   /** Ships everything logged so far, with a progress mark at the VM's count (a paused VM: all of it). */
   flush(m: Machine): void {
     this.m = m
+    const p = this.p
+    const sink = this.sink.target
+    if (!p || !sink) return
     this.outputWaits = false
     this.holdConsole()
     const now = this.o.timers.now()
@@ -209,36 +292,34 @@ export class FtPrimary {
     if (this.releasedTo > this.markedReleased) {
       const x = Buffer.alloc(8)
       x.writeDoubleLE(this.releasedTo)
-      this.sink.add(FT_MARK.RELEASED, 0, at, 0, x)
+      sink.add(FT_MARK.RELEASED, 0, at, 0, x)
       this.markedReleased = this.releasedTo
     }
-    if (at !== this.lastMark || this.sink.count !== this.sinkCountAtMark) {
+    if (at !== this.lastMark || sink.count !== this.sinkCountAtMark) {
       const x = Buffer.alloc(16)
       x.writeBigUInt64LE(m.guestTicks)
       x.writeDoubleLE(now, 8)
-      this.sink.add(FT_MARK.PROGRESS, 0, at, 0, x)
-      this.sinkCountAtMark = this.sink.count
+      sink.add(FT_MARK.PROGRESS, 0, at, 0, x)
+      this.sinkCountAtMark = sink.count
       this.lastMark = at
-      this.o.lag.progress(at, now)
+      p.lag.progress(at, now)
     }
-    this.sink.push()
+    sink.push()
   }
-  private sinkCountAtMark = -1
-  private flushedAt = -Infinity
-  /** an output was held since the last flush: its instruction's log must go now */
-  private outputWaits = false
 
-  /** Binds the machine (before it runs): outputs take its instruction count. */
+/** Binds the machine (before it runs): outputs take its instruction count. */
   attach(m: Machine): void {
     this.m = m
   }
 
-  /** An ACK from the backup. */
+  /** An ACK from the backup (of the current pairing; alone: ignored). */
   ack(a: Ack): void {
-    const before = this.o.gate.held
-    this.o.gate.acked(a.received)
-    if (this.o.gate.held < before) this.releasedTo = Math.max(this.releasedTo, Math.min(a.received, this.lastMark))
-    this.o.war?.backupDone(a.readsDone)
-    if (this.lastMark >= 0) this.o.lag.ack(Math.min(a.executed, this.lastMark), this.o.timers.now())
+    const p = this.p
+    if (!p) return
+    const before = p.gate.held
+    p.gate.acked(a.received)
+    if (p.gate.held < before) this.releasedTo = Math.max(this.releasedTo, Math.min(a.received, this.lastMark))
+    p.war?.backupDone(a.readsDone)
+    if (this.lastMark >= 0) p.lag.ack(Math.min(a.executed, this.lastMark), this.o.timers.now())
   }
 }

@@ -8,13 +8,15 @@ import type { CpuLimiter } from '../vm/cpu-limit.js'
 import { BackupDisk, type BackupReads } from './backup-disk.js'
 import { FtBackup } from './backup.js'
 import { FtChannel, FtListener, type FtEnd } from './channel.js'
-import { FtLagControl, LagMeter } from './lag.js'
-import { OutputGate } from './output-gate.js'
+import type { LagMeter } from './lag.js'
+import { LiveSide, type AnnouncingPort, type RestoreSummary } from './live-side.js'
+import type { OutputGate } from './output-gate.js'
 import { FtPrimary } from './primary.js'
 import type { FtHelloParams, FtMessage, FtMode } from './protocol.js'
 import { ckptBackup, ckptPrimary, type CheckpointStatus } from './checkpoint/roles.js'
-import { WriteAfterReadGuard } from './write-after-read.js'
 import type { ColoStats } from './colo/run-colo.js'
+import { StateReceiver } from './state-sync.js'
+import type { VmState } from '../vm/state.js'
 
 /**
  * Who goes live when the pair loses each other (ft/SPEC.md "Split brain"): one compare-and-write
@@ -75,6 +77,8 @@ export interface FtReport {
   /** quasi-lockstep (`--ft-mode colo`): outputs compared, resyncs (colo/run-colo.ts) */
   colo?: ColoStats
   checkpoint?: CheckpointStatus
+  /** redundancy restores made by this side (each a new backup from a live checkpoint) */
+  restores?: RestoreSummary[]
 }
 
 /** A role's figures while it runs (the VM's control socket shows them; the host agent's /metrics reads them there). */
@@ -96,6 +100,10 @@ export interface FtStatus {
   colo?: ColoStats
   /** checkpoint mode: the epochs' figures (checkpoint/SPEC.md "Metrics") */
   checkpoint?: CheckpointStatus
+  /** a backup follows this side's VM now (its outputs wait for the backup's acks); replay mode only */
+  protected?: boolean
+  /** redundancy restores made by this side */
+  restores?: number
 }
 
 /** The part of runVm a pair role shapes: the machine's options, then the run. */
@@ -118,10 +126,17 @@ export interface FtRole {
    * primary's clean end). runVm calls it instead of making the machine itself.
    */
   standby?(opts: MachineOptions): Promise<{ machine: Machine } | { summary: RunSummary }>
+  /**
+   * The side running the VM live and alone (a primary whose backup was lost, a backup gone live):
+   * a new backup waiting at `to` (`vm run --ft-backup`) is started from a live checkpoint and
+   * follows from then on (ft/SPEC.md "Redundancy restore").
+   */
+  restore?(to: { host: string; port: number }): Promise<RestoreSummary>
+  /** a backup started from a running primary's state (HELLO start `state`): the machine is built from it */
+  readonly state?: VmState
 }
 
-/** A port that may announce a MAC to its switch from now on (UdpUplink.announce; undefined: none) */
-export type AnnouncingPort = SwitchPort & { announce?: (mac?: Buffer) => void }
+export type { AnnouncingPort }
 
 export const nextMessage = (ch: FtChannel, type: FtMessage['type'], what: string): Promise<FtMessage> =>
   new Promise((resolve, reject) => {
@@ -164,50 +179,23 @@ export const endText = (e: FtEnd) => (e.kind === 'bye' ? `BYE (${e.bye.reason})`
 /**
  * The primary of a pair: connects to the backup, says HELLO, then records into the channel; on
  * losing the backup it holds every output and claims the VM: won, it runs on alone; lost, it halts
- * and releases nothing.
+ * and releases nothing. Running alone, it can be protected again by a new backup (`restore`).
  */
-export async function ftPrimary(o: FtRoleOptions, vm: { memoryBytes: number; imageSha: Buffer; limiter?: CpuLimiter }): Promise<FtRole> {
+export async function ftPrimary(o: FtRoleOptions, vm: { memoryBytes: number; imageSha: Buffer; limiter?: CpuLimiter; disk?: ScsiPath }): Promise<FtRole> {
   const timers = o.timers ?? realTimers
   const mode = o.mode ?? 'replay'
-  const ch = await connectBackup(o, vm, mode, timers)
-  if (mode === 'checkpoint') return ckptPrimary(o, vm, ch, timers)
-  const gate = new OutputGate(timers)
-  const lag = new LagMeter()
-  const war = o.reads === 'disk' ? new WriteAfterReadGuard() : undefined
-  let alone = false
-  const primary = new FtPrimary({
-    link: {
-      log: (records) => {
-        if (!alone) ch.send({ type: 'LOG', records })
-      },
-      get bufferedBytes() {
-        return alone ? 0 : ch.bufferedBytes
-      },
-      drained: () => (alone ? Promise.resolve() : ch.drained()),
-    },
-    gate,
-    lag,
-    timers,
-    reads: o.reads,
-    war,
-  })
-  ch.on('message', (m) => {
-    if (m.type !== 'ACK') return
-    try {
-      primary.ack(m)
-    } catch (e) {
-      ch.close(`a bad ACK: ${(e as Error).message}`)
-    }
-  })
-  const control = vm.limiter && o.lagControl !== false ? new FtLagControl(lag, vm.limiter, timers) : undefined
-  let outcome: FtReport['outcome'] = 'paired'
-  let channelEnd: string | undefined
-  let takeoverMs: number | undefined
-  let machine: Machine | null = null
+  if (mode === 'checkpoint') return ckptPrimary(o, vm, await connectBackup(o, vm, mode, timers), timers)
+  const primary = new FtPrimary({ timers, reads: o.reads })
+  const live = new LiveSide({ role: o, timers, outputs: primary, limiter: vm.limiter, memoryBytes: vm.memoryBytes, imageSha: vm.imageSha, hasDisk: vm.disk !== undefined })
+  const ch = await live.hello(o.host, o.port, 'boot', 0)
+  primary.pair(live.pairWith(ch))
   let handing = false
   const handover = async (): Promise<{ instructions: number }> => {
-    if (outcome !== 'paired' || handing || !machine) throw new StorageError('InvalidArgument', `this VM is not the primary of a running pair (${outcome}): nothing to hand over`)
-    const m = machine
+    const cur = live.cur
+    const m = live.machine
+    if (live.state !== 'paired' || handing || !m || !cur) throw new StorageError('InvalidArgument', `this VM is not the primary of a running pair (${live.state}): nothing to hand over`)
+    const { ch } = cur
+    const gate = cur.pairing.gate
     handing = true
     const at = await m.requestPause()
     try {
@@ -226,87 +214,74 @@ export async function ftPrimary(o: FtRoleOptions, vm: { memoryBytes: number; ima
       m.resume()
       throw e
     }
-    outcome = 'handed-over'
+    live.state = 'handed-over'
     o.log?.(`handing vm/${o.vm} over to the backup at instruction ${at}`)
     m.halt(`handed over to the backup at instruction ${at}`)
     m.resume()
     await ch.bye('handover', at)
     return { instructions: at }
   }
-  let uplink: AnnouncingPort | undefined
-  let mac: Buffer | undefined
-  const lost = ch.lost.then(async ({ reason }) => {
-    channelEnd = reason
-    const t0 = timers.now()
-    gate.claimed(false)
-    war?.lost()
-    await control?.stop()
-    if (vm.limiter && vm.limiter.percent < 100) vm.limiter.setPercent(100)
-    o.log?.(`the FT backup is lost (${reason}): claiming vm/${o.vm} from generation ${o.arbiter.generation}`)
-    const won = await claimVm(o, o.arbiter.generation, timers)
-    if (won) {
-      alone = true
-      outcome = 'alone'
-      if (mac) uplink?.announce?.(mac)
-      await o.arbiter.fence?.()
-      gate.acked(Infinity)
-      gate.claimed(true)
-      takeoverMs = timers.now() - t0
-      o.log?.(`won vm/${o.vm}: running alone`)
-    } else {
-      outcome = 'halted'
-      gate.halt()
-      o.log?.(`lost vm/${o.vm} to the backup: halted, no output released`)
-      machine?.halt(`halted: the backup took vm/${o.vm}`)
-    }
-  })
-  void ch.ended.then((e) => e.kind === 'bye' && (channelEnd = endText(e)))
   return {
     status() {
-      const now = timers.now()
-      const d = gate.snapshot().delay
-      return { role: 'primary', outcome, generation: o.arbiter.generation, lagMs: lag.periodLag(now - 1000, now), cpuLimit: vm.limiter?.percent ?? null, logBytes: primary.logBytes, outputDelay: { count: d.count, p50: d.p50, p99: d.p99 }, lag: lag.snapshot(now) }
+      return liveStatus(live, 'primary', o, vm.limiter, primary.logBytes, timers)
     },
     machineOptions: (base) => {
       // the switch learned the VM's MAC when the uplink joined; from now on only a side holding the VM
       // announces it: a primary resumed after a takeover (SIGSTOP) would otherwise draw the VM's frames
       // back with an overdue keepalive
-      uplink = base.net as AnnouncingPort | undefined
-      mac = base.mac
-      uplink?.announce?.()
+      live.uplink = base.net as AnnouncingPort | undefined
+      live.mac = base.mac
+      live.uplink?.announce?.()
       return { ...base, ...primary.machineOptions({ disk: base.disk, net: base.net, onConsole: base.onConsole }) }
     },
     attach(m) {
-      machine = m
+      live.machine = m
       primary.attach(m)
     },
     handover,
+    restore: (to) => live.protect(to.host, to.port),
     async finish(summary) {
-      await control?.stop()
-      if (outcome === 'handed-over') {
+      if (live.state === 'handed-over') {
+        await live.cur?.control?.stop()
         // the backup claims the VM's lock from us: keep ours until then
         o.arbiter.keep?.()
-      } else if (!ch.closed && outcome === 'paired') {
-        await primary.sink.close()
-        ch.send({ type: 'BYE', reason: 'stop', instret: summary.instructions })
-        await ch.drained()
-        // the backup's last ACK releases the last outputs
-        await Promise.race([new Promise<void>((r) => ch.once('end', () => r())), timers.sleep(1000)])
-        ch.close('done')
-      } else {
-        // a pending sleep would keep a halted process alive for its length
-        const waited = new AbortController()
-        await Promise.race([lost, timers.sleep(5000, waited.signal)])
-        waited.abort()
-      }
-      return { role: 'primary', outcome, channelEnd, logBytes: primary.logBytes, takeoverMs, lag: lag.snapshot(timers.now()), outputDelay: gate.snapshot().delay }
+      } else await live.finish(summary.instructions)
+      const outcome: FtReport['outcome'] = live.state
+      return { role: 'primary', outcome, channelEnd: live.channelEnd, logBytes: primary.logBytes, takeoverMs: live.takeoverMs, ...liveFigures(live, timers), ...(live.restores.length ? { restores: live.restores } : {}) }
     },
   }
 }
 
+/** The current pairing's lag and output delay (none while alone). */
+function liveFigures(live: LiveSide, timers: Timers): Pick<FtReport, 'lag' | 'outputDelay'> {
+  const p = live.cur?.pairing ?? live.lastPairing
+  return p ? { lag: p.lag.snapshot(timers.now()), outputDelay: p.gate.snapshot().delay } : {}
+}
+
+/** A live side's figures (FtStatus). */
+function liveStatus(live: LiveSide, role: FtStatus['role'], o: FtRoleOptions, limiter: CpuLimiter | undefined, logBytes: number, timers: Timers): FtStatus {
+  const now = timers.now()
+  const p = live.cur?.pairing ?? live.lastPairing
+  const d = p?.gate.snapshot().delay
+  return {
+    role,
+    outcome: live.state,
+    generation: o.arbiter.generation,
+    lagMs: p ? p.lag.periodLag(now - 1000, now) : null,
+    cpuLimit: limiter?.percent ?? null,
+    logBytes,
+    outputDelay: d ? { count: d.count, p50: d.p50, p99: d.p99 } : null,
+    lag: p ? p.lag.snapshot(now) : null,
+    protected: live.state === 'paired',
+    ...(live.restores.length ? { restores: live.restores.length } : {}),
+  }
+}
+
 /**
- * The backup of a pair: listens for one primary, accepts its HELLO, follows its log; on losing it
- * claims the VM: won, it replays to the last progress mark and goes live; lost, it halts.
+ * The backup of a pair: listens for one primary, accepts its HELLO, follows its log — from the
+ * guest's first instruction, or (HELLO start `state`: a redundancy restore) from the running VM's
+ * state that comes first; on losing it claims the VM: won, it replays to the last progress mark
+ * and goes live (its outputs leave at once, and it can be protected again: `restore`); lost, it halts.
  */
 export async function ftBackup(
   o: FtRoleOptions,
@@ -335,8 +310,37 @@ export async function ftBackup(
   let machine: Machine | null = null
   /** the run is over (its own end): the channel's end that follows is no loss */
   let finished = false
+  /** a backup starting from state acks (and may take over) only once it has all of it */
+  let following = hello.start === 'boot'
   const disk = vm.disk ? new BackupDisk(vm.disk, hello.backupReads) : undefined
   const role: { backup?: FtBackup } = {}
+  const receiving = hello.start === 'state' ? new StateReceiver(vm.memoryBytes) : undefined
+  let state: VmState | undefined
+  const stateDone = new Promise<VmState>((resolve, reject) => {
+    if (!receiving) return
+    let ended = false
+    const fail = (e: unknown) => {
+      ch.close((e as Error).message)
+      reject(e)
+    }
+    ch.on('message', (m) => {
+      if (ended) return
+      try {
+        if (m.type === 'STATE') receiving.add(m.data)
+        else if (m.type === 'STATE_END') {
+          ended = true
+          receiving.end(m.instret, m.hash).then((s) => {
+            following = true
+            resolve(s)
+          }, fail)
+        }
+      } catch (e) {
+        ended = true
+        fail(e)
+      }
+    })
+    void ch.ended.then((e) => !following && reject(new StorageError('IoError', `the FT primary was lost before its state arrived: ${endText(e)}`)))
+  })
   ch.on('message', (m) => {
     if (m.type === 'LOG') {
       logBytes += m.records.length
@@ -346,11 +350,25 @@ export async function ftBackup(
   const backup = (role.backup = new FtBackup({
     source,
     disk,
-    ack: (a) => ch.send({ type: 'ACK', ...a }),
+    ack: (a) => following && ch.send({ type: 'ACK', ...a }),
     timers,
     liveDisk: vm.liveDisk,
   }))
   disk && (disk.onFailed = (e) => ch.close(e.message))
+  // once live, the VM's outputs leave through this (at once; held again once a new backup follows)
+  const outputs = new FtPrimary({ timers, reads: hello.backupReads })
+  const live = new LiveSide({ role: o, timers, outputs, limiter: vm.limiter, memoryBytes: vm.memoryBytes, imageSha: vm.imageSha, hasDisk: vm.disk !== undefined })
+  if (receiving) {
+    try {
+      state = await stateDone
+    } catch (e) {
+      void listener.close()
+      throw e
+    }
+    o.log?.(`received the state of vm/${o.vm} at instruction ${state.instret} (${receiving.bytes} bytes): following its log`)
+    // the first ACK: the primary's outputs wait for this backup from now on
+    backup.received(Buffer.alloc(0))
+  }
   const ended = ch.ended.then(async (e) => {
     await listener.close()
     channelEnd = endText(e)
@@ -381,22 +399,39 @@ export async function ftBackup(
   })
   return {
     hello,
+    state,
     machineOptions: (base) => {
       // an uplink to a tandem switch announces the MAC from now on (UdpUplink.announce)
       const net = base.net as AnnouncingPort | undefined
+      live.uplink = net
+      live.mac = base.mac
       const announce = net?.announce && base.mac ? () => net.announce!(base.mac!) : undefined
-      return { ...base, ...backup.machineOptions({ net, mac: base.mac, onConsole: base.onConsole, announce }) }
+      const wrapped = outputs.machineOptions({ net, onConsole: base.onConsole })
+      const opts = backup.machineOptions({ net: wrapped.net, mac: base.mac, onConsole: wrapped.onConsole, announce })
+      const followSlice = opts.afterSlice!
+      return { ...base, ...opts, record: outputs.sink, afterSlice: (m, waiting) => (backup.live ? outputs.afterSlice(m, waiting === true) : followSlice(m, waiting)) }
     },
     attach(m) {
       machine = m
+      live.machine = m
       backup.attach(m)
+      outputs.attach(m)
     },
-    status: () => ({ role: 'backup', outcome, generation: outcome === 'live' ? o.arbiter.generation : hello.lockGeneration, lagMs: null, cpuLimit: vm.limiter?.percent ?? null, logBytes, outputDelay: null, lag: null }),
-    async finish() {
+    restore: async (to) => {
+      if (!backup.live) throw new StorageError('InvalidArgument', `this VM is the backup of vm/${o.vm}, following its primary: there is no running VM to protect here`)
+      return live.protect(to.host, to.port)
+    },
+    status: () => {
+      if (!backup.live) return { role: 'backup', outcome, generation: outcome === 'live' ? o.arbiter.generation : hello.lockGeneration, lagMs: null, cpuLimit: vm.limiter?.percent ?? null, logBytes, outputDelay: null, lag: null, protected: false }
+      return { ...liveStatus(live, 'backup', o, vm.limiter, outputs.logBytes, timers), outcome: live.state === 'halted' ? 'halted' : outcome }
+    },
+    async finish(summary) {
       finished = true
       ch.close('done')
       await ended
-      return { role: 'backup', outcome, channelEnd, logBytes, takeoverMs, ...(backup.live ? { resent: backup.resent } : {}) }
+      if (backup.live) await live.finish(summary.instructions)
+      const out = live.state === 'halted' ? 'halted' : outcome
+      return { role: 'backup', outcome: out, channelEnd, logBytes, takeoverMs, ...(backup.live ? { resent: backup.resent } : {}), ...(live.restores.length ? { restores: live.restores, ...liveFigures(live, timers) } : {}) }
     },
   }
 }
@@ -407,7 +442,7 @@ export async function ftBackup(
  */
 export async function acceptPrimary(
   o: FtRoleOptions,
-  vm: { memoryBytes: number; imageSha: Buffer; signal?: AbortSignal; onListening?: (port: number) => void },
+  vm: { memoryBytes: number; imageSha: Buffer; disk?: unknown; signal?: AbortSignal; onListening?: (port: number) => void },
   modes: FtMode[],
   timers: Timers,
 ): Promise<{ listener: FtListener; ch: FtChannel; hello: Extract<FtMessage, { type: 'HELLO' }> }> {
@@ -439,6 +474,7 @@ export async function acceptPrimary(
   if (!modes.includes(hello.mode)) throw refuse('mode', `mode '${hello.mode}' where this backup runs --ft-mode ${modes.join(' or ')}`)
   if (hello.memoryBytes !== vm.memoryBytes) throw refuse('memory', `the primary's VM has ${hello.memoryBytes} bytes of memory, this backup ${vm.memoryBytes}`)
   if (!hello.imageSha256.equals(vm.imageSha)) throw refuse('image', 'the primary runs a different guest image')
+  if (hello.start === 'state' && (vm.disk || !modes.includes('replay'))) throw refuse('mode', `a backup ${vm.disk ? 'with a disk' : `in --ft-mode ${modes.join(' or ')}`} cannot start from a running VM's state yet`)
   ch.send({ ...hello, type: 'HELLO_OK' })
   return { listener, ch, hello }
 }

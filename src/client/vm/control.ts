@@ -5,6 +5,7 @@ import { chmod, unlink } from 'node:fs/promises'
 import pino from 'pino'
 import { StorageError } from '../../disk-formats/errors.js'
 import { jsonErrors, noRoute } from '../../server/http/errors.js'
+import { parseHostPort } from '../ft/address.js'
 
 /** What a running VM's control socket can do (SPEC.md §Control socket). */
 export interface VmControl {
@@ -16,6 +17,11 @@ export interface VmControl {
   checkpoint(req: Record<string, unknown>): Promise<Record<string, unknown>>
   /** a fault-tolerant primary: planned switchover to its backup (absent: not a pair's primary) */
   handover?(): Promise<Record<string, unknown>>
+  /**
+   * a fault-tolerant VM running alone: protect it again with the new backup waiting at `to` (absent:
+   * not a pair's VM)
+   */
+  ftRestore?(to: { host: string; port: number }): Promise<Record<string, unknown>>
   /** sets the VM's CPU limit (whole percent of a core, 1 to 100; InvalidArgument otherwise): the limit now */
   setCpuLimit(percent: unknown): number
 }
@@ -58,6 +64,13 @@ export async function serveControl(path: string, ctl: VmControl): Promise<{ clos
     wrap(async (_req, res) => {
       if (!ctl.handover) throw new StorageError('InvalidArgument', 'this VM is not the primary of a fault-tolerant pair')
       res.json(await ctl.handover())
+    }),
+  )
+  app.post(
+    '/api/v1/vm/ft/restore',
+    wrap(async (req, res) => {
+      if (!ctl.ftRestore) throw new StorageError('InvalidArgument', 'this VM is not part of a fault-tolerant pair (vm run --ft-primary or --ft-backup)')
+      res.json(await ctl.ftRestore(parseHostPort((req.body as { backup?: unknown } | undefined)?.backup, '"backup"')))
     }),
   )
   app.use(noRoute)

@@ -23,7 +23,15 @@ export interface FrozenVm {
  * disk (`switchDisk`, prepared beforehand: no file is created here), let it run again. The arena is
  * allocated before the VM stops.
  */
-export async function freeze(m: Machine, o: { switchDisk?: () => Promise<unknown>; now?: () => number } = {}): Promise<FrozenVm> {
+export async function freeze(
+  m: Machine,
+  o: {
+    switchDisk?: () => Promise<unknown>
+    /** runs in the pause, before the state is saved (an FT redundancy restore pairs the VM's outputs and log here) */
+    inPause?: () => void
+    now?: () => number
+  } = {},
+): Promise<FrozenVm> {
   const now = o.now ?? (() => performance.now())
   const arena = new CowArena(m.mem)
   const instret = await m.requestPause()
@@ -31,6 +39,7 @@ export async function freeze(m: Machine, o: { switchDisk?: () => Promise<unknown
   let state: VmState
   try {
     arena.arm()
+    o.inPause?.()
     state = m.saveState()
     await o.switchDisk?.()
   } catch (e) {

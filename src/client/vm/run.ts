@@ -102,7 +102,8 @@ export async function runVm(o: VmRunOptions): Promise<VmRunSummary> {
     // a side that runs no VM while paired makes it when it goes live (or ends without one)
     const s = role?.standby ? await role.standby(opts) : undefined
     if (s && 'summary' in s) return { ...s.summary, ft: await role!.finish(s.summary) }
-    m = s ? s.machine : o.restore ? await restoreCheckpoint(o.restore, opts) : new Machine(opts)
+    // a backup started from a running primary's state (FT redundancy restore) is built from it
+    m = s ? s.machine : o.restore ? await restoreCheckpoint(o.restore, opts) : role?.state ? Machine.fromState(role.state, opts, { loadImage: false }) : new Machine(opts)
   } catch (e) {
     // not a guest (or not a checkpoint): no log, as before the run began
     if (record) {
@@ -133,6 +134,7 @@ function vmControl(m: Machine, o: VmRunOptions, hasDisk: boolean, limiter: CpuLi
   return {
     status: () => ({ guest: o.guest, memory: m.mem.size, instructions: m.hart.instret, paused: m.paused, checkpointing: busy, cpuPercent: limiter?.percent ?? 100, ...(o.priority !== undefined ? { priority: o.priority } : {}), ...(role ? { ft: role.status() } : {}) }),
     ...(role?.handover ? { handover: async () => ({ handedOver: true, ...(await role.handover!()) }) } : {}),
+    ...(role?.restore ? { ftRestore: async (to: { host: string; port: number }) => ({ ...(await role.restore!(to)) }) } : {}),
     setCpuLimit(percent) {
       if (!limiter) throw new StorageError('Unsupported', 'this VM runs without a CPU limiter')
       limiter.setPercent(checkCpuPercent(percent, 'CPU limit'))

@@ -8,7 +8,7 @@ import { rarpAnnouncement } from '../backup.js'
 import type { FtChannel, FtListener } from '../channel.js'
 import { OutputGate } from '../output-gate.js'
 import { FtProtocolError, type FtHelloParams, type FtMessage } from '../protocol.js'
-import { claimVm, endText, type FtReport, type FtRole, type FtRoleOptions } from '../run-ft.js'
+import { claimVm, endText, type AnnouncingPort, type FtReport, type FtRole, type FtRoleOptions } from '../run-ft.js'
 import { percentiles, type Percentiles } from '../stats.js'
 import { decodeFeedback } from './diff.js'
 import { EpochApplier, EpochCapture, type AppliedEpoch, type EpochFigures } from './epoch.js'
@@ -40,7 +40,6 @@ export interface CheckpointStatus {
   stateBytes: number
 }
 
-type AnnouncingPort = SwitchPort & { announce?: (mac?: Buffer) => void }
 
 /** Figures of the recent epochs, summed since the start where the status says so. */
 class EpochStats {
