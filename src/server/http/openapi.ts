@@ -134,7 +134,7 @@ export const openApi = {
       DiskFault: obj({
         disk: str,
         mode: { type: 'string', enum: ['delay', 'error', 'stall'], description: 'delay each request `ms`; fail it (IoError: EIO, MEDIUM ERROR); hold it until the stall is lifted' },
-        ms: { type: 'integer', minimum: 0, maximum: 60000, description: 'delay: per request (above 0); default 0' },
+        ms: { type: 'integer', minimum: 0, description: 'delay: per request, above 0 (at most 60000); default 0' },
         op: { type: 'string', enum: ['read', 'write', 'any'], description: 'which requests: reads; writes, write zeroes, discards, flushes; or any (default)' },
       }, ['disk', 'mode']),
       Faults: obj({ faults: { type: 'array', items: ref('DiskFault'), description: 'the faults now in force, one per disk' } }),
