@@ -4,6 +4,7 @@ import { readAckLog } from '../kv/ack-log.js'
 import { runCommand } from './net.js'
 import type { Cluster } from './cluster.js'
 import type { FaultRun } from './faults.js'
+import { readHolders, type HolderLine } from './holders.js'
 import type { Checker } from './scenario.js'
 import type { Workloads } from './workloads.js'
 
@@ -13,22 +14,6 @@ export interface Verdict {
   detail: string
   /** a measured time, when the checker has one (failover, takeover) */
   ms?: number
-}
-
-export interface HolderLine {
-  host: string
-  generation: number
-  t: number
-}
-
-/** `HOST GENERATION MS` lines; a torn last line (a holder killed mid-write) is left out. */
-export function readHolders(file: string): HolderLine[] {
-  if (!existsSync(file)) return []
-  return readFileSync(file, 'utf8')
-    .split('\n')
-    .map((l) => /^(\S+) (\d+) (\d+)$/.exec(l))
-    .filter((m): m is RegExpExecArray => m !== null)
-    .map((m) => ({ host: m[1], generation: Number(m[2]), t: Number(m[3]) }))
 }
 
 /**

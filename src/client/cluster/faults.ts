@@ -1,7 +1,7 @@
 import { requestJson } from '../api/http.js'
 import { NO_FAULTS } from '../net/link-faults.js'
 import { seededRandom } from '../net/random.js'
-import { readHolders } from './checkers.js'
+import { readHolders } from './holders.js'
 import { signalGroup, type Cluster } from './cluster.js'
 import type { Fault, Scenario } from './scenario.js'
 import type { Workloads } from './workloads.js'

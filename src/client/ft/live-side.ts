@@ -9,35 +9,14 @@ import { FtLagControl, LagMeter } from './lag.js'
 import { OutputGate } from './output-gate.js'
 import type { FtPrimary, Pairing } from './primary.js'
 import type { FtHelloParams, FtMessage } from './protocol.js'
-import { claimVm, endText, nextMessage, type FtRoleOptions } from './run-ft.js'
+import { claimVm, endText, nextMessage, type AnnouncingPort, type FtRoleOptions, type RestoreSummary } from './role.js'
+
+export type { AnnouncingPort, RestoreSummary }
 import { precopy, sendFrozen, type PrecopyResult, type StateLink } from './state-sync.js'
 import { WriteAfterReadGuard } from './write-after-read.js'
 
 /** A port that may announce a MAC to its switch from now on (UdpUplink.announce; undefined: none) */
-export type AnnouncingPort = SwitchPort & { announce?: (mac?: Buffer) => void }
 
-/** What a redundancy restore reports (POST /api/v1/vm/ft/restore). */
-export interface RestoreSummary {
-  /** the backup's address */
-  backup: string
-  /** the instruction count the new backup starts from (its log begins there) */
-  instructions: number
-  /** VM stopped to VM running (the live checkpoint's pause) */
-  pauseMs: number
-  /** pre-copy, the VM running unprotected: STATE bytes, pages (non-zero, then those dirtied again), rounds */
-  precopyBytes: number
-  precopyPages: number
-  precopyRounds: number
-  /** after the pause, the VM running with outputs held: STATE bytes (device state and the pages dirty at the pause) */
-  stateBytes: number
-  pages: number
-  /** of those, pages the guest wrote before the sender reached them, copied first */
-  cowPages: number
-  /** from the request to STATE_END sent */
-  syncMs: number
-  /** from the pause to the new backup's first ACK: outputs produced meanwhile wait (from then on, for its acks as usual) */
-  protectedMs: number
-}
 
 export interface LiveSideOptions {
   role: FtRoleOptions

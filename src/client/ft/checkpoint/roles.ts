@@ -8,7 +8,9 @@ import { rarpAnnouncement } from '../backup.js'
 import type { FtChannel, FtListener } from '../channel.js'
 import { OutputGate } from '../output-gate.js'
 import { FtProtocolError, type FtHelloParams, type FtMessage } from '../protocol.js'
-import { claimVm, endText, type AnnouncingPort, type FtReport, type FtRole, type FtRoleOptions } from '../run-ft.js'
+import { claimVm, endText, type AnnouncingPort, type CheckpointStatus, type FtReport, type FtRole, type FtRoleOptions } from '../role.js'
+
+export type { CheckpointStatus }
 import { percentiles, type Percentiles } from '../stats.js'
 import { decodeFeedback } from './diff.js'
 import { EpochApplier, EpochCapture, type AppliedEpoch, type EpochFigures } from './epoch.js'
@@ -19,26 +21,6 @@ export const EPOCH_MS = 25
 /** epochs whose figures the status keeps */
 const RECENT = 400
 
-/** A checkpoint side's figures (FtStatus.checkpoint; checkpoint/SPEC.md "Metrics"). */
-export interface CheckpointStatus {
-  epochMs: number | null
-  /** epochs sent (primary) or applied (backup); the last the backup acknowledged */
-  epochs: number
-  acked: number
-  /** ms the VM was stopped per epoch, over the recent epochs (primary) */
-  pause: Percentiles | null
-  pauseMean: number | null
-  /** STATE bytes per epoch over the recent epochs, and what the same pages would cost whole */
-  bytesPerEpoch: number
-  wholeBytesPerEpoch: number
-  /** pages since the start: copied during the stop, sent while the VM ran, sent as diffs */
-  pagesStopped: number
-  pagesRunning: number
-  pagesDiff: number
-  /** pages the backup names as diff candidates now */
-  diffCandidates: number
-  stateBytes: number
-}
 
 
 /** Figures of the recent epochs, summed since the start where the status says so. */

@@ -8,7 +8,9 @@ import { rarpAnnouncement } from '../backup.js'
 import type { FtChannel } from '../channel.js'
 import type { FtMessage } from '../protocol.js'
 import { FtProtocolError } from '../protocol.js'
-import { acceptPrimary, claimVm, connectBackup, endText, type AnnouncingPort, type FtReport, type FtRole, type FtRoleOptions } from '../run-ft.js'
+import { acceptPrimary, claimVm, connectBackup, endText, type AnnouncingPort, type ColoStats, type FtReport, type FtRole, type FtRoleOptions } from '../role.js'
+
+export type { ColoStats }
 import { percentiles, type Percentiles } from '../stats.js'
 import { OutputComparator, type MismatchReason } from './comparator.js'
 import { decodeColo, encodeColo, type ColoMessage, type OutputStream } from './messages.js'
@@ -26,29 +28,6 @@ export interface ColoOptions {
   resync?: Resync
 }
 
-/** What a quasi-lockstep side reports (FtReport.colo, FtStatus.colo). */
-export interface ColoStats {
-  /** the current epoch: syncs so far */
-  epoch: number
-  /** primary: outputs made (frames and console lines) */
-  outputs: number
-  /** primary: outputs released because the secondary's equal one came */
-  releasedMatched: number
-  /** primary: outputs released by a resync (or alone) */
-  releasedByResync: number
-  /** primary: resyncs by cause */
-  resyncs: Record<MismatchReason, number>
-  /** primary: ms the VM was paused for each resync's capture */
-  pauseMs: Percentiles & { mean: number }
-  /** primary: ms from the resync's start to the secondary's SYNC_ACK */
-  syncMs: Percentiles & { mean: number }
-  /** bytes of resync sent or taken */
-  syncBytes: number
-  /** pages sent or taken by the last resync */
-  lastPages: number
-  /** primary: ms each output was held before it left */
-  heldMs: Percentiles & { mean: number }
-}
 
 const summary = (s: number[]): Percentiles & { mean: number } => ({ ...percentiles(s), mean: s.length ? s.reduce((a, b) => a + b, 0) / s.length : 0 })
 const keep = (s: number[], v: number) => {
