@@ -51,7 +51,27 @@ function tap(args: string[]): Promise<{ code: number; counts: Map<string, number
   })
 }
 
+/**
+ * Brings tap's plugged-in Test class in line with package.json's plugin list (`tap build`) when a
+ * plugin the list removes is still built in: a fresh `npm ci` has tap's defaults, and tap rebuilds
+ * them only inside a run, after the loaders of that run's first files were chosen.
+ */
+async function tapPlugins(): Promise<void> {
+  const removed = ((JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { tap?: { plugin?: string[] } }).tap?.plugin ?? [])
+    .filter((p) => p.startsWith('!'))
+    .map((p) => p.slice(1))
+  let built = ''
+  try {
+    built = readFileSync(join(ROOT, 'node_modules', '@tapjs', 'test', 'test-built', 'dist', 'esm', 'index.js'), 'utf8')
+  } catch {
+    // not built yet: tap build makes it
+  }
+  if (built && !removed.some((p) => built.includes(`"${p}"`))) return
+  await new Promise<void>((resolve) => spawn(process.execPath, [TAP, 'build'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'] }).on('close', () => resolve()))
+}
+
 async function main(argv: string[]): Promise<number> {
+  await tapPlugins()
   const files = argv.filter((a) => !a.startsWith('-'))
   const options = argv.filter((a) => a.startsWith('-'))
   if (files.length > 0) return (await tap(argv)).code

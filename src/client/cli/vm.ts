@@ -38,6 +38,7 @@ export function vmCommand(run: (fn: () => Promise<number | void>) => Promise<voi
     .option('--ft-mode <mode>', 'replay: the backup replays the primary\'s event log; checkpoint: epochs of dirty pages and device state, outputs held until the backup acknowledges their epoch; colo: quasi-lockstep, the secondary runs on the same inputs and the primary releases each output once the secondary\'s is equal (a mismatch resyncs it). A backup follows its primary\'s replay or checkpoint; a colo secondary is started with --ft-mode colo', 'replay')
     .option('--ft-colo-timeout-ms <ms>', 'colo: an output of the primary unmatched this long resyncs the secondary', '300')
     .option('--ft-epoch-ms <ms>', 'checkpoint mode: the epoch, in ms (5 to 10000)', '25')
+    .option('--no-lag-control', "primary: leave its CPU limit alone (the lag control lowers it while the backup falls behind)")
     .option('--no-ft-diff', 'checkpoint mode: send every dirty page whole (no diffs for the pages the backup names)')
     .action((o) => run(() => runAction(o)))
   const restoreCmd = vm.command('restore')

@@ -46,7 +46,7 @@ t.test('colo: a bad --ft-mode or --ft-colo-timeout-ms is a usage error; a disk i
   const base = ['vm', 'run', '--guest', 'kvstore', '--name', 'v', '--ft-lockspace', ls, '--ft-backup', '127.0.0.1:0']
   const mode = tandem([...base, '--ft-mode', 'lockstep'])
   t.equal(mode.status, 1)
-  t.match(mode.stderr, /invalid --ft-mode 'lockstep' \(replay or colo\)/)
+  t.match(mode.stderr, /invalid --ft-mode 'lockstep' \(replay, checkpoint or colo\)/)
   const timeout = tandem([...base, '--ft-mode', 'colo', '--ft-colo-timeout-ms', '0'])
   t.equal(timeout.status, 1)
   t.match(timeout.stderr, /invalid --ft-colo-timeout-ms '0'/)
