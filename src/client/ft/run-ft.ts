@@ -269,7 +269,7 @@ export async function ftBackup(
     },
     status: () => {
       if (!backup.live) return { role: 'backup', outcome, generation: outcome === 'live' ? o.arbiter.generation : hello.lockGeneration, lagMs: null, cpuLimit: vm.limiter?.percent ?? null, logBytes, outputDelay: null, lag: null, protected: false }
-      return { ...liveStatus(live, 'backup', o, vm.limiter, outputs.logBytes, timers), outcome: live.state === 'halted' ? 'halted' : outcome }
+      return { ...liveStatus(live, 'backup', o, vm.limiter, logBytes + outputs.logBytes, timers), outcome: live.state === 'halted' ? 'halted' : outcome }
     },
     async finish(summary) {
       finished = true

@@ -43,7 +43,10 @@ t.test('a VM\'s datastore disk: the host asks the server for its iSCSI target an
   t.equal(r.status, 201, r.body.error?.message ?? '')
   const uri = `iscsi://127.0.0.1:${s.iscsiPort}/iqn.2026-11.local.tandem:d1/0`
   t.match(r.body, { disk: 'd1', diskUri: uri, initiatorName: 'iqn.2026-11.local.tandem:vm:dvm' })
-  const started = a.logs.map((l) => JSON.parse(l) as { msg: string; args?: string[] }).find((l) => l.msg === 'VM started')
+  // the host's log line comes through its stdout pipe, which may trail the REST answer
+  const startedLog = () => a.logs.map((l) => JSON.parse(l) as { msg: string; args?: string[] }).find((l) => l.msg === 'VM started')
+  for (let i = 0; i < 100 && !startedLog(); i++) await new Promise((res) => setTimeout(res, 50))
+  const started = startedLog()
   t.same(started?.args?.slice(0, -1), ['vm', 'run', '--guest=diskio', `--memory=${32 << 20}`, `--disk=${uri}`, '--initiator-name=iqn.2026-11.local.tandem:vm:dvm'], 'what the host ran')
   t.match(started?.args?.at(-1), /^--control=\/.*\/dvm\.sock$/, 'with a control socket of its own')
   let vm: VmInfo & { console: string } = r.body as VmInfo & { console: string }
