@@ -1,4 +1,4 @@
-import { mkdirSync } from 'node:fs'
+import { mkdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { requestJson } from '../api/http.js'
 import type { VmInfo } from '../host/agent.js'
@@ -90,6 +90,9 @@ export class Cluster {
     const proc = this.start('server', ['serve', '--datastore', datastore, '--listen', addr, '--http-port', '0', '--nbd-port', '0', '--iscsi-port', '0', ...(s.server?.faultInjection ? ['--fault-injection'] : [])], 'server')
     const ports = await proc.waitLine((j) => (j.msg === 'tandem serve ready' ? (j as unknown as { httpPort: number; nbdPort: number; iscsiPort: number }) : undefined))
     this.server = { proc, addr, datastore, url: `http://${addr}:${ports.httpPort}`, httpPort: ports.httpPort, nbdPort: ports.nbdPort, iscsiPort: ports.iscsiPort }
+    // off loopback (namespaces) the server wants its REST token on every request, health included:
+    // this harness and everything it starts (hosts, CLI workloads) take it from the environment
+    process.env.TANDEM_API_TOKEN = readFileSync(join(datastore, '.tandem', 'api-token'), 'utf8').trim()
     for (const d of s.server?.disks ?? []) await requestJson(this.server.url, 'POST', '/api/v1/disks', d)
     this.switch = await UdpSwitch.listen({ host: this.net.harnessAddr, port: 0, ageMs: 60_000, maxPeers: 1024 })
     this.log(`server ${this.server.url} (nbd ${ports.nbdPort}, iscsi ${ports.iscsiPort}); switch udp:${this.net.harnessAddr}:${this.switch.address.port}`)

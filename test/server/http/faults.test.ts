@@ -1,9 +1,9 @@
 import t from 'tap'
-import { startServer } from '../../helpers/server.js'
+import { bearer, startServer } from '../../helpers/server.js'
 
 type Body = { faults?: unknown[]; error?: { code: string; message: string } }
-async function api(base: string, method: string, path: string, body?: unknown): Promise<{ status: number; body: Body; text: string }> {
-  const r = await fetch(`${base}${path}`, { method, headers: body === undefined ? {} : { 'content-type': 'application/json' }, body: body === undefined ? undefined : JSON.stringify(body) })
+async function api(base: string, method: string, path: string, body?: unknown, token?: string | null): Promise<{ status: number; body: Body; text: string }> {
+  const r = await fetch(`${base}${path}`, { method, headers: { ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...bearer(token) }, body: body === undefined ? undefined : JSON.stringify(body) })
   const text = await r.text()
   return { status: r.status, body: JSON.parse(text) as Body, text }
 }
@@ -12,7 +12,7 @@ t.test('without --fault-injection /api/v1/faults is refused: 404 JSON, nothing s
   const s = await startServer(t)
   const base = `http://127.0.0.1:${s.httpPort}`
   for (const [m, b] of [['GET', undefined], ['PUT', { faults: [{ disk: 'd1', mode: 'error' }] }]] as const) {
-    const r = await api(base, m, '/api/v1/faults', b)
+    const r = await api(base, m, '/api/v1/faults', b, s.apiToken)
     t.equal(r.status, 404, m)
     t.match(r.body.error, { code: 'NotFound', message: /fault injection is off: start tandem serve with --fault-injection/ })
   }
@@ -21,7 +21,7 @@ t.test('without --fault-injection /api/v1/faults is refused: 404 JSON, nothing s
 t.test('--fault-injection: a disk\'s exports delay, fail and stall as PUT /api/v1/faults says, and recover when lifted; other disks untouched', async (t) => {
   const s = await startServer(t, { faultInjection: true })
   const base = `http://127.0.0.1:${s.httpPort}`
-  for (const name of ['d1', 'd2']) t.equal((await api(base, 'POST', '/api/v1/disks', { name, size: '1M' })).status, 201)
+  for (const name of ['d1', 'd2']) t.equal((await api(base, 'POST', '/api/v1/disks', { name, size: '1M' }, s.apiToken)).status, 201)
   const h1 = await s.ds.openExport('d1')
   const h2 = await s.ds.openExport('d2')
   t.teardown(async () => {
@@ -31,7 +31,7 @@ t.test('--fault-injection: a disk\'s exports delay, fail and stall as PUT /api/v
   const d1 = h1.device
   const data = Buffer.alloc(4096, 7)
   await d1.write(0, data)
-  const put = (faults: unknown[]) => api(base, 'PUT', '/api/v1/faults', { faults })
+  const put = (faults: unknown[]) => api(base, 'PUT', '/api/v1/faults', { faults }, s.apiToken)
 
   t.same((await put([{ disk: 'd1', mode: 'error', op: 'write' }])).body, { faults: [{ disk: 'd1', mode: 'error', ms: 0, op: 'write' }] })
   await t.rejects(d1.write(4096, data), { code: 'IoError', message: /injected error on d1: write at 4096\+4096/ }, 'a write fails')
@@ -70,7 +70,7 @@ t.test('bad fault lists: 400 JSON naming the field, the current set unchanged', 
     [{ faults: [{ disk: 'd1', mode: 'error' }, { disk: 'd1', mode: 'stall' }] }, /"faults\[1\].disk" names 'd1' twice/],
   ]
   for (const [body, re] of cases) {
-    const r = await api(base, 'PUT', '/api/v1/faults', body)
+    const r = await api(base, 'PUT', '/api/v1/faults', body, s.apiToken)
     t.equal(r.status, 400, JSON.stringify(body))
     t.match(r.body.error?.message, re)
     t.notMatch(r.text, /\n\s+at /)
