@@ -24,7 +24,7 @@ t.test('checkpoint mode, two processes: the backup applies every epoch and ends 
 })
 
 t.test('checkpoint mode: SIGKILL of the primary under kv load — the backup goes live from its last epoch, every acknowledged key is there', async (t) => {
-  const runs = Number(process.env.FT_KILL_RUNS ?? 3)
+  const runs = Number(process.env.FT_KILL_RUNS ?? 2)
   const r = rng(1848)
   for (let i = 0; i < runs; i++) await killRun(t, i, r, { primaryArgs: CKPT }).catch((e: Error) => t.fail(`run ${i}: ${e.message}`))
   t.comment(`${runs} runs (FT_KILL_RUNS=50 for the issue's 50)`)

@@ -48,7 +48,7 @@ t.test('a bad HELLO is refused with its reason; a missing lockspace is a usage e
 })
 
 t.test('SIGKILL of the primary while kv load runs: the backup goes live and every acknowledged key is there', async (t) => {
-  const runs = Number(process.env.FT_KILL_RUNS ?? 3)
+  const runs = Number(process.env.FT_KILL_RUNS ?? 2)
   const r = rng(1729)
   for (let i = 0; i < runs; i++) await killRun(t, i, r, { vmMac: VM_MAC }).catch((e: Error) => t.fail(`run ${i}: ${e.message}`))
   t.comment(`${runs} runs (FT_KILL_RUNS=50 for the issue's 50)`)
