@@ -5,22 +5,13 @@ import { setImmediate as turn } from 'node:timers/promises'
 import { Machine, guestPath, logicalUnitPath } from '../../../src/client/vm/index.js'
 import { LogicalUnit } from '../../../src/server/scsi/index.js'
 import { RawFile } from '../../../src/disk-formats/index.js'
-import { FtProtocolError } from '../../../src/client/ft/protocol.js'
 import { EpochApplier, EpochCapture } from '../../../src/client/ft/checkpoint/epoch.js'
 import { RecordWriter, decodeRecords } from '../../../src/client/ft/checkpoint/epoch-codec.js'
 import { DiffCandidates, STREAK_EPOCHS, applyDiff, decodeFeedback, diffPage } from '../../../src/client/ft/checkpoint/diff.js'
 import { EpochWriteBuffer } from '../../../src/client/ft/checkpoint/write-buffer.js'
 import { shmTmp } from '../../helpers/peers.js'
+import { codeOf } from '../../helpers/ft-errors.js'
 
-const codeOf = (fn: () => unknown) => {
-  try {
-    fn()
-  } catch (e) {
-    if (e instanceof FtProtocolError) return e.code
-    throw e
-  }
-  return 'no error'
-}
 
 t.test('epochs taken while memsweep runs, streamed while it runs on, rebuild on the other side exactly the state at each stop', async (t) => {
   const image = readFileSync(guestPath('memsweep'))

@@ -15,6 +15,7 @@ import {
   type FtMessage,
 } from '../../../src/client/ft/protocol.js'
 import { rng } from '../../helpers/peers.js'
+import { codeOf } from '../../helpers/ft-errors.js'
 
 const sha = Buffer.alloc(32, 0xab)
 const hello = { version: 1, vm: 'vm1', mode: 'replay', lockGeneration: 7, memoryBytes: 64 << 20, imageSha256: sha, start: 'boot', backupReads: 'disk', instret: 0 } as const
@@ -41,15 +42,6 @@ function reframe(m: FtMessage, edit: (f: Buffer) => void): Buffer {
   edit(f)
   f.writeUInt32LE(crc32c(f.subarray(0, f.length - 4)), f.length - 4)
   return f
-}
-const codeOf = (fn: () => unknown): string => {
-  try {
-    fn()
-  } catch (e) {
-    if (e instanceof FtProtocolError) return e.code
-    throw e
-  }
-  return 'no error'
 }
 
 t.test('every message type round-trips through a frame and through the decoder', async (t) => {
