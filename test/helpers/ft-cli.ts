@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { join } from 'node:path'
 import type { Test } from 'tap'
-import { CLI, tandem, tmp } from './peers.js'
+import { CLI, rng, tandem, tmp } from './peers.js'
 import { startSwitch } from './switch-process.js'
 
 export interface VmProcess {
@@ -113,4 +113,15 @@ export async function killRun(t: Test, i: number, r: () => number, o: { vmMac?: 
   t.equal(c.code, 0, `run ${i}: kv check: ${c.out}${c.err}`)
   survivor.child.kill('SIGTERM')
   await survivor.exited
+}
+
+/**
+ * The SIGKILL matrix: `killRun` FT_KILL_RUNS times (default `runs`; the issues ask for 50) from one
+ * seed, each run's failure reported and the next run made.
+ */
+export async function killMatrix(t: Test, seed: number, runs: number, o: Parameters<typeof killRun>[3] = {}): Promise<void> {
+  const n = Number(process.env.FT_KILL_RUNS ?? runs)
+  const r = rng(seed)
+  for (let i = 0; i < n; i++) await killRun(t, i, r, o).catch((e: Error) => t.fail(`run ${i}: ${e.message}`))
+  t.comment(`${n} runs (FT_KILL_RUNS=50 for the issue's 50)`)
 }

@@ -1,6 +1,6 @@
 import t from 'tap'
 import { rng, tmp } from '../../helpers/peers.js'
-import { initLockspace, killRun, startPair } from '../../helpers/ft-cli.js'
+import { initLockspace, killMatrix, killRun, startPair } from '../../helpers/ft-cli.js'
 
 const CKPT = ['--ft-mode', 'checkpoint']
 
@@ -24,10 +24,7 @@ t.test('checkpoint mode, two processes: the backup applies every epoch and ends 
 })
 
 t.test('checkpoint mode: SIGKILL of the primary under kv load — the backup goes live from its last epoch, every acknowledged key is there', async (t) => {
-  const runs = Number(process.env.FT_KILL_RUNS ?? 2)
-  const r = rng(1848)
-  for (let i = 0; i < runs; i++) await killRun(t, i, r, { primaryArgs: CKPT }).catch((e: Error) => t.fail(`run ${i}: ${e.message}`))
-  t.comment(`${runs} runs (FT_KILL_RUNS=50 for the issue's 50)`)
+  await killMatrix(t, 1848, 2, { primaryArgs: CKPT })
 })
 
 t.test('checkpoint mode: SIGKILL of the backup under kv load — the primary runs on alone, every acknowledged key is there', async (t) => {

@@ -1,19 +1,16 @@
 import t from 'tap'
 import { existsSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { rng, tmp } from '../../helpers/peers.js'
+import { tmp } from '../../helpers/peers.js'
 import { startSwitch } from '../../helpers/switch-process.js'
-import { initLockspace, killRun, kv, startPair, waitFor } from '../../helpers/ft-cli.js'
+import { initLockspace, killMatrix, kv, startPair, waitFor } from '../../helpers/ft-cli.js'
 
 const VM_MAC = '02:00:00:00:00:43'
 const acknowledged = (file: string) => (existsSync(file) ? readFileSync(file, 'utf8').split('\n').filter(Boolean).length : 0)
 const COLO = ['--ft-mode', 'colo']
 
 t.test('colo: SIGKILL of the primary while kv load runs: the secondary goes live and every acknowledged key is there', async (t) => {
-  const runs = Number(process.env.FT_KILL_RUNS ?? 1)
-  const r = rng(2718)
-  for (let i = 0; i < runs; i++) await killRun(t, i, r, { vmMac: VM_MAC, args: COLO }).catch((e: Error) => t.fail(`run ${i}: ${e.message}`))
-  t.comment(`${runs} runs (FT_KILL_RUNS=50 for the issue's 50)`)
+  await killMatrix(t, 2718, 1, { vmMac: VM_MAC, args: COLO })
 })
 
 t.test('colo: SIGKILL of the secondary: the primary claims the VM and runs on alone, answering every request', async (t) => {

@@ -1,8 +1,8 @@
 import t from 'tap'
 import { join } from 'node:path'
-import { rng, tmp } from '../../helpers/peers.js'
+import { tmp } from '../../helpers/peers.js'
 import { startSwitch } from '../../helpers/switch-process.js'
-import { KV_VM_MAC, initLockspace, killRun, kv, startPair, waitFor } from '../../helpers/ft-cli.js'
+import { KV_VM_MAC, initLockspace, killMatrix, kv, startPair, waitFor } from '../../helpers/ft-cli.js'
 
 const VM_MAC = KV_VM_MAC
 
@@ -48,10 +48,7 @@ t.test('a bad HELLO is refused with its reason; a missing lockspace is a usage e
 })
 
 t.test('SIGKILL of the primary while kv load runs: the backup goes live and every acknowledged key is there', async (t) => {
-  const runs = Number(process.env.FT_KILL_RUNS ?? 2)
-  const r = rng(1729)
-  for (let i = 0; i < runs; i++) await killRun(t, i, r, { vmMac: VM_MAC }).catch((e: Error) => t.fail(`run ${i}: ${e.message}`))
-  t.comment(`${runs} runs (FT_KILL_RUNS=50 for the issue's 50)`)
+  await killMatrix(t, 1729, 2, { vmMac: VM_MAC })
 })
 
 t.test('planned switchover under kv load: the backup goes on live, no reply lost or sent twice, the primary exits 0', async (t) => {
