@@ -45,6 +45,8 @@ export class Cluster {
   switch!: UdpSwitch
   hosts = new Map<string, HostNode>()
   vms = new Map<string, { spec: NonNullable<Scenario['vms']>[number]; mac: string; primary: HostNode; backup: HostNode | null; info: VmInfo }>()
+  /** the server's REST bearer token, once it runs */
+  private token: string | null = null
   private procs: Proc[] = []
   private links: FaultLink[] = []
   private stopped = false
@@ -73,7 +75,8 @@ export class Cluster {
   }
 
   start(name: string, args: string[], node?: string, env?: NodeJS.ProcessEnv): Proc {
-    const p = startProc(name, [...this.tandem, ...args], { wrap: node ? this.net.wrap(node) : [], logFile: join(this.dir, `${name.replace(/[^a-z0-9.-]/gi, '_')}.log`), env })
+    const e = { ...(this.token ? { TANDEM_API_TOKEN: this.token } : {}), ...env }
+    const p = startProc(name, [...this.tandem, ...args], { wrap: node ? this.net.wrap(node) : [], logFile: join(this.dir, `${name.replace(/[^a-z0-9.-]/gi, '_')}.log`), env: e })
     this.procs.push(p)
     return p
   }
@@ -91,9 +94,10 @@ export class Cluster {
     const ports = await proc.waitLine((j) => (j.msg === 'tandem serve ready' ? (j as unknown as { httpPort: number; nbdPort: number; iscsiPort: number }) : undefined))
     this.server = { proc, addr, datastore, url: `http://${addr}:${ports.httpPort}`, httpPort: ports.httpPort, nbdPort: ports.nbdPort, iscsiPort: ports.iscsiPort }
     // off loopback (namespaces) the server wants its REST token on every request, health included:
-    // this harness and everything it starts (hosts, CLI workloads) take it from the environment
-    process.env.TANDEM_API_TOKEN = readFileSync(join(datastore, '.tandem', 'api-token'), 'utf8').trim()
-    for (const d of s.server?.disks ?? []) await requestJson(this.server.url, 'POST', '/api/v1/disks', d)
+    // this cluster's requests send it, and what it starts (hosts) has it in its environment; never
+    // this process's environment, which clusters run side by side in one process would share
+    this.token = readFileSync(join(datastore, '.tandem', 'api-token'), 'utf8').trim()
+    for (const d of s.server?.disks ?? []) await this.serverRequest('POST', '/api/v1/disks', d)
     this.switch = await UdpSwitch.listen({ host: this.net.harnessAddr, port: 0, ageMs: 60_000, maxPeers: 1024 })
     this.log(`server ${this.server.url} (nbd ${ports.nbdPort}, iscsi ${ports.iscsiPort}); switch udp:${this.net.harnessAddr}:${this.switch.address.port}`)
     await Promise.all(s.hosts.map((h) => this.startHost(h.name)))
@@ -172,6 +176,11 @@ export class Cluster {
     proc.child.stdout!.on('data', () => setImmediate(watch))
     node.url = await proc.waitLine((j) => (j.msg === 'tandem host ready' ? String(j.api) : undefined))
     this.hosts.set(name, node)
+  }
+
+  /** A request to this cluster's server, with its token. */
+  serverRequest<T>(method: string, path: string, body?: unknown): Promise<T> {
+    return requestJson<T>(this.server.url, method, path, body, { token: this.token ?? undefined })
   }
 
   /** A VM side's state on its host (null when the host does not answer). */

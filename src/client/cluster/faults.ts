@@ -1,4 +1,3 @@
-import { requestJson } from '../api/http.js'
 import { NO_FAULTS } from '../net/link-faults.js'
 import { seededRandom } from '../net/random.js'
 import { readHolders } from './holders.js'
@@ -168,9 +167,9 @@ export function runTimeline(c: Cluster, w: Workloads, timeline: Scheduled[], t0:
       }
       case 'disk': {
         const body = { faults: [{ disk: f.disk, mode: f.mode, ms: f.ms ?? 0, op: f.op ?? 'any' }] }
-        await requestJson(c.server.url, 'PUT', '/api/v1/faults', body)
+        await c.serverRequest('PUT', '/api/v1/faults', body)
         s.note = `server: ${f.mode}${f.mode === 'delay' ? ` ${f.ms ?? 0} ms` : ''} on ${f.disk} (${f.op ?? 'any'})`
-        return lift(() => requestJson(c.server.url, 'PUT', '/api/v1/faults', { faults: [] }), f.forMs)
+        return lift(() => c.serverRequest('PUT', '/api/v1/faults', { faults: [] }), f.forMs)
       }
       case 'clock':
         throw new Error('clock jumps are not supported')
