@@ -1004,20 +1004,21 @@ async function snapshotBench() {
   await writer
   await h.release()
   await store.close()
-  const stallsOf = (spans: [number, number][]) => spans.map(([a, b]) => Math.max(0, ...writes.filter(([s, e]) => e > a && s < b).map(([s, e]) => e - s)))
+  const most = (xs: number[]) => xs.reduce((m, x) => Math.max(m, x), 0)
+  const stallsOf = (spans: [number, number][]) => spans.map(([a, b]) => most(writes.filter(([s, e]) => e > a && s < b).map(([s, e]) => e - s)))
   const steps = [...creates, ...prepares, ...commits]
   const quiet = writes.filter(([s, e]) => !steps.some(([a, b]) => e > a && s < b)).map(([s, e]) => e - s)
   const ms = (xs: number[]) => xs.map((x) => x.toFixed(2))
   const wall = (spans: [number, number][]) => spans.map(([a, b]) => b - a)
   const cpuMs = (c: NodeJS.CpuUsage) => ((c.user + c.system) / 1000).toFixed(0)
-  const stallLine = (xs: number[]) => `max ${Math.max(...xs).toFixed(2)} ms   p50 ${median(xs).toFixed(2)} ms`
+  const stallLine = (xs: number[]) => `max ${most(xs).toFixed(2)} ms   p50 ${median(xs).toFixed(2)} ms`
   console.log(`snapshot under a QD1 4 KiB writer (${N} each way, 256 MiB disk, ${d})`)
   const sorted = [...quiet].sort((a, b) => a - b)
   const [sc, sp, sm] = [stallsOf(creates), stallsOf(prepares), stallsOf(commits)]
   console.log(`  create:             writer stall ${stallLine(sc)}   wall ${spread(wall(creates), 2)} ms   cpu (this process, user+sys) ${cpuMs(cpuCreate)} ms`)
   console.log(`  prepared, commit:   writer stall ${stallLine(sm)}   answered ${spread(answered, 2)} ms   settled (folder synced, old top frozen) ${spread(wall(commits), 2)} ms   writes held (switch to record in place) ${stallLine(held)}`)
   console.log(`  prepared, prepare:  writer stall ${stallLine(sp)}   wall ${spread(wall(prepares), 2)} ms   cpu (prepare + commit) ${cpuMs(cpuPrepared)} ms`)
-  console.log(`  writer latency outside them: p50 ${median(quiet).toFixed(3)} ms   p99 ${sorted[Math.floor(sorted.length * 0.99)].toFixed(2)} ms   max ${Math.max(...quiet).toFixed(2)} ms   (${writes.length} writes)`)
+  console.log(`  writer latency outside them: p50 ${median(quiet).toFixed(3)} ms   p99 ${sorted[Math.floor(sorted.length * 0.99)].toFixed(2)} ms   max ${most(quiet).toFixed(2)} ms   (${writes.length} writes)`)
   console.log(`  stalls, create ${ms(sc).join(' ')}`)
   console.log(`  stalls, commit ${ms(sm).join(' ')}`)
   rmSync(d, { recursive: true, force: true })
