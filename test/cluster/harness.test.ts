@@ -1,8 +1,9 @@
 import t from 'tap'
-import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs'
+import { existsSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { checkScenario, runScenario, type Scenario } from '../../src/client/cluster/index.js'
-import { CLI, ROOT, needs, run, tmp } from '../helpers/peers.js'
+import { checkScenario, loadScenario, runScenario, type Scenario } from '../../src/client/cluster/index.js'
+import { CLI, needs, run, tmp } from '../helpers/peers.js'
+import { libraryFiles, SCENARIOS } from '../helpers/cluster-library.js'
 
 /**
  * `tandem cluster` for real: clusters of `tandem serve`, `tandem host` and VMs (in network
@@ -10,7 +11,6 @@ import { CLI, ROOT, needs, run, tmp } from '../helpers/peers.js'
  * runs here in a short form (shorter workloads and faults; CLUSTER_FULL=1: as written), all at
  * once; the whole file stays within 90 s on a quiet machine.
  */
-const SCENARIOS = join(ROOT, 'scenarios')
 const FULL = process.env.CLUSTER_FULL === '1'
 
 /** The library's short form: the same faults and checkers over shorter workloads. */
@@ -31,12 +31,12 @@ function short(s: Scenario): Scenario {
 
 t.test('the scenario library, short form: every scenario passes (reports written)', { timeout: 240_000 }, async (t) => {
   const dir = tmp(t, 'tandem-cluster-lib-')
-  const files = readdirSync(SCENARIOS).filter((f) => f.endsWith('.json') && f !== 'scenario.schema.json')
+  const files = libraryFiles()
   const lines: string[] = []
   const started = performance.now()
   const results = await Promise.all(
     files.map(async (f) => {
-      const s = short(checkScenario(JSON.parse(readFileSync(join(SCENARIOS, f), 'utf8')), f))
+      const s = short(loadScenario(join(SCENARIOS, f)))
       if (s.workloads.some((w) => w.kind === 'fio') && needs('fio').skip) return { f, skip: needs('fio').skip }
       const [r] = await runScenario(s, { file: `scenarios/${f}`, seed: Number(process.env.CLUSTER_SEED ?? 1), runs: 1, reportDir: join(dir, s.name), tandem: [process.execPath, CLI], log: (l) => lines.push(`${s.name}: ${l}`) })
       return { f, r, s }
@@ -95,5 +95,10 @@ t.test('tandem cluster run: a bad scenario is one message naming each problem\'s
   writeFileSync(file, '{"name": ')
   t.match((await run(process.execPath, [CLI, 'cluster', 'run', file])).stderr, /s\.json: not JSON/)
   t.match((await run(process.execPath, [CLI, 'cluster', 'run', join(dir, 'missing.json')])).stderr, /cannot read scenario/)
+  const yml = join(dir, 's.yml')
+  writeFileSync(yml, 'name: x\nhosts:\n  - name: h1\n   bad: 1\n')
+  t.match((await run(process.execPath, [CLI, 'cluster', 'run', yml])).stderr, /s\.yml: not YAML: line 4, column 1: /, 'bad YAML: its line and column')
+  writeFileSync(yml, 'name: x\nhosts: [{ name: h1 }]\nworkloads: [{ kind: kv, vm: nope, durationMs: 1000 }]\n')
+  t.match((await run(process.execPath, [CLI, 'cluster', 'run', yml])).stderr, /s\.yml: 1 problem:\n {2}\$\.workloads\[0\]\.vm: no VM 'nope' in \$\.vms/, 'YAML: the same checks as JSON')
   t.match((await run(process.execPath, [CLI, 'cluster', 'run', file, '--runs', '0'])).stderr, /invalid --runs '0'/)
 })

@@ -1,10 +1,11 @@
 import t from 'tap'
-import { readFileSync, readdirSync } from 'node:fs'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { checkScenario, drawTimeline, SCENARIO_SCHEMA, twoHolders, validate, type Scenario } from '../../src/client/cluster/index.js'
-import { ROOT } from '../helpers/peers.js'
+import { parse, stringify } from 'yaml'
+import { checkScenario, drawTimeline, loadScenario, SCENARIO_SCHEMA, twoHolders, validate, type Scenario } from '../../src/client/cluster/index.js'
+import { libraryFiles, SCENARIOS } from '../helpers/cluster-library.js'
+import { tmp } from '../helpers/peers.js'
 
-const SCENARIOS = join(ROOT, 'scenarios')
 const base = (): Record<string, unknown> => JSON.parse(readFileSync(join(SCENARIOS, 'ft-failover.json'), 'utf8'))
 const problems = (v: unknown): string => {
   try {
@@ -18,9 +19,39 @@ const problems = (v: unknown): string => {
 
 t.test('scenarios/scenario.schema.json is the schema the harness checks with, and every scenario of the library conforms', async (t) => {
   t.same(JSON.parse(readFileSync(join(SCENARIOS, 'scenario.schema.json'), 'utf8')), SCENARIO_SCHEMA, 'the committed schema file is SCENARIO_SCHEMA (regenerate: tandem cluster schema > scenarios/scenario.schema.json)')
-  const files = readdirSync(SCENARIOS).filter((f) => f.endsWith('.json') && f !== 'scenario.schema.json')
+  const files = libraryFiles()
   t.ok(files.length >= 4, `the library: ${files.join(', ')}`)
-  for (const f of files) t.doesNotThrow(() => checkScenario(JSON.parse(readFileSync(join(SCENARIOS, f), 'utf8')), f), f)
+  t.ok(files.some((f) => f.endsWith('.yaml')), 'one of them YAML')
+  for (const f of files) t.doesNotThrow(() => loadScenario(join(SCENARIOS, f)), f)
+})
+
+t.test('a YAML scenario: the same value as its JSON; bad YAML named by line and column; then the same checks as JSON', async (t) => {
+  const dir = tmp(t, 'tandem-yaml-')
+  const file = (name: string, text: string) => {
+    writeFileSync(join(dir, name), text)
+    return join(dir, name)
+  }
+  t.same(loadScenario(file('a.yaml', stringify(base()))), base(), '.yaml: ft-failover as YAML reads as the JSON file')
+  t.same(loadScenario(file('a.yml', `# a comment\n${stringify(base(), { collectionStyle: 'flow' })}`)), base(), '.yml, flow style, comments')
+  t.throws(() => loadScenario(file('a.json', stringify(base()))), /a\.json: not JSON/, 'a .json file is read as JSON only')
+  const bad = (text: string) => {
+    try {
+      loadScenario(file('b.yaml', text))
+      return ''
+    } catch (e) {
+      t.equal((e as { code?: string }).code, 'InvalidArgument')
+      t.notMatch((e as Error).message, /\n\s+at /, 'no stack trace')
+      return (e as Error).message
+    }
+  }
+  t.match(bad('name: x\nhosts:\n  - name: h1\n   oops: 1\n'), /b\.yaml: not YAML: line 4, column 1: /, 'bad indentation')
+  t.match(bad('name: x\nhosts: [{ name: h1 }\nworkloads: []\n'), /not YAML: line 3, column 1: Flow sequence/, 'an unclosed flow sequence')
+  t.match(bad('name: x\nhosts: []\nname: y\n'), /not YAML: line 3, column 1: Map keys must be unique/, 'a key given twice')
+  t.match(bad('name: x\n---\nname: y\n'), /not YAML: line 2, column 1: a scenario is one document/, 'two documents')
+  t.match(bad('a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n'), /not YAML: Excessive alias count/, 'an alias bomb is refused, not expanded')
+  t.match(bad('name: x\nhosts: [{ name: h1 }]\nworkloads:\n  - { kind: lock, lock: l1, durationMs: "900" }\ntimeline:\n  - { fault: kill, atMs: 1, target: moon }\n'), /b\.yaml: 2 problems:\n {2}\$\.workloads\[0\]\.durationMs: must be an integer, not string\n {2}\$\.timeline\[0\]\.target: "moon" does not match/, 'schema problems by path')
+  t.match(bad('name: x\nhosts: [{ name: h1 }]\nworkloads: [{ kind: kv, vm: vm9, durationMs: 900 }]\n'), /\$\.workloads\[0\]\.vm: no VM 'vm9' in \$\.vms/, 'the cross checks')
+  t.match(bad(''), /b\.yaml: 1 problem:\n {2}\$: must be an object, not null/, 'an empty file')
 })
 
 t.test('a bad scenario: every problem named with its path, no stack trace', async (t) => {
@@ -84,7 +115,7 @@ t.test('single holder: a generation that writes after a later one took the lock 
 
 t.test('the examples of scenarios/SCENARIOS.md are valid scenarios', async (t) => {
   const md = readFileSync(join(SCENARIOS, 'SCENARIOS.md'), 'utf8')
-  const blocks = [...md.matchAll(/```json\n([\s\S]*?)```/g)].map((m) => m[1])
-  t.ok(blocks.length >= 2, `${blocks.length} examples`)
-  for (const b of blocks) t.doesNotThrow(() => checkScenario(JSON.parse(b), 'example'), b.slice(0, 40))
+  const blocks = [...md.matchAll(/```(json|yaml)\n([\s\S]*?)```/g)].map((m) => [m[1], m[2]])
+  t.ok(blocks.length >= 2 && blocks.some(([k]) => k === 'yaml'), `${blocks.length} examples, YAML among them`)
+  for (const [k, b] of blocks) t.doesNotThrow(() => checkScenario(k === 'yaml' ? parse(b) : JSON.parse(b), 'example'), b.slice(0, 40))
 })

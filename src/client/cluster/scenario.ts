@@ -1,4 +1,6 @@
 import { readFileSync } from 'node:fs'
+import { extname } from 'node:path'
+import { LineCounter, parseDocument } from 'yaml'
 import { StorageError } from '../../disk-formats/errors.js'
 import { validate } from './json-schema.js'
 import { SCENARIO_SCHEMA } from './schema.js'
@@ -61,7 +63,11 @@ export function checkScenario(value: unknown, source = 'scenario'): Scenario {
   return value as Scenario
 }
 
-/** Reads and checks a scenario file (JSON). */
+/**
+ * Reads and checks a scenario file: YAML when its name ends in .yaml or .yml, JSON otherwise; then
+ * the same checks (checkScenario). Text that does not parse is InvalidArgument naming the line and
+ * column.
+ */
 export function loadScenario(file: string): Scenario {
   let text: string
   try {
@@ -69,13 +75,36 @@ export function loadScenario(file: string): Scenario {
   } catch (e) {
     throw new StorageError('NotFound', `cannot read scenario ${file}: ${(e as Error).message}`)
   }
-  let value: unknown
+  const ext = extname(file).toLowerCase()
+  return checkScenario(ext === '.yaml' || ext === '.yml' ? parseYaml(text, file) : parseJson(text, file), file)
+}
+
+function parseJson(text: string, file: string): unknown {
   try {
-    value = JSON.parse(text)
+    return JSON.parse(text)
   } catch (e) {
     throw new StorageError('InvalidArgument', `${file}: not JSON: ${(e as Error).message}`)
   }
-  return checkScenario(value, file)
+}
+
+/**
+ * One YAML document (YAML 1.2 core schema: no custom tags, no timestamps, duplicate keys refused)
+ * as plain data. Aliases expand to at most 100 nodes each (a small file cannot grow into a huge one).
+ */
+function parseYaml(text: string, file: string): unknown {
+  const lines = new LineCounter()
+  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: true, schema: 'core', merge: false })
+  const [e] = [...doc.errors, ...doc.warnings]
+  if (e) {
+    const { line, col } = lines.linePos(e.pos[0])
+    const message = e.code === 'MULTIPLE_DOCS' ? 'a scenario is one document (no second ---)' : e.message.split('\n')[0]
+    throw new StorageError('InvalidArgument', `${file}: not YAML: line ${line}, column ${col}: ${message}`)
+  }
+  try {
+    return doc.toJS({ maxAliasCount: 100 })
+  } catch (e) {
+    throw new StorageError('InvalidArgument', `${file}: not YAML: ${(e as Error).message.split('\n')[0]}`)
+  }
 }
 
 function crossCheck(s: Scenario): { path: string; message: string }[] {
