@@ -1,7 +1,7 @@
 import t from 'tap'
 import { existsSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { checkScenario, loadScenario, runScenario, type Scenario } from '../../src/client/cluster/index.js'
+import { checkScenario, loadScenario, readHolders, runScenario, type Scenario } from '../../src/client/cluster/index.js'
 import { CLI, needs, run, tmp } from '../helpers/peers.js'
 import { libraryFiles, SCENARIOS } from '../helpers/cluster-library.js'
 
@@ -52,6 +52,14 @@ t.test('the scenario library, short form: every scenario passes (reports written
     t.equal(x.r.verdicts.length, x.s!.checkers!.length, `${x.f}: every checker judged`)
     t.ok(existsSync(join(dir, x.s!.name, `run-1-seed-${x.r.seed}`, 'report.html')), `${x.f}: report.html`)
     t.match(readFileSync(join(dir, x.s!.name, 'junit.xml'), 'utf8'), new RegExp(`<testsuite name="${x.s!.name} run 1 seed \\d+" tests="${x.s!.checkers!.length}" failures="0"`), `${x.f}: junit.xml`)
+    if (x.s!.name === 'clock-jump') {
+      // the jumps reached the contenders' wall clocks (c1 runs on h1: +1 h, c2 on h2: -2 s; c3 on h3 is the reference)
+      const lines = readHolders(join(dir, x.s!.name, `run-1-seed-${x.r.seed}`, 'holders-l1.txt'))
+      const skew = (c: string) => lines.filter((l) => l.host === c).map((l) => l.t - l.mono)
+      const base = Math.min(...skew('c3'))
+      t.ok(skew('c1').some((d) => Math.abs(d - base - 3_600_000) < 1000), 'h1\'s contender wrote its lines an hour on')
+      t.ok(skew('c2').some((d) => Math.abs(d - base + 2000) < 1000), 'h2\'s contender wrote its lines 2 s back')
+    }
   }
 })
 

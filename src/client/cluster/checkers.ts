@@ -4,7 +4,7 @@ import { readAckLog } from '../kv/ack-log.js'
 import { runCommand } from './net.js'
 import type { Cluster } from './cluster.js'
 import type { FaultRun } from './faults.js'
-import { readHolders, type HolderLine } from './holders.js'
+import { readHolders, uptimeMs, type HolderLine } from './holders.js'
 import type { Checker } from './scenario.js'
 import type { Workloads } from './workloads.js'
 
@@ -90,7 +90,7 @@ export async function checkLive(ch: Checker, x: CheckContext): Promise<Verdict> 
       const l = x.workloads.lock.find((w) => w.lock === ch.lock)!
       if (ch.forgeHolder) {
         const first = readHolders(l.records)[0]
-        if (first) appendFileSync(l.records, `${first.host} ${first.generation} ${Date.now()}\n`)
+        if (first) appendFileSync(l.records, `${first.host} ${first.generation} ${Date.now()} ${uptimeMs()}\n`)
       }
       const lines = readHolders(l.records)
       const gens = new Set(lines.map((h) => h.generation)).size
@@ -105,10 +105,11 @@ export async function checkLive(ch: Checker, x: CheckContext): Promise<Verdict> 
       const lost = x.faults.holderLost.get(ch.lock)
       if (lost === undefined) return { name, ok: false, detail: 'no fault of the timeline hit the holder' }
       const lines = readHolders(l.records)
-      const before = [...lines].reverse().find((h) => h.t <= lost)
-      const next = lines.find((h) => h.t > lost && h.generation > (before?.generation ?? -1))
+      // on the machine's monotonic clock: a host's clock jump moves the lines' wall times, not this
+      const before = [...lines].reverse().find((h) => h.mono <= lost)
+      const next = lines.find((h) => h.mono > lost && h.generation > (before?.generation ?? -1))
       if (!next) return { name, ok: false, detail: `nobody took the lock after its holder was hit` }
-      const ms = next.t - lost
+      const ms = next.mono - lost
       return { name, ok: ms <= ch.withinMs, ms, detail: `${next.host} holds it (generation ${next.generation}) ${ms} ms after ${before?.host ?? 'the holder'} (generation ${before?.generation ?? '?'}) was hit (bound ${ch.withinMs} ms)` }
     }
     case 'fio-verify': {

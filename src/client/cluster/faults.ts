@@ -1,6 +1,7 @@
+import { requestJson } from '../api/http.js'
 import { NO_FAULTS } from '../net/link-faults.js'
 import { seededRandom } from '../net/random.js'
-import { readHolders } from './holders.js'
+import { readHolders, uptimeMs } from './holders.js'
 import { signalGroup, type Cluster } from './cluster.js'
 import type { Fault, Scenario } from './scenario.js'
 import type { Workloads } from './workloads.js'
@@ -48,7 +49,7 @@ export interface FaultRun {
   timeline: Scheduled[]
   /** per pair: when a fault took its primary (ms after the start) */
   primaryLost: Map<string, number>
-  /** per lock: when its holder was stopped or killed (wall clock ms) */
+  /** per lock: when its holder was stopped or killed (uptimeMs(): no host's clock jump moves it) */
   holderLost: Map<string, number>
   done: Promise<void>
   cancel(): void
@@ -90,9 +91,9 @@ export function runTimeline(c: Cluster, w: Workloads, timeline: Scheduled[], t0:
     for (const end = Date.now() + 10_000; Date.now() < end; await new Promise((res) => setTimeout(res, 20))) {
       for (const l of w.lock) {
         const last = readHolders(l.records).at(-1)
-        const p = last && Date.now() - last.t < 200 ? l.current.get(last.host) : undefined
+        const p = last && uptimeMs() - last.mono < 200 ? l.current.get(last.host) : undefined
         if (p?.running()) {
-          r.holderLost.set(l.lock, Date.now())
+          r.holderLost.set(l.lock, uptimeMs())
           return [p.pid]
         }
       }
@@ -171,8 +172,15 @@ export function runTimeline(c: Cluster, w: Workloads, timeline: Scheduled[], t0:
         s.note = `server: ${f.mode}${f.mode === 'delay' ? ` ${f.ms ?? 0} ms` : ''} on ${f.disk} (${f.op ?? 'any'})`
         return lift(() => c.serverRequest('PUT', '/api/v1/faults', { faults: [] }), f.forMs)
       }
-      case 'clock':
-        throw new Error('clock jumps are not supported')
+      case 'clock': {
+        // the host's wall clock steps by jumpMs (and stays stepped: a jump is not lifted)
+        const h = c.hosts.get(f.target.slice(5))!
+        const offsetMs = h.clockOffsetMs + f.jumpMs
+        await requestJson(h.url, 'PUT', '/api/v1/faults', { clock: { offsetMs } })
+        h.clockOffsetMs = offsetMs
+        s.note = `${h.name}'s wall clock ${f.jumpMs > 0 ? '+' : ''}${f.jumpMs} ms (${offsetMs} ms off the system's)`
+        return
+      }
     }
   }
   r.done = Promise.all(

@@ -18,7 +18,7 @@ export type Fault =
   | { fault: 'partition'; atMs: At; node?: string; pair?: [string, string]; forMs: number }
   | { fault: 'link'; atMs: At; path: string; delayMs?: number; jitterMs?: number; loss?: number; forMs: number }
   | { fault: 'disk'; atMs: At; disk: string; mode: 'delay' | 'error' | 'stall'; ms?: number; op?: 'read' | 'write' | 'any'; forMs: number }
-  | { fault: 'clock'; atMs: At; host: string; jumpMs: number }
+  | { fault: 'clock'; atMs: At; target: string; jumpMs: number }
 export type Checker =
   | { kind: 'kv-acked'; vm: string; forgeAck?: boolean }
   | { kind: 'failover'; vm: string; withinMs: number }
@@ -167,7 +167,7 @@ function crossCheck(s: Scenario): { path: string; message: string }[] {
       disk(f.disk, `${p}.disk`)
       if (!s.server?.faultInjection) errs.push({ path: `${p}`, message: 'disk faults need $.server.faultInjection: true' })
     }
-    if (f.fault === 'clock') errs.push({ path: `${p}.fault`, message: 'clock jumps are not supported: tandem host takes no injected clock offset yet' })
+    if (f.fault === 'clock') host(f.target.slice(5), `${p}.target`)
   })
   ;(s.checkers ?? []).forEach((c, i) => {
     const p = `$.checkers[${i}]`
