@@ -1,6 +1,8 @@
 import { appendFileSync, existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { readAckLog } from '../kv/ack-log.js'
+import { requestJson } from '../api/http.js'
+import type { DosEvent } from '../net/dos-guard.js'
 import { runCommand } from './net.js'
 import type { Cluster } from './cluster.js'
 import type { FaultRun } from './faults.js'
@@ -111,6 +113,26 @@ export async function checkLive(ch: Checker, x: CheckContext): Promise<Verdict> 
       if (!next) return { name, ok: false, detail: `nobody took the lock after its holder was hit` }
       const ms = next.mono - lost
       return { name, ok: ms <= ch.withinMs, ms, detail: `${next.host} holds it (generation ${next.generation}) ${ms} ms after ${before?.host ?? 'the holder'} (generation ${before?.generation ?? '?'}) was hit (bound ${ch.withinMs} ms)` }
+    }
+    case 'dos-suspended': {
+      const name = `dos-suspended ${ch.vm}`
+      const flood = x.faults.floods.get(ch.vm)
+      if (!flood || flood.startedAt === null || flood.endedAt === null) return { name, ok: false, detail: `the flood did not run: ${flood?.error ?? 'no flood fault was applied'}` }
+      const host = c.vms.get(ch.vm)!.primary
+      const { events } = await requestJson<{ events: DosEvent[] }>(host.url, 'GET', '/api/v1/dos/events')
+      const mine = events.filter((e) => e.vm === ch.vm && e.at >= flood.startedAt! - 50)
+      const detected = mine.find((e) => e.kind === 'detected')
+      const suspended = mine.find((e) => e.kind === 'suspended')
+      const resumed = mine.find((e) => e.kind === 'resumed' && e.at >= flood.endedAt!)
+      const others = events.filter((e) => e.vm !== ch.vm && e.kind === 'suspended').map((e) => e.vm)
+      const sent = `${flood.frames} frames at ${Math.round(flood.pps)}/s`
+      if (!detected || !suspended) return { name, ok: false, detail: `the guard on ${host.name} did not ${detected ? 'suspend' : 'detect'} the flood at ${ch.vm} (${sent}; events: ${events.map((e) => `${e.vm} ${e.kind}`).join(', ') || 'none'})` }
+      const ms = Math.round(detected.at - flood.startedAt)
+      const notes = [`detected ${ms} ms after the flood's first frame${ch.withinMs ? ` (bound ${ch.withinMs} ms)` : ''} (${detected.reason ?? ''})`, `suspended`]
+      if (!resumed) return { name, ok: false, ms, detail: `${notes.join(', ')}, but not resumed after the flood ended (${sent})` }
+      notes.push(`resumed ${Math.round(resumed.at - flood.endedAt)} ms after its last frame`)
+      if (others.length) return { name, ok: false, ms, detail: `${notes.join(', ')}; but other VMs were suspended too: ${[...new Set(others)].join(', ')}` }
+      return { name, ok: ch.withinMs === undefined || ms <= ch.withinMs, ms, detail: `${notes.join(', ')}; no other VM suspended (${sent})` }
     }
     case 'fio-verify': {
       const f = x.workloads.fio.find((w) => w.disk === ch.disk)!

@@ -114,6 +114,7 @@ export class Cluster {
         mac,
         switch: this.switchUrl,
         ...(v.disk ? { disk: v.disk } : {}),
+        ...(v.priority !== undefined ? { priority: v.priority } : {}),
         ...(backup ? { ft: { host: backup.url, backupReads: v.backupReads ?? 'disk' } } : {}),
       }
       for (let attempt = 1; ; attempt++) {
@@ -165,7 +166,9 @@ export class Cluster {
     ])
     this.links.push(http, iscsi)
     const clock = (this.scenario.timeline ?? []).some((f) => f.fault === 'clock' && f.target === `host:${name}`)
-    const proc = this.start(`host-${name}`, ['host', '--name', name, '--server', `http://${h}:${http.port}`, '--iscsi', `${h}:${iscsi.port}`, '--listen', this.net.addr(name), '--api-port', '0', ...(clock ? ['--fault-injection'] : [])], name, { TANDEM_FT_LOSS_MS: String(this.scenario.ftLossMs ?? DEFAULT_FT_LOSS_MS) })
+    const spec = this.scenario.hosts.find((x) => x.name === name)!
+    const dos = spec.dosGuard && spec.dosGuard !== 'off' ? ['--dos-guard', spec.dosGuard, ...(spec.dosBounds ? ['--dos-bounds', spec.dosBounds] : [])] : []
+    const proc = this.start(`host-${name}`, ['host', '--name', name, '--server', `http://${h}:${http.port}`, '--iscsi', `${h}:${iscsi.port}`, '--listen', this.net.addr(name), '--api-port', '0', ...(clock ? ['--fault-injection'] : []), ...dos], name, { TANDEM_FT_LOSS_MS: String(this.scenario.ftLossMs ?? DEFAULT_FT_LOSS_MS) })
     const node: HostNode = { name, proc, url: '', http, iscsi, vmPids: new Set(), wallFile: null, clockOffsetMs: 0 }
     const watch = () => {
       for (const line of proc.lines) {

@@ -45,12 +45,22 @@ function pairHit(c: Cluster, f: Fault): string[] {
   return out
 }
 
+export interface FloodRun {
+  startedAt: number | null
+  endedAt: number | null
+  frames: number
+  pps: number
+  error: string | null
+}
+
 export interface FaultRun {
   timeline: Scheduled[]
   /** per pair: when a fault took its primary (ms after the start) */
   primaryLost: Map<string, number>
   /** per lock: when its holder was stopped or killed (uptimeMs(): no host's clock jump moves it) */
   holderLost: Map<string, number>
+  /** per flooded VM: what `tandem kv flood` reported (epoch ms, as the DoS guard's events) */
+  floods: Map<string, FloodRun>
   done: Promise<void>
   cancel(): void
 }
@@ -73,7 +83,7 @@ export function runTimeline(c: Cluster, w: Workloads, timeline: Scheduled[], t0:
       timers.add(t)
     })
   const now = () => Math.round(performance.now() - t0)
-  const r: FaultRun = { timeline, primaryLost: new Map(), holderLost: new Map(), done: Promise.resolve(), cancel: () => timers.forEach((t) => clearTimeout(t as NodeJS.Timeout)) }
+  const r: FaultRun = { timeline, primaryLost: new Map(), holderLost: new Map(), floods: new Map(), done: Promise.resolve(), cancel: () => timers.forEach((t) => clearTimeout(t as NodeJS.Timeout)) }
 
   const groupsOf = async (target: string): Promise<number[]> => {
     const [kind, name, side] = target.split(':')
@@ -171,6 +181,34 @@ export function runTimeline(c: Cluster, w: Workloads, timeline: Scheduled[], t0:
         await c.serverRequest('PUT', '/api/v1/faults', body)
         s.note = `server: ${f.mode}${f.mode === 'delay' ? ` ${f.ms ?? 0} ms` : ''} on ${f.disk} (${f.op ?? 'any'})`
         return lift(() => c.serverRequest('PUT', '/api/v1/faults', { faults: [] }), f.forMs)
+      }
+      case 'flood': {
+        const name = f.target.slice(3)
+        const v = c.vms.get(name)!
+        const pps = f.pps ?? 5000
+        const run: FloodRun = { startedAt: null, endedAt: null, frames: 0, pps: 0, error: null }
+        r.floods.set(name, run)
+        const p = c.start(`flood-${name}`, ['kv', 'flood', '--switch', c.switchUrl, '--vm-mac', v.mac, '--pps', String(pps), '--size', String(f.size ?? 60), '--seconds', String(f.forMs / 1000)])
+        s.note = `tandem kv flood at ${name}: ${f.size ?? 60}-byte frames at ${pps}/s for ${f.forMs} ms`
+        const { code } = await p.exited
+        const json = p.lines.flatMap((l) => {
+          try {
+            return [JSON.parse(l) as { msg?: string; at?: number; endedAt?: number; frames?: number; pps?: number }]
+          } catch {
+            return []
+          }
+        })
+        const [started, ended] = [json.find((j) => j.msg === 'flood started'), json.find((j) => j.msg === 'flood ended')]
+        Object.assign(run, { startedAt: started?.at ?? null, endedAt: ended?.endedAt ?? null, frames: ended?.frames ?? 0, pps: ended?.pps ?? 0 })
+        if (code !== 0 || !ended) run.error = `kv flood exited ${code}: ${p.stderr().trim().slice(-300)}`
+        s.liftedMs = now()
+        // a VM its guard suspended is resumed after a quiet cooldown: wait for it (30 s at most), so the checkers see it
+        const host = v.primary
+        for (const end = performance.now() + 30_000; performance.now() < end; await new Promise((res) => setTimeout(res, 100))) {
+          const evs = await requestJson<{ events: { vm: string; kind: string }[] }>(host.url, 'GET', '/api/v1/dos/events').catch(() => null)
+          if (!evs || !evs.events.some((e) => e.vm === name && e.kind === 'suspended') || evs.events.some((e) => e.vm === name && e.kind === 'resumed')) break
+        }
+        return
       }
       case 'clock': {
         // the host's wall clock steps by jumpMs (and stays stepped: a jump is not lifted)
