@@ -1,8 +1,9 @@
 import t from 'tap'
-import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs'
+import { existsSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { checkScenario, runScenario, type Scenario } from '../../src/client/cluster/index.js'
-import { CLI, ROOT, needs, run, tmp } from '../helpers/peers.js'
+import { checkScenario, loadScenario, readHolders, runScenario, type Scenario } from '../../src/client/cluster/index.js'
+import { CLI, needs, run, tmp } from '../helpers/peers.js'
+import { libraryFiles, SCENARIOS } from '../helpers/cluster-library.js'
 
 /**
  * `tandem cluster` for real: clusters of `tandem serve`, `tandem host` and VMs (in network
@@ -10,7 +11,6 @@ import { CLI, ROOT, needs, run, tmp } from '../helpers/peers.js'
  * runs here in a short form (shorter workloads and faults; CLUSTER_FULL=1: as written), all at
  * once; the whole file stays within 90 s on a quiet machine.
  */
-const SCENARIOS = join(ROOT, 'scenarios')
 const FULL = process.env.CLUSTER_FULL === '1'
 
 /** The library's short form: the same faults and checkers over shorter workloads. */
@@ -29,20 +29,31 @@ function short(s: Scenario): Scenario {
   return checkScenario(c, `${s.name} (short)`)
 }
 
-t.test('the scenario library, short form: every scenario passes (reports written)', { timeout: 240_000 }, async (t) => {
+t.test('the scenario library, short form: every scenario passes (reports written); a flood too weak to flag fails dos-suspended', { timeout: 240_000 }, async (t) => {
   const dir = tmp(t, 'tandem-cluster-lib-')
-  const files = readdirSync(SCENARIOS).filter((f) => f.endsWith('.json') && f !== 'scenario.schema.json')
+  const files = libraryFiles()
   const lines: string[] = []
   const started = performance.now()
-  const results = await Promise.all(
-    files.map(async (f) => {
-      const s = short(checkScenario(JSON.parse(readFileSync(join(SCENARIOS, f), 'utf8')), f))
-      if (s.workloads.some((w) => w.kind === 'fio') && needs('fio').skip) return { f, skip: needs('fio').skip }
-      const [r] = await runScenario(s, { file: `scenarios/${f}`, seed: Number(process.env.CLUSTER_SEED ?? 1), runs: 1, reportDir: join(dir, s.name), tandem: [process.execPath, CLI], log: (l) => lines.push(`${s.name}: ${l}`) })
-      return { f, r, s }
-    }),
-  )
+  const library = files.map((f) => ({ f, s: short(loadScenario(join(SCENARIOS, f))) }))
+  const one = async ({ f, s }: { f: string; s: Scenario }) => {
+    if (s.workloads.some((w) => w.kind === 'fio') && needs('fio').skip) return { f, skip: needs('fio').skip }
+    const [r] = await runScenario(s, { file: `scenarios/${f}`, seed: Number(process.env.CLUSTER_SEED ?? 1), runs: 1, reportDir: join(dir, s.name), tandem: [process.execPath, CLI], log: (l) => lines.push(`${s.name}: ${l}`) })
+    return { f, r, s }
+  }
+  // floods after the rest: every cluster's switch and storage proxies run in this one process, and
+  // a flood's frames through it delay the others' heartbeats past their leases on a busy machine
+  const flooding = (x: { s: Scenario }) => (x.s.timeline ?? []).some((f) => f.fault === 'flood')
+  const results = await Promise.all(library.filter((x) => !flooding(x)).map(one))
+  // beside them, flood.yaml with a flood under the guard's bounds (300 small frames/s): dos-suspended must fail
+  const weak = structuredClone(library.find((x) => x.f === 'flood.yaml')!.s)
+  Object.assign(weak, { name: 'weak-flood' })
+  for (const f of weak.timeline!) if (f.fault === 'flood') f.pps = 300
+  const [w, ...floods] = await Promise.all([one({ f: 'weak-flood', s: weak }), ...library.filter(flooding).map(one)])
+  results.push(...floods)
   t.comment(`library (short form) in ${Math.round(performance.now() - started)} ms`)
+  t.notOk(w.r!.ok, 'the weak flood fails the run')
+  t.match(w.r!.verdicts.find((v) => v.name === 'dos-suspended a'), { ok: false, detail: /did not detect the flood at a/ }, `dos-suspended fails: ${w.r!.verdicts.map((v) => v.detail).join('; ')}${w.r!.error ?? ''}`)
+  t.ok(w.r!.verdicts.filter((v) => v.name.startsWith('kv-acked')).every((v) => v.ok), 'its kv-acked checkers pass')
   for (const x of results) {
     if (!x.r) {
       t.comment(`SKIP ${x.f}: ${x.skip}`)
@@ -52,6 +63,14 @@ t.test('the scenario library, short form: every scenario passes (reports written
     t.equal(x.r.verdicts.length, x.s!.checkers!.length, `${x.f}: every checker judged`)
     t.ok(existsSync(join(dir, x.s!.name, `run-1-seed-${x.r.seed}`, 'report.html')), `${x.f}: report.html`)
     t.match(readFileSync(join(dir, x.s!.name, 'junit.xml'), 'utf8'), new RegExp(`<testsuite name="${x.s!.name} run 1 seed \\d+" tests="${x.s!.checkers!.length}" failures="0"`), `${x.f}: junit.xml`)
+    if (x.s!.name === 'clock-jump') {
+      // the jumps reached the contenders' wall clocks (c1 runs on h1: +1 h, c2 on h2: -2 s; c3 on h3 is the reference)
+      const lines = readHolders(join(dir, x.s!.name, `run-1-seed-${x.r.seed}`, 'holders-l1.txt'))
+      const skew = (c: string) => lines.filter((l) => l.host === c).map((l) => l.t - l.mono)
+      const base = Math.min(...skew('c3'))
+      t.ok(skew('c1').some((d) => Math.abs(d - base - 3_600_000) < 1000), 'h1\'s contender wrote its lines an hour on')
+      t.ok(skew('c2').some((d) => Math.abs(d - base + 2000) < 1000), 'h2\'s contender wrote its lines 2 s back')
+    }
   }
 })
 
@@ -95,5 +114,10 @@ t.test('tandem cluster run: a bad scenario is one message naming each problem\'s
   writeFileSync(file, '{"name": ')
   t.match((await run(process.execPath, [CLI, 'cluster', 'run', file])).stderr, /s\.json: not JSON/)
   t.match((await run(process.execPath, [CLI, 'cluster', 'run', join(dir, 'missing.json')])).stderr, /cannot read scenario/)
+  const yml = join(dir, 's.yml')
+  writeFileSync(yml, 'name: x\nhosts:\n  - name: h1\n   bad: 1\n')
+  t.match((await run(process.execPath, [CLI, 'cluster', 'run', yml])).stderr, /s\.yml: not YAML: line 4, column 1: /, 'bad YAML: its line and column')
+  writeFileSync(yml, 'name: x\nhosts: [{ name: h1 }]\nworkloads: [{ kind: kv, vm: nope, durationMs: 1000 }]\n')
+  t.match((await run(process.execPath, [CLI, 'cluster', 'run', yml])).stderr, /s\.yml: 1 problem:\n {2}\$\.workloads\[0\]\.vm: no VM 'nope' in \$\.vms/, 'YAML: the same checks as JSON')
   t.match((await run(process.execPath, [CLI, 'cluster', 'run', file, '--runs', '0'])).stderr, /invalid --runs '0'/)
 })

@@ -1,10 +1,11 @@
 import t from 'tap'
-import { readFileSync, readdirSync } from 'node:fs'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { checkScenario, drawTimeline, SCENARIO_SCHEMA, twoHolders, validate, type Scenario } from '../../src/client/cluster/index.js'
-import { ROOT } from '../helpers/peers.js'
+import { parse, stringify } from 'yaml'
+import { checkScenario, drawTimeline, loadScenario, SCENARIO_SCHEMA, twoHolders, validate, type Scenario } from '../../src/client/cluster/index.js'
+import { libraryFiles, SCENARIOS } from '../helpers/cluster-library.js'
+import { tmp } from '../helpers/peers.js'
 
-const SCENARIOS = join(ROOT, 'scenarios')
 const base = (): Record<string, unknown> => JSON.parse(readFileSync(join(SCENARIOS, 'ft-failover.json'), 'utf8'))
 const problems = (v: unknown): string => {
   try {
@@ -18,9 +19,39 @@ const problems = (v: unknown): string => {
 
 t.test('scenarios/scenario.schema.json is the schema the harness checks with, and every scenario of the library conforms', async (t) => {
   t.same(JSON.parse(readFileSync(join(SCENARIOS, 'scenario.schema.json'), 'utf8')), SCENARIO_SCHEMA, 'the committed schema file is SCENARIO_SCHEMA (regenerate: tandem cluster schema > scenarios/scenario.schema.json)')
-  const files = readdirSync(SCENARIOS).filter((f) => f.endsWith('.json') && f !== 'scenario.schema.json')
+  const files = libraryFiles()
   t.ok(files.length >= 4, `the library: ${files.join(', ')}`)
-  for (const f of files) t.doesNotThrow(() => checkScenario(JSON.parse(readFileSync(join(SCENARIOS, f), 'utf8')), f), f)
+  t.ok(files.some((f) => f.endsWith('.yaml')), 'one of them YAML')
+  for (const f of files) t.doesNotThrow(() => loadScenario(join(SCENARIOS, f)), f)
+})
+
+t.test('a YAML scenario: the same value as its JSON; bad YAML named by line and column; then the same checks as JSON', async (t) => {
+  const dir = tmp(t, 'tandem-yaml-')
+  const file = (name: string, text: string) => {
+    writeFileSync(join(dir, name), text)
+    return join(dir, name)
+  }
+  t.same(loadScenario(file('a.yaml', stringify(base()))), base(), '.yaml: ft-failover as YAML reads as the JSON file')
+  t.same(loadScenario(file('a.yml', `# a comment\n${stringify(base(), { collectionStyle: 'flow' })}`)), base(), '.yml, flow style, comments')
+  t.throws(() => loadScenario(file('a.json', stringify(base()))), /a\.json: not JSON/, 'a .json file is read as JSON only')
+  const bad = (text: string) => {
+    try {
+      loadScenario(file('b.yaml', text))
+      return ''
+    } catch (e) {
+      t.equal((e as { code?: string }).code, 'InvalidArgument')
+      t.notMatch((e as Error).message, /\n\s+at /, 'no stack trace')
+      return (e as Error).message
+    }
+  }
+  t.match(bad('name: x\nhosts:\n  - name: h1\n   oops: 1\n'), /b\.yaml: not YAML: line 4, column 1: /, 'bad indentation')
+  t.match(bad('name: x\nhosts: [{ name: h1 }\nworkloads: []\n'), /not YAML: line 3, column 1: Flow sequence/, 'an unclosed flow sequence')
+  t.match(bad('name: x\nhosts: []\nname: y\n'), /not YAML: line 3, column 1: Map keys must be unique/, 'a key given twice')
+  t.match(bad('name: x\n---\nname: y\n'), /not YAML: line 2, column 1: a scenario is one document/, 'two documents')
+  t.match(bad('a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n'), /not YAML: Excessive alias count/, 'an alias bomb is refused, not expanded')
+  t.match(bad('name: x\nhosts: [{ name: h1 }]\nworkloads:\n  - { kind: lock, lock: l1, durationMs: "900" }\ntimeline:\n  - { fault: kill, atMs: 1, target: moon }\n'), /b\.yaml: 2 problems:\n {2}\$\.workloads\[0\]\.durationMs: must be an integer, not string\n {2}\$\.timeline\[0\]\.target: "moon" does not match/, 'schema problems by path')
+  t.match(bad('name: x\nhosts: [{ name: h1 }]\nworkloads: [{ kind: kv, vm: vm9, durationMs: 900 }]\n'), /\$\.workloads\[0\]\.vm: no VM 'vm9' in \$\.vms/, 'the cross checks')
+  t.match(bad(''), /b\.yaml: 1 problem:\n {2}\$: must be an object, not null/, 'an empty file')
 })
 
 t.test('a bad scenario: every problem named with its path, no stack trace', async (t) => {
@@ -29,15 +60,20 @@ t.test('a bad scenario: every problem named with its path, no stack trace', asyn
     ['missing hosts', (s) => delete s.hosts, /\$\.hosts: is required/],
     ['wrong type', (s) => ((s.hosts as object[])[0] = { name: 7 }), /\$\.hosts\[0\]\.name: must be a string, not integer/],
     ['bad name', (s) => ((s.hosts as { name: string }[])[1].name = 'H 2'), /\$\.hosts\[1\]\.name: "H 2" does not match/],
-    ['unknown fault', (s) => ((s.timeline as object[])[0] = { fault: 'meteor', atMs: 1 }), /\$\.timeline\[0\]\.fault: must be one of "kill", "stop", "partition", "link", "disk", "clock", not "meteor"/],
+    ['unknown fault', (s) => ((s.timeline as object[])[0] = { fault: 'meteor', atMs: 1 }), /\$\.timeline\[0\]\.fault: must be one of "kill", "stop", "partition", "link", "disk", "flood", "clock", not "meteor"/],
     ['fault field out of range', (s) => ((s.timeline as object[])[0] = { fault: 'stop', atMs: -5, target: 'vm:vm1', forMs: 10 }), /\$\.timeline\[0\]\.atMs: must match exactly one of 2 forms/],
     ['unknown checker field', (s) => ((s.checkers as object[])[0] = { kind: 'failover', vm: 'vm1', withinMs: 10, extra: 1 }), /\$\.checkers\[0\]\.extra: is not a known property/],
     ['VM on a host not declared', (s) => ((s.vms as { host: string }[])[0].host = 'h9'), /\$\.vms\[0\]\.host: no host 'h9' in \$\.hosts/],
     ['kill target not a VM', (s) => ((s.timeline as { target: string }[])[0].target = 'vm:nope:primary'), /\$\.timeline\[0\]\.target: no VM 'nope'/],
     ['range upside down', (s) => ((s.timeline as { atMs: unknown }[])[0].atMs = [5, 1]), /\$\.timeline\[0\]\.atMs: \[min, max\] with min 5 above max 1/],
     ['disk fault without fault injection', (s) => ((s.timeline as object[])[0] = { fault: 'disk', atMs: 1, disk: 'd1', mode: 'error', forMs: 5 }), /no disk 'd1'[\s\S]*disk faults need \$\.server\.faultInjection: true/],
-    ['clock jump', (s) => ((s.timeline as object[])[0] = { fault: 'clock', atMs: 1, host: 'h1', jumpMs: 5000 }), /\$\.timeline\[0\]\.fault: clock jumps are not supported: tandem host takes no injected clock offset yet/],
-    ['flood (the DoS guard\'s slot)', (s) => ((s.workloads as object[])[0] = { kind: 'flood' }), /\$\.workloads\[0\]\.kind: flood is reserved for the DoS guard/],
+    ['clock jump on a host not declared', (s) => ((s.timeline as object[])[0] = { fault: 'clock', atMs: 1, target: 'host:h9', jumpMs: 5000 }), /\$\.timeline\[0\]\.target: no host 'h9' in \$\.hosts/],
+    ['clock jump on a VM', (s) => ((s.timeline as object[])[0] = { fault: 'clock', atMs: 1, target: 'vm:vm1', jumpMs: 5000 }), /\$\.timeline\[0\]\.target: "vm:vm1" does not match/],
+    ['clock jump of a day', (s) => ((s.timeline as object[])[0] = { fault: 'clock', atMs: 1, target: 'host:h1', jumpMs: 86_400_000 }), /\$\.timeline\[0\]\.jumpMs: must be at most 3600000/],
+    ['flood at a pair', (s) => ((s.timeline as object[])[0] = { fault: 'flood', atMs: 1, target: 'vm:vm1', forMs: 500 }), /\$\.timeline\[0\]\.target: VM 'vm1' is a pair: the DoS guard meters VMs alone/],
+    ['dos-suspended without a flood, on a host without a guard', (s) => ((s.checkers as object[])[0] = { kind: 'dos-suspended', vm: 'vm1' }), /\$\.checkers\[0\]\.vm: no flood at 'vm1' in \$\.timeline\n {2}\$\.checkers\[0\]\.vm: VM 'vm1' runs on 'h1', whose dosGuard is off, not on/],
+    ['bad DoS bounds', (s) => ((s.hosts as object[])[0] = { name: 'h1', dosGuard: 'on', dosBounds: 'holdMz=5' }), /\$\.hosts\[0\]\.dosBounds: invalid dosBounds 'holdMz=5': KEY=VALUE, KEY one of smallPpsHigh/],
+    ['a workload of an unknown kind', (s) => ((s.workloads as object[])[0] = { kind: 'flood' }), /\$\.workloads\[0\]\.kind: must be one of "kv", "lock", "fio", not "flood"/],
     ['a real machine', (s) => ((s.hosts as object[])[0] = { name: 'h1', address: 'http://10.0.0.5:7800' }), /\$\.hosts\[0\]\.address: real machines .* not supported yet/],
     ['loss on a TCP path', (s) => ((s.timeline as object[])[0] = { fault: 'link', atMs: 1, path: 'storage:h1', loss: 0.1, forMs: 5 }), /\$\.timeline\[0\]\.loss: no loss on a TCP path/],
     ['failover on a VM alone', (s) => ((s.vms as { ft?: string }[])[0].ft = undefined), /\$\.checkers\[0\]\.vm: VM 'vm1' is not a pair/],
@@ -84,7 +120,7 @@ t.test('single holder: a generation that writes after a later one took the lock 
 
 t.test('the examples of scenarios/SCENARIOS.md are valid scenarios', async (t) => {
   const md = readFileSync(join(SCENARIOS, 'SCENARIOS.md'), 'utf8')
-  const blocks = [...md.matchAll(/```json\n([\s\S]*?)```/g)].map((m) => m[1])
-  t.ok(blocks.length >= 2, `${blocks.length} examples`)
-  for (const b of blocks) t.doesNotThrow(() => checkScenario(JSON.parse(b), 'example'), b.slice(0, 40))
+  const blocks = [...md.matchAll(/```(json|yaml)\n([\s\S]*?)```/g)].map((m) => [m[1], m[2]])
+  t.ok(blocks.length >= 2 && blocks.some(([k]) => k === 'yaml'), `${blocks.length} examples, YAML among them`)
+  for (const [k, b] of blocks) t.doesNotThrow(() => checkScenario(k === 'yaml' ? parse(b) : JSON.parse(b), 'example'), b.slice(0, 40))
 })

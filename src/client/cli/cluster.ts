@@ -37,7 +37,7 @@ export function clusterCommand(run: (fn: () => Promise<number | void>) => Promis
   cluster
     .command('run')
     .description('run a scenario K times (seeds N..N+K-1): cluster up, workloads, the fault timeline, checkers, cluster down; an HTML report per run and JUnit XML. Exit 0 when every run passed, 1 otherwise (each failing run prints its seed, its timeline and the command that replays it)')
-    .argument('<scenario>', 'the scenario file (JSON; tandem cluster schema prints its JSON Schema)')
+    .argument('<scenario>', 'the scenario file (.yaml/.yml: YAML, else JSON; tandem cluster schema prints its JSON Schema)')
     .option('--seed <n>', 'the first run\'s seed (fault times drawn from [min, max], kv keys)', '1')
     .option('--runs <k>', 'how many runs', '1')
     .option('--report <dir>', 'where the reports go (DIR/index.html, DIR/junit.xml, DIR/run-K-seed-S/report.html)', 'cluster-report')

@@ -18,6 +18,7 @@ export function hostCommand(run: (fn: () => Promise<number | void>) => Promise<v
     .option('--ft-listen <addr>', 'address the FT channel of a pair\'s backup run here listens on, each on a free port (default: --listen)')
     .option('--dos-guard <mode>', 'off; monitor: meter each plain VM\'s port on its --switch (the host relays it) and record floods; on: also suspend flooded VMs, lowest --priority first, and resume them after a quiet cooldown (README "DoS guard")', 'off')
     .option('--dos-bounds <spec>', 'the guard\'s bounds over its defaults, KEY=VALUE,...: smallPpsHigh=2000, replyRatioLow=0.5, ppsHigh=50000, bpsHigh=100000000, holdMs=30, cooldownMs=2000, maxSuspended (default: all VMs but one)')
+    .option('--fault-injection', 'allow run-time faults on this host through PUT /api/v1/faults: a clock jump ({"clock": {"offsetMs": N}}: the host\'s and its VMs\' wall clock N ms off; leases are on monotonic time); for tests and tandem cluster', false)
     .option('--log-level <level>', 'fatal, error, warn, info, debug (env TANDEM_LOG_LEVEL)', env.TANDEM_LOG_LEVEL ?? 'info')
     .action((o) =>
       run(async () => {
@@ -30,7 +31,7 @@ export function hostCommand(run: (fn: () => Promise<number | void>) => Promise<v
         const bounds = parseBounds(o.dosBounds ?? '', '--dos-bounds')
         const dos = o.dosGuard === 'off' ? undefined : { mode: o.dosGuard as 'monitor' | 'on', bounds }
         const { runHost } = await loadLazy<typeof import('../host/run-host.js')>('../host/run-host.js')
-        const h = await runHost({ name: o.name, server: o.server, iscsi: o.iscsi, listen: o.listen, apiPort: port, ftListen: o.ftListen, logLevel: o.logLevel, tandem: [process.execPath, process.argv[1]], dos })
+        const h = await runHost({ name: o.name, server: o.server, iscsi: o.iscsi, listen: o.listen, apiPort: port, ftListen: o.ftListen, logLevel: o.logLevel, tandem: [process.execPath, process.argv[1]], dos, faultInjection: o.faultInjection === true })
         return new Promise<number>((resolve) => {
           let stopping = false
           const stop = (sig: string) => {

@@ -1,10 +1,12 @@
 import { appendFileSync, existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { readAckLog } from '../kv/ack-log.js'
+import { requestJson } from '../api/http.js'
+import type { DosEvent } from '../net/dos-guard.js'
 import { runCommand } from './net.js'
 import type { Cluster } from './cluster.js'
 import type { FaultRun } from './faults.js'
-import { readHolders, type HolderLine } from './holders.js'
+import { readHolders, uptimeMs, type HolderLine } from './holders.js'
 import type { Checker } from './scenario.js'
 import type { Workloads } from './workloads.js'
 
@@ -90,7 +92,7 @@ export async function checkLive(ch: Checker, x: CheckContext): Promise<Verdict> 
       const l = x.workloads.lock.find((w) => w.lock === ch.lock)!
       if (ch.forgeHolder) {
         const first = readHolders(l.records)[0]
-        if (first) appendFileSync(l.records, `${first.host} ${first.generation} ${Date.now()}\n`)
+        if (first) appendFileSync(l.records, `${first.host} ${first.generation} ${Date.now()} ${uptimeMs()}\n`)
       }
       const lines = readHolders(l.records)
       const gens = new Set(lines.map((h) => h.generation)).size
@@ -105,11 +107,32 @@ export async function checkLive(ch: Checker, x: CheckContext): Promise<Verdict> 
       const lost = x.faults.holderLost.get(ch.lock)
       if (lost === undefined) return { name, ok: false, detail: 'no fault of the timeline hit the holder' }
       const lines = readHolders(l.records)
-      const before = [...lines].reverse().find((h) => h.t <= lost)
-      const next = lines.find((h) => h.t > lost && h.generation > (before?.generation ?? -1))
+      // on the machine's monotonic clock: a host's clock jump moves the lines' wall times, not this
+      const before = [...lines].reverse().find((h) => h.mono <= lost)
+      const next = lines.find((h) => h.mono > lost && h.generation > (before?.generation ?? -1))
       if (!next) return { name, ok: false, detail: `nobody took the lock after its holder was hit` }
-      const ms = next.t - lost
+      const ms = next.mono - lost
       return { name, ok: ms <= ch.withinMs, ms, detail: `${next.host} holds it (generation ${next.generation}) ${ms} ms after ${before?.host ?? 'the holder'} (generation ${before?.generation ?? '?'}) was hit (bound ${ch.withinMs} ms)` }
+    }
+    case 'dos-suspended': {
+      const name = `dos-suspended ${ch.vm}`
+      const flood = x.faults.floods.get(ch.vm)
+      if (!flood || flood.startedAt === null || flood.endedAt === null) return { name, ok: false, detail: `the flood did not run: ${flood?.error ?? 'no flood fault was applied'}` }
+      const host = c.vms.get(ch.vm)!.primary
+      const { events } = await requestJson<{ events: DosEvent[] }>(host.url, 'GET', '/api/v1/dos/events')
+      const mine = events.filter((e) => e.vm === ch.vm && e.at >= flood.startedAt! - 50)
+      const detected = mine.find((e) => e.kind === 'detected')
+      const suspended = mine.find((e) => e.kind === 'suspended')
+      const resumed = mine.find((e) => e.kind === 'resumed' && e.at >= flood.endedAt!)
+      const others = events.filter((e) => e.vm !== ch.vm && e.kind === 'suspended').map((e) => e.vm)
+      const sent = `${flood.frames} frames at ${Math.round(flood.pps)}/s`
+      if (!detected || !suspended) return { name, ok: false, detail: `the guard on ${host.name} did not ${detected ? 'suspend' : 'detect'} the flood at ${ch.vm} (${sent}; events: ${events.map((e) => `${e.vm} ${e.kind}`).join(', ') || 'none'})` }
+      const ms = Math.round(detected.at - flood.startedAt)
+      const notes = [`detected ${ms} ms after the flood's first frame${ch.withinMs ? ` (bound ${ch.withinMs} ms)` : ''} (${detected.reason ?? ''})`, `suspended`]
+      if (!resumed) return { name, ok: false, ms, detail: `${notes.join(', ')}, but not resumed after the flood ended (${sent})` }
+      notes.push(`resumed ${Math.round(resumed.at - flood.endedAt)} ms after its last frame`)
+      if (others.length) return { name, ok: false, ms, detail: `${notes.join(', ')}; but other VMs were suspended too: ${[...new Set(others)].join(', ')}` }
+      return { name, ok: ch.withinMs === undefined || ms <= ch.withinMs, ms, detail: `${notes.join(', ')}; no other VM suspended (${sent})` }
     }
     case 'fio-verify': {
       const f = x.workloads.fio.find((w) => w.disk === ch.disk)!

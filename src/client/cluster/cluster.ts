@@ -20,6 +20,9 @@ export interface HostNode {
   iscsi: FaultLink
   /** pids of the VMs it started (each a process group) */
   vmPids: Set<number>
+  /** with fault injection (a clock fault targets it): the file of its wall-clock offset, and the offset */
+  wallFile: string | null
+  clockOffsetMs: number
 }
 
 export interface ServerNode {
@@ -111,6 +114,7 @@ export class Cluster {
         mac,
         switch: this.switchUrl,
         ...(v.disk ? { disk: v.disk } : {}),
+        ...(v.priority !== undefined ? { priority: v.priority } : {}),
         ...(backup ? { ft: { host: backup.url, backupReads: v.backupReads ?? 'disk' } } : {}),
       }
       for (let attempt = 1; ; attempt++) {
@@ -161,8 +165,11 @@ export class Cluster {
       FaultLink.start({ host: h, target: { host: this.server.addr, port: this.server.iscsiPort } }),
     ])
     this.links.push(http, iscsi)
-    const proc = this.start(`host-${name}`, ['host', '--name', name, '--server', `http://${h}:${http.port}`, '--iscsi', `${h}:${iscsi.port}`, '--listen', this.net.addr(name), '--api-port', '0'], name, { TANDEM_FT_LOSS_MS: String(this.scenario.ftLossMs ?? DEFAULT_FT_LOSS_MS) })
-    const node: HostNode = { name, proc, url: '', http, iscsi, vmPids: new Set() }
+    const clock = (this.scenario.timeline ?? []).some((f) => f.fault === 'clock' && f.target === `host:${name}`)
+    const spec = this.scenario.hosts.find((x) => x.name === name)!
+    const dos = spec.dosGuard && spec.dosGuard !== 'off' ? ['--dos-guard', spec.dosGuard, ...(spec.dosBounds ? ['--dos-bounds', spec.dosBounds] : [])] : []
+    const proc = this.start(`host-${name}`, ['host', '--name', name, '--server', `http://${h}:${http.port}`, '--iscsi', `${h}:${iscsi.port}`, '--listen', this.net.addr(name), '--api-port', '0', ...(clock ? ['--fault-injection'] : []), ...dos], name, { TANDEM_FT_LOSS_MS: String(this.scenario.ftLossMs ?? DEFAULT_FT_LOSS_MS) })
+    const node: HostNode = { name, proc, url: '', http, iscsi, vmPids: new Set(), wallFile: null, clockOffsetMs: 0 }
     const watch = () => {
       for (const line of proc.lines) {
         try {
@@ -175,6 +182,7 @@ export class Cluster {
     }
     proc.child.stdout!.on('data', () => setImmediate(watch))
     node.url = await proc.waitLine((j) => (j.msg === 'tandem host ready' ? String(j.api) : undefined))
+    if (clock) node.wallFile = (await requestJson<{ clock: { file: string } }>(node.url, 'GET', '/api/v1/faults')).clock.file
     this.hosts.set(name, node)
   }
 

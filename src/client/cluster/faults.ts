@@ -1,6 +1,7 @@
+import { requestJson } from '../api/http.js'
 import { NO_FAULTS } from '../net/link-faults.js'
 import { seededRandom } from '../net/random.js'
-import { readHolders } from './holders.js'
+import { readHolders, uptimeMs } from './holders.js'
 import { signalGroup, type Cluster } from './cluster.js'
 import type { Fault, Scenario } from './scenario.js'
 import type { Workloads } from './workloads.js'
@@ -44,12 +45,22 @@ function pairHit(c: Cluster, f: Fault): string[] {
   return out
 }
 
+export interface FloodRun {
+  startedAt: number | null
+  endedAt: number | null
+  frames: number
+  pps: number
+  error: string | null
+}
+
 export interface FaultRun {
   timeline: Scheduled[]
   /** per pair: when a fault took its primary (ms after the start) */
   primaryLost: Map<string, number>
-  /** per lock: when its holder was stopped or killed (wall clock ms) */
+  /** per lock: when its holder was stopped or killed (uptimeMs(): no host's clock jump moves it) */
   holderLost: Map<string, number>
+  /** per flooded VM: what `tandem kv flood` reported (epoch ms, as the DoS guard's events) */
+  floods: Map<string, FloodRun>
   done: Promise<void>
   cancel(): void
 }
@@ -72,7 +83,7 @@ export function runTimeline(c: Cluster, w: Workloads, timeline: Scheduled[], t0:
       timers.add(t)
     })
   const now = () => Math.round(performance.now() - t0)
-  const r: FaultRun = { timeline, primaryLost: new Map(), holderLost: new Map(), done: Promise.resolve(), cancel: () => timers.forEach((t) => clearTimeout(t as NodeJS.Timeout)) }
+  const r: FaultRun = { timeline, primaryLost: new Map(), holderLost: new Map(), floods: new Map(), done: Promise.resolve(), cancel: () => timers.forEach((t) => clearTimeout(t as NodeJS.Timeout)) }
 
   const groupsOf = async (target: string): Promise<number[]> => {
     const [kind, name, side] = target.split(':')
@@ -90,9 +101,9 @@ export function runTimeline(c: Cluster, w: Workloads, timeline: Scheduled[], t0:
     for (const end = Date.now() + 10_000; Date.now() < end; await new Promise((res) => setTimeout(res, 20))) {
       for (const l of w.lock) {
         const last = readHolders(l.records).at(-1)
-        const p = last && Date.now() - last.t < 200 ? l.current.get(last.host) : undefined
+        const p = last && uptimeMs() - last.mono < 200 ? l.current.get(last.host) : undefined
         if (p?.running()) {
-          r.holderLost.set(l.lock, Date.now())
+          r.holderLost.set(l.lock, uptimeMs())
           return [p.pid]
         }
       }
@@ -171,8 +182,43 @@ export function runTimeline(c: Cluster, w: Workloads, timeline: Scheduled[], t0:
         s.note = `server: ${f.mode}${f.mode === 'delay' ? ` ${f.ms ?? 0} ms` : ''} on ${f.disk} (${f.op ?? 'any'})`
         return lift(() => c.serverRequest('PUT', '/api/v1/faults', { faults: [] }), f.forMs)
       }
-      case 'clock':
-        throw new Error('clock jumps are not supported')
+      case 'flood': {
+        const name = f.target.slice(3)
+        const v = c.vms.get(name)!
+        const pps = f.pps ?? 5000
+        const run: FloodRun = { startedAt: null, endedAt: null, frames: 0, pps: 0, error: null }
+        r.floods.set(name, run)
+        const p = c.start(`flood-${name}`, ['kv', 'flood', '--switch', c.switchUrl, '--vm-mac', v.mac, '--pps', String(pps), '--size', String(f.size ?? 60), '--seconds', String(f.forMs / 1000)])
+        s.note = `tandem kv flood at ${name}: ${f.size ?? 60}-byte frames at ${pps}/s for ${f.forMs} ms`
+        const { code } = await p.exited
+        const json = p.lines.flatMap((l) => {
+          try {
+            return [JSON.parse(l) as { msg?: string; at?: number; endedAt?: number; frames?: number; pps?: number }]
+          } catch {
+            return []
+          }
+        })
+        const [started, ended] = [json.find((j) => j.msg === 'flood started'), json.find((j) => j.msg === 'flood ended')]
+        Object.assign(run, { startedAt: started?.at ?? null, endedAt: ended?.endedAt ?? null, frames: ended?.frames ?? 0, pps: ended?.pps ?? 0 })
+        if (code !== 0 || !ended) run.error = `kv flood exited ${code}: ${p.stderr().trim().slice(-300)}`
+        s.liftedMs = now()
+        // a VM its guard suspended is resumed after a quiet cooldown: wait for it (30 s at most), so the checkers see it
+        const host = v.primary
+        for (const end = performance.now() + 30_000; performance.now() < end; await new Promise((res) => setTimeout(res, 100))) {
+          const evs = await requestJson<{ events: { vm: string; kind: string }[] }>(host.url, 'GET', '/api/v1/dos/events').catch(() => null)
+          if (!evs || !evs.events.some((e) => e.vm === name && e.kind === 'suspended') || evs.events.some((e) => e.vm === name && e.kind === 'resumed')) break
+        }
+        return
+      }
+      case 'clock': {
+        // the host's wall clock steps by jumpMs (and stays stepped: a jump is not lifted)
+        const h = c.hosts.get(f.target.slice(5))!
+        const offsetMs = h.clockOffsetMs + f.jumpMs
+        await requestJson(h.url, 'PUT', '/api/v1/faults', { clock: { offsetMs } })
+        h.clockOffsetMs = offsetMs
+        s.note = `${h.name}'s wall clock ${f.jumpMs > 0 ? '+' : ''}${f.jumpMs} ms (${offsetMs} ms off the system's)`
+        return
+      }
     }
   }
   r.done = Promise.all(

@@ -1,11 +1,11 @@
 import { execFile } from 'node:child_process'
-import { randomBytes } from 'node:crypto'
+import { randomBytes, randomInt } from 'node:crypto'
 
 /**
  * Where a cluster's nodes live. `netns`: one network namespace per node, each with a veth whose
  * other end sits on a bridge inside a switch namespace of its own, so nothing touches the
  * machine's interfaces and no packet leaves it (10.77.N.(i+1)/24; the harness's own namespace
- * joins the bridge as 10.77.N.254 and reaches every node directly). `loopback`: every node on
+ * joins the bridge as 10.77.N.254 and reaches every node directly; N is a subnet no other cluster network on the machine uses). `loopback`: every node on
  * 127.0.0.1 (ephemeral ports), no isolation: a node partition there cuts only the paths the
  * harness proxies.
  */
@@ -73,9 +73,27 @@ export function loopbackNet(): ClusterNet {
 }
 
 /** A bridge and one namespace per node (names: [a-z0-9-], at most 8 characters shown in interface names). */
+/** the 10.77.N.0/24 subnets this process's cluster networks hold */
+const held = new Set<number>()
+
+/**
+ * A subnet no cluster network uses: neither one of this process's (clusters run side by side in
+ * one process) nor one whose address the machine's namespace has (another process's). Two
+ * networks on one subnet would each route it to their own bridge, and one would lose its frames.
+ */
+async function freeSubnet(): Promise<number> {
+  const r = await runCommand('ip', ['-o', '-4', 'addr', 'show'])
+  const used = new Set([...held, ...[...r.stdout.matchAll(/inet 10\.77\.(\d+)\./g)].map((m) => Number(m[1]))])
+  const free = Array.from({ length: 250 }, (_, i) => i + 1).filter((n) => !used.has(n))
+  if (free.length === 0) throw new Error('no free subnet 10.77.N.0/24 for a cluster network')
+  const n = free[randomInt(free.length)]
+  held.add(n)
+  return n
+}
+
 export async function createNetns(names: string[]): Promise<ClusterNet> {
   const tag = randomBytes(2).toString('hex')
-  const subnet = 1 + (parseInt(tag, 16) % 250)
+  const subnet = await freeSubnet()
   const sw = `td${tag}-sw`
   const nodes: Record<string, { ns: string; addr: string }> = {}
   const made: string[] = []
@@ -85,6 +103,7 @@ export async function createNetns(names: string[]): Promise<ClusterNet> {
     if (destroyed) return
     destroyed = true
     await runCommand('ip', ['link', 'del', rootLink])
+    held.delete(subnet)
     for (const ns of made.splice(0).reverse()) await runCommand('ip', ['netns', 'del', ns])
   }
   const port = (i: number) => `p${tag}${i}`

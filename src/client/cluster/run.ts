@@ -2,7 +2,7 @@ import { mkdirSync, readFileSync, existsSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { readAckLog } from '../kv/ack-log.js'
 import { checkDisks, checkLive, type Verdict } from './checkers.js'
-import { readHolders } from './holders.js'
+import { readHolders, uptimeMs } from './holders.js'
 import { Cluster } from './cluster.js'
 import { describe, drawTimeline, runTimeline, type FaultRun, type Scheduled } from './faults.js'
 import { indexHtml, junitXml, runHtml, type RunReport, type Series } from './report.js'
@@ -97,6 +97,7 @@ async function runOnce(s: Scenario, o: RunOptions & { dir: string; run: number; 
     for (const end = Date.now() + 30_000; Date.now() < end && !workloads.kv.every((k) => existsSync(k.log) && readFileSync(k.log, 'utf8').includes('\n')); ) await sleep(20)
     const t0 = performance.now()
     const t0Wall = Date.now()
+    const t0Mono = uptimeMs()
     report.t0Wall = t0Wall
     const faults = runTimeline(c, workloads, timeline, t0, o.seed)
     const sampler = sample(c, t0, faults)
@@ -114,7 +115,7 @@ async function runOnce(s: Scenario, o: RunOptions & { dir: string; run: number; 
       if (ch.kind === 'disks-clean') continue
       report.verdicts.push(await checkLive(ch, { cluster: c, workloads, faults, liveAt: sampler.liveAt }).catch((e: Error) => ({ name: ch.kind, ok: false, detail: `checker error: ${e.message}` })))
     }
-    report.series = [...sampler.series.values(), ...workloadSeries(workloads, t0Wall)]
+    report.series = [...sampler.series.values(), ...workloadSeries(workloads, t0Wall, t0Mono)]
     o.log(`checked in ${Date.now() - checking} ms`)
     const stopping = Date.now()
     const { serverExit } = await c.stop()
@@ -168,7 +169,7 @@ function sample(c: Cluster, t0: number, faults: FaultRun) {
 }
 
 /** kv acknowledgements per 250 ms and the longest wait between two (from acked.jsonl), lock generations over time. */
-function workloadSeries(w: Workloads, t0Wall: number): Series[] {
+function workloadSeries(w: Workloads, t0Wall: number, t0Mono: number): Series[] {
   const out: Series[] = []
   for (const k of w.kv) {
     if (!existsSync(k.log)) continue
@@ -183,7 +184,7 @@ function workloadSeries(w: Workloads, t0Wall: number): Series[] {
   }
   for (const l of w.lock) {
     const lines = readHolders(l.records)
-    out.push({ name: `${l.lock} holder generation`, unit: 'lock generation', points: lines.map((h) => [h.t - t0Wall, h.generation]) })
+    out.push({ name: `${l.lock} holder generation`, unit: 'lock generation', points: lines.map((h) => [h.mono - t0Mono, h.generation]) })
   }
   return out
 }

@@ -1,5 +1,8 @@
 import { readFileSync } from 'node:fs'
+import { extname } from 'node:path'
+import { LineCounter, parseDocument } from 'yaml'
 import { StorageError } from '../../disk-formats/errors.js'
+import { parseBounds } from '../net/dos-guard.js'
 import { validate } from './json-schema.js'
 import { SCENARIO_SCHEMA } from './schema.js'
 
@@ -9,20 +12,21 @@ export type Workload =
   | { kind: 'kv'; vm: string; keys?: number; rate?: number; durationMs: number; window?: number }
   | { kind: 'lock'; lock: string; contenders?: number; holdMs?: number; durationMs: number }
   | { kind: 'fio'; disk: string; sizeMiB?: number; bs?: string; durationMs: number }
-  | { kind: 'flood' }
 export type Fault =
   | { fault: 'kill'; atMs: At; target: Target }
   | { fault: 'stop'; atMs: At; target: Target; forMs: number }
   | { fault: 'partition'; atMs: At; node?: string; pair?: [string, string]; forMs: number }
   | { fault: 'link'; atMs: At; path: string; delayMs?: number; jitterMs?: number; loss?: number; forMs: number }
   | { fault: 'disk'; atMs: At; disk: string; mode: 'delay' | 'error' | 'stall'; ms?: number; op?: 'read' | 'write' | 'any'; forMs: number }
-  | { fault: 'clock'; atMs: At; host: string; jumpMs: number }
+  | { fault: 'clock'; atMs: At; target: string; jumpMs: number }
+  | { fault: 'flood'; atMs: At; target: string; pps?: number; size?: number; forMs: number }
 export type Checker =
   | { kind: 'kv-acked'; vm: string; forgeAck?: boolean }
   | { kind: 'failover'; vm: string; withinMs: number }
   | { kind: 'single-holder'; lock: string; forgeHolder?: boolean }
   | { kind: 'takeover'; lock: string; withinMs: number }
   | { kind: 'fio-verify'; disk: string }
+  | { kind: 'dos-suspended'; vm: string; withinMs?: number }
   | { kind: 'disks-clean' }
 
 export interface VmSpec {
@@ -33,6 +37,7 @@ export interface VmSpec {
   disk?: string
   mac?: string
   backupReads?: 'disk' | 'log'
+  priority?: number
 }
 
 export interface Scenario {
@@ -42,7 +47,7 @@ export interface Scenario {
   lease?: { heartbeatMs?: number; leaseMs?: number; fenceMarginMs?: number }
   ftLossMs?: number
   server?: { faultInjection?: boolean; disks?: { name: string; size: string }[] }
-  hosts: { name: string; address?: string }[]
+  hosts: { name: string; address?: string; dosGuard?: 'off' | 'monitor' | 'on'; dosBounds?: string }[]
   vms?: VmSpec[]
   workloads: Workload[]
   timeline?: Fault[]
@@ -61,7 +66,11 @@ export function checkScenario(value: unknown, source = 'scenario'): Scenario {
   return value as Scenario
 }
 
-/** Reads and checks a scenario file (JSON). */
+/**
+ * Reads and checks a scenario file: YAML when its name ends in .yaml or .yml, JSON otherwise; then
+ * the same checks (checkScenario). Text that does not parse is InvalidArgument naming the line and
+ * column.
+ */
 export function loadScenario(file: string): Scenario {
   let text: string
   try {
@@ -69,13 +78,36 @@ export function loadScenario(file: string): Scenario {
   } catch (e) {
     throw new StorageError('NotFound', `cannot read scenario ${file}: ${(e as Error).message}`)
   }
-  let value: unknown
+  const ext = extname(file).toLowerCase()
+  return checkScenario(ext === '.yaml' || ext === '.yml' ? parseYaml(text, file) : parseJson(text, file), file)
+}
+
+function parseJson(text: string, file: string): unknown {
   try {
-    value = JSON.parse(text)
+    return JSON.parse(text)
   } catch (e) {
     throw new StorageError('InvalidArgument', `${file}: not JSON: ${(e as Error).message}`)
   }
-  return checkScenario(value, file)
+}
+
+/**
+ * One YAML document (YAML 1.2 core schema: no custom tags, no timestamps, duplicate keys refused)
+ * as plain data. Aliases expand to at most 100 nodes each (a small file cannot grow into a huge one).
+ */
+function parseYaml(text: string, file: string): unknown {
+  const lines = new LineCounter()
+  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: true, schema: 'core', merge: false })
+  const [e] = [...doc.errors, ...doc.warnings]
+  if (e) {
+    const { line, col } = lines.linePos(e.pos[0])
+    const message = e.code === 'MULTIPLE_DOCS' ? 'a scenario is one document (no second ---)' : e.message.split('\n')[0]
+    throw new StorageError('InvalidArgument', `${file}: not YAML: line ${line}, column ${col}: ${message}`)
+  }
+  try {
+    return doc.toJS({ maxAliasCount: 100 })
+  } catch (e) {
+    throw new StorageError('InvalidArgument', `${file}: not YAML: ${(e as Error).message.split('\n')[0]}`)
+  }
 }
 
 function crossCheck(s: Scenario): { path: string; message: string }[] {
@@ -87,6 +119,14 @@ function crossCheck(s: Scenario): { path: string; message: string }[] {
   const dup = (list: string[], path: string) => list.forEach((n, i) => list.indexOf(n) !== i && errs.push({ path: `${path}[${i}].name`, message: `'${n}' named twice` }))
   dup(s.hosts.map((h) => h.name), '$.hosts')
   dup((s.vms ?? []).map((v) => v.name), '$.vms')
+  s.hosts.forEach((h, i) => {
+    if (h.dosBounds === undefined) return
+    try {
+      parseBounds(h.dosBounds, 'dosBounds')
+    } catch (e) {
+      errs.push({ path: `$.hosts[${i}].dosBounds`, message: (e as Error).message })
+    }
+  })
   s.hosts.forEach((h, i) => h.address !== undefined && errs.push({ path: `$.hosts[${i}].address`, message: 'real machines (a host given by address) are reserved in the format but not supported yet' }))
   const host = (n: string, path: string) => !hosts.has(n) && errs.push({ path, message: `no host '${n}' in $.hosts` })
   const vm = (n: string, path: string, guest?: string) => {
@@ -108,7 +148,6 @@ function crossCheck(s: Scenario): { path: string; message: string }[] {
     const p = `$.workloads[${i}]`
     if (w.kind === 'kv') vm(w.vm, `${p}.vm`, 'kvstore')
     if (w.kind === 'fio') disk(w.disk, `${p}.disk`)
-    if (w.kind === 'flood') errs.push({ path: `${p}.kind`, message: 'flood is reserved for the DoS guard (#19 item 5), not supported yet' })
   })
   ;(s.timeline ?? []).forEach((f, i) => {
     const p = `$.timeline[${i}]`
@@ -138,13 +177,22 @@ function crossCheck(s: Scenario): { path: string; message: string }[] {
       disk(f.disk, `${p}.disk`)
       if (!s.server?.faultInjection) errs.push({ path: `${p}`, message: 'disk faults need $.server.faultInjection: true' })
     }
-    if (f.fault === 'clock') errs.push({ path: `${p}.fault`, message: 'clock jumps are not supported: tandem host takes no injected clock offset yet' })
+    if (f.fault === 'clock') host(f.target.slice(5), `${p}.target`)
+    if (f.fault === 'flood') {
+      const v = vm(f.target.slice(3), `${p}.target`)
+      if (v?.ft) errs.push({ path: `${p}.target`, message: `VM '${v.name}' is a pair: the DoS guard meters VMs alone` })
+    }
   })
   ;(s.checkers ?? []).forEach((c, i) => {
     const p = `$.checkers[${i}]`
     if (c.kind === 'kv-acked' && vm(c.vm, `${p}.vm`, 'kvstore') && !s.workloads.some((w) => w.kind === 'kv' && w.vm === c.vm)) errs.push({ path: `${p}.vm`, message: `no kv workload on '${c.vm}'` })
     if (c.kind === 'failover' && vm(c.vm, `${p}.vm`) && !vms.get(c.vm)!.ft) errs.push({ path: `${p}.vm`, message: `VM '${c.vm}' is not a pair` })
     if ((c.kind === 'single-holder' || c.kind === 'takeover') && !locks.has(c.lock)) errs.push({ path: `${p}.lock`, message: `no lock workload on '${c.lock}'` })
+    if (c.kind === 'dos-suspended' && vm(c.vm, `${p}.vm`)) {
+      if (!(s.timeline ?? []).some((f) => f.fault === 'flood' && f.target === `vm:${c.vm}`)) errs.push({ path: `${p}.vm`, message: `no flood at '${c.vm}' in $.timeline` })
+      const h = s.hosts.find((x) => x.name === vms.get(c.vm)!.host)
+      if (h && h.dosGuard !== 'on') errs.push({ path: `${p}.vm`, message: `VM '${c.vm}' runs on '${h.name}', whose dosGuard is ${h.dosGuard ?? 'off'}, not on: nothing suspends it` })
+    }
     if (c.kind === 'fio-verify' && !s.workloads.some((w) => w.kind === 'fio' && w.disk === c.disk)) errs.push({ path: `${p}.disk`, message: `no fio workload on '${c.disk}'` })
   })
   return errs

@@ -36,8 +36,16 @@ export interface Workloads {
   done: Promise<void>
 }
 
-/** What a holder runs under `lock run`: one line `HOST GENERATION NS` every 20 ms for HOLD_MS, appended to REC (O_APPEND: the file's order is the order of the writes). */
-const HOLDER = 'end=$(( $(date +%s%3N) + HOLD_MS )); while [ "$(date +%s%3N)" -lt "$end" ]; do echo "$TANDEM_LOCK_HOST $TANDEM_LOCK_GENERATION $(date +%s%3N)" >> "$REC"; sleep 0.02; done'
+/**
+ * What a holder runs under `lock run`: one line `HOST GENERATION WALL MONO` every 20 ms for
+ * HOLD_MS, appended to REC (O_APPEND: the file's order is the order of the writes). WALL is its
+ * host's wall clock (the system's plus the host's offset, TANDEM_WALL_OFFSET_FILE, when a clock
+ * fault may hit it), and it holds for HOLD_MS of that clock, as a program that times itself by
+ * the wall clock would; MONO is /proc/uptime in ms (holders.ts).
+ */
+const HOLDER =
+  'wall() { echo $(( $(date +%s%3N) + $(cat "$TANDEM_WALL_OFFSET_FILE" 2>/dev/null || echo 0) )); }; ' +
+  'end=$(( $(wall) + HOLD_MS )); while [ "$(wall)" -lt "$end" ]; do read up _ < /proc/uptime; echo "$TANDEM_LOCK_HOST $TANDEM_LOCK_GENERATION $(wall) ${up%.*}${up#*.}0" >> "$REC"; sleep 0.02; done'
 
 /** Starts every workload of the scenario (now is the run's time 0). */
 export async function startWorkloads(c: Cluster, list: Workload[], seed: number, short: boolean): Promise<Workloads> {
@@ -83,13 +91,15 @@ async function lockLoop(c: Cluster, x: Extract<Workload, { kind: 'lock' }>): Pro
   const records = join(c.dir, `holders-${x.lock}.txt`)
   const r: LockRun = { lock: x.lock, lockspace, records, current: new Map(), exits: [], done: Promise.resolve() }
   const end = Date.now() + x.durationMs
-  const hosts = [...c.hosts.keys()]
+  const hosts = c.scenario.hosts.map((h) => c.hosts.get(h.name)!) // the scenario's order: c1 on the first host
   const contender = async (n: number) => {
     const name = `c${n + 1}`
-    // contenders run on the hosts' nodes in turn (their namespaces, when there are)
-    const node = c.net.mode === 'netns' ? hosts[n % hosts.length] : undefined
+    // contenders run on the hosts in turn: in their namespaces, when there are, and on their wall clock
+    const host = hosts[n % hosts.length]
+    const node = c.net.mode === 'netns' ? host.name : undefined
+    const wall = host.wallFile ? { TANDEM_WALL_OFFSET_FILE: host.wallFile } : {}
     while (Date.now() < end) {
-      const p = c.start(`lock-${x.lock}-${name}`, ['lock', 'run', x.lock, '--lockspace', lockspace, '--host', name, '--wait', String(Math.max(1, Math.ceil((end - Date.now()) / 1000))), '--', 'sh', '-c', HOLDER], node, { REC: records, HOLD_MS: String(x.holdMs ?? 300) })
+      const p = c.start(`lock-${x.lock}-${name}`, ['lock', 'run', x.lock, '--lockspace', lockspace, '--host', name, '--wait', String(Math.max(1, Math.ceil((end - Date.now()) / 1000))), '--', 'sh', '-c', HOLDER], node, { REC: records, HOLD_MS: String(x.holdMs ?? 300), ...wall })
       r.current.set(name, p)
       const e = await p.exited
       r.exits.push({ contender: name, code: e.code, signal: e.signal })

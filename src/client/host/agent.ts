@@ -14,6 +14,7 @@ import { checkCpuPercent } from '../vm/cpu-limit.js'
 import { readCheckpoint } from '../vm/checkpoint-file.js'
 import { checkPriority, DEFAULT_PRIORITY } from '../net/dos-guard.js'
 import { HostDos, type HostDosOptions } from './host-dos.js'
+import { followWallOffset, MAX_OFFSET_MS, setWallOffset, WALL_OFFSET_ENV, wallOffsetMs, writeWallOffset } from './wall-clock.js'
 
 export interface HostAgentOptions {
   /** the host's name in the lockspace (its iSCSI name for the lockspace is hostIqn(name)) */
@@ -41,6 +42,8 @@ export interface HostAgentOptions {
   ftAdvertise?: string
   /** the DoS guard on the ports of this host's VMs (none: VMs join their switch directly) */
   dos?: HostDosOptions
+  /** run-time faults on this host (`tandem host --fault-injection`): a clock jump (setClockOffset) */
+  faultInjection?: boolean
 }
 
 /** `exited` (by itself) and `stopped` (by request) are shown once the VM's lock is released; `lost`: killed because it could no longer be fenced (the lease was lost, or its watchdog died). */
@@ -140,6 +143,8 @@ interface Vm {
   done?: Promise<void>
   /** the log rate's last sample (performance.now() ms, bytes) */
   rate?: { t: number; bytes: number }
+  /** performance.now() at the start (rates are measured on monotonic time: the wall clock may jump) */
+  startedMono: number
 }
 
 /** The host cannot start VMs now (no valid lease): HTTP 503, whatever the code. */
@@ -272,11 +277,40 @@ export class HostAgent {
   /** where the VMs' control sockets are (a private folder of this process) */
   private readonly controlDir: string
   readonly dos: HostDos | null
+  /** with fault injection: the file holding this host's wall-clock offset (its VMs follow it) */
+  private readonly wallFile: string | null = null
 
   private constructor(private readonly o: HostAgentOptions) {
     this.name = validHostName(o.name)
     this.controlDir = mkdtempSync(join(tmpdir(), 'tandem-host-'))
     this.dos = o.dos ? new HostDos(o.dos, o.log.child({ component: 'dos' })) : null
+    if (o.faultInjection) {
+      // this process and every VM it starts (their environment) read the wall clock through the file
+      this.wallFile = join(this.controlDir, 'wall-offset')
+      writeWallOffset(this.wallFile, 0)
+      process.env[WALL_OFFSET_ENV] = this.wallFile
+      followWallOffset(this.wallFile)
+    }
+  }
+
+  /** The run-time faults in force (`GET /api/v1/faults`); NotFound without fault injection. */
+  faults(): { clock: { offsetMs: number; file: string } } {
+    if (!this.wallFile) throw new StorageError('NotFound', `fault injection is off: start tandem host with --fault-injection`)
+    return { clock: { offsetMs: wallOffsetMs(), file: this.wallFile } }
+  }
+
+  /**
+   * A clock jump (`PUT /api/v1/faults`): this host's wall clock reads `offsetMs` off the system's
+   * from now on, in this process at once and in its VMs within 50 ms. Leases, heartbeats and fence
+   * deadlines are on monotonic time and do not move.
+   */
+  setClockOffset(offsetMs: unknown): { clock: { offsetMs: number; file: string } } {
+    this.faults()
+    if (typeof offsetMs !== 'number' || !Number.isSafeInteger(offsetMs) || Math.abs(offsetMs) > MAX_OFFSET_MS) throw new StorageError('InvalidArgument', `"clock.offsetMs" must be an integer of ms within ±${MAX_OFFSET_MS} (a year)`)
+    writeWallOffset(this.wallFile!, offsetMs)
+    setWallOffset(offsetMs)
+    this.o.log.warn({ offsetMs }, 'fault injection: wall clock offset')
+    return this.faults()
   }
 
   private controlPath(vm: string): string {
@@ -471,7 +505,7 @@ export class HostAgent {
         throw new StorageError('InvalidArgument', (e as Error).message)
       }
     }
-    const vm: Vm = { info, proc: null }
+    const vm: Vm = { info, proc: null, startedMono: performance.now() }
     this.vms.set(req.name, vm) // reserves the name while the disk is looked up and the lock taken
     const lock = vmLockName(req.name)
     let ft: VmFtLaunch | undefined
@@ -588,7 +622,7 @@ export class HostAgent {
     f.cpuLimit = s.cpuLimit
     f.outputDelay = s.outputDelay
     f.checkpoint = s.checkpoint
-    if (!vm.rate) f.logBytesPerSecond = s.logBytes / Math.max(1, (Date.now() - Date.parse(vm.info.startedAt)) / 1000)
+    if (!vm.rate) f.logBytesPerSecond = s.logBytes / Math.max(1, (now - vm.startedMono) / 1000)
     else if (now - vm.rate.t >= 1000) f.logBytesPerSecond = ((s.logBytes - vm.rate.bytes) * 1000) / (now - vm.rate.t)
     if (!vm.rate || now - vm.rate.t >= 1000) vm.rate = { t: now, bytes: s.logBytes }
     f.logBytes = s.logBytes

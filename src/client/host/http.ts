@@ -225,6 +225,17 @@ export function createHostApp(agent: HostAgent, log: Logger): express.Express {
     if (!Number.isSafeInteger(since) || since < 0) throw new StorageError('InvalidArgument', '"since" must be an event\'s seq (an integer, 0 or more)')
     res.json({ host: agent.name, events: agent.dos.guard.events(since) })
   })
+  app.get('/api/v1/faults', (_req, res) => {
+    res.json(agent.faults())
+  })
+  app.put('/api/v1/faults', (req, res) => {
+    const b = req.body as { clock?: { offsetMs?: unknown } } | undefined
+    if (typeof b !== 'object' || b === null || typeof b.clock !== 'object' || b.clock === null || Object.keys(b).some((k) => k !== 'clock')) {
+      agent.faults() // 404 first when fault injection is off
+      throw new StorageError('InvalidArgument', 'the body must be {"clock": {"offsetMs": N}}: the host\'s wall clock N ms off the system\'s (0: none)')
+    }
+    res.json(agent.setClockOffset(b.clock.offsetMs))
+  })
   app.get(
     '/metrics',
     wrap(async (_req, res) => {

@@ -18,6 +18,8 @@ export interface RunHostOptions {
   tandem: string[]
   /** the DoS guard on the VMs' switch ports (none: off) */
   dos?: HostDosOptions
+  /** PUT /api/v1/faults: a clock jump on this host (tests, tandem cluster) */
+  faultInjection?: boolean
 }
 
 /** The address others reach this host on: an unspecified listen address is shown as loopback. */
@@ -48,14 +50,14 @@ export async function runHost(o: RunHostOptions): Promise<{ log: Logger; close()
   let agent: HostAgent
   try {
     const ftListen = o.ftListen ?? o.listen
-    agent = await HostAgent.start({ name: o.name, server: o.server, iscsi: o.iscsi, api, tandem: o.tandem, log, ftListen, ftAdvertise: reachable(o.listen), dos: o.dos })
+    agent = await HostAgent.start({ name: o.name, server: o.server, iscsi: o.iscsi, api, tandem: o.tandem, log, ftListen, ftAdvertise: reachable(o.listen), dos: o.dos, faultInjection: o.faultInjection })
   } catch (e) {
     http.close()
     throw e
   }
   http.off('request', joining)
   http.on('request', createHostApp(agent, log.child({ component: 'http' })))
-  log.info({ host: agent.name, api, apiPort: port, server: o.server, lease: agent.lease(), dos: o.dos ? { mode: o.dos.mode, bounds: o.dos.bounds } : 'off' }, 'tandem host ready')
+  log.info({ host: agent.name, api, apiPort: port, server: o.server, lease: agent.lease(), dos: o.dos ? { mode: o.dos.mode, bounds: o.dos.bounds } : 'off', ...(o.faultInjection ? { faultInjection: true } : {}) }, 'tandem host ready')
   return {
     log,
     async close() {

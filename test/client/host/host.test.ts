@@ -1,4 +1,5 @@
 import t, { type Test } from 'tap'
+import { readFileSync } from 'node:fs'
 import { CLI, run } from '../../helpers/peers.js'
 import { LEASE, leaseServer, running, startHost } from '../../helpers/host-process.js'
 import { bearer } from '../../helpers/server.js'
@@ -66,6 +67,7 @@ t.test('a host joins the lockspace; vm start, ls and stop through the CLI; the s
     ['POST', '/api/v1/vms', [1], 400, /JSON object/],
     ['DELETE', '/api/v1/vms/nope', undefined, 404, /no VM named 'nope' on host 'host-a'/],
     ['GET', '/api/v1/nothing', undefined, 404, /no route/],
+    ['PUT', '/api/v1/faults', { clock: { offsetMs: 1000 } }, 404, /fault injection is off: start tandem host with --fault-injection/],
   ]
   for (const [method, path, body, status, message] of bad) {
     const r = await api(a.url, method, path, body)
@@ -77,6 +79,35 @@ t.test('a host joins the lockspace; vm start, ls and stop through the CLI; the s
   t.equal(cli.status, 1)
   t.match(cli.stderr, /^tandem: invalid "net" "nope"/)
   t.equal((await api(a.url, 'GET', '/api/v1/health')).status, 200, 'still serving')
+})
+
+t.test('a clock jump on a host (--fault-injection): its wall clock and its VMs\' move, its lease and VMs do not', async (t) => {
+  const s = await leaseServer(t)
+  token = s.token
+  const a = await startHost(t, 'host-a', s.url, ['--fault-injection'])
+  t.match((await api(a.url, 'GET', '/api/v1/faults')).body, { clock: { offsetMs: 0 } })
+  for (const body of [{}, { clock: 5 }, { clock: { offsetMs: '5' } }, { clock: { offsetMs: 1.5 } }, { clock: { offsetMs: 1e15 } }, { clock: { offsetMs: 1 }, disk: [] }]) {
+    const r = await api(a.url, 'PUT', '/api/v1/faults', body)
+    t.equal(r.status, 400, JSON.stringify(body))
+    t.notMatch(r.text, /\n\s+at /)
+  }
+  const jump = -3_600_000
+  const put = await api<{ clock: { offsetMs: number; file: string } }>(a.url, 'PUT', '/api/v1/faults', { clock: { offsetMs: jump } })
+  t.equal(put.status, 200, put.text)
+  t.equal(put.body.clock.offsetMs, jump)
+  const logged = a.logs.map((l) => JSON.parse(l) as { msg: string; time: number }).find((l) => l.msg === 'fault injection: wall clock offset')
+  t.ok(logged && Math.abs(logged.time - (Date.now() + jump)) < 60_000, 'the host\'s own wall clock (its log lines) reads an hour back')
+  const started = await api<VmInfo>(a.url, 'POST', '/api/v1/vms', { name: 'vm1', guest: 'kvstore', net: 'udp:127.0.0.1:9' })
+  t.equal(started.status, 201, started.text)
+  t.ok(Math.abs(Date.parse(started.body.startedAt) - (Date.now() + jump)) < 60_000, `startedAt ${started.body.startedAt}: the host's clock`)
+  const environ = readFileSync(`/proc/${started.body.pid}/environ`, 'utf8').split('\0')
+  t.ok(environ.includes(`TANDEM_WALL_OFFSET_FILE=${put.body.clock.file}`), 'the VM reads its wall clock through the host\'s offset')
+  // the other way, a day: heartbeats and fence deadlines are on monotonic time
+  t.equal((await api(a.url, 'PUT', '/api/v1/faults', { clock: { offsetMs: 86_400_000 } })).status, 200)
+  await sleep(LEASE.leaseMs + 500)
+  t.match((await api(a.url, 'GET', '/api/v1/health')).body, { lease: { valid: true } }, 'the lease held across both jumps')
+  t.match(await vmOf(a.url, 'vm1'), { state: 'running', generation: 1 }, 'the VM was not fenced')
+  t.ok(running(started.body.pid!))
 })
 
 t.test('a VM runs on one host at a time: a second host is refused, naming the holder', async (t) => {

@@ -1,6 +1,7 @@
 import t from 'tap'
 import { FakeClock, MemoryLockStorage, memorySpace, settle, twoHosts } from '../../helpers/locks.js'
 import { LockManager, initLockspace, countingStorage, regionSize } from '../../../src/disk-formats/lock-region/index.js'
+import { setWallOffset } from '../../../src/client/host/wall-clock.js'
 
 const space = memorySpace
 
@@ -54,6 +55,31 @@ t.test('a live holder is never broken; a silent one is broken after the lease, a
   t.ok(at - haltedAt >= 2000, `not before the lease (${at - haltedAt} ms)`)
   t.ok(at - haltedAt <= 2000 + 250 + 250, `within lease + heartbeat + poll (${at - haltedAt} ms)`)
   t.ok(a.fenceDeadline < at - 500 + 1, 'the holder\'s fence deadline came at least the margin before the takeover')
+  await b.leave()
+})
+
+t.test('a wall-clock jump (an hour back, a day on) neither breaks a live holder nor delays the takeover of a silent one: leases are on the monotonic clock', async (t) => {
+  const { clock, a, b } = await twoHosts()
+  t.teardown(() => setWallOffset(0))
+  await a.acquire('vm1')
+  let lost = ''
+  a.onLost = (name) => (lost = name)
+  const tryFor = b.acquire('vm1', { waitMs: 6000 }).then(() => 'acquired', () => 'refused')
+  for (const jump of [-3_600_000, 86_400_000, 0, -86_400_000]) {
+    setWallOffset(jump)
+    await clock.advance(1500)
+  }
+  t.equal(await tryFor, 'refused', 'the holder kept its lock through every jump')
+  t.equal(lost, '', 'and never saw it as lost')
+  t.ok(a.valid() && a.holds('vm1'))
+  a.halt()
+  const haltedAt = clock.now()
+  setWallOffset(3_600_000)
+  const takeover = b.acquire('vm1', { waitMs: 10_000 }).then((h) => ({ h, at: clock.now() }))
+  await clock.advance(4000)
+  const { h, at } = await takeover
+  t.equal(h.generation, 2)
+  t.ok(at - haltedAt >= 2000 && at - haltedAt <= 2500, `taken after the lease as measured on the monotonic clock (${at - haltedAt} ms)`)
   await b.leave()
 })
 
