@@ -115,7 +115,7 @@ function fioLoop(c: Cluster, x: Extract<Workload, { kind: 'fio' }>, short: boole
   const size = `${x.sizeMiB ?? (short ? 4 : 16)}M`
   r.done = (async () => {
     do {
-      const f = await runCommand('fio', ['--name=cluster', '--ioengine=nbd', `--uri=nbd://${c.server.addr}:${c.server.nbdPort}/${x.disk}`, '--rw=randwrite', `--bs=${x.bs ?? '4k'}`, `--size=${size}`, '--iodepth=4', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1', `--randseed=${r.passes.length + 1}`, '--output-format=terse'], 600_000)
+      const f = await runCommand('fio', ['--name=cluster', '--ioengine=nbd', `--uri=nbd://${c.server.addr}:${c.server.nbdPort}/${x.disk}`, '--rw=randwrite', `--bs=${x.bs ?? '4k'}`, `--size=${size}`, '--iodepth=4', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1', '--verify_state_save=0', `--randseed=${r.passes.length + 1}`, '--output-format=terse'], 600_000)
       r.passes.push({ code: f.status, out: (f.stdout + f.stderr).slice(-2000) })
       if (f.status !== 0) break
     } while (Date.now() < end)
