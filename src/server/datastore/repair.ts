@@ -74,6 +74,13 @@ export async function repairDisk(diskDir: string, name: string, opts: RepairOpti
     await createVmdk(join(diskDir, r.top), { size: r.size, parent, exclusive: true })
     done.push(`the top layer '${r.top}' was missing: a new empty one ${parent ? `on snapshot '${r.current}'` : '(no snapshot under it)'}`)
   }
+  // the record's size follows a top a grow made larger before it stopped (growDisk)
+  const topSize = await sizeOf(join(diskDir, r.top))
+  if (topSize !== undefined && topSize > r.size) {
+    done.push(`the disk's size is now ${topSize} bytes, its top layer's (a grow did not finish)`)
+    r.size = topSize
+    changed = true
+  }
   // The record's tree follows the files: a layer's parent snapshot is the one whose layer its
   // parentFileNameHint names (create, revert and delete keep this so; only an interrupted
   // snapshot delete leaves a child re-linked before the record says so).
@@ -140,6 +147,17 @@ async function parentLayerOf(path: string): Promise<string | null | undefined> {
     await img.close()
     // a parent outside the disk's folder is a linked clone's base: no layer of this disk
     return p === undefined || resolve(dirname(p)) !== resolve(dirname(path)) ? null : basename(p)
+  } catch {
+    return undefined
+  }
+}
+
+/** A layer's own size, or undefined if it does not open. */
+async function sizeOf(path: string): Promise<number | undefined> {
+  try {
+    const img = await VmdkImage.open(path, { readOnly: true })
+    await img.close()
+    return img.size
   } catch {
     return undefined
   }
