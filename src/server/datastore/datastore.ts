@@ -11,7 +11,7 @@ import { checked, swappable, type LiveDisk } from '../../disk-formats/filters/in
 import { DiskLocks } from './disk-locks.js'
 import { RECORD, readRecord, stageRecord, writeRecord, type AccessRecord, type DiskRecord, type SnapshotRecord } from './disk-record.js'
 import { isValidName, parseExportName, validName } from './names.js'
-import { repairDisk } from './repair.js'
+import { layerSize, repairDisk } from './repair.js'
 import { chainOf, findSnapshot, layerName, planCreate, planDelete, planRevert, snapshotViewOf, snapshotViews, validDescription, type SnapshotView } from './snapshot-tree.js'
 
 export type { AccessRecord, DiskRecord, SnapshotRecord } from './disk-record.js'
@@ -257,12 +257,14 @@ export class Datastore {
       if (!snap && this.handles.get(source)) throw new StorageError('Busy', `cannot copy the current state of '${source}': ${this.usersOf(source)} (clone a snapshot)`)
       if (!snap) await this.dropIdle(source)
       const layer = this.layerPath(source, snap ? snap.layer : r.top)
+      // a snapshot's size: its layer's (a snapshot taken before a grow is smaller than the disk)
+      const size = snap ? await layerSize(layer) : r.size
       return this.makeDisk(
         name,
-        r.size,
+        size,
         async (top) => {
           if (o.linked) {
-            await createVmdk(top, { size: r.size, parent: { path: layer, cid: await this.cidOfLayer(source, snap!.layer) }, exclusive: true })
+            await createVmdk(top, { size, parent: { path: layer, cid: await this.cidOfLayer(source, snap!.layer) }, exclusive: true })
             // the hint as seen from the disk's own folder (it is made in .tandem/new/)
             const img = await VmdkImage.open(top)
             try {

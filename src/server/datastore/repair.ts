@@ -75,7 +75,7 @@ export async function repairDisk(diskDir: string, name: string, opts: RepairOpti
     done.push(`the top layer '${r.top}' was missing: a new empty one ${parent ? `on snapshot '${r.current}'` : '(no snapshot under it)'}`)
   }
   // the record's size follows a top a grow made larger before it stopped (growDisk)
-  const topSize = await sizeOf(join(diskDir, r.top))
+  const topSize = await layerSize(join(diskDir, r.top)).catch(() => undefined)
   if (topSize !== undefined && topSize > r.size) {
     done.push(`the disk's size is now ${topSize} bytes, its top layer's (a grow did not finish)`)
     r.size = topSize
@@ -152,15 +152,11 @@ async function parentLayerOf(path: string): Promise<string | null | undefined> {
   }
 }
 
-/** A layer's own size, or undefined if it does not open. */
-async function sizeOf(path: string): Promise<number | undefined> {
-  try {
-    const img = await VmdkImage.open(path, { readOnly: true })
-    await img.close()
-    return img.size
-  } catch {
-    return undefined
-  }
+/** A layer's own size (the size of the disk or snapshot it is the top of). */
+export async function layerSize(path: string): Promise<number> {
+  const img = await VmdkImage.open(path, { readOnly: true })
+  await img.close()
+  return img.size
 }
 
 async function cidOf(path: string): Promise<number> {

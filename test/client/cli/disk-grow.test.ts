@@ -82,3 +82,30 @@ t.test('a grow stopped after the layer grew: reopening the datastore makes the r
   t.equal(img.size, 8 * MiB)
   await img.close()
 })
+
+t.test('after a grow, clones of an older snapshot have its size; a revert keeps the grown size', async (t) => {
+  const dir = tmp(t)
+  const ds = await Datastore.open(dir)
+  t.teardown(() => ds.close())
+  await ds.createDisk('d', MiB)
+  const w = await ds.openExport('d')
+  await w.device.write(MiB - 4096, Buffer.alloc(4096, 0x71))
+  await w.release()
+  await ds.createSnapshot('d', 'small')
+  await ds.growDisk('d', 4 * MiB)
+  const sizes = async (name: string) => {
+    const h = await ds.openExport(name)
+    const size = h.device.size
+    const tail = await h.device.read(MiB - 4096, 4096)
+    await h.release()
+    return { record: (await ds.describe(name)).size, export: size, tail: tail.equals(Buffer.alloc(4096, 0x71)) }
+  }
+  await ds.cloneDisk('d', 'full', { snapshot: 'small', linked: false })
+  await ds.cloneDisk('d', 'linked', { snapshot: 'small', linked: true })
+  t.same(await sizes('full'), { record: MiB, export: MiB, tail: true }, 'full clone: the snapshot\'s size and content')
+  t.same(await sizes('linked'), { record: MiB, export: MiB, tail: true }, 'linked clone: the same')
+  await ds.revertSnapshot('d', 'small')
+  t.same(await sizes('d'), { record: 4 * MiB, export: 4 * MiB, tail: true }, 'revert: the snapshot\'s content, the disk\'s grown size')
+  await ds.growDisk('linked', 2 * MiB)
+  t.same(await sizes('linked'), { record: 2 * MiB, export: 2 * MiB, tail: true }, 'a linked clone grows over its base')
+})
