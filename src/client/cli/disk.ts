@@ -396,7 +396,7 @@ export function diskCommand(run: (fn: () => Promise<number | void>) => Promise<v
 
   disk
     .command('import')
-    .description('a new datastore disk NAME on a tandem serve from SOURCE: a raw or VMDK file (qcow2: serve it with qemu-nbd and import nbd://), nbd://host:port/export or iscsi://host:port/iqn/lun. Copied from this machine through the disk\'s NBD export, skipping zero and unallocated ranges; SIGINT/SIGTERM cancels (exit 130) and a failed copy ends the same way: the partial disk is deleted')
+    .description('a new datastore disk NAME on a tandem serve from SOURCE: a raw or VMDK file (qcow2: serve it with qemu-nbd and import nbd://), nbd://host:port/export or iscsi://host:port/iqn/lun. Copied from this machine through the disk\'s NBD export, skipping zero and unallocated ranges; SIGINT/SIGTERM cancels (exit 130) and a failed copy stops (exit 1), both deleting the partial disk')
     .argument('<name>', 'the new disk')
     .argument('<source>', 'a file, nbd:// or iscsi:// URI')
     .option('--size <size>', 'the new disk\'s size (default: the source\'s; not smaller)')
