@@ -1,5 +1,6 @@
 import t from 'tap'
 import { spawn } from 'node:child_process'
+import type { Readable } from 'node:stream'
 import { writeFileSync, truncateSync } from 'node:fs'
 import { join } from 'node:path'
 import { CLI, needs, pattern, run, sh, tmp } from '../../helpers/peers.js'
@@ -20,7 +21,7 @@ async function same(a: string[], b: string[]): Promise<{ status: number; stdout:
  * Runs `tandem disk import … --json` and calls `during(pid)` once it prints its first progress
  * line; resolves to the exit status and output.
  */
-function importWith(args: string[], during: (pid: number) => void): Promise<{ status: number | null; stdout: string; stderr: string }> {
+function importWith(args: string[], during: (pid: number, stdout: Readable) => void): Promise<{ status: number | null; stdout: string; stderr: string }> {
   const child = spawn(process.execPath, [CLI, 'disk', 'import', ...args, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] })
   let stdout = ''
   let stderr = ''
@@ -29,7 +30,7 @@ function importWith(args: string[], during: (pid: number) => void): Promise<{ st
     stdout += b
     if (!fired && stdout.includes('"event":"progress"')) {
       fired = true
-      during(child.pid!)
+      during(child.pid!, child.stdout)
     }
   })
   child.stderr.on('data', (b: Buffer) => (stderr += b))
@@ -114,4 +115,11 @@ t.test('SIGINT mid-way cancels (exit 130, no disk); a source failing mid-way fai
   t.match(f.stderr, new RegExp(`^tandem: import of 'broken' from nbd://127\\.0\\.0\\.1:${eport}/d stopped: NBD read at \\d+\\+\\d+: errno 5; the partial disk is deleted\\n$`), 'the source\'s error, in one line')
   t.notMatch(f.stderr, /\n\s+at /, 'no stack trace')
   t.same(await s.ds.listDisks(), [], 'the partial disk was deleted')
+
+  // the reader of --json going away (`| head -1`) does not stop the import
+  const file = join(tmp(t), 'p.raw')
+  writeFileSync(file, pattern(8 * MiB, 4))
+  const h = await importWith(['piped', file, '--server', url], (_pid, out) => out.destroy())
+  t.equal(h.status, 0, h.stderr)
+  t.equal((await same(['raw', file], ['raw', `nbd://127.0.0.1:${s.nbdPort}/piped`])).status, 0, 'imported whole')
 })
