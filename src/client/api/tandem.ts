@@ -79,6 +79,10 @@ export class TandemApi {
   cloneDisk(source: string, name: string, o: { snapshot?: string; linked?: boolean } = {}): Promise<Disk> {
     return this.call('POST', `/disks/${seg(source)}/clones`, { name, ...o })
   }
+  /** Grows the disk to `size` (bytes, or a string like "20G"). */
+  growDisk(name: string, size: number | string): Promise<Disk> {
+    return this.call('POST', `/disks/${seg(name)}/grow`, { size })
+  }
   deleteDisk(name: string): Promise<null> {
     return this.call('DELETE', `/disks/${seg(name)}`)
   }

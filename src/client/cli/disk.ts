@@ -11,6 +11,7 @@ import {
   checkImage,
 
   createVmdk,
+  growVmdk,
   SUBFORMATS,
   VmdkImage,
   type AdapterType,
@@ -21,6 +22,8 @@ import { isNetworkDisk, openDisk } from '../transport/open-disk.js'
 import { humanSize, parseSize } from './size.js'
 import { DEFAULT_SERVER, TandemApi } from '../api/tandem.js'
 import { progressBar } from './progress.js'
+import { importDisk } from './disk-import.js'
+import { isCancelled } from '../../disk-formats/filters/index.js'
 
 /** --type's short names, beside qemu's subformat names. */
 const TYPE_ALIASES: Record<string, Subformat> = {
@@ -368,6 +371,91 @@ export function diskCommand(run: (fn: () => Promise<number | void>) => Promise<v
       run(async () => {
         const d = await new TandemApi(o.server).cloneDisk(source, name, { ...(o.snapshot !== undefined ? { snapshot: o.snapshot } : {}), linked: !o.full })
         process.stdout.write(o.json ? JSON.stringify(d, null, 2) + '\n' : `disk '${d.name}' (${humanSize(d.size)}) ${d.base ? `linked to '${d.base.disk}@${d.base.snapshot}'` : `copied from '${source}'${o.snapshot ? `@${o.snapshot}` : ''}`}\n`)
+      }),
+    )
+  disk
+    .command('grow')
+    .description('grow a disk to SIZE: a datastore disk NAME on a tandem serve with --server (env TANDEM_SERVER; refused while clients have it exported read-write — NBD cannot tell them the new size — and its snapshots keep their size), else a local monolithicSparse VMDK file (qemu-img resize cannot resize VMDK). Never shrinks')
+    .argument('<disk>', 'the datastore disk (with --server), else the image file')
+    .argument('<size>', 'the new size, e.g. 20G (at least the current size)')
+    .option('--server <url>', 'the tandem serve REST API (env TANDEM_SERVER); without it DISK is a local file')
+    .option('--json', 'JSON output (the disk, or {from, to} for a file)', false)
+    .action((name: string, sizeText: string, o) =>
+      run(async () => {
+        const size = parseSize(sizeText)
+        const server = o.server ?? process.env.TANDEM_SERVER
+        if (server) {
+          const d = await new TandemApi(server).growDisk(name, size)
+          process.stdout.write(o.json ? JSON.stringify(d, null, 2) + '\n' : `disk '${d.name}' is now ${humanSize(d.size)} (${d.size} bytes)\n`)
+          return
+        }
+        const r = await growVmdk(name, size)
+        process.stdout.write(o.json ? JSON.stringify(r) + '\n' : r.from === r.to ? `'${name}' is already ${r.to} bytes\n` : `Image resized: '${name}' ${r.from} → ${r.to} bytes\n`)
+      }),
+    )
+
+  disk
+    .command('import')
+    .description('a new datastore disk NAME on a tandem serve from SOURCE: a raw or VMDK file (qcow2: serve it with qemu-nbd and import nbd://), nbd://host:port/export or iscsi://host:port/iqn/lun. Copied from this machine through the disk\'s NBD export, skipping zero and unallocated ranges; SIGINT/SIGTERM cancels (exit 130) and a failed copy stops (exit 1), both deleting the partial disk')
+    .argument('<name>', 'the new disk')
+    .argument('<source>', 'a file, nbd:// or iscsi:// URI')
+    .option('--size <size>', 'the new disk\'s size (default: the source\'s; not smaller)')
+    .option('-f, --format <fmt>', 'the source file\'s format: raw or vmdk (default: probe)')
+    .option('--server <url>', 'the tandem serve REST API (env TANDEM_SERVER)', process.env.TANDEM_SERVER ?? DEFAULT_SERVER)
+    .option('--json', 'JSON lines on stdout: {"event":"start"…}, {"event":"progress","done","total"} at each whole percent, then {"event":"done","disk"}', false)
+    .option('-p, --progress', 'show a progress bar even when not on a terminal', false)
+    .action((name: string, source: string, o) =>
+      run(async () => {
+        const size = o.size === undefined ? undefined : parseSize(o.size)
+        const ac = new AbortController()
+        let signals = 0
+        const onSignal = (sig: NodeJS.Signals) => {
+          if (++signals > 1) process.exit(130) // a second signal: stop now, the partial disk stays
+          process.stderr.write(`tandem: ${sig}: cancelling the import of '${name}' (the partial disk is deleted; again to stop at once)\n`)
+          ac.abort(new Error(sig))
+        }
+        process.on('SIGINT', onSignal)
+        process.on('SIGTERM', onSignal)
+        // a reader that goes away (`| head -1`) does not stop the import: its lines stop instead
+        let stdoutGone = false
+        const onStdoutError = (e: NodeJS.ErrnoException) => {
+          if (e.code !== 'EPIPE') throw e
+          stdoutGone = true
+        }
+        process.stdout.on('error', onStdoutError)
+        const line = (v: unknown) => void (stdoutGone || process.stdout.write(JSON.stringify(v) + '\n'))
+        const bar = o.json ? null : await progressBar('import', o.progress)
+        let pct = -1
+        try {
+          const d = await importDisk(new TandemApi(o.server), name, source, {
+            size,
+            format: parseFormat(o.format),
+            signal: ac.signal,
+            onStart: (dk, total) => {
+              if (o.json) line({ event: 'start', disk: dk.name, size: dk.size, total })
+            },
+            onProgress: (done, total) => {
+              bar?.update(done, total)
+              const p = Math.floor((100 * done) / total)
+              if (o.json && p !== pct) line({ event: 'progress', done, total })
+              pct = p
+            },
+          })
+          bar?.stop()
+          if (o.json) line({ event: 'done', disk: d })
+          else process.stdout.write(`disk '${d.name}' (${humanSize(d.size)}) imported from ${source}\n`)
+        } catch (e) {
+          bar?.stop()
+          if (ac.signal.aborted && (isCancelled(e) || (e as Error).name === 'AbortError')) {
+            process.stderr.write(`tandem: import of '${name}' cancelled; the partial disk was deleted\n`)
+            return 130
+          }
+          throw e
+        } finally {
+          process.off('SIGINT', onSignal)
+          process.off('SIGTERM', onSignal)
+          if (!stdoutGone) process.stdout.off('error', onStdoutError)
+        }
       }),
     )
   return disk

@@ -156,7 +156,11 @@ async function checkExtent(ext: SparseExtent, add: (f: Finding, n?: number) => v
   const zeroTable = new Uint32Array(per)
 
   const metadata: [number, number][] = [] // header, descriptor, directories and tables
+  // metadata past overHead in an uncompressed extent (a table made on first write, directories a
+  // grow moved) sits in whole grains of its own: the rest of its last grain (within the file) is
+  // its padding, not a leak
   const addMetadata = (a: number, b: number) => {
+    if (a >= h.overHead && !ext.compressed) b = Math.max(b, Math.min(fileSectors, Math.ceil(b / h.grainSize) * h.grainSize))
     const last = metadata[metadata.length - 1]
     if (last && last[1] === a) last[1] = b
     else metadata.push([a, b])

@@ -5,13 +5,13 @@ import { LRUCache } from 'lru-cache'
 import type { BlockDevice } from '../../disk-formats/block-device.js'
 import { StorageError, fromSystemError } from '../../disk-formats/errors.js'
 import { openFile } from '../../disk-formats/file-io.js'
-import { createVmdk, VmdkImage, type StagedFile, type Subformat } from '../../disk-formats/vmdk/index.js'
+import { createVmdk, growVmdk, VmdkImage, type StagedFile, type Subformat } from '../../disk-formats/vmdk/index.js'
 import { convert, linkParent, openVmdk, rebase } from '../../disk-formats/chain/index.js'
 import { checked, swappable, type LiveDisk } from '../../disk-formats/filters/index.js'
 import { DiskLocks } from './disk-locks.js'
 import { RECORD, readRecord, stageRecord, writeRecord, type AccessRecord, type DiskRecord, type SnapshotRecord } from './disk-record.js'
 import { isValidName, parseExportName, validName } from './names.js'
-import { repairDisk } from './repair.js'
+import { layerSize, repairDisk } from './repair.js'
 import { chainOf, findSnapshot, layerName, planCreate, planDelete, planRevert, snapshotViewOf, snapshotViews, validDescription, type SnapshotView } from './snapshot-tree.js'
 
 export type { AccessRecord, DiskRecord, SnapshotRecord } from './disk-record.js'
@@ -257,12 +257,14 @@ export class Datastore {
       if (!snap && this.handles.get(source)) throw new StorageError('Busy', `cannot copy the current state of '${source}': ${this.usersOf(source)} (clone a snapshot)`)
       if (!snap) await this.dropIdle(source)
       const layer = this.layerPath(source, snap ? snap.layer : r.top)
+      // a snapshot's size: its layer's (a snapshot taken before a grow is smaller than the disk)
+      const size = snap ? await layerSize(layer) : r.size
       return this.makeDisk(
         name,
-        r.size,
+        size,
         async (top) => {
           if (o.linked) {
-            await createVmdk(top, { size: r.size, parent: { path: layer, cid: await this.cidOfLayer(source, snap!.layer) }, exclusive: true })
+            await createVmdk(top, { size, parent: { path: layer, cid: await this.cidOfLayer(source, snap!.layer) }, exclusive: true })
             // the hint as seen from the disk's own folder (it is made in .tandem/new/)
             const img = await VmdkImage.open(top)
             try {
@@ -334,6 +336,37 @@ export class Datastore {
       if (b && b.disk === disk && (snapshot === undefined || b.snapshot === snapshot)) out.push(d)
     }
     return out
+  }
+
+  /**
+   * Grows disk `name` to `size` bytes (rounded up to a sector): its top layer grows (growVmdk),
+   * then the record names the new size. Snapshots and a linked clone's base keep their size (a
+   * layer reads zeros past a smaller parent's end), so each snapshot reads as it was. Shrinking
+   * is refused (InvalidArgument), and so is a grow while clients have the disk's read-write
+   * export open (Busy, `details.connections` and `clients`: a client sized the disk when it
+   * connected, and NBD has no way to tell it of a new size): they disconnect, then it grows.
+   * A stop after the layer grew and before the record leaves a top larger than the record, which
+   * repairDisk makes the record follow.
+   */
+  async growDisk(name: string, size: number): Promise<DiskInfo> {
+    if (!Number.isSafeInteger(size) || size <= 0) throw new StorageError('InvalidArgument', `invalid size ${size}`)
+    size = Math.ceil(size / 512) * 512
+    return this.changing(name, async () => {
+      const r = await this.readRecord(name)
+      this.refusePrepared(name, 'grow the disk')
+      if (size < r.size) throw new StorageError('InvalidArgument', `cannot shrink disk '${name}' from ${r.size} to ${size} bytes: only growing is supported`)
+      if (this.handles.get(name)) {
+        throw Object.assign(new StorageError('Busy', `cannot grow '${name}' while it is exported read-write: ${this.usersOf(name)} (disconnect them first)`), {
+          details: { connections: this.openExportsOf(name), clients: this.clientsOf(name) },
+        })
+      }
+      if (size > r.size) {
+        await this.dropIdle(name)
+        await growVmdk(this.layerPath(name, r.top), size)
+        await this.writeRecord({ ...r, size })
+      }
+      return this.describeLocked(name)
+    })
   }
 
   /** Deletes a disk: its folder is renamed into `.tandem/trash/` (gone in one step), then removed. */

@@ -74,6 +74,13 @@ export async function repairDisk(diskDir: string, name: string, opts: RepairOpti
     await createVmdk(join(diskDir, r.top), { size: r.size, parent, exclusive: true })
     done.push(`the top layer '${r.top}' was missing: a new empty one ${parent ? `on snapshot '${r.current}'` : '(no snapshot under it)'}`)
   }
+  // the record's size follows a top a grow made larger before it stopped (growDisk)
+  const topSize = await layerSize(join(diskDir, r.top)).catch(() => undefined)
+  if (topSize !== undefined && topSize > r.size) {
+    done.push(`the disk's size is now ${topSize} bytes, its top layer's (a grow did not finish)`)
+    r.size = topSize
+    changed = true
+  }
   // The record's tree follows the files: a layer's parent snapshot is the one whose layer its
   // parentFileNameHint names (create, revert and delete keep this so; only an interrupted
   // snapshot delete leaves a child re-linked before the record says so).
@@ -143,6 +150,13 @@ async function parentLayerOf(path: string): Promise<string | null | undefined> {
   } catch {
     return undefined
   }
+}
+
+/** A layer's own size (the size of the disk or snapshot it is the top of). */
+export async function layerSize(path: string): Promise<number> {
+  const img = await VmdkImage.open(path, { readOnly: true })
+  await img.close()
+  return img.size
 }
 
 async function cidOf(path: string): Promise<number> {

@@ -140,6 +140,14 @@ export function createApp(o: AppOptions): express.Express {
       res.status(201).location(`/api/v1/disks/${d.name}`).json(view(d))
     }),
   )
+  app.post(
+    '/api/v1/disks/:name/grow',
+    wrap(async (req, res) => {
+      const b = body(req)
+      if (b.size === undefined) throw new StorageError('InvalidArgument', 'missing "size" (the new size)')
+      res.json(view(await ds.growDisk(req.params.name as string, parseSize(b.size))))
+    }),
+  )
   app.get(
     '/api/v1/disks/:name/snapshots',
     wrap(async (req, res) => {

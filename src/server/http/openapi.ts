@@ -171,6 +171,15 @@ export const openApi = {
         responses: { 201: json(ref('Disk'), 'created'), ...errors(true, 400, 404, 409, 507) },
       },
     },
+    '/api/v1/disks/{name}/grow': {
+      parameters: [name('name', 'disk')],
+      post: {
+        summary: 'Grow the disk to "size" (its snapshots keep theirs); 400 for a smaller size, 409 naming the connections while its read-write export is open (NBD cannot tell a client of a new size: they disconnect first)',
+        security: [{ bearer: [] }],
+        requestBody: body({ type: 'object', required: ['size'], properties: { size: { oneOf: [{ type: 'integer', minimum: 1 }, { type: 'string', example: '20G' }] } } }),
+        responses: { 200: json(ref('Disk'), 'grown (or already that size)'), ...errors(true, 400, 404, 409, 507) },
+      },
+    },
     '/api/v1/disks/{name}/snapshots': {
       parameters: [name('name', 'disk')],
       get: { summary: 'The snapshot tree', responses: { 200: json(ref('SnapshotTree')), ...errors(false, 400, 404) } },

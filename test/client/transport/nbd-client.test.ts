@@ -1,38 +1,11 @@
 import t from 'tap'
-import { spawn, type ChildProcess } from 'node:child_process'
 import { readFileSync, writeFileSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { join } from 'node:path'
 import { NbdClient, parseNbdUri } from '../../../src/client/transport/nbd/index.js'
 import { isStorageError } from '../../../src/disk-formats/errors.js'
 import { needs, pattern, sh, shStatus, tandem, tmp } from '../../helpers/peers.js'
 import { startServer } from '../../helpers/server.js'
-
-/** A port free right now (the peer binds it next; loopback only). */
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const a = s.address()
-      s.close(() => resolve(typeof a === 'object' && a ? a.port : 0))
-    })
-  })
-}
-
-/** Runs a peer NBD server until teardown; resolves when it accepts connections. */
-async function peerServer(t: { teardown(fn: () => unknown): void }, cmd: string, args: (port: number) => string[]): Promise<number> {
-  const port = await freePort()
-  const child: ChildProcess = spawn(cmd, args(port), { stdio: ['ignore', 'ignore', 'pipe'] })
-  const exited = new Promise<void>((r) => child.on('exit', () => r()))
-  t.teardown(async () => {
-    child.kill('SIGTERM')
-    await exited
-  })
-  for (let i = 0; i < 200; i++) {
-    if (shStatus('nbdinfo', ['--size', `nbd://127.0.0.1:${port}/d`]).status === 0) return port
-    await new Promise((r) => setTimeout(r, 25))
-  }
-  throw new Error(`${cmd} did not come up on ${port}`)
-}
+import { peerServer } from '../../helpers/nbd-peer.js'
 
 t.test('URIs: host, port, export; nbds and junk refused with typed errors', async (t) => {
   t.same(parseNbdUri('nbd://h:10/a%20b'), { host: 'h', port: 10, exportName: 'a b' })

@@ -107,6 +107,8 @@ t.test('real answers of every route validate against the document', async (t) =>
   const busy = await expect(409, 'POST', `${SN}/revert`, { name: 'd', snap: 's1' })
   t.same(busy.error.connections, { d: 1 })
   await expect(409, 'DELETE', D, { name: 'd' })
+  const grownBusy = await expect(409, 'POST', `${D}/grow`, { name: 'd' }, { size: '2M' })
+  t.same(grownBusy.error.connections, { d: 1 }, 'grow under a writer names it')
   const locks = await expect(200, 'GET', '/api/v1/locks')
   const lock = (locks.locks as { name: string }[])[0]
   t.ok(lock, 'the writer holds a lock')
@@ -114,6 +116,13 @@ t.test('real answers of every route validate against the document', async (t) =>
   await expect(404, 'GET', '/api/v1/locks/{name}', { name: 'nope' })
   nbd.disconnect()
   await expect(204, 'DELETE', SN, { name: 'd', snap: 'cp' })
+  // grow: shrink and bad sizes refused, a missing disk 404, without the token 401
+  t.equal((await expect(200, 'POST', `${D}/grow`, { name: 'd' }, { size: '2M' })).size, 2 ** 21)
+  await expect(400, 'POST', `${D}/grow`, { name: 'd' }, { size: '1M' })
+  await expect(400, 'POST', `${D}/grow`, { name: 'd' }, { size: 'big' })
+  await expect(400, 'POST', `${D}/grow`, { name: 'd' }, {})
+  await expect(404, 'POST', `${D}/grow`, { name: 'nope' }, { size: '2M' })
+  await expect(401, 'POST', `${D}/grow`, { name: 'd' }, { size: '3M' }, { token: false })
   await expect(404, 'DELETE', SN, { name: 'd', snap: 'cp' })
   await expect(400, 'DELETE', SN, { name: 'd', snap: '.x' })
   // keys
