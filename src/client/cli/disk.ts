@@ -416,14 +416,8 @@ export function diskCommand(run: (fn: () => Promise<number | void>) => Promise<v
         }
         process.on('SIGINT', onSignal)
         process.on('SIGTERM', onSignal)
-        // a reader that goes away (`| head -1`) does not stop the import: its lines stop instead
-        let stdoutGone = false
-        const onStdoutError = (e: NodeJS.ErrnoException) => {
-          if (e.code !== 'EPIPE') throw e
-          stdoutGone = true
-        }
-        process.stdout.on('error', onStdoutError)
-        const line = (v: unknown) => void (stdoutGone || process.stdout.write(JSON.stringify(v) + '\n'))
+        // a reader that goes away (`| head -1`) does not stop the import: its lines stop instead (bin.ts)
+        const line = (v: unknown) => void process.stdout.write(JSON.stringify(v) + '\n')
         const bar = o.json ? null : await progressBar('import', o.progress)
         let pct = -1
         try {
@@ -454,7 +448,6 @@ export function diskCommand(run: (fn: () => Promise<number | void>) => Promise<v
         } finally {
           process.off('SIGINT', onSignal)
           process.off('SIGTERM', onSignal)
-          if (!stdoutGone) process.stdout.off('error', onStdoutError)
         }
       }),
     )

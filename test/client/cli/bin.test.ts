@@ -3,6 +3,9 @@ import { copyFileSync, readFileSync, writeFileSync, rmSync, existsSync } from 'n
 import { dirname, join } from 'node:path'
 import Module from 'node:module'
 import vm from 'node:vm'
+import { spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { createVmdk, openVmdk } from '../../../src/disk-formats/index.js'
 import { CLI, shStatus, tmp } from '../../helpers/peers.js'
 
 // The `tandem` executable (tandem.cts) runs the CLI's bundle, cli.cjs, from V8's code cache made
@@ -36,4 +39,24 @@ t.test('the commands loaded on first use load from the bundle', async (t) => {
   const r = shStatus(process.execPath, [CLI, 'lock', 'ls', '--lockspace', ls, '--json'])
   t.equal(r.status, 0, r.stderr)
   t.doesNotThrow(() => JSON.parse(r.stdout), 'JSON from the lock manager')
+})
+
+t.test('a reader that goes away (| head -1) ends the output, not the command: exit 0, no stack trace', async (t) => {
+  const d = tmp(t)
+  const path = join(d, 'frag.vmdk')
+  await createVmdk(path, { size: 2 * 2 ** 30 })
+  const img = await openVmdk(path)
+  // every other grain allocated: `disk map` prints one line per run, ~1 MB, past what the
+  // socket between the processes holds (~200 KiB)
+  const sector = Buffer.alloc(512, 1)
+  for (let g = 0; g < 32768; g += 2) await img.write(g * 65536, sector)
+  await img.close()
+  const child = spawn(process.execPath, [CLI, 'disk', 'map', path], { stdio: ['ignore', 'pipe', 'pipe'] })
+  let stderr = ''
+  child.stderr.on('data', (b) => (stderr += b))
+  await new Promise((r) => child.stdout.once('data', r))
+  child.stdout.destroy()
+  const [code, signal] = (await once(child, 'exit')) as [number | null, string | null]
+  t.same({ code, signal }, { code: 0, signal: null }, 'exit 0')
+  t.equal(stderr, '', 'nothing on stderr (no EPIPE stack trace)')
 })
