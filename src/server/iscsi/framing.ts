@@ -125,6 +125,7 @@ function digest(b: Buffer): Buffer {
 export class PduSplitter {
   /** the header being gathered: BHS, AHS, header digest */
   private readonly head = Buffer.allocUnsafe(BHS_LENGTH + 255 * 4 + 4)
+  private readonly bhs = this.head.subarray(0, BHS_LENGTH)
   private headGot = 0
   private headNeed = BHS_LENGTH
   /** 0: header; 1: data segment; 2: padding and data digest */
@@ -140,6 +141,8 @@ export class PduSplitter {
   private held = false
   /** the last data segment was placed, and longer than `LARGE_SEGMENT` */
   private lastLarge = false
+  /** the buffer `receiveInto` last gave for bytes received in place */
+  private offered: Buffer | null = null
   private pending: Buffer[] = []
 
   constructor(
@@ -166,7 +169,7 @@ export class PduSplitter {
    * another large one: its data then lands in place, none in scratch); else `scratch`.
    */
   receiveInto(min: number, scratch: Buffer): Buffer {
-    const direct = this.directTarget(min)
+    const direct = (this.offered = this.directTarget(min))
     if (direct) return direct
     if (this.phase === 0 && this.lastLarge && !this.held) return scratch.subarray(0, Math.min(scratch.length, this.headNeed - this.headGot))
     return scratch
@@ -187,6 +190,17 @@ export class PduSplitter {
     else this.feed(chunk)
   }
 
+  /** `n` bytes received into `buf`: the buffer `receiveInto` gave (in place, then nothing to copy), or any other. */
+  received(buf: Buffer, n: number): void {
+    if (buf !== this.offered) {
+      this.push(n === buf.length ? buf : buf.subarray(0, n))
+      return
+    }
+    this.offered = null
+    this.got += n
+    if (this.got === this.dlen) this.dataDone()
+  }
+
   private feed(chunk: Buffer): void {
     let i = 0
     const n = chunk.length
@@ -196,10 +210,9 @@ export class PduSplitter {
         return
       }
       if (this.phase === 0) {
-        const k = Math.min(this.headNeed - this.headGot, n - i)
-        chunk.copy(this.head, this.headGot, i, i + k)
-        this.headGot += k
-        i += k
+        // a few bytes: a loop costs less than Buffer#copy
+        const head = this.head
+        for (const end = i + Math.min(this.headNeed - this.headGot, n - i); i < end; i++) head[this.headGot++] = chunk[i]
         if (this.headGot === BHS_LENGTH) {
           this.dlen = readField(this.head, Basic.fields.dataSegmentLength)
           if (this.dlen > this.maxData) throw this.fail(`data segment of ${this.dlen} bytes exceeds MaxRecvDataSegmentLength ${this.maxData}`)
@@ -208,27 +221,20 @@ export class PduSplitter {
         if (this.headGot === this.headNeed) this.headerDone()
       } else if (this.phase === 1) {
         const k = Math.min(this.dlen - this.got, n - i)
-        const d = this.dest
-        if (d) {
-          const to = this.at + this.got
-          // bytes received straight into place (directTarget) need no copy
-          if (chunk.buffer !== d.buffer || chunk.byteOffset + i !== d.byteOffset + to) chunk.copy(d, to, i, i + k)
-        }
+        if (this.dest) this.dest.set(k === n ? chunk : chunk.subarray(i, i + k), this.at + this.got)
         this.got += k
         i += k
         if (this.got === this.dlen) this.dataDone()
       } else {
-        const k = Math.min(this.tailNeed - this.got, n - i)
-        chunk.copy(this.tail, this.got, i, i + k)
-        this.got += k
-        i += k
+        const tail = this.tail
+        for (const end = i + Math.min(this.tailNeed - this.got, n - i); i < end; i++) tail[this.got++] = chunk[i]
         if (this.got === this.tailNeed) this.deliver()
       }
     }
   }
 
   private headerDone(): void {
-    const bhs = this.head.subarray(0, BHS_LENGTH)
+    const bhs = this.bhs
     const ahsEnd = BHS_LENGTH + ahsLength(bhs)
     if (this.digests.header) {
       const got = this.head.readUInt32LE(ahsEnd)
@@ -266,8 +272,9 @@ export class PduSplitter {
   }
 
   private deliver(): void {
-    const bhs = this.head.subarray(0, BHS_LENGTH)
-    const ahs = this.head.subarray(BHS_LENGTH, BHS_LENGTH + ahsLength(bhs))
+    const bhs = this.bhs
+    const ahsLen = ahsLength(bhs)
+    const ahs = ahsLen ? this.head.subarray(BHS_LENGTH, BHS_LENGTH + ahsLen) : NO_DATA
     const dlen = this.dlen
     const data = !dlen || !this.dest ? NO_DATA : this.dest.subarray(this.at, this.at + dlen)
     let digestError = false
@@ -283,7 +290,7 @@ export class PduSplitter {
     this.headNeed = BHS_LENGTH
     this.dest = null
     this.placed = false
-    this.onPdu(digestError ? { bhs, ahs, data, digestError } : { bhs, ahs, data, direct })
+    this.onPdu({ bhs, ahs, data, direct, digestError })
   }
 }
 

@@ -168,7 +168,7 @@ for (const digests of [
         const n = Math.min(into.length, bytes.length - at)
         bytes.copy(into, 0, at, at + n)
         if (into.buffer !== recv.buffer) direct += n
-        s.push(into.subarray(0, n))
+        s.received(into, n)
         at += n
       }
     })

@@ -99,6 +99,10 @@ interface Task {
   timer: unknown
   /** an ABORT TASK for it is in flight: an "aborted" answer is not its result */
   aborting: boolean
+  /** `command`'s: a status but GOOD rejects (statusError); a UNIT ATTENTION sends it again */
+  strict: boolean
+  /** unit attentions it was sent again after */
+  attentions: number
   resolve(r: ScsiResult): void
   reject(e: Error): void
 }
@@ -138,6 +142,7 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
   /** the digests in force on the current connection (off during each login) */
   private readonly digests: Digests = { header: false, data: false }
   private splitter!: PduSplitter
+  private readonly bhs = Buffer.alloc(48)
   private batch!: PduBatch
   /** the login's answers not yet read, and what ended the connection before the login did */
   private loginPdus: P.Pdu[] = []
@@ -268,9 +273,17 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
     this.batch.send(bhs, data)
   }
 
+  /** A header for `send` of the hot path (commands, Data-Out): one reused buffer, as `send` copies it. */
+  private header(opcode: number, flags: number): Buffer {
+    const b = this.bhs.fill(0)
+    b[0] = opcode
+    b[1] = flags
+    return b
+  }
+
   /** `n` bytes arrived in `buf` on connection `gen`; false stops reading (the connection is over). */
   private received(gen: number, splitter: PduSplitter, buf: Buffer, n: number): boolean {
-    return this.parsing(gen, () => splitter.push(n === buf.length ? buf : buf.subarray(0, n)))
+    return this.parsing(gen, () => splitter.received(buf, n))
   }
 
   /** Runs `parse` (PDUs handed to `arrived`) on connection `gen`; a framing or protocol error ends it (false). */
@@ -533,12 +546,13 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
     }
     const off = pdu.bhs.readUInt32BE(40)
     if (!t.inBuf || off + pdu.data.length > t.inBuf.length) throw new StorageError('IoError', 'iSCSI: Data-In beyond the expected length')
-    if (pdu.data.buffer !== t.inBuf.buffer || pdu.data.byteOffset !== t.inBuf.byteOffset + off) pdu.data.copy(t.inBuf, off)
+    // placed: the data is in t.inBuf already (its buffer was the placement asked of the splitter)
+    if (!pdu.direct) pdu.data.copy(t.inBuf, off)
     t.inGot = Math.max(t.inGot, off + pdu.data.length)
     if (pdu.bhs[1] & 0x01) {
       // status in the last Data-In (phase collapse)
       const residual = pdu.bhs[1] & 0x06 ? pdu.bhs.readUInt32BE(44) : 0
-      this.complete(t, { status: pdu.bhs[3], data: t.inBuf.subarray(0, t.inGot), sense: NO_DATA, residual, sent: t.sent })
+      this.complete(t, { status: pdu.bhs[3], data: gotOf(t), sense: NO_DATA, residual, sent: t.sent })
     }
   }
 
@@ -556,7 +570,7 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
     let sense = NO_DATA
     if (pdu.data.length >= 2) sense = Buffer.from(pdu.data.subarray(2, 2 + pdu.data.readUInt16BE(0)))
     const residual = pdu.bhs[1] & 0x06 ? pdu.bhs.readUInt32BE(44) : 0
-    this.complete(t, { status: pdu.bhs[3], data: t.inBuf ? t.inBuf.subarray(0, t.inGot) : NO_DATA, sense, residual, sent: t.sent })
+    this.complete(t, { status: pdu.bhs[3], data: t.inBuf ? gotOf(t) : NO_DATA, sense, residual, sent: t.sent })
   }
 
   private r2t(bhs: Buffer): void {
@@ -576,7 +590,7 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
     let sn = 0
     for (let at = 0; at < len; at += this.targetMaxRecv) {
       const n = Math.min(this.targetMaxRecv, len - at)
-      const b = header(P.SCSI_DATA_OUT, at + n >= len ? 0x80 : 0)
+      const b = this.header(P.SCSI_DATA_OUT, at + n >= len ? 0x80 : 0)
       this.lunBytes.copy(b, 8)
       b.writeUInt32BE(t.itt, 16)
       b.writeUInt32BE(ttt, 20)
@@ -605,7 +619,12 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
     if (t.aborting && (r.status === S.TASK_ABORTED || senseOf(r.sense).key === S.ABORTED_COMMAND)) return
     this.tasks.delete(t.itt)
     this.timers.clearTimeout(t.timer)
-    t.resolve(r)
+    if (t.strict && r.status !== S.GOOD) {
+      const e = statusError(t.cdb[0], r, t.sent)
+      // a UNIT ATTENTION (a reset, a changed parameter: SAM-5 §5.14) reports an event, not a failure of this command
+      if (e.senseKey === S.UNIT_ATTENTION && t.attentions++ < UNIT_ATTENTION_RETRIES) this.issue(t)
+      else t.reject(e)
+    } else t.resolve(r)
     this.wake()
   }
 
@@ -638,7 +657,7 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
     this.cmdSN = (this.cmdSN + 1) >>> 0
     const flags = 0x80 | (inLen ? 0x40 : 0) | (outLen ? 0x20 : 0) | 0x01 // F, R, W, SIMPLE
     const immediate = this.immediateData && outLen ? Math.min(outLen, this.firstBurst, this.targetMaxRecv) : 0
-    const b = header(P.SCSI_COMMAND, flags)
+    const b = this.header(P.SCSI_COMMAND, flags)
     this.lunBytes.copy(b, 8)
     b.writeUInt32BE(t.itt, 16)
     b.writeUInt32BE(outLen || inLen, 20)
@@ -737,17 +756,26 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
    * rejects with SessionLostError when the session cannot be recovered.
    */
   async execute(cdb: Buffer, dataOut: Buffer | null = null, dataIn: number | Buffer = 0): Promise<ScsiResult> {
-    return this.submit(ownCdb(cdb), dataOut, inBufferOf(dataIn))
+    return this.submit(ownCdb(cdb), dataOut, inBufferOf(dataIn), false)
   }
 
-  /** `execute` of a 16-byte CDB the initiator holds (not copied) and the Data-In buffer. */
-  private async submit(cdb16: Buffer, out: Buffer | null, inBuf: Buffer | null): Promise<ScsiResult> {
-    while (!this.dead && !this.canSend()) await new Promise<void>((r) => this.waiting.push(r))
-    if (this.dead) throw this.dead
+  /**
+   * `execute` (`strict`: `command`) of a 16-byte CDB the initiator holds (not copied) into the
+   * Data-In buffer given: one promise per command, settled by the answer.
+   */
+  private submit(cdb16: Buffer, out: Buffer | null, inBuf: Buffer | null, strict: boolean): Promise<ScsiResult> {
+    if (this.dead) return Promise.reject(this.dead)
+    if (!this.canSend()) return this.submitLater(cdb16, out, inBuf, strict)
     return new Promise<ScsiResult>((resolve, reject) => {
-      const t: Task = { itt: 0, cmdSN: 0, cdb: cdb16, out, inBuf, inGot: 0, sent: 0, timer: undefined, aborting: false, resolve, reject }
+      const t: Task = { itt: 0, cmdSN: 0, cdb: cdb16, out, inBuf, inGot: 0, sent: 0, timer: undefined, aborting: false, strict, attentions: 0, resolve, reject }
       this.issue(t)
     })
+  }
+
+  /** `submit` once the window and the queue depth allow. */
+  private async submitLater(cdb16: Buffer, out: Buffer | null, inBuf: Buffer | null, strict: boolean): Promise<ScsiResult> {
+    while (!this.dead && !this.canSend()) await new Promise<void>((r) => this.waiting.push(r))
+    return this.submit(cdb16, out, inBuf, strict)
   }
 
   /**
@@ -756,19 +784,7 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
    * this command: it is consumed and the command sent again, a few times at most.
    */
   async command(cdb: Buffer, dataOut: Buffer | null = null, dataIn: number | Buffer = 0): Promise<ScsiResult> {
-    return this.run(ownCdb(cdb), dataOut, inBufferOf(dataIn))
-  }
-
-  /** `command` of a 16-byte CDB the initiator holds (not copied) and the Data-In buffer. */
-  private async run(cdb: Buffer, dataOut: Buffer | null, inBuf: Buffer | null): Promise<ScsiResult> {
-    let sent = 0
-    for (let attempt = 0; ; attempt++) {
-      const r = await this.submit(cdb, dataOut, inBuf)
-      sent += r.sent
-      if (r.status === S.GOOD) return sent === r.sent ? r : { ...r, sent }
-      const e = statusError(cdb[0], r, sent)
-      if (e.senseKey !== S.UNIT_ATTENTION || attempt >= UNIT_ATTENTION_RETRIES) throw e
-    }
+    return this.submit(ownCdb(cdb), dataOut, inBufferOf(dataIn), true)
   }
 
   // ---- BlockDevice ---------------------------------------------------------------------------
@@ -818,13 +834,13 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
     this.check(offset, length, false)
     if (at < 0 || at + length > out.length) throw new StorageError('InvalidArgument', `readInto: ${length} bytes at ${at} do not fit a ${out.length}-byte buffer`)
     if (length <= MAX_TRANSFER) {
-      await this.run(this.rw16(S.READ_16, offset, length), null, out.subarray(at, at + length))
+      await this.submit(this.rw16(S.READ_16, offset, length), null, at === 0 && length === out.length ? out : out.subarray(at, at + length), true)
       return
     }
     const parts: Promise<unknown>[] = []
     for (let i = 0; i < length; i += MAX_TRANSFER) {
       const n = Math.min(MAX_TRANSFER, length - i)
-      parts.push(this.run(this.rw16(S.READ_16, offset + i, n), null, out.subarray(at + i, at + i + n)))
+      parts.push(this.submit(this.rw16(S.READ_16, offset + i, n), null, out.subarray(at + i, at + i + n), true))
     }
     await Promise.all(parts)
   }
@@ -832,13 +848,13 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
   async write(offset: number, data: Buffer, opts?: WriteOptions): Promise<void> {
     this.check(offset, data.length, true)
     if (data.length <= MAX_TRANSFER) {
-      await this.run(this.rw16(S.WRITE_16, offset, data.length, opts?.fua), data, null)
+      await this.submit(this.rw16(S.WRITE_16, offset, data.length, opts?.fua), data, null, true)
       return
     }
     const parts: Promise<unknown>[] = []
     for (let at = 0; at < data.length; at += MAX_TRANSFER) {
       const n = Math.min(MAX_TRANSFER, data.length - at)
-      parts.push(this.run(this.rw16(S.WRITE_16, offset + at, n, opts?.fua), data.subarray(at, at + n), null))
+      parts.push(this.submit(this.rw16(S.WRITE_16, offset + at, n, opts?.fua), data.subarray(at, at + n), null, true))
     }
     await Promise.all(parts)
   }
@@ -966,6 +982,9 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
     })())
   }
 }
+
+/** The Data-In a task received. */
+const gotOf = (t: Task): Buffer => (t.inGot === t.inBuf!.length ? t.inBuf! : t.inBuf!.subarray(0, t.inGot))
 
 /** A copy of a caller's CDB, in the 16 bytes of the command's header. */
 function ownCdb(cdb: Buffer): Buffer {
