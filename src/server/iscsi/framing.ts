@@ -139,8 +139,6 @@ export class PduSplitter {
   private readonly tail = Buffer.alloc(8)
   private tailNeed = 0
   private held = false
-  /** the last data segment was placed, and longer than `LARGE_SEGMENT` */
-  private lastLarge = false
   /** the buffer `receiveInto` last gave for bytes received in place */
   private offered: Buffer | null = null
   private pending: Buffer[] = []
@@ -163,16 +161,9 @@ export class PduSplitter {
     return this.dest!.subarray(from, this.at + this.dlen)
   }
 
-  /**
-   * Where the next bytes are best received, given `scratch` (any size): straight into place
-   * (`directTarget`); after a large placed segment only the next header (the next PDU is likely
-   * another large one: its data then lands in place, none in scratch); else `scratch`.
-   */
+  /** Where the next bytes are best received: straight into place (`directTarget`), else `scratch`. */
   receiveInto(min: number, scratch: Buffer): Buffer {
-    const direct = (this.offered = this.directTarget(min))
-    if (direct) return direct
-    if (this.phase === 0 && this.lastLarge && !this.held) return scratch.subarray(0, Math.min(scratch.length, this.headNeed - this.headGot))
-    return scratch
+    return (this.offered = this.directTarget(min)) ?? scratch
   }
 
   hold(): void {
@@ -284,7 +275,6 @@ export class PduSplitter {
       digestError = crc !== this.tail.readUInt32LE(pad)
     }
     const direct = this.placed
-    this.lastLarge = direct && dlen >= LARGE_SEGMENT
     this.phase = 0
     this.headGot = 0
     this.headNeed = BHS_LENGTH

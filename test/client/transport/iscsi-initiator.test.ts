@@ -94,26 +94,31 @@ async function mixedLoad(t: Test, uri: string, size: number, digests: boolean, s
   await c.write(0, model)
   let x = seed
   const rnd = (n: number) => ((x = (x * 1103515245 + 12345) >>> 0) >>> 8) % n
-  const busy = new Set<number>() // 64 KiB units with a write in flight: reads and writes of a unit do not overlap
+  // 64 KiB units in use: a write takes units no command uses, a read units no write uses
+  const writing = new Set<number>()
+  const reading = new Map<number, number>()
   let bad = 0
   let checked = 0
   const op = async (i: number) => {
     const len = [4096, 8192, 65536, 262144, 1 << 20][rnd(5)]
     const off = rnd((size - len) / 4096) * 4096
     const units = Array.from({ length: Math.ceil((off + len) / 65536) - Math.floor(off / 65536) }, (_, k) => Math.floor(off / 65536) + k)
-    if (units.some((u) => busy.has(u))) return
+    if (units.some((u) => writing.has(u))) return
     if (i % 3 === 0) {
+      if (units.some((u) => reading.has(u))) return
       const data = pattern(len, seed + i)
-      units.forEach((u) => busy.add(u))
+      units.forEach((u) => writing.add(u))
       await c.write(off, data)
       data.copy(model, off)
-      units.forEach((u) => busy.delete(u))
+      units.forEach((u) => writing.delete(u))
     } else {
+      units.forEach((u) => reading.set(u, (reading.get(u) ?? 0) + 1))
       const want = Buffer.from(model.subarray(off, off + len))
       const got = i % 2 ? await c.read(off, len) : Buffer.alloc(len + 512)
       if (!(i % 2)) await c.readInto(off, len, got, 512)
       if (!(i % 2 ? got : got.subarray(512)).equals(want)) bad++
       checked++
+      units.forEach((u) => (reading.get(u) === 1 ? reading.delete(u) : reading.set(u, reading.get(u)! - 1)))
     }
   }
   let next = 0
