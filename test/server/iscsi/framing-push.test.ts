@@ -57,7 +57,7 @@ function build(): [Buffer, Buffer][] {
     [dataIn(7, 1000), pattern(5001, 2)], // placed, padded by 3
     [dataIn(7, 8192), pattern(70000, 3)], // placed, large: received in place
     [dataIn(9, 0), pattern(333, 4)], // no destination: a buffer of its own
-    [dataIn(8, 0), pattern(40000, 5)], // dropped
+    [dataIn(8, 0), pattern(40001, 5)], // dropped; large, padded by 3
     [header(P.TEXT_RESPONSE, 0x80), Buffer.from('a=b\0')],
   ]
 }
