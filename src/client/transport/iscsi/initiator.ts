@@ -2,7 +2,8 @@ import { randomBytes } from 'node:crypto'
 import { connect, type Socket } from 'node:net'
 import type { BlockDevice, Capabilities, Extent, WriteOptions, ZeroOptions } from '../../../disk-formats/block-device.js'
 import { StorageError, type StorageErrorCode } from '../../../disk-formats/errors.js'
-import { header } from '../../../server/iscsi/bhs.js'
+import { Basic, BHS_LENGTH, header } from '../../../server/iscsi/bhs.js'
+import { writeField } from '../../../disk-formats/struct.js'
 import { PduBatch, PduSplitter, type Digests } from '../../../server/iscsi/framing.js'
 import * as P from '../../../server/iscsi/pdu.js'
 import * as S from '../../../server/scsi/constants.js'
@@ -142,7 +143,7 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
   /** the digests in force on the current connection (off during each login) */
   private readonly digests: Digests = { header: false, data: false }
   private splitter!: PduSplitter
-  private readonly bhs = Buffer.alloc(48)
+  private readonly bhs = Buffer.alloc(BHS_LENGTH)
   private batch!: PduBatch
   /** the login's answers not yet read, and what ended the connection before the login did */
   private loginPdus: P.Pdu[] = []
@@ -276,8 +277,8 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
   /** A header for `send` of the hot path (commands, Data-Out): one reused buffer, as `send` copies it. */
   private header(opcode: number, flags: number): Buffer {
     const b = this.bhs.fill(0)
-    b[0] = opcode
-    b[1] = flags
+    writeField(b, Basic.fields.opcode, opcode)
+    writeField(b, Basic.fields.flags, flags)
     return b
   }
 
