@@ -5,7 +5,8 @@
  *
  * MODE is read | write (sequential, wrapping at SPAN) or randread | randwrite (aligned random
  * offsets within SPAN). Keeps QUEUE_DEPTH reads or writes in flight on one session for SECONDS
- * (through the BlockDevice interface, as a caller would) and prints one JSON line:
+ * (through the BlockDevice interface, as a caller would: reads by `readInto`, each worker into
+ * its own buffer, or by `read` with LOAD_ALLOC=1) and prints one JSON line:
  * {"ops":N,"bytes":N,"seconds":S,"iops":N,"mibps":N,"cpu":S} — `cpu`: this process's user+system
  * seconds over the timed part only (Node's start-up and the login excluded).
  */
@@ -43,10 +44,14 @@ let ops = 0
 const c0 = process.cpuUsage()
 const t0 = performance.now()
 const deadline = t0 + seconds * 1000
+// reads land in one buffer per worker (ReadsInto, as `tandem disk convert` reads); LOAD_ALLOC=1: a new buffer per read (`read`)
+const fresh = process.env.LOAD_ALLOC === '1'
 const worker = async () => {
+  const into = Buffer.allocUnsafe(block)
   while (performance.now() < deadline) {
     if (write) await ini.write(offset(), payload)
-    else await ini.read(offset(), block)
+    else if (fresh) await ini.read(offset(), block)
+    else await ini.readInto(offset(), block, into, 0)
     ops++
   }
 }

@@ -2,9 +2,9 @@ import { randomBytes } from 'node:crypto'
 import { connect, type Socket } from 'node:net'
 import type { BlockDevice, Capabilities, Extent, WriteOptions, ZeroOptions } from '../../../disk-formats/block-device.js'
 import { StorageError, type StorageErrorCode } from '../../../disk-formats/errors.js'
-import { header } from '../../../server/iscsi/bhs.js'
-import { PduReader, writePdu, type Digests } from '../../../server/iscsi/framing.js'
-import { ByteQueue } from '../../../server/net/byte-queue.js'
+import { Basic, BHS_LENGTH, header } from '../../../server/iscsi/bhs.js'
+import { writeField } from '../../../disk-formats/struct.js'
+import { PduBatch, PduSplitter, type Digests } from '../../../server/iscsi/framing.js'
 import * as P from '../../../server/iscsi/pdu.js'
 import * as S from '../../../server/scsi/constants.js'
 import { parseIscsiUri, type IscsiUri } from './uri.js'
@@ -78,6 +78,10 @@ export const DEFAULT_INITIATOR = 'iqn.2026-11.local.tandem:initiator'
 /** Our receive limit (declared at login): Data-In segments are at most this long. */
 const OUR_MAX_RECV = 262144
 const OUR_MAX_BURST = 1 << 20
+/** Bytes are received into a reused buffer this big (when no large Data-In segment is being placed). */
+const RECV_CHUNK = 64 * 1024
+/** The rest of a Data-In segment is received straight into its command's buffer when at least this much of it is missing. */
+const DIRECT_MIN = 32 * 1024
 /** Unit attentions queued per I_T nexus are few (reset, parameters, reservations): retries for one command. */
 const UNIT_ATTENTION_RETRIES = 8
 /** Largest single READ/WRITE we issue: bounded so one command's buffer stays modest. */
@@ -96,6 +100,10 @@ interface Task {
   timer: unknown
   /** an ABORT TASK for it is in flight: an "aborted" answer is not its result */
   aborting: boolean
+  /** `command`'s: a status but GOOD rejects (statusError); a UNIT ATTENTION sends it again */
+  strict: boolean
+  /** unit attentions it was sent again after */
+  attentions: number
   resolve(r: ScsiResult): void
   reject(e: Error): void
 }
@@ -134,7 +142,13 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
   private dead: Error | null = null
   /** the digests in force on the current connection (off during each login) */
   private readonly digests: Digests = { header: false, data: false }
-  private reader!: PduReader
+  private splitter!: PduSplitter
+  private readonly bhs = Buffer.alloc(BHS_LENGTH)
+  private batch!: PduBatch
+  /** the login's answers not yet read, and what ended the connection before the login did */
+  private loginPdus: P.Pdu[] = []
+  private loginError: StorageError | null = null
+  private loginWake: (() => void) | null = null
   /** negotiated: what the target accepts per PDU, and per burst */
   private targetMaxRecv = 8192
   private maxBurst = 262144
@@ -147,7 +161,6 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
   private thin = false
   /** the connection of the session; replaced by `establish` after a loss */
   private sock!: Socket
-  private q!: ByteQueue
   private connected = false
   /** counts connections: a receive loop of an earlier one stops */
   private generation = 0
@@ -199,26 +212,40 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
   /** Opens a connection and logs in; the session is then in full feature phase on it. */
   async establish(): Promise<void> {
     const uri = this.uri
-    const sock = connect({ host: uri.host, port: uri.port })
-    sock.setNoDelay(true)
-    const q = new ByteQueue(
-      () => sock.pause(),
-      () => sock.resume(),
-      4 << 20,
-    )
-    const where = this.where
-    sock.on('data', (d: Buffer) => q.push(d))
-    sock.on('end', () => q.end(new StorageError('IoError', `iSCSI ${where}: the target closed the connection`)))
-    sock.on('close', () => q.end(new StorageError('IoError', `iSCSI ${where}: connection closed`)))
-    sock.on('error', (e: NodeJS.ErrnoException) => q.end(new StorageError('IoError', `iSCSI ${where}: ${e.code ?? e.message}`, undefined, { cause: e })))
-    this.sock = sock
-    this.q = q
-    this.reader = new PduReader(q, this.digests, Math.max(OUR_MAX_RECV, 65536), (m) => new StorageError('IoError', `iSCSI: ${m}`))
+    const gen = ++this.generation
     // digests start after the login; each login negotiates them anew
     this.digests.header = this.digests.data = false
+    this.loginPdus = []
+    this.loginError = null
+    const splitter = new PduSplitter(
+      this.digests,
+      OUR_MAX_RECV,
+      (m) => new StorageError('IoError', `iSCSI: ${m}`),
+      (bhs) => (P.opcodeOf(bhs) === P.SCSI_DATA_IN ? (this.tasks.get(P.ittOf(bhs))?.inBuf ?? null) : null),
+      (pdu) => this.arrived(splitter, pdu),
+    )
+    // Bytes are received into one reused buffer, or, for the rest of a large Data-In segment,
+    // straight into the command's buffer: no buffer per read, no copy of a large payload.
+    const scratch = Buffer.allocUnsafe(RECV_CHUNK)
+    const sock = connect({
+      host: uri.host,
+      port: uri.port,
+      onread: {
+        buffer: () => splitter.receiveInto(DIRECT_MIN, scratch),
+        callback: (n: number, buf: Uint8Array) => this.received(gen, splitter, buf as Buffer, n),
+      },
+    })
+    sock.setNoDelay(true)
+    const where = this.where
+    sock.on('end', () => this.ended(gen, new StorageError('IoError', `iSCSI ${where}: the target closed the connection`)))
+    sock.on('close', () => this.ended(gen, new StorageError('IoError', `iSCSI ${where}: connection closed`)))
+    sock.on('error', (e: NodeJS.ErrnoException) => this.ended(gen, new StorageError('IoError', `iSCSI ${where}: ${e.code ?? e.message}`, undefined, { cause: e })))
+    this.sock = sock
+    this.splitter = splitter
+    this.batch = new PduBatch(sock, this.digests)
     const timeoutMs = this.opts.timeoutMs ?? 10_000
     const timer = this.timers.setTimeout(() => {
-      q.end(new StorageError('IoError', `iSCSI ${where}: no login within ${timeoutMs} ms`))
+      this.ended(gen, new StorageError('IoError', `iSCSI ${where}: no login within ${timeoutMs} ms`))
       sock.destroy()
     }, timeoutMs)
     try {
@@ -231,7 +258,8 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
     }
     this.connected = true
     this.retired.clear()
-    void this.receive(++this.generation)
+    // what came after the last login answer is read with the digests negotiated
+    this.parsing(gen, () => splitter.resume())
   }
 
   /** The owner closed the session: a recovery in progress gives up. */
@@ -241,20 +269,69 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
 
   // ---- PDUs ----------------------------------------------------------------------------------
 
+  /** Every PDU of one turn of the event loop goes out in one write (PduBatch): at a queue depth > 1 many commands are issued together. */
   private send(bhs: Buffer, data?: Buffer): void {
-    // Every PDU of one turn of the event loop goes out in one writev: at a queue depth > 1 many
-    // commands are issued together (as answers arrive together), and one send costs less than many.
-    const sock = this.sock
-    if (!sock.writableCorked) {
-      sock.cork()
-      process.nextTick(() => sock.uncork())
-    }
-    writePdu(sock, bhs, data ?? NO_DATA, this.digests)
+    this.batch.send(bhs, data)
   }
 
-  /** The next PDU of this connection (framing.ts); `place` as PduReader's. A bad data digest ends the session (ErrorRecoveryLevel 0). */
-  private async readPdu(place?: (bhs: Buffer) => Buffer | null): Promise<P.Pdu> {
-    const pdu = await this.reader.read(place)
+  /** A header for `send` of the hot path (commands, Data-Out): one reused buffer, as `send` copies it. */
+  private header(opcode: number, flags: number): Buffer {
+    const b = this.bhs.fill(0)
+    writeField(b, Basic.fields.opcode, opcode)
+    writeField(b, Basic.fields.flags, flags)
+    return b
+  }
+
+  /** `n` bytes arrived in `buf` on connection `gen`; false stops reading (the connection is over). */
+  private received(gen: number, splitter: PduSplitter, buf: Buffer, n: number): boolean {
+    return this.parsing(gen, () => splitter.received(buf, n))
+  }
+
+  /** Runs `parse` (PDUs handed to `arrived`) on connection `gen`; a framing or protocol error ends it (false). */
+  private parsing(gen: number, parse: () => void): boolean {
+    if (gen !== this.generation) return false
+    try {
+      parse()
+      return true
+    } catch (e) {
+      this.ended(gen, e instanceof StorageError ? e : new StorageError('IoError', `iSCSI: ${(e as Error).message}`))
+      return false
+    }
+  }
+
+  /** Connection `gen` ended (or its framing failed): a login waiting fails; a session in use is recovered. */
+  private ended(gen: number, e: StorageError): void {
+    if (gen !== this.generation) return
+    if (this.connected) this.lost(e)
+    else {
+      this.loginError ??= e
+      this.loginWake?.()
+    }
+  }
+
+  /** A PDU of the current connection. During the login each is kept (copied) for `nextLoginPdu`, the rest held until it is read. */
+  private arrived(splitter: PduSplitter, pdu: P.Pdu): void {
+    if (splitter !== this.splitter) return
+    if (!this.connected) {
+      splitter.hold()
+      this.loginPdus.push({ bhs: Buffer.from(pdu.bhs), ahs: NO_DATA, data: Buffer.from(pdu.data), digestError: pdu.digestError })
+      this.loginWake?.()
+      return
+    }
+    // a bad data digest ends the session (ErrorRecoveryLevel 0)
+    if (pdu.digestError) throw new StorageError('IoError', 'iSCSI: data digest error')
+    this.dispatch(pdu)
+  }
+
+  /** The target's next PDU during the login. */
+  private async nextLoginPdu(): Promise<P.Pdu> {
+    this.splitter.resume() // delivers what is held: one PDU at most, each holds the rest again
+    while (!this.loginPdus.length) {
+      if (this.loginError) throw this.loginError
+      await new Promise<void>((r) => (this.loginWake = r))
+      this.loginWake = null
+    }
+    const pdu = this.loginPdus.shift()!
     if (pdu.digestError) throw new StorageError('IoError', 'iSCSI: data digest error')
     return pdu
   }
@@ -274,7 +351,7 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
       b.writeUInt32BE(this.cmdSN, 24)
       b.writeUInt32BE(this.expStatSN, 28)
       this.send(b, P.encodeText(keys))
-      const r = await this.readPdu()
+      const r = await this.nextLoginPdu()
       if (P.opcodeOf(r.bhs) !== P.LOGIN_RESPONSE) throw new StorageError('IoError', `iSCSI login: unexpected PDU 0x${P.opcodeOf(r.bhs).toString(16)}`)
       const cls = r.bhs[36]
       const detail = r.bhs[37]
@@ -352,45 +429,35 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
 
   // ---- full feature phase --------------------------------------------------------------------
 
-  private async receive(gen: number): Promise<void> {
-    try {
-      while (gen === this.generation) {
-        const pdu = await this.readPdu((bhs) => {
-          if (P.opcodeOf(bhs) !== P.SCSI_DATA_IN) return null
-          return this.tasks.get(P.ittOf(bhs))?.inBuf ?? null
-        })
-        if (gen !== this.generation) return
-        this.window(pdu.bhs)
-        switch (P.opcodeOf(pdu.bhs)) {
-          case P.SCSI_DATA_IN:
-            this.dataIn(pdu)
-            break
-          case P.SCSI_RESPONSE:
-            this.response(pdu)
-            break
-          case P.R2T:
-            this.r2t(pdu.bhs)
-            break
-          case P.NOP_IN:
-            this.nopIn(pdu)
-            break
-          case P.REJECT: {
-            const itt = pdu.data.length >= 20 ? pdu.data.readUInt32BE(16) : P.RESERVED_TAG
-            this.finish(itt, new StorageError('IoError', `iSCSI: the target rejected a PDU (reason 0x${pdu.bhs[2].toString(16)})`))
-            break
-          }
-          case P.TASK_MGMT_RESPONSE:
-            this.tmf.answer(pdu.bhs)
-            break
-          case P.LOGOUT_RESPONSE:
-          case 0x32: // asynchronous message: nothing we act on
-            break
-          default:
-            throw new StorageError('IoError', `iSCSI: unexpected PDU opcode 0x${P.opcodeOf(pdu.bhs).toString(16)}`)
-        }
+  /** One PDU of the target in full feature phase; a protocol error throws (the connection ends). */
+  private dispatch(pdu: P.Pdu): void {
+    this.window(pdu.bhs)
+    switch (P.opcodeOf(pdu.bhs)) {
+      case P.SCSI_DATA_IN:
+        this.dataIn(pdu)
+        break
+      case P.SCSI_RESPONSE:
+        this.response(pdu)
+        break
+      case P.R2T:
+        this.r2t(pdu.bhs)
+        break
+      case P.NOP_IN:
+        this.nopIn(pdu)
+        break
+      case P.REJECT: {
+        const itt = pdu.data.length >= 20 ? pdu.data.readUInt32BE(16) : P.RESERVED_TAG
+        this.finish(itt, new StorageError('IoError', `iSCSI: the target rejected a PDU (reason 0x${pdu.bhs[2].toString(16)})`))
+        break
       }
-    } catch (e) {
-      if (gen === this.generation) this.lost(e instanceof StorageError ? e : new StorageError('IoError', `iSCSI: ${(e as Error).message}`))
+      case P.TASK_MGMT_RESPONSE:
+        this.tmf.answer(pdu.bhs)
+        break
+      case P.LOGOUT_RESPONSE:
+      case 0x32: // asynchronous message: nothing we act on
+        break
+      default:
+        throw new StorageError('IoError', `iSCSI: unexpected PDU opcode 0x${P.opcodeOf(pdu.bhs).toString(16)}`)
     }
   }
 
@@ -480,12 +547,13 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
     }
     const off = pdu.bhs.readUInt32BE(40)
     if (!t.inBuf || off + pdu.data.length > t.inBuf.length) throw new StorageError('IoError', 'iSCSI: Data-In beyond the expected length')
-    if (pdu.data.buffer !== t.inBuf.buffer || pdu.data.byteOffset !== t.inBuf.byteOffset + off) pdu.data.copy(t.inBuf, off)
+    // placed: the data is in t.inBuf already (its buffer was the placement asked of the splitter)
+    if (!pdu.direct) pdu.data.copy(t.inBuf, off)
     t.inGot = Math.max(t.inGot, off + pdu.data.length)
     if (pdu.bhs[1] & 0x01) {
       // status in the last Data-In (phase collapse)
       const residual = pdu.bhs[1] & 0x06 ? pdu.bhs.readUInt32BE(44) : 0
-      this.complete(t, { status: pdu.bhs[3], data: t.inBuf.subarray(0, t.inGot), sense: Buffer.alloc(0), residual, sent: t.sent })
+      this.complete(t, { status: pdu.bhs[3], data: gotOf(t), sense: NO_DATA, residual, sent: t.sent })
     }
   }
 
@@ -500,10 +568,10 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
       this.finish(t.itt, new StorageError('IoError', `iSCSI: target failure (response 0x${pdu.bhs[2].toString(16)})`))
       return
     }
-    let sense = Buffer.alloc(0)
+    let sense = NO_DATA
     if (pdu.data.length >= 2) sense = Buffer.from(pdu.data.subarray(2, 2 + pdu.data.readUInt16BE(0)))
     const residual = pdu.bhs[1] & 0x06 ? pdu.bhs.readUInt32BE(44) : 0
-    this.complete(t, { status: pdu.bhs[3], data: t.inBuf ? t.inBuf.subarray(0, t.inGot) : Buffer.alloc(0), sense, residual, sent: t.sent })
+    this.complete(t, { status: pdu.bhs[3], data: t.inBuf ? gotOf(t) : NO_DATA, sense, residual, sent: t.sent })
   }
 
   private r2t(bhs: Buffer): void {
@@ -523,7 +591,7 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
     let sn = 0
     for (let at = 0; at < len; at += this.targetMaxRecv) {
       const n = Math.min(this.targetMaxRecv, len - at)
-      const b = header(P.SCSI_DATA_OUT, at + n >= len ? 0x80 : 0)
+      const b = this.header(P.SCSI_DATA_OUT, at + n >= len ? 0x80 : 0)
       this.lunBytes.copy(b, 8)
       b.writeUInt32BE(t.itt, 16)
       b.writeUInt32BE(ttt, 20)
@@ -543,7 +611,8 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
     b.writeUInt32BE(ttt, 20)
     b.writeUInt32BE(this.cmdSN, 24)
     b.writeUInt32BE(this.expStatSN, 28)
-    this.send(b, pdu.data.length ? pdu.data : undefined)
+    // the ping's data is a view of the receive buffer: the echo takes a copy
+    this.send(b, pdu.data.length ? Buffer.from(pdu.data) : undefined)
   }
 
   private complete(t: Task, r: ScsiResult): void {
@@ -551,7 +620,12 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
     if (t.aborting && (r.status === S.TASK_ABORTED || senseOf(r.sense).key === S.ABORTED_COMMAND)) return
     this.tasks.delete(t.itt)
     this.timers.clearTimeout(t.timer)
-    t.resolve(r)
+    if (t.strict && r.status !== S.GOOD) {
+      const e = statusError(t.cdb[0], r, t.sent)
+      // a UNIT ATTENTION (a reset, a changed parameter: SAM-5 §5.14) reports an event, not a failure of this command
+      if (e.senseKey === S.UNIT_ATTENTION && t.attentions++ < UNIT_ATTENTION_RETRIES) this.issue(t)
+      else t.reject(e)
+    } else t.resolve(r)
     this.wake()
   }
 
@@ -584,7 +658,7 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
     this.cmdSN = (this.cmdSN + 1) >>> 0
     const flags = 0x80 | (inLen ? 0x40 : 0) | (outLen ? 0x20 : 0) | 0x01 // F, R, W, SIMPLE
     const immediate = this.immediateData && outLen ? Math.min(outLen, this.firstBurst, this.targetMaxRecv) : 0
-    const b = header(P.SCSI_COMMAND, flags)
+    const b = this.header(P.SCSI_COMMAND, flags)
     this.lunBytes.copy(b, 8)
     b.writeUInt32BE(t.itt, 16)
     b.writeUInt32BE(outLen || inLen, 20)
@@ -683,15 +757,26 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
    * rejects with SessionLostError when the session cannot be recovered.
    */
   async execute(cdb: Buffer, dataOut: Buffer | null = null, dataIn: number | Buffer = 0): Promise<ScsiResult> {
-    if (cdb.length > 16) throw new StorageError('InvalidArgument', `a ${cdb.length}-byte CDB needs an AHS (not supported)`)
-    while (!this.dead && !this.canSend()) await new Promise<void>((r) => this.waiting.push(r))
-    if (this.dead) throw this.dead
-    const cdb16 = Buffer.alloc(16)
-    cdb.copy(cdb16)
+    return this.submit(ownCdb(cdb), dataOut, inBufferOf(dataIn), false)
+  }
+
+  /**
+   * `execute` (`strict`: `command`) of a 16-byte CDB the initiator holds (not copied) into the
+   * Data-In buffer given: one promise per command, settled by the answer.
+   */
+  private submit(cdb16: Buffer, out: Buffer | null, inBuf: Buffer | null, strict: boolean): Promise<ScsiResult> {
+    if (this.dead) return Promise.reject(this.dead)
+    if (!this.canSend()) return this.submitLater(cdb16, out, inBuf, strict)
     return new Promise<ScsiResult>((resolve, reject) => {
-      const t: Task = { itt: 0, cmdSN: 0, cdb: cdb16, out: dataOut, inBuf: typeof dataIn !== 'number' ? dataIn : dataIn ? Buffer.allocUnsafe(dataIn) : null, inGot: 0, sent: 0, timer: undefined, aborting: false, resolve, reject }
+      const t: Task = { itt: 0, cmdSN: 0, cdb: cdb16, out, inBuf, inGot: 0, sent: 0, timer: undefined, aborting: false, strict, attentions: 0, resolve, reject }
       this.issue(t)
     })
+  }
+
+  /** `submit` once the window and the queue depth allow. */
+  private async submitLater(cdb16: Buffer, out: Buffer | null, inBuf: Buffer | null, strict: boolean): Promise<ScsiResult> {
+    while (!this.dead && !this.canSend()) await new Promise<void>((r) => this.waiting.push(r))
+    return this.submit(cdb16, out, inBuf, strict)
   }
 
   /**
@@ -700,14 +785,7 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
    * this command: it is consumed and the command sent again, a few times at most.
    */
   async command(cdb: Buffer, dataOut: Buffer | null = null, dataIn: number | Buffer = 0): Promise<ScsiResult> {
-    let sent = 0
-    for (let attempt = 0; ; attempt++) {
-      const r = await this.execute(cdb, dataOut, dataIn)
-      sent += r.sent
-      if (r.status === S.GOOD) return { ...r, sent }
-      const e = statusError(cdb[0], r, sent)
-      if (e.senseKey !== S.UNIT_ATTENTION || attempt >= UNIT_ATTENTION_RETRIES) throw e
-    }
+    return this.submit(ownCdb(cdb), dataOut, inBufferOf(dataIn), true)
   }
 
   // ---- BlockDevice ---------------------------------------------------------------------------
@@ -739,30 +817,45 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
     const cdb = Buffer.alloc(16)
     cdb[0] = op
     if (fua) cdb[1] = 0x08
-    cdb.writeBigUInt64BE(BigInt(offset / this.blockSize), 2)
+    const lba = offset / this.blockSize
+    cdb.writeUInt32BE(Math.floor(lba / 0x1_0000_0000), 2)
+    cdb.writeUInt32BE(lba >>> 0, 6)
     cdb.writeUInt32BE(length / this.blockSize, 10)
     return cdb
   }
 
   async read(offset: number, length: number): Promise<Buffer> {
-    this.check(offset, length, false)
     const out = Buffer.allocUnsafe(length)
+    await this.readInto(offset, length, out, 0)
+    return out
+  }
+
+  /** ReadsInto: Data-In lands in `out` itself, at `at`. */
+  async readInto(offset: number, length: number, out: Buffer, at: number): Promise<void> {
+    this.check(offset, length, false)
+    if (at < 0 || at + length > out.length) throw new StorageError('InvalidArgument', `readInto: ${length} bytes at ${at} do not fit a ${out.length}-byte buffer`)
+    if (length <= MAX_TRANSFER) {
+      await this.submit(this.rw16(S.READ_16, offset, length), null, at === 0 && length === out.length ? out : out.subarray(at, at + length), true)
+      return
+    }
     const parts: Promise<unknown>[] = []
-    for (let at = 0; at < length; at += MAX_TRANSFER) {
-      const n = Math.min(MAX_TRANSFER, length - at)
-      // Data-In lands in `out` itself
-      parts.push(this.command(this.rw16(S.READ_16, offset + at, n), null, out.subarray(at, at + n)))
+    for (let i = 0; i < length; i += MAX_TRANSFER) {
+      const n = Math.min(MAX_TRANSFER, length - i)
+      parts.push(this.submit(this.rw16(S.READ_16, offset + i, n), null, out.subarray(at + i, at + i + n), true))
     }
     await Promise.all(parts)
-    return out
   }
 
   async write(offset: number, data: Buffer, opts?: WriteOptions): Promise<void> {
     this.check(offset, data.length, true)
+    if (data.length <= MAX_TRANSFER) {
+      await this.submit(this.rw16(S.WRITE_16, offset, data.length, opts?.fua), data, null, true)
+      return
+    }
     const parts: Promise<unknown>[] = []
     for (let at = 0; at < data.length; at += MAX_TRANSFER) {
       const n = Math.min(MAX_TRANSFER, data.length - at)
-      parts.push(this.command(this.rw16(S.WRITE_16, offset + at, n, opts?.fua), data.subarray(at, at + n)))
+      parts.push(this.submit(this.rw16(S.WRITE_16, offset + at, n, opts?.fua), data.subarray(at, at + n), null, true))
     }
     await Promise.all(parts)
   }
@@ -890,6 +983,20 @@ export class IscsiInitiator implements BlockDevice, Escalating<Task> {
     })())
   }
 }
+
+/** The Data-In a task received. */
+const gotOf = (t: Task): Buffer => (t.inGot === t.inBuf!.length ? t.inBuf! : t.inBuf!.subarray(0, t.inGot))
+
+/** A copy of a caller's CDB, in the 16 bytes of the command's header. */
+function ownCdb(cdb: Buffer): Buffer {
+  if (cdb.length > 16) throw new StorageError('InvalidArgument', `a ${cdb.length}-byte CDB needs an AHS (not supported)`)
+  const cdb16 = Buffer.alloc(16)
+  cdb.copy(cdb16)
+  return cdb16
+}
+
+/** Where Data-In lands: the caller's buffer, a new one of that many bytes, or none. */
+const inBufferOf = (dataIn: number | Buffer): Buffer | null => (typeof dataIn !== 'number' ? dataIn : dataIn ? Buffer.allocUnsafe(dataIn) : null)
 
 const LOGIN_CLASSES: Record<number, string> = { 1: 'redirection', 2: 'initiator error', 3: 'target error' }
 
