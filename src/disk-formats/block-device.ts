@@ -73,6 +73,18 @@ export interface ReadsInto {
 }
 
 /**
+ * A device that takes bytes straight from another file (convert, commit): the kernel copies
+ * page cache to page cache once (copy_file_range), where read + write copy every byte twice.
+ */
+export interface WritesFromFile {
+  /**
+   * Writes `length` bytes read at `position` of the open file `fd` at `offset`; resolves false
+   * (nothing written) where this device cannot, and the caller then writes the bytes itself.
+   */
+  writeFromFile(offset: number, length: number, fd: number, position: number): Promise<boolean>
+}
+
+/**
  * A device with its own compare-and-write, atomic against writers the LogicalUnit does not see
  * (the lockspace file, locked across processes): SCSI COMPARE AND WRITE goes through it. Resolves
  * false on a miscompare (nothing written).
