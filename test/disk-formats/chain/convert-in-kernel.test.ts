@@ -141,3 +141,23 @@ t.test('a chain converts through the kernel from the files of both layers', asyn
     await got.close()
   }
 })
+
+t.test('VmdkImage.writeFromFile takes whole unallocated grains only, across a grain table\'s end', async (t) => {
+  const d = tmp(t)
+  const srcPath = join(d, 'src')
+  const data = pattern(256 * K, 8)
+  writeFileSync(srcPath, data)
+  const fd = openSync(srcPath, 'r')
+  t.teardown(() => closeSync(fd))
+  const out = join(d, 'out.vmdk')
+  await createVmdk(out, { size: 64 * M })
+  const img = await openVmdk(out)
+  t.equal(await img.writeFromFile(100, 64 * K, fd, 0), false, 'not grain-aligned: refused')
+  t.equal(await img.writeFromFile(0, 100 * K, fd, 0), false, 'not whole grains: refused')
+  t.equal(await img.writeFromFile(32 * M - 64 * K, 128 * K, fd, 0), true, 'two grains, one in each of two tables')
+  t.equal(await img.writeFromFile(32 * M, 64 * K, fd, 0), false, 'an allocated grain: refused (the caller writes it)')
+  t.ok((await img.read(32 * M - 64 * K, 128 * K)).equals(data.subarray(0, 128 * K)), 'the copied bytes read back')
+  t.same((await img.layerStatus(32 * M - 128 * K, 256 * K)).map((r) => r.kind), ['unallocated', 'data', 'unallocated'], 'only those grains allocated')
+  await img.close()
+  if (have('qemu-img')) t.equal(shStatus('qemu-img', ['check', out]).status, 0, 'qemu-img check: clean')
+})
