@@ -17,7 +17,7 @@ export interface Extent {
   present: boolean
   /** byte offset in the file that holds the data, when it is stored uncompressed in one place */
   hostOffset?: number
-  /** the file named by hostOffset */
+  /** the file named by hostOffset: a path, or a network disk's URI (nbd://…) */
   file?: string
 }
 

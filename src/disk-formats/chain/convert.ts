@@ -94,7 +94,7 @@ export async function convert(src: BlockDevice, dst: string | BlockDevice, opts:
             await readInto(src, o, n, buf, at)
             for (const [ro, b] of nonZeroRuns(o, buf.subarray(at, at + n))) await target.write(ro, b)
           }
-          if (target.fromFile && data.every((e) => e.file !== undefined && e.hostOffset !== undefined)) {
+          if (target.fromFile && data.every(inLocalFile)) {
             for (const e of data) await copyInKernel(e, files!, target.fromFile, (o, n) => copy(o, n, o - offset))
           } else {
             await Promise.all(data.map((e) => readInto(src, e.offset, e.length, buf, e.offset - offset)))
@@ -121,6 +121,12 @@ export async function convert(src: BlockDevice, dst: string | BlockDevice, opts:
     throw e
   }
 }
+
+/** A URI (nbd://…): a network disk names itself as the extents' file, as qemu-img map shows it. */
+const URI = /^[a-z][a-z0-9+.-]*:\/\//i
+
+/** The extent's bytes lie at a known offset of a local file (not compressed, not on a server). */
+const inLocalFile = (e: Extent) => e.file !== undefined && e.hostOffset !== undefined && !URI.test(e.file)
 
 /** The source's files, opened read-only by name when an extent first names one (copyInKernel). */
 class SourceFiles {

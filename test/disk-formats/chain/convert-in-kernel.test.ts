@@ -161,3 +161,21 @@ t.test('VmdkImage.writeFromFile takes whole unallocated grains only, across a gr
   await img.close()
   if (have('qemu-img')) t.equal(shStatus('qemu-img', ['check', out]).status, 0, 'qemu-img check: clean')
 })
+
+t.test('extents that name a network disk (nbd://) are read through the process', async (t) => {
+  const d = tmp(t)
+  const data = pattern(1 << 20, 9)
+  writeFileSync(join(d, 'src.raw'), data)
+  const src = await RawFile.open(join(d, 'src.raw'), { readOnly: true })
+  t.teardown(() => src.close())
+  // what NbdClient answers: its URI as the file, offsets as the host offsets (qemu-img map's view)
+  const status = src.blockStatus.bind(src)
+  src.blockStatus = async (o, n) => (await status(o, n)).map((e) => ({ ...e, file: 'nbd://127.0.0.1:10809/d' }))
+  for (const to of ['raw', 'vmdk'] as const) {
+    const out = join(d, `out.${to}`)
+    await convert(src, out, { to })
+    const got = to === 'raw' ? await RawFile.open(out, { readOnly: true }) : await openVmdk(out, { readOnly: true })
+    t.ok((await got.read(0, data.length)).equals(data), `${to}: the bytes`)
+    await got.close()
+  }
+})
