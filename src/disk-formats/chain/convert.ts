@@ -55,8 +55,9 @@ export async function convert(src: BlockDevice, dst: string | BlockDevice, opts:
   const chunk = opts.chunk ?? 4 << 20
   const parallel = opts.parallel ?? 2
   const target = typeof dst === 'string' ? await openTarget(src.size, dst, opts) : await deviceTarget(src.size, dst)
-  // Where the target takes bytes from a file, data stored in files is copied by the kernel.
-  const files = target.fromFile ? new SourceFiles() : null
+  // Where the target takes bytes from a file, data stored in files is copied by the kernel (by an
+  // addon built with copyRange: one built before it was added copies through the process).
+  const files = target.fromFile && typeof loadNative().copyRange === 'function' ? new SourceFiles() : null
   try {
     let done = 0
     // For ordered targets each chunk's write waits for the previous chunk's; the slot in this
@@ -94,8 +95,8 @@ export async function convert(src: BlockDevice, dst: string | BlockDevice, opts:
             await readInto(src, o, n, buf, at)
             for (const [ro, b] of nonZeroRuns(o, buf.subarray(at, at + n))) await target.write(ro, b)
           }
-          if (target.fromFile && data.every(inLocalFile)) {
-            for (const e of data) await copyInKernel(e, files!, target.fromFile, (o, n) => copy(o, n, o - offset))
+          if (files && data.every(inLocalFile)) {
+            for (const e of data) await copyInKernel(e, files, target.fromFile!, (o, n) => copy(o, n, o - offset))
           } else {
             await Promise.all(data.map((e) => readInto(src, e.offset, e.length, buf, e.offset - offset)))
             if (target.ordered) await after
