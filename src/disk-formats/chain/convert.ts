@@ -70,11 +70,13 @@ export async function convert(src: BlockDevice, dst: string | BlockDevice, opts:
       opts.onProgress?.(done, src.size)
     })
     let taking = Promise.resolve<IteratorResult<[number, number]> | null>(null)
+    let failed = false
     const worker = async () => {
       // One buffer per worker, reused: fresh multi-MiB buffers per chunk cost more in page
       // faults than the copy itself.
       const buf = Buffer.allocUnsafe(Math.min(chunk, src.size))
       for (;;) {
+        if (failed) break
         const took = (taking = taking.then(() => chunks.next()))
         const r = await took
         if (r!.done) break
@@ -106,6 +108,7 @@ export async function convert(src: BlockDevice, dst: string | BlockDevice, opts:
           }
           release()
         } catch (e) {
+          failed = true
           fail(e)
           throw e
         }
@@ -113,7 +116,11 @@ export async function convert(src: BlockDevice, dst: string | BlockDevice, opts:
         opts.onProgress?.(done, src.size)
       }
     }
-    await Promise.all(Array.from({ length: parallel }, worker))
+    // Every worker ends before the files close or the output goes: a copy still on the thread
+    // pool must not find its descriptor closed, or reused by another file.
+    const ends = await Promise.allSettled(Array.from({ length: parallel }, worker))
+    const bad = ends.find((r): r is PromiseRejectedResult => r.status === 'rejected')
+    if (bad) throw bad.reason
     await files?.close()
     await target.finish()
   } catch (e) {

@@ -71,3 +71,38 @@ t.test('a raw source is read straight into convert\'s buffers (RawFile.readInto)
   }
   await raw.close()
 })
+
+t.test('a failed convert rejects only once every worker has ended, and takes no chunk after the failure', async (t) => {
+  const d = tmp(t)
+  const size = 8 << 20
+  let failedAt = 0
+  let slowEnded = false
+  const lateStarts: number[] = []
+  const dev: BlockDevice & { readInto(offset: number, length: number, out: Buffer, at: number): Promise<void> } = {
+    size,
+    readOnly: true,
+    read: async (_o, n) => Buffer.alloc(n),
+    async readInto(offset, length, out, at) {
+      if (failedAt) lateStarts.push(offset)
+      if (offset === 0) {
+        await new Promise((r) => setTimeout(r, 10))
+        failedAt = Date.now()
+        throw new Error('EIO on the first chunk')
+      }
+      await new Promise((r) => setTimeout(r, 150))
+      out.fill(1, at, at + length)
+      slowEnded = true
+    },
+    async blockStatus(offset, length): Promise<Extent[]> {
+      return [{ offset, length, data: true, zero: false, depth: 0, present: true }]
+    },
+    write: async () => {},
+    writeZeroes: async () => {},
+    discard: async () => {},
+    flush: async () => {},
+    close: async () => {},
+  }
+  await t.rejects(convert(dev, join(d, 'out.raw'), { to: 'raw', chunk: 1 << 20, parallel: 2 }), /EIO on the first chunk/)
+  t.ok(slowEnded, 'the other worker\'s read had ended')
+  t.same(lateStarts, [], 'no read started after the failure')
+})
