@@ -13,6 +13,10 @@
  *     PROBE bytes are read first: data that does not start with zeros costs that read only, so
  *     data copied after with copyRange is read from the cache about once.
  *
+ *   copyData(fd, off, length, first, block, flags, outFd, outOff) -> Promise<void>
+ *     zeroBlocks, then each run of blocks that are not all zero copied as copyRange copies, to
+ *     the same place relative to outOff: one job for a file whose bytes lie at fixed offsets.
+ *
  * Rejections are Errors with `code` (ENOSPC, EIO, ...) and `errno` set, as Node's fs errors.
  */
 #define _GNU_SOURCE
@@ -69,76 +73,109 @@ static int write_full(int fd, const uint8_t *buf, size_t n, int64_t off) {
   return 0;
 }
 
-/* pread/pwrite of what copy_file_range left: [in_off, in_off+length) to out_off. */
-static int copy_buffered(job_t *j) {
+/* pread/pwrite through a buffer: what copy_file_range cannot do. 0 or the errno. */
+static int copy_buffered(int in_fd, int64_t in_off, int out_fd, int64_t out_off, int64_t length) {
   uint8_t *buf = malloc(BUF_BYTES);
   if (!buf) return ENOMEM;
   int err = 0;
-  while (j->length > 0) {
-    size_t n = j->length < BUF_BYTES ? (size_t)j->length : BUF_BYTES;
-    if (read_full(j->in_fd, buf, n, j->in_off) != 0 || write_full(j->out_fd, buf, n, j->out_off) != 0) {
+  while (length > 0) {
+    size_t n = length < BUF_BYTES ? (size_t)length : BUF_BYTES;
+    if (read_full(in_fd, buf, n, in_off) != 0 || write_full(out_fd, buf, n, out_off) != 0) {
       err = errno;
       break;
     }
-    j->in_off += (int64_t)n;
-    j->out_off += (int64_t)n;
-    j->length -= (int64_t)n;
+    in_off += (int64_t)n;
+    out_off += (int64_t)n;
+    length -= (int64_t)n;
   }
   free(buf);
   return err;
 }
 
-static void copy_execute(napi_env env, void *data) {
-  job_t *j = data;
-  while (j->length > 0) {
-    loff_t in = j->in_off, out = j->out_off;
-    size_t n = j->length > (1 << 30) ? (size_t)1 << 30 : (size_t)j->length;
-    ssize_t r = copy_file_range(j->in_fd, &in, j->out_fd, &out, n, 0);
+/* Copies [in_off, in_off+length) to out_off: copy_file_range, the rest buffered. 0 or the errno. */
+static int copy_span(int in_fd, int64_t in_off, int out_fd, int64_t out_off, int64_t length) {
+  while (length > 0) {
+    loff_t in = in_off, out = out_off;
+    size_t n = length > (1 << 30) ? (size_t)1 << 30 : (size_t)length;
+    ssize_t r = copy_file_range(in_fd, &in, out_fd, &out, n, 0);
     if (r < 0 && errno == EINTR) continue;
     if (r < 0 && (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)) break;
-    if (r < 0) {
-      j->err = errno;
-      return;
-    }
+    if (r < 0) return errno;
     if (r == 0) break; /* end of the input file: the buffered copy writes zeros */
-    j->in_off += r;
-    j->out_off += r;
-    j->length -= r;
+    in_off += r;
+    out_off += r;
+    length -= r;
   }
-  if (j->length > 0) j->err = copy_buffered(j);
+  return length > 0 ? copy_buffered(in_fd, in_off, out_fd, out_off, length) : 0;
 }
 
-static void zero_execute(napi_env env, void *data) {
+static void copy_execute(napi_env env, void *data) {
   job_t *j = data;
+  j->err = copy_span(j->in_fd, j->in_off, j->out_fd, j->out_off, j->length);
+}
+
+/* Byte length of block i of the job's range (0 past its end). */
+static int64_t block_len(const job_t *j, size_t i, int64_t *start) {
+  int64_t s = i == 0 ? 0 : j->first + (int64_t)(i - 1) * j->block;
+  int64_t len = i == 0 ? j->first : j->block;
+  if (s >= j->length) return 0;
+  if (len > j->length - s) len = j->length - s;
+  *start = s;
+  return len;
+}
+
+/* Fills the job's flags (zeroBlocks). 0 or the errno. */
+static int scan(job_t *j) {
   size_t cap = j->block > j->first ? (size_t)j->block : (size_t)j->first;
   if (cap > BUF_BYTES) cap = BUF_BYTES;
   uint8_t *buf = malloc(cap);
-  if (!buf) {
-    j->err = ENOMEM;
-    return;
-  }
-  int64_t pos = j->in_off, end = j->in_off + j->length;
-  for (size_t i = 0; i < j->nflags && pos < end; i++) {
-    int64_t len = i == 0 ? j->first : j->block;
-    if (len > end - pos) len = end - pos;
+  if (!buf) return ENOMEM;
+  int64_t rel = 0;
+  for (size_t i = 0; i < j->nflags; i++) {
+    int64_t len = block_len(j, i, &rel);
+    if (len == 0) break;
+    int64_t pos = j->in_off + rel;
     int zero = 1;
     int64_t at = pos;
     size_t step = PROBE; /* the probe, then whole buffers */
     while (zero && at < pos + len) {
       size_t n = (size_t)(pos + len - at) < step ? (size_t)(pos + len - at) : step;
       if (read_full(j->in_fd, buf, n, at) != 0) {
-        j->err = errno;
+        int e = errno;
         free(buf);
-        return;
+        return e;
       }
       zero = all_zero(buf, n);
       at += (int64_t)n;
       step = cap;
     }
     j->flags[i] = (uint8_t)zero;
-    pos += len;
   }
   free(buf);
+  return 0;
+}
+
+static void zero_execute(napi_env env, void *data) {
+  job_t *j = data;
+  j->err = scan(j);
+}
+
+/* copyData: scan, then copy each run of blocks that are not all zero. */
+static void data_execute(napi_env env, void *data) {
+  job_t *j = data;
+  if ((j->err = scan(j)) != 0) return;
+  int64_t run = -1, end = 0, rel = 0;
+  for (size_t i = 0; i <= j->nflags; i++) {
+    int64_t len = i < j->nflags ? block_len(j, i, &rel) : 0;
+    if (len > 0 && !j->flags[i]) {
+      if (run < 0) run = rel;
+      end = rel + len;
+      continue;
+    }
+    if (run >= 0 && (j->err = copy_span(j->in_fd, j->in_off + run, j->out_fd, j->out_off + run, end - run)) != 0) return;
+    run = -1;
+    if (len == 0) break;
+  }
 }
 
 static void complete(napi_env env, napi_status status, void *data) {
@@ -194,30 +231,51 @@ static napi_value copy_range(napi_env env, napi_callback_info info) {
   return start(env, j, "tandem.copyRange", copy_execute);
 }
 
-static napi_value zero_blocks(napi_env env, napi_callback_info info) {
-  napi_value argv[6];
+/* (fd, offset, length, first, block, flags) from argv[0..5]; with `out`, (.., outFd, outOffset) after them. */
+static job_t *block_job(napi_env env, napi_callback_info info, int out) {
+  napi_value argv[8];
+  size_t want = out ? 8 : 6;
   job_t *j = calloc(1, sizeof *j);
   napi_typedarray_type type;
   void *flags = NULL;
   size_t n = 0;
-  if (!j || get_args(env, info, 6, argv) != 0 || napi_get_value_int32(env, argv[0], &j->in_fd) != napi_ok ||
+  if (!j || get_args(env, info, want, argv) != 0 || napi_get_value_int32(env, argv[0], &j->in_fd) != napi_ok ||
       get_i64(env, argv[1], &j->in_off) != 0 || get_i64(env, argv[2], &j->length) != 0 || get_i64(env, argv[3], &j->first) != 0 ||
       get_i64(env, argv[4], &j->block) != 0 || j->first == 0 || j->block == 0 ||
-      napi_get_typedarray_info(env, argv[5], &type, &n, &flags, NULL, NULL) != napi_ok || type != napi_uint8_array) {
+      napi_get_typedarray_info(env, argv[5], &type, &n, &flags, NULL, NULL) != napi_ok || type != napi_uint8_array ||
+      (out && (napi_get_value_int32(env, argv[6], &j->out_fd) != napi_ok || get_i64(env, argv[7], &j->out_off) != 0))) {
     free(j);
-    napi_throw_type_error(env, NULL, "zeroBlocks(fd, offset, length, first, block, flags: Uint8Array)");
     return NULL;
   }
   j->flags = flags;
   j->nflags = n;
   napi_create_reference(env, argv[5], 1, &j->flags_ref);
+  return j;
+}
+
+static napi_value zero_blocks(napi_env env, napi_callback_info info) {
+  job_t *j = block_job(env, info, 0);
+  if (!j) {
+    napi_throw_type_error(env, NULL, "zeroBlocks(fd, offset, length, first, block, flags: Uint8Array)");
+    return NULL;
+  }
   return start(env, j, "tandem.zeroBlocks", zero_execute);
+}
+
+static napi_value copy_data(napi_env env, napi_callback_info info) {
+  job_t *j = block_job(env, info, 1);
+  if (!j) {
+    napi_throw_type_error(env, NULL, "copyData(fd, offset, length, first, block, flags: Uint8Array, outFd, outOffset)");
+    return NULL;
+  }
+  return start(env, j, "tandem.copyData", data_execute);
 }
 
 void copy_range_register(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"copyRange", NULL, copy_range, NULL, NULL, NULL, napi_default, NULL},
     {"zeroBlocks", NULL, zero_blocks, NULL, NULL, NULL, napi_default, NULL},
+    {"copyData", NULL, copy_data, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
 }

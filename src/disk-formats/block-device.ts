@@ -82,6 +82,13 @@ export interface WritesFromFile {
    * (nothing written) where this device cannot, and the caller then writes the bytes itself.
    */
   writeFromFile(offset: number, length: number, fd: number, position: number): Promise<boolean>
+  /**
+   * Where the device's bytes are one file's at the same offsets (a raw file): writes the blocks of
+   * [offset, offset+length) that are not all zero, read at `position` of `fd`, in one step, and
+   * leaves the all-zero ones unwritten; zero[i] is set to 1 for those. Block 0 is `first` bytes
+   * long, the others `block`.
+   */
+  writeDataFromFile?(offset: number, length: number, fd: number, position: number, first: number, block: number, zero: Uint8Array): Promise<void>
 }
 
 /**

@@ -26,6 +26,11 @@ export interface Native {
    * first, so data that does not start with zeros is hardly read.
    */
   zeroBlocks(fd: number, offset: number, length: number, first: number, block: number, flags: Uint8Array): Promise<void>
+  /**
+   * zeroBlocks, then every run of blocks that are not all zero copied (as copyRange) to the same
+   * place relative to `outOffset` of `outFd`; the all-zero blocks are not written. One job.
+   */
+  copyData(fd: number, offset: number, length: number, first: number, block: number, flags: Uint8Array, outFd: number, outOffset: number): Promise<void>
 }
 
 let native: Native | null = null

@@ -56,8 +56,8 @@ export async function convert(src: BlockDevice, dst: string | BlockDevice, opts:
   const parallel = opts.parallel ?? 2
   const target = typeof dst === 'string' ? await openTarget(src.size, dst, opts) : await deviceTarget(src.size, dst)
   // Where the target takes bytes from a file, data stored in files is copied by the kernel (by an
-  // addon built with copyRange: one built before it was added copies through the process).
-  const files = target.fromFile && typeof loadNative().copyRange === 'function' ? new SourceFiles() : null
+  // addon built with these copies: one built before they were added copies through the process).
+  const files = target.fromFile && typeof loadNative().copyData === 'function' ? new SourceFiles() : null
   try {
     let done = 0
     // For ordered targets each chunk's write waits for the previous chunk's; the slot in this
@@ -159,14 +159,15 @@ class SourceFiles {
 /**
  * Copies a data extent that lies in one file (`file` at `hostOffset`) into the target in the
  * kernel: its all-zero 64 KiB blocks found (zeroBlocks, which reads little of other data) and
- * left out, every run of other blocks copied file to file. A piece the target cannot take (a
- * partial grain at a run's end, grains already allocated) goes through `copy`, which reads and
- * writes it.
+ * left out, every run of other blocks copied file to file: in one step into a raw file
+ * (writeDataFromFile). A piece an image cannot take (a partial grain at a run's end, grains
+ * already allocated) goes through `copy`, which reads and writes it.
  */
 async function copyInKernel(e: Extent, files: SourceFiles, to: WritesFromFile, copy: (offset: number, length: number) => Promise<void>): Promise<void> {
   const fd = await files.fd(e.file!)
   const first = Math.min(e.length, GRAIN - (e.offset % GRAIN))
   const zero = new Uint8Array(1 + Math.ceil((e.length - first) / GRAIN))
+  if (to.writeDataFromFile) return to.writeDataFromFile(e.offset, e.length, fd, e.hostOffset!, first, GRAIN, zero)
   await loadNative().zeroBlocks(fd, e.hostOffset!, e.length, first, GRAIN, zero)
   const blockStart = (i: number) => (i === 0 ? e.offset : e.offset + first + (i - 1) * GRAIN)
   for (let i = 0; i < zero.length; ) {

@@ -3,6 +3,7 @@ import { type BlockDevice, type Extent, type ReadsInto, type WriteOptions, type 
 import { copyRange, datasync, fileSize, openFile, preadFull, pwriteFull } from '../file-io.js'
 import { fromSystemError } from '../errors.js'
 import { dataRuns } from '../data-runs.js'
+import { loadNative } from '../native.js'
 import { lockImage, type ImageLock } from '../image-lock.js'
 
 const ZERO_CHUNK = 1 << 20
@@ -62,6 +63,14 @@ export class RawFile implements BlockDevice, ReadsInto, WritesFromFile {
   async writeFromFile(offset: number, length: number, fd: number, position: number): Promise<boolean> {
     await copyRange(fd, position, this.fh, this.path, offset, length)
     return true
+  }
+
+  async writeDataFromFile(offset: number, length: number, fd: number, position: number, first: number, block: number, zero: Uint8Array): Promise<void> {
+    try {
+      await loadNative().copyData(fd, position, length, first, block, zero, this.fh.fd, offset)
+    } catch (e) {
+      throw fromSystemError(e, this.path, 'Could not copy into')
+    }
   }
 
   async writeZeroes(offset: number, length: number): Promise<void> {

@@ -39,6 +39,19 @@ t.test('zeroBlocks tells all-zero blocks, reading past a zero probe; copyRange w
   t.equal(got[9], 0xff, 'nothing before')
   t.equal(got[10 + 100 * K], 0xff, 'nothing after')
   await t.rejects(native.copyRange(987654, 0, fd, 0, 1), { code: 'EBADF' }, 'an OS error carries its code')
+
+  // copyData: the same blocks as zeroBlocks; only the others written (0xff stays where it skips)
+  const dst = join(d, 'dst')
+  writeFileSync(dst, Buffer.alloc(320 * K, 0xff))
+  const dfd = openSync(dst, 'r+')
+  const both = new Uint8Array(5)
+  await native.copyData(fd, 0, 300 * K, 64 * K, 64 * K, both, dfd, 10 * K)
+  closeSync(dfd)
+  t.same([...both], [1, 0, 0, 1, 1], 'copyData finds the same zero blocks')
+  const copied = readFileSync(dst)
+  t.ok(copied.subarray(10 * K, 74 * K).equals(Buffer.alloc(64 * K, 0xff)), 'a zero block is not written')
+  t.ok(copied.subarray(74 * K, 202 * K).equals(data.subarray(64 * K, 192 * K)), 'the two data blocks are, as one run')
+  t.ok(copied.subarray(202 * K, 320 * K).equals(Buffer.alloc(118 * K, 0xff)), 'nor are the zero blocks after them')
 })
 
 /**
