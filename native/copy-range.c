@@ -253,29 +253,23 @@ static job_t *block_job(napi_env env, napi_callback_info info, int out) {
   return j;
 }
 
-static napi_value zero_blocks(napi_env env, napi_callback_info info) {
-  job_t *j = block_job(env, info, 0);
+/* zeroBlocks, or copyData when the function's data is non-NULL. */
+static napi_value block_fn(napi_env env, napi_callback_info info) {
+  void *copy = NULL;
+  napi_get_cb_info(env, info, NULL, NULL, NULL, &copy);
+  job_t *j = block_job(env, info, copy != NULL);
   if (!j) {
-    napi_throw_type_error(env, NULL, "zeroBlocks(fd, offset, length, first, block, flags: Uint8Array)");
+    napi_throw_type_error(env, NULL, copy ? "copyData(fd, offset, length, first, block, flags: Uint8Array, outFd, outOffset)" : "zeroBlocks(fd, offset, length, first, block, flags: Uint8Array)");
     return NULL;
   }
-  return start(env, j, "tandem.zeroBlocks", zero_execute);
-}
-
-static napi_value copy_data(napi_env env, napi_callback_info info) {
-  job_t *j = block_job(env, info, 1);
-  if (!j) {
-    napi_throw_type_error(env, NULL, "copyData(fd, offset, length, first, block, flags: Uint8Array, outFd, outOffset)");
-    return NULL;
-  }
-  return start(env, j, "tandem.copyData", data_execute);
+  return copy ? start(env, j, "tandem.copyData", data_execute) : start(env, j, "tandem.zeroBlocks", zero_execute);
 }
 
 void copy_range_register(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"copyRange", NULL, copy_range, NULL, NULL, NULL, napi_default, NULL},
-    {"zeroBlocks", NULL, zero_blocks, NULL, NULL, NULL, napi_default, NULL},
-    {"copyData", NULL, copy_data, NULL, NULL, NULL, napi_default, NULL},
+    {"zeroBlocks", NULL, block_fn, NULL, NULL, NULL, napi_default, NULL},
+    {"copyData", NULL, block_fn, NULL, NULL, NULL, napi_default, (void *)1},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
 }
