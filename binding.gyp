@@ -2,7 +2,7 @@
   "targets": [
     {
       "target_name": "tandem_native",
-      "sources": ["native/ofd-lock.c"],
+      "sources": ["native/addon.c", "native/ofd-lock.c", "native/copy-range.c"],
       "cflags": ["-Wall", "-Wextra", "-O2"]
     }
   ]

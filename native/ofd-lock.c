@@ -62,13 +62,10 @@ static napi_value getlk(napi_env env, napi_callback_info info) {
   return result(env, fl.l_type);
 }
 
-static napi_value init(napi_env env, napi_value exports) {
+void ofd_lock_register(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"setlk", NULL, setlk, NULL, NULL, NULL, napi_default, NULL},
     {"getlk", NULL, getlk, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
-  return exports;
 }
-
-NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

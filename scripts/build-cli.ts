@@ -9,6 +9,7 @@
 import { build } from 'esbuild'
 import { execFileSync } from 'node:child_process'
 import { chmodSync, cpSync, rmSync } from 'node:fs'
+import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
@@ -23,6 +24,9 @@ cpSync(join(DIST, '..', CONSOLE), join(DIST, CONSOLE), { recursive: true })
 
 /** Packages left to Node: native (fs-ext) or used by the server only, or on a terminal only. */
 const EXTERNAL = ['fs-ext', 'express', 'pino', 'prom-client', 'cli-progress']
+
+/** Built-in modules the bundle loads when first used (none is used while the bundle loads). */
+const LAZY_BUILTINS = /^(node:)?(child_process|crypto|http|https|net|os|tls|zlib)$/
 
 const OUT = join(CLI, 'cli.cjs')
 const BIN = join(CLI, 'tandem.cjs')
@@ -43,18 +47,25 @@ await build({
       // commander requires node:child_process when it loads (for subcommands that are separate
       // executables, which Tandem has none of), and with it net, stream and dgram: ~4 ms of
       // every command's start. The bundle gets it on first use instead (`lock run` spawns).
-      name: 'child-process-on-first-use',
+      // Likewise the modules of the network clients (REST over http, NBD over net and tls,
+      // crypto for CHAP and TLS-PSK), os and zlib (stream files): `disk convert` of two files
+      // loaded some eighty built-in modules it never used, half of them for TLS and HTTP.
+      name: 'builtins-on-first-use',
       setup(b) {
-        b.onResolve({ filter: /^(node:)?child_process$/ }, (a) => (a.namespace === 'lazy' ? undefined : { path: 'child_process', namespace: 'lazy' }))
-        b.onLoad({ filter: /.*/, namespace: 'lazy' }, () => ({
+        b.onResolve({ filter: LAZY_BUILTINS }, (a) => (a.namespace === 'lazy' ? undefined : { path: a.path.replace(/^node:/, ''), namespace: 'lazy' }))
+        b.onLoad({ filter: /.*/, namespace: 'lazy' }, (a) => ({
           loader: 'js',
+          // The bundle's ESM interop (__toESM) lists the module's keys and their descriptors when
+          // the importing module loads: both are answered without loading it (the names are this
+          // Node's, the one the code cache is made for).
           contents: `let real
-const load = () => (real ??= require('node:child_process'))
+const load = () => (real ??= require(${JSON.stringify(`node:${a.path}`)}))
+const names = ${JSON.stringify(Object.getOwnPropertyNames(createRequire(import.meta.url)(`node:${a.path}`)))}
 module.exports = new Proxy({}, {
   get: (_, key) => load()[key],
   has: (_, key) => key in load(),
-  ownKeys: () => Reflect.ownKeys(load()),
-  getOwnPropertyDescriptor: (_, key) => ({ ...Reflect.getOwnPropertyDescriptor(load(), key), configurable: true }),
+  ownKeys: () => (real ? Reflect.ownKeys(real) : names),
+  getOwnPropertyDescriptor: (_, key) => (real ? { ...Reflect.getOwnPropertyDescriptor(real, key), configurable: true } : names.includes(key) ? { get: () => load()[key], enumerable: true, configurable: true } : undefined),
 })`,
         }))
       },

@@ -17,7 +17,7 @@ export interface Extent {
   present: boolean
   /** byte offset in the file that holds the data, when it is stored uncompressed in one place */
   hostOffset?: number
-  /** the file named by hostOffset */
+  /** the file named by hostOffset: a path, or a network disk's URI (nbd://…) */
   file?: string
 }
 
@@ -70,6 +70,25 @@ export function capabilitiesOf(dev: BlockDevice): Capabilities {
 /** A device that can read into a caller's buffer, saving an allocation and a copy (VmdkImage). */
 export interface ReadsInto {
   readInto(offset: number, length: number, out: Buffer, at: number): Promise<void>
+}
+
+/**
+ * A device that takes bytes straight from another file (convert, commit): the kernel copies
+ * page cache to page cache once (copy_file_range), where read + write copy every byte twice.
+ */
+export interface WritesFromFile {
+  /**
+   * Writes `length` bytes read at `position` of the open file `fd` at `offset`; resolves false
+   * (nothing written) where this device cannot, and the caller then writes the bytes itself.
+   */
+  writeFromFile(offset: number, length: number, fd: number, position: number): Promise<boolean>
+  /**
+   * Where the device's bytes are one file's at the same offsets (a raw file): writes the blocks of
+   * [offset, offset+length) that are not all zero, read at `position` of `fd`, in one step, and
+   * leaves the all-zero ones unwritten; zero[i] is set to 1 for those. Block 0 is `first` bytes
+   * long, the others `block`.
+   */
+  writeDataFromFile?(offset: number, length: number, fd: number, position: number, first: number, block: number, zero: Uint8Array): Promise<void>
 }
 
 /**

@@ -1,6 +1,7 @@
 import { readSync, writeSync } from 'node:fs'
 import { open, type FileHandle } from 'node:fs/promises'
 import { fromSystemError } from './errors.js'
+import { loadNative } from './native.js'
 
 /**
  * Adaptive I/O. A small pread/pwrite served from the page cache takes a few microseconds, but
@@ -106,6 +107,18 @@ export async function pwriteFull(fh: FileHandle, file: string, position: number,
       const { bytesWritten } = await fh.write(data, done, data.length - done, position + done)
       done += bytesWritten
     }
+  } catch (e) {
+    throw fromSystemError(e, file, 'Could not write')
+  }
+}
+
+/**
+ * Copies `length` bytes at `position` of the open file `fd` into `out` at `outPosition`, in the
+ * kernel (native.ts copyRange); errors name the file written.
+ */
+export async function copyRange(fd: number, position: number, out: FileHandle, file: string, outPosition: number, length: number): Promise<void> {
+  try {
+    await loadNative().copyRange(fd, position, out.fd, outPosition, length)
   } catch (e) {
     throw fromSystemError(e, file, 'Could not write')
   }

@@ -14,6 +14,23 @@ export interface Native {
   setlk(fd: number, start: number, len: number, type: number): number
   /** F_OFD_GETLK: the type of a conflicting lock, F_UNLCK when none, or -errno */
   getlk(fd: number, start: number, len: number, type: number): number
+  /**
+   * Copies `length` bytes at `inOffset` of file `inFd` to `outOffset` of `outFd` on the thread
+   * pool: copy_file_range(2) (the kernel copies once), else pread/pwrite. Bytes past the end of
+   * the input are written as zeros. Rejects with an Error carrying `code` (ENOSPC, EIO...).
+   */
+  copyRange(inFd: number, inOffset: number, outFd: number, outOffset: number, length: number): Promise<void>
+  /**
+   * flags[i] = 1 when block i of [offset, offset+length) of file `fd` reads as all zeros: block 0
+   * is `first` bytes, the others `block` (the last may be shorter). Reads a block's first 4 KiB
+   * first, so data that does not start with zeros is hardly read.
+   */
+  zeroBlocks(fd: number, offset: number, length: number, first: number, block: number, flags: Uint8Array): Promise<void>
+  /**
+   * zeroBlocks, then every run of blocks that are not all zero copied (as copyRange) to the same
+   * place relative to `outOffset` of `outFd`; the all-zero blocks are not written. One job.
+   */
+  copyData(fd: number, offset: number, length: number, first: number, block: number, flags: Uint8Array, outFd: number, outOffset: number): Promise<void>
 }
 
 let native: Native | null = null

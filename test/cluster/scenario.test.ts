@@ -110,7 +110,7 @@ t.test('a seed draws the timeline: the same seed the same times, within [min, ma
 })
 
 t.test('single holder: a generation that writes after a later one took the lock is two holders', async (t) => {
-  const h = (host: string, generation: number, t = 0) => ({ host, generation, t })
+  const h = (host: string, generation: number, t = 0) => ({ host, generation, t, mono: t })
   t.equal(twoHolders([h('c1', 1), h('c1', 1), h('c2', 2), h('c3', 3), h('c3', 3)]), null, 'hand-overs in order')
   t.match(twoHolders([h('c1', 1), h('c2', 2), h('c1', 1)]), /line 3: c1 \(generation 1\) wrote after c2 took the lock at generation 2: two holders/)
   t.match(twoHolders([h('c1', 1), h('c2', 2), h('c2', 2), h('c3', 3), h('c2', 2)]), /line 5: c2 \(generation 2\) wrote after c3/)

@@ -1,7 +1,8 @@
-import { unlink } from 'node:fs/promises'
-import { readInto, type BlockDevice } from '../block-device.js'
-import { StorageError } from '../errors.js'
+import { open, unlink, type FileHandle } from 'node:fs/promises'
+import { readInto, type BlockDevice, type Extent, type WritesFromFile } from '../block-device.js'
+import { fromSystemError, StorageError } from '../errors.js'
 import { isZero } from '../file-io.js'
+import { loadNative } from '../native.js'
 import { RawFile } from '../raw/index.js'
 import { createVmdk } from '../vmdk/create.js'
 import type { AdapterType, Subformat } from '../vmdk/new-descriptor.js'
@@ -34,6 +35,8 @@ export interface ConvertOptions {
 export interface Target {
   /** writes a chunk's bytes at `offset`; all-zero grains have already been cut out */
   write(offset: number, data: Buffer): Promise<void>
+  /** takes bytes straight from a file (the output file or device: a local raw or VMDK image) */
+  fromFile?: WritesFromFile
   /** true when the target must receive chunks strictly in order (streamOptimized) */
   ordered: boolean
   finish(): Promise<void>
@@ -52,6 +55,9 @@ export async function convert(src: BlockDevice, dst: string | BlockDevice, opts:
   const chunk = opts.chunk ?? 4 << 20
   const parallel = opts.parallel ?? 2
   const target = typeof dst === 'string' ? await openTarget(src.size, dst, opts) : await deviceTarget(src.size, dst)
+  // Where the target takes bytes from a file, data stored in files is copied by the kernel (by an
+  // addon built with these copies: one built before they were added copies through the process).
+  const files = target.fromFile && typeof loadNative().copyData === 'function' ? new SourceFiles() : null
   try {
     let done = 0
     // For ordered targets each chunk's write waits for the previous chunk's; the slot in this
@@ -64,11 +70,13 @@ export async function convert(src: BlockDevice, dst: string | BlockDevice, opts:
       opts.onProgress?.(done, src.size)
     })
     let taking = Promise.resolve<IteratorResult<[number, number]> | null>(null)
+    let failed = false
     const worker = async () => {
       // One buffer per worker, reused: fresh multi-MiB buffers per chunk cost more in page
       // faults than the copy itself.
       const buf = Buffer.allocUnsafe(Math.min(chunk, src.size))
       for (;;) {
+        if (failed) break
         const took = (taking = taking.then(() => chunks.next()))
         const r = await took
         if (r!.done) break
@@ -85,13 +93,22 @@ export async function convert(src: BlockDevice, dst: string | BlockDevice, opts:
         try {
           const status = await src.blockStatus(offset, length)
           const data = status.filter((e) => e.data && !e.zero)
-          await Promise.all(data.map((e) => readInto(src, e.offset, e.length, buf, e.offset - offset)))
-          if (target.ordered) await after
-          for (const e of data) {
-            for (const [o, b] of nonZeroRuns(e.offset, buf.subarray(e.offset - offset, e.offset - offset + e.length))) await target.write(o, b)
+          const copy = async (o: number, n: number, at: number) => {
+            await readInto(src, o, n, buf, at)
+            for (const [ro, b] of nonZeroRuns(o, buf.subarray(at, at + n))) await target.write(ro, b)
+          }
+          if (files && data.every(inLocalFile)) {
+            for (const e of data) await copyInKernel(e, files, target.fromFile!, (o, n) => copy(o, n, o - offset))
+          } else {
+            await Promise.all(data.map((e) => readInto(src, e.offset, e.length, buf, e.offset - offset)))
+            if (target.ordered) await after
+            for (const e of data) {
+              for (const [o, b] of nonZeroRuns(e.offset, buf.subarray(e.offset - offset, e.offset - offset + e.length))) await target.write(o, b)
+            }
           }
           release()
         } catch (e) {
+          failed = true
           fail(e)
           throw e
         }
@@ -99,11 +116,76 @@ export async function convert(src: BlockDevice, dst: string | BlockDevice, opts:
         opts.onProgress?.(done, src.size)
       }
     }
-    await Promise.all(Array.from({ length: parallel }, worker))
+    // Every worker ends before the files close or the output goes: a copy still on the thread
+    // pool must not find its descriptor closed, or reused by another file.
+    const ends = await Promise.allSettled(Array.from({ length: parallel }, worker))
+    const bad = ends.find((r): r is PromiseRejectedResult => r.status === 'rejected')
+    if (bad) throw bad.reason
+    await files?.close()
     await target.finish()
   } catch (e) {
+    await files?.close()
     await target.abort()
     throw e
+  }
+}
+
+/** A URI (nbd://…): a network disk names itself as the extents' file, as qemu-img map shows it. */
+const URI = /^[a-z][a-z0-9+.-]*:\/\//i
+
+/** The extent's bytes lie at a known offset of a local file (not compressed, not on a server). */
+const inLocalFile = (e: Extent) => e.file !== undefined && e.hostOffset !== undefined && !URI.test(e.file)
+
+/** The source's files, opened read-only by name when an extent first names one (copyInKernel). */
+class SourceFiles {
+  private readonly open = new Map<string, Promise<FileHandle>>()
+
+  fd(path: string): Promise<number> {
+    let fh = this.open.get(path)
+    if (!fh) {
+      fh = open(path, 'r').catch((e) => {
+        throw fromSystemError(e, path, 'Could not open')
+      })
+      this.open.set(path, fh)
+    }
+    return fh.then((h) => h.fd)
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.open.values()].map((p) => p.then((h) => h.close()).catch(() => undefined)))
+  }
+}
+
+/**
+ * Copies a data extent that lies in one file (`file` at `hostOffset`) into the target in the
+ * kernel: its all-zero 64 KiB blocks found (zeroBlocks, which reads little of other data) and
+ * left out, every run of other blocks copied file to file: in one step into a raw file
+ * (writeDataFromFile). A piece an image cannot take (a partial grain at a run's end, grains
+ * already allocated) goes through `copy`, which reads and writes it.
+ */
+async function copyInKernel(e: Extent, files: SourceFiles, to: WritesFromFile, copy: (offset: number, length: number) => Promise<void>): Promise<void> {
+  const fd = await files.fd(e.file!)
+  const first = Math.min(e.length, GRAIN - (e.offset % GRAIN))
+  const zero = new Uint8Array(1 + Math.ceil((e.length - first) / GRAIN))
+  if (to.writeDataFromFile) return to.writeDataFromFile(e.offset, e.length, fd, e.hostOffset!, first, GRAIN, zero)
+  await loadNative().zeroBlocks(fd, e.hostOffset!, e.length, first, GRAIN, zero)
+  const blockStart = (i: number) => (i === 0 ? e.offset : e.offset + first + (i - 1) * GRAIN)
+  for (let i = 0; i < zero.length; ) {
+    if (zero[i]) {
+      i++
+      continue
+    }
+    let j = i
+    while (j < zero.length && !zero[j]) j++
+    const start = blockStart(i)
+    const end = Math.min(e.offset + e.length, blockStart(j))
+    // whole 64 KiB blocks apart from the partial ones at the ends: an image takes only whole grains
+    const a = Math.ceil(start / GRAIN) * GRAIN
+    const b = Math.floor(end / GRAIN) * GRAIN
+    for (const [o, p] of a < b ? [[start, a], [a, b], [b, end]] : [[start, end]]) {
+      if (p > o && !(await to.writeFromFile(o, p - o, fd, e.hostOffset! + (o - e.offset)))) await copy(o, p - o)
+    }
+    i = j
   }
 }
 
@@ -177,6 +259,7 @@ async function openTarget(size: number, dst: string, opts: ConvertOptions): Prom
     return {
       ordered: false,
       write: (o, b) => raw.write(o, b),
+      fromFile: raw,
       finish: async () => {
         if (opts.sync) await raw.flush()
         await raw.close()
@@ -227,6 +310,7 @@ async function openTarget(size: number, dst: string, opts: ConvertOptions): Prom
   return {
     ordered: false,
     write: (o, b) => img.write(o, b),
+    fromFile: img,
     finish: async () => {
       if (opts.sync) await img.flush()
       await img.close({ sync: opts.sync ?? false })

@@ -1,14 +1,15 @@
 import type { FileHandle } from 'node:fs/promises'
-import { type BlockDevice, type Extent, type ReadsInto, type WriteOptions } from '../block-device.js'
-import { datasync, fileSize, openFile, preadFull, pwriteFull } from '../file-io.js'
+import { type BlockDevice, type Extent, type ReadsInto, type WriteOptions, type WritesFromFile } from '../block-device.js'
+import { copyRange, datasync, fileSize, openFile, preadFull, pwriteFull } from '../file-io.js'
 import { fromSystemError } from '../errors.js'
 import { dataRuns } from '../data-runs.js'
+import { loadNative } from '../native.js'
 import { lockImage, type ImageLock } from '../image-lock.js'
 
 const ZERO_CHUNK = 1 << 20
 
 /** A raw image: the file's bytes are the disk's bytes. */
-export class RawFile implements BlockDevice, ReadsInto {
+export class RawFile implements BlockDevice, ReadsInto, WritesFromFile {
   private constructor(
     readonly path: string,
     private readonly fh: FileHandle,
@@ -57,6 +58,19 @@ export class RawFile implements BlockDevice, ReadsInto {
   async write(offset: number, data: Buffer, opts?: WriteOptions): Promise<void> {
     await pwriteFull(this.fh, this.path, offset, data)
     if (opts?.fua) await datasync(this.fh, this.path)
+  }
+
+  async writeFromFile(offset: number, length: number, fd: number, position: number): Promise<boolean> {
+    await copyRange(fd, position, this.fh, this.path, offset, length)
+    return true
+  }
+
+  async writeDataFromFile(offset: number, length: number, fd: number, position: number, first: number, block: number, zero: Uint8Array): Promise<void> {
+    try {
+      await loadNative().copyData(fd, position, length, first, block, zero, this.fh.fd, offset)
+    } catch (e) {
+      throw fromSystemError(e, this.path, 'Could not copy into')
+    }
   }
 
   async writeZeroes(offset: number, length: number): Promise<void> {

@@ -5,7 +5,7 @@ import type { ZlibOptions } from 'node:zlib'
 import { Mutex } from 'async-mutex'
 import type { LRUCache } from 'lru-cache'
 import { StorageError } from '../errors.js'
-import { datasync, fileSize, preadFull, pwriteFull, toU32 } from '../file-io.js'
+import { copyRange, datasync, fileSize, preadFull, pwriteFull, toU32 } from '../file-io.js'
 import {
   COMPRESSION_DEFLATE,
   decodeSparseHeader,
@@ -386,16 +386,8 @@ export class SparseExtent {
     const gb = this.geo.grainBytes
     const first = Math.floor(offset / gb)
     const last = Math.floor((offset + data.length - 1) / gb)
-    const release = await this.claim(first, last)
-    if (!release) return false
-    try {
+    return this.allocateGrains(first, last, async (host) => {
       const n = last - first + 1
-      // Reserve the file space at once (synchronously): concurrent allocations get distinct grains.
-      const sector = this.nextSector
-      if (sector > 0xffffffff - n * this.header.grainSize) {
-        throw new StorageError('NoSpace', `'${this.path}': the extent file reached the 2 TiB limit of 32-bit grain offsets`, this.path)
-      }
-      this.nextSector += n * this.header.grainSize
       const headLen = offset - first * gb
       let buf = data
       if (data.length !== n * gb) {
@@ -409,7 +401,27 @@ export class SparseExtent {
         if (tailEnd < (last + 1) * gb) buf.fill(0, tailEnd - first * gb)
         data.copy(buf, headLen)
       }
-      await pwriteFull(this.fh, this.path, sector * 512, buf)
+      await pwriteFull(this.fh, this.path, host, buf)
+    })
+  }
+
+  /**
+   * Claims grains first..last, gives them space at the end of the file, has `put` write their
+   * bytes at that file offset, then points the tables at them (data before entries: SPEC.md §5).
+   * False when the grains were taken meanwhile (the caller looks again).
+   */
+  private async allocateGrains(first: number, last: number, put: (host: number) => Promise<void>): Promise<boolean> {
+    const release = await this.claim(first, last)
+    if (!release) return false
+    try {
+      const n = last - first + 1
+      // Reserve the file space at once (synchronously): concurrent allocations get distinct grains.
+      const sector = this.nextSector
+      if (sector > 0xffffffff - n * this.header.grainSize) {
+        throw new StorageError('NoSpace', `'${this.path}': the extent file reached the 2 TiB limit of 32-bit grain offsets`, this.path)
+      }
+      this.nextSector += n * this.header.grainSize
+      await put(sector * 512)
       this.fileSectors = Math.max(this.fileSectors, sector + n * this.header.grainSize)
       const entries: number[] = []
       for (let i = 0; i < n; i++) entries.push(sector + i * this.header.grainSize)
@@ -417,6 +429,36 @@ export class SparseExtent {
       return true
     } finally {
       release()
+    }
+  }
+
+  /**
+   * Writes [offset, offset+length) as new grains whose bytes come from file `fd` at `position`
+   * (copyRange: the kernel copies them). Only whole grains (the last may end at the capacity)
+   * that are all unallocated or zeroed: false otherwise, nothing written, and the caller writes
+   * the bytes through `write`.
+   */
+  async writeFromFile(offset: number, length: number, fd: number, position: number): Promise<boolean> {
+    const gb = this.geo.grainBytes
+    if (this.compressed || length === 0 || offset % gb !== 0 || (length % gb !== 0 && offset + length !== this.capacityBytes)) return false
+    await this.markDirty()
+    try {
+      const first = offset / gb
+      const last = Math.floor((offset + length - 1) / gb)
+      const put = async (host: number) => {
+        await copyRange(fd, position, this.fh, this.path, host, length)
+        const pad = (last - first + 1) * gb - length
+        if (pad > 0) await pwriteFull(this.fh, this.path, host + length, Buffer.alloc(pad))
+      }
+      // claim says "look again" after loading a table or waiting for another allocation
+      while (!(await this.allocateGrains(first, last, put))) {
+        const kinds = this.kindsNow(first, last)
+        if (kinds === null || kinds.includes('data')) return false
+      }
+      return true
+    } catch (e) {
+      this.failed = true
+      throw e
     }
   }
 

@@ -1,6 +1,6 @@
 import type { FileHandle } from 'node:fs/promises'
 import { promisify } from 'node:util'
-import { deflate as deflateCb } from 'node:zlib'
+import * as zlib from 'node:zlib'
 import { basename } from 'node:path'
 import { StorageError } from '../errors.js'
 import { openFile, pwriteFull } from '../file-io.js'
@@ -18,7 +18,9 @@ import {
   type SparseHeader,
 } from './sparse-header.js'
 
-const deflate = promisify(deflateCb)
+let deflateLoaded: ((buf: Buffer) => Promise<Buffer>) | undefined
+/** zlib's deflate, promisified when first used (the CLI's bundle loads zlib then: see build-cli.ts). */
+const deflate = (buf: Buffer) => (deflateLoaded ??= promisify(zlib.deflate))(buf)
 const MARKER_GT = 1
 const MARKER_GD = 2
 const MARKER_FOOTER = 3

@@ -2,10 +2,10 @@ import type { FileHandle } from 'node:fs/promises'
 import { rename, stat, unlink } from 'node:fs/promises'
 import { basename, dirname, isAbsolute, join } from 'node:path'
 import { Mutex } from 'async-mutex'
-import { mergeExtents, type BlockDevice, type Extent, type WriteOptions, type ZeroOptions } from '../block-device.js'
+import { mergeExtents, type BlockDevice, type Extent, type WriteOptions, type WritesFromFile, type ZeroOptions } from '../block-device.js'
 import { dataRuns } from '../data-runs.js'
 import { fromSystemError, StorageError } from '../errors.js'
-import { datasync, fileSize, openFile, preadFull, pwriteFull } from '../file-io.js'
+import { copyRange, datasync, fileSize, openFile, preadFull, pwriteFull } from '../file-io.js'
 import { lockImageFiles, type ImageLock } from '../image-lock.js'
 import {
   CID_NOPARENT,
@@ -66,7 +66,7 @@ const ZERO_CHUNK = 1 << 20
  * One VMDK layer (descriptor + extents), a BlockDevice. Unallocated grains read what lies below
  * (attachParent, chain/) when a parent is attached, else zeros. SPEC.md has the formats.
  */
-export class VmdkImage implements BlockDevice {
+export class VmdkImage implements BlockDevice, WritesFromFile {
   readonly size: number
   private below: Below | null = null
   private cidUpdate: Promise<void> | null = null
@@ -361,6 +361,21 @@ export class VmdkImage implements BlockDevice {
     }
     await Promise.all(jobs)
     if (opts?.fua) await this.flush()
+  }
+
+  /**
+   * Writes bytes of another file in the kernel (WritesFromFile): into a flat extent, or as new
+   * grains of a sparse one (SparseExtent.writeFromFile). False, nothing written, for a range
+   * across extents, or grains already allocated or not whole.
+   */
+  async writeFromFile(offset: number, length: number, fd: number, position: number): Promise<boolean> {
+    const [slot, ...more] = this.overlapping(offset, length)
+    if (!slot || more.length > 0 || slot[0].kind === 'zero') return false
+    const [s, a] = slot
+    await this.touch()
+    if (s.sparse) return s.sparse.writeFromFile(a - s.start, length, fd, position)
+    await copyRange(fd, position, s.flat!.fh, s.path!, s.flat!.base + (a - s.start), length)
+    return true
   }
 
   /**

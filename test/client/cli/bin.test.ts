@@ -60,3 +60,20 @@ t.test('a reader that goes away (| head -1) ends the output, not the command: ex
   t.same({ code, signal }, { code: 0, signal: null }, 'exit 0')
   t.equal(stderr, '', 'nothing on stderr (no EPIPE stack trace)')
 })
+
+t.test('disk convert of two files loads no network, TLS, crypto, zlib or server module', async (t) => {
+  const d = tmp(t)
+  writeFileSync(join(d, 'src.raw'), Buffer.alloc(1 << 20, 1))
+  // a preload that lists, at exit, the built-in modules loaded and the files required
+  writeFileSync(
+    join(d, 'loaded.cjs'),
+    "process.on('exit', () => require('fs').writeFileSync(process.env.LOADED, JSON.stringify({ builtins: process.moduleLoadList, files: Object.keys(require.cache) })))",
+  )
+  const loaded = join(d, 'loaded.json')
+  // through env -i: tap's coverage hooks follow node children (through NODE_OPTIONS) and load modules
+  const r = shStatus('env', ['-i', `PATH=${process.env.PATH}`, `LOADED=${loaded}`, process.execPath, '-r', join(d, 'loaded.cjs'), CLI, 'disk', 'convert', '-f', 'raw', '-O', 'vmdk', join(d, 'src.raw'), join(d, 'out.vmdk')])
+  t.equal(r.status, 0, r.stderr)
+  const { builtins, files } = JSON.parse(readFileSync(loaded, 'utf8')) as { builtins: string[]; files: string[] }
+  for (const m of ['tls', 'http', 'https', 'crypto', 'zlib', 'os', 'child_process']) t.notOk(builtins.includes(`NativeModule ${m}`), `${m} not loaded`)
+  for (const p of ['express', 'pino', 'prom-client']) t.notOk(files.some((f) => f.includes(`/node_modules/${p}/`)), `${p} not loaded`)
+})

@@ -4,25 +4,12 @@ import { tmp, pattern } from '../../helpers/peers.js'
 import { writeFile } from 'node:fs/promises'
 import { convert, openVmdk, RawFile, type BlockDevice, type Extent } from '../../../src/disk-formats/index.js'
 
-/** A memory device whose reads complete in reverse order of issue (the first read is the slowest). */
-function reversingDevice(data: Buffer): BlockDevice {
-  const waiting: (() => void)[] = []
-  let issued = 0
-  const release = () => {
-    // once four reads are pending, complete them newest first
-    while (waiting.length) waiting.pop()!()
-  }
+/** A read-only device of `size` bytes that are all data, read through `reads`. */
+function dataDevice(size: number, reads: Pick<BlockDevice, 'read'> & { readInto?(offset: number, length: number, out: Buffer, at: number): Promise<void> }): BlockDevice {
   return {
-    size: data.length,
+    size,
     readOnly: true,
-    async read(offset, length) {
-      issued++
-      await new Promise<void>((res) => {
-        waiting.push(res)
-        if (waiting.length >= 4 || issued * (1 << 20) >= data.length) release()
-      })
-      return Buffer.from(data.subarray(offset, offset + length))
-    },
+    ...reads,
     async blockStatus(offset, length): Promise<Extent[]> {
       return [{ offset, length, data: true, zero: false, depth: 0, present: true }]
     },
@@ -32,6 +19,26 @@ function reversingDevice(data: Buffer): BlockDevice {
     flush: async () => {},
     close: async () => {},
   }
+}
+
+/** A memory device whose reads complete in reverse order of issue (the first read is the slowest). */
+function reversingDevice(data: Buffer): BlockDevice {
+  const waiting: (() => void)[] = []
+  let issued = 0
+  const release = () => {
+    // once four reads are pending, complete them newest first
+    while (waiting.length) waiting.pop()!()
+  }
+  return dataDevice(data.length, {
+    async read(offset, length) {
+      issued++
+      await new Promise<void>((res) => {
+        waiting.push(res)
+        if (waiting.length >= 4 || issued * (1 << 20) >= data.length) release()
+      })
+      return Buffer.from(data.subarray(offset, offset + length))
+    },
+  })
 }
 
 t.test('stream output is correct when reads finish out of order', async (t) => {
@@ -70,4 +77,29 @@ t.test('a raw source is read straight into convert\'s buffers (RawFile.readInto)
     await img.close()
   }
   await raw.close()
+})
+
+t.test('a failed convert rejects only once every worker has ended, and takes no chunk after the failure', async (t) => {
+  const d = tmp(t)
+  const size = 8 << 20
+  let failedAt = 0
+  let slowEnded = false
+  const lateStarts: number[] = []
+  const dev = dataDevice(size, {
+    read: async (_o, n) => Buffer.alloc(n),
+    async readInto(offset, length, out, at) {
+      if (failedAt) lateStarts.push(offset)
+      if (offset === 0) {
+        await new Promise((r) => setTimeout(r, 10))
+        failedAt = Date.now()
+        throw new Error('EIO on the first chunk')
+      }
+      await new Promise((r) => setTimeout(r, 150))
+      out.fill(1, at, at + length)
+      slowEnded = true
+    },
+  })
+  await t.rejects(convert(dev, join(d, 'out.raw'), { to: 'raw', chunk: 1 << 20, parallel: 2 }), /EIO on the first chunk/)
+  t.ok(slowEnded, 'the other worker\'s read had ended')
+  t.same(lateStarts, [], 'no read started after the failure')
 })
