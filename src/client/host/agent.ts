@@ -9,6 +9,7 @@ import { openLockStorage } from '../locks/open-storage.js'
 import { ftHostName, hostIqn, LOCKSPACE_IQN, validHostName, validVmName, vmIqn, vmLockName } from './names.js'
 import { vmRunArgs, type VmFtLaunch, type VmLaunch } from './vm-command.js'
 import type { FtStatus } from '../ft/run-ft.js'
+import { parseFtModeOptions, type FtModeOptions } from '../ft/mode-options.js'
 import { VmProcess, type VmExit } from './vm-process.js'
 import { checkCpuPercent } from '../vm/cpu-limit.js'
 import { readCheckpoint } from '../vm/checkpoint-file.js'
@@ -82,8 +83,8 @@ export interface VmInfo {
 /** A pair's role as `vm ls` shows it: paired (primary, backup), or after a failover live (the backup took over), alone (the primary won), halted (lost the claim). */
 export type FtRoleName = 'primary' | 'backup' | 'live' | 'alone' | 'halted' | 'handed-over'
 
-/** The pair side of a VM (VmInfo.ft): how it was started, then its figures from its control socket. */
-export interface VmFtInfo {
+/** The pair side of a VM (VmInfo.ft): how it was started (its mode and the mode's options among it), then its figures from its control socket. */
+export interface VmFtInfo extends FtModeOptions {
   side: 'primary' | 'backup'
   /** primary: the host API that runs the backup */
   peer: string | null
@@ -104,6 +105,8 @@ export interface VmFtInfo {
   outputDelay: { count: number; p50: number; p99: number } | null
   /** a checkpoint pair's epoch figures (ft/SPEC.md "Checkpoint mode", Metrics) */
   checkpoint?: FtStatus['checkpoint']
+  /** a colo pair's figures: outputs compared, resyncs (colo/SPEC.md) */
+  colo?: FtStatus['colo']
 }
 
 /** The body of `POST /api/v1/vms`. */
@@ -123,12 +126,14 @@ export interface VmStartRequest {
   switch?: string
   /** the NIC's MAC, aa:bb:cc:dd:ee:ff */
   mac?: string
-  /** a fault-tolerant pair: this host runs the primary and asks the host at `ft.host` to run the backup */
-  ft?: { host: string; backupReads: 'disk' | 'log' }
+  /** a fault-tolerant pair: this host runs the primary and asks the host at `ft.host` to run the backup; `mode` (default replay) and its options as vm run's --ft-mode … */
+  ft?: { host: string; backupReads: 'disk' | 'log' } & FtModeOptions
   /** 'backup': run the backup of a pair whose primary another host starts (that host asks; the answer names the FT address) */
   role?: 'backup'
   /** with role 'backup': the primary's choice, for the record (the backup takes it from the primary's HELLO) */
   backupReads?: 'disk' | 'log'
+  /** with role 'backup': the pair's mode and its options (`mode`, `epochMs`, `diff`, `coloTimeoutMs` in the body); a colo secondary runs as one, a replay or checkpoint backup follows the primary's HELLO */
+  mode?: FtModeOptions
   /** 0 to 1000 (default 100): under a DoS guard, lower priorities are suspended first */
   priority?: number
 }
@@ -175,6 +180,12 @@ const hostClock: Clock = {
   now: () => performance.now(),
   setTimeout: (fn, ms) => setTimeout(fn, ms).unref(),
   clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
+}
+
+/** A pair side's mode and options from its start request (the primary's in `ft`, a backup's `mode`). */
+function modeOf(req: VmStartRequest): FtModeOptions {
+  const { mode, epochMs, diff, coloTimeoutMs } = req.ft ?? req.mode ?? { mode: 'replay' }
+  return { mode, ...(epochMs !== undefined ? { epochMs } : {}), ...(diff !== undefined ? { diff } : {}), ...(coloTimeoutMs !== undefined ? { coloTimeoutMs } : {}) }
 }
 
 /** A body field: absent, or of the type asked. */
@@ -225,16 +236,19 @@ export function parseStartRequest(body: unknown): VmStartRequest {
   let ft: VmStartRequest['ft']
   if (b.ft !== undefined && b.ft !== null) {
     const f = b.ft as Record<string, unknown>
-    if (typeof f !== 'object' || Array.isArray(f)) throw new StorageError('InvalidArgument', '"ft" must be an object: {"host": URL of the backup\'s host, "backupReads": "disk"|"log"}')
+    if (typeof f !== 'object' || Array.isArray(f)) throw new StorageError('InvalidArgument', '"ft" must be an object: {"host": URL of the backup\'s host, "backupReads": "disk"|"log", "mode": "replay"|"checkpoint"|"colo", …}')
     const host = field<string>(f, 'host', 'string')
     if (!host || host.length > MAX_URL || !/^https?:\/\/[^\s/]+\/?$/.test(host)) throw new StorageError('InvalidArgument', '"ft.host" must be the backup host\'s API URL, e.g. http://127.0.0.1:7801')
-    ft = { host, backupReads: reads(f.backupReads, '"ft.backupReads"') }
+    ft = { host, backupReads: reads(f.backupReads, '"ft.backupReads"'), ...parseFtModeOptions(f, 'ft.') }
   }
   const role = field<string>(b, 'role', 'string')
   if (role !== undefined && role !== 'backup') throw new StorageError('InvalidArgument', `invalid "role" ${JSON.stringify(role)}: "backup" (a pair's primary is started with "ft")`)
+  const mode = role ? parseFtModeOptions(b, '') : undefined
   if ((ft || role) && checkpoint) throw new StorageError('InvalidArgument', 'a fault-tolerant pair starts from boot: no "checkpoint"')
+  if ((ft?.mode ?? mode?.mode) === 'colo' && disk !== undefined) throw new StorageError('InvalidArgument', 'a colo pair runs a VM without a disk in this version (colo/SPEC.md "Disk")')
   if ((ft || role) && net !== undefined) throw new StorageError('InvalidArgument', 'a fault-tolerant pair\'s NIC is on a tandem switch ("switch"), not "net"')
   if (ft && role) throw new StorageError('InvalidArgument', '"ft" starts a pair\'s primary, "role": "backup" its backup: not both')
+  if (!role && ['mode', 'epochMs', 'diff', 'coloTimeoutMs'].some((k) => b[k] !== undefined)) throw new StorageError('InvalidArgument', 'a pair\'s primary takes its mode in "ft" ("ft": {"mode": …}); "mode" alone is for a backup ("role": "backup")')
   return {
     name, guest, disk, memory, net, cpuLimit,
     ...(checkpoint ? { checkpoint } : {}),
@@ -242,7 +256,7 @@ export function parseStartRequest(body: unknown): VmStartRequest {
     ...(mac !== undefined ? { mac } : {}),
     ...(priority !== undefined ? { priority } : {}),
     ...(ft ? { ft } : {}),
-    ...(role ? { role, backupReads: reads(b.backupReads, '"backupReads"') } : {}),
+    ...(role ? { role, backupReads: reads(b.backupReads, '"backupReads"'), mode } : {}),
   }
 }
 
@@ -459,7 +473,7 @@ export class HostAgent {
       priority: req.priority ?? DEFAULT_PRIORITY,
       dos: null,
       ft: side
-        ? { side, peer: req.ft?.host ?? null, address: null, backupReads: req.ft?.backupReads ?? req.backupReads ?? 'disk', lockHost: ftHostName(this.name, req.name), role: null, lagMs: null, cpuLimit: null, logBytes: null, logBytesPerSecond: null, outputDelay: null }
+        ? { side, ...modeOf(req), peer: req.ft?.host ?? null, address: null, backupReads: req.ft?.backupReads ?? req.backupReads ?? 'disk', lockHost: ftHostName(this.name, req.name), role: null, lagMs: null, cpuLimit: null, logBytes: null, logBytesPerSecond: null, outputDelay: null }
         : null,
     }
     if (req.checkpoint) {
@@ -493,7 +507,7 @@ export class HostAgent {
           throw new VmBusy(e.message, { holder: null })
         }
       }
-      if (info.ft) ft = { side: info.ft.side, address: info.ft.address ?? `${this.o.ftListen ?? '127.0.0.1'}:0`, lockspace: this.lockspaceUri, host: info.ft.lockHost, backupReads: info.ft.backupReads }
+      if (info.ft) ft = { side: info.ft.side, address: info.ft.address ?? `${this.o.ftListen ?? '127.0.0.1'}:0`, lockspace: this.lockspaceUri, host: info.ft.lockHost, backupReads: info.ft.backupReads, mode: modeOf(req) }
     } catch (e) {
       if (joins !== req.switch) this.dos?.detach(req.name)
       if (this.vms.get(req.name) === vm) this.vms.delete(req.name)
@@ -588,6 +602,7 @@ export class HostAgent {
     f.cpuLimit = s.cpuLimit
     f.outputDelay = s.outputDelay
     f.checkpoint = s.checkpoint
+    f.colo = s.colo
     if (!vm.rate) f.logBytesPerSecond = s.logBytes / Math.max(1, (Date.now() - Date.parse(vm.info.startedAt)) / 1000)
     else if (now - vm.rate.t >= 1000) f.logBytesPerSecond = ((s.logBytes - vm.rate.bytes) * 1000) / (now - vm.rate.t)
     if (!vm.rate || now - vm.rate.t >= 1000) vm.rate = { t: now, bytes: s.logBytes }
@@ -616,7 +631,7 @@ export class HostAgent {
   /** Asks the backup's host to start it; resolves to the FT address it listens on. */
   private async startBackup(req: VmStartRequest): Promise<string> {
     const peer = req.ft!.host
-    const body: VmStartRequest = { name: req.name, guest: req.guest, memory: req.memory, disk: req.disk, cpuLimit: req.cpuLimit, switch: req.switch, mac: req.mac, role: 'backup', backupReads: req.ft!.backupReads }
+    const body = { name: req.name, guest: req.guest, memory: req.memory, disk: req.disk, cpuLimit: req.cpuLimit, switch: req.switch, mac: req.mac, role: 'backup', backupReads: req.ft!.backupReads, ...modeOf(req) }
     let r: VmInfo
     try {
       r = await requestJson<VmInfo>(peer, 'POST', '/api/v1/vms', body, { timeoutMs: BACKUP_LISTEN_MS + 10_000 })

@@ -1,46 +1,21 @@
 import t from 'tap'
-import { spawn } from 'node:child_process'
 import { createServer } from 'node:http'
 import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { CLI, run, tmp } from '../../helpers/peers.js'
 import { leaseServer, running, startHost } from '../../helpers/host-process.js'
-import { bearer } from '../../helpers/server.js'
+import { hostVm, restApi, until } from '../../helpers/host-pair.js'
+import { kv as kvChild } from '../../helpers/ft-cli.js'
 import { startSwitch } from '../../helpers/switch-process.js'
 import { ftHostName, type VmInfo } from '../../../src/client/host/index.js'
 
 const VM_MAC = '02:00:00:00:00:42'
 const tandem = (...args: string[]) => run(process.execPath, [CLI, ...args], { timeout: 120_000 })
-type ErrorBody = { error?: { code: string; message: string } }
 /** the REST token of the current test's server (set after leaseServer), sent with every api() request */
 let token = ''
-async function api<T = Record<string, unknown>>(base: string, method: string, path: string, body?: unknown): Promise<{ status: number; body: T & ErrorBody; text: string }> {
-  const r = await fetch(`${base}${path}`, { method, headers: { ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...bearer(token) }, body: body === undefined ? undefined : JSON.stringify(body) })
-  const text = await r.text()
-  return { status: r.status, body: JSON.parse(text) as T & ErrorBody, text }
-}
-const vmOf = async (host: string) => (await api<VmInfo & { console: string }>(host, 'GET', '/api/v1/vms/vm1')).body
-
-/** Polls `probe` every 50 ms until it returns something truthy (that) or `ms` pass (null). */
-async function until<T>(ms: number, probe: () => Promise<T | null | undefined | false>): Promise<T | null> {
-  const end = performance.now() + ms
-  for (;;) {
-    const v = await probe().catch(() => null)
-    if (v) return v
-    if (performance.now() > end) return null
-    await new Promise((r) => setTimeout(r, 50))
-  }
-}
-
-/** `tandem kv ARGS` as a child: resolves with its exit and output. */
-function kv(args: string[]): Promise<{ code: number | null; out: string; err: string }> {
-  const c = spawn(process.execPath, [CLI, 'kv', ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
-  let out = ''
-  let err = ''
-  c.stdout.on('data', (d) => (out += d))
-  c.stderr.on('data', (d) => (err += d))
-  return new Promise((r) => c.on('exit', (code) => r({ code, out, err })))
-}
+const api = restApi(() => token)
+const vmOf = (host: string) => hostVm(host, 'vm1')
+const kv = (args: string[]) => kvChild(args).done
 
 const metric = (text: string, re: RegExp): number | null => {
   const m = re.exec(text)
@@ -143,6 +118,13 @@ t.test('bad pair requests: 4xx JSON naming the problem; an unreachable backup ho
     [{ name: 'w', guest: 'kvstore', role: 'backup', net: 'udp:127.0.0.1:0' }, 400, /tandem switch/],
     [{ name: 'w', guest: 'kvstore', switch: 'udp:127.0.0.1:0' }, 400, /invalid "switch"/],
     [{ name: 'w', guest: 'kvstore', mac: '02:00' }, 400, /invalid "mac"/],
+    [{ name: 'w', guest: 'kvstore', ft: { host: 'http://127.0.0.1:1', mode: 'lockstep' } }, 400, /invalid "ft\.mode" "lockstep" \(replay, checkpoint or colo\)/],
+    [{ name: 'w', guest: 'kvstore', ft: { host: 'http://127.0.0.1:1', mode: 'colo', epochMs: 10 } }, 400, /"ft\.epochMs" is an option of the checkpoint mode, not colo/],
+    [{ name: 'w', guest: 'kvstore', ft: { host: 'http://127.0.0.1:1', mode: 'checkpoint', epochMs: 1 } }, 400, /invalid "ft\.epochMs" 1 \(5 to 10000 ms\)/],
+    [{ name: 'w', guest: 'kvstore', ft: { host: 'http://127.0.0.1:1', mode: 'checkpoint', diff: 'no' } }, 400, /"ft\.diff" must be true or false/],
+    [{ name: 'w', guest: 'kvstore', ft: { host: 'http://127.0.0.1:1', mode: 'colo', coloTimeoutMs: 0 } }, 400, /invalid "ft\.coloTimeoutMs" 0 \(5 to 60000 ms\)/],
+    [{ name: 'w', guest: 'kvstore', mode: 'colo' }, 400, /"mode" alone is for a backup/],
+    [{ name: 'w', guest: 'kvstore', role: 'backup', mode: 'checkpoint', coloTimeoutMs: 50 }, 400, /"coloTimeoutMs" is an option of the colo mode, not checkpoint/],
     [{ name: 'w', guest: 'kvstore', ft: { host: 'http://127.0.0.1:1' } }, 500, /the backup's host http:\/\/127\.0\.0\.1:1 did not start the backup: could not reach/],
   ]
   for (const [body, status, message] of bad) {
