@@ -1,6 +1,13 @@
 import type { VmInfo } from '../../src/client/host/index.js'
 import { bearer } from './server.js'
 
+/**
+ * startHost's options for hosts that run pairs under a kill: a loss timeout a busy machine's
+ * scheduling does not reach (as startPair's), so a pair splits only when a side is killed (its
+ * socket closes: seen at once).
+ */
+export const PAIR_HOST = { env: { TANDEM_FT_LOSS_MS: '1500' } }
+
 export type ErrorBody = { error?: { code: string; message: string } }
 export type ApiAnswer<T> = { status: number; body: T & ErrorBody; text: string }
 

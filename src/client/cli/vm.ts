@@ -62,14 +62,24 @@ export function vmCommand(run: (fn: () => Promise<number | void>) => Promise<voi
       }),
     )
   vm.command('ft-restore')
-    .description('redundancy restore of a fault-tolerant VM running alone (its backup lost, or a backup gone live): a new backup waiting at HOST:PORT (tandem vm run --ft-backup HOST:PORT) starts from a live checkpoint of the running VM and follows it; its outputs wait for the new backup\'s acks from then on')
-    .requiredOption('--control <path>', "the running VM's control socket (vm run --control)")
-    .requiredOption('--backup <host:port>', 'where the new backup listens')
+    .description('redundancy restore of a fault-tolerant VM running alone (its backup lost, or a backup gone live): a new backup waiting at HOST:PORT (tandem vm run --ft-backup HOST:PORT) starts from a live checkpoint of the running VM and follows it; its outputs wait for the new backup\'s acks from then on. On hosts: NAME --host URL --ft URL2, the host running the VM has the host at URL2 start the new backup')
+    .argument('[name]', 'with --host: the VM')
+    .option('--control <path>', "the running VM's control socket (vm run --control)")
+    .option('--backup <host:port>', 'with --control: where the new backup listens')
+    .option('--host <url>', 'the host (tandem host) that runs the VM alone')
+    .option('--ft <url>', 'with --host: the host to run the new backup (its REST API)')
     .option('--json', 'print the answer as JSON')
-    .action((o) =>
+    .action((name: string | undefined, o) =>
       run(async () => {
-        const backup = parseHostPort(o.backup, '--backup')
-        const r = await requestJson<RestoreSummary>(`unix:${resolve(o.control)}`, 'POST', '/api/v1/vm/ft/restore', { backup: `${backup.host}:${backup.port}` }, { timeoutMs: 600_000 })
+        let r: RestoreSummary
+        if (o.host !== undefined || o.ft !== undefined || name !== undefined) {
+          if (!name || !o.host || !o.ft || o.control || o.backup) throw new StorageError('InvalidArgument', 'give NAME --host URL --ft URL2 (a VM on a host), or --control PATH --backup HOST:PORT (a vm run)')
+          r = (await requestJson<VmInfo & { restore: RestoreSummary }>(o.host, 'POST', `/api/v1/vms/${encodeURIComponent(name)}/ft/restore`, { host: o.ft }, { timeoutMs: 600_000 })).restore
+        } else {
+          if (!o.control || !o.backup) throw new StorageError('InvalidArgument', 'give --control PATH --backup HOST:PORT (a vm run), or NAME --host URL --ft URL2 (a VM on a host)')
+          const backup = parseHostPort(o.backup, '--backup')
+          r = await requestJson<RestoreSummary>(`unix:${resolve(o.control)}`, 'POST', '/api/v1/vm/ft/restore', { backup: `${backup.host}:${backup.port}` }, { timeoutMs: 600_000 })
+        }
         process.stdout.write(o.json ? JSON.stringify(r) + '\n' : `Protected again by the backup at ${r.backup} from instruction ${r.instructions} (pre-copy ${r.precopyPages} pages in ${r.precopyRounds} rounds, pause ${r.pauseMs.toFixed(2)} ms, then ${r.pages} dirty pages; outputs held ${Math.round(r.protectedMs)} ms from the pause to its first ACK)\n`)
         return 0
       }),

@@ -8,7 +8,7 @@ import { LockManager, type Clock, type LockStorage } from '../../disk-formats/lo
 import { openLockStorage } from '../locks/open-storage.js'
 import { ftHostName, hostIqn, LOCKSPACE_IQN, validHostName, validVmName, vmIqn, vmLockName } from './names.js'
 import { vmRunArgs, type VmFtLaunch, type VmLaunch } from './vm-command.js'
-import type { FtStatus } from '../ft/run-ft.js'
+import type { FtStatus, RestoreSummary } from '../ft/run-ft.js'
 import { parseFtModeOptions, type FtModeOptions } from '../ft/mode-options.js'
 import { VmProcess, type VmExit } from './vm-process.js'
 import { checkCpuPercent } from '../vm/cpu-limit.js'
@@ -95,6 +95,8 @@ export interface VmFtInfo extends FtModeOptions {
   lockHost: string
   /** null until the VM's control socket answered (a backup's, once its primary said HELLO) */
   role: FtRoleName | null
+  /** a backup follows this side's running VM now (its outputs wait for the backup's acks); null until it answered */
+  protected: boolean | null
   lagMs: number | null
   /** percent of one core */
   cpuLimit: number | null
@@ -141,6 +143,10 @@ export interface VmStartRequest {
 interface Vm {
   info: VmInfo
   proc: VmProcess | null
+  /** what it was started with (a restore starts its new backup alike) */
+  req: VmStartRequest
+  /** a redundancy restore is under way */
+  restoring?: boolean
   /** the process ended and its lock was released */
   done?: Promise<void>
   /** the log rate's last sample (performance.now() ms, bytes) */
@@ -186,6 +192,13 @@ const hostClock: Clock = {
 function modeOf(req: VmStartRequest): FtModeOptions {
   const { mode, epochMs, diff, coloTimeoutMs } = req.ft ?? req.mode ?? { mode: 'replay' }
   return { mode, ...(epochMs !== undefined ? { epochMs } : {}), ...(diff !== undefined ? { diff } : {}), ...(coloTimeoutMs !== undefined ? { coloTimeoutMs } : {}) }
+}
+
+/** `b.host`: the API URL of the host for a pair's backup, or InvalidArgument naming `what`. */
+function hostUrl(b: Record<string, unknown>, what: string): string {
+  const host = field<string>(b, 'host', 'string')
+  if (!host || host.length > MAX_URL || !/^https?:\/\/[^\s/]+\/?$/.test(host)) throw new StorageError('InvalidArgument', `${what} must be the backup host's API URL, e.g. http://127.0.0.1:7801`)
+  return host
 }
 
 /** A body field: absent, or of the type asked. */
@@ -237,8 +250,7 @@ export function parseStartRequest(body: unknown): VmStartRequest {
   if (b.ft !== undefined && b.ft !== null) {
     const f = b.ft as Record<string, unknown>
     if (typeof f !== 'object' || Array.isArray(f)) throw new StorageError('InvalidArgument', '"ft" must be an object: {"host": URL of the backup\'s host, "backupReads": "disk"|"log", "mode": "replay"|"checkpoint"|"colo", …}')
-    const host = field<string>(f, 'host', 'string')
-    if (!host || host.length > MAX_URL || !/^https?:\/\/[^\s/]+\/?$/.test(host)) throw new StorageError('InvalidArgument', '"ft.host" must be the backup host\'s API URL, e.g. http://127.0.0.1:7801')
+    const host = hostUrl(f, '"ft.host"')
     ft = { host, backupReads: reads(f.backupReads, '"ft.backupReads"'), ...parseFtModeOptions(f, 'ft.') }
   }
   const role = field<string>(b, 'role', 'string')
@@ -312,6 +324,47 @@ export class HostAgent {
     if (afterwards !== 'keep' && afterwards !== 'copy-and-commit') throw new StorageError('InvalidArgument', '"afterwards" must be "keep" or "copy-and-commit"')
     const req = { file, afterwards, name, ...(vm.info.disk ? { disk: { server: this.o.server, name: vm.info.disk } } : {}) }
     return requestJson<Record<string, unknown>>(`unix:${this.controlPath(name)}`, 'POST', '/api/v1/vm/checkpoint', req, { timeoutMs: 600_000 })
+  }
+
+  /**
+   * Redundancy restore (`POST /api/v1/vms/:name/ft/restore`, ft/SPEC.md "Redundancy restore"): a
+   * pair's side here that runs the VM alone (live after a failover, or a primary whose backup was
+   * lost) is protected again by a new backup on the host at `host`: that host starts it as for a
+   * pair (`role: 'backup'`, the VM's own start options), then the VM's control socket streams it
+   * a live checkpoint. A failed restore stops the new backup again; the VM runs on alone.
+   */
+  async restoreVm(name: string, body: unknown): Promise<VmInfo & { restore: RestoreSummary }> {
+    const b = (typeof body === 'object' && body !== null && !Array.isArray(body) ? body : {}) as Record<string, unknown>
+    const host = hostUrl(b, '"host"')
+    const vm = this.vms.get(name)
+    if (!vm) throw new StorageError('NotFound', `no VM named '${name}' on host '${this.name}'`)
+    const f = vm.info.ft
+    if (!f) throw new StorageError('InvalidArgument', `VM '${name}' is not a side of a fault-tolerant pair: start it with "ft" to have a backup`)
+    if (vm.info.state !== 'running') throw new StorageError('Busy', `VM '${name}' is ${vm.info.state}, not running`)
+    if (host.replace(/\/$/, '') === this.o.api.replace(/\/$/, '')) throw new StorageError('InvalidArgument', `"host" is this host (${host}), which runs VM '${name}': a backup runs on another host`)
+    if (f.mode !== 'replay') throw new StorageError('Unsupported', `a redundancy restore takes a replay pair in this version; VM '${name}' runs in ${f.mode} mode`)
+    if (vm.restoring) throw new StorageError('Busy', `a restore of VM '${name}' is under way`)
+    if (!(await this.status(vm))) throw new StorageError('IoError', `VM '${name}' does not answer on its control socket`)
+    if (f.role !== 'live' && f.role !== 'alone') throw new StorageError('InvalidArgument', `VM '${name}' is not running alone here (its role: ${f.role}): ${f.protected ? 'a backup follows it already' : 'only a side that runs the VM can be protected'}`)
+    if (f.protected) throw new StorageError('Exists', `VM '${name}' is protected by a backup already (on ${f.peer ?? 'another host'})`)
+    vm.restoring = true
+    try {
+      const address = await this.startBackup({ ...vm.req, ft: { ...modeOf(vm.req), host, backupReads: f.backupReads } })
+      let restore: RestoreSummary
+      try {
+        restore = await requestJson<RestoreSummary>(`unix:${this.controlPath(name)}`, 'POST', '/api/v1/vm/ft/restore', { backup: address }, { timeoutMs: 600_000 })
+      } catch (e) {
+        void requestJson(host, 'DELETE', `/api/v1/vms/${encodeURIComponent(name)}`).catch(() => undefined)
+        throw e
+      }
+      f.peer = host
+      f.address = address
+      await this.status(vm)
+      this.o.log.info({ vm: name, backup: host, address, pauseMs: restore.pauseMs }, 'VM protected again by a new backup')
+      return { ...this.shown(vm.info), restore }
+    } finally {
+      vm.restoring = false
+    }
   }
 
   /** Joins the lockspace (waiting out a crashed earlier incarnation of this host: a lease) and registers with the server. */
@@ -473,7 +526,7 @@ export class HostAgent {
       priority: req.priority ?? DEFAULT_PRIORITY,
       dos: null,
       ft: side
-        ? { side, ...modeOf(req), peer: req.ft?.host ?? null, address: null, backupReads: req.ft?.backupReads ?? req.backupReads ?? 'disk', lockHost: ftHostName(this.name, req.name), role: null, lagMs: null, cpuLimit: null, logBytes: null, logBytesPerSecond: null, outputDelay: null }
+        ? { side, ...modeOf(req), peer: req.ft?.host ?? null, address: null, backupReads: req.ft?.backupReads ?? req.backupReads ?? 'disk', lockHost: ftHostName(this.name, req.name), role: null, protected: null, lagMs: null, cpuLimit: null, logBytes: null, logBytesPerSecond: null, outputDelay: null }
         : null,
     }
     if (req.checkpoint) {
@@ -485,7 +538,7 @@ export class HostAgent {
         throw new StorageError('InvalidArgument', (e as Error).message)
       }
     }
-    const vm: Vm = { info, proc: null }
+    const vm: Vm = { info, proc: null, req }
     this.vms.set(req.name, vm) // reserves the name while the disk is looked up and the lock taken
     const lock = vmLockName(req.name)
     let ft: VmFtLaunch | undefined
@@ -603,6 +656,7 @@ export class HostAgent {
     f.outputDelay = s.outputDelay
     f.checkpoint = s.checkpoint
     f.colo = s.colo
+    f.protected = s.protected ?? s.outcome === 'paired'
     if (!vm.rate) f.logBytesPerSecond = s.logBytes / Math.max(1, (Date.now() - Date.parse(vm.info.startedAt)) / 1000)
     else if (now - vm.rate.t >= 1000) f.logBytesPerSecond = ((s.logBytes - vm.rate.bytes) * 1000) / (now - vm.rate.t)
     if (!vm.rate || now - vm.rate.t >= 1000) vm.rate = { t: now, bytes: s.logBytes }

@@ -3,7 +3,7 @@ import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { CLI, run, tmp } from '../../helpers/peers.js'
 import { leaseServer, running, startHost } from '../../helpers/host-process.js'
-import { hostVm, restApi, until } from '../../helpers/host-pair.js'
+import { hostVm, PAIR_HOST, restApi, until } from '../../helpers/host-pair.js'
 import { kv } from '../../helpers/ft-cli.js'
 import { startSwitch } from '../../helpers/switch-process.js'
 import { parseStartRequest, vmRunArgs, type VmInfo } from '../../../src/client/host/index.js'
@@ -30,7 +30,7 @@ t.test('a checkpoint pair (vm start --ft-mode) and a colo pair (REST ft.mode) th
   const dir = tmp(t, 'tandem-host-modes-')
   const s = await leaseServer(t)
   token = s.token
-  const [a, b] = await Promise.all([startHost(t, 'host-a', s.url), startHost(t, 'host-b', s.url)])
+  const [a, b] = await Promise.all([startHost(t, 'host-a', s.url, [], PAIR_HOST), startHost(t, 'host-b', s.url, [], PAIR_HOST)])
   const sw = await startSwitch(t)
   const ckMac = '02:00:00:00:00:51'
   const coMac = '02:00:00:00:00:52'

@@ -4,7 +4,7 @@ import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { CLI, run, tmp } from '../../helpers/peers.js'
 import { leaseServer, running, startHost } from '../../helpers/host-process.js'
-import { hostVm, restApi, until } from '../../helpers/host-pair.js'
+import { hostVm, PAIR_HOST, restApi, until } from '../../helpers/host-pair.js'
 import { kv as kvChild } from '../../helpers/ft-cli.js'
 import { startSwitch } from '../../helpers/switch-process.js'
 import { ftHostName, type VmInfo } from '../../../src/client/host/index.js'
@@ -22,11 +22,11 @@ const metric = (text: string, re: RegExp): number | null => {
   return m ? Number(m[1]) : null
 }
 
-t.test('vm start --ft: host A runs the primary, host B the backup; the primary SIGKILLed under kv load, B shows it live and every acknowledged key is there', async (t) => {
+t.test('vm start --ft: host A runs the primary, host B the backup; the primary SIGKILLed under kv load, B shows it live and every acknowledged key is there; vm ft-restore has A run a new backup, B\'s side SIGKILLed, A live with every key', async (t) => {
   const dir = tmp(t, 'tandem-host-ft-')
   const s = await leaseServer(t)
   token = s.token
-  const [a, b] = await Promise.all([startHost(t, 'host-a', s.url), startHost(t, 'host-b', s.url)])
+  const [a, b] = await Promise.all([startHost(t, 'host-a', s.url, [], PAIR_HOST), startHost(t, 'host-b', s.url, [], PAIR_HOST)])
   const sw = await startSwitch(t)
   const start = await tandem('vm', 'start', 'vm1', '--host', a.url, '--ft', b.url, '--guest', 'kvstore', '--switch', sw.url, '--mac', VM_MAC)
   t.equal(start.status, 0, start.stderr)
@@ -73,7 +73,28 @@ t.test('vm start --ft: host A runs the primary, host B the backup; the primary S
   t.match(await lock(), { owner: 'host-b-vm-vm1', generation: afterB.generation }, 'the lock moved to host B\'s side')
   const mb = await (await fetch(`${b.url}/metrics`)).text()
   t.ok((metric(mb, /^tandem_ft_log_bytes_total\{vm="vm1",side="backup"\} (\d+)$/m) ?? 0) > 0, 'host B\'s metrics: the log it received')
-  t.equal((await tandem('vm', 'stop', 'vm1', '--host', b.url)).status, 0)
+
+  // redundancy restore through the agents: host B, running vm1 alone, has host A start a new backup
+  const restored = await tandem('vm', 'ft-restore', 'vm1', '--host', b.url, '--ft', a.url, '--json')
+  t.equal(restored.status, 0, restored.stderr)
+  t.match(JSON.parse(restored.stdout || '{}'), { backup: /^127\.0\.0\.1:\d+$/, instructions: Number, pauseMs: Number })
+  const [survivor, newBackup] = await Promise.all([vmOf(b.url), vmOf(a.url)])
+  t.match(survivor, { state: 'running', ft: { role: 'live', protected: true, peer: a.url } }, `host B: the VM is protected again, by host A: ${survivor.console.slice(-600)}`)
+  t.match(newBackup, { state: 'running', ft: { side: 'backup', role: 'backup', mode: 'replay' } }, `host A runs the new backup: ${newBackup.console.slice(-600)}`)
+  const twice = await api(b.url, 'POST', '/api/v1/vms/vm1/ft/restore', { host: a.url })
+  t.equal(twice.status, 409, `a protected VM is not restored again: ${twice.text}`)
+  // the second failover: B's side SIGKILLed under load, A's new backup goes live with every key the load had acknowledged
+  const acked2 = join(dir, 'acked2.jsonl')
+  const load2 = kv(['load', '--switch', sw.url, '--vm-mac', VM_MAC, '--keys', '40', '--rate', '300', '--duration', '3', '--log', acked2, '--timeout', '20', '--json'])
+  t.ok(await until(30_000, async () => existsSync(acked2) && readFileSync(acked2, 'utf8').split('\n').length > 20), 'the second load is under way')
+  process.kill(-afterB.pid!, 'SIGKILL')
+  t.ok(await until(30_000, async () => (await vmOf(a.url)).ft?.role === 'live'), 'host A shows the new backup live')
+  const l2 = await load2
+  t.equal(l2.code, 0, `kv load: ${l2.err.slice(-300)}`)
+  // (the first load's log was checked above: its keys hold the second load's values now, whose sequence numbers start again)
+  const c2 = await kv(['check', '--switch', sw.url, '--vm-mac', VM_MAC, '--log', acked2, '--timeout', '20'])
+  t.equal(c2.code, 0, `kv check after the second failover: ${c2.out}${c2.err}`)
+  t.equal((await tandem('vm', 'stop', 'vm1', '--host', a.url)).status, 0)
 })
 
 t.test('a pair on a datastore disk (disklog over iSCSI from both hosts, backup reads from the log): the primary SIGKILLed, the live backup appends on; a later start finds every synced record', async (t) => {
@@ -132,6 +153,11 @@ t.test('bad pair requests: 4xx JSON naming the problem; an unreachable backup ho
     t.equal(r.status, status, JSON.stringify(body))
     t.match(r.body.error?.message, message)
     t.notMatch(r.text, /\n\s+at /, 'no stack trace')
+  }
+  for (const [body, status, message] of [[{}, 400, /"host" must be the backup host's API URL/], [{ host: 'http://127.0.0.1:1' }, 404, /no VM named 'w'/]] as const) {
+    const r = await api(a.url, 'POST', '/api/v1/vms/w/ft/restore', body)
+    t.equal(r.status, status, `restore ${JSON.stringify(body)}`)
+    t.match(r.body.error?.message, message)
   }
   t.same((await api<{ vms: VmInfo[] }>(a.url, 'GET', '/api/v1/vms')).body.vms, [], 'nothing was started')
   // a backup host whose backup nobody can reach: the primary does not pair, and A stops that backup again
