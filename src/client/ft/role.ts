@@ -205,6 +205,30 @@ export interface FtRole {
 /** A port that may announce a MAC to its switch from now on (UdpUplink.announce; undefined: none) */
 export type AnnouncingPort = SwitchPort & { announce?: (mac?: Buffer) => void }
 
+/**
+ * The switch port and MAC of a side that runs the VM. The switch learned the MAC when the
+ * primary's uplink joined; from then on only a side holding the VM announces it: `take` (the
+ * primary's machineOptions) stops the port's announcing, `claimed` (the VM's claim won) starts it
+ * again — a primary resumed after a takeover (SIGSTOP) would otherwise draw the VM's frames back
+ * with an overdue keepalive.
+ */
+export class VmUplink {
+  port: AnnouncingPort | undefined
+  mac: Buffer | undefined
+
+  /** A primary's machine options: its port and MAC; the port announces nothing from now on. */
+  take(base: MachineOptions): void {
+    this.port = base.net as AnnouncingPort | undefined
+    this.mac = base.mac
+    this.port?.announce?.()
+  }
+
+  /** This side holds the VM: its port announces the MAC (to the switch's table) from now on. */
+  claimed(): void {
+    if (this.mac) this.port?.announce?.(this.mac)
+  }
+}
+
 export const nextMessage = (ch: FtChannel, type: FtMessage['type'], what: string): Promise<FtMessage> =>
   new Promise((resolve, reject) => {
     const onMsg = (m: FtMessage) => {

@@ -72,12 +72,7 @@ export async function ftPrimary(o: FtRoleOptions, vm: { memoryBytes: number; ima
       return liveStatus(live, 'primary', o, vm.limiter, primary.logBytes, timers)
     },
     machineOptions: (base) => {
-      // the switch learned the VM's MAC when the uplink joined; from now on only a side holding the VM
-      // announces it: a primary resumed after a takeover (SIGSTOP) would otherwise draw the VM's frames
-      // back with an overdue keepalive
-      live.uplink = base.net as AnnouncingPort | undefined
-      live.mac = base.mac
-      live.uplink?.announce?.()
+      live.uplink.take(base)
       return { ...base, ...primary.machineOptions({ disk: base.disk, net: base.net, onConsole: base.onConsole }) }
     },
     attach(m) {
@@ -249,8 +244,8 @@ export async function ftBackup(
     machineOptions: (base) => {
       // an uplink to a tandem switch announces the MAC from now on (UdpUplink.announce)
       const net = base.net as AnnouncingPort | undefined
-      live.uplink = net
-      live.mac = base.mac
+      live.uplink.port = net
+      live.uplink.mac = base.mac
       const announce = net?.announce && base.mac ? () => net.announce!(base.mac!) : undefined
       const wrapped = outputs.machineOptions({ net, onConsole: base.onConsole })
       const opts = backup.machineOptions({ net: wrapped.net, mac: base.mac, onConsole: wrapped.onConsole, announce })

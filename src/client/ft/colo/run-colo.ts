@@ -8,7 +8,7 @@ import { rarpAnnouncement } from '../backup.js'
 import type { FtChannel } from '../channel.js'
 import type { FtMessage } from '../protocol.js'
 import { FtProtocolError } from '../protocol.js'
-import { acceptPrimary, claimVm, connectBackup, endText, type AnnouncingPort, type ColoStats, type FtReport, type FtRole, type FtRoleOptions } from '../role.js'
+import { acceptPrimary, claimVm, connectBackup, endText, VmUplink, type AnnouncingPort, type ColoStats, type FtReport, type FtRole, type FtRoleOptions } from '../role.js'
 
 export type { ColoStats }
 import { percentiles, type Percentiles } from '../stats.js'
@@ -163,8 +163,7 @@ export async function coloPrimary(o: FtRoleOptions & { colo?: ColoOptions }, vm:
     }
   })()
 
-  let uplink: AnnouncingPort | undefined
-  let mac: Buffer | undefined
+  const uplink = new VmUplink()
   const lost = ch.lost.then(async ({ reason }) => {
     channelEnd = reason
     const t0 = timers.now()
@@ -176,7 +175,7 @@ export async function coloPrimary(o: FtRoleOptions & { colo?: ColoOptions }, vm:
     awaitingAck.clear()
     if (won) {
       outcome = 'alone'
-      if (mac) uplink?.announce?.(mac)
+      uplink.claimed()
       await o.arbiter.fence?.()
       stats.releasedByResync += held.length
       for (const h of held) h.release()
@@ -198,10 +197,7 @@ export async function coloPrimary(o: FtRoleOptions & { colo?: ColoOptions }, vm:
   return {
     status: () => ({ role: 'primary', outcome, generation: o.arbiter.generation, lagMs: null, cpuLimit: vm.limiter?.percent ?? null, logBytes: ch.sent.bytes, outputDelay: delay(), lag: null, colo: colo() }),
     machineOptions(base: MachineOptions): MachineOptions {
-      uplink = base.net as AnnouncingPort | undefined
-      mac = base.mac
-      // only a side holding the VM announces its MAC (as in the replay mode)
-      uplink?.announce?.()
+      uplink.take(base)
       const p = base.net
       let net: SwitchPort | undefined
       if (p) {
