@@ -300,7 +300,7 @@ async function startFtRole(f: FtCliOptions, vm: Parameters<NonNullable<import('.
   if (f.mode === 'colo') {
     const colo = { ...base, colo: { timeoutMs: f.coloTimeoutMs } }
     if (f.role === 'primary') return coloPrimary(colo, vm)
-    return coloSecondary(colo, { ...vm, onListening: (port) => log(`FT backup listening on ${f.host}:${port}`) })
+    return coloSecondary(colo, { ...vm, liveDisk, onListening: (port) => log(`FT backup listening on ${f.host}:${port}`) })
   }
   const role = { ...base, mode: f.mode, epochMs: f.epochMs, diff: f.diff }
   if (f.role === 'primary') return ftPrimary(role, vm)

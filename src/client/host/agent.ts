@@ -257,7 +257,6 @@ export function parseStartRequest(body: unknown): VmStartRequest {
   if (role !== undefined && role !== 'backup') throw new StorageError('InvalidArgument', `invalid "role" ${JSON.stringify(role)}: "backup" (a pair's primary is started with "ft")`)
   const mode = role ? parseFtModeOptions(b, '') : undefined
   if ((ft || role) && checkpoint) throw new StorageError('InvalidArgument', 'a fault-tolerant pair starts from boot: no "checkpoint"')
-  if ((ft?.mode ?? mode?.mode) === 'colo' && disk !== undefined) throw new StorageError('InvalidArgument', 'a colo pair runs a VM without a disk in this version (colo/SPEC.md "Disk")')
   if ((ft || role) && net !== undefined) throw new StorageError('InvalidArgument', 'a fault-tolerant pair\'s NIC is on a tandem switch ("switch"), not "net"')
   if (ft && role) throw new StorageError('InvalidArgument', '"ft" starts a pair\'s primary, "role": "backup" its backup: not both')
   if (!role && ['mode', 'epochMs', 'diff', 'coloTimeoutMs'].some((k) => b[k] !== undefined)) throw new StorageError('InvalidArgument', 'a pair\'s primary takes its mode in "ft" ("ft": {"mode": …}); "mode" alone is for a backup ("role": "backup")')

@@ -1,7 +1,8 @@
 import t from 'tap'
-import { existsSync, readFileSync, writeFileSync } from 'node:fs'
+import { closeSync, existsSync, openSync, readFileSync, readSync, truncateSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { tmp } from '../../helpers/peers.js'
+import { rng, tmp } from '../../helpers/peers.js'
+import { DISKIO, diskioPattern } from '../../helpers/diskio.js'
 import { startSwitch } from '../../helpers/switch-process.js'
 import { initLockspace, killMatrix, kv, startPair, waitFor } from '../../helpers/ft-cli.js'
 
@@ -37,7 +38,7 @@ t.test('colo: SIGKILL of the secondary: the primary claims the VM and runs on al
   t.ok(ft.colo.releasedMatched >= 20, `${ft.colo.outputs} outputs, ${ft.colo.releasedMatched} released on a match before the kill`)
 })
 
-t.test('colo: a bad --ft-mode or --ft-colo-timeout-ms is a usage error; a disk is refused, not half-protected', async (t) => {
+t.test('colo: a bad --ft-mode or --ft-colo-timeout-ms is a usage error', async (t) => {
   const { tandem } = await import('../../helpers/peers.js')
   const ls = initLockspace(tmp(t, 'tandem-colo-usage-'))
   const base = ['vm', 'run', '--guest', 'kvstore', '--name', 'v', '--ft-lockspace', ls, '--ft-backup', '127.0.0.1:0']
@@ -47,9 +48,35 @@ t.test('colo: a bad --ft-mode or --ft-colo-timeout-ms is a usage error; a disk i
   const timeout = tandem([...base, '--ft-mode', 'colo', '--ft-colo-timeout-ms', '0'])
   t.equal(timeout.status, 1)
   t.match(timeout.stderr, /invalid --ft-colo-timeout-ms '0'/)
-  const raw = join(tmp(t, 'tandem-colo-disk-'), 'd.raw')
-  writeFileSync(raw, Buffer.alloc(1 << 20))
-  const disk = tandem([...base, '--ft-mode', 'colo', '--disk', raw])
-  t.not(disk.status, 0)
-  t.match(disk.stderr, /colo runs a VM without a disk/)
+})
+
+t.test('colo with a disk (diskio): the primary SIGKILLed at seeded moments; the secondary goes live, writes what its guest saw complete, diskio verifies every byte, and the shared disk holds every chunk', async (t) => {
+  const r = rng(1818)
+  for (let i = 0; i < Number(process.env.FT_DISK_RUNS ?? 2); i++) {
+    const dir = tmp(t, 'tandem-colo-disk-')
+    const disk = join(dir, 'disk.raw')
+    writeFileSync(disk, '')
+    truncateSync(disk, 8 << 20)
+    const { backup, primary } = await startPair(t, { args: ['--guest', 'diskio', '--disk', disk, '--ft-mode', 'colo'], lockspace: initLockspace(dir) })
+    await waitFor(primary, /diskio: capacity/)
+    const killAt = 10 + Math.floor((r() / 2 ** 32) * 150)
+    await new Promise((res) => setTimeout(res, killAt))
+    process.kill(-primary.child.pid!, 'SIGKILL')
+    const b = await backup.exited
+    t.equal(b.code, 0, `run ${i} (kill at ${killAt} ms): diskio verified its disk on the live secondary: ${backup.stderr().slice(-400)}`)
+    t.match(backup.stderr(), /won vm\/vm1: going live/, `run ${i}: the secondary went live`)
+    const fd = openSync(disk, 'r')
+    const bad: number[] = []
+    try {
+      for (let c = 0; c < DISKIO.chunks; c++) {
+        const lba = DISKIO.firstLba + c * DISKIO.chunkBlocks
+        const got = Buffer.alloc(DISKIO.chunkBlocks * 512)
+        readSync(fd, got, 0, got.length, lba * 512)
+        if (!got.equals(diskioPattern(lba, DISKIO.chunkBlocks))) bad.push(c)
+      }
+    } finally {
+      closeSync(fd)
+    }
+    t.same(bad, [], `run ${i}: every chunk diskio wrote is on the shared disk`)
+  }
 })

@@ -7,6 +7,7 @@ import { leaseServer, running, startHost } from '../../helpers/host-process.js'
 import { hostVm, PAIR_HOST, restApi, until } from '../../helpers/host-pair.js'
 import { kv as kvChild } from '../../helpers/ft-cli.js'
 import { startSwitch } from '../../helpers/switch-process.js'
+import { syncedIn } from '../../helpers/disklog.js'
 import { ftHostName, type VmInfo } from '../../../src/client/host/index.js'
 
 const VM_MAC = '02:00:00:00:00:42'
@@ -107,7 +108,7 @@ t.test('a pair on a datastore disk (disklog over iSCSI from both hosts, backup r
   const onA = JSON.parse(start.stdout) as VmInfo
   t.match(onA, { initiatorName: 'iqn.2026-11.local.tandem:vm:vm1', ft: { side: 'primary', backupReads: 'log', address: /^127\.0\.0\.1:\d+$/ } })
   t.match(await vmOf(b.url), { initiatorName: 'iqn.2026-11.local.tandem:vm:vm1', ft: { side: 'backup', backupReads: 'log' } })
-  const synced = (console: string) => Math.max(0, ...[...console.matchAll(/disklog: synced (\d+)/g)].map((m) => Number(m[1])))
+  const synced = syncedIn
   t.ok(await until(30_000, async () => synced((await vmOf(a.url)).console) >= 16), 'the primary appends and syncs')
   process.kill(-onA.pid!, 'SIGKILL')
   await until(30_000, async () => !running(onA.pid!))

@@ -1,4 +1,3 @@
-import { StorageError } from '../../../disk-formats/errors.js'
 import type { Machine, MachineOptions } from '../../vm/machine.js'
 import type { SwitchPort } from '../../vm/net.js'
 import type { ScsiPath } from '../../vm/scsi-path.js'
@@ -15,6 +14,7 @@ import { percentiles, type Percentiles } from '../stats.js'
 import { OutputComparator, type MismatchReason } from './comparator.js'
 import { decodeColo, encodeColo, type ColoMessage, type OutputStream } from './messages.js'
 import { DirtyPageResync, type Resync } from './resync.js'
+import { EpochWriteBuffer } from '../checkpoint/write-buffer.js'
 
 /** the default of `--ft-colo-timeout-ms`: an output of the primary unmatched this long forces a resync */
 export const COLO_TIMEOUT_MS = 300
@@ -51,8 +51,6 @@ function coloOf(ch: FtChannel, m: FtMessage): ColoMessage | null {
   }
 }
 
-const noDisk = (role: string) => new StorageError('Unsupported', `--ft-mode colo runs a VM without a disk in this version (the ${role}'s disk writes would need the per-sync write buffer: colo/SPEC.md "Disk")`)
-
 /**
  * The primary of a quasi-lockstep pair (colo/SPEC.md): runs live and forwards each frame its port
  * receives to the secondary; holds each output (NIC frame, console line) until the secondary's
@@ -60,8 +58,7 @@ const noDisk = (role: string) => new StorageError('Unsupported', `--ft-mode colo
  * secondary (the VM paused for the capture; the epoch's outputs released when the secondary has
  * the state). On losing the secondary: the same claim as the replay mode; won, it runs alone.
  */
-export async function coloPrimary(o: FtRoleOptions & { colo?: ColoOptions }, vm: { memoryBytes: number; imageSha: Buffer; disk?: ScsiPath; limiter?: CpuLimiter }): Promise<FtRole> {
-  if (vm.disk) throw noDisk('primary')
+export async function coloPrimary(o: FtRoleOptions & { colo?: ColoOptions }, vm: { memoryBytes: number; imageSha: Buffer; limiter?: CpuLimiter }): Promise<FtRole> {
   const timers = o.timers ?? realTimers
   const resync = o.colo?.resync ?? new DirtyPageResync()
   const ch = await connectBackup(o, vm, 'colo', timers)
@@ -257,9 +254,17 @@ export async function coloPrimary(o: FtRoleOptions & { colo?: ColoOptions }, vm:
  */
 export async function coloSecondary(
   o: FtRoleOptions & { colo?: ColoOptions },
-  vm: { memoryBytes: number; imageSha: Buffer; disk?: ScsiPath; limiter?: CpuLimiter; signal?: AbortSignal; onListening?: (port: number) => void },
+  vm: {
+    memoryBytes: number
+    imageSha: Buffer
+    disk?: ScsiPath
+    limiter?: CpuLimiter
+    signal?: AbortSignal
+    onListening?: (port: number) => void
+    /** the disk as the VM uses it once live, if not `disk` (a local file the secondary follows read-only) */
+    liveDisk?: () => Promise<ScsiPath>
+  },
 ): Promise<FtRole> {
-  if (vm.disk) throw noDisk('secondary')
   const timers = o.timers ?? realTimers
   const resync = o.colo?.resync ?? new DirtyPageResync()
   const { listener, ch, hello } = await acceptPrimary(o, vm, ['colo'], timers)
@@ -281,6 +286,8 @@ export async function coloSecondary(
   let waitingInputs: Buffer[] = []
   let parts: { epoch: number; got: Buffer[]; count: number } | null = null
   let real: { net?: AnnouncingPort; mac?: Buffer; onConsole?: (b: number) => void } = {}
+  /** the secondary's disk writes: never on the shared disk while paired (the primary's are), dropped at each resync, written at go-live */
+  let writes: EpochWriteBuffer | undefined
   const input: SwitchPort = {
     onReceive: null,
     send: (frame) => out('frame', Buffer.from(frame)),
@@ -314,6 +321,8 @@ export async function coloSecondary(
       await m.requestPause()
       if (live || finished) return
       await resync.apply(m, got)
+      // the paused VM has every request's result: its writes are all in the buffer, and the disk as the primary wrote it goes with the primary's state
+      writes?.drop()
       epoch = e
       made.frame = made.console = 0
       unreleased = []
@@ -391,6 +400,13 @@ export async function coloSecondary(
       return
     }
     await o.arbiter.fence?.()
+    if (writes) {
+      // the writes its guest saw complete since the last resync, in order, before any newer one
+      const held = writes.held
+      await writes.direct(vm.liveDisk ? await vm.liveDisk() : undefined)
+      if (writes.failed) o.log?.(writes.failed.message)
+      else if (held) o.log?.(`colo: ${held} disk writes since the last resync written`)
+    }
     outcome = 'live'
     goLive()
     takeoverMs = timers.now() - t0
@@ -404,7 +420,8 @@ export async function coloSecondary(
     hello,
     machineOptions(base: MachineOptions): MachineOptions {
       real = { net: base.net as AnnouncingPort | undefined, mac: base.mac, onConsole: base.onConsole }
-      return { ...base, net: input, onConsole }
+      writes = base.disk && new EpochWriteBuffer(base.disk)
+      return { ...base, net: input, onConsole, ...(writes ? { disk: writes } : {}) }
     },
     attach(m) {
       machine = m
