@@ -1,7 +1,8 @@
 import t from 'tap'
-import { closeSync, existsSync, openSync, readFileSync, readSync, truncateSync, writeFileSync } from 'node:fs'
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, truncateSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { rng, tmp } from '../../helpers/peers.js'
+import { needs, rng, run, tmp } from '../../helpers/peers.js'
+import { bearer, startServe } from '../../helpers/server.js'
 import { DISKIO, diskioPattern } from '../../helpers/diskio.js'
 import { startSwitch } from '../../helpers/switch-process.js'
 import { initLockspace, killMatrix, kv, startPair, waitFor } from '../../helpers/ft-cli.js'
@@ -50,22 +51,34 @@ t.test('colo: a bad --ft-mode or --ft-colo-timeout-ms is a usage error', async (
   t.match(timeout.stderr, /invalid --ft-colo-timeout-ms '0'/)
 })
 
-t.test('colo with a disk (diskio): the primary SIGKILLed at seeded moments; the secondary goes live, writes what its guest saw complete, diskio verifies every byte, and the shared disk holds every chunk', async (t) => {
+t.test('colo with a disk (diskio): the primary SIGKILLed at seeded moments, on a raw file and on a served VMDK over iSCSI; the secondary goes live, writes what its guest saw complete, diskio verifies every byte, the shared disk holds every chunk and checks clean', needs('qemu-img'), async (t) => {
   const r = rng(1818)
   for (let i = 0; i < Number(process.env.FT_DISK_RUNS ?? 2); i++) {
     const dir = tmp(t, 'tandem-colo-disk-')
-    const disk = join(dir, 'disk.raw')
-    writeFileSync(disk, '')
-    truncateSync(disk, 8 << 20)
-    const { backup, primary } = await startPair(t, { args: ['--guest', 'diskio', '--disk', disk, '--ft-mode', 'colo'], lockspace: initLockspace(dir) })
+    // even runs: a local raw file (the secondary follows it read-only, opens it for writing going live); odd: a datastore VMDK both reach over iSCSI
+    const served = i % 2 === 1 ? await servedDisk(t, dir) : null
+    const raw = join(dir, 'disk.raw')
+    if (!served) {
+      writeFileSync(raw, '')
+      truncateSync(raw, 8 << 20)
+    }
+    const { backup, primary } = await startPair(t, { args: ['--guest', 'diskio', '--disk', served?.uri ?? raw, '--ft-mode', 'colo'], lockspace: initLockspace(dir) })
     await waitFor(primary, /diskio: capacity/)
     const killAt = 10 + Math.floor((r() / 2 ** 32) * 150)
     await new Promise((res) => setTimeout(res, killAt))
     process.kill(-primary.child.pid!, 'SIGKILL')
     const b = await backup.exited
-    t.equal(b.code, 0, `run ${i} (kill at ${killAt} ms): diskio verified its disk on the live secondary: ${backup.stderr().slice(-400)}`)
-    t.match(backup.stderr(), /won vm\/vm1: going live/, `run ${i}: the secondary went live`)
-    const fd = openSync(disk, 'r')
+    const what = `run ${i} (${served ? 'iSCSI' : 'raw file'}, kill at ${killAt} ms)`
+    t.equal(b.code, 0, `${what}: diskio verified its disk on the live secondary: ${backup.stderr().slice(-400)}`)
+    t.match(backup.stderr(), /won vm\/vm1: going live/, `${what}: the secondary went live`)
+    if (served) {
+      served.serve.child.kill('SIGTERM')
+      await served.serve.exited
+      const check = await run('qemu-img', ['check', served.layer])
+      t.equal(check.status, 0, `${what}: qemu-img check: ${check.stdout}${check.stderr}`)
+      t.equal((await run('qemu-img', ['convert', '-f', 'vmdk', '-O', 'raw', served.layer, raw])).status, 0)
+    }
+    const fd = openSync(raw, 'r')
     const bad: number[] = []
     try {
       for (let c = 0; c < DISKIO.chunks; c++) {
@@ -77,6 +90,16 @@ t.test('colo with a disk (diskio): the primary SIGKILLed at seeded moments; the 
     } finally {
       closeSync(fd)
     }
-    t.same(bad, [], `run ${i}: every chunk diskio wrote is on the shared disk`)
+    t.same(bad, [], `${what}: every chunk diskio wrote is on the shared disk`)
   }
 })
+
+/** A `tandem serve` with one 8 MiB datastore disk: its iSCSI URI and its VMDK (whole while the server is stopped). */
+async function servedDisk(t: Parameters<typeof startServe>[0], dir: string) {
+  const ds = join(dir, 'ds')
+  mkdirSync(ds)
+  const serve = await startServe(t, ds)
+  const r = await fetch(`http://127.0.0.1:${serve.httpPort}/api/v1/disks`, { method: 'POST', headers: { 'content-type': 'application/json', ...bearer(serve.token) }, body: JSON.stringify({ name: 'd1', size: '8M' }) })
+  if (r.status !== 201) throw new Error(`creating the disk: ${await r.text()}`)
+  return { serve, uri: `iscsi://127.0.0.1:${serve.iscsiPort}/iqn.2026-11.local.tandem:d1/0`, layer: join(ds, 'd1', 'l-0000.vmdk') }
+}
