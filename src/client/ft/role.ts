@@ -5,6 +5,8 @@
  */
 import { StorageError } from '../../disk-formats/errors.js'
 import type { Machine, MachineOptions, RunSummary } from '../vm/machine.js'
+import type { CpuLimiter } from '../vm/cpu-limit.js'
+import type { ScsiPath } from '../vm/scsi-path.js'
 import type { SwitchPort } from '../vm/net.js'
 import type { VmState } from '../vm/state.js'
 import type { Timers } from '../vm/timers.js'
@@ -121,6 +123,19 @@ export interface FtRoleOptions {
   /** checkpoint mode (primary): the epoch (default 25 ms), page diffs (default on) */
   epochMs?: number
   diff?: boolean
+}
+
+/** The VM a backup side (a replay or checkpoint backup, a colo secondary) is started with. */
+export interface BackupVm {
+  memoryBytes: number
+  imageSha: Buffer
+  disk?: ScsiPath
+  limiter?: CpuLimiter
+  /** stops a backup still waiting for its primary */
+  signal?: AbortSignal
+  /** the disk as the VM uses it once live, if not `disk` (a local file the backup follows read-only) */
+  liveDisk?: () => Promise<ScsiPath>
+  onListening?: (port: number) => void
 }
 
 /** What `vm run --ft-*` reports beside the run summary. */

@@ -16,7 +16,7 @@ import type { FtHelloParams, FtMessage, FtMode } from './protocol.js'
 import { ckptBackup, ckptPrimary } from './checkpoint/roles.js'
 import { StateReceiver } from './state-sync.js'
 import type { VmState } from '../vm/state.js'
-import { acceptPrimary, claimVm, connectBackup, endText, nextMessage, type AnnouncingPort, type FtReport, type FtRole, type FtRoleOptions, type FtStatus } from './role.js'
+import { acceptPrimary, claimVm, connectBackup, endText, nextMessage, type AnnouncingPort, type BackupVm, type FtReport, type FtRole, type FtRoleOptions, type FtStatus } from './role.js'
 
 export { acceptPrimary, CLAIM_RETRY_MS, claimVm, connectBackup, endText, nextMessage } from './role.js'
 export type { AnnouncingPort, Arbiter, CheckpointStatus, ColoStats, FtReport, FtRole, FtRoleOptions, FtStatus, RestoreSummary } from './role.js'
@@ -126,17 +126,7 @@ function liveStatus(live: LiveSide, role: FtStatus['role'], o: FtRoleOptions, li
  */
 export async function ftBackup(
   o: FtRoleOptions,
-  vm: {
-    memoryBytes: number
-    imageSha: Buffer
-    disk?: ScsiPath
-    limiter?: CpuLimiter
-    /** stops a backup still waiting for its primary */
-    signal?: AbortSignal
-    /** the disk as the VM uses it once live, if not `disk` (a local file the backup follows read-only) */
-    liveDisk?: () => Promise<ScsiPath>
-    onListening?: (port: number) => void
-  },
+  vm: BackupVm,
 ): Promise<FtRole> {
   const timers = o.timers ?? realTimers
   // a backup follows its primary's replay or checkpoint mode (HELLO names it)

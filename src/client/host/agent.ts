@@ -342,6 +342,7 @@ export class HostAgent {
     if (vm.info.state !== 'running') throw new StorageError('Busy', `VM '${name}' is ${vm.info.state}, not running`)
     if (host.replace(/\/$/, '') === this.o.api.replace(/\/$/, '')) throw new StorageError('InvalidArgument', `"host" is this host (${host}), which runs VM '${name}': a backup runs on another host`)
     if (f.mode !== 'replay') throw new StorageError('Unsupported', `a redundancy restore takes a replay pair in this version; VM '${name}' runs in ${f.mode} mode`)
+    if (vm.info.disk) throw new StorageError('Unsupported', `a redundancy restore of a VM with a disk is not offered yet (VM '${name}' runs on disk '${vm.info.disk}': the storage fence keys of a new pairing are not made yet)`)
     if (vm.restoring) throw new StorageError('Busy', `a restore of VM '${name}' is under way`)
     if (!(await this.status(vm))) throw new StorageError('IoError', `VM '${name}' does not answer on its control socket`)
     if (f.role !== 'live' && f.role !== 'alone') throw new StorageError('InvalidArgument', `VM '${name}' is not running alone here (its role: ${f.role}): ${f.protected ? 'a backup follows it already' : 'only a side that runs the VM can be protected'}`)

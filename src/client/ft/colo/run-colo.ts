@@ -1,13 +1,12 @@
 import type { Machine, MachineOptions } from '../../vm/machine.js'
 import type { SwitchPort } from '../../vm/net.js'
-import type { ScsiPath } from '../../vm/scsi-path.js'
 import { realTimers, type Timers } from '../../vm/timers.js'
 import type { CpuLimiter } from '../../vm/cpu-limit.js'
 import { rarpAnnouncement } from '../backup.js'
 import type { FtChannel } from '../channel.js'
 import type { FtMessage } from '../protocol.js'
 import { FtProtocolError } from '../protocol.js'
-import { acceptPrimary, claimVm, connectBackup, endText, VmUplink, type AnnouncingPort, type ColoStats, type FtReport, type FtRole, type FtRoleOptions } from '../role.js'
+import { acceptPrimary, claimVm, connectBackup, endText, VmUplink, type AnnouncingPort, type BackupVm, type ColoStats, type FtReport, type FtRole, type FtRoleOptions } from '../role.js'
 
 export type { ColoStats }
 import { percentiles, type Percentiles } from '../stats.js'
@@ -254,16 +253,7 @@ export async function coloPrimary(o: FtRoleOptions & { colo?: ColoOptions }, vm:
  */
 export async function coloSecondary(
   o: FtRoleOptions & { colo?: ColoOptions },
-  vm: {
-    memoryBytes: number
-    imageSha: Buffer
-    disk?: ScsiPath
-    limiter?: CpuLimiter
-    signal?: AbortSignal
-    onListening?: (port: number) => void
-    /** the disk as the VM uses it once live, if not `disk` (a local file the secondary follows read-only) */
-    liveDisk?: () => Promise<ScsiPath>
-  },
+  vm: BackupVm,
 ): Promise<FtRole> {
   const timers = o.timers ?? realTimers
   const resync = o.colo?.resync ?? new DirtyPageResync()
