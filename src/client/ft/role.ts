@@ -40,6 +40,8 @@ export interface ColoStats {
   lastPages: number
   /** primary: ms each output was held before it left */
   heldMs: Percentiles & { mean: number }
+  /** secondary with a disk: the most writes its buffer held at once (seen between slices; bounded by ColoOptions.maxHeldWrites) */
+  heldWritesMax?: number
 }
 
 /** A checkpoint side's figures (FtStatus.checkpoint; checkpoint/SPEC.md "Metrics"). */

@@ -25,7 +25,16 @@ export interface ColoOptions {
   timeoutMs?: number
   /** how the secondary is brought to the primary's state (default: DirtyPageResync) */
   resync?: Resync
+  /**
+   * a secondary whose disk buffer holds this many writes (default MAX_HELD_WRITES) stops between
+   * slices until the next resync drops them (the primary's next output, unmatched, forces one) or
+   * the pair ends: the buffer is bounded, and a secondary never runs far ahead on the disk
+   */
+  maxHeldWrites?: number
 }
+
+/** the default of ColoOptions.maxHeldWrites */
+export const MAX_HELD_WRITES = 4096
 
 
 const summary = (s: number[]): Percentiles & { mean: number } => ({ ...percentiles(s), mean: s.length ? s.reduce((a, b) => a + b, 0) / s.length : 0 })
@@ -278,6 +287,16 @@ export async function coloSecondary(
   let real: { net?: AnnouncingPort; mac?: Buffer; onConsole?: (b: number) => void } = {}
   /** the secondary's disk writes: never on the shared disk while paired (the primary's are), dropped at each resync, written at go-live */
   let writes: EpochWriteBuffer | undefined
+  const maxHeld = o.colo?.maxHeldWrites ?? MAX_HELD_WRITES
+  /** a VM stopped at the buffer's bound: woken when a resync, the go-live or the end may have come */
+  let wake: (() => void) | null = null
+  const nudge = () => {
+    const w = wake
+    wake = null
+    w?.()
+  }
+  let heldWritesMax = 0
+  const atBound = () => !!writes && writes.held >= maxHeld && !live && !finished && !applying && !ch.closed
   const input: SwitchPort = {
     onReceive: null,
     send: (frame) => out('frame', Buffer.from(frame)),
@@ -348,6 +367,7 @@ export async function coloSecondary(
         const p = parts
         parts = null
         applying = true
+        nudge()
         void apply(p.epoch, p.got)
       }
     } else if (c.kind === 'RELEASED') {
@@ -373,6 +393,8 @@ export async function coloSecondary(
   }
 
   const ended = ch.ended.then(async (e) => {
+    // a VM stopped at the buffer's bound runs on (the claim decides what becomes of it)
+    nudge()
     await listener.close()
     channelEnd = endText(e)
     if (finished) return
@@ -404,14 +426,20 @@ export async function coloSecondary(
   })
   const colo = (): ColoStats => {
     const none = summary([])
-    return { epoch, outputs: made.frame + made.console, releasedMatched: 0, releasedByResync: 0, resyncs: { mismatch: 0, timeout: 0, overflow: 0 }, pauseMs: none, syncMs: none, syncBytes, lastPages: (resync as Partial<DirtyPageResync>).last?.pages ?? 0, heldMs: none }
+    return { epoch, outputs: made.frame + made.console, releasedMatched: 0, releasedByResync: 0, resyncs: { mismatch: 0, timeout: 0, overflow: 0 }, pauseMs: none, syncMs: none, syncBytes, lastPages: (resync as Partial<DirtyPageResync>).last?.pages ?? 0, heldMs: none, ...(writes ? { heldWritesMax } : {}) }
   }
   return {
     hello,
     machineOptions(base: MachineOptions): MachineOptions {
       real = { net: base.net as AnnouncingPort | undefined, mac: base.mac, onConsole: base.onConsole }
       writes = base.disk && new EpochWriteBuffer(base.disk)
-      return { ...base, net: input, onConsole, ...(writes ? { disk: writes } : {}) }
+      const before = base.afterSlice
+      const afterSlice = async (m: Machine, waiting?: boolean) => {
+        await before?.(m, waiting)
+        heldWritesMax = Math.max(heldWritesMax, writes!.held)
+        while (atBound()) await new Promise<void>((r) => (wake = r))
+      }
+      return { ...base, net: input, onConsole, ...(writes ? { disk: writes, afterSlice } : {}) }
     },
     attach(m) {
       machine = m
