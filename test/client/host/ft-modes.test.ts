@@ -50,7 +50,7 @@ t.test('a checkpoint pair (vm start --ft-mode) and a colo pair (REST ft.mode) th
 
   const load = (name: string, mac: string) => {
     const acked = join(dir, `${name}.jsonl`)
-    return { acked, mac, done: kv(['load', '--switch', sw.url, '--vm-mac', mac, '--keys', '30', '--rate', '200', '--duration', '3', '--log', acked, '--timeout', '20', '--json']).done }
+    return { acked, mac, done: kv(['load', '--switch', sw.url, '--vm-mac', mac, '--keys', '30', '--rate', '200', '--duration', '2', '--log', acked, '--timeout', '20', '--json']).done }
   }
   const loads = { ck: load('ck', ckMac), co: load('co', coMac) }
   const acks = (f: string) => (existsSync(f) ? readFileSync(f, 'utf8').split('\n').length : 0)
