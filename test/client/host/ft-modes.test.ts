@@ -1,11 +1,12 @@
 import t from 'tap'
 import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { CLI, run, tmp } from '../../helpers/peers.js'
+import { CLI, needs, run, tmp } from '../../helpers/peers.js'
 import { leaseServer, running, startHost } from '../../helpers/host-process.js'
 import { hostVm, PAIR_HOST, restApi, until } from '../../helpers/host-pair.js'
 import { kv } from '../../helpers/ft-cli.js'
 import { startSwitch } from '../../helpers/switch-process.js'
+import { recordsOnDisk, syncedIn } from '../../helpers/disklog.js'
 import { parseStartRequest, vmRunArgs, type VmInfo } from '../../../src/client/host/index.js'
 import type { FtModeOptions } from '../../../src/client/ft/mode-options.js'
 
@@ -68,4 +69,33 @@ t.test('a checkpoint pair (vm start --ft-mode) and a colo pair (REST ft.mode) th
     t.equal(c.code, 0, `${name}: kv check: ${c.out}${c.err}`)
   }
   t.notOk(running(ckA.pid!) || running(coA.pid!), 'both primaries are gone')
+})
+
+t.test('a colo pair on a datastore disk through two host agents (FT_HOST_DISK=1): disklog appends, the primary SIGKILLed, the secondary live appends on; the disk checks clean with every synced record', { skip: process.env.FT_HOST_DISK ? (needs('qemu-img').skip ?? false) : 'set FT_HOST_DISK=1 (a heavier variant: a server, two hosts and a disk pair)' }, async (t) => {
+  const dir = tmp(t, 'tandem-host-colo-disk-')
+  const s = await leaseServer(t)
+  token = s.token
+  const [a, b] = await Promise.all([startHost(t, 'host-a', s.url, [], PAIR_HOST), startHost(t, 'host-b', s.url, [], PAIR_HOST)])
+  t.equal((await api(s.url, 'POST', '/api/v1/disks', { name: 'd1', size: '8M' })).status, 201)
+  const start = await api<VmInfo>(a.url, 'POST', '/api/v1/vms', { name: 'cd', guest: 'disklog', disk: 'd1', memory: 16 << 20, ft: { host: b.url, mode: 'colo' } })
+  t.equal(start.status, 201, start.text)
+  t.ok(await until(30_000, async () => syncedIn((await hostVm(a.url, 'cd')).console) >= 16), 'the colo primary appends and syncs')
+  process.kill(-start.body.pid!, 'SIGKILL')
+  await until(30_000, async () => !running(start.body.pid!))
+  // records the primary said were synced: outputs it released (each matched by the secondary's, or after a resync)
+  const acked = syncedIn((await hostVm(a.url, 'cd')).console)
+  const live = await until(30_000, async () => (await hostVm(b.url, 'cd')).ft?.role === 'live')
+  t.ok(live, `host B shows the secondary live${live ? '' : `: ${(await hostVm(b.url, 'cd')).console.slice(-800)}`}`)
+  t.ok(await until(30_000, async () => syncedIn((await hostVm(b.url, 'cd')).console) > acked + 16), `the live secondary syncs past ${acked}`)
+  const last = syncedIn((await hostVm(b.url, 'cd')).console)
+  t.equal((await api(b.url, 'DELETE', '/api/v1/vms/cd')).status, 200)
+  s.child.kill('SIGTERM')
+  await s.exited
+  const layer = join(s.dir, 'd1', 'l-0000.vmdk')
+  const check = await run('qemu-img', ['check', layer])
+  t.equal(check.status, 0, `qemu-img check: ${check.stdout}${check.stderr}`)
+  const raw = join(dir, 'd1.raw')
+  t.equal((await run('qemu-img', ['convert', '-f', 'vmdk', '-O', 'raw', layer, raw])).status, 0)
+  const n = recordsOnDisk(raw, (8 << 20) / 512)
+  t.ok(n >= Math.max(acked, last), `records 1..${n} on the disk: every one synced (${acked} by the primary, ${last} by the live secondary)`)
 })

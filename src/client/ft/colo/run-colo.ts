@@ -297,6 +297,8 @@ export async function coloSecondary(
   }
   let heldWritesMax = 0
   const atBound = () => !!writes && writes.held >= maxHeld && !live && !finished && !applying && !ch.closed
+  /** the primary is lost and the claim not decided yet */
+  let deciding = false
   const input: SwitchPort = {
     onReceive: null,
     send: (frame) => out('frame', Buffer.from(frame)),
@@ -393,36 +395,44 @@ export async function coloSecondary(
   }
 
   const ended = ch.ended.then(async (e) => {
-    // a VM stopped at the buffer's bound runs on (the claim decides what becomes of it)
-    nudge()
+    // the VM waits between slices until the claim is decided (a guest that ended meanwhile would end the run unclaimed)
+    deciding = !finished
+    const decided = () => {
+      deciding = false
+      nudge()
+    }
     await listener.close()
     channelEnd = endText(e)
-    if (finished) return
+    if (finished) return decided()
     if (e.kind === 'bye' && e.bye.reason === 'stop') {
       machine?.halt('the primary stopped')
-      return
+      return decided()
     }
-    const t0 = timers.now()
-    o.log?.(`the FT primary is lost (${endText(e)}): claiming vm/${o.vm} from generation ${hello.lockGeneration}`)
-    const won = await claimVm(o, hello.lockGeneration, timers)
-    if (!won) {
-      outcome = 'halted'
-      o.log?.(`the primary kept vm/${o.vm}: halted`)
-      machine?.halt(`halted: the primary kept vm/${o.vm}`)
-      return
+    try {
+      const t0 = timers.now()
+      o.log?.(`the FT primary is lost (${endText(e)}): claiming vm/${o.vm} from generation ${hello.lockGeneration}`)
+      const won = await claimVm(o, hello.lockGeneration, timers)
+      if (!won) {
+        outcome = 'halted'
+        o.log?.(`the primary kept vm/${o.vm}: halted`)
+        machine?.halt(`halted: the primary kept vm/${o.vm}`)
+        return
+      }
+      await o.arbiter.fence?.()
+      if (writes) {
+        // the writes its guest saw complete since the last resync, in order, before any newer one
+        const held = writes.held
+        await writes.direct(vm.liveDisk ? await vm.liveDisk() : undefined)
+        if (writes.failed) o.log?.(writes.failed.message)
+        else if (held) o.log?.(`colo: ${held} disk writes since the last resync written`)
+      }
+      outcome = 'live'
+      goLive()
+      takeoverMs = timers.now() - t0
+      o.log?.(`won vm/${o.vm}: going live at epoch ${epoch} (the last synced state and the inputs since), ${resent} outputs sent again`)
+    } finally {
+      decided()
     }
-    await o.arbiter.fence?.()
-    if (writes) {
-      // the writes its guest saw complete since the last resync, in order, before any newer one
-      const held = writes.held
-      await writes.direct(vm.liveDisk ? await vm.liveDisk() : undefined)
-      if (writes.failed) o.log?.(writes.failed.message)
-      else if (held) o.log?.(`colo: ${held} disk writes since the last resync written`)
-    }
-    outcome = 'live'
-    goLive()
-    takeoverMs = timers.now() - t0
-    o.log?.(`won vm/${o.vm}: going live at epoch ${epoch} (the last synced state and the inputs since), ${resent} outputs sent again`)
   })
   const colo = (): ColoStats => {
     const none = summary([])
@@ -436,10 +446,10 @@ export async function coloSecondary(
       const before = base.afterSlice
       const afterSlice = async (m: Machine, waiting?: boolean) => {
         await before?.(m, waiting)
-        heldWritesMax = Math.max(heldWritesMax, writes!.held)
-        while (atBound()) await new Promise<void>((r) => (wake = r))
+        if (writes) heldWritesMax = Math.max(heldWritesMax, writes.held)
+        while (deciding || atBound()) await new Promise<void>((r) => (wake = r))
       }
-      return { ...base, net: input, onConsole, ...(writes ? { disk: writes, afterSlice } : {}) }
+      return { ...base, net: input, onConsole, afterSlice, ...(writes ? { disk: writes } : {}) }
     },
     attach(m) {
       machine = m
