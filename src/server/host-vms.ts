@@ -13,7 +13,7 @@ export interface HostVm {
   generation: number | null
   startedAt: string | null
   /** a side of a fault-tolerant pair; null for a VM alone */
-  ft: { side: string; role: string | null; lagMs: number | null; peer: string | null; logBytesPerSecond: number | null } | null
+  ft: { side: string; mode: string | null; role: string | null; lagMs: number | null; peer: string | null; logBytesPerSecond: number | null } | null
 }
 
 export interface HostVms {
@@ -41,7 +41,7 @@ function vmOf(host: string, v: unknown): HostVm | null {
     pid: num(x.pid),
     generation: num(x.generation),
     startedAt: str(x.startedAt),
-    ft: f && typeof f.side === 'string' ? { side: f.side, role: str(f.role), lagMs: num(f.lagMs), peer: str(f.peer), logBytesPerSecond: num(f.logBytesPerSecond) } : null,
+    ft: f && typeof f.side === 'string' ? { side: f.side, mode: str(f.mode), role: str(f.role), lagMs: num(f.lagMs), peer: str(f.peer), logBytesPerSecond: num(f.logBytesPerSecond) } : null,
   }
 }
 

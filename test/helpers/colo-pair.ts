@@ -5,6 +5,7 @@ import { VirtualSwitch, type SwitchPort } from '../../src/client/vm/net.js'
 import { KvClient } from '../../src/client/kv/client.js'
 import { coloPrimary, coloSecondary } from '../../src/client/ft/colo/run-colo.js'
 import type { Arbiter, FtReport, FtRole } from '../../src/client/ft/run-ft.js'
+import type { ScsiPath } from '../../src/client/vm/scsi-path.js'
 
 export const VM_MAC = Buffer.from([2, 0, 0, 0, 0, 0x42])
 
@@ -12,7 +13,7 @@ export const VM_MAC = Buffer.from([2, 0, 0, 0, 0, 0x42])
  * A quasi-lockstep pair in one process: the real roles over a loopback FT channel, both VMs' NICs
  * on one VirtualSwitch with a kv client. One lock record decides a claim (the first side wins).
  */
-export async function coloPair(o: { guest: string; timeoutMs: number; memory?: number; lossMs?: number }) {
+export async function coloPair(o: { guest: string; timeoutMs: number; memory?: number; lossMs?: number; disk?: { primary: ScsiPath; secondary: ScsiPath }; maxHeldWrites?: number }) {
   const image = readFileSync(guestPath(o.guest))
   const memory = o.memory ?? 16 << 20
   const imageSha = createHash('sha256').update(image).digest()
@@ -25,20 +26,20 @@ export async function coloPair(o: { guest: string; timeoutMs: number; memory?: n
     },
   })
   const sw = new VirtualSwitch()
-  const role = { vm: 'vm1', reads: 'disk' as const, host: '127.0.0.1', lossMs: o.lossMs ?? 3000, colo: { timeoutMs: o.timeoutMs } }
+  const role = { vm: 'vm1', reads: 'disk' as const, host: '127.0.0.1', lossMs: o.lossMs ?? 3000, colo: { timeoutMs: o.timeoutMs, maxHeldWrites: o.maxHeldWrites } }
   let port!: (p: number) => void
   const listening = new Promise<number>((r) => (port = r))
   const secondaryRole = coloSecondary({ ...role, role: 'backup', port: 0, arbiter: arbiter('secondary') }, { memoryBytes: memory, imageSha, onListening: port })
   const primaryRole = coloPrimary({ ...role, role: 'primary', port: await listening, arbiter: arbiter('primary') }, { memoryBytes: memory, imageSha })
   const [s, p] = await Promise.all([secondaryRole, primaryRole])
   const console = { primary: [] as number[], secondary: [] as number[] }
-  const start = (r: FtRole, net: SwitchPort, out: number[]) => {
-    const m = new Machine(r.machineOptions({ image, memory, net, mac: VM_MAC, onConsole: (b) => out.push(b) }))
+  const start = (r: FtRole, net: SwitchPort, out: number[], disk?: ScsiPath) => {
+    const m = new Machine(r.machineOptions({ image, memory, net, mac: VM_MAC, onConsole: (b) => out.push(b), disk }))
     r.attach(m)
     const done: Promise<RunSummary & { ft: FtReport }> = m.run().then(async (sum) => ({ ...sum, ft: await r.finish(sum) }))
     return { m, done }
   }
-  const pm = start(p, sw.port(), console.primary)
+  const pm = start(p, sw.port(), console.primary, o.disk?.primary)
   const secondaryPort = sw.port()
   const sentBySecondary: Buffer[] = []
   const send = secondaryPort.send.bind(secondaryPort)
@@ -46,7 +47,7 @@ export async function coloPair(o: { guest: string; timeoutMs: number; memory?: n
     sentBySecondary.push(f)
     send(f)
   }
-  const sm = start(s, secondaryPort, console.secondary)
+  const sm = start(s, secondaryPort, console.secondary, o.disk?.secondary)
   const client = new KvClient({ port: sw.port(), vmMac: VM_MAC, retryMs: 1000, timeoutMs: 20_000 })
   return { primary: p, secondary: s, pm, sm, client, console, sw, sentBySecondary, owner: () => owner }
 }

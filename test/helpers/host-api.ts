@@ -21,6 +21,6 @@ export const PRIMARY_VM = {
   pid: 4242,
   generation: 3,
   startedAt: '2026-12-02T05:00:00.000Z',
-  ft: { side: 'primary', peer: 'http://127.0.0.1:7801', role: 'primary', lagMs: 12.5, logBytesPerSecond: 1024, address: '127.0.0.1:9000', lockHost: 'x' },
+  ft: { side: 'primary', mode: 'checkpoint', peer: 'http://127.0.0.1:7801', role: 'primary', lagMs: 12.5, logBytesPerSecond: 1024, address: '127.0.0.1:9000', lockHost: 'x' },
   disk: 'not shown',
 }

@@ -38,7 +38,7 @@ t.test('vmsOfHosts: each host\'s VMs with their pair side, role and lag; hosts t
   )
   t.ok(Date.now() - t0 < 3000, 'a hung host costs the timeout, not more')
   t.same(r.vms, [
-    { host: 'esx-01', name: 'db', state: 'running', pid: 4242, generation: 3, startedAt: '2026-12-02T05:00:00.000Z', ft: { side: 'primary', role: 'primary', lagMs: 12.5, peer: 'http://127.0.0.1:7801', logBytesPerSecond: 1024 } },
+    { host: 'esx-01', name: 'db', state: 'running', pid: 4242, generation: 3, startedAt: '2026-12-02T05:00:00.000Z', ft: { side: 'primary', mode: 'checkpoint', role: 'primary', lagMs: 12.5, peer: 'http://127.0.0.1:7801', logBytesPerSecond: 1024 } },
     { host: 'esx-01', name: 'web', state: 'stopped', pid: null, generation: 1, startedAt: '2026-12-02T04:00:00.000Z', ft: null },
   ], 'what is not a VM is left out; only the listed fields')
   t.same(r.unreachable.map((u) => [u.host, u.error]), [

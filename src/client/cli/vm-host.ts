@@ -1,4 +1,4 @@
-import type { Command } from 'commander'
+import type { Command, OptionValues } from 'commander'
 import { isStorageError, StorageError } from '../../disk-formats/errors.js'
 import { isApiError, requestJson } from '../api/http.js'
 import type { VmInfo } from '../host/agent.js'
@@ -42,6 +42,21 @@ function table(vms: (VmInfo & { host?: string })[], withHost: boolean): string {
   return out
 }
 
+/** `vm start --ft-mode …` as the request's `ft` fields (the host checks them: it names the field and its bounds). */
+function ftModeBody(o: OptionValues): Record<string, unknown> {
+  const ms = (v: unknown, what: string) => {
+    const n = Number(v)
+    if (typeof v !== 'string' || v.trim() === '' || !Number.isFinite(n)) throw new StorageError('InvalidArgument', `invalid ${what} '${String(v)}' (ms)`)
+    return n
+  }
+  return {
+    mode: o.ftMode,
+    ...(o.ftEpochMs !== undefined ? { epochMs: ms(o.ftEpochMs, '--ft-epoch-ms') } : {}),
+    ...(o.ftDiff === false ? { diff: false } : {}),
+    ...(o.ftColoTimeoutMs !== undefined ? { coloTimeoutMs: ms(o.ftColoTimeoutMs, '--ft-colo-timeout-ms') } : {}),
+  }
+}
+
 /** `tandem vm start|ls|stop`: VMs on a `tandem host`, through its REST API. */
 export function addHostVmCommands(vm: Command, run: (fn: () => Promise<number | void>) => Promise<void>): void {
   vm.command('start')
@@ -58,6 +73,10 @@ export function addHostVmCommands(vm: Command, run: (fn: () => Promise<number | 
     .option('--priority <n>', 'its priority, 0 to 1000 (default 100): the host\'s DoS guard (tandem host --dos-guard) suspends lower priorities first')
     .option('--ft <url>', 'run it as a fault-tolerant pair: the primary on --host, the backup on the host at this URL (its REST API); a NIC goes on a --switch (not --net)')
     .option('--backup-reads <disk|log>', 'with --ft: the backup reads the shared disk, or takes READ data from the primary\'s log', 'disk')
+    .option('--ft-mode <mode>', 'with --ft: replay (the backup replays the primary\'s log), checkpoint (epochs of dirty pages) or colo (quasi-lockstep: outputs compared); as vm run --ft-mode', 'replay')
+    .option('--ft-epoch-ms <ms>', 'with --ft-mode checkpoint: the epoch (vm run\'s default)')
+    .option('--no-ft-diff', 'with --ft-mode checkpoint: send every dirty page whole')
+    .option('--ft-colo-timeout-ms <ms>', 'with --ft-mode colo: an output of the primary unmatched this long resyncs the secondary (vm run\'s default)')
     .option('--json', 'print the VM as JSON')
     .addHelpText(
       'after',
@@ -88,12 +107,12 @@ Exit status: 0 started; ${VM_START_BUSY} the VM runs on a host (this or another;
           ...(o.mac ? { mac: o.mac } : {}),
           ...(cpuLimit !== undefined ? { cpuLimit } : {}),
           ...(priority !== undefined ? { priority } : {}),
-          ...(o.ft ? { ft: { host: o.ft, backupReads: o.backupReads } } : {}),
+          ...(o.ft ? { ft: { host: o.ft, backupReads: o.backupReads, ...ftModeBody(o) } } : {}),
         }
         const r = await refusedAsBusy(requestJson<VmInfo>(o.host, 'POST', '/api/v1/vms', body))
         if (typeof r === 'number') return r
         if (o.json) process.stdout.write(JSON.stringify(r, null, 2) + '\n')
-        else if (r.ft) process.stdout.write(`Started VM '${r.name}' as a pair: primary pid ${r.pid} here, backup on ${r.ft.peer} at ${r.ft.address} (lock vm/${r.name} generation ${r.generation}, held by ${r.ft.lockHost}${r.diskUri ? `; disk ${r.diskUri} as ${r.initiatorName}` : ''})\n`)
+        else if (r.ft) process.stdout.write(`Started VM '${r.name}' as a ${r.ft.mode && r.ft.mode !== 'replay' ? `${r.ft.mode} ` : ''}pair: primary pid ${r.pid} here, backup on ${r.ft.peer} at ${r.ft.address} (lock vm/${r.name} generation ${r.generation}, held by ${r.ft.lockHost}${r.diskUri ? `; disk ${r.diskUri} as ${r.initiatorName}` : ''})\n`)
         else process.stdout.write(`Started VM '${r.name}' (pid ${r.pid}, lock vm/${r.name} generation ${r.generation}${r.diskUri ? `, disk ${r.diskUri} as ${r.initiatorName}` : ''})\n`)
       }),
     )

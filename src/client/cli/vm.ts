@@ -17,6 +17,7 @@ import { resolve } from 'node:path'
 import { parseUdpAddress } from '../net/address.js'
 import { hostname } from 'node:os'
 import { parseHostPort } from '../ft/address.js'
+import { COLO_TIMEOUT, EPOCH_MS, FT_MODES } from '../ft/mode-options.js'
 import type { RestoreSummary } from '../ft/live-side.js'
 
 /** Exit statuses of `tandem vm run` besides the guest's own exit code. */
@@ -36,8 +37,8 @@ export function vmCommand(run: (fn: () => Promise<number | void>) => Promise<voi
     .option('--ft-host <name>', "this side's host name in the lockspace (default: <hostname>-primary or -backup)")
     .option('--ft-loss-ms <ms>', 'silence on the FT channel that counts as losing the peer (env TANDEM_FT_LOSS_MS: a host agent\'s pairs inherit it)', process.env.TANDEM_FT_LOSS_MS ?? '300')
     .option('--ft-mode <mode>', 'replay: the backup replays the primary\'s event log; checkpoint: epochs of dirty pages and device state, outputs held until the backup acknowledges their epoch; colo: quasi-lockstep, the secondary runs on the same inputs and the primary releases each output once the secondary\'s is equal (a mismatch resyncs it). A backup follows its primary\'s replay or checkpoint; a colo secondary is started with --ft-mode colo', 'replay')
-    .option('--ft-colo-timeout-ms <ms>', 'colo: an output of the primary unmatched this long resyncs the secondary', '300')
-    .option('--ft-epoch-ms <ms>', 'checkpoint mode: the epoch, in ms (5 to 10000)', '25')
+    .option('--ft-colo-timeout-ms <ms>', 'colo: an output of the primary unmatched this long resyncs the secondary', String(COLO_TIMEOUT.default))
+    .option('--ft-epoch-ms <ms>', `checkpoint mode: the epoch, in ms (${EPOCH_MS.min} to ${EPOCH_MS.max})`, String(EPOCH_MS.default))
     .option('--no-lag-control', "primary: leave its CPU limit alone (the lag control lowers it while the backup falls behind)")
     .option('--no-ft-diff', 'checkpoint mode: send every dirty page whole (no diffs for the pages the backup names)')
     .action((o) => run(() => runAction(o)))
@@ -61,14 +62,24 @@ export function vmCommand(run: (fn: () => Promise<number | void>) => Promise<voi
       }),
     )
   vm.command('ft-restore')
-    .description('redundancy restore of a fault-tolerant VM running alone (its backup lost, or a backup gone live): a new backup waiting at HOST:PORT (tandem vm run --ft-backup HOST:PORT) starts from a live checkpoint of the running VM and follows it; its outputs wait for the new backup\'s acks from then on')
-    .requiredOption('--control <path>', "the running VM's control socket (vm run --control)")
-    .requiredOption('--backup <host:port>', 'where the new backup listens')
+    .description('redundancy restore of a fault-tolerant VM running alone (its backup lost, or a backup gone live): a new backup waiting at HOST:PORT (tandem vm run --ft-backup HOST:PORT) starts from a live checkpoint of the running VM and follows it; its outputs wait for the new backup\'s acks from then on. On hosts: NAME --host URL --ft URL2, the host running the VM has the host at URL2 start the new backup')
+    .argument('[name]', 'with --host: the VM')
+    .option('--control <path>', "the running VM's control socket (vm run --control)")
+    .option('--backup <host:port>', 'with --control: where the new backup listens')
+    .option('--host <url>', 'the host (tandem host) that runs the VM alone')
+    .option('--ft <url>', 'with --host: the host to run the new backup (its REST API)')
     .option('--json', 'print the answer as JSON')
-    .action((o) =>
+    .action((name: string | undefined, o) =>
       run(async () => {
-        const backup = parseHostPort(o.backup, '--backup')
-        const r = await requestJson<RestoreSummary>(`unix:${resolve(o.control)}`, 'POST', '/api/v1/vm/ft/restore', { backup: `${backup.host}:${backup.port}` }, { timeoutMs: 600_000 })
+        let r: RestoreSummary
+        if (o.host !== undefined || o.ft !== undefined || name !== undefined) {
+          if (!name || !o.host || !o.ft || o.control || o.backup) throw new StorageError('InvalidArgument', 'give NAME --host URL --ft URL2 (a VM on a host), or --control PATH --backup HOST:PORT (a vm run)')
+          r = (await requestJson<VmInfo & { restore: RestoreSummary }>(o.host, 'POST', `/api/v1/vms/${encodeURIComponent(name)}/ft/restore`, { host: o.ft }, { timeoutMs: 600_000 })).restore
+        } else {
+          if (!o.control || !o.backup) throw new StorageError('InvalidArgument', 'give --control PATH --backup HOST:PORT (a vm run), or NAME --host URL --ft URL2 (a VM on a host)')
+          const backup = parseHostPort(o.backup, '--backup')
+          r = await requestJson<RestoreSummary>(`unix:${resolve(o.control)}`, 'POST', '/api/v1/vm/ft/restore', { backup: `${backup.host}:${backup.port}` }, { timeoutMs: 600_000 })
+        }
         process.stdout.write(o.json ? JSON.stringify(r) + '\n' : `Protected again by the backup at ${r.backup} from instruction ${r.instructions} (pre-copy ${r.precopyPages} pages in ${r.precopyRounds} rounds, pause ${r.pauseMs.toFixed(2)} ms, then ${r.pages} dirty pages; outputs held ${Math.round(r.protectedMs)} ms from the pause to its first ACK)\n`)
         return 0
       }),
@@ -268,12 +279,12 @@ function ftOptions(o: OptionValues): FtCliOptions | undefined {
   if (o.backupReads !== 'disk' && o.backupReads !== 'log') throw new StorageError('InvalidArgument', `invalid --backup-reads '${o.backupReads}' (disk or log)`)
   const lossMs = Number(o.ftLossMs)
   if (!Number.isFinite(lossMs) || lossMs < 20 || lossMs > 60_000) throw new StorageError('InvalidArgument', `invalid --ft-loss-ms '${o.ftLossMs}' (20 to 60000)`)
-  if (!['replay', 'checkpoint', 'colo'].includes(o.ftMode)) throw new StorageError('InvalidArgument', `invalid --ft-mode '${o.ftMode}' (replay, checkpoint or colo)`)
+  if (!FT_MODES.includes(o.ftMode)) throw new StorageError('InvalidArgument', `invalid --ft-mode '${o.ftMode}' (replay, checkpoint or colo)`)
   const coloTimeoutMs = Number(o.ftColoTimeoutMs)
-  if (!Number.isFinite(coloTimeoutMs) || coloTimeoutMs < 5 || coloTimeoutMs > 60_000) throw new StorageError('InvalidArgument', `invalid --ft-colo-timeout-ms '${o.ftColoTimeoutMs}' (5 to 60000)`)
+  if (!Number.isFinite(coloTimeoutMs) || coloTimeoutMs < COLO_TIMEOUT.min || coloTimeoutMs > COLO_TIMEOUT.max) throw new StorageError('InvalidArgument', `invalid --ft-colo-timeout-ms '${o.ftColoTimeoutMs}' (${COLO_TIMEOUT.min} to ${COLO_TIMEOUT.max})`)
   if (o.record || o.replay || o.restore) throw new StorageError('InvalidArgument', 'a fault-tolerant pair records and replays over its channel: no --record, --replay or restore')
   const epochMs = Number(o.ftEpochMs)
-  if (!Number.isFinite(epochMs) || epochMs < 5 || epochMs > 10_000) throw new StorageError('InvalidArgument', `invalid --ft-epoch-ms '${o.ftEpochMs}' (5 to 10000)`)
+  if (!Number.isFinite(epochMs) || epochMs < EPOCH_MS.min || epochMs > EPOCH_MS.max) throw new StorageError('InvalidArgument', `invalid --ft-epoch-ms '${o.ftEpochMs}' (${EPOCH_MS.min} to ${EPOCH_MS.max})`)
   return { role, host: m[1].replace(/^\[|\]$/g, ''), port: Number(m[2]), vm: o.name, reads: o.backupReads, lockspace: o.ftLockspace, hostName: o.ftHost ?? `${hostname()}-${role}`, lossMs, lagControl: o.lagControl !== false, mode: o.ftMode, coloTimeoutMs, epochMs, diff: o.ftDiff !== false }
 }
 
@@ -289,7 +300,7 @@ async function startFtRole(f: FtCliOptions, vm: Parameters<NonNullable<import('.
   if (f.mode === 'colo') {
     const colo = { ...base, colo: { timeoutMs: f.coloTimeoutMs } }
     if (f.role === 'primary') return coloPrimary(colo, vm)
-    return coloSecondary(colo, { ...vm, onListening: (port) => log(`FT backup listening on ${f.host}:${port}`) })
+    return coloSecondary(colo, { ...vm, liveDisk, onListening: (port) => log(`FT backup listening on ${f.host}:${port}`) })
   }
   const role = { ...base, mode: f.mode, epochMs: f.epochMs, diff: f.diff }
   if (f.role === 'primary') return ftPrimary(role, vm)

@@ -9,14 +9,11 @@ import { FtLagControl, LagMeter } from './lag.js'
 import { OutputGate } from './output-gate.js'
 import type { FtPrimary, Pairing } from './primary.js'
 import type { FtHelloParams, FtMessage } from './protocol.js'
-import { claimVm, endText, nextMessage, type AnnouncingPort, type FtRoleOptions, type RestoreSummary } from './role.js'
+import { claimVm, endText, nextMessage, VmUplink, type AnnouncingPort, type FtRoleOptions, type RestoreSummary } from './role.js'
 
 export type { AnnouncingPort, RestoreSummary }
 import { precopy, sendFrozen, type PrecopyResult, type StateLink } from './state-sync.js'
 import { WriteAfterReadGuard } from './write-after-read.js'
-
-/** A port that may announce a MAC to its switch from now on (UdpUplink.announce; undefined: none) */
-
 
 export interface LiveSideOptions {
   role: FtRoleOptions
@@ -49,8 +46,7 @@ export class LiveSide {
   /** the pairing before the last loss (its figures stay readable) */
   lastPairing: Pairing | null = null
   machine: Machine | null = null
-  uplink: AnnouncingPort | undefined
-  mac: Buffer | undefined
+  readonly uplink = new VmUplink()
   channelEnd: string | undefined
   takeoverMs: number | undefined
   /** the last loss's claim, once settled */
@@ -110,7 +106,7 @@ export class LiveSide {
       this.lastPairing = pairing
       if (won) {
         this.state = 'alone'
-        if (this.mac) this.uplink?.announce?.(this.mac)
+        this.uplink.claimed()
         await o.arbiter.fence?.()
         gate.acked(Infinity)
         gate.claimed(true)

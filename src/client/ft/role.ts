@@ -5,6 +5,8 @@
  */
 import { StorageError } from '../../disk-formats/errors.js'
 import type { Machine, MachineOptions, RunSummary } from '../vm/machine.js'
+import type { CpuLimiter } from '../vm/cpu-limit.js'
+import type { ScsiPath } from '../vm/scsi-path.js'
 import type { SwitchPort } from '../vm/net.js'
 import type { VmState } from '../vm/state.js'
 import type { Timers } from '../vm/timers.js'
@@ -38,6 +40,8 @@ export interface ColoStats {
   lastPages: number
   /** primary: ms each output was held before it left */
   heldMs: Percentiles & { mean: number }
+  /** secondary with a disk: the most writes its buffer held at once (seen between slices; bounded by ColoOptions.maxHeldWrites) */
+  heldWritesMax?: number
 }
 
 /** A checkpoint side's figures (FtStatus.checkpoint; checkpoint/SPEC.md "Metrics"). */
@@ -123,6 +127,19 @@ export interface FtRoleOptions {
   diff?: boolean
 }
 
+/** The VM a backup side (a replay or checkpoint backup, a colo secondary) is started with. */
+export interface BackupVm {
+  memoryBytes: number
+  imageSha: Buffer
+  disk?: ScsiPath
+  limiter?: CpuLimiter
+  /** stops a backup still waiting for its primary */
+  signal?: AbortSignal
+  /** the disk as the VM uses it once live, if not `disk` (a local file the backup follows read-only) */
+  liveDisk?: () => Promise<ScsiPath>
+  onListening?: (port: number) => void
+}
+
 /** What `vm run --ft-*` reports beside the run summary. */
 export interface FtReport {
   role: 'primary' | 'backup'
@@ -204,6 +221,30 @@ export interface FtRole {
 
 /** A port that may announce a MAC to its switch from now on (UdpUplink.announce; undefined: none) */
 export type AnnouncingPort = SwitchPort & { announce?: (mac?: Buffer) => void }
+
+/**
+ * The switch port and MAC of a side that runs the VM. The switch learned the MAC when the
+ * primary's uplink joined; from then on only a side holding the VM announces it: `take` (the
+ * primary's machineOptions) stops the port's announcing, `claimed` (the VM's claim won) starts it
+ * again — a primary resumed after a takeover (SIGSTOP) would otherwise draw the VM's frames back
+ * with an overdue keepalive.
+ */
+export class VmUplink {
+  port: AnnouncingPort | undefined
+  mac: Buffer | undefined
+
+  /** A primary's machine options: its port and MAC; the port announces nothing from now on. */
+  take(base: MachineOptions): void {
+    this.port = base.net as AnnouncingPort | undefined
+    this.mac = base.mac
+    this.port?.announce?.()
+  }
+
+  /** This side holds the VM: its port announces the MAC (to the switch's table) from now on. */
+  claimed(): void {
+    if (this.mac) this.port?.announce?.(this.mac)
+  }
+}
 
 export const nextMessage = (ch: FtChannel, type: FtMessage['type'], what: string): Promise<FtMessage> =>
   new Promise((resolve, reject) => {

@@ -16,7 +16,7 @@ import type { FtHelloParams, FtMessage, FtMode } from './protocol.js'
 import { ckptBackup, ckptPrimary } from './checkpoint/roles.js'
 import { StateReceiver } from './state-sync.js'
 import type { VmState } from '../vm/state.js'
-import { acceptPrimary, claimVm, connectBackup, endText, nextMessage, type AnnouncingPort, type FtReport, type FtRole, type FtRoleOptions, type FtStatus } from './role.js'
+import { acceptPrimary, claimVm, connectBackup, endText, nextMessage, type AnnouncingPort, type BackupVm, type FtReport, type FtRole, type FtRoleOptions, type FtStatus } from './role.js'
 
 export { acceptPrimary, CLAIM_RETRY_MS, claimVm, connectBackup, endText, nextMessage } from './role.js'
 export type { AnnouncingPort, Arbiter, CheckpointStatus, ColoStats, FtReport, FtRole, FtRoleOptions, FtStatus, RestoreSummary } from './role.js'
@@ -72,12 +72,7 @@ export async function ftPrimary(o: FtRoleOptions, vm: { memoryBytes: number; ima
       return liveStatus(live, 'primary', o, vm.limiter, primary.logBytes, timers)
     },
     machineOptions: (base) => {
-      // the switch learned the VM's MAC when the uplink joined; from now on only a side holding the VM
-      // announces it: a primary resumed after a takeover (SIGSTOP) would otherwise draw the VM's frames
-      // back with an overdue keepalive
-      live.uplink = base.net as AnnouncingPort | undefined
-      live.mac = base.mac
-      live.uplink?.announce?.()
+      live.uplink.take(base)
       return { ...base, ...primary.machineOptions({ disk: base.disk, net: base.net, onConsole: base.onConsole }) }
     },
     attach(m) {
@@ -131,17 +126,7 @@ function liveStatus(live: LiveSide, role: FtStatus['role'], o: FtRoleOptions, li
  */
 export async function ftBackup(
   o: FtRoleOptions,
-  vm: {
-    memoryBytes: number
-    imageSha: Buffer
-    disk?: ScsiPath
-    limiter?: CpuLimiter
-    /** stops a backup still waiting for its primary */
-    signal?: AbortSignal
-    /** the disk as the VM uses it once live, if not `disk` (a local file the backup follows read-only) */
-    liveDisk?: () => Promise<ScsiPath>
-    onListening?: (port: number) => void
-  },
+  vm: BackupVm,
 ): Promise<FtRole> {
   const timers = o.timers ?? realTimers
   // a backup follows its primary's replay or checkpoint mode (HELLO names it)
@@ -249,8 +234,8 @@ export async function ftBackup(
     machineOptions: (base) => {
       // an uplink to a tandem switch announces the MAC from now on (UdpUplink.announce)
       const net = base.net as AnnouncingPort | undefined
-      live.uplink = net
-      live.mac = base.mac
+      live.uplink.port = net
+      live.uplink.mac = base.mac
       const announce = net?.announce && base.mac ? () => net.announce!(base.mac!) : undefined
       const wrapped = outputs.machineOptions({ net, onConsole: base.onConsole })
       const opts = backup.machineOptions({ net: wrapped.net, mac: base.mac, onConsole: wrapped.onConsole, announce })

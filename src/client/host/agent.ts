@@ -8,7 +8,8 @@ import { LockManager, type Clock, type LockStorage } from '../../disk-formats/lo
 import { openLockStorage } from '../locks/open-storage.js'
 import { ftHostName, hostIqn, LOCKSPACE_IQN, validHostName, validVmName, vmIqn, vmLockName } from './names.js'
 import { vmRunArgs, type VmFtLaunch, type VmLaunch } from './vm-command.js'
-import type { FtStatus } from '../ft/run-ft.js'
+import type { FtStatus, RestoreSummary } from '../ft/run-ft.js'
+import { parseFtModeOptions, type FtModeOptions } from '../ft/mode-options.js'
 import { VmProcess, type VmExit } from './vm-process.js'
 import { checkCpuPercent } from '../vm/cpu-limit.js'
 import { readCheckpoint } from '../vm/checkpoint-file.js'
@@ -85,8 +86,8 @@ export interface VmInfo {
 /** A pair's role as `vm ls` shows it: paired (primary, backup), or after a failover live (the backup took over), alone (the primary won), halted (lost the claim). */
 export type FtRoleName = 'primary' | 'backup' | 'live' | 'alone' | 'halted' | 'handed-over'
 
-/** The pair side of a VM (VmInfo.ft): how it was started, then its figures from its control socket. */
-export interface VmFtInfo {
+/** The pair side of a VM (VmInfo.ft): how it was started (its mode and the mode's options among it), then its figures from its control socket. */
+export interface VmFtInfo extends FtModeOptions {
   side: 'primary' | 'backup'
   /** primary: the host API that runs the backup */
   peer: string | null
@@ -97,6 +98,8 @@ export interface VmFtInfo {
   lockHost: string
   /** null until the VM's control socket answered (a backup's, once its primary said HELLO) */
   role: FtRoleName | null
+  /** a backup follows this side's running VM now (its outputs wait for the backup's acks); null until it answered */
+  protected: boolean | null
   lagMs: number | null
   /** percent of one core */
   cpuLimit: number | null
@@ -107,6 +110,8 @@ export interface VmFtInfo {
   outputDelay: { count: number; p50: number; p99: number } | null
   /** a checkpoint pair's epoch figures (ft/SPEC.md "Checkpoint mode", Metrics) */
   checkpoint?: FtStatus['checkpoint']
+  /** a colo pair's figures: outputs compared, resyncs (colo/SPEC.md) */
+  colo?: FtStatus['colo']
 }
 
 /** The body of `POST /api/v1/vms`. */
@@ -126,12 +131,14 @@ export interface VmStartRequest {
   switch?: string
   /** the NIC's MAC, aa:bb:cc:dd:ee:ff */
   mac?: string
-  /** a fault-tolerant pair: this host runs the primary and asks the host at `ft.host` to run the backup */
-  ft?: { host: string; backupReads: 'disk' | 'log' }
+  /** a fault-tolerant pair: this host runs the primary and asks the host at `ft.host` to run the backup; `mode` (default replay) and its options as vm run's --ft-mode … */
+  ft?: { host: string; backupReads: 'disk' | 'log' } & FtModeOptions
   /** 'backup': run the backup of a pair whose primary another host starts (that host asks; the answer names the FT address) */
   role?: 'backup'
   /** with role 'backup': the primary's choice, for the record (the backup takes it from the primary's HELLO) */
   backupReads?: 'disk' | 'log'
+  /** with role 'backup': the pair's mode and its options (`mode`, `epochMs`, `diff`, `coloTimeoutMs` in the body); a colo secondary runs as one, a replay or checkpoint backup follows the primary's HELLO */
+  mode?: FtModeOptions
   /** 0 to 1000 (default 100): under a DoS guard, lower priorities are suspended first */
   priority?: number
 }
@@ -139,6 +146,10 @@ export interface VmStartRequest {
 interface Vm {
   info: VmInfo
   proc: VmProcess | null
+  /** what it was started with (a restore starts its new backup alike) */
+  req: VmStartRequest
+  /** a redundancy restore is under way */
+  restoring?: boolean
   /** the process ended and its lock was released */
   done?: Promise<void>
   /** the log rate's last sample (performance.now() ms, bytes) */
@@ -180,6 +191,19 @@ const hostClock: Clock = {
   now: () => performance.now(),
   setTimeout: (fn, ms) => setTimeout(fn, ms).unref(),
   clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
+}
+
+/** A pair side's mode and options from its start request (the primary's in `ft`, a backup's `mode`). */
+function modeOf(req: VmStartRequest): FtModeOptions {
+  const { mode, epochMs, diff, coloTimeoutMs } = req.ft ?? req.mode ?? { mode: 'replay' }
+  return { mode, ...(epochMs !== undefined ? { epochMs } : {}), ...(diff !== undefined ? { diff } : {}), ...(coloTimeoutMs !== undefined ? { coloTimeoutMs } : {}) }
+}
+
+/** `b.host`: the API URL of the host for a pair's backup, or InvalidArgument naming `what`. */
+function hostUrl(b: Record<string, unknown>, what: string): string {
+  const host = field<string>(b, 'host', 'string')
+  if (!host || host.length > MAX_URL || !/^https?:\/\/[^\s/]+\/?$/.test(host)) throw new StorageError('InvalidArgument', `${what} must be the backup host's API URL, e.g. http://127.0.0.1:7801`)
+  return host
 }
 
 /** A body field: absent, or of the type asked. */
@@ -230,16 +254,17 @@ export function parseStartRequest(body: unknown): VmStartRequest {
   let ft: VmStartRequest['ft']
   if (b.ft !== undefined && b.ft !== null) {
     const f = b.ft as Record<string, unknown>
-    if (typeof f !== 'object' || Array.isArray(f)) throw new StorageError('InvalidArgument', '"ft" must be an object: {"host": URL of the backup\'s host, "backupReads": "disk"|"log"}')
-    const host = field<string>(f, 'host', 'string')
-    if (!host || host.length > MAX_URL || !/^https?:\/\/[^\s/]+\/?$/.test(host)) throw new StorageError('InvalidArgument', '"ft.host" must be the backup host\'s API URL, e.g. http://127.0.0.1:7801')
-    ft = { host, backupReads: reads(f.backupReads, '"ft.backupReads"') }
+    if (typeof f !== 'object' || Array.isArray(f)) throw new StorageError('InvalidArgument', '"ft" must be an object: {"host": URL of the backup\'s host, "backupReads": "disk"|"log", "mode": "replay"|"checkpoint"|"colo", …}')
+    const host = hostUrl(f, '"ft.host"')
+    ft = { host, backupReads: reads(f.backupReads, '"ft.backupReads"'), ...parseFtModeOptions(f, 'ft.') }
   }
   const role = field<string>(b, 'role', 'string')
   if (role !== undefined && role !== 'backup') throw new StorageError('InvalidArgument', `invalid "role" ${JSON.stringify(role)}: "backup" (a pair's primary is started with "ft")`)
+  const mode = role ? parseFtModeOptions(b, '') : undefined
   if ((ft || role) && checkpoint) throw new StorageError('InvalidArgument', 'a fault-tolerant pair starts from boot: no "checkpoint"')
   if ((ft || role) && net !== undefined) throw new StorageError('InvalidArgument', 'a fault-tolerant pair\'s NIC is on a tandem switch ("switch"), not "net"')
   if (ft && role) throw new StorageError('InvalidArgument', '"ft" starts a pair\'s primary, "role": "backup" its backup: not both')
+  if (!role && ['mode', 'epochMs', 'diff', 'coloTimeoutMs'].some((k) => b[k] !== undefined)) throw new StorageError('InvalidArgument', 'a pair\'s primary takes its mode in "ft" ("ft": {"mode": …}); "mode" alone is for a backup ("role": "backup")')
   return {
     name, guest, disk, memory, net, cpuLimit,
     ...(checkpoint ? { checkpoint } : {}),
@@ -247,7 +272,7 @@ export function parseStartRequest(body: unknown): VmStartRequest {
     ...(mac !== undefined ? { mac } : {}),
     ...(priority !== undefined ? { priority } : {}),
     ...(ft ? { ft } : {}),
-    ...(role ? { role, backupReads: reads(b.backupReads, '"backupReads"') } : {}),
+    ...(role ? { role, backupReads: reads(b.backupReads, '"backupReads"'), mode } : {}),
   }
 }
 
@@ -332,6 +357,48 @@ export class HostAgent {
     if (afterwards !== 'keep' && afterwards !== 'copy-and-commit') throw new StorageError('InvalidArgument', '"afterwards" must be "keep" or "copy-and-commit"')
     const req = { file, afterwards, name, ...(vm.info.disk ? { disk: { server: this.o.server, name: vm.info.disk } } : {}) }
     return requestJson<Record<string, unknown>>(`unix:${this.controlPath(name)}`, 'POST', '/api/v1/vm/checkpoint', req, { timeoutMs: 600_000 })
+  }
+
+  /**
+   * Redundancy restore (`POST /api/v1/vms/:name/ft/restore`, ft/SPEC.md "Redundancy restore"): a
+   * pair's side here that runs the VM alone (live after a failover, or a primary whose backup was
+   * lost) is protected again by a new backup on the host at `host`: that host starts it as for a
+   * pair (`role: 'backup'`, the VM's own start options), then the VM's control socket streams it
+   * a live checkpoint. A failed restore stops the new backup again; the VM runs on alone.
+   */
+  async restoreVm(name: string, body: unknown): Promise<VmInfo & { restore: RestoreSummary }> {
+    const b = (typeof body === 'object' && body !== null && !Array.isArray(body) ? body : {}) as Record<string, unknown>
+    const host = hostUrl(b, '"host"')
+    const vm = this.vms.get(name)
+    if (!vm) throw new StorageError('NotFound', `no VM named '${name}' on host '${this.name}'`)
+    const f = vm.info.ft
+    if (!f) throw new StorageError('InvalidArgument', `VM '${name}' is not a side of a fault-tolerant pair: start it with "ft" to have a backup`)
+    if (vm.info.state !== 'running') throw new StorageError('Busy', `VM '${name}' is ${vm.info.state}, not running`)
+    if (host.replace(/\/$/, '') === this.o.api.replace(/\/$/, '')) throw new StorageError('InvalidArgument', `"host" is this host (${host}), which runs VM '${name}': a backup runs on another host`)
+    if (f.mode !== 'replay') throw new StorageError('Unsupported', `a redundancy restore takes a replay pair in this version; VM '${name}' runs in ${f.mode} mode`)
+    if (vm.info.disk) throw new StorageError('Unsupported', `a redundancy restore of a VM with a disk is not offered yet (VM '${name}' runs on disk '${vm.info.disk}': the storage fence keys of a new pairing are not made yet)`)
+    if (vm.restoring) throw new StorageError('Busy', `a restore of VM '${name}' is under way`)
+    if (!(await this.status(vm))) throw new StorageError('IoError', `VM '${name}' does not answer on its control socket`)
+    if (f.role !== 'live' && f.role !== 'alone') throw new StorageError('InvalidArgument', `VM '${name}' is not running alone here (its role: ${f.role}): ${f.protected ? 'a backup follows it already' : 'only a side that runs the VM can be protected'}`)
+    if (f.protected) throw new StorageError('Exists', `VM '${name}' is protected by a backup already (on ${f.peer ?? 'another host'})`)
+    vm.restoring = true
+    try {
+      const address = await this.startBackup({ ...vm.req, ft: { ...modeOf(vm.req), host, backupReads: f.backupReads } })
+      let restore: RestoreSummary
+      try {
+        restore = await requestJson<RestoreSummary>(`unix:${this.controlPath(name)}`, 'POST', '/api/v1/vm/ft/restore', { backup: address }, { timeoutMs: 600_000 })
+      } catch (e) {
+        void requestJson(host, 'DELETE', `/api/v1/vms/${encodeURIComponent(name)}`).catch(() => undefined)
+        throw e
+      }
+      f.peer = host
+      f.address = address
+      await this.status(vm)
+      this.o.log.info({ vm: name, backup: host, address, pauseMs: restore.pauseMs }, 'VM protected again by a new backup')
+      return { ...this.shown(vm.info), restore }
+    } finally {
+      vm.restoring = false
+    }
   }
 
   /** Joins the lockspace (waiting out a crashed earlier incarnation of this host: a lease) and registers with the server. */
@@ -493,7 +560,7 @@ export class HostAgent {
       priority: req.priority ?? DEFAULT_PRIORITY,
       dos: null,
       ft: side
-        ? { side, peer: req.ft?.host ?? null, address: null, backupReads: req.ft?.backupReads ?? req.backupReads ?? 'disk', lockHost: ftHostName(this.name, req.name), role: null, lagMs: null, cpuLimit: null, logBytes: null, logBytesPerSecond: null, outputDelay: null }
+        ? { side, ...modeOf(req), peer: req.ft?.host ?? null, address: null, backupReads: req.ft?.backupReads ?? req.backupReads ?? 'disk', lockHost: ftHostName(this.name, req.name), role: null, protected: null, lagMs: null, cpuLimit: null, logBytes: null, logBytesPerSecond: null, outputDelay: null }
         : null,
     }
     if (req.checkpoint) {
@@ -505,7 +572,7 @@ export class HostAgent {
         throw new StorageError('InvalidArgument', (e as Error).message)
       }
     }
-    const vm: Vm = { info, proc: null, startedMono: performance.now() }
+    const vm: Vm = { info, proc: null, startedMono: performance.now(), req }
     this.vms.set(req.name, vm) // reserves the name while the disk is looked up and the lock taken
     const lock = vmLockName(req.name)
     let ft: VmFtLaunch | undefined
@@ -527,7 +594,7 @@ export class HostAgent {
           throw new VmBusy(e.message, { holder: null })
         }
       }
-      if (info.ft) ft = { side: info.ft.side, address: info.ft.address ?? `${this.o.ftListen ?? '127.0.0.1'}:0`, lockspace: this.lockspaceUri, host: info.ft.lockHost, backupReads: info.ft.backupReads }
+      if (info.ft) ft = { side: info.ft.side, address: info.ft.address ?? `${this.o.ftListen ?? '127.0.0.1'}:0`, lockspace: this.lockspaceUri, host: info.ft.lockHost, backupReads: info.ft.backupReads, mode: modeOf(req) }
     } catch (e) {
       if (joins !== req.switch) this.dos?.detach(req.name)
       if (this.vms.get(req.name) === vm) this.vms.delete(req.name)
@@ -622,6 +689,8 @@ export class HostAgent {
     f.cpuLimit = s.cpuLimit
     f.outputDelay = s.outputDelay
     f.checkpoint = s.checkpoint
+    f.colo = s.colo
+    f.protected = s.protected ?? s.outcome === 'paired'
     if (!vm.rate) f.logBytesPerSecond = s.logBytes / Math.max(1, (now - vm.startedMono) / 1000)
     else if (now - vm.rate.t >= 1000) f.logBytesPerSecond = ((s.logBytes - vm.rate.bytes) * 1000) / (now - vm.rate.t)
     if (!vm.rate || now - vm.rate.t >= 1000) vm.rate = { t: now, bytes: s.logBytes }
@@ -650,7 +719,7 @@ export class HostAgent {
   /** Asks the backup's host to start it; resolves to the FT address it listens on. */
   private async startBackup(req: VmStartRequest): Promise<string> {
     const peer = req.ft!.host
-    const body: VmStartRequest = { name: req.name, guest: req.guest, memory: req.memory, disk: req.disk, cpuLimit: req.cpuLimit, switch: req.switch, mac: req.mac, role: 'backup', backupReads: req.ft!.backupReads }
+    const body = { name: req.name, guest: req.guest, memory: req.memory, disk: req.disk, cpuLimit: req.cpuLimit, switch: req.switch, mac: req.mac, role: 'backup', backupReads: req.ft!.backupReads, ...modeOf(req) }
     let r: VmInfo
     try {
       r = await requestJson<VmInfo>(peer, 'POST', '/api/v1/vms', body, { timeoutMs: BACKUP_LISTEN_MS + 10_000 })

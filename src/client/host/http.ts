@@ -209,6 +209,12 @@ export function createHostApp(agent: HostAgent, log: Logger): express.Express {
       res.status(201).json(await agent.checkpointVm(req.params.name as string, req.body))
     }),
   )
+  app.post(
+    '/api/v1/vms/:name/ft/restore',
+    wrap(async (req, res) => {
+      res.json(await agent.restoreVm(req.params.name as string, req.body))
+    }),
+  )
   app.delete(
     '/api/v1/vms/:name',
     wrap(async (req, res) => {

@@ -1,4 +1,5 @@
 import { vmIqn } from './names.js'
+import { ftModeArgs, type FtModeOptions } from '../ft/mode-options.js'
 
 /** What a host runs: one VM, its disk already resolved to an iSCSI URI by the server. */
 export interface VmLaunch {
@@ -36,6 +37,8 @@ export interface VmFtLaunch {
   /** the child's own host name there (ftHostName) */
   host: string
   backupReads: 'disk' | 'log'
+  /** the pair's mode and its options (a colo secondary needs `colo`; a backup otherwise follows its primary's HELLO) */
+  mode: FtModeOptions
 }
 
 /**
@@ -51,7 +54,7 @@ export function vmRunArgs(vm: VmLaunch): string[] {
   if (vm.net) args.push(`--net=${vm.net}`)
   if (vm.switch) args.push(`--switch=${vm.switch}`)
   if (vm.mac) args.push(`--mac=${vm.mac}`)
-  if (vm.ft) args.push(`--name=${vm.name}`, `--ft-${vm.ft.side}=${vm.ft.address}`, `--ft-lockspace=${vm.ft.lockspace}`, `--ft-host=${vm.ft.host}`, `--backup-reads=${vm.ft.backupReads}`)
+  if (vm.ft) args.push(`--name=${vm.name}`, `--ft-${vm.ft.side}=${vm.ft.address}`, `--ft-lockspace=${vm.ft.lockspace}`, `--ft-host=${vm.ft.host}`, `--backup-reads=${vm.ft.backupReads}`, ...ftModeArgs(vm.ft.mode))
   if (vm.cpuLimit !== undefined) args.push(`--cpu-limit=${vm.cpuLimit}`)
   if (vm.priority !== undefined) args.push(`--priority=${vm.priority}`)
   if (vm.control) args.push(`--control=${vm.control}`)

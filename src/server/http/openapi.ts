@@ -122,6 +122,7 @@ export const openApi = {
         ft: {
           ...obj({
             side: { type: 'string', description: 'primary or backup' },
+            mode: { type: 'string', nullable: true, description: 'how the pair keeps its backup: replay, checkpoint or colo (null: a host that does not say)' },
             role: { type: 'string', nullable: true, description: 'primary, backup, live, alone, halted, handed-over; null until the VM answered' },
             lagMs: { type: 'number', nullable: true, description: 'the primary: how far its backup runs behind' },
             peer: { type: 'string', nullable: true },

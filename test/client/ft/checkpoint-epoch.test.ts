@@ -137,3 +137,35 @@ t.test('the write buffer: writes complete at once, are read back, reach the disk
   t.equal(r.sense![2] & 0xf, 5, 'ILLEGAL REQUEST')
 })
 
+
+t.test('the write buffer as a colo secondary\'s disk: nothing reaches the shared disk while paired; a resync drops the writes (reads see the disk again); going live writes what is held, in order, to the disk opened for writing', async (t) => {
+  const dir = shmTmp(t, 'tandem-colo-wb-')
+  const lu = async (name: string) => {
+    const dev = await RawFile.create(join(dir, name), 1 << 20)
+    t.teardown(() => dev.close())
+    return logicalUnitPath(new LogicalUnit(dev, { serial: 'vm' }), 'iqn.2026-11.local.tandem:vm,i,0x000000000002')
+  }
+  const [shared, live] = [await lu('shared.raw'), await lu('live.raw')]
+  const cdb = (op: number, lba: number) => {
+    const c = Buffer.alloc(10)
+    c[0] = op
+    c.writeUInt32BE(lba, 2)
+    c.writeUInt16BE(1, 7)
+    return c
+  }
+  const block = async (p: typeof shared, lba: number) => (await p.execute(cdb(0x28, lba), null, 512)).dataIn![0]
+  await shared.execute(cdb(0x2a, 2), Buffer.alloc(512, 0x11), 0)
+  const wb = new EpochWriteBuffer(shared)
+  await wb.execute(cdb(0x2a, 2), Buffer.alloc(512, 0x22), 0)
+  t.equal(await block(wb, 2), 0x22, 'the secondary reads its own write')
+  t.equal(await block(shared, 2), 0x11, 'the shared disk keeps the primary\'s')
+  wb.drop()
+  t.equal(wb.held, 0)
+  t.equal(await block(wb, 2), 0x11, 'after a resync: the disk as the primary wrote it')
+  await wb.execute(cdb(0x2a, 3), Buffer.alloc(512, 0x33), 0)
+  await wb.execute(cdb(0x2a, 3), Buffer.alloc(512, 0x44), 0)
+  await wb.direct(live)
+  t.same([await block(live, 3), await block(shared, 3)], [0x44, 0], 'live: the held writes on the disk opened for writing, the newest last')
+  await wb.execute(cdb(0x2a, 4), Buffer.alloc(512, 0x55), 0)
+  t.equal(await block(live, 4), 0x55, 'then commands go straight to it')
+})

@@ -5,7 +5,13 @@ import { OutputComparator, type MismatchReason } from '../../../src/client/ft/co
 import { decodeColo, encodeColo, type ColoMessage } from '../../../src/client/ft/colo/messages.js'
 import { FtProtocolError } from '../../../src/client/ft/protocol.js'
 import { DirtyPageResync } from '../../../src/client/ft/colo/resync.js'
-import { Machine, guestPath } from '../../../src/client/vm/index.js'
+import { Machine, guestPath, logicalUnitPath } from '../../../src/client/vm/index.js'
+import { mediumRange, type ScsiPath } from '../../../src/client/vm/scsi-path.js'
+import { LogicalUnit } from '../../../src/server/scsi/index.js'
+import { RawFile } from '../../../src/disk-formats/index.js'
+import { join } from 'node:path'
+import { shmTmp } from '../../helpers/peers.js'
+import { DISKLOG, recordsOnDisk } from '../../helpers/disklog.js'
 import { VirtualSwitch } from '../../../src/client/vm/net.js'
 import { KvClient } from '../../../src/client/kv/client.js'
 import { readFileSync } from 'node:fs'
@@ -171,4 +177,42 @@ t.test('a replay primary and a colo secondary do not pair: the HELLO is refused 
   const primary = ftPrimary({ role: 'primary', host: '127.0.0.1', port: await listening, vm: 'vm1', reads: 'disk', arbiter }, { memoryBytes: 1 << 20, imageSha: sha })
   await t.rejects(primary, /the FT backup refused: mode: mode 'replay' where this backup runs --ft-mode colo/)
   t.match(String(await secondary), /refused the FT primary: mode 'replay'/)
+})
+
+t.test('colo with a disk (disklog, in one process): no write of the secondary reaches the shared disk; at its buffer\'s bound it waits for the resync the primary\'s next output forces; every record on the disk', async (t) => {
+  const dir = shmTmp(t, 'tandem-colo-bound-')
+  const records = 512
+  const capacity = DISKLOG.firstLba + records
+  const run = async (name: string, maxHeldWrites: number) => {
+    const file = join(dir, name)
+    const dev = await RawFile.create(file, capacity * 512)
+    t.teardown(() => dev.close())
+    const lu = new LogicalUnit(dev, { serial: 'vm' })
+    const primary = logicalUnitPath(lu, 'iqn.2026-11.local.tandem:vm:vm1,i,0x000000000001')
+    const shared = logicalUnitPath(lu, 'iqn.2026-11.local.tandem:vm:vm1,i,0x000000000002')
+    let reached = 0
+    const secondary: ScsiPath = {
+      get blocks() {
+        return shared.blocks
+      },
+      execute: (cdb, dataOut, n, req) => {
+        if (mediumRange(cdb)?.write) reached++
+        return shared.execute(cdb, dataOut, n, req)
+      },
+    }
+    const p = await coloPair({ guest: 'disklog', timeoutMs: 50, disk: { primary, secondary }, maxHeldWrites })
+    const [a, b] = await Promise.all([p.pm.done, p.sm.done])
+    return { a, b, reached, records: recordsOnDisk(file, capacity) }
+  }
+  const bounded = await run('bounded.raw', 32)
+  t.match(bounded.a, { end: 'exit', exitCode: 0 }, 'the primary ran disklog to a full disk')
+  t.equal(bounded.records, records, 'every record is on the shared disk')
+  t.equal(bounded.reached, 0, 'no write of the secondary reached it')
+  const held = bounded.b.ft.colo!.heldWritesMax!
+  t.ok(held <= 32 + 8, `the secondary's buffer held at most ${held} writes (bound 32, a slice's few past it)`)
+  const c = bounded.a.ft.colo!
+  t.ok(c.resyncs.timeout + c.resyncs.mismatch > 0, `resyncs: ${JSON.stringify(c.resyncs)}`)
+  const free = await run('free.raw', 1 << 20)
+  t.ok(free.b.ft.colo!.heldWritesMax! > 40, `without the bound the secondary ran ahead: ${free.b.ft.colo!.heldWritesMax} writes held at once`)
+  t.equal(free.records, records)
 })

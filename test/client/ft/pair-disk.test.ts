@@ -1,38 +1,12 @@
 import t from 'tap'
-import { closeSync, openSync, readSync, truncateSync, writeFileSync } from 'node:fs'
+import { truncateSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { rng, tmp } from '../../helpers/peers.js'
 import { initLockspace, startPair, waitFor } from '../../helpers/ft-cli.js'
+import { DISKLOG, recordsOnDisk, syncedIn } from '../../helpers/disklog.js'
 
-const FIRST_LBA = 2048
-const BLOCK = 512
-const MAGIC = 0x474f4c44
-
-/** disklog's record n (guests/src/disklog.c): "DLOG", n, then a pattern of n. */
-function isRecord(b: Buffer, n: number): boolean {
-  if (b.readUInt32LE(0) !== MAGIC || b.readUInt32LE(4) !== n) return false
-  for (let i = 2; i < BLOCK / 4; i++) if (b.readUInt32LE(i * 4) !== (Math.imul(n, 2654435761) ^ Math.imul(i, 40503) ^ 0x5a5a5a5a) >>> 0) return false
-  return true
-}
-
-/** The records on the disk from the first: how many there are before the first that is not record n. */
-function recordsOnDisk(file: string, capacity: number): number {
-  const fd = openSync(file, 'r')
-  const b = Buffer.alloc(BLOCK)
-  let n = 0
-  try {
-    while (FIRST_LBA + n < capacity) {
-      readSync(fd, b, 0, BLOCK, (FIRST_LBA + n) * BLOCK)
-      if (!isRecord(b, n + 1)) break
-      n++
-    }
-  } finally {
-    closeSync(fd)
-  }
-  return n
-}
-
-const syncedIn = (text: string) => Math.max(0, ...[...text.matchAll(/disklog: synced (\d+)/g)].map((m) => Number(m[1])))
+const FIRST_LBA = DISKLOG.firstLba
+const BLOCK = DISKLOG.block
 
 t.test('disklog: SIGKILL of the primary at seeded moments; the live backup fills the disk with every record, none missing', async (t) => {
   const r = rng(4242)

@@ -1,57 +1,33 @@
 import t from 'tap'
-import { spawn } from 'node:child_process'
 import { createServer } from 'node:http'
 import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { CLI, run, tmp } from '../../helpers/peers.js'
 import { leaseServer, running, startHost } from '../../helpers/host-process.js'
-import { bearer } from '../../helpers/server.js'
+import { hostVm, PAIR_HOST, restApi, until } from '../../helpers/host-pair.js'
+import { kv as kvChild } from '../../helpers/ft-cli.js'
 import { startSwitch } from '../../helpers/switch-process.js'
+import { syncedIn } from '../../helpers/disklog.js'
 import { ftHostName, type VmInfo } from '../../../src/client/host/index.js'
 
 const VM_MAC = '02:00:00:00:00:42'
 const tandem = (...args: string[]) => run(process.execPath, [CLI, ...args], { timeout: 120_000 })
-type ErrorBody = { error?: { code: string; message: string } }
 /** the REST token of the current test's server (set after leaseServer), sent with every api() request */
 let token = ''
-async function api<T = Record<string, unknown>>(base: string, method: string, path: string, body?: unknown): Promise<{ status: number; body: T & ErrorBody; text: string }> {
-  const r = await fetch(`${base}${path}`, { method, headers: { ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...bearer(token) }, body: body === undefined ? undefined : JSON.stringify(body) })
-  const text = await r.text()
-  return { status: r.status, body: JSON.parse(text) as T & ErrorBody, text }
-}
-const vmOf = async (host: string) => (await api<VmInfo & { console: string }>(host, 'GET', '/api/v1/vms/vm1')).body
-
-/** Polls `probe` every 50 ms until it returns something truthy (that) or `ms` pass (null). */
-async function until<T>(ms: number, probe: () => Promise<T | null | undefined | false>): Promise<T | null> {
-  const end = performance.now() + ms
-  for (;;) {
-    const v = await probe().catch(() => null)
-    if (v) return v
-    if (performance.now() > end) return null
-    await new Promise((r) => setTimeout(r, 50))
-  }
-}
-
-/** `tandem kv ARGS` as a child: resolves with its exit and output. */
-function kv(args: string[]): Promise<{ code: number | null; out: string; err: string }> {
-  const c = spawn(process.execPath, [CLI, 'kv', ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
-  let out = ''
-  let err = ''
-  c.stdout.on('data', (d) => (out += d))
-  c.stderr.on('data', (d) => (err += d))
-  return new Promise((r) => c.on('exit', (code) => r({ code, out, err })))
-}
+const api = restApi(() => token)
+const vmOf = (host: string) => hostVm(host, 'vm1')
+const kv = (args: string[]) => kvChild(args).done
 
 const metric = (text: string, re: RegExp): number | null => {
   const m = re.exec(text)
   return m ? Number(m[1]) : null
 }
 
-t.test('vm start --ft: host A runs the primary, host B the backup; the primary SIGKILLed under kv load, B shows it live and every acknowledged key is there', async (t) => {
+t.test('vm start --ft: host A runs the primary, host B the backup; the primary SIGKILLed under kv load, B shows it live and every acknowledged key is there; vm ft-restore has A run a new backup, B\'s side SIGKILLed, A live with every key', async (t) => {
   const dir = tmp(t, 'tandem-host-ft-')
   const s = await leaseServer(t)
   token = s.token
-  const [a, b] = await Promise.all([startHost(t, 'host-a', s.url), startHost(t, 'host-b', s.url)])
+  const [a, b] = await Promise.all([startHost(t, 'host-a', s.url, [], PAIR_HOST), startHost(t, 'host-b', s.url, [], PAIR_HOST)])
   const sw = await startSwitch(t)
   const start = await tandem('vm', 'start', 'vm1', '--host', a.url, '--ft', b.url, '--guest', 'kvstore', '--switch', sw.url, '--mac', VM_MAC)
   t.equal(start.status, 0, start.stderr)
@@ -98,7 +74,28 @@ t.test('vm start --ft: host A runs the primary, host B the backup; the primary S
   t.match(await lock(), { owner: 'host-b-vm-vm1', generation: afterB.generation }, 'the lock moved to host B\'s side')
   const mb = await (await fetch(`${b.url}/metrics`)).text()
   t.ok((metric(mb, /^tandem_ft_log_bytes_total\{vm="vm1",side="backup"\} (\d+)$/m) ?? 0) > 0, 'host B\'s metrics: the log it received')
-  t.equal((await tandem('vm', 'stop', 'vm1', '--host', b.url)).status, 0)
+
+  // redundancy restore through the agents: host B, running vm1 alone, has host A start a new backup
+  const restored = await tandem('vm', 'ft-restore', 'vm1', '--host', b.url, '--ft', a.url, '--json')
+  t.equal(restored.status, 0, restored.stderr)
+  t.match(JSON.parse(restored.stdout || '{}'), { backup: /^127\.0\.0\.1:\d+$/, instructions: Number, pauseMs: Number })
+  const [survivor, newBackup] = await Promise.all([vmOf(b.url), vmOf(a.url)])
+  t.match(survivor, { state: 'running', ft: { role: 'live', protected: true, peer: a.url } }, `host B: the VM is protected again, by host A: ${survivor.console.slice(-600)}`)
+  t.match(newBackup, { state: 'running', ft: { side: 'backup', role: 'backup', mode: 'replay' } }, `host A runs the new backup: ${newBackup.console.slice(-600)}`)
+  const twice = await api(b.url, 'POST', '/api/v1/vms/vm1/ft/restore', { host: a.url })
+  t.equal(twice.status, 409, `a protected VM is not restored again: ${twice.text}`)
+  // the second failover: B's side SIGKILLed under load, A's new backup goes live with every key the load had acknowledged
+  const acked2 = join(dir, 'acked2.jsonl')
+  const load2 = kv(['load', '--switch', sw.url, '--vm-mac', VM_MAC, '--keys', '40', '--rate', '300', '--duration', '3', '--log', acked2, '--timeout', '20', '--json'])
+  t.ok(await until(30_000, async () => existsSync(acked2) && readFileSync(acked2, 'utf8').split('\n').length > 20), 'the second load is under way')
+  process.kill(-afterB.pid!, 'SIGKILL')
+  t.ok(await until(30_000, async () => (await vmOf(a.url)).ft?.role === 'live'), 'host A shows the new backup live')
+  const l2 = await load2
+  t.equal(l2.code, 0, `kv load: ${l2.err.slice(-300)}`)
+  // (the first load's log was checked above: its keys hold the second load's values now, whose sequence numbers start again)
+  const c2 = await kv(['check', '--switch', sw.url, '--vm-mac', VM_MAC, '--log', acked2, '--timeout', '20'])
+  t.equal(c2.code, 0, `kv check after the second failover: ${c2.out}${c2.err}`)
+  t.equal((await tandem('vm', 'stop', 'vm1', '--host', a.url)).status, 0)
 })
 
 t.test('a pair on a datastore disk (disklog over iSCSI from both hosts, backup reads from the log): the primary SIGKILLed, the live backup appends on; a later start finds every synced record', async (t) => {
@@ -111,13 +108,17 @@ t.test('a pair on a datastore disk (disklog over iSCSI from both hosts, backup r
   const onA = JSON.parse(start.stdout) as VmInfo
   t.match(onA, { initiatorName: 'iqn.2026-11.local.tandem:vm:vm1', ft: { side: 'primary', backupReads: 'log', address: /^127\.0\.0\.1:\d+$/ } })
   t.match(await vmOf(b.url), { initiatorName: 'iqn.2026-11.local.tandem:vm:vm1', ft: { side: 'backup', backupReads: 'log' } })
-  const synced = (console: string) => Math.max(0, ...[...console.matchAll(/disklog: synced (\d+)/g)].map((m) => Number(m[1])))
+  const synced = syncedIn
   t.ok(await until(30_000, async () => synced((await vmOf(a.url)).console) >= 16), 'the primary appends and syncs')
   process.kill(-onA.pid!, 'SIGKILL')
   await until(30_000, async () => !running(onA.pid!))
   const before = synced((await vmOf(a.url)).console)
   t.ok(await until(30_000, async () => (await vmOf(b.url)).ft?.role === 'live'), 'host B shows the backup live')
   t.ok(await until(30_000, async () => synced((await vmOf(b.url)).console) > before + 16), `the live backup syncs past ${before}`)
+  const restore = await api(b.url, 'POST', '/api/v1/vms/vm1/ft/restore', { host: a.url })
+  t.equal(restore.status, 501, `a restore of a VM with a disk is refused, not half-protected: ${restore.text}`)
+  t.match(restore.body.error?.message, /with a disk is not offered yet/)
+  t.match(await vmOf(a.url), { state: 'exited' }, 'and no backup was started for it')
   const last = synced((await vmOf(b.url)).console)
   const stop = await api<VmInfo>(b.url, 'DELETE', '/api/v1/vms/vm1')
   t.equal(stop.status, 200, stop.text)
@@ -143,6 +144,13 @@ t.test('bad pair requests: 4xx JSON naming the problem; an unreachable backup ho
     [{ name: 'w', guest: 'kvstore', role: 'backup', net: 'udp:127.0.0.1:0' }, 400, /tandem switch/],
     [{ name: 'w', guest: 'kvstore', switch: 'udp:127.0.0.1:0' }, 400, /invalid "switch"/],
     [{ name: 'w', guest: 'kvstore', mac: '02:00' }, 400, /invalid "mac"/],
+    [{ name: 'w', guest: 'kvstore', ft: { host: 'http://127.0.0.1:1', mode: 'lockstep' } }, 400, /invalid "ft\.mode" "lockstep" \(replay, checkpoint or colo\)/],
+    [{ name: 'w', guest: 'kvstore', ft: { host: 'http://127.0.0.1:1', mode: 'colo', epochMs: 10 } }, 400, /"ft\.epochMs" is an option of the checkpoint mode, not colo/],
+    [{ name: 'w', guest: 'kvstore', ft: { host: 'http://127.0.0.1:1', mode: 'checkpoint', epochMs: 1 } }, 400, /invalid "ft\.epochMs" 1 \(5 to 10000 ms\)/],
+    [{ name: 'w', guest: 'kvstore', ft: { host: 'http://127.0.0.1:1', mode: 'checkpoint', diff: 'no' } }, 400, /"ft\.diff" must be true or false/],
+    [{ name: 'w', guest: 'kvstore', ft: { host: 'http://127.0.0.1:1', mode: 'colo', coloTimeoutMs: 0 } }, 400, /invalid "ft\.coloTimeoutMs" 0 \(5 to 60000 ms\)/],
+    [{ name: 'w', guest: 'kvstore', mode: 'colo' }, 400, /"mode" alone is for a backup/],
+    [{ name: 'w', guest: 'kvstore', role: 'backup', mode: 'checkpoint', coloTimeoutMs: 50 }, 400, /"coloTimeoutMs" is an option of the colo mode, not checkpoint/],
     [{ name: 'w', guest: 'kvstore', ft: { host: 'http://127.0.0.1:1' } }, 500, /the backup's host http:\/\/127\.0\.0\.1:1 did not start the backup: could not reach/],
   ]
   for (const [body, status, message] of bad) {
@@ -150,6 +158,11 @@ t.test('bad pair requests: 4xx JSON naming the problem; an unreachable backup ho
     t.equal(r.status, status, JSON.stringify(body))
     t.match(r.body.error?.message, message)
     t.notMatch(r.text, /\n\s+at /, 'no stack trace')
+  }
+  for (const [body, status, message] of [[{}, 400, /"host" must be the backup host's API URL/], [{ host: 'http://127.0.0.1:1' }, 404, /no VM named 'w'/]] as const) {
+    const r = await api(a.url, 'POST', '/api/v1/vms/w/ft/restore', body)
+    t.equal(r.status, status, `restore ${JSON.stringify(body)}`)
+    t.match(r.body.error?.message, message)
   }
   t.same((await api<{ vms: VmInfo[] }>(a.url, 'GET', '/api/v1/vms')).body.vms, [], 'nothing was started')
   // a backup host whose backup nobody can reach: the primary does not pair, and A stops that backup again
@@ -171,6 +184,9 @@ t.test('bad pair requests: 4xx JSON naming the problem; an unreachable backup ho
   const cli = await tandem('vm', 'start', 'w', '--host', a.url, '--ft', a.url, '--guest', 'kvstore', '--backup-reads', 'tape')
   t.equal(cli.status, 1)
   t.match(cli.stderr, /^tandem: invalid --backup-reads 'tape'/)
+  const restoreCli = await tandem('vm', 'ft-restore', 'w', '--host', a.url)
+  t.equal(restoreCli.status, 1)
+  t.match(restoreCli.stderr, /^tandem: give NAME --host URL --ft URL2 \(a VM on a host\), or --control PATH --backup HOST:PORT/)
   const host = await tandem('host', '--name', 'host-x', '--server', s.url, '--api-port', '0', '--ft-listen', '127.0.0.1 /x')
   t.equal(host.status, 1)
   t.match(host.stderr, /^tandem: invalid --ft-listen '127\.0\.0\.1 \/x'/)

@@ -8,7 +8,7 @@ import { rarpAnnouncement } from '../backup.js'
 import type { FtChannel, FtListener } from '../channel.js'
 import { OutputGate } from '../output-gate.js'
 import { FtProtocolError, type FtHelloParams, type FtMessage } from '../protocol.js'
-import { claimVm, endText, type AnnouncingPort, type CheckpointStatus, type FtReport, type FtRole, type FtRoleOptions } from '../role.js'
+import { claimVm, endText, VmUplink, type AnnouncingPort, type CheckpointStatus, type FtReport, type FtRole, type FtRoleOptions } from '../role.js'
 
 export type { CheckpointStatus }
 import { percentiles, type Percentiles } from '../stats.js'
@@ -166,7 +166,7 @@ export async function ckptPrimary(o: FtRoleOptions, vm: { memoryBytes: number; i
     const won = await claimVm(o, o.arbiter.generation, timers)
     if (won) {
       outcome = 'alone'
-      if (mac) uplink?.announce?.(mac)
+      uplink.claimed()
       await o.arbiter.fence?.()
       // what the backup may not have written: every buffered write, in order, before any newer one
       await disk?.direct()
@@ -183,17 +183,14 @@ export async function ckptPrimary(o: FtRoleOptions, vm: { memoryBytes: number; i
     }
   })
   void ch.ended.then((e) => e.kind === 'bye' && (channelEnd = endText(e)))
-  let uplink: AnnouncingPort | undefined
-  let mac: Buffer | undefined
+  const uplink = new VmUplink()
   return {
     status() {
       const d = gate.snapshot().delay
       return { role: 'primary', outcome, generation: o.arbiter.generation, lagMs: null, cpuLimit: vm.limiter?.percent ?? null, logBytes: stats.bytes, outputDelay: { count: d.count, p50: d.p50, p99: d.p99 }, lag: null, checkpoint: stats.status(epochMs) }
     },
     machineOptions(base) {
-      uplink = base.net as AnnouncingPort | undefined
-      mac = base.mac
-      uplink?.announce?.()
+      uplink.take(base)
       const p = base.net
       let net: SwitchPort | undefined
       if (p) {

@@ -40,7 +40,7 @@ export class EpochWriteBuffer implements ScsiPath {
   /** a write-through failed: the disk can no longer be trusted to hold acknowledged writes */
   failed: Error | null = null
 
-  constructor(private readonly disk: ScsiPath) {}
+  constructor(private disk: ScsiPath) {}
 
   get blocks(): number {
     return this.disk.blocks
@@ -100,13 +100,25 @@ export class EpochWriteBuffer implements ScsiPath {
 
   /**
    * The primary runs alone: every buffered write goes to the disk (those of epochs the backup may
-   * have applied too: the same data at the same blocks, before anything newer), then commands pass.
+   * have applied too: the same data at the same blocks, before anything newer), then commands pass
+   * — to `to` from now on, if given (a follower's disk opened for writing as it goes live).
    */
-  direct(): Promise<void> {
+  direct(to?: ScsiPath): Promise<void> {
+    if (to) this.disk = to
     if (this.current.length) this.pending.push({ epoch: Infinity, writes: this.current })
     this.current = []
     this.alone = true
     return this.enqueue(() => this.pending.length > 0)
+  }
+
+  /**
+   * Forgets every buffered write (a colo secondary taking the primary's state: the disk as the
+   * primary wrote it is the truth). Only before write-through begins (no `acked`, no `direct`).
+   */
+  drop(): void {
+    this.overlay.clear()
+    this.current = []
+    this.pending.length = 0
   }
 
   private enqueue(due: () => boolean): Promise<void> {

@@ -1,20 +1,19 @@
-import { StorageError } from '../../../disk-formats/errors.js'
 import type { Machine, MachineOptions } from '../../vm/machine.js'
 import type { SwitchPort } from '../../vm/net.js'
-import type { ScsiPath } from '../../vm/scsi-path.js'
 import { realTimers, type Timers } from '../../vm/timers.js'
 import type { CpuLimiter } from '../../vm/cpu-limit.js'
 import { rarpAnnouncement } from '../backup.js'
 import type { FtChannel } from '../channel.js'
 import type { FtMessage } from '../protocol.js'
 import { FtProtocolError } from '../protocol.js'
-import { acceptPrimary, claimVm, connectBackup, endText, type AnnouncingPort, type ColoStats, type FtReport, type FtRole, type FtRoleOptions } from '../role.js'
+import { acceptPrimary, claimVm, connectBackup, endText, VmUplink, type AnnouncingPort, type BackupVm, type ColoStats, type FtReport, type FtRole, type FtRoleOptions } from '../role.js'
 
 export type { ColoStats }
 import { percentiles, type Percentiles } from '../stats.js'
 import { OutputComparator, type MismatchReason } from './comparator.js'
 import { decodeColo, encodeColo, type ColoMessage, type OutputStream } from './messages.js'
 import { DirtyPageResync, type Resync } from './resync.js'
+import { EpochWriteBuffer } from '../checkpoint/write-buffer.js'
 
 /** the default of `--ft-colo-timeout-ms`: an output of the primary unmatched this long forces a resync */
 export const COLO_TIMEOUT_MS = 300
@@ -26,7 +25,16 @@ export interface ColoOptions {
   timeoutMs?: number
   /** how the secondary is brought to the primary's state (default: DirtyPageResync) */
   resync?: Resync
+  /**
+   * a secondary whose disk buffer holds this many writes (default MAX_HELD_WRITES) stops between
+   * slices until the next resync drops them (the primary's next output, unmatched, forces one) or
+   * the pair ends: the buffer is bounded, and a secondary never runs far ahead on the disk
+   */
+  maxHeldWrites?: number
 }
+
+/** the default of ColoOptions.maxHeldWrites */
+export const MAX_HELD_WRITES = 4096
 
 
 const summary = (s: number[]): Percentiles & { mean: number } => ({ ...percentiles(s), mean: s.length ? s.reduce((a, b) => a + b, 0) / s.length : 0 })
@@ -51,8 +59,6 @@ function coloOf(ch: FtChannel, m: FtMessage): ColoMessage | null {
   }
 }
 
-const noDisk = (role: string) => new StorageError('Unsupported', `--ft-mode colo runs a VM without a disk in this version (the ${role}'s disk writes would need the per-sync write buffer: colo/SPEC.md "Disk")`)
-
 /**
  * The primary of a quasi-lockstep pair (colo/SPEC.md): runs live and forwards each frame its port
  * receives to the secondary; holds each output (NIC frame, console line) until the secondary's
@@ -60,8 +66,7 @@ const noDisk = (role: string) => new StorageError('Unsupported', `--ft-mode colo
  * secondary (the VM paused for the capture; the epoch's outputs released when the secondary has
  * the state). On losing the secondary: the same claim as the replay mode; won, it runs alone.
  */
-export async function coloPrimary(o: FtRoleOptions & { colo?: ColoOptions }, vm: { memoryBytes: number; imageSha: Buffer; disk?: ScsiPath; limiter?: CpuLimiter }): Promise<FtRole> {
-  if (vm.disk) throw noDisk('primary')
+export async function coloPrimary(o: FtRoleOptions & { colo?: ColoOptions }, vm: { memoryBytes: number; imageSha: Buffer; limiter?: CpuLimiter }): Promise<FtRole> {
   const timers = o.timers ?? realTimers
   const resync = o.colo?.resync ?? new DirtyPageResync()
   const ch = await connectBackup(o, vm, 'colo', timers)
@@ -163,8 +168,7 @@ export async function coloPrimary(o: FtRoleOptions & { colo?: ColoOptions }, vm:
     }
   })()
 
-  let uplink: AnnouncingPort | undefined
-  let mac: Buffer | undefined
+  const uplink = new VmUplink()
   const lost = ch.lost.then(async ({ reason }) => {
     channelEnd = reason
     const t0 = timers.now()
@@ -176,7 +180,7 @@ export async function coloPrimary(o: FtRoleOptions & { colo?: ColoOptions }, vm:
     awaitingAck.clear()
     if (won) {
       outcome = 'alone'
-      if (mac) uplink?.announce?.(mac)
+      uplink.claimed()
       await o.arbiter.fence?.()
       stats.releasedByResync += held.length
       for (const h of held) h.release()
@@ -198,10 +202,7 @@ export async function coloPrimary(o: FtRoleOptions & { colo?: ColoOptions }, vm:
   return {
     status: () => ({ role: 'primary', outcome, generation: o.arbiter.generation, lagMs: null, cpuLimit: vm.limiter?.percent ?? null, logBytes: ch.sent.bytes, outputDelay: delay(), lag: null, colo: colo() }),
     machineOptions(base: MachineOptions): MachineOptions {
-      uplink = base.net as AnnouncingPort | undefined
-      mac = base.mac
-      // only a side holding the VM announces its MAC (as in the replay mode)
-      uplink?.announce?.()
+      uplink.take(base)
       const p = base.net
       let net: SwitchPort | undefined
       if (p) {
@@ -261,9 +262,8 @@ export async function coloPrimary(o: FtRoleOptions & { colo?: ColoOptions }, vm:
  */
 export async function coloSecondary(
   o: FtRoleOptions & { colo?: ColoOptions },
-  vm: { memoryBytes: number; imageSha: Buffer; disk?: ScsiPath; limiter?: CpuLimiter; signal?: AbortSignal; onListening?: (port: number) => void },
+  vm: BackupVm,
 ): Promise<FtRole> {
-  if (vm.disk) throw noDisk('secondary')
   const timers = o.timers ?? realTimers
   const resync = o.colo?.resync ?? new DirtyPageResync()
   const { listener, ch, hello } = await acceptPrimary(o, vm, ['colo'], timers)
@@ -285,6 +285,20 @@ export async function coloSecondary(
   let waitingInputs: Buffer[] = []
   let parts: { epoch: number; got: Buffer[]; count: number } | null = null
   let real: { net?: AnnouncingPort; mac?: Buffer; onConsole?: (b: number) => void } = {}
+  /** the secondary's disk writes: never on the shared disk while paired (the primary's are), dropped at each resync, written at go-live */
+  let writes: EpochWriteBuffer | undefined
+  const maxHeld = o.colo?.maxHeldWrites ?? MAX_HELD_WRITES
+  /** a VM stopped at the buffer's bound: woken when a resync, the go-live or the end may have come */
+  let wake: (() => void) | null = null
+  const nudge = () => {
+    const w = wake
+    wake = null
+    w?.()
+  }
+  let heldWritesMax = 0
+  const atBound = () => !!writes && writes.held >= maxHeld && !live && !finished && !applying && !ch.closed
+  /** the primary is lost and the claim not decided yet */
+  let deciding = false
   const input: SwitchPort = {
     onReceive: null,
     send: (frame) => out('frame', Buffer.from(frame)),
@@ -318,6 +332,8 @@ export async function coloSecondary(
       await m.requestPause()
       if (live || finished) return
       await resync.apply(m, got)
+      // the paused VM has every request's result: its writes are all in the buffer, and the disk as the primary wrote it goes with the primary's state
+      writes?.drop()
       epoch = e
       made.frame = made.console = 0
       unreleased = []
@@ -353,6 +369,7 @@ export async function coloSecondary(
         const p = parts
         parts = null
         applying = true
+        nudge()
         void apply(p.epoch, p.got)
       }
     } else if (c.kind === 'RELEASED') {
@@ -378,37 +395,61 @@ export async function coloSecondary(
   }
 
   const ended = ch.ended.then(async (e) => {
+    // the VM waits between slices until the claim is decided (a guest that ended meanwhile would end the run unclaimed)
+    deciding = !finished
+    const decided = () => {
+      deciding = false
+      nudge()
+    }
     await listener.close()
     channelEnd = endText(e)
-    if (finished) return
+    if (finished) return decided()
     if (e.kind === 'bye' && e.bye.reason === 'stop') {
       machine?.halt('the primary stopped')
-      return
+      return decided()
     }
-    const t0 = timers.now()
-    o.log?.(`the FT primary is lost (${endText(e)}): claiming vm/${o.vm} from generation ${hello.lockGeneration}`)
-    const won = await claimVm(o, hello.lockGeneration, timers)
-    if (!won) {
-      outcome = 'halted'
-      o.log?.(`the primary kept vm/${o.vm}: halted`)
-      machine?.halt(`halted: the primary kept vm/${o.vm}`)
-      return
+    try {
+      const t0 = timers.now()
+      o.log?.(`the FT primary is lost (${endText(e)}): claiming vm/${o.vm} from generation ${hello.lockGeneration}`)
+      const won = await claimVm(o, hello.lockGeneration, timers)
+      if (!won) {
+        outcome = 'halted'
+        o.log?.(`the primary kept vm/${o.vm}: halted`)
+        machine?.halt(`halted: the primary kept vm/${o.vm}`)
+        return
+      }
+      await o.arbiter.fence?.()
+      if (writes) {
+        // the writes its guest saw complete since the last resync, in order, before any newer one
+        const held = writes.held
+        await writes.direct(vm.liveDisk ? await vm.liveDisk() : undefined)
+        if (writes.failed) o.log?.(writes.failed.message)
+        else if (held) o.log?.(`colo: ${held} disk writes since the last resync written`)
+      }
+      outcome = 'live'
+      goLive()
+      takeoverMs = timers.now() - t0
+      o.log?.(`won vm/${o.vm}: going live at epoch ${epoch} (the last synced state and the inputs since), ${resent} outputs sent again`)
+    } finally {
+      decided()
     }
-    await o.arbiter.fence?.()
-    outcome = 'live'
-    goLive()
-    takeoverMs = timers.now() - t0
-    o.log?.(`won vm/${o.vm}: going live at epoch ${epoch} (the last synced state and the inputs since), ${resent} outputs sent again`)
   })
   const colo = (): ColoStats => {
     const none = summary([])
-    return { epoch, outputs: made.frame + made.console, releasedMatched: 0, releasedByResync: 0, resyncs: { mismatch: 0, timeout: 0, overflow: 0 }, pauseMs: none, syncMs: none, syncBytes, lastPages: (resync as Partial<DirtyPageResync>).last?.pages ?? 0, heldMs: none }
+    return { epoch, outputs: made.frame + made.console, releasedMatched: 0, releasedByResync: 0, resyncs: { mismatch: 0, timeout: 0, overflow: 0 }, pauseMs: none, syncMs: none, syncBytes, lastPages: (resync as Partial<DirtyPageResync>).last?.pages ?? 0, heldMs: none, ...(writes ? { heldWritesMax } : {}) }
   }
   return {
     hello,
     machineOptions(base: MachineOptions): MachineOptions {
       real = { net: base.net as AnnouncingPort | undefined, mac: base.mac, onConsole: base.onConsole }
-      return { ...base, net: input, onConsole }
+      writes = base.disk && new EpochWriteBuffer(base.disk)
+      const before = base.afterSlice
+      const afterSlice = async (m: Machine, waiting?: boolean) => {
+        await before?.(m, waiting)
+        if (writes) heldWritesMax = Math.max(heldWritesMax, writes.held)
+        while (deciding || atBound()) await new Promise<void>((r) => (wake = r))
+      }
+      return { ...base, net: input, onConsole, afterSlice, ...(writes ? { disk: writes } : {}) }
     },
     attach(m) {
       machine = m
