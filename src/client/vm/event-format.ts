@@ -122,17 +122,49 @@ const padded = (n: number) => (n + 3) & ~3
 /** Bytes a record takes. */
 export const recordBytes = (extraLength: number) => RECORD_BYTES + padded(extraLength)
 
-export function encodeEvent(e: LogEvent, into: Buffer, at: number): number {
-  const extra = e.extra ?? Buffer.alloc(0)
-  RecordHead.encode({ kind: e.kind, arg: e.arg, extraLength: extra.length, instret: e.instret, value: e.value >>> 0 }, into, at)
+/** RecordHead's offsets, for the encoder on the recording's hot path */
+const AT = { kind: RecordHead.fields.kind.offset, arg: RecordHead.fields.arg.offset, extraLength: RecordHead.fields.extraLength.offset, instret: RecordHead.fields.instret.offset, value: RecordHead.fields.value.offset }
+const F64 = new Float64Array(1)
+const F64_BYTES = new Uint8Array(F64.buffer)
+/** the host's byte order for F64_BYTES (the log's f64 is little-endian) */
+const F64_LE = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1
+const NO_EXTRA = Buffer.alloc(0)
+
+/**
+ * Encodes one record at `into[at]` (room for recordBytes(extra.length) checked by the caller);
+ * returns its size. A recording encodes one per device read or interrupt, in a process that has
+ * barely started: the fields are stored byte by byte (no record object, no generic field writer,
+ * no Buffer method's argument checks), which costs little before V8 has optimized anything.
+ */
+export function encodeRecord(into: Buffer, at: number, kind: number, arg: number, instret: number, value: number, extra: Buffer = NO_EXTRA): number {
+  const len = extra.length
+  into[at + AT.kind] = kind
+  into[at + AT.arg] = arg
+  into[at + AT.extraLength] = len
+  into[at + AT.extraLength + 1] = len >>> 8
+  F64[0] = instret
+  const t = at + AT.instret
+  for (let i = 0; i < 8; i++) into[t + i] = F64_BYTES[F64_LE ? i : 7 - i]
+  const v = at + AT.value
+  into[v] = value
+  into[v + 1] = value >>> 8
+  into[v + 2] = value >>> 16
+  into[v + 3] = value >>> 24
   const start = at + RecordHead.size
-  const end = start + padded(extra.length)
-  extra.copy(into, start)
-  into.fill(0, start + extra.length, end)
-  into.writeUInt32LE(crc32c(into.subarray(at, end)), end)
+  const end = start + padded(len)
+  if (len) extra.copy(into, start)
+  for (let i = start + len; i < end; i++) into[i] = 0
+  const crc = crc32c(into.subarray(at, end))
+  into[end] = crc
+  into[end + 1] = crc >>> 8
+  into[end + 2] = crc >>> 16
+  into[end + 3] = crc >>> 24
   return end + CRC_BYTES - at
 }
 
+export function encodeEvent(e: LogEvent, into: Buffer, at: number): number {
+  return encodeRecord(into, at, e.kind, e.arg, e.instret, e.value, e.extra)
+}
 
 /** What a replay expects of a log's header: the machine it was recorded on. */
 export interface LogExpectation {

@@ -1,7 +1,7 @@
 import type { FileHandle } from 'node:fs/promises'
 import { datasync, openFile, pwriteFull } from '../../disk-formats/file-io.js'
 import { realTimers, type Timers } from '../../server/net/timers.js'
-import { LOG_CLOSE, MAX_FRAME, encodeEvent, recordBytes, type EventKind } from './event-format.js'
+import { LOG_CLOSE, MAX_FRAME, encodeRecord, recordBytes, type EventKind } from './event-format.js'
 
 /**
  * Where a recording's events go, in order. `add` is synchronous (the machine calls it between
@@ -59,7 +59,7 @@ export abstract class ChunkedSink implements EventSink {
       // a record bigger than what is left of the chunk (disk data): a buffer of its own
       if (size > this.cur.length) this.cur = Buffer.allocUnsafe(Math.max(this.chunkBytes, size))
     }
-    this.used += encodeEvent({ kind, arg, instret, value, extra }, this.cur, this.used)
+    this.used += encodeRecord(this.cur, this.used, kind, arg, instret, value, extra)
     this.lastInstret = instret
     this.onAdd()
   }
