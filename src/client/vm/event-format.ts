@@ -144,7 +144,16 @@ export function encodeRecord(into: Buffer, at: number, kind: number, arg: number
   into[at + AT.extraLength + 1] = len >>> 8
   F64[0] = instret
   const t = at + AT.instret
-  for (let i = 0; i < 8; i++) into[t + i] = F64_BYTES[F64_LE ? i : 7 - i]
+  if (F64_LE) {
+    into[t] = F64_BYTES[0]
+    into[t + 1] = F64_BYTES[1]
+    into[t + 2] = F64_BYTES[2]
+    into[t + 3] = F64_BYTES[3]
+    into[t + 4] = F64_BYTES[4]
+    into[t + 5] = F64_BYTES[5]
+    into[t + 6] = F64_BYTES[6]
+    into[t + 7] = F64_BYTES[7]
+  } else for (let i = 0; i < 8; i++) into[t + i] = F64_BYTES[7 - i]
   const v = at + AT.value
   into[v] = value
   into[v + 1] = value >>> 8
@@ -153,8 +162,9 @@ export function encodeRecord(into: Buffer, at: number, kind: number, arg: number
   const start = at + RecordHead.size
   const end = start + padded(len)
   if (len) extra.copy(into, start)
-  for (let i = start + len; i < end; i++) into[i] = 0
-  const crc = crc32c(into.subarray(at, end))
+  if (end > start + len) into.fill(0, start + len, end)
+  // over a range, not a subarray: no Buffer made, and V8 optimizes this function in about half the time
+  const crc = crc32c(into, 0, at, end)
   into[end] = crc
   into[end + 1] = crc >>> 8
   into[end + 2] = crc >>> 16
