@@ -172,6 +172,15 @@ export function encodeRecord(into: Buffer, at: number, kind: number, arg: number
   return end + CRC_BYTES - at
 }
 
+/** A record's fields read byte by byte, as encodeRecord writes them (a replay reads one per record). */
+const u32At = (b: Buffer, o: number) => (b[o] | (b[o + 1] << 8) | (b[o + 2] << 16) | (b[o + 3] << 24)) >>> 0
+const extraLengthAt = (b: Buffer, at: number) => b[at + AT.extraLength] | (b[at + AT.extraLength + 1] << 8)
+function instretAt(b: Buffer, at: number): number {
+  const t = at + AT.instret
+  for (let i = 0; i < 8; i++) F64_BYTES[F64_LE ? i : 7 - i] = b[t + i]
+  return F64[0]
+}
+
 export function encodeEvent(e: LogEvent, into: Buffer, at: number): number {
   return encodeRecord(into, at, e.kind, e.arg, e.instret, e.value, e.extra)
 }
@@ -206,20 +215,22 @@ export type RecordCheck = { size: number; kind: number; instret: number; value: 
  */
 export function checkRecord(b: Buffer, at: number, end: number, last: number, version: number): RecordCheck {
   if (at + RECORD_BYTES > end) return null
-  const { kind, extraLength, instret, value } = RecordHead.decode(b, at)
+  const kind = b[at + AT.kind]
+  const extraLength = extraLengthAt(b, at)
   if (extraLength > (MAX_EXTRA[kind] ?? 0)) return { corrupt: `extra length ${extraLength}` }
   const size = recordBytes(extraLength)
   if (at + size > end) return null
-  if (b.readUInt32LE(at + size - CRC_BYTES) !== crc32c(b.subarray(at, at + size - CRC_BYTES))) return { corrupt: 'CRC mismatch' }
+  if (u32At(b, at + size - CRC_BYTES) !== crc32c(b, 0, at, at + size - CRC_BYTES)) return { corrupt: 'CRC mismatch' }
+  const instret = instretAt(b, at)
   const known = EVENT_NAMES[kind] !== undefined || (kind === LOG_CLOSE && version >= 2)
   if (!Number.isSafeInteger(instret) || instret < last || !known) return { corrupt: `kind ${kind}, instruction ${instret}` }
-  return { size, kind, instret, value }
+  return { size, kind, instret, value: u32At(b, at + AT.value) }
 }
 
 /** The event of a record checkRecord passed (its extra bytes copied out of `b`). */
 export function decodeEvent(b: Buffer, at: number): LogEvent {
-  const { kind, arg, extraLength, instret, value } = RecordHead.decode(b, at)
-  const e: LogEvent = { kind, arg, instret, value }
+  const extraLength = extraLengthAt(b, at)
+  const e: LogEvent = { kind: b[at + AT.kind], arg: b[at + AT.arg], instret: instretAt(b, at), value: u32At(b, at + AT.value) }
   if (extraLength) e.extra = Buffer.from(b.subarray(at + RecordHead.size, at + RecordHead.size + extraLength))
   return e
 }
