@@ -4,7 +4,8 @@
  * Software-Based CRC Generators", 2005): table k maps a byte to its CRC contribution k bytes
  * further on, so eight bytes cost eight lookups and one step.
  */
-export type Crc32c = (buf: Uint8Array, crc?: number) => number
+/** The CRC of buf[from, to) (the whole buffer by default), continuing `crc`. */
+export type Crc32c = (buf: Uint8Array, crc?: number, from?: number, to?: number) => number
 
 /**
  * Builds the tables and returns the CRC function. Self-contained — it refers to nothing outside
@@ -23,11 +24,11 @@ export function makeCrc32c(): Crc32c {
       t[k * 256 + n] = (prev >>> 8) ^ t[prev & 0xff]
     }
   }
-  return function crc32c(buf: Uint8Array, crc = 0): number {
+  return function crc32c(buf: Uint8Array, crc = 0, from = 0, to = buf.length): number {
     let c = ~crc
-    let i = 0
-    const n = buf.length
-    for (const end = n - (n & 7); i < end; i += 8) {
+    let i = from
+    const n = to
+    for (const end = n - ((n - i) & 7); i < end; i += 8) {
       const a = c ^ (buf[i] | (buf[i + 1] << 8) | (buf[i + 2] << 16) | (buf[i + 3] << 24))
       c =
         t[1792 + (a & 0xff)] ^

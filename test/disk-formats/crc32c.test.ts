@@ -30,3 +30,16 @@ t.test('crc32c equals the bit-at-a-time definition at every length and alignment
   }
   t.equal(wrong, 0)
 })
+
+t.test('crc32c over a range of a buffer equals it over that subarray', async (t) => {
+  const data = Buffer.alloc(100)
+  for (let i = 0; i < data.length; i++) data[i] = (i * 2246822519) >>> 24
+  let wrong = 0
+  for (let from = 0; from < 12; from++) {
+    for (let to = from; to < 90; to++) {
+      if (crc32c(data, 0, from, to) !== crc32c(data.subarray(from, to)) || crc32c(data, 7, from, to) !== crc32c(data.subarray(from, to), 7)) wrong++
+    }
+  }
+  t.equal(wrong, 0)
+  t.equal(crc32c(data, 0, 0), crc32c(data), 'to defaults to the end')
+})

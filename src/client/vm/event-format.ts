@@ -122,17 +122,68 @@ const padded = (n: number) => (n + 3) & ~3
 /** Bytes a record takes. */
 export const recordBytes = (extraLength: number) => RECORD_BYTES + padded(extraLength)
 
-export function encodeEvent(e: LogEvent, into: Buffer, at: number): number {
-  const extra = e.extra ?? Buffer.alloc(0)
-  RecordHead.encode({ kind: e.kind, arg: e.arg, extraLength: extra.length, instret: e.instret, value: e.value >>> 0 }, into, at)
+/** RecordHead's offsets, for the encoder on the recording's hot path */
+const AT = { kind: RecordHead.fields.kind.offset, arg: RecordHead.fields.arg.offset, extraLength: RecordHead.fields.extraLength.offset, instret: RecordHead.fields.instret.offset, value: RecordHead.fields.value.offset }
+const F64 = new Float64Array(1)
+const F64_BYTES = new Uint8Array(F64.buffer)
+/** the host's byte order for F64_BYTES (the log's f64 is little-endian) */
+const F64_LE = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1
+const NO_EXTRA = Buffer.alloc(0)
+
+/**
+ * Encodes one record at `into[at]` (room for recordBytes(extra.length) checked by the caller);
+ * returns its size. A recording encodes one per device read or interrupt, in a process that has
+ * barely started: the fields are stored byte by byte (no record object, no generic field writer,
+ * no Buffer method's argument checks), which costs little before V8 has optimized anything.
+ */
+export function encodeRecord(into: Buffer, at: number, kind: number, arg: number, instret: number, value: number, extra: Buffer = NO_EXTRA): number {
+  const len = extra.length
+  into[at + AT.kind] = kind
+  into[at + AT.arg] = arg
+  into[at + AT.extraLength] = len
+  into[at + AT.extraLength + 1] = len >>> 8
+  F64[0] = instret
+  const t = at + AT.instret
+  if (F64_LE) {
+    into[t] = F64_BYTES[0]
+    into[t + 1] = F64_BYTES[1]
+    into[t + 2] = F64_BYTES[2]
+    into[t + 3] = F64_BYTES[3]
+    into[t + 4] = F64_BYTES[4]
+    into[t + 5] = F64_BYTES[5]
+    into[t + 6] = F64_BYTES[6]
+    into[t + 7] = F64_BYTES[7]
+  } else for (let i = 0; i < 8; i++) into[t + i] = F64_BYTES[7 - i]
+  const v = at + AT.value
+  into[v] = value
+  into[v + 1] = value >>> 8
+  into[v + 2] = value >>> 16
+  into[v + 3] = value >>> 24
   const start = at + RecordHead.size
-  const end = start + padded(extra.length)
-  extra.copy(into, start)
-  into.fill(0, start + extra.length, end)
-  into.writeUInt32LE(crc32c(into.subarray(at, end)), end)
+  const end = start + padded(len)
+  if (len) extra.copy(into, start)
+  if (end > start + len) into.fill(0, start + len, end)
+  // over a range, not a subarray: no Buffer made, and V8 optimizes this function in about half the time
+  const crc = crc32c(into, 0, at, end)
+  into[end] = crc
+  into[end + 1] = crc >>> 8
+  into[end + 2] = crc >>> 16
+  into[end + 3] = crc >>> 24
   return end + CRC_BYTES - at
 }
 
+/** A record's fields read byte by byte, as encodeRecord writes them (a replay reads one per record). */
+const u32At = (b: Buffer, o: number) => (b[o] | (b[o + 1] << 8) | (b[o + 2] << 16) | (b[o + 3] << 24)) >>> 0
+const extraLengthAt = (b: Buffer, at: number) => b[at + AT.extraLength] | (b[at + AT.extraLength + 1] << 8)
+function instretAt(b: Buffer, at: number): number {
+  const t = at + AT.instret
+  for (let i = 0; i < 8; i++) F64_BYTES[F64_LE ? i : 7 - i] = b[t + i]
+  return F64[0]
+}
+
+export function encodeEvent(e: LogEvent, into: Buffer, at: number): number {
+  return encodeRecord(into, at, e.kind, e.arg, e.instret, e.value, e.extra)
+}
 
 /** What a replay expects of a log's header: the machine it was recorded on. */
 export interface LogExpectation {
@@ -164,20 +215,22 @@ export type RecordCheck = { size: number; kind: number; instret: number; value: 
  */
 export function checkRecord(b: Buffer, at: number, end: number, last: number, version: number): RecordCheck {
   if (at + RECORD_BYTES > end) return null
-  const { kind, extraLength, instret, value } = RecordHead.decode(b, at)
+  const kind = b[at + AT.kind]
+  const extraLength = extraLengthAt(b, at)
   if (extraLength > (MAX_EXTRA[kind] ?? 0)) return { corrupt: `extra length ${extraLength}` }
   const size = recordBytes(extraLength)
   if (at + size > end) return null
-  if (b.readUInt32LE(at + size - CRC_BYTES) !== crc32c(b.subarray(at, at + size - CRC_BYTES))) return { corrupt: 'CRC mismatch' }
+  if (u32At(b, at + size - CRC_BYTES) !== crc32c(b, 0, at, at + size - CRC_BYTES)) return { corrupt: 'CRC mismatch' }
+  const instret = instretAt(b, at)
   const known = EVENT_NAMES[kind] !== undefined || (kind === LOG_CLOSE && version >= 2)
   if (!Number.isSafeInteger(instret) || instret < last || !known) return { corrupt: `kind ${kind}, instruction ${instret}` }
-  return { size, kind, instret, value }
+  return { size, kind, instret, value: u32At(b, at + AT.value) }
 }
 
 /** The event of a record checkRecord passed (its extra bytes copied out of `b`). */
 export function decodeEvent(b: Buffer, at: number): LogEvent {
-  const { kind, arg, extraLength, instret, value } = RecordHead.decode(b, at)
-  const e: LogEvent = { kind, arg, instret, value }
+  const extraLength = extraLengthAt(b, at)
+  const e: LogEvent = { kind: b[at + AT.kind], arg: b[at + AT.arg], instret: instretAt(b, at), value: u32At(b, at + AT.value) }
   if (extraLength) e.extra = Buffer.from(b.subarray(at + RecordHead.size, at + RecordHead.size + extraLength))
   return e
 }

@@ -1,7 +1,7 @@
 import type { FileHandle } from 'node:fs/promises'
 import { datasync, openFile, pwriteFull } from '../../disk-formats/file-io.js'
 import { realTimers, type Timers } from '../../server/net/timers.js'
-import { LOG_CLOSE, MAX_FRAME, encodeEvent, recordBytes, type EventKind } from './event-format.js'
+import { LOG_CLOSE, MAX_FRAME, encodeRecord, recordBytes, type EventKind } from './event-format.js'
 
 /**
  * Where a recording's events go, in order. `add` is synchronous (the machine calls it between
@@ -59,7 +59,7 @@ export abstract class ChunkedSink implements EventSink {
       // a record bigger than what is left of the chunk (disk data): a buffer of its own
       if (size > this.cur.length) this.cur = Buffer.allocUnsafe(Math.max(this.chunkBytes, size))
     }
-    this.used += encodeEvent({ kind, arg, instret, value, extra }, this.cur, this.used)
+    this.used += encodeRecord(this.cur, this.used, kind, arg, instret, value, extra)
     this.lastInstret = instret
     this.onAdd()
   }
@@ -75,8 +75,18 @@ export abstract class ChunkedSink implements EventSink {
   /** Ships the records encoded so far; the rest of the chunk takes the next ones. */
   protected cut(): void {
     if (this.used) this.ship(this.cur.subarray(0, this.used))
-    this.cur = this.cur.length - this.used >= MAX_RECORD ? this.cur.subarray(this.used) : Buffer.allocUnsafe(this.chunkBytes)
+    this.cur = this.cur.length - this.used >= MAX_RECORD ? this.cur.subarray(this.used) : this.newChunk()
     this.used = 0
+  }
+
+  /** A buffer for the next records (chunkBytes long); a sink may hand back one it has written. */
+  protected newChunk(): Buffer {
+    return Buffer.allocUnsafe(this.chunkBytes)
+  }
+
+  /** the memory the next records go to (an ArrayBuffer the sink may still be filling) */
+  protected get filling(): ArrayBufferLike {
+    return this.cur.buffer
   }
 
   /** Adds the close mark and ships the last records; later adds throw. */
@@ -137,6 +147,13 @@ export class FileEventSink extends ChunkedSink {
   private error: Error | null = null
   private waiters: { lowWater: number; resolve: () => void; reject: (e: Error) => void }[] = []
   private flushTimer: unknown = null
+  /**
+   * Chunk buffers of this sink's own whose records are all written, for the next records: the
+   * sink's memory stays at a few chunks (a dropped one is freed only by a GC, and a recording
+   * makes too little garbage for one to come soon).
+   */
+  private readonly spare: Buffer[] = []
+  private readonly own = new WeakSet<ArrayBufferLike>()
   private readonly maxChunks: number
   private readonly flushMs: number
   private readonly timers: Timers
@@ -167,6 +184,12 @@ export class FileEventSink extends ChunkedSink {
     if (this.flushTimer === null && !this.closed) this.flushTimer = this.timers.setTimeout(() => ((this.flushTimer = null), this.cut()), this.flushMs)
   }
 
+  protected override newChunk(): Buffer {
+    const b = this.spare.pop() ?? Buffer.allocUnsafeSlow(this.chunkBytes)
+    this.own.add(b.buffer)
+    return b
+  }
+
   protected ship(chunk: Buffer): void {
     if (this.error) return
     this.queue.push(chunk)
@@ -189,6 +212,12 @@ export class FileEventSink extends ChunkedSink {
       this.queue.shift()
       this.queued -= chunk.length
       this.offset += chunk.length
+      // the last piece of one of the sink's buffers that it no longer fills: the buffer is free
+      const mem = chunk.buffer
+      if (this.own.has(mem) && this.queue[0]?.buffer !== mem && this.filling !== mem && this.spare.length < this.maxChunks) {
+        this.own.delete(mem)
+        this.spare.push(Buffer.from(mem, 0, this.chunkBytes))
+      }
       this.wake()
     }
     this.writing = false

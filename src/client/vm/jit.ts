@@ -295,7 +295,20 @@ export class JitHart extends Hart {
         }
         if (f7 === 0x20 && f3 === 0) return { code: set(`(${a} - ${b}) | 0`) }
         if (f7 === 0x20 && f3 === 5) return { code: set(`${a} >> ${b}`) }
-        if (f7 === 1) return { code: set(f3 === 0 ? `Math.imul(${a}, ${b})` : f3 === 3 ? `mulhu(${a} >>> 0, ${b} >>> 0)` : `muldiv(${f3}, ${a}, ${b})`) }
+        if (f7 === 1) {
+          // as muldiv's cases, inline: the ISA's results for division by zero and overflow
+          const m = [
+            `Math.imul(${a}, ${b})`,
+            `muldiv(1, ${a}, ${b})`,
+            `muldiv(2, ${a}, ${b})`,
+            `mulhu(${a} >>> 0, ${b} >>> 0)`,
+            `${b} === 0 ? -1 : ${a} === -0x80000000 && ${b} === -1 ? ${a} : (${a} / ${b}) | 0`,
+            `${b} === 0 ? -1 : ((${a} >>> 0) / (${b} >>> 0)) | 0`,
+            `${b} === 0 ? ${a} : ${a} === -0x80000000 && ${b} === -1 ? 0 : ${a} % ${b} | 0`,
+            `${b} === 0 ? ${a} : (${a} >>> 0) % (${b} >>> 0) | 0`,
+          ]
+          return { code: set(m[f3]) }
+        }
         return null
       }
       case 0x03: {

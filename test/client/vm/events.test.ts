@@ -2,7 +2,7 @@ import t from 'tap'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { crc32c } from '../../../src/disk-formats/crc32c.js'
-import { EVENT, EventReplayer, MemoryEventSink, encodeEvent, encodeHeader, recordBytes } from '../../../src/client/vm/events.js'
+import { EVENT, EventReplayer, MemoryEventSink, RecordHead, encodeEvent, encodeHeader, encodeRecord, recordBytes } from '../../../src/client/vm/events.js'
 import { tmp } from '../../helpers/peers.js'
 
 const sha = Buffer.alloc(32, 0xab)
@@ -23,6 +23,34 @@ t.test('golden bytes: the header and a record are laid out as SPEC.md says', asy
   t.same([...into.subarray(4, 4 + n)], [...head, ...crc], 'kind, arg, extra length, f64 instret, value, extra, CRC-32C')
   t.equal(into[3], 0xee, 'nothing written before the record')
   t.equal(into[4 + n], 0xee, 'nothing written after it')
+})
+
+t.test('the recording\'s record encoder writes what the RecordHead field table declares', async (t) => {
+  // the reference: the table's generic encoder, the extra zero-padded to 4, the CRC-32C of it all
+  const reference = (kind: number, arg: number, instret: number, value: number, extra: Buffer) => {
+    const body = Buffer.alloc(RecordHead.size + ((extra.length + 3) & ~3))
+    RecordHead.encode({ kind, arg, extraLength: extra.length, instret, value: value >>> 0 }, body)
+    extra.copy(body, RecordHead.size)
+    const crc = Buffer.alloc(4)
+    crc.writeUInt32LE(crc32c(body))
+    return Buffer.concat([body, crc])
+  }
+  const cases: [number, number, number, number, Buffer][] = [
+    [EVENT.TIME, 3, 0, 0, Buffer.alloc(0)],
+    // a device read's value as the machine passes it (signed 32-bit)
+    [EVENT.ENTROPY, 0, 123456789, -1, Buffer.alloc(0)],
+    [EVENT.RTC, 1, 2 ** 53 - 1, -0x80000000, Buffer.alloc(0)],
+    [EVENT.IRQ, 7, 2 ** 40 + 3, 1, Buffer.alloc(0)],
+  ]
+  for (let len = 1; len <= 9; len++) cases.push([EVENT.NET, 0, 1000 + len, len, Buffer.alloc(len, 0x40 + len)])
+  cases.push([EVENT.NET, 0, 7, 2048, Buffer.alloc(2048, 0x5a)], [10, 0xff, 9, 0x7fffffff, Buffer.alloc(252, 1)])
+  for (const [kind, arg, instret, value, extra] of cases) {
+    // into a used buffer: the padding must be written, not left as it was
+    const into = Buffer.alloc(recordBytes(extra.length) + 8, 0xee)
+    const n = encodeRecord(into, 3, kind, arg, instret, value, extra)
+    t.same(into.subarray(3, 3 + n), reference(kind, arg, instret, value, extra), `kind ${kind} value ${value} instret ${instret} extra ${extra.length}`)
+    t.ok(into[2] === 0xee && into[3 + n] === 0xee, 'nothing written outside the record')
+  }
 })
 
 t.test('a recorded log reads back event by event', async (t) => {
