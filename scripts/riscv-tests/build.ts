@@ -5,8 +5,8 @@
  * sources come from riscv-tests; its env submodule is not used.
  *
  * test/client/vm/riscv-tests.test.ts runs them under both engines: from a checkout named by
- * RISCV_TESTS (built here, cached by content), else from the committed pack
- * test/fixtures/riscv-tests.json.gz that this script writes:
+ * RISCV_TESTS (built here, cached by content), or from a pack this script writes, named by
+ * RISCV_TESTS_PACK (neither is committed: the images are riscv-tests' code):
  *
  *   npx tsx scripts/riscv-tests/build.ts <riscv-tests checkout> [pack file]
  */
@@ -19,7 +19,7 @@ import { gunzipSync, gzipSync } from 'node:zlib'
 
 const HERE = dirname(fileURLToPath(import.meta.url))
 export const SUITES = ['rv32ui', 'rv32um'] as const
-export const DEFAULT_PACK = join(HERE, '..', '..', 'test', 'fixtures', 'riscv-tests.json.gz')
+export const DEFAULT_PACK = join(HERE, '..', '..', 'riscv-tests.json.gz')
 const CROSS = process.env.RISCV_CROSS ?? 'riscv64-unknown-elf-'
 const FLAGS = ['-march=rv32im_zicsr_zifencei', '-mabi=ilp32', '-static', '-mcmodel=medany', '-nostdlib', '-nostartfiles', '-Wl,--build-id=none', '-Wl,--no-warn-rwx-segments']
 
