@@ -1,7 +1,7 @@
 import { basename, dirname, join, relative } from 'node:path'
 import { unlink } from 'node:fs/promises'
 import { StorageError, fromSystemError } from '../errors.js'
-import { openFile, pwriteFull } from '../file-io.js'
+import { duringSync, openFile, pwriteFull } from '../file-io.js'
 import { serializeDescriptor, type ExtentLine } from './descriptor.js'
 import { baseDescriptor, type CreateOptions } from './new-descriptor.js'
 import {
@@ -85,7 +85,7 @@ async function writeSparseExtent(path: string, h: SparseHeader, descriptor: stri
       }
     }
     await fh.truncate(h.overHead * 512)
-    await fh.datasync()
+    await duringSync(() => fh.datasync())
   } catch (e) {
     throw fromSystemError(e, path, 'Could not write')
   } finally {
@@ -201,7 +201,7 @@ async function writeDescriptorFile(path: string, text: string, exclusive: boolea
   const fh = await openFile(path, exclusive ? 'wx' : 'w')
   try {
     await pwriteFull(fh, path, 0, Buffer.from(text, 'utf8'))
-    await fh.datasync()
+    await duringSync(() => fh.datasync())
   } finally {
     await fh.close()
   }

@@ -3,7 +3,7 @@ import { promisify } from 'node:util'
 import * as zlib from 'node:zlib'
 import { basename } from 'node:path'
 import { StorageError } from '../errors.js'
-import { openFile, pwriteFull } from '../file-io.js'
+import { duringSync, openFile, pwriteFull } from '../file-io.js'
 import { serializeDescriptor } from './descriptor.js'
 import { baseDescriptor, type CreateOptions } from './new-descriptor.js'
 import {
@@ -139,7 +139,7 @@ export class StreamWriter {
       const gdAt = await this.metadata(MARKER_GD, gd)
       await this.metadata(MARKER_FOOTER, SparseHeaderStruct.encode({ ...this.header, gdOffset: gdAt }))
       await pwriteFull(this.fh, this.path, this.sector * 512, Buffer.alloc(512)) // end-of-stream
-      if (sync) await this.fh.datasync()
+      if (sync) await duringSync(() => this.fh.datasync())
     } finally {
       await this.fh.close()
     }

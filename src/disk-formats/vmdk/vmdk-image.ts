@@ -5,7 +5,7 @@ import { Mutex } from 'async-mutex'
 import { mergeExtents, type BlockDevice, type Extent, type WriteOptions, type WritesFromFile, type ZeroOptions } from '../block-device.js'
 import { dataRuns } from '../data-runs.js'
 import { fromSystemError, StorageError } from '../errors.js'
-import { copyRange, datasync, fileSize, openFile, preadFull, pwriteFull } from '../file-io.js'
+import { copyRange, datasync, duringSync, fileSize, openFile, preadFull, pwriteFull } from '../file-io.js'
 import { lockImageFiles, type ImageLock } from '../image-lock.js'
 import {
   CID_NOPARENT,
@@ -564,7 +564,7 @@ export async function stageFile(path: string, data: Buffer | string, o: { mode?:
     },
     sync: async () => {
       try {
-        await dir.sync().catch(() => undefined)
+        await duringSync(() => dir.sync()).catch(() => undefined)
       } finally {
         await dir.close()
       }

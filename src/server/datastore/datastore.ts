@@ -4,7 +4,7 @@ import { join } from 'node:path'
 import { LRUCache } from 'lru-cache'
 import type { BlockDevice } from '../../disk-formats/block-device.js'
 import { StorageError, fromSystemError } from '../../disk-formats/errors.js'
-import { openFile } from '../../disk-formats/file-io.js'
+import { duringSync, openFile } from '../../disk-formats/file-io.js'
 import { createVmdk, growVmdk, VmdkImage, type StagedFile, type Subformat } from '../../disk-formats/vmdk/index.js'
 import { convert, linkParent, openVmdk, rebase } from '../../disk-formats/chain/index.js'
 import { checked, swappable, type LiveDisk } from '../../disk-formats/filters/index.js'
@@ -218,7 +218,7 @@ export class Datastore {
   private async syncDir(): Promise<void> {
     const fh = await openFile(this.dir, 'r')
     try {
-      await fh.sync().catch(() => undefined)
+      await duringSync(() => fh.sync()).catch(() => undefined)
     } finally {
       await fh.close()
     }
