@@ -1,7 +1,7 @@
 import { Command, type OptionValues } from 'commander'
 import { StorageError } from '../../disk-formats/index.js'
 import { ANONYMOUS_VM_IQN, VM_IQN_PREFIX, checkInitiatorName, logicalUnitPath, nexusName, vmInitiatorName, vmIsid, type ScsiPath } from '../vm/scsi-path.js'
-import { openVmDisk } from '../vm/vm-disk.js'
+import { openVmDisk, openWonVmDisk } from '../vm/vm-disk.js'
 import { parseCpuPercent } from '../vm/cpu-limit.js'
 import { parsePriority } from '../net/dos-guard.js'
 import { ENGINES, type Engine } from '../vm/engines.js'
@@ -307,9 +307,9 @@ async function startFtRole(f: FtCliOptions, vm: Parameters<NonNullable<import('.
   return ftBackup(role, { ...vm, liveDisk, onListening: (port) => log(`FT backup listening on ${f.host}:${port}`) })
 }
 
-/** A backup's local disk file, opened for writing at go-live (its image lock taken then), as the VM's LU. */
+/** A backup's local disk file, opened for writing at go-live (its image lock taken then, once the lost primary's is gone), as the VM's LU. */
 async function openLiveDisk(spec: string, identity: string): Promise<ScsiPath> {
-  const d = await openVmDisk(spec, identity, { isidQualifier: 2 })
+  const d = await openWonVmDisk(spec, identity, { isidQualifier: 2 })
   if (d.scsi) return d.scsi
   const { LogicalUnit } = await import('../../server/scsi/index.js')
   return logicalUnitPath(new LogicalUnit(d.disk, { serial: 'tandem-vm-disk' }), nexusName(identity, vmIsid(identity, 2)))

@@ -50,3 +50,21 @@ export async function openVmDisk(spec: string, identity: string, o: { isidQualif
   const close = () => dev.close()
   return dev instanceof IscsiInitiator ? { scsi: initiatorPath(dev), close } : { disk: dev, close }
 }
+
+/**
+ * openVmDisk for a side that has just won its VM (an FT backup going live): the process that lost
+ * it may hold a local file's image lock a moment longer (SIGKILLed, its files are closed as it
+ * exits, its FT socket perhaps before them), so a conflicting image lock (Busy) is tried again
+ * every `everyMs` for up to `forMs`; anything else, or a lock held past that, is thrown.
+ */
+export async function openWonVmDisk(spec: string, identity: string, o: { isidQualifier?: number } = {}, wait = { forMs: 2000, everyMs: 20 }): Promise<VmDisk> {
+  const end = performance.now() + wait.forMs
+  for (;;) {
+    try {
+      return await openVmDisk(spec, identity, o)
+    } catch (e) {
+      if (!(e instanceof StorageError && e.code === 'Busy') || isNetworkDisk(spec) || performance.now() >= end) throw e
+      await new Promise((r) => setTimeout(r, wait.everyMs))
+    }
+  }
+}

@@ -79,7 +79,12 @@ t.test('vm start --ft: host A runs the primary, host B the backup; the primary S
   const restored = await tandem('vm', 'ft-restore', 'vm1', '--host', b.url, '--ft', a.url, '--json')
   t.equal(restored.status, 0, restored.stderr)
   t.match(JSON.parse(restored.stdout || '{}'), { backup: /^127\.0\.0\.1:\d+$/, instructions: Number, pauseMs: Number })
-  const [survivor, newBackup] = await Promise.all([vmOf(b.url), vmOf(a.url)])
+  // each agent reads its side's FT status on its own schedule: wait until both have read it once
+  const seen = await until(10_000, async () => {
+    const [s, n] = await Promise.all([vmOf(b.url), vmOf(a.url)])
+    return s.ft?.role === 'live' && s.ft.protected && n.ft?.role && [s, n]
+  })
+  const [survivor, newBackup] = seen ?? (await Promise.all([vmOf(b.url), vmOf(a.url)]))
   t.match(survivor, { state: 'running', ft: { role: 'live', protected: true, peer: a.url } }, `host B: the VM is protected again, by host A: ${survivor.console.slice(-600)}`)
   t.match(newBackup, { state: 'running', ft: { side: 'backup', role: 'backup', mode: 'replay' } }, `host A runs the new backup: ${newBackup.console.slice(-600)}`)
   const twice = await api(b.url, 'POST', '/api/v1/vms/vm1/ft/restore', { host: a.url })
