@@ -1,4 +1,4 @@
-import { readFileSync, unwatchFile, watchFile, writeFileSync } from 'node:fs'
+import { readFileSync, writeFileSync } from 'node:fs'
 
 /**
  * A host's wall clock, shifted: a clock jump for fault injection (`tandem host --fault-injection`,
@@ -61,7 +61,9 @@ export function writeWallOffset(file: string, ms: number): void {
 /** Installs the offset of `file` and follows its changes until the process ends (the poll does not keep it alive). */
 export function followWallOffset(file: string, pollMs = 50): () => void {
   installWallOffset(readWallOffset(file))
-  const onChange = () => (offsetMs = readWallOffset(file))
-  watchFile(file, { interval: pollMs, persistent: false }, onChange)
-  return () => unwatchFile(file, onChange)
+  // read every pollMs (a few bytes), not fs.watchFile: its first stat, taken after it starts, is
+  // its baseline, so a change made in between was never seen
+  const timer = setInterval(() => (offsetMs = readWallOffset(file)), pollMs)
+  timer.unref()
+  return () => clearInterval(timer)
 }
