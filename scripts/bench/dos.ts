@@ -30,7 +30,7 @@ export async function dosBench(o: { cli: string; reps: number }): Promise<void> 
       const q = r.rtt
       const p = (x: { p50: number; p99: number }) => `${f(x.p50)}/${f(x.p99)}`.padEnd(13)
       console.log(
-        `  ${(guard === 'on' ? 'on' : 'off').padEnd(6)} ${`${f(r.detectionMs)} ms`.padEnd(9)}${' '.repeat(15)}${p(q.quiet)} ${p(q.bulk)} ${p(q.flood)} ${p(q.after)} ${f(q.flood.p99 / q.quiet.p99, 1).padStart(6)}x         ${r.bulkEvents.length ? 'YES' : 'no'.padEnd(3)}           ${r.resumedAfterMs === null ? '-' : `${f(r.resumedAfterMs / 1000, 2)} s`}   ${f(r.flood.pps, 0).padStart(6)}        ${f(r.cpu.flood, 2)}; ${f(r.cpuA.flood, 2)}              ${loadavg()[0].toFixed(1)}`,
+        `  ${(guard === 'on' ? 'on' : 'off').padEnd(6)} ${`${f(r.detectionMs)} ms`.padEnd(9)}${' '.repeat(15)}${p(q.quiet)} ${p(q.bulk)} ${p(q.flood)} ${p(q.after)} ${f(q.flood.p99 / q.quiet.p99, 2).padStart(6)}x         ${r.bulkEvents.length ? 'YES' : 'no'.padEnd(3)}           ${r.resumedAfterMs === null ? '-' : `${f(r.resumedAfterMs / 1000, 2)} s`}   ${f(r.flood.pps, 0).padStart(6)}        ${f(r.cpu.flood, 2)}; ${f(r.cpuA.flood, 2)}              ${loadavg()[0].toFixed(1)}`,
       )
     }
   }

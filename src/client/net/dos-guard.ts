@@ -6,6 +6,8 @@ import type { MonitorClock, TrafficRate } from './traffic-monitor.js'
  * over them when any of these holds over the monitor's window:
  *  - more than `smallPpsHigh` small frames a second while it answers fewer than `replyRatioLow`
  *    of its inbound frames (a small-frame flood: what a client sends, it answers);
+ *  - more than `smallPpsMax` small frames a second, answered or not (a flood a warm guest keeps up
+ *    with: the kvstore guest answers ~15 000 a second, a core's worth of work taken from the others);
  *  - more than `ppsHigh` frames a second of any size (more than a guest consumes at all);
  *  - more than `bpsHigh` bytes a second.
  * Over them continuously for `holdMs`, it is flagged (detected); under them continuously for
@@ -14,6 +16,7 @@ import type { MonitorClock, TrafficRate } from './traffic-monitor.js'
 export interface DosBounds {
   smallPpsHigh: number
   replyRatioLow: number
+  smallPpsMax: number
   ppsHigh: number
   bpsHigh: number
   holdMs: number
@@ -25,6 +28,7 @@ export interface DosBounds {
 export const DOS_DEFAULTS: DosBounds = {
   smallPpsHigh: 2000,
   replyRatioLow: 0.5,
+  smallPpsMax: 6000,
   ppsHigh: 50_000,
   bpsHigh: 100e6,
   holdMs: 30,
@@ -55,6 +59,7 @@ export function checkBounds(b: Partial<DosBounds>): DosBounds {
     if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0 || v > max) throw new StorageError('InvalidArgument', `invalid DoS bound ${k} ${String(v)} (more than 0, at most ${max})`)
   }
   pos('smallPpsHigh', 1e9)
+  pos('smallPpsMax', 1e9)
   pos('ppsHigh', 1e9)
   pos('bpsHigh', 1e12)
   pos('holdMs', 60_000)
@@ -81,6 +86,7 @@ export function parseBounds(spec: string, what: string): DosBounds {
 export function overBounds(r: TrafficRate, b: DosBounds): string | null {
   if (r.pps > b.ppsHigh) return `${Math.round(r.pps)} frames/s > ${b.ppsHigh}`
   if (r.bps > b.bpsHigh) return `${Math.round(r.bps)} bytes/s > ${b.bpsHigh}`
+  if (r.smallPps > b.smallPpsMax) return `${Math.round(r.smallPps)} small frames/s > ${b.smallPpsMax}`
   if (r.smallPps > b.smallPpsHigh && r.replyRatio < b.replyRatioLow) return `${Math.round(r.smallPps)} small frames/s > ${b.smallPpsHigh}, replies ${r.replyRatio.toFixed(2)} < ${b.replyRatioLow}`
   return null
 }

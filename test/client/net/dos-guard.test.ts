@@ -93,6 +93,25 @@ t.test('DosGuard: a small-frame flood is detected after holdMs, the VM suspended
   t.same(guard.counts, { detected: 1, suspended: 1, resumed: 1 })
 })
 
+t.test('DosGuard: a small-frame flood the VM answers in full is detected over smallPpsMax; an answered client under it, or a NIC-queue burst, is not', async (t) => {
+  const clock = fakeClock()
+  const r = rig(clock)
+  const guard = new DosGuard(DOS_DEFAULTS, clock)
+  guard.add({ name: 'a', priority: 10, monitor: r.mon, suspend: async () => {}, resume: async () => {} })
+  drive(clock, r, guard, 1000, 5, 60, 1) // 5000 GETs/s, each answered: under smallPpsMax (6000)
+  drive(clock, r, guard, 100, 0, 60)
+  r.send(256, 60) // a burst that fills the NIC's queue at once, unanswered for now
+  drive(clock, r, guard, 5, 0, 60)
+  r.reply(256)
+  drive(clock, r, guard, 200, 0, 60)
+  t.same(guard.events(), [], 'neither flagged')
+  const start = clock.t
+  drive(clock, r, guard, 200, 20, 60, 1) // 20 000 small frames/s, every one answered (a warm guest keeps up)
+  const [det] = guard.events()
+  t.match(det, { kind: 'detected', vm: 'a', reason: /small frames\/s > 6000$/ })
+  t.ok(det.at - start <= 20 + 30 + 10, `detected ${det.at - start} ms after the flood began (crossing 6000/s over the window, hold 30, tick 10)`)
+})
+
 t.test('DosGuard: a bulk transfer of large frames at the flood\'s frame rate, unanswered, is not flagged; the same rate of small frames is', async (t) => {
   const clock = fakeClock()
   const bulk = rig(clock)
