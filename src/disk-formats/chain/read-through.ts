@@ -22,10 +22,11 @@ export class ReadThrough implements Below {
 
   /**
    * A parent is read-only, except for a moment: a datastore snapshot stacks a delta on the open
-   * top and freezes it after. Until then a flush through the child syncs the parent too.
+   * top and freezes it after. Until then a flush through the child syncs the parent too, and
+   * after it while the parent was frozen without a sync (VmdkImage.freeze).
    */
   async flush(): Promise<void> {
-    if (!this.device.readOnly) await this.device.flush()
+    if (!this.device.readOnly || (this.device instanceof VmdkImage && this.device.syncPending)) await this.device.flush()
   }
 
   shadows(offset: number): boolean {

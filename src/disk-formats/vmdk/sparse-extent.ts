@@ -608,12 +608,22 @@ export class SparseExtent {
    */
   async freeze(): Promise<void> {
     if (this.ro) return
+    await this.settle()
+    this.ro = true
+  }
+
+  /** Refuses writes from here on (ReadOnly), syncing nothing: settle() or close() does that. */
+  stopWrites(): void {
+    this.ro = true
+  }
+
+  /** What was written synced, then uncleanShutdown cleared (nothing after a failed write: it stays set). */
+  async settle(): Promise<void> {
     if (this.marked && !this.failed) {
       await datasync(this.fh, this.path)
       await pwriteFull(this.fh, this.path, UNCLEAN_SHUTDOWN_OFFSET, Buffer.from([0]))
       this.marked = false
     }
-    this.ro = true
   }
 
   /**

@@ -70,6 +70,9 @@ export class VmdkImage implements BlockDevice, WritesFromFile {
   readonly size: number
   private below: Below | null = null
   private cidUpdate: Promise<void> | null = null
+  /** frozen without a sync (freeze({ sync: false })): the next flush or close syncs what was written */
+  private unsynced = false
+  private settling: Promise<void> | null = null
   private readonly descLock = new Mutex()
 
   private constructor(
@@ -279,7 +282,9 @@ export class VmdkImage implements BlockDevice, WritesFromFile {
   /**
    * Writes from here on leave the content id as it is. Only for writes that do not change what
    * this layer reads (rebase copying the old backing's bytes into it): the children of this
-   * layer record its CID, and must still find it if the process dies in the middle.
+   * layer record its CID, and must still find it if the process dies in the middle. Also for a
+   * delta just made, whose CID no layer names yet (a datastore snapshot's: its first write then
+   * costs no descriptor sync under the writer).
    */
   keepCid(): void {
     this.cidUpdate ??= Promise.resolve()
@@ -294,16 +299,28 @@ export class VmdkImage implements BlockDevice, WritesFromFile {
     return this.cid
   }
 
+  /** Frozen without a sync, and not synced since (a flush through a child syncs it: ReadThrough). */
+  get syncPending(): boolean {
+    return this.unsynced
+  }
+
   /**
    * Makes this open layer read-only for good (a snapshot freezes the top it had): what was
    * written is synced and uncleanShutdown cleared as close would, and the image locks become a
    * reader's, so qemu-img may read the files. Reads, and layers above reading through, go on;
    * writes are refused (ReadOnly). The caller sees that nothing writes to it meanwhile; if a sync
    * fails it stays writable (and flushed through a child).
+   *
+   * `sync: false` (a datastore snapshot) syncs nothing now: what was written becomes durable at
+   * the next flush through a child (ReadThrough.flush), or at close, as it would have without
+   * the snapshot; until then uncleanShutdown stays set, so a crash meanwhile gets the layer
+   * checked. A freeze is not made to write a layer's unflushed data out while clients write on.
    */
-  async freeze(): Promise<void> {
+  async freeze(o: { sync?: boolean } = {}): Promise<void> {
     if (this.ro) return
-    await Promise.all(this.slots.map((s) => (s.sparse ? s.sparse.freeze() : s.flat ? datasync(s.flat.fh, s.path!) : undefined)))
+    if (o.sync === false) this.unsynced = true
+    else await Promise.all(this.slots.map((s) => (s.sparse ? s.sparse.freeze() : s.flat ? datasync(s.flat.fh, s.path!) : undefined)))
+    for (const s of this.slots) s.sparse?.stopWrites()
     this.ro = true
     const locks = lockImageFiles()
     try {
@@ -316,12 +333,16 @@ export class VmdkImage implements BlockDevice, WritesFromFile {
     this.locks = locks
   }
 
-  /** First modification after open gives the disk a new content id (qemu does the same). */
+  /** First modification after open gives the disk a new content id (qemu does the same), synced. */
   private touch(): Promise<void> {
     if (this.ro) return Promise.reject(new StorageError('ReadOnly', `'${this.path}' is open read-only`, this.path))
     this.cidUpdate ??= (async () => {
       this.descriptor = { ...this.descriptor, cid: newCid() }
       await this.writeDescriptor()
+      // durable at once, while the layer holds nothing else unsynced (every write waits for
+      // this): a delta named after this CID can go in a record without a flush of the layer,
+      // which under a writer is tens of ms of its data (a datastore snapshot, issue #14)
+      await this.embedded?.flush()
     })()
     return this.cidUpdate
   }
@@ -418,12 +439,25 @@ export class VmdkImage implements BlockDevice, WritesFromFile {
   /** Discard leaves data in place: VMDK cannot free a grain (nor does qemu), and content after discard is unspecified. */
   async discard(): Promise<void> {}
 
-  /** Syncs this layer, and a parent still open for writing (Below.flush). */
+  /** Syncs this layer, and a parent still open for writing or frozen unsynced (Below.flush). */
   async flush(): Promise<void> {
     await Promise.all([
-      ...this.slots.map((s) => (s.sparse ? s.sparse.flush() : s.flat ? datasync(s.flat.fh, s.path!) : undefined)),
+      ...(this.unsynced ? [this.settle()] : this.slots.map((s) => (s.sparse ? s.sparse.flush() : s.flat ? datasync(s.flat.fh, s.path!) : undefined))),
       this.below?.flush(),
     ])
+  }
+
+  /** A layer frozen unsynced: syncs it and clears uncleanShutdown (once; again after a failure). */
+  private settle(): Promise<void> {
+    this.settling ??= (async () => {
+      try {
+        await Promise.all(this.slots.map((s) => (s.sparse ? s.sparse.settle() : s.flat ? datasync(s.flat.fh, s.path!) : undefined)))
+        this.unsynced = false
+      } finally {
+        this.settling = null
+      }
+    })()
+    return this.settling
   }
 
   /** This layer's own allocation (no read-through): what commit copies and map's depth 0. */

@@ -584,13 +584,16 @@ export class Datastore {
   /**
    * Snapshot create with the disk's export open on chain `top`. Before the pause, while clients
    * write on: the top's CID is pinned, the new delta is made on it and opened (its parent is the
-   * open top), the top is flushed (its CID durable) and `record`, naming the delta as the top, is
-   * written. The record is the commit point: a stop before it leaves a delta no record names
-   * (repairDisk removes it); after it, the delta is empty, so the disk reads the old top's
-   * content, and the snapshot is that content at the stop. The pause only drains the export and
-   * swaps in the delta; until the old top is frozen (synced, read-only, uncleanShutdown cleared,
-   * a reader's image locks) a flush through the delta also flushes it (chain/read-through.ts),
-   * so a write acknowledged before the swap is durable after any later flush. Nothing reopens.
+   * open top; pinning made the CID durable: VmdkImage.touch, and the delta keeps the CID it was
+   * made with, which createVmdk synced) and `record`, naming the delta as the top, is written. The record is the commit point: a
+   * stop before it leaves a delta no record names (repairDisk removes it); after it, the delta is
+   * empty, so the disk reads the old top's content, and the snapshot is that content at the
+   * stop. The pause only drains the export and swaps in the delta; the old top is then frozen
+   * without a sync (read-only, a reader's image locks, uncleanShutdown still set): the writes it
+   * holds that no flush covered become durable at the next flush through the delta
+   * (chain/read-through.ts) or at close, as they would have without the snapshot. A create does
+   * not write them out itself: that sync, tens of ms with a writer's data behind it, stalled the
+   * writer (issue #14). Nothing reopens.
    */
   private async stackDelta(disk: string, live: LiveDisk, top: VmdkImage, record: DiskRecord): Promise<void> {
     const path = this.layerPath(disk, record.top)
@@ -599,7 +602,7 @@ export class Datastore {
       const cid = await top.pinCid()
       await createVmdk(path, { size: record.size, parent: { path: top.path, cid }, exclusive: true })
       delta = await VmdkImage.open(path)
-      await top.flush()
+      delta.keepCid()
       await this.writeRecord(record)
     } catch (e) {
       const named = await this.readRecord(disk).then((r) => r.top === record.top, () => false)
@@ -614,7 +617,7 @@ export class Datastore {
     linkParent(delta, top)
     await live.pause()
     live.resume(delta)
-    await top.freeze()
+    await top.freeze({ sync: false })
   }
 
   /** Busy while a snapshot of `disk` is prepared: the tree changes only once it is committed or deleted. */
@@ -649,7 +652,7 @@ export class Datastore {
           const cid = top instanceof VmdkImage && !top.readOnly ? await top.pinCid() : undefined
           await this.newDelta(plan.record, plan.top, plan.made.layer, cid)
           delta = await VmdkImage.open(path)
-          if (cid !== undefined) await (top as VmdkImage).flush()
+          delta.keepCid()
         })
       } catch (e) {
         await delta?.close().catch(() => undefined)
@@ -729,7 +732,7 @@ export class Datastore {
           const settled: Promise<void> = (async () => {
             await sync().catch(() => undefined) // the rename is in place; only a power loss could undo it
             live.releaseWrites()
-            await top.freeze().catch(() => undefined) // else it stays writable, flushed through the delta
+            await top.freeze({ sync: false }).catch(() => undefined) // else it stays writable, flushed through the delta
           })().finally(() => {
             if (this.settling.get(disk) === settled) this.settling.delete(disk)
           })
