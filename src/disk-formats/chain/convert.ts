@@ -307,6 +307,7 @@ async function openTarget(size: number, dst: string, opts: ConvertOptions): Prom
   }
   const files = await createVmdk(dst, { size: roundSize, subformat: sub, adapterType: opts.adapterType, zeroedGrain: opts.zeroedGrain })
   const img = await VmdkImage.open(dst)
+  img.keepCid() // made just now: no layer names its CID, and its first write needs no descriptor sync
   return {
     ordered: false,
     write: (o, b) => img.write(o, b),
