@@ -1,4 +1,5 @@
 import type { VmInfo } from '../../src/client/host/index.js'
+import { leaseServer, startHost } from './host-process.js'
 import { bearer } from './server.js'
 
 /**
@@ -7,6 +8,13 @@ import { bearer } from './server.js'
  * socket closes: seen at once).
  */
 export const PAIR_HOST = { env: { TANDEM_FT_LOSS_MS: '1500' } }
+
+/** A lease server and two host agents on it, host-a and host-b (`o`: startHost's options, PAIR_HOST by default). */
+export async function twoHosts(t: { teardown(fn: () => unknown): void }, o: { env?: NodeJS.ProcessEnv } = PAIR_HOST) {
+  const s = await leaseServer(t)
+  const [a, b] = await Promise.all([startHost(t, 'host-a', s.url, [], o), startHost(t, 'host-b', s.url, [], o)])
+  return { s, a, b }
+}
 
 export type ErrorBody = { error?: { code: string; message: string } }
 export type ApiAnswer<T> = { status: number; body: T & ErrorBody; text: string }

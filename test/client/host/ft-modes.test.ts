@@ -2,8 +2,8 @@ import t from 'tap'
 import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { CLI, needs, run, tmp } from '../../helpers/peers.js'
-import { leaseServer, running, startHost } from '../../helpers/host-process.js'
-import { hostVm, PAIR_HOST, restApi, until } from '../../helpers/host-pair.js'
+import { running } from '../../helpers/host-process.js'
+import { hostVm, restApi, twoHosts, until } from '../../helpers/host-pair.js'
 import { kv } from '../../helpers/ft-cli.js'
 import { startSwitch } from '../../helpers/switch-process.js'
 import { recordsOnDisk, syncedIn } from '../../helpers/disklog.js'
@@ -29,9 +29,8 @@ t.test('a pair\'s mode: checked once at the edge, each mode\'s options defaulted
 
 t.test('a checkpoint pair (vm start --ft-mode) and a colo pair (REST ft.mode) through two host agents: both sides run the mode; each primary SIGKILLed under kv load, its backup live and every acknowledged key there', async (t) => {
   const dir = tmp(t, 'tandem-host-modes-')
-  const s = await leaseServer(t)
+  const { s, a, b } = await twoHosts(t)
   token = s.token
-  const [a, b] = await Promise.all([startHost(t, 'host-a', s.url, [], PAIR_HOST), startHost(t, 'host-b', s.url, [], PAIR_HOST)])
   const sw = await startSwitch(t)
   const ckMac = '02:00:00:00:00:51'
   const coMac = '02:00:00:00:00:52'
@@ -73,9 +72,8 @@ t.test('a checkpoint pair (vm start --ft-mode) and a colo pair (REST ft.mode) th
 
 t.test('a colo pair on a datastore disk through two host agents (FT_HOST_DISK=1): disklog appends, the primary SIGKILLed, the secondary live appends on; the disk checks clean with every synced record', { skip: process.env.FT_HOST_DISK ? (needs('qemu-img').skip ?? false) : 'set FT_HOST_DISK=1 (a heavier variant: a server, two hosts and a disk pair)' }, async (t) => {
   const dir = tmp(t, 'tandem-host-colo-disk-')
-  const s = await leaseServer(t)
+  const { s, a, b } = await twoHosts(t)
   token = s.token
-  const [a, b] = await Promise.all([startHost(t, 'host-a', s.url, [], PAIR_HOST), startHost(t, 'host-b', s.url, [], PAIR_HOST)])
   t.equal((await api(s.url, 'POST', '/api/v1/disks', { name: 'd1', size: '8M' })).status, 201)
   const start = await api<VmInfo>(a.url, 'POST', '/api/v1/vms', { name: 'cd', guest: 'disklog', disk: 'd1', memory: 16 << 20, ft: { host: b.url, mode: 'colo' } })
   t.equal(start.status, 201, start.text)

@@ -4,7 +4,7 @@ import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { CLI, run, tmp } from '../../helpers/peers.js'
 import { leaseServer, running, startHost } from '../../helpers/host-process.js'
-import { hostVm, PAIR_HOST, restApi, until } from '../../helpers/host-pair.js'
+import { hostVm, restApi, twoHosts, until } from '../../helpers/host-pair.js'
 import { kv as kvChild } from '../../helpers/ft-cli.js'
 import { startSwitch } from '../../helpers/switch-process.js'
 import { syncedIn } from '../../helpers/disklog.js'
@@ -25,9 +25,8 @@ const metric = (text: string, re: RegExp): number | null => {
 
 t.test('vm start --ft: host A runs the primary, host B the backup; the primary SIGKILLed under kv load, B shows it live and every acknowledged key is there; vm ft-restore has A run a new backup, B\'s side SIGKILLed, A live with every key', async (t) => {
   const dir = tmp(t, 'tandem-host-ft-')
-  const s = await leaseServer(t)
+  const { s, a, b } = await twoHosts(t)
   token = s.token
-  const [a, b] = await Promise.all([startHost(t, 'host-a', s.url, [], PAIR_HOST), startHost(t, 'host-b', s.url, [], PAIR_HOST)])
   const sw = await startSwitch(t)
   const start = await tandem('vm', 'start', 'vm1', '--host', a.url, '--ft', b.url, '--guest', 'kvstore', '--switch', sw.url, '--mac', VM_MAC)
   t.equal(start.status, 0, start.stderr)
@@ -104,9 +103,8 @@ t.test('vm start --ft: host A runs the primary, host B the backup; the primary S
 })
 
 t.test('a pair on a datastore disk (disklog over iSCSI from both hosts, backup reads from the log): the primary SIGKILLed, the live backup appends on; a later start finds every synced record', async (t) => {
-  const s = await leaseServer(t)
+  const { s, a, b } = await twoHosts(t, {})
   token = s.token
-  const [a, b] = await Promise.all([startHost(t, 'host-a', s.url), startHost(t, 'host-b', s.url)])
   t.equal((await api(s.url, 'POST', '/api/v1/disks', { name: 'd1', size: '64M' })).status, 201)
   const start = await tandem('vm', 'start', 'vm1', '--host', a.url, '--ft', b.url, '--guest', 'disklog', '--disk', 'd1', '--backup-reads', 'log', '--json')
   t.equal(start.status, 0, start.stderr)
