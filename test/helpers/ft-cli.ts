@@ -49,10 +49,10 @@ export function waitFor(p: VmProcess, re: RegExp, ms = 20_000): Promise<RegExpEx
   })
 }
 
-/** A fresh file lockspace in `dir` (short lease: the tests' hosts come and go). */
-export function initLockspace(dir: string): string {
+/** A fresh file lockspace in `dir` (short lease: the tests' hosts come and go; `args`: more `lock init` options). */
+export function initLockspace(dir: string, args: string[] = []): string {
   const ls = join(dir, 'lockspace')
-  const r = tandem(['lock', 'init', '--lockspace', ls, '--hosts', '8', '--locks', '16'])
+  const r = tandem(['lock', 'init', '--lockspace', ls, '--hosts', '8', '--locks', '16', ...args])
   if (r.status !== 0) throw new Error(`lock init: ${r.stderr}`)
   return ls
 }

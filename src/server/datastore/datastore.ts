@@ -886,7 +886,10 @@ export class Datastore {
           if (released) return
           released = true
           unnote()
-          await handle.dev.flush().catch(() => undefined)
+          // a snapshot export wrote nothing: no flush (a sync of its layer, frozen unsynced while
+          // the disk's export is open, would write out the disk's data and keep the export open
+          // meanwhile: a delete right after the client's close found it in use)
+          if (snapshot === undefined) await handle.dev.flush().catch(() => undefined)
           handle.refs--
           if (handle.refs === 0 && this.handles.get(exportName) === handle) {
             this.handles.delete(exportName)

@@ -12,7 +12,9 @@ t.test('redundancy restored: primary killed, backup live, a new backup from a li
   const t0 = Date.now()
   const mark = (what: string) => process.env.FT_RESTORE_TIMES && t.comment(`${what} at ${Date.now() - t0} ms`)
   const dir = tmp(t, 'tandem-ft-restore-')
-  const ls = initLockspace(dir)
+  // C is stopped for 1 s below, and must still hold a valid lease when it claims the VM after
+  // that (the default lease leaves 1.5 s from a renewal: a busy machine's late renewal fenced C once)
+  const ls = initLockspace(dir, ['--lease-ms', '4000'])
   const sw = await startSwitch(t)
   const sockB = join(dir, 'b.sock')
   const net = ['--guest', 'kvstore', '--switch', sw.url, '--mac', VM_MAC]
