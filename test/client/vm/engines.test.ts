@@ -124,6 +124,35 @@ t.test('a store over a compiled loop takes effect at once, by the CPU or by DMA'
   }
 })
 
+t.test('a looping block left mid-pass (device read, store over code) or at the limit counts exactly as the interpreter, at every limit', async (t) => {
+  // A, one self-looping block: x1 += 1; an UART read (a side exit); x1 += 2; a store to the code
+  // page, not over code; x2 -= 1; bnez x2, A. Then B: x1 += 1; a store over the block `other`
+  // (its own word again: invalidated, B's block returns after it); x2 -= 1; call `other`; bnez x2, B
+  const UART = 0x10000000
+  const other = BASE + 4 * 30
+  const words = [...li(3, UART), ...li(4, BASE + 0x800), ...li(6, other), ...li(7, rv.addi(8, 8, 1)), rv.addi(2, 0, 30)]
+  words.push(rv.addi(1, 1, 1), rv.lbu(5, 3, 5), rv.addi(1, 1, 2), rv.sw(1, 4, 0), rv.addi(2, 2, -1), rv.bne(2, 0, -4 * 5), rv.addi(2, 0, 30))
+  const b = words.length
+  words.push(rv.addi(1, 1, 1), rv.sw(7, 6, 0), rv.addi(2, 2, -1), rv.jal(9, other - BASE - 4 * (b + 3)), rv.bne(2, 0, -4 * 4), rv.jal(0, 0))
+  while (words.length < 30) words.push(0)
+  words.push(rv.addi(8, 8, 1), rv.jalr(0, 9, 0))
+  const image = elf(words)
+  let invalidating = 0
+  for (let limit = 1; limit <= 420; limit++) {
+    const ends: string[] = []
+    for (const engine of ['interp', 'jit'] as Engine[]) {
+      const m = new Machine({ image, memory: 1 << 16, engine })
+      const s = rng(limit)
+      while (m.hart.instret < limit && !m.hart.fault) m.hart.run(Math.min(limit, m.hart.instret + 1 + (s() % 23)))
+      if (m.hart instanceof JitHart && m.hart.stats.invalidated > 0) invalidating++
+      ends.push(`${m.stateHash()} pc ${m.hart.pc >>> 0} instret ${m.hart.instret} x1 ${m.hart.x[1]} x8 ${m.hart.x[8]}`)
+    }
+    if (ends[0] !== ends[1]) return t.fail(`limit ${limit}: the engines differ`, { interp: ends[0], jit: ends[1] })
+  }
+  t.pass('420 limits, each reached in random slices: the same state, pc and count under both engines')
+  t.ok(invalidating > 150, `B's store invalidated compiled code (in ${invalidating} runs)`)
+})
+
 interface RunOut {
   end: string
   instret: number
