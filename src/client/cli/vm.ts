@@ -221,6 +221,7 @@ async function runAction(o: OptionValues): Promise<number> {
       instructions: s.instructions,
       seconds: Number(s.seconds.toFixed(3)),
       cpuSeconds: Number(((cpu.user + cpu.system) / 1e6).toFixed(3)),
+      runCpuSeconds: Number(s.cpuSeconds.toFixed(3)),
       mips: Number(s.mips.toFixed(1)),
       interrupts: s.interrupts,
       events: s.events,

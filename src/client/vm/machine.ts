@@ -96,6 +96,8 @@ export interface RunSummary {
   exitCode: number | null
   instructions: number
   seconds: number
+  /** CPU (user + system, every thread of the process) over the same span as `seconds` */
+  cpuSeconds: number
   mips: number
   stateHash: string
   consoleHash: string
@@ -429,6 +431,7 @@ export class Machine {
   /** Runs to exit, fault, the instruction limit, or a replay error. */
   async run(): Promise<RunSummary> {
     const t0 = process.hrtime.bigint()
+    const cpu0 = process.cpuUsage()
     const max = this.opts.maxInstructions ?? Number.MAX_SAFE_INTEGER
     const startReplay = this.replay
     let end: RunEnd = 'limit'
@@ -527,11 +530,13 @@ export class Machine {
       this.pause?.resolve(this.hart.instret)
     }
     const seconds = Number(process.hrtime.bigint() - t0) / 1e9
+    const cpu = process.cpuUsage(cpu0)
     return {
       end,
       exitCode: this.finisher.exitCode,
       instructions: this.hart.instret,
       seconds,
+      cpuSeconds: (cpu.user + cpu.system) / 1e6,
       mips: this.hart.instret / seconds / 1e6,
       stateHash: this.stateHash(),
       consoleHash: this.uart.hash(),

@@ -311,7 +311,7 @@ export function ckptBackup(
   const endWithout = (why: string | undefined) => {
     const m = restored({ net: undefined, disk: undefined, onConsole: undefined })
     const code = m.finisher.exitCode
-    settle({ summary: { end: code !== null && why === undefined ? 'exit' : 'stopped', exitCode: code, instructions: m.hart.instret, seconds: 0, mips: 0, stateHash: m.stateHash(), consoleHash: m.uart.hash(), console: '', interrupts: 0, events: stats.epochs, message: why } })
+    settle({ summary: { end: code !== null && why === undefined ? 'exit' : 'stopped', exitCode: code, instructions: m.hart.instret, seconds: 0, cpuSeconds: 0, mips: 0, stateHash: m.stateHash(), consoleHash: m.uart.hash(), console: '', interrupts: 0, events: stats.epochs, message: why } })
   }
   const ended = ch.ended.then(async (e) => {
     await listener.close()
