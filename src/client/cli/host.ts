@@ -17,7 +17,7 @@ export function hostCommand(run: (fn: () => Promise<number | void>) => Promise<v
     .option('--api-port <port>', 'port of this host\'s REST API; 0: any free port (env TANDEM_HOST_API_PORT)', env.TANDEM_HOST_API_PORT ?? '7800')
     .option('--ft-listen <addr>', 'address the FT channel of a pair\'s backup run here listens on, each on a free port (default: --listen)')
     .option('--dos-guard <mode>', 'off; monitor: meter each plain VM\'s port on its --switch (the host relays it) and record floods; on: also suspend flooded VMs, lowest --priority first, and resume them after a quiet cooldown (README "DoS guard")', 'off')
-    .option('--dos-bounds <spec>', 'the guard\'s bounds over its defaults, KEY=VALUE,...: smallPpsHigh=2000, replyRatioLow=0.5, smallPpsMax=6000, ppsHigh=50000, bpsHigh=100000000, holdMs=30, cooldownMs=2000, maxSuspended (default: all VMs but one)')
+    .option('--dos-bounds <spec>', 'the guard\'s bounds over its defaults, KEY=VALUE,...: smallPpsHigh=2000, replyRatioLow=0.5, smallPpsMax=6000, ppsHigh=50000, bpsHigh=100000000, holdMs=20, cooldownMs=2000, maxSuspended (default: all VMs but one)')
     .option('--fault-injection', 'allow run-time faults on this host through PUT /api/v1/faults: a clock jump ({"clock": {"offsetMs": N}}: the host\'s and its VMs\' wall clock N ms off; leases are on monotonic time); for tests and tandem cluster', false)
     .option('--log-level <level>', 'fatal, error, warn, info, debug (env TANDEM_LOG_LEVEL)', env.TANDEM_LOG_LEVEL ?? 'info')
     .action((o) =>

@@ -580,7 +580,7 @@ export class HostAgent {
     let joins = req.switch
     try {
       if (req.disk) info.diskUri = await this.diskUri(req.disk)
-      if (this.dos && req.switch && !info.ft) joins = await this.dos.attach(req.name, info.priority, req.switch, this.controlPath(req.name))
+      if (this.dos && req.switch && !info.ft) joins = await this.dos.attach(req.name, info.priority, req.switch, this.controlPath(req.name), req.cpuLimit)
       if (info.ft?.side === 'primary') {
         await this.refuseHeld(m, lock, req.name)
         info.ft.address = await this.startBackup(req)

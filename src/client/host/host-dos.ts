@@ -11,7 +11,7 @@ export type DosMode = 'off' | 'monitor' | 'on'
 export interface HostDosOptions {
   mode: Exclude<DosMode, 'off'>
   bounds: DosBounds
-  /** how often the guard looks (default 10 ms) */
+  /** how often the guard looks (default 5 ms) */
   tickMs?: number
   /** default: epoch ms, to the µs (performance.timeOrigin + performance.now()), so events compare across processes */
   clock?: MonitorClock
@@ -20,6 +20,8 @@ export interface HostDosOptions {
 const epochClock: MonitorClock = { now: () => performance.timeOrigin + performance.now() }
 /** a pause or resume through the control socket takes at most this long */
 const CONTROL_MS = 5000
+/** a VM over the bounds, during the hold before its suspension, runs at this CPU share (% of a core) */
+const THROTTLE_PERCENT = 5
 
 /**
  * The host's DoS guard (`tandem host --dos-guard monitor|on`): every plain VM on a tandem switch
@@ -40,16 +42,17 @@ export class HostDos {
   ) {
     this.guard = new DosGuard(o.bounds, o.clock ?? epochClock, o.mode === 'on')
     this.guard.onEvent = (e) => (e.kind.endsWith('failed') ? log.warn(eventFields(e), `dos: ${e.kind}`) : log.info(eventFields(e), `dos: ${e.kind}`))
-    this.timer = setInterval(() => this.guard.tick(), o.tickMs ?? 10)
+    this.timer = setInterval(() => this.guard.tick(), o.tickMs ?? 5)
     this.timer.unref()
   }
 
   /** Opens the VM's guarded port on `switchUrl` (udp:HOST:PORT); resolves to the address the VM joins instead. */
-  async attach(vm: string, priority: number, switchUrl: string, control: string): Promise<string> {
+  async attach(vm: string, priority: number, switchUrl: string, control: string, cpuLimit = 100): Promise<string> {
     const port = await GuardedPort.open(parseUdpAddress(switchUrl, 'switch'), this.o.clock ?? epochClock)
     this.ports.set(vm, port)
     const ctl = (what: 'pause' | 'resume') => requestJson(`unix:${control}`, 'POST', `/api/v1/vm/${what}`, {}, { timeoutMs: CONTROL_MS }).then(() => undefined)
-    this.guard.add({ name: vm, priority, monitor: port.monitor, suspend: () => ctl('pause'), resume: () => ctl('resume') })
+    const throttle = (on: boolean) => requestJson(`unix:${control}`, 'POST', '/api/v1/vm/cpu-limit', { percent: on ? Math.min(THROTTLE_PERCENT, cpuLimit) : cpuLimit }, { timeoutMs: CONTROL_MS }).then(() => undefined)
+    this.guard.add({ name: vm, priority, monitor: port.monitor, suspend: () => ctl('pause'), resume: () => ctl('resume'), throttle })
     return port.address
   }
 

@@ -31,7 +31,7 @@ export const DOS_DEFAULTS: DosBounds = {
   smallPpsMax: 6000,
   ppsHigh: 50_000,
   bpsHigh: 100e6,
-  holdMs: 30,
+  holdMs: 20,
   cooldownMs: 2000,
   maxSuspended: null,
 }
@@ -100,6 +100,12 @@ export interface GuardedVm {
   /** stops the VM running (its inbound frames are already being dropped) */
   suspend(): Promise<void>
   resume(): Promise<void>
+  /**
+   * Holds the VM to a small CPU share while it is over the bounds but not yet flagged (the hold),
+   * and lets it go again (`false`) when it falls back under them or is resumed: a flood does not
+   * take the others' CPU for the hold's length before the suspension.
+   */
+  throttle?(on: boolean): Promise<void>
 }
 
 export type DosEventKind = 'detected' | 'suspended' | 'resumed' | 'cleared' | 'suspend-failed' | 'resume-failed'
@@ -123,6 +129,8 @@ interface Watch {
   quietSince: number | null
   flagged: boolean
   suspended: boolean
+  /** held to a small CPU share (GuardedVm.throttle) */
+  throttled: boolean
   /** suspend or resume in flight */
   busy: Promise<void> | null
 }
@@ -152,7 +160,7 @@ export class DosGuard {
   ) {}
 
   add(vm: GuardedVm): void {
-    this.watches.set(vm.name, { vm, overSince: null, quietSince: null, flagged: false, suspended: false, busy: null })
+    this.watches.set(vm.name, { vm, overSince: null, quietSince: null, flagged: false, suspended: false, throttled: false, busy: null })
   }
 
   remove(name: string): void {
@@ -192,6 +200,7 @@ export class DosGuard {
       if (reason) {
         w.quietSince = null
         w.overSince ??= now
+        if (this.act && !w.flagged) this.setThrottle(w, true)
         if (!w.flagged && now - w.overSince >= this.bounds.holdMs) {
           w.flagged = true
           this.counts.detected++
@@ -200,6 +209,7 @@ export class DosGuard {
       } else {
         w.overSince = null
         w.quietSince ??= now
+        if (!w.flagged && !w.suspended) this.setThrottle(w, false)
         if (w.flagged && now - w.quietSince >= this.bounds.cooldownMs) {
           w.flagged = false
           if (w.suspended && !w.busy) {
@@ -235,10 +245,18 @@ export class DosGuard {
     return out
   }
 
+  /** Throttles a VM over the bounds (or lets it go); a failure is left to the suspension that follows. */
+  private setThrottle(w: Watch, on: boolean): void {
+    if (w.throttled === on || !w.vm.throttle) return
+    w.throttled = on
+    w.vm.throttle(on).catch(() => undefined)
+  }
+
   private resume(w: Watch, r: TrafficRate): void {
     w.busy = w.vm.resume().then(
       () => {
         w.busy = null
+        this.setThrottle(w, false)
         w.vm.monitor.blocked = false
         this.counts.resumed++
         this.emit(w, 'resumed', w.vm.monitor.rate())

@@ -112,6 +112,26 @@ t.test('DosGuard: a small-frame flood the VM answers in full is detected over sm
   t.ok(det.at - start <= 20 + 30 + 10, `detected ${det.at - start} ms after the flood began (crossing 6000/s over the window, hold 30, tick 10)`)
 })
 
+t.test('DosGuard: a VM over the bounds is throttled during the hold, before its suspension, and let go once resumed; monitor mode throttles nothing', async (t) => {
+  for (const act of [true, false]) {
+    const clock = fakeClock()
+    const r = rig(clock)
+    const calls: string[] = []
+    const guard = new DosGuard(checkBounds({ holdMs: 20, cooldownMs: 100 }), clock, act)
+    guard.add({ name: 'a', priority: 1, monitor: r.mon, suspend: async () => void calls.push(`pause at ${clock.t}`), resume: async () => void calls.push('resume'), throttle: async (on) => void calls.push(on ? `throttle at ${clock.t}` : 'unthrottle') })
+    guard.add({ name: 'b', priority: 2, monitor: rig(clock).mon, suspend: async () => {}, resume: async () => {} })
+    const start = clock.t
+    drive(clock, r, guard, 100, 20, 60) // a flood: over the bounds within a tick or two
+    await guard.settled()
+    const [det] = guard.events()
+    t.same(calls, act ? [`throttle at ${det.onset}`, `pause at ${det.at}`] : [], 'throttled at the onset, paused at the detection')
+    t.ok(!act || det.at - det.onset! >= 20, `held ${det.at - det.onset!} ms throttled (from ${det.onset! - start} ms into the flood)`)
+    drive(clock, r, guard, 300, 0, 60)
+    await guard.settled()
+    t.same(calls.slice(2), act ? ['resume', 'unthrottle'] : [], 'resumed after the cooldown, then let go')
+  }
+})
+
 t.test('DosGuard: a bulk transfer of large frames at the flood\'s frame rate, unanswered, is not flagged; the same rate of small frames is', async (t) => {
   const clock = fakeClock()
   const bulk = rig(clock)
