@@ -602,16 +602,6 @@ export class SparseExtent {
     })
   }
 
-  /**
-   * Stops writing for good, keeping the file open for reads: syncs and clears uncleanShutdown as
-   * close does (left set after a failed write); later writes are refused (ReadOnly).
-   */
-  async freeze(): Promise<void> {
-    if (this.ro) return
-    await this.settle()
-    this.ro = true
-  }
-
   /** Refuses writes from here on (ReadOnly), syncing nothing: settle() or close() does that. */
   stopWrites(): void {
     this.ro = true

@@ -319,7 +319,7 @@ export class VmdkImage implements BlockDevice, WritesFromFile {
   async freeze(o: { sync?: boolean } = {}): Promise<void> {
     if (this.ro) return
     if (o.sync === false) this.unsynced = true
-    else await Promise.all(this.slots.map((s) => (s.sparse ? s.sparse.freeze() : s.flat ? datasync(s.flat.fh, s.path!) : undefined)))
+    else await this.syncSlots((e) => e.settle())
     for (const s of this.slots) s.sparse?.stopWrites()
     this.ro = true
     const locks = lockImageFiles()
@@ -442,16 +442,21 @@ export class VmdkImage implements BlockDevice, WritesFromFile {
   /** Syncs this layer, and a parent still open for writing or frozen unsynced (Below.flush). */
   async flush(): Promise<void> {
     await Promise.all([
-      ...(this.unsynced ? [this.settle()] : this.slots.map((s) => (s.sparse ? s.sparse.flush() : s.flat ? datasync(s.flat.fh, s.path!) : undefined))),
+      this.unsynced ? this.settle() : this.syncSlots((e) => e.flush()),
       this.below?.flush(),
     ])
+  }
+
+  /** Every extent synced: a sparse one by `sparse`, a flat one with fdatasync. */
+  private async syncSlots(sparse: (e: SparseExtent) => Promise<void>): Promise<void> {
+    await Promise.all(this.slots.map((s) => (s.sparse ? sparse(s.sparse) : s.flat ? datasync(s.flat.fh, s.path!) : undefined)))
   }
 
   /** A layer frozen unsynced: syncs it and clears uncleanShutdown (once; again after a failure). */
   private settle(): Promise<void> {
     this.settling ??= (async () => {
       try {
-        await Promise.all(this.slots.map((s) => (s.sparse ? s.sparse.settle() : s.flat ? datasync(s.flat.fh, s.path!) : undefined)))
+        await this.syncSlots((e) => e.settle())
         this.unsynced = false
       } finally {
         this.settling = null
