@@ -35,10 +35,15 @@ function hold(t: Test, args: string[], script: string, mark: string): { proc: Ch
   return { proc, exit, stderr: () => err, ready }
 }
 
+/**
+ * A lockspace with a 4 s lease: on a loaded machine (CI runs other files beside this one) a
+ * `lock run` starting its watchdog process outlived the default 2 s lease before its command started
+ * ("host 'A' has no valid lease"); no test here measures the lease.
+ */
 function lockspace(t: Test): { dir: string; ls: string } {
   const dir = tmp(t, 'tandem-lockrun-')
   const ls = join(dir, 'ls')
-  t.equal(tandem(['lock', 'init', '--lockspace', ls, '--hosts', '8', '--locks', '16']).status, 0)
+  t.equal(tandem(['lock', 'init', '--lockspace', ls, '--hosts', '8', '--locks', '16', '--lease-ms', '4000']).status, 0)
   return { dir, ls }
 }
 
