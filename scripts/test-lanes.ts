@@ -1,7 +1,11 @@
 /**
  * `npm test`: runs the suite with tap in two lanes —
  *   1. the files listed in test/lanes.json ("shared"), `jobs` at a time: formats, the VM engine's
- *      own checks, crash-and-check loops, the libiscsi suite (no timing bound in them);
+ *      own checks, crash-and-check loops, the libiscsi suite (no timing bound in them). They are
+ *      split between `jobs` tap runs of one file at a time by their CI times (lanes.json
+ *      "seconds"), longest first: tap orders a run's files by name, so one tap run with --jobs=2
+ *      started the longest file (the VMDK crash loop, ~6 min at nice 19) near the end and the lane
+ *      ran ~3 min past the point where its work was evenly shared;
  *   2. every other test file alone (jobs 1): leases, heartbeats, FT pairs, stall and lag bounds
  *      need the CPU when they want it.
  * By default the lanes run at the same time, lane 1 at the lowest CPU priority (nice 19): lane 2's
@@ -24,6 +28,23 @@ const TAP = join(ROOT, 'node_modules', 'tap', 'dist', 'esm', 'run.mjs')
 interface Lanes {
   jobs: number
   shared: string[]
+  /** each shared file's time in CI's lane, in seconds */
+  seconds?: Record<string, number>
+}
+
+/** A file lanes.json gives no time for counts this many seconds. */
+const UNTIMED_SECONDS = 15
+
+/** `files` split into `n` groups of about equal time: longest first, each to the group with the least so far. */
+function splitByTime(files: string[], n: number, seconds: Record<string, number> = {}): string[][] {
+  const groups = Array.from({ length: Math.max(1, n) }, () => ({ files: [] as string[], total: 0 }))
+  const time = (f: string) => seconds[f] ?? UNTIMED_SECONDS
+  for (const f of [...files].sort((a, b) => time(b) - time(a) || a.localeCompare(b))) {
+    const g = groups.reduce((min, x) => (x.total < min.total ? x : min))
+    g.files.push(f)
+    g.total += time(f)
+  }
+  return groups.filter((g) => g.files.length > 0).map((g) => g.files)
 }
 
 /** Every test file under test/, as a path relative to the project (forward slashes). */
@@ -93,15 +114,15 @@ async function main(argv: string[]): Promise<number> {
     return 2
   }
   const shared = new Set(lanes.shared)
-  const first = [`--jobs=${lanes.jobs}`, ...options, ...lanes.shared]
+  const firsts = splitByTime(lanes.shared, lanes.jobs, lanes.seconds).map((files) => ['--jobs=1', ...options, ...files])
   const second = ['--jobs=1', ...options, ...all.filter((f) => !shared.has(f))]
   let runs: { code: number; counts: Map<string, number> | null }[]
   if (process.env.TANDEM_TEST_LANES === 'serial') {
-    runs = [await tap(first), await tap(second)]
+    runs = [...(await Promise.all(firsts.map((f) => tap(f)))), await tap(second)]
   } else {
-    const held: Buffer[] = []
-    runs = await Promise.all([tap(first, { held, nice: 19 }), tap(second)])
-    process.stdout.write(Buffer.concat(held))
+    const held = firsts.map(() => [] as Buffer[])
+    runs = await Promise.all([...firsts.map((f, i) => tap(f, { held: held[i], nice: 19 })), tap(second)])
+    for (const h of held) process.stdout.write(Buffer.concat(h))
   }
   const total = new Map<string, number>()
   for (const r of runs) for (const [k, v] of r.counts ?? []) total.set(k, (total.get(k) ?? 0) + v)
