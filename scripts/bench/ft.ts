@@ -83,9 +83,13 @@ export class Bench {
 
   constructor(private readonly o: FtBenchOptions) {}
 
-  /** `node tandem.cjs ARGS` in its own process group (a SIGKILL of -pid takes it whole). */
-  proc(args: string[]): Proc {
-    const child = spawn(process.execPath, [this.o.cli, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: this.o.env, detached: true })
+  /**
+   * `node tandem.cjs ARGS` in its own process group (a SIGKILL of -pid takes it whole); `cpu`: on
+   * that core only (taskset, which execs the command: the pid is node's).
+   */
+  proc(args: string[], cpu?: number): Proc {
+    const argv = [...pinned(cpu), process.execPath, this.o.cli, ...args]
+    const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env: this.o.env, detached: true })
     let out = ''
     let err = ''
     let partial = ''
@@ -153,12 +157,12 @@ export class Bench {
   }
 
   /** A pair (fresh VM and host names in the shared lockspace): the backup listening, then the primary. */
-  async pair(args: string[], o: { backup?: string[]; primary?: string[] } = {}): Promise<{ primary: Proc; backup: Proc }> {
+  async pair(args: string[], o: { backup?: string[]; primary?: string[]; pin?: boolean } = {}): Promise<{ primary: Proc; backup: Proc }> {
     const k = ++this.n
     const common = ['vm', 'run', '--json', '--name', `ft${k}`, '--ft-lockspace', this.ls, ...args]
-    const backup = this.proc([...common, '--ft-backup', '127.0.0.1:0', '--ft-host', `b${k}`, ...(o.backup ?? [])])
+    const backup = this.proc([...common, '--ft-backup', '127.0.0.1:0', '--ft-host', `b${k}`, ...(o.backup ?? [])], o.pin ? 1 : undefined)
     const port = (await this.line(backup, /FT backup listening on 127\.0\.0\.1:(\d+)/)).m[1]
-    const primary = this.proc([...common, '--ft-primary', `127.0.0.1:${port}`, '--ft-host', `p${k}`, ...(o.primary ?? [])])
+    const primary = this.proc([...common, '--ft-primary', `127.0.0.1:${port}`, '--ft-host', `p${k}`, ...(o.primary ?? [])], o.pin ? 0 : undefined)
     return { primary, backup }
   }
 
@@ -172,8 +176,9 @@ export class Bench {
     return { primary, backup }
   }
 
-  vmRun(args: string[]): Summary {
-    const r = spawnSync(process.execPath, [this.o.cli, 'vm', 'run', '--json', ...args], { encoding: 'utf8', env: this.o.env })
+  vmRun(args: string[], cpu?: number): Summary {
+    const argv = [...pinned(cpu), process.execPath, this.o.cli, 'vm', 'run', '--json', ...args]
+    const r = spawnSync(argv[0], argv.slice(1), { encoding: 'utf8', env: this.o.env })
     if (r.status !== 0) throw new Error(`vm run ${args.join(' ')}: ${r.status} ${r.stderr.slice(-600)}`)
     return JSON.parse(r.stdout) as Summary
   }
@@ -208,11 +213,34 @@ export async function alternate<P, F>(reps: number, plain: () => Promise<P>, ft:
 const mbit = (bytes: number, seconds: number) => (bytes * 8) / seconds / 1e6
 const ms = (p: Percentiles | undefined, d = 1) => (p ? `p50 ${f(p.p50, d)} / p99 ${f(p.p99, d)} / max ${f(p.max, d)} ms (${p.count})` : '-')
 
+/** A command prefix that runs it on core `cpu` only (none: anywhere). */
+function pinned(cpu: number | undefined): string[] {
+  return cpu === undefined ? [] : ['taskset', '-c', String(cpu)]
+}
+
+/** Whether `taskset` (util-linux) is here and this machine has a second core for the backup. */
+function canPin(): boolean {
+  return cpus().length >= 2 && spawnSync('taskset', ['-c', '0', 'true']).status === 0
+}
+
+/**
+ * The cpu guest plain and as a pair, twice: each process free to use both cores (a plain run of the
+ * translator takes ~1.9 of them for its 0.3 s: V8 compiles and collects on background threads, so
+ * a pair — two such processes on the same two cores — is measured against a VM with twice its
+ * machine); then one core per side, as on two one-core hosts (taskset: plain on core 0; the
+ * primary on core 0, the backup on core 1).
+ */
 async function cpuGuest(b: Bench, reps: number): Promise<void> {
+  await cpuGuestRound(b, reps, false)
+  if (canPin()) await cpuGuestRound(b, reps, true)
+  else console.log('  one core per side: SKIP (needs taskset and two cores)')
+}
+
+async function cpuGuestRound(b: Bench, reps: number, pin: boolean): Promise<void> {
   const r = await alternate(
     reps,
-    async () => b.vmRun(['--guest', 'cpu']),
-    async () => b.pairEnd(await b.pair(['--guest', 'cpu'])),
+    async () => b.vmRun(['--guest', 'cpu'], pin ? 0 : undefined),
+    async () => b.pairEnd(await b.pair(['--guest', 'cpu'], { pin })),
   )
   const wp = r.plain.map((s) => s.seconds)
   const wf = r.ft.map((s) => s.primary.seconds)
@@ -221,9 +249,12 @@ async function cpuGuest(b: Bench, reps: number): Promise<void> {
   const cp = r.plain.map((s) => s.cpuSeconds)
   const cf = r.ft.map((s) => s.primary.cpuSeconds + s.backup.cpuSeconds)
   const logMbit = r.ft.map((s) => mbit(s.primary.ft!.logBytes, s.primary.seconds))
-  console.log(`cpu guest (${f(r.plain[0].instructions / 1e6, 1)} M instructions), plain vm run vs the pair's primary, ${reps} rounds alternating`)
+  const where = pin ? 'one core per side (plain on core 0; primary core 0, backup core 1)' : 'every process on both cores'
+  console.log(`cpu guest (${f(r.plain[0].instructions / 1e6, 1)} M instructions), plain vm run vs the pair's primary, ${where}, ${reps} rounds alternating`)
   console.log(`  wall   plain ${spread(wp, 3)} s   FT ${spread(wf, 3)} s   MIPS plain ${spread(mp, 1)}  FT ${spread(mf, 1)}   throughput FT/plain ${f(median(mf) / median(mp), 2)}  (goal >= 0.95; VMware 0.94–0.99)`)
   console.log(`  cpu    plain ${spread(cp, 2)} s   FT primary+backup ${spread(cf, 2)} s   ratio ${f(median(cf) / median(cp), 2)}x (user+sys)   log ${f(median(logMbit), 3)} Mbit/s`)
+  const lag = r.ft.map((s) => s.primary.ft?.lag).filter((l): l is Percentiles => l !== undefined)
+  if (lag.length) console.log(`  lag    p50 ${spread(lag.map((l) => l.p50), 1)} ms   p99 ${spread(lag.map((l) => l.p99), 1)} ms   (a run of ~0.3 s: the backup's JIT warm-up is most of it)`)
 }
 
 interface KvRun {

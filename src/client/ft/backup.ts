@@ -95,6 +95,11 @@ export class FtBackup {
       onReplayedFrame: (frame, at) => this.held.push({ at, frame }),
       onDiskResult: o.disk ? (e) => o.disk!.record(e) : undefined,
       afterSlice: (m) => this.afterSlice(m),
+      // the guest's exit replayed: acknowledged at once (the primary's lag and held outputs wait for it)
+      onExit: (m) => {
+        this.m = m
+        if (!this.live) this.sendAck()
+      },
       onLive: (m) => this.goLive(m),
     }
   }

@@ -187,6 +187,7 @@ export class FtPrimary {
       net: base.net && this.port(base.net),
       onConsole: base.onConsole && this.consoleWriter(base.onConsole),
       afterSlice: (m, waiting) => this.afterSlice(m, waiting === true),
+      onExit: (m) => this.flush(m),
     }
   }
 

@@ -240,7 +240,14 @@ export async function ftBackup(
       const wrapped = outputs.machineOptions({ net, onConsole: base.onConsole })
       const opts = backup.machineOptions({ net: wrapped.net, mac: base.mac, onConsole: wrapped.onConsole, announce })
       const followSlice = opts.afterSlice!
-      return { ...base, ...opts, record: outputs.sink, afterSlice: (m, waiting) => (backup.live ? outputs.afterSlice(m, waiting === true) : followSlice(m, waiting)) }
+      const followExit = opts.onExit!
+      return {
+        ...base,
+        ...opts,
+        record: outputs.sink,
+        afterSlice: (m, waiting) => (backup.live ? outputs.afterSlice(m, waiting === true) : followSlice(m, waiting)),
+        onExit: (m) => (backup.live ? outputs.flush(m) : followExit(m)),
+      }
     },
     attach(m) {
       machine = m

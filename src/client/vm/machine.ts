@@ -11,7 +11,7 @@ import type { CpuLimiter } from './cpu-limit.js'
 import { mediumRange, type ScsiPath } from './scsi-path.js'
 import type { SwitchPort } from './net.js'
 import { StateError, StateReader, StateWriter } from './state-codec.js'
-import { CounterRegs, HartRegs, MachineHost, MachineRegs, hashState, type VmState } from './state.js'
+import { CounterRegs, HartRegs, MachineHost, MachineRegs, hashState, hashStateAsync, type VmState } from './state.js'
 
 /**
  * A Tandem VM (SPEC.md): one RV32IM hart, RAM at 0x80000000, and memory-mapped devices at the
@@ -84,6 +84,12 @@ export interface MachineOptions {
   onDiskResult?: (e: LogEvent) => void
   /** After every run slice, live or replayed, and before a WFI wait: a primary ships its log, a backup acknowledges. */
   afterSlice?: (m: Machine, waiting?: boolean) => void | Promise<void>
+  /**
+   * When the guest has exited (its END record logged or replayed), before the run's summary is made
+   * (its state hash reads all of guest memory, ~70 ms for 64 MiB): a primary ships its last records,
+   * a backup acknowledges its last instruction, with no wait behind the hash.
+   */
+  onExit?: (m: Machine) => void
   /** At go-live, before the first live instruction (a backup takes over the disk, the clock, the NIC). */
   onLive?: (m: Machine) => void
   /** Each frame a replay produces (it does not transmit them), with the instruction count that sent it. */
@@ -519,6 +525,7 @@ export class Machine {
             throw new ReplayError(`replay diverged at instruction ${this.hart.instret}: the guest exits with ${code}, the log has ${e ? `a ${EVENT_NAMES[e.kind]} at instruction ${e.instret}` : 'no end record'}`, this.hart.instret)
           }
         } else this.opts.record?.add(EVENT.END, 0, this.hart.instret, code ?? 0)
+        this.opts.onExit?.(this)
       }
     } catch (e) {
       if (!(e instanceof ReplayError)) throw e
@@ -538,7 +545,8 @@ export class Machine {
       seconds,
       cpuSeconds: (cpu.user + cpu.system) / 1e6,
       mips: this.hart.instret / seconds / 1e6,
-      stateHash: this.stateHash(),
+      // hashed a chunk per turn: a pair's acks and heartbeats go on meanwhile
+      stateHash: await hashStateAsync(this.guestState(), this.mem.bytes),
       consoleHash: this.uart.hash(),
       console: this.uart.text(),
       interrupts: this.interrupts,

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto'
+import { setImmediate as nextTurn } from 'node:timers/promises'
 import { defineStruct } from '../../disk-formats/struct.js'
 import { StateError } from './state-codec.js'
 
@@ -93,4 +94,21 @@ export function decodeState(buf: Buffer, what = 'the VM state'): VmState {
 /** SHA-256 of everything the guest can observe: the guest sections and memory. */
 export function hashState(guest: Buffer, memory: Uint8Array): string {
   return createHash('sha256').update(guest).update(memory).digest('hex')
+}
+
+/** Memory hashed per turn of the event loop by `hashStateAsync` (~4 ms of SHA-256 here). */
+const HASH_CHUNK = 4 << 20
+
+/**
+ * `hashState`, a chunk of memory per turn of the event loop: at the end of a run, 64 MiB in one go
+ * held the loop ~70 ms, and a fault-tolerant pair's acks and heartbeats waited behind it (the
+ * primary then measured its backup 70 ms behind).
+ */
+export async function hashStateAsync(guest: Buffer, memory: Uint8Array): Promise<string> {
+  const h = createHash('sha256').update(guest)
+  for (let o = 0; o < memory.length; o += HASH_CHUNK) {
+    if (o > 0) await nextTurn()
+    h.update(memory.subarray(o, o + HASH_CHUNK))
+  }
+  return h.digest('hex')
 }

@@ -3,7 +3,7 @@ import { join } from 'node:path'
 import { RawFile } from '../../../src/disk-formats/index.js'
 import { VirtualSwitch } from '../../../src/client/vm/net.js'
 import { localPair } from '../../helpers/ft-pair.js'
-import { rng, shmTmp } from '../../helpers/peers.js'
+import { rng, shmTmp, within } from '../../helpers/peers.js'
 
 const text = (b: number[]) => Buffer.from(b).toString('latin1')
 
@@ -107,4 +107,23 @@ t.test('diskio survives a failover at 12 seeded moments: the backup, live, verif
     t.equal(s.exitCode, 0, `run ${i}: diskio read back every byte it wrote`)
     await dev.close()
   }
+})
+
+t.test('at the guest\'s exit the primary ships its last records and the backup acknowledges the last instruction, before either run ends', async (t) => {
+  // no finish(): the log is never closed, so the END record reaches the backup only because the
+  // primary ships it at the exit (before, it went with the close, after the run's 64 MiB hash)
+  const p = localPair({ guest: 'ticker' })
+  let backupEnded = false
+  const b = p.bm.run().finally(() => (backupEnded = true))
+  const a = await p.pm.run()
+  t.equal(a.end, 'exit')
+  const s = await within(b, 30_000, null)
+  t.ok(s, 'the backup reached the end from the log shipped at the exit')
+  t.equal(s?.end, 'exit', s?.message ?? '')
+  t.equal(s?.instructions, a.instructions, 'at the same instruction')
+  const last = p.acks.findIndex((k) => k.executed === a.instructions)
+  t.ok(last >= 0, `an ack of the last instruction (${a.instructions}) was sent`)
+  t.equal(p.lag.executed, a.instructions, 'the primary has it: its lag meter is at the end')
+  t.ok(backupEnded, 'the backup\'s run ended')
+  p.finish()
 })

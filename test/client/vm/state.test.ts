@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto'
 import { join } from 'node:path'
 import { Machine, EventRecorder, EventReplayer, encodeHeader, guestPath, logicalUnitPath, type MachineOptions } from '../../../src/client/vm/index.js'
 import { ClintRegs, FinisherRegs, HbaRegs, NicRegs, UartRegs } from '../../../src/client/vm/devices/index.js'
-import { HartRegs, decodeState, encodeState } from '../../../src/client/vm/state.js'
+import { HartRegs, decodeState, encodeState, hashState, hashStateAsync } from '../../../src/client/vm/state.js'
 import { StateError } from '../../../src/client/vm/state-codec.js'
 import { LogicalUnit } from '../../../src/server/scsi/index.js'
 import { RawFile } from '../../../src/disk-formats/index.js'
@@ -174,4 +174,19 @@ t.test('copy-on-write memory: pages read while memdirty and diskio run on are ex
     const back = Machine.fromState({ ...f.state, memory: Buffer.concat(seen) }, { image: image(guest), memory })
     t.equal(back.stateHash(), atStun, `${guest}: the state and the pages read make exactly the state hash taken inside the stun`)
   }
+})
+
+t.test('hashStateAsync (a chunk of memory per turn) equals hashState, at chunk boundaries and between them', async (t) => {
+  const guest = Buffer.from('guest sections')
+  for (const size of [0, 4096, (4 << 20) - 1, 4 << 20, (4 << 20) + 1, 9 << 20]) {
+    const mem = new Uint8Array(size)
+    for (let i = 0; i < size; i += 4093) mem[i] = i & 0xff
+    t.equal(await hashStateAsync(guest, mem), hashState(guest, mem), `${size} bytes`)
+  }
+  // the summary's hash lets other work run while it reads memory
+  let turns = 0
+  const tick = setInterval(() => turns++, 0)
+  await hashStateAsync(guest, new Uint8Array(64 << 20))
+  clearInterval(tick)
+  t.ok(turns > 0, `timers ran while 64 MiB was hashed (${turns})`)
 })
