@@ -118,6 +118,9 @@ function liveStatus(live: LiveSide, role: FtStatus['role'], o: FtRoleOptions, li
   }
 }
 
+/** A backup whose replay reached the guest's exit waits at most this long for the primary's BYE before it closes the channel. */
+const BYE_WAIT_MS = 5000
+
 /**
  * The backup of a pair: listens for one primary, accepts its HELLO, follows its log — from the
  * guest's first instruction, or (HELLO start `state`: a redundancy restore) from the running VM's
@@ -265,6 +268,13 @@ export async function ftBackup(
     },
     async finish(summary) {
       finished = true
+      if (!backup.live && summary.end === 'exit') {
+        // the guest's exit replayed: the primary says BYE once its own run has ended (it ships the
+        // END record at the exit, before that); closing first would look to it like a lost backup
+        const waited = new AbortController()
+        await Promise.race([ch.ended, timers.sleep(BYE_WAIT_MS, waited.signal)])
+        waited.abort()
+      }
       ch.close('done')
       await ended
       if (backup.live) await live.finish(summary.instructions)
