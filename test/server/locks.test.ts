@@ -121,7 +121,9 @@ t.test('a damaged lockspace: the server starts, serves disks, and the lock route
   // the README's repair: move it aside; the running server starts a new one and takes its open disk's lock
   renameSync(s.locks.path, `${s.locks.path}.damaged`)
   let r = await get(s.httpPort, '/api/v1/locks')
-  for (let i = 0; i < 100 && !(r.status === 200 && r.body.locks?.length); i++) {
+  // until the open disk's lock is taken (CI once read it between the record's creation and the acquire: 'free')
+  const taken = () => r.status === 200 && (r.body.locks as { state: string }[] | undefined)?.some((l) => l.state === 'exclusive')
+  for (let i = 0; i < 100 && !taken(); i++) {
     await sleep(100)
     r = await get(s.httpPort, '/api/v1/locks')
   }
