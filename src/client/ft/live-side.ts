@@ -3,7 +3,7 @@ import type { CpuLimiter } from '../vm/cpu-limit.js'
 import { freeze, type FrozenVm } from '../vm/freeze.js'
 import type { Machine } from '../vm/machine.js'
 import type { SwitchPort } from '../vm/net.js'
-import type { Timers } from '../vm/timers.js'
+import { waitAtMost, type Timers } from '../vm/timers.js'
 import { FtChannel } from './channel.js'
 import { FtLagControl, LagMeter } from './lag.js'
 import { OutputGate } from './output-gate.js'
@@ -227,13 +227,10 @@ export class LiveSide {
       cur.ch.send({ type: 'BYE', reason: 'stop', instret: instructions })
       await cur.ch.drained()
       // the backup's last ACK releases the last outputs
-      await Promise.race([new Promise<void>((r) => cur.ch.once('end', () => r())), this.o.timers.sleep(1000)])
+      await waitAtMost(this.o.timers, new Promise<void>((r) => cur.ch.once('end', () => r())), 1000)
       cur.ch.close('done')
     } else {
-      // a pending sleep would keep a halted process alive for its length
-      const waited = new AbortController()
-      await Promise.race([this.lost, this.o.timers.sleep(5000, waited.signal)])
-      waited.abort()
+      await waitAtMost(this.o.timers, this.lost, 5000)
     }
   }
 }

@@ -3,7 +3,7 @@ import { EventSource, encodeHeader } from '../vm/events.js'
 import type { Machine, MachineOptions, RunSummary } from '../vm/machine.js'
 import type { SwitchPort } from '../vm/net.js'
 import type { ScsiPath } from '../vm/scsi-path.js'
-import { realTimers, type Timers } from '../vm/timers.js'
+import { realTimers, waitAtMost, type Timers } from '../vm/timers.js'
 import type { CpuLimiter } from '../vm/cpu-limit.js'
 import { BackupDisk, type BackupReads } from './backup-disk.js'
 import { FtBackup } from './backup.js'
@@ -271,9 +271,7 @@ export async function ftBackup(
       if (!backup.live && summary.end === 'exit') {
         // the guest's exit replayed: the primary says BYE once its own run has ended (it ships the
         // END record at the exit, before that); closing first would look to it like a lost backup
-        const waited = new AbortController()
-        await Promise.race([ch.ended, timers.sleep(BYE_WAIT_MS, waited.signal)])
-        waited.abort()
+        await waitAtMost(timers, ch.ended, BYE_WAIT_MS)
       }
       ch.close('done')
       await ended

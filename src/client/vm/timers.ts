@@ -13,6 +13,19 @@ export interface Timers {
   now(): number
 }
 
+/**
+ * Waits for `p` (its value is not used), at most `ms` on `timers`; the timer is cancelled as soon as
+ * `p` settles, so that a pending sleep keeps no process alive for its length.
+ */
+export async function waitAtMost(timers: Timers, p: Promise<unknown>, ms: number): Promise<void> {
+  const waited = new AbortController()
+  try {
+    await Promise.race([p, timers.sleep(ms, waited.signal)])
+  } finally {
+    waited.abort()
+  }
+}
+
 export const realTimers: Timers = {
   sleep: (ms, signal) => (signal?.aborted ? Promise.resolve() : delay(ms, undefined, { signal }).catch(() => undefined)),
   yield: () => nextTurn(),

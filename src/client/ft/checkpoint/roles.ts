@@ -1,7 +1,7 @@
 import { Machine, type MachineOptions, type RunSummary } from '../../vm/machine.js'
 import type { SwitchPort } from '../../vm/net.js'
 import type { ScsiPath } from '../../vm/scsi-path.js'
-import type { Timers } from '../../vm/timers.js'
+import { waitAtMost, type Timers } from '../../vm/timers.js'
 import type { CpuLimiter } from '../../vm/cpu-limit.js'
 import type { VmState } from '../../vm/state.js'
 import { rarpAnnouncement } from '../backup.js'
@@ -233,9 +233,7 @@ export async function ckptPrimary(o: FtRoleOptions, vm: { memoryBytes: number; i
           ch.close('done')
         }
       } else {
-        const waited = new AbortController()
-        await Promise.race([lost, timers.sleep(5000, waited.signal)])
-        waited.abort()
+        await waitAtMost(timers, lost, 5000)
       }
       return { role: 'primary', outcome, channelEnd, logBytes: stats.bytes, takeoverMs, outputDelay: gate.snapshot().delay, checkpoint: stats.status(epochMs) }
     },

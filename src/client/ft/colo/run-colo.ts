@@ -1,6 +1,6 @@
 import type { Machine, MachineOptions } from '../../vm/machine.js'
 import type { SwitchPort } from '../../vm/net.js'
-import { realTimers, type Timers } from '../../vm/timers.js'
+import { realTimers, waitAtMost, type Timers } from '../../vm/timers.js'
 import type { CpuLimiter } from '../../vm/cpu-limit.js'
 import { rarpAnnouncement } from '../backup.js'
 import type { FtChannel } from '../channel.js'
@@ -241,12 +241,10 @@ export async function coloPrimary(o: FtRoleOptions & { colo?: ColoOptions }, vm:
       if (paired() && !ch.closed) {
         ch.send({ type: 'BYE', reason: 'stop', instret: machine?.hart.instret ?? 0 })
         await ch.drained()
-        await Promise.race([new Promise<void>((r) => ch.once('end', () => r())), timers.sleep(1000)])
+        await waitAtMost(timers, new Promise<void>((r) => ch.once('end', () => r())), 1000)
         ch.close('done')
       } else {
-        const waited = new AbortController()
-        await Promise.race([lost, timers.sleep(5000, waited.signal)])
-        waited.abort()
+        await waitAtMost(timers, lost, 5000)
       }
       return { role: 'primary', outcome, channelEnd, logBytes: ch.sent.bytes, takeoverMs, outputDelay: percentiles(heldMs), colo: colo() }
     },
@@ -459,9 +457,7 @@ export async function coloSecondary(
     async finish() {
       // the guest ended here on its own (it saw the same QUIT): the primary's BYE ends the pair cleanly
       if (!ch.closed && outcome === 'paired') {
-        const waited = new AbortController()
-        await Promise.race([ended, timers.sleep(5000, waited.signal)])
-        waited.abort()
+        await waitAtMost(timers, ended, 5000)
       }
       finished = true
       ch.close('done')
