@@ -176,7 +176,7 @@ export async function openLockspaceView(datastore: string, log: Logger, hostName
   return {
     path,
     hostName,
-    device: new LockspaceDevice(() => storage),
+    device: new LockspaceDevice(() => storage, path),
     async view() {
       const m = mgr
       if (!m || problem) throw new LockspaceUnavailable('IoError', `the lockspace '${path}' is unusable: ${problem}`)

@@ -1,3 +1,4 @@
+import { statSync } from 'node:fs'
 import type { BlockDevice, ComparesAndWrites, Extent, WriteOptions } from '../disk-formats/block-device.js'
 import { StorageError } from '../disk-formats/errors.js'
 import type { LockStorage } from '../disk-formats/lock-region/index.js'
@@ -10,22 +11,37 @@ export type LockspaceFile = LockStorage & { flush(): Promise<void> }
  * Every operation goes through the file's LockStorage — the one the server's LockspaceView has
  * open now (`current`) — so the LU's COMPARE AND WRITE is the same fcntl-locked compare-and-write
  * that hosts using the file directly take: one atomicity domain. WRITE with FUA is durable when
- * it completes; without, after SYNCHRONIZE CACHE. While the view has no storage open, every
- * operation fails (IoError).
+ * it completes; without, after SYNCHRONIZE CACHE. While the view has no storage open (between
+ * losing the lockspace and rejoining it, a few seconds) every operation fails with Busy: NOT READY
+ * to an initiator, which a host's lock manager takes as storage it cannot reach for now, as it
+ * takes a file lock held too long.
  */
 export class LockspaceDevice implements BlockDevice, ComparesAndWrites {
   readonly readOnly = false
 
-  constructor(private readonly current: () => LockspaceFile | null) {}
+  /**
+   * `path` is the lockspace's file: its size is the LU's capacity while no storage is open, so that
+   * READ CAPACITY answers and the initiator's first read gets the NOT READY that says why.
+   */
+  constructor(
+    private readonly current: () => LockspaceFile | null,
+    private readonly path: string,
+  ) {}
 
   private get storage(): LockspaceFile {
     const s = this.current()
-    if (!s) throw new StorageError('IoError', 'the lockspace is not open')
+    if (!s) throw new StorageError('Busy', 'the server has the lockspace closed while it rejoins it; try again')
     return s
   }
 
   get size(): number {
-    return this.current()?.size ?? 0
+    const s = this.current()
+    if (s) return s.size
+    try {
+      return statSync(this.path).size
+    } catch {
+      return 0
+    }
   }
 
   async read(offset: number, length: number): Promise<Buffer> {

@@ -164,10 +164,11 @@ export class FileLockStorage implements LockStorage {
     return datasync(this.shared.fh, this.name)
   }
 
+  /** The last handle of a file closes it once the operations queued on it have ended. */
   async close(): Promise<void> {
     if (--this.shared.refs === 0) {
       files.delete(this.key)
-      await this.shared.fh.close()
+      await this.shared.mutex.runExclusive(() => this.shared.fh.close())
     }
   }
 }

@@ -1,11 +1,13 @@
 import t, { type Test } from 'tap'
 import { spawn, type ChildProcess } from 'node:child_process'
-import { readFileSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { once } from 'node:events'
 import { join } from 'node:path'
 import { FileLockStorage, initLockspace, LockManager, regionSize } from '../../../src/disk-formats/lock-region/index.js'
 import { IscsiLockStorage } from '../../../src/client/locks/iscsi-storage.js'
 import { ROOT, tmp, within } from '../../helpers/peers.js'
+import { pino } from 'pino'
+import { serve } from '../../../src/server/serve.js'
 import { startServer } from '../../helpers/server.js'
 
 /**
@@ -93,4 +95,31 @@ t.test('the served lockspace LUN answers hosts over iSCSI with an error, not a s
   let back = false
   for (let i = 0; i < 150 && !back; i++) back = await st.read(0, 512).then(() => true, () => new Promise<boolean>((r) => setTimeout(() => r(false), 100)))
   t.ok(back, 'and reads work again once the lock is free')
+})
+
+t.test('a server that could not open its lockspace answers its LUN with NOT READY until it has, not HARDWARE ERROR', { skip: process.platform !== 'linux' && 'needs /proc/locks' }, async (t) => {
+  // the lockspace's file is locked by a stopped process before the server starts: the server's first
+  // look at it fails Busy and it tries again in a few seconds, with no lockspace open meanwhile (as
+  // after losing its lease). CI once caught the iSCSI test above in that window (its join under load).
+  const dir = tmp(t, 'tandem-ds-')
+  mkdirSync(join(dir, '.tandem'))
+  const path = join(dir, '.tandem', 'lockspace')
+  writeFileSync(path, Buffer.alloc(regionSize({ maxHosts: 4, maxLocks: 8 })))
+  const init = await FileLockStorage.open(path)
+  await initLockspace(init, { maxHosts: 4, maxLocks: 8, heartbeatMs: 50, leaseMs: 2500, fenceMarginMs: 500 })
+  await init.close()
+  const child = await stoppedHolder(t, path)
+  const s = await serve({ datastore: dir, listen: '127.0.0.1', httpPort: 0, nbdPort: 0, iscsiPort: 0, shutdownGraceMs: 1000 }, pino({ level: 'silent' }))
+  t.teardown(() => s.close())
+  const uri = `iscsi://127.0.0.1:${s.iscsiPort}/iqn.2026-11.local.tandem:lockspace/0`
+  const first = await settles(10_000, IscsiLockStorage.open(uri, { initiatorName: 'iqn.2026-11.test:stall2' }))
+  t.match(first, { err: { code: 'Busy', message: /status 0x02, sense key 0x2/ } }, 'opening the LU finds it NOT READY (try again), not a hardware error')
+  child.kill('SIGKILL')
+  await once(child, 'exit')
+  let st: IscsiLockStorage | null = null
+  for (let i = 0; i < 150 && !st; i++) {
+    st = await IscsiLockStorage.open(uri, { initiatorName: 'iqn.2026-11.test:stall2' }).catch(() => new Promise<null>((r) => setTimeout(() => r(null), 100)))
+  }
+  t.ok(st, 'once the lock is free the server opens the lockspace again and the LU answers')
+  await st?.close()
 })
