@@ -16,7 +16,14 @@ export async function startServer(
 ): Promise<RunningServer & { dir: string; uri: (e: string) => string }> {
   const dir = tmp(t, 'tandem-ds-')
   const s = await serve({ datastore: dir, listen: '127.0.0.1', httpPort: 0, nbdPort: 0, iscsiPort: 0, shutdownGraceMs: 1000, ...opts }, pino({ level: 'silent' }))
-  t.teardown(() => s.close())
+  // a failed close is a failure of the test; its error printed whole (tap's "error thrown in
+  // teardown" once showed no message, CI 2026-12-02)
+  t.teardown(() =>
+    s.close().catch((e: unknown) => {
+      console.error('startServer: the server\'s close failed:', e)
+      throw e
+    }),
+  )
   return Object.assign(s, { dir, uri: (e: string) => `nbd://127.0.0.1:${s.nbdPort}/${e}` })
 }
 
