@@ -12,13 +12,18 @@
  * files mostly wait (timers, leases, peers), and whenever one of them wants a core the scheduler
  * gives it before lane 1 (CFS weights 1024 to 15). TANDEM_TEST_LANES=serial runs lane 1 and then
  * lane 2, each with the machine to itself.
- * Arguments go to both tap runs; given test files, tap runs just those, one at a time.
+ * The lanes run the test files as `npm test`'s build (pretest: tsc -p tsconfig.test.json) compiled
+ * them, each test/x.test.ts as dist/test/x.test.js, with test/tap-compiled.yaml as tap's config: no loader, where
+ * tsx (package.json's tap config) costs each file ~1.5 s of CPU before its first test — 153 files,
+ * a quarter of the suite's CPU. Output and lanes.json name the sources (test/x.test.ts).
+ * Arguments go to both tap runs; given test files, tap runs just those, one at a time, from their
+ * sources (tsx), as `npx tap test/x.test.ts` does.
  * Lane 2 prints tap's output as it comes, lane 1's follows when both have ended; at the end one
  * summary line adds up the lanes' (`# { total: N, pass: N, fail: N, skip: N }`, the form
  * .ci/run counts), and the exit code is the first failing lane's.
  */
 import { spawn } from 'node:child_process'
-import { readdirSync, readFileSync } from 'node:fs'
+import { existsSync, readdirSync, readFileSync } from 'node:fs'
 import { join, relative, sep } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
@@ -34,6 +39,12 @@ interface Lanes {
 
 /** A file lanes.json gives no time for counts this many seconds. */
 const UNTIMED_SECONDS = 15
+
+/** Where `npm test`'s build puts test file `f` (test/a/b.test.ts → dist/test/a/b.test.js). */
+const compiled = (f: string) => `dist/${f.replace(/\.ts$/, '.js')}`
+
+/** tap's config for the compiled files (TAP_RCFILE). */
+const COMPILED_RC = join(ROOT, 'test', 'tap-compiled.yaml')
 
 /** `files` split into `n` groups of about equal time: longest first, each to the group with the least so far. */
 function splitByTime(files: string[], n: number, seconds: Record<string, number> = {}): string[][] {
@@ -61,11 +72,12 @@ const SUMMARY = /^# \{ (total: \d+.*) \}\s*$/
  * Runs tap with `args`, passing its output through (or into `held`, when given); resolves its
  * exit code and summary counts. `nice`: the run's (and its test files') CPU priority.
  */
-function tap(args: string[], o: { held?: Buffer[]; nice?: number } = {}): Promise<{ code: number; counts: Map<string, number> | null }> {
+function tap(args: string[], o: { held?: Buffer[]; nice?: number; rc?: string } = {}): Promise<{ code: number; counts: Map<string, number> | null }> {
   return new Promise((resolve) => {
     const argv = [process.execPath, TAP, ...args]
     if (o.nice) argv.unshift('nice', '-n', String(o.nice))
-    const child = spawn(argv[0], argv.slice(1), { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] })
+    const env = o.rc ? { ...process.env, TAP_RCFILE: o.rc } : process.env
+    const child = spawn(argv[0], argv.slice(1), { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'inherit'] })
     let counts: Map<string, number> | null = null
     let rest = ''
     child.stdout.on('data', (b: Buffer) => {
@@ -113,15 +125,21 @@ async function main(argv: string[]): Promise<number> {
     console.error(`test/lanes.json names test files that do not exist: ${missing.join(', ')}`)
     return 2
   }
+  const stale = all.filter((f) => !existsSync(join(ROOT, compiled(f))))
+  if (stale.length > 0) {
+    console.error(`not compiled: ${stale.slice(0, 3).map(compiled).join(', ')}${stale.length > 3 ? ` and ${stale.length - 3} more` : ''} (npm test compiles the tests first; run it, or tsc -p tsconfig.test.json)`)
+    return 2
+  }
   const shared = new Set(lanes.shared)
-  const firsts = splitByTime(lanes.shared, lanes.jobs, lanes.seconds).map((files) => ['--jobs=1', ...options, ...files])
-  const second = ['--jobs=1', ...options, ...all.filter((f) => !shared.has(f))]
+  const firsts = splitByTime(lanes.shared, lanes.jobs, lanes.seconds).map((files) => ['--jobs=1', ...options, ...files.map(compiled)])
+  const second = ['--jobs=1', ...options, ...all.filter((f) => !shared.has(f)).map(compiled)]
+  const rc = COMPILED_RC
   let runs: { code: number; counts: Map<string, number> | null }[]
   if (process.env.TANDEM_TEST_LANES === 'serial') {
-    runs = [...(await Promise.all(firsts.map((f) => tap(f)))), await tap(second)]
+    runs = [...(await Promise.all(firsts.map((f) => tap(f, { rc })))), await tap(second, { rc })]
   } else {
     const held = firsts.map(() => [] as Buffer[])
-    runs = await Promise.all([...firsts.map((f, i) => tap(f, { held: held[i], nice: 19 })), tap(second)])
+    runs = await Promise.all([...firsts.map((f, i) => tap(f, { held: held[i], nice: 19, rc })), tap(second, { rc })])
     for (const h of held) process.stdout.write(Buffer.concat(h))
   }
   const total = new Map<string, number>()

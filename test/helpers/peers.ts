@@ -35,7 +35,16 @@ export function shStatus(cmd: string, args: string[], opts: { cwd?: string; env?
   return { status: r.status ?? -1, stdout: r.stdout, stderr: r.stderr }
 }
 
-export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..')
+/**
+ * The project's folder: the nearest one above this file with a package.json (this file runs from
+ * test/helpers under tsx, and from dist/test/helpers as npm test runs it, compiled).
+ */
+export const ROOT = ((): string => {
+  for (let dir = dirname(fileURLToPath(import.meta.url)); ; dir = dirname(dir)) {
+    if (existsSync(join(dir, 'package.json'))) return dir
+    if (dirname(dir) === dir) throw new Error(`no package.json above ${fileURLToPath(import.meta.url)}`)
+  }
+})()
 /** The `tandem` executable as npm installs it (the bundle `npm run build` makes). */
 export const CLI = join(ROOT, 'dist', 'src', 'client', 'cli', 'tandem.cjs')
 

@@ -1,12 +1,11 @@
 import t from 'tap'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { readdirSync } from 'node:fs'
-import { join, dirname } from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { readCheckpoint, writeCheckpoint } from '../../../src/client/vm/checkpoint-file.js'
 import { GEN_MEMORY, fillGeneration, generationSource, generationState } from '../../helpers/checkpoint-writer.js'
-import { rng, shmTmp, tmp } from '../../helpers/peers.js'
+import { ROOT, rng, shmTmp, tmp } from '../../helpers/peers.js'
 import { build } from 'esbuild'
 
 /**
@@ -18,7 +17,8 @@ import { build } from 'esbuild'
  */
 const ROUNDS = Number(process.env.TANDEM_CKPT_CRASH_ROUNDS ?? 15)
 const SEED = Number(process.env.TANDEM_CKPT_CRASH_SEED ?? Date.now() % 1_000_000_000)
-const WRITER = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'helpers', 'checkpoint-writer.ts')
+/** the writer's source, bundled below (this file may run compiled, from dist/test) */
+const WRITER = join(ROOT, 'test', 'helpers', 'checkpoint-writer.ts')
 
 interface Writer {
   child: ChildProcess

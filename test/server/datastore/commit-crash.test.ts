@@ -3,8 +3,7 @@ import { spawn } from 'node:child_process'
 import { readdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
-import { fileURLToPath } from 'node:url'
-import { needs, pattern, run, shmTmp } from '../../helpers/peers.js'
+import { needs, pattern, ROOT, run, shmTmp } from '../../helpers/peers.js'
 import { Datastore } from '../../../src/server/datastore/index.js'
 
 /**
@@ -14,7 +13,8 @@ import { Datastore } from '../../../src/server/datastore/index.js'
  * record names. Either way, after the restart every acknowledged write reads back, and every
  * layer checks clean (qemu-img check, --backing-chain).
  */
-const CHILD = fileURLToPath(new URL('../../helpers/commit-crash-child.ts', import.meta.url))
+/** the child's source, run with tsx (this file may run compiled, from dist/test) */
+const CHILD = join(ROOT, 'test', 'helpers', 'commit-crash-child.ts')
 const K = 1024
 
 for (const mode of ['before', 'after'] as const) {
