@@ -34,6 +34,8 @@ export interface DosScenarioOptions {
   bulkPps?: number
   /** the host's --dos-bounds (default cooldownMs=1000: the test waits it out) */
   bounds?: string
+  /** false: the switch drops held frames in Node (`tandem switch --no-kernel-drop`) */
+  kernelDrop?: boolean
   /** how long to wait for the resume after the flood (default 10 s) */
   resumeWaitMs?: number
 }
@@ -134,7 +136,7 @@ export async function runDosScenario(o: DosScenarioOptions): Promise<DosScenario
     const init = spawnSync(process.execPath, [o.cli, 'lock', 'init', '--lockspace', join(dir, '.tandem', 'lockspace'), '--hosts', '4', '--locks', '16'], { encoding: 'utf8' })
     if (init.status !== 0) throw new Error(`lock init: ${init.stderr}`)
     const serve = spawnCli(o.cli, ['serve', '--datastore', dir, '--listen', '127.0.0.1', '--http-port', '0', '--nbd-port', '0', '--iscsi-port', '0'], 'tandem serve ready', kill)
-    const sw = spawnCli(o.cli, ['switch', '--listen', '127.0.0.1:0'], 'tandem switch ready', kill)
+    const sw = spawnCli(o.cli, ['switch', '--listen', '127.0.0.1:0', ...(o.kernelDrop === false ? ['--no-kernel-drop'] : [])], 'tandem switch ready', kill)
     const server = `http://127.0.0.1:${(await serve.ready).httpPort as number}`
     const switchUrl = `udp:127.0.0.1:${(await sw.ready).port as number}`
     const host = spawnCli(o.cli, ['host', '--name', 'dos-host', '--server', server, '--api-port', '0', '--dos-guard', o.guard, '--dos-bounds', o.bounds ?? 'cooldownMs=1000'], 'tandem host ready', kill)

@@ -31,6 +31,11 @@ export interface Native {
    * place relative to `outOffset` of `outFd`; the all-zero blocks are not written. One job.
    */
   copyData(fd: number, offset: number, length: number, first: number, block: number, flags: Uint8Array, outFd: number, outOffset: number): Promise<void>
+  /**
+   * Attaches a classic BPF program (struct sock_filter, 8 bytes each, this machine's byte order)
+   * to socket `fd` (SO_ATTACH_FILTER), or detaches its filter when `program` is empty: 0 or the errno.
+   */
+  setSocketFilter(fd: number, program: Buffer): number
 }
 
 let native: Native | null = null

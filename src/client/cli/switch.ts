@@ -23,6 +23,7 @@ export function switchCommand(run: (fn: () => Promise<number | void>) => Promise
     .option('--max-peers <n>', 'peers at once; datagrams from more addresses are dropped', '1024')
     .option('--fault <spec>', 'faults on the link to every peer, for tests: delay=MS (order kept), loss=RATIO (0 to 1), stall (hold every frame), e.g. delay=5,loss=0.01')
     .option('--seed <n>', 'seed of the loss fault\'s draws', '1')
+    .option('--no-kernel-drop', 'drop the frames to a held port (a host\'s DoS guard suspended its VM) in Node, each counted; by default the kernel drops all but a random sixteenth of them (a BPF filter on the socket) and those count 16 each')
     .option('--log-level <level>', 'fatal, error, warn, info, debug (env TANDEM_LOG_LEVEL)', process.env.TANDEM_LOG_LEVEL ?? 'info')
     .action((o) =>
       run(async () => {
@@ -34,7 +35,7 @@ export function switchCommand(run: (fn: () => Promise<number | void>) => Promise
         if (!Number.isSafeInteger(seed)) throw new StorageError('InvalidArgument', `invalid --seed '${o.seed}' (an integer)`)
         const faults = o.fault !== undefined ? parseFaults(o.fault) : undefined
         const { runSwitch } = await loadLazy<typeof import('../net/run-switch.js')>('../net/run-switch.js')
-        const s = await runSwitch({ host, port, ageMs, maxPeers, faults, seed, logLevel: o.logLevel })
+        const s = await runSwitch({ host, port, ageMs, maxPeers, faults, seed, logLevel: o.logLevel, kernelDrop: o.kernelDrop !== false })
         return new Promise<number>((resolve) => {
           let stopping = false
           const stop = (signal: string) => {

@@ -7,6 +7,7 @@ import { FaultyLink, NO_FAULTS, type LinkFaults } from './link-faults.js'
 import { seededRandom } from './random.js'
 import { formatAddress } from './address.js'
 import { heldFrame, parseHold, REPORT_MS, SMALL_HELD, type HeldCounts } from './port-hold.js'
+import { KernelDrop } from './kernel-drop.js'
 
 /** What the switch logs through (a pino logger is one). */
 export interface SwitchLog {
@@ -37,6 +38,11 @@ export interface UdpSwitchOptions {
   seed?: number
   timers?: Timers
   log?: SwitchLog
+  /**
+   * Drop most frames to held peers in the kernel, counting a sample (kernel-drop.ts; default true).
+   * false: every held frame reaches Node and is counted exactly.
+   */
+  kernelDrop?: boolean
 }
 
 export interface PeerInfo {
@@ -51,7 +57,7 @@ export interface PeerInfo {
   faults: LinkFaults
   /** the peer asked for its frames to be held (port-hold.ts): they are dropped and reported */
   held: boolean
-  /** frames to it dropped while held */
+  /** frames to it dropped while held (with the kernel's drop, an estimate: kernel-drop.ts) */
   heldFrames: number
 }
 
@@ -97,6 +103,8 @@ export class UdpSwitch {
   private readonly log: SwitchLog
   private readonly ageMs: number
   private readonly maxPeers: number
+  /** the kernel's share of the dropping: frames to a held peer's MACs, most never reach Node */
+  private readonly drop: KernelDrop
 
   private constructor(
     private readonly sock: Socket,
@@ -109,6 +117,8 @@ export class UdpSwitch {
     this.maxPeers = o.maxPeers ?? SWITCH_DEFAULTS.maxPeers
     this.defaults = { ...(o.faults ?? NO_FAULTS) }
     this.random = seededRandom(o.seed ?? 1)
+    this.drop = new KernelDrop(sock, o.kernelDrop !== false)
+    this.drop.onUnavailable = (why) => this.log.warn({ why }, 'held frames are dropped in Node: the kernel filter is unavailable')
     sock.on('message', (msg, rinfo) => this.datagram(msg, rinfo))
     sock.on('error', (e) => this.log.warn({ err: e.message }, 'socket error'))
     void this.sweep()
@@ -176,10 +186,20 @@ export class UdpSwitch {
     if (hold) {
       p.held = hold === 'HOLD'
       this.log.info({ peer: key, held: p.held }, p.held ? 'peer holds its frames' : 'peer takes its frames again')
+      this.dropHeld()
       return
     }
     p.framesIn++
     p.sw.send(msg)
+    // a MAC the kernel drops for, seen on a port that does not hold (a VM moved: FT failover): refilter
+    if (this.drop.active && !p.held && this.drop.weight(msg.subarray(6, 12)) > 1) this.dropHeld()
+  }
+
+  /** The kernel's filter: the MACs learned on held peers. */
+  private dropHeld(): void {
+    const macs: Buffer[] = []
+    for (const q of this.peers.values()) if (q.held) for (const m of this.switch.macsOn(q.sw)) macs.push(Buffer.from(m, 'hex'))
+    this.drop.set(macs)
   }
 
   private join(key: string, rinfo: RemoteInfo): Peer {
@@ -206,11 +226,13 @@ export class UdpSwitch {
    * report is REPORT_MS old, else when it will be (so the last frames of a flood are reported too).
    */
   private hold(p: Peer, frame: Buffer): void {
-    p.heldFrames++
+    // a frame the kernel let through as its sample stands for the ones it dropped
+    const w = this.drop.weight(frame)
+    p.heldFrames += w
     const u = p.unreported
-    u.frames++
-    u.bytes += frame.length
-    if (frame.length <= SMALL_HELD) u.small++
+    u.frames += w
+    u.bytes += w * frame.length
+    if (frame.length <= SMALL_HELD) u.small += w
     const wait = p.reportedAt + REPORT_MS - this.timers.now()
     if (wait <= 0) return this.report(p)
     if (p.reportDue) return
@@ -231,6 +253,7 @@ export class UdpSwitch {
     p.sw.close()
     p.link.close()
     this.peers.delete(p.key)
+    if (p.held) this.dropHeld()
   }
 
   /** Every quarter of ageMs: peers silent for ageMs or more leave. */

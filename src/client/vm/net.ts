@@ -33,6 +33,11 @@ export class VirtualSwitch {
     this.maxMacs = opts.maxMacs ?? 4096
   }
 
+  /** The MACs learned on `port` (hex, as macKey makes them). */
+  macsOn(port: SwitchPort): string[] {
+    return [...this.learned].filter(([, q]) => q === port).map(([mac]) => mac)
+  }
+
   /** A new port on the switch. */
   port(): SwitchPort {
     const sw = this
