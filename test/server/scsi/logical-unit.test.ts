@@ -1,4 +1,5 @@
 import t from 'tap'
+import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { tmp, pattern, rng } from '../../helpers/peers.js'
 import { createVmdk, openVmdk, RawFile } from '../../../src/disk-formats/index.js'
@@ -54,6 +55,17 @@ t.test('READ CAPACITY 10/16', async (t) => {
   const rc16 = (await u.execute(hex('9e 10 0000000000000000 00000020 00 00'), null, I1)).dataIn!
   t.equal(Number(rc16.readBigUInt64BE(0)), (8 << 20) / 512 - 1)
   t.equal(rc16[14] & 0xc0, 0xc0, 'LBPME and LBPRZ')
+})
+
+t.test('READ CAPACITY of a device with no blocks: NOT READY, MEDIUM NOT PRESENT (not a hardware error from a negative last LBA)', async (t) => {
+  const d = tmp(t)
+  const f = join(d, 'empty.raw')
+  writeFileSync(f, '')
+  const dev = await RawFile.open(f)
+  t.teardown(() => dev.close())
+  const u = new LogicalUnit(dev, { serial: 'empty' })
+  t.same(sk(await u.execute(hex('25 00 00000000 0000 00 00'), null, I1)), [2, 0x3a, 0], 'READ CAPACITY(10)')
+  t.same(sk(await u.execute(hex('9e 10 0000000000000000 00000020 00 00'), null, I1)), [2, 0x3a, 0], 'READ CAPACITY(16)')
 })
 
 t.test('READ/WRITE 6/10/12/16 round trips; range and field errors', async (t) => {

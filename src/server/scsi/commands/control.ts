@@ -39,6 +39,14 @@ const inquiry = command<{ evpd: boolean; reserved: number; page: number; alloc: 
   run: async (u, f) => good(allocated(f.evpd ? vpdPage(described(u), f.page as (typeof VPD_PAGES)[number]) : standardInquiry(u.identity), f.alloc)),
 })
 
+/**
+ * A device of no blocks has no last LBA to report (the lockspace LU while its file is missing):
+ * NOT READY, MEDIUM NOT PRESENT, as a drive with no medium answers.
+ */
+function noMedium(blocks: number): void {
+  if (blocks <= 0) throw new SenseError(C.NOT_READY, 'MEDIUM_NOT_PRESENT')
+}
+
 /** READ CAPACITY(10) (SBC-3 5.15): the last LBA (0xFFFFFFFF past 2 TiB) and the block length. */
 const readCapacity10 = command<{ lba: number; pmi: boolean }>({
   name: 'READ CAPACITY(10)', opcode: C.READ_CAPACITY_10, cdbLength: 10, access: 'other', metrics: 'other',
@@ -47,6 +55,7 @@ const readCapacity10 = command<{ lba: number; pmi: boolean }>({
     if (f.lba !== 0 && !f.pmi) throw invalidField(2)
   },
   async run(u) {
+    noMedium(u.blocks)
     const d = Buffer.alloc(8)
     d.writeUInt32BE(Math.min(u.blocks - 1, 0xffffffff), 0)
     d.writeUInt32BE(BLOCK, 4)
@@ -59,6 +68,7 @@ const readCapacity16 = command<{ alloc: number }>({
   name: 'READ CAPACITY(16)', opcode: C.SERVICE_ACTION_IN_16, serviceAction: C.SAI_READ_CAPACITY_16, cdbLength: 16, access: 'other', metrics: 'other',
   fields: (cdb) => ({ alloc: cdb.readUInt32BE(10) }),
   async run(u, { alloc }) {
+    noMedium(u.blocks)
     const d = Buffer.alloc(32)
     d.writeBigUInt64BE(BigInt(u.blocks - 1), 0)
     d.writeUInt32BE(BLOCK, 8)
