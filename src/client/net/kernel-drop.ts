@@ -12,12 +12,21 @@ import { loadNative } from '../../disk-formats/native.js'
  * is over, still see about the whole flood.
  *
  * The filter runs on the datagram from its UDP header: the frame starts at byte 8, its destination
- * MAC at 8..13. Datagrams shorter than a frame's header (keepalives, port-hold messages are
- * longer) pass. At most MAX_MACS MACs go into the program (jump offsets are 8 bits); frames for
- * the rest are dropped in Node, as without the filter.
+ * MAC at 8..13, its source at 14..19. Datagrams shorter than a frame's header (keepalives) pass; so
+ * does every frame *from* a filtered MAC, whatever its destination (a VM that moved, or came back
+ * elsewhere, announces itself to itself: the switch must see it to learn the MAC's new port and
+ * take it out of the filter). Only unicast MACs other than 00:00:00:00:00:00 are ever filtered: a
+ * peer could otherwise hold a port it taught ff:ff:ff:ff:ff:ff (every broadcast) or the zero MAC
+ * (every port-hold message). At most MAX_MACS MACs go into the program (jump offsets are 8 bits);
+ * frames for the rest are dropped in Node, as without the filter.
+ *
+ * An approximation, bounded: datagrams already queued on the socket when the filter is attached
+ * count SAMPLE_EVERY too (a few hundred at most, the socket's buffer), so the first report after a
+ * HOLD can stand for more frames than came. The flood is detected by then; the meter sees it a
+ * window longer at most.
  */
 export const SAMPLE_EVERY = 16
-export const MAX_MACS = 63
+export const MAX_MACS = 31
 
 const UDP_HEADER = 8
 const ETH_HEADER = 14
@@ -41,7 +50,8 @@ export function dropProgram(macs: Buffer[], sampleEvery = SAMPLE_EVERY): Buffer 
   if (macs.length > MAX_MACS) throw new RangeError(`at most ${MAX_MACS} MACs in a drop filter`)
   if (!(sampleEvery >= 1 && (sampleEvery & (sampleEvery - 1)) === 0)) throw new RangeError('sampleEvery: a power of two')
   const n = macs.length
-  const accept = 2 + 4 * n
+  // [0, 2): the length check; [2, 2+4n): from a filtered MAC: accept; [2+4n, 2+8n): to one: sample
+  const accept = 2 + 8 * n
   const match = accept + 1
   const p: Insn[] = [
     [LD_W_LEN, 0, 0, 0],
@@ -49,6 +59,10 @@ export function dropProgram(macs: Buffer[], sampleEvery = SAMPLE_EVERY): Buffer 
   ]
   macs.forEach((mac, i) => {
     const b = 2 + 4 * i
+    p.push([LD_W_ABS, 0, 0, UDP_HEADER + 6], [JEQ_K, 0, 2, mac.readUInt32BE(0)], [LD_H_ABS, 0, 0, UDP_HEADER + 10], [JEQ_K, accept - (b + 4), 0, mac.readUInt16BE(4)])
+  })
+  macs.forEach((mac, i) => {
+    const b = 2 + 4 * n + 4 * i
     p.push([LD_W_ABS, 0, 0, UDP_HEADER], [JEQ_K, 0, 2, mac.readUInt32BE(0)], [LD_H_ABS, 0, 0, UDP_HEADER + 4], [JEQ_K, match - (b + 4), 0, mac.readUInt16BE(4)])
   })
   p.push([RET_K, 0, 0, ACCEPT], [LD_W_ABS, 0, 0, AD_RANDOM], [AND_K, 0, 0, sampleEvery - 1], [JEQ_K, 0, 1, 0], [RET_K, 0, 0, ACCEPT], [RET_K, 0, 0, 0])
@@ -64,6 +78,9 @@ export function dropProgram(macs: Buffer[], sampleEvery = SAMPLE_EVERY): Buffer 
   })
   return out
 }
+
+/** A MAC the filter may hold: unicast and not all zero (see above). */
+const filterable = (mac: Buffer) => mac.length === 6 && (mac[0] & 1) === 0 && mac.some((b) => b !== 0)
 
 /** The descriptor of a bound dgram socket (Node keeps it on the socket's handle), or null. */
 function socketFd(sock: Socket): number | null {
@@ -96,7 +113,7 @@ export class KernelDrop {
   }
 
   set(macs: Buffer[]): void {
-    const keep = macs.slice(0, MAX_MACS)
+    const keep = macs.filter(filterable).slice(0, MAX_MACS)
     const keys = new Set(keep.map((m) => m.toString('hex')))
     if (!this.available) return
     if (keys.size === this.filtered.size && [...keys].every((k) => this.filtered.has(k))) return
@@ -114,8 +131,16 @@ export class KernelDrop {
     return this.filtered.size > 0 && this.filtered.has(frame.toString('hex', 0, 6)) ? SAMPLE_EVERY : 1
   }
 
+  /** Gives up on the kernel's drop: the filter attached before, if any, is taken off first. */
   private unavailable(why: string): void {
     this.available = false
+    if (this.filtered.size > 0) {
+      try {
+        loadNative().setSocketFilter(this.fd!, Buffer.alloc(0))
+      } catch {
+        // the addon answered before; nothing more to do if it does not now
+      }
+    }
     this.filtered = new Set()
     this.onUnavailable(why)
   }
