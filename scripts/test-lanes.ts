@@ -15,7 +15,7 @@
  * The lanes run the test files as `npm test`'s build (pretest: tsc -p tsconfig.test.json) compiled
  * them, each test/x.test.ts as dist/test/x.test.js, with test/tap-compiled.yaml as tap's config: no loader, where
  * tsx (package.json's tap config) costs each file ~1.5 s of CPU before its first test — 153 files,
- * a quarter of the suite's CPU. Output and lanes.json name the sources (test/x.test.ts).
+ * a quarter of the suite's CPU. tap's output names the compiled files; lanes.json the sources.
  * Arguments go to both tap runs; given test files, tap runs just those, one at a time, from their
  * sources (tsx), as `npx tap test/x.test.ts` does.
  * Lane 2 prints tap's output as it comes, lane 1's follows when both have ended; at the end one

@@ -33,6 +33,8 @@ interface SharedFile {
   fh: FileHandle
   mutex: Mutex
   refs: number
+  /** fdatasyncs under way (they run outside the mutex): the last close waits for them */
+  syncs: Set<Promise<void>>
 }
 
 /**
@@ -78,7 +80,7 @@ export class FileLockStorage implements LockStorage {
     }
     let p = files.get(key)
     if (!p) {
-      p = openFile(key, 'r+').then((fh) => ({ fh, mutex: new Mutex(), refs: 0 }))
+      p = openFile(key, 'r+').then((fh) => ({ fh, mutex: new Mutex(), refs: 0, syncs: new Set<Promise<void>>() }))
       files.set(key, p)
       p.catch(() => files.delete(key))
     }
@@ -145,7 +147,20 @@ export class FileLockStorage implements LockStorage {
    */
   async write(offset: number, data: Buffer, opts: { durable?: boolean } = {}): Promise<void> {
     await this.locked(fsExt.constants.F_WRLCK, (fh) => pwriteFull(fh, this.name, offset, data))
-    if (opts.durable !== false) await datasync(this.shared.fh, this.name)
+    if (opts.durable !== false) await this.sync()
+  }
+
+  /** fdatasync of the shared descriptor, which the last close waits for. */
+  private sync(): Promise<void> {
+    const { syncs } = this.shared
+    const p = datasync(this.shared.fh, this.name)
+    const tracked = p.then(
+      () => undefined,
+      () => undefined,
+    )
+    syncs.add(tracked)
+    void tracked.then(() => syncs.delete(tracked))
+    return p
   }
 
   async compareAndWrite(offset: number, expected: Buffer, data: Buffer): Promise<boolean> {
@@ -155,20 +170,23 @@ export class FileLockStorage implements LockStorage {
       await pwriteFull(fh, this.name, offset, data)
       return true
     })
-    if (ok) await datasync(this.shared.fh, this.name)
+    if (ok) await this.sync()
     return ok
   }
 
   /** Makes every write so far durable (the `durable: false` ones included). */
   flush(): Promise<void> {
-    return datasync(this.shared.fh, this.name)
+    return this.sync()
   }
 
-  /** The last handle of a file closes it once the operations queued on it have ended. */
+  /** The last handle of a file closes it once the operations queued on it, and their syncs, have ended. */
   async close(): Promise<void> {
     if (--this.shared.refs === 0) {
       files.delete(this.key)
-      await this.shared.mutex.runExclusive(() => this.shared.fh.close())
+      await this.shared.mutex.runExclusive(async () => {
+        await Promise.all(this.shared.syncs)
+        await this.shared.fh.close()
+      })
     }
   }
 }

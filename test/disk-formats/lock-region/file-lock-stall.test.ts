@@ -123,3 +123,32 @@ t.test('a server that could not open its lockspace answers its LUN with NOT READ
   t.ok(st, 'once the lock is free the server opens the lockspace again and the LU answers')
   await st?.close()
 })
+
+t.test('closing the last handle while writes and compare-and-writes are under way: each completes, with its sync, before the file closes', async (t) => {
+  const path = join(tmp(t), 'lockspace')
+  writeFileSync(path, Buffer.alloc(64 * 1024))
+  const st = await FileLockStorage.open(path)
+  // every fdatasync 30 ms slower (a busy disk): the syncs of the last operations are still under way when the close's turn comes
+  const { open } = await import('node:fs/promises')
+  const probe = await open(path, 'r')
+  const proto = Object.getPrototypeOf(probe) as { datasync: () => Promise<void> }
+  await probe.close()
+  const datasync = proto.datasync
+  proto.datasync = async function (this: unknown) {
+    await new Promise((r) => setTimeout(r, 30))
+    return datasync.call(this)
+  }
+  t.teardown(() => void (proto.datasync = datasync))
+  const ops = [] as Promise<unknown>[]
+  for (let i = 0; i < 20; i++) {
+    ops.push(st.compareAndWrite(512 * i, Buffer.alloc(512), Buffer.alloc(512, i + 1)))
+    ops.push(st.write(512 * (40 + i), Buffer.alloc(512, 0xee)))
+  }
+  const closed = st.close()
+  const results = await Promise.allSettled(ops)
+  await closed
+  t.same(results.filter((r) => r.status === 'rejected').map((r) => String((r as PromiseRejectedResult).reason)), [], 'none failed (before: EBADF in the sync after the descriptor closed)')
+  t.same(results.filter((_, i) => i % 2 === 0).map((r) => (r as PromiseFulfilledResult<boolean>).value), Array(20).fill(true), 'every compare-and-write wrote')
+  const back = readFileSync(path)
+  t.ok(Array.from({ length: 20 }, (_, i) => back.subarray(512 * i, 512 * (i + 1)).equals(Buffer.alloc(512, i + 1))).every(Boolean), 'and it is in the file')
+})
