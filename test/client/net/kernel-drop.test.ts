@@ -32,6 +32,15 @@ async function peer(t: { teardown(fn: () => void): void }, port: number): Promis
   return { sock, got, send: (b) => sock.send(b, port, '127.0.0.1') }
 }
 
+/** A switch on a free port and `n` peers on it. */
+async function switchWith(t: { teardown(fn: () => unknown): void }, n: number, o: { kernelDrop?: boolean } = {}): Promise<{ sw: UdpSwitch; peers: Peer[] }> {
+  const sw = await UdpSwitch.listen({ port: 0, ...o })
+  t.teardown(() => sw.close())
+  const peers: Peer[] = []
+  for (let i = 0; i < n; i++) peers.push(await peer(t, sw.address.port))
+  return { sw, peers }
+}
+
 const until = async (cond: () => boolean, what: string) => {
   const end = Date.now() + 10_000
   while (!cond()) {
@@ -57,12 +66,12 @@ t.test('the program: its size, the MAC limit, and a sample rate that is a power 
 })
 
 t.test('held: the kernel drops most frames to the held MAC, Node counts its sample for the rest; other frames and keepalives pass; after PASS all arrive', { skip: process.platform !== 'linux' && 'SO_ATTACH_FILTER is Linux' }, async (t) => {
-  const sw = await UdpSwitch.listen({ port: 0 })
-  t.teardown(() => sw.close())
+  // a: the held VM's port, b: the flood's sender, c: another VM
+  const {
+    sw,
+    peers: [a, b, c],
+  } = await switchWith(t, 3)
   const port = sw.address.port
-  const a = await peer(t, port) // the held VM's port
-  const b = await peer(t, port) // the flood's sender
-  const c = await peer(t, port) // another VM
   a.send(frame(Buffer.alloc(6, 0xff), mac(1)))
   c.send(frame(Buffer.alloc(6, 0xff), mac(3)))
   b.send(Buffer.alloc(0))
@@ -98,12 +107,10 @@ t.test('held: the kernel drops most frames to the held MAC, Node counts its samp
 })
 
 t.test('a filtered MAC that shows up on a port that does not hold (a VM moved) is taken out of the filter at once', { skip: process.platform !== 'linux' && 'SO_ATTACH_FILTER is Linux' }, async (t) => {
-  const sw = await UdpSwitch.listen({ port: 0 })
-  t.teardown(() => sw.close())
-  const port = sw.address.port
-  const a = await peer(t, port)
-  const b = await peer(t, port)
-  const e = await peer(t, port)
+  const {
+    sw,
+    peers: [a, b, e],
+  } = await switchWith(t, 3)
   a.send(frame(Buffer.alloc(6, 0xff), mac(1)))
   b.send(Buffer.alloc(0))
   e.send(Buffer.alloc(0))
@@ -123,11 +130,10 @@ t.test('a filtered MAC that shows up on a port that does not hold (a VM moved) i
 })
 
 t.test('kernelDrop false: every held frame reaches Node and is counted once', async (t) => {
-  const sw = await UdpSwitch.listen({ port: 0, kernelDrop: false })
-  t.teardown(() => sw.close())
-  const port = sw.address.port
-  const a = await peer(t, port)
-  const b = await peer(t, port)
+  const {
+    sw,
+    peers: [a, b],
+  } = await switchWith(t, 2, { kernelDrop: false })
   a.send(frame(Buffer.alloc(6, 0xff), mac(1)))
   b.send(Buffer.alloc(0))
   await until(() => sw.list().length === 2, 'two peers')
@@ -139,12 +145,10 @@ t.test('kernelDrop false: every held frame reaches Node and is counted once', as
 })
 
 t.test('a held port cannot get broadcasts or the zero MAC filtered: they are never put in the program', { skip: process.platform !== 'linux' && 'SO_ATTACH_FILTER is Linux' }, async (t) => {
-  const sw = await UdpSwitch.listen({ port: 0 })
-  t.teardown(() => sw.close())
-  const port = sw.address.port
-  const bad = await peer(t, port)
-  const a = await peer(t, port)
-  const c = await peer(t, port)
+  const {
+    sw,
+    peers: [bad, a, c],
+  } = await switchWith(t, 3)
   // bad teaches the switch ff:ff:ff:ff:ff:ff and 00:00:00:00:00:00 on its port, and a unicast MAC of its own, then holds
   bad.send(frame(mac(9), Buffer.alloc(6, 0xff)))
   bad.send(frame(mac(9), Buffer.alloc(6, 0)))
