@@ -56,7 +56,16 @@ export function tandem(args: string[], opts: { cwd?: string } = {}) {
 /** A temporary folder removed at the end of the test. */
 export function tmp(t: { teardown(fn: () => void): void }, prefix = 'tandem-'): string {
   const d = mkdtempSync(join(tmpdir(), prefix))
-  t.teardown(() => rmSync(d, { recursive: true, force: true }))
+  t.teardown(() => {
+    try {
+      // retried: a file created in it while it is removed (ENOTEMPTY) goes on the next pass
+      rmSync(d, { recursive: true, force: true, maxRetries: 3 })
+    } catch (e) {
+      // tap reports an error in a teardown with no message: say it here
+      console.error(`tmp: could not remove ${d}:`, e)
+      throw e
+    }
+  })
   return d
 }
 
