@@ -57,24 +57,26 @@ export function dropProgram(macs: Buffer[], sampleEvery = SAMPLE_EVERY): Buffer 
     [LD_W_LEN, 0, 0, 0],
     [JGE_K, 0, accept - 2, UDP_HEADER + ETH_HEADER],
   ]
-  macs.forEach((mac, i) => {
-    const b = 2 + 4 * i
-    p.push([LD_W_ABS, 0, 0, UDP_HEADER + 6], [JEQ_K, 0, 2, mac.readUInt32BE(0)], [LD_H_ABS, 0, 0, UDP_HEADER + 10], [JEQ_K, accept - (b + 4), 0, mac.readUInt16BE(4)])
-  })
-  macs.forEach((mac, i) => {
-    const b = 2 + 4 * n + 4 * i
-    p.push([LD_W_ABS, 0, 0, UDP_HEADER], [JEQ_K, 0, 2, mac.readUInt32BE(0)], [LD_H_ABS, 0, 0, UDP_HEADER + 4], [JEQ_K, match - (b + 4), 0, mac.readUInt16BE(4)])
-  })
+  // four instructions: the MAC at byte `at` of the datagram equal to `mac`? then jump to `to`, else on
+  const check = (at: number, mac: Buffer, to: number): Insn[] => {
+    const next = p.length + 4
+    return [
+      [LD_W_ABS, 0, 0, at],
+      [JEQ_K, 0, 2, mac.readUInt32BE(0)],
+      [LD_H_ABS, 0, 0, at + 4],
+      [JEQ_K, to - next, 0, mac.readUInt16BE(4)],
+    ]
+  }
+  for (const mac of macs) p.push(...check(UDP_HEADER + 6, mac, accept))
+  for (const mac of macs) p.push(...check(UDP_HEADER, mac, match))
   p.push([RET_K, 0, 0, ACCEPT], [LD_W_ABS, 0, 0, AD_RANDOM], [AND_K, 0, 0, sampleEvery - 1], [JEQ_K, 0, 1, 0], [RET_K, 0, 0, ACCEPT], [RET_K, 0, 0, 0])
   const out = Buffer.alloc(8 * p.length)
   const le = endianness() === 'LE'
   p.forEach(([code, jt, jf, k], i) => {
-    if (le) out.writeUInt16LE(code, 8 * i)
-    else out.writeUInt16BE(code, 8 * i)
+    out[le ? 'writeUInt16LE' : 'writeUInt16BE'](code, 8 * i)
     out[8 * i + 2] = jt
     out[8 * i + 3] = jf
-    if (le) out.writeUInt32LE(k, 8 * i + 4)
-    else out.writeUInt32BE(k, 8 * i + 4)
+    out[le ? 'writeUInt32LE' : 'writeUInt32BE'](k, 8 * i + 4)
   })
   return out
 }
@@ -107,11 +109,6 @@ export class KernelDrop {
     this.available = enabled && this.fd !== null && process.platform === 'linux'
   }
 
-  /** Whether the kernel drops now (some MAC filtered). */
-  get active(): boolean {
-    return this.filtered.size > 0
-  }
-
   set(macs: Buffer[]): void {
     const keep = macs.filter(filterable).slice(0, MAX_MACS)
     const keys = new Set(keep.map((m) => m.toString('hex')))
@@ -127,8 +124,13 @@ export class KernelDrop {
     this.filtered = keys
   }
 
+  /** Whether the MAC at `at` of `frame` is in the filter now. */
+  covers(frame: Buffer, at = 0): boolean {
+    return this.filtered.size > 0 && this.filtered.has(frame.toString('hex', at, at + 6))
+  }
+
   weight(frame: Buffer): number {
-    return this.filtered.size > 0 && this.filtered.has(frame.toString('hex', 0, 6)) ? SAMPLE_EVERY : 1
+    return this.covers(frame) ? SAMPLE_EVERY : 1
   }
 
   /** Gives up on the kernel's drop: the filter attached before, if any, is taken off first. */

@@ -192,7 +192,7 @@ export class UdpSwitch {
     p.framesIn++
     p.sw.send(msg)
     // a MAC the kernel drops for, seen on a port that does not hold (a VM moved: FT failover): refilter
-    if (this.drop.active && !p.held && this.drop.weight(msg.subarray(6, 12)) > 1) this.dropHeld()
+    if (!p.held && this.drop.covers(msg, 6)) this.dropHeld()
   }
 
   /** The kernel's filter: the MACs learned on held peers. */
