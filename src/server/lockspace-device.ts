@@ -34,14 +34,20 @@ export class LockspaceDevice implements BlockDevice, ComparesAndWrites {
     return s
   }
 
+  /** the capacity last seen open, or from one stat of the file: not a stat per command while closed */
+  private known = -1
+
   get size(): number {
     const s = this.current()
-    if (s) return s.size
-    try {
-      return statSync(this.path).size
-    } catch {
-      return 0
+    if (s) return (this.known = s.size)
+    if (this.known < 0) {
+      try {
+        this.known = statSync(this.path).size
+      } catch {
+        return 0
+      }
     }
+    return this.known
   }
 
   async read(offset: number, length: number): Promise<Buffer> {
