@@ -255,9 +255,6 @@ export class JitHart extends Hart {
     }
     // a side exit: the interpreter runs this instruction
     const side = `{ exit.side = 1; e = ${pc}; k = ${i}; break body; }`
-    // leaving the block for `target` after a whole pass (a self-loop goes round while the budget allows)
-    // (${N}, the block's length, is filled in when it is known)
-    const leave = (target: number) => (target === entry ? `n += ${i + 1}; if (budget - n >= ${'$'}{N}) continue; e = ${target}; break body;` : `n += ${i + 1}; e = ${target}; break body;`)
     switch (inst & 0x7f) {
       case 0x37:
         return { code: set(String(inst & 0xfffff000)) }
@@ -339,7 +336,11 @@ export class JitHart extends Hart {
         if (target & 3) return null
         const a = f3 >= 6 ? `${r(rs1)} >>> 0` : r(rs1)
         const b = f3 >= 6 ? `${r(rs2)} >>> 0` : r(rs2)
-        return { code: `if (${a} ${ops[f3]} ${b}) { ${leave(target)} }\n${leave(next)}`, ends: true }
+        // both ways out share one path (no code that has run only one way, so none that a first run the
+        // other way deoptimizes); a self-loop goes round while the budget allows (${N}, the block's
+        // length, is filled in when it is known)
+        const loop = target === entry ? `if ((e === ${target}) & (budget - n >= ${'$'}{N})) continue;` : ''
+        return { code: `n += ${i + 1}; e = ${a} ${ops[f3]} ${b} ? ${target} : ${next}; ${loop} break body;`, ends: true }
       }
       case 0x6f: {
         const imm = ((inst >> 31) << 20) | (((inst >>> 12) & 0xff) << 12) | (((inst >>> 20) & 1) << 11) | (((inst >>> 21) & 0x3ff) << 1)

@@ -28,8 +28,22 @@ export const MMIO = {
 } as const
 /** mtime ticks per second (qemu virt's timebase) */
 export const TIMEBASE_HZ = 10_000_000
-/** instructions per run slice: how often the host looks at the timer and the disk */
-const SLICE = 50_000
+/**
+ * Instructions per run slice, at least — and always while a disk request is in flight or the NIC
+ * has a cable, whose completions and frames the guest sees only between slices.
+ */
+export const SLICE_MIN = 50_000
+/** at most */
+export const SLICE_MAX = 4_000_000
+/**
+ * Otherwise a slice lasts about this long on the run's timers (at the rate the last slice ran),
+ * and no longer than to the timer's deadline: the work between slices (an event-loop turn, the
+ * run loop's resumption, its devices' polls) is paid ~1000 times a second however fast the
+ * engine runs. At a fixed 50 000 instructions it was paid ~10 000 times a second under the block
+ * translator, and V8's optimization of that loop and of the interpreter (which finishes each slice's
+ * last partial block) cost more CPU than the `cpu` guest's whole run saved by them.
+ */
+export const SLICE_MS = 1
 
 export interface HostClock {
   /** monotonic nanoseconds */
@@ -129,6 +143,8 @@ export class Machine {
   private halted: string | null = null
   /** when a replay last let I/O run (timers ms) */
   private yieldedAt = 0
+  /** instructions per ms of the run's timers, as the last long-enough slice ran (0: not known yet) */
+  private rate = 0
   private interrupts = 0
   readonly imageSha: Buffer
   readonly clint: Clint
@@ -449,6 +465,7 @@ export class Machine {
         while (r.position < this.logStart) if (!r.next() && !(await r.more())) break
         if (r.position < this.logStart) throw new ReplayError(`the replay log ends (record ${r.position}) before the restored state (record ${this.logStart})`, this.hart.instret)
       }
+      const timers = this.opts.timers ?? realTimers
       for (;;) {
         const replay = this.replay
         await this.pausePoint()
@@ -471,14 +488,17 @@ export class Machine {
         // a log still being written: run no further than every record has arrived
         if (replay) await replay.waitPast(this.hart.instret)
         if (this.halted !== null) continue
-        let limit = Math.min(this.hart.instret + SLICE, max)
+        let limit = Math.min(this.hart.instret + this.sliceLength(), max)
         if (replay) limit = Math.min(limit, Math.max(replay.horizon, this.hart.instret))
         const obs = this.opts.observe
         if (obs) limit = Math.min(limit, (Math.floor(this.hart.instret / obs.every) + 1) * obs.every)
         if (this.pause && this.pause.at > this.hart.instret) limit = Math.min(limit, this.pause.at)
         const next = replay?.peek()
         if (replay && next && next.instret < limit && next.kind !== EVENT.TIME && next.kind !== EVENT.ENTROPY && next.kind !== EVENT.RTC) limit = Math.max(next.instret, this.hart.instret)
-        const reason = limit > this.hart.instret ? this.hart.run(limit) : 'limit'
+        const from = this.hart.instret
+        const t0 = timers.now()
+        const reason = limit > from ? this.hart.run(limit) : 'limit'
+        this.learnRate(this.hart.instret - from, timers.now() - t0)
         if (obs && this.hart.instret % obs.every === 0 && this.hart.instret !== this.observedAt) {
           this.observedAt = this.hart.instret
           obs.fn(this)
@@ -500,12 +520,11 @@ export class Machine {
             message = `the guest waits for an interrupt (WFI) that cannot come, at instruction ${this.hart.instret}`
             break
           }
-          if (reason === 'limit') await (this.opts.timers ?? realTimers).yield()
+          if (reason === 'limit') await timers.yield()
           // a recording written as it runs: memory stays bounded however far the disk lags
           await this.opts.record?.drain()
         } else if (this.opts.afterSlice) {
           // a follower catching up still reads its feed (and acknowledges it) at least every ms
-          const timers = this.opts.timers ?? realTimers
           const now = timers.now()
           if (now - this.yieldedAt >= 1) {
             this.yieldedAt = now
@@ -554,6 +573,24 @@ export class Machine {
       message,
       fault: this.hart.fault ?? undefined,
     }
+  }
+
+  /** The next slice's instruction count (SLICE_MIN, SLICE_MS): the limits of the log and of a pause come on top. */
+  private sliceLength(): number {
+    if (this.rate === 0 || (!this.replay && (this.hba.pending > 0 || this.nic.connected))) return SLICE_MIN
+    let n = this.rate * SLICE_MS
+    if (!this.replay && this.clint.armed) {
+      // (a deadline already passed has its interrupt pending: nothing to look at sooner for)
+      const ticks = this.clint.mtimecmp - this.mtime()
+      if (ticks > 0n) n = Math.min(n, (this.rate * Number(ticks) * 1000) / TIMEBASE_HZ)
+    }
+    return Math.max(SLICE_MIN, Math.min(SLICE_MAX, Math.floor(n)))
+  }
+
+  /** After a slice of `n` instructions that took `ms` on the run's timers. */
+  private learnRate(n: number, ms: number): void {
+    // a short slice (one cut by an event, a WFI) or one the timers did not see pass says little
+    if (n >= SLICE_MIN / 2 && ms > 0) this.rate = n / ms
   }
 
   /** The replay log is complete and every record of it used, and the VM is to go on live. */

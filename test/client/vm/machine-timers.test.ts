@@ -1,5 +1,6 @@
 import t from 'tap'
 import { CpuLimiter, Machine, MMIO, type HostClock } from '../../../src/client/vm/index.js'
+import { SLICE_MIN, SLICE_MS } from '../../../src/client/vm/machine.js'
 import { elf, li, rv } from '../../helpers/rv.js'
 import { FakeTimers } from '../../helpers/timers.js'
 
@@ -71,4 +72,30 @@ t.test('the run loop holds a busy guest to its CPU share (each slice costs 1 ms 
     t.ok(Math.abs(share - pct / 100) < 0.03, `${pct} %: ${slices} slices of 1 ms in ${clock.t} ms (share ${(share * 100).toFixed(1)} %)`)
     t.ok(clock.slept.length >= 5, `${clock.slept.length} sleeps`)
   }
+})
+
+t.test('a slice lasts SLICE_MS at the rate the last one ran, and ends no later than the timer deadline', async (t) => {
+  // 5 M iterations of a 2-instruction loop; the timer armed 0.5 ms (5000 ticks) ahead, its interrupt left off
+  const armed = elf([...li(1, MMIO.CLINT + 0x4000), ...li(2, 5000), rv.sw(2, 1, 0), rv.sw(0, 1, 4), ...li(5, 5_000_000), rv.addi(5, 5, -1), rv.bne(5, 0, -4), ...finish])
+  const clock = new FakeTimers()
+  const stop = new AbortController()
+  const m = new Machine({ image: armed, memory: 1 << 20, timers: clock, clock: hostClock(clock), signal: stop.signal })
+  const slices: number[] = []
+  const run = m.hart.run.bind(m.hart)
+  // the engine runs 10^6 instructions per ms of fake time
+  m.hart.run = (limit) => {
+    const from = m.hart.instret
+    slices.push(limit - from)
+    const r = run(limit)
+    clock.t += (m.hart.instret - from) / 1e6
+    return r
+  }
+  const s = await runOnFakeTime(m, clock, stop)
+  t.equal(s.end, 'exit')
+  // the slices the CLINT stores cut short (5 instructions, then 1) and the first whole one, at no known rate yet: the shortest
+  t.same(slices.slice(0, 3), [SLICE_MIN, SLICE_MIN, SLICE_MIN], `slices asked for: ${JSON.stringify(slices)}`)
+  // then the rest of the deadline 0.5 ms in at 10^6 instructions a ms (the 0.05 ms of the first slice gone; float rounding aside)
+  t.ok(Math.abs(slices[3] - 450_000) <= 1, `the next ends at the timer's deadline: ${slices[3]}`)
+  t.ok(slices.slice(4, -1).every((n) => Math.abs(n - SLICE_MS * 1_000_000) <= 1), 'the deadline passed (its interrupt pending): slices of SLICE_MS at the rate')
+  t.ok(slices.length < 20, `${slices.length} slices for ${s.instructions} instructions (${Math.ceil(s.instructions / SLICE_MIN)} at the shortest)`)
 })
