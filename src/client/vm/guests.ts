@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url'
 /** The committed guest images (built by scripts/build-guests.sh), found from src/ or dist/src/. */
 const HERE = dirname(fileURLToPath(import.meta.url))
 const GUESTS = [join(HERE, '..', '..', '..', 'guests'), join(HERE, '..', '..', '..', '..', 'guests')].find((d) => existsSync(join(d, 'cpu.elf'))) ?? join(HERE, '..', '..', '..', '..', 'guests')
-export const GUEST_NAMES = ['cpu', 'memdirty', 'diskio', 'disklog', 'ticker', 'kvstore', 'noisy', 'memsweep']
+export const GUEST_NAMES = ['cpu', 'memdirty', 'diskio', 'disklog', 'ticker', 'kvstore', 'noisy', 'memsweep', 'cpu10']
 
 /** A guest name (`cpu`) → its committed image; anything else is taken as a file. */
 export function guestPath(guest: string): string {
