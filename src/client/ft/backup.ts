@@ -137,8 +137,20 @@ export class FtBackup {
   private afterSlice(m: Machine): void {
     this.m = m
     if (this.live || m.hart.instret === this.lastExecuted) return
-    if (this.o.timers.now() - this.lastAckAt >= (this.o.ackEveryMs ?? 1)) this.sendAck()
+    const wait = (this.o.ackEveryMs ?? 1) - (this.o.timers.now() - this.lastAckAt)
+    if (wait <= 0) return this.sendAck()
+    // acked less than ackEveryMs ago: this count goes out once that much has passed, even if the
+    // replay now waits (caught up with an idle primary) and no slice or LOG comes to send it — else
+    // the primary would measure, and its lag control act on, a lag as long as the guest stays idle
+    if (this.ackDue) return
+    this.ackDue = true
+    void this.o.timers.sleep(wait).then(() => {
+      this.ackDue = false
+      if (!this.live && this.m && this.m.hart.instret !== this.lastExecuted) this.sendAck()
+    })
   }
+  /** a deferred executed-ACK is on its way (afterSlice) */
+  private ackDue = false
 
   /** The primary is gone: no more acks (its outputs stay held there). */
   peerLost(): void {
