@@ -33,8 +33,9 @@ export const TIMEBASE_HZ = 10_000_000
  * has a cable, whose completions and frames the guest sees only between slices.
  */
 export const SLICE_MIN = 50_000
-/** at most */
-export const SLICE_MAX = 4_000_000
+/** at most (~1.3 ms of the translator's fastest guest; a slice that turns slow — interpreted or
+ * invalidated code at ~50 MIPS — still ends within ~40 ms, well inside a pair's loss timeout) */
+export const SLICE_MAX = 2_000_000
 /**
  * Otherwise a slice lasts about this long on the run's timers (at the rate the last slice ran),
  * and no longer than to the timer's deadline: the work between slices (an event-loop turn, the

@@ -5,6 +5,7 @@ import { Machine, runVm, guestPath, PAGE_SIZE, RAM_BASE } from '../../../src/cli
 import { startServer } from '../../helpers/server.js'
 import { TestNbdClient } from '../../helpers/nbd-client.js'
 import { diskioPattern as expected } from '../../helpers/diskio.js'
+import { elf, li, rv } from '../../helpers/rv.js'
 
 
 t.test('diskio on a datastore disk through the SCSI layer; its writes read back through NBD', async (t) => {
@@ -91,4 +92,17 @@ t.test('dirty-page tracking is exact for memdirty: no page missed, none extra', 
   mem.touchRange(PAGE_SIZE * 4, 10)
   t.same(hits, [3], 'disarmed: no more calls')
   t.same(mem.readAndClearDirty(), [4], 'but the page is still marked dirty')
+})
+
+t.test('the HBA doorbell ends the run slice right after the store (the request starts between slices)', async (t) => {
+  // ring at 0x80001000, 4 slots; producer index 1 (a refused, empty request); then a long busy loop
+  const HBA = 0x10002000
+  const words = [...li(1, HBA), ...li(2, 0x80001000), rv.sw(2, 1, 0), rv.addi(3, 0, 4), rv.sw(3, 1, 4), rv.addi(3, 0, 1), rv.sw(3, 1, 8), ...li(5, 1_000_000), rv.addi(5, 5, -1), rv.bne(5, 0, -4), rv.jal(0, 0)]
+  for (const engine of ['interp', 'jit'] as const) {
+    const m = new Machine({ image: elf(words), memory: 1 << 16, engine })
+    m.hart.run(2_000_000)
+    // li x1 (2), li x2 (2), sw, addi, sw, addi, sw: the doorbell is the 9th instruction
+    t.equal(m.hart.instret, 9, `${engine}: the slice ended after the doorbell store`)
+    t.equal(m.hba.pending, 1, `${engine}: the request is in flight`)
+  }
 })

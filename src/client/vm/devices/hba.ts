@@ -113,6 +113,8 @@ export class Hba implements VmDevice {
       this.issue(req)
       this.inflight.push(req)
     }
+    // the request starts once the slice ends (its promise chain runs between slices): end it here
+    this.ctx.hart.requestStop()
   }
 
   /** Sends a request to the disk after the ones before it (or completes a refused one). */
