@@ -15,7 +15,9 @@ export interface SwitchProcess {
 /** Runs `tandem switch --listen 127.0.0.1:0 ARGS` and waits for its ready line; killed at teardown. */
 export async function startSwitch(t: { teardown(fn: () => unknown): void }, args: string[] = []): Promise<SwitchProcess> {
   const child = spawn(process.execPath, [CLI, 'switch', '--listen', '127.0.0.1:0', ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
-  const exited = new Promise<{ code: number | null; signal: string | null }>((r) => child.on('exit', (code, signal) => r({ code, signal })))
+  // 'close', not 'exit': by then its stdout is read to the end, so `logs` holds its last line (ci35 read
+  // the logs on 'exit' and missed 'tandem switch stopped')
+  const exited = new Promise<{ code: number | null; signal: string | null }>((r) => child.on('close', (code, signal) => r({ code, signal })))
   t.teardown(() => {
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
   })

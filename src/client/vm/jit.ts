@@ -337,9 +337,10 @@ export class JitHart extends Hart {
         const a = f3 >= 6 ? `${r(rs1)} >>> 0` : r(rs1)
         const b = f3 >= 6 ? `${r(rs2)} >>> 0` : r(rs2)
         // both ways out share one path (no code that has run only one way, so none that a first run the
-        // other way deoptimizes); a self-loop goes round while the budget allows (${N}, the block's
-        // length, is filled in when it is known)
-        const loop = target === entry ? `if ((e === ${target}) & (budget - n >= ${'$'}{N})) continue;` : ''
+        // other way deoptimizes); a way back to the block's own start — the branch's target, or its
+        // fall-through when the block followed a jump back to a loop's test — goes round while the
+        // budget allows (${N}, the block's length, is filled in when it is known)
+        const loop = target === entry || next === entry ? `if ((e === ${entry}) & (budget - n >= ${'$'}{N})) continue;` : ''
         return { code: `n += ${i + 1}; e = ${a} ${ops[f3]} ${b} ? ${target} : ${next}; ${loop} break body;`, ends: true }
       }
       case 0x6f: {

@@ -225,3 +225,24 @@ t.test('every guest recorded under one engine replays under the other: same coun
     t.ok(rep.disk!.equals(rec.disk!), `${guest}: the same disk, byte for byte`)
   }
 })
+
+t.test('a loop tested at its top (the block follows the jump back and falls through to its own start) goes round inside one block call', async (t) => {
+  // x5 = 100 000; X: beq x5, x0, out; E: x5 -= 1; j X; out: j out
+  const words = [...li(5, 100_000), rv.beq(5, 0, 12), rv.addi(5, 5, -1), rv.jal(0, -8), rv.jal(0, 0)]
+  const m = new Machine({ image: elf(words), memory: 1 << 16, engine: 'jit' })
+  const hart = m.hart as JitHart
+  // every translated block counted as it is called
+  let calls = 0
+  const h = hart as unknown as { make: (body: string) => (x: Int32Array, budget: number) => number }
+  const make = h.make
+  h.make = (body) => {
+    const fn = make(body)
+    return (x, budget) => (calls++, fn(x, budget))
+  }
+  // li (2), 100 000 passes of beq, addi, j (3 each), the last beq (taken)
+  const end = 2 + 100_000 * 3 + 1
+  while (m.hart.instret < end) m.hart.run(Math.min(end, m.hart.instret + 50_000))
+  t.equal(m.hart.x[5], 0, 'the loop ran to its end')
+  t.equal(m.hart.pc >>> 0, BASE + 4 * 5, 'and left it at its exact count')
+  t.ok(calls < 100, `${calls} block calls for 100 000 passes (one per pass when the fall-through back to the block's start leaves it)`)
+})
