@@ -1,4 +1,4 @@
-import type { Timers } from '../../src/client/vm/timers.js'
+import { realTimers, type Timers } from '../../src/client/vm/timers.js'
 import { settle } from './locks.js'
 
 /**
@@ -61,3 +61,9 @@ export class FakeTimers implements Timers {
     await settle()
   }
 }
+
+/**
+ * The real timers, but a clock on which no time passes: a Machine run on them never learns its rate
+ * and keeps its shortest slices (SLICE_MIN), for tests whose steps must land while a guest still runs.
+ */
+export const timersWithoutTime: Timers = { ...realTimers, now: () => 0 }

@@ -2,7 +2,7 @@ import t from 'tap'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { setImmediate as turn } from 'node:timers/promises'
-import { Machine, guestPath, logicalUnitPath, realTimers } from '../../../src/client/vm/index.js'
+import { Machine, guestPath, logicalUnitPath } from '../../../src/client/vm/index.js'
 import { LogicalUnit } from '../../../src/server/scsi/index.js'
 import { RawFile } from '../../../src/disk-formats/index.js'
 import { EpochApplier, EpochCapture } from '../../../src/client/ft/checkpoint/epoch.js'
@@ -11,6 +11,7 @@ import { DiffCandidates, STREAK_EPOCHS, applyDiff, decodeFeedback, diffPage } fr
 import { EpochWriteBuffer } from '../../../src/client/ft/checkpoint/write-buffer.js'
 import { shmTmp } from '../../helpers/peers.js'
 import { codeOf } from '../../helpers/ft-errors.js'
+import { timersWithoutTime } from '../../helpers/timers.js'
 
 
 t.test('epochs taken while memsweep runs, streamed while it runs on, rebuild on the other side exactly the state at each stop', async (t) => {
@@ -19,8 +20,8 @@ t.test('epochs taken while memsweep runs, streamed while it runs on, rebuild on 
   // the guest's clock from its instruction count (10 per µs): its 3 s outlast the test on a busy machine
   let instret = () => 0
   const clock = { now: () => BigInt(instret()) * 100n, wall: () => 0n }
-  // timers on which no time passes: the run keeps its shortest slices (SLICE_MIN), a few each epoch, as the figures below assume
-  const m: Machine = new Machine({ image, memory, maxInstructions: 12_000_000, clock, timers: { ...realTimers, now: () => 0 } })
+  // the run keeps its shortest slices (SLICE_MIN), a few each epoch, as the figures below assume
+  const m: Machine = new Machine({ image, memory, maxInstructions: 12_000_000, clock, timers: timersWithoutTime })
   instret = () => m.hart.instret
   const capture = new EpochCapture(m.mem)
   const applier = new EpochApplier(new Machine({ image, memory }).mem.bytes)

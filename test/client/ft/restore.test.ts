@@ -14,6 +14,7 @@ import { LagMeter } from '../../../src/client/ft/lag.js'
 import { randomFillSync } from 'node:crypto'
 import { StateReceiver, precopy, sendFrozen, STATE_ITEM, type StateLink } from '../../../src/client/ft/state-sync.js'
 import { FakeTimers } from '../../helpers/timers.js'
+import { timersWithoutTime } from '../../helpers/timers.js'
 
 const pairing = (timers: FakeTimers, logged: Buffer[]): Pairing => ({
   link: { log: (b) => void logged.push(Buffer.from(b)), bufferedBytes: 0, drained: async () => {} },
@@ -100,9 +101,9 @@ for (const guest of ['memdirty']) {
     const sha = createHash('sha256').update(image).digest()
     const out = new FtPrimary({ timers: realTimers, reads: 'disk' })
     const consoleP: number[] = []
-    // timers on which no time passes: the VM keeps its shortest slices (SLICE_MIN), so the pre-copy and
-    // the pause come while the guest still runs (in ~1-ms slices the translator ran it to its end first)
-    const pm = new Machine({ image, memory, timers: { ...realTimers, now: () => 0 }, ...out.machineOptions({ onConsole: (b) => consoleP.push(b) }) })
+    // the VM keeps its shortest slices (SLICE_MIN), so the pre-copy and the pause come while the guest
+    // still runs (in ~1-ms slices the translator ran it to its end first)
+    const pm = new Machine({ image, memory, timers: timersWithoutTime, ...out.machineOptions({ onConsole: (b) => consoleP.push(b) }) })
     pm.mem.bytes.set(randomFillSync(new Uint8Array(8 << 20)), 16 << 20)
     out.attach(pm)
     const running = pm.run()

@@ -99,3 +99,32 @@ t.test('a slice lasts SLICE_MS at the rate the last one ran, and ends no later t
   t.ok(slices.slice(4, -1).every((n) => Math.abs(n - SLICE_MS * 1_000_000) <= 1), 'the deadline passed (its interrupt pending): slices of SLICE_MS at the rate')
   t.ok(slices.length < 20, `${slices.length} slices for ${s.instructions} instructions (${Math.ceil(s.instructions / SLICE_MIN)} at the shortest)`)
 })
+
+t.test('slices stay SLICE_MIN while a disk request is in flight, and while the NIC has a cable', async (t) => {
+  // a disk request (ring at 0x80001000, 4 slots, producer 1), then 3 M iterations of a 2-instruction loop
+  const HBA = MMIO.HBA
+  const busy = elf([...li(1, HBA), ...li(2, 0x80001000), rv.sw(2, 1, 0), rv.addi(3, 0, 4), rv.sw(3, 1, 4), rv.addi(3, 0, 1), rv.sw(3, 1, 8), ...li(5, 3_000_000), rv.addi(5, 5, -1), rv.bne(5, 0, -4), ...finish])
+  const never = { blocks: 1024, execute: () => new Promise<never>(() => {}) }
+  const cable = { send: () => {}, onReceive: null, close: () => {} }
+  for (const [what, extra] of [['a request that never completes', { disk: never }], ['a NIC with a cable', { net: cable }], ['neither', {}]] as const) {
+    const clock = new FakeTimers()
+    const stop = new AbortController()
+    const m = new Machine({ image: busy, memory: 1 << 20, timers: clock, clock: hostClock(clock), signal: stop.signal, ...extra })
+    // the ring's first slot: TEST UNIT READY (a 6-byte CDB of zeros, no data)
+    m.mem.bytes[0x1000 + 24] = 6
+    const slices: number[] = []
+    const run = m.hart.run.bind(m.hart)
+    m.hart.run = (limit) => {
+      const from = m.hart.instret
+      slices.push(limit - from)
+      const r = run(limit)
+      clock.t += (m.hart.instret - from) / 1e6
+      return r
+    }
+    const s = await runOnFakeTime(m, clock, stop)
+    t.equal(s.end, 'exit', `${what}: the guest ends`)
+    const longest = Math.max(...slices)
+    if (what === 'neither') t.ok(longest > SLICE_MIN, `${what}: slices grow (${longest})`)
+    else t.equal(longest, SLICE_MIN, `${what}: every slice ${SLICE_MIN} (${slices.length} slices)`)
+  }
+})
