@@ -1,4 +1,5 @@
 import { readSync, writeSync } from 'node:fs'
+import { getSystemErrorMap } from 'node:util'
 import { open, type FileHandle } from 'node:fs/promises'
 import { fromSystemError } from './errors.js'
 import { loadNative } from './native.js'
@@ -105,9 +106,108 @@ export async function preadFull(fh: FileHandle, file: string, position: number, 
   return buf
 }
 
+/**
+ * Write batching. Under a queue of small writes (an iSCSI or NBD client at QD32), doing each
+ * synchronously keeps the event loop in pwrite ~half its time while the other core idles, and
+ * the thread pool per write costs a hand-off each. So the first small write of an event-loop turn
+ * is done synchronously (a QD1 client sees the fast path), and the others of the turn, and every
+ * one while a batch is under way, are queued and written by one thread-pool job per batch
+ * (native writeBatch, in order). One batch runs at a time; the next starts when it ends. Measured
+ * (iSCSI 4 KiB random writes at QD32, libiscsi load): the event loop's share of the run ~100 % ->
+ * ~55 %, ~5 % more IOPS, less CPU per write.
+ * TANDEM_WRITE_BATCH=0 turns batching off.
+ */
+interface QueuedWrite {
+  /** the batch's duplicate of the file's fd */
+  fd: number
+  position: number
+  data: Buffer
+  file: string
+  resolve: () => void
+  reject: (e: unknown) => void
+}
+const batchEnabled = syncEnabled && process.env.TANDEM_WRITE_BATCH !== '0'
+/** writes waiting for the next batch */
+let queued: QueuedWrite[] = []
+/** the queued writes' duplicates of their files' fds (closed by the batch) */
+let queuedFds = new Map<FileHandle, number>()
+let batchRunning = false
+/** small writes seen this event-loop turn (reset by a setImmediate the first one schedules) */
+let turnWrites = 0
+
+function newTurn(): void {
+  turnWrites = 0
+}
+
+function runBatch(): void {
+  if (batchRunning || queued.length === 0) return
+  const batch = queued
+  queued = []
+  queuedFds = new Map()
+  batchRunning = true
+  const n = batch.length
+  const fds = new Int32Array(n)
+  const offsets = new Float64Array(n)
+  const errs = new Int32Array(n)
+  const bufs: Buffer[] = []
+  for (let i = 0; i < n; i++) {
+    fds[i] = batch[i].fd
+    offsets[i] = batch[i].position
+    bufs.push(batch[i].data)
+  }
+  const settle = (failed: unknown) => {
+    batchRunning = false
+    for (let i = 0; i < n; i++) {
+      const w = batch[i]
+      if (failed !== undefined) w.reject(fromSystemError(failed, w.file, 'Could not write'))
+      else if (errs[i] !== 0) w.reject(fromSystemError(errnoError(errs[i]), w.file, 'Could not write'))
+      else w.resolve()
+    }
+    runBatch()
+  }
+  let job: Promise<void>
+  try {
+    job = loadNative().writeBatch(fds, offsets, bufs, errs)
+  } catch (e) {
+    settle(e)
+    return
+  }
+  job.then(() => settle(undefined), settle)
+}
+
+/** A Node-style system error for errno `errno` (what fs calls reject with). */
+function errnoError(errno: number): NodeJS.ErrnoException {
+  const [code, message] = getSystemErrorMap().get(-errno) ?? ['EIO', 'i/o error']
+  const e: NodeJS.ErrnoException = new Error(`${code}: ${message}, write`)
+  e.code = code
+  e.errno = -errno
+  e.syscall = 'write'
+  return e
+}
+
+/** Queues a small write for the next batch (batching, above). */
+function queueWrite(fh: FileHandle, file: string, position: number, data: Buffer): Promise<void> {
+  // The batch writes through its own duplicate of the fd, made now: closing `fh` before the batch
+  // runs, and the number's reuse by another open, cannot send these bytes elsewhere.
+  let fd = queuedFds.get(fh)
+  if (fd === undefined) {
+    fd = loadNative().dupFd(fh.fd)
+    if (fd < 0) return Promise.reject(fromSystemError(errnoError(-fd), file, 'Could not write'))
+    queuedFds.set(fh, fd)
+  }
+  return new Promise<void>((resolve, reject) => {
+    queued.push({ fd: fd!, position, data, file, resolve, reject })
+    if (!batchRunning && queued.length === 1) setImmediate(runBatch)
+  })
+}
+
 /** pwrite that writes every byte or throws. */
 export async function pwriteFull(fh: FileHandle, file: string, position: number, data: Buffer): Promise<void> {
   let done = 0
+  if (batchEnabled && data.length <= SYNC_MAX) {
+    if (turnWrites++ === 0) setImmediate(newTurn)
+    if (turnWrites > 1 || batchRunning || queued.length > 0 || !trySync(data.length)) return queueWrite(fh, file, position, data)
+  }
   if (trySync(data.length)) {
     try {
       timed(() => {

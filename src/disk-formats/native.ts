@@ -36,6 +36,14 @@ export interface Native {
    * to socket `fd` (SO_ATTACH_FILTER), or detaches its filter when `program` is empty: 0 or the errno.
    */
   setSocketFilter(fd: number, program: Buffer): number
+  /**
+   * Writes bufs[i] whole at offsets[i] of fds[i], in order, in one thread-pool job; errs[i] = 0 or
+   * the errno of write i. The fds are the batch's own (from dupFd): it closes each distinct one
+   * when it ends, or at once when the call is refused (native/write-batch.c).
+   */
+  writeBatch(fds: Int32Array, offsets: Float64Array, bufs: Buffer[], errs: Int32Array): Promise<void>
+  /** A duplicate of `fd` (close-on-exec), or -errno (-EBADF for -1 or a closed fd). */
+  dupFd(fd: number): number
 }
 
 let native: Native | null = null
