@@ -201,13 +201,23 @@ function queueWrite(fh: FileHandle, file: string, position: number, data: Buffer
   })
 }
 
-/** pwrite that writes every byte or throws. */
-export async function pwriteFull(fh: FileHandle, file: string, position: number, data: Buffer): Promise<void> {
-  let done = 0
+/**
+ * pwriteFull for a disk's data: a small one may join a batch (above). Not for a file this process
+ * holds POSIX (fcntl F_SETLK) locks on, such as a lockspace: the batch's duplicate fd is closed when
+ * it ends, and closing any fd of a file drops the process's POSIX locks on it (OFD locks, which the
+ * image locks are, belong to the open file and stay).
+ */
+export function pwriteData(fh: FileHandle, file: string, position: number, data: Buffer): Promise<void> {
   if (batchEnabled && data.length <= SYNC_MAX) {
     if (turnWrites++ === 0) setImmediate(newTurn)
     if (turnWrites > 1 || batchRunning || queued.length > 0 || !trySync(data.length)) return queueWrite(fh, file, position, data)
   }
+  return pwriteFull(fh, file, position, data)
+}
+
+/** pwrite that writes every byte or throws. */
+export async function pwriteFull(fh: FileHandle, file: string, position: number, data: Buffer): Promise<void> {
+  let done = 0
   if (trySync(data.length)) {
     try {
       timed(() => {

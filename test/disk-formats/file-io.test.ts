@@ -2,7 +2,7 @@ import t from 'tap'
 import { closeSync, openSync, readFileSync } from 'node:fs'
 import type { FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
-import { datasync, duringSync, openFile, preadFull, pwriteFull } from '../../src/disk-formats/file-io.js'
+import { datasync, duringSync, openFile, preadFull, pwriteData, pwriteFull } from '../../src/disk-formats/file-io.js'
 import { StorageError } from '../../src/disk-formats/errors.js'
 import { tmp } from '../helpers/peers.js'
 
@@ -27,7 +27,6 @@ t.test('a small write completes in the same turn, except while a sync of the pro
   t.teardown(() => fh.close())
   const data = Buffer.alloc(4096, 7)
   await pwriteFull(fh, path, 0, data)
-  await nextTurn()
   t.ok(await settledThisTurn(pwriteFull(fh, path, 4096, data)), 'no sync: done synchronously')
   const sync = datasync(fh, path)
   // the writes that go to the pool are awaited before the read-back (CI once read the file before
@@ -36,8 +35,6 @@ t.test('a small write completes in the same turn, except while a sync of the pro
   t.notOk(await settledThisTurn(pooled[0]), 'during a datasync: through the thread pool')
   t.notOk(await settledThisTurn(preadFull(fh, path, 0, 4096)), 'reads too')
   await sync
-  await Promise.all(pooled)
-  await nextTurn()
   t.ok(await settledThisTurn(pwriteFull(fh, path, 12288, data)), 'the sync over: synchronous again')
   let release!: () => void
   const held = duringSync(() => new Promise<void>((r) => (release = r)))
@@ -49,19 +46,19 @@ t.test('a small write completes in the same turn, except while a sync of the pro
   t.same(await preadFull(fh, path, 0, 20480), Buffer.alloc(20480, 7), 'every write landed')
 })
 
-t.test('small writes of one turn after the first go to one batch, in order; the first stays synchronous', { skip: process.env.TANDEM_SYNC_IO === '0' || process.env.TANDEM_WRITE_BATCH === '0' ? 'sync I/O or batching off' : undefined }, async (t) => {
+t.test('small data writes (pwriteData) of one turn after the first go to one batch, in order; the first stays synchronous', { skip: process.env.TANDEM_SYNC_IO === '0' || process.env.TANDEM_WRITE_BATCH === '0' ? 'sync I/O or batching off' : undefined }, async (t) => {
   const path = join(tmp(t), 'f')
   const fh = await openFile(path, 'w+')
   t.teardown(() => fh.close())
   await nextTurn()
-  const first = pwriteFull(fh, path, 0, Buffer.alloc(4096, 1))
-  const rest = [1, 2, 3, 4].map((i) => pwriteFull(fh, path, i * 4096, Buffer.alloc(4096, i + 1)))
+  const first = pwriteData(fh, path, 0, Buffer.alloc(4096, 1))
+  const rest = [1, 2, 3, 4].map((i) => pwriteData(fh, path, i * 4096, Buffer.alloc(4096, i + 1)))
   // two writes of the same turn to one place: the later one's bytes remain
-  rest.push(pwriteFull(fh, path, 8192, Buffer.alloc(4096, 9)))
+  rest.push(pwriteData(fh, path, 8192, Buffer.alloc(4096, 9)))
   t.ok(await settledThisTurn(first), 'the first write of the turn: synchronous')
   t.notOk(await settledThisTurn(rest[0]), 'the next ones: batched, done on the thread pool')
   // while a batch is under way, even a turn's first write joins the next batch
-  const during = pwriteFull(fh, path, 5 * 4096, Buffer.alloc(4096, 6))
+  const during = pwriteData(fh, path, 5 * 4096, Buffer.alloc(4096, 6))
   t.notOk(await settledThisTurn(during), 'a write while a batch runs: queued behind it')
   await Promise.all([...rest, during])
   const got = await preadFull(fh, path, 0, 6 * 4096)
@@ -80,10 +77,10 @@ t.test('a batched write that fails rejects with a StorageError naming the file; 
   t.teardown(() => ro.close())
   await nextTurn()
   const results = await Promise.allSettled([
-    pwriteFull(fh, good, 0, Buffer.alloc(512, 1)),
-    pwriteFull(fh, good, 512, Buffer.alloc(512, 2)),
-    pwriteFull(ro, bad, 0, Buffer.alloc(512, 3)),
-    pwriteFull(fh, good, 1024, Buffer.alloc(512, 4)),
+    pwriteData(fh, good, 0, Buffer.alloc(512, 1)),
+    pwriteData(fh, good, 512, Buffer.alloc(512, 2)),
+    pwriteData(ro, bad, 0, Buffer.alloc(512, 3)),
+    pwriteData(fh, good, 1024, Buffer.alloc(512, 4)),
   ])
   t.same(results.map((r) => r.status), ['fulfilled', 'fulfilled', 'rejected', 'fulfilled'])
   const e = (results[2] as PromiseRejectedResult).reason as StorageError
@@ -101,8 +98,8 @@ t.test('a write queued for a batch goes to its own file though its fd is closed 
   const fdA = openSync(a, 'w+')
   const ha = { fd: fdA } as FileHandle
   await nextTurn()
-  await pwriteFull(ha, a, 0, Buffer.alloc(512, 1)) // the turn's synchronous write
-  const queued = pwriteFull(ha, a, 512, Buffer.alloc(512, 2)) // the same turn: queued
+  await pwriteData(ha, a, 0, Buffer.alloc(512, 1)) // the turn's synchronous write
+  const queued = pwriteData(ha, a, 512, Buffer.alloc(512, 2)) // the same turn: queued
   closeSync(fdA)
   const fdB = openSync(b, 'w+')
   t.teardown(() => closeSync(fdB))
@@ -113,6 +110,15 @@ t.test('a write queued for a batch goes to its own file though its fd is closed 
   await nextTurn()
   const closed = await openFile(b, 'r+')
   await closed.close()
-  await pwriteFull({ fd: fdB } as FileHandle, b, 0, Buffer.alloc(1)) // this turn's synchronous one
-  await t.rejects(pwriteFull(closed, b, 0, Buffer.alloc(512)), { code: 'IoError', message: /EBADF/ }, 'a handle closed before queueing: EBADF, typed')
+  await pwriteData({ fd: fdB } as FileHandle, b, 0, Buffer.alloc(1)) // this turn's synchronous one
+  await t.rejects(pwriteData(closed, b, 0, Buffer.alloc(512)), { code: 'IoError', message: /EBADF/ }, 'a handle closed before queueing: EBADF, typed')
+})
+
+t.test('pwriteFull never batches: a lockspace\'s POSIX locks would drop when the batch closed its duplicate fd', async (t) => {
+  const path = join(tmp(t), 'f')
+  const fh = await openFile(path, 'w+')
+  t.teardown(() => fh.close())
+  await nextTurn()
+  await pwriteFull(fh, path, 0, Buffer.alloc(512, 1))
+  t.ok(await settledThisTurn(pwriteFull(fh, path, 512, Buffer.alloc(512, 2))), 'a second write in the turn: still synchronous')
 })

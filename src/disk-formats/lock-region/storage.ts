@@ -146,8 +146,22 @@ export class FileLockStorage implements LockStorage {
    * stall the whole lockspace — sanlock's "storage latency kills workloads").
    */
   async write(offset: number, data: Buffer, opts: { durable?: boolean } = {}): Promise<void> {
-    await this.locked(fsExt.constants.F_WRLCK, (fh) => pwriteFull(fh, this.name, offset, data))
-    if (opts.durable !== false) await this.sync()
+    const after = await this.locked(fsExt.constants.F_WRLCK, async (fh) => {
+      await pwriteFull(fh, this.name, offset, data)
+      return { synced: opts.durable !== false ? this.startSync() : undefined }
+    })
+    await after.synced
+  }
+
+  /**
+   * The sync of a write just done, started before the lock and the queue are let go and awaited
+   * after: a close that takes the queue next finds it among the syncs it waits for. (Started after,
+   * it could begin once the close had the queue and had closed the file: "file closed".)
+   */
+  private startSync(): Promise<void> {
+    const p = this.sync()
+    p.catch(() => undefined) // awaited by the caller once the lock is released; not unhandled meanwhile
+    return p
   }
 
   /** fdatasync of the shared descriptor, which the last close waits for. */
@@ -164,14 +178,14 @@ export class FileLockStorage implements LockStorage {
   }
 
   async compareAndWrite(offset: number, expected: Buffer, data: Buffer): Promise<boolean> {
-    const ok = await this.locked(fsExt.constants.F_WRLCK, async (fh) => {
+    const after = await this.locked(fsExt.constants.F_WRLCK, async (fh) => {
       const now = await preadFull(fh, this.name, offset, expected.length)
-      if (!now.equals(expected)) return false
+      if (!now.equals(expected)) return { ok: false }
       await pwriteFull(fh, this.name, offset, data)
-      return true
+      return { ok: true, synced: this.startSync() }
     })
-    if (ok) await this.sync()
-    return ok
+    await after.synced
+    return after.ok
   }
 
   /** Makes every write so far durable (the `durable: false` ones included). */

@@ -1,6 +1,6 @@
 import type { FileHandle } from 'node:fs/promises'
 import { type BlockDevice, type Extent, type ReadsInto, type WriteOptions, type WritesFromFile } from '../block-device.js'
-import { copyRange, datasync, fileSize, openFile, preadFull, pwriteFull } from '../file-io.js'
+import { copyRange, datasync, fileSize, openFile, preadFull, pwriteData, pwriteFull } from '../file-io.js'
 import { fromSystemError } from '../errors.js'
 import { dataRuns } from '../data-runs.js'
 import { loadNative } from '../native.js'
@@ -56,7 +56,7 @@ export class RawFile implements BlockDevice, ReadsInto, WritesFromFile {
   }
 
   async write(offset: number, data: Buffer, opts?: WriteOptions): Promise<void> {
-    await pwriteFull(this.fh, this.path, offset, data)
+    await pwriteData(this.fh, this.path, offset, data)
     if (opts?.fua) await datasync(this.fh, this.path)
   }
 

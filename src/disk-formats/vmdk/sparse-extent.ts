@@ -5,7 +5,7 @@ import type { ZlibOptions } from 'node:zlib'
 import { Mutex } from 'async-mutex'
 import type { LRUCache } from 'lru-cache'
 import { StorageError } from '../errors.js'
-import { copyRange, datasync, fileSize, preadFull, pwriteFull, toU32 } from '../file-io.js'
+import { copyRange, datasync, fileSize, preadFull, pwriteData, pwriteFull, toU32 } from '../file-io.js'
 import {
   COMPRESSION_DEFLATE,
   decodeSparseHeader,
@@ -325,7 +325,7 @@ export class SparseExtent {
     const writes: Promise<void>[] = []
     for (const m of maps) {
       const s = m.offset - offset
-      if (m.kind === 'data') writes.push(pwriteFull(this.fh, this.path, m.host!, data.subarray(s, s + m.length)))
+      if (m.kind === 'data') writes.push(pwriteData(this.fh, this.path, m.host!, data.subarray(s, s + m.length)))
       else pending.push([s, s + m.length])
     }
     await Promise.all(writes)
