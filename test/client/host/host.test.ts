@@ -199,7 +199,9 @@ t.test('a host that loses its lease (paused past it) has its VMs killed before a
   process.kill(-a.pgid, 'SIGCONT')
   // host-a resumes: it finds its lease lost, reports its VM lost, joins again, and is refused vm1 naming host-b
   let lost: VmInfo | null = null
-  for (let i = 0; i < 200 && lost?.state !== 'lost'; i++) {
+  // 'lost' shows as soon as the host knows; the exit status once it has collected the process's end
+  // (ci39 read the VM between the two: exitStatus null)
+  for (let i = 0; i < 200 && (lost?.state !== 'lost' || lost.exitStatus === null); i++) {
     await sleep(50)
     lost = await vmOf(a.url, 'vm1').catch(() => null)
   }
