@@ -25,7 +25,6 @@
 #include <node_api.h>
 
 typedef struct {
-  int fd; /* the batch's own duplicate */
   const uint8_t *data;
   size_t length;
   int64_t offset;
@@ -34,7 +33,8 @@ typedef struct {
 typedef struct {
   napi_async_work work;
   napi_deferred deferred;
-  napi_ref bufs_ref, errs_ref;
+  napi_ref fds_ref, bufs_ref, errs_ref;
+  const int32_t *fds; /* the batch's own duplicates */
   int32_t *errs;
   size_t n;
   item_t items[];
@@ -57,26 +57,25 @@ static void execute(napi_env env, void *data) {
   batch_t *b = data;
   for (size_t i = 0; i < b->n; i++) {
     item_t *it = &b->items[i];
-    b->errs[i] = it->fd < 0 ? EBADF : write_all(it->fd, it->data, it->length, it->offset);
+    b->errs[i] = b->fds[i] < 0 ? EBADF : write_all(b->fds[i], it->data, it->length, it->offset);
   }
 }
 
-/* Closes each duplicate once (items sharing an fd share its duplicate). */
-static void close_dups(batch_t *b) {
-  for (size_t i = 0; i < b->n; i++) {
-    int fd = b->items[i].fd;
-    if (fd < 0) continue;
-    for (size_t k = i; k < b->n; k++)
-      if (b->items[k].fd == fd) b->items[k].fd = -1;
-    close(fd);
+/* Closes each distinct fd of `fds` once (writes to one file share its duplicate). */
+static void close_all(const int32_t *fds, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    int seen = fds[i] < 0;
+    for (size_t k = 0; k < i && !seen; k++) seen = fds[k] == fds[i];
+    if (!seen) close(fds[i]);
   }
 }
 
 static void complete(napi_env env, napi_status status, void *data) {
   batch_t *b = data;
-  close_dups(b);
+  close_all(b->fds, b->n);
   if (status != napi_ok)
     for (size_t i = 0; i < b->n; i++) b->errs[i] = EIO;
+  napi_delete_reference(env, b->fds_ref);
   napi_delete_reference(env, b->bufs_ref);
   napi_delete_reference(env, b->errs_ref);
   napi_value undef;
@@ -84,15 +83,6 @@ static void complete(napi_env env, napi_status status, void *data) {
   napi_resolve_deferred(env, b->deferred, undef);
   napi_delete_async_work(env, b->work);
   free(b);
-}
-
-/* Closes each distinct fd of `fds` once (a refused call still owns them). */
-static void close_all(const int32_t *fds, size_t n) {
-  for (size_t i = 0; i < n; i++) {
-    int seen = fds[i] < 0;
-    for (size_t k = 0; k < i && !seen; k++) seen = fds[k] == fds[i];
-    if (!seen) close(fds[i]);
-  }
 }
 
 static napi_value fail(napi_env env, const int32_t *fds, size_t n, batch_t *b) {
@@ -120,7 +110,6 @@ static napi_value write_batch(napi_env env, napi_callback_info info) {
   batch_t *b = calloc(1, sizeof *b + n * sizeof(item_t));
   if (!b) return fail(env, fds, n, NULL);
   b->n = n;
-  const int32_t *fd_in = fds;
   const double *off_in = offs;
   for (size_t i = 0; i < n; i++) {
     item_t *it = &b->items[i];
@@ -135,9 +124,10 @@ static napi_value write_batch(napi_env env, napi_callback_info info) {
     it->data = p;
     it->length = len;
     it->offset = (int64_t)off;
-    it->fd = fd_in[i];
   }
+  b->fds = fds;
   b->errs = errs;
+  napi_create_reference(env, argv[0], 1, &b->fds_ref);
   napi_create_reference(env, argv[2], 1, &b->bufs_ref);
   napi_create_reference(env, argv[3], 1, &b->errs_ref);
   napi_value promise, resource;

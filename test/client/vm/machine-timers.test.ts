@@ -74,15 +74,10 @@ t.test('the run loop holds a busy guest to its CPU share (each slice costs 1 ms 
   }
 })
 
-t.test('a slice lasts SLICE_MS at the rate the last one ran, and ends no later than the timer deadline', async (t) => {
-  // 5 M iterations of a 2-instruction loop; the timer armed 0.5 ms (5000 ticks) ahead, its interrupt left off
-  const armed = elf([...li(1, MMIO.CLINT + 0x4000), ...li(2, 5000), rv.sw(2, 1, 0), rv.sw(0, 1, 4), ...li(5, 5_000_000), rv.addi(5, 5, -1), rv.bne(5, 0, -4), ...finish])
-  const clock = new FakeTimers()
-  const stop = new AbortController()
-  const m = new Machine({ image: armed, memory: 1 << 20, timers: clock, clock: hostClock(clock), signal: stop.signal })
+/** The length of every slice `m` is asked to run; the engine runs 10^6 instructions per ms of fake time. */
+function recordSlices(m: Machine, clock: FakeTimers): number[] {
   const slices: number[] = []
   const run = m.hart.run.bind(m.hart)
-  // the engine runs 10^6 instructions per ms of fake time
   m.hart.run = (limit) => {
     const from = m.hart.instret
     slices.push(limit - from)
@@ -90,6 +85,16 @@ t.test('a slice lasts SLICE_MS at the rate the last one ran, and ends no later t
     clock.t += (m.hart.instret - from) / 1e6
     return r
   }
+  return slices
+}
+
+t.test('a slice lasts SLICE_MS at the rate the last one ran, and ends no later than the timer deadline', async (t) => {
+  // 5 M iterations of a 2-instruction loop; the timer armed 0.5 ms (5000 ticks) ahead, its interrupt left off
+  const armed = elf([...li(1, MMIO.CLINT + 0x4000), ...li(2, 5000), rv.sw(2, 1, 0), rv.sw(0, 1, 4), ...li(5, 5_000_000), rv.addi(5, 5, -1), rv.bne(5, 0, -4), ...finish])
+  const clock = new FakeTimers()
+  const stop = new AbortController()
+  const m = new Machine({ image: armed, memory: 1 << 20, timers: clock, clock: hostClock(clock), signal: stop.signal })
+  const slices = recordSlices(m, clock)
   const s = await runOnFakeTime(m, clock, stop)
   t.equal(s.end, 'exit')
   // the slices the CLINT stores cut short (5 instructions, then 1) and the first whole one, at no known rate yet: the shortest
@@ -112,15 +117,7 @@ t.test('slices stay SLICE_MIN while a disk request is in flight, and while the N
     const m = new Machine({ image: busy, memory: 1 << 20, timers: clock, clock: hostClock(clock), signal: stop.signal, ...extra })
     // the ring's first slot: TEST UNIT READY (a 6-byte CDB of zeros, no data)
     m.mem.bytes[0x1000 + 24] = 6
-    const slices: number[] = []
-    const run = m.hart.run.bind(m.hart)
-    m.hart.run = (limit) => {
-      const from = m.hart.instret
-      slices.push(limit - from)
-      const r = run(limit)
-      clock.t += (m.hart.instret - from) / 1e6
-      return r
-    }
+    const slices = recordSlices(m, clock)
     const s = await runOnFakeTime(m, clock, stop)
     t.equal(s.end, 'exit', `${what}: the guest ends`)
     const longest = Math.max(...slices)
