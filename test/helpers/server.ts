@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { inspect } from 'node:util'
 import { createInterface } from 'node:readline'
 import { pino } from 'pino'
 import { serve, type RunningServer, type ServeOptions } from '../../src/server/serve.js'
@@ -21,6 +22,8 @@ export async function startServer(
   t.teardown(() =>
     s.close().catch((e: unknown) => {
       console.error('startServer: the server\'s close failed:', e)
+      // and into the TAP stream as comments, which CI's excerpt of the output keeps (stderr it did not, 2026-12-03)
+      console.log(inspect(e).split('\n').map((l) => `# startServer: the server's close failed: ${l}`).join('\n'))
       throw e
     }),
   )
