@@ -199,11 +199,8 @@ const MAP_MIN = 1 << 20
 const REMAP_MS = 1000
 interface MapState {
   map: FileMapping | null
-  /** bytes mapped (0: none) */
   length: number
-  /** the file's size when last looked at */
-  size: number
-  /** when that was (performance.now()) */
+  /** when it was made (performance.now()) */
   at: number
 }
 const mappings = new WeakMap<FileHandle, MapState>()
@@ -220,14 +217,9 @@ function mappingFor(fh: FileHandle, end: number): FileMapping | null {
   } catch {
     return null
   }
-  if (m && size === m.size) {
-    // not grown (a write past the end): as it was, looked at again in REMAP_MS
-    m.at = now
-    return null
-  }
   if (m?.map) loadNative().unmapFile(m.map)
   const map = size >= MAP_MIN ? loadNative().mapFile(fh.fd, size) : -1
-  m = typeof map === 'number' ? { map: null, length: 0, size, at: now } : { map, length: size, size, at: now }
+  m = typeof map === 'number' ? { map: null, length: 0, at: now } : { map, length: size, at: now }
   mappings.set(fh, m)
   return end <= m.length ? m.map : null
 }
