@@ -1,8 +1,8 @@
-import { fstatSync, readSync, writeSync } from 'node:fs'
+import { readSync, writeSync } from 'node:fs'
 import { getSystemErrorMap } from 'node:util'
 import { open, type FileHandle } from 'node:fs/promises'
 import { fromSystemError } from './errors.js'
-import { loadNative, type FileMapping } from './native.js'
+import { loadNative } from './native.js'
 
 /**
  * Adaptive I/O. A small pread/pwrite served from the page cache takes a few microseconds, but
@@ -118,7 +118,6 @@ export async function preadFull(fh: FileHandle, file: string, position: number, 
  * TANDEM_WRITE_BATCH=0 turns batching off.
  */
 interface QueuedWrite {
-  fh: FileHandle
   /** the batch's duplicate of the file's fd */
   fd: number
   position: number
@@ -133,8 +132,6 @@ let queued: QueuedWrite[] = []
 /** the queued writes' duplicates of their files' fds (closed by the batch) */
 let queuedFds = new Map<FileHandle, number>()
 let batchRunning = false
-/** handles with writes queued or in the running batch, and how many (a mapped write must not overtake them) */
-const batched = new Map<FileHandle, number>()
 /** small writes seen this event-loop turn (reset by a setImmediate the first one schedules) */
 let turnWrites = 0
 
@@ -162,9 +159,6 @@ function runBatch(): void {
     batchRunning = false
     for (let i = 0; i < n; i++) {
       const w = batch[i]
-      const left = batched.get(w.fh)! - 1
-      if (left === 0) batched.delete(w.fh)
-      else batched.set(w.fh, left)
       if (failed !== undefined) w.reject(fromSystemError(failed, w.file, 'Could not write'))
       else if (errs[i] !== 0) w.reject(fromSystemError(errnoError(errs[i]), w.file, 'Could not write'))
       else w.resolve()
@@ -179,59 +173,6 @@ function runBatch(): void {
     return
   }
   job.then(() => settle(undefined), settle)
-}
-
-/**
- * Mapped writes. A small pwrite into a file that was read in by large reads (ext4 then caches it
- * in large folios, up to 2 MiB) walks every buffer head of the folio, ~20 µs for 4 KiB; copied
- * into a shared mapping of the file the same bytes take ~2 µs (a fault on the first write to a
- * clean folio, none after). So a disk's small data writes to bytes the file already has, and whose
- * pages are in the page cache, are copied into a mapping of the file, synchronously: the mapping is
- * the page cache itself (pread sees the bytes at once, fdatasync makes them durable). Anything else
- * (a page not cached, which a fault would read from the disk; past the mapped end; a fault, SIGBUS,
- * caught natively; a sync under way; writes of the file still in a batch, which the copy would
- * overtake) takes the paths above. A file under MAP_MIN is not mapped. The mapping covers the
- * file's size when made, and is made again, at most every REMAP_MS, when writes land past it.
- * TANDEM_MAPPED_WRITES=0 turns this off.
- */
-const mapEnabled = syncEnabled && process.env.TANDEM_MAPPED_WRITES !== '0'
-const MAP_MIN = 1 << 20
-const REMAP_MS = 1000
-interface MapState {
-  map: FileMapping | null
-  length: number
-  /** when it was made (performance.now()) */
-  at: number
-}
-const mappings = new WeakMap<FileHandle, MapState>()
-
-/** The mapping of `fh` when it covers [0, end), made or made again when due. */
-function mappingFor(fh: FileHandle, end: number): FileMapping | null {
-  let m = mappings.get(fh)
-  if (m && end <= m.length) return m.map
-  const now = performance.now()
-  if (m && now - m.at < REMAP_MS) return null
-  let size: number
-  try {
-    size = fstatSync(fh.fd).size
-  } catch {
-    return null
-  }
-  if (m?.map) loadNative().unmapFile(m.map)
-  const map = size >= MAP_MIN ? loadNative().mapFile(fh.fd, size) : -1
-  m = typeof map === 'number' ? { map: null, length: 0, at: now } : { map, length: size, at: now }
-  mappings.set(fh, m)
-  return end <= m.length ? m.map : null
-}
-
-/**
- * Drops `fh`'s mapping (mapped writes): before it is closed, or before the file is cut shorter (a
- * copy into pages past the new end would fault).
- */
-export function unmapFile(fh: FileHandle): void {
-  const m = mappings.get(fh)
-  if (m?.map) loadNative().unmapFile(m.map)
-  mappings.delete(fh)
 }
 
 /** A Node-style system error for errno `errno` (what fs calls reject with). */
@@ -255,8 +196,7 @@ function queueWrite(fh: FileHandle, file: string, position: number, data: Buffer
     queuedFds.set(fh, fd)
   }
   return new Promise<void>((resolve, reject) => {
-    queued.push({ fh, fd: fd!, position, data, file, resolve, reject })
-    batched.set(fh, (batched.get(fh) ?? 0) + 1)
+    queued.push({ fd: fd!, position, data, file, resolve, reject })
     if (!batchRunning && queued.length === 1) setImmediate(runBatch)
   })
 }
@@ -268,10 +208,6 @@ function queueWrite(fh: FileHandle, file: string, position: number, data: Buffer
  * image locks are, belong to the open file and stay).
  */
 export function pwriteData(fh: FileHandle, file: string, position: number, data: Buffer): Promise<void> {
-  if (mapEnabled && data.length <= SYNC_MAX && fh.fd >= 0 && !batched.has(fh) && trySync(data.length)) {
-    const m = mappingFor(fh, position + data.length)
-    if (m && timed(() => loadNative().mappedWrite(m, position, data)) === 0) return Promise.resolve()
-  }
   if (batchEnabled && data.length <= SYNC_MAX) {
     if (turnWrites++ === 0) setImmediate(newTurn)
     if (turnWrites > 1 || batchRunning || queued.length > 0 || !trySync(data.length)) return queueWrite(fh, file, position, data)

@@ -44,20 +44,7 @@ export interface Native {
   writeBatch(fds: Int32Array, offsets: Float64Array, bufs: Buffer[], errs: Int32Array): Promise<void>
   /** A duplicate of `fd` (close-on-exec), or -errno (-EBADF for -1 or a closed fd). */
   dupFd(fd: number): number
-  /** A shared read-write mapping of the first `length` bytes of file `fd`, or -errno (native/mapped-write.c). */
-  mapFile(fd: number, length: number): FileMapping | number
-  /** Unmaps it now (later writes to it answer -EBADF); collection does it too. */
-  unmapFile(map: FileMapping): void
-  /**
-   * Copies `data` to `offset` of the mapping: 0 done; 1 not done (a page not in the page cache, or
-   * outside the mapping); -errno when the copy faulted (SIGBUS, caught): write it another way.
-   * `checkResident` false skips the page cache check (tests reach a fault with it).
-   */
-  mappedWrite(map: FileMapping, offset: number, data: Buffer, checkResident?: boolean): number
 }
-
-/** A mapping made by mapFile (an opaque native handle). */
-export type FileMapping = { readonly __mapping: unique symbol }
 
 let native: Native | null = null
 

@@ -1,6 +1,6 @@
 import type { FileHandle } from 'node:fs/promises'
 import { type BlockDevice, type Extent, type ReadsInto, type WriteOptions, type WritesFromFile } from '../block-device.js'
-import { copyRange, datasync, fileSize, openFile, preadFull, pwriteData, pwriteFull, unmapFile } from '../file-io.js'
+import { copyRange, datasync, fileSize, openFile, preadFull, pwriteData, pwriteFull } from '../file-io.js'
 import { fromSystemError } from '../errors.js'
 import { dataRuns } from '../data-runs.js'
 import { loadNative } from '../native.js'
@@ -104,7 +104,6 @@ export class RawFile implements BlockDevice, ReadsInto, WritesFromFile {
 
   async close(): Promise<void> {
     this.lock?.release()
-    unmapFile(this.fh)
     await this.fh.close()
   }
 }

@@ -5,7 +5,7 @@ import type { ZlibOptions } from 'node:zlib'
 import { Mutex } from 'async-mutex'
 import type { LRUCache } from 'lru-cache'
 import { StorageError } from '../errors.js'
-import { copyRange, datasync, fileSize, preadFull, pwriteData, pwriteFull, toU32, unmapFile } from '../file-io.js'
+import { copyRange, datasync, fileSize, preadFull, pwriteData, pwriteFull, toU32 } from '../file-io.js'
 import {
   COMPRESSION_DEFLATE,
   decodeSparseHeader,
@@ -592,7 +592,6 @@ export class SparseExtent {
       await datasync(this.fh, this.path)
       const cut = Math.ceil(end / this.header.grainSize) * this.header.grainSize
       try {
-        unmapFile(this.fh)
         await this.fh.truncate(cut * 512)
       } catch (e) {
         throw new StorageError('IoError', `'${this.path}': could not truncate: ${(e as Error).message}`, this.path)
@@ -632,7 +631,6 @@ export class SparseExtent {
         await pwriteFull(this.fh, this.path, UNCLEAN_SHUTDOWN_OFFSET, Buffer.from([0]))
       }
     } finally {
-      unmapFile(this.fh)
       await this.fh.close()
     }
   }
