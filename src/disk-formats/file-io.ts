@@ -1,7 +1,7 @@
 import { readSync, writeSync } from 'node:fs'
 import { getSystemErrorMap } from 'node:util'
 import { open, type FileHandle } from 'node:fs/promises'
-import { fromSystemError } from './errors.js'
+import { fromSystemError, StorageError } from './errors.js'
 import { loadNative } from './native.js'
 
 /**
@@ -208,6 +208,9 @@ function queueWrite(fh: FileHandle, file: string, position: number, data: Buffer
  * image locks are, belong to the open file and stay).
  */
 export function pwriteData(fh: FileHandle, file: string, position: number, data: Buffer): Promise<void> {
+  // the native batch refuses all its writes for one bad offset, and a pwrite at -1 writes at the
+  // file's current position: such a write fails alone, here
+  if (!Number.isSafeInteger(position) || position < 0) return Promise.reject(new StorageError('InvalidArgument', `Could not write '${file}': offset ${position} is not a byte offset`, file))
   if (batchEnabled && data.length <= SYNC_MAX) {
     if (turnWrites++ === 0) setImmediate(newTurn)
     if (turnWrites > 1 || batchRunning || queued.length > 0 || !trySync(data.length)) return queueWrite(fh, file, position, data)

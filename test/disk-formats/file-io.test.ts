@@ -122,3 +122,20 @@ t.test('pwriteFull never batches: a lockspace\'s POSIX locks would drop when the
   await pwriteFull(fh, path, 0, Buffer.alloc(512, 1))
   t.ok(await settledThisTurn(pwriteFull(fh, path, 512, Buffer.alloc(512, 2))), 'a second write in the turn: still synchronous')
 })
+
+t.test('a data write at an offset that is not a byte offset fails alone, typed; the batch of its turn lands', { skip: process.env.TANDEM_SYNC_IO === '0' || process.env.TANDEM_WRITE_BATCH === '0' ? 'sync I/O or batching off' : undefined }, async (t) => {
+  const path = join(tmp(t), 'f')
+  const fh = await openFile(path, 'w+')
+  t.teardown(() => fh.close())
+  await nextTurn()
+  const results = await Promise.allSettled([
+    pwriteData(fh, path, 0, Buffer.alloc(512, 1)), // the turn's synchronous one
+    pwriteData(fh, path, 512, Buffer.alloc(512, 2)), // batched
+    pwriteData(fh, path, -1, Buffer.alloc(512, 3)),
+    pwriteData(fh, path, Number.NaN, Buffer.alloc(512, 4)),
+    pwriteData(fh, path, 1024, Buffer.alloc(512, 5)), // the same batch
+  ])
+  t.same(results.map((r) => r.status), ['fulfilled', 'fulfilled', 'rejected', 'rejected', 'fulfilled'])
+  t.match((results[2] as PromiseRejectedResult).reason, { code: 'InvalidArgument', message: /offset -1/ })
+  t.same(readFileSync(path), Buffer.concat([1, 2, 5].map((v) => Buffer.alloc(512, v))), 'the good writes landed, nothing at the file position')
+})
