@@ -19,14 +19,18 @@ export async function startServer(
   const s = await serve({ datastore: dir, listen: '127.0.0.1', httpPort: 0, nbdPort: 0, iscsiPort: 0, shutdownGraceMs: 1000, ...opts }, pino({ level: 'silent' }))
   // a failed close is a failure of the test; its error printed whole (tap's "error thrown in
   // teardown" once showed no message, CI 2026-12-02)
-  t.teardown(() =>
-    s.close().catch((e: unknown) => {
+  t.teardown(() => {
+    // ci45-47: a close that never settled while nothing kept the process alive (an unref'd timer,
+    // a promise nobody resolves): the process exited mid-teardown ("test unfinished"). Say so.
+    const ranDry = () => console.log(`# startServer: the process ran out of work while the server's close was pending; resources left: ${process.getActiveResourcesInfo().join(', ') || 'none'}`)
+    process.once('beforeExit', ranDry)
+    return s.close().finally(() => process.off('beforeExit', ranDry)).catch((e: unknown) => {
       console.error('startServer: the server\'s close failed:', e)
       // and into the TAP stream as comments, which CI's excerpt of the output keeps (stderr it did not, 2026-12-03)
       console.log(inspect(e).split('\n').map((l) => `# startServer: the server's close failed: ${l}`).join('\n'))
       throw e
-    }),
-  )
+    })
+  })
   return Object.assign(s, { dir, uri: (e: string) => `nbd://127.0.0.1:${s.nbdPort}/${e}` })
 }
 
