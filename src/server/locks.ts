@@ -3,7 +3,7 @@ import { hostname } from 'node:os'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
 import { isStorageError, StorageError } from '../disk-formats/errors.js'
-import { FileLockStorage, initLockspace, LockManager, NAME_BYTES, realClock, regionSize, type Clock, type HostView, type LockView } from '../disk-formats/lock-region/index.js'
+import { FileLockStorage, initLockspace, LockManager, NAME_BYTES, backgroundClock, regionSize, type HostView, type LockView } from '../disk-formats/lock-region/index.js'
 import { LockspaceDevice } from './lockspace-device.js'
 
 /** Thrown by `view` while the lockspace cannot be used; the REST API answers 503 with its message. */
@@ -32,8 +32,6 @@ export interface LockspaceView {
 }
 
 const DEFAULTS = { maxHosts: 64, maxLocks: 256 }
-/** The server's heartbeat timers do not keep the process alive: its listeners do (a failed start exits). */
-const serverClock: Clock = { ...realClock, setTimeout: (fn, ms) => setTimeout(fn, ms).unref() }
 /** How often an unusable lockspace is tried again. */
 const RETRY_MS = 2000
 
@@ -91,6 +89,8 @@ export async function openLockspaceView(datastore: string, log: Logger, hostName
   let storage: FileLockStorage | null = null
   let mgr: LockManager | null = null
   let joined: Promise<void> | null = null
+  /** m.join() has not returned yet */
+  let joining = false
   let problem: string | null = 'not opened yet'
   let retry: NodeJS.Timeout | null = null
   let closed = false
@@ -130,7 +130,7 @@ export async function openLockspaceView(datastore: string, log: Logger, hostName
       if (done === 'created') log.info({ path }, 'lockspace created')
       else if (done) log.warn({ path }, 'lockspace was never initialised (empty or all zero): initialised')
       storage = await FileLockStorage.open(path)
-      const m = new LockManager(storage, hostName, serverClock)
+      const m = new LockManager(storage, hostName, backgroundClock)
       await m.view() // the header and the region's size: a damaged lockspace is reported, not joined
       mgr = m
       problem = null
@@ -140,7 +140,8 @@ export async function openLockspaceView(datastore: string, log: Logger, hostName
       }
       joined = (async () => {
         // a live process under our name is another server on this datastore: report it, try again later
-        await m.join({ waitMs: 2 * m.header.leaseMs })
+        joining = true
+        await m.join({ waitMs: 2 * m.header.leaseMs }).finally(() => (joining = false))
         log.info({ path, host: hostName, slot: m.slot }, 'lockspace joined')
         for (const [d, w] of wanted) {
           if (!w.held) await take(m, d).catch((e: Error) => log.error({ disk: d, err: e.message }, 'lockspace: could not take the lock of an open disk'))
@@ -227,6 +228,8 @@ export async function openLockspaceView(datastore: string, log: Logger, hostName
       closed = true
       clearInterval(health)
       if (retry) clearTimeout(retry)
+      // a join still waiting (out a crashed incarnation's lease) stops; its waits keep the process alive
+      if (joining) mgr?.halt()
       await joined?.catch(() => undefined)
       if (mgr) await mgr.leave().catch((e: Error) => log.error({ err: e.message }, 'lockspace: leaving failed'))
       mgr = null

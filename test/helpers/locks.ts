@@ -41,6 +41,15 @@ export class FakeClock implements Clock {
   clearTimeout(h: unknown) {
     this.timers = this.timers.filter((x) => x.id !== h)
   }
+  /** timers marked as background work (Clock.background) */
+  readonly backgroundIds = new Set<unknown>()
+  background(h: unknown) {
+    this.backgroundIds.add(h)
+  }
+  /** The timers pending now: their delays from now, and whether each is background work. */
+  pending(): { ms: number; background: boolean }[] {
+    return this.timers.map((x) => ({ ms: x.at - this.t, background: this.backgroundIds.has(x.id) }))
+  }
   /** Advances time in steps, firing due timers and letting their promise chains settle. */
   async advance(ms: number, step = 10) {
     const end = this.t + ms

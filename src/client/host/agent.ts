@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os'
 import { isAbsolute, join } from 'node:path'
 import { isStorageError, StorageError } from '../../disk-formats/errors.js'
 import { isApiError, requestJson } from '../api/http.js'
-import { LockManager, type Clock, type LockStorage } from '../../disk-formats/lock-region/index.js'
+import { backgroundClock, LockManager, type Clock, type LockStorage } from '../../disk-formats/lock-region/index.js'
 import { openLockStorage } from '../locks/open-storage.js'
 import { ftHostName, hostIqn, LOCKSPACE_IQN, validHostName, validVmName, vmIqn, vmLockName } from './names.js'
 import { vmRunArgs, type VmFtLaunch, type VmLaunch } from './vm-command.js'
@@ -187,11 +187,6 @@ const STATUS_MS = 2000
 const DISK = /^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$/
 const MAX_GUEST = 1024
 
-const hostClock: Clock = {
-  now: () => performance.now(),
-  setTimeout: (fn, ms) => setTimeout(fn, ms).unref(),
-  clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
-}
 
 /** A pair side's mode and options from its start request (the primary's in `ft`, a backup's `mode`). */
 function modeOf(req: VmStartRequest): FtModeOptions {
@@ -421,7 +416,7 @@ export class HostAgent {
   private async join(): Promise<void> {
     const storage = await openLockStorage(this.lockspaceUri, { initiatorName: hostIqn(this.name) })
     try {
-      const m = new LockManager(storage, this.name, this.o.clock ?? hostClock)
+      const m = new LockManager(storage, this.name, this.o.clock ?? backgroundClock)
       m.onRenew = (deadline) => {
         this.counts.renewals++
         for (const vm of this.vms.values()) vm.proc?.deadline(deadline)

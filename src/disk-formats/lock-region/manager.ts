@@ -127,6 +127,8 @@ export class LockManager extends LockspaceObserver {
   private timer: unknown = null
   private fenceTimer: unknown = null
   private stopped = false
+  /** halt() was called: a join in progress gives up at its next step */
+  private halted = false
   private beating: Promise<void> | null = null
   /** called once when this host's lease can no longer be trusted; holders must stop at once */
   onFence: (reason: string) => void = () => {}
@@ -191,7 +193,10 @@ export class LockManager extends LockspaceObserver {
   async join(o: JoinOptions = {}): Promise<{ slot: number; generation: number }> {
     await this.readHeader()
     const until = this.clock.now() + (o.waitMs ?? Infinity)
+    this.halted = false
     for (;;) {
+      // halt() while joining (the host is closing): no slot is claimed
+      if (this.halted) throw new StorageError('Busy', `joining lockspace '${this.storage.name}' was stopped`)
       const { slots, raw } = await this.readAll()
       const mine = slots.find((s) => s.name === this.hostName && s.state !== SLOT_FREE)
       // a damaged slot is never claimed: it may be a live host's, rewritten at its next heartbeat
@@ -229,7 +234,9 @@ export class LockManager extends LockspaceObserver {
         this.generation = gen
         this.counter = 1
         this.lastRenewIssue = issue
-        this.stopped = false
+        // halted as the slot was claimed: claimed but not kept alive (leave() marks it left)
+        this.stopped = this.halted
+        if (this.stopped) return { slot: this.slotIndex, generation: gen }
         this.armFence()
         this.onRenew(this.fenceDeadline)
         this.schedule()
@@ -249,6 +256,7 @@ export class LockManager extends LockspaceObserver {
       if (!this.valid()) this.fence('could not renew the heartbeat within the lease')
       else this.armFence()
     }, ms)
+    this.clock.background?.(this.fenceTimer)
   }
 
   private fence(reason: string): void {
@@ -266,6 +274,7 @@ export class LockManager extends LockspaceObserver {
         this.schedule()
       })
     }, this.header.heartbeatMs)
+    this.clock.background?.(this.timer)
   }
 
   private slotBytes(): Buffer {
@@ -561,8 +570,12 @@ export class LockManager extends LockspaceObserver {
     if (failed.length) throw new StorageError('IoError', `could not release: ${failed.join('; ')}`)
   }
 
-  /** Stops heartbeating without touching the storage (tests: a host that hangs). */
+  /**
+   * Stops heartbeating, and a join in progress, without touching the storage (a closing host; in
+   * tests, a host that hangs).
+   */
   halt(): void {
+    this.halted = true
     this.stopped = true
     if (this.timer !== null) this.clock.clearTimeout(this.timer)
     if (this.fenceTimer !== null) this.clock.clearTimeout(this.fenceTimer)

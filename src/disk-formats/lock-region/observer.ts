@@ -22,6 +22,12 @@ export interface Clock {
   now(): number
   setTimeout(fn: () => void, ms: number): unknown
   clearTimeout(h: unknown): void
+  /**
+   * Marks a timer nobody awaits (a heartbeat, a fence check) as background work: a host that wants
+   * its process to end when nothing else is left to do says so here (unref). A timer someone
+   * awaits (a wait to join, a lock's poll) is never marked: it keeps its caller's process alive.
+   */
+  background?(h: unknown): void
 }
 
 export const realClock: Clock = {
@@ -29,6 +35,12 @@ export const realClock: Clock = {
   setTimeout: (fn, ms) => setTimeout(fn, ms),
   clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
 }
+
+/**
+ * The real clock for a host inside a longer-lived process (a server, a host agent): its heartbeat
+ * does not keep the process alive, its waits do.
+ */
+export const backgroundClock: Clock = { ...realClock, background: (h) => (h as NodeJS.Timeout).unref() }
 
 export interface HostView {
   slot: number

@@ -102,6 +102,25 @@ t.test('join: a live process under the same name is reported after waitMs; a cra
   await again.leave()
 })
 
+t.test('halt() while join waits out a live-looking predecessor: join gives up, claims nothing; its waits are not background timers', async (t) => {
+  const st = await space()
+  const clock = new FakeClock()
+  const first = new LockManager(st, 'esx', clock)
+  await first.join()
+  t.ok(clock.pending().length >= 2 && clock.pending().every((p) => p.background), 'a joined host\'s heartbeat and fence timers are background work')
+  first.halt() // crashes: its slot looks live for a lease
+  const before = (await new LockManager(st, 'obs', clock).view()).hosts.find((h) => h.name === 'esx')
+  const again = new LockManager(st, 'esx', clock)
+  const outcome = again.join({ waitMs: 10_000 }).then(() => 'joined', (e) => e)
+  await clock.advance(300)
+  t.ok(clock.pending().some((p) => !p.background), 'the join\'s wait is a timer its caller awaits (not background: it keeps a process alive)')
+  again.halt()
+  await clock.advance(1000)
+  t.match(await outcome, { code: 'Busy', message: /joining lockspace .* was stopped/ })
+  const after = (await new LockManager(st, 'obs', clock).view()).hosts.find((h) => h.name === 'esx')
+  t.same(after, before, 'the slot was not claimed')
+})
+
 t.test('waiters of any mode appear in `waiting`', async (t) => {
   const st = await space()
   const clock = new FakeClock()
