@@ -67,11 +67,13 @@ export class NbdConnection {
     const s = socketQueue(sock)
     this.q = s.q
     this.isClosed = s.closed
+    // a wait for a request or a reply ends when the socket goes (socketQueue marks it closed first)
+    sock.on('close', this.kick)
   }
 
   /**
-   * Wakes whoever waits in `slot` to look again: a request ended, or a reply left (the callback of
-   * every reply's write, also called when the socket is destroyed with the reply unsent).
+   * Wakes whoever waits in `slot` to look again: a request ended, a reply left (the callback of
+   * every reply's write), or the socket closed.
    */
   private readonly kick = (): void => {
     const s = this.slot
@@ -260,6 +262,7 @@ export class NbdConnection {
     const s = socketQueue(session.socket)
     this.q = s.q
     this.isClosed = s.closed
+    session.socket.on('close', this.kick)
     this.identity = session.identity
     // NBD spec, NBD_OPT_STARTTLS: no negotiation state from before the upgrade is kept
     this.structured = false

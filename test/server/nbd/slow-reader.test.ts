@@ -113,3 +113,18 @@ t.test('a connection stuck on replies nobody reads lets go of its disk when the 
   }
   t.ok(deleted, 'once the client is gone, the disk deletes')
 })
+
+t.test('the server closes while a deaf client holds it at its budget: close settles, the process does not run dry', { timeout: 60_000 }, async (t) => {
+  const s = await startServer(t)
+  await s.ds.createDisk('d', DISK)
+  const c = await deafClient(s.nbdPort)
+  for (let i = 0; i < 8; i++) void c.pread((i % 2) * 32 * MiB, 32 * MiB).catch(() => undefined)
+  await sleep(1000) // the server has filled its budget and waits to admit the next read
+  // a ref'd timer keeps the process alive, so a close nobody settles fails here rather than ending the run
+  let timer: NodeJS.Timeout | undefined
+  const late = new Promise<string>((r) => (timer = setTimeout(() => r('never settled'), 20_000)))
+  const closed = await Promise.race([s.close().then(() => 'closed'), late])
+  clearTimeout(timer)
+  t.equal(closed, 'closed', 'the server closed with the connection cut mid-wait')
+  c.destroy()
+})
