@@ -60,6 +60,8 @@ export interface RunningServer {
   close(): Promise<void>
   /** Ends the grace period now (a second signal): clients are cut, disks still flushed. */
   hurry(): void
+  /** What a close() in progress waits on (for diagnostics); '' before close, 'stopped' after. */
+  readonly closeStage: string
 }
 
 /** A port that cannot be bound: one line naming the protocol, address and reason. */
@@ -134,10 +136,23 @@ export async function serve(o: ServeOptions, log: Logger = pino({ level: o.logLe
   }
 }
 
-function running(s: Omit<RunningServer, 'close' | 'hurry'> & { owner: OwnerLock; http: HttpServer; nbd: NbdServer; iscsi: IscsiServer; grace: Deadline; graceMs: number }): RunningServer {
+function running(s: Omit<RunningServer, 'close' | 'hurry' | 'closeStage'> & { owner: OwnerLock; http: HttpServer; nbd: NbdServer; iscsi: IscsiServer; grace: Deadline; graceMs: number }): RunningServer {
   const { http, nbd, iscsi, grace, ds, locks, log } = s
   let closing: Promise<void> | null = null
+  const waiting = new Set<string>()
+  let stage = ''
+  const step = <T>(what: string, p: Promise<T>): Promise<T> => {
+    waiting.add(what)
+    stage = [...waiting].join(', ')
+    return p.finally(() => {
+      waiting.delete(what)
+      stage = [...waiting].join(', ')
+    })
+  }
   return {
+    get closeStage() {
+      return stage
+    },
     ds,
     apiToken: s.apiToken,
     locks,
@@ -153,11 +168,12 @@ function running(s: Omit<RunningServer, 'close' | 'hurry'> & { owner: OwnerLock;
         http.close()
         http.closeIdleConnections()
         const httpDone = new Promise<void>((r) => http.once('close', () => r()))
-        await Promise.all([nbd.close(grace.reached), iscsi.close(grace.reached), Promise.race([httpDone, grace.reached]).then(() => http.closeAllConnections())])
+        await Promise.all([step('NBD connections', nbd.close(grace.reached)), step('iSCSI connections', iscsi.close(grace.reached)), step('HTTP connections', Promise.race([httpDone, grace.reached]).then(() => http.closeAllConnections()))])
         grace.expire()
-        await ds.close()
-        await locks.close()
+        await step('the datastore', ds.close())
+        await step('the lockspace', locks.close())
         s.owner.release()
+        stage = 'stopped'
         log.info('tandem serve stopped')
       })()),
   }

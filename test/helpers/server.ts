@@ -22,7 +22,7 @@ export async function startServer(
   t.teardown(() => {
     // ci45-47: a close that never settled while nothing kept the process alive (an unref'd timer,
     // a promise nobody resolves): the process exited mid-teardown ("test unfinished"). Say so.
-    const ranDry = () => console.log(`# startServer: the process ran out of work while the server's close was pending; resources left: ${process.getActiveResourcesInfo().join(', ') || 'none'}`)
+    const ranDry = () => console.log(`# startServer: the process ran out of work while the server's close was pending on ${s.closeStage || '?'}; resources left: ${process.getActiveResourcesInfo().join(', ') || 'none'}`)
     process.once('beforeExit', ranDry)
     return s.close().finally(() => process.off('beforeExit', ranDry)).catch((e: unknown) => {
       console.error('startServer: the server\'s close failed:', e)
