@@ -115,6 +115,11 @@ export async function preadFull(fh: FileHandle, file: string, position: number, 
  * (native writeBatch, in order). One batch runs at a time; the next starts when it ends. Measured
  * (iSCSI 4 KiB random writes at QD32, libiscsi load): the event loop's share of the run ~100 % ->
  * ~55 %, ~5 % more IOPS, less CPU per write.
+ *
+ * A batch takes half the writes waiting (at least BATCH_MIN): while it runs, the writes of the
+ * batch before it are answered and the client's next requests arrive, so the event loop and the
+ * pool work at once instead of taking turns (a whole queue per batch left each idle while the
+ * other ran). Measured the same way: 13–14k IOPS -> 16–21k, against tgtd's 12–15k.
  * TANDEM_WRITE_BATCH=0 turns batching off.
  */
 interface QueuedWrite {
@@ -132,6 +137,8 @@ let queued: QueuedWrite[] = []
 /** the queued writes' duplicates of their files' fds (closed by the batch) */
 let queuedFds = new Map<FileHandle, number>()
 let batchRunning = false
+/** the fewest writes a batch takes of those waiting (it takes half of them, or all when fewer) */
+const BATCH_MIN = 8
 /** small writes seen this event-loop turn (reset by a setImmediate the first one schedules) */
 let turnWrites = 0
 
@@ -141,9 +148,32 @@ function newTurn(): void {
 
 function runBatch(): void {
   if (batchRunning || queued.length === 0) return
-  const batch = queued
-  queued = []
-  queuedFds = new Map()
+  const take = Math.max(BATCH_MIN, Math.ceil(queued.length / 2))
+  const batch = queued.length > take ? queued.splice(0, take) : queued
+  if (batch === queued) {
+    queued = []
+    queuedFds = new Map()
+  } else {
+    // the batch closes its fds: the writes left behind get duplicates of their own
+    const again = new Map<number, number>()
+    const left: QueuedWrite[] = []
+    for (const w of queued) {
+      let fd = again.get(w.fd)
+      if (fd === undefined) again.set(w.fd, (fd = loadNative().dupFd(w.fd)))
+      if (fd < 0) {
+        w.reject(fromSystemError(errnoError(-fd), w.file, 'Could not write'))
+        continue
+      }
+      w.fd = fd
+      left.push(w)
+    }
+    queued = left
+    for (const [fh, fd] of queuedFds) {
+      const kept = again.get(fd)
+      if (kept === undefined || kept < 0) queuedFds.delete(fh)
+      else queuedFds.set(fh, kept)
+    }
+  }
   batchRunning = true
   const n = batch.length
   const fds = new Int32Array(n)

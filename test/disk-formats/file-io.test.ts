@@ -139,3 +139,40 @@ t.test('a data write at an offset that is not a byte offset fails alone, typed; 
   t.match((results[2] as PromiseRejectedResult).reason, { code: 'InvalidArgument', message: /offset -1/ })
   t.same(readFileSync(path), Buffer.concat([1, 2, 5].map((v) => Buffer.alloc(512, v))), 'the good writes landed, nothing at the file position')
 })
+
+t.test('a long queue of small writes goes in successive batches of half of it: the first answered before the last, every write in its own file, in order', { skip: process.env.TANDEM_SYNC_IO === '0' || process.env.TANDEM_WRITE_BATCH === '0' ? 'sync I/O or batching off' : undefined }, async (t) => {
+  const dir = tmp(t)
+  const a = join(dir, 'a')
+  const b = join(dir, 'b')
+  const fdA = openSync(a, 'w+')
+  const fdB = openSync(b, 'w+')
+  t.teardown(() => closeSync(fdB))
+  const ha = { fd: fdA } as FileHandle
+  const hb = { fd: fdB } as FileHandle
+  await nextTurn()
+  await pwriteData(ha, a, 0, Buffer.alloc(512, 0xff)) // the turn's synchronous write
+  const order: number[] = []
+  const writes: Promise<void>[] = []
+  /** a's first byte when the first queued write was answered */
+  let seenFirst = -1
+  for (let i = 0; i < 64; i++) {
+    const [h, f] = i % 2 ? [hb, b] : [ha, a]
+    writes.push(
+      pwriteData(h, f, (i >> 1) * 512, Buffer.alloc(512, i)).then(() => {
+        if (i === 0) seenFirst = readFileSync(a)[0]
+        order.push(i)
+      }),
+    )
+  }
+  // the same places again at the queue's end: the later bytes must remain
+  writes.push(pwriteData(ha, a, 0, Buffer.alloc(512, 100)).then(() => void order.push(100)))
+  writes.push(pwriteData(hb, b, 512, Buffer.alloc(512, 101)).then(() => void order.push(101)))
+  // a's fd closed while its writes wait (their duplicates keep them going to a)
+  closeSync(fdA)
+  await Promise.all(writes)
+  t.ok(order.indexOf(0) < order.indexOf(100) && order.indexOf(3) < order.indexOf(101), 'answered in queue order')
+  t.equal(seenFirst, 0, 'the first write was answered before the last one (to the same place) had been written')
+  const want = (file: 'a' | 'b') => Buffer.concat(Array.from({ length: 32 }, (_, k) => Buffer.alloc(512, file === 'a' ? (k === 0 ? 100 : 2 * k) : k === 1 ? 101 : 2 * k + 1)))
+  t.ok(readFileSync(a).equals(want('a')), 'every write to a landed in a, the later of two to one place last')
+  t.ok(readFileSync(b).equals(want('b')), 'every write to b landed in b, the later of two to one place last')
+})
