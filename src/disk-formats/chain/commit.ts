@@ -3,6 +3,7 @@ import { dirname, join } from 'node:path'
 import { StorageError } from '../errors.js'
 import { VmdkImage } from '../vmdk/vmdk-image.js'
 import { checkParentLink, openVmdk } from './open-chain.js'
+import { inLocalFile, SourceFiles } from './convert.js'
 
 /** Copies in flight during commit. */
 const COMMIT_PARALLEL = 8
@@ -96,22 +97,35 @@ export async function commit(topPath: string, opts: CommitOptions = {}): Promise
     // parent is serialized inside the extent), each with its own buffer.
     const dst = parent
     let next = 0
+    // The top's data is copied file to file by the kernel (copy_file_range) where the parent
+    // takes it (whole grains); the rest is read and written.
+    const files = new SourceFiles()
     const worker = async () => {
       let buf = Buffer.alloc(0)
+      const copy = async (offset: number, length: number) => {
+        if (buf.length < length) buf = Buffer.allocUnsafe(Math.min(chunk, Math.max(length, 1 << 20)))
+        const data = buf.subarray(0, length)
+        await top.readInto(offset, length, data, 0)
+        await dst.write(offset, data)
+      }
       while (next < work.length) {
         const w = work[next++]
         if (w.zero) await dst.writeZeroes(w.offset, w.length)
         else {
-          if (buf.length < w.length) buf = Buffer.allocUnsafe(Math.min(chunk, Math.max(w.length, 1 << 20)))
-          const data = buf.subarray(0, w.length)
-          await top.readInto(w.offset, w.length, data, 0)
-          await dst.write(w.offset, data)
+          for (const e of await top.blockStatus(w.offset, w.length)) {
+            const inKernel = e.depth === 0 && e.data && inLocalFile(e) && (await dst.writeFromFile(e.offset, e.length, await files.fd(e.file!), e.hostOffset!))
+            if (!inKernel) await copy(e.offset, e.length)
+          }
         }
         bytes += w.length
         opts.onProgress?.(bytes, total)
       }
     }
-    await Promise.all(Array.from({ length: Math.min(COMMIT_PARALLEL, work.length) }, worker))
+    // every worker ends before the files close: a copy on the pool must not find its fd closed
+    const ends = await Promise.allSettled(Array.from({ length: Math.min(COMMIT_PARALLEL, work.length) }, worker))
+    await files.close()
+    const bad = ends.find((r): r is PromiseRejectedResult => r.status === 'rejected')
+    if (bad) throw bad.reason
     await parent.flush()
     newCid = parent.cid
   } finally {

@@ -134,10 +134,10 @@ export async function convert(src: BlockDevice, dst: string | BlockDevice, opts:
 const URI = /^[a-z][a-z0-9+.-]*:\/\//i
 
 /** The extent's bytes lie at a known offset of a local file (not compressed, not on a server). */
-const inLocalFile = (e: Extent) => e.file !== undefined && e.hostOffset !== undefined && !URI.test(e.file)
+export const inLocalFile = (e: Extent) => e.file !== undefined && e.hostOffset !== undefined && !URI.test(e.file)
 
-/** The source's files, opened read-only by name when an extent first names one (copyInKernel). */
-class SourceFiles {
+/** The source's files, opened read-only by name when an extent first names one (copyInKernel, commit). */
+export class SourceFiles {
   private readonly open = new Map<string, Promise<FileHandle>>()
 
   fd(path: string): Promise<number> {

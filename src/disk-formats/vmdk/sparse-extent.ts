@@ -433,33 +433,61 @@ export class SparseExtent {
   }
 
   /**
-   * Writes [offset, offset+length) as new grains whose bytes come from file `fd` at `position`
-   * (copyRange: the kernel copies them). Only whole grains (the last may end at the capacity)
-   * that are all unallocated or zeroed: false otherwise, nothing written, and the caller writes
-   * the bytes through `write`.
+   * Writes [offset, offset+length) with the bytes of file `fd` at `position`, copied by the kernel
+   * (copyRange): into the grains already allocated, in place, and as new grains where they are
+   * unallocated or zeroed. Only whole grains (the last may end at the capacity): false otherwise,
+   * nothing written, and the caller writes the bytes through `write`.
    */
   async writeFromFile(offset: number, length: number, fd: number, position: number): Promise<boolean> {
     const gb = this.geo.grainBytes
     if (this.compressed || length === 0 || offset % gb !== 0 || (length % gb !== 0 && offset + length !== this.capacityBytes)) return false
     await this.markDirty()
     try {
-      const first = offset / gb
-      const last = Math.floor((offset + length - 1) / gb)
-      const put = async (host: number) => {
-        await copyRange(fd, position, this.fh, this.path, host, length)
-        const pad = (last - first + 1) * gb - length
-        if (pad > 0) await pwriteFull(this.fh, this.path, host + length, Buffer.alloc(pad))
-      }
-      // claim says "look again" after loading a table or waiting for another allocation
-      while (!(await this.allocateGrains(first, last, put))) {
-        const kinds = this.kindsNow(first, last)
-        if (kinds === null || kinds.includes('data')) return false
+      // as writeGrains: the allocated parts first, then new grains; a grain allocated meanwhile by
+      // another writer is written in place on the next look
+      let pending = await this.copyAllocated(offset, length, fd, position)
+      while (pending.length > 0) {
+        const retry: [number, number][] = []
+        await Promise.all(
+          pending.map(async ([s, e]) => {
+            if (!(await this.allocateFromFile(offset + s, e - s, fd, position + s))) retry.push([s, e])
+          }),
+        )
+        pending = []
+        for (const [s, e] of retry) {
+          for (const [a, b] of await this.copyAllocated(offset + s, e - s, fd, position + s)) pending.push([s + a, s + b])
+        }
       }
       return true
     } catch (e) {
       this.failed = true
       throw e
     }
+  }
+
+  /** writeAllocated's counterpart for bytes of another file (writeFromFile). */
+  private async copyAllocated(offset: number, length: number, fd: number, position: number): Promise<[number, number][]> {
+    const pending: [number, number][] = []
+    const copies: Promise<void>[] = []
+    for (const m of await this.map(offset, length)) {
+      const s = m.offset - offset
+      if (m.kind === 'data') copies.push(copyRange(fd, position + s, this.fh, this.path, m.host!, m.length))
+      else pending.push([s, s + m.length])
+    }
+    await Promise.all(copies)
+    return pending
+  }
+
+  /** allocate's counterpart for bytes of another file: whole grains (the last may end at the capacity). */
+  private allocateFromFile(offset: number, length: number, fd: number, position: number): Promise<boolean> {
+    const gb = this.geo.grainBytes
+    const first = offset / gb
+    const last = Math.floor((offset + length - 1) / gb)
+    return this.allocateGrains(first, last, async (host) => {
+      await copyRange(fd, position, this.fh, this.path, host, length)
+      const pad = (last - first + 1) * gb - length
+      if (pad > 0) await pwriteFull(this.fh, this.path, host + length, Buffer.alloc(pad))
+    })
   }
 
   private async fillGrainPart(grain: number, offset: number, length: number, out: Buffer, at: number, fill: FillFn): Promise<void> {

@@ -385,9 +385,9 @@ export class VmdkImage implements BlockDevice, WritesFromFile {
   }
 
   /**
-   * Writes bytes of another file in the kernel (WritesFromFile): into a flat extent, or as new
-   * grains of a sparse one (SparseExtent.writeFromFile). False, nothing written, for a range
-   * across extents, or grains already allocated or not whole.
+   * Writes bytes of another file in the kernel (WritesFromFile): into a flat extent, or into whole
+   * grains of a sparse one, allocated or new (SparseExtent.writeFromFile). False, nothing written,
+   * for a range across extents, or grains not whole.
    */
   async writeFromFile(offset: number, length: number, fd: number, position: number): Promise<boolean> {
     const [slot, ...more] = this.overlapping(offset, length)

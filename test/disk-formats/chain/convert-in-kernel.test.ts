@@ -155,7 +155,7 @@ t.test('a chain converts through the kernel from the files of both layers', asyn
   }
 })
 
-t.test('VmdkImage.writeFromFile takes whole unallocated grains only, across a grain table\'s end', async (t) => {
+t.test('VmdkImage.writeFromFile takes whole grains only, across a grain table\'s end: new ones allocated, allocated ones overwritten in place', async (t) => {
   const d = tmp(t)
   const srcPath = join(d, 'src')
   const data = pattern(256 * K, 8)
@@ -168,9 +168,14 @@ t.test('VmdkImage.writeFromFile takes whole unallocated grains only, across a gr
   t.equal(await img.writeFromFile(100, 64 * K, fd, 0), false, 'not grain-aligned: refused')
   t.equal(await img.writeFromFile(0, 100 * K, fd, 0), false, 'not whole grains: refused')
   t.equal(await img.writeFromFile(32 * M - 64 * K, 128 * K, fd, 0), true, 'two grains, one in each of two tables')
-  t.equal(await img.writeFromFile(32 * M, 64 * K, fd, 0), false, 'an allocated grain: refused (the caller writes it)')
-  t.ok((await img.read(32 * M - 64 * K, 128 * K)).equals(data.subarray(0, 128 * K)), 'the copied bytes read back')
-  t.same((await img.layerStatus(32 * M - 128 * K, 256 * K)).map((r) => r.kind), ['unallocated', 'data', 'unallocated'], 'only those grains allocated')
+  const hostBefore = (await img.blockStatus(32 * M, 64 * K))[0].hostOffset
+  // one allocated grain and one new one, in one call
+  t.equal(await img.writeFromFile(32 * M, 128 * K, fd, 128 * K), true, 'an allocated grain and the unallocated one after it')
+  t.equal((await img.blockStatus(32 * M, 64 * K))[0].hostOffset, hostBefore, 'the allocated grain was overwritten where it is, not moved')
+  t.ok((await img.read(32 * M - 64 * K, 64 * K)).equals(data.subarray(0, 64 * K)), 'the first copy reads back where it was not overwritten')
+  t.ok((await img.read(32 * M, 128 * K)).equals(data.subarray(128 * K, 256 * K)), 'the second copy reads back, over the allocated grain and into the new one')
+  t.same((await img.layerStatus(32 * M - 128 * K, 320 * K)).map((r) => r.kind), ['unallocated', 'data', 'unallocated'], 'only those grains allocated')
+  t.same((await img.layerStatus(32 * M - 64 * K, 192 * K)).map((r) => r.length), [192 * K], 'three grains of data')
   await img.close()
   if (have('qemu-img')) t.equal(shStatus('qemu-img', ['check', out]).status, 0, 'qemu-img check: clean')
 })

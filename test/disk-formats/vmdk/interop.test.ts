@@ -139,6 +139,27 @@ t.test('a Tandem delta written by qemu-io and committed by Tandem', qemu, async 
   t.ok(ci['actual-size'] <= 128 << 10, `the committed child was emptied (${ci['actual-size']} bytes)`)
 })
 
+t.test('commit into a parent half allocated: runs over allocated and new grains give what qemu-img commit gives', qemu, async (t) => {
+  const d = tmp(t)
+  const sides = ['tandem', 'qemu'].map((side) => {
+    const base = join(d, `${side}-base.vmdk`)
+    const child = join(d, `${side}-child.vmdk`)
+    t.equal(tandem(['disk', 'create', base, '--size', '8M']).status, 0)
+    io(base, 'write -P 0x01 0 4M')
+    t.equal(tandem(['disk', 'create', child, '-b', base]).status, 0)
+    // a run across the end of the parent's data (two grains allocated there, two new), one in its data, one past it
+    io(child, 'write -P 0x05 3968k 256k', 'write -P 0x06 1M 64k', 'write -P 0x07 7M 192k')
+    return { side, base, child }
+  })
+  const want = qemuRaw(sides[0].child, d)
+  t.equal(tandem(['disk', 'commit', sides[0].child]).status, 0, 'tandem disk commit')
+  t.equal(shStatus('qemu-img', ['commit', sides[1].child]).status, 0, 'qemu-img commit')
+  t.ok(qemuRaw(sides[0].base, d).equals(want), "the parent holds the child's content")
+  t.equal(shStatus('qemu-img', ['compare', sides[0].base, sides[1].base]).status, 0, "qemu-img compare: Tandem's parent equals qemu-img's")
+  t.equal(shStatus('qemu-img', ['check', sides[0].base]).status, 0, 'qemu-img check: clean')
+  t.equal(tandem(['disk', 'check', sides[0].base]).status, 0, 'tandem check: clean')
+})
+
 t.test('a chain whose parentCID does not match refuses to open', qemu, async (t) => {
   const d = tmp(t)
   const base = join(d, 'base.vmdk')
