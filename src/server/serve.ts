@@ -139,19 +139,16 @@ export async function serve(o: ServeOptions, log: Logger = pino({ level: o.logLe
 function running(s: Omit<RunningServer, 'close' | 'hurry' | 'closeStage'> & { owner: OwnerLock; http: HttpServer; nbd: NbdServer; iscsi: IscsiServer; grace: Deadline; graceMs: number }): RunningServer {
   const { http, nbd, iscsi, grace, ds, locks, log } = s
   let closing: Promise<void> | null = null
+  /** what close() waits on now */
   const waiting = new Set<string>()
-  let stage = ''
+  let stopped = false
   const step = <T>(what: string, p: Promise<T>): Promise<T> => {
     waiting.add(what)
-    stage = [...waiting].join(', ')
-    return p.finally(() => {
-      waiting.delete(what)
-      stage = [...waiting].join(', ')
-    })
+    return p.finally(() => waiting.delete(what))
   }
   return {
     get closeStage() {
-      return stage
+      return stopped ? 'stopped' : [...waiting].join(', ')
     },
     ds,
     apiToken: s.apiToken,
@@ -173,7 +170,7 @@ function running(s: Omit<RunningServer, 'close' | 'hurry' | 'closeStage'> & { ow
         await step('the datastore', ds.close())
         await step('the lockspace', locks.close())
         s.owner.release()
-        stage = 'stopped'
+        stopped = true
         log.info('tandem serve stopped')
       })()),
   }

@@ -32,6 +32,9 @@ const lruCache = <K extends {}, V extends {}>(max: number): LRUCache<K, V> => ne
 export type GrainKind = 'data' | 'zero' | 'unallocated'
 
 /** A run of an extent's own address space (bytes, extent-relative) with one state. */
+/** Writes `n` bytes, `at` bytes into a request, at the extent file's offset `host` (an allocated grain's). */
+type PutInPlace = (host: number, at: number, n: number) => Promise<void>
+
 export interface Mapping {
   offset: number
   length: number
@@ -299,33 +302,43 @@ export class SparseExtent {
     }
   }
 
-  private async writeGrains(offset: number, data: Buffer, fill: FillFn): Promise<void> {
-    let pending = await this.writeAllocated(offset, data)
+  private writeGrains(offset: number, data: Buffer, fill: FillFn): Promise<void> {
+    return this.putGrains(offset, data.length, {
+      inPlace: (host, at, n) => pwriteData(this.fh, this.path, host, data.subarray(at, at + n)),
+      allocate: (at, n) => this.allocate(offset + at, data.subarray(at, at + n), fill),
+    })
+  }
+
+  /**
+   * Puts the bytes of [offset, offset+length): the parts in allocated grains where they are
+   * (`inPlace`, at the file offset `host`), then the runs of unallocated or zeroed grains as new
+   * grains (`allocate`, false when taken meanwhile); a grain another writer allocated meanwhile is
+   * written in place on the next look. `at` is relative to `offset`.
+   */
+  private async putGrains(offset: number, length: number, put: { inPlace: PutInPlace; allocate: (at: number, n: number) => Promise<boolean> }): Promise<void> {
+    let pending = await this.putAllocated(offset, 0, length, put.inPlace)
     while (pending.length > 0) {
       const retry: [number, number][] = []
       await Promise.all(
         pending.map(async ([s, e]) => {
-          if (!(await this.allocate(offset + s, data.subarray(s, e), fill))) retry.push([s, e])
+          if (!(await put.allocate(s, e - s))) retry.push([s, e])
         }),
       )
       pending = []
-      for (const [s, e] of retry) {
-        for (const [a, b] of await this.writeAllocated(offset + s, data.subarray(s, e))) pending.push([s + a, s + b])
-      }
+      for (const [s, e] of retry) pending.push(...(await this.putAllocated(offset, s, e - s, put.inPlace)))
     }
   }
 
   /**
-   * Writes the parts of a request that land in allocated grains; returns the byte ranges of
-   * `data` (relative to it) that fall in unallocated or zeroed grains, grain-aligned runs.
+   * Puts the parts of [offset+at, offset+at+length) that land in allocated grains; returns the
+   * ranges (relative to `offset`) that fall in unallocated or zeroed grains, grain-aligned runs.
    */
-  private async writeAllocated(offset: number, data: Buffer): Promise<[number, number][]> {
-    const maps = await this.map(offset, data.length)
+  private async putAllocated(offset: number, at: number, length: number, inPlace: PutInPlace): Promise<[number, number][]> {
     const pending: [number, number][] = []
     const writes: Promise<void>[] = []
-    for (const m of maps) {
+    for (const m of await this.map(offset + at, length)) {
       const s = m.offset - offset
-      if (m.kind === 'data') writes.push(pwriteData(this.fh, this.path, m.host!, data.subarray(s, s + m.length)))
+      if (m.kind === 'data') writes.push(inPlace(m.host!, s, m.length))
       else pending.push([s, s + m.length])
     }
     await Promise.all(writes)
@@ -443,39 +456,15 @@ export class SparseExtent {
     if (this.compressed || length === 0 || offset % gb !== 0 || (length % gb !== 0 && offset + length !== this.capacityBytes)) return false
     await this.markDirty()
     try {
-      // as writeGrains: the allocated parts first, then new grains; a grain allocated meanwhile by
-      // another writer is written in place on the next look
-      let pending = await this.copyAllocated(offset, length, fd, position)
-      while (pending.length > 0) {
-        const retry: [number, number][] = []
-        await Promise.all(
-          pending.map(async ([s, e]) => {
-            if (!(await this.allocateFromFile(offset + s, e - s, fd, position + s))) retry.push([s, e])
-          }),
-        )
-        pending = []
-        for (const [s, e] of retry) {
-          for (const [a, b] of await this.copyAllocated(offset + s, e - s, fd, position + s)) pending.push([s + a, s + b])
-        }
-      }
+      await this.putGrains(offset, length, {
+        inPlace: (host, at, n) => copyRange(fd, position + at, this.fh, this.path, host, n),
+        allocate: (at, n) => this.allocateFromFile(offset + at, n, fd, position + at),
+      })
       return true
     } catch (e) {
       this.failed = true
       throw e
     }
-  }
-
-  /** writeAllocated's counterpart for bytes of another file (writeFromFile). */
-  private async copyAllocated(offset: number, length: number, fd: number, position: number): Promise<[number, number][]> {
-    const pending: [number, number][] = []
-    const copies: Promise<void>[] = []
-    for (const m of await this.map(offset, length)) {
-      const s = m.offset - offset
-      if (m.kind === 'data') copies.push(copyRange(fd, position + s, this.fh, this.path, m.host!, m.length))
-      else pending.push([s, s + m.length])
-    }
-    await Promise.all(copies)
-    return pending
   }
 
   /** allocate's counterpart for bytes of another file: whole grains (the last may end at the capacity). */
