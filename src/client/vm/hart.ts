@@ -310,8 +310,11 @@ export class Hart {
 
   /**
    * Runs until `instret` reaches `limit` or a stop (see the class comment). Returns why it stopped.
+   * `soft`: the limit is only where a live slice's length ends it, and an engine that runs code in
+   * blocks may stop at the last block boundary before it ('limit' with `instret` below `limit`)
+   * instead of stepping through the rest one instruction at a time. The interpreter stops at `limit`.
    */
-  run(limit: number): StopReason {
+  run(limit: number, soft = false): StopReason {
     if (this.fault) return 'fault'
     this.stopRequested = false
     this.takeInterrupt()

@@ -84,7 +84,7 @@ export class JitHart extends Hart {
       ) as BlockFn
   }
 
-  override run(limit: number): StopReason {
+  override run(limit: number, soft = false): StopReason {
     if (this.fault) return 'fault'
     this.stopRequested = false
     // a pc the slice starts at is an entry only when an interrupt put it there
@@ -118,7 +118,8 @@ export class JitHart extends Hart {
         prev = null
         continue
       }
-      if (b.n > budget) return this.interpret(limit)
+      // the block does not fit: the rest of the slice by the interpreter, or (soft) the slice ends here
+      if (b.n > budget) return soft ? 'limit' : this.interpret(limit)
       this.instret += b.fn(this.x, budget)
       this.pc = exit.pc
       if (exit.side) {

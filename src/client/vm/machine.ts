@@ -489,7 +489,8 @@ export class Machine {
         // a log still being written: run no further than every record has arrived
         if (replay) await replay.waitPast(this.hart.instret)
         if (this.halted !== null) continue
-        let limit = Math.min(this.hart.instret + this.sliceLength(), max)
+        const length = this.sliceLength()
+        let limit = Math.min(this.hart.instret + length, max)
         if (replay) limit = Math.min(limit, Math.max(replay.horizon, this.hart.instret))
         const obs = this.opts.observe
         if (obs) limit = Math.min(limit, (Math.floor(this.hart.instret / obs.every) + 1) * obs.every)
@@ -498,7 +499,8 @@ export class Machine {
         if (replay && next && next.instret < limit && next.kind !== EVENT.TIME && next.kind !== EVENT.ENTROPY && next.kind !== EVENT.RTC) limit = Math.max(next.instret, this.hart.instret)
         const from = this.hart.instret
         const t0 = timers.now()
-        const reason = limit > from ? this.hart.run(limit) : 'limit'
+        // a live slice that only its length ends may end a block short (SPEC.md §Hart)
+        const reason = limit > from ? this.hart.run(limit, !replay && limit === from + length) : 'limit'
         this.learnRate(this.hart.instret - from, timers.now() - t0)
         if (obs && this.hart.instret % obs.every === 0 && this.hart.instret !== this.observedAt) {
           this.observedAt = this.hart.instret

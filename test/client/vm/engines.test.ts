@@ -246,3 +246,78 @@ t.test('a loop tested at its top (the block follows the jump back and falls thro
   t.equal(m.hart.pc >>> 0, BASE + 4 * 5, 'and left it at its exact count')
   t.ok(calls < 100, `${calls} block calls for 100 000 passes (one per pass when the fall-through back to the block's start leaves it)`)
 })
+
+t.test('a live slice that only its length ends (soft) stops at a block boundary, without the interpreter, and changes nothing else', async (t) => {
+  // the loop above: every pass is one block call, so a slice's end falls inside a block at almost every length
+  const words = [...li(5, 100_000), rv.beq(5, 0, 12), rv.addi(5, 5, -1), rv.jal(0, -8), rv.jal(0, 0)]
+  const end = 2 + 100_000 * 3 + 1
+  for (const soft of [false, true]) {
+    const m = new Machine({ image: elf(words), memory: 1 << 16, engine: 'jit' })
+    const hart = m.hart as unknown as { interpret: (limit: number) => string; run: (limit: number, soft?: boolean) => string }
+    let stepped = 0
+    const interpret = hart.interpret.bind(hart)
+    hart.interpret = (limit) => (stepped++, interpret(limit))
+    const s = rng(3)
+    let short = 0
+    let slices = 0
+    let other = 0
+    while (m.hart.instret < end - 1000) {
+      const limit = m.hart.instret + 497 + (s() % 500)
+      if (hart.run(limit, soft) !== 'limit') other++
+      if (m.hart.instret < limit) short = Math.max(short, limit - m.hart.instret)
+      slices++
+    }
+    // the last slice exact, as an instruction limit is
+    hart.run(end)
+    t.equal(other, 0, `soft ${soft}: every slice ended at its limit`)
+    t.equal(m.hart.x[5], 0, `soft ${soft}: the loop ran to its end`)
+    t.equal(m.hart.instret, end, `soft ${soft}: and stopped at its exact count`)
+    if (soft) {
+      t.ok(slices > 300, `${slices} soft slices`)
+      t.ok(short > 0 && short < 64, `each soft slice ended less than one block short of its limit (at most ${short})`)
+      t.ok(stepped <= 5, `the interpreter ran ${stepped} times (the li's start and the last exact slice), not at every slice end`)
+    } else t.ok(stepped > 200, `exact slices stepped through the interpreter at their ends (${stepped} times)`)
+  }
+  // random programs (side exits, traps, stores over code) in soft slices end where the interpreter does
+  for (let p = 0; p < 40; p++) {
+    const image = program(5000 + p, 48 + (p % 5) * 40)
+    const ends: string[] = []
+    for (const engine of ['interp', 'jit'] as Engine[]) {
+      const m = new Machine({ image, memory: 1 << 16, engine })
+      const s = rng(11 + p)
+      // (a soft slice is at least a block long, as a live one is: SLICE_MIN)
+      while (m.hart.instret < 3_000 && !m.hart.fault) m.hart.run(m.hart.instret + 64 + (s() % 400), true)
+      if (!m.hart.fault) m.hart.run(4_000)
+      ends.push(`${m.stateHash()} pc ${m.hart.pc >>> 0} instret ${m.hart.instret} fault ${m.hart.fault?.message ?? '-'}`)
+    }
+    if (ends[0] !== ends[1]) return t.fail(`program ${p}: soft slices changed the run`, { interp: ends[0], jit: ends[1] })
+  }
+  t.pass('40 random programs in soft slices, then exact to 4 000: the same state as the interpreter')
+})
+
+t.test('the run loop asks for soft slices only live, where the slice length is the limit; a replay of that run stops exactly', async (t) => {
+  const d = tmp(t)
+  const image = elf([...li(5, 3_000_000), rv.beq(5, 0, 12), rv.addi(5, 5, -1), rv.jal(0, -8), rv.jal(0, 0)])
+  const sha = createHash('sha256').update(image).digest()
+  const memory = 1 << 16
+  const calls = (m: Machine) => {
+    const seen = { soft: 0, exact: 0 }
+    const hart = m.hart as unknown as { run: (limit: number, soft?: boolean) => string }
+    const run = hart.run.bind(hart)
+    hart.run = (limit, soft) => (soft ? seen.soft++ : seen.exact++, run(limit, soft))
+    return seen
+  }
+  const record = new MemoryEventSink(encodeHeader(memory, sha))
+  const live = new Machine({ image, memory, record, maxInstructions: 9_000_000 })
+  const liveCalls = calls(live)
+  const a = await live.run()
+  t.equal(a.instructions, 9_000_000, 'live: stopped at the instruction limit exactly')
+  t.ok(liveCalls.soft > 0, `live: ${liveCalls.soft} soft slices, ${liveCalls.exact} exact`)
+  writeFileSync(join(d, 'l.log'), record.bytes())
+  const replay = new Machine({ image, memory, replay: await EventReplayer.open(join(d, 'l.log'), memory, sha), maxInstructions: 9_000_000 })
+  const replayCalls = calls(replay)
+  const b = await replay.run()
+  t.equal(replayCalls.soft, 0, `replay: every slice exact (${replayCalls.exact})`)
+  t.equal(b.instructions, a.instructions, 'the replay stops at the same count')
+  t.equal(b.stateHash, a.stateHash, 'in the same state')
+})
