@@ -310,7 +310,7 @@ export class Hart {
 
   /**
    * Runs until `instret` reaches `limit` or a stop (see the class comment). Returns why it stopped.
-   * `soft`: the limit is only where a live slice's length ends it, and an engine that runs code in
+   * `soft`: the limit is only where the slice's length ends it, and an engine that runs code in
    * blocks may stop at the last block boundary before it ('limit' with `instret` below `limit`)
    * instead of stepping through the rest one instruction at a time. The interpreter stops at `limit`.
    */

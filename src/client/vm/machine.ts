@@ -499,8 +499,8 @@ export class Machine {
         if (replay && next && next.instret < limit && next.kind !== EVENT.TIME && next.kind !== EVENT.ENTROPY && next.kind !== EVENT.RTC) limit = Math.max(next.instret, this.hart.instret)
         const from = this.hart.instret
         const t0 = timers.now()
-        // a live slice that only its length ends may end a block short (SPEC.md §Hart)
-        const reason = limit > from ? this.hart.run(limit, !replay && limit === from + length) : 'limit'
+        // a slice that only its length ends (not the log, a limit or a pause) may end a block short (SPEC.md §Engines)
+        const reason = limit > from ? this.hart.run(limit, limit === from + length) : 'limit'
         this.learnRate(this.hart.instret - from, timers.now() - t0)
         if (obs && this.hart.instret % obs.every === 0 && this.hart.instret !== this.observedAt) {
           this.observedAt = this.hart.instret

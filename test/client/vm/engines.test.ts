@@ -295,7 +295,7 @@ t.test('a live slice that only its length ends (soft) stops at a block boundary,
   t.pass('40 random programs in soft slices, then exact to 4 000: the same state as the interpreter')
 })
 
-t.test('the run loop asks for soft slices only live, where the slice length is the limit; a replay of that run stops exactly', async (t) => {
+t.test('the run loop asks for soft slices only where the slice length is the limit; a replay of that run stops at the same counts', async (t) => {
   const d = tmp(t)
   const image = elf([...li(5, 3_000_000), rv.beq(5, 0, 12), rv.addi(5, 5, -1), rv.jal(0, -8), rv.jal(0, 0)])
   const sha = createHash('sha256').update(image).digest()
@@ -317,7 +317,8 @@ t.test('the run loop asks for soft slices only live, where the slice length is t
   const replay = new Machine({ image, memory, replay: await EventReplayer.open(join(d, 'l.log'), memory, sha), maxInstructions: 9_000_000 })
   const replayCalls = calls(replay)
   const b = await replay.run()
-  t.equal(replayCalls.soft, 0, `replay: every slice exact (${replayCalls.exact})`)
+  // the log's END is the instruction limit: the replay's own slices are soft, its last one exact
+  t.ok(replayCalls.soft > 0 && replayCalls.exact > 0, `replay: ${replayCalls.soft} soft slices, ${replayCalls.exact} exact`)
   t.equal(b.instructions, a.instructions, 'the replay stops at the same count')
   t.equal(b.stateHash, a.stateHash, 'in the same state')
 })
