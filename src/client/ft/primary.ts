@@ -33,10 +33,21 @@ export interface Ack {
 /** commands that change nothing a later reader sees: not outputs */
 const READ_ONLY = new Set([0x00, 0x03, 0x12, 0x1a, 0x5a, 0x25, 0x9e, 0xa0, 0x5e, 0x08, 0x28, 0xa8, 0x88, 0x37, 0xb7, 0x4d])
 /**
- * With no output waiting, the log goes out at most this often (a CPU-bound guest's slices are
- * ~1 ms: one frame each cost a tenth of the primary's time); an output, or a WFI wait, ships it at once.
+ * A primary's live slices (vm/SPEC.md §Hart): ~4 ms where a plain VM's are ~1 ms. Each slice's end
+ * costs a primary a LOG frame, an event-loop turn that reads the backup's ACKs, and the backup its
+ * own ACKs: ~100 µs of the primary's time against ~20 µs of a plain VM's, a tenth of a CPU-bound
+ * guest's run at 1 ms slices (`cpu10` pinned, per slice: README §FT). Nothing waits for a slice
+ * to end: an output ends the slice after its instruction, and a guest with a disk request in flight
+ * or a NIC on a switch runs SLICE_MIN slices as before. At most 4 M instructions (~3.5 ms of the
+ * translator's fastest guest): a slice that turns slow (~50 MIPS, interpreted or invalidated code)
+ * still ends within ~80 ms, inside the pair's loss timeout.
  */
-export const FLUSH_EVERY_MS = 2
+export const PRIMARY_SLICE = { ms: 4, maxInstructions: 4_000_000 }
+/**
+ * With no output waiting, the log goes out at most this often (at each of a CPU-bound guest's
+ * ~4 ms slices); an output, or a WFI wait, ships it at once.
+ */
+export const FLUSH_EVERY_MS = 4
 /** queued towards the backup past which the primary waits between slices (with the gate's own 64 MiB backstop) */
 const LINK_HIGH_WATER = 8 << 20
 
@@ -187,6 +198,7 @@ export class FtPrimary {
       net: base.net && this.port(base.net),
       onConsole: base.onConsole && this.consoleWriter(base.onConsole),
       afterSlice: (m, waiting) => this.afterSlice(m, waiting === true),
+      slice: PRIMARY_SLICE,
       onExit: (m) => this.flush(m),
     }
   }

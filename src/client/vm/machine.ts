@@ -87,6 +87,11 @@ export interface MachineOptions {
   observe?: { every: number; fn: (m: Machine) => void }
   /** how the host waits (WFI) and yields between slices (default: real timers) */
   timers?: Timers
+  /**
+   * A live slice's length on the run's timers and its most instructions (default SLICE_MS and
+   * SLICE_MAX; SPEC.md §Hart). An FT primary runs longer slices (ft/primary.ts PRIMARY_SLICE).
+   */
+  slice?: { ms: number; maxInstructions: number }
   /** holds the run to a share of one core (SPEC.md "CPU limit"); WFI waits count as idle */
   limiter?: CpuLimiter
   /**
@@ -581,13 +586,14 @@ export class Machine {
   /** The next slice's instruction count (SLICE_MIN, SLICE_MS): the limits of the log and of a pause come on top. */
   private sliceLength(): number {
     if (this.rate === 0 || (!this.replay && (this.hba.pending > 0 || this.nic.connected))) return SLICE_MIN
-    let n = this.rate * SLICE_MS
+    const slice = this.opts.slice
+    let n = this.rate * (slice?.ms ?? SLICE_MS)
     if (!this.replay && this.clint.armed) {
       // (a deadline already passed has its interrupt pending: nothing to look at sooner for)
       const ticks = this.clint.mtimecmp - this.mtime()
       if (ticks > 0n) n = Math.min(n, (this.rate * Number(ticks) * 1000) / TIMEBASE_HZ)
     }
-    return Math.max(SLICE_MIN, Math.min(SLICE_MAX, Math.floor(n)))
+    return Math.max(SLICE_MIN, Math.min(slice?.maxInstructions ?? SLICE_MAX, Math.floor(n)))
   }
 
   /** After a slice of `n` instructions that took `ms` on the run's timers. */

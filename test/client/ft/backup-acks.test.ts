@@ -1,8 +1,9 @@
 import t from 'tap'
 import { EventSource, encodeHeader } from '../../../src/client/vm/events.js'
 import type { Machine } from '../../../src/client/vm/index.js'
-import { FtBackup } from '../../../src/client/ft/backup.js'
-import type { Ack } from '../../../src/client/ft/primary.js'
+import { ACK_EVERY_MS, FtBackup } from '../../../src/client/ft/backup.js'
+import { FtPrimary, PRIMARY_SLICE, type Ack } from '../../../src/client/ft/primary.js'
+import { SLICE_MS } from '../../../src/client/vm/machine.js'
 import { FakeTimers } from '../../helpers/timers.js'
 
 t.test('a count executed right after an ACK is acknowledged within ackEveryMs, even if no slice or LOG follows (an idle guest)', async (t) => {
@@ -33,4 +34,30 @@ t.test('a count executed right after an ACK is acknowledged within ackEveryMs, e
   m.hart.instret = 300
   await afterSlice(m)
   t.same(acks.map((a) => a.executed), [100, 250, 300])
+})
+
+t.test('by default a backup acks its count at most every ACK_EVERY_MS (a LOG at once), and a primary runs PRIMARY_SLICE slices', async (t) => {
+  const memory = 1 << 20
+  const sha = Buffer.alloc(32)
+  const source = new EventSource('(primary)', { memoryBytes: memory, imageSha: sha })
+  const clock = new FakeTimers()
+  const acks: Ack[] = []
+  const backup = new FtBackup({ source, ack: (a) => acks.push(a), timers: clock })
+  const m = { hart: { instret: 100 } } as unknown as Machine
+  backup.attach(m)
+  const afterSlice = backup.machineOptions({}).afterSlice!
+  backup.received(encodeHeader(memory, sha))
+  t.same(acks.map((a) => a.executed), [100], 'a LOG: at once')
+  for (let ms = 1; ms < ACK_EVERY_MS; ms++) {
+    await clock.advance(1)
+    m.hart.instret += 100
+    await afterSlice(m)
+  }
+  t.same(acks.map((a) => a.executed), [100], `nothing more for ${ACK_EVERY_MS - 1} ms of slices`)
+  await clock.advance(1)
+  t.same(acks.map((a) => a.executed), [100, 100 * ACK_EVERY_MS], `then the count, ${ACK_EVERY_MS} ms after the last`)
+  t.ok(ACK_EVERY_MS >= 2 && ACK_EVERY_MS <= 10, `ACK_EVERY_MS ${ACK_EVERY_MS}`)
+  const primary = new FtPrimary({ timers: clock, reads: 'disk' })
+  t.same(primary.machineOptions({}).slice, PRIMARY_SLICE, 'the primary asks its machine for PRIMARY_SLICE')
+  t.ok(PRIMARY_SLICE.ms > SLICE_MS && PRIMARY_SLICE.maxInstructions / 50_000_000 <= 0.1, `${PRIMARY_SLICE.ms} ms, at most ${PRIMARY_SLICE.maxInstructions} instructions (≤ 100 ms at 50 MIPS)`)
 })
