@@ -5,7 +5,7 @@ import type { SwitchPort } from '../vm/net.js'
 import type { ScsiPath } from '../vm/scsi-path.js'
 import type { Timers } from '../vm/timers.js'
 import type { BackupDisk } from './backup-disk.js'
-import type { Ack } from './primary.js'
+import { PAIR_SLICE, type Ack } from './primary.js'
 
 /** The RARP broadcast a VM's MAC sends from its new port at go-live (EtherType 0x8035, RFC 903). */
 export function rarpAnnouncement(mac: Buffer): Buffer {
@@ -102,6 +102,7 @@ export class FtBackup {
       onReplayedFrame: (frame, at) => this.held.push({ at, frame }),
       onDiskResult: o.disk ? (e) => o.disk!.record(e) : undefined,
       afterSlice: (m) => this.afterSlice(m),
+      slice: PAIR_SLICE,
       // the guest's exit replayed: acknowledged at once (the primary's lag and held outputs wait for it)
       onExit: (m) => {
         this.m = m

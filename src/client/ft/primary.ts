@@ -33,16 +33,18 @@ export interface Ack {
 /** commands that change nothing a later reader sees: not outputs */
 const READ_ONLY = new Set([0x00, 0x03, 0x12, 0x1a, 0x5a, 0x25, 0x9e, 0xa0, 0x5e, 0x08, 0x28, 0xa8, 0x88, 0x37, 0xb7, 0x4d])
 /**
- * A primary's live slices (vm/SPEC.md §Hart): ~4 ms where a plain VM's are ~1 ms. Each slice's end
- * costs a primary a LOG frame, an event-loop turn that reads the backup's ACKs, and the backup its
- * own ACKs: ~100 µs of the primary's time against ~20 µs of a plain VM's, a tenth of a CPU-bound
- * guest's run at 1 ms slices (`cpu10` pinned, per slice: README §FT). Nothing waits for a slice
- * to end: an output ends the slice after its instruction, and a guest with a disk request in flight
- * or a NIC on a switch runs SLICE_MIN slices as before. At most 4 M instructions (~3.5 ms of the
- * translator's fastest guest): a slice that turns slow (~50 MIPS, interpreted or invalidated code)
- * still ends within ~80 ms, inside the pair's loss timeout.
+ * The slices of both sides of a pair (vm/SPEC.md §Hart): ~4 ms where a plain VM's are ~1 ms. Each
+ * slice's end costs a primary a LOG frame and an event-loop turn that reads the backup's ACKs:
+ * ~100 µs of its time against ~20 µs of a plain VM's, a tenth of a CPU-bound guest's run at 1 ms
+ * slices (`cpu10` pinned, per slice: README §FT). A backup following at 1 ms slices ran its
+ * replay ~5 % slower than its primary and fell behind (lag p99 48–95 ms against 27–40 ms). Nothing
+ * waits for a slice to end: an output ends the slice after its instruction; a guest with a disk
+ * request in flight or a NIC on a switch runs SLICE_MIN slices, a replay stops at its log's next
+ * event. At most 4 M instructions (~3.5 ms of the translator's fastest guest): a slice that turns
+ * slow (~50 MIPS, interpreted or invalidated code) still ends within ~80 ms, inside the pair's
+ * loss timeout.
  */
-export const PRIMARY_SLICE = { ms: 4, maxInstructions: 4_000_000 }
+export const PAIR_SLICE = { ms: 4, maxInstructions: 4_000_000 }
 /**
  * With no output waiting, the log goes out at most this often (at each of a CPU-bound guest's
  * ~4 ms slices); an output, or a WFI wait, ships it at once.
@@ -198,7 +200,7 @@ export class FtPrimary {
       net: base.net && this.port(base.net),
       onConsole: base.onConsole && this.consoleWriter(base.onConsole),
       afterSlice: (m, waiting) => this.afterSlice(m, waiting === true),
-      slice: PRIMARY_SLICE,
+      slice: PAIR_SLICE,
       onExit: (m) => this.flush(m),
     }
   }

@@ -89,7 +89,7 @@ export interface MachineOptions {
   timers?: Timers
   /**
    * A live slice's length on the run's timers and its most instructions (default SLICE_MS and
-   * SLICE_MAX; SPEC.md §Hart). An FT primary runs longer slices (ft/primary.ts PRIMARY_SLICE).
+   * SLICE_MAX; SPEC.md §Hart). An FT pair runs longer slices (ft/primary.ts PAIR_SLICE).
    */
   slice?: { ms: number; maxInstructions: number }
   /** holds the run to a share of one core (SPEC.md "CPU limit"); WFI waits count as idle */

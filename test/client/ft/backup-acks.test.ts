@@ -2,7 +2,7 @@ import t from 'tap'
 import { EventSource, encodeHeader } from '../../../src/client/vm/events.js'
 import type { Machine } from '../../../src/client/vm/index.js'
 import { ACK_EVERY_MS, FtBackup } from '../../../src/client/ft/backup.js'
-import { FtPrimary, PRIMARY_SLICE, type Ack } from '../../../src/client/ft/primary.js'
+import { FtPrimary, PAIR_SLICE, type Ack } from '../../../src/client/ft/primary.js'
 import { SLICE_MS } from '../../../src/client/vm/machine.js'
 import { FakeTimers } from '../../helpers/timers.js'
 
@@ -36,7 +36,7 @@ t.test('a count executed right after an ACK is acknowledged within ackEveryMs, e
   t.same(acks.map((a) => a.executed), [100, 250, 300])
 })
 
-t.test('by default a backup acks its count at most every ACK_EVERY_MS (a LOG at once), and a primary runs PRIMARY_SLICE slices', async (t) => {
+t.test('by default a backup acks its count at most every ACK_EVERY_MS (a LOG at once), and both sides of a pair run PAIR_SLICE slices', async (t) => {
   const memory = 1 << 20
   const sha = Buffer.alloc(32)
   const source = new EventSource('(primary)', { memoryBytes: memory, imageSha: sha })
@@ -58,6 +58,7 @@ t.test('by default a backup acks its count at most every ACK_EVERY_MS (a LOG at 
   t.same(acks.map((a) => a.executed), [100, 100 * ACK_EVERY_MS], `then the count, ${ACK_EVERY_MS} ms after the last`)
   t.ok(ACK_EVERY_MS >= 2 && ACK_EVERY_MS <= 10, `ACK_EVERY_MS ${ACK_EVERY_MS}`)
   const primary = new FtPrimary({ timers: clock, reads: 'disk' })
-  t.same(primary.machineOptions({}).slice, PRIMARY_SLICE, 'the primary asks its machine for PRIMARY_SLICE')
-  t.ok(PRIMARY_SLICE.ms > SLICE_MS && PRIMARY_SLICE.maxInstructions / 50_000_000 <= 0.1, `${PRIMARY_SLICE.ms} ms, at most ${PRIMARY_SLICE.maxInstructions} instructions (≤ 100 ms at 50 MIPS)`)
+  t.same(primary.machineOptions({}).slice, PAIR_SLICE, 'the primary asks its machine for PAIR_SLICE')
+  t.same(backup.machineOptions({}).slice, PAIR_SLICE, 'and so does the backup')
+  t.ok(PAIR_SLICE.ms > SLICE_MS && PAIR_SLICE.maxInstructions / 50_000_000 <= 0.1, `${PAIR_SLICE.ms} ms, at most ${PAIR_SLICE.maxInstructions} instructions (≤ 100 ms at 50 MIPS)`)
 })

@@ -1,7 +1,7 @@
 import t from 'tap'
 import { CpuLimiter, Machine, MMIO, type HostClock } from '../../../src/client/vm/index.js'
 import { SLICE_MIN, SLICE_MS } from '../../../src/client/vm/machine.js'
-import { PRIMARY_SLICE } from '../../../src/client/ft/primary.js'
+import { PAIR_SLICE } from '../../../src/client/ft/primary.js'
 import { elf, li, rv } from '../../helpers/rv.js'
 import { FakeTimers } from '../../helpers/timers.js'
 
@@ -127,13 +127,13 @@ t.test('slices stay SLICE_MIN while a disk request is in flight, and while the N
   }
 })
 
-t.test("a machine's own slice length (an FT primary's PRIMARY_SLICE): its ms at the rate, at most its instructions, SLICE_MIN while I/O is live", async (t) => {
+t.test("a machine's own slice length (an FT pair's PAIR_SLICE): its ms at the rate, at most its instructions, SLICE_MIN while I/O is live", async (t) => {
   // 10 M iterations of a 2-instruction loop, then a disk request that never completes and 1 M more
   const HBA = MMIO.HBA
   const image = elf([...li(5, 10_000_000), rv.addi(5, 5, -1), rv.bne(5, 0, -4), ...li(1, HBA), ...li(2, 0x80001000), rv.sw(2, 1, 0), rv.addi(3, 0, 4), rv.sw(3, 1, 4), rv.addi(3, 0, 1), rv.sw(3, 1, 8), ...li(5, 1_000_000), rv.addi(5, 5, -1), rv.bne(5, 0, -4), ...finish])
   const never = { blocks: 1024, execute: () => new Promise<never>(() => {}) }
   for (const [what, slice, expect] of [
-    ['PRIMARY_SLICE (4 ms, at most 4 M)', PRIMARY_SLICE, 4_000_000],
+    ['PAIR_SLICE (4 ms, at most 4 M)', PAIR_SLICE, 4_000_000],
     ['2 ms, at most 10 M', { ms: 2, maxInstructions: 10_000_000 }, 2_000_000],
     ['4 ms, at most 3 M', { ms: 4, maxInstructions: 3_000_000 }, 3_000_000],
     ['the default', undefined, SLICE_MS * 1_000_000],
