@@ -42,6 +42,10 @@ await build({
   define: { 'import.meta.url': '__tandemFileUrl' },
   banner: { js: "'use strict';\nconst __tandemFileUrl = require('node:url').pathToFileURL(__filename).href;" },
   logLevel: 'warning',
+  // whitespace and syntax only (names kept): 552 -> 363 KB to read and check against the code
+  // cache at every start, ~5-7 ms less CPU per command (`perf stat`, alternating, 6 each)
+  minifyWhitespace: true,
+  minifySyntax: true,
   plugins: [
     {
       // commander requires node:child_process when it loads (for subcommands that are separate
