@@ -6,17 +6,23 @@ import { FtPrimary, PAIR_SLICE, type Ack } from '../../../src/client/ft/primary.
 import { SLICE_MS } from '../../../src/client/vm/machine.js'
 import { FakeTimers } from '../../helpers/timers.js'
 
-t.test('a count executed right after an ACK is acknowledged within ackEveryMs, even if no slice or LOG follows (an idle guest)', async (t) => {
-  const memory = 1 << 20
-  const sha = Buffer.alloc(32)
+const memory = 1 << 20
+const sha = Buffer.alloc(32)
+
+/** A backup on a fake clock, its ACKs collected, attached to a machine that is only its count (100). */
+function follower(ackEveryMs?: number) {
   const source = new EventSource('(primary)', { memoryBytes: memory, imageSha: sha })
   const clock = new FakeTimers()
   const acks: Ack[] = []
-  const backup = new FtBackup({ source, ack: (a) => acks.push(a), timers: clock, ackEveryMs: 1 })
+  const backup = new FtBackup({ source, ack: (a) => acks.push(a), timers: clock, ackEveryMs })
   // the machine as the backup sees it between slices: only its count
   const m = { hart: { instret: 100 } } as unknown as Machine
   backup.attach(m)
-  const afterSlice = backup.machineOptions({}).afterSlice!
+  return { clock, acks, backup, m, afterSlice: backup.machineOptions({}).afterSlice! }
+}
+
+t.test('a count executed right after an ACK is acknowledged within ackEveryMs, even if no slice or LOG follows (an idle guest)', async (t) => {
+  const { clock, acks, backup, m, afterSlice } = follower(1)
   // a LOG arrives: acknowledged at once, at the count executed so far
   backup.received(encodeHeader(memory, sha))
   t.same(acks.map((a) => a.executed), [100])
@@ -37,15 +43,7 @@ t.test('a count executed right after an ACK is acknowledged within ackEveryMs, e
 })
 
 t.test('by default a backup acks its count at most every ACK_EVERY_MS (a LOG at once), and both sides of a pair run PAIR_SLICE slices', async (t) => {
-  const memory = 1 << 20
-  const sha = Buffer.alloc(32)
-  const source = new EventSource('(primary)', { memoryBytes: memory, imageSha: sha })
-  const clock = new FakeTimers()
-  const acks: Ack[] = []
-  const backup = new FtBackup({ source, ack: (a) => acks.push(a), timers: clock })
-  const m = { hart: { instret: 100 } } as unknown as Machine
-  backup.attach(m)
-  const afterSlice = backup.machineOptions({}).afterSlice!
+  const { clock, acks, backup, m, afterSlice } = follower()
   backup.received(encodeHeader(memory, sha))
   t.same(acks.map((a) => a.executed), [100], 'a LOG: at once')
   for (let ms = 1; ms < ACK_EVERY_MS; ms++) {
