@@ -32,9 +32,6 @@ const lruCache = <K extends {}, V extends {}>(max: number): LRUCache<K, V> => ne
 export type GrainKind = 'data' | 'zero' | 'unallocated'
 
 /** A run of an extent's own address space (bytes, extent-relative) with one state. */
-/** Writes `n` bytes, `at` bytes into a request, at the extent file's offset `host` (an allocated grain's). */
-type PutInPlace = (host: number, at: number, n: number) => Promise<void>
-
 export interface Mapping {
   offset: number
   length: number
@@ -43,6 +40,9 @@ export interface Mapping {
   host?: number
   compressed?: boolean
 }
+
+/** Writes `n` bytes, `at` bytes into a request, at the extent file's offset `host` (an allocated grain's). */
+type PutInPlace = (host: number, at: number, n: number) => Promise<void>
 
 /** Fills out[at, at+length) with the bytes of the layer below for extent-relative `offset`. */
 export type FillFn = (offset: number, length: number, out: Buffer, at: number) => Promise<void>
