@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs'
+import { connect, createServer, type AddressInfo, type Socket } from 'node:net'
 import { createHash } from 'node:crypto'
-import { Machine, guestPath, type RunSummary } from '../../src/client/vm/index.js'
+import { Machine, guestPath, runUnder, type RunSummary } from '../../src/client/vm/index.js'
 import { VirtualSwitch, type SwitchPort } from '../../src/client/vm/net.js'
 import { KvClient } from '../../src/client/kv/client.js'
 import { coloPrimary, coloSecondary } from '../../src/client/ft/colo/run-colo.js'
@@ -9,15 +10,34 @@ import type { ScsiPath } from '../../src/client/vm/scsi-path.js'
 
 export const VM_MAC = Buffer.from([2, 0, 0, 0, 0, 0x42])
 
+/** A TCP relay on 127.0.0.1 in front of `port`; `cut()` destroys every connection through it (a host gone, as both sides see it). */
+async function relay(port: number): Promise<{ port: number; cut(): void; close(): void }> {
+  const sockets: Socket[] = []
+  const server = createServer((a) => {
+    const b = connect(port, '127.0.0.1')
+    sockets.push(a, b)
+    a.pipe(b).pipe(a)
+    a.on('error', () => b.destroy())
+    b.on('error', () => a.destroy())
+  })
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
+  return {
+    port: (server.address() as AddressInfo).port,
+    cut: () => sockets.forEach((x) => x.destroy()),
+    close: () => server.close(),
+  }
+}
+
 /**
  * A quasi-lockstep pair in one process: the real roles over a loopback FT channel, both VMs' NICs
- * on one VirtualSwitch with a kv client. One lock record decides a claim (the first side wins).
+ * on one VirtualSwitch with a kv client. One lock record decides a claim (the first side wins;
+ * `winner`: that side always does). `cut()` ends the FT channel as a lost peer would.
  */
-export async function coloPair(o: { guest: string; timeoutMs: number; memory?: number; lossMs?: number; disk?: { primary: ScsiPath; secondary: ScsiPath }; maxHeldWrites?: number }) {
+export async function coloPair(o: { guest: string; timeoutMs: number; memory?: number; lossMs?: number; disk?: { primary: ScsiPath; secondary: ScsiPath }; maxHeldWrites?: number; checkpointMs?: number; winner?: 'primary' | 'secondary' }) {
   const image = readFileSync(guestPath(o.guest))
   const memory = o.memory ?? 16 << 20
   const imageSha = createHash('sha256').update(image).digest()
-  let owner: string | null = null
+  let owner: string | null = o.winner ?? null
   const arbiter = (side: string): Arbiter => ({
     generation: 1,
     claim: async () => {
@@ -26,17 +46,19 @@ export async function coloPair(o: { guest: string; timeoutMs: number; memory?: n
     },
   })
   const sw = new VirtualSwitch()
-  const role = { vm: 'vm1', reads: 'disk' as const, host: '127.0.0.1', lossMs: o.lossMs ?? 3000, colo: { timeoutMs: o.timeoutMs, maxHeldWrites: o.maxHeldWrites } }
+  const role = { vm: 'vm1', reads: 'disk' as const, host: '127.0.0.1', lossMs: o.lossMs ?? 3000, colo: { timeoutMs: o.timeoutMs, maxHeldWrites: o.maxHeldWrites, checkpointMs: o.checkpointMs } }
   let port!: (p: number) => void
   const listening = new Promise<number>((r) => (port = r))
   const secondaryRole = coloSecondary({ ...role, role: 'backup', port: 0, arbiter: arbiter('secondary') }, { memoryBytes: memory, imageSha, onListening: port })
-  const primaryRole = coloPrimary({ ...role, role: 'primary', port: await listening, arbiter: arbiter('primary') }, { memoryBytes: memory, imageSha })
+  const link = await relay(await listening)
+  const primaryRole = coloPrimary({ ...role, role: 'primary', port: link.port, arbiter: arbiter('primary') }, { memoryBytes: memory, imageSha })
   const [s, p] = await Promise.all([secondaryRole, primaryRole])
+  link.close()
   const console = { primary: [] as number[], secondary: [] as number[] }
   const start = (r: FtRole, net: SwitchPort, out: number[], disk?: ScsiPath) => {
     const m = new Machine(r.machineOptions({ image, memory, net, mac: VM_MAC, onConsole: (b) => out.push(b), disk }))
     r.attach(m)
-    const done: Promise<RunSummary & { ft: FtReport }> = m.run().then(async (sum) => ({ ...sum, ft: await r.finish(sum) }))
+    const done = runUnder(m, r) as Promise<RunSummary & { ft: FtReport }>
     return { m, done }
   }
   const pm = start(p, sw.port(), console.primary, o.disk?.primary)
@@ -49,5 +71,5 @@ export async function coloPair(o: { guest: string; timeoutMs: number; memory?: n
   }
   const sm = start(s, secondaryPort, console.secondary, o.disk?.secondary)
   const client = new KvClient({ port: sw.port(), vmMac: VM_MAC, retryMs: 1000, timeoutMs: 20_000 })
-  return { primary: p, secondary: s, pm, sm, client, console, sw, sentBySecondary, owner: () => owner }
+  return { primary: p, secondary: s, pm, sm, client, console, sw, sentBySecondary, owner: () => owner, cut: link.cut }
 }

@@ -54,6 +54,7 @@ function ftModeBody(o: OptionValues): Record<string, unknown> {
     ...(o.ftEpochMs !== undefined ? { epochMs: ms(o.ftEpochMs, '--ft-epoch-ms') } : {}),
     ...(o.ftDiff === false ? { diff: false } : {}),
     ...(o.ftColoTimeoutMs !== undefined ? { coloTimeoutMs: ms(o.ftColoTimeoutMs, '--ft-colo-timeout-ms') } : {}),
+    ...(o.ftColoCheckpointMs !== undefined ? { coloCheckpointMs: ms(o.ftColoCheckpointMs, '--ft-colo-checkpoint-ms') } : {}),
   }
 }
 
@@ -77,6 +78,7 @@ export function addHostVmCommands(vm: Command, run: (fn: () => Promise<number | 
     .option('--ft-epoch-ms <ms>', 'with --ft-mode checkpoint: the epoch (vm run\'s default)')
     .option('--no-ft-diff', 'with --ft-mode checkpoint: send every dirty page whole')
     .option('--ft-colo-timeout-ms <ms>', 'with --ft-mode colo: an output of the primary unmatched this long resyncs the secondary (vm run\'s default)')
+    .option('--ft-colo-checkpoint-ms <ms>', 'with --ft-mode colo: resync the secondary at least this often, matched or not (default: only on a mismatch)')
     .option('--json', 'print the VM as JSON')
     .addHelpText(
       'after',

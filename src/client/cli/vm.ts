@@ -17,7 +17,7 @@ import { resolve } from 'node:path'
 import { parseUdpAddress } from '../net/address.js'
 import { hostname } from 'node:os'
 import { parseHostPort } from '../ft/address.js'
-import { COLO_TIMEOUT, EPOCH_MS, FT_MODES } from '../ft/mode-options.js'
+import { COLO_CHECKPOINT, COLO_TIMEOUT, EPOCH_MS, FT_MODES } from '../ft/mode-options.js'
 import type { RestoreSummary } from '../ft/live-side.js'
 
 /** Exit statuses of `tandem vm run` besides the guest's own exit code. */
@@ -38,6 +38,7 @@ export function vmCommand(run: (fn: () => Promise<number | void>) => Promise<voi
     .option('--ft-loss-ms <ms>', 'silence on the FT channel that counts as losing the peer (env TANDEM_FT_LOSS_MS: a host agent\'s pairs inherit it)', process.env.TANDEM_FT_LOSS_MS ?? '300')
     .option('--ft-mode <mode>', 'replay: the backup replays the primary\'s event log; checkpoint: epochs of dirty pages and device state, outputs held until the backup acknowledges their epoch; colo: quasi-lockstep, the secondary runs on the same inputs and the primary releases each output once the secondary\'s is equal (a mismatch resyncs it). A backup follows its primary\'s replay or checkpoint; a colo secondary is started with --ft-mode colo', 'replay')
     .option('--ft-colo-timeout-ms <ms>', 'colo: an output of the primary unmatched this long resyncs the secondary', String(COLO_TIMEOUT.default))
+    .option('--ft-colo-checkpoint-ms <ms>', `colo primary: resync the secondary at least this often, matched or not (QEMU COLO's x-checkpoint-delay; ${COLO_CHECKPOINT.min} to ${COLO_CHECKPOINT.max}; default: only on a mismatch)`)
     .option('--ft-epoch-ms <ms>', `checkpoint mode: the epoch, in ms (${EPOCH_MS.min} to ${EPOCH_MS.max})`, String(EPOCH_MS.default))
     .option('--no-lag-control', "primary: leave its CPU limit alone (the lag control lowers it while the backup falls behind)")
     .option('--no-ft-diff', 'checkpoint mode: send every dirty page whole (no diffs for the pages the backup names)')
@@ -263,6 +264,7 @@ interface FtCliOptions {
   lagControl: boolean
   mode: 'replay' | 'checkpoint' | 'colo'
   coloTimeoutMs: number
+  coloCheckpointMs?: number
   epochMs: number
   diff: boolean
 }
@@ -283,10 +285,12 @@ function ftOptions(o: OptionValues): FtCliOptions | undefined {
   if (!FT_MODES.includes(o.ftMode)) throw new StorageError('InvalidArgument', `invalid --ft-mode '${o.ftMode}' (replay, checkpoint or colo)`)
   const coloTimeoutMs = Number(o.ftColoTimeoutMs)
   if (!Number.isFinite(coloTimeoutMs) || coloTimeoutMs < COLO_TIMEOUT.min || coloTimeoutMs > COLO_TIMEOUT.max) throw new StorageError('InvalidArgument', `invalid --ft-colo-timeout-ms '${o.ftColoTimeoutMs}' (${COLO_TIMEOUT.min} to ${COLO_TIMEOUT.max})`)
+  const coloCheckpointMs = o.ftColoCheckpointMs === undefined ? undefined : Number(o.ftColoCheckpointMs)
+  if (coloCheckpointMs !== undefined && (!Number.isFinite(coloCheckpointMs) || coloCheckpointMs < COLO_CHECKPOINT.min || coloCheckpointMs > COLO_CHECKPOINT.max)) throw new StorageError('InvalidArgument', `invalid --ft-colo-checkpoint-ms '${o.ftColoCheckpointMs}' (${COLO_CHECKPOINT.min} to ${COLO_CHECKPOINT.max})`)
   if (o.record || o.replay || o.restore) throw new StorageError('InvalidArgument', 'a fault-tolerant pair records and replays over its channel: no --record, --replay or restore')
   const epochMs = Number(o.ftEpochMs)
   if (!Number.isFinite(epochMs) || epochMs < EPOCH_MS.min || epochMs > EPOCH_MS.max) throw new StorageError('InvalidArgument', `invalid --ft-epoch-ms '${o.ftEpochMs}' (${EPOCH_MS.min} to ${EPOCH_MS.max})`)
-  return { role, host: m[1].replace(/^\[|\]$/g, ''), port: Number(m[2]), vm: o.name, reads: o.backupReads, lockspace: o.ftLockspace, hostName: o.ftHost ?? `${hostname()}-${role}`, lossMs, lagControl: o.lagControl !== false, mode: o.ftMode, coloTimeoutMs, epochMs, diff: o.ftDiff !== false }
+  return { role, host: m[1].replace(/^\[|\]$/g, ''), port: Number(m[2]), vm: o.name, reads: o.backupReads, lockspace: o.ftLockspace, hostName: o.ftHost ?? `${hostname()}-${role}`, lossMs, lagControl: o.lagControl !== false, mode: o.ftMode, coloTimeoutMs, ...(coloCheckpointMs !== undefined ? { coloCheckpointMs } : {}), epochMs, diff: o.ftDiff !== false }
 }
 
 let ftArbiter: { close(): Promise<void> } | undefined
@@ -299,7 +303,7 @@ async function startFtRole(f: FtCliOptions, vm: Parameters<NonNullable<import('.
   ftArbiter = arbiter
   const base = { role: f.role, host: f.host, port: f.port, vm: f.vm, reads: f.reads, arbiter, lossMs: f.lossMs, lagControl: f.lagControl, log }
   if (f.mode === 'colo') {
-    const colo = { ...base, colo: { timeoutMs: f.coloTimeoutMs } }
+    const colo = { ...base, colo: { timeoutMs: f.coloTimeoutMs, checkpointMs: f.coloCheckpointMs } }
     if (f.role === 'primary') return coloPrimary(colo, vm)
     return coloSecondary(colo, { ...vm, liveDisk, onListening: (port) => log(`FT backup listening on ${f.host}:${port}`) })
   }

@@ -3,7 +3,7 @@ import type { FtMode } from './protocol.js'
 
 /**
  * How a pair keeps its backup, with the mode's options: what `vm run --ft-mode`, `--ft-epoch-ms`,
- * `--no-ft-diff` and `--ft-colo-timeout-ms` take, and what a host agent's start request carries
+ * `--no-ft-diff`, `--ft-colo-timeout-ms` and `--ft-colo-checkpoint-ms` take, and what a host agent's start request carries
  * (`ft.mode`, …). An option of another mode is absent.
  */
 export interface FtModeOptions {
@@ -14,12 +14,16 @@ export interface FtModeOptions {
   diff?: boolean
   /** colo: an output of the primary unmatched this long resyncs the secondary, ms */
   coloTimeoutMs?: number
+  /** colo: a resync at least this often, matched or not, ms (absent: only on a mismatch) */
+  coloCheckpointMs?: number
 }
 
 export const FT_MODES: readonly FtMode[] = ['replay', 'checkpoint', 'colo']
 /** the bounds and default of each option (vm run's defaults) */
 export const EPOCH_MS = { min: 5, max: 10_000, default: 25 } as const
 export const COLO_TIMEOUT = { min: 5, max: 60_000, default: 300 } as const
+/** `--ft-colo-checkpoint-ms` (no default: no periodic resync) */
+export const COLO_CHECKPOINT = { min: 5, max: 3_600_000 } as const
 
 /** `v` as a mode, or InvalidArgument naming `what`. */
 export function checkFtMode(v: unknown, what: string): FtMode {
@@ -34,8 +38,8 @@ export function checkMs(v: unknown, b: { min: number; max: number }, what: strin
 }
 
 /**
- * A mode and its options from a JSON object's fields `mode`, `epochMs`, `diff`, `coloTimeoutMs`
- * (absent: replay, and each option of the mode its default); an option given for another mode is
+ * A mode and its options from a JSON object's fields `mode`, `epochMs`, `diff`, `coloTimeoutMs`,
+ * `coloCheckpointMs` (absent: replay, and each option of the mode its default; no periodic resync); an option given for another mode is
  * refused. `at` prefixes the fields' names in messages (`"ft.`).
  */
 export function parseFtModeOptions(b: Record<string, unknown>, at: string): FtModeOptions {
@@ -53,6 +57,7 @@ export function parseFtModeOptions(b: Record<string, unknown>, at: string): FtMo
     o.diff = (b.diff as boolean | undefined) ?? true
   }
   if (only('coloTimeoutMs', 'colo')) o.coloTimeoutMs = given('coloTimeoutMs') ? checkMs(b.coloTimeoutMs, COLO_TIMEOUT, name('coloTimeoutMs')) : COLO_TIMEOUT.default
+  if (only('coloCheckpointMs', 'colo') && given('coloCheckpointMs')) o.coloCheckpointMs = checkMs(b.coloCheckpointMs, COLO_CHECKPOINT, name('coloCheckpointMs'))
   return o
 }
 
@@ -62,5 +67,6 @@ export function ftModeArgs(o: FtModeOptions): string[] {
   if (o.epochMs !== undefined) args.push(`--ft-epoch-ms=${o.epochMs}`)
   if (o.diff === false) args.push('--no-ft-diff')
   if (o.coloTimeoutMs !== undefined) args.push(`--ft-colo-timeout-ms=${o.coloTimeoutMs}`)
+  if (o.coloCheckpointMs !== undefined) args.push(`--ft-colo-checkpoint-ms=${o.coloCheckpointMs}`)
   return args
 }

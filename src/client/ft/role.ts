@@ -29,7 +29,7 @@ export interface ColoStats {
   /** primary: outputs released by a resync (or alone) */
   releasedByResync: number
   /** primary: resyncs by cause */
-  resyncs: Record<MismatchReason, number>
+  resyncs: Record<MismatchReason | 'periodic', number>
   /** primary: ms the VM was paused for each resync's capture */
   pauseMs: Percentiles & { mean: number }
   /** primary: ms from the resync's start to the secondary's SYNC_ACK */
@@ -217,6 +217,11 @@ export interface FtRole {
   restore?(to: { host: string; port: number }): Promise<RestoreSummary>
   /** a backup started from a running primary's state (HELLO start `state`): the machine is built from it */
   readonly state?: VmState
+  /**
+   * After the VM's run ended (before `finish`): true when it is to run again from the state it has
+   * now (a quasi-lockstep secondary whose guest ended first, given its primary's state by a resync).
+   */
+  runAgain?(summary: RunSummary): Promise<boolean>
 }
 
 /** A port that may announce a MAC to its switch from now on (UdpUplink.announce; undefined: none) */

@@ -137,7 +137,7 @@ export interface VmStartRequest {
   role?: 'backup'
   /** with role 'backup': the primary's choice, for the record (the backup takes it from the primary's HELLO) */
   backupReads?: 'disk' | 'log'
-  /** with role 'backup': the pair's mode and its options (`mode`, `epochMs`, `diff`, `coloTimeoutMs` in the body); a colo secondary runs as one, a replay or checkpoint backup follows the primary's HELLO */
+  /** with role 'backup': the pair's mode and its options (`mode`, `epochMs`, `diff`, `coloTimeoutMs`, `coloCheckpointMs` in the body); a colo secondary runs as one, a replay or checkpoint backup follows the primary's HELLO */
   mode?: FtModeOptions
   /** 0 to 1000 (default 100): under a DoS guard, lower priorities are suspended first */
   priority?: number
@@ -190,8 +190,8 @@ const MAX_GUEST = 1024
 
 /** A pair side's mode and options from its start request (the primary's in `ft`, a backup's `mode`). */
 function modeOf(req: VmStartRequest): FtModeOptions {
-  const { mode, epochMs, diff, coloTimeoutMs } = req.ft ?? req.mode ?? { mode: 'replay' }
-  return { mode, ...(epochMs !== undefined ? { epochMs } : {}), ...(diff !== undefined ? { diff } : {}), ...(coloTimeoutMs !== undefined ? { coloTimeoutMs } : {}) }
+  const { mode, epochMs, diff, coloTimeoutMs, coloCheckpointMs } = req.ft ?? req.mode ?? { mode: 'replay' }
+  return { mode, ...(epochMs !== undefined ? { epochMs } : {}), ...(diff !== undefined ? { diff } : {}), ...(coloTimeoutMs !== undefined ? { coloTimeoutMs } : {}), ...(coloCheckpointMs !== undefined ? { coloCheckpointMs } : {}) }
 }
 
 /** `b.host`: the API URL of the host for a pair's backup, or InvalidArgument naming `what`. */
@@ -259,7 +259,7 @@ export function parseStartRequest(body: unknown): VmStartRequest {
   if ((ft || role) && checkpoint) throw new StorageError('InvalidArgument', 'a fault-tolerant pair starts from boot: no "checkpoint"')
   if ((ft || role) && net !== undefined) throw new StorageError('InvalidArgument', 'a fault-tolerant pair\'s NIC is on a tandem switch ("switch"), not "net"')
   if (ft && role) throw new StorageError('InvalidArgument', '"ft" starts a pair\'s primary, "role": "backup" its backup: not both')
-  if (!role && ['mode', 'epochMs', 'diff', 'coloTimeoutMs'].some((k) => b[k] !== undefined)) throw new StorageError('InvalidArgument', 'a pair\'s primary takes its mode in "ft" ("ft": {"mode": …}); "mode" alone is for a backup ("role": "backup")')
+  if (!role && ['mode', 'epochMs', 'diff', 'coloTimeoutMs', 'coloCheckpointMs'].some((k) => b[k] !== undefined)) throw new StorageError('InvalidArgument', 'a pair\'s primary takes its mode in "ft" ("ft": {"mode": …}); "mode" alone is for a backup ("role": "backup")')
   return {
     name, guest, disk, memory, net, cpuLimit,
     ...(checkpoint ? { checkpoint } : {}),

@@ -161,6 +161,7 @@ export class Machine {
   /** the devices in address order, each with its state section */
   readonly devices: readonly VmDevice[]
   private running = false
+  private lastEnd: RunEnd | null = null
   private pause: { resolve: (instret: number) => void; promise: Promise<number>; at: number; resumed?: () => void } | null = null
   private wake: (() => void) | null = null
   /** a restored machine's replay starts after this many records (those before the state) */
@@ -304,6 +305,14 @@ export class Machine {
     const p = this.pause
     this.pause = null
     p?.resumed?.()
+  }
+
+  /**
+   * How the last run ended, until the next starts (null: running, or never run). Set before a pause
+   * asked for during the run resolves, so the one who asked can tell a VM that ended from a paused one.
+   */
+  get ended(): RunEnd | null {
+    return this.lastEnd
   }
 
   get paused(): boolean {
@@ -465,6 +474,9 @@ export class Machine {
     let end: RunEnd = 'limit'
     let message: string | undefined
     this.running = true
+    this.lastEnd = null
+    // a pause the last run's end resolved (a rerun: a quasi-lockstep secondary given its primary's state)
+    if (this.pause && !this.pause.resumed) this.pause = null
     try {
       if (startReplay) {
         const r = startReplay
@@ -560,7 +572,8 @@ export class Machine {
       message = this.halted ?? e.message
     } finally {
       this.running = false
-      // a pause asked for as the run ended: the VM is stopped for good
+      this.lastEnd = end
+      // a pause asked for as the run ended: resolved with the VM stopped (`ended` says so)
       this.pause?.resolve(this.hart.instret)
     }
     const seconds = Number(process.hrtime.bigint() - t0) / 1e9

@@ -116,8 +116,7 @@ export async function runVm(o: VmRunOptions): Promise<VmRunSummary> {
   const control = o.control ? await serveControl(o.control, vmControl(m, o, disk !== undefined, limiter, role)) : undefined
   let summary: VmRunSummary
   try {
-    summary = await m.run()
-    if (role) summary = { ...summary, ft: await role.finish(summary) }
+    summary = await runUnder(m, role)
   } catch (e) {
     await record?.close().catch(() => {})
     throw e
@@ -126,6 +125,14 @@ export async function runVm(o: VmRunOptions): Promise<VmRunSummary> {
   }
   await record?.close()
   return summary
+}
+
+/** Runs `m` under `role` (none: once): again while the role asks (FtRole.runAgain), then the role's finish. */
+export async function runUnder(m: Machine, role: FtRole | undefined): Promise<VmRunSummary> {
+  let summary = await m.run()
+  if (!role) return summary
+  while (role.runAgain && (await role.runAgain(summary))) summary = await m.run()
+  return { ...summary, ft: await role.finish(summary) }
 }
 
 /** What the control socket of a VM run by runVm does. */

@@ -39,7 +39,7 @@ t.test('colo: SIGKILL of the secondary: the primary claims the VM and runs on al
   t.ok(ft.colo.releasedMatched >= 20, `${ft.colo.outputs} outputs, ${ft.colo.releasedMatched} released on a match before the kill`)
 })
 
-t.test('colo: a bad --ft-mode or --ft-colo-timeout-ms is a usage error', async (t) => {
+t.test('colo: a bad --ft-mode, --ft-colo-timeout-ms or --ft-colo-checkpoint-ms is a usage error', async (t) => {
   const { tandem } = await import('../../helpers/peers.js')
   const ls = initLockspace(tmp(t, 'tandem-colo-usage-'))
   const base = ['vm', 'run', '--guest', 'kvstore', '--name', 'v', '--ft-lockspace', ls, '--ft-backup', '127.0.0.1:0']
@@ -49,6 +49,9 @@ t.test('colo: a bad --ft-mode or --ft-colo-timeout-ms is a usage error', async (
   const timeout = tandem([...base, '--ft-mode', 'colo', '--ft-colo-timeout-ms', '0'])
   t.equal(timeout.status, 1)
   t.match(timeout.stderr, /invalid --ft-colo-timeout-ms '0'/)
+  const period = tandem([...base, '--ft-mode', 'colo', '--ft-colo-checkpoint-ms', '4000000'])
+  t.equal(period.status, 1)
+  t.match(period.stderr, /invalid --ft-colo-checkpoint-ms '4000000' \(5 to 3600000\)/)
 })
 
 t.test('colo with a disk (diskio): the primary SIGKILLed at seeded moments, on a raw file and on a served VMDK over iSCSI; the secondary goes live, writes what its guest saw complete, diskio verifies every byte, the shared disk holds every chunk and checks clean', needs('qemu-img'), async (t) => {

@@ -216,3 +216,72 @@ t.test('colo with a disk (disklog, in one process): no write of the secondary re
   t.ok(free.b.ft.colo!.heldWritesMax! > 40, `without the bound the secondary ran ahead: ${free.b.ft.colo!.heldWritesMax} writes held at once`)
   t.equal(free.records, records)
 })
+
+t.test('a secondary whose guest ended first takes a resync by running again from the primary\'s state: going live after it, every write is on the disk', async (t) => {
+  // diskio: 64 chunks of 16 blocks from LBA 2048, each WRITE(10) then read back
+  const CHUNK = 16
+  const FIRST = 2048
+  const dir = shmTmp(t, 'tandem-colo-rerun-')
+  const file = join(dir, 'disk.raw')
+  const dev = await RawFile.create(file, 4096 * 512)
+  t.teardown(() => dev.close())
+  const lu = new LogicalUnit(dev, { serial: 'vm' })
+  const shared = logicalUnitPath(lu, 'iqn.2026-11.local.tandem:vm:vm1,i,0x000000000001')
+  const secondary = logicalUnitPath(lu, 'iqn.2026-11.local.tandem:vm:vm1,i,0x000000000002')
+  // the primary's writes from chunk 8 on wait until the test lets each through
+  const gates = new Map<number, () => void>()
+  const opened = new Set<number>()
+  const open = (c: number) => {
+    opened.add(c)
+    gates.get(c)?.()
+  }
+  const primary: ScsiPath = {
+    get blocks() {
+      return shared.blocks
+    },
+    execute: async (cdb, dataOut, n, req) => {
+      const r = mediumRange(cdb)
+      const chunk = r?.write ? (r.lba - FIRST) / CHUNK : -1
+      if (chunk >= 8 && !opened.has(chunk)) await new Promise<void>((go) => gates.set(chunk, go))
+      return shared.execute(cdb, dataOut, n, req)
+    },
+  }
+  const p = await coloPair({ guest: 'diskio', timeoutMs: 60_000, checkpointMs: 20, disk: { primary, secondary }, winner: 'secondary' })
+  const until = async (what: string, ok: () => boolean) => {
+    for (let i = 0; !ok(); i++) {
+      if (i > 2000) throw new Error(`not within 20 s: ${what}`)
+      await new Promise((r) => setTimeout(r, 10))
+    }
+  }
+  // the primary holds at chunk 8 (a periodic resync it asked for waits for that write); the secondary runs diskio to its end
+  await until('the secondary\'s guest ended', () => p.sm.m.ended === 'exit')
+  const acked = p.primary.status().colo!.syncMs.count
+  open(8)
+  // the resync taken at chunk 8's end reaches a secondary whose run ended: it runs again from it
+  await until('the secondary acknowledged a resync after its end', () => p.primary.status().colo!.syncMs.count > acked)
+  // the primary's host is gone while its chunk 9 waits: the secondary claims and goes live
+  p.cut()
+  const b = await p.sm.done
+  for (let c = 9; c < 64; c++) open(c)
+  const a = await p.pm.done
+  t.match(b, { end: 'exit', exitCode: 0 }, 'the secondary ran diskio to its end')
+  t.equal(b.ft.outcome, 'live', 'it went live')
+  t.match(Buffer.from(p.console.secondary).toString(), /diskio: wrote and verified 1024 blocks/)
+  t.equal(a.ft.outcome, 'halted', 'the primary lost the claim')
+  const r = a.ft.colo!.resyncs
+  t.ok(r.periodic >= 1 && r.mismatch + r.timeout + r.overflow === 0, `every resync periodic (--ft-colo-checkpoint-ms): ${JSON.stringify(r)}`)
+  // every chunk on the shared disk, in diskio's pattern (the primary wrote 0-8 and maybe 9, the secondary the rest at going live)
+  const bytes = readFileSync(file)
+  const missing: number[] = []
+  for (let c = 0; c < 64; c++) {
+    const lba = FIRST + c * CHUNK
+    const at = lba * 512
+    for (let i = 0; i < (CHUNK * 512) / 4; i++) {
+      if (bytes.readUInt32LE(at + i * 4) !== ((Math.imul(lba, 2654435761) ^ Math.imul(i, 40503) ^ 0xa5a5a5a5) >>> 0)) {
+        missing.push(c)
+        break
+      }
+    }
+  }
+  t.same(missing, [], 'every chunk is on the disk')
+})

@@ -19,12 +19,14 @@ t.test('a pair\'s mode: checked once at the edge, each mode\'s options defaulted
   t.match(parseStartRequest({ name: 'v', guest: 'kvstore', ft: { host } }).ft, { mode: 'replay' })
   t.same(parseStartRequest({ name: 'v', guest: 'kvstore', ft: { host, mode: 'checkpoint' } }).ft, { host, backupReads: 'disk', mode: 'checkpoint', epochMs: 25, diff: true })
   t.same(parseStartRequest({ name: 'v', guest: 'kvstore', ft: { host, mode: 'colo', coloTimeoutMs: 50 } }).ft, { host, backupReads: 'disk', mode: 'colo', coloTimeoutMs: 50 })
+  t.same(parseStartRequest({ name: 'v', guest: 'kvstore', ft: { host, mode: 'colo', coloCheckpointMs: 2000 } }).ft, { host, backupReads: 'disk', mode: 'colo', coloTimeoutMs: 300, coloCheckpointMs: 2000 }, 'a periodic resync only when asked for')
   t.same(parseStartRequest({ name: 'v', guest: 'kvstore', role: 'backup', mode: 'checkpoint', diff: false }).mode, { mode: 'checkpoint', epochMs: 25, diff: false })
   const ft = { side: 'primary' as const, address: '127.0.0.1:9', lockspace: 'iscsi://x/y/0', host: 'h-vm-v', backupReads: 'disk' as const }
   const args = (mode: FtModeOptions) => vmRunArgs({ name: 'v', guest: 'kvstore', memory: 4096, ft: { ...ft, mode } }).filter((a) => a.startsWith('--ft-mode') || a.startsWith('--ft-epoch') || a.startsWith('--no-ft') || a.startsWith('--ft-colo'))
   t.same(args({ mode: 'replay' }), ['--ft-mode=replay'])
   t.same(args({ mode: 'checkpoint', epochMs: 40, diff: false }), ['--ft-mode=checkpoint', '--ft-epoch-ms=40', '--no-ft-diff'])
   t.same(args({ mode: 'colo', coloTimeoutMs: 120 }), ['--ft-mode=colo', '--ft-colo-timeout-ms=120'])
+  t.same(args({ mode: 'colo', coloTimeoutMs: 120, coloCheckpointMs: 500 }), ['--ft-mode=colo', '--ft-colo-timeout-ms=120', '--ft-colo-checkpoint-ms=500'])
 })
 
 t.test('a checkpoint pair (vm start --ft-mode) and a colo pair (REST ft.mode) through two host agents: both sides run the mode; each primary SIGKILLed under kv load, its backup live and every acknowledged key there', async (t) => {

@@ -152,6 +152,8 @@ t.test('bad pair requests: 4xx JSON naming the problem; an unreachable backup ho
     [{ name: 'w', guest: 'kvstore', ft: { host: 'http://127.0.0.1:1', mode: 'checkpoint', epochMs: 1 } }, 400, /invalid "ft\.epochMs" 1 \(5 to 10000 ms\)/],
     [{ name: 'w', guest: 'kvstore', ft: { host: 'http://127.0.0.1:1', mode: 'checkpoint', diff: 'no' } }, 400, /"ft\.diff" must be true or false/],
     [{ name: 'w', guest: 'kvstore', ft: { host: 'http://127.0.0.1:1', mode: 'colo', coloTimeoutMs: 0 } }, 400, /invalid "ft\.coloTimeoutMs" 0 \(5 to 60000 ms\)/],
+    [{ name: 'w', guest: 'kvstore', ft: { host: 'http://127.0.0.1:1', mode: 'colo', coloCheckpointMs: 'often' } }, 400, /invalid "ft\.coloCheckpointMs" "often" \(5 to 3600000 ms\)/],
+    [{ name: 'w', guest: 'kvstore', ft: { host: 'http://127.0.0.1:1', mode: 'replay', coloCheckpointMs: 100 } }, 400, /"ft\.coloCheckpointMs" is an option of the colo mode, not replay/],
     [{ name: 'w', guest: 'kvstore', mode: 'colo' }, 400, /"mode" alone is for a backup/],
     [{ name: 'w', guest: 'kvstore', role: 'backup', mode: 'checkpoint', coloTimeoutMs: 50 }, 400, /"coloTimeoutMs" is an option of the colo mode, not checkpoint/],
     [{ name: 'w', guest: 'kvstore', ft: { host: 'http://127.0.0.1:1' } }, 500, /the backup's host http:\/\/127\.0\.0\.1:1 did not start the backup: could not reach/],

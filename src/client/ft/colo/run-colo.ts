@@ -1,4 +1,4 @@
-import type { Machine, MachineOptions } from '../../vm/machine.js'
+import type { Machine, MachineOptions, RunEnd } from '../../vm/machine.js'
 import type { SwitchPort } from '../../vm/net.js'
 import { realTimers, waitAtMost, type Timers } from '../../vm/timers.js'
 import type { CpuLimiter } from '../../vm/cpu-limit.js'
@@ -31,7 +31,23 @@ export interface ColoOptions {
    * the pair ends: the buffer is bounded, and a secondary never runs far ahead on the disk
    */
   maxHeldWrites?: number
+  /**
+   * a resync at least this often, matched or not (`--ft-colo-checkpoint-ms`; QEMU COLO's
+   * x-checkpoint-delay): bounds how far the secondary's state and disk buffer drift from the
+   * primary's while every output matches (default: none, resyncs only on a mismatch)
+   */
+  checkpointMs?: number
 }
+
+/** why the primary resyncs its secondary: an output's comparison, or the period */
+export type ResyncReason = MismatchReason | 'periodic'
+
+/**
+ * How a secondary's run may end and still go on from a resync's state: its guest ended (exit,
+ * fault, WFI with nothing to wake it) or hit the instruction limit before its primary did. A run
+ * stopped by the host or halted does not run again.
+ */
+const RERUN_ENDS: ReadonlySet<RunEnd> = new Set<RunEnd>(['exit', 'fault', 'halt', 'limit'])
 
 /** the default of ColoOptions.maxHeldWrites */
 export const MAX_HELD_WRITES = 4096
@@ -74,7 +90,10 @@ export async function coloPrimary(o: FtRoleOptions & { colo?: ColoOptions }, vm:
   let machine: Machine | null = null
   let channelEnd: string | undefined
   let takeoverMs: number | undefined
-  const stats = { outputs: 0, releasedByResync: 0, resyncs: { mismatch: 0, timeout: 0, overflow: 0 }, syncBytes: 0, lastPages: 0 }
+  const stats = { outputs: 0, releasedByResync: 0, resyncs: { mismatch: 0, timeout: 0, overflow: 0, periodic: 0 }, syncBytes: 0, lastPages: 0 }
+  const checkpointMs = o.colo?.checkpointMs
+  /** when the last resync began (the pair's start before the first) */
+  let lastSync = timers.now()
   const pauseMs: number[] = []
   const syncMs: number[] = []
   const heldMs: number[] = []
@@ -111,12 +130,13 @@ export async function coloPrimary(o: FtRoleOptions & { colo?: ColoOptions }, vm:
     output('console', Buffer.from(bytes), () => bytes.forEach(w))
   }
 
-  async function sync(reason: MismatchReason, detail: string): Promise<void> {
+  async function sync(reason: ResyncReason, detail: string): Promise<void> {
     const m = machine
     if (syncing || !paired() || !m) return
     syncing = true
     stats.resyncs[reason]++
     const t0 = timers.now()
+    lastSync = t0
     try {
       await m.requestPause()
       if (!paired()) return
@@ -161,10 +181,11 @@ export async function coloPrimary(o: FtRoleOptions & { colo?: ColoOptions }, vm:
   })
   const ticking = new AbortController()
   void (async () => {
-    const every = Math.max(5, comparator.timeoutMs / 4)
+    const every = Math.max(5, Math.min(comparator.timeoutMs, checkpointMs ?? Infinity) / 4)
     while (!ticking.signal.aborted) {
       await timers.sleep(every, ticking.signal)
       comparator.tick()
+      if (checkpointMs !== undefined && timers.now() - lastSync >= checkpointMs) void sync('periodic', `${checkpointMs} ms since the last`)
     }
   })()
 
@@ -297,6 +318,15 @@ export async function coloSecondary(
   const atBound = () => !!writes && writes.held >= maxHeld && !live && !finished && !applying && !ch.closed
   /** the primary is lost and the claim not decided yet */
   let deciding = false
+  /** a resync was taken after the VM's run ended: it runs again from that state */
+  let rerun = false
+  /** runAgain waiting: woken by a resync taken, or the channel's end */
+  let again: (() => void) | null = null
+  const wakeAgain = () => {
+    const w = again
+    again = null
+    w?.()
+  }
   const input: SwitchPort = {
     onReceive: null,
     send: (frame) => out('frame', Buffer.from(frame)),
@@ -329,9 +359,21 @@ export async function coloSecondary(
     try {
       await m.requestPause()
       if (live || finished) return
+      // the pause may have resolved as the run ended (the guest ended here first)
+      const ended = m.ended
+      if (ended !== null && !RERUN_ENDS.has(ended)) {
+        // it will not run the primary's state: no SYNC_ACK (the primary holds that epoch's outputs until the pair ends), and its writes stay with the state it has
+        o.log?.(`colo: the resync to epoch ${e} is not taken: the VM's run was ${ended}`)
+        return
+      }
       await resync.apply(m, got)
-      // the paused VM has every request's result: its writes are all in the buffer, and the disk as the primary wrote it goes with the primary's state
+      // the paused (or ended) VM has every request's result: its writes are all in the buffer, and the disk as the primary wrote it goes with the primary's state
       writes?.drop()
+      if (ended !== null) {
+        // an ended run given the primary's state runs again from it (runAgain): going live now, it would go on from a state whose writes were just dropped
+        rerun = true
+        wakeAgain()
+      }
       epoch = e
       made.frame = made.console = 0
       unreleased = []
@@ -395,6 +437,7 @@ export async function coloSecondary(
   const ended = ch.ended.then(async (e) => {
     // the VM waits between slices until the claim is decided (a guest that ended meanwhile would end the run unclaimed)
     deciding = !finished
+    wakeAgain()
     const decided = () => {
       deciding = false
       nudge()
@@ -434,7 +477,7 @@ export async function coloSecondary(
   })
   const colo = (): ColoStats => {
     const none = summary([])
-    return { epoch, outputs: made.frame + made.console, releasedMatched: 0, releasedByResync: 0, resyncs: { mismatch: 0, timeout: 0, overflow: 0 }, pauseMs: none, syncMs: none, syncBytes, lastPages: (resync as Partial<DirtyPageResync>).last?.pages ?? 0, heldMs: none, ...(writes ? { heldWritesMax } : {}) }
+    return { epoch, outputs: made.frame + made.console, releasedMatched: 0, releasedByResync: 0, resyncs: { mismatch: 0, timeout: 0, overflow: 0, periodic: 0 }, pauseMs: none, syncMs: none, syncBytes, lastPages: (resync as Partial<DirtyPageResync>).last?.pages ?? 0, heldMs: none, ...(writes ? { heldWritesMax } : {}) }
   }
   return {
     hello,
@@ -453,11 +496,25 @@ export async function coloSecondary(
       machine = m
       resync.begin(m)
     },
+    async runAgain(s) {
+      for (;;) {
+        if (rerun) {
+          rerun = false
+          o.log?.(`colo: the guest ended here first (${s.end} at instruction ${s.instructions}); running again from the primary's state at epoch ${epoch}`)
+          return true
+        }
+        // paired, a guest that ended here waits for its primary: a resync runs it again, the pair's end finishes it
+        if (live || finished || ch.closed || outcome !== 'paired' || !RERUN_ENDS.has(s.end)) return false
+        await new Promise<void>((r) => (again = r))
+      }
+    },
     status: () => ({ role: 'backup', outcome, generation: outcome === 'live' ? o.arbiter.generation : hello.lockGeneration, lagMs: null, cpuLimit: vm.limiter?.percent ?? null, logBytes: syncBytes, outputDelay: null, lag: null, colo: colo() }),
     async finish() {
-      // the guest ended here on its own (it saw the same QUIT): the primary's BYE ends the pair cleanly
-      if (!ch.closed && outcome === 'paired') {
-        await waitAtMost(timers, ended, 5000)
+      // the guest ended here on its own (it saw the same QUIT): the primary's BYE ends the pair
+      // cleanly; a channel already ended (runAgain returns then) is the claim's to decide
+      if (outcome === 'paired' && !finished) {
+        if (ch.closed) await ended
+        else await waitAtMost(timers, ended, 5000)
       }
       finished = true
       ch.close('done')
