@@ -487,6 +487,11 @@ export class Machine {
       for (;;) {
         const replay = this.replay
         await this.pausePoint()
+        // a state taken after the guest's exit (a quasi-lockstep resync of a primary that ended): nothing more runs
+        if (this.finisher.exitCode !== null) {
+          end = 'exit'
+          break
+        }
         if (this.hart.instret >= max) {
           end = 'limit'
           message = `stopped at the instruction limit (${max})`

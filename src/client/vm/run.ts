@@ -131,7 +131,13 @@ export async function runVm(o: VmRunOptions): Promise<VmRunSummary> {
 export async function runUnder(m: Machine, role: FtRole | undefined): Promise<VmRunSummary> {
   let summary = await m.run()
   if (!role) return summary
-  while (role.runAgain && (await role.runAgain(summary))) summary = await m.run()
+  while (role.runAgain && (await role.runAgain(summary))) {
+    const before = summary
+    const again = await m.run()
+    // the figures of every run (instructions: the count at the end, from the state it ran again from)
+    const seconds = before.seconds + again.seconds
+    summary = { ...again, seconds, cpuSeconds: before.cpuSeconds + again.cpuSeconds, mips: again.instructions / seconds / 1e6 }
+  }
   return { ...summary, ft: await role.finish(summary) }
 }
 

@@ -190,3 +190,23 @@ t.test('hashStateAsync (a chunk of memory per turn) equals hashState, at chunk b
   clearInterval(tick)
   t.ok(turns > 0, `timers ran while 64 MiB was hashed (${turns})`)
 })
+
+t.test('a state taken after the guest exited, loaded and run again, runs nothing: the run ends at once with the exit (a colo secondary given its ended primary\'s state)', async (t) => {
+  const img = image('cpu')
+  const a = new Machine({ image: img, memory: 16 << 20 })
+  const first = await a.run()
+  t.match(first, { end: 'exit', exitCode: 0 })
+  t.equal(a.ended, 'exit', 'ended says how the run ended')
+  const state = a.saveState({ memory: true })
+  const out: number[] = []
+  const b = new Machine({ image: img, memory: 16 << 20, onConsole: (c) => out.push(c) })
+  t.equal(b.ended, null, 'never run: null')
+  b.loadState(state)
+  const r = await b.run()
+  t.match(r, { end: 'exit', exitCode: first.exitCode, instructions: first.instructions }, 'the exit, at the exited count')
+  t.same(out, [], 'no instruction past the exit ran: nothing on the console')
+  t.equal(r.stateHash, first.stateHash, 'the same state')
+  // and the machine that ended runs again to the same end
+  a.loadState(state)
+  t.match(await a.run(), { end: 'exit', instructions: first.instructions, stateHash: first.stateHash })
+})
