@@ -255,6 +255,9 @@ t.test('a secondary whose guest ended first takes a resync by running again from
   }
   // the primary holds at chunk 8 (a periodic resync it asked for waits for that write); the secondary runs diskio to its end
   await until('the secondary\'s guest ended', () => p.sm.m.ended === 'exit')
+  // and the primary has asked for its periodic pause (it waits for chunk 8's write: opened before, it
+  // would block on chunk 9's instead)
+  await until('the primary\'s pause asked for', () => (p.pm.m as unknown as { pause: unknown }).pause !== null)
   const acked = p.primary.status().colo!.syncMs.count
   open(8)
   // the resync taken at chunk 8's end reaches a secondary whose run ended: it runs again from it
