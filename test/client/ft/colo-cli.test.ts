@@ -15,11 +15,11 @@ t.test('colo: SIGKILL of the primary while kv load runs: the secondary goes live
   await killMatrix(t, 2718, 1, { vmMac: VM_MAC, args: COLO })
 })
 
-t.test('colo: SIGKILL of the secondary: the primary claims the VM and runs on alone, answering every request', async (t) => {
+t.test('colo: SIGKILL of the secondary: the primary claims the VM and runs on alone, answering every request (paired, it resyncs every 50 ms: --ft-colo-checkpoint-ms)', async (t) => {
   const dir = tmp(t, 'tandem-colo-kill-b-')
   const ls = initLockspace(dir)
   const sw = await startSwitch(t)
-  const { backup, primary } = await startPair(t, { args: ['--guest', 'kvstore', '--switch', sw.url, '--mac', VM_MAC, ...COLO], lockspace: ls })
+  const { backup, primary } = await startPair(t, { args: ['--guest', 'kvstore', '--switch', sw.url, '--mac', VM_MAC, ...COLO], lockspace: ls, primaryArgs: ['--ft-colo-checkpoint-ms', '50'] })
   await waitFor(primary, /kvstore/)
   const acked = join(dir, 'acked.jsonl')
   const load = kv(['load', '--switch', sw.url, '--vm-mac', VM_MAC, '--keys', '40', '--rate', '300', '--duration', '2', '--log', acked, '--timeout', '10', '--json'])
@@ -37,6 +37,7 @@ t.test('colo: SIGKILL of the secondary: the primary claims the VM and runs on al
   const ft = JSON.parse(primary.stdout()).ft
   t.match(ft, { role: 'primary', outcome: 'alone' }, JSON.stringify(ft))
   t.ok(ft.colo.releasedMatched >= 20, `${ft.colo.outputs} outputs, ${ft.colo.releasedMatched} released on a match before the kill`)
+  t.ok(ft.colo.resyncs.periodic >= 1, `periodic resyncs while paired: ${JSON.stringify(ft.colo.resyncs)}`)
 })
 
 t.test('colo: a bad --ft-mode, --ft-colo-timeout-ms or --ft-colo-checkpoint-ms is a usage error', async (t) => {
