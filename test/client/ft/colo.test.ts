@@ -107,6 +107,20 @@ t.test('kvstore in colo mode: the secondary\'s outputs match, (almost) every rep
   t.match(b.ft, { role: 'backup', outcome: 'paired' })
 })
 
+t.test('kvstore at the shortest period (--ft-colo-checkpoint-ms 5): resyncs every 5 ms while the guest runs, none after it ended; every answer right', async (t) => {
+  const p = await coloPair({ guest: 'kvstore', timeoutMs: 3000, checkpointMs: 5 })
+  const { a, b } = await workload(t, p, 60)
+  const c = a.ft.colo!
+  t.match(a, { end: 'exit', ft: { outcome: 'paired' } })
+  t.match(b, { end: 'exit', ft: { outcome: 'paired' } })
+  t.ok(c.resyncs.periodic >= 10, `${c.resyncs.periodic} periodic resyncs in the primary's ${a.seconds.toFixed(2)} s run, pause p50 ${c.pauseMs.p50.toFixed(2)} ms`)
+  t.equal(c.resyncs.mismatch + c.resyncs.timeout + c.resyncs.overflow, 0, 'none for a difference')
+  // at most one per 5 ms of the run: once the guest ended, the pair's end is not put off by more
+  // (they went on while the primary waited for its last outputs: ~900 in a 5-s end)
+  t.ok(c.resyncs.periodic <= (a.seconds * 1000) / 5 + 2, `${c.resyncs.periodic} ≤ one per 5 ms of the run`)
+  t.equal(p.client.retries, 0, 'no request was sent twice')
+})
+
 t.test('noisy in colo mode: every reply differs, each resyncs the secondary, the answers are right and the sides end equal', async (t) => {
   const p = await coloPair({ guest: 'noisy', timeoutMs: 3000 })
   const { a, b } = await workload(t, p, 30)

@@ -185,7 +185,8 @@ export async function coloPrimary(o: FtRoleOptions & { colo?: ColoOptions }, vm:
     while (!ticking.signal.aborted) {
       await timers.sleep(every, ticking.signal)
       comparator.tick()
-      if (checkpointMs !== undefined && timers.now() - lastSync >= checkpointMs) void sync('periodic', `${checkpointMs} ms since the last`)
+      // while the guest runs: once it ended, its last outputs' comparison or timeout ends the pair (finish)
+      if (checkpointMs !== undefined && (machine as Machine | null)?.ended === null && timers.now() - lastSync >= checkpointMs) void sync('periodic', `${checkpointMs} ms since the last`)
     }
   })()
 
