@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs'
-import { connect, createServer, type AddressInfo, type Socket } from 'node:net'
+import { tcpProxy } from './tcp-proxy.js'
 import { createHash } from 'node:crypto'
 import { Machine, guestPath, runUnder, type RunSummary } from '../../src/client/vm/index.js'
 import { VirtualSwitch, type SwitchPort } from '../../src/client/vm/net.js'
@@ -10,30 +10,12 @@ import type { ScsiPath } from '../../src/client/vm/scsi-path.js'
 
 export const VM_MAC = Buffer.from([2, 0, 0, 0, 0, 0x42])
 
-/** A TCP relay on 127.0.0.1 in front of `port`; `cut()` destroys every connection through it (a host gone, as both sides see it). */
-async function relay(port: number): Promise<{ port: number; cut(): void; close(): void }> {
-  const sockets: Socket[] = []
-  const server = createServer((a) => {
-    const b = connect(port, '127.0.0.1')
-    sockets.push(a, b)
-    a.pipe(b).pipe(a)
-    a.on('error', () => b.destroy())
-    b.on('error', () => a.destroy())
-  })
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
-  return {
-    port: (server.address() as AddressInfo).port,
-    cut: () => sockets.forEach((x) => x.destroy()),
-    close: () => server.close(),
-  }
-}
-
 /**
  * A quasi-lockstep pair in one process: the real roles over a loopback FT channel, both VMs' NICs
  * on one VirtualSwitch with a kv client. One lock record decides a claim (the first side wins;
  * `winner`: that side always does). `cut()` ends the FT channel as a lost peer would.
  */
-export async function coloPair(o: { guest: string; timeoutMs: number; memory?: number; lossMs?: number; disk?: { primary: ScsiPath; secondary: ScsiPath }; maxHeldWrites?: number; checkpointMs?: number; winner?: 'primary' | 'secondary' }) {
+export async function coloPair(t: { teardown(fn: () => unknown): void }, o: { guest: string; timeoutMs: number; memory?: number; lossMs?: number; disk?: { primary: ScsiPath; secondary: ScsiPath }; maxHeldWrites?: number; checkpointMs?: number; winner?: 'primary' | 'secondary' }) {
   const image = readFileSync(guestPath(o.guest))
   const memory = o.memory ?? 16 << 20
   const imageSha = createHash('sha256').update(image).digest()
@@ -50,10 +32,10 @@ export async function coloPair(o: { guest: string; timeoutMs: number; memory?: n
   let port!: (p: number) => void
   const listening = new Promise<number>((r) => (port = r))
   const secondaryRole = coloSecondary({ ...role, role: 'backup', port: 0, arbiter: arbiter('secondary') }, { memoryBytes: memory, imageSha, onListening: port })
-  const link = await relay(await listening)
+  const link = await tcpProxy(t, await listening)
   const primaryRole = coloPrimary({ ...role, role: 'primary', port: link.port, arbiter: arbiter('primary') }, { memoryBytes: memory, imageSha })
   const [s, p] = await Promise.all([secondaryRole, primaryRole])
-  link.close()
+  await link.refuse()
   const console = { primary: [] as number[], secondary: [] as number[] }
   const start = (r: FtRole, net: SwitchPort, out: number[], disk?: ScsiPath) => {
     const m = new Machine(r.machineOptions({ image, memory, net, mac: VM_MAC, onConsole: (b) => out.push(b), disk }))

@@ -30,16 +30,19 @@ export interface TcpProxy {
   targetClosed: boolean[]
   /** stops accepting: later connections are refused (the target is gone) */
   refuse(): Promise<void>
+  /** destroys every connection through it now, both sides (a host gone, as either end sees it) */
+  cut(): void
 }
 
 /**
  * A user-space TCP proxy on 127.0.0.1 in front of `port` (no iptables here): cuts a connection
- * mid-stream, drops chosen iSCSI PDUs, counts what passes. Closed at teardown.
+ * mid-stream, drops chosen iSCSI PDUs (given `dropDown` or `seenUp`; else any bytes pass as they
+ * are), counts what passes. Closed at teardown.
  */
 export async function tcpProxy(t: { teardown(fn: () => unknown): void }, port: number, o: ProxyOptions = {}): Promise<TcpProxy> {
   const socks = new Set<Socket>()
   const framed = o.dropDown !== undefined || o.seenUp !== undefined
-  const state: TcpProxy = { port: 0, connections: 0, upBytes: 0, targetClosed: [], refuse: async () => {} }
+  const state: TcpProxy = { port: 0, connections: 0, upBytes: 0, targetClosed: [], refuse: async () => {}, cut: () => socks.forEach((s) => s.destroy()) }
   const server = createServer((client) => {
     const n = state.connections++
     const upstream = connect({ host: '127.0.0.1', port })
@@ -81,7 +84,7 @@ export async function tcpProxy(t: { teardown(fn: () => unknown): void }, port: n
   state.refuse = async () => void (server.listening && server.close())
   t.teardown(async () => {
     await state.refuse()
-    for (const s of socks) s.destroy()
+    state.cut()
     await closed
   })
   return state

@@ -319,6 +319,11 @@ export class Machine {
     return this.pause?.resumed !== undefined
   }
 
+  /** A pause was asked for and is not over: waiting for its point (the next slice's end, in-flight disk results), or paused. */
+  get pauseAsked(): boolean {
+    return this.pause !== null
+  }
+
   /** Between slices: where a requested pause happens. */
   private async pausePoint(): Promise<void> {
     const p = this.pause

@@ -92,7 +92,7 @@ async function workload(t: Test, p: Awaited<ReturnType<typeof coloPair>>, n: num
 }
 
 t.test('kvstore in colo mode: the secondary\'s outputs match, (almost) every reply leaves without a resync', async (t) => {
-  const p = await coloPair({ guest: 'kvstore', timeoutMs: 3000 })
+  const p = await coloPair(t, { guest: 'kvstore', timeoutMs: 3000 })
   const { a, b } = await workload(t, p, 60)
   const c = a.ft.colo!
   t.equal(a.end, 'exit')
@@ -108,7 +108,7 @@ t.test('kvstore in colo mode: the secondary\'s outputs match, (almost) every rep
 })
 
 t.test('kvstore at the shortest period (--ft-colo-checkpoint-ms 5): resyncs every 5 ms while the guest runs, none after it ended; every answer right', async (t) => {
-  const p = await coloPair({ guest: 'kvstore', timeoutMs: 3000, checkpointMs: 5 })
+  const p = await coloPair(t, { guest: 'kvstore', timeoutMs: 3000, checkpointMs: 5 })
   const { a, b } = await workload(t, p, 60)
   const c = a.ft.colo!
   t.match(a, { end: 'exit', ft: { outcome: 'paired' } })
@@ -122,7 +122,7 @@ t.test('kvstore at the shortest period (--ft-colo-checkpoint-ms 5): resyncs ever
 })
 
 t.test('noisy in colo mode: every reply differs, each resyncs the secondary, the answers are right and the sides end equal', async (t) => {
-  const p = await coloPair({ guest: 'noisy', timeoutMs: 3000 })
+  const p = await coloPair(t, { guest: 'noisy', timeoutMs: 3000 })
   const { a, b } = await workload(t, p, 30)
   const c = a.ft.colo!
   t.ok(c.resyncs.mismatch >= 35, `${c.resyncs.mismatch} resyncs on a mismatch for 41 replies`)
@@ -214,7 +214,7 @@ t.test('colo with a disk (disklog, in one process): no write of the secondary re
         return shared.execute(cdb, dataOut, n, req)
       },
     }
-    const p = await coloPair({ guest: 'disklog', timeoutMs: 50, disk: { primary, secondary }, maxHeldWrites })
+    const p = await coloPair(t, { guest: 'disklog', timeoutMs: 50, disk: { primary, secondary }, maxHeldWrites })
     const [a, b] = await Promise.all([p.pm.done, p.sm.done])
     return { a, b, reached, records: recordsOnDisk(file, capacity) }
   }
@@ -260,7 +260,7 @@ t.test('a secondary whose guest ended first takes a resync by running again from
       return shared.execute(cdb, dataOut, n, req)
     },
   }
-  const p = await coloPair({ guest: 'diskio', timeoutMs: 60_000, checkpointMs: 20, disk: { primary, secondary }, winner: 'secondary' })
+  const p = await coloPair(t, { guest: 'diskio', timeoutMs: 60_000, checkpointMs: 20, disk: { primary, secondary }, winner: 'secondary' })
   const until = async (what: string, ok: () => boolean) => {
     for (let i = 0; !ok(); i++) {
       if (i > 2000) throw new Error(`not within 20 s: ${what}`)
@@ -271,7 +271,7 @@ t.test('a secondary whose guest ended first takes a resync by running again from
   await until('the secondary\'s guest ended', () => p.sm.m.ended === 'exit')
   // and the primary has asked for its periodic pause (it waits for chunk 8's write: opened before, it
   // would block on chunk 9's instead)
-  await until('the primary\'s pause asked for', () => (p.pm.m as unknown as { pause: unknown }).pause !== null)
+  await until('the primary\'s pause asked for', () => p.pm.m.pauseAsked)
   const acked = p.primary.status().colo!.syncMs.count
   open(8)
   // the resync taken at chunk 8's end reaches a secondary whose run ended: it runs again from it
