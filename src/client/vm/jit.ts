@@ -22,6 +22,21 @@ import { Memory, PAGE_SHIFT } from './memory.js'
  */
 export const MAX_BLOCK = 64
 
+/**
+ * A block's first COLD_CALLS runs are held to COLD_BUDGET instructions each (at least eight
+ * passes of the longest block), so that V8 sees a looping block leave its loop and run the code
+ * after it (the registers written back, the exit recorded) with feedback, before it compiles the
+ * loop. A block's every exit goes through that code. Otherwise a first run that loops for most of
+ * a slice gets its loop compiled on the stack (OSR; V8 allocates a function's feedback only after
+ * it has run a while, so even one short first run is not enough) before the code after the loop
+ * has ever run with feedback: the optimized loop leaves through a deoptimization, and V8 (Node 20)
+ * keeps that code and enters it again on every later call, deoptimizing each time. That cost a
+ * `cpu10` run ~1 700 deoptimizations and 3–7 % of its speed, in about two runs out of three
+ * (whichever won the race between the compile and the loop's first exit).
+ */
+const COLD_CALLS = 4
+const COLD_BUDGET = 8 * MAX_BLOCK
+
 type BlockFn = (x: Int32Array, budget: number) => number
 
 interface Block {
@@ -40,6 +55,8 @@ interface Block {
   s0: Block | null
   s1pc: number
   s1: Block | null
+  /** runs left that are held to COLD_BUDGET */
+  cold: number
 }
 
 /** What a block function reports besides its count: where to go on, and whether the interpreter must run that instruction. */
@@ -120,10 +137,13 @@ export class JitHart extends Hart {
       }
       // the block does not fit: the rest of the slice by the interpreter, or (soft) the slice ends here
       if (b.n > budget) return soft ? 'limit' : this.interpret(limit)
-      this.instret += b.fn(this.x, budget)
+      if (b.cold === 0) this.instret += b.fn(this.x, budget)
+      else {
+        b.cold--
+        this.instret += b.fn(this.x, Math.min(budget, COLD_BUDGET))
+      }
       this.pc = exit.pc
       if (exit.side) {
-        exit.side = 0
         const r = this.interpret(this.instret + 1)
         if (r !== 'limit') return r
         entry = true
@@ -200,21 +220,22 @@ export class JitHart extends Hart {
         break
       }
     }
-    if (n === 0) return this.register({ pc, n: 0, fn: null, valid: true, page, w0: (off & 0xfff) >>> 2, w1: (off & 0xfff) >>> 2, s0pc: 0, s0: null, s1pc: 0, s1: null })
+    if (n === 0) return this.register({ pc, n: 0, fn: null, valid: true, page, w0: (off & 0xfff) >>> 2, w1: (off & 0xfff) >>> 2, s0pc: 0, s0: null, s1pc: 0, s1: null, cold: COLD_CALLS })
     if (!ended) code.push(`n += ${n}; e = ${p}; break body;`)
     const regs = [...used].sort((a, b) => a - b)
     const body = [
       regs.length ? `let ${regs.map((r) => `r${r} = x[${r}]`).join(', ')};` : '',
-      'let n = 0, k = 0, e = 0, a = 0, o = 0, t = 0;',
+      'let n = 0, k = 0, e = 0, s = 0, a = 0, o = 0, t = 0;',
       'body: for (;;) {',
       ...code.map((c) => c.replaceAll('${N}', String(n))),
       '}',
       [...written].map((r) => `x[${r}] = r${r};`).join(' '),
       'exit.pc = e;',
+      'exit.side = s;',
       'return n + k;',
     ].join('\n')
     this.stats.compiled++
-    return this.register({ pc, n, fn: this.make(body), valid: true, page, w0: (lo & 0xfff) >>> 2, w1: (hi & 0xfff) >>> 2, s0pc: 0, s0: null, s1pc: 0, s1: null })
+    return this.register({ pc, n, fn: this.make(body), valid: true, page, w0: (lo & 0xfff) >>> 2, w1: (hi & 0xfff) >>> 2, s0pc: 0, s0: null, s1pc: 0, s1: null, cold: COLD_CALLS })
   }
 
   /** Files a block under its pc and the words it holds (a store to any of them invalidates it). */
@@ -255,7 +276,7 @@ export class JitHart extends Hart {
       return `r${rd} = ${expr};`
     }
     // a side exit: the interpreter runs this instruction
-    const side = `{ exit.side = 1; e = ${pc}; k = ${i}; break body; }`
+    const side = `{ s = 1; e = ${pc}; k = ${i}; break body; }`
     switch (inst & 0x7f) {
       case 0x37:
         return { code: set(String(inst & 0xfffff000)) }
