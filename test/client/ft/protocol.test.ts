@@ -101,6 +101,14 @@ t.test('bytes corrupted at named offsets give the exact error', async (t) => {
   short[4] = FT_TYPE.HEARTBEAT
   short.writeUInt32LE(crc32c(short.subarray(0, HEAD_BYTES + 7)), HEAD_BYTES + 7)
   t.equal(codeOf(() => decodeFrame(short)), 'BadLength', 'HEARTBEAT payload of 7 bytes')
+  // ACK's own decoder (direct reads, not the struct codec): 23 and 25 bytes
+  for (const n of [23, 25]) {
+    const ack = Buffer.alloc(FRAME_OVERHEAD + n)
+    ack.writeUInt32LE(n, 0)
+    ack[4] = FT_TYPE.ACK
+    ack.writeUInt32LE(crc32c(ack.subarray(0, HEAD_BYTES + n)), HEAD_BYTES + n)
+    t.equal(codeOf(() => decodeFrame(ack)), 'BadLength', `ACK payload of ${n} bytes`)
+  }
   const e = (() => {
     try {
       decodeFrame(at(8, 1))
