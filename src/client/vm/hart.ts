@@ -18,6 +18,12 @@ export interface Bus {
   store(addr: number, size: 1 | 2 | 4, value: number, hart: Hart): boolean
 }
 
+/** When a live slice is to end at the latest, on the run's clock (Hart.run). */
+export interface SliceDeadline {
+  at: number
+  now: () => number
+}
+
 export type StopReason = 'limit' | 'wfi' | 'device' | 'fault'
 
 // mcause values
@@ -313,8 +319,12 @@ export class Hart {
    * `soft`: the limit is only where the slice's length ends it, and an engine that runs code in
    * blocks may stop at the last block boundary before it ('limit' with `instret` below `limit`)
    * instead of stepping through the rest one instruction at a time. The interpreter stops at `limit`.
+   * `deadline` (with `soft`): an engine that runs code in blocks may also stop at a block boundary
+   * once `deadline.now()` reaches `deadline.at` (a slice whose code turned slower than its length
+   * was sized for); the interpreter does not look.
    */
-  run(limit: number, soft = false): StopReason {
+  // eslint-disable-next-line @typescript-eslint/no-unused-vars
+  run(limit: number, soft = false, deadline?: SliceDeadline): StopReason {
     if (this.fault) return 'fault'
     this.stopRequested = false
     this.takeInterrupt()

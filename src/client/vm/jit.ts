@@ -1,4 +1,4 @@
-import { Hart, muldiv, mulhu, type Bus, type StopReason } from './hart.js'
+import { Hart, muldiv, mulhu, type Bus, type SliceDeadline, type StopReason } from './hart.js'
 import { Memory, PAGE_SHIFT } from './memory.js'
 
 /**
@@ -36,6 +36,16 @@ export const MAX_BLOCK = 64
  */
 const COLD_CALLS = 4
 const COLD_BUDGET = 8 * MAX_BLOCK
+
+/**
+ * A slice with a deadline looks at the clock every DEADLINE_INSTRUCTIONS instructions (~50 µs of
+ * warm code; a block that loops is run that many at a time) or DEADLINE_RUNS block runs, whichever
+ * comes first (a block compiled counts COMPILE_WEIGHT runs): cold code, translated as it goes,
+ * runs few instructions per ms.
+ */
+const DEADLINE_INSTRUCTIONS = 50_000
+const DEADLINE_RUNS = 2048
+const COMPILE_WEIGHT = 32
 
 type BlockFn = (x: Int32Array, budget: number) => number
 
@@ -101,16 +111,26 @@ export class JitHart extends Hart {
       ) as BlockFn
   }
 
-  override run(limit: number, soft = false): StopReason {
+  override run(limit: number, soft = false, deadline?: SliceDeadline): StopReason {
     if (this.fault) return 'fault'
     this.stopRequested = false
     // a pc the slice starts at is an entry only when an interrupt put it there
     let entry = this.takeInterrupt()
     const exit = this.exit
     let prev: Block | null = null
+    // the next look at the deadline: at this count, or after this many block runs (none: never)
+    const timed = soft && deadline !== undefined
+    let lookAt = timed ? this.instret + DEADLINE_INSTRUCTIONS : Infinity
+    let runs = timed ? DEADLINE_RUNS : Infinity
     for (;;) {
       const budget = limit - this.instret
       if (budget <= 0) return 'limit'
+      // past its deadline, a soft slice ends here, at a block boundary, as at its length
+      if (this.instret >= lookAt || --runs <= 0) {
+        if (deadline!.now() >= deadline!.at) return 'limit'
+        lookAt = this.instret + DEADLINE_INSTRUCTIONS
+        runs = DEADLINE_RUNS
+      }
       const pc = this.pc
       let b: Block | null | undefined = null
       if (prev !== null) {
@@ -119,7 +139,10 @@ export class JitHart extends Hart {
       }
       if (b === null) {
         b = this.blocks.get(pc)
-        if (b === undefined) b = entry ? this.compile(pc) : null
+        if (b === undefined) {
+          b = entry ? this.compile(pc) : null
+          runs -= COMPILE_WEIGHT
+        }
         if (b !== null && prev !== null) {
           prev.s1pc = prev.s0pc
           prev.s1 = prev.s0
@@ -137,10 +160,13 @@ export class JitHart extends Hart {
       }
       // the block does not fit: the rest of the slice by the interpreter, or (soft) the slice ends here
       if (b.n > budget) return soft ? 'limit' : this.interpret(limit)
-      if (b.cold === 0) this.instret += b.fn(this.x, budget)
+      // a block that loops goes round only up to the next look at the deadline (at least one pass)
+      const upTo = lookAt - this.instret
+      const runBudget = upTo >= budget ? budget : upTo > b.n ? upTo : b.n
+      if (b.cold === 0) this.instret += b.fn(this.x, runBudget)
       else {
         b.cold--
-        this.instret += b.fn(this.x, Math.min(budget, COLD_BUDGET))
+        this.instret += b.fn(this.x, Math.min(runBudget, COLD_BUDGET))
       }
       this.pc = exit.pc
       if (exit.side) {

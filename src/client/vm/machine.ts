@@ -45,6 +45,15 @@ export const SLICE_MAX = 2_000_000
  * last partial block) cost more CPU than the `cpu` guest's whole run saved by them.
  */
 export const SLICE_MS = 1
+/**
+ * A slice sized at the last one's rate ends by this many times its ms, at a block boundary, if its
+ * code runs slower (cold or just-translated code at a tenth of the rate; the block translator
+ * looks at the clock every 50 000 instructions or 2 048 block runs; the interpreter does not).
+ * An FT pair's backup, which cannot start a slice before its primary has ended and logged it, fell
+ * ~30–45 ms behind at a `cpu10` run's start on such slices (6 M instructions sized at 6 ms ran
+ * 22 ms) and stayed there; with the deadline the primary's longest were ~11 ms.
+ */
+export const SLICE_LATE = 1.5
 
 export interface HostClock {
   /** monotonic nanoseconds */
@@ -526,8 +535,11 @@ export class Machine {
         if (replay && next && next.instret < limit && next.kind !== EVENT.TIME && next.kind !== EVENT.ENTROPY && next.kind !== EVENT.RTC) limit = Math.max(next.instret, this.hart.instret)
         const from = this.hart.instret
         const t0 = timers.now()
-        // a slice that only its length ends (not the log, a limit or a pause) may end a block short (SPEC.md §Engines)
-        const reason = limit > from ? this.hart.run(limit, limit === from + length) : 'limit'
+        // a slice that only its length ends (not the log, a limit or a pause) may end a block short
+        // (SPEC.md §Engines), and ends by SLICE_LATE × its ms whatever its count: code slower than
+        // the rate it was sized at (cold, just translated) does not hold the host for long
+        const soft = limit === from + length
+        const reason = limit > from ? this.hart.run(limit, soft, soft ? { at: t0 + SLICE_LATE * (this.opts.slice?.ms ?? SLICE_MS), now: () => timers.now() } : undefined) : 'limit'
         this.learnRate(this.hart.instret - from, timers.now() - t0)
         if (obs && this.hart.instret % obs.every === 0 && this.hart.instret !== this.observedAt) {
           this.observedAt = this.hart.instret

@@ -133,7 +133,7 @@ t.test("a machine's own slice length (an FT pair's PAIR_SLICE): its ms at the ra
   const image = elf([...li(5, 10_000_000), rv.addi(5, 5, -1), rv.bne(5, 0, -4), ...li(1, HBA), ...li(2, 0x80001000), rv.sw(2, 1, 0), rv.addi(3, 0, 4), rv.sw(3, 1, 4), rv.addi(3, 0, 1), rv.sw(3, 1, 8), ...li(5, 1_000_000), rv.addi(5, 5, -1), rv.bne(5, 0, -4), ...finish])
   const never = { blocks: 1024, execute: () => new Promise<never>(() => {}) }
   for (const [what, slice, expect] of [
-    ['PAIR_SLICE (4 ms, at most 4 M)', PAIR_SLICE, 4_000_000],
+    [`PAIR_SLICE (${PAIR_SLICE.ms} ms, at most ${PAIR_SLICE.maxInstructions})`, PAIR_SLICE, Math.min(PAIR_SLICE.ms * 1_000_000, PAIR_SLICE.maxInstructions)],
     ['2 ms, at most 10 M', { ms: 2, maxInstructions: 10_000_000 }, 2_000_000],
     ['4 ms, at most 3 M', { ms: 4, maxInstructions: 3_000_000 }, 3_000_000],
     ['the default', undefined, SLICE_MS * 1_000_000],
@@ -151,4 +151,60 @@ t.test("a machine's own slice length (an FT pair's PAIR_SLICE): its ms at the ra
     // the request in flight: SLICE_MIN to the end
     t.equal(slices[slices.length - 1], SLICE_MIN, `${what}: SLICE_MIN once a request is in flight`)
   }
+})
+
+t.test('a live slice whose code runs slower than it was sized for ends by its deadline, at a block boundary (jit)', async (t) => {
+  // a 2-instruction loop, 10 M times: one block that goes round while its budget allows
+  const loop = [...li(5, 10_000_000), rv.jal(0, 4), rv.addi(5, 5, -1), rv.bne(5, 0, -4), ...finish]
+  const head = 0x80000000 + 4 * 3
+  {
+    const m = new Machine({ image: elf(loop), memory: 1 << 20, engine: 'jit' })
+    let looks = 0
+    const r = m.hart.run(8_000_000, true, { at: 2, now: () => looks++ })
+    t.equal(r, 'limit', 'the slice ends as at its length')
+    t.equal(looks, 3, 'at the third look at the clock (the first two before the deadline)')
+    t.ok(m.hart.instret > 100_000 && m.hart.instret <= 150_004, `after ~150 000 of its 8 M instructions (${m.hart.instret}): the loop's block ran 50 000 at a time`)
+    t.equal(m.hart.pc >>> 0, head, "at the loop's head (a block boundary)")
+    t.equal((m.hart.instret - 3) % 2, 0, 'after whole passes of the loop')
+  }
+  for (const [what, soft, deadline] of [
+    ['an exact limit (a replay, a pause point)', false, { at: 0, now: () => 1 }],
+    ['no deadline', true, undefined],
+  ] as const) {
+    const m = new Machine({ image: elf(loop), memory: 1 << 20, engine: 'jit' })
+    const r = m.hart.run(8_000_001, soft, deadline)
+    t.equal(r, 'limit', `${what}: the slice runs its length`)
+    t.ok(m.hart.instret >= 8_000_001 - 64, `${what}: to its limit (${m.hart.instret})`)
+  }
+
+  // a machine's live slices: the clock, read while the hart runs, moves 0.02 ms a look (50 000
+  // instructions) for the first 5 slices, then 0.4 ms: code that turned 20 times slower
+  const clock = new FakeTimers()
+  const stop = new AbortController()
+  const m = new Machine({ image: elf(loop), memory: 1 << 20, engine: 'jit', timers: clock, clock: hostClock(clock), signal: stop.signal, slice: { ms: 2, maxInstructions: 4_000_000 } })
+  // (a look comes every 50 000 instructions of this loop; after the slice the clock shows its whole time)
+  let step = 0
+  const fakeNow = clock.now.bind(clock)
+  clock.now = () => (step ? (clock.t += step) : fakeNow())
+  const slices: { asked: number; ran: number; ms: number }[] = []
+  const run = m.hart.run.bind(m.hart)
+  m.hart.run = (limit, soft, deadline) => {
+    const from = m.hart.instret
+    const t0 = clock.t
+    const per = slices.length < 5 ? 0.02 : 0.4
+    step = per
+    const r = run(limit, soft, deadline)
+    step = 0
+    const ran = m.hart.instret - from
+    clock.t = t0 + (ran / 50_000) * per
+    slices.push({ asked: limit - from, ran, ms: clock.t - t0 })
+    return r
+  }
+  const s = await runOnFakeTime(m, clock, stop)
+  t.equal(s.end, 'exit', 'the guest ends')
+  t.equal(s.instructions, 3 + 2 * 10_000_000 + finish.length, 'every instruction ran')
+  const slow = slices[5]
+  t.ok(slow.asked > 2_000_000, `the first slow slice was sized at the fast rate (${slow.asked} instructions: ${(slow.asked / 50_000) * 0.4} ms at the slow one)`)
+  t.ok(slow.ran < slow.asked && slow.ms <= 3 + 0.4, `it ended by its deadline, 1.5 × 2 ms (${slow.ran} instructions, ${slow.ms.toFixed(1)} ms)`)
+  t.ok(slices.every((x) => x.ms <= 3 + 0.4), `no slice ran past its deadline's look (longest ${Math.max(...slices.map((x) => x.ms)).toFixed(1)} ms)`)
 })
