@@ -50,9 +50,9 @@ export interface BackupOptions {
 /**
  * Between slices a backup acknowledges its count at most this often (a LOG is acknowledged at
  * once: an output held on the primary waits for that). The primary's lag control decides on the
- * median of ~60 samples per 250-ms period instead of ~250; each ACK it reads costs it ~40 µs.
+ * median of ~40 samples per 250-ms period instead of ~250; each ACK it reads costs it ~40 µs.
  */
-export const ACK_EVERY_MS = 4
+export const ACK_EVERY_MS = 6
 
 interface HeldOutput {
   at: number

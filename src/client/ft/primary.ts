@@ -33,23 +33,24 @@ export interface Ack {
 /** commands that change nothing a later reader sees: not outputs */
 const READ_ONLY = new Set([0x00, 0x03, 0x12, 0x1a, 0x5a, 0x25, 0x9e, 0xa0, 0x5e, 0x08, 0x28, 0xa8, 0x88, 0x37, 0xb7, 0x4d])
 /**
- * The slices of both sides of a pair (vm/SPEC.md §Hart): ~4 ms where a plain VM's are ~1 ms. Each
+ * The slices of both sides of a pair (vm/SPEC.md §Hart): ~6 ms where a plain VM's are ~1 ms. Each
  * slice's end costs a primary a LOG frame and an event-loop turn that reads the backup's ACKs:
  * ~100 µs of its time against ~20 µs of a plain VM's, a tenth of a CPU-bound guest's run at 1 ms
- * slices (`cpu10` pinned, per slice: README §FT). A backup following at 1 ms slices ran its
- * replay ~5 % slower than its primary and fell behind (lag p99 48–95 ms against 27–40 ms). Nothing
- * waits for a slice to end: an output ends the slice after its instruction; a guest with a disk
- * request in flight or a NIC on a switch runs SLICE_MIN slices, a replay stops at its log's next
- * event. At most 4 M instructions (~3.5 ms of the translator's fastest guest): a slice that turns
- * slow (~50 MIPS, interpreted or invalidated code) still ends within ~80 ms, inside the pair's
- * loss timeout.
+ * slices (`cpu10` pinned, per slice: README §FT); at 4 ms the pair still ran ~0.93–0.95 of plain,
+ * at 6 ms ~0.98 (the lag p50 6 → 9 ms). A backup following at 1 ms slices ran its replay ~5 %
+ * slower than its primary and fell behind (lag p99 48–95 ms against 27–40 ms). Nothing waits for
+ * a slice to end: an output ends the slice after its instruction; a guest with a disk request in
+ * flight or a NIC on a switch runs SLICE_MIN slices, a replay stops at its log's next event. At
+ * most 6 M instructions (~5.5 ms of the translator's fastest guest): a slice that turns slow
+ * (~50 MIPS, interpreted or invalidated code) still ends within ~120 ms, well inside the pair's
+ * 300-ms loss timeout.
  */
-export const PAIR_SLICE = { ms: 4, maxInstructions: 4_000_000 }
+export const PAIR_SLICE = { ms: 6, maxInstructions: 6_000_000 }
 /**
  * With no output waiting, the log goes out at most this often (at each of a CPU-bound guest's
- * ~4 ms slices); an output, or a WFI wait, ships it at once.
+ * ~6 ms slices); an output, or a WFI wait, ships it at once.
  */
-export const FLUSH_EVERY_MS = 4
+export const FLUSH_EVERY_MS = 6
 /** queued towards the backup past which the primary waits between slices (with the gate's own 64 MiB backstop) */
 const LINK_HIGH_WATER = 8 << 20
 

@@ -4,6 +4,7 @@ import type { Machine } from '../../../src/client/vm/index.js'
 import { ACK_EVERY_MS, FtBackup } from '../../../src/client/ft/backup.js'
 import { FtPrimary, PAIR_SLICE, type Ack } from '../../../src/client/ft/primary.js'
 import { SLICE_MS } from '../../../src/client/vm/machine.js'
+import { LOSS_MS } from '../../../src/client/ft/channel.js'
 import { FakeTimers } from '../../helpers/timers.js'
 
 const memory = 1 << 20
@@ -58,5 +59,5 @@ t.test('by default a backup acks its count at most every ACK_EVERY_MS (a LOG at 
   const primary = new FtPrimary({ timers: clock, reads: 'disk' })
   t.same(primary.machineOptions({}).slice, PAIR_SLICE, 'the primary asks its machine for PAIR_SLICE')
   t.same(backup.machineOptions({}).slice, PAIR_SLICE, 'and so does the backup')
-  t.ok(PAIR_SLICE.ms > SLICE_MS && PAIR_SLICE.maxInstructions / 50_000_000 <= 0.1, `${PAIR_SLICE.ms} ms, at most ${PAIR_SLICE.maxInstructions} instructions (≤ 100 ms at 50 MIPS)`)
+  t.ok(PAIR_SLICE.ms > SLICE_MS && PAIR_SLICE.maxInstructions / 50_000_000 <= LOSS_MS / 2 / 1000, `${PAIR_SLICE.ms} ms, at most ${PAIR_SLICE.maxInstructions} instructions (at 50 MIPS, within half the ${LOSS_MS}-ms loss timeout)`)
 })
