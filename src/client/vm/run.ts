@@ -63,6 +63,10 @@ export type VmRunSummary = RunSummary & { ft?: FtReport }
 
 /** Runs a guest to its end; with `record`, writes the event log; with `replay`, follows one. */
 export async function runVm(o: VmRunOptions): Promise<VmRunSummary> {
+  // the control socket's HTTP stack (express, pino: ~0.1 s of a `vm run`'s start-up CPU) loaded
+  // only when asked for, and first: evaluating it blocks the event loop, which must not happen
+  // once a pair's channel is up (a silent side past the loss timeout is taken for dead)
+  const control0 = o.control ? await import('./control.js') : undefined
   // a primary always has a limiter (its lag control moves it), and so has a VM whose control socket may set one
   const limiter = o.cpuLimit !== undefined || o.ft || o.control ? new CpuLimiter(o.cpuLimit ?? 100) : undefined
   if (o.restore) {
@@ -113,8 +117,7 @@ export async function runVm(o: VmRunOptions): Promise<VmRunSummary> {
     throw e
   }
   role?.attach(m)
-  // the control socket's HTTP stack (express, pino) loaded only when asked for: ~0.1 s of a `vm run`'s start-up CPU
-  const control = o.control ? await (await import('./control.js')).serveControl(o.control, vmControl(m, o, disk !== undefined, limiter, role)) : undefined
+  const control = o.control && control0 ? await control0.serveControl(o.control, vmControl(m, o, disk !== undefined, limiter, role)) : undefined
   let summary: VmRunSummary
   try {
     summary = await runUnder(m, role)
