@@ -46,6 +46,14 @@ const COLD_BUDGET = 8 * MAX_BLOCK
 const DEADLINE_INSTRUCTIONS = 50_000
 const DEADLINE_RUNS = 2048
 const COMPILE_WEIGHT = 32
+/**
+ * An untimed slice's block-run count between looks (which, untimed, do nothing): a small integer
+ * like a timed one's, not Infinity. With Infinity in these counters, V8 kept them as doubles in the
+ * optimized loop wherever its first calls were untimed (an FT backup's first slices end at the
+ * log's horizon, not at their length), and the dispatch loop ran ~10 % slower for the whole run:
+ * a backup's run took 1.10x its primary's CPU (median of 5 alternating pairs), 1.03x without.
+ */
+const UNTIMED_RUNS = 1 << 30
 
 type BlockFn = (x: Int32Array, budget: number) => number
 
@@ -118,18 +126,19 @@ export class JitHart extends Hart {
     let entry = this.takeInterrupt()
     const exit = this.exit
     let prev: Block | null = null
-    // the next look at the deadline: at this count, or after this many block runs (none: never)
+    // the next look at the deadline: at this count, or after this many block runs (untimed: at the
+    // limit, and every UNTIMED_RUNS runs, when it only resets them)
     const timed = soft && deadline !== undefined
-    let lookAt = timed ? this.instret + DEADLINE_INSTRUCTIONS : Infinity
-    let runs = timed ? DEADLINE_RUNS : Infinity
+    let lookAt = timed ? this.instret + DEADLINE_INSTRUCTIONS : limit
+    let runs = timed ? DEADLINE_RUNS : UNTIMED_RUNS
     for (;;) {
       const budget = limit - this.instret
       if (budget <= 0) return 'limit'
       // past its deadline, a soft slice ends here, at a block boundary, as at its length
       if (this.instret >= lookAt || --runs <= 0) {
-        if (deadline!.now() >= deadline!.at) return 'limit'
-        lookAt = this.instret + DEADLINE_INSTRUCTIONS
-        runs = DEADLINE_RUNS
+        if (timed && deadline!.now() >= deadline!.at) return 'limit'
+        lookAt = timed ? this.instret + DEADLINE_INSTRUCTIONS : limit
+        runs = timed ? DEADLINE_RUNS : UNTIMED_RUNS
       }
       const pc = this.pc
       let b: Block | null | undefined = null
