@@ -1,4 +1,5 @@
 import t from 'tap'
+import type { Test } from 'tap'
 import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { createHash } from 'node:crypto'
@@ -71,23 +72,27 @@ function program(seed: number, len: number): Buffer {
   return elf([...image, ...words, ...back], [{ at: DATA - 0x200, bytes: data }])
 }
 
-t.test('differential fuzzer: random programs, run in random slices, end in the same state under both engines', async (t) => {
-  const programs = Number(process.env.FT_FUZZ_PROGRAMS ?? 150)
+/**
+ * Runs `programs` random programs under both engines from the count `from` (a VM that has run
+ * that long), `steps` instructions each in random slices; reports the first that differs.
+ */
+function fuzz(t: Test, programs: number, from: number, seed: number): { compiled: number; invalidated: number; ok: boolean } {
   const steps = 4_000
   let compiled = 0
   let invalidated = 0
   for (let p = 0; p < programs; p++) {
-    const image = program(1000 + p, 48 + (p % 5) * 40)
+    const image = program(seed + p, 48 + (p % 5) * 40)
     const ends: string[] = []
     for (const engine of ['interp', 'jit'] as Engine[]) {
       const m = new Machine({ image, memory: 1 << 16, engine })
+      m.hart.instret = from
       const s = rng(7 + p)
       const points: string[] = []
-      while (m.hart.instret < steps && !m.hart.fault) {
+      while (m.hart.instret - from < steps && !m.hart.fault) {
         const n = 1 + (s() % (s() % 4 === 0 ? 400 : 40))
         // now and then a timer interrupt is pending for a slice (taken where the interpreter takes it)
         m.hart.setPending(IRQ.MTI, s() % 32 === 0)
-        m.hart.run(Math.min(steps, m.hart.instret + n))
+        m.hart.run(Math.min(from + steps, m.hart.instret + n))
         points.push(`${m.hart.instret}`)
       }
       if (m.hart instanceof JitHart) {
@@ -97,13 +102,26 @@ t.test('differential fuzzer: random programs, run in random slices, end in the s
       ends.push(`${m.stateHash()} pc ${m.hart.pc >>> 0} instret ${m.hart.instret} fault ${m.hart.fault?.message ?? '-'} slices ${points.join(',')}`)
     }
     if (ends[0] !== ends[1]) {
-      t.fail(`program ${p} (seed ${1000 + p}): the engines differ`, { interp: ends[0].slice(0, 200), jit: ends[1].slice(0, 200) })
-      return
+      t.fail(`program ${p} (seed ${seed + p}, from instruction ${from}): the engines differ`, { interp: ends[0].slice(0, 200), jit: ends[1].slice(0, 200) })
+      return { compiled, invalidated, ok: false }
     }
   }
-  t.pass(`${programs} programs x ${steps} instructions: the same state, pc, count and fault under both engines`)
+  t.pass(`${programs} programs x ${steps} instructions from instruction ${from}: the same state, pc, count and fault under both engines`)
+  return { compiled, invalidated, ok: true }
+}
+
+t.test('differential fuzzer: random programs, run in random slices, end in the same state under both engines', async (t) => {
+  const programs = Number(process.env.FT_FUZZ_PROGRAMS ?? 150)
+  const { compiled, invalidated, ok } = fuzz(t, programs, 0, 1000)
+  if (!ok) return
   t.ok(compiled > programs * 10, `the JIT ran compiled blocks (${compiled} compiled)`)
   t.ok(invalidated > 0, `stores over code invalidated blocks (${invalidated})`)
+})
+
+t.test('a VM that has run past 2^32 instructions: the translator counts from the start of each call, and the counts (read by the guest too) match the interpreter', async (t) => {
+  // from 2000 below 2^32: the count passes 2^32 (the high half of mcycle/minstret moves) in every program
+  fuzz(t, 20, 2 ** 32 - 2000, 5000)
+  fuzz(t, 10, 2 ** 40 + 17, 6000)
 })
 
 t.test('a store over a compiled loop takes effect at once, by the CPU or by DMA', async (t) => {
