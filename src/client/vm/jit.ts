@@ -127,7 +127,7 @@ export class JitHart extends Hart {
     const exit = this.exit
     let prev: Block | null = null
     // counts within this call are kept from its start (`done`), and the hart's count written back
-    // around the interpreter and at the end: small integers, however long the VM has run (a count
+    // around the interpreter and at every return: small integers, however long the VM has run (a count
     // past 2^31, ~2 s of a busy guest, made the loop's arithmetic doubles: cpu10 ran ~8 % slower)
     const base = this.instret
     const end = limit - base
@@ -137,80 +137,76 @@ export class JitHart extends Hart {
     const timed = soft && deadline !== undefined
     let lookAt = timed ? DEADLINE_INSTRUCTIONS : end
     let runs = timed ? DEADLINE_RUNS : UNTIMED_RUNS
-    try {
-      for (;;) {
-        const budget = end - done
-        if (budget <= 0) return 'limit'
-        // past its deadline, a soft slice ends here, at a block boundary, as at its length
-        if (done >= lookAt || --runs <= 0) {
-          if (timed && deadline!.now() >= deadline!.at) return 'limit'
-          lookAt = timed ? done + DEADLINE_INSTRUCTIONS : end
-          runs = timed ? DEADLINE_RUNS : UNTIMED_RUNS
-        }
-        const pc = this.pc
-        let b: Block | null | undefined = null
-        if (prev !== null) {
-          b = prev.s0pc === pc ? prev.s0 : prev.s1pc === pc ? prev.s1 : null
-          if (b !== null && !b.valid) b = null
-        }
-        if (b === null) {
-          b = this.blocks.get(pc)
-          if (b === undefined) {
-            b = entry ? this.compile(pc) : null
-            runs -= COMPILE_WEIGHT
-          }
-          if (b !== null && prev !== null) {
-            prev.s1pc = prev.s0pc
-            prev.s1 = prev.s0
-            prev.s0pc = pc
-            prev.s0 = b
-          }
-        }
-        if (b === null || b.fn === null) {
-          // not a block here: one instruction by the interpreter
-          const r = this.interpretTo(base, done, 1)
-          done = this.instret - base
-          if (r !== 'limit') return r
-          entry = entry || this.pc !== ((pc + 4) | 0)
-          prev = null
-          continue
-        }
-        // the block does not fit: the rest of the slice by the interpreter, or (soft) the slice ends here
-        if (b.n > budget) {
-          if (soft) return 'limit'
-          const r = this.interpretTo(base, done, budget)
-          done = this.instret - base
-          return r
-        }
-        // a block that loops goes round only up to the next look at the deadline (at least one pass)
-        const upTo = lookAt - done
-        const runBudget = upTo >= budget ? budget : upTo > b.n ? upTo : b.n
-        if (b.cold === 0) done += b.fn(this.x, runBudget)
-        else {
-          b.cold--
-          done += b.fn(this.x, Math.min(runBudget, COLD_BUDGET))
-        }
-        this.pc = exit.pc
-        if (exit.side) {
-          const r = this.interpretTo(base, done, 1)
-          done = this.instret - base
-          if (r !== 'limit') return r
-          entry = true
-          prev = null
-          continue
-        }
-        entry = true
-        prev = b
+    for (;;) {
+      const budget = end - done
+      if (budget <= 0) {
+        this.instret = base + done
+        return 'limit'
       }
-    } finally {
-      this.instret = base + done
+      // past its deadline, a soft slice ends here, at a block boundary, as at its length
+      if (done >= lookAt || --runs <= 0) {
+        if (timed && deadline!.now() >= deadline!.at) {
+          this.instret = base + done
+          return 'limit'
+        }
+        lookAt = timed ? done + DEADLINE_INSTRUCTIONS : end
+        runs = timed ? DEADLINE_RUNS : UNTIMED_RUNS
+      }
+      const pc = this.pc
+      let b: Block | null | undefined = null
+      if (prev !== null) {
+        b = prev.s0pc === pc ? prev.s0 : prev.s1pc === pc ? prev.s1 : null
+        if (b !== null && !b.valid) b = null
+      }
+      if (b === null) {
+        b = this.blocks.get(pc)
+        if (b === undefined) {
+          b = entry ? this.compile(pc) : null
+          runs -= COMPILE_WEIGHT
+        }
+        if (b !== null && prev !== null) {
+          prev.s1pc = prev.s0pc
+          prev.s1 = prev.s0
+          prev.s0pc = pc
+          prev.s0 = b
+        }
+      }
+      if (b === null || b.fn === null) {
+        // not a block here: one instruction by the interpreter
+        this.instret = base + done
+        const r = this.interpret(base + done + 1)
+        done = this.instret - base
+        if (r !== 'limit') return r
+        entry = entry || this.pc !== ((pc + 4) | 0)
+        prev = null
+        continue
+      }
+      // the block does not fit: the rest of the slice by the interpreter, or (soft) the slice ends here
+      if (b.n > budget) {
+        this.instret = base + done
+        return soft ? 'limit' : this.interpret(limit)
+      }
+      // a block that loops goes round only up to the next look at the deadline (at least one pass)
+      const upTo = lookAt - done
+      const runBudget = upTo >= budget ? budget : upTo > b.n ? upTo : b.n
+      if (b.cold === 0) done += b.fn(this.x, runBudget)
+      else {
+        b.cold--
+        done += b.fn(this.x, Math.min(runBudget, COLD_BUDGET))
+      }
+      this.pc = exit.pc
+      if (exit.side) {
+        this.instret = base + done
+        const r = this.interpret(base + done + 1)
+        done = this.instret - base
+        if (r !== 'limit') return r
+        entry = true
+        prev = null
+        continue
+      }
+      entry = true
+      prev = b
     }
-  }
-
-  /** The interpreter for `count` instructions from `done` past `base` (the hart's count brought up to date first). */
-  private interpretTo(base: number, done: number, count: number): StopReason {
-    this.instret = base + done
-    return this.interpret(this.instret + count)
   }
 
   /** A store to RAM [offset, offset+length) within one page: drops the blocks holding those words. */
