@@ -126,30 +126,18 @@ export class JitHart extends Hart {
     let entry = this.takeInterrupt()
     const exit = this.exit
     let prev: Block | null = null
-    // counts within this call are kept from its start (`done`), and the hart's count written back
-    // around the interpreter and at every return: small integers, however long the VM has run (a count
-    // past 2^31, ~2 s of a busy guest, made the loop's arithmetic doubles: cpu10 ran ~8 % slower)
-    const base = this.instret
-    const end = limit - base
-    let done = 0
     // the next look at the deadline: at this count, or after this many block runs (untimed: at the
     // limit, and every UNTIMED_RUNS runs, when it only resets them)
     const timed = soft && deadline !== undefined
-    let lookAt = timed ? DEADLINE_INSTRUCTIONS : end
+    let lookAt = timed ? this.instret + DEADLINE_INSTRUCTIONS : limit
     let runs = timed ? DEADLINE_RUNS : UNTIMED_RUNS
     for (;;) {
-      const budget = end - done
-      if (budget <= 0) {
-        this.instret = base + done
-        return 'limit'
-      }
+      const budget = limit - this.instret
+      if (budget <= 0) return 'limit'
       // past its deadline, a soft slice ends here, at a block boundary, as at its length
-      if (done >= lookAt || --runs <= 0) {
-        if (timed && deadline!.now() >= deadline!.at) {
-          this.instret = base + done
-          return 'limit'
-        }
-        lookAt = timed ? done + DEADLINE_INSTRUCTIONS : end
+      if (this.instret >= lookAt || --runs <= 0) {
+        if (timed && deadline!.now() >= deadline!.at) return 'limit'
+        lookAt = timed ? this.instret + DEADLINE_INSTRUCTIONS : limit
         runs = timed ? DEADLINE_RUNS : UNTIMED_RUNS
       }
       const pc = this.pc
@@ -173,32 +161,25 @@ export class JitHart extends Hart {
       }
       if (b === null || b.fn === null) {
         // not a block here: one instruction by the interpreter
-        this.instret = base + done
-        const r = this.interpret(base + done + 1)
-        done = this.instret - base
+        const r = this.interpret(this.instret + 1)
         if (r !== 'limit') return r
         entry = entry || this.pc !== ((pc + 4) | 0)
         prev = null
         continue
       }
       // the block does not fit: the rest of the slice by the interpreter, or (soft) the slice ends here
-      if (b.n > budget) {
-        this.instret = base + done
-        return soft ? 'limit' : this.interpret(limit)
-      }
+      if (b.n > budget) return soft ? 'limit' : this.interpret(limit)
       // a block that loops goes round only up to the next look at the deadline (at least one pass)
-      const upTo = lookAt - done
+      const upTo = lookAt - this.instret
       const runBudget = upTo >= budget ? budget : upTo > b.n ? upTo : b.n
-      if (b.cold === 0) done += b.fn(this.x, runBudget)
+      if (b.cold === 0) this.instret += b.fn(this.x, runBudget)
       else {
         b.cold--
-        done += b.fn(this.x, Math.min(runBudget, COLD_BUDGET))
+        this.instret += b.fn(this.x, Math.min(runBudget, COLD_BUDGET))
       }
       this.pc = exit.pc
       if (exit.side) {
-        this.instret = base + done
-        const r = this.interpret(base + done + 1)
-        done = this.instret - base
+        const r = this.interpret(this.instret + 1)
         if (r !== 'limit') return r
         entry = true
         prev = null

@@ -118,7 +118,7 @@ t.test('differential fuzzer: random programs, run in random slices, end in the s
   t.ok(invalidated > 0, `stores over code invalidated blocks (${invalidated})`)
 })
 
-t.test('a VM that has run past 2^32 instructions: the translator counts from the start of each call, and the counts (read by the guest too) match the interpreter', async (t) => {
+t.test('a VM that has run past 2^32 instructions: the counts under the translator (read by the guest too) match the interpreter', async (t) => {
   // from 2000 below 2^32: the count passes 2^32 (the high half of mcycle/minstret moves) in every program
   fuzz(t, 20, 2 ** 32 - 2000, 5000)
   fuzz(t, 10, 2 ** 40 + 17, 6000)
