@@ -53,6 +53,8 @@ export class LiveSide {
   lost: Promise<void> = Promise.resolve()
   restores: RestoreSummary[] = []
   private restoring = false
+  /** our BYE (stop) went out: the backup closing after it is the run's clean end, no loss */
+  private ending = false
 
   constructor(private readonly o: LiveSideOptions) {
     this.state = 'alone'
@@ -93,6 +95,14 @@ export class LiveSide {
     this.lost = ch.lost.then(async ({ reason }) => {
       detached = true
       this.channelEnd = reason
+      // the VM has ended and the backup acknowledged everything: it closes the channel after our
+      // BYE, and there is nothing to claim (a claim here wrote the lock and fenced the disk at
+      // every clean end). An output still held means the backup was lost first: claimed as ever.
+      if (this.ending && pairing.gate.held === 0) {
+        this.channelEnd = 'BYE (stop)'
+        await control?.stop()
+        return
+      }
       const t0 = timers.now()
       const { gate, war } = pairing
       gate.claimed(false)
@@ -224,6 +234,7 @@ export class LiveSide {
     await cur?.control?.stop()
     if (cur && this.state === 'paired' && !cur.ch.closed) {
       await this.o.outputs.sink.close()
+      this.ending = true
       cur.ch.send({ type: 'BYE', reason: 'stop', instret: instructions })
       await cur.ch.drained()
       // the backup's last ACK releases the last outputs

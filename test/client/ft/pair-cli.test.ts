@@ -1,6 +1,6 @@
 import t from 'tap'
 import { join } from 'node:path'
-import { tmp } from '../../helpers/peers.js'
+import { tandem, tmp } from '../../helpers/peers.js'
 import { startSwitch } from '../../helpers/switch-process.js'
 import { KV_VM_MAC, initLockspace, killMatrix, kv, startPair, waitFor } from '../../helpers/ft-cli.js'
 
@@ -22,6 +22,11 @@ t.test('two processes on loopback: the backup follows; a clean end ends both ide
   t.match(ps.ft, { role: 'primary', outcome: 'paired' }, JSON.stringify(ps.ft))
   t.match(bs.ft, { role: 'backup', outcome: 'paired' }, JSON.stringify(bs.ft))
   t.ok(ps.ft.logBytes > 0, `${ps.ft.logBytes} log bytes`)
+  // the backup closing after the primary's BYE is the clean end, not a loss: no claim of the VM
+  t.equal(ps.ft.channelEnd, 'BYE (stop)')
+  t.notMatch(primary.stderr(), /backup is lost|claim/, 'the primary claimed nothing')
+  const locks = JSON.parse(tandem(['lock', 'ls', '--lockspace', ls, '--json']).stdout) as { locks: { name: string; generation: number }[] }
+  t.match(locks.locks.find((l) => l.name === 'vm/vm1'), { generation: 1 }, 'the VM\'s lock is still at the generation the pair started with')
 })
 
 t.test('a bad HELLO is refused with its reason; a missing lockspace is a usage error', async (t) => {
