@@ -49,7 +49,8 @@ export interface BackupOptions {
 
 /**
  * Between slices a backup acknowledges its count at most this often (a LOG is acknowledged at
- * once: an output held on the primary waits for that). The primary's lag control decides on the
+ * once: an output held on the primary waits for that; so is a replay that reaches the log's
+ * horizon). The primary's lag control decides on the
  * median of ~40 samples per 250-ms period instead of ~250; each ACK it reads costs it ~40 µs.
  */
 export const ACK_EVERY_MS = 6
@@ -145,6 +146,9 @@ export class FtBackup {
   private afterSlice(m: Machine): void {
     this.m = m
     if (this.live || m.hart.instret === this.lastExecuted) return
+    // at the log's horizon, about to wait for more: acknowledged at once (an exact lag sample, at
+    // most once per LOG, and no later than the deferred ACK below would have gone)
+    if (m.hart.instret >= this.o.source.horizon) return this.sendAck()
     const wait = (this.o.ackEveryMs ?? ACK_EVERY_MS) - (this.o.timers.now() - this.lastAckAt)
     if (wait <= 0) return this.sendAck()
     // acked less than ackEveryMs ago: this count goes out once that much has passed, even if the

@@ -1,5 +1,5 @@
 import t from 'tap'
-import { EventSource, encodeHeader } from '../../../src/client/vm/events.js'
+import { EventSource, FT_MARK, encodeEvent, encodeHeader, recordBytes } from '../../../src/client/vm/events.js'
 import type { Machine } from '../../../src/client/vm/index.js'
 import { ACK_EVERY_MS, FtBackup } from '../../../src/client/ft/backup.js'
 import { FtPrimary, PAIR_SLICE, type Ack } from '../../../src/client/ft/primary.js'
@@ -9,6 +9,14 @@ import { FakeTimers } from '../../helpers/timers.js'
 
 const memory = 1 << 20
 const sha = Buffer.alloc(32)
+
+/** A progress mark at `instret` as a primary logs it: the log's horizon moves there. */
+function progress(instret: number): Buffer {
+  const extra = Buffer.alloc(16)
+  const into = Buffer.alloc(recordBytes(extra.length))
+  encodeEvent({ kind: FT_MARK.PROGRESS, arg: 0, instret, value: 0, extra }, into, 0)
+  return into
+}
 
 /** A backup on a fake clock, its ACKs collected, attached to a machine that is only its count (100). */
 function follower(ackEveryMs?: number) {
@@ -24,8 +32,8 @@ function follower(ackEveryMs?: number) {
 
 t.test('a count executed right after an ACK is acknowledged within ackEveryMs, even if no slice or LOG follows (an idle guest)', async (t) => {
   const { clock, acks, backup, m, afterSlice } = follower(1)
-  // a LOG arrives: acknowledged at once, at the count executed so far
-  backup.received(encodeHeader(memory, sha))
+  // a LOG arrives: acknowledged at once, at the count executed so far (the log goes on to 10 000)
+  backup.received(Buffer.concat([encodeHeader(memory, sha), progress(10_000)]))
   t.same(acks.map((a) => a.executed), [100])
   // the replay runs on to 250 at once, then waits for more log (the primary's guest idles)
   m.hart.instret = 250
@@ -45,7 +53,7 @@ t.test('a count executed right after an ACK is acknowledged within ackEveryMs, e
 
 t.test('by default a backup acks its count at most every ACK_EVERY_MS (a LOG at once), and both sides of a pair run PAIR_SLICE slices', async (t) => {
   const { clock, acks, backup, m, afterSlice } = follower()
-  backup.received(encodeHeader(memory, sha))
+  backup.received(Buffer.concat([encodeHeader(memory, sha), progress(10_000)]))
   t.same(acks.map((a) => a.executed), [100], 'a LOG: at once')
   for (let ms = 1; ms < ACK_EVERY_MS; ms++) {
     await clock.advance(1)
@@ -60,4 +68,20 @@ t.test('by default a backup acks its count at most every ACK_EVERY_MS (a LOG at 
   t.same(primary.machineOptions({}).slice, PAIR_SLICE, 'the primary asks its machine for PAIR_SLICE')
   t.same(backup.machineOptions({}).slice, PAIR_SLICE, 'and so does the backup')
   t.ok(PAIR_SLICE.ms > SLICE_MS && PAIR_SLICE.maxInstructions / 50_000_000 <= LOSS_MS / 2 / 1000, `${PAIR_SLICE.ms} ms, at most ${PAIR_SLICE.maxInstructions} instructions (at 50 MIPS, within half the ${LOSS_MS}-ms loss timeout)`)
+})
+
+t.test('a replay that reaches the log\'s horizon (it waits for more) acknowledges its count at once, however recently it acked', async (t) => {
+  const { clock, acks, backup, m, afterSlice } = follower()
+  backup.received(Buffer.concat([encodeHeader(memory, sha), progress(1_000)]))
+  t.same(acks.map((a) => a.executed), [100], 'a LOG: at once')
+  m.hart.instret = 600
+  await afterSlice(m)
+  t.same(acks.map((a) => a.executed), [100], 'behind the horizon: not within ACK_EVERY_MS')
+  m.hart.instret = 1_000
+  await afterSlice(m)
+  t.same(acks.map((a) => a.executed), [100, 1_000], 'at the horizon: at once (the primary measures its lag exactly)')
+  await afterSlice(m)
+  await clock.advance(ACK_EVERY_MS)
+  t.same(acks.map((a) => a.executed), [100, 1_000], 'nothing new executed: nothing more, and the deferred ACK found nothing new either')
+  t.equal(acks.length, 2)
 })
